@@ -1,0 +1,63 @@
+"""LocalStack service providers for ELBv2 and ElastiCache.
+
+The LocalStack community edition refuses these two APIs ("not included in your
+current license plan"), although the moto backends it bundles implement them.
+These providers route every operation of each API to moto. moto's backends are
+process-wide, so the load balancers and cache subnet groups created here see the
+VPCs, subnets and security groups created through LocalStack's own EC2 provider.
+
+Where moto lacks an operation the CLI calls, it is implemented here, on moto's
+backend, with AWS's error codes.
+"""
+
+from localstack.aws.api import CommonServiceException
+from localstack.aws.skeleton import Skeleton
+from localstack.aws.spec import load_service
+from localstack.services.moto import call_moto
+from localstack.services.plugins import Service, aws_provider
+
+
+def forward_to_moto(context, _request):
+    return call_moto(context)
+
+
+def moto_service(api: str, overrides: dict) -> Service:
+    """A LocalStack service whose operations are answered by moto, except `overrides`."""
+    model = load_service(api)
+    dispatch_table = {operation: forward_to_moto for operation in model.operation_names}
+    dispatch_table.update(overrides)
+    return Service(name=api, skeleton=Skeleton(model, dispatch_table))
+
+
+def delete_cache_subnet_group(context, request):
+    from moto.elasticache.models import elasticache_backends
+
+    backend = elasticache_backends[context.account_id][context.region]
+    name = request["CacheSubnetGroupName"]
+    group = backend.cache_subnet_groups.get(name)
+    if group is None:
+        raise CommonServiceException(
+            "CacheSubnetGroupNotFoundFault", f"CacheSubnetGroup {name} not found.", status_code=404
+        )
+    users = [
+        resource
+        for resource in (*backend.replication_groups.values(), *backend.cache_clusters.values())
+        if getattr(resource, "cache_subnet_group_name", None) == name
+    ]
+    if users:
+        raise CommonServiceException(
+            "CacheSubnetGroupInUse", f"Cache subnet group {name} is currently in use.", status_code=400
+        )
+    del backend.cache_subnet_groups[name]
+    backend.tagging_service.delete_all_tags_for_resource(group.arn)
+    return {}
+
+
+@aws_provider()
+def elbv2() -> Service:
+    return moto_service("elbv2", {})
+
+
+@aws_provider()
+def elasticache() -> Service:
+    return moto_service("elasticache", {"DeleteCacheSubnetGroup": delete_cache_subnet_group})
