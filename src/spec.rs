@@ -1,0 +1,320 @@
+//! The `stack.yaml` model and its validation.
+//!
+//! [`StackSpec::parse`] turns the text of a stack file into a [`StackSpec`], or into a
+//! [`SpecError`] that lists *every* problem of the file at once, each with the dotted path of
+//! the key (`instances.count`), its line and column, a message and, where we can tell, what to
+//! do about it. Nothing is created on AWS before the whole spec validates, so the checks here
+//! are the ones that AWS would otherwise only make half-way through `up`.
+//!
+//! The module knows nothing of AWS SDKs: it only knows the limits that derived names and
+//! values must respect (name lengths, port ranges, CIDR sizes, tag rules).
+//!
+//! How it works: the file is parsed by `saphyr` into a tree whose nodes carry their position,
+//! then walked by hand rather than through serde, because serde stops at the first error and
+//! loses positions. Every lookup goes through a checker that records problems and carries on
+//! with the next key. A missing optional key takes its default; a key written with no value
+//! (`ami:`) counts as missing.
+//!
+//! Positions: lines and columns are 1-based and count characters, like a compiler's.
+//! [`SpecError`] is a [`miette::Diagnostic`] whose labels point into the file, so the CLI can
+//! print all problems with the offending lines underlined.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use miette::{Diagnostic, LabeledSpan, NamedSource, SourceCode, SourceSpan};
+
+use checker::Checker;
+use rules::{parse_cidr, zone_id};
+
+mod checker;
+mod rules;
+#[cfg(test)]
+mod tests;
+
+const DEFAULT_REGION: &str = "us-east-1";
+const DEFAULT_CIDR: &str = "10.0.0.0/16";
+const DEFAULT_ALLOWED_CIDR: &str = "0.0.0.0/0";
+const DEFAULT_COUNT: u32 = 2;
+const DEFAULT_INSTANCE_TYPE: &str = "t3.micro";
+const DEFAULT_APP_PORT: u16 = 8080;
+/// Matches the chat server's own drain period, so the target group deregisters an instance
+/// exactly as long as the server keeps serving its open connections.
+const DEFAULT_DRAIN_SECONDS: u32 = 30;
+/// One hour: WebSockets sit idle between messages, and the ALB's own default of 60 s would
+/// drop quiet chat connections.
+const DEFAULT_IDLE_TIMEOUT: u32 = 3600;
+const DEFAULT_NODE_TYPE: &str = "cache.t4g.micro";
+const DEFAULT_REPLICAS: u32 = 1;
+const DEFAULT_ENGINE: &str = "redis";
+
+/// Longest stack name. Names of resources derive from it and the tightest AWS limit is the
+/// S3 bucket name (63 characters), which must be unique worldwide and so also carries the
+/// account and region: `realtime-stack-` (15), the name (20), `-`, the account id (12), `-`
+/// and the region (at most 14 today, e.g. `ap-southeast-4`) make 63. It also leaves the ALB
+/// and target group names (32 characters, `<name>-alb`, `<name>-tg`) twelve characters of
+/// room for suffixes, and the ElastiCache replication group id (40) twenty.
+const MAX_NAME_LEN: usize = 20;
+/// EC2 allows 50 tags on a resource; the CLI adds its own (stack, logical id, `Name`, the Redis
+/// endpoint on instances), so users get 40 and we keep room to grow.
+const MAX_USER_TAGS: usize = 40;
+/// Tag prefixes that belong to AWS or to the CLI itself (it finds its resources by them).
+const RESERVED_TAG_PREFIXES: [&str; 2] = ["aws:", "realtime-stack:"];
+/// Port of Redis: the instances' security group must not be confused with Redis traffic.
+const REDIS_PORT: i64 = 6379;
+
+const ROOT_KEYS: &[&str] = &[
+    "name",
+    "region",
+    "domain",
+    "network",
+    "instances",
+    "load_balancer",
+    "redis",
+    "tags",
+];
+const DOMAIN_KEYS: &[&str] = &["name", "hosted_zone"];
+const NETWORK_KEYS: &[&str] = &["cidr", "allowed_cidrs"];
+const INSTANCES_KEYS: &[&str] = &[
+    "count",
+    "type",
+    "ami",
+    "binary",
+    "app_port",
+    "drain_seconds",
+];
+const LOAD_BALANCER_KEYS: &[&str] = &["idle_timeout_seconds"];
+const REDIS_KEYS: &[&str] = &["node_type", "replicas", "engine", "engine_version"];
+const ENGINES: &[&str] = &["redis", "valkey"];
+
+/// A validated `stack.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSpec {
+    /// Stack name: resource names and the ownership tag derive from it.
+    pub name: String,
+    /// AWS region. Defaults to `us-east-1` when the file has none; the CLI's `--region`, when
+    /// given, replaces it. It is deliberately not taken from `AWS_REGION`: a stack lives in one
+    /// region, and an environment variable silently pointing `destroy` elsewhere would miss it.
+    pub region: String,
+    pub domain: DomainSpec,
+    pub network: NetworkSpec,
+    pub instances: InstancesSpec,
+    pub load_balancer: LoadBalancerSpec,
+    pub redis: RedisSpec,
+    /// Extra tags for every resource.
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSpec {
+    /// The name served over HTTPS, lowercase, without a trailing dot.
+    pub name: String,
+    /// The Route53 hosted zone: a zone name (lowercase, no trailing dot) or a zone id without
+    /// its `/hostedzone/` prefix; see [`DomainSpec::zone_id`].
+    pub hosted_zone: String,
+}
+
+impl DomainSpec {
+    /// The hosted zone id when `hosted_zone` was given as an id, `None` when it is a name.
+    pub fn zone_id(&self) -> Option<&str> {
+        zone_id(&self.hosted_zone)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// The VPC's IPv4 CIDR in canonical form (`10.0.0.0/16`).
+    pub cidr: String,
+    /// Who may reach the load balancer on ports 80 and 443.
+    pub allowed_cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstancesSpec {
+    pub count: u32,
+    pub instance_type: String,
+    /// `None`: the latest Amazon Linux 2023.
+    pub ami: Option<String>,
+    /// A prebuilt chat-server binary; `None`: build it with `cargo build --release -p
+    /// chat-server`. Resolved against the stack file's directory by [`StackSpec::load`];
+    /// its existence is checked later, by preflight.
+    pub binary: Option<PathBuf>,
+    pub app_port: u16,
+    pub drain_seconds: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadBalancerSpec {
+    pub idle_timeout_seconds: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSpec {
+    pub node_type: String,
+    /// 0: a single node; 1 or more: automatic failover and Multi-AZ.
+    pub replicas: u32,
+    /// `redis` or `valkey`.
+    pub engine: String,
+    pub engine_version: Option<String>,
+}
+
+impl StackSpec {
+    /// Parses and validates the text of a stack file. `origin` names the file in messages.
+    pub fn parse(source: &str, origin: &str) -> Result<StackSpec, SpecError> {
+        let mut checker = Checker {
+            source,
+            problems: Vec::new(),
+        };
+        let spec = checker.stack();
+        match spec {
+            Some(spec) if checker.problems.is_empty() => Ok(spec),
+            _ => {
+                let mut problems = checker.problems;
+                problems.sort_by_key(|p| (p.line, p.column));
+                Err(SpecError {
+                    problems,
+                    source_code: Some(NamedSource::new(origin, source.to_string())),
+                })
+            }
+        }
+    }
+
+    /// Reads and parses a stack file; a relative `instances.binary` is resolved against the
+    /// file's directory, so the stack behaves the same from any working directory.
+    pub fn load(path: &Path) -> Result<StackSpec, SpecError> {
+        let origin = path.display().to_string();
+        let source = std::fs::read_to_string(path).map_err(|err| SpecError {
+            problems: vec![Problem {
+                path: String::new(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the stack file {origin}: {err}"),
+                help: Some("pass the stack file with -f, or create stack.yaml".to_string()),
+                span: None,
+            }],
+            source_code: None,
+        })?;
+        let mut spec = StackSpec::parse(&source, &origin)?;
+        if let (Some(binary), Some(dir)) = (&spec.instances.binary, path.parent()) {
+            spec.instances.binary = Some(dir.join(binary));
+        }
+        Ok(spec)
+    }
+
+    /// The VPC CIDR split into four equal subnets: public a, public b, private a, private b.
+    ///
+    /// # Panics
+    /// If `network.cidr` is not a CIDR, which [`StackSpec::parse`] never lets through.
+    pub fn subnet_cidrs(&self) -> [String; 4] {
+        let (network, prefix) =
+            parse_cidr(&self.network.cidr).expect("network.cidr is validated by StackSpec::parse");
+        let size = 1u32 << (32 - u32::from(prefix) - 2);
+        std::array::from_fn(|i| {
+            let start = Ipv4Addr::from(u32::from(network) + size * i as u32);
+            format!("{start}/{}", prefix + 2)
+        })
+    }
+}
+
+/// One problem of a stack file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key (`instances.count`, `network.allowed_cidrs[1]`, `tags.team`);
+    /// empty for problems of the whole file.
+    pub path: String,
+    /// 1-based; 0 when the file could not be read.
+    pub line: usize,
+    /// 1-based, in characters; 0 when the file could not be read.
+    pub column: usize,
+    pub message: String,
+    /// What to do about it, when we can tell.
+    pub help: Option<String>,
+    /// Byte range in the file, for the label of the diagnostic.
+    span: Option<SourceSpan>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for Problem {}
+
+impl Diagnostic for Problem {
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|help| Box::new(help) as Box<dyn fmt::Display>)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let span = self.span?;
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            None, span,
+        ))))
+    }
+}
+
+/// Everything wrong with a stack file. Rendered with miette, a single problem is shown
+/// directly and several are shown as related diagnostics, each pointing into the file.
+#[derive(Debug, Clone)]
+pub struct SpecError {
+    /// Sorted by position in the file.
+    pub problems: Vec<Problem>,
+    /// `None` when the file could not be read.
+    source_code: Option<NamedSource<String>>,
+}
+
+impl SpecError {
+    /// A single problem is the diagnostic itself; several hang under a summary.
+    fn single(&self) -> Option<&Problem> {
+        match self.problems.as_slice() {
+            [problem] => Some(problem),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.single(), &self.source_code) {
+            (Some(problem), _) => problem.fmt(f),
+            (None, Some(source)) => {
+                write!(f, "{} has {} problems", source.name(), self.problems.len())
+            }
+            (None, None) => write!(f, "{} problems", self.problems.len()),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+impl Diagnostic for SpecError {
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        self.source_code
+            .as_ref()
+            .map(|source| source as &dyn SourceCode)
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.single()?.help()
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        self.single()?.labels()
+    }
+
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
+        if self.single().is_some() {
+            return None;
+        }
+        Some(Box::new(self.problems.iter().map(|p| p as &dyn Diagnostic)))
+    }
+}

@@ -1,0 +1,600 @@
+//! The walk over the parsed file: every lookup records its problems and carries on.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use miette::SourceSpan;
+use saphyr::{LoadableYamlNode, MarkedYaml, Marker, Scalar, YamlData};
+
+use super::rules::*;
+use super::*;
+
+/// Where a node is: its first character and the character after it.
+#[derive(Clone, Copy)]
+struct At {
+    start: Marker,
+    end: Marker,
+}
+
+impl At {
+    fn of(node: &MarkedYaml<'_>) -> At {
+        At {
+            start: node.span.start,
+            end: node.span.end,
+        }
+    }
+
+    fn empty(start: Marker) -> At {
+        At { start, end: start }
+    }
+}
+
+/// A key of a mapping, with its value.
+#[derive(Clone, Copy)]
+struct Field<'n, 'i> {
+    key: At,
+    value: &'n MarkedYaml<'i>,
+}
+
+/// The entries of one mapping of the file. Keys that are not strings or not known have been
+/// reported when it was built.
+struct Section<'n, 'i> {
+    path: String,
+    /// Where a missing key is reported: the key that opened this section, or the file's start.
+    at: At,
+    /// Every known key, with its value, even a null one.
+    entries: Vec<(String, Field<'n, 'i>)>,
+}
+
+impl<'n, 'i> Section<'n, 'i> {
+    fn path(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    fn entry(&self, key: &str) -> Option<Field<'n, 'i>> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, field)| *field)
+    }
+
+    /// The key's value; `None` when it is absent or written with no value (`ami:`), which
+    /// counts as absent.
+    fn get(&self, key: &str) -> Option<Field<'n, 'i>> {
+        self.entry(key)
+            .filter(|field| !matches!(field.value.data, YamlData::Value(Scalar::Null)))
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Walks the parsed file and records every problem it finds.
+pub(super) struct Checker<'s> {
+    pub(super) source: &'s str,
+    pub(super) problems: Vec<Problem>,
+}
+
+impl<'s> Checker<'s> {
+    fn report(&mut self, path: &str, at: At, invalid: Invalid) {
+        let start = self.byte_offset(at.start.index());
+        let mut end = self.byte_offset(at.end.index()).max(start);
+        // A block mapping's span runs to the next key: underline its first line only.
+        if let Some(newline) = self.source[start..end].find('\n') {
+            end = start + newline;
+        }
+        self.problems.push(Problem {
+            path: path.to_string(),
+            line: at.start.line().max(1),
+            column: at.start.col() + 1,
+            message: invalid.message,
+            help: invalid.help,
+            span: Some(SourceSpan::new(start.into(), end - start)),
+        });
+    }
+
+    /// saphyr counts positions in characters, miette in bytes.
+    fn byte_offset(&self, char_index: usize) -> usize {
+        self.source
+            .char_indices()
+            .nth(char_index)
+            .map_or(self.source.len(), |(byte, _)| byte)
+    }
+
+    /// The text of a node as written in the file.
+    fn raw(&self, at: At) -> &'s str {
+        let start = self.byte_offset(at.start.index());
+        let end = self.byte_offset(at.end.index()).max(start);
+        &self.source[start..end]
+    }
+
+    /// Records a rule's verdict on a value.
+    fn check<T>(&mut self, path: &str, at: At, rule: Rule<T>) -> Option<T> {
+        rule.map_err(|invalid| self.report(path, at, invalid)).ok()
+    }
+
+    fn type_error(&mut self, path: &str, node: &MarkedYaml<'_>, expected: &str) {
+        let found = kind(node);
+        let mut invalid = Invalid::new(format!("expected {expected}, found {found}"));
+        if let YamlData::Value(Scalar::String(text)) = &node.data
+            && text.parse::<i64>().is_ok()
+            && expected.contains("number")
+        {
+            invalid = invalid.help(format!("remove the quotes: {text}"));
+        } else if let YamlData::Tagged(..) = &node.data {
+            invalid = invalid.help("YAML tags such as `!foo` are not supported here");
+        }
+        self.report(path, At::of(node), invalid);
+    }
+
+    pub(super) fn stack(&mut self) -> Option<StackSpec> {
+        let start = Marker::new(0, 1, 0);
+        let documents = match MarkedYaml::load_from_str(self.source) {
+            Ok(documents) => documents,
+            Err(err) => {
+                let at = At::empty(*err.marker());
+                self.report(
+                    "",
+                    at,
+                    Invalid::new(format!("invalid YAML: {}", err.info())),
+                );
+                return None;
+            }
+        };
+        if let Some(extra) = documents.get(1) {
+            self.report(
+                "",
+                At::of(extra),
+                Invalid::new("a stack file holds one YAML document, this is a second one")
+                    .help("remove the `---` and what follows, or merge it into the first"),
+            );
+        }
+        let root = match documents.first() {
+            None => None,
+            Some(node) if matches!(node.data, YamlData::Value(Scalar::Null)) => None,
+            Some(node) => Some(node),
+        };
+        let Some(root) = root else {
+            self.report(
+                "",
+                At::empty(start),
+                Invalid::new("the stack file is empty")
+                    .help("give at least `name`, `domain.name` and `domain.hosted_zone`"),
+            );
+            return None;
+        };
+        let root = self.section(root, At::empty(root.span.start), "", ROOT_KEYS)?;
+
+        let name = self.required(&root, "name", |ck, path, field| {
+            let name = ck.string(path, field.value)?;
+            ck.check(path, At::of(field.value), stack_name(&name))
+        });
+        let region = self.optional(&root, "region", DEFAULT_REGION.to_string(), |ck, p, n| {
+            let region = ck.string(p, n)?;
+            ck.check(p, At::of(n), aws_region(&region))
+        });
+        let domain = self.required(&root, "domain", |ck, path, field| {
+            let section = ck.section(field.value, field.key, path, DOMAIN_KEYS)?;
+            ck.domain(section)
+        });
+        let network = self.network(&root);
+        let instances = self.instances(&root);
+        let load_balancer = self.load_balancer(&root);
+        let redis = self.redis(&root);
+        let tags = self.optional(&root, "tags", BTreeMap::new(), |ck, p, n| ck.tags(p, n));
+
+        Some(StackSpec {
+            name: name?,
+            region: region?,
+            domain: domain?,
+            network: network?,
+            instances: instances?,
+            load_balancer: load_balancer?,
+            redis: redis?,
+            tags: tags?,
+        })
+    }
+
+    /// Reads a mapping, reporting keys that are not strings and keys not in `known`.
+    fn section<'n, 'i>(
+        &mut self,
+        node: &'n MarkedYaml<'i>,
+        at: At,
+        path: &str,
+        known: &[&str],
+    ) -> Option<Section<'n, 'i>> {
+        let YamlData::Mapping(mapping) = &node.data else {
+            let expected = format!("a mapping with the keys {}", known.join(", "));
+            self.type_error(path, node, &expected);
+            return None;
+        };
+        let mut entries = Vec::new();
+        for (key, value) in mapping.iter() {
+            let Some(name) = self.key(path, key) else {
+                continue;
+            };
+            if !known.contains(&name.as_str()) {
+                let help = match did_you_mean(&name, known) {
+                    Some(guess) => format!("did you mean `{guess}`?"),
+                    None => format!("the keys here are {}", known.join(", ")),
+                };
+                let message = match path {
+                    "" => format!("unknown key `{name}`"),
+                    section => format!("unknown key `{name}` in `{section}`"),
+                };
+                self.report(
+                    &join(path, &name),
+                    At::of(key),
+                    Invalid::new(message).help(help),
+                );
+                continue;
+            }
+            let field = Field {
+                key: At::of(key),
+                value,
+            };
+            entries.push((name, field));
+        }
+        Some(Section {
+            path: path.to_string(),
+            at,
+            entries,
+        })
+    }
+
+    /// A mapping key as a string; keys written as numbers or booleans are taken as written.
+    fn key(&mut self, path: &str, key: &MarkedYaml<'_>) -> Option<String> {
+        match &key.data {
+            YamlData::Value(Scalar::String(name)) => Some(name.to_string()),
+            YamlData::Value(Scalar::Integer(_) | Scalar::FloatingPoint(_) | Scalar::Boolean(_)) => {
+                Some(self.raw(At::of(key)).to_string())
+            }
+            _ => {
+                self.type_error(path, key, "a key that is a string");
+                None
+            }
+        }
+    }
+
+    /// A nested section that may be absent (then every key takes its default).
+    fn subsection<'n, 'i>(
+        &mut self,
+        parent: &Section<'n, 'i>,
+        key: &str,
+        known: &[&str],
+    ) -> Option<Section<'n, 'i>> {
+        let path = parent.path(key);
+        match parent.get(key) {
+            Some(field) => self.section(field.value, field.key, &path, known),
+            None => Some(Section {
+                path,
+                at: parent.at,
+                entries: Vec::new(),
+            }),
+        }
+    }
+
+    fn required<'n, 'i, T>(
+        &mut self,
+        section: &Section<'n, 'i>,
+        key: &str,
+        read: impl FnOnce(&mut Self, &str, Field<'n, 'i>) -> Option<T>,
+    ) -> Option<T> {
+        let path = section.path(key);
+        if let Some(field) = section.get(key) {
+            return read(self, &path, field);
+        }
+        // Point at the key when it is there without a value, else at the section.
+        let at = section.entry(key).map_or(section.at, |field| field.key);
+        self.report(&path, at, Invalid::new("is required"));
+        None
+    }
+
+    fn optional<'n, 'i, T>(
+        &mut self,
+        section: &Section<'n, 'i>,
+        key: &str,
+        default: T,
+        read: impl FnOnce(&mut Self, &str, &'n MarkedYaml<'i>) -> Option<T>,
+    ) -> Option<T> {
+        match section.get(key) {
+            Some(field) => read(self, &section.path(key), field.value),
+            None => Some(default),
+        }
+    }
+
+    fn string(&mut self, path: &str, node: &MarkedYaml<'_>) -> Option<String> {
+        match &node.data {
+            YamlData::Value(Scalar::String(text)) => Some(text.to_string()),
+            _ => {
+                self.type_error(path, node, "a string");
+                None
+            }
+        }
+    }
+
+    /// A string, or a number or boolean taken as written (`engine_version: 7.1`, tag values).
+    fn text(&mut self, path: &str, node: &MarkedYaml<'_>) -> Option<String> {
+        match &node.data {
+            YamlData::Value(Scalar::String(text)) => Some(text.to_string()),
+            YamlData::Value(Scalar::Integer(_) | Scalar::FloatingPoint(_) | Scalar::Boolean(_)) => {
+                Some(self.raw(At::of(node)).to_string())
+            }
+            _ => {
+                self.type_error(path, node, "a string");
+                None
+            }
+        }
+    }
+
+    /// A whole number within `min..=max`; `why` says where the bounds come from.
+    fn integer<T: TryFrom<i64>>(
+        &mut self,
+        path: &str,
+        node: &MarkedYaml<'_>,
+        (min, max): (i64, i64),
+        why: &str,
+    ) -> Option<T> {
+        let YamlData::Value(Scalar::Integer(value)) = node.data else {
+            self.type_error(path, node, "a whole number");
+            return None;
+        };
+        let rule = if (min..=max).contains(&value) {
+            T::try_from(value).map_err(|_| Invalid::new("is out of range"))
+        } else {
+            Err(Invalid::new(format!("must be from {min} to {max}, not {value}")).help(why))
+        };
+        self.check(path, At::of(node), rule)
+    }
+
+    fn domain(&mut self, section: Section<'_, '_>) -> Option<DomainSpec> {
+        let name = self.required(&section, "name", |ck, path, field| {
+            let name = ck.string(path, field.value)?;
+            ck.check(path, At::of(field.value), dns_name(&name))
+        });
+        let zone = self.required(&section, "hosted_zone", |ck, path, field| {
+            let zone = ck.string(path, field.value)?;
+            ck.check(path, At::of(field.value), hosted_zone(&zone))
+        });
+        let (name, hosted_zone) = (name?, zone?);
+        if zone_id(&hosted_zone).is_none()
+            && name != hosted_zone
+            && !name.ends_with(&format!(".{hosted_zone}"))
+        {
+            let field = section.get("name")?;
+            self.report(
+                &section.path("name"),
+                At::of(field.value),
+                Invalid::new(format!(
+                    "`{name}` is not inside the hosted zone `{hosted_zone}`"
+                ))
+                .help(format!(
+                    "use `{hosted_zone}` or a name ending in `.{hosted_zone}`, or the zone that holds `{name}`"
+                )),
+            );
+            return None;
+        }
+        Some(DomainSpec { name, hosted_zone })
+    }
+
+    fn network(&mut self, root: &Section<'_, '_>) -> Option<NetworkSpec> {
+        let section = self.subsection(root, "network", NETWORK_KEYS)?;
+        let cidr = self.optional(&section, "cidr", DEFAULT_CIDR.to_string(), |ck, p, n| {
+            let cidr = ck.string(p, n)?;
+            ck.check(p, At::of(n), vpc_cidr(&cidr))
+        });
+        let default = vec![DEFAULT_ALLOWED_CIDR.to_string()];
+        let allowed = self.optional(&section, "allowed_cidrs", default, |ck, path, node| {
+            let YamlData::Sequence(items) = &node.data else {
+                ck.type_error(path, node, "a list of CIDRs, such as [0.0.0.0/0]");
+                return None;
+            };
+            if items.is_empty() {
+                let invalid = Invalid::new("must list at least one CIDR")
+                    .help("use [0.0.0.0/0] to let everyone reach the load balancer");
+                ck.report(path, At::of(node), invalid);
+                return None;
+            }
+            let mut cidrs = Vec::new();
+            let mut ok = true;
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("{path}[{i}]");
+                let cidr = ck.string(&path, item).and_then(|cidr| {
+                    let rule = any_cidr(&cidr).and_then(|cidr| {
+                        if cidrs.contains(&cidr) {
+                            Err(Invalid::new(format!("`{cidr}` is listed twice"))
+                                .help("remove one of them"))
+                        } else {
+                            Ok(cidr)
+                        }
+                    });
+                    ck.check(&path, At::of(item), rule)
+                });
+                match cidr {
+                    Some(cidr) => cidrs.push(cidr),
+                    None => ok = false,
+                }
+            }
+            ok.then_some(cidrs)
+        });
+        Some(NetworkSpec {
+            cidr: cidr?,
+            allowed_cidrs: allowed?,
+        })
+    }
+
+    fn instances(&mut self, root: &Section<'_, '_>) -> Option<InstancesSpec> {
+        let section = self.subsection(root, "instances", INSTANCES_KEYS)?;
+        let count = self.optional(&section, "count", DEFAULT_COUNT, |ck, p, n| {
+            ck.integer(p, n, (1, 20), "a stack runs from 1 to 20 instances")
+        });
+        let default_type = DEFAULT_INSTANCE_TYPE.to_string();
+        let instance_type = self.optional(&section, "type", default_type, |ck, p, n| {
+            let text = ck.string(p, n)?;
+            ck.check(p, At::of(n), instance_type(&text))
+        });
+        let ami = self.optional(&section, "ami", None, |ck, p, n| {
+            let text = ck.string(p, n)?;
+            ck.check(p, At::of(n), ami(&text)).map(Some)
+        });
+        let binary = self.optional(&section, "binary", None, |ck, p, n| {
+            let text = ck.string(p, n)?;
+            let rule = if text.trim().is_empty() {
+                Err(Invalid::new("is empty")
+                    .help("give the path of a chat-server binary, or remove the key to build one"))
+            } else {
+                Ok(Some(PathBuf::from(text)))
+            };
+            ck.check(p, At::of(n), rule)
+        });
+        let app_port = self.optional(&section, "app_port", DEFAULT_APP_PORT, |ck, p, n| {
+            let port: u16 = ck.integer(
+                p,
+                n,
+                (1024, 65535),
+                "ports below 1024 need root, and the server runs unprivileged",
+            )?;
+            let rule = if i64::from(port) == REDIS_PORT {
+                Err(Invalid::new("must not be 6379, the Redis port")
+                    .help(format!("use another port, such as {DEFAULT_APP_PORT}")))
+            } else {
+                Ok(port)
+            };
+            ck.check(p, At::of(n), rule)
+        });
+        let drain_seconds = self.optional(
+            &section,
+            "drain_seconds",
+            DEFAULT_DRAIN_SECONDS,
+            |ck, p, n| {
+                ck.integer(
+                    p,
+                    n,
+                    (0, 3600),
+                    "the target group's deregistration delay is at most 3600 s",
+                )
+            },
+        );
+        Some(InstancesSpec {
+            count: count?,
+            instance_type: instance_type?,
+            ami: ami?,
+            binary: binary?,
+            app_port: app_port?,
+            drain_seconds: drain_seconds?,
+        })
+    }
+
+    fn load_balancer(&mut self, root: &Section<'_, '_>) -> Option<LoadBalancerSpec> {
+        let section = self.subsection(root, "load_balancer", LOAD_BALANCER_KEYS)?;
+        let idle = self.optional(
+            &section,
+            "idle_timeout_seconds",
+            DEFAULT_IDLE_TIMEOUT,
+            |ck, p, n| {
+                ck.integer(
+                    p,
+                    n,
+                    (60, 4000),
+                    "the ALB allows at most 4000 s, and less than 60 s drops quiet WebSockets",
+                )
+            },
+        );
+        Some(LoadBalancerSpec {
+            idle_timeout_seconds: idle?,
+        })
+    }
+
+    fn redis(&mut self, root: &Section<'_, '_>) -> Option<RedisSpec> {
+        let section = self.subsection(root, "redis", REDIS_KEYS)?;
+        let default_node_type = DEFAULT_NODE_TYPE.to_string();
+        let node_type = self.optional(&section, "node_type", default_node_type, |ck, p, n| {
+            let text = ck.string(p, n)?;
+            ck.check(p, At::of(n), node_type(&text))
+        });
+        let replicas = self.optional(&section, "replicas", DEFAULT_REPLICAS, |ck, p, n| {
+            ck.integer(p, n, (0, 5), "a replication group has at most 5 replicas")
+        });
+        let engine = self.optional(
+            &section,
+            "engine",
+            DEFAULT_ENGINE.to_string(),
+            |ck, p, n| {
+                let text = ck.string(p, n)?;
+                ck.check(p, At::of(n), engine(&text))
+            },
+        );
+        let version = self.optional(&section, "engine_version", None, |ck, p, n| {
+            let text = ck.text(p, n)?;
+            ck.check(p, At::of(n), engine_version(&text)).map(Some)
+        });
+        Some(RedisSpec {
+            node_type: node_type?,
+            replicas: replicas?,
+            engine: engine?,
+            engine_version: version?,
+        })
+    }
+
+    fn tags(&mut self, path: &str, node: &MarkedYaml<'_>) -> Option<BTreeMap<String, String>> {
+        let YamlData::Mapping(mapping) = &node.data else {
+            self.type_error(path, node, "a mapping of tag keys to values");
+            return None;
+        };
+        let mut ok = true;
+        if mapping.len() > MAX_USER_TAGS {
+            let invalid = Invalid::new(format!(
+                "has {} tags, at most {MAX_USER_TAGS} are allowed",
+                mapping.len()
+            ))
+            .help("AWS allows 50 tags per resource and realtime-stack needs the rest");
+            self.report(path, At::of(node), invalid);
+            ok = false;
+        }
+        let mut tags = BTreeMap::new();
+        for (key, value) in mapping.iter() {
+            let Some(name) = self.key(path, key) else {
+                ok = false;
+                continue;
+            };
+            let tag_path = join(path, &name);
+            let key_ok = self.check(&tag_path, At::of(key), tag_key(&name));
+            let value = if let YamlData::Value(Scalar::Null) = value.data {
+                let invalid = Invalid::new("has no value")
+                    .help(format!("write `{name}: \"\"` for an empty value"));
+                self.report(&tag_path, At::of(key), invalid);
+                None
+            } else {
+                self.text(&tag_path, value)
+                    .and_then(|text| self.check(&tag_path, At::of(value), tag_value(&text)))
+            };
+            match (key_ok, value) {
+                (Some(()), Some(value)) => {
+                    tags.insert(name, value);
+                }
+                _ => ok = false,
+            }
+        }
+        ok.then_some(tags)
+    }
+}
+
+/// What a node is, in words, for type errors.
+fn kind(node: &MarkedYaml<'_>) -> &'static str {
+    match &node.data {
+        YamlData::Value(Scalar::Null) => "nothing",
+        YamlData::Value(Scalar::Boolean(_)) => "a boolean",
+        YamlData::Value(Scalar::Integer(_)) => "a whole number",
+        YamlData::Value(Scalar::FloatingPoint(_)) => "a number with a fraction",
+        YamlData::Value(Scalar::String(_)) | YamlData::Representation(..) => "a string",
+        YamlData::Sequence(_) => "a list",
+        YamlData::Mapping(_) => "a mapping",
+        YamlData::Tagged(..) => "a tagged value",
+        YamlData::Alias(_) | YamlData::BadValue => "a value that cannot be read",
+    }
+}

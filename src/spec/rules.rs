@@ -1,0 +1,312 @@
+//! The rules of single values, as pure functions: each returns the value (canonical when it
+//! has a canonical form) or what is wrong with it.
+
+use std::net::Ipv4Addr;
+
+use super::{ENGINES, MAX_NAME_LEN, RESERVED_TAG_PREFIXES};
+
+/// A value that fails a rule: what is wrong and, when we can tell, what to write instead.
+pub(super) struct Invalid {
+    pub(super) message: String,
+    pub(super) help: Option<String>,
+}
+
+impl Invalid {
+    pub(super) fn new(message: impl Into<String>) -> Invalid {
+        Invalid {
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub(super) fn help(mut self, help: impl Into<String>) -> Invalid {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+pub(super) type Rule<T> = Result<T, Invalid>;
+
+/// The known key closest to a mistyped one, if any is close enough to be a plausible typo.
+pub(super) fn did_you_mean<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|candidate| (strsim::jaro_winkler(key, candidate), *candidate))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
+}
+
+pub(super) fn stack_name(name: &str) -> Rule<String> {
+    let help = "use lowercase letters, digits and single hyphens, starting with a letter, like `chat` or `chat-prod`";
+    let valid_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if name.is_empty() {
+        Err(Invalid::new("is empty").help(help))
+    } else if !valid_chars || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Err(Invalid::new(format!("`{name}` is not a valid stack name")).help(help))
+    } else if name.ends_with('-') || name.contains("--") {
+        // ElastiCache ids and ALB names refuse both.
+        Err(Invalid::new(format!("`{name}` ends with a hyphen or has two in a row")).help(help))
+    } else if name.len() > MAX_NAME_LEN {
+        Err(Invalid::new(format!(
+            "`{name}` is {} characters long, at most {MAX_NAME_LEN} are allowed",
+            name.len()
+        ))
+        .help("resource names derive from it and AWS limits their length (S3 buckets: 63)"))
+    } else {
+        Ok(name.to_string())
+    }
+}
+
+/// `^[a-z]{2}(-[a-z]+)+-\d+$`, like `us-east-1` or `ap-southeast-2`.
+pub(super) fn aws_region(region: &str) -> Rule<String> {
+    let parts: Vec<&str> = region.split('-').collect();
+    let letters = |part: &&str| !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase());
+    let valid = parts.len() >= 3
+        && parts[0].len() == 2
+        && parts[..parts.len() - 1].iter().all(letters)
+        && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
+        && !parts[parts.len() - 1].is_empty();
+    if valid {
+        Ok(region.to_string())
+    } else {
+        Err(Invalid::new(format!("`{region}` is not an AWS region"))
+            .help("write a region code such as us-east-1 or eu-west-3"))
+    }
+}
+
+/// A DNS name of two labels or more, returned lowercase without a trailing dot.
+pub(super) fn dns_name(name: &str) -> Rule<String> {
+    let lower = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let labels: Vec<&str> = lower.split('.').collect();
+    let help =
+        "write a DNS name such as chat.example.com: letters, digits and hyphens, separated by dots";
+    let bad = |why: &str| {
+        Err(Invalid::new(format!("`{name}` is not a valid DNS name: {why}")).help(help))
+    };
+    if lower.starts_with("*.") {
+        return Err(Invalid::new("wildcard names are not supported")
+            .help("give the exact name to serve, such as chat.example.com"));
+    }
+    if lower.len() > 253 {
+        return bad("longer than 253 characters");
+    }
+    if labels.len() < 2 {
+        return bad("it needs at least two labels");
+    }
+    for label in &labels {
+        if label.is_empty() || label.len() > 63 {
+            return bad("each label between dots has 1 to 63 characters");
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
+            return bad(&format!(
+                "`{label}` has characters other than letters, digits and inner hyphens"
+            ));
+        }
+    }
+    if labels[labels.len() - 1].chars().all(|c| c.is_ascii_digit()) {
+        return bad("it looks like an IP address");
+    }
+    Ok(lower)
+}
+
+/// The bare id (`Z0123456789ABCDEF`) when `zone` is a hosted zone id, with or without its
+/// `/hostedzone/` prefix.
+pub(super) fn zone_id(zone: &str) -> Option<&str> {
+    let id = zone.strip_prefix("/hostedzone/").unwrap_or(zone);
+    let valid = id.starts_with('Z')
+        && (2..=32).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+    valid.then_some(id)
+}
+
+pub(super) fn hosted_zone(zone: &str) -> Rule<String> {
+    if let Some(id) = zone_id(zone) {
+        return Ok(id.to_string());
+    }
+    dns_name(zone).map_err(|_| {
+        Invalid::new(format!("`{zone}` is neither a zone name nor a zone id"))
+            .help("give the zone's name, such as example.com, or its id, such as Z0123456789ABCDEF")
+    })
+}
+
+/// `a.b.c.d/p` as a network address and prefix; `None` if it is not one.
+pub(super) fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (address, prefix) = text.split_once('/')?;
+    let address: Ipv4Addr = address.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    Some((address, prefix))
+}
+
+pub(super) fn mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+/// A valid IPv4 CIDR with no host bits set, in canonical form.
+pub(super) fn any_cidr(text: &str) -> Rule<String> {
+    let Some((address, prefix)) = parse_cidr(text) else {
+        let invalid = Invalid::new(format!("`{text}` is not an IPv4 CIDR"));
+        return Err(if text.parse::<Ipv4Addr>().is_ok() {
+            invalid.help(format!("write {text}/32 for this one address"))
+        } else {
+            invalid.help("write an address and a prefix length, such as 203.0.113.0/24")
+        });
+    };
+    let network = Ipv4Addr::from(u32::from(address) & mask(prefix));
+    if network != address {
+        return Err(
+            Invalid::new(format!("`{text}` has bits set after its /{prefix} prefix"))
+                .help(format!("did you mean {network}/{prefix}?")),
+        );
+    }
+    Ok(format!("{network}/{prefix}"))
+}
+
+/// The VPC CIDR: private (RFC 1918) and from /16 to /24, so that it splits into four subnets
+/// of /18 to /26.
+pub(super) fn vpc_cidr(text: &str) -> Rule<String> {
+    let cidr = any_cidr(text)?;
+    let (address, prefix) = parse_cidr(&cidr).ok_or_else(|| Invalid::new("is not a CIDR"))?;
+    if !(16..=24).contains(&prefix) {
+        return Err(
+            Invalid::new(format!("/{prefix} is not allowed for the VPC")).help(
+                "use a prefix from /16 to /24: the VPC is split into four subnets, /18 to /26",
+            ),
+        );
+    }
+    let private = [("10.0.0.0", 8), ("172.16.0.0", 12), ("192.168.0.0", 16)]
+        .iter()
+        .any(|(range, bits)| {
+            let range: Ipv4Addr = range.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+            u32::from(address) & mask(*bits) == u32::from(range)
+        });
+    if !private {
+        return Err(Invalid::new(format!("`{cidr}` is not a private range"))
+            .help("use a range inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16 (RFC 1918), such as 10.0.0.0/16"));
+    }
+    Ok(cidr)
+}
+
+/// `family.size`, like `t3.micro`, `m7g.2xlarge` or `m7i.metal-24xl`.
+pub(super) fn is_type_name(text: &str) -> bool {
+    let Some((family, size)) = text.split_once('.') else {
+        return false;
+    };
+    let word = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    family.starts_with(|c: char| c.is_ascii_lowercase()) && word(family) && word(size)
+}
+
+pub(super) fn instance_type(text: &str) -> Rule<String> {
+    if is_type_name(text) {
+        Ok(text.to_string())
+    } else {
+        Err(
+            Invalid::new(format!("`{text}` is not an EC2 instance type"))
+                .help("write family.size, such as t3.micro or m7g.large"),
+        )
+    }
+}
+
+pub(super) fn ami(text: &str) -> Rule<String> {
+    let hex = text.strip_prefix("ami-").unwrap_or_default();
+    if matches!(hex.len(), 8 | 17) && hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+        Ok(text.to_string())
+    } else {
+        Err(Invalid::new(format!("`{text}` is not an AMI id"))
+            .help("write ami- and 17 hexadecimal digits, or remove the key to use the latest Amazon Linux 2023"))
+    }
+}
+
+pub(super) fn node_type(text: &str) -> Rule<String> {
+    match text.strip_prefix("cache.") {
+        Some(rest) if is_type_name(rest) => Ok(text.to_string()),
+        _ => {
+            let invalid = Invalid::new(format!("`{text}` is not an ElastiCache node type"));
+            Err(if is_type_name(text) {
+                invalid.help(format!("did you mean cache.{text}?"))
+            } else {
+                invalid.help("write cache.family.size, such as cache.t4g.micro")
+            })
+        }
+    }
+}
+
+pub(super) fn engine(text: &str) -> Rule<String> {
+    if ENGINES.contains(&text) {
+        return Ok(text.to_string());
+    }
+    let invalid = Invalid::new(format!("`{text}` is not a supported engine"));
+    Err(match did_you_mean(text, ENGINES) {
+        Some(guess) => invalid.help(format!("did you mean `{guess}`? (redis or valkey)")),
+        None => invalid.help("use redis or valkey"),
+    })
+}
+
+/// `7.1`, `8.0` or `6.x`: numbers separated by dots, `x` allowed after the major version.
+pub(super) fn engine_version(text: &str) -> Rule<String> {
+    let mut parts = text.split('.');
+    let number = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit());
+    let valid = parts.next().is_some_and(number) && parts.all(|part| part == "x" || number(part));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(Invalid::new(format!("`{text}` is not an engine version"))
+            .help("write a version such as \"7.1\", or remove the key for the engine's default"))
+    }
+}
+
+/// Characters that every tagged service accepts (ELB and ElastiCache are the strictest).
+pub(super) fn is_tag_text(text: &str) -> bool {
+    text.chars().all(|c| {
+        c.is_alphanumeric()
+            || c.is_whitespace()
+            || matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
+    })
+}
+
+pub(super) fn tag_key(key: &str) -> Rule<()> {
+    let lower = key.to_lowercase();
+    if let Some(prefix) = RESERVED_TAG_PREFIXES.iter().find(|p| lower.starts_with(*p)) {
+        return Err(
+            Invalid::new(format!("tag keys starting with `{prefix}` are reserved"))
+                .help("choose another key"),
+        );
+    }
+    if key.is_empty() || key.chars().count() > 128 {
+        return Err(Invalid::new("a tag key has 1 to 128 characters").help("shorten the key"));
+    }
+    if !is_tag_text(key) {
+        return Err(
+            Invalid::new(format!("`{key}` has characters AWS refuses in tags"))
+                .help("use letters, digits, spaces and _ . : / = + - @"),
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn tag_value(value: &str) -> Rule<String> {
+    if value.chars().count() > 256 {
+        return Err(
+            Invalid::new("a tag value has at most 256 characters").help("shorten the value")
+        );
+    }
+    if !is_tag_text(value) {
+        return Err(
+            Invalid::new(format!("`{value}` has characters AWS refuses in tags"))
+                .help("use letters, digits, spaces and _ . : / = + - @"),
+        );
+    }
+    Ok(value.to_string())
+}

@@ -1,0 +1,734 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// The required keys only.
+const MINIMAL: &str = "\
+name: chat
+domain:
+  name: chat.example.com
+  hosted_zone: example.com
+";
+
+fn problems(source: &str) -> Vec<Problem> {
+    match StackSpec::parse(source, "stack.yaml") {
+        Ok(spec) => panic!("expected problems, parsed {spec:?}"),
+        Err(err) => err.problems,
+    }
+}
+
+/// Asserts that the file has exactly one problem, at `path`, whose message contains `needle`,
+/// and returns it.
+fn one_problem(source: &str, path: &str, needle: &str) -> Problem {
+    let found = problems(source);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let problem = found.into_iter().next().unwrap();
+    assert_eq!(problem.path, path, "{problem:#?}");
+    assert!(problem.message.contains(needle), "{problem:#?}");
+    problem
+}
+
+/// The minimal file plus some lines.
+fn with(extra: &str) -> String {
+    format!("{MINIMAL}{extra}")
+}
+
+fn defaults() -> StackSpec {
+    StackSpec {
+        name: "chat".into(),
+        region: "us-east-1".into(),
+        domain: DomainSpec {
+            name: "chat.example.com".into(),
+            hosted_zone: "example.com".into(),
+        },
+        network: NetworkSpec {
+            cidr: "10.0.0.0/16".into(),
+            allowed_cidrs: vec!["0.0.0.0/0".into()],
+        },
+        instances: InstancesSpec {
+            count: 2,
+            instance_type: "t3.micro".into(),
+            ami: None,
+            binary: None,
+            app_port: 8080,
+            drain_seconds: 30,
+        },
+        load_balancer: LoadBalancerSpec {
+            idle_timeout_seconds: 3600,
+        },
+        redis: RedisSpec {
+            node_type: "cache.t4g.micro".into(),
+            replicas: 1,
+            engine: "redis".into(),
+            engine_version: None,
+        },
+        tags: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn example_stack_file_parses() {
+    let spec = StackSpec::parse(include_str!("../../stack.yaml"), "stack.yaml").unwrap();
+    let mut expected = defaults();
+    expected.tags.insert("team".into(), "chat".into());
+    assert_eq!(spec, expected);
+}
+
+#[test]
+fn minimal_file_takes_defaults() {
+    assert_eq!(StackSpec::parse(MINIMAL, "stack.yaml").unwrap(), defaults());
+}
+
+#[test]
+fn keys_without_values_and_empty_sections_take_defaults() {
+    let spec = StackSpec::parse(
+        &with("region:\nnetwork:\ninstances:\n  ami:\n  count:\nredis: {}\n"),
+        "stack.yaml",
+    )
+    .unwrap();
+    assert_eq!(spec, defaults());
+}
+
+#[test]
+fn full_file_is_read() {
+    let source = r#"
+name: chat-prod
+region: eu-west-3
+domain:
+  name: Chat.Example.COM.
+  hosted_zone: /hostedzone/Z0123456789ABCDEF
+network:
+  cidr: 172.16.0.0/20
+  allowed_cidrs:
+    - 203.0.113.0/24
+    - 198.51.100.7/32
+instances:
+  count: 3
+  type: m7g.large
+  ami: ami-0123456789abcdef0
+  binary: bin/chat-server
+  app_port: 9000
+  drain_seconds: 0
+load_balancer:
+  idle_timeout_seconds: 4000
+redis:
+  node_type: cache.r7g.large
+  replicas: 0
+  engine: valkey
+  engine_version: 8.0
+tags:
+  team: chat
+  cost-center: 1234
+"#;
+    let spec = StackSpec::parse(source, "stack.yaml").unwrap();
+    let expected = StackSpec {
+        name: "chat-prod".into(),
+        region: "eu-west-3".into(),
+        domain: DomainSpec {
+            name: "chat.example.com".into(),
+            hosted_zone: "Z0123456789ABCDEF".into(),
+        },
+        network: NetworkSpec {
+            cidr: "172.16.0.0/20".into(),
+            allowed_cidrs: vec!["203.0.113.0/24".into(), "198.51.100.7/32".into()],
+        },
+        instances: InstancesSpec {
+            count: 3,
+            instance_type: "m7g.large".into(),
+            ami: Some("ami-0123456789abcdef0".into()),
+            binary: Some(PathBuf::from("bin/chat-server")),
+            app_port: 9000,
+            drain_seconds: 0,
+        },
+        load_balancer: LoadBalancerSpec {
+            idle_timeout_seconds: 4000,
+        },
+        redis: RedisSpec {
+            node_type: "cache.r7g.large".into(),
+            replicas: 0,
+            engine: "valkey".into(),
+            // Written unquoted, it is still taken as written, not as the float 8.
+            engine_version: Some("8.0".into()),
+        },
+        tags: BTreeMap::from([
+            ("cost-center".into(), "1234".into()),
+            ("team".into(), "chat".into()),
+        ]),
+    };
+    assert_eq!(spec, expected);
+    assert_eq!(spec.domain.zone_id(), Some("Z0123456789ABCDEF"));
+    assert_eq!(defaults().domain.zone_id(), None);
+}
+
+#[test]
+fn unknown_key_suggests_the_closest_with_its_position() {
+    let problem = one_problem(
+        &with("instances:\n  cuont: 3\n"),
+        "instances.cuont",
+        "unknown key",
+    );
+    assert_eq!((problem.line, problem.column), (6, 3));
+    assert_eq!(problem.message, "unknown key `cuont` in `instances`");
+    assert_eq!(problem.help.as_deref(), Some("did you mean `count`?"));
+
+    let problem = one_problem(&with("regoin: eu-west-1\n"), "regoin", "unknown key");
+    assert_eq!((problem.line, problem.column), (5, 1));
+    assert_eq!(problem.help.as_deref(), Some("did you mean `region`?"));
+}
+
+#[test]
+fn unknown_key_without_a_close_match_lists_the_keys() {
+    let problem = one_problem(
+        &with("load_balancer:\n  zzz: 1\n"),
+        "load_balancer.zzz",
+        "unknown",
+    );
+    assert_eq!(
+        problem.help.as_deref(),
+        Some("the keys here are idle_timeout_seconds")
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_in_file_order() {
+    let source = "\
+name: Chat
+region: moon-1
+domain:
+  name: chat.example.com
+  hosted_zone: example.com
+instances:
+  count: 0
+  colour: blue
+redis:
+  engine: valky
+";
+    let found: Vec<(String, usize, usize)> = problems(source)
+        .into_iter()
+        .map(|p| (p.path, p.line, p.column))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("name".to_string(), 1, 7),
+            ("region".to_string(), 2, 9),
+            ("instances.count".to_string(), 7, 10),
+            ("instances.colour".to_string(), 8, 3),
+            ("redis.engine".to_string(), 10, 11),
+        ]
+    );
+    let engine = problems(source).pop().unwrap();
+    assert_eq!(
+        engine.help.as_deref(),
+        Some("did you mean `valkey`? (redis or valkey)")
+    );
+}
+
+#[test]
+fn type_errors_have_positions() {
+    let problem = one_problem(&with("instances:\n  count: \"3\"\n"), "instances.count", "");
+    assert_eq!(problem.message, "expected a whole number, found a string");
+    assert_eq!(problem.help.as_deref(), Some("remove the quotes: 3"));
+    assert_eq!((problem.line, problem.column), (6, 10));
+
+    let problem = one_problem(&with("network: [10.0.0.0/16]\n"), "network", "found a list");
+    assert_eq!((problem.line, problem.column), (5, 10));
+
+    let problem = one_problem(
+        &with("network:\n  allowed_cidrs: 0.0.0.0/0\n"),
+        "network.allowed_cidrs",
+        "expected a list",
+    );
+    assert_eq!((problem.line, problem.column), (6, 18));
+
+    let problem = one_problem(&with("region:\n  a: b\n"), "region", "found a mapping");
+    assert_eq!((problem.line, problem.column), (6, 3));
+
+    one_problem(
+        &with("instances:\n  drain_seconds: 1.5\n"),
+        "instances.drain_seconds",
+        "found a number with a fraction",
+    );
+    one_problem(&with("tags: [a]\n"), "tags", "expected a mapping");
+    one_problem(
+        &with("redis:\n  engine: !foo redis\n"),
+        "redis.engine",
+        "found a tagged value",
+    );
+}
+
+#[test]
+fn empty_or_not_a_mapping_is_an_error() {
+    for source in ["", "# only a comment\n", "~\n"] {
+        let problem = one_problem(source, "", "empty");
+        assert_eq!((problem.line, problem.column), (1, 1));
+    }
+    let problem = one_problem("- a\n- b\n", "", "expected a mapping");
+    assert_eq!((problem.line, problem.column), (1, 1));
+    one_problem("just text\n", "", "found a string");
+}
+
+#[test]
+fn yaml_syntax_errors_have_positions() {
+    let problem = one_problem(&with("tags: [a\n"), "", "invalid YAML");
+    assert_eq!(problem.line, 6);
+    let problem = one_problem(&with("name: again\n"), "", "duplicated key");
+    assert_eq!((problem.line, problem.column), (5, 1));
+    one_problem(&with("---\nname: x\n"), "", "second one");
+}
+
+#[test]
+fn required_keys_are_reported() {
+    let found = problems("region: us-east-1\n");
+    let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, ["name", "domain"]);
+    assert!(
+        found
+            .iter()
+            .all(|p| p.message == "is required" && p.line == 1)
+    );
+
+    // A missing key is reported at the key of its section, a key without value at itself.
+    let problem = one_problem(
+        "name: chat\ndomain:\n  name: chat.example.com\n",
+        "domain.hosted_zone",
+        "is required",
+    );
+    assert_eq!((problem.line, problem.column), (2, 1));
+    let problem = one_problem(
+        "domain:\n  name: a.example.com\n  hosted_zone: example.com\nname:\n",
+        "name",
+        "is required",
+    );
+    assert_eq!((problem.line, problem.column), (4, 1));
+}
+
+fn name_problem(name: &str) -> Problem {
+    let source = MINIMAL.replace("name: chat\n", &format!("name: {name}\n"));
+    one_problem(&source, "name", "")
+}
+
+#[test]
+fn stack_name_rules() {
+    assert!(
+        name_problem("Chat")
+            .message
+            .contains("not a valid stack name")
+    );
+    assert!(
+        name_problem("1chat")
+            .message
+            .contains("not a valid stack name")
+    );
+    assert!(
+        name_problem("chat_1")
+            .message
+            .contains("not a valid stack name")
+    );
+    assert!(name_problem("chat-").message.contains("hyphen"));
+    assert!(name_problem("chat--1").message.contains("hyphen"));
+    assert!(name_problem("\"\"").message.contains("is empty"));
+    let long = "a".repeat(MAX_NAME_LEN + 1);
+    assert!(name_problem(&long).message.contains("at most 20"));
+    let longest = "a".repeat(MAX_NAME_LEN);
+    let source = MINIMAL.replace("name: chat\n", &format!("name: {longest}\n"));
+    assert_eq!(StackSpec::parse(&source, "s").unwrap().name, longest);
+}
+
+#[test]
+fn region_rules() {
+    for region in ["ap-southeast-2", "us-gov-west-1", "eu-central-1"] {
+        let spec = StackSpec::parse(&with(&format!("region: {region}\n")), "s").unwrap();
+        assert_eq!(spec.region, region);
+    }
+    for region in [
+        "US-EAST-1",
+        "us-east",
+        "useast1",
+        "u-east-1",
+        "us--1",
+        "us-east-1a",
+    ] {
+        one_problem(
+            &with(&format!("region: {region}\n")),
+            "region",
+            "not an AWS region",
+        );
+    }
+}
+
+fn domain(name: &str, zone: &str) -> Result<StackSpec, SpecError> {
+    let source = format!("name: chat\ndomain:\n  name: {name}\n  hosted_zone: {zone}\n");
+    StackSpec::parse(&source, "stack.yaml")
+}
+
+#[test]
+fn domain_rules() {
+    assert!(domain("example.com", "example.com").is_ok());
+    assert!(domain("a.b.example.com", "example.com.").is_ok());
+    assert!(domain("chat.example.com", "Z0123456789ABCDEF").is_ok());
+    let outside = domain("chat.example.org", "example.com")
+        .unwrap_err()
+        .problems;
+    assert_eq!(outside.len(), 1);
+    assert_eq!(outside[0].path, "domain.name");
+    assert!(outside[0].message.contains("not inside the hosted zone"));
+    // A suffix that is not a whole label is not inside the zone.
+    assert!(domain("chatexample.com", "example.com").is_err());
+
+    for bad in [
+        "localhost",
+        "chat..example.com",
+        "-chat.example.com",
+        "chat_1.example.com",
+        "10.0.0.1",
+        "'*.example.com'",
+    ] {
+        let problems = domain(bad, "example.com").unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{bad}: {problems:#?}");
+        assert_eq!(problems[0].path, "domain.name", "{bad}");
+    }
+    let long_label = format!("{}.example.com", "a".repeat(64));
+    assert!(domain(&long_label, "example.com").is_err());
+
+    for bad in ["z123", "example", "/hostedzone/", "ex ample.com"] {
+        let problems = domain("chat.example.com", bad).unwrap_err().problems;
+        assert_eq!(problems.len(), 1, "{bad}");
+        assert_eq!(problems[0].path, "domain.hosted_zone", "{bad}");
+        assert!(
+            problems[0]
+                .message
+                .contains("neither a zone name nor a zone id")
+        );
+    }
+}
+
+#[test]
+fn vpc_cidr_rules() {
+    let spec = |cidr: &str| StackSpec::parse(&with(&format!("network:\n  cidr: {cidr}\n")), "s");
+    assert_eq!(
+        spec("192.168.0.0/24").unwrap().network.cidr,
+        "192.168.0.0/24"
+    );
+    let cases = [
+        ("10.0.0.0/8", "/8 is not allowed"),
+        ("10.0.0.0/25", "/25 is not allowed"),
+        ("100.64.0.0/16", "not a private range"),
+        ("172.32.0.0/16", "not a private range"),
+        ("10.0.1.0/16", "bits set after"),
+        ("10.0.0.0", "not an IPv4 CIDR"),
+        ("10.0.0.0/33", "not an IPv4 CIDR"),
+        ("010.0.0.0/16", "not an IPv4 CIDR"),
+    ];
+    for (cidr, needle) in cases {
+        one_problem(
+            &with(&format!("network:\n  cidr: {cidr}\n")),
+            "network.cidr",
+            needle,
+        );
+    }
+    let problem = one_problem(&with("network:\n  cidr: 10.0.1.0/16\n"), "network.cidr", "");
+    assert_eq!(problem.help.as_deref(), Some("did you mean 10.0.0.0/16?"));
+}
+
+#[test]
+fn allowed_cidrs_rules() {
+    let problem = one_problem(
+        &with("network:\n  allowed_cidrs: []\n"),
+        "network.allowed_cidrs",
+        "at least one",
+    );
+    assert!(problem.help.unwrap().contains("0.0.0.0/0"));
+
+    let source =
+        with("network:\n  allowed_cidrs: [1.2.3.4, 10.0.0.0/8, 5.6.7.8/33, 10.0.0.0/8, 7]\n");
+    let found = problems(&source);
+    let paths: Vec<&str> = found.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "network.allowed_cidrs[0]",
+            "network.allowed_cidrs[2]",
+            "network.allowed_cidrs[3]",
+            "network.allowed_cidrs[4]",
+        ]
+    );
+    assert_eq!(
+        found[0].help.as_deref(),
+        Some("write 1.2.3.4/32 for this one address")
+    );
+    assert_eq!(found[0].column, 19);
+    assert!(found[2].message.contains("listed twice"));
+    assert!(found[3].message.contains("expected a string"));
+}
+
+#[test]
+fn instances_rules() {
+    let cases = [
+        ("count: 0", "instances.count", "from 1 to 20, not 0"),
+        ("count: 21", "instances.count", "from 1 to 20, not 21"),
+        ("count: -1", "instances.count", "from 1 to 20"),
+        ("type: t3", "instances.type", "not an EC2 instance type"),
+        (
+            "type: T3.micro",
+            "instances.type",
+            "not an EC2 instance type",
+        ),
+        (
+            "type: t3.micro.x",
+            "instances.type",
+            "not an EC2 instance type",
+        ),
+        ("ami: ami-123", "instances.ami", "not an AMI id"),
+        (
+            "ami: ami-0123456789ABCDEF0",
+            "instances.ami",
+            "not an AMI id",
+        ),
+        ("ami: 0123456789abcdef0", "instances.ami", "not an AMI id"),
+        ("binary: ''", "instances.binary", "is empty"),
+        ("app_port: 80", "instances.app_port", "from 1024 to 65535"),
+        (
+            "app_port: 70000",
+            "instances.app_port",
+            "from 1024 to 65535",
+        ),
+        ("app_port: 6379", "instances.app_port", "Redis port"),
+        (
+            "drain_seconds: 3601",
+            "instances.drain_seconds",
+            "from 0 to 3600",
+        ),
+    ];
+    for (line, path, needle) in cases {
+        one_problem(&with(&format!("instances:\n  {line}\n")), path, needle);
+    }
+    let spec = StackSpec::parse(
+        &with("instances:\n  ami: ami-0123abcd\n  type: m7i.metal-24xl\n  count: 20\n"),
+        "s",
+    )
+    .unwrap();
+    assert_eq!(spec.instances.ami.as_deref(), Some("ami-0123abcd"));
+    assert_eq!(spec.instances.instance_type, "m7i.metal-24xl");
+    assert_eq!(spec.instances.count, 20);
+}
+
+#[test]
+fn load_balancer_and_redis_rules() {
+    let cases = [
+        (
+            "load_balancer:\n  idle_timeout_seconds: 59",
+            "load_balancer.idle_timeout_seconds",
+            "from 60 to 4000",
+        ),
+        (
+            "load_balancer:\n  idle_timeout_seconds: 4001",
+            "load_balancer.idle_timeout_seconds",
+            "from 60 to 4000",
+        ),
+        (
+            "redis:\n  node_type: t4g.micro",
+            "redis.node_type",
+            "not an ElastiCache node type",
+        ),
+        (
+            "redis:\n  node_type: cache.",
+            "redis.node_type",
+            "not an ElastiCache node type",
+        ),
+        ("redis:\n  replicas: 6", "redis.replicas", "from 0 to 5"),
+        (
+            "redis:\n  engine: memcached",
+            "redis.engine",
+            "not a supported engine",
+        ),
+        (
+            "redis:\n  engine_version: latest",
+            "redis.engine_version",
+            "not an engine version",
+        ),
+        (
+            "redis:\n  engine_version: 7.",
+            "redis.engine_version",
+            "not an engine version",
+        ),
+    ];
+    for (lines, path, needle) in cases {
+        one_problem(&with(&format!("{lines}\n")), path, needle);
+    }
+    let problem = one_problem(
+        &with("redis:\n  node_type: t4g.micro\n"),
+        "redis.node_type",
+        "",
+    );
+    assert_eq!(
+        problem.help.as_deref(),
+        Some("did you mean cache.t4g.micro?")
+    );
+    let spec = StackSpec::parse(&with("redis:\n  engine_version: \"6.x\"\n"), "s").unwrap();
+    assert_eq!(spec.redis.engine_version.as_deref(), Some("6.x"));
+}
+
+#[test]
+fn tags_rules() {
+    let cases = [
+        ("aws:team: x", "tags.aws:team", "reserved"),
+        ("AWS:team: x", "tags.AWS:team", "reserved"),
+        (
+            "realtime-stack:stack: x",
+            "tags.realtime-stack:stack",
+            "reserved",
+        ),
+        ("team:", "tags.team", "has no value"),
+        ("team: [a]", "tags.team", "expected a string"),
+        ("\"te#am\": x", "tags.te#am", "characters AWS refuses"),
+        ("team: a;b", "tags.team", "characters AWS refuses"),
+    ];
+    for (line, path, needle) in cases {
+        one_problem(&with(&format!("tags:\n  {line}\n")), path, needle);
+    }
+    let long_key = "k".repeat(129);
+    one_problem(
+        &with(&format!("tags:\n  {long_key}: x\n")),
+        &format!("tags.{long_key}"),
+        "1 to 128",
+    );
+    let long_value = "v".repeat(257);
+    one_problem(
+        &with(&format!("tags:\n  team: {long_value}\n")),
+        "tags.team",
+        "at most 256",
+    );
+
+    let many: String = (0..=MAX_USER_TAGS)
+        .map(|i| format!("  t{i}: v\n"))
+        .collect();
+    one_problem(&with(&format!("tags:\n{many}")), "tags", "at most 40");
+    let spec = StackSpec::parse(&with("tags:\n  empty: \"\"\n  on: true\n"), "s").unwrap();
+    assert_eq!(spec.tags["empty"], "");
+    assert_eq!(spec.tags["on"], "true");
+}
+
+#[test]
+fn subnets_split_the_vpc_in_four() {
+    let mut spec = defaults();
+    assert_eq!(
+        spec.subnet_cidrs(),
+        [
+            "10.0.0.0/18",
+            "10.0.64.0/18",
+            "10.0.128.0/18",
+            "10.0.192.0/18"
+        ]
+    );
+    spec.network.cidr = "192.168.4.0/22".into();
+    assert_eq!(
+        spec.subnet_cidrs(),
+        [
+            "192.168.4.0/24",
+            "192.168.5.0/24",
+            "192.168.6.0/24",
+            "192.168.7.0/24"
+        ]
+    );
+    spec.network.cidr = "172.16.0.0/24".into();
+    assert_eq!(
+        spec.subnet_cidrs(),
+        [
+            "172.16.0.0/26",
+            "172.16.0.64/26",
+            "172.16.0.128/26",
+            "172.16.0.192/26"
+        ]
+    );
+}
+
+/// A fresh directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("spec-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn load_resolves_binary_against_the_file_directory() {
+    let dir = TempDir::new("load");
+    let path = dir.0.join("stack.yaml");
+    std::fs::write(&path, with("instances:\n  binary: bin/chat-server\n")).unwrap();
+    let spec = StackSpec::load(&path).unwrap();
+    assert_eq!(spec.instances.binary, Some(dir.0.join("bin/chat-server")));
+
+    std::fs::write(&path, with("instances:\n  binary: /opt/chat-server\n")).unwrap();
+    let spec = StackSpec::load(&path).unwrap();
+    assert_eq!(
+        spec.instances.binary.as_deref(),
+        Some(Path::new("/opt/chat-server"))
+    );
+}
+
+#[test]
+fn load_names_the_file_it_cannot_read() {
+    let missing = Path::new("/nonexistent/dir/stack.yaml");
+    let err = StackSpec::load(missing).unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert!(
+        err.problems[0]
+            .message
+            .contains("/nonexistent/dir/stack.yaml")
+    );
+    assert!(
+        err.to_string()
+            .contains("cannot read the stack file /nonexistent/dir/stack.yaml")
+    );
+    assert!(err.labels().is_none());
+}
+
+#[test]
+fn diagnostics_render_every_problem_with_its_source_line() {
+    let err = StackSpec::parse(
+        &with("instances:\n  cuont: 3\n  app_port: 6379\n"),
+        "stack.yaml",
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "stack.yaml has 2 problems");
+    assert_eq!(err.related().unwrap().count(), 2);
+    let mut out = String::new();
+    miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .render_report(&mut out, &err)
+        .unwrap();
+    assert!(
+        out.contains("instances.cuont: unknown key `cuont` in `instances`"),
+        "{out}"
+    );
+    assert!(out.contains("[stack.yaml:6:3]"), "{out}");
+    assert!(out.contains("did you mean `count`?"), "{out}");
+    assert!(out.contains("[stack.yaml:7:13]"), "{out}");
+    assert!(out.contains("6 │   cuont: 3"), "{out}");
+
+    // A single problem is the diagnostic itself.
+    let err = StackSpec::parse(&with("region: mars\n"), "stack.yaml").unwrap_err();
+    assert_eq!(err.to_string(), "region: `mars` is not an AWS region");
+    assert!(err.related().is_none());
+    assert_eq!(err.labels().unwrap().count(), 1);
+    assert!(err.help().is_some());
+}
+
+#[test]
+fn positions_count_characters_and_labels_use_bytes() {
+    // A multi-byte character before the problem must not shift the label.
+    let source = "name: chat\ndomain:\n  name: chat.example.com # é\n  hosted_zone: example.com\ntags:\n  é: a;b\n";
+    let problem = one_problem(source, "tags.é", "characters AWS refuses");
+    assert_eq!((problem.line, problem.column), (6, 6));
+    let span = problem.span.unwrap();
+    assert_eq!(&source[span.offset()..span.offset() + span.len()], "a;b");
+}
