@@ -1,0 +1,308 @@
+//! How the CLI reaches AWS: the connection flags (`--region`, `--profile`,
+//! `--endpoint-url`) on top of the standard AWS configuration chain, one `SdkConfig`
+//! built from them, the service clients built from that, and a log of every call they
+//! make so `up` can say what it changed.
+
+use std::sync::{Arc, Mutex};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig};
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::engine::DeleteError;
+use crate::names::{Names, ROLE_TAG, STACK_TAG};
+
+/// Where and as whom to reach AWS. Anything left unset comes from the standard chain:
+/// `AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`,
+/// profiles, SSO, instance roles.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AwsArgs {
+    /// AWS region [default: the stack's `region`, then the AWS configuration chain]
+    #[arg(long, global = true)]
+    pub region: Option<String>,
+    /// Named profile from ~/.aws/config
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// Send every AWS call to this endpoint, e.g. http://127.0.0.1:4566 for LocalStack
+    #[arg(long, global = true)]
+    pub endpoint_url: Option<String>,
+}
+
+impl AwsArgs {
+    /// The SDK configuration: these flags first, then `fallback_region`, then the chain.
+    pub async fn sdk_config(&self, fallback_region: Option<&str>) -> SdkConfig {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            // Throttling and transient errors are retried with backoff by the SDK.
+            .retry_config(RetryConfig::standard().with_max_attempts(8));
+        if let Some(profile) = &self.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = self.region.as_deref().or(fallback_region) {
+            loader = loader.region(Region::new(region.to_owned()));
+        }
+        if let Some(endpoint) = &self.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        loader.load().await
+    }
+}
+
+/// One client per AWS service the stack uses, all sharing one configuration and one
+/// call log.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub ec2: aws_sdk_ec2::Client,
+    pub elbv2: aws_sdk_elasticloadbalancingv2::Client,
+    pub elasticache: aws_sdk_elasticache::Client,
+    pub acm: aws_sdk_acm::Client,
+    pub route53: aws_sdk_route53::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub sts: aws_sdk_sts::Client,
+    pub calls: CallLog,
+}
+
+impl Clients {
+    pub fn new(config: &SdkConfig) -> Self {
+        let calls = CallLog::default();
+        // An endpoint override (LocalStack, MinIO) rarely resolves bucket subdomains.
+        let path_style =
+            config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+        Self {
+            ec2: aws_sdk_ec2::Client::from_conf(
+                aws_sdk_ec2::config::Builder::from(config)
+                    .interceptor(calls.clone())
+                    .build(),
+            ),
+            elbv2: aws_sdk_elasticloadbalancingv2::Client::from_conf(
+                aws_sdk_elasticloadbalancingv2::config::Builder::from(config)
+                    .interceptor(calls.clone())
+                    .build(),
+            ),
+            elasticache: aws_sdk_elasticache::Client::from_conf(
+                aws_sdk_elasticache::config::Builder::from(config)
+                    .interceptor(calls.clone())
+                    .build(),
+            ),
+            acm: aws_sdk_acm::Client::from_conf(
+                aws_sdk_acm::config::Builder::from(config)
+                    .interceptor(calls.clone())
+                    .build(),
+            ),
+            route53: aws_sdk_route53::Client::from_conf(
+                aws_sdk_route53::config::Builder::from(config)
+                    .interceptor(calls.clone())
+                    .build(),
+            ),
+            s3: aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(config)
+                    .force_path_style(path_style)
+                    .interceptor(calls.clone())
+                    .build(),
+            ),
+            sts: aws_sdk_sts::Client::from_conf(
+                aws_sdk_sts::config::Builder::from(config)
+                    .interceptor(calls.clone())
+                    .build(),
+            ),
+            calls,
+        }
+    }
+}
+
+/// Every AWS operation sent, as `service:Operation`, in order. Read-only operations are
+/// told apart by name, as AWS names them: Describe*, List*, Get*, Head*.
+#[derive(Clone, Debug, Default)]
+pub struct CallLog(Arc<Mutex<Vec<String>>>);
+
+impl CallLog {
+    /// The calls that may have changed something.
+    pub fn mutating(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("call log lock")
+            .iter()
+            .filter(|call| !is_read_only(call))
+            .cloned()
+            .collect()
+    }
+}
+
+fn is_read_only(call: &str) -> bool {
+    let operation = call.rsplit(':').next().unwrap_or(call);
+    ["Describe", "List", "Get", "Head"]
+        .iter()
+        .any(|prefix| operation.starts_with(prefix))
+}
+
+impl Intercept for CallLog {
+    fn name(&self) -> &'static str {
+        "CallLog"
+    }
+
+    // Once per operation, not per attempt: retries are not separate calls.
+    fn read_before_execution(
+        &self,
+        _context: &BeforeSerializationInterceptorContextRef<'_>,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(metadata) = cfg.load::<Metadata>() {
+            let call = format!("{}:{}", metadata.service(), metadata.name());
+            self.0.lock().expect("call log lock").push(call);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_told_from_writes_by_operation_name() {
+        assert!(is_read_only("ec2:DescribeVpcs"));
+        assert!(is_read_only("s3:HeadObject"));
+        assert!(is_read_only("elasticache:ListTagsForResource"));
+        assert!(!is_read_only("ec2:CreateVpc"));
+        assert!(!is_read_only("ec2:ModifyVpcAttribute"));
+        assert!(!is_read_only("route53:ChangeResourceRecordSets"));
+    }
+}
+
+/// The AWS error code of a failed call, when AWS sent one.
+pub fn error_code<E, R>(err: &SdkError<E, R>) -> Option<&str>
+where
+    E: ProvideErrorMetadata,
+{
+    match err {
+        SdkError::ServiceError(service) => service.err().code(),
+        _ => None,
+    }
+}
+
+/// Error codes meaning "something still uses this resource; try again later".
+const BLOCKED_CODES: &[&str] = &[
+    "DependencyViolation",
+    "ResourceInUse",
+    "ResourceInUseException",
+    "CacheSubnetGroupInUse",
+    "InvalidReplicationGroupState",
+    "InvalidCacheClusterState",
+    "InvalidStateException",
+    "IncorrectState",
+    "InvalidGatewayID.NotFound",
+    "OperationAborted",
+];
+
+/// Turns the result of a delete call into the destroy loop's terms: a resource already
+/// gone (its `not_found` codes) is deleted; a refusal because something still uses it is
+/// blocked; anything else failed, with the call named.
+pub fn delete_outcome<T, E, R>(
+    result: Result<T, SdkError<E, R>>,
+    call: &str,
+    not_found: &[&str],
+) -> Result<(), DeleteError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(err) => match error_code(&err) {
+            Some(code) if not_found.contains(&code) => Ok(()),
+            Some(code) if BLOCKED_CODES.contains(&code) => Err(DeleteError::Blocked(format!(
+                "{call}: {code}: {}",
+                err.as_service_error()
+                    .and_then(|e| e.message())
+                    .unwrap_or("still in use")
+            ))),
+            _ => Err(DeleteError::Failed(explain(call, err))),
+        },
+    }
+}
+
+/// The EC2 tags of a resource of `role`, to apply at creation.
+pub fn ec2_tags(names: &Names, role: &str, resource_type: ResourceType) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(resource_type)
+        .set_tags(Some(
+            names
+                .tags(role)
+                .into_iter()
+                .map(|(key, value)| Tag::builder().key(key).value(value).build())
+                .collect(),
+        ))
+        .build()
+}
+
+/// An EC2 filter that finds the stack's resources; with `role`, only that one.
+pub fn ec2_stack_filters(names: &Names, role: Option<&str>) -> Vec<Filter> {
+    let mut filters = vec![
+        Filter::builder()
+            .name(format!("tag:{STACK_TAG}"))
+            .values(names.stack())
+            .build(),
+    ];
+    if let Some(role) = role {
+        filters.push(
+            Filter::builder()
+                .name(format!("tag:{ROLE_TAG}"))
+                .values(role)
+                .build(),
+        );
+    }
+    filters
+}
+
+/// `call` failed: the AWS error with its code and, where one applies, what the user can
+/// do about it.
+pub fn explain<E, R>(call: &str, err: SdkError<E, R>) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let advice = match error_code(&err) {
+        Some("UnauthorizedOperation" | "AccessDenied" | "AccessDeniedException") => {
+            " - the credentials in use lack this permission: grant it, or pick other \
+             credentials with --profile"
+        }
+        Some("ExpiredToken" | "ExpiredTokenException" | "RequestExpired") => {
+            " - the credentials have expired: refresh them (e.g. `aws sso login`) and run again"
+        }
+        Some(code) if code.contains("LimitExceeded") || code.contains("QuotaExceeded") => {
+            " - an account quota is reached: free some of it, or ask AWS to raise it \
+             (Service Quotas console)"
+        }
+        Some("OptInRequired") => " - the account is not subscribed to this service in this region",
+        _ if matches!(
+            err,
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)
+        ) =>
+        {
+            " - AWS could not be reached: check the network, the region and --endpoint-url"
+        }
+        _ => "",
+    };
+    anyhow::anyhow!("{call} failed: {}{advice}", DisplayErrorContext(&err))
+}
+
+/// Adds the failed call's name (and what to do) to an AWS SDK result.
+pub trait Call<T> {
+    fn call(self, call: impl AsRef<str>) -> anyhow::Result<T>;
+}
+
+impl<T, E, R> Call<T> for Result<T, SdkError<E, R>>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    fn call(self, call: impl AsRef<str>) -> anyhow::Result<T> {
+        self.map_err(|err| explain(call.as_ref(), err))
+    }
+}

@@ -1,0 +1,329 @@
+//! The reconcile engine, which knows no AWS service: one live progress line per
+//! resource, patient polling for AWS's eventual consistency, and the destroy loop that
+//! deletes resources in passes until nothing is left or nothing progresses. Services
+//! plug in through [`Deletable`] and plain async functions.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use futures::stream::{self, StreamExt};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// How often to poll and how long to wait: fast against an emulator on loopback,
+/// patient against AWS, where a replication group takes up to an hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    Local,
+    Aws,
+}
+
+impl Pace {
+    /// The first and the longest pause between two polls.
+    fn intervals(self) -> (Duration, Duration) {
+        match self {
+            Pace::Local => (Duration::from_millis(200), Duration::from_secs(2)),
+            Pace::Aws => (Duration::from_secs(5), Duration::from_secs(20)),
+        }
+    }
+
+    /// How long a wait may last: `aws` on AWS, a fraction of it locally.
+    pub fn limit(self, aws: Duration) -> Duration {
+        match self {
+            Pace::Local => (aws / 20).max(Duration::from_secs(60)),
+            Pace::Aws => aws,
+        }
+    }
+}
+
+/// Progress of a whole command: a live line per resource on a terminal, plain log lines
+/// (readable in CI logs) otherwise. Everything goes to stderr; stdout is for outputs.
+#[derive(Clone)]
+pub struct Progress {
+    live: Option<MultiProgress>,
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self::with_live_lines(std::io::stderr().is_terminal())
+    }
+
+    pub fn with_live_lines(live: bool) -> Self {
+        Self {
+            live: live.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            started: Instant::now(),
+        }
+    }
+
+    /// A line for one resource, starting as `waiting`.
+    pub fn step(&self, label: impl Into<String>) -> Step {
+        let label = label.into();
+        let bar = self.live.as_ref().map(|live| {
+            let bar = live.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:<40} {elapsed:>4} {msg}")
+                    .expect("progress template"),
+            );
+            bar.set_prefix(label.clone());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        let step = Step {
+            label,
+            bar,
+            progress: self.clone(),
+            started: Instant::now(),
+        };
+        step.set("waiting");
+        step
+    }
+
+    /// A line that is not about one resource.
+    pub fn note(&self, message: &str) {
+        match &self.live {
+            Some(live) => live.println(message).unwrap_or_default(),
+            None => eprintln!("[{:>6.1}s] {message}", self.started.elapsed().as_secs_f64()),
+        }
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The progress line of one resource.
+pub struct Step {
+    label: String,
+    bar: Option<ProgressBar>,
+    progress: Progress,
+    started: Instant,
+}
+
+impl Step {
+    pub fn set(&self, state: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(state.to_owned()),
+            None => self.progress.note(&format!("{}: {state}", self.label)),
+        }
+    }
+
+    pub fn ready(&self, detail: &str) {
+        let took = self.started.elapsed().as_secs_f64();
+        let state = if detail.is_empty() {
+            format!("ready ({took:.1}s)")
+        } else {
+            format!("ready ({took:.1}s) {detail}")
+        };
+        match &self.bar {
+            Some(bar) => bar.finish_with_message(state),
+            None => self.progress.note(&format!("{}: {state}", self.label)),
+        }
+    }
+
+    pub fn fail(&self, reason: &str) {
+        match &self.bar {
+            Some(bar) => bar.abandon_with_message(format!("FAILED\n    {reason}")),
+            None => self
+                .progress
+                .note(&format!("{}: FAILED: {reason}", self.label)),
+        }
+    }
+
+    /// Runs `work` under this line: ready with the detail it returns, or failed with the
+    /// error's reason underneath.
+    pub async fn run<T>(
+        &self,
+        work: impl Future<Output = Result<T>>,
+        detail: impl FnOnce(&T) -> String,
+    ) -> Result<T> {
+        match work.await {
+            Ok(value) => {
+                self.ready(&detail(&value));
+                Ok(value)
+            }
+            Err(err) => {
+                self.fail(&format!("{err:#}"));
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Polls `check` until it yields a value, pausing longer and longer between polls (within
+/// the pace's bounds), and gives up after `limit` with an error that names `what`. After
+/// `hint.0` of waiting, `hint.1` is shown on the step once: why it may be taking long.
+pub async fn wait_for<T, Fut>(
+    step: &Step,
+    pace: Pace,
+    what: &str,
+    limit: Duration,
+    hint: Option<(Duration, &str)>,
+    mut check: impl FnMut() -> Fut,
+) -> Result<T>
+where
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let started = Instant::now();
+    let (mut pause, longest) = pace.intervals();
+    let mut hinted = false;
+    step.set(&format!("waiting for {what}"));
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        let waited = started.elapsed();
+        if waited >= limit {
+            bail!(
+                "gave up waiting for {what} after {}s{}",
+                waited.as_secs(),
+                hint.map(|(_, text)| format!(": {text}"))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some((after, text)) = hint
+            && !hinted
+            && waited >= after
+        {
+            step.set(&format!("waiting for {what}: {text}"));
+            hinted = true;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(longest);
+    }
+}
+
+/// Why a delete did not happen.
+#[derive(Debug)]
+pub enum DeleteError {
+    /// Something still depends on the resource (AWS said so): try again next pass.
+    Blocked(String),
+    /// Anything else. It is retried too, since AWS errors are often transient, but it
+    /// counts as no progress.
+    Failed(anyhow::Error),
+}
+
+pub type DeleteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeleteError>> + Send + 'a>>;
+
+/// A resource that `destroy` can delete.
+pub trait Deletable: Send + Sync {
+    /// Unique among the resources of one destroy: kind and AWS id.
+    fn key(&self) -> String;
+    /// What the user reads: kind and name.
+    fn label(&self) -> String;
+    /// Keys of the resources that must be gone before this one can go (the ones that
+    /// use it). Keys that are not being deleted are ignored.
+    fn blocked_by(&self) -> Vec<String>;
+    /// Deletes it. A resource already gone counts as deleted.
+    fn delete(&self) -> DeleteFuture<'_>;
+}
+
+/// What was left when the destroy loop stopped, with the last reason of each.
+#[derive(Debug)]
+pub struct Leftovers(pub Vec<(String, String)>);
+
+impl std::fmt::Display for Leftovers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} resource(s) could not be deleted:", self.0.len())?;
+        for (label, reason) in &self.0 {
+            writeln!(f, "  - {label}: {reason}")?;
+        }
+        write!(
+            f,
+            "Run destroy again once the reasons above are resolved; \
+             nothing else of the stack remains."
+        )
+    }
+}
+
+impl std::error::Error for Leftovers {}
+
+/// Deletes `resources` in passes. Each pass deletes, concurrently, every resource that
+/// nothing left blocks; a resource AWS still refuses stays for the next pass. Progress
+/// resets the patience; after `patience` without any resource deleted, it stops and
+/// returns what is left.
+pub async fn destroy(
+    resources: Vec<Box<dyn Deletable>>,
+    progress: &Progress,
+    pace: Pace,
+    patience: Duration,
+) -> Result<(), Leftovers> {
+    let mut pending: Vec<(Box<dyn Deletable>, Step, String)> = resources
+        .into_iter()
+        .map(|resource| {
+            let step = progress.step(resource.label());
+            (resource, step, String::from("not tried"))
+        })
+        .collect();
+    let (mut pause, longest) = pace.intervals();
+    let mut last_progress = Instant::now();
+    while !pending.is_empty() {
+        let keys: HashSet<String> = pending.iter().map(|(r, _, _)| r.key()).collect();
+        let attempts = pending
+            .iter()
+            .enumerate()
+            .filter_map(|(index, (resource, step, _))| {
+                let blockers: Vec<String> = resource
+                    .blocked_by()
+                    .into_iter()
+                    .filter(|key| keys.contains(key))
+                    .collect();
+                if blockers.is_empty() {
+                    step.set("deleting");
+                    Some(async move { (index, resource.delete().await) })
+                } else {
+                    step.set(&format!("waiting for {}", blockers.join(", ")));
+                    None
+                }
+            });
+        let outcomes: Vec<(usize, Result<(), DeleteError>)> =
+            stream::iter(attempts).buffer_unordered(8).collect().await;
+        let mut deleted = HashSet::new();
+        for (index, outcome) in outcomes {
+            let (_, step, reason) = &mut pending[index];
+            match outcome {
+                Ok(()) => {
+                    step.ready("deleted");
+                    deleted.insert(index);
+                }
+                Err(DeleteError::Blocked(why)) => {
+                    step.set(&format!("retrying: {why}"));
+                    *reason = why;
+                }
+                Err(DeleteError::Failed(err)) => {
+                    step.set(&format!("retrying: {err:#}"));
+                    *reason = format!("{err:#}");
+                }
+            }
+        }
+        if !deleted.is_empty() {
+            last_progress = Instant::now();
+            pause = pace.intervals().0;
+            pending = pending
+                .into_iter()
+                .enumerate()
+                .filter(|(index, _)| !deleted.contains(index))
+                .map(|(_, entry)| entry)
+                .collect();
+            continue;
+        }
+        if last_progress.elapsed() >= patience {
+            let left = pending
+                .into_iter()
+                .map(|(resource, step, reason)| {
+                    step.fail(&reason);
+                    (resource.label(), reason)
+                })
+                .collect();
+            return Err(Leftovers(left));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(longest);
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! realtime-stack: provisions a scalable realtime chat service on AWS from one
+//! `stack.yaml`, and removes it again. `main.rs` parses the command line and calls
+//! [`commands`]; each AWS concern has its own module, driven by the service-agnostic
+//! [`engine`].
+
+pub mod aws;
+pub mod engine;
+pub mod names;
+pub mod spec;
+pub mod stack;

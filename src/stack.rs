@@ -1,0 +1,83 @@
+//! One stack being worked on: its spec, names, AWS clients, progress display and pace.
+//! Every service module takes a `&Stack`.
+
+use anyhow::{Context, Result};
+
+use crate::aws::{AwsArgs, Clients};
+use crate::engine::{Pace, Progress};
+use crate::names::Names;
+use crate::spec::StackSpec;
+
+pub struct Stack {
+    pub spec: StackSpec,
+    pub names: Names,
+    pub clients: Clients,
+    pub progress: Progress,
+    pub pace: Pace,
+    pub region: String,
+}
+
+impl Stack {
+    /// Resolves the AWS configuration for `spec` (flags, then the spec's region, then the
+    /// standard chain). Makes no AWS call.
+    pub async fn connect(spec: StackSpec, aws: &AwsArgs, progress: Progress) -> Result<Self> {
+        let config = aws.sdk_config(Some(&spec.region)).await;
+        let region = config.region().map(|region| region.to_string()).context(
+            "no AWS region: set `region` in stack.yaml, pass --region or set AWS_REGION",
+        )?;
+        let pace = if config.endpoint_url().is_some() {
+            Pace::Local
+        } else {
+            Pace::Aws
+        };
+        Ok(Self {
+            names: Names::new(&spec.name, &spec.tags),
+            clients: Clients::new(&config),
+            spec,
+            progress,
+            pace,
+            region,
+        })
+    }
+}
+
+/// A stack whose AWS clients are aws-smithy-mocks clients, for the behaviour LocalStack
+/// cannot show (throttling, dependency errors, slow resources).
+#[cfg(test)]
+pub mod testing {
+    use aws_smithy_mocks::mock_client;
+
+    use super::*;
+
+    /// The example `stack.yaml` of the repository.
+    pub fn spec() -> StackSpec {
+        StackSpec::parse(include_str!("../stack.yaml"), "stack.yaml").expect("example stack")
+    }
+
+    /// Clients that answer nothing; replace the fields a test needs with mock clients
+    /// holding its rules.
+    pub fn clients() -> Clients {
+        Clients {
+            ec2: mock_client!(aws_sdk_ec2, []),
+            elbv2: mock_client!(aws_sdk_elasticloadbalancingv2, []),
+            elasticache: mock_client!(aws_sdk_elasticache, []),
+            acm: mock_client!(aws_sdk_acm, []),
+            route53: mock_client!(aws_sdk_route53, []),
+            s3: mock_client!(aws_sdk_s3, []),
+            sts: mock_client!(aws_sdk_sts, []),
+            calls: Default::default(),
+        }
+    }
+
+    pub fn stack(clients: Clients) -> Stack {
+        let spec = spec();
+        Stack {
+            names: Names::new(&spec.name, &spec.tags),
+            region: spec.region.clone(),
+            spec,
+            clients,
+            progress: Progress::with_live_lines(false),
+            pace: Pace::Local,
+        }
+    }
+}
