@@ -1,0 +1,360 @@
+//! `chat-bench`: a load generator for `chat-server`, driven by `scripts/bench-chat.sh`,
+//! which starts Redis and the servers and passes their addresses and pids here.
+//!
+//! Four figures, each from its own phase and room, each bounded in time or count:
+//! delivered messages per second at saturation (senders keep a window of unechoed
+//! messages in flight), end-to-end latency percentiles at a fixed offered rate, server
+//! CPU seconds per 100 000 deliveries (from `/proc/<pid>/stat`), and resident memory
+//! per idle connection (from `/proc/<pid>/status`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use futures_util::{SinkExt as _, StreamExt as _, stream};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+#[derive(Parser)]
+#[command(about = "Load generator for chat-server (see scripts/bench-chat.sh)")]
+struct Args {
+    /// chat-server addresses, comma-separated; clients are spread over them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    servers: Vec<SocketAddr>,
+    /// Server pids, for CPU and memory readings.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pids: Vec<u32>,
+    /// Sending connections in the saturation and latency phases.
+    #[arg(long, default_value_t = 8)]
+    senders: usize,
+    /// Receive-only connections in the saturation and latency phases.
+    #[arg(long, default_value_t = 24)]
+    receivers: usize,
+    /// Unechoed messages each sender keeps in flight at saturation.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    #[arg(long, default_value_t = 15)]
+    saturation_secs: u64,
+    /// Offered messages per second (all senders together) in the latency phase.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    #[arg(long, default_value_t = 15)]
+    latency_secs: u64,
+    /// Idle connections for the memory reading.
+    #[arg(long, default_value_t = 10_000)]
+    idle: usize,
+    /// Connection attempts in flight while opening idle connections.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let epoch = Instant::now();
+    let tick = clock_ticks_per_sec();
+
+    println!("## chat-bench");
+    println!(
+        "servers: {:?}; senders {}, receivers {} (spread over the servers)",
+        args.servers, args.senders, args.receivers
+    );
+
+    let cpu_before = cpu_seconds(&args.pids, tick)?;
+    let (deliveries, elapsed, sent) = saturation(&args).await?;
+    let cpu_used = cpu_seconds(&args.pids, tick)? - cpu_before;
+    println!(
+        "saturation ({:.1} s): {sent} messages stored, {deliveries} deliveries -> {:.0} deliveries/s ({:.0} messages/s in)",
+        elapsed.as_secs_f64(),
+        deliveries as f64 / elapsed.as_secs_f64(),
+        sent as f64 / elapsed.as_secs_f64(),
+    );
+    println!(
+        "server CPU: {cpu_used:.2} s over both servers -> {:.3} CPU-seconds per 100000 deliveries",
+        cpu_used / deliveries.max(1) as f64 * 100_000.0
+    );
+
+    let mut latencies = latency(&args, epoch).await?;
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(i).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    println!(
+        "latency at {} msg/s offered, {} receivers + {} senders ({} samples): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        args.rate,
+        args.receivers,
+        args.senders,
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
+    );
+
+    let (opened, per_conn) = idle_memory(&args).await?;
+    println!(
+        "idle connections: {opened} open -> {:.1} KiB resident per connection (server RSS delta / connections)",
+        per_conn / 1024.0
+    );
+    Ok(())
+}
+
+async fn connect(addr: SocketAddr, room: &str) -> anyhow::Result<Ws> {
+    let url = format!("ws://{addr}/ws?room={room}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .with_context(|| format!("connecting {url}"))?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"hello\"") => Ok(ws),
+        other => bail!("expected hello from {addr}, got {other:?}"),
+    }
+}
+
+fn send_frame(name: &str, text: &str) -> Message {
+    Message::text(json!({"type": "send", "name": name, "text": text}).to_string())
+}
+
+/// The message payload of a text frame, if it is a `message` frame.
+fn message_of(text: &str) -> Option<Value> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    (v["type"] == "message").then_some(v)
+}
+
+/// Receivers count deliveries until the deadline; senders keep `window` messages in
+/// flight (a sender's own echo frees a slot) and count what they receive too.
+async fn saturation(args: &Args) -> anyhow::Result<(u64, Duration, u64)> {
+    let room = "bench-saturation";
+    let delivered = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut receivers = Vec::new();
+    for i in 0..args.receivers {
+        receivers.push(connect(args.servers[i % args.servers.len()], room).await?);
+    }
+    let mut senders = Vec::new();
+    for i in 0..args.senders {
+        senders.push(connect(args.servers[i % args.servers.len()], room).await?);
+    }
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.saturation_secs);
+    let mut tasks = Vec::new();
+    for mut ws in receivers {
+        let delivered = delivered.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, ws.next()).await {
+                if let Message::Text(t) = frame
+                    && t.contains("\"type\":\"message\"")
+                {
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for (i, mut ws) in senders.into_iter().enumerate() {
+        let delivered = delivered.clone();
+        let sent = sent.clone();
+        let window = args.window;
+        tasks.push(tokio::spawn(async move {
+            let name = format!("s{i}");
+            let mine = format!("\"name\":\"{name}\"");
+            let mut in_flight = 0;
+            let mut seq = 0u64;
+            loop {
+                while in_flight < window {
+                    if ws
+                        .feed(send_frame(&name, &format!("sat {seq}")))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    seq += 1;
+                    in_flight += 1;
+                }
+                if ws.flush().await.is_err() {
+                    return;
+                }
+                match tokio::time::timeout_at(deadline, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        if t.contains("\"type\":\"message\"") {
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                            if t.contains(&mine) {
+                                in_flight -= 1;
+                                sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                        } else if t.contains("\"type\":\"error\"") {
+                            eprintln!("sender {name}: {t}");
+                            in_flight -= 1;
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => return,
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    Ok((
+        delivered.load(Ordering::Relaxed),
+        start.elapsed(),
+        sent.load(Ordering::Relaxed),
+    ))
+}
+
+/// Senders tick at `rate / senders` each, stamping the send time into the text;
+/// receivers record now minus stamp. All in one process, so one clock.
+async fn latency(args: &Args, epoch: Instant) -> anyhow::Result<Vec<u64>> {
+    let room = "bench-latency";
+    let mut receivers = Vec::new();
+    for i in 0..args.receivers {
+        receivers.push(connect(args.servers[i % args.servers.len()], room).await?);
+    }
+    let mut senders = Vec::new();
+    for i in 0..args.senders {
+        senders.push(connect(args.servers[(i + 1) % args.servers.len()], room).await?);
+    }
+    let duration = Duration::from_secs(args.latency_secs);
+    let end_sending = tokio::time::Instant::now() + duration;
+    // Receivers stay a little longer to collect messages still in flight.
+    let end_receiving = end_sending + Duration::from_secs(2);
+    let mut collectors = Vec::new();
+    for mut ws in receivers {
+        collectors.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(end_receiving, ws.next()).await
+            {
+                let Message::Text(t) = frame else { continue };
+                let now = epoch.elapsed().as_micros() as u64;
+                if let Some(m) = message_of(&t)
+                    && let Some(sent) = m["text"]
+                        .as_str()
+                        .and_then(|s| s.strip_prefix("lat "))
+                        .and_then(|s| s.parse::<u64>().ok())
+                {
+                    samples.push(now.saturating_sub(sent));
+                }
+            }
+            samples
+        }));
+    }
+    let period = Duration::from_secs_f64(args.senders as f64 / args.rate as f64);
+    let mut drivers = Vec::new();
+    for (i, ws) in senders.into_iter().enumerate() {
+        drivers.push(tokio::spawn(async move {
+            let (mut sink, mut incoming) = ws.split();
+            // Senders are in the room too: keep reading so they never count as slow.
+            let drain = tokio::spawn(async move {
+                while let Ok(Some(Ok(_))) =
+                    tokio::time::timeout_at(end_receiving, incoming.next()).await
+                {}
+            });
+            let name = format!("l{i}");
+            let mut tick = tokio::time::interval(period);
+            while tokio::time::Instant::now() < end_sending {
+                tick.tick().await;
+                let stamp = epoch.elapsed().as_micros();
+                if sink
+                    .send(send_frame(&name, &format!("lat {stamp}")))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = drain.await;
+        }));
+    }
+    for d in drivers {
+        d.await?;
+    }
+    let mut all = Vec::new();
+    for c in collectors {
+        all.extend(c.await?);
+    }
+    Ok(all)
+}
+
+/// Opens `idle` connections spread over the servers and reads the servers' resident
+/// memory before and after.
+async fn idle_memory(args: &Args) -> anyhow::Result<(usize, f64)> {
+    let before = rss_bytes(&args.pids)?;
+    let servers = args.servers.clone();
+    let results: Vec<anyhow::Result<Ws>> = stream::iter(0..args.idle)
+        .map(|i| connect(servers[i % servers.len()], "bench-idle"))
+        .buffer_unordered(args.connect_concurrency)
+        .collect()
+        .await;
+    let mut open = Vec::new();
+    let mut failures = 0;
+    for r in results {
+        match r {
+            Ok(ws) => open.push(ws),
+            Err(e) => {
+                if failures == 0 {
+                    eprintln!("idle connect failed: {e:#}");
+                }
+                failures += 1;
+            }
+        }
+    }
+    if failures > 0 {
+        eprintln!("{failures} idle connections failed");
+    }
+    let after = rss_bytes(&args.pids)?;
+    let per_conn = after.saturating_sub(before) as f64 / open.len().max(1) as f64;
+    let opened = open.len();
+    drop(open);
+    Ok((opened, per_conn))
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of the processes, in seconds.
+fn cpu_seconds(pids: &[u32], ticks_per_sec: f64) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name, which is in parentheses and may contain spaces:
+        // index 0 is field 3 (state), so utime (14) and stime (15) are 11 and 12.
+        let rest = stat.rsplit_once(')').context("odd /proc/pid/stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields[11].parse()?;
+        let stime: f64 = fields[12].parse()?;
+        total += (utime + stime) / ticks_per_sec;
+    }
+    Ok(total)
+}
+
+fn rss_bytes(pids: &[u32]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .context("no VmRSS")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()?;
+        total += kib * 1024;
+    }
+    Ok(total)
+}

@@ -1,0 +1,125 @@
+//! Command-line flags and their environment fallbacks: everything an operator can tune.
+//! Each flag's `--help` text is the reference; `app/README.md` mirrors it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// WebSocket chat server: rooms are Redis Streams, so every instance behind the load
+/// balancer sees every message, and a client that reconnects with `since` misses nothing.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-server", version)]
+pub struct Config {
+    /// Address to listen on for HTTP and WebSocket.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL, `redis://host:port` or `rediss://host:port` for TLS.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// PEM file of CA certificates to trust for `rediss://` instead of the built-in
+    /// public roots (webpki-roots, which ElastiCache's certificates chain to).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// Name this instance reports in `hello` frames and logs [default: the hostname].
+    #[arg(long, env = "CHAT_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Seconds to keep serving open connections after SIGTERM/SIGINT before closing them
+    /// with 1012; match the load balancer's deregistration delay.
+    #[arg(long, env = "CHAT_DRAIN_SECS", default_value_t = 30)]
+    pub drain_secs: u64,
+
+    /// Comma-separated browser origins allowed to open `/ws` (e.g.
+    /// `https://chat.example.com`), or `*`. Empty: only pages served from the same host
+    /// (Origin host == Host header). Requests without Origin (non-browsers) are accepted.
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Messages kept per room in Redis (approximate MAXLEN trim); the window in which a
+    /// reconnect with `since` is gap-free.
+    #[arg(long, env = "CHAT_HISTORY_LEN", default_value_t = 1000)]
+    pub history_len: usize,
+
+    /// Seconds between WebSocket pings; keep well inside the load balancer's idle timeout.
+    #[arg(long, env = "CHAT_PING_SECS", default_value_t = 20)]
+    pub ping_secs: u64,
+
+    /// Seconds without any frame (pong included) from a client before it is dropped as dead.
+    #[arg(long, env = "CHAT_PEER_TIMEOUT_SECS", default_value_t = 60)]
+    pub peer_timeout_secs: u64,
+
+    /// Messages a client may fall behind its room before it is disconnected (close 4000).
+    #[arg(long, env = "CHAT_SEND_QUEUE", default_value_t = 256)]
+    pub send_queue: usize,
+
+    /// Seconds a single write to a client may take before it counts as too slow (close 4000).
+    #[arg(long, env = "CHAT_WRITE_TIMEOUT_SECS", default_value_t = 10)]
+    pub write_timeout_secs: u64,
+
+    /// Sustained messages per second a connection may send.
+    #[arg(long, env = "CHAT_RATE_PER_SEC", default_value_t = 5.0)]
+    pub rate_per_sec: f64,
+
+    /// Burst of messages a connection may send above the sustained rate.
+    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 10.0)]
+    pub rate_burst: f64,
+}
+
+impl Config {
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(hostname)
+    }
+
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_secs.max(1))
+    }
+
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_secs(self.peer_timeout_secs.max(1))
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs.max(1))
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "chat-server".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_origin_list() {
+        let c = Config::try_parse_from([
+            "chat-server",
+            "--allowed-origins",
+            "https://a.example,https://b.example",
+        ])
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.drain_secs, 30);
+        assert_eq!(c.history_len, 1000);
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert!(!c.instance_id().is_empty());
+    }
+}

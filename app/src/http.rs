@@ -1,0 +1,52 @@
+//! The HTTP surface: routes, the embedded chat page, `/healthz` and `/metrics`.
+//! `/ws` is handled in [`crate::ws`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+
+use crate::AppState;
+use crate::ws;
+
+const PAGE: &str = include_str!("../static/index.html");
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(ws::upgrade))
+        .with_state(state)
+}
+
+async fn page() -> impl IntoResponse {
+    // A new binary ships a new page; browsers must not keep an old one.
+    ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE))
+}
+
+/// 200 only when this instance should get traffic: not draining and Redis answering.
+async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let metrics = &state.metrics;
+    if metrics.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else if !metrics.redis_up.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(state.hub.room_count()),
+    )
+}

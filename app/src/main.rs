@@ -1,0 +1,154 @@
+//! `chat-server`: startup and shutdown. Parses the configuration, starts the Redis
+//! reader and health probe, serves HTTP/WebSocket, and on SIGTERM/SIGINT drains:
+//! `/healthz` turns 503 at once, open connections are served for the drain period, then
+//! closed with 1012 and the process exits 0.
+//!
+//! Shutdown travels as two [`CancellationToken`]s: `close` tells every connection to
+//! send its 1012 close frame, `stop` ends the background tasks afterwards.
+
+mod config;
+mod http;
+mod hub;
+mod metrics;
+mod protocol;
+mod store;
+mod ws;
+
+use std::io::IsTerminal as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::Config;
+use hub::Hub;
+use metrics::Metrics;
+use store::Store;
+
+/// What every request handler and connection shares.
+pub struct AppState {
+    pub instance: String,
+    pub allowed_origins: Vec<String>,
+    pub hub: Arc<Hub>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled at the end of the drain period.
+    pub close: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for their close frames.
+    pub tracker: TaskTracker,
+    pub write_timeout: Duration,
+    pub ping_interval: Duration,
+    pub peer_timeout: Duration,
+    pub rate_per_sec: f64,
+    pub rate_burst: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let config = Config::parse();
+    // Both ring and aws-lc-rs may end up compiled in through dependencies; pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let store = Store::new(&config)?;
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub::new(config.send_queue));
+    let stop = CancellationToken::new();
+    let background = TaskTracker::new();
+    background.spawn(store.clone().run_health(metrics.clone(), stop.clone()));
+    background.spawn(store.clone().run_reader(hub.clone(), stop.clone()));
+
+    let state = Arc::new(AppState {
+        instance: config.instance_id(),
+        allowed_origins: config.allowed_origins.clone(),
+        hub,
+        store,
+        metrics: metrics.clone(),
+        close: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        write_timeout: config.write_timeout(),
+        ping_interval: config.ping_interval(),
+        peer_timeout: config.peer_timeout(),
+        rate_per_sec: config.rate_per_sec,
+        rate_burst: config.rate_burst,
+    });
+    // Before "listening" is logged: a SIGTERM that arrives once we look up must drain.
+    let mut signals = Signals::install()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        instance = %state.instance,
+        redis = %redacted(&config.redis_url),
+        "listening"
+    );
+    let server = tokio::spawn(
+        axum::serve(listener, http::router(state.clone()))
+            .with_graceful_shutdown(state.close.clone().cancelled_owned())
+            .into_future(),
+    );
+
+    signals.recv().await;
+    metrics.draining.store(true, Ordering::Relaxed);
+    tracing::info!(drain_secs = config.drain_secs, "draining");
+    tokio::select! {
+        _ = tokio::time::sleep(config.drain()) => {}
+        _ = signals.recv() => tracing::info!("second signal: ending the drain early"),
+    }
+    tracing::info!(
+        connections = metrics.connections.load(Ordering::Relaxed),
+        "closing connections with 1012"
+    );
+    state.close.cancel();
+    state.tracker.close();
+    let _ =
+        tokio::time::timeout(ws::CLOSE_GRACE + ws::CLOSE_REPLY_WAIT, state.tracker.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    stop.cancel();
+    background.close();
+    background.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM (systemd, the load balancer's instance replacement) and SIGINT (a terminal).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// The Redis URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &url[at..]),
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,95 @@
+//! Process-wide counters and gauges, rendered as Prometheus text for `GET /metrics`.
+//!
+//! A handful of atomics written in the Prometheus text format by hand: a metrics
+//! library would add a registry and label machinery this small set does not need.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub rejected_frames: AtomicU64,
+    pub slow_disconnects: AtomicU64,
+    pub redis_up: AtomicBool,
+    pub draining: AtomicBool,
+}
+
+impl Metrics {
+    /// Ready for traffic: Redis answers and no shutdown is under way.
+    pub fn ready(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn render(&self, rooms: usize) -> String {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
+        let rows: [(&str, &str, &str, u64); 9] = [
+            (
+                "chat_connections",
+                "gauge",
+                "Open WebSocket connections.",
+                get(&self.connections),
+            ),
+            (
+                "chat_connections_total",
+                "counter",
+                "WebSocket connections accepted.",
+                get(&self.connections_total),
+            ),
+            (
+                "chat_messages_in_total",
+                "counter",
+                "Messages accepted from clients and stored in Redis.",
+                get(&self.messages_in),
+            ),
+            (
+                "chat_messages_out_total",
+                "counter",
+                "Message frames sent to clients (live and replayed).",
+                get(&self.messages_out),
+            ),
+            (
+                "chat_rejected_frames_total",
+                "counter",
+                "Client frames answered with an error frame.",
+                get(&self.rejected_frames),
+            ),
+            (
+                "chat_slow_consumer_disconnects_total",
+                "counter",
+                "Clients disconnected for not keeping up (close 4000).",
+                get(&self.slow_disconnects),
+            ),
+            (
+                "chat_rooms",
+                "gauge",
+                "Rooms with clients on this instance.",
+                rooms as u64,
+            ),
+            (
+                "chat_redis_up",
+                "gauge",
+                "1 if the last Redis health probe succeeded.",
+                flag(&self.redis_up),
+            ),
+            (
+                "chat_draining",
+                "gauge",
+                "1 once shutdown has begun.",
+                flag(&self.draining),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+}

@@ -1,0 +1,247 @@
+//! The chat page in headless Chromium, driven through chromedriver: two browsers on two
+//! server instances talk to each other, and user text is rendered as text.
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use common::{Client, Redis, Server, WAIT, artifacts_dir, free_port, poll_until, tool};
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+use serde_json::json;
+
+/// chromedriver on a free loopback port; killed on drop.
+struct Driver {
+    port: u16,
+    child: Child,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let binary = tool("chromedriver", "chromium-driver");
+        let port = free_port();
+        let child = Command::new(binary)
+            .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning chromedriver");
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Driver { port, child }
+    }
+
+    async fn browser(&self, profile: &std::path::Path) -> Browser {
+        let chromium = tool("chromium", "chromium");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=900,600",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }),
+        );
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("starting a Chromium session through chromedriver")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn text_of(browser: &Browser, css: &str) -> String {
+    match browser.find(Locator::Css(css)).await {
+        Ok(element) => element.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn wait_connected(browser: &Browser, instance: &str) {
+    poll_until(WAIT, &format!("page on {instance} to connect"), || async {
+        let state = text_of(browser, "#state").await;
+        let shown = text_of(browser, "#instance").await;
+        (state == "connected" && shown == instance).then_some(())
+    })
+    .await
+}
+
+async fn messages(browser: &Browser) -> Vec<String> {
+    let mut out = Vec::new();
+    for li in browser
+        .find_all(Locator::Css("#log li.message"))
+        .await
+        .unwrap()
+    {
+        out.push(li.text().await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_browsers_on_two_instances_chat() {
+    let redis = Redis::start();
+    let a = Server::start("instance-a", &redis.url(), &[]);
+    let b = Server::start("instance-b", &redis.url(), &[]);
+    let driver = Driver::start();
+    let profiles = tempfile::tempdir().unwrap();
+    let alice = driver.browser(&profiles.path().join("alice")).await;
+    let bob = driver.browser(&profiles.path().join("bob")).await;
+
+    let result = async {
+        alice.goto(&format!("http://{}/", a.addr)).await.unwrap();
+        bob.goto(&format!("http://{}/", b.addr)).await.unwrap();
+        wait_connected(&alice, "instance-a").await;
+        wait_connected(&bob, "instance-b").await;
+
+        // Markup in a message must show up as text, not become elements.
+        let hostile = "<img src=x onerror=\"document.title='owned'\"> hello bob";
+        alice
+            .find(Locator::Id("name"))
+            .await
+            .unwrap()
+            .send_keys("alice")
+            .await
+            .unwrap();
+        alice
+            .find(Locator::Id("text"))
+            .await
+            .unwrap()
+            .send_keys(hostile)
+            .await
+            .unwrap();
+        alice
+            .find(Locator::Id("send"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+
+        let seen = poll_until(WAIT, "alice's message on bob's page", || async {
+            let all = messages(&bob).await;
+            all.into_iter().find(|m| m.contains("hello bob"))
+        })
+        .await;
+        assert!(seen.contains("alice"), "{seen}");
+        assert!(seen.contains(hostile), "rendered as text: {seen}");
+        assert!(
+            bob.find_all(Locator::Css("#log img"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_ne!(bob.title().await.unwrap(), "owned");
+
+        bob.find(Locator::Id("name"))
+            .await
+            .unwrap()
+            .send_keys("bob")
+            .await
+            .unwrap();
+        bob.find(Locator::Id("text"))
+            .await
+            .unwrap()
+            .send_keys("hi alice")
+            .await
+            .unwrap();
+        bob.find(Locator::Id("send"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        poll_until(WAIT, "bob's reply on alice's page", || async {
+            messages(&alice)
+                .await
+                .iter()
+                .any(|m| m.contains("hi alice"))
+                .then_some(())
+        })
+        .await;
+
+        let shot = bob.screenshot().await.unwrap();
+        let path = artifacts_dir().join("browser-chat-bob.png");
+        std::fs::write(&path, shot).unwrap();
+        eprintln!("screenshot: {}", path.display());
+    }
+    .await;
+    let _ = alice.close().await;
+    let _ = bob.close().await;
+    result
+}
+
+/// The page survives its server being replaced: on close 1012 it shows the state,
+/// reconnects with backoff to the new server on the same address, and with `since`
+/// shows the message sent meanwhile exactly once, without repeating older ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn page_reconnects_with_since_after_server_restart() {
+    let redis = Redis::start();
+    let mut a = Server::start("old-a", &redis.url(), &["--drain-secs", "0"]);
+    let b = Server::start("b", &redis.url(), &[]);
+    let driver = Driver::start();
+    let profiles = tempfile::tempdir().unwrap();
+    let page = driver.browser(&profiles.path().join("page")).await;
+
+    let result = async {
+        page.goto(&format!("http://{}/", a.addr)).await.unwrap();
+        wait_connected(&page, "old-a").await;
+        let mut bob = Client::connect(&b, "").await;
+        bob.send("bob", "first").await;
+        assert_eq!(bob.next_message().await["text"], "first");
+        poll_until(WAIT, "first message on the page", || async {
+            messages(&page)
+                .await
+                .iter()
+                .any(|m| m.contains("first"))
+                .then_some(())
+        })
+        .await;
+
+        a.sigterm();
+        assert!(a.wait_exit().await.success());
+        poll_until(WAIT, "the page to notice the restart", || async {
+            let log = text_of(&page, "#log").await;
+            (log.contains("(1012)")).then_some(())
+        })
+        .await;
+        bob.send("bob", "while away").await;
+        assert_eq!(bob.next_message().await["text"], "while away");
+
+        let _new_a = Server::start_at(&a.addr.to_string(), "new-a", &redis.url(), &[]);
+        wait_connected(&page, "new-a").await;
+        let shown = poll_until(WAIT, "the missed message on the page", || async {
+            let all = messages(&page).await;
+            all.iter().any(|m| m.contains("while away")).then_some(all)
+        })
+        .await;
+        let count = |needle: &str| shown.iter().filter(|m| m.contains(needle)).count();
+        assert_eq!((count("first"), count("while away")), (1, 1), "{shown:?}");
+
+        let shot = page.screenshot().await.unwrap();
+        std::fs::write(artifacts_dir().join("browser-reconnect.png"), shot).unwrap();
+    }
+    .await;
+    let _ = page.close().await;
+    result
+}

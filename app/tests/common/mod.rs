@@ -1,0 +1,549 @@
+//! Test support shared by the integration tests: real `redis-server` processes on free
+//! loopback ports (plain, persistent, TLS), real `chat-server` processes, WebSocket and
+//! HTTP clients, and polling with timeouts. One piece of code for each.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{BufRead as _, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::net::TcpStream as TokioTcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Upper bound for anything the tests wait for; generous for a loaded 2-core machine.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Where tests leave files worth looking at after a run (screenshots, logs).
+pub fn artifacts_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Finds a system tool, failing the test with how to install it when missing.
+pub fn tool(name: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("{name} not found: run scripts/test.sh or `apt-get install -y {package}`")
+    })
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn kill_child(child: &mut Child, signal: &str) {
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+}
+
+// ---------------------------------------------------------------- redis-server
+
+/// Certificates for a TLS Redis: a CA, and a server certificate for 127.0.0.1 signed by it.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn generate(dir: &Path) -> TlsFiles {
+        let openssl = tool("openssl", "openssl");
+        let run = |args: &[&str]| {
+            let out = Command::new(&openssl)
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-subj",
+            "/CN=chat-test-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "redis.key",
+            "-out",
+            "redis.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            "redis.crt",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TlsFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("redis.crt"),
+            key: dir.join("redis.key"),
+        }
+    }
+}
+
+/// A `redis-server` child on a loopback port, with its data and log in a temp dir.
+/// Killed on drop.
+pub struct Redis {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    tls: Option<TlsFiles>,
+    persistent: bool,
+    child: Option<Child>,
+}
+
+impl Redis {
+    /// A plain in-memory Redis.
+    pub fn start() -> Redis {
+        Self::launch(false, false)
+    }
+
+    /// A Redis that appends every write to an AOF file (fsync always), so a kill and
+    /// restart on the same port keeps the streams.
+    pub fn start_persistent() -> Redis {
+        Self::launch(true, false)
+    }
+
+    /// A Redis that speaks only TLS, with a certificate from a CA the test generates.
+    pub fn start_tls() -> Redis {
+        Self::launch(false, true)
+    }
+
+    fn launch(persistent: bool, tls: bool) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = tls.then(|| TlsFiles::generate(dir.path()));
+        let mut redis = Redis {
+            port: 0,
+            dir,
+            tls,
+            persistent,
+            child: None,
+        };
+        // A free port can be taken between probing and binding; try another.
+        for _ in 0..5 {
+            redis.port = free_port();
+            if redis.spawn() {
+                return redis;
+            }
+        }
+        panic!(
+            "could not start redis-server; see {}",
+            redis.log_path().display()
+        );
+    }
+
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ca_file(&self) -> &Path {
+        &self.tls.as_ref().expect("not a TLS redis").ca
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// Starts redis-server and waits until it accepts connections. Returns false if it
+    /// exited (usually: port taken).
+    fn spawn(&mut self) -> bool {
+        let binary = tool("redis-server", "redis-server");
+        let _ = std::fs::remove_file(self.log_path());
+        let port = self.port.to_string();
+        let mut args: Vec<String> = vec![
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            self.dir.path().display().to_string(),
+            "--logfile".into(),
+            self.log_path().display().to_string(),
+            "--save".into(),
+            "".into(),
+            "--daemonize".into(),
+            "no".into(),
+        ];
+        if self.persistent {
+            args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
+        } else {
+            args.extend(["--appendonly", "no"].map(String::from));
+        }
+        match &self.tls {
+            Some(tls) => args.extend([
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port,
+                "--tls-cert-file".into(),
+                tls.cert.display().to_string(),
+                "--tls-key-file".into(),
+                tls.key.display().to_string(),
+                "--tls-ca-cert-file".into(),
+                tls.ca.display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]),
+            None => args.extend(["--port".into(), port]),
+        }
+        let mut child = Command::new(binary)
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning redis-server");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            if log.contains("Ready to accept connections")
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                self.child = Some(child);
+                return true;
+            }
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not become ready; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills redis-server hard (SIGKILL: no chance to save anything beyond the AOF).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts redis-server again on the same port with the same data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------- chat-server
+
+/// A `chat-server` child process. Killed on drop; its log goes to the test's output.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub instance: String,
+    child: Child,
+}
+
+impl Server {
+    /// Starts a server on a random loopback port against `redis_url`, with `extra` flags.
+    pub fn start(instance: &str, redis_url: &str, extra: &[&str]) -> Server {
+        Self::start_at("127.0.0.1:0", instance, redis_url, extra)
+    }
+
+    /// Starts a server on the given address (e.g. the port of one that has exited).
+    pub fn start_at(listen: &str, instance: &str, redis_url: &str, extra: &[&str]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        // Only the flags below count: the caller's CHAT_*/REDIS_* settings must not leak in.
+        for (key, _) in std::env::vars_os() {
+            let key_str = key.to_string_lossy();
+            if key_str.starts_with("CHAT_") || key_str.starts_with("REDIS_") {
+                command.env_remove(&key);
+            }
+        }
+        let mut child = command
+            .args(["--listen", listen, "--redis-url", redis_url])
+            .args(["--instance-id", instance])
+            .args(extra)
+            .env("RUST_LOG", "info,chat_server=trace")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning chat-server");
+        // Keep draining stderr for the life of the process, or it blocks on a full pipe.
+        let stderr = child.stderr.take().unwrap();
+        let (addr_tx, addr_rx) = std_mpsc::channel();
+        let tag = instance.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{tag}] {line}");
+                if line.contains("listening")
+                    && let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                {
+                    let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("chat-server {instance} did not start listening"));
+        Server {
+            addr,
+            instance: instance.to_owned(),
+            child,
+        }
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    pub fn sigterm(&mut self) {
+        kill_child(&mut self.child, "-TERM");
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        poll_until(WAIT, "chat-server to exit", || {
+            let status = self.child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+
+    /// GET a path; returns status and body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.addr))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on {}: {e}", self.instance));
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
+    /// Polls `/healthz` until it answers `status`.
+    pub async fn wait_health(&self, status: u16) {
+        poll_until(
+            WAIT,
+            &format!("/healthz {status} on {}", self.instance),
+            || async { (self.get("/healthz").await.0 == status).then_some(()) },
+        )
+        .await
+    }
+
+    /// The value of a metric line `name value` in `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("metric {name} missing from:\n{body}"))
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- WebSocket client
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TokioTcpStream>>;
+
+/// What the next frame from the server was.
+#[derive(Debug)]
+pub enum Event {
+    Json(Value),
+    Closed(Option<CloseFrame>),
+}
+
+pub struct Client {
+    pub ws: Ws,
+    pub hello: Value,
+}
+
+impl Client {
+    /// Connects to `/ws{query}` and reads the hello frame.
+    pub async fn connect(server: &Server, query: &str) -> Client {
+        let (ws, _) =
+            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(server.ws_url(query)))
+                .await
+                .expect("websocket connect timed out")
+                .expect("websocket connect failed");
+        let mut client = Client {
+            ws,
+            hello: Value::Null,
+        };
+        client.hello = client.next_json().await;
+        assert_eq!(client.hello["type"], "hello", "first frame must be hello");
+        client
+    }
+
+    /// Attempts an upgrade with the given Origin; returns the HTTP status of a refusal
+    /// or 101.
+    pub async fn try_origin(server: &Server, origin: &str) -> u16 {
+        let mut request = server.ws_url("").into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((_, response)) => response.status().as_u16(),
+            Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+            Err(e) => panic!("unexpected websocket error: {e}"),
+        }
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    pub async fn send(&mut self, name: &str, text: &str) {
+        self.send_raw(&json!({"type": "send", "name": name, "text": text}).to_string())
+            .await;
+    }
+
+    /// The next JSON frame or the close, skipping pings and pongs.
+    pub async fn next_event(&mut self) -> Event {
+        // One deadline for the whole call: pings must not keep extending it.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Event::Json(serde_json::from_str(&text).unwrap());
+                }
+                Some(Ok(Message::Close(frame))) => return Event::Closed(frame),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Event::Closed(None),
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        match self.next_event().await {
+            Event::Json(v) => v,
+            Event::Closed(frame) => panic!("connection closed ({frame:?}) while expecting a frame"),
+        }
+    }
+
+    /// The next `message` frame; fails on anything else.
+    pub async fn next_message(&mut self) -> Value {
+        let frame = self.next_json().await;
+        assert_eq!(frame["type"], "message", "expected a message, got {frame}");
+        frame
+    }
+
+    /// The next `error` frame's code; fails on anything else.
+    pub async fn next_error_code(&mut self) -> String {
+        let frame = self.next_json().await;
+        assert_eq!(
+            frame["type"], "error",
+            "expected an error frame, got {frame}"
+        );
+        frame["code"].as_str().unwrap().to_owned()
+    }
+
+    /// Reads until the connection closes, returning the close code (None if it ended
+    /// without a close frame) and the message frames seen on the way.
+    pub async fn read_until_closed(&mut self) -> (Option<u16>, Vec<Value>) {
+        let mut seen = Vec::new();
+        loop {
+            match self.next_event().await {
+                Event::Json(v) => seen.push(v),
+                Event::Closed(frame) => return (frame.map(|f| f.code.into()), seen),
+            }
+        }
+    }
+}
+
+/// Texts of message frames, in order.
+pub fn texts(messages: &[Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}

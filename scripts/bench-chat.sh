@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Benchmark of the chat server on this machine, loopback only: builds in release,
+# starts one redis-server and two chat-server instances, runs chat-bench (saturation
+# throughput, latency at a fixed rate, CPU per 100k deliveries, memory per idle
+# connection), then stops everything. Bounded: about 1-2 minutes. Not a test.
+#
+# Usage: scripts/bench-chat.sh [extra chat-bench flags, e.g. --idle 5000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v redis-server >/dev/null || {
+  echo "redis-server not found: apt-get install -y redis-server" >&2
+  exit 1
+}
+
+cargo build --release -p chat-server --bins
+bin="${CARGO_TARGET_DIR:-target}/release"
+
+# 10 000 client sockets in chat-bench, 5 000 in each server: raise the per-process limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
+  echo "ulimit -n is $(ulimit -n); the idle-connection phase needs 12000" >&2
+  exit 1
+fi
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  local port
+  while :; do
+    port=$((20000 + RANDOM % 30000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
+  done
+}
+
+redis_port="$(free_port)"
+redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+  --dir "$work" --logfile "$work/redis.log" &
+pids+=($!)
+for _ in $(seq 100); do
+  grep -q "Ready to accept" "$work/redis.log" 2>/dev/null && break
+  sleep 0.1
+done
+
+addrs=()
+server_pids=()
+for id in bench-a bench-b; do
+  RUST_LOG=warn,chat_server=info NO_COLOR=1 "$bin/chat-server" \
+    --listen 127.0.0.1:0 --redis-url "redis://127.0.0.1:$redis_port" --instance-id "$id" \
+    --rate-per-sec 1000000 --rate-burst 1000000 --send-queue 4096 --drain-secs 0 \
+    2>"$work/$id.log" &
+  pids+=($!)
+  server_pids+=($!)
+  for _ in $(seq 100); do
+    addr="$(sed -n 's/.*listening addr=\([0-9.:]*\).*/\1/p' "$work/$id.log")"
+    [ -n "$addr" ] && break
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { cat "$work/$id.log" >&2; exit 1; }
+  addrs+=("$addr")
+done
+
+echo "redis-server 127.0.0.1:$redis_port; chat-server ${addrs[*]} (pids ${server_pids[*]}); $(nproc) CPUs"
+"$bin/chat-bench" \
+  --servers "$(IFS=,; echo "${addrs[*]}")" \
+  --pids "$(IFS=,; echo "${server_pids[*]}")" \
+  "$@"
