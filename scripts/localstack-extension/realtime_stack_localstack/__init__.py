@@ -13,7 +13,7 @@ backend, with AWS's error codes.
 from localstack.aws.api import CommonServiceException
 from localstack.aws.skeleton import Skeleton
 from localstack.aws.spec import load_service
-from localstack.services.moto import call_moto
+from localstack.services.moto import call_moto, call_moto_with_request
 from localstack.services.plugins import Service, aws_provider
 
 
@@ -29,10 +29,34 @@ def moto_service(api: str, overrides: dict) -> Service:
     return Service(name=api, skeleton=Skeleton(model, dispatch_table))
 
 
-def delete_cache_subnet_group(context, request):
+def elasticache_backend(context):
     from moto.elasticache.models import elasticache_backends
 
-    backend = elasticache_backends[context.account_id][context.region]
+    return elasticache_backends[context.account_id][context.region]
+
+
+def create_replication_group(context, request):
+    """moto sizes a cluster-mode-disabled group by ReplicasPerNodeGroup and ignores
+    NumCacheClusters, so a primary with replicas would come out as a lone primary."""
+    clusters = request.get("NumCacheClusters")
+    if clusters and "ReplicasPerNodeGroup" not in request:
+        request = {**request, "ReplicasPerNodeGroup": clusters - 1}
+    return call_moto_with_request(context, request)
+
+
+def delete_replication_group(context, request):
+    """moto leaves a deleted group `deleting` for ever; AWS removes it once deleted.
+    Answer as AWS does (the group, `deleting`), then let it be gone."""
+    response = call_moto(context)
+    backend = elasticache_backend(context)
+    group = backend.replication_groups.pop(request["ReplicationGroupId"], None)
+    if group is not None:
+        backend.tagging_service.delete_all_tags_for_resource(group.arn)
+    return response
+
+
+def delete_cache_subnet_group(context, request):
+    backend = elasticache_backend(context)
     name = request["CacheSubnetGroupName"]
     group = backend.cache_subnet_groups.get(name)
     if group is None:
@@ -60,4 +84,11 @@ def elbv2() -> Service:
 
 @aws_provider()
 def elasticache() -> Service:
-    return moto_service("elasticache", {"DeleteCacheSubnetGroup": delete_cache_subnet_group})
+    return moto_service(
+        "elasticache",
+        {
+            "CreateReplicationGroup": create_replication_group,
+            "DeleteReplicationGroup": delete_replication_group,
+            "DeleteCacheSubnetGroup": delete_cache_subnet_group,
+        },
+    )
