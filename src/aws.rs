@@ -12,6 +12,7 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -146,10 +147,12 @@ impl Intercept for CallLog {
         "CallLog"
     }
 
-    // Once per operation, not per attempt: retries are not separate calls.
-    fn read_before_execution(
+    // Once per operation, not per attempt: retries are not separate calls. (Earlier
+    // hooks run before the operation's metadata is in the bag.)
+    fn read_before_serialization(
         &self,
         _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if let Some(metadata) = cfg.load::<Metadata>() {
@@ -157,21 +160,6 @@ impl Intercept for CallLog {
             self.0.lock().expect("call log lock").push(call);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_are_told_from_writes_by_operation_name() {
-        assert!(is_read_only("ec2:DescribeVpcs"));
-        assert!(is_read_only("s3:HeadObject"));
-        assert!(is_read_only("elasticache:ListTagsForResource"));
-        assert!(!is_read_only("ec2:CreateVpc"));
-        assert!(!is_read_only("ec2:ModifyVpcAttribute"));
-        assert!(!is_read_only("route53:ChangeResourceRecordSets"));
     }
 }
 
@@ -289,7 +277,15 @@ where
         }
         _ => "",
     };
-    anyhow::anyhow!("{call} failed: {}{advice}", DisplayErrorContext(&err))
+    let reason = match err.as_service_error() {
+        Some(service) if service.code().is_some() => format!(
+            "{}: {}",
+            service.code().unwrap_or_default(),
+            service.message().unwrap_or("no message")
+        ),
+        _ => DisplayErrorContext(&err).to_string(),
+    };
+    anyhow::anyhow!("{call} failed: {reason}{advice}")
 }
 
 /// Adds the failed call's name (and what to do) to an AWS SDK result.
@@ -304,5 +300,20 @@ where
 {
     fn call(self, call: impl AsRef<str>) -> anyhow::Result<T> {
         self.map_err(|err| explain(call.as_ref(), err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_told_from_writes_by_operation_name() {
+        assert!(is_read_only("ec2:DescribeVpcs"));
+        assert!(is_read_only("s3:HeadObject"));
+        assert!(is_read_only("elasticache:ListTagsForResource"));
+        assert!(!is_read_only("ec2:CreateVpc"));
+        assert!(!is_read_only("ec2:ModifyVpcAttribute"));
+        assert!(!is_read_only("route53:ChangeResourceRecordSets"));
     }
 }

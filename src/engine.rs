@@ -264,23 +264,25 @@ pub async fn destroy(
     let mut last_progress = Instant::now();
     while !pending.is_empty() {
         let keys: HashSet<String> = pending.iter().map(|(r, _, _)| r.key()).collect();
-        let attempts = pending
-            .iter()
-            .enumerate()
-            .filter_map(|(index, (resource, step, _))| {
-                let blockers: Vec<String> = resource
-                    .blocked_by()
-                    .into_iter()
-                    .filter(|key| keys.contains(key))
-                    .collect();
-                if blockers.is_empty() {
-                    step.set("deleting");
-                    Some(async move { (index, resource.delete().await) })
-                } else {
-                    step.set(&format!("waiting for {}", blockers.join(", ")));
-                    None
-                }
-            });
+        let mut unblocked = Vec::new();
+        for (index, (resource, step, reason)) in pending.iter_mut().enumerate() {
+            let blockers: Vec<String> = resource
+                .blocked_by()
+                .into_iter()
+                .filter(|key| keys.contains(key))
+                .collect();
+            if blockers.is_empty() {
+                step.set("deleting");
+                unblocked.push(index);
+            } else {
+                *reason = format!("waiting for {}", blockers.join(", "));
+                step.set(reason);
+            }
+        }
+        let attempts = unblocked.into_iter().map(|index| {
+            let resource = &pending[index].0;
+            async move { (index, resource.delete().await) }
+        });
         let outcomes: Vec<(usize, Result<(), DeleteError>)> =
             stream::iter(attempts).buffer_unordered(8).collect().await;
         let mut deleted = HashSet::new();
@@ -326,4 +328,157 @@ pub async fn destroy(
         pause = (pause * 3 / 2).min(longest);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A resource that refuses `refusals` deletes with a dependency error, then goes, and
+    /// records the order in which resources went.
+    struct Fake {
+        key: &'static str,
+        blocked_by: Vec<String>,
+        refusals: Mutex<u32>,
+        gone: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl Fake {
+        fn boxed(
+            key: &'static str,
+            blocked_by: &[&str],
+            refusals: u32,
+            gone: &Arc<Mutex<Vec<&'static str>>>,
+        ) -> Box<dyn Deletable> {
+            Box::new(Self {
+                key,
+                blocked_by: blocked_by.iter().map(|key| key.to_string()).collect(),
+                refusals: Mutex::new(refusals),
+                gone: gone.clone(),
+            })
+        }
+    }
+
+    impl Deletable for Fake {
+        fn key(&self) -> String {
+            self.key.to_owned()
+        }
+
+        fn label(&self) -> String {
+            format!("fake {}", self.key)
+        }
+
+        fn blocked_by(&self) -> Vec<String> {
+            self.blocked_by.clone()
+        }
+
+        fn delete(&self) -> DeleteFuture<'_> {
+            Box::pin(async move {
+                let mut refusals = self.refusals.lock().unwrap();
+                if *refusals > 0 {
+                    *refusals -= 1;
+                    return Err(DeleteError::Blocked(
+                        "DependencyViolation: still in use".into(),
+                    ));
+                }
+                self.gone.lock().unwrap().push(self.key);
+                Ok(())
+            })
+        }
+    }
+
+    fn quiet() -> Progress {
+        Progress::with_live_lines(false)
+    }
+
+    #[tokio::test]
+    async fn dependency_errors_are_retried_until_the_delete_is_accepted() {
+        let gone = Arc::default();
+        let resources = vec![Fake::boxed("sg", &[], 3, &gone)];
+        destroy(resources, &quiet(), Pace::Local, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(*gone.lock().unwrap(), ["sg"]);
+    }
+
+    #[tokio::test]
+    async fn a_resource_goes_only_after_those_that_block_it() {
+        let gone = Arc::default();
+        let resources = vec![
+            Fake::boxed("vpc", &["subnet", "sg"], 0, &gone),
+            Fake::boxed("sg", &["instance"], 0, &gone),
+            Fake::boxed("subnet", &["instance", "not-being-deleted"], 0, &gone),
+            Fake::boxed("instance", &[], 0, &gone),
+        ];
+        destroy(resources, &quiet(), Pace::Local, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let order = gone.lock().unwrap().clone();
+        assert_eq!(order.first(), Some(&"instance"));
+        assert_eq!(order.last(), Some(&"vpc"));
+        assert_eq!(order.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn what_never_goes_is_named_once_nothing_progresses() {
+        let gone = Arc::default();
+        let resources = vec![
+            Fake::boxed("stuck", &[], u32::MAX, &gone),
+            Fake::boxed("vpc", &["stuck"], 0, &gone),
+            Fake::boxed("bucket", &[], 0, &gone),
+        ];
+        let left = destroy(resources, &quiet(), Pace::Local, Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        assert_eq!(*gone.lock().unwrap(), ["bucket"]);
+        let labels: Vec<&str> = left.0.iter().map(|(label, _)| label.as_str()).collect();
+        assert_eq!(labels, ["fake stuck", "fake vpc"]);
+        assert!(left.0[0].1.contains("DependencyViolation"));
+        assert_eq!(left.0[1].1, "waiting for stuck");
+        assert!(
+            left.to_string()
+                .contains("2 resource(s) could not be deleted")
+        );
+    }
+
+    #[tokio::test]
+    async fn waits_poll_until_the_condition_holds_and_give_up_with_the_reason() {
+        let progress = quiet();
+        let step = progress.step("thing");
+        let mut polls = 0;
+        let value = wait_for(
+            &step,
+            Pace::Local,
+            "the thing",
+            Duration::from_secs(30),
+            None,
+            || {
+                polls += 1;
+                let ready = polls >= 3;
+                async move { Ok(ready.then_some(42)) }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((value, polls), (42, 3));
+
+        let err = wait_for::<(), _>(
+            &step,
+            Pace::Local,
+            "the certificate",
+            Duration::from_millis(300),
+            Some((Duration::ZERO, "the zone is not delegated")),
+            || async { Ok(None) },
+        )
+        .await
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("gave up waiting for the certificate"),
+            "{message}"
+        );
+        assert!(message.contains("the zone is not delegated"), "{message}");
+    }
 }

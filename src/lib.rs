@@ -3,8 +3,16 @@
 //! [`commands`]; each AWS concern has its own module, driven by the service-agnostic
 //! [`engine`].
 
+pub mod artifact;
 pub mod aws;
+pub mod cache;
+pub mod certificate;
+pub mod commands;
+pub mod dns;
 pub mod engine;
+pub mod instances;
+pub mod load_balancer;
 pub mod names;
+pub mod network;
 pub mod spec;
 pub mod stack;

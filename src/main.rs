@@ -1,1 +1,56 @@
-fn main() {}
+//! The `realtime-stack` command line: parses arguments and hands over to a command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use realtime_stack::aws::AwsArgs;
+use realtime_stack::commands::{destroy, up};
+use realtime_stack::spec::SpecError;
+
+/// Provision a scalable realtime chat service on AWS from one stack.yaml, and remove it.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The stack description
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        default_value = "stack.yaml"
+    )]
+    file: PathBuf,
+    #[command(flatten)]
+    aws: AwsArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the stack, or bring it back in line with stack.yaml
+    Up(up::UpArgs),
+    /// Delete everything the stack owns
+    Destroy(destroy::DestroyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Up(args) => up::run(&cli.file, &cli.aws, args).await,
+            Command::Destroy(args) => destroy::run(&cli.file, &cli.aws, args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            match err.downcast_ref::<SpecError>() {
+                Some(spec) => eprintln!("{:?}", miette::Report::new(spec.clone())),
+                None => eprintln!("error: {err:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

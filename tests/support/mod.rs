@@ -2,6 +2,9 @@
 //! that `scripts/localstack.sh` runs on loopback, with throwaway credentials, after
 //! checking that it answers. Tests never reach past loopback.
 
+// Each test crate uses its own part of these helpers.
+#![allow(dead_code)]
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig};
@@ -73,4 +76,105 @@ pub fn unique_suffix() -> String {
         .unwrap()
         .as_nanos();
     format!("{:x}{:x}", std::process::id(), nanos % 0xffff_ffff)
+}
+
+/// A stack file for `name` in a fresh directory, serving `chat.<zone>`, shipping the
+/// workspace's debug chat-server build (the tests make it; its content is what the
+/// instances would run).
+pub struct TestStack {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+    pub zone: String,
+}
+
+impl TestStack {
+    pub fn new(name: &str, zone: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let yaml = format!(
+            "name: {name}\nregion: us-east-1\ndomain:\n  name: chat.{zone}\n  hosted_zone: {zone}\n\
+             network:\n  cidr: 10.20.0.0/16\ninstances:\n  count: 2\n  type: t3.micro\n  binary: {}\n\
+             redis:\n  replicas: 1\ntags:\n  team: tests\n",
+            chat_server_binary().display()
+        );
+        std::fs::write(dir.path().join("stack.yaml"), yaml).expect("writing stack.yaml");
+        Self {
+            dir,
+            name: name.to_owned(),
+            zone: zone.to_owned(),
+        }
+    }
+
+    pub fn file(&self) -> std::path::PathBuf {
+        self.dir.path().join("stack.yaml")
+    }
+
+    pub fn domain(&self) -> String {
+        format!("chat.{}", self.zone)
+    }
+
+    /// `realtime-stack <args> -f <this stack>` against LocalStack.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_realtime-stack"));
+        command
+            .args(args)
+            .arg("-f")
+            .arg(self.file())
+            .env("AWS_ENDPOINT_URL", endpoint())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
+    /// Runs the CLI to completion; panics with its output when it fails.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        let output = self.command(args).output().expect("running realtime-stack");
+        assert!(
+            output.status.success(),
+            "realtime-stack {args:?} failed ({}):\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// `up --yes --output json`, parsed.
+    pub fn up(&self) -> serde_json::Value {
+        let output = self.run(&["up", "--yes", "--output", "json"]);
+        serde_json::from_slice(&output.stdout).expect("up prints one JSON object")
+    }
+}
+
+/// The workspace's chat-server binary, built by `cargo test --workspace` next to the
+/// test executables.
+pub fn chat_server_binary() -> std::path::PathBuf {
+    let test_exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile directory");
+    let binary = profile_dir.join("chat-server");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p chat-server` (scripts/test.sh does)",
+        binary.display()
+    );
+    binary
+}
+
+/// A Route53 hosted zone in LocalStack, as a user of the CLI would already have.
+pub async fn hosted_zone(aws: &SdkConfig, name: &str) -> String {
+    aws_sdk_route53::Client::new(aws)
+        .create_hosted_zone()
+        .name(name)
+        .caller_reference(unique_suffix())
+        .send()
+        .await
+        .expect("CreateHostedZone")
+        .hosted_zone
+        .expect("hosted zone")
+        .id
 }

@@ -1,0 +1,414 @@
+//! The artifact: the chat-server binary the instances run. Owns building it (unless the
+//! stack names a prebuilt one), checking it suits the instance type's architecture, the
+//! stack's private, encrypted S3 bucket, the upload (once per content hash) and the
+//! presigned URL the instances download it by.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, CreateBucketConfiguration, PublicAccessBlockConfiguration,
+    ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
+    ServerSideEncryptionRule, Tag, Tagging,
+};
+use sha2::{Digest, Sha256};
+
+use crate::aws::{Call, delete_outcome};
+use crate::engine::{Deletable, DeleteError, DeleteFuture};
+use crate::stack::Stack;
+
+/// How long the download link in the instances' user-data stays valid. Instances boot
+/// within minutes of `up`; a replacement launched later by another `up` gets a new link.
+const DOWNLOAD_LINK_LIFETIME: Duration = Duration::from_secs(6 * 3600);
+
+/// A binary on this machine, ready to ship.
+#[derive(Debug, Clone)]
+pub struct Binary {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub architecture: Architecture,
+}
+
+/// The CPU architectures EC2 instance types have, by their EC2 names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    X86_64,
+    Arm64,
+}
+
+impl Architecture {
+    pub fn ec2_name(self) -> &'static str {
+        match self {
+            Architecture::X86_64 => "x86_64",
+            Architecture::Arm64 => "arm64",
+        }
+    }
+
+    /// The architecture of a Linux ELF executable, from its header's machine field.
+    pub fn of_elf(bytes: &[u8]) -> Result<Self> {
+        const ELF_MAGIC: &[u8] = b"\x7fELF";
+        const MACHINE_X86_64: u16 = 0x3e;
+        const MACHINE_AARCH64: u16 = 0xb7;
+        if bytes.len() < 20 || &bytes[..4] != ELF_MAGIC {
+            bail!("not a Linux (ELF) executable");
+        }
+        match u16::from_le_bytes([bytes[18], bytes[19]]) {
+            MACHINE_X86_64 => Ok(Architecture::X86_64),
+            MACHINE_AARCH64 => Ok(Architecture::Arm64),
+            other => {
+                bail!("an ELF executable for machine type {other:#x}, neither x86_64 nor arm64")
+            }
+        }
+    }
+}
+
+/// The binary to ship: the stack's `instances.binary`, or a release build of the
+/// workspace's chat-server.
+pub fn prepare_binary(configured: Option<&Path>) -> Result<Binary> {
+    let path = match configured {
+        Some(path) => path.to_owned(),
+        None => build_chat_server()?,
+    };
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("cannot read the chat-server binary {}", path.display()))?;
+    let architecture = Architecture::of_elf(&bytes)
+        .with_context(|| format!("{} cannot run on EC2 Linux", path.display()))?;
+    Ok(Binary {
+        sha256: format!("{:x}", Sha256::digest(&bytes)),
+        path,
+        architecture,
+    })
+}
+
+fn build_chat_server() -> Result<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet", "-p", "chat-server"])
+        .current_dir(workspace)
+        .status()
+        .context("could not run cargo to build chat-server: install Rust, or set instances.binary in stack.yaml")?;
+    if !status.success() {
+        bail!(
+            "`cargo build --release -p chat-server` failed (see above); fix the build or set instances.binary in stack.yaml"
+        );
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    Ok(target.join("release").join("chat-server"))
+}
+
+/// Where the binary is, for the instances.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub bucket: String,
+    pub key: String,
+    pub sha256: String,
+    /// A time-limited GET link: instances need no IAM role to fetch it.
+    pub url: String,
+}
+
+/// Ensures the stack's bucket exists, private and encrypted, holds `binary` under a key
+/// containing its SHA-256, and returns a download link to it.
+pub async fn ensure(stack: &Stack, account: &str, binary: &Binary) -> Result<Artifact> {
+    let bucket = stack.names.bucket(account, &stack.region);
+    let step = stack.progress.step(format!("bucket {bucket}"));
+    step.run(ensure_bucket(stack, &bucket), |_| String::new())
+        .await?;
+    let key = format!("chat-server/{}", binary.sha256);
+    let step = stack
+        .progress
+        .step(format!("artifact chat-server {}", &binary.sha256[..12]));
+    step.run(upload_once(stack, &bucket, &key, binary), |url| {
+        format!("s3://{bucket}/{key} ({} chars of link)", url.len())
+    })
+    .await
+    .map(|url| Artifact {
+        bucket: bucket.clone(),
+        key: key.clone(),
+        sha256: binary.sha256.clone(),
+        url,
+    })
+}
+
+async fn ensure_bucket(stack: &Stack, bucket: &str) -> Result<()> {
+    let s3 = &stack.clients.s3;
+    match s3.head_bucket().bucket(bucket).send().await {
+        Ok(_) => {}
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
+            let mut create = s3.create_bucket().bucket(bucket);
+            // us-east-1 is the one region that must not be named as a location constraint.
+            if stack.region != "us-east-1" {
+                create = create.create_bucket_configuration(
+                    CreateBucketConfiguration::builder()
+                        .location_constraint(BucketLocationConstraint::from(stack.region.as_str()))
+                        .build(),
+                );
+            }
+            create.send().await.call(format!("CreateBucket {bucket}"))?;
+        }
+        Err(err) => {
+            return Err(crate::aws::explain(&format!("HeadBucket {bucket}"), err))
+                .context("the bucket name may belong to another account: bucket names are global");
+        }
+    }
+    ensure_private(stack, bucket).await?;
+    ensure_encrypted(stack, bucket).await?;
+    ensure_tagged(stack, bucket).await
+}
+
+async fn ensure_private(stack: &Stack, bucket: &str) -> Result<()> {
+    let s3 = &stack.clients.s3;
+    let blocked = s3
+        .get_public_access_block()
+        .bucket(bucket)
+        .send()
+        .await
+        .ok()
+        .and_then(|out| out.public_access_block_configuration)
+        .is_some_and(|config| {
+            [
+                config.block_public_acls,
+                config.ignore_public_acls,
+                config.block_public_policy,
+                config.restrict_public_buckets,
+            ]
+            .iter()
+            .all(|flag| *flag == Some(true))
+        });
+    if !blocked {
+        s3.put_public_access_block()
+            .bucket(bucket)
+            .public_access_block_configuration(
+                PublicAccessBlockConfiguration::builder()
+                    .block_public_acls(true)
+                    .ignore_public_acls(true)
+                    .block_public_policy(true)
+                    .restrict_public_buckets(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .call(format!("PutPublicAccessBlock {bucket}"))?;
+    }
+    Ok(())
+}
+
+async fn ensure_encrypted(stack: &Stack, bucket: &str) -> Result<()> {
+    let s3 = &stack.clients.s3;
+    let encrypted = s3
+        .get_bucket_encryption()
+        .bucket(bucket)
+        .send()
+        .await
+        .ok()
+        .and_then(|out| out.server_side_encryption_configuration)
+        .is_some_and(|config| {
+            config
+                .rules()
+                .iter()
+                .any(|rule| rule.apply_server_side_encryption_by_default().is_some())
+        });
+    if !encrypted {
+        s3.put_bucket_encryption()
+            .bucket(bucket)
+            .server_side_encryption_configuration(
+                ServerSideEncryptionConfiguration::builder()
+                    .rules(
+                        ServerSideEncryptionRule::builder()
+                            .apply_server_side_encryption_by_default(
+                                ServerSideEncryptionByDefault::builder()
+                                    .sse_algorithm(ServerSideEncryption::Aes256)
+                                    .build()
+                                    .context("encryption rule")?,
+                            )
+                            .build(),
+                    )
+                    .build()
+                    .context("encryption configuration")?,
+            )
+            .send()
+            .await
+            .call(format!("PutBucketEncryption {bucket}"))?;
+    }
+    Ok(())
+}
+
+async fn ensure_tagged(stack: &Stack, bucket: &str) -> Result<()> {
+    let s3 = &stack.clients.s3;
+    let wanted = stack.names.tags("artifacts");
+    let current: Vec<(String, String)> = s3
+        .get_bucket_tagging()
+        .bucket(bucket)
+        .send()
+        .await
+        .map(|out| {
+            out.tag_set()
+                .iter()
+                .map(|tag| (tag.key().to_owned(), tag.value().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if wanted.iter().all(|tag| current.contains(tag)) {
+        return Ok(());
+    }
+    let tags = wanted
+        .into_iter()
+        .map(|(key, value)| Tag::builder().key(key).value(value).build())
+        .collect::<Result<Vec<_>, _>>()
+        .context("bucket tags")?;
+    s3.put_bucket_tagging()
+        .bucket(bucket)
+        .tagging(
+            Tagging::builder()
+                .set_tag_set(Some(tags))
+                .build()
+                .context("bucket tagging")?,
+        )
+        .send()
+        .await
+        .call(format!("PutBucketTagging {bucket}"))?;
+    Ok(())
+}
+
+async fn upload_once(stack: &Stack, bucket: &str, key: &str, binary: &Binary) -> Result<String> {
+    let s3 = &stack.clients.s3;
+    if s3
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .is_err()
+    {
+        let body = ByteStream::from_path(&binary.path)
+            .await
+            .with_context(|| format!("cannot read {}", binary.path.display()))?;
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body)
+            .server_side_encryption(ServerSideEncryption::Aes256)
+            .send()
+            .await
+            .call(format!("PutObject s3://{bucket}/{key}"))?;
+    }
+    let presigned = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .presigned(PresigningConfig::expires_in(DOWNLOAD_LINK_LIFETIME).context("link lifetime")?)
+        .await
+        .with_context(|| format!("presigning a download link for s3://{bucket}/{key}"))?;
+    Ok(presigned.uri().to_owned())
+}
+
+/// The stack's bucket, if it exists, with everything in it.
+pub async fn deletables(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Deletable>>> {
+    let bucket = stack.names.bucket(account, &stack.region);
+    match stack.clients.s3.head_bucket().bucket(&bucket).send().await {
+        Ok(_) => Ok(vec![Box::new(Bucket {
+            s3: stack.clients.s3.clone(),
+            name: bucket,
+        })]),
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(vec![]),
+        Err(err) => Err(crate::aws::explain(&format!("HeadBucket {bucket}"), err)),
+    }
+}
+
+struct Bucket {
+    s3: aws_sdk_s3::Client,
+    name: String,
+}
+
+impl Bucket {
+    async fn empty_and_delete(&self) -> Result<(), DeleteError> {
+        let pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.name)
+            .into_paginator()
+            .send()
+            .collect::<Vec<_>>()
+            .await;
+        for page in pages {
+            let page = match page {
+                Ok(page) => page,
+                Err(err) => {
+                    let call = format!("ListObjectsV2 {}", self.name);
+                    return delete_outcome(Err::<(), _>(err), &call, &["NoSuchBucket"]);
+                }
+            };
+            for key in page.contents().iter().filter_map(|object| object.key()) {
+                let result = self
+                    .s3
+                    .delete_object()
+                    .bucket(&self.name)
+                    .key(key)
+                    .send()
+                    .await;
+                let call = format!("DeleteObject s3://{}/{key}", self.name);
+                delete_outcome(result, &call, &["NoSuchKey"])?;
+            }
+        }
+        let result = self.s3.delete_bucket().bucket(&self.name).send().await;
+        delete_outcome(
+            result,
+            &format!("DeleteBucket {}", self.name),
+            &["NoSuchBucket"],
+        )
+    }
+}
+
+impl Deletable for Bucket {
+    fn key(&self) -> String {
+        format!("s3-bucket:{}", self.name)
+    }
+
+    fn label(&self) -> String {
+        format!("bucket {}", self.name)
+    }
+
+    fn blocked_by(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn delete(&self) -> DeleteFuture<'_> {
+        Box::pin(self.empty_and_delete())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_architecture_comes_from_the_elf_header() {
+        let mut header = vec![0u8; 64];
+        header[..4].copy_from_slice(b"\x7fELF");
+        header[18] = 0x3e;
+        assert_eq!(Architecture::of_elf(&header).unwrap(), Architecture::X86_64);
+        header[18] = 0xb7;
+        assert_eq!(Architecture::of_elf(&header).unwrap(), Architecture::Arm64);
+        assert!(Architecture::of_elf(b"#!/bin/sh\n echo not a binary").is_err());
+    }
+
+    #[test]
+    fn this_test_binary_is_a_shippable_elf() {
+        let me = std::env::current_exe().unwrap();
+        let binary = prepare_binary(Some(&me)).unwrap();
+        assert_eq!(binary.sha256.len(), 64);
+        assert_eq!(
+            binary.architecture.ec2_name(),
+            if cfg!(target_arch = "aarch64") {
+                "arm64"
+            } else {
+                "x86_64"
+            }
+        );
+    }
+}

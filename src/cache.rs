@@ -1,0 +1,833 @@
+//! ElastiCache: the Redis (or Valkey) the chat servers fan messages out through. It owns
+//! the cache subnet group on the private subnets and the replication group (cluster mode
+//! off, encrypted in transit and at rest, with failover and Multi-AZ when it has
+//! replicas), both found by their derived names and checked for the stack tag.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_elasticache::types::{
+    AutomaticFailoverStatus, CacheSubnetGroup, MultiAzStatus, ReplicationGroup, Tag,
+};
+
+use crate::aws::{Call, delete_outcome};
+use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
+use crate::names::STACK_TAG;
+use crate::stack::Stack;
+
+const PORT: u16 = 6379;
+
+/// Where the chat servers reach Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    pub address: String,
+    pub port: u16,
+    /// In-transit encryption: clients must speak TLS (`rediss://`).
+    pub tls: bool,
+}
+
+/// Creates or converges the subnet group on `subnet_ids` and the replication group in
+/// `security_group`, and waits until Redis is available.
+pub async fn ensure(stack: &Stack, subnet_ids: &[String], security_group: &str) -> Result<Redis> {
+    ensure_subnet_group(stack, subnet_ids).await?;
+    let id = stack.names.replication_group();
+    let step = stack.progress.step(format!("redis {id}"));
+    step.run(
+        ensure_replication_group(stack, security_group, &step),
+        |redis| format!("{}:{}", redis.address, redis.port),
+    )
+    .await
+}
+
+async fn ensure_subnet_group(stack: &Stack, subnet_ids: &[String]) -> Result<()> {
+    let name = stack.names.cache_subnet_group();
+    let step = stack.progress.step(format!("cache subnet group {name}"));
+    let work = async {
+        let elasticache = &stack.clients.elasticache;
+        let Some(group) = describe_subnet_group(stack, &name).await? else {
+            step.set("creating");
+            elasticache
+                .create_cache_subnet_group()
+                .cache_subnet_group_name(&name)
+                .cache_subnet_group_description(format!(
+                    "realtime-stack {}: Redis in the private subnets",
+                    stack.names.stack()
+                ))
+                .set_subnet_ids(Some(subnet_ids.to_vec()))
+                .set_tags(Some(tags(stack, "cache-subnet-group")))
+                .send()
+                .await
+                .call(format!("CreateCacheSubnetGroup {name}"))?;
+            return Ok("created");
+        };
+        require_ours(
+            stack,
+            group.arn(),
+            &format!("the cache subnet group {name}"),
+        )
+        .await?;
+        let have: BTreeSet<&str> = group
+            .subnets()
+            .iter()
+            .filter_map(|subnet| subnet.subnet_identifier())
+            .collect();
+        let want: BTreeSet<&str> = subnet_ids.iter().map(String::as_str).collect();
+        if have == want {
+            return Ok("unchanged");
+        }
+        step.set("moving to the stack's private subnets");
+        elasticache
+            .modify_cache_subnet_group()
+            .cache_subnet_group_name(&name)
+            .set_subnet_ids(Some(subnet_ids.to_vec()))
+            .send()
+            .await
+            .call(format!("ModifyCacheSubnetGroup {name}"))?;
+        Ok("subnets updated")
+    };
+    step.run(work, |outcome| (*outcome).to_owned()).await?;
+    Ok(())
+}
+
+async fn ensure_replication_group(
+    stack: &Stack,
+    security_group: &str,
+    step: &Step,
+) -> Result<Redis> {
+    let id = stack.names.replication_group();
+    match describe_group(stack, &id).await? {
+        None => {
+            step.set("creating");
+            create_group(stack, &id, security_group).await?;
+            // Just created from the spec: nothing can differ.
+            endpoint(&wait_available(stack, step, &id).await?)
+        }
+        Some(group) => {
+            require_ours(stack, group.arn(), &format!("the replication group {id}")).await?;
+            refuse_unchangeable(stack, &group)?;
+            let mut group = wait_available(stack, step, &id).await?;
+            for fix in fixes(stack, &group).await? {
+                step.set(&fix.to_string());
+                apply(stack, &id, &fix).await?;
+                group = wait_available(stack, step, &id).await?;
+            }
+            endpoint(&group)
+        }
+    }
+}
+
+async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<()> {
+    let redis = &stack.spec.redis;
+    let failover = redis.replicas >= 1;
+    stack
+        .clients
+        .elasticache
+        .create_replication_group()
+        .replication_group_id(id)
+        .replication_group_description(format!(
+            "realtime-stack {}: chat fan-out",
+            stack.names.stack()
+        ))
+        .engine(&redis.engine)
+        .set_engine_version(redis.engine_version.clone())
+        .cache_node_type(&redis.node_type)
+        .num_cache_clusters(1 + i32::try_from(redis.replicas)?)
+        .automatic_failover_enabled(failover)
+        .multi_az_enabled(failover)
+        .transit_encryption_enabled(true)
+        .at_rest_encryption_enabled(true)
+        .cache_subnet_group_name(stack.names.cache_subnet_group())
+        .security_group_ids(security_group)
+        .port(i32::from(PORT))
+        .set_tags(Some(tags(stack, "redis")))
+        .send()
+        .await
+        .call(format!("CreateReplicationGroup {id}"))?;
+    Ok(())
+}
+
+/// Waits until the group is `available`, showing its status as it changes. A group being
+/// created or modified (by an earlier `up`) is waited for the same way.
+async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<ReplicationGroup> {
+    let last_status = Mutex::new(String::new());
+    wait_for(
+        step,
+        stack.pace,
+        "Redis to be available",
+        stack.pace.limit(Duration::from_secs(3600)),
+        Some((
+            stack.pace.limit(Duration::from_secs(20 * 60)),
+            "ElastiCache often takes 10 to 20 minutes, longer with Multi-AZ; the replication \
+             group's events in the ElastiCache console say what it is doing",
+        )),
+        || async {
+            let group = describe_group(stack, id)
+                .await?
+                .with_context(|| format!("the replication group {id} vanished while starting"))?;
+            let status = group.status().unwrap_or("unknown");
+            match status {
+                "available" => return Ok(Some(group)),
+                "create-failed" => bail!(
+                    "ElastiCache could not create the replication group {id} (its events in \
+                     the ElastiCache console say why): run `realtime-stack destroy`, fix the \
+                     cause, and `up` again"
+                ),
+                "deleting" => bail!(
+                    "the replication group {id} is being deleted: wait until it is gone, then \
+                     run `realtime-stack up` again"
+                ),
+                _ => {}
+            }
+            let mut last = last_status.lock().expect("status lock");
+            if *last != status {
+                step.set(&format!("{status}, waiting until available"));
+                status.clone_into(&mut last);
+            }
+            Ok(None)
+        },
+    )
+    .await
+}
+
+/// Differences ElastiCache cannot change in place: the group must be re-created.
+fn refuse_unchangeable(stack: &Stack, group: &ReplicationGroup) -> Result<()> {
+    let id = stack.names.replication_group();
+    let want = &stack.spec.redis.engine;
+    let mut problems = Vec::new();
+    if let Some(engine) = group.engine()
+        && engine != want
+    {
+        problems.push(format!("its engine is {engine}, stack.yaml says {want}"));
+    }
+    if group.cluster_enabled() == Some(true) {
+        problems.push("it runs in cluster mode".to_owned());
+    }
+    if group.transit_encryption_enabled() != Some(true) {
+        problems.push("it is not encrypted in transit".to_owned());
+    }
+    if group.at_rest_encryption_enabled() != Some(true) {
+        problems.push("it is not encrypted at rest".to_owned());
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "the replication group {id} cannot be changed in place to match stack.yaml: {}. Run \
+         `realtime-stack destroy` and `up` again to re-create it (its data is lost), or \
+         change stack.yaml back",
+        problems.join("; ")
+    )
+}
+
+/// A change ElastiCache makes in place; each needs the group available before the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fix {
+    EngineVersion(String),
+    NodeType(String),
+    AddReplicas(i32),
+    RemoveReplicas(i32),
+    Failover(bool),
+}
+
+impl std::fmt::Display for Fix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fix::EngineVersion(version) => write!(f, "upgrading to version {version}"),
+            Fix::NodeType(node_type) => write!(f, "changing node type to {node_type}"),
+            Fix::AddReplicas(count) | Fix::RemoveReplicas(count) => {
+                write!(f, "changing to {count} replica(s)")
+            }
+            Fix::Failover(true) => write!(f, "enabling failover and Multi-AZ"),
+            Fix::Failover(false) => write!(f, "disabling failover and Multi-AZ"),
+        }
+    }
+}
+
+/// What differs from the spec and can be changed, in an order ElastiCache accepts:
+/// failover needs a replica, so replicas come before enabling it and after disabling it.
+async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec<Fix>> {
+    let redis = &stack.spec.redis;
+    let mut fixes = Vec::new();
+    if let Some(want) = &redis.engine_version
+        && let Some(have) = engine_version(stack, group).await?
+        && !version_matches(&have, want)
+    {
+        fixes.push(Fix::EngineVersion(want.clone()));
+    }
+    if group.cache_node_type() != Some(redis.node_type.as_str()) {
+        fixes.push(Fix::NodeType(redis.node_type.clone()));
+    }
+    let have = i32::try_from(group.member_clusters().len())?.saturating_sub(1);
+    let want = i32::try_from(redis.replicas)?;
+    let failover = want >= 1;
+    let failover_on = matches!(
+        group.automatic_failover(),
+        Some(AutomaticFailoverStatus::Enabled | AutomaticFailoverStatus::Enabling)
+    );
+    let multi_az_on = group.multi_az() == Some(&MultiAzStatus::Enabled);
+    if want > have {
+        fixes.push(Fix::AddReplicas(want));
+    }
+    if failover_on != failover || multi_az_on != failover {
+        fixes.push(Fix::Failover(failover));
+    }
+    if want < have {
+        fixes.push(Fix::RemoveReplicas(want));
+    }
+    Ok(fixes)
+}
+
+/// `7.1` in stack.yaml is satisfied by `7.1.0`.
+fn version_matches(have: &str, want: &str) -> bool {
+    have == want || have.starts_with(&format!("{want}."))
+}
+
+/// The engine version, which only the group's nodes report.
+async fn engine_version(stack: &Stack, group: &ReplicationGroup) -> Result<Option<String>> {
+    let Some(member) = group.member_clusters().first() else {
+        return Ok(None);
+    };
+    Ok(stack
+        .clients
+        .elasticache
+        .describe_cache_clusters()
+        .cache_cluster_id(member)
+        .send()
+        .await
+        .call(format!("DescribeCacheClusters {member}"))?
+        .cache_clusters()
+        .first()
+        .and_then(|cluster| cluster.engine_version().map(str::to_owned)))
+}
+
+async fn apply(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
+    let elasticache = &stack.clients.elasticache;
+    let modify = elasticache
+        .modify_replication_group()
+        .replication_group_id(id)
+        .apply_immediately(true);
+    match fix {
+        Fix::EngineVersion(version) => {
+            modify
+                .engine_version(version)
+                .send()
+                .await
+                .call(format!("ModifyReplicationGroup {id} EngineVersion"))?;
+        }
+        Fix::NodeType(node_type) => {
+            modify
+                .cache_node_type(node_type)
+                .send()
+                .await
+                .call(format!("ModifyReplicationGroup {id} CacheNodeType"))?;
+        }
+        Fix::Failover(on) => {
+            modify
+                .automatic_failover_enabled(*on)
+                .multi_az_enabled(*on)
+                .send()
+                .await
+                .call(format!("ModifyReplicationGroup {id} AutomaticFailover"))?;
+        }
+        Fix::AddReplicas(count) => {
+            elasticache
+                .increase_replica_count()
+                .replication_group_id(id)
+                .new_replica_count(*count)
+                .apply_immediately(true)
+                .send()
+                .await
+                .call(format!("IncreaseReplicaCount {id}"))?;
+        }
+        Fix::RemoveReplicas(count) => {
+            elasticache
+                .decrease_replica_count()
+                .replication_group_id(id)
+                .new_replica_count(*count)
+                .apply_immediately(true)
+                .send()
+                .await
+                .call(format!("DecreaseReplicaCount {id}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn endpoint(group: &ReplicationGroup) -> Result<Redis> {
+    let id = group.replication_group_id().unwrap_or_default();
+    let primary = group
+        .node_groups()
+        .first()
+        .and_then(|node_group| node_group.primary_endpoint())
+        .and_then(|endpoint| Some((endpoint.address()?, endpoint.port())))
+        .with_context(|| format!("the replication group {id} reports no primary endpoint"))?;
+    Ok(Redis {
+        address: primary.0.to_owned(),
+        port: primary.1.map(u16::try_from).transpose()?.unwrap_or(PORT),
+        tls: group.transit_encryption_enabled() == Some(true),
+    })
+}
+
+fn tags(stack: &Stack, role: &str) -> Vec<Tag> {
+    stack
+        .names
+        .tags(role)
+        .into_iter()
+        .map(|(key, value)| Tag::builder().key(key).value(value).build())
+        .collect()
+}
+
+async fn describe_group(stack: &Stack, id: &str) -> Result<Option<ReplicationGroup>> {
+    let described = stack
+        .clients
+        .elasticache
+        .describe_replication_groups()
+        .replication_group_id(id)
+        .send()
+        .await;
+    match described {
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|err| err.is_replication_group_not_found_fault()) =>
+        {
+            Ok(None)
+        }
+        described => Ok(described
+            .call(format!("DescribeReplicationGroups {id}"))?
+            .replication_groups
+            .and_then(|groups| groups.into_iter().next())),
+    }
+}
+
+async fn describe_subnet_group(stack: &Stack, name: &str) -> Result<Option<CacheSubnetGroup>> {
+    let described = stack
+        .clients
+        .elasticache
+        .describe_cache_subnet_groups()
+        .cache_subnet_group_name(name)
+        .send()
+        .await;
+    match described {
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|err| err.is_cache_subnet_group_not_found_fault()) =>
+        {
+            Ok(None)
+        }
+        described => Ok(described
+            .call(format!("DescribeCacheSubnetGroups {name}"))?
+            .cache_subnet_groups
+            .and_then(|groups| groups.into_iter().next())),
+    }
+}
+
+/// Whether the resource of `arn` carries the stack's tag.
+async fn is_ours(stack: &Stack, arn: Option<&str>) -> Result<bool> {
+    let Some(arn) = arn else {
+        return Ok(false);
+    };
+    let tags = stack
+        .clients
+        .elasticache
+        .list_tags_for_resource()
+        .resource_name(arn)
+        .send()
+        .await
+        .call(format!("ListTagsForResource {arn}"))?;
+    Ok(tags
+        .tag_list()
+        .iter()
+        .any(|tag| tag.key() == Some(STACK_TAG) && tag.value() == Some(stack.names.stack())))
+}
+
+/// A resource of the stack's name that is not the stack's must not be taken over.
+async fn require_ours(stack: &Stack, arn: Option<&str>, what: &str) -> Result<()> {
+    if is_ours(stack, arn).await? {
+        return Ok(());
+    }
+    bail!(
+        "{what} exists but does not carry the tag {STACK_TAG}={}: it is not this stack's. \
+         Delete or rename it, or give the stack another name",
+        stack.names.stack()
+    )
+}
+
+/// The stack's replication group and subnet group, the subnet group after the group.
+pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
+    let mut found: Vec<Box<dyn Deletable>> = Vec::new();
+    let id = stack.names.replication_group();
+    if let Some(group) = describe_group(stack, &id).await?
+        && is_ours(stack, group.arn()).await?
+    {
+        found.push(Box::new(GroupDeletable {
+            elasticache: stack.clients.elasticache.clone(),
+            id: id.clone(),
+        }));
+    }
+    let name = stack.names.cache_subnet_group();
+    if let Some(group) = describe_subnet_group(stack, &name).await?
+        && is_ours(stack, group.arn()).await?
+    {
+        found.push(Box::new(SubnetGroupDeletable {
+            elasticache: stack.clients.elasticache.clone(),
+            name,
+            replication_group: id,
+        }));
+    }
+    Ok(found)
+}
+
+struct GroupDeletable {
+    elasticache: aws_sdk_elasticache::Client,
+    id: String,
+}
+
+impl Deletable for GroupDeletable {
+    fn key(&self) -> String {
+        format!("elasticache-rg:{}", self.id)
+    }
+
+    fn label(&self) -> String {
+        format!("redis {}", self.id)
+    }
+
+    fn blocked_by(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Starts the deletion, which goes on for minutes on AWS; the subnet group stays
+    /// blocked (`CacheSubnetGroupInUse`) until it is done.
+    fn delete(&self) -> DeleteFuture<'_> {
+        Box::pin(async move {
+            let result = self
+                .elasticache
+                .delete_replication_group()
+                .replication_group_id(&self.id)
+                .send()
+                .await;
+            delete_outcome(
+                result,
+                &format!("DeleteReplicationGroup {}", self.id),
+                &["ReplicationGroupNotFoundFault"],
+            )
+        })
+    }
+}
+
+struct SubnetGroupDeletable {
+    elasticache: aws_sdk_elasticache::Client,
+    name: String,
+    replication_group: String,
+}
+
+impl Deletable for SubnetGroupDeletable {
+    fn key(&self) -> String {
+        format!("elasticache-subnet-group:{}", self.name)
+    }
+
+    fn label(&self) -> String {
+        format!("cache subnet group {}", self.name)
+    }
+
+    fn blocked_by(&self) -> Vec<String> {
+        vec![format!("elasticache-rg:{}", self.replication_group)]
+    }
+
+    fn delete(&self) -> DeleteFuture<'_> {
+        Box::pin(async move {
+            let result = self
+                .elasticache
+                .delete_cache_subnet_group()
+                .cache_subnet_group_name(&self.name)
+                .send()
+                .await;
+            delete_outcome(
+                result,
+                &format!("DeleteCacheSubnetGroup {}", self.name),
+                &["CacheSubnetGroupNotFoundFault"],
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_elasticache::Client;
+    use aws_sdk_elasticache::operation::create_cache_subnet_group::CreateCacheSubnetGroupOutput;
+    use aws_sdk_elasticache::operation::create_replication_group::CreateReplicationGroupOutput;
+    use aws_sdk_elasticache::operation::describe_cache_subnet_groups::{
+        DescribeCacheSubnetGroupsError, DescribeCacheSubnetGroupsOutput,
+    };
+    use aws_sdk_elasticache::operation::describe_replication_groups::{
+        DescribeReplicationGroupsError, DescribeReplicationGroupsOutput,
+    };
+    use aws_sdk_elasticache::operation::list_tags_for_resource::ListTagsForResourceOutput;
+    use aws_sdk_elasticache::operation::modify_replication_group::ModifyReplicationGroupOutput;
+    use aws_sdk_elasticache::types::error::{
+        CacheSubnetGroupNotFoundFault, ReplicationGroupNotFoundFault,
+    };
+    use aws_sdk_elasticache::types::{Endpoint, NodeGroup, Subnet};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    use super::*;
+    use crate::stack::testing;
+
+    const PRIMARY: &str = "master.chat-redis.abc.use1.cache.amazonaws.com";
+
+    fn subnets() -> Vec<String> {
+        vec!["subnet-a".into(), "subnet-b".into()]
+    }
+
+    /// The group as the example stack.yaml wants it: redis, one replica.
+    fn group(status: &str) -> ReplicationGroup {
+        ReplicationGroup::builder()
+            .replication_group_id("chat-redis")
+            .arn("arn:aws:elasticache:us-east-1:1:replicationgroup:chat-redis")
+            .status(status)
+            .engine("redis")
+            .cache_node_type("cache.t4g.micro")
+            .member_clusters("chat-redis-001")
+            .member_clusters("chat-redis-002")
+            .automatic_failover(AutomaticFailoverStatus::Enabled)
+            .multi_az(MultiAzStatus::Enabled)
+            .cluster_enabled(false)
+            .transit_encryption_enabled(true)
+            .at_rest_encryption_enabled(true)
+            .node_groups(
+                NodeGroup::builder()
+                    .primary_endpoint(Endpoint::builder().address(PRIMARY).port(6379).build())
+                    .build(),
+            )
+            .build()
+    }
+
+    fn described(group: ReplicationGroup) -> DescribeReplicationGroupsOutput {
+        DescribeReplicationGroupsOutput::builder()
+            .replication_groups(group)
+            .build()
+    }
+
+    fn subnet_group() -> DescribeCacheSubnetGroupsOutput {
+        let mut group = CacheSubnetGroup::builder()
+            .cache_subnet_group_name("chat-cache")
+            .arn("arn:aws:elasticache:us-east-1:1:subnetgroup:chat-cache");
+        for id in subnets() {
+            group = group.subnets(Subnet::builder().subnet_identifier(id).build());
+        }
+        DescribeCacheSubnetGroupsOutput::builder()
+            .cache_subnet_groups(group.build())
+            .build()
+    }
+
+    fn stack_tagged() -> ListTagsForResourceOutput {
+        ListTagsForResourceOutput::builder()
+            .tag_list(Tag::builder().key(STACK_TAG).value("chat").build())
+            .build()
+    }
+
+    #[tokio::test]
+    async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
+        let no_subnet_group = mock!(Client::describe_cache_subnet_groups).then_error(|| {
+            DescribeCacheSubnetGroupsError::CacheSubnetGroupNotFoundFault(
+                CacheSubnetGroupNotFoundFault::builder().build(),
+            )
+        });
+        let create_subnet_group = mock!(Client::create_cache_subnet_group)
+            .match_requests(|req| req.subnet_ids() == subnets().as_slice())
+            .then_output(|| CreateCacheSubnetGroupOutput::builder().build());
+        let describe = mock!(Client::describe_replication_groups)
+            .sequence()
+            .error(|| {
+                DescribeReplicationGroupsError::ReplicationGroupNotFoundFault(
+                    ReplicationGroupNotFoundFault::builder().build(),
+                )
+            })
+            .output(|| described(group("creating")))
+            .times(4)
+            .output(|| described(group("available")))
+            .build();
+        let create = mock!(Client::create_replication_group)
+            .match_requests(|req| {
+                req.num_cache_clusters() == Some(2)
+                    && req.automatic_failover_enabled() == Some(true)
+                    && req.multi_az_enabled() == Some(true)
+                    && req.transit_encryption_enabled() == Some(true)
+                    && req.at_rest_encryption_enabled() == Some(true)
+                    && req.engine() == Some("redis")
+                    && req.cache_subnet_group_name() == Some("chat-cache")
+                    && req.security_group_ids() == ["sg-redis"]
+                    && req.tags().iter().any(|tag| tag.key() == Some(STACK_TAG))
+            })
+            .then_output(|| CreateReplicationGroupOutput::builder().build());
+        let mut clients = testing::clients();
+        clients.elasticache = mock_client!(
+            aws_sdk_elasticache,
+            RuleMode::MatchAny,
+            [&no_subnet_group, &create_subnet_group, &describe, &create]
+        );
+        let stack = testing::stack(clients);
+
+        let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+        assert_eq!(
+            redis,
+            Redis {
+                address: PRIMARY.into(),
+                port: 6379,
+                tls: true
+            }
+        );
+        assert_eq!(create.num_calls(), 1);
+        assert_eq!(create_subnet_group.num_calls(), 1);
+        assert_eq!(describe.num_calls(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_group_that_matches_the_spec_is_left_alone() {
+        let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+        let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+        let describe = mock!(Client::describe_replication_groups)
+            .then_output(|| described(group("available")));
+        let create_subnet_group = mock!(Client::create_cache_subnet_group)
+            .then_output(|| CreateCacheSubnetGroupOutput::builder().build());
+        let create = mock!(Client::create_replication_group)
+            .then_output(|| CreateReplicationGroupOutput::builder().build());
+        let modify = mock!(Client::modify_replication_group)
+            .then_output(|| ModifyReplicationGroupOutput::builder().build());
+        let mut clients = testing::clients();
+        clients.elasticache = mock_client!(
+            aws_sdk_elasticache,
+            RuleMode::MatchAny,
+            [
+                &subnet_group,
+                &tags,
+                &describe,
+                &create_subnet_group,
+                &create,
+                &modify
+            ]
+        );
+        let stack = testing::stack(clients);
+
+        let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+        assert_eq!(redis.address, PRIMARY);
+        assert_eq!(create_subnet_group.num_calls(), 0);
+        assert_eq!(create.num_calls(), 0);
+        assert_eq!(modify.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_changed_node_type_is_modified_in_place() {
+        let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+        let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+        let describe = mock!(Client::describe_replication_groups)
+            .sequence()
+            .output(|| described(group("available")))
+            .times(2)
+            .output(|| described(group("modifying")))
+            .output(|| described(group("available")))
+            .build();
+        let modify = mock!(Client::modify_replication_group)
+            .match_requests(|req| {
+                req.cache_node_type() == Some("cache.r7g.large")
+                    && req.apply_immediately() == Some(true)
+            })
+            .then_output(|| ModifyReplicationGroupOutput::builder().build());
+        let mut clients = testing::clients();
+        clients.elasticache = mock_client!(
+            aws_sdk_elasticache,
+            RuleMode::MatchAny,
+            [&subnet_group, &tags, &describe, &modify]
+        );
+        let mut stack = testing::stack(clients);
+        stack.spec.redis.node_type = "cache.r7g.large".into();
+
+        ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+        assert_eq!(modify.num_calls(), 1);
+        assert_eq!(describe.num_calls(), 4);
+    }
+
+    #[tokio::test]
+    async fn another_engine_is_an_error_saying_to_re_create() {
+        let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+        let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+        let describe = mock!(Client::describe_replication_groups)
+            .then_output(|| described(group("available")));
+        let mut clients = testing::clients();
+        clients.elasticache = mock_client!(
+            aws_sdk_elasticache,
+            RuleMode::MatchAny,
+            [&subnet_group, &tags, &describe]
+        );
+        let mut stack = testing::stack(clients);
+        stack.spec.redis.engine = "valkey".into();
+
+        let err = ensure(&stack, &subnets(), "sg-redis")
+            .await
+            .unwrap_err()
+            .to_string();
+
+        assert!(
+            err.contains("engine is redis, stack.yaml says valkey"),
+            "{err}"
+        );
+        assert!(err.contains("destroy"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn replicas_change_around_failover_in_an_order_elasticache_accepts() {
+        let mut clients = testing::clients();
+        clients.elasticache = mock_client!(aws_sdk_elasticache, []);
+        let mut stack = testing::stack(clients);
+        let single = ReplicationGroup::builder()
+            .cache_node_type("cache.t4g.micro")
+            .member_clusters("chat-redis-001")
+            .automatic_failover(AutomaticFailoverStatus::Disabled)
+            .multi_az(MultiAzStatus::Disabled)
+            .build();
+
+        stack.spec.redis.replicas = 2;
+        assert_eq!(
+            fixes(&stack, &single).await.unwrap(),
+            [Fix::AddReplicas(2), Fix::Failover(true)]
+        );
+        stack.spec.redis.replicas = 0;
+        assert_eq!(
+            fixes(&stack, &group("available")).await.unwrap(),
+            [Fix::Failover(false), Fix::RemoveReplicas(0)]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_subnet_group_is_deleted_after_the_replication_group() {
+        let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+        let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+        let describe = mock!(Client::describe_replication_groups)
+            .then_output(|| described(group("available")));
+        let mut clients = testing::clients();
+        clients.elasticache = mock_client!(
+            aws_sdk_elasticache,
+            RuleMode::MatchAny,
+            [&subnet_group, &tags, &describe]
+        );
+        let stack = testing::stack(clients);
+
+        let found = deletables(&stack).await.unwrap();
+
+        let keys: Vec<String> = found.iter().map(|d| d.key()).collect();
+        assert_eq!(
+            keys,
+            [
+                "elasticache-rg:chat-redis",
+                "elasticache-subnet-group:chat-cache"
+            ]
+        );
+        assert_eq!(found[1].blocked_by(), ["elasticache-rg:chat-redis"]);
+    }
+}

@@ -1,0 +1,597 @@
+//! ACM: the stack's TLS certificate for its domain, validated through DNS. It owns the
+//! certificate (found by domain and stack tag, requested when missing, waited for until
+//! issued) and says which validation CNAMEs belong to it; writing and deleting those
+//! records is [`crate::dns`]'s.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_acm::types::{CertificateDetail, CertificateStatus, Tag, ValidationMethod};
+
+use crate::aws::{Call, delete_outcome};
+use crate::dns::{self, HostedZone, Record};
+use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
+use crate::names::STACK_TAG;
+use crate::stack::Stack;
+
+/// The stack's issued certificate and the records that validate it (and keep it
+/// renewing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certificate {
+    pub arn: String,
+    pub validation_records: Vec<Record>,
+}
+
+/// Finds or requests the certificate for the stack's domain, writes its validation
+/// CNAMEs into `zone` and waits until ACM has issued it.
+pub async fn ensure(stack: &Stack, zone: &HostedZone) -> Result<Certificate> {
+    let step = stack
+        .progress
+        .step(format!("certificate {}", stack.spec.domain.name));
+    step.run(converge(stack, zone, &step), |certificate| {
+        certificate.arn.clone()
+    })
+    .await
+}
+
+async fn converge(stack: &Stack, zone: &HostedZone, step: &Step) -> Result<Certificate> {
+    let arn = match find(stack).await? {
+        Some(arn) => arn,
+        None => {
+            step.set("requesting");
+            request(stack).await?
+        }
+    };
+    // ACM adds the record to a new certificate a few seconds after the request.
+    let validation_records = wait_for(
+        step,
+        stack.pace,
+        "ACM to name the validation record",
+        stack.pace.limit(Duration::from_secs(600)),
+        None,
+        || async {
+            Ok(describe_usable(stack, &arn)
+                .await?
+                .as_ref()
+                .and_then(records_of))
+        },
+    )
+    .await?;
+    // Written even when issued: ACM renews through the same record.
+    dns::upsert_records(stack, zone, &validation_records).await?;
+    if status(stack, &arn).await? != Some(CertificateStatus::Issued) {
+        let hint = delegation_hint(stack, zone).await;
+        wait_for(
+            step,
+            stack.pace,
+            "ACM to issue the certificate",
+            stack.pace.limit(Duration::from_secs(2 * 3600)),
+            Some((stack.pace.limit(Duration::from_secs(300)), &hint)),
+            || async {
+                Ok((status(stack, &arn).await? == Some(CertificateStatus::Issued)).then_some(()))
+            },
+        )
+        .await?;
+    }
+    Ok(Certificate {
+        arn,
+        validation_records,
+    })
+}
+
+/// Why ACM may not be issuing, with the name servers the domain must be delegated to.
+async fn delegation_hint(stack: &Stack, zone: &HostedZone) -> String {
+    // Only advice: without the name servers it is still worth giving.
+    let servers = dns::name_servers(stack, zone).await.unwrap_or_default();
+    let to = if servers.is_empty() {
+        format!("the name servers of the Route53 zone {}", zone.name)
+    } else {
+        servers.join(", ")
+    };
+    format!(
+        "ACM can only see the validation record when the parent domain's NS records point \
+         at this zone: make sure {} is delegated to {to}",
+        zone.name
+    )
+}
+
+/// The stack's certificate for its domain, the most usable first.
+async fn find(stack: &Stack) -> Result<Option<String>> {
+    let domain = &stack.spec.domain.name;
+    let mut found: Vec<(String, Option<CertificateStatus>)> = stack_certificates(stack)
+        .await?
+        .into_iter()
+        .filter(|owned| owned.domain.eq_ignore_ascii_case(domain))
+        .map(|owned| (owned.arn, owned.status))
+        .collect();
+    found.sort_by_key(|(_, status)| match status {
+        Some(CertificateStatus::Issued) => 0,
+        Some(CertificateStatus::PendingValidation) => 1,
+        _ => 2,
+    });
+    Ok(found.into_iter().next().map(|(arn, _)| arn))
+}
+
+/// Requests the certificate, tagged in the same call so that an `up` interrupted right
+/// after finds it. No idempotency token: one derived from the stack outlives a
+/// `destroy` by an hour, during which ACM may answer with the deleted certificate
+/// (LocalStack fails the request), and the tag already makes a retried `up` converge.
+async fn request(stack: &Stack) -> Result<String> {
+    let domain = &stack.spec.domain.name;
+    let tags = stack
+        .names
+        .tags("certificate")
+        .into_iter()
+        .map(|(key, value)| Tag::builder().key(key).value(value).build())
+        .collect::<Result<Vec<_>, _>>()?;
+    stack
+        .clients
+        .acm
+        .request_certificate()
+        .domain_name(domain)
+        .validation_method(ValidationMethod::Dns)
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .call(format!("RequestCertificate {domain}"))?
+        .certificate_arn
+        .context("RequestCertificate returned no certificate ARN")
+}
+
+/// The certificate's details; `None` while ACM does not know it yet (just requested).
+async fn describe(stack: &Stack, arn: &str) -> Result<Option<CertificateDetail>> {
+    let described = stack
+        .clients
+        .acm
+        .describe_certificate()
+        .certificate_arn(arn)
+        .send()
+        .await;
+    match described {
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|err| err.is_resource_not_found_exception()) =>
+        {
+            Ok(None)
+        }
+        described => Ok(described
+            .call(format!("DescribeCertificate {arn}"))?
+            .certificate),
+    }
+}
+
+/// Like [`describe`], but a certificate ACM gave up on is an error.
+async fn describe_usable(stack: &Stack, arn: &str) -> Result<Option<CertificateDetail>> {
+    let detail = describe(stack, arn).await?;
+    if let Some(detail) = &detail {
+        refuse_failed(arn, detail)?;
+    }
+    Ok(detail)
+}
+
+async fn status(stack: &Stack, arn: &str) -> Result<Option<CertificateStatus>> {
+    Ok(describe_usable(stack, arn)
+        .await?
+        .and_then(|detail| detail.status))
+}
+
+/// A certificate ACM gave up on never becomes usable: say why and how to start over.
+fn refuse_failed(arn: &str, detail: &CertificateDetail) -> Result<()> {
+    let advice = match detail.status() {
+        Some(CertificateStatus::Failed) => match detail.failure_reason() {
+            Some(reason) => format!(
+                "ACM refused to issue it ({reason}{})",
+                if reason.as_str() == "CAA_ERROR" {
+                    ": the domain's CAA records must allow amazon.com"
+                } else {
+                    ""
+                }
+            ),
+            None => "ACM refused to issue it".to_owned(),
+        },
+        Some(CertificateStatus::ValidationTimedOut) => "ACM did not see the validation record \
+             within 72 hours: check that the domain is delegated to the hosted zone"
+            .to_owned(),
+        Some(status @ (CertificateStatus::Revoked | CertificateStatus::Expired)) => {
+            format!("it is {status}")
+        }
+        _ => return Ok(()),
+    };
+    bail!(
+        "the certificate {arn} cannot be used: {advice}. Run `realtime-stack destroy`, then \
+         `realtime-stack up` to request a new one"
+    )
+}
+
+/// The validation CNAMEs, once ACM has named all of them.
+fn records_of(detail: &CertificateDetail) -> Option<Vec<Record>> {
+    let options = detail.domain_validation_options();
+    if options.is_empty() {
+        return None;
+    }
+    let mut records = Vec::new();
+    for option in options {
+        let wanted = option.resource_record()?;
+        let record = Record::cname(&wanted.name, &wanted.value);
+        // Names under one domain can share a record.
+        if !records.contains(&record) {
+            records.push(record);
+        }
+    }
+    Some(records)
+}
+
+struct Owned {
+    arn: String,
+    domain: String,
+    status: Option<CertificateStatus>,
+}
+
+/// Every certificate carrying the stack's tag, whatever its domain.
+async fn stack_certificates(stack: &Stack) -> Result<Vec<Owned>> {
+    let acm = &stack.clients.acm;
+    let mut owned = Vec::new();
+    let mut next_token = None;
+    loop {
+        let page = acm
+            .list_certificates()
+            .set_next_token(next_token)
+            .send()
+            .await
+            .call("ListCertificates")?;
+        for summary in page.certificate_summary_list() {
+            let Some(arn) = summary.certificate_arn() else {
+                continue;
+            };
+            let tags = acm
+                .list_tags_for_certificate()
+                .certificate_arn(arn)
+                .send()
+                .await;
+            let tags = match tags {
+                // Deleted since it was listed.
+                Err(err)
+                    if err
+                        .as_service_error()
+                        .is_some_and(|err| err.is_resource_not_found_exception()) =>
+                {
+                    continue;
+                }
+                tags => tags.call(format!("ListTagsForCertificate {arn}"))?,
+            };
+            let ours = tags
+                .tags()
+                .iter()
+                .any(|tag| tag.key == STACK_TAG && tag.value() == Some(stack.names.stack()));
+            if ours {
+                owned.push(Owned {
+                    arn: arn.to_owned(),
+                    domain: summary.domain_name().unwrap_or_default().to_owned(),
+                    status: summary.status().cloned(),
+                });
+            }
+        }
+        next_token = page.next_token;
+        if next_token.is_none() {
+            return Ok(owned);
+        }
+    }
+}
+
+/// The validation CNAMEs of every certificate of the stack, failed ones included: the
+/// records to pass to [`dns::deletables`] on destroy.
+pub async fn validation_records(stack: &Stack) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for owned in stack_certificates(stack).await? {
+        if let Some(found) = describe(stack, &owned.arn)
+            .await?
+            .as_ref()
+            .and_then(records_of)
+        {
+            records.extend(found);
+        }
+    }
+    Ok(records)
+}
+
+/// The stack's certificates. A listener still using one makes ACM refuse
+/// (`ResourceInUseException`): blocked until the load balancer is gone.
+pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
+    Ok(stack_certificates(stack)
+        .await?
+        .into_iter()
+        .map(|owned| {
+            Box::new(AcmCertificate {
+                acm: stack.clients.acm.clone(),
+                arn: owned.arn,
+                domain: owned.domain,
+            }) as Box<dyn Deletable>
+        })
+        .collect())
+}
+
+struct AcmCertificate {
+    acm: aws_sdk_acm::Client,
+    arn: String,
+    domain: String,
+}
+
+impl Deletable for AcmCertificate {
+    fn key(&self) -> String {
+        format!("acm-certificate:{}", self.arn)
+    }
+
+    fn label(&self) -> String {
+        format!("certificate {}", self.domain)
+    }
+
+    fn blocked_by(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn delete(&self) -> DeleteFuture<'_> {
+        Box::pin(async move {
+            let result = self
+                .acm
+                .delete_certificate()
+                .certificate_arn(&self.arn)
+                .send()
+                .await;
+            delete_outcome(
+                result,
+                &format!("DeleteCertificate {}", self.arn),
+                &["ResourceNotFoundException"],
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_acm::Client;
+    use aws_sdk_acm::operation::describe_certificate::DescribeCertificateOutput;
+    use aws_sdk_acm::operation::list_certificates::ListCertificatesOutput;
+    use aws_sdk_acm::operation::list_tags_for_certificate::ListTagsForCertificateOutput;
+    use aws_sdk_acm::operation::request_certificate::RequestCertificateOutput;
+    use aws_sdk_acm::types::{
+        CertificateSummary, DomainValidation, FailureReason, RecordType, ResourceRecord,
+    };
+    use aws_sdk_route53::operation::change_resource_record_sets::ChangeResourceRecordSetsOutput;
+    use aws_sdk_route53::operation::get_hosted_zone::GetHostedZoneOutput;
+    use aws_sdk_route53::operation::list_resource_record_sets::ListResourceRecordSetsOutput;
+    use aws_sdk_route53::types::{ChangeInfo, ChangeStatus, ResourceRecordSet, RrType};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    use super::*;
+    use crate::stack::testing;
+
+    const ARN: &str = "arn:aws:acm:us-east-1:123456789012:certificate/1";
+    const CNAME: &str = "_x.chat.example.com.";
+    const VALUE: &str = "_y.acm-validations.aws.";
+
+    fn zone() -> HostedZone {
+        HostedZone {
+            id: "Z1".into(),
+            name: "example.com".into(),
+        }
+    }
+
+    fn described(status: CertificateStatus, with_record: bool) -> DescribeCertificateOutput {
+        let mut option = DomainValidation::builder().domain_name("chat.example.com");
+        if with_record {
+            option = option.resource_record(
+                ResourceRecord::builder()
+                    .name(CNAME)
+                    .r#type(RecordType::Cname)
+                    .value(VALUE)
+                    .build()
+                    .unwrap(),
+            );
+        }
+        DescribeCertificateOutput::builder()
+            .certificate(
+                CertificateDetail::builder()
+                    .certificate_arn(ARN)
+                    .status(status)
+                    .failure_reason(FailureReason::CaaError)
+                    .domain_validation_options(option.build().unwrap())
+                    .build(),
+            )
+            .build()
+    }
+
+    fn listed_certificate() -> ListCertificatesOutput {
+        ListCertificatesOutput::builder()
+            .certificate_summary_list(
+                CertificateSummary::builder()
+                    .certificate_arn(ARN)
+                    .domain_name("chat.example.com")
+                    .status(CertificateStatus::Issued)
+                    .build(),
+            )
+            .build()
+    }
+
+    fn stack_tagged() -> ListTagsForCertificateOutput {
+        ListTagsForCertificateOutput::builder()
+            .tags(Tag::builder().key(STACK_TAG).value("chat").build().unwrap())
+            .build()
+    }
+
+    fn records(sets: Vec<ResourceRecordSet>) -> ListResourceRecordSetsOutput {
+        ListResourceRecordSetsOutput::builder()
+            .set_resource_record_sets(Some(sets))
+            .is_truncated(false)
+            .max_items(1)
+            .build()
+            .unwrap()
+    }
+
+    fn insync() -> ChangeInfo {
+        ChangeInfo::builder()
+            .id("C1")
+            .status(ChangeStatus::Insync)
+            .submitted_at(aws_smithy_types::DateTime::from_secs(0))
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_certificate_gets_its_cname_once_acm_names_it_and_ends_issued() {
+        let list = mock!(Client::list_certificates)
+            .then_output(|| ListCertificatesOutput::builder().build());
+        let request = mock!(Client::request_certificate)
+            .match_requests(|req| {
+                req.validation_method() == Some(&ValidationMethod::Dns)
+                    && req.domain_name() == Some("chat.example.com")
+                    && req.tags().iter().any(|tag| tag.key == STACK_TAG)
+            })
+            .then_output(|| {
+                RequestCertificateOutput::builder()
+                    .certificate_arn(ARN)
+                    .build()
+            });
+        // No record on the first two describes; then pending, then issued.
+        let describe = mock!(Client::describe_certificate)
+            .sequence()
+            .output(|| described(CertificateStatus::PendingValidation, false))
+            .times(2)
+            .output(|| described(CertificateStatus::PendingValidation, true))
+            .times(2)
+            .output(|| described(CertificateStatus::Issued, true))
+            .repeatedly()
+            .build();
+        let mut clients = testing::clients();
+        clients.acm = mock_client!(
+            aws_sdk_acm,
+            RuleMode::MatchAny,
+            [&list, &request, &describe]
+        );
+        let no_record = mock!(aws_sdk_route53::Client::list_resource_record_sets)
+            .then_output(|| records(vec![]));
+        let write = mock!(aws_sdk_route53::Client::change_resource_record_sets)
+            .match_requests(|req| {
+                let set = req.change_batch().unwrap().changes()[0]
+                    .resource_record_set()
+                    .unwrap();
+                set.name == CNAME && set.resource_records()[0].value == VALUE
+            })
+            .then_output(|| {
+                ChangeResourceRecordSetsOutput::builder()
+                    .change_info(insync())
+                    .build()
+            });
+        let name_servers = mock!(aws_sdk_route53::Client::get_hosted_zone)
+            .then_output(|| GetHostedZoneOutput::builder().build());
+        clients.route53 = mock_client!(
+            aws_sdk_route53,
+            RuleMode::MatchAny,
+            [&no_record, &write, &name_servers]
+        );
+        let stack = testing::stack(clients);
+
+        let certificate = ensure(&stack, &zone()).await.unwrap();
+
+        assert_eq!(certificate.arn, ARN);
+        assert_eq!(
+            certificate.validation_records,
+            [Record::cname(CNAME, VALUE)]
+        );
+        assert_eq!(request.num_calls(), 1);
+        assert_eq!(write.num_calls(), 1);
+        assert_eq!(describe.num_calls(), 5);
+    }
+
+    #[tokio::test]
+    async fn an_issued_certificate_with_its_record_in_place_changes_nothing() {
+        let list = mock!(Client::list_certificates).then_output(listed_certificate);
+        let tags = mock!(Client::list_tags_for_certificate).then_output(stack_tagged);
+        let describe = mock!(Client::describe_certificate)
+            .then_output(|| described(CertificateStatus::Issued, true));
+        let request = mock!(Client::request_certificate)
+            .then_output(|| RequestCertificateOutput::builder().build());
+        let mut clients = testing::clients();
+        clients.acm = mock_client!(
+            aws_sdk_acm,
+            RuleMode::MatchAny,
+            [&list, &tags, &describe, &request]
+        );
+        let existing =
+            mock!(aws_sdk_route53::Client::list_resource_record_sets).then_output(|| {
+                records(vec![
+                    ResourceRecordSet::builder()
+                        .name(CNAME)
+                        .r#type(RrType::Cname)
+                        .ttl(60)
+                        .resource_records(
+                            aws_sdk_route53::types::ResourceRecord::builder()
+                                .value(VALUE)
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                        .unwrap(),
+                ])
+            });
+        let write = mock!(aws_sdk_route53::Client::change_resource_record_sets)
+            .then_output(|| ChangeResourceRecordSetsOutput::builder().build());
+        clients.route53 = mock_client!(aws_sdk_route53, RuleMode::MatchAny, [&existing, &write]);
+        let stack = testing::stack(clients);
+
+        let certificate = ensure(&stack, &zone()).await.unwrap();
+
+        assert_eq!(certificate.arn, ARN);
+        assert_eq!(request.num_calls(), 0);
+        assert_eq!(write.num_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_certificate_is_an_error_saying_why_and_to_start_over() {
+        let list = mock!(Client::list_certificates).then_output(listed_certificate);
+        let tags = mock!(Client::list_tags_for_certificate).then_output(stack_tagged);
+        let describe = mock!(Client::describe_certificate)
+            .then_output(|| described(CertificateStatus::Failed, true));
+        let mut clients = testing::clients();
+        clients.acm = mock_client!(aws_sdk_acm, RuleMode::MatchAny, [&list, &tags, &describe]);
+        let stack = testing::stack(clients);
+
+        let err = ensure(&stack, &zone()).await.unwrap_err().to_string();
+
+        assert!(err.contains("CAA_ERROR"), "{err}");
+        assert!(err.contains("destroy"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn only_certificates_with_the_stack_tag_are_deleted() {
+        let list = mock!(Client::list_certificates).then_output(|| {
+            ListCertificatesOutput::builder()
+                .certificate_summary_list(
+                    CertificateSummary::builder()
+                        .certificate_arn(ARN)
+                        .domain_name("chat.example.com")
+                        .build(),
+                )
+                .certificate_summary_list(
+                    CertificateSummary::builder()
+                        .certificate_arn("arn:other")
+                        .domain_name("chat.example.com")
+                        .build(),
+                )
+                .build()
+        });
+        let ours = mock!(Client::list_tags_for_certificate)
+            .match_requests(|req| req.certificate_arn() == Some(ARN))
+            .then_output(stack_tagged);
+        let theirs = mock!(Client::list_tags_for_certificate)
+            .then_output(|| ListTagsForCertificateOutput::builder().build());
+        let mut clients = testing::clients();
+        clients.acm = mock_client!(aws_sdk_acm, RuleMode::MatchAny, [&list, &ours, &theirs]);
+        let stack = testing::stack(clients);
+
+        let found = deletables(&stack).await.unwrap();
+
+        let keys: Vec<String> = found.iter().map(|d| d.key()).collect();
+        assert_eq!(keys, [format!("acm-certificate:{ARN}")]);
+    }
+}

@@ -1,0 +1,215 @@
+//! `realtime-stack up`: preflight, then build or converge the whole stack, independent
+//! branches at the same time, and print its outputs.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use futures::try_join;
+use serde::Serialize;
+
+use crate::artifact::{self, Binary};
+use crate::aws::AwsArgs;
+use crate::dns::HostedZone;
+use crate::instances::{self, Boot, Image};
+use crate::stack::Stack;
+use crate::{cache, certificate, dns, load_balancer, network};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Go ahead without asking
+    #[arg(long)]
+    pub yes: bool,
+    /// How to print the stack's outputs
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// What a user needs to know about a stack once it is up.
+#[derive(Debug, Serialize)]
+pub struct Outputs {
+    pub stack: String,
+    pub region: String,
+    pub url: String,
+    pub load_balancer_dns_name: String,
+    pub redis_endpoint: String,
+    pub instance_ids: Vec<String>,
+    pub certificate_arn: String,
+    pub artifact: String,
+    /// The AWS calls of this run that changed something; empty when it was up to date.
+    pub changes: Vec<String>,
+}
+
+/// What preflight established before anything is created.
+struct Preflight {
+    account: String,
+    zone: HostedZone,
+    binary: Binary,
+    image: Image,
+}
+
+pub async fn run(file: &Path, aws: &AwsArgs, args: &UpArgs) -> Result<()> {
+    let stack = super::open_stack(file, aws).await?;
+    let preflight = preflight(&stack).await?;
+    super::confirm(
+        &format!(
+            "Create or update stack '{}' in account {} ({}), serving https://{}?",
+            stack.spec.name, preflight.account, stack.region, stack.spec.domain.name
+        ),
+        args.yes,
+    )?;
+    let outputs = converge(&stack, &preflight).await?;
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&outputs)?),
+        OutputFormat::Text => print_text(&outputs),
+    }
+    Ok(())
+}
+
+/// Everything that can fail before a resource is created: credentials, the hosted zone,
+/// the binary (built here unless given) and its match with the instance type.
+async fn preflight(stack: &Stack) -> Result<Preflight> {
+    let progress = &stack.progress;
+    let account = progress
+        .step("credentials")
+        .run(super::account(stack), |a| format!("account {a}"))
+        .await?;
+    let zone = progress
+        .step(format!("hosted zone {}", stack.spec.domain.hosted_zone))
+        .run(dns::find_zone(stack), |zone| zone.id.clone())
+        .await?;
+    let architecture = progress
+        .step(format!(
+            "instance type {}",
+            stack.spec.instances.instance_type
+        ))
+        .run(instances::architecture(stack), |arch| {
+            arch.ec2_name().to_owned()
+        })
+        .await?;
+    let binary_step = progress.step("chat-server binary");
+    binary_step.set(match &stack.spec.instances.binary {
+        Some(_) => "reading",
+        None => "building (cargo build --release -p chat-server)",
+    });
+    let configured = stack.spec.instances.binary.clone();
+    let binary = binary_step
+        .run(
+            async {
+                tokio::task::spawn_blocking(move || artifact::prepare_binary(configured.as_deref()))
+                    .await?
+            },
+            |binary| {
+                format!(
+                    "{} {}",
+                    binary.architecture.ec2_name(),
+                    &binary.sha256[..12]
+                )
+            },
+        )
+        .await?;
+    if binary.architecture != architecture {
+        bail!(
+            "the chat-server binary {} is built for {}, but instance type {} runs {}: pick an {} \
+             instance type, or build chat-server for {} and set instances.binary",
+            binary.path.display(),
+            binary.architecture.ec2_name(),
+            stack.spec.instances.instance_type,
+            architecture.ec2_name(),
+            binary.architecture.ec2_name(),
+            architecture.ec2_name(),
+        );
+    }
+    let image = progress
+        .step("machine image")
+        .run(instances::image(stack, architecture), |image| {
+            image.id.clone()
+        })
+        .await?;
+    Ok(Preflight {
+        account,
+        zone,
+        binary,
+        image,
+    })
+}
+
+/// Builds what is missing and fixes what drifted. Redis (the slowest on AWS) starts as
+/// soon as the network exists and overlaps with the certificate, the load balancer and
+/// the instances, which boot while Redis is still being created.
+async fn converge(stack: &Stack, preflight: &Preflight) -> Result<Outputs> {
+    let (network, artifact) = try_join!(
+        network::ensure(stack),
+        artifact::ensure(stack, &preflight.account, &preflight.binary)
+    )?;
+    let boot = Boot {
+        artifact: &artifact,
+        app_port: stack.spec.instances.app_port,
+        drain_seconds: stack.spec.instances.drain_seconds,
+        redis_tls: true,
+    };
+    let redis_and_instances = async {
+        let (redis, instance_ids) = try_join!(
+            cache::ensure(
+                stack,
+                &network.private_subnets,
+                &network.redis_security_group
+            ),
+            instances::ensure(stack, &network, &preflight.image, &boot),
+        )?;
+        let endpoint = format!("{}:{}", redis.address, redis.port);
+        instances::ensure_redis_tag(stack, &instance_ids, &endpoint).await?;
+        Ok::<_, anyhow::Error>((endpoint, instance_ids))
+    };
+    let load_balancer_and_certificate = async {
+        let (load_balancer, certificate) = try_join!(
+            async {
+                let load_balancer = load_balancer::ensure(stack, &network).await?;
+                dns::ensure_alias(
+                    stack,
+                    &preflight.zone,
+                    &load_balancer.dns_name,
+                    &load_balancer.canonical_hosted_zone_id,
+                )
+                .await?;
+                Ok::<_, anyhow::Error>(load_balancer)
+            },
+            certificate::ensure(stack, &preflight.zone),
+        )?;
+        load_balancer::ensure_https_listener(stack, &load_balancer, &certificate.arn).await?;
+        Ok::<_, anyhow::Error>((load_balancer, certificate))
+    };
+    let ((redis_endpoint, instance_ids), (load_balancer, certificate)) =
+        try_join!(redis_and_instances, load_balancer_and_certificate)?;
+    load_balancer::ensure_targets(stack, &load_balancer, &instance_ids).await?;
+    Ok(Outputs {
+        stack: stack.spec.name.clone(),
+        region: stack.region.clone(),
+        url: format!("https://{}/", stack.spec.domain.name),
+        load_balancer_dns_name: load_balancer.dns_name,
+        redis_endpoint,
+        instance_ids,
+        certificate_arn: certificate.arn,
+        artifact: format!("s3://{}/{}", artifact.bucket, artifact.key),
+        changes: stack.clients.calls.mutating(),
+    })
+}
+
+fn print_text(outputs: &Outputs) {
+    println!("stack {} is up in {}", outputs.stack, outputs.region);
+    println!("  url                 {}", outputs.url);
+    println!("  load balancer       {}", outputs.load_balancer_dns_name);
+    println!("  redis               {}", outputs.redis_endpoint);
+    println!("  instances           {}", outputs.instance_ids.join(" "));
+    println!("  certificate         {}", outputs.certificate_arn);
+    println!("  artifact            {}", outputs.artifact);
+    match outputs.changes.len() {
+        0 => println!("  changes             none: everything was already as stack.yaml says"),
+        n => println!("  changes             {n} AWS calls changed something"),
+    }
+}

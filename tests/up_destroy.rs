@@ -1,0 +1,803 @@
+//! `realtime-stack up` and `destroy` against LocalStack, run as a user runs them: the
+//! stack's every resource and security property checked through the AWS SDK, a second
+//! `up` that changes nothing, an `up` killed half-way that the next one completes, a
+//! `destroy` that leaves nothing tagged, and invalid stack files that create nothing.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use aws_sdk_ec2::types::Filter;
+use aws_sdk_elasticloadbalancingv2::types::{ActionTypeEnum, ProtocolEnum};
+use serde_json::Value;
+use support::TestStack;
+
+const STACK_TAG: &str = "realtime-stack:stack";
+
+fn stack_filter(name: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{STACK_TAG}"))
+        .values(name)
+        .build()
+}
+
+/// Every live EC2 network resource that carries the stack's tag. (Asked type by type:
+/// LocalStack's DescribeTags still lists the tags of deleted resources.)
+async fn tagged_ec2_resources(aws: &SdkConfig, name: &str) -> Vec<String> {
+    let ec2 = aws_sdk_ec2::Client::new(aws);
+    let mut found = Vec::new();
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    found.extend(
+        vpcs.vpcs()
+            .iter()
+            .filter_map(|v| v.vpc_id().map(str::to_owned)),
+    );
+    let subnets = ec2
+        .describe_subnets()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    found.extend(
+        subnets
+            .subnets()
+            .iter()
+            .filter_map(|s| s.subnet_id().map(str::to_owned)),
+    );
+    let groups = ec2
+        .describe_security_groups()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    found.extend(
+        groups
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_owned)),
+    );
+    let gateways = ec2
+        .describe_internet_gateways()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    found.extend(
+        gateways
+            .internet_gateways()
+            .iter()
+            .filter_map(|g| g.internet_gateway_id().map(str::to_owned)),
+    );
+    let tables = ec2
+        .describe_route_tables()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    found.extend(
+        tables
+            .route_tables()
+            .iter()
+            .filter_map(|t| t.route_table_id().map(str::to_owned)),
+    );
+    let endpoints = ec2
+        .describe_vpc_endpoints()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    found.extend(
+        endpoints
+            .vpc_endpoints()
+            .iter()
+            .filter(|e| e.state().is_none_or(|s| s.as_str() != "deleted"))
+            .filter_map(|e| e.vpc_endpoint_id().map(str::to_owned)),
+    );
+    found
+}
+
+#[tokio::test]
+async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_removes_it() {
+    let aws = support::localstack().await;
+    let suffix = support::unique_suffix();
+    let name = format!("t{}", &suffix[suffix.len() - 8..]);
+    let zone = format!("{name}.example.test");
+    let zone_id = support::hosted_zone(&aws, &zone).await;
+    let stack = TestStack::new(&name, &zone);
+
+    let outputs = stack.up();
+    assert_eq!(outputs["url"], format!("https://chat.{zone}/"));
+    let changes = outputs["changes"].as_array().expect("changes");
+    assert!(!changes.is_empty(), "the first up creates things");
+    verify_stack(&aws, &stack, &zone_id, &outputs).await;
+
+    let again = stack.up();
+    assert_eq!(
+        again["changes"],
+        Value::Array(vec![]),
+        "a second up must not change anything"
+    );
+    assert_eq!(again["instance_ids"], outputs["instance_ids"]);
+
+    stack.run(&["destroy", "--yes"]);
+    verify_nothing_left(&aws, &stack, &zone_id).await;
+
+    // Destroying what is gone is not an error.
+    stack.run(&["destroy", "--yes"]);
+}
+
+#[tokio::test]
+async fn an_up_killed_half_way_is_completed_by_the_next_and_destroyed_by_destroy() {
+    let aws = support::localstack().await;
+    let suffix = support::unique_suffix();
+    let name = format!("k{}", &suffix[suffix.len() - 8..]);
+    let zone = format!("{name}.example.test");
+    let zone_id = support::hosted_zone(&aws, &zone).await;
+    let stack = TestStack::new(&name, &zone);
+
+    let mut child = stack
+        .command(&["up", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting up");
+    // Kill it as soon as it has created its first resources, mid-way through the network.
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let subnets = ec2
+            .describe_subnets()
+            .filters(stack_filter(&name))
+            .send()
+            .await
+            .expect("DescribeSubnets");
+        if !subnets.subnets().is_empty() {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "up ended before it could be killed"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "up created no subnet within two minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("killing up");
+    child.wait().expect("reaping up");
+
+    let outputs = stack.up();
+    verify_stack(&aws, &stack, &zone_id, &outputs).await;
+    stack.run(&["destroy", "--yes"]);
+    verify_nothing_left(&aws, &stack, &zone_id).await;
+}
+
+#[tokio::test]
+async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
+    let aws = support::localstack().await;
+    let suffix = support::unique_suffix();
+    let name = format!("b{}", &suffix[suffix.len() - 8..]);
+    let stack = TestStack::new(&name, &format!("{name}.example.test"));
+    let valid = std::fs::read_to_string(stack.file()).unwrap();
+    let invalid = valid
+        .replace("  count: 2\n", "  count: 0\n  cuont: 3\n")
+        .replace("cidr: 10.20.0.0/16", "cidr: 10.20.0.0/33");
+    std::fs::write(stack.file(), invalid).unwrap();
+
+    let output = stack
+        .command(&["up", "--yes"])
+        .output()
+        .expect("running up");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("3 problems"),
+        "every problem is reported: {stderr}"
+    );
+    assert!(stderr.contains("count"), "{stderr}");
+    assert!(
+        stderr.contains("did you mean `count`") || stderr.contains("did you mean"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cidr"), "{stderr}");
+    assert!(
+        stderr.contains("stack.yaml:"),
+        "errors point into the file: {stderr}"
+    );
+    assert!(
+        tagged_ec2_resources(&aws, &name).await.is_empty(),
+        "nothing was created"
+    );
+}
+
+/// Every resource and property of shared/DESIGN.md, as AWS (LocalStack) reports it.
+async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs: &Value) {
+    let ec2 = aws_sdk_ec2::Client::new(aws);
+    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(aws);
+    let elasticache = aws_sdk_elasticache::Client::new(aws);
+    let acm = aws_sdk_acm::Client::new(aws);
+    let route53 = aws_sdk_route53::Client::new(aws);
+    let name = &stack.name;
+
+    // Network: one VPC with DNS on, two public and two private subnets over two zones.
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(vpcs.vpcs().len(), 1, "one VPC");
+    let vpc_id = vpcs.vpcs()[0].vpc_id().unwrap().to_owned();
+    for attribute in [
+        aws_sdk_ec2::types::VpcAttributeName::EnableDnsSupport,
+        aws_sdk_ec2::types::VpcAttributeName::EnableDnsHostnames,
+    ] {
+        let described = ec2
+            .describe_vpc_attribute()
+            .vpc_id(&vpc_id)
+            .attribute(attribute.clone())
+            .send()
+            .await
+            .unwrap();
+        let on = match attribute {
+            aws_sdk_ec2::types::VpcAttributeName::EnableDnsSupport => {
+                described.enable_dns_support()
+            }
+            _ => described.enable_dns_hostnames(),
+        }
+        .and_then(|value| value.value());
+        assert_eq!(on, Some(true), "{attribute:?} is on");
+    }
+    let subnets = ec2
+        .describe_subnets()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    let subnets = subnets.subnets();
+    assert_eq!(subnets.len(), 4, "four subnets");
+    let role = |subnet: &aws_sdk_ec2::types::Subnet| {
+        subnet
+            .tags()
+            .iter()
+            .find(|tag| tag.key() == Some("realtime-stack:role"))
+            .and_then(|tag| tag.value())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let public: Vec<_> = subnets
+        .iter()
+        .filter(|s| role(s).starts_with("public"))
+        .collect();
+    let private: Vec<_> = subnets
+        .iter()
+        .filter(|s| role(s).starts_with("private"))
+        .collect();
+    assert_eq!((public.len(), private.len()), (2, 2));
+    for pair in [&public, &private] {
+        assert_ne!(
+            pair[0].availability_zone(),
+            pair[1].availability_zone(),
+            "spread over two zones"
+        );
+    }
+    let private_ids: Vec<String> = private
+        .iter()
+        .map(|s| s.subnet_id().unwrap().to_owned())
+        .collect();
+    let public_ids: Vec<String> = public
+        .iter()
+        .map(|s| s.subnet_id().unwrap().to_owned())
+        .collect();
+
+    // Routes: the public subnets go to the internet gateway; the private ones have no
+    // default route, only the S3 gateway endpoint.
+    let tables = ec2
+        .describe_route_tables()
+        .filters(Filter::builder().name("vpc-id").values(&vpc_id).build())
+        .send()
+        .await
+        .unwrap();
+    let table_of = |subnet: &str| {
+        tables
+            .route_tables()
+            .iter()
+            .find(|table| {
+                table
+                    .associations()
+                    .iter()
+                    .any(|a| a.subnet_id() == Some(subnet))
+            })
+            .unwrap_or_else(|| panic!("subnet {subnet} has its own route table"))
+            .clone()
+    };
+    for subnet in &public_ids {
+        let table = table_of(subnet);
+        assert!(
+            table
+                .routes()
+                .iter()
+                .any(|r| r.destination_cidr_block() == Some("0.0.0.0/0")
+                    && r.gateway_id().is_some_and(|g| g.starts_with("igw-"))),
+            "public subnet {subnet} routes to the internet gateway"
+        );
+    }
+    let private_table = table_of(&private_ids[0]);
+    assert_eq!(
+        table_of(&private_ids[1]).route_table_id(),
+        private_table.route_table_id()
+    );
+    assert!(
+        !private_table
+            .routes()
+            .iter()
+            .any(|r| r.destination_cidr_block() == Some("0.0.0.0/0")),
+        "private subnets have no way out but the S3 endpoint"
+    );
+    let endpoints = ec2
+        .describe_vpc_endpoints()
+        .filters(Filter::builder().name("vpc-id").values(&vpc_id).build())
+        .send()
+        .await
+        .unwrap();
+    let s3_endpoint = endpoints
+        .vpc_endpoints()
+        .iter()
+        .find(|e| e.service_name().is_some_and(|s| s.ends_with(".s3")))
+        .expect("an S3 gateway endpoint");
+    assert!(
+        s3_endpoint
+            .route_table_ids()
+            .iter()
+            .any(|id| Some(id.as_str()) == private_table.route_table_id()),
+        "the S3 endpoint is on the private route table"
+    );
+
+    // Security groups: 80/443 from the allowed CIDRs to the load balancer only, the app
+    // port only from the load balancer's group, Redis only from the instances' group,
+    // and port 22 nowhere.
+    let groups = ec2
+        .describe_security_groups()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    let group = |role: &str| {
+        groups
+            .security_groups()
+            .iter()
+            .find(|g| {
+                g.tags()
+                    .iter()
+                    .any(|t| t.key() == Some("realtime-stack:role") && t.value() == Some(role))
+            })
+            .unwrap_or_else(|| panic!("security group {role}"))
+            .clone()
+    };
+    let (alb, instances, redis) = (group("alb-sg"), group("instances-sg"), group("redis-sg"));
+    let ports = |g: &aws_sdk_ec2::types::SecurityGroup| {
+        let mut ports: Vec<i32> = g
+            .ip_permissions()
+            .iter()
+            .filter_map(|p| p.from_port())
+            .collect();
+        ports.sort();
+        ports
+    };
+    assert_eq!(ports(&alb), [80, 443]);
+    assert!(alb.ip_permissions().iter().all(|p| {
+        p.ip_ranges()
+            .iter()
+            .any(|r| r.cidr_ip() == Some("0.0.0.0/0"))
+    }));
+    assert_eq!(ports(&instances), [8080]);
+    assert_eq!(
+        instances.ip_permissions()[0].user_id_group_pairs()[0].group_id(),
+        alb.group_id()
+    );
+    assert!(
+        instances.ip_permissions()[0].ip_ranges().is_empty(),
+        "the app port is not open to any CIDR"
+    );
+    assert_eq!(ports(&redis), [6379]);
+    assert_eq!(
+        redis.ip_permissions()[0].user_id_group_pairs()[0].group_id(),
+        instances.group_id()
+    );
+    assert!(
+        redis.ip_permissions()[0].ip_ranges().is_empty(),
+        "Redis is not open to any CIDR"
+    );
+    for g in groups.security_groups() {
+        assert!(
+            !g.ip_permissions()
+                .iter()
+                .any(|p| p.from_port().unwrap_or(-1) <= 22 && p.to_port().unwrap_or(-1) >= 22),
+            "no SSH in {:?}",
+            g.group_name()
+        );
+    }
+
+    // Redis: encrypted, replicated, with failover, in the stack's subnet group.
+    let groups = elasticache
+        .describe_replication_groups()
+        .replication_group_id(format!("{name}-redis"))
+        .send()
+        .await
+        .unwrap();
+    let replication_group = &groups.replication_groups()[0];
+    assert_eq!(replication_group.transit_encryption_enabled(), Some(true));
+    assert_eq!(replication_group.at_rest_encryption_enabled(), Some(true));
+    assert_eq!(
+        replication_group.member_clusters().len(),
+        2,
+        "a primary and one replica"
+    );
+    let primary = replication_group.node_groups()[0]
+        .primary_endpoint()
+        .expect("primary endpoint");
+    let redis_endpoint = format!("{}:{}", primary.address().unwrap(), primary.port().unwrap());
+    assert_eq!(outputs["redis_endpoint"], redis_endpoint);
+
+    // Instances: in the private subnets, IMDSv2 only, metadata tags on, no public
+    // address, no key pair, and the Redis endpoint in their tags.
+    let described = ec2
+        .describe_instances()
+        .filters(stack_filter(name))
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let running: Vec<_> = described
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .collect();
+    assert_eq!(running.len(), 2, "two running instances");
+    let mut instance_ids: Vec<String> = running
+        .iter()
+        .map(|i| i.instance_id().unwrap().to_owned())
+        .collect();
+    instance_ids.sort();
+    let mut reported: Vec<String> = outputs["instance_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    reported.sort();
+    assert_eq!(instance_ids, reported);
+    for instance in &running {
+        assert!(
+            private_ids
+                .iter()
+                .any(|id| Some(id.as_str()) == instance.subnet_id()),
+            "instance in a private subnet"
+        );
+        let metadata = instance.metadata_options().expect("metadata options");
+        assert_eq!(
+            metadata.http_tokens().map(|t| t.as_str()),
+            Some("required"),
+            "IMDSv2 required"
+        );
+        assert_eq!(
+            metadata.instance_metadata_tags().map(|t| t.as_str()),
+            Some("enabled"),
+            "metadata tags on"
+        );
+        assert!(instance.key_name().is_none(), "no key pair");
+        assert!(instance.public_ip_address().is_none(), "no public address");
+        let tag = instance
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("realtime-stack:redis-endpoint"));
+        assert_eq!(
+            tag.and_then(|t| t.value()),
+            Some(redis_endpoint.as_str()),
+            "Redis endpoint tag"
+        );
+    }
+
+    // Load balancer: internet-facing in the public subnets, long idle timeout, invalid
+    // headers dropped; HTTPS with the issued certificate and a TLS 1.3 policy; HTTP
+    // redirecting to HTTPS; targets on /healthz with the drain-matched delay.
+    let load_balancers = elbv2
+        .describe_load_balancers()
+        .names(format!("{name}-alb"))
+        .send()
+        .await
+        .unwrap();
+    let load_balancer = &load_balancers.load_balancers()[0];
+    assert_eq!(
+        outputs["load_balancer_dns_name"],
+        load_balancer.dns_name().unwrap()
+    );
+    assert_eq!(
+        load_balancer.scheme().map(|s| s.as_str()),
+        Some("internet-facing")
+    );
+    let mut lb_subnets: Vec<String> = load_balancer
+        .availability_zones()
+        .iter()
+        .filter_map(|z| z.subnet_id().map(str::to_owned))
+        .collect();
+    lb_subnets.sort();
+    let mut expected_public = public_ids.clone();
+    expected_public.sort();
+    assert_eq!(lb_subnets, expected_public);
+    let lb_arn = load_balancer.load_balancer_arn().unwrap();
+    let attributes = elbv2
+        .describe_load_balancer_attributes()
+        .load_balancer_arn(lb_arn)
+        .send()
+        .await
+        .unwrap();
+    let attribute = |key: &str| {
+        attributes
+            .attributes()
+            .iter()
+            .find(|a| a.key() == Some(key))
+            .and_then(|a| a.value())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        attribute("idle_timeout.timeout_seconds").as_deref(),
+        Some("3600")
+    );
+    assert_eq!(
+        attribute("routing.http.drop_invalid_header_fields.enabled").as_deref(),
+        Some("true")
+    );
+    let listeners = elbv2
+        .describe_listeners()
+        .load_balancer_arn(lb_arn)
+        .send()
+        .await
+        .unwrap();
+    let listener = |port: i32| {
+        listeners
+            .listeners()
+            .iter()
+            .find(|l| l.port() == Some(port))
+            .unwrap_or_else(|| panic!("listener {port}"))
+            .clone()
+    };
+    let https = listener(443);
+    assert_eq!(https.protocol(), Some(&ProtocolEnum::Https));
+    assert!(
+        https.ssl_policy().is_some_and(|p| p.contains("TLS13")),
+        "TLS 1.3 policy: {:?}",
+        https.ssl_policy()
+    );
+    let certificate_arn = https.certificates()[0]
+        .certificate_arn()
+        .unwrap()
+        .to_owned();
+    assert_eq!(outputs["certificate_arn"], certificate_arn.as_str());
+    let http = listener(80);
+    let redirect = http.default_actions()[0]
+        .redirect_config()
+        .expect("port 80 redirects");
+    assert_eq!(
+        http.default_actions()[0].r#type(),
+        Some(&ActionTypeEnum::Redirect)
+    );
+    assert_eq!(redirect.protocol(), Some("HTTPS"));
+    assert_eq!(redirect.port(), Some("443"));
+    assert_eq!(redirect.status_code().map(|s| s.as_str()), Some("HTTP_301"));
+    let target_groups = elbv2
+        .describe_target_groups()
+        .names(format!("{name}-tg"))
+        .send()
+        .await
+        .unwrap();
+    let target_group = &target_groups.target_groups()[0];
+    assert_eq!(target_group.health_check_path(), Some("/healthz"));
+    assert_eq!(target_group.port(), Some(8080));
+    assert_eq!(
+        https.default_actions()[0].target_group_arn(),
+        target_group.target_group_arn()
+    );
+    let tg_attributes = elbv2
+        .describe_target_group_attributes()
+        .target_group_arn(target_group.target_group_arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let delay = tg_attributes
+        .attributes()
+        .iter()
+        .find(|a| a.key() == Some("deregistration_delay.timeout_seconds"))
+        .and_then(|a| a.value());
+    assert_eq!(
+        delay,
+        Some("30"),
+        "deregistration delay matches the server's drain"
+    );
+    let health = elbv2
+        .describe_target_health()
+        .target_group_arn(target_group.target_group_arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut targets: Vec<String> = health
+        .target_health_descriptions()
+        .iter()
+        .filter_map(|d| d.target()?.id().map(str::to_owned))
+        .collect();
+    targets.sort();
+    assert_eq!(targets, instance_ids, "every instance is a target");
+
+    // Certificate: issued, for the domain, validated by the CNAME in the zone.
+    let certificate = acm
+        .describe_certificate()
+        .certificate_arn(&certificate_arn)
+        .send()
+        .await
+        .unwrap()
+        .certificate
+        .unwrap();
+    assert_eq!(certificate.status().map(|s| s.as_str()), Some("ISSUED"));
+    assert_eq!(certificate.domain_name(), Some(stack.domain().as_str()));
+    let validation = certificate.domain_validation_options()[0]
+        .resource_record()
+        .expect("validation record");
+    let records = route53
+        .list_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .send()
+        .await
+        .unwrap();
+    let record = |record_name: &str, kind: &str| {
+        records
+            .resource_record_sets()
+            .iter()
+            .find(|r| {
+                r.name().trim_end_matches('.') == record_name.trim_end_matches('.')
+                    && r.r#type().as_str() == kind
+            })
+            .cloned()
+    };
+    let cname = record(validation.name(), "CNAME").expect("validation CNAME in the zone");
+    assert_eq!(
+        cname.resource_records()[0].value().trim_end_matches('.'),
+        validation.value().trim_end_matches('.')
+    );
+
+    // DNS: the domain is an alias of the load balancer.
+    let alias = record(&stack.domain(), "A").expect("alias record for the domain");
+    let target = alias.alias_target().expect("an alias");
+    assert_eq!(
+        target.dns_name().trim_end_matches('.').to_lowercase(),
+        load_balancer
+            .dns_name()
+            .unwrap()
+            .trim_end_matches('.')
+            .to_lowercase()
+    );
+}
+
+async fn verify_nothing_left(aws: &SdkConfig, stack: &TestStack, zone_id: &str) {
+    let name = &stack.name;
+    let left = tagged_ec2_resources(aws, name).await;
+    let live_instances: Vec<String> = {
+        let described = aws_sdk_ec2::Client::new(aws)
+            .describe_instances()
+            .filters(stack_filter(name))
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .values("stopped")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        live_instances.is_empty(),
+        "instances left: {live_instances:?}"
+    );
+    assert!(left.is_empty(), "tagged EC2 resources left: {left:?}");
+
+    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(aws);
+    assert!(
+        elbv2
+            .describe_load_balancers()
+            .names(format!("{name}-alb"))
+            .send()
+            .await
+            .is_err(),
+        "load balancer left"
+    );
+    assert!(
+        elbv2
+            .describe_target_groups()
+            .names(format!("{name}-tg"))
+            .send()
+            .await
+            .is_err(),
+        "target group left"
+    );
+    let elasticache = aws_sdk_elasticache::Client::new(aws);
+    assert!(
+        elasticache
+            .describe_replication_groups()
+            .replication_group_id(format!("{name}-redis"))
+            .send()
+            .await
+            .is_err(),
+        "replication group left"
+    );
+    assert!(
+        elasticache
+            .describe_cache_subnet_groups()
+            .cache_subnet_group_name(format!("{name}-cache"))
+            .send()
+            .await
+            .is_err(),
+        "cache subnet group left"
+    );
+    let certificates = aws_sdk_acm::Client::new(aws)
+        .list_certificates()
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !certificates
+            .certificate_summary_list()
+            .iter()
+            .any(|c| c.domain_name() == Some(stack.domain().as_str())),
+        "certificate left"
+    );
+    let buckets = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(aws)
+            .force_path_style(true)
+            .build(),
+    )
+    .list_buckets()
+    .send()
+    .await
+    .unwrap();
+    assert!(
+        !buckets.buckets().iter().any(|b| b
+            .name()
+            .is_some_and(|n| n.starts_with(&format!("{name}-artifacts-")))),
+        "bucket left"
+    );
+    let records = aws_sdk_route53::Client::new(aws)
+        .list_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .send()
+        .await
+        .unwrap();
+    let kinds: Vec<String> = records
+        .resource_record_sets()
+        .iter()
+        .map(|r| r.r#type().as_str().to_owned())
+        .collect();
+    assert!(
+        kinds.iter().all(|kind| kind == "SOA" || kind == "NS"),
+        "only the zone's own SOA and NS records remain: {kinds:?}"
+    );
+}
