@@ -132,28 +132,21 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
     stack.run(&["destroy", "--yes"]);
 }
 
-#[tokio::test]
-async fn an_up_killed_half_way_is_completed_by_the_next_and_destroyed_by_destroy() {
-    let aws = support::localstack().await;
-    let suffix = support::unique_suffix();
-    let name = format!("k{}", &suffix[suffix.len() - 8..]);
-    let zone = format!("{name}.example.test");
-    let zone_id = support::hosted_zone(&aws, &zone).await;
-    let stack = TestStack::new(&name, &zone);
-
+/// Starts `up` and kills it once it has created its first resources, mid-way through
+/// the network.
+async fn kill_up_half_way(aws: &SdkConfig, stack: &TestStack) {
     let mut child = stack
         .command(&["up", "--yes"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("starting up");
-    // Kill it as soon as it has created its first resources, mid-way through the network.
-    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let ec2 = aws_sdk_ec2::Client::new(aws);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let subnets = ec2
             .describe_subnets()
-            .filters(stack_filter(&name))
+            .filters(stack_filter(&stack.name))
             .send()
             .await
             .expect("DescribeSubnets");
@@ -172,7 +165,26 @@ async fn an_up_killed_half_way_is_completed_by_the_next_and_destroyed_by_destroy
     }
     child.kill().expect("killing up");
     child.wait().expect("reaping up");
+    assert!(
+        !tagged_ec2_resources(aws, &stack.name).await.is_empty(),
+        "killed after creating something"
+    );
+}
 
+#[tokio::test]
+async fn an_up_killed_half_way_is_removed_by_destroy_or_completed_by_the_next_up() {
+    let aws = support::localstack().await;
+    let suffix = support::unique_suffix();
+    let name = format!("k{}", &suffix[suffix.len() - 8..]);
+    let zone = format!("{name}.example.test");
+    let zone_id = support::hosted_zone(&aws, &zone).await;
+    let stack = TestStack::new(&name, &zone);
+
+    kill_up_half_way(&aws, &stack).await;
+    stack.run(&["destroy", "--yes"]);
+    verify_nothing_left(&aws, &stack, &zone_id).await;
+
+    kill_up_half_way(&aws, &stack).await;
     let outputs = stack.up();
     verify_stack(&aws, &stack, &zone_id, &outputs).await;
     stack.run(&["destroy", "--yes"]);
@@ -211,6 +223,31 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
         stderr.contains("stack.yaml:"),
         "errors point into the file: {stderr}"
     );
+    assert!(
+        tagged_ec2_resources(&aws, &name).await.is_empty(),
+        "nothing was created"
+    );
+
+    // A valid file naming a hosted zone that does not exist: preflight stops it.
+    std::fs::write(stack.file(), valid).unwrap();
+    let output = stack
+        .command(&["up", "--yes"])
+        .output()
+        .expect("running up");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no Route53 hosted zone"), "{stderr}");
+    assert!(
+        tagged_ec2_resources(&aws, &name).await.is_empty(),
+        "nothing was created"
+    );
+
+    // With the zone, but no terminal to confirm on and no --yes: up refuses.
+    support::hosted_zone(&aws, &stack.zone).await;
+    let output = stack.command(&["up"]).output().expect("running up");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("pass --yes"), "{stderr}");
     assert!(
         tagged_ec2_resources(&aws, &name).await.is_empty(),
         "nothing was created"
