@@ -12,6 +12,7 @@ pub mod dns;
 pub mod engine;
 pub mod instances;
 pub mod load_balancer;
+pub mod local;
 pub mod names;
 pub mod network;
 pub mod spec;

@@ -1,6 +1,8 @@
 //! `realtime-stack destroy`: finds everything the stack owns (by its tag, and the
 //! untaggable pieces through their parents), asks, and deletes it in dependency order,
 //! retrying what AWS refuses until nothing progresses; then names what is left.
+//! `destroy --local` first stops what `up --local` runs on this machine
+//! (`commands/local.rs`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,12 +19,24 @@ pub struct DestroyArgs {
     /// Go ahead without asking
     #[arg(long)]
     pub yes: bool,
+    /// Undo `up --local`: stop the instances booted on this machine and the local
+    /// redis-server, then destroy the stack in LocalStack
+    #[arg(long)]
+    pub local: bool,
 }
 
 pub async fn run(file: &Path, aws: &AwsArgs, args: &DestroyArgs) -> Result<()> {
+    if args.local {
+        return super::local::destroy(file, aws).await;
+    }
     let stack = super::open_stack(file, aws).await?;
-    let account = super::account(&stack).await?;
-    let resources = discover(&stack, &account).await?;
+    delete_all(&stack, args.yes).await
+}
+
+/// Lists what `stack` owns, asks (unless `yes`), and deletes it.
+pub(super) async fn delete_all(stack: &Stack, yes: bool) -> Result<()> {
+    let account = super::account(stack).await?;
+    let resources = discover(stack, &account).await?;
     if resources.is_empty() {
         stack.progress.note(&format!(
             "stack '{}' has no resources in {}: nothing to delete",
@@ -40,10 +54,7 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &DestroyArgs) -> Result<()> {
         stack.region,
         listing.join("\n")
     );
-    super::confirm(
-        &format!("Delete these {} resources?", resources.len()),
-        args.yes,
-    )?;
+    super::confirm(&format!("Delete these {} resources?", resources.len()), yes)?;
     // ElastiCache takes minutes to delete a replication group and load balancers leave
     // network interfaces behind for a while: patience is measured from the last progress.
     let patience = match stack.pace {

@@ -2,6 +2,7 @@
 //! the preflight checks, and asking before acting.
 
 pub mod destroy;
+mod local;
 pub mod up;
 
 use std::io::{BufRead, IsTerminal, Write};

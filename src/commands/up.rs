@@ -1,5 +1,7 @@
 //! `realtime-stack up`: preflight, then build or converge the whole stack, independent
 //! branches at the same time, and print its outputs.
+//! `up --local` runs the same preflight and converge against LocalStack, then boots the
+//! instances on this machine (`commands/local.rs`).
 
 use std::path::Path;
 
@@ -22,6 +24,11 @@ pub struct UpArgs {
     /// How to print the stack's outputs
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Run it all on this machine, no AWS account needed: LocalStack for AWS, a local TLS
+    /// redis-server for ElastiCache, each instance booted here from its user-data; prints
+    /// one http://127.0.0.1:<port>/ URL per instance
+    #[arg(long)]
+    pub local: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +50,13 @@ pub struct Outputs {
     pub artifact: String,
     /// The AWS calls of this run that changed something; empty when it was up to date.
     pub changes: Vec<String>,
+    /// With `--local`: one URL per instance booted on this machine, in instance order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub local_urls: Vec<String>,
 }
 
 /// What preflight established before anything is created.
-struct Preflight {
+pub(super) struct Preflight {
     account: String,
     zone: HostedZone,
     binary: Binary,
@@ -54,16 +64,20 @@ struct Preflight {
 }
 
 pub async fn run(file: &Path, aws: &AwsArgs, args: &UpArgs) -> Result<()> {
-    let stack = super::open_stack(file, aws).await?;
-    let preflight = preflight(&stack).await?;
-    super::confirm(
-        &format!(
-            "Create or update stack '{}' in account {} ({}), serving https://{}?",
-            stack.spec.name, preflight.account, stack.region, stack.spec.domain.name
-        ),
-        args.yes,
-    )?;
-    let outputs = converge(&stack, &preflight).await?;
+    let outputs = if args.local {
+        super::local::up(file, aws).await?
+    } else {
+        let stack = super::open_stack(file, aws).await?;
+        let preflight = preflight(&stack).await?;
+        super::confirm(
+            &format!(
+                "Create or update stack '{}' in account {} ({}), serving https://{}?",
+                stack.spec.name, preflight.account, stack.region, stack.spec.domain.name
+            ),
+            args.yes,
+        )?;
+        converge(&stack, &preflight).await?
+    };
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&outputs)?),
         OutputFormat::Text => print_text(&outputs),
@@ -73,7 +87,7 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &UpArgs) -> Result<()> {
 
 /// Everything that can fail before a resource is created: credentials, the hosted zone,
 /// the binary (built here unless given) and its match with the instance type.
-async fn preflight(stack: &Stack) -> Result<Preflight> {
+pub(super) async fn preflight(stack: &Stack) -> Result<Preflight> {
     let progress = &stack.progress;
     let account = progress
         .step("credentials")
@@ -142,7 +156,7 @@ async fn preflight(stack: &Stack) -> Result<Preflight> {
 /// Builds what is missing and fixes what drifted. Redis (the slowest on AWS) starts as
 /// soon as the network exists and overlaps with the certificate, the load balancer and
 /// the instances, which boot while Redis is still being created.
-async fn converge(stack: &Stack, preflight: &Preflight) -> Result<Outputs> {
+pub(super) async fn converge(stack: &Stack, preflight: &Preflight) -> Result<Outputs> {
     let (network, artifact) = try_join!(
         network::ensure(stack),
         artifact::ensure(stack, &preflight.account, &preflight.binary)
@@ -197,6 +211,7 @@ async fn converge(stack: &Stack, preflight: &Preflight) -> Result<Outputs> {
         certificate_arn: certificate.arn,
         artifact: format!("s3://{}/{}", artifact.bucket, artifact.key),
         changes: stack.clients.calls.mutating(),
+        local_urls: Vec::new(),
     })
 }
 
@@ -211,5 +226,8 @@ fn print_text(outputs: &Outputs) {
     match outputs.changes.len() {
         0 => println!("  changes             none: everything was already as stack.yaml says"),
         n => println!("  changes             {n} AWS calls changed something"),
+    }
+    for url in &outputs.local_urls {
+        println!("  booted here         {url}");
     }
 }

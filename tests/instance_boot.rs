@@ -1,0 +1,295 @@
+//! Instance boot, end to end (DESIGN.md, testing layer 5): after `up` against LocalStack,
+//! each instance's user-data, read back from LocalStack, runs on this machine through
+//! `realtime_stack::local` (the code `up --local` uses) against a loopback IMDSv2 whose
+//! Redis endpoint tag points at a real TLS redis-server. The script downloads the binary
+//! from LocalStack's S3 by its presigned link, checks it and starts a real chat-server;
+//! two such instances carry a message from a client of one to a client of the other.
+//! Then the failures the script must stop on: a tampered binary, and a tag that never
+//! comes. And shellcheck on the scripts.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use realtime_stack::local::{self, BootSettings, Booted, LocalRedis};
+use serde_json::{Value, json};
+use support::TestStack;
+use tokio_tungstenite::tungstenite::Message;
+
+const REDIS_TAG: &str = "realtime-stack:redis-endpoint";
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn the_boot_scripts_pass_shellcheck() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("shellcheck")
+        .arg("--shell=sh")
+        .arg(repo.join("scripts/user-data.sh"))
+        .arg(repo.join("scripts/local-service-manager.sh"))
+        .output()
+        .unwrap_or_else(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => {
+                panic!("shellcheck not found: apt-get install shellcheck or run scripts/test.sh")
+            }
+            _ => panic!("running shellcheck: {err}"),
+        });
+    assert!(
+        output.status.success(),
+        "shellcheck found problems:\n{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// The local redis-server, stopped on drop.
+struct RedisGuard(LocalRedis);
+
+impl Drop for RedisGuard {
+    fn drop(&mut self) {
+        let _ = self.0.stop();
+    }
+}
+
+/// A booted instance's server, stopped on drop.
+struct ServerGuard(Booted);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = local::stop_server(&self.0.sandbox);
+    }
+}
+
+/// `destroy --yes` when the test fails half-way (it runs explicitly at the end otherwise).
+struct DestroyOnPanic<'a>(&'a TestStack);
+
+impl Drop for DestroyOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.command(&["destroy", "--yes"]).output();
+        }
+    }
+}
+
+fn settings(redis: &LocalRedis, tag_wait_seconds: u32) -> BootSettings {
+    BootSettings {
+        port: local::free_port().unwrap(),
+        redis_address: redis.address(),
+        redis_ca_file: Some(redis.ca_file()),
+        tag_wait_seconds: Some(tag_wait_seconds),
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(booted: &Booted) -> (Ws, Value) {
+    let url = format!("ws://127.0.0.1:{}/ws?room=boot", booted.port);
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
+        .await
+        .expect("websocket connect timed out")
+        .unwrap_or_else(|err| panic!("connecting to {url}: {err}"));
+    let hello = next_json(&mut ws).await;
+    assert_eq!(hello["type"], "hello", "{hello}");
+    (ws, hello)
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("connection closed")
+            .expect("websocket error");
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_boot_from_their_user_data_and_chat_through_redis() {
+    let aws = support::localstack().await;
+    let suffix = support::unique_suffix();
+    let name = format!("i{}", &suffix[suffix.len() - 8..]);
+    let zone = format!("{name}.example.test");
+    support::hosted_zone(&aws, &zone).await;
+    let stack = TestStack::new(&name, &zone);
+    let destroy_on_panic = DestroyOnPanic(&stack);
+    let outputs = stack.up();
+    let ids: Vec<String> = outputs["instance_ids"]
+        .as_array()
+        .expect("instance_ids")
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+
+    let work = tempfile::tempdir().unwrap();
+    let redis = RedisGuard(LocalRedis::start(&work.path().join("redis")).unwrap());
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let sandbox = |label: &str| -> PathBuf { work.path().join(label) };
+
+    // Both instances boot from their own user-data and serve.
+    let mut servers = Vec::new();
+    for (index, id) in ids.iter().enumerate() {
+        let booted = local::boot(
+            &ec2,
+            id,
+            &sandbox(&format!("instance-{index}")),
+            &settings(&redis.0, 60),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}"));
+        let console = booted.console();
+        assert!(
+            console.contains("binary verified and installed"),
+            "{console}"
+        );
+        let server = ServerGuard(booted);
+        local::wait_healthy(&server.0, local::HEALTHY_WITHIN)
+            .await
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        let env = std::fs::read_to_string(
+            server
+                .0
+                .sandbox
+                .join("root/etc/realtime-stack/chat-server.env"),
+        )
+        .unwrap();
+        assert!(
+            env.contains(&format!("REDIS_URL=rediss://{}", redis.0.address())),
+            "{env}"
+        );
+        assert!(env.contains(&format!("CHAT_INSTANCE_ID={id}")), "{env}");
+        servers.push(server);
+    }
+
+    // A message sent through instance 0 reaches a client of instance 1, through Redis.
+    let (mut receiver, hello) = connect(&servers[1].0).await;
+    assert_eq!(hello["instance"], ids[1].as_str(), "the id comes from IMDS");
+    let (mut sender, hello) = connect(&servers[0].0).await;
+    assert_eq!(hello["instance"], ids[0].as_str());
+    let text = format!("across instances {suffix}");
+    sender
+        .send(Message::text(
+            json!({"type": "send", "name": "alice", "text": text}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let received = next_json(&mut receiver).await;
+    assert_eq!(received["type"], "message", "{received}");
+    assert_eq!(received["text"], text.as_str());
+    assert_eq!(received["name"], "alice");
+    drop((sender, receiver));
+    drop(servers);
+
+    // A binary that is not the one `up` uploaded is refused, and nothing is started.
+    let artifact = outputs["artifact"].as_str().expect("artifact");
+    let (bucket, key) = artifact
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .expect("s3://bucket/key");
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws)
+            .force_path_style(true)
+            .build(),
+    )
+    .put_object()
+    .bucket(bucket)
+    .key(key)
+    .body(b"#!/bin/sh\necho not the chat-server\n".to_vec().into())
+    .send()
+    .await
+    .expect("overwriting the artifact");
+    let tampered = sandbox("tampered");
+    let err = local::boot(&ec2, &ids[0], &tampered, &settings(&redis.0, 60))
+        .await
+        .expect_err("a tampered binary must stop the boot");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("refusing to run it") && message.contains("expected"),
+        "{message}"
+    );
+    assert!(
+        !tampered
+            .join("root/opt/realtime-stack/chat-server")
+            .exists()
+    );
+    assert!(!tampered.join("root/run/chat-server.pid").exists());
+    assert!(local::server_pid(&tampered).is_none(), "no server started");
+
+    // An instance whose Redis tag never comes gives up after the bound, and says why.
+    aws_sdk_ec2::Client::new(&aws)
+        .delete_tags()
+        .resources(&ids[1])
+        .tags(aws_sdk_ec2::types::Tag::builder().key(REDIS_TAG).build())
+        .send()
+        .await
+        .expect("DeleteTags");
+    let untagged = sandbox("untagged");
+    let err = local::boot(&ec2, &ids[1], &untagged, &settings(&redis.0, 2))
+        .await
+        .expect_err("no tag, no boot");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains(&format!("no {REDIS_TAG} tag after")),
+        "{message}"
+    );
+    assert!(local::server_pid(&untagged).is_none());
+
+    drop(redis);
+    stack.run(&["destroy", "--yes"]);
+    drop(destroy_on_panic);
+}
+
+/// `destroy --local` when the test fails half-way.
+struct DestroyLocalOnPanic<'a>(&'a TestStack);
+
+impl Drop for DestroyLocalOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.command(&["destroy", "--local"]).output();
+        }
+    }
+}
+
+#[tokio::test]
+async fn up_local_boots_the_instances_here_and_destroy_local_stops_them() {
+    support::localstack().await;
+    let suffix = support::unique_suffix();
+    let name = format!("l{}", &suffix[suffix.len() - 8..]);
+    // No hosted zone made here: `up --local` creates it, as the demo needs.
+    let stack = TestStack::new(&name, &format!("{name}.example.test"));
+    let destroy_on_panic = DestroyLocalOnPanic(&stack);
+    let output = stack.run(&["up", "--local", "--output", "json"]);
+    let outputs: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let ports: Vec<u16> = outputs["local_urls"]
+        .as_array()
+        .expect("local_urls")
+        .iter()
+        .map(|url| {
+            let url = url.as_str().unwrap();
+            url.strip_prefix("http://127.0.0.1:")
+                .and_then(|rest| rest.strip_suffix('/'))
+                .and_then(|port| port.parse().ok())
+                .unwrap_or_else(|| panic!("{url} is not http://127.0.0.1:<port>/"))
+        })
+        .collect();
+    assert_eq!(ports.len(), 2, "one URL per instance: {outputs}");
+    // The servers outlive the command that booted them.
+    for port in &ports {
+        assert_eq!(local::http_status(*port, "/healthz").await.unwrap(), 200);
+    }
+
+    stack.run(&["destroy", "--local"]);
+    for port in &ports {
+        assert!(
+            local::http_status(*port, "/healthz").await.is_err(),
+            "the server on port {port} is still there after destroy --local"
+        );
+    }
+    drop(destroy_on_panic);
+}
