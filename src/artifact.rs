@@ -373,10 +373,6 @@ impl Deletable for Bucket {
         format!("bucket {}", self.name)
     }
 
-    fn blocked_by(&self) -> Vec<String> {
-        Vec::new()
-    }
-
     fn delete(&self) -> DeleteFuture<'_> {
         Box::pin(self.empty_and_delete())
     }

@@ -495,10 +495,6 @@ impl Deletable for GroupDeletable {
         format!("redis {}", self.id)
     }
 
-    fn blocked_by(&self) -> Vec<String> {
-        Vec::new()
-    }
-
     /// Starts the deletion, which goes on for minutes on AWS; the subnet group stays
     /// blocked (`CacheSubnetGroupInUse`) until it is done.
     fn delete(&self) -> DeleteFuture<'_> {

@@ -326,10 +326,6 @@ impl Deletable for AcmCertificate {
         format!("certificate {}", self.domain)
     }
 
-    fn blocked_by(&self) -> Vec<String> {
-        Vec::new()
-    }
-
     fn delete(&self) -> DeleteFuture<'_> {
         Box::pin(async move {
             let result = self

@@ -417,10 +417,6 @@ impl Deletable for RecordSet {
         format!("dns {}", self.record.describe())
     }
 
-    fn blocked_by(&self) -> Vec<String> {
-        Vec::new()
-    }
-
     fn delete(&self) -> DeleteFuture<'_> {
         Box::pin(async move {
             // A DELETE must repeat the record set exactly as it is now.

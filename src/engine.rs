@@ -218,7 +218,9 @@ pub trait Deletable: Send + Sync {
     fn label(&self) -> String;
     /// Keys of the resources that must be gone before this one can go (the ones that
     /// use it). Keys that are not being deleted are ignored.
-    fn blocked_by(&self) -> Vec<String>;
+    fn blocked_by(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Deletes it. A resource already gone counts as deleted.
     fn delete(&self) -> DeleteFuture<'_>;
 }

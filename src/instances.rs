@@ -462,10 +462,6 @@ impl Deletable for Ec2Instance {
         format!("instance {}", self.id)
     }
 
-    fn blocked_by(&self) -> Vec<String> {
-        Vec::new()
-    }
-
     fn delete(&self) -> DeleteFuture<'_> {
         Box::pin(async move {
             let result = self
