@@ -178,3 +178,181 @@ pub async fn hosted_zone(aws: &SdkConfig, name: &str) -> String {
         .expect("hosted zone")
         .id
 }
+
+/// Headless Chromium driven through chromedriver (Debian's `chromium` and
+/// `chromium-driver`), for the tests that look at the chat page of booted instances.
+pub mod browser {
+    use std::net::TcpStream;
+    use std::os::unix::process::CommandExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use fantoccini::{Client, ClientBuilder, Locator};
+    use serde_json::json;
+
+    const CHROMIUM: &str = "/usr/bin/chromium";
+    const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+    const MISSING: &str = "chromium/chromedriver not found: apt-get install chromium chromium-driver or run scripts/test.sh";
+
+    /// Upper bound for what a page waits for; generous for a loaded two-core machine.
+    pub const WAIT: Duration = Duration::from_secs(30);
+
+    /// Where tests leave files worth looking at after a run (screenshots).
+    pub fn artifacts_dir() -> PathBuf {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts");
+        std::fs::create_dir_all(&dir).expect("creating the test artifacts directory");
+        dir
+    }
+
+    /// Polls `check` until it returns `Some`, failing with `what` after `timeout`.
+    pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// chromedriver on a free loopback port, in a process group of its own so that the
+    /// Chromium processes it starts go with it: the whole group is killed on drop.
+    pub struct Chromedriver {
+        pub port: u16,
+        child: Child,
+    }
+
+    impl Chromedriver {
+        /// Starts chromedriver and waits until it listens; fails (never skips) when
+        /// Chromium or chromedriver is not installed.
+        pub fn start() -> Chromedriver {
+            assert!(
+                Path::new(CHROMIUM).is_file() && Path::new(CHROMEDRIVER).is_file(),
+                "{MISSING}"
+            );
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let child = Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .arg("--allowed-ips=127.0.0.1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap_or_else(|err| match err.kind() {
+                    std::io::ErrorKind::NotFound => panic!("{MISSING}"),
+                    _ => panic!("starting {CHROMEDRIVER}: {err}"),
+                });
+            let mut driver = Chromedriver { port, child };
+            let deadline = Instant::now() + WAIT;
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = driver.child.try_wait() {
+                    panic!("chromedriver exited ({status}) before listening on port {port}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "chromedriver did not listen on port {port} within {WAIT:?}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            driver
+        }
+
+        /// A headless Chromium session with a fresh profile in `profile`.
+        pub async fn browser(&self, profile: &Path) -> Client {
+            let mut capabilities = serde_json::Map::new();
+            capabilities.insert(
+                "goog:chromeOptions".into(),
+                json!({
+                    "binary": CHROMIUM,
+                    "args": [
+                        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync",
+                        "--disable-dev-shm-usage", "--window-size=900,600",
+                        format!("--user-data-dir={}", profile.display()),
+                    ],
+                }),
+            );
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            ClientBuilder::new(connector)
+                .capabilities(capabilities)
+                .connect(&format!("http://127.0.0.1:{}", self.port))
+                .await
+                .expect("starting a headless Chromium session through chromedriver")
+        }
+    }
+
+    impl Drop for Chromedriver {
+        fn drop(&mut self) {
+            // The group's id is chromedriver's pid (process_group(0) above).
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .stderr(Stdio::null())
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The text of the element `css` matches, or "" while there is none.
+    pub async fn text_of(page: &Client, css: &str) -> String {
+        match page.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Waits until the chat page shows it is connected, and returns the instance it shows.
+    pub async fn wait_connected(page: &Client, what: &str) -> String {
+        poll_until(WAIT, &format!("{what} to connect"), || async {
+            let state = text_of(page, "#state").await;
+            let instance = text_of(page, "#instance").await;
+            (state == "connected" && !instance.is_empty() && instance != "?").then_some(instance)
+        })
+        .await
+    }
+
+    /// Types `name` and `text` into the chat page's form and sends it.
+    pub async fn send_message(page: &Client, name: &str, text: &str) {
+        for (id, keys) in [("name", name), ("text", text)] {
+            page.find(Locator::Id(id))
+                .await
+                .unwrap_or_else(|err| panic!("no #{id} on the page: {err}"))
+                .send_keys(keys)
+                .await
+                .unwrap_or_else(|err| panic!("typing into #{id}: {err}"));
+        }
+        page.find(Locator::Id("send"))
+            .await
+            .expect("no #send on the page")
+            .click()
+            .await
+            .expect("clicking #send");
+    }
+
+    /// The texts of the messages the chat page shows, in order.
+    pub async fn messages(page: &Client) -> Vec<String> {
+        let mut texts = Vec::new();
+        for item in page
+            .find_all(Locator::Css("#log li.message"))
+            .await
+            .unwrap_or_default()
+        {
+            texts.push(item.text().await.unwrap_or_default());
+        }
+        texts
+    }
+}
