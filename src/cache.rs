@@ -441,7 +441,7 @@ async fn is_ours(stack: &Stack, arn: Option<&str>) -> Result<bool> {
     Ok(tags
         .tag_list()
         .iter()
-        .any(|tag| tag.key() == Some(STACK_TAG) && tag.value() == Some(stack.names.stack())))
+        .any(|tag| stack.names.is_stack_tag(tag.key(), tag.value())))
 }
 
 /// A resource of the stack's name that is not the stack's must not be taken over.

@@ -11,7 +11,6 @@ use aws_sdk_acm::types::{CertificateDetail, CertificateStatus, Tag, ValidationMe
 use crate::aws::{Call, delete_outcome};
 use crate::dns::{self, HostedZone, Record};
 use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
-use crate::names::STACK_TAG;
 use crate::stack::Stack;
 
 /// The stack's issued certificate and the records that validate it (and keep it
@@ -263,7 +262,7 @@ async fn stack_certificates(stack: &Stack) -> Result<Vec<Owned>> {
             let ours = tags
                 .tags()
                 .iter()
-                .any(|tag| tag.key == STACK_TAG && tag.value() == Some(stack.names.stack()));
+                .any(|tag| stack.names.is_stack_tag(Some(tag.key()), tag.value()));
             if ours {
                 owned.push(Owned {
                     arn: arn.to_owned(),
@@ -345,6 +344,7 @@ impl Deletable for AcmCertificate {
 
 #[cfg(test)]
 mod tests {
+    use crate::names::STACK_TAG;
     use aws_sdk_acm::Client;
     use aws_sdk_acm::operation::describe_certificate::DescribeCertificateOutput;
     use aws_sdk_acm::operation::list_certificates::ListCertificatesOutput;

@@ -68,7 +68,7 @@ async fn is_ours(stack: &Stack, arn: &str) -> Result<bool> {
         .tag_descriptions()
         .iter()
         .flat_map(|description| description.tags())
-        .any(|tag| tag.key() == Some(STACK_TAG) && tag.value() == Some(stack.names.stack())))
+        .any(|tag| stack.names.is_stack_tag(tag.key(), tag.value())))
 }
 
 /// A resource of the stack's derived name that lacks the stack's tag: `up` stops with

@@ -58,6 +58,11 @@ impl Names {
         format!("{}-artifacts-{account}-{region}", self.stack)
     }
 
+    /// Whether a tag is the one that marks a resource as this stack's.
+    pub fn is_stack_tag(&self, key: Option<&str>, value: Option<&str>) -> bool {
+        key == Some(STACK_TAG) && value == Some(self.stack.as_str())
+    }
+
     /// Every tag a resource of `role` carries: `Name`, the stack and role tags, and the
     /// stack's own extra tags.
     pub fn tags(&self, role: &str) -> Vec<(String, String)> {
@@ -99,5 +104,14 @@ mod tests {
         assert!(tags.contains(&(STACK_TAG.into(), "chat".into())));
         assert!(tags.contains(&(ROLE_TAG.into(), "vpc".into())));
         assert!(tags.contains(&("team".into(), "chat".into())));
+    }
+
+    #[test]
+    fn only_this_stacks_tag_marks_a_resource_as_its_own() {
+        let names = Names::new("chat", &BTreeMap::new());
+        assert!(names.is_stack_tag(Some(STACK_TAG), Some("chat")));
+        assert!(!names.is_stack_tag(Some(STACK_TAG), Some("other")));
+        assert!(!names.is_stack_tag(Some(ROLE_TAG), Some("chat")));
+        assert!(!names.is_stack_tag(None, None));
     }
 }
