@@ -7,6 +7,10 @@
 #
 #   scripts/demo.sh up        build the example stack.yaml and boot its instances here
 #   scripts/demo.sh destroy   stop them and remove the stack again
+#
+# First run on a fresh machine: Debian packages (scripts/prerequisites.sh), the CLI's
+# debug build, LocalStack's install and the chat-server's release build; the README says
+# how long that took here.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,4 +21,15 @@ case $command in
   *) echo "usage: $0 up|destroy" >&2; exit 2 ;;
 esac
 
-exec cargo run --quiet -- "$command" --local
+log() { printf 'demo: %s\n' "$*" >&2; }
+
+scripts/prerequisites.sh demo
+
+# The same target directory as scripts/test.sh, so that one command reuses the other's build.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/realtime-stack/target}
+started=$SECONDS
+log "building realtime-stack into $CARGO_TARGET_DIR (the first build takes several minutes; cargo's progress follows)"
+cargo build --locked --bin realtime-stack
+log "built in $((SECONDS - started)) s"
+
+exec "$CARGO_TARGET_DIR/debug/realtime-stack" "$command" --local

@@ -3,8 +3,9 @@
 //! stack's private, encrypted S3 bucket, the upload (once per content hash) and the
 //! presigned URL the instances download it by.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -66,31 +67,50 @@ impl Architecture {
     }
 }
 
+/// SHA-256 in lowercase hexadecimal, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// The binary to ship: the stack's `instances.binary`, or a release build of the
-/// workspace's chat-server.
-pub fn prepare_binary(configured: Option<&Path>) -> Result<Binary> {
+/// workspace's chat-server, whose output lines (cargo's progress) go to `show`.
+pub fn prepare_binary(configured: Option<&Path>, show: &dyn Fn(&str)) -> Result<Binary> {
     let path = match configured {
         Some(path) => path.to_owned(),
-        None => build_chat_server()?,
+        None => build_chat_server(show)?,
     };
     let bytes = std::fs::read(&path)
         .with_context(|| format!("cannot read the chat-server binary {}", path.display()))?;
     let architecture = Architecture::of_elf(&bytes)
         .with_context(|| format!("{} cannot run on EC2 Linux", path.display()))?;
     Ok(Binary {
-        sha256: format!("{:x}", Sha256::digest(&bytes)),
+        sha256: sha256_hex(&bytes),
         path,
         architecture,
     })
 }
 
-fn build_chat_server() -> Result<PathBuf> {
+/// A cold release build takes minutes: cargo's own lines are shown as they come, so the
+/// user sees it working.
+fn build_chat_server(show: &dyn Fn(&str)) -> Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet", "-p", "chat-server"])
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "chat-server"])
         .current_dir(workspace)
-        .status()
+        .env("CARGO_TERM_COLOR", "never")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("could not run cargo to build chat-server: install Rust, or set instances.binary in stack.yaml")?;
+    let stderr = cargo.stderr.take().context("cargo's stderr")?;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        show(&format!("cargo: {}", line.trim()));
+    }
+    let status = cargo.wait().context("waiting for cargo")?;
     if !status.success() {
         bail!(
             "`cargo build --release -p chat-server` failed (see above); fix the build or set instances.binary in stack.yaml"
@@ -396,7 +416,7 @@ mod tests {
     #[test]
     fn this_test_binary_is_a_shippable_elf() {
         let me = std::env::current_exe().unwrap();
-        let binary = prepare_binary(Some(&me)).unwrap();
+        let binary = prepare_binary(Some(&me), &|_| {}).unwrap();
         assert_eq!(binary.sha256.len(), 64);
         assert_eq!(
             binary.architecture.ec2_name(),

@@ -34,9 +34,9 @@ use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, put};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::artifact::sha256_hex;
 use crate::aws::Call;
 use crate::names::REDIS_ENDPOINT_TAG;
 
@@ -45,6 +45,49 @@ const SERVICE_MANAGER: &str = include_str!("../scripts/local-service-manager.sh"
 /// How long a booted server may take to answer `/healthz` with 200: it connects to Redis
 /// first; a loaded two-core machine is slow.
 pub const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
+
+/// The programs `--local` runs on this machine, each with the Debian package it comes in:
+/// the local redis-server and its certificates, and what the instances' boot script and
+/// `scripts/localstack.sh` call.
+const LOCAL_PROGRAMS: &[(&str, &str)] = &[
+    ("redis-server", "redis-server"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+    ("sha256sum", "coreutils"),
+    ("sh", "dash"),
+    ("bash", "bash"),
+    ("python3", "python3"),
+];
+
+/// Fails, naming what is missing and how to install it, unless every program `--local`
+/// needs is on `PATH`. Called before anything else, so a missing one creates nothing.
+pub fn check_programs() -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let on_path = |program: &str| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
+    };
+    let missing: Vec<(&str, &str)> = LOCAL_PROGRAMS
+        .iter()
+        .copied()
+        .filter(|(program, _)| !on_path(program))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let programs: Vec<&str> = missing.iter().map(|(program, _)| *program).collect();
+    let mut packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+    packages.dedup();
+    bail!(
+        "--local runs on this machine and needs {} which {} not on PATH; nothing was created. \
+         Install with `scripts/prerequisites.sh demo`, or `sudo apt-get install -y {}`",
+        programs.join(", "),
+        if programs.len() == 1 { "is" } else { "are" },
+        packages.join(" ")
+    )
+}
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> Result<u16> {
@@ -124,10 +167,7 @@ async fn issue_token(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let token = format!(
-        "{:x}",
-        Sha256::digest(format!("{}:{nanos}:{}", state.instance_id, tokens.len()))
-    );
+    let token = sha256_hex(format!("{}:{nanos}:{}", state.instance_id, tokens.len()));
     tokens.insert(token.clone());
     (StatusCode::OK, token)
 }

@@ -254,6 +254,69 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
     );
 }
 
+/// `up --local` on a machine without redis-server stops before doing anything: the error
+/// names the missing program and the command that installs it, and LocalStack holds
+/// nothing of the stack afterwards, not even the hosted zone `--local` would create.
+#[tokio::test]
+async fn up_local_without_redis_server_names_what_to_install_and_creates_nothing() {
+    let aws = support::localstack().await;
+    let suffix = support::unique_suffix();
+    let name = format!("p{}", &suffix[suffix.len() - 8..]);
+    let stack = TestStack::new(&name, &format!("{name}.example.test"));
+    // Every program `--local` runs, except redis-server.
+    let path = tempfile::tempdir().unwrap();
+    for program in [
+        "openssl",
+        "curl",
+        "sha256sum",
+        "sh",
+        "bash",
+        "python3",
+        "cargo",
+    ] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+            .unwrap_or_else(|| panic!("{program} not found: run scripts/prerequisites.sh test"));
+        std::os::unix::fs::symlink(found, path.path().join(program)).unwrap();
+    }
+
+    let output = stack
+        .command(&["up", "--local", "--yes"])
+        .env("PATH", path.path())
+        .output()
+        .expect("running up --local");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("needs redis-server which is not on PATH"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was created"), "{stderr}");
+    assert!(
+        stderr.contains("scripts/prerequisites.sh demo")
+            && stderr.contains("apt-get install -y redis-server"),
+        "says how to install it: {stderr}"
+    );
+    assert!(
+        tagged_ec2_resources(&aws, &name).await.is_empty(),
+        "nothing was created"
+    );
+    let zones = aws_sdk_route53::Client::new(&aws)
+        .list_hosted_zones_by_name()
+        .dns_name(&stack.zone)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        zones
+            .hosted_zones()
+            .iter()
+            .all(|zone| zone.name().trim_end_matches('.') != stack.zone),
+        "no hosted zone was created"
+    );
+}
+
 /// Every resource and property of shared/DESIGN.md, as AWS (LocalStack) reports it.
 async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs: &Value) {
     let ec2 = aws_sdk_ec2::Client::new(aws);

@@ -178,6 +178,7 @@ async fn ensure_hosted_zone(stack: &Stack) -> Result<()> {
 /// here touches an AWS account) alongside a local redis-server, then every instance
 /// booted here and healthy. The outputs carry one URL per booted instance.
 pub async fn up(file: &Path, aws: &AwsArgs) -> Result<Outputs> {
+    local::check_programs()?;
     let endpoint = localstack("start").await?.context(
         "scripts/localstack.sh could not start LocalStack (see above; `scripts/localstack.sh logs` has its log)",
     )?;

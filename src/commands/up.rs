@@ -112,11 +112,14 @@ pub(super) async fn preflight(stack: &Stack) -> Result<Preflight> {
         None => "building (cargo build --release -p chat-server)",
     });
     let configured = stack.spec.instances.binary.clone();
+    let shown = progress.clone();
     let binary = binary_step
         .run(
             async {
-                tokio::task::spawn_blocking(move || artifact::prepare_binary(configured.as_deref()))
-                    .await?
+                tokio::task::spawn_blocking(move || {
+                    artifact::prepare_binary(configured.as_deref(), &|line| shown.note(line))
+                })
+                .await?
             },
             |binary| {
                 format!(

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# What this machine needs for the demo (`demo`) or for the tests (`test`), installed from
+# Debian when missing: the one install step that scripts/demo.sh and scripts/test.sh share.
+# As root it installs; with password-less sudo it uses sudo; otherwise it changes nothing
+# and prints the exact command to run.
+#
+#   scripts/prerequisites.sh demo    redis-server, openssl, curl, python3 with venv, musl-tools
+#   scripts/prerequisites.sh test    the same, plus redis-tools, Chromium, chromedriver, shellcheck
+#
+# The Rust toolchain itself comes from rust-toolchain.toml (rustup installs the pinned
+# channel, its components and the musl targets on first use).
+set -euo pipefail
+
+log() { printf 'prerequisites: %s\n' "$*" >&2; }
+
+profile=${1:-}
+# Debian package by the command that shows it is installed.
+declare -A packages=(
+  [redis-server]=redis-server
+  [openssl]=openssl
+  [curl]=curl
+  [python3]=python3
+  [musl-gcc]=musl-tools
+)
+case $profile in
+  demo) ;;
+  test)
+    packages+=(
+      [redis-cli]=redis-tools
+      [chromium]=chromium
+      [chromedriver]=chromium-driver
+      [shellcheck]=shellcheck
+    )
+    ;;
+  *)
+    echo "usage: $0 demo|test" >&2
+    exit 2
+    ;;
+esac
+
+missing=()
+for command in "${!packages[@]}"; do
+  command -v "$command" >/dev/null || missing+=("${packages[$command]}")
+done
+# Debian splits venv (and the pip it bootstraps) out of python3.
+if command -v python3 >/dev/null && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
+if ! command -v cargo >/dev/null; then
+  log "cargo not found: install Rust with rustup (https://rustup.rs); rust-toolchain.toml then picks the version"
+  exit 1
+fi
+if ((${#missing[@]} == 0)); then
+  log "everything the $profile needs is installed"
+  exit 0
+fi
+
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+install=(apt-get install -y --no-install-recommends "${missing[@]}")
+if ((EUID == 0)); then
+  sudo=()
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  sudo=(sudo)
+else
+  log "missing Debian packages: ${missing[*]}"
+  log "nothing was changed; install them with:"
+  printf '\n    sudo apt-get update && sudo %s\n\n' "${install[*]}" >&2
+  exit 1
+fi
+
+started=$SECONDS
+log "installing Debian packages: ${missing[*]}"
+"${sudo[@]}" apt-get update -o Dpkg::Use-Pty=0
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" "${install[@]}" -o Dpkg::Use-Pty=0
+log "installed ${missing[*]} in $((SECONDS - started)) s"
