@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# LocalStack on this machine, without Docker: installed from PyPI into a git-ignored
-# virtualenv with the project's extension (ELBv2 and ElastiCache served by moto),
-# run in host mode bound to loopback only.
+# LocalStack on this machine, without Docker: installed from PyPI into a virtualenv with
+# the project's extension (ELBv2 and ElastiCache served by moto), run in host mode bound to
+# loopback only. The virtualenv lives outside the clone, under
+# ~/.cache/realtime-stack/localstack/<hash of the pins and the extension>, so a fresh
+# clone (CI's) reuses it; a change of either installs a new one beside it.
 #
 #   scripts/localstack.sh start    install on first use, start, wait until healthy, print the endpoint
 #   scripts/localstack.sh stop     stop the LocalStack this script started (and nothing else)
 #   scripts/localstack.sh status   print the endpoint and exit 0 when healthy, exit 3 otherwise
 #   scripts/localstack.sh logs     print LocalStack's log (logs -f follows it)
 #
-# Environment: LOCALSTACK_PORT (default 4566), LOCALSTACK_HOME (default <repo>/.localstack),
+# Environment: LOCALSTACK_PORT (default 4566), LOCALSTACK_HOME (its pid, log and data;
+# default <repo>/.localstack), LOCALSTACK_VENVS (default ~/.cache/realtime-stack/localstack),
 # LOCALSTACK_START_TIMEOUT seconds (default 180).
 set -euo pipefail
 
@@ -16,7 +19,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 home=${LOCALSTACK_HOME:-$repo/.localstack}
 port=${LOCALSTACK_PORT:-4566}
 endpoint="http://127.0.0.1:$port"
-venv=$home/venv
+venvs=${LOCALSTACK_VENVS:-${XDG_CACHE_HOME:-$HOME/.cache}/realtime-stack/localstack}
 pidfile=$home/localstack.pid
 logfile=$home/localstack.log
 extension=$repo/scripts/localstack-extension
@@ -47,28 +50,62 @@ our_pid() {
   echo "$pid"
 }
 
-install_stamp() {
-  { printf '%s\n' "${requirements[@]}"; cat "$extension/pyproject.toml" "$extension"/realtime_stack_localstack/*.py; } |
-    sha256sum | cut -d' ' -f1
+# Runs a command, saying every 10 s that it still runs: pip is silent for long stretches
+# while it unpacks and installs.
+with_heartbeat() {
+  local started=$SECONDS pid status=0
+  "$@" &
+  pid=$!
+  while ! wait_for_exit "$pid" 10; do log "still installing ($((SECONDS - started)) s)"; done
+  wait "$pid" || status=$?
+  return "$status"
 }
 
+# Whether $1 exits within $2 seconds.
+wait_for_exit() {
+  local deadline=$((SECONDS + $2))
+  while kill -0 "$1" 2>/dev/null; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.5
+  done
+}
+
+install_stamp() {
+  { printf '%s\n' "${requirements[@]}"; cat "$extension/pyproject.toml" "$extension"/realtime_stack_localstack/*.py; } |
+    sha256sum | cut -c1-16
+}
+
+# Sets $venv to the virtualenv for the current pins and extension, installing it first
+# when it is not complete. Older ones are removed once the new one is in place.
 install() {
-  local stamp
+  local stamp started
   stamp=$(install_stamp)
-  [[ -f $venv/.installed && $(<"$venv/.installed") == "$stamp" ]] && return 0
-  command -v python3 >/dev/null || die "python3 not found: install Python 3.10 or newer (apt-get install python3 python3-venv)"
+  venv=$venvs/$stamp
+  [[ -f $venv/.installed ]] && return 0
+  command -v python3 >/dev/null || die "python3 not found: run scripts/prerequisites.sh demo (apt-get install python3 python3-venv)"
   python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
     die "LocalStack needs Python 3.10 or newer; python3 is $(python3 --version)"
-  log "installing LocalStack and the project's extension into $venv (a minute or two the first time)"
-  mkdir -p "$home"
-  [[ -x $venv/bin/python ]] || python3 -m venv "$venv" ||
-    die "could not create a virtualenv: install python3-venv (apt-get install python3-venv)"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${requirements[@]}" ||
+  started=$SECONDS
+  log "installing LocalStack ${requirements[0]#*==} and the project's extension into $venv"
+  log "(first time only: about 3 to 5 minutes; pip's progress follows)"
+  rm -rf "$venv"
+  mkdir -p "$venvs"
+  python3 -m venv "$venv" ||
+    die "could not create a virtualenv: run scripts/prerequisites.sh demo (apt-get install python3-venv)"
+  with_heartbeat "$venv/bin/pip" install --disable-pip-version-check --progress-bar off "${requirements[@]}" >&2 ||
     die "pip could not install LocalStack (see the messages above)"
-  # Not editable: the stamp above reinstalls it whenever its sources change.
-  "$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall --no-deps "$extension" ||
+  # Not editable: the stamp above makes a new virtualenv whenever its sources change.
+  "$venv/bin/pip" install --disable-pip-version-check --progress-bar off --no-deps "$extension" >&2 ||
     die "pip could not install the project's LocalStack extension from $extension"
-  echo "$stamp" >"$venv/.installed"
+  touch "$venv/.installed"
+  log "installed in $((SECONDS - started)) s"
+  local old
+  for old in "$venvs"/*/; do
+    old=${old%/}
+    [[ $old == "$venv" ]] && continue
+    # One that a running LocalStack (another clone's) still uses stays.
+    grep -qsF "$old/" /proc/[0-9]*/cmdline || rm -rf "$old"
+  done
 }
 
 start() {
@@ -87,7 +124,7 @@ start() {
   fi
   install
   mkdir -p "$home/volume"
-  log "starting on $endpoint (log: $logfile)"
+  log "starting on $endpoint (log: $logfile); about 10 to 30 seconds"
   # hypercorn binds only the given host; the default gateway server binds every interface.
   # DNS_ADDRESS=0: no DNS server; SKIP_SSL_CERT_DOWNLOAD and DISABLE_EVENTS: no outside calls.
   GATEWAY_SERVER=hypercorn \
@@ -98,7 +135,7 @@ start() {
     LOCALSTACK_VOLUME_DIR="$home/volume" \
     nohup "$venv/bin/python" -m localstack.runtime.main >"$logfile" 2>&1 </dev/null &
   echo $! >"$pidfile"
-  local deadline=$((SECONDS + ${LOCALSTACK_START_TIMEOUT:-180}))
+  local started=$SECONDS deadline=$((SECONDS + ${LOCALSTACK_START_TIMEOUT:-180}))
   until healthy; do
     if ! our_pid >/dev/null; then
       tail -n 30 "$logfile" >&2 || true
@@ -106,8 +143,9 @@ start() {
     fi
     ((SECONDS < deadline)) || die "LocalStack did not become healthy within ${LOCALSTACK_START_TIMEOUT:-180} s (log: $logfile)"
     sleep 1
+    if (((SECONDS - started) % 5 == 0)); then log "still starting ($((SECONDS - started)) s)"; fi
   done
-  log "ready (pid $(<"$pidfile"))"
+  log "ready in $((SECONDS - started)) s (pid $(<"$pidfile"))"
   echo "$endpoint"
 }
 
