@@ -1,15 +1,14 @@
 //! The artifact: the chat-server binary the instances run. Owns building it (unless the
 //! stack names a prebuilt one), checking it suits the instance type's architecture, the
-//! stack's private, encrypted S3 bucket, the upload (once per content hash) and the
-//! presigned URL the instances download it by.
+//! stack's private, encrypted S3 bucket, the upload (once per content hash), and the
+//! bucket policy that lets instances download it with no credentials at all: only
+//! through the stack's own S3 gateway endpoint, and only over TLS.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CreateBucketConfiguration, PublicAccessBlockConfiguration,
@@ -21,10 +20,6 @@ use sha2::{Digest, Sha256};
 use crate::aws::{Call, delete_outcome};
 use crate::engine::{Deletable, DeleteError, DeleteFuture};
 use crate::stack::Stack;
-
-/// How long the download link in the instances' user-data stays valid. Instances boot
-/// within minutes of `up`; a replacement launched later by another `up` gets a new link.
-const DOWNLOAD_LINK_LIFETIME: Duration = Duration::from_secs(6 * 3600);
 
 /// A binary on this machine, ready to ship.
 #[derive(Debug, Clone)]
@@ -128,12 +123,10 @@ pub struct Artifact {
     pub bucket: String,
     pub key: String,
     pub sha256: String,
-    /// A time-limited GET link: instances need no IAM role to fetch it.
-    pub url: String,
 }
 
-/// Ensures the stack's bucket exists, private and encrypted, holds `binary` under a key
-/// containing its SHA-256, and returns a download link to it.
+/// Ensures the stack's bucket exists, private and encrypted, and holds `binary` under a
+/// key containing its SHA-256.
 pub async fn ensure(stack: &Stack, account: &str, binary: &Binary) -> Result<Artifact> {
     let bucket = stack.names.bucket(account, &stack.region);
     let step = stack.progress.step(format!("bucket {bucket}"));
@@ -143,16 +136,81 @@ pub async fn ensure(stack: &Stack, account: &str, binary: &Binary) -> Result<Art
     let step = stack
         .progress
         .step(format!("artifact chat-server {}", &binary.sha256[..12]));
-    step.run(upload_once(stack, &bucket, &key, binary), |url| {
-        format!("s3://{bucket}/{key} ({} chars of link)", url.len())
+    step.run(upload_once(stack, &bucket, &key, binary), |_| {
+        format!("s3://{bucket}/{key}")
+    })
+    .await?;
+    Ok(Artifact {
+        bucket,
+        key,
+        sha256: binary.sha256.clone(),
+    })
+}
+
+/// The bucket policy: anyone may `GetObject` the artifacts, but only through the stack's
+/// S3 gateway endpoint (`aws:SourceVpce`), so only the stack's instances can, with no
+/// credentials; and nothing at all reaches the bucket without TLS. A policy pinned to a
+/// VPC endpoint does not count as public, so Block Public Access stays on
+/// (<https://docs.aws.amazon.com/AmazonS3/latest/userguide/access-control-block-public-access.html#access-control-block-public-access-policy-status>).
+pub fn bucket_policy(bucket: &str, endpoint_id: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "InstancesReadArtifactsThroughTheStackEndpoint",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": format!("arn:aws:s3:::{bucket}/chat-server/*"),
+                "Condition": {"StringEquals": {"aws:SourceVpce": endpoint_id}}
+            },
+            {
+                "Sid": "TlsOnly",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}}
+            }
+        ]
+    })
+}
+
+/// Puts [`bucket_policy`] on the artifact's bucket unless it is there already.
+pub async fn ensure_access(stack: &Stack, artifact: &Artifact, endpoint_id: &str) -> Result<()> {
+    let bucket = &artifact.bucket;
+    let step = stack.progress.step(format!("bucket policy {bucket}"));
+    let work = async {
+        let s3 = &stack.clients.s3;
+        let wanted = bucket_policy(bucket, endpoint_id);
+        let current = match s3.get_bucket_policy().bucket(bucket).send().await {
+            Ok(out) => out
+                .policy
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok()),
+            Err(err) if crate::aws::error_code(&err) == Some("NoSuchBucketPolicy") => None,
+            Err(err) => {
+                return Err(crate::aws::explain(
+                    &format!("GetBucketPolicy {bucket}"),
+                    err,
+                ));
+            }
+        };
+        if current.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        step.set("writing");
+        s3.put_bucket_policy()
+            .bucket(bucket)
+            .policy(wanted.to_string())
+            .send()
+            .await
+            .call(format!("PutBucketPolicy {bucket}"))?;
+        Ok(())
+    };
+    step.run(work, |_| {
+        format!("GetObject only through {endpoint_id}, TLS only")
     })
     .await
-    .map(|url| Artifact {
-        bucket: bucket.clone(),
-        key: key.clone(),
-        sha256: binary.sha256.clone(),
-        url,
-    })
 }
 
 async fn ensure_bucket(stack: &Stack, bucket: &str) -> Result<()> {
@@ -295,7 +353,7 @@ async fn ensure_tagged(stack: &Stack, bucket: &str) -> Result<()> {
     Ok(())
 }
 
-async fn upload_once(stack: &Stack, bucket: &str, key: &str, binary: &Binary) -> Result<String> {
+async fn upload_once(stack: &Stack, bucket: &str, key: &str, binary: &Binary) -> Result<()> {
     let s3 = &stack.clients.s3;
     if s3
         .head_object()
@@ -303,28 +361,22 @@ async fn upload_once(stack: &Stack, bucket: &str, key: &str, binary: &Binary) ->
         .key(key)
         .send()
         .await
-        .is_err()
+        .is_ok()
     {
-        let body = ByteStream::from_path(&binary.path)
-            .await
-            .with_context(|| format!("cannot read {}", binary.path.display()))?;
-        s3.put_object()
-            .bucket(bucket)
-            .key(key)
-            .body(body)
-            .server_side_encryption(ServerSideEncryption::Aes256)
-            .send()
-            .await
-            .call(format!("PutObject s3://{bucket}/{key}"))?;
+        return Ok(());
     }
-    let presigned = s3
-        .get_object()
+    let body = ByteStream::from_path(&binary.path)
+        .await
+        .with_context(|| format!("cannot read {}", binary.path.display()))?;
+    s3.put_object()
         .bucket(bucket)
         .key(key)
-        .presigned(PresigningConfig::expires_in(DOWNLOAD_LINK_LIFETIME).context("link lifetime")?)
+        .body(body)
+        .server_side_encryption(ServerSideEncryption::Aes256)
+        .send()
         .await
-        .with_context(|| format!("presigning a download link for s3://{bucket}/{key}"))?;
-    Ok(presigned.uri().to_owned())
+        .call(format!("PutObject s3://{bucket}/{key}"))?;
+    Ok(())
 }
 
 /// The stack's bucket, if it exists, with everything in it.

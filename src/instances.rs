@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure as check};
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, Instance,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
@@ -20,21 +20,31 @@ use crate::network::Network;
 use crate::stack::Stack;
 
 const USER_DATA_TEMPLATE: &str = include_str!("../scripts/user-data.sh");
+const BOOT_PROGRAM_TEMPLATE: &str = include_str!("../scripts/instance-boot.sh");
+/// The heredoc delimiter the user-data wraps the boot program in.
+const BOOT_PROGRAM_END: &str = "REALTIME_STACK_BOOT_PROGRAM";
+/// EC2 refuses user-data over 16 KiB (before base64).
+const USER_DATA_LIMIT: usize = 16 * 1024;
 
 /// What an instance's user-data is made of.
 pub struct Boot<'a> {
     pub artifact: &'a Artifact,
+    pub region: &'a str,
     pub app_port: u16,
     pub drain_seconds: u32,
     pub redis_tls: bool,
 }
 
 impl Boot<'_> {
-    /// The boot script with this stack's values in place. Values go inside single quotes
-    /// in the script, so none may contain one.
+    /// The user-data with this stack's values in place: it installs the boot service,
+    /// whose program carries the values. Values go inside single quotes in the program,
+    /// so none may contain one. Nothing in it is secret or expires: the binary is fetched
+    /// without credentials, through the stack's S3 gateway endpoint.
     pub fn render(&self) -> Result<String> {
         let values = [
-            ("@BINARY_URL@", self.artifact.url.clone()),
+            ("@BUCKET@", self.artifact.bucket.clone()),
+            ("@KEY@", self.artifact.key.clone()),
+            ("@REGION@", self.region.to_owned()),
             ("@BINARY_SHA256@", self.artifact.sha256.clone()),
             ("@APP_PORT@", self.app_port.to_string()),
             ("@DRAIN_SECONDS@", self.drain_seconds.to_string()),
@@ -44,13 +54,23 @@ impl Boot<'_> {
             ),
             ("@REDIS_TAG@", REDIS_ENDPOINT_TAG.to_owned()),
         ];
-        let mut script = USER_DATA_TEMPLATE.to_owned();
+        let mut program = BOOT_PROGRAM_TEMPLATE.to_owned();
         for (placeholder, value) in values {
             if value.contains('\'') {
                 bail!("cannot put {value:?} into the user-data: it contains a single quote");
             }
-            script = script.replace(placeholder, &value);
+            program = program.replace(placeholder, &value);
         }
+        let script = USER_DATA_TEMPLATE.replace("@BOOT_PROGRAM@", program.trim_end());
+        check!(
+            !program.lines().any(|line| line == BOOT_PROGRAM_END),
+            "the boot program contains its own heredoc delimiter {BOOT_PROGRAM_END}"
+        );
+        check!(
+            script.len() <= USER_DATA_LIMIT,
+            "the user-data is {} bytes; EC2 accepts at most {USER_DATA_LIMIT}",
+            script.len()
+        );
         Ok(script)
     }
 }
@@ -485,44 +505,59 @@ mod tests {
 
     fn artifact() -> Artifact {
         Artifact {
-            bucket: "chat-artifacts".into(),
+            bucket: "chat-artifacts-123456789012-us-east-1".into(),
             key: "chat-server/abc".into(),
             sha256: "ab".repeat(32),
-            url: "https://s3.example/chat-server/abc?X-Amz-Signature=1&X-Amz-Expires=21600".into(),
         }
     }
 
-    #[test]
-    fn user_data_carries_the_link_the_hash_the_port_and_the_redis_scheme() {
-        let artifact = artifact();
-        let script = Boot {
-            artifact: &artifact,
+    fn boot(artifact: &Artifact) -> Boot<'_> {
+        Boot {
+            artifact,
+            region: "us-east-1",
             app_port: 8080,
             drain_seconds: 30,
             redis_tls: true,
         }
-        .render()
-        .unwrap();
+    }
+
+    #[test]
+    fn user_data_installs_the_boot_service_with_the_stacks_values_and_no_secret() {
+        let artifact = artifact();
+        let script = boot(&artifact).render().unwrap();
         assert!(script.starts_with("#!/bin/sh\n"));
-        assert!(script.contains(&format!("BINARY_URL='{}'", artifact.url)));
+        assert!(script.contains("realtime-stack-boot.service"));
+        assert!(script.contains(&format!("BUCKET='{}'", artifact.bucket)));
+        assert!(script.contains("KEY='chat-server/abc'"));
+        assert!(script.contains("REGION='us-east-1'"));
         assert!(script.contains(&format!("BINARY_SHA256='{}'", artifact.sha256)));
         assert!(script.contains("APP_PORT='8080'"));
         assert!(script.contains("REDIS_SCHEME='rediss'"));
         assert!(script.contains(&format!("REDIS_TAG='{REDIS_ENDPOINT_TAG}'")));
-        assert!(!script.contains("='@"), "every placeholder is filled");
+        assert!(
+            !script.contains("='@") && !script.contains("@BOOT_PROGRAM@"),
+            "every placeholder is filled"
+        );
+        // Nothing that expires or that an attacker reading the user-data could use.
+        for secret in ["X-Amz-", "Signature", "Credential", "Security-Token"] {
+            assert!(!script.contains(secret), "user-data contains {secret:?}");
+        }
+        assert!(script.len() <= USER_DATA_LIMIT);
+    }
+
+    #[test]
+    fn the_rendered_user_data_is_the_same_every_time() {
+        let artifact = artifact();
+        assert_eq!(
+            boot(&artifact).render().unwrap(),
+            boot(&artifact).render().unwrap()
+        );
     }
 
     #[test]
     fn a_value_with_a_quote_cannot_break_out_of_the_script() {
         let mut artifact = artifact();
-        artifact.url.push_str("';reboot;'");
-        let rendered = Boot {
-            artifact: &artifact,
-            app_port: 8080,
-            drain_seconds: 30,
-            redis_tls: false,
-        }
-        .render();
-        assert!(rendered.is_err());
+        artifact.key.push_str("';reboot;'");
+        assert!(boot(&artifact).render().is_err());
     }
 }

@@ -945,6 +945,7 @@ mod tests {
             public_subnets: ["subnet-pa".into(), "subnet-pb".into()],
             private_subnets: ["subnet-qa".into(), "subnet-qb".into()],
             private_route_table: "rtb-1".into(),
+            s3_endpoint: "vpce-1".into(),
             alb_security_group: "sg-alb".into(),
             instance_security_group: "sg-instances".into(),
             redis_security_group: "sg-redis".into(),

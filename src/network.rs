@@ -31,6 +31,8 @@ pub struct Network {
     pub public_subnets: [String; 2],
     pub private_subnets: [String; 2],
     pub private_route_table: String,
+    /// The S3 gateway endpoint the instances fetch the binary through.
+    pub s3_endpoint: String,
     pub alb_security_group: String,
     pub instance_security_group: String,
     pub redis_security_group: String,
@@ -44,7 +46,9 @@ const REDIS_SG: &str = "redis-sg";
 const REDIS_PORT: i32 = 6379;
 
 /// Finds, creates or fixes the whole network; a second run makes no mutating call.
-pub async fn ensure(stack: &Stack) -> Result<Network> {
+/// `bucket` is the stack's artifact bucket, the one the S3 endpoint admits besides the
+/// package repositories.
+pub async fn ensure(stack: &Stack, bucket: &str) -> Result<Network> {
     let (zones, vpc_id) = try_join!(zones(stack), ensure_vpc(stack))?;
     let vpc = vpc_id.as_str();
 
@@ -61,14 +65,14 @@ pub async fn ensure(stack: &Stack) -> Result<Network> {
         let private = [subnets[2].0.clone(), subnets[3].0.clone()];
         let private_routing = async {
             let table = ensure_route_table(stack, vpc, "private-rt", &private, None).await?;
-            ensure_s3_endpoint(stack, vpc, &table).await?;
-            Ok::<_, anyhow::Error>(table)
+            let endpoint = ensure_s3_endpoint(stack, vpc, &table, bucket).await?;
+            Ok::<_, anyhow::Error>((table, endpoint))
         };
-        let (_, private_table) = try_join!(
+        let (_, (private_table, s3_endpoint)) = try_join!(
             ensure_route_table(stack, vpc, "public-rt", &public, Some(&igw)),
             private_routing
         )?;
-        Ok::<_, anyhow::Error>((zones, public, private, private_table))
+        Ok::<_, anyhow::Error>((zones, public, private, private_table, s3_endpoint))
     };
     let groups = async {
         // Each group's rules reference the one before it, hence the chain.
@@ -78,8 +82,10 @@ pub async fn ensure(stack: &Stack) -> Result<Network> {
         let redis = ensure_security_group(stack, vpc, REDIS_SG, redis_ingress(&instances)).await?;
         Ok::<_, anyhow::Error>((alb, instances, redis))
     };
-    let ((zones, public_subnets, private_subnets, private_route_table), (alb, instances, redis)) =
-        try_join!(routing, groups)?;
+    let (
+        (zones, public_subnets, private_subnets, private_route_table, s3_endpoint),
+        (alb, instances, redis),
+    ) = try_join!(routing, groups)?;
 
     Ok(Network {
         vpc_id,
@@ -87,6 +93,7 @@ pub async fn ensure(stack: &Stack) -> Result<Network> {
         public_subnets,
         private_subnets,
         private_route_table,
+        s3_endpoint,
         alb_security_group: alb,
         instance_security_group: instances,
         redis_security_group: redis,
@@ -536,11 +543,43 @@ fn endpoint_gone(state: Option<&State>) -> bool {
     })
 }
 
-/// The S3 gateway endpoint on the private route table only.
-async fn ensure_s3_endpoint(stack: &Stack, vpc_id: &str, route_table: &str) -> Result<String> {
+/// What the instances may read through the S3 gateway endpoint: the stack's artifact
+/// bucket, and the Amazon Linux 2023 package repositories so that `dnf` keeps working
+/// (<https://docs.aws.amazon.com/linux/al2023/ug/managing-repos-os-updates.html>).
+/// Nothing else in S3 is reachable from the private subnets.
+pub fn endpoint_policy(bucket: &str, region: &str) -> serde_json::Value {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "StackArtifacts",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": format!("arn:aws:s3:::{bucket}/*")
+            },
+            {
+                "Sid": "AmazonLinuxRepositories",
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "s3:GetObject",
+                "Resource": format!("arn:aws:s3:::al2023-repos-{region}-de612dc2/*")
+            }
+        ]
+    })
+}
+
+/// The S3 gateway endpoint on the private route table only, with [`endpoint_policy`].
+async fn ensure_s3_endpoint(
+    stack: &Stack,
+    vpc_id: &str,
+    route_table: &str,
+    bucket: &str,
+) -> Result<String> {
     let ec2 = &stack.clients.ec2;
     let name = stack.names.name("s3-endpoint");
     let service = format!("com.amazonaws.{}.s3", stack.region);
+    let policy = endpoint_policy(bucket, &stack.region);
     let step = stack.progress.step(format!("s3 endpoint {name}"));
     let work = async {
         let found = ec2
@@ -568,12 +607,19 @@ async fn ensure_s3_endpoint(stack: &Stack, vpc_id: &str, route_table: &str) -> R
                 .filter(|table| *table != route_table)
                 .cloned()
                 .collect();
-            if add || !remove.is_empty() {
-                step.set("fixing its route tables");
+            // Compared by statements: EC2 hands the document back re-serialized (LocalStack
+            // even drops `Version`), and only the statements grant anything.
+            let policy_drifted = endpoint
+                .policy_document()
+                .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+                .is_none_or(|current| current["Statement"] != policy["Statement"]);
+            if add || !remove.is_empty() || policy_drifted {
+                step.set("fixing its route tables and policy");
                 ec2.modify_vpc_endpoint()
                     .vpc_endpoint_id(&id)
                     .set_add_route_table_ids(add.then(|| vec![route_table.to_owned()]))
                     .set_remove_route_table_ids((!remove.is_empty()).then_some(remove))
+                    .set_policy_document(policy_drifted.then(|| policy.to_string()))
                     .send()
                     .await
                     .call(format!("ModifyVpcEndpoint {id}"))?;
@@ -587,6 +633,7 @@ async fn ensure_s3_endpoint(stack: &Stack, vpc_id: &str, route_table: &str) -> R
             .vpc_endpoint_type(VpcEndpointType::Gateway)
             .service_name(&service)
             .route_table_ids(route_table)
+            .policy_document(policy.to_string())
             .tag_specifications(ec2_tags(
                 &stack.names,
                 "s3-endpoint",
@@ -1162,6 +1209,8 @@ mod tests {
     use crate::names::ROLE_TAG;
     use crate::stack::testing;
 
+    const BUCKET: &str = "chat-artifacts-1-us-east-1";
+
     /// The role a describe call asks for, from its `tag:<role tag>` filter.
     fn role(filters: &[Filter]) -> String {
         filters
@@ -1283,6 +1332,7 @@ mod tests {
                             .vpc_endpoint_id("vpce-1")
                             .state(State::Available)
                             .route_table_ids("rtb-private-rt")
+                            .policy_document(endpoint_policy(BUCKET, "us-east-1").to_string())
                             .build(),
                     )
                     .build()
@@ -1414,7 +1464,9 @@ mod tests {
             .collect();
         let stack = stack_with(&rules);
 
-        let network = ensure(&stack).await.expect("ensure succeeds after retries");
+        let network = ensure(&stack, BUCKET)
+            .await
+            .expect("ensure succeeds after retries");
 
         assert_eq!(throttled.num_calls(), 3);
         assert_eq!(calls(&changes), Vec::<&str>::new());
@@ -1426,6 +1478,7 @@ mod tests {
                 public_subnets: ["subnet-public-a".into(), "subnet-public-b".into()],
                 private_subnets: ["subnet-private-a".into(), "subnet-private-b".into()],
                 private_route_table: "rtb-private-rt".into(),
+                s3_endpoint: "vpce-1".into(),
                 alb_security_group: "sg-alb-sg".into(),
                 instance_security_group: "sg-instances-sg".into(),
                 redis_security_group: "sg-redis-sg".into(),
@@ -1442,7 +1495,7 @@ mod tests {
             .chain(changes.iter().map(|(_, rule)| rule))
             .collect();
 
-        ensure(&stack_with(&rules)).await.expect("ensure");
+        ensure(&stack_with(&rules), BUCKET).await.expect("ensure");
 
         assert_eq!(calls(&changes), ["RevokeSecurityGroupIngress"]);
     }

@@ -1,11 +1,12 @@
 //! Instance boot, end to end (DESIGN.md, testing layer 5): after `up` against LocalStack,
 //! each instance's user-data, read back from LocalStack, runs on this machine through
 //! `realtime_stack::local` (the code `up --local` uses) against a loopback IMDSv2 whose
-//! Redis endpoint tag points at a real TLS redis-server. The script downloads the binary
-//! from LocalStack's S3 by its presigned link, checks it and starts a real chat-server;
-//! two such instances carry a message from a client of one to a client of the other.
-//! Then the failures the script must stop on: a tampered binary, and a tag that never
-//! comes. And shellcheck on the scripts.
+//! Redis endpoint tag points at a real TLS redis-server. The user-data installs the boot
+//! service, which downloads the binary from LocalStack's S3 with no credentials, checks
+//! it and starts a real chat-server; two such instances carry a message from a client of
+//! one to a client of the other. Then the failures the boot service keeps retrying
+//! through until they are gone: a tampered binary, and a Redis tag not written yet. And
+//! shellcheck on the scripts.
 
 mod support;
 
@@ -14,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use realtime_stack::local::{self, BootSettings, Booted, LocalRedis};
+use realtime_stack::local::{self, BootSettings, LocalInstance, LocalRedis};
 use serde_json::{Value, json};
 use support::TestStack;
 use tokio_tungstenite::tungstenite::Message;
@@ -28,6 +29,7 @@ fn the_boot_scripts_pass_shellcheck() {
     let output = Command::new("shellcheck")
         .arg("--shell=sh")
         .arg(repo.join("scripts/user-data.sh"))
+        .arg(repo.join("scripts/instance-boot.sh"))
         .arg(repo.join("scripts/local-service-manager.sh"))
         .output()
         .unwrap_or_else(|err| match err.kind() {
@@ -52,12 +54,12 @@ impl Drop for RedisGuard {
     }
 }
 
-/// A booted instance's server, stopped on drop.
-struct ServerGuard(Booted);
+/// A booted instance, its services stopped on drop.
+struct ServerGuard(LocalInstance);
 
 impl Drop for ServerGuard {
     fn drop(&mut self) {
-        let _ = local::stop_server(&self.0.sandbox);
+        let _ = local::stop_services(&self.0.sandbox);
     }
 }
 
@@ -72,20 +74,23 @@ impl Drop for DestroyOnPanic<'_> {
     }
 }
 
-fn settings(redis: &LocalRedis, tag_wait_seconds: u32) -> BootSettings {
+/// Boot settings for the local Redis, with LocalStack's S3 and a one-second cap on the
+/// pause between boot attempts (an hour-long test otherwise).
+fn settings(redis: &LocalRedis) -> BootSettings {
     BootSettings {
         port: local::free_port().unwrap(),
         redis_address: redis.address(),
         redis_ca_file: Some(redis.ca_file()),
-        tag_wait_seconds: Some(tag_wait_seconds),
+        s3_endpoint: support::endpoint(),
+        max_pause_seconds: Some(1),
     }
 }
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(booted: &Booted) -> (Ws, Value) {
-    let url = format!("ws://127.0.0.1:{}/ws?room=boot", booted.port);
+async fn connect(instance: &LocalInstance) -> (Ws, Value) {
+    let url = format!("ws://127.0.0.1:{}/ws?room=boot", instance.port);
     let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
         .await
         .expect("websocket connect timed out")
@@ -132,28 +137,48 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
     let ec2 = aws_sdk_ec2::Client::new(&aws);
     let sandbox = |label: &str| -> PathBuf { work.path().join(label) };
 
+    // The user-data carries nothing secret: no signed link, no credentials. The binary
+    // is fetched by its plain S3 address, which only the stack's endpoint may use.
+    let user_data = local::user_data(&ec2, &ids[0]).await.unwrap();
+    for secret in [
+        "X-Amz-",
+        "Signature",
+        "Credential",
+        "Security-Token",
+        "AKIA",
+        "ASIA",
+    ] {
+        assert!(!user_data.contains(secret), "user-data contains {secret}");
+    }
+
     // Both instances boot from their own user-data and serve.
     let mut servers = Vec::new();
     for (index, id) in ids.iter().enumerate() {
-        let booted = local::boot(
-            &ec2,
-            id,
-            &sandbox(&format!("instance-{index}")),
-            &settings(&redis.0, 60),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("{err:#}"));
-        let console = booted.console();
-        assert!(
-            console.contains("binary verified and installed"),
-            "{console}"
+        let instance = ServerGuard(
+            LocalInstance::boot(
+                &ec2,
+                id,
+                &sandbox(&format!("instance-{index}")),
+                &settings(&redis.0),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{err:#}")),
         );
-        let server = ServerGuard(booted);
-        local::wait_healthy(&server.0, local::HEALTHY_WITHIN)
+        instance
+            .0
+            .wait_healthy(local::HEALTHY_WITHIN)
             .await
             .unwrap_or_else(|err| panic!("{err:#}"));
+        let console = instance.0.console();
+        for line in [
+            "installing the realtime-stack-boot service",
+            "binary verified and installed",
+            "chat-server started (attempt 1)",
+        ] {
+            assert!(console.contains(line), "{line:?} missing from:\n{console}");
+        }
         let env = std::fs::read_to_string(
-            server
+            instance
                 .0
                 .sandbox
                 .join("root/etc/realtime-stack/chat-server.env"),
@@ -164,7 +189,7 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
             "{env}"
         );
         assert!(env.contains(&format!("CHAT_INSTANCE_ID={id}")), "{env}");
-        servers.push(server);
+        servers.push(instance);
     }
 
     // A message sent through instance 0 reaches a client of instance 1, through Redis.
@@ -186,63 +211,111 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
     drop((sender, receiver));
     drop(servers);
 
-    // A binary that is not the one `up` uploaded is refused, and nothing is started.
+    // A binary that is not the one `up` uploaded is refused, attempt after attempt, and
+    // nothing is started; once the right one is back, the same boot service starts it.
     let artifact = outputs["artifact"].as_str().expect("artifact");
     let (bucket, key) = artifact
         .strip_prefix("s3://")
         .and_then(|rest| rest.split_once('/'))
         .expect("s3://bucket/key");
-    aws_sdk_s3::Client::from_conf(
+    let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&aws)
             .force_path_style(true)
             .build(),
-    )
-    .put_object()
-    .bucket(bucket)
-    .key(key)
-    .body(b"#!/bin/sh\necho not the chat-server\n".to_vec().into())
-    .send()
-    .await
-    .expect("overwriting the artifact");
-    let tampered = sandbox("tampered");
-    let err = local::boot(&ec2, &ids[0], &tampered, &settings(&redis.0, 60))
+    );
+    let put = |body: Vec<u8>| {
+        s3.put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(body.into())
+            .send()
+    };
+    put(b"#!/bin/sh\necho not the chat-server\n".to_vec())
         .await
-        .expect_err("a tampered binary must stop the boot");
-    let message = format!("{err:#}");
-    assert!(
-        message.contains("refusing to run it") && message.contains("expected"),
-        "{message}"
+        .expect("overwriting the artifact");
+    let tampered = ServerGuard(
+        LocalInstance::boot(&ec2, &ids[0], &sandbox("tampered"), &settings(&redis.0))
+            .await
+            .unwrap_or_else(|err| panic!("{err:#}")),
     );
+    wait_for_console(
+        &tampered.0,
+        "attempt 2 failed: the downloaded binary has SHA-256",
+    )
+    .await;
+    let console = tampered.0.console();
+    assert!(console.contains("refusing to run it"), "{console}");
+    let root = tampered.0.sandbox.join("root");
+    assert!(!root.join("opt/realtime-stack/chat-server").exists());
     assert!(
-        !tampered
-            .join("root/opt/realtime-stack/chat-server")
-            .exists()
+        local::server_pid(&tampered.0.sandbox).is_none(),
+        "no server started"
     );
-    assert!(!tampered.join("root/run/chat-server.pid").exists());
-    assert!(local::server_pid(&tampered).is_none(), "no server started");
+    put(std::fs::read(support::chat_server_binary()).unwrap())
+        .await
+        .expect("restoring the artifact");
+    tampered
+        .0
+        .wait_healthy(local::HEALTHY_WITHIN)
+        .await
+        .unwrap_or_else(|err| panic!("the boot did not heal: {err:#}"));
+    drop(tampered);
 
-    // An instance whose Redis tag never comes gives up after the bound, and says why.
-    aws_sdk_ec2::Client::new(&aws)
-        .delete_tags()
+    // An instance whose Redis tag is not there yet keeps waiting for it, saying so at
+    // every attempt, and boots as soon as `up` writes it.
+    let tag = |value: Option<&str>| {
+        aws_sdk_ec2::types::Tag::builder()
+            .key(REDIS_TAG)
+            .set_value(value.map(str::to_owned))
+            .build()
+    };
+    let endpoint = outputs["redis_endpoint"].as_str().expect("redis_endpoint");
+    ec2.delete_tags()
         .resources(&ids[1])
-        .tags(aws_sdk_ec2::types::Tag::builder().key(REDIS_TAG).build())
+        .tags(tag(None))
         .send()
         .await
         .expect("DeleteTags");
-    let untagged = sandbox("untagged");
-    let err = local::boot(&ec2, &ids[1], &untagged, &settings(&redis.0, 2))
-        .await
-        .expect_err("no tag, no boot");
-    let message = format!("{err:#}");
-    assert!(
-        message.contains(&format!("no {REDIS_TAG} tag after")),
-        "{message}"
+    let untagged = ServerGuard(
+        LocalInstance::boot(&ec2, &ids[1], &sandbox("untagged"), &settings(&redis.0))
+            .await
+            .unwrap_or_else(|err| panic!("{err:#}")),
     );
-    assert!(local::server_pid(&untagged).is_none());
+    wait_for_console(
+        &untagged.0,
+        &format!("attempt 2 failed: no {REDIS_TAG} tag yet"),
+    )
+    .await;
+    assert!(local::server_pid(&untagged.0.sandbox).is_none());
+    ec2.create_tags()
+        .resources(&ids[1])
+        .tags(tag(Some(endpoint)))
+        .send()
+        .await
+        .expect("CreateTags");
+    untagged
+        .0
+        .wait_healthy(local::HEALTHY_WITHIN)
+        .await
+        .unwrap_or_else(|err| panic!("the boot did not go on once tagged: {err:#}"));
+    drop(untagged);
 
     drop(redis);
     stack.run(&["destroy", "--yes"]);
     drop(destroy_on_panic);
+}
+
+/// Polls the console of `instance` until it shows `line`.
+async fn wait_for_console(instance: &LocalInstance, line: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !instance.console().contains(line) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{line:?} did not show on the console within {WAIT:?}:\n{}",
+            instance.console()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `destroy --local` when the test fails half-way.

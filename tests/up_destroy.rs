@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aws_config::SdkConfig;
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_elasticloadbalancingv2::types::{ActionTypeEnum, ProtocolEnum};
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::TestStack;
 
 const STACK_TAG: &str = "realtime-stack:stack";
@@ -459,6 +459,81 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
             .any(|id| Some(id.as_str()) == private_table.route_table_id()),
         "the S3 endpoint is on the private route table"
     );
+    // The endpoint admits only the stack's bucket and the Amazon Linux repositories; the
+    // bucket admits GetObject only through that endpoint, and nothing without TLS.
+    let artifact = outputs["artifact"].as_str().expect("artifact");
+    let (bucket, _) = artifact
+        .strip_prefix("s3://")
+        .and_then(|rest| rest.split_once('/'))
+        .expect("s3://bucket/key");
+    let endpoint_policy: Value =
+        serde_json::from_str(s3_endpoint.policy_document().expect("endpoint policy")).unwrap();
+    let resources: Vec<&str> = endpoint_policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|statement| {
+            assert_eq!(statement["Effect"], "Allow");
+            assert_eq!(statement["Action"], "s3:GetObject");
+            statement["Resource"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            format!("arn:aws:s3:::{bucket}/*"),
+            "arn:aws:s3:::al2023-repos-us-east-1-de612dc2/*".to_owned()
+        ]
+    );
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(aws)
+            .force_path_style(true)
+            .build(),
+    );
+    let policy: Value = serde_json::from_str(
+        &s3.get_bucket_policy()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("GetBucketPolicy")
+            .policy
+            .expect("a bucket policy"),
+    )
+    .unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    assert_eq!(statements.len(), 2, "{policy}");
+    let allow = &statements[0];
+    assert_eq!(
+        (&allow["Effect"], &allow["Principal"], &allow["Action"]),
+        (&json!("Allow"), &json!("*"), &json!("s3:GetObject"))
+    );
+    assert_eq!(
+        allow["Resource"],
+        format!("arn:aws:s3:::{bucket}/chat-server/*")
+    );
+    assert_eq!(
+        allow["Condition"],
+        json!({"StringEquals": {"aws:SourceVpce": s3_endpoint.vpc_endpoint_id().unwrap()}})
+    );
+    let tls_only = &statements[1];
+    assert_eq!(
+        (&tls_only["Effect"], &tls_only["Action"]),
+        (&json!("Deny"), &json!("s3:*"))
+    );
+    assert_eq!(
+        tls_only["Condition"],
+        json!({"Bool": {"aws:SecureTransport": "false"}})
+    );
+    let public_access = s3
+        .get_public_access_block()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("GetPublicAccessBlock")
+        .public_access_block_configuration
+        .expect("public access block");
+    assert_eq!(public_access.block_public_policy(), Some(true));
+    assert_eq!(public_access.restrict_public_buckets(), Some(true));
 
     // Security groups: 80/443 from the allowed CIDRs to the load balancer only, the app
     // port only from the load balancer's group, Redis only from the instances' group,

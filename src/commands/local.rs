@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::up::{self, Outputs};
 use crate::aws::{AwsArgs, Call, Clients};
 use crate::engine::{Pace, Progress};
-use crate::local::{self, BootSettings, LocalRedis};
+use crate::local::{self, BootSettings, LocalInstance, LocalRedis};
 use crate::names::Names;
 use crate::spec::StackSpec;
 use crate::stack::Stack;
@@ -190,7 +190,8 @@ pub async fn up(file: &Path, aws: &AwsArgs) -> Result<Outputs> {
         up::converge(&stack, &preflight),
         ensure_redis(&stack, &state_dir)
     )?;
-    outputs.local_urls = boot_instances(&stack, &state_dir, &redis, &outputs.instance_ids).await?;
+    outputs.local_urls =
+        boot_instances(&stack, &state_dir, &redis, &endpoint, &outputs.instance_ids).await?;
     Ok(outputs)
 }
 
@@ -227,6 +228,7 @@ async fn boot_instances(
     stack: &Stack,
     state_dir: &StateDir,
     redis: &LocalRedis,
+    endpoint: &str,
     instance_ids: &[String],
 ) -> Result<Vec<String>> {
     let mut state = state_dir.load()?;
@@ -237,7 +239,7 @@ async fn boot_instances(
         .cloned()
         .collect();
     for id in gone {
-        local::stop_server(&state_dir.sandbox(&id))?;
+        local::stop_services(&state_dir.sandbox(&id))?;
         state.instances.remove(&id);
     }
     for id in instance_ids {
@@ -258,7 +260,8 @@ async fn boot_instances(
             port: state.instances[id],
             redis_address: redis.address(),
             redis_ca_file: Some(redis.ca_file()),
-            tag_wait_seconds: None,
+            s3_endpoint: endpoint.to_owned(),
+            max_pause_seconds: None,
         };
         let sandbox = state_dir.sandbox(id);
         async move {
@@ -266,10 +269,11 @@ async fn boot_instances(
             step.set("running its user-data");
             step.run(
                 async {
-                    let booted = local::boot(&stack.clients.ec2, id, &sandbox, &settings).await?;
+                    let instance =
+                        LocalInstance::boot(&stack.clients.ec2, id, &sandbox, &settings).await?;
                     step.set("waiting for /healthz");
-                    local::wait_healthy(&booted, local::HEALTHY_WITHIN).await?;
-                    Ok(booted.url())
+                    instance.wait_healthy(local::HEALTHY_WITHIN).await?;
+                    Ok(instance.url())
                 },
                 |url| url.clone(),
             )
@@ -288,7 +292,7 @@ pub async fn destroy(file: &Path, aws: &AwsArgs) -> Result<()> {
     let progress = Progress::new();
     let state = state_dir.load()?;
     for id in state.instances.keys() {
-        local::stop_server(&state_dir.sandbox(id))?;
+        local::stop_services(&state_dir.sandbox(id))?;
         progress.note(&format!("stopped the chat-server of {id}"));
     }
     if let Some(redis) = state

@@ -160,12 +160,15 @@ pub(super) async fn preflight(stack: &Stack) -> Result<Preflight> {
 /// soon as the network exists and overlaps with the certificate, the load balancer and
 /// the instances, which boot while Redis is still being created.
 pub(super) async fn converge(stack: &Stack, preflight: &Preflight) -> Result<Outputs> {
+    let bucket = stack.names.bucket(&preflight.account, &stack.region);
     let (network, artifact) = try_join!(
-        network::ensure(stack),
+        network::ensure(stack, &bucket),
         artifact::ensure(stack, &preflight.account, &preflight.binary)
     )?;
+    artifact::ensure_access(stack, &artifact, &network.s3_endpoint).await?;
     let boot = Boot {
         artifact: &artifact,
+        region: &stack.region,
         app_port: stack.spec.instances.app_port,
         drain_seconds: stack.spec.instances.drain_seconds,
         redis_tls: true,
