@@ -1,0 +1,206 @@
+//! The listeners: HTTP:80 answering a redirect to HTTPS, HTTPS:443 with the certificate
+//! and the TLS policy, forwarding to the target group. Untaggable: found through the load
+//! balancer.
+
+use anyhow::{Context, Result};
+use aws_sdk_elasticloadbalancingv2::types::{
+    Action, ActionTypeEnum, Certificate, Listener, ProtocolEnum, RedirectActionConfig,
+    RedirectActionStatusCodeEnum,
+};
+
+use super::{LoadBalancer, SSL_POLICY};
+use crate::aws::Call;
+use crate::engine::Step;
+use crate::stack::Stack;
+
+pub(super) async fn listeners(stack: &Stack, lb_arn: &str) -> Result<Vec<Listener>> {
+    let out = stack
+        .clients
+        .elbv2
+        .describe_listeners()
+        .load_balancer_arn(lb_arn)
+        .send()
+        .await
+        .call(format!("DescribeListeners {lb_arn}"))?;
+    Ok(out.listeners().to_vec())
+}
+
+/// What a listener should be; `ensure_listener` makes it so.
+struct WantedListener {
+    port: i32,
+    protocol: ProtocolEnum,
+    certificate: Option<String>,
+    ssl_policy: Option<&'static str>,
+    action: Action,
+}
+
+impl WantedListener {
+    fn matches(&self, listener: &Listener) -> bool {
+        let certificates: Vec<&str> = listener
+            .certificates()
+            .iter()
+            .filter_map(Certificate::certificate_arn)
+            .collect();
+        // Certificates and policy only mean something on HTTPS (LocalStack reports a
+        // policy on HTTP listeners too).
+        let tls_matches = match self.ssl_policy {
+            Some(policy) => {
+                listener.ssl_policy() == Some(policy)
+                    && certificates == self.certificate.as_deref().into_iter().collect::<Vec<_>>()
+            }
+            None => true,
+        };
+        listener.protocol() == Some(&self.protocol)
+            && tls_matches
+            && matches!(listener.default_actions(), [action] if same_action(action, &self.action))
+    }
+}
+
+/// Whether `current` does what `wanted` does, whichever of the equivalent forms AWS
+/// reports it in (a forward by `target_group_arn` or by `forward_config`, redirect
+/// fields left at their defaults).
+fn same_action(current: &Action, wanted: &Action) -> bool {
+    if current.r#type() != wanted.r#type() {
+        return false;
+    }
+    match wanted.r#type() {
+        Some(ActionTypeEnum::Forward) => {
+            let target = current.target_group_arn().or_else(|| {
+                match current
+                    .forward_config()
+                    .map(|config| config.target_groups())
+                {
+                    Some([only]) => only.target_group_arn(),
+                    _ => None,
+                }
+            });
+            target == wanted.target_group_arn()
+        }
+        Some(ActionTypeEnum::Redirect) => {
+            let (Some(current), Some(wanted)) =
+                (current.redirect_config(), wanted.redirect_config())
+            else {
+                return false;
+            };
+            current.protocol() == wanted.protocol()
+                && current.port() == wanted.port()
+                && current.status_code() == wanted.status_code()
+                && current.host().is_none_or(|host| host == "#{host}")
+                && current.path().is_none_or(|path| path == "/#{path}")
+                && current.query().is_none_or(|query| query == "#{query}")
+        }
+        _ => false,
+    }
+}
+
+async fn ensure_listener(
+    stack: &Stack,
+    lb_arn: &str,
+    wanted: WantedListener,
+    step: &Step,
+) -> Result<String> {
+    let elbv2 = &stack.clients.elbv2;
+    let port = wanted.port;
+    let certificates = wanted
+        .certificate
+        .as_ref()
+        .map(|arn| vec![Certificate::builder().certificate_arn(arn).build()]);
+    let existing = listeners(stack, lb_arn)
+        .await?
+        .into_iter()
+        .find(|listener| listener.port() == Some(port));
+    match existing {
+        Some(listener) => {
+            let arn = listener
+                .listener_arn()
+                .context("listener without an ARN")?
+                .to_owned();
+            if !wanted.matches(&listener) {
+                step.set("fixing its settings");
+                elbv2
+                    .modify_listener()
+                    .listener_arn(&arn)
+                    .port(port)
+                    .protocol(wanted.protocol)
+                    .set_certificates(certificates)
+                    .set_ssl_policy(wanted.ssl_policy.map(str::to_owned))
+                    .default_actions(wanted.action)
+                    .send()
+                    .await
+                    .call(format!("ModifyListener {arn}"))?;
+            }
+            Ok(arn)
+        }
+        None => {
+            step.set("creating");
+            let created = elbv2
+                .create_listener()
+                .load_balancer_arn(lb_arn)
+                .port(port)
+                .protocol(wanted.protocol)
+                .set_certificates(certificates)
+                .set_ssl_policy(wanted.ssl_policy.map(str::to_owned))
+                .default_actions(wanted.action)
+                .send()
+                .await
+                .call(format!("CreateListener {lb_arn} port {port}"))?;
+            Ok(created
+                .listeners()
+                .first()
+                .and_then(Listener::listener_arn)
+                .context("CreateListener returned no listener")?
+                .to_owned())
+        }
+    }
+}
+
+/// HTTP:80 only answers a permanent redirect to the same URL over HTTPS.
+pub(super) async fn ensure_http_listener(stack: &Stack, lb_arn: &str) -> Result<String> {
+    let step = stack.progress.step("listener HTTP:80");
+    let wanted = WantedListener {
+        port: 80,
+        protocol: ProtocolEnum::Http,
+        certificate: None,
+        ssl_policy: None,
+        action: Action::builder()
+            .r#type(ActionTypeEnum::Redirect)
+            .redirect_config(
+                RedirectActionConfig::builder()
+                    .protocol("HTTPS")
+                    .port("443")
+                    .host("#{host}")
+                    .path("/#{path}")
+                    .query("#{query}")
+                    .status_code(RedirectActionStatusCodeEnum::Http301)
+                    .build(),
+            )
+            .build(),
+    };
+    step.run(ensure_listener(stack, lb_arn, wanted, &step), |_| {
+        "301 to HTTPS".to_owned()
+    })
+    .await
+}
+
+/// HTTPS:443 with the certificate and the TLS 1.3 policy, forwarding to the target group.
+pub async fn ensure_https_listener(
+    stack: &Stack,
+    lb: &LoadBalancer,
+    certificate_arn: &str,
+) -> Result<String> {
+    let step = stack.progress.step("listener HTTPS:443");
+    let wanted = WantedListener {
+        port: 443,
+        protocol: ProtocolEnum::Https,
+        certificate: Some(certificate_arn.to_owned()),
+        ssl_policy: Some(SSL_POLICY),
+        action: Action::builder()
+            .r#type(ActionTypeEnum::Forward)
+            .target_group_arn(&lb.target_group_arn)
+            .build(),
+    };
+    step.run(ensure_listener(stack, &lb.arn, wanted, &step), |_| {
+        format!("{SSL_POLICY}, forwarding to the target group")
+    })
+    .await
+}

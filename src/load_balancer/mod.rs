@@ -1,0 +1,341 @@
+//! The Application Load Balancer in front of the instances: the load balancer and its
+//! attributes, the target group with its health check and attributes, the HTTP:80
+//! listener that redirects to HTTPS, the HTTPS:443 listener with the ACM certificate, and
+//! which instances are registered. Load balancer and target group are found by their
+//! derived names and owned only when they carry the stack's tag; listeners, which the
+//! stack does not tag, are found through the load balancer.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure as check};
+use aws_sdk_elasticloadbalancingv2::types::{
+    LoadBalancerSchemeEnum, LoadBalancerStateEnum, LoadBalancerTypeEnum, Tag,
+};
+use futures::try_join;
+
+use crate::aws::{Call, error_code};
+use crate::engine::{Step, wait_for};
+use crate::names::STACK_TAG;
+use crate::network::Network;
+use crate::stack::Stack;
+
+mod listeners;
+mod target_group;
+mod teardown;
+#[cfg(test)]
+mod tests;
+
+use listeners::ensure_http_listener;
+pub use listeners::ensure_https_listener;
+use target_group::ensure_target_group;
+pub use target_group::ensure_targets;
+pub use teardown::deletables;
+use teardown::ours_only;
+
+/// The load balancer as the other modules need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadBalancer {
+    pub arn: String,
+    pub dns_name: String,
+    /// For the Route53 alias record.
+    pub canonical_hosted_zone_id: String,
+    pub target_group_arn: String,
+    pub http_listener_arn: String,
+}
+
+/// TLS 1.3 with TLS 1.2 as the floor: every current browser and WebSocket client speaks
+/// one of them, and the policy leaves out TLS 1.0/1.1 and the CBC ciphers that the
+/// default `ELBSecurityPolicy-2016-08` still allows.
+pub const SSL_POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
+pub(super) const HEALTH_CHECK_PATH: &str = "/healthz";
+pub(super) const HEALTH_CHECK_INTERVAL: i32 = 10;
+pub(super) const HEALTH_CHECK_TIMEOUT: i32 = 5;
+pub(super) const HEALTHY_THRESHOLD: i32 = 2;
+pub(super) const UNHEALTHY_THRESHOLD: i32 = 2;
+
+pub(super) fn tags(stack: &Stack, role: &str) -> Vec<Tag> {
+    stack
+        .names
+        .tags(role)
+        .into_iter()
+        .map(|(key, value)| Tag::builder().key(key).value(value).build())
+        .collect()
+}
+
+/// Whether the resource at `arn` carries this stack's tag.
+pub(super) async fn is_ours(stack: &Stack, arn: &str) -> Result<bool> {
+    let out = stack
+        .clients
+        .elbv2
+        .describe_tags()
+        .resource_arns(arn)
+        .send()
+        .await
+        .call(format!("DescribeTags {arn}"))?;
+    Ok(out
+        .tag_descriptions()
+        .iter()
+        .flat_map(|description| description.tags())
+        .any(|tag| stack.names.is_stack_tag(tag.key(), tag.value())))
+}
+
+/// A resource of the stack's derived name that lacks the stack's tag: `up` stops with
+/// this error rather than adopt it, `destroy` leaves it alone.
+pub(super) fn not_ours(what: &str, name: &str, stack: &Stack) -> anyhow::Error {
+    anyhow::anyhow!(
+        "a {what} named {name} exists but does not carry the tag {STACK_TAG}={}: the name is \
+         taken by something that is not this stack's; rename the stack or delete that {what}",
+        stack.names.stack()
+    )
+}
+
+/// The load balancer of the stack's name, and whether it is the stack's.
+pub(super) async fn find_load_balancer(
+    stack: &Stack,
+) -> Result<Option<(aws_sdk_elasticloadbalancingv2::types::LoadBalancer, bool)>> {
+    let name = stack.names.load_balancer();
+    let out = stack
+        .clients
+        .elbv2
+        .describe_load_balancers()
+        .names(&name)
+        .send()
+        .await;
+    let found = match out {
+        Err(err) if error_code(&err) == Some("LoadBalancerNotFound") => return Ok(None),
+        out => out.call(format!("DescribeLoadBalancers {name}"))?,
+    };
+    let Some(lb) = found.load_balancers().first() else {
+        return Ok(None);
+    };
+    let arn = lb
+        .load_balancer_arn()
+        .context("load balancer without an ARN")?;
+    Ok(Some((lb.clone(), is_ours(stack, arn).await?)))
+}
+
+/// The load balancer with its attributes, the target group with its health check and
+/// attributes, and the HTTP listener; the HTTPS one waits for the certificate
+/// ([`ensure_https_listener`]).
+pub async fn ensure(stack: &Stack, network: &Network) -> Result<LoadBalancer> {
+    let ((arn, dns_name, canonical_hosted_zone_id), target_group_arn) = try_join!(
+        ensure_load_balancer(stack, network),
+        ensure_target_group(stack, network)
+    )?;
+    let http_listener_arn = ensure_http_listener(stack, &arn).await?;
+    Ok(LoadBalancer {
+        arn,
+        dns_name,
+        canonical_hosted_zone_id,
+        target_group_arn,
+        http_listener_arn,
+    })
+}
+
+fn sorted(items: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
+    let mut items: Vec<String> = items.into_iter().map(Into::into).collect();
+    items.sort();
+    items
+}
+
+/// Returns the ARN, DNS name and canonical hosted zone id.
+async fn ensure_load_balancer(
+    stack: &Stack,
+    network: &Network,
+) -> Result<(String, String, String)> {
+    let elbv2 = &stack.clients.elbv2;
+    let name = stack.names.load_balancer();
+    let step = stack.progress.step(format!("load balancer {name}"));
+    let work = async {
+        step.set("looking up");
+        let lb = match find_load_balancer(stack).await? {
+            Some((_, false)) => return Err(not_ours("load balancer", &name, stack)),
+            Some((lb, true)) => {
+                let arn = lb.load_balancer_arn().unwrap_or_default();
+                check!(
+                    lb.scheme() == Some(&LoadBalancerSchemeEnum::InternetFacing)
+                        && lb.vpc_id() == Some(network.vpc_id.as_str()),
+                    "load balancer {name} is internal or in another VPC than the stack's \
+                     ({}): neither can change; run destroy, then up",
+                    network.vpc_id
+                );
+                let subnets = sorted(
+                    lb.availability_zones()
+                        .iter()
+                        .filter_map(|zone| zone.subnet_id()),
+                );
+                if subnets != sorted(network.public_subnets.clone()) {
+                    step.set("moving to the public subnets");
+                    elbv2
+                        .set_subnets()
+                        .load_balancer_arn(arn)
+                        .set_subnets(Some(network.public_subnets.to_vec()))
+                        .send()
+                        .await
+                        .call(format!("SetSubnets {name}"))?;
+                }
+                if sorted(lb.security_groups().to_vec()) != [network.alb_security_group.clone()] {
+                    step.set("fixing its security group");
+                    elbv2
+                        .set_security_groups()
+                        .load_balancer_arn(arn)
+                        .security_groups(&network.alb_security_group)
+                        .send()
+                        .await
+                        .call(format!("SetSecurityGroups {name}"))?;
+                }
+                lb
+            }
+            None => {
+                step.set("creating");
+                let created = elbv2
+                    .create_load_balancer()
+                    .name(&name)
+                    .r#type(LoadBalancerTypeEnum::Application)
+                    .scheme(LoadBalancerSchemeEnum::InternetFacing)
+                    .set_subnets(Some(network.public_subnets.to_vec()))
+                    .security_groups(&network.alb_security_group)
+                    .set_tags(Some(tags(stack, "alb")))
+                    .send()
+                    .await
+                    .call(format!("CreateLoadBalancer {name}"))?;
+                created
+                    .load_balancers()
+                    .first()
+                    .cloned()
+                    .context("CreateLoadBalancer returned no load balancer")?
+            }
+        };
+        let arn = lb
+            .load_balancer_arn()
+            .context("load balancer without an ARN")?
+            .to_owned();
+        if lb.state().and_then(|state| state.code()) != Some(&LoadBalancerStateEnum::Active) {
+            wait_until_active(stack, &step, &arn).await?;
+        }
+        ensure_load_balancer_attributes(stack, &step, &arn).await?;
+        Ok((
+            arn,
+            lb.dns_name().unwrap_or_default().to_owned(),
+            lb.canonical_hosted_zone_id().unwrap_or_default().to_owned(),
+        ))
+    };
+    step.run(work, |(_, dns, _)| dns.clone()).await
+}
+
+async fn wait_until_active(stack: &Stack, step: &Step, arn: &str) -> Result<()> {
+    wait_for(
+        step,
+        stack.pace,
+        "the load balancer to be active",
+        stack.pace.limit(Duration::from_secs(600)),
+        Some((
+            Duration::from_secs(120),
+            "AWS takes a few minutes to provision a load balancer",
+        )),
+        || async {
+            let out = stack
+                .clients
+                .elbv2
+                .describe_load_balancers()
+                .load_balancer_arns(arn)
+                .send()
+                .await
+                .call(format!("DescribeLoadBalancers {arn}"))?;
+            let state = out.load_balancers().first().and_then(|lb| lb.state());
+            match state.and_then(|state| state.code()) {
+                Some(LoadBalancerStateEnum::Active) => Ok(Some(())),
+                Some(LoadBalancerStateEnum::Failed) => bail!(
+                    "load balancer {arn} failed to provision: {}",
+                    state
+                        .and_then(|state| state.reason())
+                        .unwrap_or("no reason given")
+                ),
+                _ => Ok(None),
+            }
+        },
+    )
+    .await
+}
+
+/// The `(key, value)` pairs of `wanted` that `current` lacks or holds another value for.
+pub(super) fn drifted(
+    current: impl IntoIterator<Item = (Option<String>, Option<String>)>,
+    wanted: &[(&str, String)],
+) -> Vec<(String, String)> {
+    let current: Vec<(Option<String>, Option<String>)> = current.into_iter().collect();
+    wanted
+        .iter()
+        .filter(|(key, value)| {
+            !current
+                .iter()
+                .any(|(k, v)| k.as_deref() == Some(*key) && v.as_deref() == Some(value.as_str()))
+        })
+        .map(|(key, value)| ((*key).to_owned(), value.clone()))
+        .collect()
+}
+
+async fn ensure_load_balancer_attributes(stack: &Stack, step: &Step, arn: &str) -> Result<()> {
+    let elbv2 = &stack.clients.elbv2;
+    let wanted = [
+        // WebSockets sit quiet between messages; the default 60 s would cut them.
+        (
+            "idle_timeout.timeout_seconds",
+            stack.spec.load_balancer.idle_timeout_seconds.to_string(),
+        ),
+        // Requests with malformed headers never reach the chat server.
+        (
+            "routing.http.drop_invalid_header_fields.enabled",
+            "true".to_owned(),
+        ),
+        ("routing.http2.enabled", "true".to_owned()),
+    ];
+    let current = elbv2
+        .describe_load_balancer_attributes()
+        .load_balancer_arn(arn)
+        .send()
+        .await
+        .call(format!("DescribeLoadBalancerAttributes {arn}"))?;
+    let changes = drifted(
+        current
+            .attributes()
+            .iter()
+            .map(|a| (a.key().map(Into::into), a.value().map(Into::into))),
+        &wanted,
+    );
+    if changes.is_empty() {
+        return Ok(());
+    }
+    step.set("setting attributes");
+    elbv2
+        .modify_load_balancer_attributes()
+        .load_balancer_arn(arn)
+        .set_attributes(Some(
+            changes
+                .into_iter()
+                .map(|(key, value)| {
+                    aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute::builder()
+                        .key(key)
+                        .value(value)
+                        .build()
+                })
+                .collect(),
+        ))
+        .send()
+        .await
+        .call(format!("ModifyLoadBalancerAttributes {arn}"))?;
+    Ok(())
+}
+
+/// Where the domain's alias record points while the stack's load balancer exists: its
+/// DNS name and canonical hosted zone, so destroy deletes only an alias the stack wrote.
+pub async fn alias_target(stack: &Stack) -> Result<Option<(String, String)>> {
+    let found = find_load_balancer(stack).await?;
+    let lb = ours_only(stack, found, "load balancer", stack.names.load_balancer());
+    Ok(lb.and_then(|lb| {
+        Some((
+            lb.dns_name()?.to_owned(),
+            lb.canonical_hosted_zone_id()?.to_owned(),
+        ))
+    }))
+}

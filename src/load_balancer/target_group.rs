@@ -1,0 +1,261 @@
+//! The target group: its health check and attributes, and which instances it holds.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result, ensure as check};
+use aws_sdk_elasticloadbalancingv2::types::{
+    Matcher, ProtocolEnum, TargetDescription, TargetGroup, TargetHealthStateEnum, TargetTypeEnum,
+};
+
+use super::{
+    HEALTH_CHECK_INTERVAL, HEALTH_CHECK_PATH, HEALTH_CHECK_TIMEOUT, HEALTHY_THRESHOLD,
+    LoadBalancer, UNHEALTHY_THRESHOLD, drifted, is_ours, not_ours, tags,
+};
+use crate::aws::{Call, error_code};
+use crate::engine::Step;
+use crate::network::Network;
+use crate::stack::Stack;
+
+/// The target group of the stack's name, and whether it is the stack's.
+pub(super) async fn find_target_group(stack: &Stack) -> Result<Option<(TargetGroup, bool)>> {
+    let name = stack.names.target_group();
+    let out = stack
+        .clients
+        .elbv2
+        .describe_target_groups()
+        .names(&name)
+        .send()
+        .await;
+    let found = match out {
+        Err(err) if error_code(&err) == Some("TargetGroupNotFound") => return Ok(None),
+        out => out.call(format!("DescribeTargetGroups {name}"))?,
+    };
+    let Some(group) = found.target_groups().first() else {
+        return Ok(None);
+    };
+    let arn = group
+        .target_group_arn()
+        .context("target group without an ARN")?;
+    Ok(Some((group.clone(), is_ours(stack, arn).await?)))
+}
+
+/// Whether the health check of `group` is the one wanted: `/healthz` on the traffic
+/// port, which answers 503 while the server drains or has lost Redis.
+fn health_check_matches(group: &TargetGroup) -> bool {
+    group.health_check_enabled() != Some(false)
+        && group.health_check_protocol() == Some(&ProtocolEnum::Http)
+        && group
+            .health_check_port()
+            .is_none_or(|port| port == "traffic-port")
+        && group.health_check_path() == Some(HEALTH_CHECK_PATH)
+        && group.health_check_interval_seconds() == Some(HEALTH_CHECK_INTERVAL)
+        && group.health_check_timeout_seconds() == Some(HEALTH_CHECK_TIMEOUT)
+        && group.healthy_threshold_count() == Some(HEALTHY_THRESHOLD)
+        && group.unhealthy_threshold_count() == Some(UNHEALTHY_THRESHOLD)
+        && group.matcher().and_then(Matcher::http_code) == Some("200")
+}
+
+pub(super) fn matcher() -> Matcher {
+    Matcher::builder().http_code("200").build()
+}
+
+pub(super) async fn ensure_target_group(stack: &Stack, network: &Network) -> Result<String> {
+    let elbv2 = &stack.clients.elbv2;
+    let name = stack.names.target_group();
+    let port = i32::from(stack.spec.instances.app_port);
+    let step = stack.progress.step(format!("target group {name}"));
+    let work = async {
+        step.set("looking up");
+        let arn = match find_target_group(stack).await? {
+            Some((_, false)) => return Err(not_ours("target group", &name, stack)),
+            Some((group, true)) => {
+                let arn = group
+                    .target_group_arn()
+                    .context("target group without an ARN")?
+                    .to_owned();
+                check!(
+                    group.protocol() == Some(&ProtocolEnum::Http)
+                        && group.port() == Some(port)
+                        && group.vpc_id() == Some(network.vpc_id.as_str())
+                        && group.target_type() == Some(&TargetTypeEnum::Instance),
+                    "target group {name} does not match the stack (HTTP to port {port} of \
+                     instances in {}), and these settings cannot change: run destroy, then up",
+                    network.vpc_id
+                );
+                if !health_check_matches(&group) {
+                    step.set("fixing its health check");
+                    elbv2
+                        .modify_target_group()
+                        .target_group_arn(&arn)
+                        .health_check_enabled(true)
+                        .health_check_protocol(ProtocolEnum::Http)
+                        .health_check_port("traffic-port")
+                        .health_check_path(HEALTH_CHECK_PATH)
+                        .health_check_interval_seconds(HEALTH_CHECK_INTERVAL)
+                        .health_check_timeout_seconds(HEALTH_CHECK_TIMEOUT)
+                        .healthy_threshold_count(HEALTHY_THRESHOLD)
+                        .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
+                        .matcher(matcher())
+                        .send()
+                        .await
+                        .call(format!("ModifyTargetGroup {name}"))?;
+                }
+                arn
+            }
+            None => {
+                step.set("creating");
+                let created = elbv2
+                    .create_target_group()
+                    .name(&name)
+                    .protocol(ProtocolEnum::Http)
+                    // The chat server speaks HTTP/1.1; WebSockets upgrade from it.
+                    .protocol_version("HTTP1")
+                    .port(port)
+                    .vpc_id(&network.vpc_id)
+                    .target_type(TargetTypeEnum::Instance)
+                    .health_check_enabled(true)
+                    .health_check_protocol(ProtocolEnum::Http)
+                    .health_check_port("traffic-port")
+                    .health_check_path(HEALTH_CHECK_PATH)
+                    .health_check_interval_seconds(HEALTH_CHECK_INTERVAL)
+                    .health_check_timeout_seconds(HEALTH_CHECK_TIMEOUT)
+                    .healthy_threshold_count(HEALTHY_THRESHOLD)
+                    .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
+                    .matcher(matcher())
+                    .set_tags(Some(tags(stack, "tg")))
+                    .send()
+                    .await
+                    .call(format!("CreateTargetGroup {name}"))?;
+                created
+                    .target_groups()
+                    .first()
+                    .and_then(TargetGroup::target_group_arn)
+                    .context("CreateTargetGroup returned no target group")?
+                    .to_owned()
+            }
+        };
+        ensure_target_group_attributes(stack, &step, &arn).await?;
+        Ok(arn)
+    };
+    step.run(work, |_| {
+        format!("HTTP/1.1 to port {port}, {HEALTH_CHECK_PATH}")
+    })
+    .await
+}
+
+async fn ensure_target_group_attributes(stack: &Stack, step: &Step, arn: &str) -> Result<()> {
+    let elbv2 = &stack.clients.elbv2;
+    let wanted = [
+        // As long as the server keeps serving open connections after SIGTERM.
+        (
+            "deregistration_delay.timeout_seconds",
+            stack.spec.instances.drain_seconds.to_string(),
+        ),
+        // Any instance serves any room: Redis fans messages out between them.
+        ("stickiness.enabled", "false".to_owned()),
+    ];
+    let current = elbv2
+        .describe_target_group_attributes()
+        .target_group_arn(arn)
+        .send()
+        .await
+        .call(format!("DescribeTargetGroupAttributes {arn}"))?;
+    let changes = drifted(
+        current
+            .attributes()
+            .iter()
+            .map(|a| (a.key().map(Into::into), a.value().map(Into::into))),
+        &wanted,
+    );
+    if changes.is_empty() {
+        return Ok(());
+    }
+    step.set("setting attributes");
+    elbv2
+        .modify_target_group_attributes()
+        .target_group_arn(arn)
+        .set_attributes(Some(
+            changes
+                .into_iter()
+                .map(|(key, value)| {
+                    aws_sdk_elasticloadbalancingv2::types::TargetGroupAttribute::builder()
+                        .key(key)
+                        .value(value)
+                        .build()
+                })
+                .collect(),
+        ))
+        .send()
+        .await
+        .call(format!("ModifyTargetGroupAttributes {arn}"))?;
+    Ok(())
+}
+
+/// Registers the instances missing from the target group and deregisters the ones not
+/// in `instance_ids` (they drain for the deregistration delay first).
+pub async fn ensure_targets(
+    stack: &Stack,
+    lb: &LoadBalancer,
+    instance_ids: &[String],
+) -> Result<()> {
+    let elbv2 = &stack.clients.elbv2;
+    let name = stack.names.target_group();
+    let port = i32::from(stack.spec.instances.app_port);
+    let step = stack.progress.step(format!("targets of {name}"));
+    let work = async {
+        let health = elbv2
+            .describe_target_health()
+            .target_group_arn(&lb.target_group_arn)
+            .send()
+            .await
+            .call(format!("DescribeTargetHealth {name}"))?;
+        // A draining target is on its way out: re-register it if it is wanted, leave it
+        // be otherwise.
+        let registered: HashSet<&str> = health
+            .target_health_descriptions()
+            .iter()
+            .filter(|description| {
+                description
+                    .target_health()
+                    .and_then(|health| health.state())
+                    != Some(&TargetHealthStateEnum::Draining)
+            })
+            .filter_map(|description| description.target().and_then(TargetDescription::id))
+            .collect();
+        let target = |id: &str| TargetDescription::builder().id(id).port(port).build();
+        let missing: Vec<TargetDescription> = instance_ids
+            .iter()
+            .map(String::as_str)
+            .filter(|id| !registered.contains(id))
+            .map(target)
+            .collect();
+        let extra: Vec<TargetDescription> = registered
+            .iter()
+            .filter(|id| !instance_ids.iter().any(|wanted| wanted == **id))
+            .map(|id| target(id))
+            .collect();
+        if !missing.is_empty() {
+            step.set("registering");
+            elbv2
+                .register_targets()
+                .target_group_arn(&lb.target_group_arn)
+                .set_targets(Some(missing))
+                .send()
+                .await
+                .call(format!("RegisterTargets {name}"))?;
+        }
+        if !extra.is_empty() {
+            step.set("deregistering");
+            elbv2
+                .deregister_targets()
+                .target_group_arn(&lb.target_group_arn)
+                .set_targets(Some(extra))
+                .send()
+                .await
+                .call(format!("DeregisterTargets {name}"))?;
+        }
+        Ok(())
+    };
+    step.run(work, |_| format!("{} instance(s)", instance_ids.len()))
+        .await
+}

@@ -1,0 +1,388 @@
+//! The load balancer module against mocked ELBv2.
+
+use std::time::Duration;
+
+use aws_sdk_elasticloadbalancingv2::config::retry::RetryConfig;
+use aws_sdk_elasticloadbalancingv2::operation::describe_listeners::DescribeListenersOutput;
+use aws_sdk_elasticloadbalancingv2::operation::describe_load_balancer_attributes::DescribeLoadBalancerAttributesOutput;
+use aws_sdk_elasticloadbalancingv2::operation::describe_load_balancers::DescribeLoadBalancersOutput;
+use aws_sdk_elasticloadbalancingv2::operation::describe_tags::DescribeTagsOutput;
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_group_attributes::DescribeTargetGroupAttributesOutput;
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_groups::DescribeTargetGroupsOutput;
+use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeTargetHealthOutput;
+use aws_sdk_elasticloadbalancingv2::types::{
+    AvailabilityZone, ForwardActionConfig, LoadBalancerAttribute, LoadBalancerState,
+    TagDescription, TargetGroupAttribute, TargetGroupTuple, TargetHealth, TargetHealthDescription,
+};
+use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
+
+use aws_sdk_elasticloadbalancingv2::Client;
+use aws_sdk_elasticloadbalancingv2::types::{
+    Action, ActionTypeEnum, Certificate, Listener, ProtocolEnum, RedirectActionConfig,
+    RedirectActionStatusCodeEnum, TargetDescription, TargetGroup, TargetHealthStateEnum,
+    TargetTypeEnum,
+};
+
+use super::target_group::matcher;
+use super::*;
+use crate::stack::testing;
+
+const LB: &str = "arn:aws:elasticloadbalancing:us-east-1:1:loadbalancer/app/chat-alb/1";
+const TG: &str = "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/chat-tg/1";
+const CERT: &str = "arn:aws:acm:us-east-1:1:certificate/1";
+
+fn network() -> Network {
+    Network {
+        vpc_id: "vpc-1".into(),
+        zones: ["us-east-1a".into(), "us-east-1b".into()],
+        public_subnets: ["subnet-pa".into(), "subnet-pb".into()],
+        private_subnets: ["subnet-qa".into(), "subnet-qb".into()],
+        private_route_table: "rtb-1".into(),
+        s3_endpoint: "vpce-1".into(),
+        alb_security_group: "sg-alb".into(),
+        instance_security_group: "sg-instances".into(),
+        redis_security_group: "sg-redis".into(),
+    }
+}
+
+fn the_load_balancer() -> DescribeLoadBalancersOutput {
+    let zone = |subnet: &str| AvailabilityZone::builder().subnet_id(subnet).build();
+    DescribeLoadBalancersOutput::builder()
+        .load_balancers(
+            aws_sdk_elasticloadbalancingv2::types::LoadBalancer::builder()
+                .load_balancer_arn(LB)
+                .dns_name("chat-alb-1.us-east-1.elb.amazonaws.com")
+                .canonical_hosted_zone_id("Z35SXDOTRQ7X7K")
+                .scheme(LoadBalancerSchemeEnum::InternetFacing)
+                .vpc_id("vpc-1")
+                .state(
+                    LoadBalancerState::builder()
+                        .code(LoadBalancerStateEnum::Active)
+                        .build(),
+                )
+                .availability_zones(zone("subnet-pb"))
+                .availability_zones(zone("subnet-pa"))
+                .security_groups("sg-alb")
+                .build(),
+        )
+        .build()
+}
+
+/// Describe rules answering with the example stack's load balancer exactly as
+/// `ensure` builds it; DescribeTags answers with `stack_tag` as the stack tag's value.
+fn converged(stack_tag: &'static str) -> Vec<Rule> {
+    vec![
+        mock!(Client::describe_load_balancers).then_output(the_load_balancer),
+        mock!(Client::describe_tags).then_compute_output(move |req| {
+            DescribeTagsOutput::builder()
+                .tag_descriptions(
+                    TagDescription::builder()
+                        .resource_arn(req.resource_arns()[0].clone())
+                        .tags(Tag::builder().key(STACK_TAG).value(stack_tag).build())
+                        .build(),
+                )
+                .build()
+        }),
+        mock!(Client::describe_load_balancer_attributes).then_output(|| {
+            let attribute = |key: &str, value: &str| {
+                LoadBalancerAttribute::builder()
+                    .key(key)
+                    .value(value)
+                    .build()
+            };
+            DescribeLoadBalancerAttributesOutput::builder()
+                .attributes(attribute("deletion_protection.enabled", "false"))
+                .attributes(attribute("idle_timeout.timeout_seconds", "3600"))
+                .attributes(attribute(
+                    "routing.http.drop_invalid_header_fields.enabled",
+                    "true",
+                ))
+                .attributes(attribute("routing.http2.enabled", "true"))
+                .build()
+        }),
+        mock!(Client::describe_target_groups).then_output(|| {
+            DescribeTargetGroupsOutput::builder()
+                .target_groups(
+                    TargetGroup::builder()
+                        .target_group_arn(TG)
+                        .protocol(ProtocolEnum::Http)
+                        .protocol_version("HTTP1")
+                        .port(8080)
+                        .vpc_id("vpc-1")
+                        .target_type(TargetTypeEnum::Instance)
+                        .health_check_enabled(true)
+                        .health_check_protocol(ProtocolEnum::Http)
+                        .health_check_port("traffic-port")
+                        .health_check_path("/healthz")
+                        .health_check_interval_seconds(10)
+                        .health_check_timeout_seconds(5)
+                        .healthy_threshold_count(2)
+                        .unhealthy_threshold_count(2)
+                        .matcher(matcher())
+                        .build(),
+                )
+                .build()
+        }),
+        mock!(Client::describe_target_group_attributes).then_output(|| {
+            let attribute = |key: &str, value: &str| {
+                TargetGroupAttribute::builder()
+                    .key(key)
+                    .value(value)
+                    .build()
+            };
+            DescribeTargetGroupAttributesOutput::builder()
+                .attributes(attribute("deregistration_delay.timeout_seconds", "30"))
+                .attributes(attribute("stickiness.enabled", "false"))
+                .attributes(attribute("stickiness.type", "lb_cookie"))
+                .build()
+        }),
+        mock!(Client::describe_listeners).then_output(|| {
+            let redirect = Action::builder()
+                .r#type(ActionTypeEnum::Redirect)
+                .redirect_config(
+                    RedirectActionConfig::builder()
+                        .protocol("HTTPS")
+                        .port("443")
+                        .host("#{host}")
+                        .path("/#{path}")
+                        .query("#{query}")
+                        .status_code(RedirectActionStatusCodeEnum::Http301)
+                        .build(),
+                )
+                .build();
+            // AWS reports a forward in its long form too.
+            let forward = Action::builder()
+                .r#type(ActionTypeEnum::Forward)
+                .forward_config(
+                    ForwardActionConfig::builder()
+                        .target_groups(
+                            TargetGroupTuple::builder()
+                                .target_group_arn(TG)
+                                .weight(1)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build();
+            DescribeListenersOutput::builder()
+                .listeners(
+                    Listener::builder()
+                        .listener_arn(format!("{LB}/http"))
+                        .port(80)
+                        .protocol(ProtocolEnum::Http)
+                        .default_actions(redirect)
+                        .build(),
+                )
+                .listeners(
+                    Listener::builder()
+                        .listener_arn(format!("{LB}/https"))
+                        .port(443)
+                        .protocol(ProtocolEnum::Https)
+                        .ssl_policy(SSL_POLICY)
+                        .certificates(Certificate::builder().certificate_arn(CERT).build())
+                        .default_actions(forward)
+                        .build(),
+                )
+                .build()
+        }),
+        mock!(Client::describe_target_health).then_output(|| {
+            let target = |id: &str| {
+                TargetHealthDescription::builder()
+                    .target(TargetDescription::builder().id(id).port(8080).build())
+                    .target_health(
+                        TargetHealth::builder()
+                            .state(TargetHealthStateEnum::Healthy)
+                            .build(),
+                    )
+                    .build()
+            };
+            DescribeTargetHealthOutput::builder()
+                .target_health_descriptions(target("i-1"))
+                .target_health_descriptions(target("i-2"))
+                .build()
+        }),
+    ]
+}
+
+/// A rule answering `$op` with success, named as AWS names the call.
+macro_rules! change {
+    ($name:literal, $op:ident, $output:ident) => {
+        change!($name, $op, $output, |_| true)
+    };
+    ($name:literal, $op:ident, $output:ident, $matches:expr) => {
+        (
+            $name,
+            mock!(Client::$op).match_requests($matches).then_output(|| {
+                aws_sdk_elasticloadbalancingv2::operation::$op::$output::builder().build()
+            }),
+        )
+    };
+}
+
+/// Every call that could change something, answering success; RegisterTargets and
+/// DeregisterTargets only for the instances `ensure_targets` should add and remove.
+fn changes(register: &'static str, deregister: &'static str) -> Vec<(&'static str, Rule)> {
+    vec![
+        change!(
+            "CreateLoadBalancer",
+            create_load_balancer,
+            CreateLoadBalancerOutput
+        ),
+        change!("SetSubnets", set_subnets, SetSubnetsOutput),
+        change!(
+            "SetSecurityGroups",
+            set_security_groups,
+            SetSecurityGroupsOutput
+        ),
+        change!(
+            "ModifyLoadBalancerAttributes",
+            modify_load_balancer_attributes,
+            ModifyLoadBalancerAttributesOutput
+        ),
+        change!(
+            "CreateTargetGroup",
+            create_target_group,
+            CreateTargetGroupOutput
+        ),
+        change!(
+            "ModifyTargetGroup",
+            modify_target_group,
+            ModifyTargetGroupOutput
+        ),
+        change!(
+            "ModifyTargetGroupAttributes",
+            modify_target_group_attributes,
+            ModifyTargetGroupAttributesOutput
+        ),
+        change!("CreateListener", create_listener, CreateListenerOutput),
+        change!("ModifyListener", modify_listener, ModifyListenerOutput),
+        change!(
+            "RegisterTargets",
+            register_targets,
+            RegisterTargetsOutput,
+            move |req| {
+                let ids: Vec<_> = req.targets().iter().filter_map(|t| t.id()).collect();
+                ids == [register] && req.targets()[0].port() == Some(8080)
+            }
+        ),
+        change!(
+            "DeregisterTargets",
+            deregister_targets,
+            DeregisterTargetsOutput,
+            move |req| {
+                let ids: Vec<_> = req.targets().iter().filter_map(|t| t.id()).collect();
+                ids == [deregister]
+            }
+        ),
+    ]
+}
+
+fn calls(changes: &[(&'static str, Rule)]) -> Vec<&'static str> {
+    changes
+        .iter()
+        .filter(|(_, rule)| rule.num_calls() > 0)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+fn stack_with(rules: &[&Rule]) -> Stack {
+    let mut clients = testing::clients();
+    clients.elbv2 = mock_client!(
+        aws_sdk_elasticloadbalancingv2,
+        RuleMode::MatchAny,
+        rules,
+        // The SDK's standard retry, as `aws.rs` configures it, with short pauses.
+        |config| config.retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(8)
+                .with_initial_backoff(Duration::from_millis(1))
+        )
+    );
+    testing::stack(clients)
+}
+
+#[tokio::test]
+async fn a_converged_load_balancer_is_left_alone_even_when_throttled() {
+    // HTTP 400 with a throttling code, twice; the retries take the next answers of
+    // the same rule.
+    let throttled = mock!(Client::describe_load_balancers)
+        .sequence()
+        .http_status(
+            400,
+            Some(
+                "<ErrorResponse><Error><Type>Sender</Type><Code>ThrottlingException</Code>\
+                 <Message>Rate exceeded</Message></Error><RequestId>1</RequestId>\
+                 </ErrorResponse>"
+                    .into(),
+            ),
+        )
+        .times(2)
+        .output(the_load_balancer)
+        .build();
+    let converged = converged("chat");
+    let changes = changes("none", "none");
+    let rules: Vec<&Rule> = std::iter::once(&throttled)
+        .chain(&converged)
+        .chain(changes.iter().map(|(_, rule)| rule))
+        .collect();
+    let stack = stack_with(&rules);
+
+    let lb = ensure(&stack, &network()).await.expect("ensure");
+    let https = ensure_https_listener(&stack, &lb, CERT)
+        .await
+        .expect("HTTPS listener");
+    ensure_targets(&stack, &lb, &["i-2".into(), "i-1".into()])
+        .await
+        .expect("targets");
+
+    assert_eq!(throttled.num_calls(), 3);
+    assert_eq!(calls(&changes), Vec::<&str>::new());
+    assert_eq!(
+        lb,
+        LoadBalancer {
+            arn: LB.into(),
+            dns_name: "chat-alb-1.us-east-1.elb.amazonaws.com".into(),
+            canonical_hosted_zone_id: "Z35SXDOTRQ7X7K".into(),
+            target_group_arn: TG.into(),
+            http_listener_arn: format!("{LB}/http"),
+        }
+    );
+    assert_eq!(https, format!("{LB}/https"));
+}
+
+#[tokio::test]
+async fn targets_follow_the_instances() {
+    let converged = converged("chat");
+    let changes = changes("i-3", "i-1");
+    let rules: Vec<&Rule> = converged
+        .iter()
+        .chain(changes.iter().map(|(_, rule)| rule))
+        .collect();
+    let stack = stack_with(&rules);
+    let lb = ensure(&stack, &network()).await.expect("ensure");
+
+    ensure_targets(&stack, &lb, &["i-2".into(), "i-3".into()])
+        .await
+        .expect("targets");
+
+    assert_eq!(calls(&changes), ["RegisterTargets", "DeregisterTargets"]);
+}
+
+#[tokio::test]
+async fn a_load_balancer_of_another_owner_is_neither_adopted_nor_deleted() {
+    let converged = converged("someone-else");
+    let changes = changes("none", "none");
+    let rules: Vec<&Rule> = converged
+        .iter()
+        .chain(changes.iter().map(|(_, rule)| rule))
+        .collect();
+    let stack = stack_with(&rules);
+
+    let error = ensure(&stack, &network()).await.unwrap_err().to_string();
+    assert!(
+        error.contains("chat-alb exists but does not carry the tag realtime-stack:stack=chat"),
+        "{error}"
+    );
+    assert!(deletables(&stack).await.expect("deletables").is_empty());
+    assert_eq!(calls(&changes), Vec::<&str>::new());
+}

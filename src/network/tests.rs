@@ -1,0 +1,404 @@
+//! The network module against mocked EC2: what a converged network leaves alone, what
+//! drift it repairs, and how destroy waits for what still uses a security group.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::Client as Ec2;
+use aws_sdk_ec2::config::retry::RetryConfig;
+use aws_sdk_ec2::error::ErrorMetadata;
+use aws_sdk_ec2::operation::delete_security_group::{
+    DeleteSecurityGroupError, DeleteSecurityGroupOutput,
+};
+use aws_sdk_ec2::operation::describe_availability_zones::DescribeAvailabilityZonesOutput;
+use aws_sdk_ec2::operation::describe_internet_gateways::DescribeInternetGatewaysOutput;
+use aws_sdk_ec2::operation::describe_route_tables::DescribeRouteTablesOutput;
+use aws_sdk_ec2::operation::describe_security_groups::DescribeSecurityGroupsOutput;
+use aws_sdk_ec2::operation::describe_subnets::DescribeSubnetsOutput;
+use aws_sdk_ec2::operation::describe_vpc_attribute::DescribeVpcAttributeOutput;
+use aws_sdk_ec2::operation::describe_vpc_endpoints::DescribeVpcEndpointsOutput;
+use aws_sdk_ec2::operation::describe_vpcs::DescribeVpcsOutput;
+use aws_sdk_ec2::types::{
+    AttributeBooleanValue, AvailabilityZone, InternetGateway, InternetGatewayAttachment,
+    IpPermission, Route, RouteTableAssociation, SecurityGroup, Subnet, Vpc, VpcEndpoint,
+};
+use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
+
+use super::security_groups::*;
+use super::teardown::*;
+use super::*;
+use crate::engine::{Leftovers, Pace, Progress, destroy};
+use crate::names::ROLE_TAG;
+use crate::stack::testing;
+
+const BUCKET: &str = "chat-artifacts-1-us-east-1";
+
+/// The role a describe call asks for, from its `tag:<role tag>` filter.
+fn role(filters: &[Filter]) -> String {
+    filters
+        .iter()
+        .find(|f| f.name() == Some(format!("tag:{ROLE_TAG}").as_str()))
+        .and_then(|f| f.values().first())
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn tcp_from_cidr(port: i32, cidr: &str) -> IpPermission {
+    Ingress::tcp(port, Source::Cidr(cidr.into())).permission(Some("rule"))
+}
+
+fn tcp_from_group(port: i32, group: &str) -> IpPermission {
+    Ingress::tcp(port, Source::Group(group.into())).permission(Some("rule"))
+}
+
+fn the_vpc() -> DescribeVpcsOutput {
+    DescribeVpcsOutput::builder()
+        .vpcs(
+            Vpc::builder()
+                .vpc_id("vpc-1")
+                .cidr_block("10.0.0.0/16")
+                .state(VpcState::Available)
+                .build(),
+        )
+        .build()
+}
+
+/// Describe rules answering with the network of the example stack exactly as
+/// `ensure` builds it, plus `extra_ingress` on the instances' group.
+fn converged(extra_ingress: Option<IpPermission>) -> Vec<Rule> {
+    let cidrs = testing::spec().subnet_cidrs();
+    vec![
+        mock!(Ec2::describe_availability_zones).then_output(|| {
+            let zone = |name: &str| {
+                AvailabilityZone::builder()
+                    .zone_name(name)
+                    .zone_type("availability-zone")
+                    .build()
+            };
+            DescribeAvailabilityZonesOutput::builder()
+                .availability_zones(zone("us-east-1c"))
+                .availability_zones(zone("us-east-1b"))
+                .availability_zones(zone("us-east-1a"))
+                .build()
+        }),
+        mock!(Ec2::describe_vpcs).then_output(the_vpc),
+        mock!(Ec2::describe_vpc_attribute).then_output(|| {
+            let on = || AttributeBooleanValue::builder().value(true).build();
+            DescribeVpcAttributeOutput::builder()
+                .enable_dns_support(on())
+                .enable_dns_hostnames(on())
+                .build()
+        }),
+        mock!(Ec2::describe_subnets).then_compute_output(move |req| {
+            let role = role(req.filters());
+            let index = SUBNET_ROLES.iter().position(|r| *r == role).unwrap();
+            DescribeSubnetsOutput::builder()
+                .subnets(
+                    Subnet::builder()
+                        .subnet_id(format!("subnet-{role}"))
+                        .cidr_block(&cidrs[index])
+                        .availability_zone(["us-east-1a", "us-east-1b"][index % 2])
+                        .vpc_id("vpc-1")
+                        .build(),
+                )
+                .build()
+        }),
+        mock!(Ec2::describe_internet_gateways).then_output(|| {
+            DescribeInternetGatewaysOutput::builder()
+                .internet_gateways(
+                    InternetGateway::builder()
+                        .internet_gateway_id("igw-1")
+                        .attachments(
+                            InternetGatewayAttachment::builder()
+                                .vpc_id("vpc-1")
+                                .state(AttachmentStatus::from("available"))
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        }),
+        mock!(Ec2::describe_route_tables).then_compute_output(|req| {
+            let role = role(req.filters());
+            let prefix = role.trim_end_matches("-rt");
+            let mut table = RouteTable::builder()
+                .route_table_id(format!("rtb-{role}"))
+                .routes(
+                    Route::builder()
+                        .destination_cidr_block("10.0.0.0/16")
+                        .build(),
+                );
+            for zone in ["a", "b"] {
+                table = table.associations(
+                    RouteTableAssociation::builder()
+                        .subnet_id(format!("subnet-{prefix}-{zone}"))
+                        .build(),
+                );
+            }
+            if role == "public-rt" {
+                table = table.routes(
+                    Route::builder()
+                        .destination_cidr_block(DEFAULT_ROUTE)
+                        .gateway_id("igw-1")
+                        .build(),
+                );
+            }
+            DescribeRouteTablesOutput::builder()
+                .route_tables(table.build())
+                .build()
+        }),
+        mock!(Ec2::describe_vpc_endpoints).then_output(|| {
+            DescribeVpcEndpointsOutput::builder()
+                .vpc_endpoints(
+                    VpcEndpoint::builder()
+                        .vpc_endpoint_id("vpce-1")
+                        .state(State::Available)
+                        .route_table_ids("rtb-private-rt")
+                        .policy_document(endpoint_policy(BUCKET, "us-east-1").to_string())
+                        .build(),
+                )
+                .build()
+        }),
+        mock!(Ec2::describe_security_groups).then_compute_output(move |req| {
+            let role = role(req.filters());
+            let group = SecurityGroup::builder().group_id(format!("sg-{role}"));
+            let group = match role.as_str() {
+                ALB_SG => group
+                    .ip_permissions(tcp_from_cidr(443, "0.0.0.0/0"))
+                    .ip_permissions(tcp_from_cidr(80, "0.0.0.0/0")),
+                INSTANCES_SG => group.set_ip_permissions(Some(
+                    [
+                        Some(tcp_from_group(8080, "sg-alb-sg")),
+                        extra_ingress.clone(),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                )),
+                _ => group.ip_permissions(tcp_from_group(6379, "sg-instances-sg")),
+            };
+            DescribeSecurityGroupsOutput::builder()
+                .security_groups(group.build())
+                .build()
+        }),
+    ]
+}
+
+/// A rule answering `$op` with success, named as AWS names the call.
+macro_rules! change {
+    ($name:literal, $op:ident, $output:ident) => {
+        (
+            $name,
+            mock!(Ec2::$op).then_output(|| aws_sdk_ec2::operation::$op::$output::builder().build()),
+        )
+    };
+}
+
+/// Every call of `ensure` that could change something, answering success.
+fn changes() -> Vec<(&'static str, Rule)> {
+    vec![
+        change!("CreateVpc", create_vpc, CreateVpcOutput),
+        change!("ModifyVpcAttribute", modify_vpc_attribute, ModifyVpcAttributeOutput),
+        change!("CreateSubnet", create_subnet, CreateSubnetOutput),
+        change!("CreateInternetGateway", create_internet_gateway, CreateInternetGatewayOutput),
+        change!("AttachInternetGateway", attach_internet_gateway, AttachInternetGatewayOutput),
+        change!("CreateRouteTable", create_route_table, CreateRouteTableOutput),
+        change!("CreateRoute", create_route, CreateRouteOutput),
+        change!("ReplaceRoute", replace_route, ReplaceRouteOutput),
+        change!("DeleteRoute", delete_route, DeleteRouteOutput),
+        change!("AssociateRouteTable", associate_route_table, AssociateRouteTableOutput),
+        change!(
+            "ReplaceRouteTableAssociation",
+            replace_route_table_association,
+            ReplaceRouteTableAssociationOutput
+        ),
+        change!("CreateVpcEndpoint", create_vpc_endpoint, CreateVpcEndpointOutput),
+        change!("ModifyVpcEndpoint", modify_vpc_endpoint, ModifyVpcEndpointOutput),
+        change!("CreateSecurityGroup", create_security_group, CreateSecurityGroupOutput),
+        change!(
+            "AuthorizeSecurityGroupIngress",
+            authorize_security_group_ingress,
+            AuthorizeSecurityGroupIngressOutput
+        ),
+        (
+            "RevokeSecurityGroupIngress",
+            mock!(Ec2::revoke_security_group_ingress)
+                .match_requests(|req| {
+                    // Only the rule someone added by hand may go.
+                    req.group_id() == Some("sg-instances-sg")
+                        && req.ip_permissions().len() == 1
+                        && req.ip_permissions()[0].from_port() == Some(22)
+                })
+                .then_output(|| {
+                    aws_sdk_ec2::operation::revoke_security_group_ingress::RevokeSecurityGroupIngressOutput::builder().build()
+                }),
+        ),
+    ]
+}
+
+/// The SDK's standard retry, as `aws.rs` configures it, with short pauses.
+fn retrying(config: aws_sdk_ec2::config::Builder) -> aws_sdk_ec2::config::Builder {
+    config.retry_config(
+        RetryConfig::standard()
+            .with_max_attempts(8)
+            .with_initial_backoff(Duration::from_millis(1)),
+    )
+}
+
+fn stack_with(rules: &[&Rule]) -> Stack {
+    let mut clients = testing::clients();
+    clients.ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, rules, retrying);
+    testing::stack(clients)
+}
+
+fn calls(changes: &[(&'static str, Rule)]) -> Vec<&'static str> {
+    changes
+        .iter()
+        .filter(|(_, rule)| rule.num_calls() > 0)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_converged_network_is_left_alone_even_when_ec2_throttles() {
+    // EC2's throttling answer (HTTP 400, code RequestLimitExceeded), twice; the SDK's
+    // retries take the next answers of the same rule.
+    let throttled = mock!(Ec2::describe_vpcs)
+        .sequence()
+        .http_status(
+            400,
+            Some(
+                "<Response><Errors><Error><Code>RequestLimitExceeded</Code>\
+                 <Message>Request limit exceeded.</Message></Error></Errors>\
+                 <RequestID>1</RequestID></Response>"
+                    .into(),
+            ),
+        )
+        .times(2)
+        .output(the_vpc)
+        .build();
+    let converged = converged(None);
+    let changes = changes();
+    let rules: Vec<&Rule> = std::iter::once(&throttled)
+        .chain(&converged)
+        .chain(changes.iter().map(|(_, rule)| rule))
+        .collect();
+    let stack = stack_with(&rules);
+
+    let network = ensure(&stack, BUCKET)
+        .await
+        .expect("ensure succeeds after retries");
+
+    assert_eq!(throttled.num_calls(), 3);
+    assert_eq!(calls(&changes), Vec::<&str>::new());
+    assert_eq!(
+        network,
+        Network {
+            vpc_id: "vpc-1".into(),
+            zones: ["us-east-1a".into(), "us-east-1b".into()],
+            public_subnets: ["subnet-public-a".into(), "subnet-public-b".into()],
+            private_subnets: ["subnet-private-a".into(), "subnet-private-b".into()],
+            private_route_table: "rtb-private-rt".into(),
+            s3_endpoint: "vpce-1".into(),
+            alb_security_group: "sg-alb-sg".into(),
+            instance_security_group: "sg-instances-sg".into(),
+            redis_security_group: "sg-redis-sg".into(),
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_port_opened_by_hand_is_closed_again() {
+    let converged = converged(Some(tcp_from_cidr(22, "0.0.0.0/0")));
+    let changes = changes();
+    let rules: Vec<&Rule> = converged
+        .iter()
+        .chain(changes.iter().map(|(_, rule)| rule))
+        .collect();
+
+    ensure(&stack_with(&rules), BUCKET).await.expect("ensure");
+
+    assert_eq!(calls(&changes), ["RevokeSecurityGroupIngress"]);
+}
+
+/// The stack's network as `destroy` finds it: only the Redis group is left.
+fn redis_group_only() -> Vec<Rule> {
+    let group = || {
+        DescribeSecurityGroupsOutput::builder()
+            .security_groups(
+                SecurityGroup::builder()
+                    .group_id("sg-redis")
+                    .tags(Tag::builder().key("Name").value("chat-redis-sg").build())
+                    .build(),
+            )
+            .build()
+    };
+    vec![
+        mock!(Ec2::describe_vpcs).then_output(|| DescribeVpcsOutput::builder().build()),
+        mock!(Ec2::describe_subnets).then_output(|| DescribeSubnetsOutput::builder().build()),
+        mock!(Ec2::describe_internet_gateways)
+            .then_output(|| DescribeInternetGatewaysOutput::builder().build()),
+        mock!(Ec2::describe_route_tables)
+            .then_output(|| DescribeRouteTablesOutput::builder().build()),
+        mock!(Ec2::describe_vpc_endpoints)
+            .then_output(|| DescribeVpcEndpointsOutput::builder().build()),
+        mock!(Ec2::describe_security_groups).then_output(group),
+    ]
+}
+
+fn still_in_use() -> DeleteSecurityGroupError {
+    DeleteSecurityGroupError::generic(
+        ErrorMetadata::builder()
+            .code("DependencyViolation")
+            .message("resource sg-redis has a dependent object")
+            .build(),
+    )
+}
+
+#[tokio::test]
+async fn destroy_waits_for_a_security_group_still_in_use() {
+    let delete = mock!(Ec2::delete_security_group)
+        .sequence()
+        .error(still_in_use)
+        .times(3)
+        .output(|| DeleteSecurityGroupOutput::builder().build())
+        .build();
+    let mut rules = redis_group_only();
+    rules.push(delete.clone());
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+
+    let resources = deletables(&stack).await.expect("deletables");
+    let outcome = destroy(
+        resources,
+        &Progress::with_live_lines(false),
+        Pace::Local,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(delete.num_calls(), 4);
+}
+
+#[tokio::test]
+async fn destroy_names_a_security_group_refused_for_good() {
+    let delete = mock!(Ec2::delete_security_group).then_error(still_in_use);
+    let mut rules = redis_group_only();
+    rules.push(delete);
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+
+    let resources = deletables(&stack).await.expect("deletables");
+    let Err(Leftovers(left)) = destroy(
+        resources,
+        &Progress::with_live_lines(false),
+        Pace::Local,
+        Duration::from_millis(500),
+    )
+    .await
+    else {
+        panic!("a group AWS keeps refusing cannot be deleted");
+    };
+
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, "security group chat-redis-sg (sg-redis)");
+    assert!(left[0].1.contains("DependencyViolation"), "{}", left[0].1);
+}
