@@ -169,7 +169,8 @@ pub async fn wait_for<T, Fut>(
 where
     Fut: Future<Output = Result<Option<T>>>,
 {
-    let started = Instant::now();
+    // Tokio's clock, so that tests can pause it.
+    let started = tokio::time::Instant::now();
     let (mut pause, longest) = pace.intervals();
     let mut hinted = false;
     step.set(&format!("waiting for {what}"));

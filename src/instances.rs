@@ -1,21 +1,23 @@
-//! The EC2 instances that run the chat server: their image, their launch (private
-//! subnets, IMDSv2 only, metadata tags on, encrypted root volume, no key pair, no public
-//! address), their user-data, the Redis endpoint tag their user-data waits for, and
-//! their termination.
+//! The EC2 instances that run the chat server: their image, their user-data, their
+//! launch (private subnets spread over both zones, IMDSv2 only, metadata tags on,
+//! encrypted root volume, no key pair, no public address, tags recording what each runs),
+//! the Redis endpoint tag their boot service waits for, their console output and their
+//! termination. Which instances to launch and retire is [`crate::deploy`]'s to decide.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure as check};
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, Instance,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
-    InstanceStateName, InstanceType, ResourceType, Tag, VolumeType,
+    InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification, VolumeType,
 };
 
-use crate::artifact::{Architecture, Artifact};
-use crate::aws::{Call, delete_outcome, ec2_stack_filters, ec2_tags};
-use crate::engine::{Deletable, DeleteFuture, wait_for};
-use crate::names::{REDIS_ENDPOINT_TAG, ROLE_TAG};
+use crate::artifact::{Architecture, Artifact, sha256_hex};
+use crate::aws::{Call, delete_outcome, ec2_stack_filters, ec2_tags, error_code};
+use crate::deploy::Fingerprint;
+use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
+use crate::names::{AMI_TAG, BINARY_TAG, BOOT_TAG, INSTANCE_TYPE_TAG, REDIS_ENDPOINT_TAG};
 use crate::network::Network;
 use crate::stack::Stack;
 
@@ -175,10 +177,6 @@ pub async fn image(stack: &Stack, architecture: Architecture) -> Result<Image> {
     })
 }
 
-fn instance_role(index: u32) -> String {
-    format!("instance-{index}")
-}
-
 /// The stack's instances that are not terminated or on their way there.
 async fn live_instances(stack: &Stack) -> Result<Vec<Instance>> {
     let mut filters = ec2_stack_filters(&stack.names, None);
@@ -210,118 +208,178 @@ async fn live_instances(stack: &Stack) -> Result<Vec<Instance>> {
     Ok(instances)
 }
 
-fn role_of(instance: &Instance) -> Option<&str> {
+fn tag<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
     instance
         .tags()
         .iter()
-        .find(|tag| tag.key() == Some(ROLE_TAG))
+        .find(|tag| tag.key() == Some(key))
         .and_then(|tag| tag.value())
 }
 
-/// Ensures `instances.count` instances run, one per role `instance-<n>`, alternating
-/// between the private subnets; terminates the stack's instances beyond that count.
-/// Returns their ids, once all are running.
-pub async fn ensure(
-    stack: &Stack,
-    network: &Network,
-    image: &Image,
-    boot: &Boot<'_>,
-) -> Result<Vec<String>> {
-    let existing = live_instances(stack).await?;
-    let count = stack.spec.instances.count;
-    let user_data = aws_smithy_types::base64::encode(boot.render()?);
-    let launches = (0..count).map(|index| {
-        let role = instance_role(index);
-        let found = existing
-            .iter()
-            .find(|instance| role_of(instance) == Some(role.as_str()))
-            .cloned();
-        let subnet = network.private_subnets[index as usize % 2].clone();
-        let user_data = &user_data;
-        async move {
-            let step = stack
-                .progress
-                .step(format!("instance {}", stack.names.name(&role)));
-            step.run(
-                async {
-                    let instance = match found {
-                        Some(instance) => {
-                            ensure_metadata_options(stack, &instance).await?;
-                            instance
-                        }
-                        None => {
-                            step.set("launching");
-                            launch(
-                                stack,
-                                &role,
-                                &subnet,
-                                &network.instance_security_group,
-                                image,
-                                user_data,
-                            )
-                            .await?
-                        }
-                    };
-                    let id = instance.instance_id().unwrap_or_default().to_owned();
-                    wait_until_running(stack, &step, &id).await?;
-                    Ok(id)
-                },
-                |id| id.clone(),
-            )
-            .await
+/// The tags that record what an instance runs.
+fn fingerprint_tags(fingerprint: &Fingerprint) -> [(&'static str, &str); 4] {
+    [
+        (BINARY_TAG, &fingerprint.binary_sha256),
+        (AMI_TAG, &fingerprint.ami),
+        (INSTANCE_TYPE_TAG, &fingerprint.instance_type),
+        (BOOT_TAG, &fingerprint.boot_sha256),
+    ]
+}
+
+/// One of the stack's live instances, as EC2 describes it.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub id: String,
+    pub state: InstanceStateName,
+    pub fingerprint: Fingerprint,
+    pub redis_endpoint: Option<String>,
+    pub launched: Option<SystemTime>,
+    pub zone: Option<String>,
+    pub subnet: Option<String>,
+    pub private_ip: Option<String>,
+}
+
+impl Described {
+    fn of(instance: &Instance) -> Self {
+        let recorded = |key| tag(instance, key).unwrap_or_default().to_owned();
+        Described {
+            id: instance.instance_id().unwrap_or_default().to_owned(),
+            state: instance
+                .state()
+                .and_then(|state| state.name())
+                .cloned()
+                .unwrap_or(InstanceStateName::Pending),
+            fingerprint: Fingerprint {
+                binary_sha256: recorded(BINARY_TAG),
+                ami: recorded(AMI_TAG),
+                instance_type: recorded(INSTANCE_TYPE_TAG),
+                boot_sha256: recorded(BOOT_TAG),
+            },
+            redis_endpoint: tag(instance, REDIS_ENDPOINT_TAG).map(str::to_owned),
+            launched: instance
+                .launch_time()
+                .and_then(|time| SystemTime::try_from(*time).ok()),
+            zone: instance
+                .placement()
+                .and_then(|placement| placement.availability_zone())
+                .map(str::to_owned),
+            subnet: instance.subnet_id().map(str::to_owned),
+            private_ip: instance.private_ip_address().map(str::to_owned),
         }
-    });
-    let ids = futures::future::try_join_all(launches).await?;
-    let extras: Vec<String> = existing
+    }
+
+    pub fn stopped(&self) -> bool {
+        matches!(
+            self.state,
+            InstanceStateName::Stopped | InstanceStateName::Stopping
+        )
+    }
+}
+
+/// The stack's live instances (pending, running, stopping or stopped).
+pub async fn describe(stack: &Stack) -> Result<Vec<Described>> {
+    Ok(live_instances(stack)
+        .await?
         .iter()
-        .filter(|instance| {
-            role_of(instance)
-                .and_then(|role| role.strip_prefix("instance-"))
-                .and_then(|n| n.parse::<u32>().ok())
-                .is_none_or(|n| n >= count)
+        .map(Described::of)
+        .collect())
+}
+
+/// What every instance `up` launches is made of.
+pub struct Launch<'a> {
+    pub image: &'a Image,
+    pub network: &'a Network,
+    /// Base64 of the rendered user-data.
+    pub user_data: String,
+    pub fingerprint: Fingerprint,
+    /// Written at launch when Redis already exists, so the boot need not wait for it.
+    pub redis_endpoint: Option<String>,
+}
+
+impl<'a> Launch<'a> {
+    pub fn new(
+        image: &'a Image,
+        network: &'a Network,
+        boot: &Boot<'_>,
+        binary_sha256: &str,
+        instance_type: &str,
+    ) -> Result<Self> {
+        let user_data = boot.render()?;
+        Ok(Launch {
+            image,
+            network,
+            fingerprint: Fingerprint {
+                binary_sha256: binary_sha256.to_owned(),
+                ami: image.id.clone(),
+                instance_type: instance_type.to_owned(),
+                boot_sha256: sha256_hex(&user_data),
+            },
+            user_data: aws_smithy_types::base64::encode(user_data),
+            redis_endpoint: None,
         })
-        .filter_map(|instance| instance.instance_id().map(str::to_owned))
+    }
+}
+
+/// Launches `count` instances, spread over the private subnets so that each zone ends up
+/// with as even a share of the stack's instances as it can; returns their ids.
+pub async fn launch(stack: &Stack, launch: &Launch<'_>, count: usize) -> Result<Vec<String>> {
+    let existing = describe(stack).await?;
+    let subnets = &launch.network.private_subnets;
+    let mut per_subnet: Vec<usize> = subnets
+        .iter()
+        .map(|subnet| {
+            existing
+                .iter()
+                .filter(|instance| instance.subnet.as_deref() == Some(subnet.as_str()))
+                .count()
+        })
         .collect();
-    if !extras.is_empty() {
-        let step = stack.progress.step(format!(
-            "{} instance(s) beyond instances.count",
-            extras.len()
-        ));
-        step.set("terminating");
-        stack
-            .clients
-            .ec2
-            .terminate_instances()
-            .set_instance_ids(Some(extras.clone()))
-            .send()
-            .await
-            .call(format!("TerminateInstances {}", extras.join(" ")))?;
-        step.ready(&extras.join(" "));
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let emptiest = (0..subnets.len())
+            .min_by_key(|index| per_subnet[*index])
+            .unwrap_or_default();
+        per_subnet[emptiest] += 1;
+        ids.push(launch_one(stack, launch, &subnets[emptiest]).await?);
     }
     Ok(ids)
 }
 
-async fn launch(
-    stack: &Stack,
-    role: &str,
-    subnet: &str,
-    security_group: &str,
-    image: &Image,
-    user_data: &str,
-) -> Result<Instance> {
+async fn launch_one(stack: &Stack, launch: &Launch<'_>, subnet: &str) -> Result<String> {
+    let role = "instance";
+    let mut tags = stack.names.tags(role);
+    tags.extend(
+        fingerprint_tags(&launch.fingerprint)
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.to_owned())),
+    );
+    if let Some(endpoint) = &launch.redis_endpoint {
+        tags.push((REDIS_ENDPOINT_TAG.to_owned(), endpoint.clone()));
+    }
+    let tag_specification = |resource_type| {
+        TagSpecification::builder()
+            .resource_type(resource_type)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(key, value)| Tag::builder().key(key).value(value).build())
+                    .collect(),
+            ))
+            .build()
+    };
+    let image = launch.image;
     let launched = stack
         .clients
         .ec2
         .run_instances()
         .image_id(&image.id)
         .instance_type(InstanceType::from(
-            stack.spec.instances.instance_type.as_str(),
+            launch.fingerprint.instance_type.as_str(),
         ))
         .min_count(1)
         .max_count(1)
         .subnet_id(subnet)
-        .security_group_ids(security_group)
-        .user_data(user_data)
+        .security_group_ids(&launch.network.instance_security_group)
+        .user_data(&launch.user_data)
         .metadata_options(metadata_options())
         .block_device_mappings(
             BlockDeviceMapping::builder()
@@ -336,7 +394,7 @@ async fn launch(
                 )
                 .build(),
         )
-        .tag_specifications(ec2_tags(&stack.names, role, ResourceType::Instance))
+        .tag_specifications(tag_specification(ResourceType::Instance))
         .tag_specifications(ec2_tags(&stack.names, role, ResourceType::Volume))
         .send()
         .await
@@ -344,7 +402,8 @@ async fn launch(
     launched
         .instances()
         .first()
-        .cloned()
+        .and_then(|instance| instance.instance_id())
+        .map(str::to_owned)
         .context("RunInstances returned no instance")
 }
 
@@ -359,75 +418,126 @@ fn metadata_options() -> InstanceMetadataOptionsRequest {
         .build()
 }
 
-async fn ensure_metadata_options(stack: &Stack, instance: &Instance) -> Result<()> {
-    let current = instance.metadata_options();
-    let as_wanted = current.is_some_and(|options| {
-        options.http_tokens() == Some(&HttpTokensState::Required)
-            && options.instance_metadata_tags() == Some(&InstanceMetadataTagsState::Enabled)
-            && options.http_endpoint() == Some(&InstanceMetadataEndpointState::Enabled)
-    });
-    if as_wanted {
-        return Ok(());
+/// Sets the metadata options of the stack's instances back to [`metadata_options`] where
+/// someone changed them.
+pub async fn ensure_metadata_options(stack: &Stack) -> Result<()> {
+    for instance in live_instances(stack).await? {
+        let as_wanted = instance.metadata_options().is_some_and(|options| {
+            options.http_tokens() == Some(&HttpTokensState::Required)
+                && options.instance_metadata_tags() == Some(&InstanceMetadataTagsState::Enabled)
+                && options.http_endpoint() == Some(&InstanceMetadataEndpointState::Enabled)
+                && options.http_put_response_hop_limit() == Some(1)
+        });
+        if as_wanted {
+            continue;
+        }
+        let id = instance.instance_id().unwrap_or_default();
+        stack
+            .clients
+            .ec2
+            .modify_instance_metadata_options()
+            .instance_id(id)
+            .http_endpoint(InstanceMetadataEndpointState::Enabled)
+            .http_tokens(HttpTokensState::Required)
+            .http_put_response_hop_limit(1)
+            .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
+            .send()
+            .await
+            .call(format!("ModifyInstanceMetadataOptions {id}"))?;
     }
-    let id = instance.instance_id().unwrap_or_default();
-    stack
-        .clients
-        .ec2
-        .modify_instance_metadata_options()
-        .instance_id(id)
-        .http_endpoint(InstanceMetadataEndpointState::Enabled)
-        .http_tokens(HttpTokensState::Required)
-        .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
-        .send()
-        .await
-        .call(format!("ModifyInstanceMetadataOptions {id}"))?;
     Ok(())
 }
 
-async fn wait_until_running(stack: &Stack, step: &crate::engine::Step, id: &str) -> Result<()> {
-    wait_for(step, stack.pace, "the instance to run", stack.pace.limit(Duration::from_secs(900)), None, || async {
-        let described = stack
-            .clients
-            .ec2
-            .describe_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .call(format!("DescribeInstances {id}"))?;
-        let state = described
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find_map(|instance| instance.state().and_then(|s| s.name()).cloned());
-        match state {
-            Some(InstanceStateName::Running) => Ok(Some(())),
-            Some(InstanceStateName::Pending) | None => Ok(None),
-            Some(InstanceStateName::Stopped) | Some(InstanceStateName::Stopping) => {
-                bail!("instance {id} is stopped: start it (aws ec2 start-instances) or terminate it and run up again")
+/// Waits until every one of `ids` runs.
+pub async fn wait_running(stack: &Stack, step: &Step, ids: &[String]) -> Result<()> {
+    wait_for(
+        step,
+        stack.pace,
+        "the instances to run",
+        stack.pace.limit(Duration::from_secs(900)),
+        None,
+        || async {
+            let described = stack
+                .clients
+                .ec2
+                .describe_instances()
+                .set_instance_ids(Some(ids.to_vec()))
+                .send()
+                .await
+                .call(format!("DescribeInstances {}", ids.join(" ")))?;
+            let states: Vec<(String, InstanceStateName)> = described
+                .reservations()
+                .iter()
+                .flat_map(|reservation| reservation.instances())
+                .map(Described::of)
+                .map(|instance| (instance.id, instance.state))
+                .collect();
+            if states.len() < ids.len() {
+                return Ok(None);
             }
-            Some(other) => bail!("instance {id} is {other}; run up again to replace it"),
-        }
-    })
+            for (id, state) in &states {
+                match state {
+                    InstanceStateName::Running | InstanceStateName::Pending => {}
+                    other => bail!(
+                        "instance {id} is {other} instead of starting: its console output \
+                         (`realtime-stack logs --instance {id}`) may say why"
+                    ),
+                }
+            }
+            Ok(states
+                .iter()
+                .all(|(_, state)| *state == InstanceStateName::Running)
+                .then_some(()))
+        },
+    )
     .await
 }
 
-/// Writes the Redis endpoint (`host:port`) onto the instances that do not carry it yet;
-/// their user-data is waiting for it.
-pub async fn ensure_redis_tag(stack: &Stack, ids: &[String], endpoint: &str) -> Result<()> {
+/// Terminates `ids`; one already gone counts as terminated.
+pub async fn terminate(stack: &Stack, ids: &[String]) -> Result<()> {
+    let result = stack
+        .clients
+        .ec2
+        .terminate_instances()
+        .set_instance_ids(Some(ids.to_vec()))
+        .send()
+        .await;
+    match result {
+        Err(err) if error_code(&err) == Some("InvalidInstanceID.NotFound") => Ok(()),
+        result => result
+            .map(|_| ())
+            .call(format!("TerminateInstances {}", ids.join(" "))),
+    }
+}
+
+/// The instance's console output (what its boot service logged), oldest line first.
+pub async fn console_output(stack: &Stack, id: &str) -> Result<String> {
+    let output = stack
+        .clients
+        .ec2
+        .get_console_output()
+        .instance_id(id)
+        // The newest output on Nitro instances, not the buffer of the last boot.
+        .latest(true)
+        .send()
+        .await
+        .call(format!("GetConsoleOutput {id}"))?;
+    let Some(encoded) = output.output() else {
+        return Ok(String::new());
+    };
+    let bytes = aws_smithy_types::base64::decode(encoded)
+        .with_context(|| format!("the console output of {id} is not base64"))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Writes the Redis endpoint (`host:port`) onto the stack's instances that do not carry
+/// one yet; their boot service is waiting for it. (One that names another endpoint is
+/// replaced by the deploy, not re-tagged: its server already runs against the other.)
+pub async fn ensure_redis_tag(stack: &Stack, endpoint: &str) -> Result<()> {
     let instances = live_instances(stack).await?;
     let untagged: Vec<String> = instances
         .iter()
-        .filter(|instance| {
-            instance
-                .instance_id()
-                .is_some_and(|id| ids.iter().any(|wanted| wanted == id))
-        })
-        .filter(|instance| {
-            !instance
-                .tags()
-                .iter()
-                .any(|tag| tag.key() == Some(REDIS_ENDPOINT_TAG) && tag.value() == Some(endpoint))
-        })
+        .filter(|instance| tag(instance, REDIS_ENDPOINT_TAG).is_none())
         .filter_map(|instance| instance.instance_id().map(str::to_owned))
         .collect();
     if untagged.is_empty() {

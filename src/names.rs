@@ -8,6 +8,12 @@ use std::collections::BTreeMap;
 pub const STACK_TAG: &str = "realtime-stack:stack";
 /// The resource's part in the stack (`vpc`, `public-a`, `alb`, `instance-0`, ...).
 pub const ROLE_TAG: &str = "realtime-stack:role";
+/// On instances, what each runs (see [`crate::deploy::Fingerprint`]): the SHA-256 of the
+/// chat-server binary, the image, the instance type, and the SHA-256 of the user-data.
+pub const BINARY_TAG: &str = "realtime-stack:binary-sha256";
+pub const AMI_TAG: &str = "realtime-stack:ami";
+pub const INSTANCE_TYPE_TAG: &str = "realtime-stack:instance-type";
+pub const BOOT_TAG: &str = "realtime-stack:boot-sha256";
 /// On instances: the Redis primary endpoint (`host:port`), read by their user-data from
 /// instance metadata. Written once the replication group is available.
 pub const REDIS_ENDPOINT_TAG: &str = "realtime-stack:redis-endpoint";

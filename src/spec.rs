@@ -43,6 +43,13 @@ const DEFAULT_APP_PORT: u16 = 8080;
 /// Matches the chat server's own drain period, so the target group deregisters an instance
 /// exactly as long as the server keeps serving its open connections.
 const DEFAULT_DRAIN_SECONDS: u32 = 30;
+/// Instances replaced at a time in a rolling deploy.
+const DEFAULT_BATCH_SIZE: u32 = 1;
+/// From launch to healthy: the boot (image, binary download) plus the health checks.
+/// Redis creation is not in it: a first `up` waits for Redis before it starts the clock.
+const DEFAULT_HEALTH_TIMEOUT: u32 = 600;
+/// The ALB's own default; each check answers from memory on the server.
+const DEFAULT_HEALTH_CHECK_INTERVAL: u32 = 10;
 /// One hour: WebSockets sit idle between messages, and the ALB's own default of 60 s would
 /// drop quiet chat connections.
 const DEFAULT_IDLE_TIMEOUT: u32 = 3600;
@@ -84,8 +91,10 @@ const INSTANCES_KEYS: &[&str] = &[
     "binary",
     "app_port",
     "drain_seconds",
+    "batch_size",
+    "health_timeout_seconds",
 ];
-const LOAD_BALANCER_KEYS: &[&str] = &["idle_timeout_seconds"];
+const LOAD_BALANCER_KEYS: &[&str] = &["idle_timeout_seconds", "health_check_interval_seconds"];
 const REDIS_KEYS: &[&str] = &["node_type", "replicas", "engine", "engine_version"];
 const ENGINES: &[&str] = &["redis", "valkey"];
 
@@ -143,11 +152,17 @@ pub struct InstancesSpec {
     pub binary: Option<PathBuf>,
     pub app_port: u16,
     pub drain_seconds: u32,
+    /// Instances replaced at a time in a rolling deploy.
+    pub batch_size: u32,
+    /// How long an instance may take from launch to healthy before `up` gives up on it.
+    pub health_timeout_seconds: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadBalancerSpec {
     pub idle_timeout_seconds: u32,
+    /// Between two health checks of a target; two in a row decide its state.
+    pub health_check_interval_seconds: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

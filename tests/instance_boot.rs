@@ -117,19 +117,10 @@ async fn next_json(ws: &mut Ws) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_boot_from_their_user_data_and_chat_through_redis() {
     let aws = support::localstack().await;
-    let suffix = support::unique_suffix();
-    let name = format!("i{}", &suffix[suffix.len() - 8..]);
-    let zone = format!("{name}.example.test");
-    support::hosted_zone(&aws, &zone).await;
-    let stack = TestStack::new(&name, &zone);
+    let (stack, _) = TestStack::with_zone(&aws, "i").await;
     let destroy_on_panic = DestroyOnPanic(&stack);
     let outputs = stack.up();
-    let ids: Vec<String> = outputs["instance_ids"]
-        .as_array()
-        .expect("instance_ids")
-        .iter()
-        .map(|id| id.as_str().unwrap().to_owned())
-        .collect();
+    let ids = support::instance_ids(&outputs);
     assert_eq!(ids.len(), 2);
 
     let work = tempfile::tempdir().unwrap();
@@ -197,7 +188,7 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
     assert_eq!(hello["instance"], ids[1].as_str(), "the id comes from IMDS");
     let (mut sender, hello) = connect(&servers[0].0).await;
     assert_eq!(hello["instance"], ids[0].as_str());
-    let text = format!("across instances {suffix}");
+    let text = format!("across instances {}", stack.name);
     sender
         .send(Message::text(
             json!({"type": "send", "name": "alice", "text": text}).to_string(),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use aws_config::SdkConfig;
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_elasticloadbalancingv2::types::{ActionTypeEnum, ProtocolEnum};
+use realtime_stack::artifact::sha256_hex;
 use serde_json::{Value, json};
 use support::TestStack;
 
@@ -105,14 +106,10 @@ async fn tagged_ec2_resources(aws: &SdkConfig, name: &str) -> Vec<String> {
 #[tokio::test]
 async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_removes_it() {
     let aws = support::localstack().await;
-    let suffix = support::unique_suffix();
-    let name = format!("t{}", &suffix[suffix.len() - 8..]);
-    let zone = format!("{name}.example.test");
-    let zone_id = support::hosted_zone(&aws, &zone).await;
-    let stack = TestStack::new(&name, &zone);
+    let (stack, zone_id) = TestStack::with_zone(&aws, "t").await;
 
     let outputs = stack.up();
-    assert_eq!(outputs["url"], format!("https://chat.{zone}/"));
+    assert_eq!(outputs["url"], format!("https://chat.{}/", stack.zone));
     let changes = outputs["changes"].as_array().expect("changes");
     assert!(!changes.is_empty(), "the first up creates things");
     verify_stack(&aws, &stack, &zone_id, &outputs).await;
@@ -129,6 +126,96 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
     verify_nothing_left(&aws, &stack, &zone_id).await;
 
     // Destroying what is gone is not an error.
+    stack.run(&["destroy", "--yes"]);
+}
+
+/// A new build reaches the instances: after the chat-server binary changed, `up` replaces
+/// every instance, one batch at a time, each new one recording the new SHA-256, and the
+/// old ones are terminated; a lower `instances.count` then removes one. (LocalStack
+/// reports targets healthy at once: the health gate and the drain are the unit tests' and
+/// the `--local` rolling deploy test's to show.)
+#[tokio::test]
+async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
+    let aws = support::localstack().await;
+    let (stack, _) = TestStack::with_zone(&aws, "r").await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let ids = support::instance_ids;
+    let first = ids(&stack.up());
+    assert_eq!(first.len(), 2);
+
+    // Another build: the same program with one byte more, so another SHA-256.
+    let mut rebuilt = std::fs::read(support::chat_server_binary()).unwrap();
+    rebuilt.push(b'\n');
+    let rebuilt_path = stack.dir.path().join("chat-server-rebuilt");
+    std::fs::write(&rebuilt_path, &rebuilt).unwrap();
+    let yaml = std::fs::read_to_string(stack.file()).unwrap();
+    let yaml = yaml.replace(
+        &format!("binary: {}", support::chat_server_binary().display()),
+        &format!("binary: {}", rebuilt_path.display()),
+    );
+    std::fs::write(stack.file(), &yaml).unwrap();
+    let second = ids(&stack.up());
+    assert_eq!(second.len(), 2);
+    assert!(
+        second.iter().all(|id| !first.contains(id)),
+        "every instance replaced: {first:?} -> {second:?}"
+    );
+    let state_and_binary = |id: String| {
+        let ec2 = ec2.clone();
+        async move {
+            let described = ec2
+                .describe_instances()
+                .instance_ids(&id)
+                .send()
+                .await
+                .unwrap();
+            let instance = described.reservations()[0].instances()[0].clone();
+            let binary = instance
+                .tags()
+                .iter()
+                .find(|tag| tag.key() == Some("realtime-stack:binary-sha256"))
+                .and_then(|tag| tag.value().map(str::to_owned));
+            (
+                instance
+                    .state()
+                    .unwrap()
+                    .name()
+                    .unwrap()
+                    .as_str()
+                    .to_owned(),
+                binary,
+            )
+        }
+    };
+    let rebuilt_sha = sha256_hex(&rebuilt);
+    for id in &second {
+        assert_eq!(
+            state_and_binary(id.clone()).await,
+            ("running".to_owned(), Some(rebuilt_sha.clone()))
+        );
+    }
+    for id in &first {
+        let (state, _) = state_and_binary(id.clone()).await;
+        assert!(
+            matches!(state.as_str(), "terminated" | "shutting-down"),
+            "{id} is {state}"
+        );
+    }
+
+    std::fs::write(stack.file(), yaml.replace("  count: 2\n", "  count: 1\n")).unwrap();
+    let third = ids(&stack.up());
+    assert_eq!(third.len(), 1);
+    assert!(
+        second.contains(&third[0]),
+        "one of {second:?} stays: {third:?}"
+    );
+    let removed = second.iter().find(|id| **id != third[0]).unwrap().clone();
+    let (state, _) = state_and_binary(removed.clone()).await;
+    assert!(
+        matches!(state.as_str(), "terminated" | "shutting-down"),
+        "{removed} is {state}"
+    );
+
     stack.run(&["destroy", "--yes"]);
 }
 

@@ -187,7 +187,7 @@ pub async fn up(file: &Path, aws: &AwsArgs) -> Result<Outputs> {
     let preflight = up::preflight(&stack).await?;
     let state_dir = StateDir::of(&stack.spec.name);
     let (mut outputs, redis) = futures::try_join!(
-        up::converge(&stack, &preflight),
+        up::converge(&stack, &crate::platform::Aws, &preflight),
         ensure_redis(&stack, &state_dir)
     )?;
     outputs.local_urls =

@@ -4,6 +4,7 @@
 //! instances on this machine (`commands/local.rs`).
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use futures::try_join;
@@ -11,8 +12,11 @@ use serde::Serialize;
 
 use crate::artifact::{self, Binary};
 use crate::aws::AwsArgs;
+use crate::deploy::{self, Fleet, Pacing, Wanted};
 use crate::dns::HostedZone;
-use crate::instances::{self, Boot, Image};
+use crate::fleet::Ec2Fleet;
+use crate::instances::{self, Boot, Image, Launch};
+use crate::platform::Platform;
 use crate::stack::Stack;
 use crate::{cache, certificate, dns, load_balancer, network};
 
@@ -76,7 +80,7 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &UpArgs) -> Result<()> {
             ),
             args.yes,
         )?;
-        converge(&stack, &preflight).await?
+        converge(&stack, &crate::platform::Aws, &preflight).await?
     };
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&outputs)?),
@@ -156,35 +160,49 @@ pub(super) async fn preflight(stack: &Stack) -> Result<Preflight> {
     })
 }
 
-/// Builds what is missing and fixes what drifted. Redis (the slowest on AWS) starts as
-/// soon as the network exists and overlaps with the certificate, the load balancer and
-/// the instances, which boot while Redis is still being created.
-pub(super) async fn converge(stack: &Stack, preflight: &Preflight) -> Result<Outputs> {
+/// Builds what is missing, fixes what drifted and deploys the instances. Redis (the
+/// slowest on AWS) starts as soon as the network exists and overlaps with the
+/// certificate, the load balancer and the first instances, which boot while Redis is
+/// still being created. The deploy comes last: replacements roll once everything they
+/// need exists, and `up` ends only when every instance is healthy.
+pub(super) async fn converge(
+    stack: &Stack,
+    platform: &impl Platform,
+    preflight: &Preflight,
+) -> Result<Outputs> {
     let bucket = stack.names.bucket(&preflight.account, &stack.region);
     let (network, artifact) = try_join!(
         network::ensure(stack, &bucket),
         artifact::ensure(stack, &preflight.account, &preflight.binary)
     )?;
     artifact::ensure_access(stack, &artifact, &network.s3_endpoint).await?;
+    let instances = &stack.spec.instances;
     let boot = Boot {
         artifact: &artifact,
         region: &stack.region,
-        app_port: stack.spec.instances.app_port,
-        drain_seconds: stack.spec.instances.drain_seconds,
+        app_port: instances.app_port,
+        drain_seconds: instances.drain_seconds,
         redis_tls: true,
     };
-    let redis_and_instances = async {
-        let (redis, instance_ids) = try_join!(
+    let mut launch = Launch::new(
+        &preflight.image,
+        &network,
+        &boot,
+        &preflight.binary.sha256,
+        &instances.instance_type,
+    )?;
+    let redis_and_first_instances = async {
+        let (redis, ()) = try_join!(
             cache::ensure(
                 stack,
                 &network.private_subnets,
                 &network.redis_security_group
             ),
-            instances::ensure(stack, &network, &preflight.image, &boot),
+            launch_missing(stack, &launch),
         )?;
         let endpoint = format!("{}:{}", redis.address, redis.port);
-        instances::ensure_redis_tag(stack, &instance_ids, &endpoint).await?;
-        Ok::<_, anyhow::Error>((endpoint, instance_ids))
+        instances::ensure_redis_tag(stack, &endpoint).await?;
+        Ok::<_, anyhow::Error>(endpoint)
     };
     let load_balancer_and_certificate = async {
         let (load_balancer, certificate) = try_join!(
@@ -204,13 +222,38 @@ pub(super) async fn converge(stack: &Stack, preflight: &Preflight) -> Result<Out
         load_balancer::ensure_https_listener(stack, &load_balancer, &certificate.arn).await?;
         Ok::<_, anyhow::Error>((load_balancer, certificate))
     };
-    let ((redis_endpoint, instance_ids), (load_balancer, certificate)) =
-        try_join!(redis_and_instances, load_balancer_and_certificate)?;
-    load_balancer::ensure_targets(stack, &load_balancer, &instance_ids).await?;
+    let (redis_endpoint, (load_balancer, certificate)) =
+        try_join!(redis_and_first_instances, load_balancer_and_certificate)?;
+    instances::ensure_metadata_options(stack).await?;
+
+    launch.redis_endpoint = Some(redis_endpoint.clone());
+    let fleet = Ec2Fleet {
+        stack,
+        platform,
+        launch: &launch,
+        target_group_arn: &load_balancer.target_group_arn,
+    };
+    let wanted = Wanted {
+        count: instances.count as usize,
+        batch: instances.batch_size as usize,
+        fingerprint: launch.fingerprint.clone(),
+        redis_endpoint: Some(redis_endpoint.clone()),
+        health_timeout: Duration::from_secs(instances.health_timeout_seconds.into()),
+    };
+    let rollout = deploy::plan(&fleet.members().await?, &wanted);
+    let pacing = Pacing {
+        progress: &stack.progress,
+        pace: stack.pace,
+        health_timeout: wanted.health_timeout,
+        // The deregistration delay is the drain; the load balancer takes a little longer
+        // to report the targets gone.
+        drain_timeout: Duration::from_secs(u64::from(instances.drain_seconds) + 120),
+    };
+    let instance_ids = deploy::carry_out(&fleet, &rollout, &wanted, &pacing).await?;
     Ok(Outputs {
         stack: stack.spec.name.clone(),
         region: stack.region.clone(),
-        url: format!("https://{}/", stack.spec.domain.name),
+        url: platform.url(stack),
         load_balancer_dns_name: load_balancer.dns_name,
         redis_endpoint,
         instance_ids,
@@ -219,6 +262,24 @@ pub(super) async fn converge(stack: &Stack, preflight: &Preflight) -> Result<Out
         changes: stack.clients.calls.mutating(),
         local_urls: Vec::new(),
     })
+}
+
+/// Launches as many instances as the stack is short of `instances.count`, before Redis
+/// exists: they boot while it is created. What they run and how many to replace is the
+/// deploy's to decide, once everything else is in place.
+async fn launch_missing(stack: &Stack, launch: &Launch<'_>) -> Result<()> {
+    let live = instances::describe(stack).await?.len();
+    let missing = (stack.spec.instances.count as usize).saturating_sub(live);
+    if missing == 0 {
+        return Ok(());
+    }
+    let step = stack.progress.step(format!("{missing} new instance(s)"));
+    step.set("launching");
+    step.run(instances::launch(stack, launch, missing), |ids| {
+        ids.join(" ")
+    })
+    .await?;
+    Ok(())
 }
 
 fn print_text(outputs: &Outputs) {

@@ -28,7 +28,7 @@ mod tests;
 use listeners::ensure_http_listener;
 pub use listeners::ensure_https_listener;
 use target_group::ensure_target_group;
-pub use target_group::ensure_targets;
+pub use target_group::{deregister, register, target_health};
 pub use teardown::deletables;
 use teardown::ours_only;
 
@@ -48,8 +48,6 @@ pub struct LoadBalancer {
 /// default `ELBSecurityPolicy-2016-08` still allows.
 pub const SSL_POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
 pub(super) const HEALTH_CHECK_PATH: &str = "/healthz";
-pub(super) const HEALTH_CHECK_INTERVAL: i32 = 10;
-pub(super) const HEALTH_CHECK_TIMEOUT: i32 = 5;
 pub(super) const HEALTHY_THRESHOLD: i32 = 2;
 pub(super) const UNHEALTHY_THRESHOLD: i32 = 2;
 

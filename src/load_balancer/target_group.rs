@@ -1,17 +1,19 @@
-//! The target group: its health check and attributes, and which instances it holds.
+//! The target group: its health check and attributes, the instances registered with it,
+//! and how the load balancer sees them.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, ensure as check};
 use aws_sdk_elasticloadbalancingv2::types::{
-    Matcher, ProtocolEnum, TargetDescription, TargetGroup, TargetHealthStateEnum, TargetTypeEnum,
+    Matcher, ProtocolEnum, TargetDescription, TargetGroup, TargetHealth, TargetHealthStateEnum,
+    TargetTypeEnum,
 };
 
 use super::{
-    HEALTH_CHECK_INTERVAL, HEALTH_CHECK_PATH, HEALTH_CHECK_TIMEOUT, HEALTHY_THRESHOLD,
-    LoadBalancer, UNHEALTHY_THRESHOLD, drifted, is_ours, not_ours, tags,
+    HEALTH_CHECK_PATH, HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD, drifted, is_ours, not_ours, tags,
 };
 use crate::aws::{Call, error_code};
+use crate::deploy::Health;
 use crate::engine::Step;
 use crate::network::Network;
 use crate::stack::Stack;
@@ -39,17 +41,26 @@ pub(super) async fn find_target_group(stack: &Stack) -> Result<Option<(TargetGro
     Ok(Some((group.clone(), is_ours(stack, arn).await?)))
 }
 
+/// The health check's interval (`load_balancer.health_check_interval_seconds`) and
+/// timeout, which the load balancer wants shorter than the interval.
+fn health_check_timing(stack: &Stack) -> (i32, i32) {
+    let interval =
+        i32::try_from(stack.spec.load_balancer.health_check_interval_seconds).unwrap_or(i32::MAX);
+    (interval, 5.min(interval - 1))
+}
+
 /// Whether the health check of `group` is the one wanted: `/healthz` on the traffic
 /// port, which answers 503 while the server drains or has lost Redis.
-fn health_check_matches(group: &TargetGroup) -> bool {
+fn health_check_matches(stack: &Stack, group: &TargetGroup) -> bool {
+    let (interval, timeout) = health_check_timing(stack);
     group.health_check_enabled() != Some(false)
         && group.health_check_protocol() == Some(&ProtocolEnum::Http)
         && group
             .health_check_port()
             .is_none_or(|port| port == "traffic-port")
         && group.health_check_path() == Some(HEALTH_CHECK_PATH)
-        && group.health_check_interval_seconds() == Some(HEALTH_CHECK_INTERVAL)
-        && group.health_check_timeout_seconds() == Some(HEALTH_CHECK_TIMEOUT)
+        && group.health_check_interval_seconds() == Some(interval)
+        && group.health_check_timeout_seconds() == Some(timeout)
         && group.healthy_threshold_count() == Some(HEALTHY_THRESHOLD)
         && group.unhealthy_threshold_count() == Some(UNHEALTHY_THRESHOLD)
         && group.matcher().and_then(Matcher::http_code) == Some("200")
@@ -63,6 +74,7 @@ pub(super) async fn ensure_target_group(stack: &Stack, network: &Network) -> Res
     let elbv2 = &stack.clients.elbv2;
     let name = stack.names.target_group();
     let port = i32::from(stack.spec.instances.app_port);
+    let (interval, timeout) = health_check_timing(stack);
     let step = stack.progress.step(format!("target group {name}"));
     let work = async {
         step.set("looking up");
@@ -82,7 +94,7 @@ pub(super) async fn ensure_target_group(stack: &Stack, network: &Network) -> Res
                      instances in {}), and these settings cannot change: run destroy, then up",
                     network.vpc_id
                 );
-                if !health_check_matches(&group) {
+                if !health_check_matches(stack, &group) {
                     step.set("fixing its health check");
                     elbv2
                         .modify_target_group()
@@ -91,8 +103,8 @@ pub(super) async fn ensure_target_group(stack: &Stack, network: &Network) -> Res
                         .health_check_protocol(ProtocolEnum::Http)
                         .health_check_port("traffic-port")
                         .health_check_path(HEALTH_CHECK_PATH)
-                        .health_check_interval_seconds(HEALTH_CHECK_INTERVAL)
-                        .health_check_timeout_seconds(HEALTH_CHECK_TIMEOUT)
+                        .health_check_interval_seconds(interval)
+                        .health_check_timeout_seconds(timeout)
                         .healthy_threshold_count(HEALTHY_THRESHOLD)
                         .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
                         .matcher(matcher())
@@ -117,8 +129,8 @@ pub(super) async fn ensure_target_group(stack: &Stack, network: &Network) -> Res
                     .health_check_protocol(ProtocolEnum::Http)
                     .health_check_port("traffic-port")
                     .health_check_path(HEALTH_CHECK_PATH)
-                    .health_check_interval_seconds(HEALTH_CHECK_INTERVAL)
-                    .health_check_timeout_seconds(HEALTH_CHECK_TIMEOUT)
+                    .health_check_interval_seconds(interval)
+                    .health_check_timeout_seconds(timeout)
                     .healthy_threshold_count(HEALTHY_THRESHOLD)
                     .unhealthy_threshold_count(UNHEALTHY_THRESHOLD)
                     .matcher(matcher())
@@ -191,71 +203,93 @@ async fn ensure_target_group_attributes(stack: &Stack, step: &Step, arn: &str) -
     Ok(())
 }
 
-/// Registers the instances missing from the target group and deregisters the ones not
-/// in `instance_ids` (they drain for the deregistration delay first).
-pub async fn ensure_targets(
+/// How the load balancer sees each target of the group, by instance id.
+pub async fn target_health(
     stack: &Stack,
-    lb: &LoadBalancer,
-    instance_ids: &[String],
-) -> Result<()> {
-    let elbv2 = &stack.clients.elbv2;
-    let name = stack.names.target_group();
-    let port = i32::from(stack.spec.instances.app_port);
-    let step = stack.progress.step(format!("targets of {name}"));
-    let work = async {
-        let health = elbv2
-            .describe_target_health()
-            .target_group_arn(&lb.target_group_arn)
-            .send()
-            .await
-            .call(format!("DescribeTargetHealth {name}"))?;
-        // A draining target is on its way out: re-register it if it is wanted, leave it
-        // be otherwise.
-        let registered: HashSet<&str> = health
-            .target_health_descriptions()
-            .iter()
-            .filter(|description| {
-                description
-                    .target_health()
-                    .and_then(|health| health.state())
-                    != Some(&TargetHealthStateEnum::Draining)
-            })
-            .filter_map(|description| description.target().and_then(TargetDescription::id))
-            .collect();
-        let target = |id: &str| TargetDescription::builder().id(id).port(port).build();
-        let missing: Vec<TargetDescription> = instance_ids
-            .iter()
-            .map(String::as_str)
-            .filter(|id| !registered.contains(id))
-            .map(target)
-            .collect();
-        let extra: Vec<TargetDescription> = registered
-            .iter()
-            .filter(|id| !instance_ids.iter().any(|wanted| wanted == **id))
-            .map(|id| target(id))
-            .collect();
-        if !missing.is_empty() {
-            step.set("registering");
-            elbv2
-                .register_targets()
-                .target_group_arn(&lb.target_group_arn)
-                .set_targets(Some(missing))
-                .send()
-                .await
-                .call(format!("RegisterTargets {name}"))?;
-        }
-        if !extra.is_empty() {
-            step.set("deregistering");
-            elbv2
-                .deregister_targets()
-                .target_group_arn(&lb.target_group_arn)
-                .set_targets(Some(extra))
-                .send()
-                .await
-                .call(format!("DeregisterTargets {name}"))?;
-        }
-        Ok(())
-    };
-    step.run(work, |_| format!("{} instance(s)", instance_ids.len()))
+    target_group_arn: &str,
+) -> Result<BTreeMap<String, Health>> {
+    let out = stack
+        .clients
+        .elbv2
+        .describe_target_health()
+        .target_group_arn(target_group_arn)
+        .send()
         .await
+        .call(format!(
+            "DescribeTargetHealth {}",
+            stack.names.target_group()
+        ))?;
+    Ok(out
+        .target_health_descriptions()
+        .iter()
+        .filter_map(|description| {
+            let id = description.target().and_then(TargetDescription::id)?;
+            Some((id.to_owned(), health_of(description.target_health())))
+        })
+        .collect())
+}
+
+/// The load balancer's view of a target in the deploy's terms, with the reason it gives.
+fn health_of(health: Option<&TargetHealth>) -> Health {
+    let reason = || {
+        let reason = health.and_then(TargetHealth::reason).map(|r| r.as_str());
+        let description = health.and_then(TargetHealth::description);
+        match (reason, description) {
+            (Some(reason), Some(description)) => format!("{reason}: {description}"),
+            (Some(text), None) | (None, Some(text)) => text.to_owned(),
+            (None, None) => "no reason given".to_owned(),
+        }
+    };
+    match health.and_then(TargetHealth::state) {
+        Some(TargetHealthStateEnum::Healthy) => Health::Healthy,
+        Some(TargetHealthStateEnum::Initial) => Health::Initial,
+        Some(TargetHealthStateEnum::Unhealthy) => Health::Unhealthy(reason()),
+        Some(TargetHealthStateEnum::Draining) => Health::Draining,
+        Some(other) => Health::Other(format!("{}: {}", other.as_str(), reason())),
+        None => Health::Other(reason()),
+    }
+}
+
+fn targets(stack: &Stack, ids: &[String]) -> Vec<TargetDescription> {
+    let port = i32::from(stack.spec.instances.app_port);
+    ids.iter()
+        .map(|id| TargetDescription::builder().id(id).port(port).build())
+        .collect()
+}
+
+/// Registers `ids` with the target group on the app port.
+pub async fn register(stack: &Stack, target_group_arn: &str, ids: &[String]) -> Result<()> {
+    stack
+        .clients
+        .elbv2
+        .register_targets()
+        .target_group_arn(target_group_arn)
+        .set_targets(Some(targets(stack, ids)))
+        .send()
+        .await
+        .call(format!(
+            "RegisterTargets {} {}",
+            stack.names.target_group(),
+            ids.join(" ")
+        ))?;
+    Ok(())
+}
+
+/// Deregisters `ids`: the load balancer sends them no new connections and keeps their open
+/// ones for the deregistration delay.
+pub async fn deregister(stack: &Stack, target_group_arn: &str, ids: &[String]) -> Result<()> {
+    stack
+        .clients
+        .elbv2
+        .deregister_targets()
+        .target_group_arn(target_group_arn)
+        .set_targets(Some(targets(stack, ids)))
+        .send()
+        .await
+        .call(format!(
+            "DeregisterTargets {} {}",
+            stack.names.target_group(),
+            ids.join(" ")
+        ))?;
+    Ok(())
 }

@@ -13,6 +13,7 @@ use aws_sdk_elasticloadbalancingv2::operation::describe_target_health::DescribeT
 use aws_sdk_elasticloadbalancingv2::types::{
     AvailabilityZone, ForwardActionConfig, LoadBalancerAttribute, LoadBalancerState,
     TagDescription, TargetGroupAttribute, TargetGroupTuple, TargetHealth, TargetHealthDescription,
+    TargetHealthReasonEnum,
 };
 use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 
@@ -25,6 +26,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 
 use super::target_group::matcher;
 use super::*;
+use crate::deploy::Health;
 use crate::stack::testing;
 
 const LB: &str = "arn:aws:elasticloadbalancing:us-east-1:1:loadbalancer/app/chat-alb/1";
@@ -219,9 +221,8 @@ macro_rules! change {
     };
 }
 
-/// Every call that could change something, answering success; RegisterTargets and
-/// DeregisterTargets only for the instances `ensure_targets` should add and remove.
-fn changes(register: &'static str, deregister: &'static str) -> Vec<(&'static str, Rule)> {
+/// Every call that could change something, answering success.
+fn changes() -> Vec<(&'static str, Rule)> {
     vec![
         change!(
             "CreateLoadBalancer",
@@ -256,24 +257,6 @@ fn changes(register: &'static str, deregister: &'static str) -> Vec<(&'static st
         ),
         change!("CreateListener", create_listener, CreateListenerOutput),
         change!("ModifyListener", modify_listener, ModifyListenerOutput),
-        change!(
-            "RegisterTargets",
-            register_targets,
-            RegisterTargetsOutput,
-            move |req| {
-                let ids: Vec<_> = req.targets().iter().filter_map(|t| t.id()).collect();
-                ids == [register] && req.targets()[0].port() == Some(8080)
-            }
-        ),
-        change!(
-            "DeregisterTargets",
-            deregister_targets,
-            DeregisterTargetsOutput,
-            move |req| {
-                let ids: Vec<_> = req.targets().iter().filter_map(|t| t.id()).collect();
-                ids == [deregister]
-            }
-        ),
     ]
 }
 
@@ -320,7 +303,7 @@ async fn a_converged_load_balancer_is_left_alone_even_when_throttled() {
         .output(the_load_balancer)
         .build();
     let converged = converged("chat");
-    let changes = changes("none", "none");
+    let changes = changes();
     let rules: Vec<&Rule> = std::iter::once(&throttled)
         .chain(&converged)
         .chain(changes.iter().map(|(_, rule)| rule))
@@ -331,9 +314,6 @@ async fn a_converged_load_balancer_is_left_alone_even_when_throttled() {
     let https = ensure_https_listener(&stack, &lb, CERT)
         .await
         .expect("HTTPS listener");
-    ensure_targets(&stack, &lb, &["i-2".into(), "i-1".into()])
-        .await
-        .expect("targets");
 
     assert_eq!(throttled.num_calls(), 3);
     assert_eq!(calls(&changes), Vec::<&str>::new());
@@ -351,27 +331,46 @@ async fn a_converged_load_balancer_is_left_alone_even_when_throttled() {
 }
 
 #[tokio::test]
-async fn targets_follow_the_instances() {
-    let converged = converged("chat");
-    let changes = changes("i-3", "i-1");
-    let rules: Vec<&Rule> = converged
-        .iter()
-        .chain(changes.iter().map(|(_, rule)| rule))
-        .collect();
-    let stack = stack_with(&rules);
-    let lb = ensure(&stack, &network()).await.expect("ensure");
-
-    ensure_targets(&stack, &lb, &["i-2".into(), "i-3".into()])
-        .await
-        .expect("targets");
-
-    assert_eq!(calls(&changes), ["RegisterTargets", "DeregisterTargets"]);
+async fn target_health_comes_with_the_reason_the_load_balancer_gives() {
+    let described = mock!(Client::describe_target_health).then_output(|| {
+        let target = |id: &str, state, reason: Option<TargetHealthReasonEnum>| {
+            TargetHealthDescription::builder()
+                .target(TargetDescription::builder().id(id).port(8080).build())
+                .target_health(
+                    TargetHealth::builder()
+                        .state(state)
+                        .set_reason(reason)
+                        .description("Health checks failed with these codes: [503]")
+                        .build(),
+                )
+                .build()
+        };
+        DescribeTargetHealthOutput::builder()
+            .target_health_descriptions(target("i-1", TargetHealthStateEnum::Healthy, None))
+            .target_health_descriptions(target(
+                "i-2",
+                TargetHealthStateEnum::Unhealthy,
+                Some(TargetHealthReasonEnum::ResponseCodeMismatch),
+            ))
+            .target_health_descriptions(target("i-3", TargetHealthStateEnum::Draining, None))
+            .build()
+    });
+    let stack = stack_with(&[&described]);
+    let health = target_health(&stack, TG).await.expect("target health");
+    assert_eq!(health["i-1"], Health::Healthy);
+    assert_eq!(
+        health["i-2"],
+        Health::Unhealthy(
+            "Target.ResponseCodeMismatch: Health checks failed with these codes: [503]".into()
+        )
+    );
+    assert_eq!(health["i-3"], Health::Draining);
 }
 
 #[tokio::test]
 async fn a_load_balancer_of_another_owner_is_neither_adopted_nor_deleted() {
     let converged = converged("someone-else");
-    let changes = changes("none", "none");
+    let changes = changes();
     let rules: Vec<&Rule> = converged
         .iter()
         .chain(changes.iter().map(|(_, rule)| rule))

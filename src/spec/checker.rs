@@ -480,6 +480,27 @@ impl<'s> Checker<'s> {
                 )
             },
         );
+        let batch_size = self.optional(&section, "batch_size", DEFAULT_BATCH_SIZE, |ck, p, n| {
+            ck.integer(
+                p,
+                n,
+                (1, 20),
+                "a rolling deploy replaces from 1 to 20 instances at a time",
+            )
+        });
+        let health_timeout_seconds = self.optional(
+            &section,
+            "health_timeout_seconds",
+            DEFAULT_HEALTH_TIMEOUT,
+            |ck, p, n| {
+                ck.integer(
+                    p,
+                    n,
+                    (60, 3600),
+                    "an instance needs at least a minute to boot and pass its health checks",
+                )
+            },
+        );
         Some(InstancesSpec {
             count: count?,
             instance_type: instance_type?,
@@ -487,6 +508,8 @@ impl<'s> Checker<'s> {
             binary: binary?,
             app_port: app_port?,
             drain_seconds: drain_seconds?,
+            batch_size: batch_size?,
+            health_timeout_seconds: health_timeout_seconds?,
         })
     }
 
@@ -505,8 +528,15 @@ impl<'s> Checker<'s> {
                 )
             },
         );
+        let interval = self.optional(
+            &section,
+            "health_check_interval_seconds",
+            DEFAULT_HEALTH_CHECK_INTERVAL,
+            |ck, p, n| ck.integer(p, n, (5, 300), "the ALB checks every 5 to 300 s"),
+        );
         Some(LoadBalancerSpec {
             idle_timeout_seconds: idle?,
+            health_check_interval_seconds: interval?,
         })
     }
 

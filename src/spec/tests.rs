@@ -52,9 +52,12 @@ fn defaults() -> StackSpec {
             binary: None,
             app_port: 8080,
             drain_seconds: 30,
+            batch_size: 1,
+            health_timeout_seconds: 600,
         },
         load_balancer: LoadBalancerSpec {
             idle_timeout_seconds: 3600,
+            health_check_interval_seconds: 10,
         },
         redis: RedisSpec {
             node_type: "cache.t4g.micro".into(),
@@ -109,8 +112,11 @@ instances:
   binary: bin/chat-server
   app_port: 9000
   drain_seconds: 0
+  batch_size: 2
+  health_timeout_seconds: 900
 load_balancer:
   idle_timeout_seconds: 4000
+  health_check_interval_seconds: 5
 redis:
   node_type: cache.r7g.large
   replicas: 0
@@ -139,9 +145,12 @@ tags:
             binary: Some(PathBuf::from("bin/chat-server")),
             app_port: 9000,
             drain_seconds: 0,
+            batch_size: 2,
+            health_timeout_seconds: 900,
         },
         load_balancer: LoadBalancerSpec {
             idle_timeout_seconds: 4000,
+            health_check_interval_seconds: 5,
         },
         redis: RedisSpec {
             node_type: "cache.r7g.large".into(),
@@ -185,7 +194,7 @@ fn unknown_key_without_a_close_match_lists_the_keys() {
     );
     assert_eq!(
         problem.help.as_deref(),
-        Some("the keys here are idle_timeout_seconds")
+        Some("the keys here are idle_timeout_seconds, health_check_interval_seconds")
     );
 }
 
@@ -525,6 +534,21 @@ fn load_balancer_and_redis_rules() {
             "load_balancer:\n  idle_timeout_seconds: 4001",
             "load_balancer.idle_timeout_seconds",
             "from 60 to 4000",
+        ),
+        (
+            "load_balancer:\n  health_check_interval_seconds: 4",
+            "load_balancer.health_check_interval_seconds",
+            "from 5 to 300",
+        ),
+        (
+            "instances:\n  batch_size: 0",
+            "instances.batch_size",
+            "from 1 to 20",
+        ),
+        (
+            "instances:\n  health_timeout_seconds: 30",
+            "instances.health_timeout_seconds",
+            "from 60 to 3600",
         ),
         (
             "redis:\n  node_type: t4g.micro",

@@ -104,6 +104,16 @@ impl TestStack {
         }
     }
 
+    /// A stack of a fresh name starting with `prefix`, and its hosted zone in LocalStack
+    /// (by id).
+    pub async fn with_zone(aws: &SdkConfig, prefix: &str) -> (Self, String) {
+        let suffix = unique_suffix();
+        let name = format!("{prefix}{}", &suffix[suffix.len() - 8..]);
+        let zone = format!("{name}.example.test");
+        let zone_id = hosted_zone(aws, &zone).await;
+        (Self::new(&name, &zone), zone_id)
+    }
+
     pub fn file(&self) -> std::path::PathBuf {
         self.dir.path().join("stack.yaml")
     }
@@ -163,6 +173,18 @@ pub fn chat_server_binary() -> std::path::PathBuf {
         binary.display()
     );
     binary
+}
+
+/// The `instance_ids` of `up`'s outputs, sorted.
+pub fn instance_ids(outputs: &serde_json::Value) -> Vec<String> {
+    let mut ids: Vec<String> = outputs["instance_ids"]
+        .as_array()
+        .expect("instance_ids in the outputs")
+        .iter()
+        .map(|id| id.as_str().expect("an instance id").to_owned())
+        .collect();
+    ids.sort();
+    ids
 }
 
 /// A Route53 hosted zone in LocalStack, as a user of the CLI would already have.

@@ -1,0 +1,53 @@
+//! Where the stack's instances run, as the commands see it. On AWS, EC2 boots the
+//! instances and the load balancer health-checks them; with `--local`, the local
+//! emulator does both ([`crate::local`]). The commands ask a [`Platform`] for the few
+//! things that differ - how the load balancer sees each instance, what an instance's
+//! console says, and the URL to give the user - and do everything else the same way.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use anyhow::Result;
+
+use crate::deploy::Health;
+use crate::stack::Stack;
+use crate::{instances, load_balancer};
+
+pub trait Platform {
+    /// How the load balancer sees each target of the target group `target_group_arn`, by
+    /// instance id.
+    fn target_health(
+        &self,
+        stack: &Stack,
+        target_group_arn: &str,
+    ) -> impl Future<Output = Result<BTreeMap<String, Health>>>;
+    /// What the instance's console shows, oldest line first.
+    fn console_output(
+        &self,
+        stack: &Stack,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<String>>;
+    /// Where users reach the service.
+    fn url(&self, stack: &Stack) -> String;
+}
+
+/// The stack on AWS (or on what stands for it at the configured endpoint).
+pub struct Aws;
+
+impl Platform for Aws {
+    async fn target_health(
+        &self,
+        stack: &Stack,
+        target_group_arn: &str,
+    ) -> Result<BTreeMap<String, Health>> {
+        load_balancer::target_health(stack, target_group_arn).await
+    }
+
+    async fn console_output(&self, stack: &Stack, instance_id: &str) -> Result<String> {
+        instances::console_output(stack, instance_id).await
+    }
+
+    fn url(&self, stack: &Stack) -> String {
+        format!("https://{}/", stack.spec.domain.name)
+    }
+}
