@@ -2,8 +2,9 @@
 # realtime-stack on this machine with no AWS account: `realtime-stack up --local` starts
 # LocalStack (installed on first use), creates the example stack's hosted zone in it as a
 # user would already have one, runs `up` through the real code path, boots each instance
-# here from its own user-data (a local TLS redis-server standing for ElastiCache) and
-# prints one http://127.0.0.1:<port>/ URL per instance: open two, and chat across them.
+# here from its own user-data (a local TLS redis-server standing for ElastiCache) behind
+# a local stand-in for the load balancer, and prints its one http://127.0.0.1:<port>/
+# URL: open it in two windows, and the chat crosses instances through Redis.
 #
 #   scripts/demo.sh up        build the example stack.yaml and boot its instances here
 #   scripts/demo.sh destroy   stop them and remove the stack again

@@ -10,9 +10,11 @@
 #   local-service-manager.sh daemon-reload|enable UNIT   accepted, nothing to do
 #   local-service-manager.sh start|restart UNIT          (re)start it
 #   local-service-manager.sh stop [UNIT]                 stop it (every unit when none is
-#                                                        named); the chat-server gets TERM,
-#                                                        then TERM again to end the
-#                                                        drain, then KILL
+#                                                        named): TERM, then as systemd does
+#                                                        with RTS_STOP_TIMEOUT set, KILL
+#                                                        after that many seconds; without
+#                                                        it TERM again after 2 s, which
+#                                                        ends the server's drain early
 # Units: realtime-stack-boot.service, chat-server.service.
 #
 # Environment:
@@ -22,6 +24,7 @@
 #   RTS_LOCAL_LISTEN            where the server listens instead of CHAT_LISTEN: the local
 #                               "instances" share one network, so each gets its own port
 #   RTS_LOCAL_REDIS_CA_FILE     optional: the local redis-server's test CA (REDIS_CA_FILE)
+#   RTS_STOP_TIMEOUT            optional: stop like systemd with this TimeoutStopSec
 # Pids go to $RTS_ROOT/run/<unit>.pid, the server's log to $RTS_ROOT/var/log/chat-server.log.
 set -eu
 
@@ -81,10 +84,17 @@ stop() {
     return 0
   fi
   log "stopping $unit (pid $pid)"
-  # SIGTERM starts the server's drain; a second one ends it early (clients get 1012):
-  # locally nobody waits for a load balancer to deregister the instance.
   kill -TERM "$pid" 2>/dev/null || true
-  if ! gone_within "$pid" "$binary" 2; then
+  if [ -n "${RTS_STOP_TIMEOUT:-}" ]; then
+    # As systemd: SIGTERM starts the server's drain, which it is given in full.
+    if ! gone_within "$pid" "$binary" "$RTS_STOP_TIMEOUT"; then
+      log "$unit (pid $pid) still runs after ${RTS_STOP_TIMEOUT}s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      gone_within "$pid" "$binary" 5 || true
+    fi
+  # A second SIGTERM ends the drain early (clients get 1012): nobody waits for a load
+  # balancer to deregister the instance.
+  elif ! gone_within "$pid" "$binary" 2; then
     kill -TERM "$pid" 2>/dev/null || true
     if ! gone_within "$pid" "$binary" 10; then
       log "$unit (pid $pid) ignored SIGTERM; killing it"

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use realtime_stack::aws::AwsArgs;
 use realtime_stack::commands::{destroy, up};
+use realtime_stack::local::emulator;
 use realtime_stack::spec::SpecError;
 
 /// Provision a scalable realtime chat service on AWS from one stack.yaml, and remove it.
@@ -32,6 +33,9 @@ enum Command {
     Up(up::UpArgs),
     /// Delete everything the stack owns
     Destroy(destroy::DestroyArgs),
+    /// Runs the local emulator of a stack (started by `up --local`)
+    #[command(name = "local-emulator", hide = true)]
+    LocalEmulator(emulator::EmulatorArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Up(args) => up::run(&cli.file, &cli.aws, args).await,
             Command::Destroy(args) => destroy::run(&cli.file, &cli.aws, args).await,
+            Command::LocalEmulator(args) => emulator::run(args.clone()).await,
         }
     });
     match result {

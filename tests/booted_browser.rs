@@ -1,7 +1,8 @@
 //! The chat page of instances booted from their real user-data, in headless Chromium:
-//! after `realtime-stack up --local`, a browser on instance 0 sends a message that a
-//! browser on instance 1 shows, carried through the local Redis. A screenshot of each
-//! page is left in the test artefacts directory.
+//! after `realtime-stack up --local`, two browsers open the stack's one URL, the local
+//! load balancer's, and land on different instances; a message sent from one page shows
+//! on the other, carried through the local Redis. A screenshot of each page is left in
+//! the test artefacts directory.
 
 mod support;
 
@@ -44,46 +45,44 @@ async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
     let _destroy = DestroyLocal(&stack);
     let output = stack.run(&["up", "--local", "--output", "json"]);
     let outputs: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
-    let urls: Vec<&str> = outputs["local_urls"]
-        .as_array()
-        .expect("local_urls")
-        .iter()
-        .map(|url| url.as_str().expect("a URL"))
-        .collect();
-    assert_eq!(urls.len(), 2, "one URL per instance: {outputs}");
-    for url in &urls {
-        assert!(
-            url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
-            "{url} is not http://127.0.0.1:<port>/"
-        );
-    }
-    let ids: Vec<&str> = outputs["instance_ids"]
-        .as_array()
-        .expect("instance_ids")
-        .iter()
-        .map(|id| id.as_str().expect("an instance id"))
-        .collect();
+    let url = outputs["url"].as_str().expect("url").to_owned();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
+        "{url} is not the local load balancer's http://127.0.0.1:<port>/"
+    );
+    let ids = support::instance_ids(&outputs);
+    assert_eq!(ids.len(), 2);
 
     let profiles = tempfile::tempdir().unwrap();
     let sender = driver.browser(&profiles.path().join("sender")).await;
     let receiver = driver.browser(&profiles.path().join("receiver")).await;
-    let text = format!("hello from instance 0 ({suffix})");
+    let text = format!("hello across instances ({suffix})");
     let checks = AssertUnwindSafe(async {
-        sender.goto(urls[0]).await.expect("opening instance 0");
-        receiver.goto(urls[1]).await.expect("opening instance 1");
-        // Each page is served by, and connected to, its own instance, whose id it has
-        // from the instance metadata.
-        assert_eq!(
-            wait_connected(&sender, "the page of instance 0").await,
-            ids[0]
-        );
-        assert_eq!(
-            wait_connected(&receiver, "the page of instance 1").await,
-            ids[1]
-        );
+        sender.goto(&url).await.expect("opening the sender's page");
+        receiver
+            .goto(&url)
+            .await
+            .expect("opening the receiver's page");
+        // Each page shows the instance it is connected to, whose id it has from the
+        // instance metadata; the load balancer spreads new connections round robin, so a
+        // reload lands the receiver on the other instance.
+        let on_sender = wait_connected(&sender, "the sender's page").await;
+        let mut on_receiver = wait_connected(&receiver, "the receiver's page").await;
+        for _ in 0..5 {
+            if on_receiver != on_sender {
+                break;
+            }
+            receiver
+                .refresh()
+                .await
+                .expect("reloading the receiver's page");
+            on_receiver = wait_connected(&receiver, "the receiver's page").await;
+        }
+        assert!(ids.contains(&on_sender) && ids.contains(&on_receiver));
+        assert_ne!(on_sender, on_receiver, "the pages are on two instances");
 
         send_message(&sender, "alice", &text).await;
-        let shown = poll_until(WAIT, "the message on the page of instance 1", || async {
+        let shown = poll_until(WAIT, "the message on the receiver's page", || async {
             messages(&receiver)
                 .await
                 .into_iter()
@@ -92,7 +91,7 @@ async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
         .await;
         assert!(shown.contains("alice"), "{shown}");
         // And the sender's own page shows it too, having had it back through Redis.
-        poll_until(WAIT, "the message on the page of instance 0", || async {
+        poll_until(WAIT, "the message on the sender's page", || async {
             messages(&sender)
                 .await
                 .iter()

@@ -59,7 +59,7 @@ struct ServerGuard(LocalInstance);
 
 impl Drop for ServerGuard {
     fn drop(&mut self) {
-        let _ = local::stop_services(&self.0.sandbox);
+        let _ = local::stop_services(&self.0.sandbox, local::Stop::Now);
     }
 }
 
@@ -90,7 +90,11 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(instance: &LocalInstance) -> (Ws, Value) {
-    let url = format!("ws://127.0.0.1:{}/ws?room=boot", instance.port);
+    connect_to(instance.port).await
+}
+
+async fn connect_to(port: u16) -> (Ws, Value) {
+    let url = format!("ws://127.0.0.1:{port}/ws?room=boot");
     let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
         .await
         .expect("websocket connect timed out")
@@ -321,7 +325,7 @@ impl Drop for DestroyLocalOnPanic<'_> {
 }
 
 #[tokio::test]
-async fn up_local_boots_the_instances_here_and_destroy_local_stops_them() {
+async fn up_local_boots_the_instances_here_behind_one_url_and_destroy_local_stops_them() {
     support::localstack().await;
     let suffix = support::unique_suffix();
     let name = format!("l{}", &suffix[suffix.len() - 8..]);
@@ -330,30 +334,33 @@ async fn up_local_boots_the_instances_here_and_destroy_local_stops_them() {
     let destroy_on_panic = DestroyLocalOnPanic(&stack);
     let output = stack.run(&["up", "--local", "--output", "json"]);
     let outputs: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
-    let ports: Vec<u16> = outputs["local_urls"]
-        .as_array()
-        .expect("local_urls")
-        .iter()
-        .map(|url| {
-            let url = url.as_str().unwrap();
-            url.strip_prefix("http://127.0.0.1:")
-                .and_then(|rest| rest.strip_suffix('/'))
-                .and_then(|port| port.parse().ok())
-                .unwrap_or_else(|| panic!("{url} is not http://127.0.0.1:<port>/"))
-        })
-        .collect();
-    assert_eq!(ports.len(), 2, "one URL per instance: {outputs}");
-    // The servers outlive the command that booted them.
-    for port in &ports {
-        assert_eq!(local::http_status(*port, "/healthz").await.unwrap(), 200);
+    let url = outputs["url"].as_str().expect("url");
+    let port: u16 = url
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("{url} is not http://127.0.0.1:<port>/"));
+    let ids = support::instance_ids(&outputs);
+    assert_eq!(ids.len(), 2);
+
+    // One URL, as on AWS: the local load balancer spreads connections over both
+    // instances, which outlive the command that booted them.
+    assert_eq!(local::http_status(port, "/healthz").await.unwrap(), 200);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let (_, hello) = connect_to(port).await;
+        seen.insert(hello["instance"].as_str().unwrap().to_owned());
     }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ids,
+        "both instances serve"
+    );
 
     stack.run(&["destroy", "--local"]);
-    for port in &ports {
-        assert!(
-            local::http_status(*port, "/healthz").await.is_err(),
-            "the server on port {port} is still there after destroy --local"
-        );
-    }
+    assert!(
+        local::http_status(port, "/healthz").await.is_err(),
+        "the load balancer on port {port} is still there after destroy --local"
+    );
     drop(destroy_on_panic);
 }

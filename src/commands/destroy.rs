@@ -1,8 +1,8 @@
 //! `realtime-stack destroy`: finds everything the stack owns (by its tag, and the
 //! untaggable pieces through their parents), asks, and deletes it in dependency order,
 //! retrying what AWS refuses until nothing progresses; then names what is left.
-//! `destroy --local` first stops what `up --local` runs on this machine
-//! (`commands/local.rs`).
+//! `destroy --local` first stops what `up --local` runs on this machine, then destroys
+//! the stack in LocalStack ([`crate::local::Environment`]).
 
 use std::path::Path;
 use std::time::Duration;
@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::aws::AwsArgs;
-use crate::engine::{self, Deletable, Pace};
+use crate::engine::{self, Deletable, Pace, Progress};
+use crate::local::Environment;
 use crate::stack::Stack;
 use crate::{artifact, cache, certificate, dns, instances, load_balancer, network};
 
@@ -19,22 +20,32 @@ pub struct DestroyArgs {
     /// Go ahead without asking
     #[arg(long)]
     pub yes: bool,
-    /// Undo `up --local`: stop the instances booted on this machine and the local
-    /// redis-server, then destroy the stack in LocalStack
+    /// Undo `up --local`: stop the local emulator (and the instances it booted) and the
+    /// local redis-server, then destroy the stack in LocalStack
     #[arg(long)]
     pub local: bool,
 }
 
 pub async fn run(file: &Path, aws: &AwsArgs, args: &DestroyArgs) -> Result<()> {
-    if args.local {
-        return super::local::destroy(file, aws).await;
+    if !args.local {
+        let stack = super::open_stack(file, aws).await?;
+        return delete_all(&stack, args.yes).await;
     }
-    let stack = super::open_stack(file, aws).await?;
-    delete_all(&stack, args.yes).await
+    // What runs here goes first: once the instances are terminated in LocalStack, the
+    // emulator would give each server its whole drain.
+    Environment::stop(file, &Progress::new())?;
+    match Environment::attach(file, aws).await? {
+        // Nothing here touches an AWS account: no question to ask.
+        Some(environment) => delete_all(&environment.stack, true).await,
+        None => {
+            Progress::new().note("LocalStack is not running: the stack went with it");
+            Ok(())
+        }
+    }
 }
 
 /// Lists what `stack` owns, asks (unless `yes`), and deletes it.
-pub(super) async fn delete_all(stack: &Stack, yes: bool) -> Result<()> {
+async fn delete_all(stack: &Stack, yes: bool) -> Result<()> {
     let account = super::account(stack).await?;
     let resources = discover(stack, &account).await?;
     if resources.is_empty() {

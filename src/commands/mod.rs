@@ -2,7 +2,7 @@
 //! the preflight checks, and asking before acting.
 
 pub mod destroy;
-mod local;
+mod preflight;
 pub mod up;
 
 use std::io::{BufRead, IsTerminal, Write};

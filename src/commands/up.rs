@@ -1,22 +1,23 @@
 //! `realtime-stack up`: preflight, then build or converge the whole stack, independent
-//! branches at the same time, and print its outputs.
-//! `up --local` runs the same preflight and converge against LocalStack, then boots the
-//! instances on this machine (`commands/local.rs`).
+//! branches at the same time, deploy the instances (health-gated, rolling), and print
+//! the outputs. `up --local` does the same against LocalStack, with the instances and the
+//! load balancer run on this machine ([`crate::local::Environment`]).
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use futures::try_join;
 use serde::Serialize;
 
-use crate::artifact::{self, Binary};
+use super::preflight::{Preflight, preflight};
+use crate::artifact;
 use crate::aws::AwsArgs;
 use crate::deploy::{self, Fleet, Pacing, Wanted};
-use crate::dns::HostedZone;
 use crate::fleet::Ec2Fleet;
-use crate::instances::{self, Boot, Image, Launch};
-use crate::platform::Platform;
+use crate::instances::{self, Boot, Launch};
+use crate::local::Environment;
+use crate::platform::{Aws, Platform};
 use crate::stack::Stack;
 use crate::{cache, certificate, dns, load_balancer, network};
 
@@ -29,8 +30,8 @@ pub struct UpArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// Run it all on this machine, no AWS account needed: LocalStack for AWS, a local TLS
-    /// redis-server for ElastiCache, each instance booted here from its user-data; prints
-    /// one http://127.0.0.1:<port>/ URL per instance
+    /// redis-server for ElastiCache, the instances booted here from their user-data behind
+    /// a local load balancer, whose http://127.0.0.1:<port>/ URL it prints
     #[arg(long)]
     pub local: bool,
 }
@@ -54,22 +55,14 @@ pub struct Outputs {
     pub artifact: String,
     /// The AWS calls of this run that changed something; empty when it was up to date.
     pub changes: Vec<String>,
-    /// With `--local`: one URL per instance booted on this machine, in instance order.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub local_urls: Vec<String>,
-}
-
-/// What preflight established before anything is created.
-pub(super) struct Preflight {
-    account: String,
-    zone: HostedZone,
-    binary: Binary,
-    image: Image,
 }
 
 pub async fn run(file: &Path, aws: &AwsArgs, args: &UpArgs) -> Result<()> {
     let outputs = if args.local {
-        super::local::up(file, aws).await?
+        // Nothing here touches an AWS account: no question to ask.
+        let environment = Environment::start(file, aws).await?;
+        let preflight = preflight(&environment.stack).await?;
+        converge(&environment.stack, &environment, &preflight).await?
     } else {
         let stack = super::open_stack(file, aws).await?;
         let preflight = preflight(&stack).await?;
@@ -80,7 +73,7 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &UpArgs) -> Result<()> {
             ),
             args.yes,
         )?;
-        converge(&stack, &crate::platform::Aws, &preflight).await?
+        converge(&stack, &Aws, &preflight).await?
     };
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&outputs)?),
@@ -89,83 +82,12 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &UpArgs) -> Result<()> {
     Ok(())
 }
 
-/// Everything that can fail before a resource is created: credentials, the hosted zone,
-/// the binary (built here unless given) and its match with the instance type.
-pub(super) async fn preflight(stack: &Stack) -> Result<Preflight> {
-    let progress = &stack.progress;
-    let account = progress
-        .step("credentials")
-        .run(super::account(stack), |a| format!("account {a}"))
-        .await?;
-    let zone = progress
-        .step(format!("hosted zone {}", stack.spec.domain.hosted_zone))
-        .run(dns::find_zone(stack), |zone| zone.id.clone())
-        .await?;
-    let architecture = progress
-        .step(format!(
-            "instance type {}",
-            stack.spec.instances.instance_type
-        ))
-        .run(instances::architecture(stack), |arch| {
-            arch.ec2_name().to_owned()
-        })
-        .await?;
-    let binary_step = progress.step("chat-server binary");
-    binary_step.set(match &stack.spec.instances.binary {
-        Some(_) => "reading",
-        None => "building (cargo build --release -p chat-server)",
-    });
-    let configured = stack.spec.instances.binary.clone();
-    let shown = progress.clone();
-    let binary = binary_step
-        .run(
-            async {
-                tokio::task::spawn_blocking(move || {
-                    artifact::prepare_binary(configured.as_deref(), &|line| shown.note(line))
-                })
-                .await?
-            },
-            |binary| {
-                format!(
-                    "{} {}",
-                    binary.architecture.ec2_name(),
-                    &binary.sha256[..12]
-                )
-            },
-        )
-        .await?;
-    if binary.architecture != architecture {
-        bail!(
-            "the chat-server binary {} is built for {}, but instance type {} runs {}: pick an {} \
-             instance type, or build chat-server for {} and set instances.binary",
-            binary.path.display(),
-            binary.architecture.ec2_name(),
-            stack.spec.instances.instance_type,
-            architecture.ec2_name(),
-            binary.architecture.ec2_name(),
-            architecture.ec2_name(),
-        );
-    }
-    let image = progress
-        .step("machine image")
-        .run(instances::image(stack, architecture), |image| {
-            image.id.clone()
-        })
-        .await?;
-    Ok(Preflight {
-        account,
-        zone,
-        binary,
-        image,
-    })
-}
-
 /// Builds what is missing, fixes what drifted and deploys the instances. Redis (the
 /// slowest on AWS) starts as soon as the network exists and overlaps with the
 /// certificate, the load balancer and the first instances, which boot while Redis is
 /// still being created. The deploy comes last: replacements roll once everything they
 /// need exists, and `up` ends only when every instance is healthy.
-pub(super) async fn converge(
+async fn converge(
     stack: &Stack,
     platform: &impl Platform,
     preflight: &Preflight,
@@ -260,7 +182,6 @@ pub(super) async fn converge(
         certificate_arn: certificate.arn,
         artifact: format!("s3://{}/{}", artifact.bucket, artifact.key),
         changes: stack.clients.calls.mutating(),
-        local_urls: Vec::new(),
     })
 }
 
@@ -293,8 +214,5 @@ fn print_text(outputs: &Outputs) {
     match outputs.changes.len() {
         0 => println!("  changes             none: everything was already as stack.yaml says"),
         n => println!("  changes             {n} AWS calls changed something"),
-    }
-    for url in &outputs.local_urls {
-        println!("  booted here         {url}");
     }
 }

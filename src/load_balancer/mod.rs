@@ -28,7 +28,9 @@ mod tests;
 use listeners::ensure_http_listener;
 pub use listeners::ensure_https_listener;
 use target_group::ensure_target_group;
-pub use target_group::{deregister, register, target_health};
+pub use target_group::{
+    deregister, deregistration_delay, owned_target_group, register, target_health,
+};
 pub use teardown::deletables;
 use teardown::ours_only;
 

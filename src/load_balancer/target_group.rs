@@ -49,6 +49,37 @@ fn health_check_timing(stack: &Stack) -> (i32, i32) {
     (interval, 5.min(interval - 1))
 }
 
+/// The stack's target group, when it exists and carries the stack's tag.
+pub async fn owned_target_group(stack: &Stack) -> Result<Option<TargetGroup>> {
+    Ok(find_target_group(stack)
+        .await?
+        .and_then(|(group, ours)| ours.then_some(group)))
+}
+
+/// How long a deregistered target keeps its open connections, in seconds.
+pub async fn deregistration_delay(stack: &Stack, target_group_arn: &str) -> Result<u64> {
+    let attributes = stack
+        .clients
+        .elbv2
+        .describe_target_group_attributes()
+        .target_group_arn(target_group_arn)
+        .send()
+        .await
+        .call(format!(
+            "DescribeTargetGroupAttributes {}",
+            stack.names.target_group()
+        ))?;
+    // The ALB's default when the attribute is not reported.
+    Ok(attributes
+        .attributes()
+        .iter()
+        .find(|attribute| attribute.key() == Some(DEREGISTRATION_DELAY))
+        .and_then(|attribute| attribute.value()?.parse().ok())
+        .unwrap_or(300))
+}
+
+const DEREGISTRATION_DELAY: &str = "deregistration_delay.timeout_seconds";
+
 /// Whether the health check of `group` is the one wanted: `/healthz` on the traffic
 /// port, which answers 503 while the server drains or has lost Redis.
 fn health_check_matches(stack: &Stack, group: &TargetGroup) -> bool {
@@ -160,7 +191,7 @@ async fn ensure_target_group_attributes(stack: &Stack, step: &Step, arn: &str) -
     let wanted = [
         // As long as the server keeps serving open connections after SIGTERM.
         (
-            "deregistration_delay.timeout_seconds",
+            DEREGISTRATION_DELAY,
             stack.spec.instances.drain_seconds.to_string(),
         ),
         // Any instance serves any room: Redis fans messages out between them.

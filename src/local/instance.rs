@@ -217,21 +217,40 @@ pub fn server_pid(sandbox: &Path) -> Option<u32> {
     process_is(pid, &binary.to_string_lossy()).then_some(pid)
 }
 
+/// How to stop an instance's services.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    /// As systemd at shutdown: SIGTERM, then the unit's `TimeoutStopSec` (the drain and a
+    /// margin) before SIGKILL. What an EC2 termination does.
+    Graceful,
+    /// SIGTERM twice, which ends the server's drain at once: nobody is left to serve.
+    Now,
+}
+
 /// Stops the boot service and the chat-server of `sandbox` through the service manager,
-/// as `systemctl stop` would; nothing to do when none runs. Blocks for a few seconds at
-/// most.
-pub fn stop_services(sandbox: &Path) -> Result<()> {
+/// as `systemctl stop` would; nothing to do when none runs. Blocks until they are gone.
+pub fn stop_services(sandbox: &Path, how: Stop) -> Result<()> {
     let manager = sandbox.join("local-service-manager.sh");
     if !manager.exists() {
         return Ok(());
     }
-    let output = std::process::Command::new("sh")
+    let mut command = std::process::Command::new("sh");
+    command
         .arg(&manager)
         .arg("stop")
         .env("RTS_ROOT", sandbox.join("root"))
-        .stdin(Stdio::null())
-        .output()
-        .context("could not run `sh`")?;
+        .stdin(Stdio::null());
+    if let Stop::Graceful = how {
+        let unit =
+            std::fs::read_to_string(sandbox.join("root/etc/systemd/system/chat-server.service"))
+                .unwrap_or_default();
+        let timeout = unit
+            .lines()
+            .find_map(|line| line.strip_prefix("TimeoutStopSec="))
+            .unwrap_or("90");
+        command.env("RTS_STOP_TIMEOUT", timeout.trim());
+    }
+    let output = command.output().context("could not run `sh`")?;
     if !output.status.success() {
         bail!(
             "could not stop the services in {}: {}",

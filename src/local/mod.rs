@@ -10,13 +10,21 @@
 //!   id and its tags as LocalStack holds them, the Redis endpoint tag mapped to the
 //!   local Redis;
 //! - ElastiCache: [`LocalRedis`], a TLS-only redis-server with a CA generated for it,
-//!   since the rendered user-data says `rediss://`.
+//!   since the rendered user-data says `rediss://`;
+//! - EC2 and the load balancer at work: the emulator ([`emulator`]), a process per stack
+//!   that boots the instances LocalStack says run and proxies one port to them;
+//! - for the commands, [`Environment`]: the stack aimed at LocalStack, and the
+//!   [`crate::platform::Platform`] that answers from what runs here.
 //!
 //! Nothing here is on the AWS path: the commands reach it only through `--local`.
 
+pub mod emulator;
+mod environment;
 mod imds;
 mod instance;
+mod proxy;
 mod redis;
+mod state;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -25,9 +33,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub use environment::{EMULATOR, Environment, repository};
 pub use imds::Imds;
 pub use instance::{
-    BootSettings, HEALTHY_WITHIN, LocalInstance, server_pid, stop_services, user_data,
+    BootSettings, HEALTHY_WITHIN, LocalInstance, Stop, server_pid, stop_services, user_data,
 };
 pub use redis::LocalRedis;
 
@@ -72,6 +81,23 @@ pub fn check_programs() -> Result<()> {
         if programs.len() == 1 { "is" } else { "are" },
         packages.join(" ")
     )
+}
+
+/// An `SdkConfig` for LocalStack at `endpoint`, with its test credentials.
+pub async fn localstack_config(endpoint: &str, region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new(region.to_owned()))
+        .credentials_provider(aws_sdk_sts::config::Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "realtime-stack-local",
+        ))
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8))
+        .load()
+        .await
 }
 
 /// A loopback port nobody listens on right now.

@@ -93,6 +93,7 @@ impl TestStack {
         let yaml = format!(
             "name: {name}\nregion: us-east-1\ndomain:\n  name: chat.{zone}\n  hosted_zone: {zone}\n\
              network:\n  cidr: 10.20.0.0/16\ninstances:\n  count: 2\n  type: t3.micro\n  binary: {}\n\
+             load_balancer:\n  health_check_interval_seconds: 5\n\
              redis:\n  replicas: 1\ntags:\n  team: tests\n",
             chat_server_binary().display()
         );

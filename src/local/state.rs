@@ -1,0 +1,139 @@
+//! What runs on this machine for one stack, recorded in its state directory,
+//! `.localstack/local-stack/<stack>/`, so that every `--local` command finds it:
+//! `state.json` (the ports and pids of what runs), `status.json` (how the local load
+//! balancer sees the targets, rewritten by the emulator every round), `redis/`,
+//! `instances/<id>/` (one sandbox per booted instance) and `emulator.log`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The ports and pids of what runs for one stack.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub redis_port: Option<u16>,
+    /// The local load balancer's port: the stack's one URL, kept from run to run.
+    pub load_balancer_port: Option<u16>,
+    /// The emulator process (`realtime-stack local-emulator`).
+    pub emulator_pid: Option<u32>,
+    /// Instance id -> the loopback port its server listens on.
+    pub instances: BTreeMap<String, u16>,
+}
+
+/// How the local load balancer sees one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    /// `initial`, `healthy`, `unhealthy` or `draining`, as the ALB names them.
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+/// What the emulator last saw, with when.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Status {
+    /// Milliseconds since the epoch.
+    pub written_at: u64,
+    pub targets: BTreeMap<String, TargetStatus>,
+}
+
+impl Status {
+    /// Whether it was written within `within`: the emulator writes it every round.
+    pub fn fresh(&self, within: Duration) -> bool {
+        now_millis().saturating_sub(self.written_at) <= within.as_millis() as u64
+    }
+}
+
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// The state directory of one stack.
+#[derive(Debug, Clone)]
+pub struct StateDir(PathBuf);
+
+impl StateDir {
+    /// `$LOCALSTACK_HOME/local-stack/<stack>`, LocalStack's home defaulting to the
+    /// checkout's `.localstack/`.
+    pub fn of(repository: &Path, stack: &str) -> Self {
+        let home = std::env::var_os("LOCALSTACK_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repository.join(".localstack"));
+        Self(home.join("local-stack").join(stack))
+    }
+
+    pub fn at(path: PathBuf) -> Self {
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn load(&self) -> Result<State> {
+        read_json(&self.0.join("state.json")).map(Option::unwrap_or_default)
+    }
+
+    pub fn save(&self, state: &State) -> Result<()> {
+        write_json(&self.0.join("state.json"), state)
+    }
+
+    /// The emulator's last status, if it wrote one.
+    pub fn status(&self) -> Result<Option<Status>> {
+        read_json(&self.0.join("status.json"))
+    }
+
+    pub fn save_status(&self, status: &Status) -> Result<()> {
+        write_json(&self.0.join("status.json"), status)
+    }
+
+    pub fn redis(&self) -> PathBuf {
+        self.0.join("redis")
+    }
+
+    pub fn sandbox(&self, instance_id: &str) -> PathBuf {
+        self.0.join("instances").join(instance_id)
+    }
+
+    pub fn emulator_log(&self) -> PathBuf {
+        self.0.join("emulator.log")
+    }
+
+    /// Removes the whole directory; nothing to do when it is not there.
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.0) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(err).context(format!("cannot remove {}", self.0.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
+            format!(
+                "{} is damaged: stop what it lists by hand, delete it and run again",
+                path.display()
+            )
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err).context(format!("reading {}", path.display())),
+    }
+}
+
+/// Written to a temporary file and renamed into place, so a reader never sees half of it.
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let dir = path.parent().context("a state file has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let temporary = path.with_extension("json.tmp");
+    std::fs::write(&temporary, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+}
