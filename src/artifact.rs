@@ -18,7 +18,7 @@ use aws_sdk_s3::types::{
 use sha2::{Digest, Sha256};
 
 use crate::aws::{Call, delete_outcome};
-use crate::engine::{Deletable, DeleteError, DeleteFuture};
+use crate::engine::{Action, Deletable, DeleteError, DeleteFuture};
 use crate::stack::Stack;
 
 /// A binary on this machine, ready to ship.
@@ -123,6 +123,8 @@ pub struct Artifact {
     pub bucket: String,
     pub key: String,
     pub sha256: String,
+    /// Only with `plan`: the bucket does not exist yet.
+    pub planned: bool,
 }
 
 /// Ensures the stack's bucket exists, private and encrypted, and holds `binary` under a
@@ -130,13 +132,14 @@ pub struct Artifact {
 pub async fn ensure(stack: &Stack, account: &str, binary: &Binary) -> Result<Artifact> {
     let bucket = stack.names.bucket(account, &stack.region);
     let step = stack.progress.step(format!("bucket {bucket}"));
-    step.run(ensure_bucket(stack, &bucket), |_| String::new())
+    let exists = step
+        .run(ensure_bucket(stack, &bucket), |_| String::new())
         .await?;
     let key = format!("chat-server/{}", binary.sha256);
     let step = stack
         .progress
         .step(format!("artifact chat-server {}", &binary.sha256[..12]));
-    step.run(upload_once(stack, &bucket, &key, binary), |_| {
+    step.run(upload_once(stack, &bucket, exists, &key, binary), |_| {
         format!("s3://{bucket}/{key}")
     })
     .await?;
@@ -144,6 +147,7 @@ pub async fn ensure(stack: &Stack, account: &str, binary: &Binary) -> Result<Art
         bucket,
         key,
         sha256: binary.sha256.clone(),
+        planned: !exists,
     })
 }
 
@@ -183,6 +187,12 @@ pub async fn ensure_access(stack: &Stack, artifact: &Artifact, endpoint_id: &str
     let work = async {
         let s3 = &stack.clients.s3;
         let wanted = bucket_policy(bucket, endpoint_id);
+        let resource = format!("bucket policy {bucket}");
+        let reason = format!("GetObject only through {endpoint_id}, TLS only");
+        if artifact.planned {
+            stack.make(Action::Create, resource, reason);
+            return Ok(());
+        }
         let current = match s3.get_bucket_policy().bucket(bucket).send().await {
             Ok(out) => out
                 .policy
@@ -195,7 +205,12 @@ pub async fn ensure_access(stack: &Stack, artifact: &Artifact, endpoint_id: &str
                 ));
             }
         };
-        if current.as_ref() == Some(&wanted) {
+        let action = match current {
+            Some(current) if current == wanted => return Ok(()),
+            Some(_) => Action::Update,
+            None => Action::Create,
+        };
+        if !stack.make(action, resource, reason) {
             return Ok(());
         }
         step.set("writing");
@@ -213,11 +228,16 @@ pub async fn ensure_access(stack: &Stack, artifact: &Artifact, endpoint_id: &str
     .await
 }
 
-async fn ensure_bucket(stack: &Stack, bucket: &str) -> Result<()> {
+/// Returns whether the bucket exists: only with `plan` can it not.
+async fn ensure_bucket(stack: &Stack, bucket: &str) -> Result<bool> {
     let s3 = &stack.clients.s3;
     match s3.head_bucket().bucket(bucket).send().await {
         Ok(_) => {}
         Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
+            let reason = "private, encrypted (SSE-S3), tagged";
+            if !stack.make(Action::Create, format!("bucket {bucket}"), reason) {
+                return Ok(false);
+            }
             let mut create = s3.create_bucket().bucket(bucket);
             // us-east-1 is the one region that must not be named as a location constraint.
             if stack.region != "us-east-1" {
@@ -236,7 +256,8 @@ async fn ensure_bucket(stack: &Stack, bucket: &str) -> Result<()> {
     }
     ensure_private(stack, bucket).await?;
     ensure_encrypted(stack, bucket).await?;
-    ensure_tagged(stack, bucket).await
+    ensure_tagged(stack, bucket).await?;
+    Ok(true)
 }
 
 async fn ensure_private(stack: &Stack, bucket: &str) -> Result<()> {
@@ -258,7 +279,14 @@ async fn ensure_private(stack: &Stack, bucket: &str) -> Result<()> {
             .iter()
             .all(|flag| *flag == Some(true))
         });
-    if !blocked {
+    let change = || {
+        stack.make(
+            Action::Update,
+            format!("bucket {bucket}"),
+            "block every form of public access",
+        )
+    };
+    if !blocked && change() {
         s3.put_public_access_block()
             .bucket(bucket)
             .public_access_block_configuration(
@@ -291,7 +319,14 @@ async fn ensure_encrypted(stack: &Stack, bucket: &str) -> Result<()> {
                 .iter()
                 .any(|rule| rule.apply_server_side_encryption_by_default().is_some())
         });
-    if !encrypted {
+    let change = || {
+        stack.make(
+            Action::Update,
+            format!("bucket {bucket}"),
+            "encrypt by default (SSE-S3)",
+        )
+    };
+    if !encrypted && change() {
         s3.put_bucket_encryption()
             .bucket(bucket)
             .server_side_encryption_configuration(
@@ -331,7 +366,13 @@ async fn ensure_tagged(stack: &Stack, bucket: &str) -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    if wanted.iter().all(|tag| current.contains(tag)) {
+    if wanted.iter().all(|tag| current.contains(tag))
+        || !stack.make(
+            Action::Update,
+            format!("bucket {bucket}"),
+            "tag it as the stack's",
+        )
+    {
         return Ok(());
     }
     let tags = wanted
@@ -353,15 +394,29 @@ async fn ensure_tagged(stack: &Stack, bucket: &str) -> Result<()> {
     Ok(())
 }
 
-async fn upload_once(stack: &Stack, bucket: &str, key: &str, binary: &Binary) -> Result<()> {
+async fn upload_once(
+    stack: &Stack,
+    bucket: &str,
+    bucket_exists: bool,
+    key: &str,
+    binary: &Binary,
+) -> Result<()> {
     let s3 = &stack.clients.s3;
-    if s3
-        .head_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .is_ok()
+    let exists = bucket_exists
+        && s3
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .is_ok();
+    let reason = format!("upload {}", binary.path.display());
+    if exists
+        || !stack.make(
+            Action::Create,
+            format!("object s3://{bucket}/{key}"),
+            reason,
+        )
     {
         return Ok(());
     }

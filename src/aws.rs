@@ -71,7 +71,16 @@ pub struct Clients {
 
 impl Clients {
     pub fn new(config: &SdkConfig) -> Self {
-        let calls = CallLog::default();
+        Self::with_calls(config, CallLog::recording())
+    }
+
+    /// Clients that refuse every call that could change something: `plan`'s. A change
+    /// that `plan` forgot to hold back fails instead of being made.
+    pub fn read_only(config: &SdkConfig) -> Self {
+        Self::with_calls(config, CallLog::refusing_changes())
+    }
+
+    fn with_calls(config: &SdkConfig, calls: CallLog) -> Self {
         // An endpoint override (LocalStack, MinIO) rarely resolves bucket subdomains.
         let path_style =
             config.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
@@ -118,14 +127,37 @@ impl Clients {
 }
 
 /// Every AWS operation sent, as `service:Operation`, in order. Read-only operations are
-/// told apart by name, as AWS names them: Describe*, List*, Get*, Head*.
+/// told apart by name, as AWS names them: Describe*, List*, Get*, Head*. With
+/// `REALTIME_STACK_CALL_LOG` set to a file, each operation is also appended there (what
+/// the IAM policy test reads). For `plan`, it refuses the others before they are sent.
 #[derive(Clone, Debug, Default)]
-pub struct CallLog(Arc<Mutex<Vec<String>>>);
+pub struct CallLog {
+    calls: Arc<Mutex<Vec<String>>>,
+    refuse_changes: bool,
+    file: Option<Arc<std::path::PathBuf>>,
+}
+
+/// Names a file that every AWS operation the CLI sends is appended to, one per line.
+pub const CALL_LOG_VARIABLE: &str = "REALTIME_STACK_CALL_LOG";
 
 impl CallLog {
+    fn recording() -> Self {
+        CallLog {
+            file: std::env::var_os(CALL_LOG_VARIABLE).map(|path| Arc::new(path.into())),
+            ..CallLog::default()
+        }
+    }
+
+    fn refusing_changes() -> Self {
+        CallLog {
+            refuse_changes: true,
+            ..CallLog::recording()
+        }
+    }
+
     /// The calls that may have changed something.
     pub fn mutating(&self) -> Vec<String> {
-        self.0
+        self.calls
             .lock()
             .expect("call log lock")
             .iter()
@@ -155,10 +187,22 @@ impl Intercept for CallLog {
         _components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let Some(metadata) = cfg.load::<Metadata>() {
-            let call = format!("{}:{}", metadata.service(), metadata.name());
-            self.0.lock().expect("call log lock").push(call);
+        let Some(metadata) = cfg.load::<Metadata>() else {
+            return Ok(());
+        };
+        let call = format!("{}:{}", metadata.service(), metadata.name());
+        if self.refuse_changes && !is_read_only(&call) {
+            return Err(format!("{call} was not sent: plan makes no change").into());
         }
+        if let Some(file) = &self.file {
+            use std::io::Write;
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(file.as_ref())?;
+            writeln!(log, "{call}")?;
+        }
+        self.calls.lock().expect("call log lock").push(call);
         Ok(())
     }
 }

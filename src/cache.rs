@@ -13,7 +13,7 @@ use aws_sdk_elasticache::types::{
 };
 
 use crate::aws::{Call, delete_outcome};
-use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
+use crate::engine::{Action, Deletable, DeleteFuture, Step, planned_id, wait_for};
 use crate::names::STACK_TAG;
 use crate::stack::Stack;
 
@@ -47,6 +47,10 @@ async fn ensure_subnet_group(stack: &Stack, subnet_ids: &[String]) -> Result<()>
     let work = async {
         let elasticache = &stack.clients.elasticache;
         let Some(group) = describe_subnet_group(stack, &name).await? else {
+            let reason = format!("on {}", subnet_ids.join(" "));
+            if !stack.make(Action::Create, format!("cache subnet group {name}"), reason) {
+                return Ok("planned");
+            }
             step.set("creating");
             elasticache
                 .create_cache_subnet_group()
@@ -74,7 +78,9 @@ async fn ensure_subnet_group(stack: &Stack, subnet_ids: &[String]) -> Result<()>
             .filter_map(|subnet| subnet.subnet_identifier())
             .collect();
         let want: BTreeSet<&str> = subnet_ids.iter().map(String::as_str).collect();
-        if have == want {
+        let reason = format!("move to {}", subnet_ids.join(" "));
+        if have == want || !stack.make(Action::Update, format!("cache subnet group {name}"), reason)
+        {
             return Ok("unchanged");
         }
         step.set("moving to the stack's private subnets");
@@ -99,6 +105,24 @@ async fn ensure_replication_group(
     let id = stack.names.replication_group();
     match describe_group(stack, &id).await? {
         None => {
+            let redis = &stack.spec.redis;
+            let reason = format!(
+                "{} {} on {}, {} replica(s), encrypted in transit and at rest",
+                redis.engine,
+                redis
+                    .engine_version
+                    .as_deref()
+                    .unwrap_or("(default version)"),
+                redis.node_type,
+                redis.replicas
+            );
+            if !stack.make(Action::Create, format!("redis {id}"), reason) {
+                return Ok(Redis {
+                    address: planned_id("redis endpoint"),
+                    port: PORT,
+                    tls: true,
+                });
+            }
             step.set("creating");
             create_group(stack, &id, security_group).await?;
             // Just created from the spec: nothing can differ.
@@ -107,8 +131,16 @@ async fn ensure_replication_group(
         Some(group) => {
             require_ours(stack, group.arn(), &format!("the replication group {id}")).await?;
             refuse_unchangeable(stack, &group)?;
+            if stack.planning() {
+                // What is to change is known now; only `up` waits for a group still busy.
+                for fix in fixes(stack, &group).await? {
+                    stack.make(Action::Update, format!("redis {id}"), fix.to_string());
+                }
+                return endpoint(&group);
+            }
             let mut group = wait_available(stack, step, &id).await?;
             for fix in fixes(stack, &group).await? {
+                stack.make(Action::Update, format!("redis {id}"), fix.to_string());
                 step.set(&fix.to_string());
                 apply(stack, &id, &fix).await?;
                 group = wait_available(stack, step, &id).await?;

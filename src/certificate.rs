@@ -10,6 +10,7 @@ use aws_sdk_acm::types::{CertificateDetail, CertificateStatus, Tag, ValidationMe
 
 use crate::aws::{Call, delete_outcome};
 use crate::dns::{self, HostedZone, Record};
+use crate::engine::{Action, planned_id};
 use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
 use crate::stack::Stack;
 
@@ -34,13 +35,38 @@ pub async fn ensure(stack: &Stack, zone: &HostedZone) -> Result<Certificate> {
 }
 
 async fn converge(stack: &Stack, zone: &HostedZone, step: &Step) -> Result<Certificate> {
+    let domain = &stack.spec.domain.name;
     let arn = match find(stack).await? {
         Some(arn) => arn,
         None => {
+            if !stack.make(
+                Action::Create,
+                format!("certificate {domain}"),
+                "validated through DNS, its record written into the zone",
+            ) {
+                return Ok(Certificate {
+                    arn: planned_id("certificate"),
+                    validation_records: Vec::new(),
+                });
+            }
             step.set("requesting");
             request(stack).await?
         }
     };
+    if stack.planning() {
+        // Only what is known now: the records ACM names, and whether they are in place.
+        if let Some(records) = describe_usable(stack, &arn)
+            .await?
+            .as_ref()
+            .and_then(records_of)
+        {
+            dns::upsert_records(stack, zone, &records).await?;
+        }
+        return Ok(Certificate {
+            arn,
+            validation_records: Vec::new(),
+        });
+    }
     // ACM adds the record to a new certificate a few seconds after the request.
     let validation_records = wait_for(
         step,

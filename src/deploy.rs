@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::engine::{Pace, Progress, Step, wait_for};
+use crate::engine::{Action, Pace, Progress, Step, wait_for};
 
 /// What an instance runs. Recorded in its tags at launch; an instance whose fingerprint
 /// differs from the one `up` would launch now is replaced.
@@ -152,6 +152,44 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// What the rollout does, resource by resource, as `plan` shows it.
+    pub fn changes(&self) -> Vec<(Action, String, String)> {
+        let instance = |id: &str| format!("instance {id}");
+        let mut changes = Vec::new();
+        for (id, why) in &self.discard {
+            changes.push((
+                Action::Delete,
+                instance(id),
+                format!("{why}; terminated at once"),
+            ));
+        }
+        if self.add > 0 {
+            changes.push((
+                Action::Create,
+                format!("{} instance(s)", self.add),
+                "to reach instances.count".to_owned(),
+            ));
+        }
+        if !self.register.is_empty() {
+            changes.push((
+                Action::Update,
+                "target group".to_owned(),
+                format!("register {}", self.register.join(" ")),
+            ));
+        }
+        for (id, why) in &self.remove {
+            changes.push((
+                Action::Delete,
+                instance(id),
+                format!("{why}; drained first"),
+            ));
+        }
+        for (id, why) in &self.replace {
+            changes.push((Action::Replace, instance(id), why.join(", ")));
+        }
+        changes
+    }
+
     /// Whether the fleet is already as wanted (the gate may still wait for booting ones).
     pub fn is_empty(&self) -> bool {
         self.add == 0

@@ -13,6 +13,7 @@ use aws_sdk_route53::types::{
 };
 
 use crate::aws::{Call, delete_outcome};
+use crate::engine::Action;
 use crate::engine::{Deletable, DeleteError, DeleteFuture, Step, wait_for};
 use crate::stack::Stack;
 
@@ -279,7 +280,16 @@ async fn upsert(stack: &Stack, zone: &HostedZone, records: &[Record], step: &Ste
     let mut changes = Vec::new();
     for record in records {
         let current = current_set(route53, &zone.id, record).await?;
-        if !current.is_some_and(|set| record.is_written_as(&set)) {
+        let action = match &current {
+            Some(set) if record.is_written_as(set) => continue,
+            Some(_) => Action::Update,
+            None => Action::Create,
+        };
+        if stack.make(
+            action,
+            format!("dns {}", record.describe()),
+            format!("in {}", zone.name),
+        ) {
             changes.push(
                 Change::builder()
                     .action(ChangeAction::Upsert)

@@ -44,6 +44,8 @@ impl Pace {
 #[derive(Clone)]
 pub struct Progress {
     live: Option<MultiProgress>,
+    /// Whether the resource lines show at all (`plan` shows only its result, and notes).
+    steps: bool,
     started: Instant,
 }
 
@@ -55,6 +57,16 @@ impl Progress {
     pub fn with_live_lines(live: bool) -> Self {
         Self {
             live: live.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            steps: true,
+            started: Instant::now(),
+        }
+    }
+
+    /// No line per resource, only notes (a build's output, what is left alone).
+    pub fn notes_only() -> Self {
+        Self {
+            live: None,
+            steps: false,
             started: Instant::now(),
         }
     }
@@ -109,7 +121,8 @@ impl Step {
     pub fn set(&self, state: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(state.to_owned()),
-            None => self.progress.note(&format!("{}: {state}", self.label)),
+            None if self.progress.steps => self.progress.note(&format!("{}: {state}", self.label)),
+            None => {}
         }
     }
 
@@ -122,16 +135,18 @@ impl Step {
         };
         match &self.bar {
             Some(bar) => bar.finish_with_message(state),
-            None => self.progress.note(&format!("{}: {state}", self.label)),
+            None if self.progress.steps => self.progress.note(&format!("{}: {state}", self.label)),
+            None => {}
         }
     }
 
     pub fn fail(&self, reason: &str) {
         match &self.bar {
             Some(bar) => bar.abandon_with_message(format!("FAILED\n    {reason}")),
-            None => self
+            None if self.progress.steps => self
                 .progress
                 .note(&format!("{}: FAILED: {reason}", self.label)),
+            None => {}
         }
     }
 
@@ -197,6 +212,85 @@ where
         tokio::time::sleep(pause).await;
         pause = (pause * 3 / 2).min(longest);
     }
+}
+
+/// What `up` does to a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Replace,
+    Delete,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Replace => "replace",
+            Action::Delete => "delete",
+        })
+    }
+}
+
+/// One change to one resource, with why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Change {
+    pub action: Action,
+    pub resource: String,
+    pub reason: String,
+}
+
+/// The changes of one run: made as they are recorded (`up`), or only recorded (`plan`,
+/// where the services skip the call and go on with a [`planned_id`]).
+#[derive(Debug, Default)]
+pub struct Changes {
+    planning: bool,
+    recorded: std::sync::Mutex<Vec<Change>>,
+}
+
+impl Changes {
+    pub fn planning() -> Self {
+        Changes {
+            planning: true,
+            ..Changes::default()
+        }
+    }
+
+    pub fn is_planning(&self) -> bool {
+        self.planning
+    }
+
+    /// Records a change; true when it is to be made now, false when it is only planned.
+    pub fn make(
+        &self,
+        action: Action,
+        resource: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> bool {
+        self.recorded.lock().expect("changes lock").push(Change {
+            action,
+            resource: resource.into(),
+            reason: reason.into(),
+        });
+        !self.planning
+    }
+
+    pub fn recorded(&self) -> Vec<Change> {
+        self.recorded.lock().expect("changes lock").clone()
+    }
+}
+
+/// The stand-in id of a resource that `plan` would create: never sent to AWS.
+pub fn planned_id(kind: &str) -> String {
+    format!("(new {kind})")
+}
+
+/// Whether `id` stands for a resource that does not exist yet.
+pub fn is_planned(id: &str) -> bool {
+    id.starts_with("(new ")
 }
 
 /// Why a delete did not happen.

@@ -16,7 +16,7 @@ use aws_sdk_ec2::types::{
 use crate::artifact::{Architecture, Artifact, sha256_hex};
 use crate::aws::{Call, delete_outcome, ec2_stack_filters, ec2_tags, error_code};
 use crate::deploy::Fingerprint;
-use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
+use crate::engine::{Action, Deletable, DeleteFuture, Step, wait_for};
 use crate::names::{AMI_TAG, BINARY_TAG, BOOT_TAG, INSTANCE_TYPE_TAG, REDIS_ENDPOINT_TAG};
 use crate::network::Network;
 use crate::stack::Stack;
@@ -38,6 +38,21 @@ pub struct Boot<'a> {
 }
 
 impl Boot<'_> {
+    /// SHA-256 of the boot configuration: the user-data but for the binary, which the
+    /// fingerprint records apart, so that a new build is told as one reason, not two.
+    pub fn configuration_sha256(&self) -> Result<String> {
+        let any_binary = Artifact {
+            key: "chat-server/BINARY".to_owned(),
+            sha256: "BINARY".to_owned(),
+            ..self.artifact.clone()
+        };
+        let without_binary = Boot {
+            artifact: &any_binary,
+            ..*self
+        };
+        Ok(sha256_hex(without_binary.render()?))
+    }
+
     /// The user-data with this stack's values in place: it installs the boot service,
     /// whose program carries the values. Values go inside single quotes in the program,
     /// so none may contain one. Nothing in it is secret or expires: the binary is fetched
@@ -312,7 +327,7 @@ impl<'a> Launch<'a> {
                 binary_sha256: binary_sha256.to_owned(),
                 ami: image.id.clone(),
                 instance_type: instance_type.to_owned(),
-                boot_sha256: sha256_hex(&user_data),
+                boot_sha256: boot.configuration_sha256()?,
             },
             user_data: aws_smithy_types::base64::encode(user_data),
             redis_endpoint: None,
@@ -428,10 +443,16 @@ pub async fn ensure_metadata_options(stack: &Stack) -> Result<()> {
                 && options.http_endpoint() == Some(&InstanceMetadataEndpointState::Enabled)
                 && options.http_put_response_hop_limit() == Some(1)
         });
-        if as_wanted {
+        let id = instance.instance_id().unwrap_or_default();
+        if as_wanted
+            || !stack.make(
+                Action::Update,
+                format!("instance {id}"),
+                "IMDSv2 only, metadata tags on, hop limit 1",
+            )
+        {
             continue;
         }
-        let id = instance.instance_id().unwrap_or_default();
         stack
             .clients
             .ec2
@@ -540,7 +561,14 @@ pub async fn ensure_redis_tag(stack: &Stack, endpoint: &str) -> Result<()> {
         .filter(|instance| tag(instance, REDIS_ENDPOINT_TAG).is_none())
         .filter_map(|instance| instance.instance_id().map(str::to_owned))
         .collect();
-    if untagged.is_empty() {
+    let reason = format!("tag {REDIS_ENDPOINT_TAG} = {endpoint}");
+    if untagged.is_empty()
+        || !stack.make(
+            Action::Update,
+            format!("instance(s) {}", untagged.join(" ")),
+            reason,
+        )
+    {
         return Ok(());
     }
     stack
@@ -618,6 +646,7 @@ mod tests {
             bucket: "chat-artifacts-123456789012-us-east-1".into(),
             key: "chat-server/abc".into(),
             sha256: "ab".repeat(32),
+            planned: false,
         }
     }
 
@@ -653,6 +682,24 @@ mod tests {
             assert!(!script.contains(secret), "user-data contains {secret:?}");
         }
         assert!(script.len() <= USER_DATA_LIMIT);
+    }
+
+    #[test]
+    fn a_new_binary_leaves_the_boot_configuration_as_it_was() {
+        let artifact = artifact();
+        let rebuilt = Artifact {
+            key: "chat-server/def".into(),
+            sha256: "cd".repeat(32),
+            ..artifact.clone()
+        };
+        let configuration = boot(&artifact).configuration_sha256().unwrap();
+        assert_eq!(
+            boot(&rebuilt).configuration_sha256().unwrap(),
+            configuration
+        );
+        let mut other_port = boot(&artifact);
+        other_port.app_port = 9000;
+        assert_ne!(other_port.configuration_sha256().unwrap(), configuration);
     }
 
     #[test]

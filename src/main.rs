@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use realtime_stack::aws::AwsArgs;
-use realtime_stack::commands::{destroy, up};
+use realtime_stack::commands::{destroy, plan, up};
 use realtime_stack::local::emulator;
 use realtime_stack::spec::SpecError;
 
@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Create the stack, or bring it back in line with stack.yaml
     Up(up::UpArgs),
+    /// Show what `up` would change, without changing anything (exit code 2 when it would)
+    Plan(plan::PlanArgs),
     /// Delete everything the stack owns
     Destroy(destroy::DestroyArgs),
     /// Runs the local emulator of a stack (started by `up --local`)
@@ -41,15 +43,19 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Up(args) => up::run(&cli.file, &cli.aws, args).await,
-            Command::Destroy(args) => destroy::run(&cli.file, &cli.aws, args).await,
-            Command::LocalEmulator(args) => emulator::run(args.clone()).await,
+            Command::Up(args) => done(up::run(&cli.file, &cli.aws, args).await),
+            Command::Plan(args) => plan::run(&cli.file, &cli.aws, args)
+                .await
+                .map(|pending| ExitCode::from(if pending { 2 } else { 0 })),
+            Command::Destroy(args) => done(destroy::run(&cli.file, &cli.aws, args).await),
+            Command::LocalEmulator(args) => done(emulator::run(args.clone()).await),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             match err.downcast_ref::<SpecError>() {
                 Some(spec) => eprintln!("{:?}", miette::Report::new(spec.clone())),

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 
 use crate::aws::{AwsArgs, Clients};
-use crate::engine::{Pace, Progress};
+use crate::engine::{Changes, Pace, Progress};
 use crate::names::Names;
 use crate::spec::StackSpec;
 
@@ -15,12 +15,33 @@ pub struct Stack {
     pub progress: Progress,
     pub pace: Pace,
     pub region: String,
+    /// What this run changes, or with `plan` would change.
+    pub changes: Changes,
 }
 
 impl Stack {
     /// Resolves the AWS configuration for `spec` (flags, then the spec's region, then the
     /// standard chain). Makes no AWS call.
     pub async fn connect(spec: StackSpec, aws: &AwsArgs, progress: Progress) -> Result<Self> {
+        Self::connect_as(spec, aws, progress, Changes::default()).await
+    }
+
+    /// As [`Stack::connect`], for `plan`: clients that refuse changes, and changes only
+    /// recorded.
+    pub async fn connect_to_plan(
+        spec: StackSpec,
+        aws: &AwsArgs,
+        progress: Progress,
+    ) -> Result<Self> {
+        Self::connect_as(spec, aws, progress, Changes::planning()).await
+    }
+
+    async fn connect_as(
+        spec: StackSpec,
+        aws: &AwsArgs,
+        progress: Progress,
+        changes: Changes,
+    ) -> Result<Self> {
         let config = aws.sdk_config(Some(&spec.region)).await;
         let region = config.region().map(|region| region.to_string()).context(
             "no AWS region: set `region` in stack.yaml, pass --region or set AWS_REGION",
@@ -32,12 +53,34 @@ impl Stack {
         };
         Ok(Self {
             names: Names::new(&spec.name, &spec.tags),
-            clients: Clients::new(&config),
+            clients: if changes.is_planning() {
+                Clients::read_only(&config)
+            } else {
+                Clients::new(&config)
+            },
             spec,
             progress,
             pace,
             region,
+            changes,
         })
+    }
+}
+
+impl Stack {
+    /// Records a change to `resource`; true when it is to be made now, false when `plan`
+    /// only records it (the caller skips the call).
+    pub fn make(
+        &self,
+        action: crate::engine::Action,
+        resource: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> bool {
+        self.changes.make(action, resource, reason)
+    }
+
+    pub fn planning(&self) -> bool {
+        self.changes.is_planning()
     }
 }
 
@@ -78,6 +121,7 @@ pub mod testing {
             clients,
             progress: Progress::with_live_lines(false),
             pace: Pace::Local,
+            changes: Changes::default(),
         }
     }
 }

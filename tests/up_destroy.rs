@@ -144,16 +144,8 @@ async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
     assert_eq!(first.len(), 2);
 
     // Another build: the same program with one byte more, so another SHA-256.
-    let mut rebuilt = std::fs::read(support::chat_server_binary()).unwrap();
-    rebuilt.push(b'\n');
-    let rebuilt_path = stack.dir.path().join("chat-server-rebuilt");
-    std::fs::write(&rebuilt_path, &rebuilt).unwrap();
+    let rebuilt = stack.rebuild();
     let yaml = std::fs::read_to_string(stack.file()).unwrap();
-    let yaml = yaml.replace(
-        &format!("binary: {}", support::chat_server_binary().display()),
-        &format!("binary: {}", rebuilt_path.display()),
-    );
-    std::fs::write(stack.file(), &yaml).unwrap();
     let second = ids(&stack.up());
     assert_eq!(second.len(), 2);
     assert!(
@@ -214,6 +206,127 @@ async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
     assert!(
         matches!(state.as_str(), "terminated" | "shutting-down"),
         "{removed} is {state}"
+    );
+
+    stack.run(&["destroy", "--yes"]);
+}
+
+/// `plan` says what `up` would do and does none of it: on a stack that does not exist,
+/// every resource to create and no AWS call that changes anything (LocalStack holds
+/// nothing afterwards), exit code 2; after `up`, nothing to do, exit code 0; after a
+/// change by hand and a new build, the attribute to set back and every instance to
+/// replace with the reason, and again nothing changed.
+#[tokio::test]
+async fn plan_says_what_up_would_do_and_changes_nothing() {
+    let aws = support::localstack().await;
+    let (stack, _) = TestStack::with_zone(&aws, "p").await;
+    let plan = |expected_code: i32| {
+        let output = stack
+            .command(&["plan", "--output", "json"])
+            .output()
+            .expect("running plan");
+        assert_eq!(
+            output.status.code(),
+            Some(expected_code),
+            "plan exit code; stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let plan: Value = serde_json::from_slice(&output.stdout).expect("plan prints JSON");
+        assert_eq!(plan["mutating_calls"], json!([]), "plan changes nothing");
+        plan["changes"].as_array().expect("changes").clone()
+    };
+    let has = |changes: &[Value], action: &str, resource: &str| {
+        changes.iter().any(|change| {
+            change["action"] == action
+                && change["resource"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with(resource))
+        })
+    };
+
+    let changes = plan(2);
+    let name = &stack.name;
+    for resource in [
+        format!("vpc {name}-vpc"),
+        format!("security group {name}-instances-sg"),
+        format!("redis {name}-redis"),
+        format!("load balancer {name}-alb"),
+        "listener HTTPS:443".to_owned(),
+        format!("certificate {}", stack.domain()),
+        "2 instance(s)".to_owned(),
+    ] {
+        assert!(
+            has(&changes, "create", &resource),
+            "{resource} in {changes:#?}"
+        );
+    }
+    assert!(
+        tagged_ec2_resources(&aws, name).await.is_empty(),
+        "plan created nothing"
+    );
+
+    stack.up();
+    assert_eq!(plan(0), Vec::<Value>::new(), "after up, nothing to do");
+
+    // Someone shortens the idle timeout; the chat-server is rebuilt.
+    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&aws);
+    let lb_arn = elbv2
+        .describe_load_balancers()
+        .names(format!("{name}-alb"))
+        .send()
+        .await
+        .unwrap()
+        .load_balancers()[0]
+        .load_balancer_arn()
+        .unwrap()
+        .to_owned();
+    let idle_timeout = |value: &str| {
+        aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute::builder()
+            .key("idle_timeout.timeout_seconds")
+            .value(value)
+            .build()
+    };
+    elbv2
+        .modify_load_balancer_attributes()
+        .load_balancer_arn(&lb_arn)
+        .attributes(idle_timeout("60"))
+        .send()
+        .await
+        .unwrap();
+    let rebuilt = stack.rebuild();
+
+    let changes = plan(2);
+    let update = changes
+        .iter()
+        .find(|change| change["action"] == "update")
+        .expect("an update");
+    assert_eq!(update["resource"], format!("load balancer {name}-alb"));
+    assert_eq!(update["reason"], "idle_timeout.timeout_seconds 60 → 3600");
+    let replaced: Vec<&Value> = changes
+        .iter()
+        .filter(|change| change["action"] == "replace")
+        .collect();
+    assert_eq!(replaced.len(), 2, "{changes:#?}");
+    let rebuilt_sha = sha256_hex(&rebuilt);
+    for change in replaced {
+        let reason = change["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("binary sha256 ")
+                && reason.ends_with(&format!("→ {}…", &rebuilt_sha[..12])),
+            "{reason}"
+        );
+    }
+    let attributes = elbv2
+        .describe_load_balancer_attributes()
+        .load_balancer_arn(&lb_arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        attributes.attributes().iter().any(|a| {
+            a.key() == Some("idle_timeout.timeout_seconds") && a.value() == Some("60")
+        }),
+        "plan did not set it back"
     );
 
     stack.run(&["destroy", "--yes"]);

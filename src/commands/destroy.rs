@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::aws::AwsArgs;
-use crate::engine::{self, Deletable, Pace, Progress};
+use crate::engine::{self, Changes, Deletable, Pace, Progress};
 use crate::local::Environment;
 use crate::stack::Stack;
 use crate::{artifact, cache, certificate, dns, instances, load_balancer, network};
@@ -34,7 +34,7 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &DestroyArgs) -> Result<()> {
     // What runs here goes first: once the instances are terminated in LocalStack, the
     // emulator would give each server its whole drain.
     Environment::stop(file, &Progress::new())?;
-    match Environment::attach(file, aws).await? {
+    match Environment::attach(file, aws, Changes::default()).await? {
         // Nothing here touches an AWS account: no question to ask.
         Some(environment) => delete_all(&environment.stack, true).await,
         None => {

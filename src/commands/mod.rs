@@ -1,7 +1,9 @@
 //! The CLI's commands, each a `run` function, and what they share: loading the stack,
 //! the preflight checks, and asking before acting.
 
+mod converge;
 pub mod destroy;
+pub mod plan;
 mod preflight;
 pub mod up;
 
@@ -14,6 +16,13 @@ use crate::aws::{AwsArgs, Call};
 use crate::engine::Progress;
 use crate::spec::StackSpec;
 use crate::stack::Stack;
+
+/// How a command prints what it found.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
 
 /// Loads and validates `stack.yaml` (every problem at once), then resolves how to reach
 /// AWS. Nothing is called yet.

@@ -10,7 +10,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 
 use super::{LoadBalancer, SSL_POLICY};
 use crate::aws::Call;
-use crate::engine::Step;
+use crate::engine::{self, Step, is_planned, planned_id};
 use crate::stack::Stack;
 
 pub(super) async fn listeners(stack: &Stack, lb_arn: &str) -> Result<Vec<Listener>> {
@@ -27,6 +27,10 @@ pub(super) async fn listeners(stack: &Stack, lb_arn: &str) -> Result<Vec<Listene
 
 /// What a listener should be; `ensure_listener` makes it so.
 struct WantedListener {
+    /// `HTTP:80`, `HTTPS:443`.
+    name: &'static str,
+    /// What it does, in words, for `plan`.
+    about: String,
     port: i32,
     protocol: ProtocolEnum,
     certificate: Option<String>,
@@ -105,6 +109,11 @@ async fn ensure_listener(
         .certificate
         .as_ref()
         .map(|arn| vec![Certificate::builder().certificate_arn(arn).build()]);
+    let resource = format!("listener {}", wanted.name);
+    if is_planned(lb_arn) {
+        stack.make(engine::Action::Create, resource, wanted.about);
+        return Ok(planned_id("listener"));
+    }
     let existing = listeners(stack, lb_arn)
         .await?
         .into_iter()
@@ -115,7 +124,9 @@ async fn ensure_listener(
                 .listener_arn()
                 .context("listener without an ARN")?
                 .to_owned();
-            if !wanted.matches(&listener) {
+            if !wanted.matches(&listener)
+                && stack.make(engine::Action::Update, resource, wanted.about)
+            {
                 step.set("fixing its settings");
                 elbv2
                     .modify_listener()
@@ -132,6 +143,9 @@ async fn ensure_listener(
             Ok(arn)
         }
         None => {
+            if !stack.make(engine::Action::Create, resource, wanted.about) {
+                return Ok(planned_id("listener"));
+            }
             step.set("creating");
             let created = elbv2
                 .create_listener()
@@ -158,6 +172,8 @@ async fn ensure_listener(
 pub(super) async fn ensure_http_listener(stack: &Stack, lb_arn: &str) -> Result<String> {
     let step = stack.progress.step("listener HTTP:80");
     let wanted = WantedListener {
+        name: "HTTP:80",
+        about: "answer 301 to the same URL over HTTPS".to_owned(),
         port: 80,
         protocol: ProtocolEnum::Http,
         certificate: None,
@@ -190,6 +206,8 @@ pub async fn ensure_https_listener(
 ) -> Result<String> {
     let step = stack.progress.step("listener HTTPS:443");
     let wanted = WantedListener {
+        name: "HTTPS:443",
+        about: format!("{SSL_POLICY} with the certificate, forward to the target group"),
         port: 443,
         protocol: ProtocolEnum::Https,
         certificate: Some(certificate_arn.to_owned()),

@@ -14,7 +14,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use futures::try_join;
 
 use crate::aws::{Call, error_code};
-use crate::engine::{Step, wait_for};
+use crate::engine::{Action, Step, planned_id, wait_for};
 use crate::names::STACK_TAG;
 use crate::network::Network;
 use crate::stack::Stack;
@@ -164,7 +164,14 @@ async fn ensure_load_balancer(
                         .iter()
                         .filter_map(|zone| zone.subnet_id()),
                 );
-                if subnets != sorted(network.public_subnets.clone()) {
+                let resource = format!("load balancer {name}");
+                if subnets != sorted(network.public_subnets.clone())
+                    && stack.make(
+                        Action::Update,
+                        &resource,
+                        format!("move to {}", network.public_subnets.join(" ")),
+                    )
+                {
                     step.set("moving to the public subnets");
                     elbv2
                         .set_subnets()
@@ -174,7 +181,13 @@ async fn ensure_load_balancer(
                         .await
                         .call(format!("SetSubnets {name}"))?;
                 }
-                if sorted(lb.security_groups().to_vec()) != [network.alb_security_group.clone()] {
+                if sorted(lb.security_groups().to_vec()) != [network.alb_security_group.clone()]
+                    && stack.make(
+                        Action::Update,
+                        &resource,
+                        format!("use only {}", network.alb_security_group),
+                    )
+                {
                     step.set("fixing its security group");
                     elbv2
                         .set_security_groups()
@@ -187,6 +200,15 @@ async fn ensure_load_balancer(
                 lb
             }
             None => {
+                let reason = format!(
+                    "internet-facing in {}, idle timeout {} s",
+                    network.public_subnets.join(" "),
+                    stack.spec.load_balancer.idle_timeout_seconds
+                );
+                if !stack.make(Action::Create, format!("load balancer {name}"), reason) {
+                    let planned = planned_id("load balancer");
+                    return Ok((planned.clone(), planned, String::new()));
+                }
                 step.set("creating");
                 let created = elbv2
                     .create_load_balancer()
@@ -258,20 +280,49 @@ async fn wait_until_active(stack: &Stack, step: &Step, arn: &str) -> Result<()> 
     .await
 }
 
-/// The `(key, value)` pairs of `wanted` that `current` lacks or holds another value for.
+/// An attribute that does not hold the value the stack wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Drift {
+    pub key: String,
+    pub have: Option<String>,
+    pub want: String,
+}
+
+/// What `drifts` would change, as `key old → new, ...`.
+pub(super) fn describe(drifts: &[Drift]) -> String {
+    drifts
+        .iter()
+        .map(|drift| {
+            format!(
+                "{} {} → {}",
+                drift.key,
+                drift.have.as_deref().unwrap_or("unset"),
+                drift.want
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The attributes of `wanted` that `current` lacks or holds another value for.
 pub(super) fn drifted(
     current: impl IntoIterator<Item = (Option<String>, Option<String>)>,
     wanted: &[(&str, String)],
-) -> Vec<(String, String)> {
+) -> Vec<Drift> {
     let current: Vec<(Option<String>, Option<String>)> = current.into_iter().collect();
     wanted
         .iter()
-        .filter(|(key, value)| {
-            !current
+        .filter_map(|(key, want)| {
+            let have = current
                 .iter()
-                .any(|(k, v)| k.as_deref() == Some(*key) && v.as_deref() == Some(value.as_str()))
+                .find(|(k, _)| k.as_deref() == Some(*key))
+                .and_then(|(_, value)| value.clone());
+            (have.as_deref() != Some(want.as_str())).then(|| Drift {
+                key: (*key).to_owned(),
+                have,
+                want: want.clone(),
+            })
         })
-        .map(|(key, value)| ((*key).to_owned(), value.clone()))
         .collect()
 }
 
@@ -303,7 +354,13 @@ async fn ensure_load_balancer_attributes(stack: &Stack, step: &Step, arn: &str) 
             .map(|a| (a.key().map(Into::into), a.value().map(Into::into))),
         &wanted,
     );
-    if changes.is_empty() {
+    if changes.is_empty()
+        || !stack.make(
+            Action::Update,
+            format!("load balancer {}", stack.names.load_balancer()),
+            describe(&changes),
+        )
+    {
         return Ok(());
     }
     step.set("setting attributes");
@@ -313,10 +370,10 @@ async fn ensure_load_balancer_attributes(stack: &Stack, step: &Step, arn: &str) 
         .set_attributes(Some(
             changes
                 .into_iter()
-                .map(|(key, value)| {
+                .map(|drift| {
                     aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute::builder()
-                        .key(key)
-                        .value(value)
+                        .key(drift.key)
+                        .value(drift.want)
                         .build()
                 })
                 .collect(),

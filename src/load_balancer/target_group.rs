@@ -10,11 +10,12 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 
 use super::{
-    HEALTH_CHECK_PATH, HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD, drifted, is_ours, not_ours, tags,
+    HEALTH_CHECK_PATH, HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD, describe, drifted, is_ours,
+    not_ours, tags,
 };
 use crate::aws::{Call, error_code};
 use crate::deploy::Health;
-use crate::engine::Step;
+use crate::engine::{Action, Step, is_planned, planned_id};
 use crate::network::Network;
 use crate::stack::Stack;
 
@@ -125,7 +126,13 @@ pub(super) async fn ensure_target_group(stack: &Stack, network: &Network) -> Res
                      instances in {}), and these settings cannot change: run destroy, then up",
                     network.vpc_id
                 );
-                if !health_check_matches(stack, &group) {
+                let reason = format!(
+                    "health check GET {HEALTH_CHECK_PATH} every {interval} s, timeout \
+                     {timeout} s, {HEALTHY_THRESHOLD} in a row"
+                );
+                if !health_check_matches(stack, &group)
+                    && stack.make(Action::Update, format!("target group {name}"), reason)
+                {
                     step.set("fixing its health check");
                     elbv2
                         .modify_target_group()
@@ -146,6 +153,14 @@ pub(super) async fn ensure_target_group(stack: &Stack, network: &Network) -> Res
                 arn
             }
             None => {
+                let reason = format!(
+                    "HTTP/1.1 to port {port}, health check GET {HEALTH_CHECK_PATH} every \
+                     {interval} s, deregistration delay {} s",
+                    stack.spec.instances.drain_seconds
+                );
+                if !stack.make(Action::Create, format!("target group {name}"), reason) {
+                    return Ok(planned_id("target group"));
+                }
                 step.set("creating");
                 let created = elbv2
                     .create_target_group()
@@ -210,7 +225,13 @@ async fn ensure_target_group_attributes(stack: &Stack, step: &Step, arn: &str) -
             .map(|a| (a.key().map(Into::into), a.value().map(Into::into))),
         &wanted,
     );
-    if changes.is_empty() {
+    if changes.is_empty()
+        || !stack.make(
+            Action::Update,
+            format!("target group {}", stack.names.target_group()),
+            describe(&changes),
+        )
+    {
         return Ok(());
     }
     step.set("setting attributes");
@@ -220,10 +241,10 @@ async fn ensure_target_group_attributes(stack: &Stack, step: &Step, arn: &str) -
         .set_attributes(Some(
             changes
                 .into_iter()
-                .map(|(key, value)| {
+                .map(|drift| {
                     aws_sdk_elasticloadbalancingv2::types::TargetGroupAttribute::builder()
-                        .key(key)
-                        .value(value)
+                        .key(drift.key)
+                        .value(drift.want)
                         .build()
                 })
                 .collect(),
@@ -239,6 +260,9 @@ pub async fn target_health(
     stack: &Stack,
     target_group_arn: &str,
 ) -> Result<BTreeMap<String, Health>> {
+    if is_planned(target_group_arn) {
+        return Ok(BTreeMap::new());
+    }
     let out = stack
         .clients
         .elbv2

@@ -28,6 +28,7 @@ use super::environment::stack_at;
 use super::proxy::{self, Targets};
 use super::state::{State, StateDir, Status, TargetStatus, now_millis};
 use super::{BootSettings, LocalInstance, LocalRedis, Stop, free_port, http_status, stop_services};
+use crate::engine::Changes;
 use crate::spec::StackSpec;
 use crate::stack::Stack;
 use crate::{instances, load_balancer};
@@ -65,7 +66,7 @@ struct Emulator {
 /// Runs the emulator until SIGTERM or SIGINT; then it stops every instance it booted.
 pub async fn run(args: EmulatorArgs) -> Result<()> {
     let spec = StackSpec::load(&args.file)?;
-    let stack = stack_at(spec, &args.endpoint, &args.region).await;
+    let stack = stack_at(spec, &args.endpoint, &args.region, Changes::default()).await;
     let state_dir = StateDir::at(args.state_dir.clone());
     let mut state = state_dir.load()?;
     let redis = state

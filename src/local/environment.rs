@@ -16,7 +16,7 @@ use super::state::{State, StateDir};
 use super::{LocalRedis, process_is, signal_and_wait};
 use crate::aws::{AwsArgs, Call, Clients};
 use crate::deploy::Health;
-use crate::engine::{Pace, Progress};
+use crate::engine::{Changes, Pace, Progress};
 use crate::names::Names;
 use crate::platform::Platform;
 use crate::spec::StackSpec;
@@ -52,7 +52,7 @@ impl Environment {
             "scripts/localstack.sh could not start LocalStack (see above; \
              `scripts/localstack.sh logs` has its log)",
         )?;
-        let environment = Self::connect(file, spec, aws, &endpoint).await;
+        let environment = Self::connect(file, spec, aws, &endpoint, Changes::default()).await;
         ensure_hosted_zone(&environment.stack).await?;
         environment.ensure_redis().await?;
         environment.ensure_emulator(&endpoint).await?;
@@ -61,12 +61,16 @@ impl Environment {
 
     /// For the other `--local` commands: the stack in the LocalStack that runs, or None
     /// when LocalStack is not running (it keeps nothing across restarts: nothing of the
-    /// stack is left there).
-    pub async fn attach(file: &Path, aws: &AwsArgs) -> Result<Option<Environment>> {
+    /// stack is left there). `changes` says whether they are made or only planned.
+    pub async fn attach(
+        file: &Path,
+        aws: &AwsArgs,
+        changes: Changes,
+    ) -> Result<Option<Environment>> {
         let spec = StackSpec::load(file)?;
         refuse_aws_flags(aws)?;
         Ok(match localstack("status").await? {
-            Some(endpoint) => Some(Self::connect(file, spec, aws, &endpoint).await),
+            Some(endpoint) => Some(Self::connect(file, spec, aws, &endpoint, changes).await),
             None => None,
         })
     }
@@ -97,11 +101,17 @@ impl Environment {
         state_dir.remove()
     }
 
-    async fn connect(file: &Path, spec: StackSpec, aws: &AwsArgs, endpoint: &str) -> Environment {
+    async fn connect(
+        file: &Path,
+        spec: StackSpec,
+        aws: &AwsArgs,
+        endpoint: &str,
+        changes: Changes,
+    ) -> Environment {
         let region = aws.region.clone().unwrap_or_else(|| spec.region.clone());
         let state_dir = StateDir::of(repository(), &spec.name);
         Environment {
-            stack: stack_at(spec, endpoint, &region).await,
+            stack: stack_at(spec, endpoint, &region, changes).await,
             file: std::path::absolute(file).unwrap_or_else(|_| file.to_owned()),
             state_dir,
         }
@@ -252,15 +262,29 @@ impl Platform for Environment {
 }
 
 /// The stack of `spec` in the LocalStack at `endpoint`.
-pub(super) async fn stack_at(spec: StackSpec, endpoint: &str, region: &str) -> Stack {
+pub(super) async fn stack_at(
+    spec: StackSpec,
+    endpoint: &str,
+    region: &str,
+    changes: Changes,
+) -> Stack {
     let config = super::localstack_config(endpoint, region).await;
     Stack {
         names: Names::new(&spec.name, &spec.tags),
-        clients: Clients::new(&config),
+        clients: if changes.is_planning() {
+            Clients::read_only(&config)
+        } else {
+            Clients::new(&config)
+        },
         spec,
-        progress: Progress::new(),
+        progress: if changes.is_planning() {
+            Progress::notes_only()
+        } else {
+            Progress::new()
+        },
         pace: Pace::Local,
         region: region.to_owned(),
+        changes,
     }
 }
 

@@ -10,7 +10,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure as check};
-use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{
     AttachmentStatus, AttributeBooleanValue, Filter, ResourceType, RouteState, RouteTable, State,
     Tag, VpcAttributeName, VpcEndpointType, VpcState,
@@ -19,7 +18,7 @@ use futures::future::try_join_all;
 use futures::try_join;
 
 use crate::aws::{Call, ec2_stack_filters, ec2_tags, error_code};
-use crate::engine::{Step, wait_for};
+use crate::engine::{Action, Step, is_planned, planned_id, wait_for};
 use crate::stack::Stack;
 
 mod security_groups;
@@ -185,6 +184,9 @@ async fn ensure_vpc(stack: &Stack) -> Result<String> {
                 id
             }
             None => {
+                if !stack.make(Action::Create, format!("vpc {name}"), cidr.as_str()) {
+                    return Ok(planned_id("vpc"));
+                }
                 step.set("creating");
                 let created = ec2
                     .create_vpc()
@@ -237,6 +239,9 @@ async fn wait_for_vpc(stack: &Stack, step: &Step, id: &str) -> Result<()> {
 /// DNS support and hostnames: instances resolve the S3 endpoint and the Redis endpoint.
 async fn ensure_dns_attributes(stack: &Stack, step: &Step, vpc_id: &str) -> Result<()> {
     let ec2 = &stack.clients.ec2;
+    if is_planned(vpc_id) {
+        return Ok(());
+    }
     for attribute in [
         VpcAttributeName::EnableDnsSupport,
         VpcAttributeName::EnableDnsHostnames,
@@ -252,7 +257,13 @@ async fn ensure_dns_attributes(stack: &Stack, step: &Step, vpc_id: &str) -> Resu
             VpcAttributeName::EnableDnsSupport => out.enable_dns_support(),
             _ => out.enable_dns_hostnames(),
         };
-        if value.and_then(|value| value.value()) == Some(true) {
+        if value.and_then(|value| value.value()) == Some(true)
+            || !stack.make(
+                Action::Update,
+                format!("vpc {vpc_id}"),
+                format!("turn {attribute} on"),
+            )
+        {
             continue;
         }
         step.set(&format!("turning {attribute} on"));
@@ -305,6 +316,13 @@ async fn ensure_subnet(
             let zone = subnet.availability_zone().unwrap_or(zone).to_owned();
             return Ok((id, zone));
         }
+        if !stack.make(
+            Action::Create,
+            format!("subnet {name}"),
+            format!("{cidr} in {zone}"),
+        ) {
+            return Ok((planned_id("subnet"), zone.to_owned()));
+        }
         step.set("creating");
         let created = ec2
             .create_subnet()
@@ -353,6 +371,9 @@ async fn ensure_internet_gateway(stack: &Stack, vpc_id: &str) -> Result<String> 
                 (id, attached)
             }
             None => {
+                if !stack.make(Action::Create, format!("internet gateway {name}"), "") {
+                    return Ok(planned_id("internet gateway"));
+                }
                 step.set("creating");
                 let created = ec2
                     .create_internet_gateway()
@@ -372,7 +393,13 @@ async fn ensure_internet_gateway(stack: &Stack, vpc_id: &str) -> Result<String> 
                 (id, false)
             }
         };
-        if !attached {
+        if !attached
+            && stack.make(
+                Action::Update,
+                format!("internet gateway {name}"),
+                format!("attach to {vpc_id}"),
+            )
+        {
             step.set("attaching");
             ec2.attach_internet_gateway()
                 .internet_gateway_id(&id)
@@ -410,6 +437,14 @@ async fn ensure_route_table(
         let table = match single(found.route_tables().to_vec(), "route table")? {
             Some(table) => table,
             None => {
+                let routes = match internet_gateway {
+                    Some(_) => "default route to the internet gateway",
+                    None => "no default route",
+                };
+                let reason = format!("{routes}, for {}", subnets.join(" "));
+                if !stack.make(Action::Create, format!("route table {name}"), reason) {
+                    return Ok(planned_id("route table"));
+                }
                 step.set("creating");
                 let created = ec2
                     .create_route_table()
@@ -428,8 +463,8 @@ async fn ensure_route_table(
             .route_table_id()
             .context("route table without an id")?
             .to_owned();
-        ensure_default_route(ec2, &step, &table, &id, internet_gateway).await?;
-        ensure_associations(ec2, &step, &table, &id, subnets).await?;
+        ensure_default_route(stack, &step, &table, &id, internet_gateway).await?;
+        ensure_associations(stack, &step, &table, &id, subnets).await?;
         Ok(id)
     };
     step.run(work, Clone::clone).await
@@ -438,22 +473,27 @@ async fn ensure_route_table(
 const DEFAULT_ROUTE: &str = "0.0.0.0/0";
 
 async fn ensure_default_route(
-    ec2: &Client,
+    stack: &Stack,
     step: &Step,
     table: &RouteTable,
     id: &str,
     internet_gateway: Option<&str>,
 ) -> Result<()> {
+    let ec2 = &stack.clients.ec2;
     let current = table
         .routes()
         .iter()
         .find(|route| route.destination_cidr_block() == Some(DEFAULT_ROUTE));
+    let route_change = |what: String| stack.make(Action::Update, format!("route table {id}"), what);
     match (current, internet_gateway) {
         (None, None) => {}
         (Some(route), Some(igw))
             if route.gateway_id() == Some(igw) && route.state() != Some(&RouteState::Blackhole) => {
         }
         (None, Some(igw)) => {
+            if !route_change(format!("add the default route to {igw}")) {
+                return Ok(());
+            }
             step.set("adding the default route");
             ec2.create_route()
                 .route_table_id(id)
@@ -464,6 +504,9 @@ async fn ensure_default_route(
                 .call(format!("CreateRoute {id} {DEFAULT_ROUTE} -> {igw}"))?;
         }
         (Some(_), Some(igw)) => {
+            if !route_change(format!("point the default route at {igw}")) {
+                return Ok(());
+            }
             step.set("fixing the default route");
             ec2.replace_route()
                 .route_table_id(id)
@@ -474,6 +517,9 @@ async fn ensure_default_route(
                 .call(format!("ReplaceRoute {id} {DEFAULT_ROUTE} -> {igw}"))?;
         }
         (Some(_), None) => {
+            if !route_change("remove a default route added by hand".to_owned()) {
+                return Ok(());
+            }
             step.set("removing a default route");
             ec2.delete_route()
                 .route_table_id(id)
@@ -487,19 +533,26 @@ async fn ensure_default_route(
 }
 
 async fn ensure_associations(
-    ec2: &Client,
+    stack: &Stack,
     step: &Step,
     table: &RouteTable,
     id: &str,
     subnets: &[String; 2],
 ) -> Result<()> {
+    let ec2 = &stack.clients.ec2;
     let associated: HashSet<&str> = table
         .associations()
         .iter()
         .filter_map(|association| association.subnet_id())
         .collect();
     for subnet in subnets {
-        if associated.contains(subnet.as_str()) {
+        if associated.contains(subnet.as_str())
+            || !stack.make(
+                Action::Update,
+                format!("route table {id}"),
+                format!("associate {subnet}"),
+            )
+        {
             continue;
         }
         step.set(&format!("associating {subnet}"));
@@ -620,7 +673,20 @@ async fn ensure_s3_endpoint(
                 .policy_document()
                 .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
                 .is_none_or(|current| current["Statement"] != policy["Statement"]);
-            if add || !remove.is_empty() || policy_drifted {
+            let mut fixes = Vec::new();
+            if add || !remove.is_empty() {
+                fixes.push("route tables");
+            }
+            if policy_drifted {
+                fixes.push("policy");
+            }
+            if !fixes.is_empty()
+                && stack.make(
+                    Action::Update,
+                    format!("s3 endpoint {name}"),
+                    format!("set its {}", fixes.join(" and ")),
+                )
+            {
                 step.set("fixing its route tables and policy");
                 ec2.modify_vpc_endpoint()
                     .vpc_endpoint_id(&id)
@@ -632,6 +698,10 @@ async fn ensure_s3_endpoint(
                     .call(format!("ModifyVpcEndpoint {id}"))?;
             }
             return Ok(id);
+        }
+        let reason = format!("{service} on {route_table}, admitting {bucket}");
+        if !stack.make(Action::Create, format!("s3 endpoint {name}"), reason) {
+            return Ok(planned_id("s3 endpoint"));
         }
         step.set("creating");
         let created = ec2

@@ -9,6 +9,7 @@ use aws_sdk_ec2::types::{
 
 use super::{REDIS_PORT, filter, single};
 use crate::aws::{Call, ec2_stack_filters, ec2_tags};
+use crate::engine::{Action, planned_id};
 use crate::stack::Stack;
 
 /// Where an ingress rule admits traffic from.
@@ -179,6 +180,11 @@ pub(super) async fn ensure_security_group(
                 current_ingress(&group),
             ),
             None => {
+                let rules: Vec<&str> = wanted.iter().map(|(_, about)| about.as_str()).collect();
+                let reason = format!("admitting {}", rules.join("; "));
+                if !stack.make(Action::Create, format!("security group {name}"), reason) {
+                    return Ok(planned_id("security group"));
+                }
                 step.set("creating");
                 let created = ec2
                     .create_security_group()
@@ -206,7 +212,14 @@ pub(super) async fn ensure_security_group(
             .filter(|rule| !wanted.iter().any(|(wanted, _)| wanted == *rule))
             .map(|rule| rule.permission(None))
             .collect();
-        if !unexpected.is_empty() {
+        let resource = format!("security group {name}");
+        if !unexpected.is_empty()
+            && stack.make(
+                Action::Update,
+                &resource,
+                format!("revoke {} ingress rule(s) added by hand", unexpected.len()),
+            )
+        {
             step.set("revoking unexpected ingress rules");
             ec2.revoke_security_group_ingress()
                 .group_id(&id)
@@ -215,7 +228,18 @@ pub(super) async fn ensure_security_group(
                 .await
                 .call(format!("RevokeSecurityGroupIngress {name}"))?;
         }
-        if !missing.is_empty() {
+        let missing_about: Vec<&str> = wanted
+            .iter()
+            .filter(|(rule, _)| !current.contains(rule))
+            .map(|(_, about)| about.as_str())
+            .collect();
+        if !missing.is_empty()
+            && stack.make(
+                Action::Update,
+                &resource,
+                format!("allow {}", missing_about.join("; ")),
+            )
+        {
             step.set("adding ingress rules");
             ec2.authorize_security_group_ingress()
                 .group_id(&id)

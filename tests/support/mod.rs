@@ -115,6 +115,27 @@ impl TestStack {
         (Self::new(&name, &zone), zone_id)
     }
 
+    /// Ships another build from now on: the workspace's chat-server with a byte more,
+    /// so another SHA-256 (it runs the same). Returns the new binary's bytes.
+    pub fn rebuild(&self) -> Vec<u8> {
+        let mut rebuilt = std::fs::read(chat_server_binary()).expect("the chat-server binary");
+        rebuilt.push(b'\n');
+        let path = self
+            .dir
+            .path()
+            .join(format!("chat-server-{}", unique_suffix()));
+        std::fs::write(&path, &rebuilt).expect("writing the rebuilt binary");
+        let yaml = std::fs::read_to_string(self.file()).expect("reading stack.yaml");
+        let current = yaml
+            .lines()
+            .find(|line| line.trim_start().starts_with("binary: "))
+            .expect("a binary line")
+            .to_owned();
+        let yaml = yaml.replace(&current, &format!("  binary: {}", path.display()));
+        std::fs::write(self.file(), yaml).expect("writing stack.yaml");
+        rebuilt
+    }
+
     pub fn file(&self) -> std::path::PathBuf {
         self.dir.path().join("stack.yaml")
     }

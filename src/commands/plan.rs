@@ -1,0 +1,145 @@
+//! `realtime-stack plan`: what `up` would do, resource by resource - create, update in
+//! place, replace, delete, each with its reason - without changing anything. It runs
+//! `up`'s preflight and converge with a planning stack: every change is recorded instead
+//! of made, and its AWS clients refuse, before sending, any call that could change
+//! something. Exit code 0 when nothing would change, 2 when something would, as
+//! `terraform plan -detailed-exitcode`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::OutputFormat;
+use super::converge::converge;
+use super::preflight::preflight;
+use crate::aws::AwsArgs;
+use crate::engine::{Action, Change, Changes, Progress};
+use crate::local::Environment;
+use crate::platform::Aws;
+use crate::spec::StackSpec;
+use crate::stack::Stack;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// How to print the plan
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Plan `up --local`: the stack in the LocalStack on this machine
+    #[arg(long)]
+    pub local: bool,
+}
+
+/// What `plan` prints.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub stack: String,
+    pub region: String,
+    pub changes: Vec<Change>,
+    /// AWS calls of this run that could have changed something: always empty, since they
+    /// are refused before they are sent; shown to prove it.
+    pub mutating_calls: Vec<String>,
+}
+
+/// Prints the plan; returns whether `up` would change anything.
+pub async fn run(file: &Path, aws: &AwsArgs, args: &PlanArgs) -> Result<bool> {
+    let plan = if args.local {
+        let Some(environment) = Environment::attach(file, aws, Changes::planning()).await? else {
+            anyhow::bail!(
+                "LocalStack is not running, so `up --local` would create the whole stack: \
+                 run `up --local`"
+            );
+        };
+        plan_stack(&environment.stack, &environment).await?
+    } else {
+        let spec = StackSpec::load(file)?;
+        let stack = Stack::connect_to_plan(spec, aws, Progress::notes_only()).await?;
+        plan_stack(&stack, &Aws).await?
+    };
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        OutputFormat::Text => print_text(&plan),
+    }
+    Ok(!plan.changes.is_empty())
+}
+
+async fn plan_stack(stack: &Stack, platform: &impl crate::platform::Platform) -> Result<Plan> {
+    let preflight = preflight(stack).await?;
+    converge(stack, platform, &preflight).await?;
+    let mut changes = stack.changes.recorded();
+    // Independent branches record in no set order: show them in the order `up` builds.
+    changes.sort_by_key(|change| (build_order(&change.resource), change.resource.clone()));
+    Ok(Plan {
+        stack: stack.spec.name.clone(),
+        region: stack.region.clone(),
+        changes,
+        mutating_calls: stack.clients.calls.mutating(),
+    })
+}
+
+/// Where a resource comes in the order `up` builds the stack, by the kind its label
+/// starts with.
+fn build_order(resource: &str) -> usize {
+    const ORDER: [&str; 17] = [
+        "vpc",
+        "subnet",
+        "internet gateway",
+        "route table",
+        "s3 endpoint",
+        "security group",
+        "bucket ",
+        "object",
+        "bucket policy",
+        "cache subnet group",
+        "redis",
+        "target group",
+        "load balancer",
+        "listener",
+        "certificate",
+        "dns",
+        "instance",
+    ];
+    ORDER
+        .iter()
+        .rposition(|kind| resource.starts_with(kind))
+        .unwrap_or(ORDER.len())
+        + usize::from(resource.ends_with("instance(s)"))
+}
+
+fn print_text(plan: &Plan) {
+    if plan.changes.is_empty() {
+        println!(
+            "stack {} in {}: up would change nothing",
+            plan.stack, plan.region
+        );
+        return;
+    }
+    println!("stack {} in {}: up would", plan.stack, plan.region);
+    for change in &plan.changes {
+        let sign = match change.action {
+            Action::Create => '+',
+            Action::Update => '~',
+            Action::Replace => '±',
+            Action::Delete => '-',
+        };
+        let reason = if change.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", change.reason)
+        };
+        println!("  {sign} {:<7} {}{reason}", change.action, change.resource);
+    }
+    let count = |action| {
+        plan.changes
+            .iter()
+            .filter(|change| change.action == action)
+            .count()
+    };
+    println!(
+        "{} to create, {} to update, {} to replace, {} to delete",
+        count(Action::Create),
+        count(Action::Update),
+        count(Action::Replace),
+        count(Action::Delete)
+    );
+}
