@@ -7,10 +7,16 @@
 //! send its 1012 close frame, `stop` ends the background tasks afterwards.
 
 mod config;
+mod health;
 mod http;
 mod hub;
+mod limits;
 mod metrics;
 mod protocol;
+mod random;
+mod reader;
+mod recovery;
+mod session;
 mod store;
 mod ws;
 
@@ -65,8 +71,8 @@ async fn main() -> anyhow::Result<()> {
     let hub = Arc::new(Hub::new(config.send_queue));
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
-    background.spawn(store.clone().run_health(metrics.clone(), stop.clone()));
-    background.spawn(store.clone().run_reader(hub.clone(), stop.clone()));
+    background.spawn(health::run(store.clone(), metrics.clone(), stop.clone()));
+    background.spawn(reader::run(store.clone(), hub.clone(), stop.clone()));
 
     let state = Arc::new(AppState {
         instance: config.instance_id(),
@@ -112,8 +118,11 @@ async fn main() -> anyhow::Result<()> {
     );
     state.close.cancel();
     state.tracker.close();
-    let _ =
-        tokio::time::timeout(ws::CLOSE_GRACE + ws::CLOSE_REPLY_WAIT, state.tracker.wait()).await;
+    let _ = tokio::time::timeout(
+        session::CLOSE_GRACE + session::CLOSE_REPLY_WAIT,
+        state.tracker.wait(),
+    )
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     stop.cancel();
     background.close();

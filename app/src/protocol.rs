@@ -22,6 +22,9 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024;
 /// connection (close 1009) because it is never buffered whole.
 pub const HARD_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Longest client-chosen token (`epoch`, `cid`).
+pub const MAX_TOKEN_LEN: usize = 64;
+
 /// The room clients join when they give none.
 pub const DEFAULT_ROOM: &str = "lobby";
 
@@ -32,6 +35,16 @@ pub fn valid_room(room: &str) -> bool {
         && room
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks a client-supplied token (an epoch it was given, a client message id): 1 to
+/// [`MAX_TOKEN_LEN`] characters of `[A-Za-z0-9_:.-]`, safe in a Redis key and a log line.
+pub fn valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'))
 }
 
 /// A Redis stream entry id (`<ms>-<seq>`). Ordered the way Redis orders entries, which
@@ -70,9 +83,26 @@ impl fmt::Display for StreamId {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame<'a> {
+    /// First frame of every connection. `epoch` names the room's history (absent while
+    /// the room has none); `recovered`/`reason` answer a `since`, when one was given.
     Hello {
         instance: &'a str,
         room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
+    /// In-band: messages of the room were lost to this connection while it was open
+    /// (the instance's reader resumed after they were trimmed, or Redis lost them).
+    Recovery {
+        room: &'a str,
+        recovered: bool,
+        reason: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
     },
     Message {
         id: String,
@@ -276,6 +306,15 @@ mod tests {
         assert!(!valid_room("has space"));
         assert!(!valid_room("ümlaut"));
         assert!(!valid_room(&"x".repeat(MAX_ROOM_LEN + 1)));
+    }
+
+    #[test]
+    fn tokens() {
+        assert!(valid_token("0f3a-b_c:d.e"));
+        assert!(!valid_token(""));
+        assert!(!valid_token("a b"));
+        assert!(!valid_token("{x}"));
+        assert!(!valid_token(&"x".repeat(MAX_TOKEN_LEN + 1)));
     }
 
     #[test]

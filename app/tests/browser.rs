@@ -98,6 +98,27 @@ async fn messages(browser: &Browser) -> Vec<String> {
     out
 }
 
+/// A browser with its own profile under `profiles`, on `server`'s page, connected.
+async fn open_page(driver: &Driver, profiles: &tempfile::TempDir, server: &Server) -> Browser {
+    let page = driver
+        .browser(&profiles.path().join(&server.instance))
+        .await;
+    page.goto(&format!("http://{}/", server.addr))
+        .await
+        .unwrap();
+    wait_connected(&page, &server.instance).await;
+    page
+}
+
+/// Waits until a message containing `needle` is shown; returns every message shown then.
+async fn wait_shown(browser: &Browser, needle: &str) -> Vec<String> {
+    poll_until(WAIT, &format!("{needle:?} on the page"), || async {
+        let all = messages(browser).await;
+        all.iter().any(|m| m.contains(needle)).then_some(all)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_browsers_on_two_instances_chat() {
     let redis = Redis::start();
@@ -171,14 +192,7 @@ async fn two_browsers_on_two_instances_chat() {
             .click()
             .await
             .unwrap();
-        poll_until(WAIT, "bob's reply on alice's page", || async {
-            messages(&alice)
-                .await
-                .iter()
-                .any(|m| m.contains("hi alice"))
-                .then_some(())
-        })
-        .await;
+        wait_shown(&alice, "hi alice").await;
 
         let shot = bob.screenshot().await.unwrap();
         let path = artifacts_dir().join("browser-chat-bob.png");
@@ -201,22 +215,13 @@ async fn page_reconnects_with_since_after_server_restart() {
     let b = Server::start("b", &redis.url(), &[]);
     let driver = Driver::start();
     let profiles = tempfile::tempdir().unwrap();
-    let page = driver.browser(&profiles.path().join("page")).await;
+    let page = open_page(&driver, &profiles, &a).await;
 
     let result = async {
-        page.goto(&format!("http://{}/", a.addr)).await.unwrap();
-        wait_connected(&page, "old-a").await;
         let mut bob = Client::connect(&b, "").await;
         bob.send("bob", "first").await;
         assert_eq!(bob.next_message().await["text"], "first");
-        poll_until(WAIT, "first message on the page", || async {
-            messages(&page)
-                .await
-                .iter()
-                .any(|m| m.contains("first"))
-                .then_some(())
-        })
-        .await;
+        wait_shown(&page, "first").await;
 
         a.sigterm();
         assert!(a.wait_exit().await.success());
@@ -230,16 +235,51 @@ async fn page_reconnects_with_since_after_server_restart() {
 
         let _new_a = Server::start_at(&a.addr.to_string(), "new-a", &redis.url(), &[]);
         wait_connected(&page, "new-a").await;
-        let shown = poll_until(WAIT, "the missed message on the page", || async {
-            let all = messages(&page).await;
-            all.iter().any(|m| m.contains("while away")).then_some(all)
-        })
-        .await;
+        let shown = wait_shown(&page, "while away").await;
         let count = |needle: &str| shown.iter().filter(|m| m.contains(needle)).count();
         assert_eq!((count("first"), count("while away")), (1, 1), "{shown:?}");
 
         let shot = page.screenshot().await.unwrap();
         std::fs::write(artifacts_dir().join("browser-reconnect.png"), shot).unwrap();
+    }
+    .await;
+    let _ = page.close().await;
+    result
+}
+
+/// Redis loses the room's history while the page is open: the page says that some
+/// messages were missed, drops the log with the hole in it, and shows what comes next.
+#[tokio::test(flavor = "multi_thread")]
+async fn page_says_when_messages_were_missed() {
+    let redis = Redis::start();
+    let a = Server::start("a", &redis.url(), &[]);
+    let b = Server::start("b", &redis.url(), &[]);
+    let driver = Driver::start();
+    let profiles = tempfile::tempdir().unwrap();
+    let page = open_page(&driver, &profiles, &a).await;
+
+    let result = async {
+        let mut bob = Client::connect(&b, "").await;
+        bob.send("bob", "before the loss").await;
+        wait_shown(&page, "before the loss").await;
+
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut common::redis_conn(&redis.url()).await)
+            .await
+            .unwrap();
+        bob.send("bob", "after the loss").await;
+        let shown = poll_until(WAIT, "the notice and the new message", || async {
+            let log = text_of(&page, "#log").await;
+            (log.contains("some messages were missed") && log.contains("after the loss"))
+                .then_some(messages(&page).await)
+        })
+        .await;
+        assert!(
+            !shown.iter().any(|m| m.contains("before the loss")),
+            "{shown:?}"
+        );
+        let shot = page.screenshot().await.unwrap();
+        std::fs::write(artifacts_dir().join("browser-missed.png"), shot).unwrap();
     }
     .await;
     let _ = page.close().await;

@@ -48,13 +48,25 @@ async fn redis_restart_loses_nothing() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    // Written as the server writes: linked to the entry before it.
+    let top: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg("chat:{ops}:log")
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut direct)
+        .await
+        .unwrap();
     let _: String = redis::cmd("XADD")
-        .arg("chat:room:ops")
+        .arg("chat:{ops}:log")
         .arg("*")
         .arg("name")
         .arg("ops")
         .arg("text")
         .arg("while reconnecting")
+        .arg("prev")
+        .arg(&top.ids[0].id)
         .query_async(&mut direct)
         .await
         .unwrap();

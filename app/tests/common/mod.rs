@@ -547,3 +547,142 @@ pub fn texts(messages: &[Value]) -> Vec<String> {
         .map(|m| m["text"].as_str().unwrap().to_owned())
         .collect()
 }
+
+// ---------------------------------------------------------------- TCP proxy
+
+/// What the proxy does with the bytes of its connections.
+const PASS: u8 = 0;
+const BLACKHOLE: u8 = 1;
+const REFUSE: u8 = 2;
+
+/// A loopback TCP proxy standing for the network between the servers and Redis: it
+/// can be pointed at another Redis (a failover moving the primary endpoint), cut (every
+/// connection closed and new ones refused) or blackholed (bytes silently dropped both
+/// ways, as a dead link or a lost route does). Stops on drop.
+pub struct Proxy {
+    pub port: u16,
+    shared: std::sync::Arc<ProxyShared>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyShared {
+    target: std::sync::atomic::AtomicU16,
+    mode: std::sync::atomic::AtomicU8,
+    /// Bumped to close every open connection.
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    pub async fn start(target: u16) -> Proxy {
+        use std::sync::atomic::{AtomicU8, AtomicU16};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = std::sync::Arc::new(ProxyShared {
+            target: AtomicU16::new(target),
+            mode: AtomicU8::new(PASS),
+            cuts: tokio::sync::watch::channel(0).0,
+        });
+        let accept = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(proxy_connection(client, shared.clone()));
+                }
+            }
+        });
+        Proxy {
+            port,
+            shared,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// New connections go to `port` from now on; open ones stay where they are.
+    pub fn set_target(&self, port: u16) {
+        self.shared
+            .target
+            .store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Drops every byte, both ways, on open and new connections, without closing them.
+    pub fn blackhole(&self) {
+        self.set_mode(BLACKHOLE);
+    }
+
+    /// Closes every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.set_mode(REFUSE);
+        self.shared.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Passes bytes again (connections closed by a cut stay closed).
+    pub fn restore(&self) {
+        self.set_mode(PASS);
+    }
+
+    fn set_mode(&self, mode: u8) {
+        self.shared
+            .mode
+            .store(mode, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.shared.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+async fn proxy_connection(client: TokioTcpStream, shared: std::sync::Arc<ProxyShared>) {
+    use std::sync::atomic::Ordering;
+    if shared.mode.load(Ordering::SeqCst) == REFUSE {
+        return;
+    }
+    let target = shared.target.load(Ordering::SeqCst);
+    let Ok(upstream) = TokioTcpStream::connect(("127.0.0.1", target)).await else {
+        return;
+    };
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let mut cuts = shared.cuts.subscribe();
+    tokio::select! {
+        _ = pump(client_read, upstream_write, &shared) => {}
+        _ = pump(upstream_read, client_write, &shared) => {}
+        _ = cuts.changed() => {}
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    shared: &ProxyShared,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if shared.mode.load(std::sync::atomic::Ordering::SeqCst) == BLACKHOLE {
+            continue;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A plain connection to a Redis for the test's own commands.
+pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}

@@ -1,0 +1,33 @@
+-- Appends one chat message to a room, atomically with everything that must agree with it.
+-- Every key carries the room as its hash tag, so the script touches one cluster slot.
+--
+-- KEYS[1] stream  chat:{room}:log
+-- KEYS[2] meta    chat:{room}:meta   (epoch, last)
+-- ARGV[1] a fresh random epoch, used only if the room has none (its history was lost
+--         or never existed)
+-- ARGV[2] history length (exact MAXLEN)
+-- ARGV[3] name
+-- ARGV[4] text
+-- Returns {id, epoch}.
+
+-- `prev` links each entry to the one before it, so any reader can tell whether it saw
+-- every entry: an entry whose prev is not the id it delivered last means a gap.
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local prev = top[1] and top[1][1] or '0-0'
+
+-- The meta hash remembers the newest id, which trimming never removes: a stream without
+-- it lost entries (it expired or was evicted on its own), so its history starts a new
+-- epoch.
+local last = redis.call('HGET', KEYS[2], 'last')
+if last and redis.call('XRANGE', KEYS[1], last, last)[1] == nil then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*',
+  'name', ARGV[3], 'text', ARGV[4], 'prev', prev)
+redis.call('HSET', KEYS[2], 'last', id)
+
+-- Issue 12 publishes the message frame here, in the same script, for the fan-out.
+return {id, epoch}
