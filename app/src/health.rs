@@ -1,19 +1,38 @@
-//! The Redis health probe behind `/healthz` and `chat_redis_up`.
+//! The Redis health probe behind `/healthz` and `chat_redis_up`: once a second, does
+//! the node behind our connection accept writes (`ROLE` says master; after a failover
+//! the old primary still answers PING but refuses writes)? Together with the fan-out
+//! reader's own report that it is connected and reading, that is "Redis up".
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redis::AsyncCommands as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::{Redis, Request, StoreError};
 use crate::metrics::Metrics;
-use crate::store::{COMMAND_TIMEOUT, Store};
+use crate::store::Store;
 
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Probes Redis every second and publishes the result in `metrics.redis_up`, until
-/// cancelled.
+/// Whether the node `redis` reaches is a primary.
+pub async fn is_primary(redis: &Redis) -> Result<bool, StoreError> {
+    let role: redis::Value = redis.call(Request::Cmd(&redis::cmd("ROLE"))).await?;
+    Ok(role_is_master(&role))
+}
+
+/// `ROLE`'s first element is `master`, `slave` or `sentinel`.
+pub fn role_is_master(role: &redis::Value) -> bool {
+    match role {
+        redis::Value::Array(items) => matches!(
+            items.first(),
+            Some(redis::Value::BulkString(kind)) if kind.as_slice() == b"master"
+        ),
+        _ => false,
+    }
+}
+
+/// Probes Redis every second and publishes the result in `metrics`, until cancelled.
 pub async fn run(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(HEALTH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -22,15 +41,21 @@ pub async fn run(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut conn = store.commands();
-        let ping = conn.ping::<String>();
-        let up = matches!(tokio::time::timeout(COMMAND_TIMEOUT, ping).await, Ok(Ok(_)));
-        if metrics.redis_up.swap(up, Ordering::Relaxed) != up {
-            if up {
-                tracing::info!("redis reachable");
+        let writable = match is_primary(store.redis()).await {
+            Ok(primary) => primary,
+            Err(e) => {
+                tracing::debug!(error = %e, "health probe failed");
+                false
+            }
+        };
+        if metrics.redis_writable.swap(writable, Ordering::Relaxed) != writable {
+            if writable {
+                tracing::info!("redis accepts writes");
             } else {
-                tracing::warn!("redis unreachable");
+                tracing::warn!("redis does not accept writes");
             }
         }
+        let up = writable && metrics.reader_up.load(Ordering::Relaxed);
+        metrics.redis_up.store(up, Ordering::Relaxed);
     }
 }

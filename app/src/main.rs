@@ -7,6 +7,7 @@
 //! send its 1012 close frame, `stop` ends the background tasks afterwards.
 
 mod config;
+mod connection;
 mod health;
 mod http;
 mod hub;
@@ -72,7 +73,12 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
     background.spawn(health::run(store.clone(), metrics.clone(), stop.clone()));
-    background.spawn(reader::run(store.clone(), hub.clone(), stop.clone()));
+    background.spawn(reader::run(
+        store.clone(),
+        hub.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
 
     let state = Arc::new(AppState {
         instance: config.instance_id(),

@@ -13,17 +13,22 @@
 //! suits those commands.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::COMMAND_TIMEOUT;
+use crate::health::role_is_master;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::protocol::ServerFrame;
 use crate::recovery::Unrecoverable;
-use crate::store::{self, COMMAND_TIMEOUT, Entry, Store};
+use crate::store::{self, Entry, Store};
 
 /// How long `XREAD` blocks; also bounds how long a newly joined room waits for its
 /// first read when other rooms are quiet.
@@ -31,16 +36,20 @@ const BLOCK: Duration = Duration::from_millis(1000);
 /// Entries taken per stream per read, so one busy room cannot starve the others.
 const READ_COUNT: usize = 500;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the reader checks that its node is still the primary: after a failover
+/// the old one may keep its connections and serve reads that no longer move.
+const ROLE_CHECK: Duration = Duration::from_secs(3);
 
 /// Follows the streams of every room in `hub`, publishing new entries, until
 /// cancelled. Reconnects with backoff on any error.
-pub async fn run(store: Store, hub: Arc<Hub>, stop: CancellationToken) {
+pub async fn run(store: Store, hub: Arc<Hub>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = read_until_error(&store, &hub, &mut backoff) => r,
+            r = read_until_error(&store, &hub, &metrics, &mut backoff) => r,
         };
+        metrics.reader_up.store(false, Ordering::Relaxed);
         if let Err(e) = result {
             tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "redis reader failed");
         }
@@ -52,7 +61,12 @@ pub async fn run(store: Store, hub: Arc<Hub>, stop: CancellationToken) {
     }
 }
 
-async fn read_until_error(store: &Store, hub: &Hub, backoff: &mut Duration) -> anyhow::Result<()> {
+async fn read_until_error(
+    store: &Store,
+    hub: &Hub,
+    metrics: &Metrics,
+    backoff: &mut Duration,
+) -> anyhow::Result<()> {
     let mut conn = store
         .client()
         .get_multiplexed_async_connection_with_config(
@@ -62,16 +76,23 @@ async fn read_until_error(store: &Store, hub: &Hub, backoff: &mut Duration) -> a
         )
         .await
         .context("connecting the stream reader")?;
+    ensure_primary(&mut conn).await?;
+    let mut role_checked = Instant::now();
     tracing::info!("redis stream reader connected");
     *backoff = Duration::from_millis(100);
     let options = StreamReadOptions::default()
         .block(BLOCK.as_millis() as usize)
         .count(READ_COUNT);
     loop {
+        if role_checked.elapsed() >= ROLE_CHECK {
+            ensure_primary(&mut conn).await?;
+            role_checked = Instant::now();
+        }
+        metrics.reader_up.store(true, Ordering::Relaxed);
         let positions = hub.positions();
         if positions.is_empty() {
             // Nothing to follow; `join` notifies, and the timeout lets us notice
-            // rooms emptied since.
+            // rooms emptied since (and the role check above, a dead link).
             let _ = tokio::time::timeout(BLOCK, hub.changed()).await;
             continue;
         }
@@ -93,6 +114,18 @@ async fn read_until_error(store: &Store, hub: &Hub, backoff: &mut Duration) -> a
             }
         }
     }
+}
+
+/// Fails unless the reader's node is a primary.
+async fn ensure_primary(conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
+    let role: redis::Value = redis::cmd("ROLE")
+        .query_async(conn)
+        .await
+        .context("ROLE on the reader's connection")?;
+    if !role_is_master(&role) {
+        bail!("the reader's node is not the primary (failover?)");
+    }
+    Ok(())
 }
 
 /// Publishes one entry, first telling the room's clients if it does not follow the

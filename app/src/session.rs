@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
 
 use crate::AppState;
+use crate::connection::StoreError;
 use crate::hub::Outgoing;
 use crate::limits::TokenBucket;
 use crate::protocol::{Rejection, ServerFrame, StreamId, parse_client_frame};
@@ -105,7 +106,7 @@ struct Joined {
 /// Subscribes before reading history: whatever is stored after the replay's last id
 /// arrives live, and live entries at or below it are skipped, so there is neither a gap
 /// nor a duplicate at the seam.
-async fn join(state: &AppState, join: &Join) -> redis::RedisResult<Joined> {
+async fn join(state: &AppState, join: &Join) -> Result<Joined, StoreError> {
     let room = join.room.as_str();
     let room_state = match &join.room_state {
         Some(known) => known.clone(),
@@ -230,15 +231,24 @@ async fn unavailable_on_join(
     state: &AppState,
     sink: &mut Sink,
     room: &str,
-    error: &redis::RedisError,
+    error: &StoreError,
 ) -> Ending {
-    tracing::warn!(%error, room, "cannot join room: redis unavailable");
-    let rejection = Rejection::new(
-        "unavailable",
-        "chat storage is unreachable; reconnect later",
-    );
+    tracing::warn!(%error, room, "cannot join room");
+    let rejection = Rejection::new(error.code(), "chat storage is unavailable; reconnect later");
     let _ = send_text(state, sink, rejection.to_frame()).await;
     Ending::Close(CLOSE_TRY_LATER, "redis unavailable")
+}
+
+/// What a client is told when its message could not be stored.
+fn store_rejection(error: &StoreError) -> Rejection {
+    let message = match error {
+        StoreError::Unavailable(_) => {
+            "chat storage is unreachable; the message was not stored, send it again"
+        }
+        StoreError::Full(_) => "chat storage is full; the message was not stored",
+        StoreError::Refused(_) => "chat storage refused the message",
+    };
+    Rejection::new(error.code(), message)
 }
 
 fn slow_consumer(state: &AppState) -> Ending {
@@ -330,11 +340,8 @@ async fn read_loop(
                         Ok(())
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, room, "XADD failed");
-                        Err(Rejection::new(
-                            "unavailable",
-                            "chat storage is unreachable; the message was not sent, try again",
-                        ))
+                        tracing::warn!(error = %e, room, "storing a message failed");
+                        Err(store_rejection(&e))
                     }
                 },
                 Err(rejection) => Err(rejection),
@@ -351,14 +358,18 @@ async fn read_loop(
                 .metrics
                 .rejected_frames
                 .fetch_add(1, Ordering::Relaxed);
-            // Redis being down is not the client's fault.
-            let abusive = rejection.code != "unavailable" && !abuse.take();
+            // Storage trouble is not the client's fault.
+            let abusive = !is_storage_code(rejection.code) && !abuse.take();
             if abusive || errors.try_send(rejection.to_frame()).is_err() {
                 return Ending::Close(CLOSE_POLICY, "too many invalid frames");
             }
         }
     }
     Ending::Drop
+}
+
+fn is_storage_code(code: &str) -> bool {
+    matches!(code, "unavailable" | "storage_full" | "storage_error")
 }
 
 fn read_error(e: axum::Error) -> Ending {

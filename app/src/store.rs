@@ -11,20 +11,16 @@
 //! entry can never disagree. Reads return raw [`Entry`]s, decodable or not, so callers
 //! page by the raw id.
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use anyhow::Context as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
-use redis::{AsyncCommands as _, Client, Script, TlsCertificates};
+use redis::{Client, Script};
 
 use crate::config::Config;
+use crate::connection::{self, Redis, Request, StoreError};
 use crate::protocol::{ChatMessage, StreamId};
 use crate::random::random_token;
 
-/// Response timeout for short commands: generous for a loaded machine, short enough
-/// that `/healthz` notices a silent Redis within seconds.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Entries read per page when replaying.
 pub const PAGE: usize = 500;
 
@@ -73,9 +69,8 @@ pub struct Appended {
 
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
-    commands: ConnectionManager,
-    append_script: Script,
+    redis: Arc<Redis>,
+    append_script: Arc<Script>,
     history_len: usize,
 }
 
@@ -83,58 +78,31 @@ impl Store {
     /// Prepares the client without contacting Redis: the server starts (and reports 503)
     /// even while Redis is still being created.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let client = match &config.redis_ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading REDIS_CA_FILE {}", path.display()))?;
-                Client::build_with_tls(
-                    config.redis_url.as_str(),
-                    TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
-            }
-            None => Client::open(config.redis_url.as_str()),
-        }
-        .context("invalid REDIS_URL")?;
-        let commands = client
-            .get_connection_manager_lazy(
-                ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                    .set_response_timeout(Some(COMMAND_TIMEOUT))
-                    .set_max_delay(Duration::from_millis(500))
-                    .set_number_of_retries(3),
-            )
-            .context("creating the Redis connection manager")?;
         Ok(Store {
-            client,
-            commands,
-            append_script: Script::new(APPEND),
+            redis: Arc::new(Redis::new(connection::client(config)?)?),
+            append_script: Arc::new(Script::new(APPEND)),
             history_len: config.history_len,
         })
     }
 
     pub fn client(&self) -> &Client {
-        &self.client
+        self.redis.client()
     }
 
-    pub fn commands(&self) -> ConnectionManager {
-        self.commands.clone()
+    pub fn redis(&self) -> &Redis {
+        &self.redis
     }
 
     /// Stores a message and returns its id and the room's epoch.
-    pub async fn append(&self, room: &str, name: &str, text: &str) -> redis::RedisResult<Appended> {
-        let (id, epoch): (String, String) = self
-            .append_script
-            .key(stream_key(room))
+    pub async fn append(&self, room: &str, name: &str, text: &str) -> Result<Appended, StoreError> {
+        let mut invocation = self.append_script.key(stream_key(room));
+        invocation
             .key(meta_key(room))
             .arg(random_token())
             .arg(self.history_len)
             .arg(name)
-            .arg(text)
-            .invoke_async(&mut self.commands())
-            .await?;
+            .arg(text);
+        let (id, epoch): (String, String) = self.redis.call(Request::Script(&invocation)).await?;
         Ok(Appended {
             id: parse_id(&id)?,
             epoch,
@@ -142,15 +110,14 @@ impl Store {
     }
 
     /// The room's epoch, newest id and Redis's clock, read atomically.
-    pub async fn room_state(&self, room: &str) -> redis::RedisResult<RoomState> {
+    pub async fn room_state(&self, room: &str) -> Result<RoomState, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("TIME")
+            .hget(meta_key(room), "epoch")
+            .xrevrange_count(stream_key(room), "+", "-", 1);
         let ((secs, micros), epoch, top): ((u64, u64), Option<String>, StreamRangeReply) =
-            redis::pipe()
-                .atomic()
-                .cmd("TIME")
-                .hget(meta_key(room), "epoch")
-                .xrevrange_count(stream_key(room), "+", "-", 1)
-                .query_async(&mut self.commands())
-                .await?;
+            self.redis.call(Request::Pipe(&pipe)).await?;
         Ok(RoomState {
             epoch,
             top: top
@@ -164,8 +131,10 @@ impl Store {
     }
 
     /// The room's epoch, if it has a history.
-    pub async fn epoch(&self, room: &str) -> redis::RedisResult<Option<String>> {
-        self.commands().hget(meta_key(room), "epoch").await
+    pub async fn epoch(&self, room: &str) -> Result<Option<String>, StoreError> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(meta_key(room)).arg("epoch");
+        self.redis.call(Request::Cmd(&cmd)).await
     }
 
     /// Up to `count` entries after `after`, oldest first.
@@ -174,22 +143,25 @@ impl Store {
         room: &str,
         after: StreamId,
         count: usize,
-    ) -> redis::RedisResult<Vec<Entry>> {
-        let reply: StreamRangeReply = self
-            .commands()
-            .xrange_count(stream_key(room), format!("({after}"), "+", count)
-            .await?;
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(stream_key(room))
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let reply: StreamRangeReply = self.redis.call(Request::Cmd(&cmd)).await?;
         Ok(entries(room, &reply.ids))
     }
 }
 
-fn parse_id(id: &str) -> redis::RedisResult<StreamId> {
+fn parse_id(id: &str) -> Result<StreamId, StoreError> {
     id.parse().map_err(|e: crate::protocol::BadStreamId| {
-        redis::RedisError::from((
+        StoreError::Refused(redis::RedisError::from((
             redis::ErrorKind::UnexpectedReturnType,
             "stream id",
             e.to_string(),
-        ))
+        )))
     })
 }
 

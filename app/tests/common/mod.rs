@@ -162,27 +162,33 @@ pub struct Redis {
     pub dir: tempfile::TempDir,
     tls: Option<TlsFiles>,
     persistent: bool,
+    replica_of: Option<u16>,
     child: Option<Child>,
 }
 
 impl Redis {
     /// A plain in-memory Redis.
     pub fn start() -> Redis {
-        Self::launch(false, false)
+        Self::launch(false, false, None)
+    }
+
+    /// A plain Redis replicating from `primary` (which it may later replace).
+    pub fn start_replica_of(primary: &Redis) -> Redis {
+        Self::launch(false, false, Some(primary.port))
     }
 
     /// A Redis that appends every write to an AOF file (fsync always), so a kill and
     /// restart on the same port keeps the streams.
     pub fn start_persistent() -> Redis {
-        Self::launch(true, false)
+        Self::launch(true, false, None)
     }
 
     /// A Redis that speaks only TLS, with a certificate from a CA the test generates.
     pub fn start_tls() -> Redis {
-        Self::launch(false, true)
+        Self::launch(false, true, None)
     }
 
-    fn launch(persistent: bool, tls: bool) -> Redis {
+    fn launch(persistent: bool, tls: bool, replica_of: Option<u16>) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let tls = tls.then(|| TlsFiles::generate(dir.path()));
         let mut redis = Redis {
@@ -190,6 +196,7 @@ impl Redis {
             dir,
             tls,
             persistent,
+            replica_of,
             child: None,
         };
         // A free port can be taken between probing and binding; try another.
@@ -240,6 +247,13 @@ impl Redis {
             "--daemonize".into(),
             "no".into(),
         ];
+        if let Some(primary) = self.replica_of {
+            args.extend([
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.to_string(),
+            ]);
+        }
         if self.persistent {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
         } else {
