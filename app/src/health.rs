@@ -55,6 +55,9 @@ pub async fn run(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) {
                 tracing::warn!("redis does not accept writes");
             }
         }
+        if writable && let Ok(bytes) = store.used_memory().await {
+            metrics.redis_used_memory.store(bytes, Ordering::Relaxed);
+        }
         let up = writable && metrics.reader_up.load(Ordering::Relaxed);
         metrics.redis_up.store(up, Ordering::Relaxed);
     }

@@ -52,6 +52,8 @@ pub struct AppState {
     pub peer_timeout: Duration,
     pub rate_per_sec: f64,
     pub rate_burst: f64,
+    pub trusted_proxies: Vec<limits::Cidr>,
+    pub address_limits: Arc<limits::AddressLimits>,
 }
 
 #[tokio::main]
@@ -93,6 +95,11 @@ async fn main() -> anyhow::Result<()> {
         peer_timeout: config.peer_timeout(),
         rate_per_sec: config.rate_per_sec,
         rate_burst: config.rate_burst,
+        trusted_proxies: config.trusted_proxies.clone(),
+        address_limits: Arc::new(limits::AddressLimits::new(
+            config.max_connections_per_address,
+            config.new_rooms_per_minute,
+        )),
     });
     // Before "listening" is logged: a SIGTERM that arrives once we look up must drain.
     let mut signals = Signals::install()?;
@@ -106,9 +113,13 @@ async fn main() -> anyhow::Result<()> {
         "listening"
     );
     let server = tokio::spawn(
-        axum::serve(listener, http::router(state.clone()))
-            .with_graceful_shutdown(state.close.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            listener,
+            http::router(state.clone())
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(state.close.clone().cancelled_owned())
+        .into_future(),
     );
 
     signals.recv().await;

@@ -21,13 +21,15 @@ pub struct Metrics {
     /// Both of the above, as of the last health probe.
     pub redis_up: AtomicBool,
     pub draining: AtomicBool,
+    /// Redis's `used_memory`, as of the last health probe.
+    pub redis_used_memory: AtomicU64,
 }
 
 impl Metrics {
     pub fn render(&self, rooms: usize) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
-        let rows: [(&str, &str, &str, u64); 11] = [
+        let rows: [(&str, &str, &str, u64); 12] = [
             (
                 "chat_connections",
                 "gauge",
@@ -87,6 +89,12 @@ impl Metrics {
                 "gauge",
                 "1 if the fan-out reader is connected to a primary and reading.",
                 flag(&self.reader_up),
+            ),
+            (
+                "chat_redis_used_memory_bytes",
+                "gauge",
+                "Memory Redis uses (INFO memory used_memory), as of the last probe.",
+                get(&self.redis_used_memory),
             ),
             (
                 "chat_draining",

@@ -19,7 +19,7 @@ use tokio::time::timeout;
 use crate::AppState;
 use crate::connection::StoreError;
 use crate::hub::Outgoing;
-use crate::limits::TokenBucket;
+use crate::limits::{ConnectionSlot, TokenBucket};
 use crate::protocol::{Rejection, ServerFrame, StreamId, parse_client_frame};
 use crate::recovery::{self, Unrecoverable};
 use crate::store::{self, Entry, RoomState};
@@ -44,6 +44,8 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4000;
 
 /// What the upgrade request asked for, checked.
 pub struct Join {
+    /// This connection's place in its address's quota, held for its lifetime.
+    pub slot: ConnectionSlot,
     pub room: String,
     pub since: Option<StreamId>,
     pub epoch: Option<String>,
@@ -210,7 +212,7 @@ async fn run(
     let (errors_tx, errors_rx) = mpsc::channel(ERROR_QUEUE);
     tokio::select! {
         ending = write_loop(sink, joined.live, errors_rx, skip_through, state, &last_seen, started) => ending,
-        ending = read_loop(stream, errors_tx, state, room, &last_seen, started) => ending,
+        ending = read_loop(stream, errors_tx, state, &request, joined.epoch.is_some(), &last_seen, started) => ending,
     }
 }
 
@@ -312,10 +314,12 @@ async fn read_loop(
     stream: &mut SplitStream<WebSocket>,
     errors: mpsc::Sender<String>,
     state: &AppState,
-    room: &str,
+    request: &Join,
+    mut room_has_history: bool,
     last_seen: &AtomicU64,
     started: Instant,
 ) -> Ending {
+    let room = request.room.as_str();
     let mut rate = TokenBucket::new(state.rate_burst, state.rate_per_sec);
     let mut abuse = TokenBucket::new(ABUSE_BURST, ABUSE_REFILL_PER_SEC);
     while let Some(frame) = stream.next().await {
@@ -333,10 +337,22 @@ async fn read_loop(
                         state.rate_per_sec, state.rate_burst
                     ),
                 )),
-                Ok(request) => match state.store.append(room, &request.name, &request.text).await {
+                // The first message of a room creates it in Redis: that is what the
+                // per-address room budget pays for.
+                Ok(_)
+                    if !room_has_history
+                        && !state.address_limits.take_new_room(request.slot.address) =>
+                {
+                    Err(Rejection::new(
+                        "room_limit",
+                        "too many new rooms from your address; try again in a minute",
+                    ))
+                }
+                Ok(message) => match state.store.append(room, &message.name, &message.text).await {
                     Ok(stored) => {
                         tracing::trace!(room, id = %stored.id, "stored");
                         state.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+                        room_has_history = true;
                         Ok(())
                     }
                     Err(e) => {

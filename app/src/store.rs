@@ -7,6 +7,10 @@
 //!   created only when the hash is missing, so it changes exactly when history was lost)
 //!   and `last` (the newest entry's id).
 //!
+//! Memory is bounded three ways, all in the append script: at most `--history-len`
+//! entries, none older than `--history-max-age-secs`, and both keys expire
+//! `--room-ttl-secs` after the room's last write.
+//!
 //! Appends go through one Lua script ([`APPEND`]) so the epoch, the `prev` link and the
 //! entry can never disagree. Reads return raw [`Entry`]s, decodable or not, so callers
 //! page by the raw id.
@@ -72,6 +76,8 @@ pub struct Store {
     redis: Arc<Redis>,
     append_script: Arc<Script>,
     history_len: usize,
+    history_max_age_ms: u64,
+    room_ttl_secs: u64,
 }
 
 impl Store {
@@ -82,6 +88,8 @@ impl Store {
             redis: Arc::new(Redis::new(connection::client(config)?)?),
             append_script: Arc::new(Script::new(APPEND)),
             history_len: config.history_len,
+            history_max_age_ms: config.history_max_age_secs.saturating_mul(1000),
+            room_ttl_secs: config.room_ttl_secs.max(1),
         })
     }
 
@@ -100,6 +108,8 @@ impl Store {
             .key(meta_key(room))
             .arg(random_token())
             .arg(self.history_len)
+            .arg(self.history_max_age_ms)
+            .arg(self.room_ttl_secs)
             .arg(name)
             .arg(text);
         let (id, epoch): (String, String) = self.redis.call(Request::Script(&invocation)).await?;
@@ -135,6 +145,18 @@ impl Store {
         let mut cmd = redis::cmd("HGET");
         cmd.arg(meta_key(room)).arg("epoch");
         self.redis.call(Request::Cmd(&cmd)).await
+    }
+
+    /// Bytes of memory Redis uses (`INFO memory`, `used_memory`).
+    pub async fn used_memory(&self) -> Result<u64, StoreError> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("memory");
+        let info: String = self.redis.call(Request::Cmd(&cmd)).await?;
+        Ok(info
+            .lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
     }
 
     /// Up to `count` entries after `after`, oldest first.

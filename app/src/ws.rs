@@ -2,15 +2,17 @@
 //! status before any WebSocket exists (room, `since`, `epoch`, Origin), then the hand-off
 //! to [`crate::session`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::limits;
 use crate::protocol::{self, HARD_MAX_MESSAGE_BYTES, StreamId};
 use crate::recovery;
 use crate::session::{self, Join};
@@ -30,10 +32,11 @@ fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, message).into_response()
 }
 
-/// `GET /ws`: refuses bad parameters (400) and foreign browser origins (403) before
-/// upgrading.
+/// `GET /ws`: refuses bad parameters (400), foreign browser origins (403) and an
+/// address over its connection cap (429) before upgrading.
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<WsParams>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
@@ -66,6 +69,15 @@ pub async fn upgrade(
         tracing::info!(origin = ?headers.get(header::ORIGIN), "refused websocket from foreign origin");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
+    let address = limits::client_address(peer.ip(), &headers, &state.trusted_proxies);
+    let Some(slot) = state.address_limits.admit(address) else {
+        tracing::info!(%address, "refused websocket: too many connections from the address");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from your address",
+        )
+            .into_response();
+    };
     // A position is checked against the room now, so that one in the future is an HTTP
     // error rather than a connection that silently drops every live message. If Redis
     // does not answer, the connection reports that itself.
@@ -81,6 +93,7 @@ pub async fn upgrade(
         room_state = Some(known);
     }
     let join = Join {
+        slot,
         room,
         since,
         epoch,

@@ -6,8 +6,10 @@
 -- ARGV[1] a fresh random epoch, used only if the room has none (its history was lost
 --         or never existed)
 -- ARGV[2] history length (exact MAXLEN)
--- ARGV[3] name
--- ARGV[4] text
+-- ARGV[3] history age in milliseconds: older entries are trimmed (MINID)
+-- ARGV[4] seconds an idle room lives: both keys expire that long after the last write
+-- ARGV[5] name
+-- ARGV[6] text
 -- Returns {id, epoch}.
 
 -- `prev` links each entry to the one before it, so any reader can tell whether it saw
@@ -26,8 +28,19 @@ redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*',
-  'name', ARGV[3], 'text', ARGV[4], 'prev', prev)
+  'name', ARGV[5], 'text', ARGV[6], 'prev', prev)
 redis.call('HSET', KEYS[2], 'last', id)
+
+-- Stream ids are Redis's clock, so the age limit is a MINID; the entry just added is
+-- always younger than that.
+local now = redis.call('TIME')
+local oldest_kept = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
+redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest_kept))
+
+-- Keys without a TTL are never evicted under volatile-lru (ElastiCache's default);
+-- refreshed on every write, so only idle rooms go.
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 
 -- Issue 12 publishes the message frame here, in the same script, for the fan-out.
 return {id, epoch}
