@@ -4,7 +4,7 @@
 //!
 //! Close codes: 1000/1001 as the client asks; 1008 sustained invalid input; 1009 frame
 //! over the hard size cap; 1011 internal; 1012 server restart (end of drain); 1013 Redis
-//! unavailable while joining; 4000 slow consumer.
+//! unavailable while joining; 4000 slow consumer; 4029 rate limit exceeded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,8 +32,14 @@ pub const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 const ABUSE_BURST: f64 = 20.0;
 /// ...and how fast that allowance comes back.
 const ABUSE_REFILL_PER_SEC: f64 = 1.0;
-/// Error frames waiting for the writer; a client that fills this is not reading them.
-const ERROR_QUEUE: usize = 16;
+/// Replies (error frames) waiting for the writer. When it is full the reader waits, so
+/// a client that does not read its replies ends as a slow consumer.
+const REPLY_QUEUE: usize = 64;
+/// Messages refused for the rate that a connection may send in a burst before it is
+/// closed with [`CLOSE_RATE`], as a multiple of the rate burst (at least
+/// [`MIN_FLOOD_BURST`]); the allowance refills at the message rate.
+const FLOOD_BURST_FACTOR: f64 = 5.0;
+const MIN_FLOOD_BURST: f64 = 50.0;
 
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
@@ -41,6 +47,9 @@ pub const CLOSE_INTERNAL: u16 = 1011;
 pub const CLOSE_RESTART: u16 = 1012;
 pub const CLOSE_TRY_LATER: u16 = 1013;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4000;
+/// Kept sending faster than the rate limit after being told (`rate_limited`); the
+/// mnemonic is HTTP's 429.
+pub const CLOSE_RATE: u16 = 4029;
 
 /// What the upgrade request asked for, checked.
 pub struct Join {
@@ -209,7 +218,7 @@ async fn run(
 
     let last_seen = AtomicU64::new(0);
     let started = Instant::now();
-    let (errors_tx, errors_rx) = mpsc::channel(ERROR_QUEUE);
+    let (errors_tx, errors_rx) = mpsc::channel(REPLY_QUEUE);
     tokio::select! {
         ending = write_loop(sink, joined.live, errors_rx, skip_through, state, &last_seen, started) => ending,
         ending = read_loop(stream, errors_tx, state, &request, joined.epoch.is_some(), &last_seen, started) => ending,
@@ -322,6 +331,10 @@ async fn read_loop(
     let room = request.room.as_str();
     let mut rate = TokenBucket::new(state.rate_burst, state.rate_per_sec);
     let mut abuse = TokenBucket::new(ABUSE_BURST, ABUSE_REFILL_PER_SEC);
+    let mut flood = TokenBucket::new(
+        (state.rate_burst * FLOOD_BURST_FACTOR).max(MIN_FLOOD_BURST),
+        state.rate_per_sec,
+    );
     while let Some(frame) = stream.next().await {
         let frame = match frame {
             Ok(frame) => frame,
@@ -374,10 +387,17 @@ async fn read_loop(
                 .metrics
                 .rejected_frames
                 .fetch_add(1, Ordering::Relaxed);
-            // Storage trouble is not the client's fault.
-            let abusive = !is_storage_code(rejection.code) && !abuse.take();
-            if abusive || errors.try_send(rejection.to_frame()).is_err() {
+            // Valid but too fast is not invalid input; storage trouble is not the
+            // client's fault at all.
+            if rejection.code == "rate_limited" {
+                if !flood.take() {
+                    return Ending::Close(CLOSE_RATE, "rate limit exceeded");
+                }
+            } else if !is_storage_code(rejection.code) && !abuse.take() {
                 return Ending::Close(CLOSE_POLICY, "too many invalid frames");
+            }
+            if errors.send(rejection.to_frame()).await.is_err() {
+                return Ending::Drop;
             }
         }
     }

@@ -544,11 +544,20 @@ impl Client {
     /// Reads until the connection closes, returning the close code (None if it ended
     /// without a close frame) and the message frames seen on the way.
     pub async fn read_until_closed(&mut self) -> (Option<u16>, Vec<Value>) {
+        let (close, seen) = self.read_until_closed_with_reason().await;
+        (close.map(|(code, _)| code), seen)
+    }
+
+    /// As [`Client::read_until_closed`], with the close frame's reason.
+    pub async fn read_until_closed_with_reason(&mut self) -> (Option<(u16, String)>, Vec<Value>) {
         let mut seen = Vec::new();
         loop {
             match self.next_event().await {
                 Event::Json(v) => seen.push(v),
-                Event::Closed(frame) => return (frame.map(|f| f.code.into()), seen),
+                Event::Closed(frame) => {
+                    let close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    return (close, seen);
+                }
             }
         }
     }
