@@ -113,9 +113,14 @@ pub enum ServerFrame<'a> {
         /// instance reports the same time for a message.
         ts: u64,
     },
+    /// A `send` with a `cid` was stored (now or, for a repeated `cid`, before) as `id`.
+    Ack { cid: &'a str, id: String },
     Error {
         code: &'static str,
         message: String,
+        /// The `cid` of the `send` refused, when it had a valid one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<&'a str>,
     },
 }
 
@@ -152,6 +157,8 @@ impl ChatMessage {
 pub struct SendRequest {
     pub name: String,
     pub text: String,
+    /// The client's id for this message: a retry with the same one is stored once.
+    pub cid: Option<String>,
 }
 
 /// Why a client frame was refused; `code` is the stable machine-readable part of the
@@ -161,6 +168,7 @@ pub struct SendRequest {
 pub struct Rejection {
     pub code: &'static str,
     pub message: String,
+    pub cid: Option<String>,
 }
 
 impl Rejection {
@@ -168,13 +176,20 @@ impl Rejection {
         Rejection {
             code,
             message: message.into(),
+            cid: None,
         }
+    }
+
+    /// The same rejection, naming the `send` it answers.
+    pub fn with_cid(self, cid: Option<String>) -> Self {
+        Rejection { cid, ..self }
     }
 
     pub fn to_frame(&self) -> String {
         ServerFrame::Error {
             code: self.code,
             message: self.message.clone(),
+            cid: self.cid.as_deref(),
         }
         .to_json()
     }
@@ -217,14 +232,31 @@ pub fn parse_client_frame(raw: &str) -> Result<SendRequest, Rejection> {
             ));
         }
     }
-    let name = string_field(object, "name")?;
-    let text = string_field(object, "text")?;
-    validate_name(name)?;
-    validate_text(text)?;
-    Ok(SendRequest {
-        name: name.to_owned(),
-        text: text.to_owned(),
-    })
+    let cid = match object.get("cid") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(cid)) if valid_token(cid) => Some(cid.clone()),
+        Some(_) => {
+            return Err(Rejection::new(
+                "invalid_cid",
+                format!("\"cid\" must be 1 to {MAX_TOKEN_LEN} characters of A-Z a-z 0-9 _ - : ."),
+            ));
+        }
+    };
+    let fields = || -> Result<(&str, &str), Rejection> {
+        let name = string_field(object, "name")?;
+        let text = string_field(object, "text")?;
+        validate_name(name)?;
+        validate_text(text)?;
+        Ok((name, text))
+    };
+    match fields() {
+        Ok((name, text)) => Ok(SendRequest {
+            name: name.to_owned(),
+            text: text.to_owned(),
+            cid,
+        }),
+        Err(rejection) => Err(rejection.with_cid(cid)),
+    }
 }
 
 fn string_field<'a>(
@@ -323,9 +355,32 @@ mod tests {
             parse_client_frame(r#"{"type":"send","name":"alice","text":"hi\nthere"}"#),
             Ok(SendRequest {
                 name: "alice".into(),
-                text: "hi\nthere".into()
+                text: "hi\nthere".into(),
+                cid: None,
             })
         );
+        let with_cid = parse_client_frame(r#"{"type":"send","name":"a","text":"b","cid":"k-1"}"#);
+        assert_eq!(with_cid.unwrap().cid.as_deref(), Some("k-1"));
+    }
+
+    #[test]
+    fn cids_are_checked_and_named_in_errors() {
+        let err = |raw: &str| parse_client_frame(raw).unwrap_err();
+        assert_eq!(
+            err(r#"{"type":"send","name":"a","text":"b","cid":7}"#).code,
+            "invalid_cid"
+        );
+        assert_eq!(
+            err(r#"{"type":"send","name":"a","text":"b","cid":"a b"}"#).code,
+            "invalid_cid"
+        );
+        let refused = err(r#"{"type":"send","name":"a","text":"","cid":"k"}"#);
+        assert_eq!(
+            (refused.code, refused.cid.as_deref()),
+            ("invalid_text", Some("k"))
+        );
+        let frame: serde_json::Value = serde_json::from_str(&refused.to_frame()).unwrap();
+        assert_eq!(frame["cid"], "k");
     }
 
     #[test]

@@ -218,10 +218,10 @@ async fn run(
 
     let last_seen = AtomicU64::new(0);
     let started = Instant::now();
-    let (errors_tx, errors_rx) = mpsc::channel(REPLY_QUEUE);
+    let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
     tokio::select! {
-        ending = write_loop(sink, joined.live, errors_rx, skip_through, state, &last_seen, started) => ending,
-        ending = read_loop(stream, errors_tx, state, &request, joined.epoch.is_some(), &last_seen, started) => ending,
+        ending = write_loop(sink, joined.live, replies_rx, skip_through, state, &last_seen, started) => ending,
+        ending = read_loop(stream, replies_tx, state, &request, joined.epoch.is_some(), &last_seen, started) => ending,
     }
 }
 
@@ -275,7 +275,7 @@ fn slow_consumer(state: &AppState) -> Ending {
 async fn write_loop(
     sink: &mut Sink,
     mut live: broadcast::Receiver<Outgoing>,
-    mut errors: mpsc::Receiver<String>,
+    mut replies: mpsc::Receiver<String>,
     skip_through: StreamId,
     state: &AppState,
     last_seen: &AtomicU64,
@@ -289,7 +289,7 @@ async fn write_loop(
         let frame = tokio::select! {
             biased;
             _ = state.close.cancelled() => return Ending::Close(CLOSE_RESTART, "server restart"),
-            Some(error) = errors.recv() => Message::Text(error.into()),
+            Some(reply) = replies.recv() => Message::Text(reply.into()),
             _ = ping.tick() => {
                 let silent = started.elapsed().saturating_sub(Duration::from_millis(last_seen.load(Ordering::Relaxed)));
                 if silent > state.peer_timeout {
@@ -321,7 +321,7 @@ async fn write_loop(
 /// else with an error frame, and closes with 1008 once errors stop being occasional.
 async fn read_loop(
     stream: &mut SplitStream<WebSocket>,
-    errors: mpsc::Sender<String>,
+    replies: mpsc::Sender<String>,
     state: &AppState,
     request: &Join,
     mut room_has_history: bool,
@@ -343,13 +343,14 @@ async fn read_loop(
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let outcome = match frame {
             Message::Text(text) => match parse_client_frame(&text) {
-                Ok(_) if !rate.take() => Err(Rejection::new(
+                Ok(message) if !rate.take() => Err(Rejection::new(
                     "rate_limited",
                     format!(
                         "too many messages: at most {} per second (bursts of {})",
                         state.rate_per_sec, state.rate_burst
                     ),
-                )),
+                )
+                .with_cid(message.cid)),
                 // The first message of a room creates it in Redis: that is what the
                 // per-address room budget pays for.
                 Ok(_)
@@ -361,16 +362,30 @@ async fn read_loop(
                         "too many new rooms from your address; try again in a minute",
                     ))
                 }
-                Ok(message) => match state.store.append(room, &message.name, &message.text).await {
+                Ok(message) => match state.store.append(room, &message).await {
                     Ok(stored) => {
-                        tracing::trace!(room, id = %stored.id, "stored");
-                        state.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+                        tracing::trace!(room, id = %stored.id, duplicate = stored.duplicate, "stored");
+                        if !stored.duplicate {
+                            state.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+                        }
                         room_has_history = true;
-                        Ok(())
+                        match &message.cid {
+                            Some(cid) => {
+                                let ack = ServerFrame::Ack {
+                                    cid,
+                                    id: stored.id.to_string(),
+                                };
+                                if replies.send(ack.to_json()).await.is_err() {
+                                    return Ending::Drop;
+                                }
+                                Ok(())
+                            }
+                            None => Ok(()),
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, room, "storing a message failed");
-                        Err(store_rejection(&e))
+                        Err(store_rejection(&e).with_cid(message.cid))
                     }
                 },
                 Err(rejection) => Err(rejection),
@@ -396,7 +411,7 @@ async fn read_loop(
             } else if !is_storage_code(rejection.code) && !abuse.take() {
                 return Ending::Close(CLOSE_POLICY, "too many invalid frames");
             }
-            if errors.send(rejection.to_frame()).await.is_err() {
+            if replies.send(rejection.to_frame()).await.is_err() {
                 return Ending::Drop;
             }
         }

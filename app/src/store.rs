@@ -5,7 +5,9 @@
 //!   entry before it), trimmed to the history length;
 //! - `chat:{r}:meta`: a hash with the room's `epoch` (a random name for this history,
 //!   created only when the hash is missing, so it changes exactly when history was lost)
-//!   and `last` (the newest entry's id).
+//!   and `last` (the newest entry's id);
+//! - `chat:{r}:cid:<cid>`: the id a client's message was stored as, for 300 s, so that
+//!   a retry is stored once.
 //!
 //! Memory is bounded three ways, all in the append script: at most `--history-len`
 //! entries, none older than `--history-max-age-secs`, and both keys expire
@@ -22,13 +24,16 @@ use redis::{Client, Script};
 
 use crate::config::Config;
 use crate::connection::{self, Redis, Request, StoreError};
-use crate::protocol::{ChatMessage, StreamId};
+use crate::protocol::{ChatMessage, SendRequest, StreamId};
 use crate::random::random_token;
 
 /// Entries read per page when replaying.
 pub const PAGE: usize = 500;
 
 const APPEND: &str = include_str!("lua/append.lua");
+/// How long a client id is remembered: a retry within this is stored once (as in
+/// Centrifuge's idempotent publish).
+const CID_TTL_SECS: u64 = 300;
 
 pub fn stream_key(room: &str) -> String {
     format!("chat:{{{room}}}:log")
@@ -36,6 +41,10 @@ pub fn stream_key(room: &str) -> String {
 
 fn meta_key(room: &str) -> String {
     format!("chat:{{{room}}}:meta")
+}
+
+fn cid_key(room: &str, cid: &str) -> String {
+    format!("chat:{{{room}}}:cid:{cid}")
 }
 
 /// The room of a stream key, the inverse of [`stream_key`].
@@ -69,6 +78,8 @@ pub struct RoomState {
 pub struct Appended {
     pub id: StreamId,
     pub epoch: String,
+    /// The `cid` had been stored before: nothing new was written.
+    pub duplicate: bool,
 }
 
 #[derive(Clone)]
@@ -101,21 +112,28 @@ impl Store {
         &self.redis
     }
 
-    /// Stores a message and returns its id and the room's epoch.
-    pub async fn append(&self, room: &str, name: &str, text: &str) -> Result<Appended, StoreError> {
+    /// Stores a message and returns its id and the room's epoch; with a `cid` already
+    /// stored, only returns the id it was stored as.
+    pub async fn append(&self, room: &str, message: &SendRequest) -> Result<Appended, StoreError> {
         let mut invocation = self.append_script.key(stream_key(room));
+        invocation.key(meta_key(room));
+        if let Some(cid) = &message.cid {
+            invocation.key(cid_key(room, cid));
+        }
         invocation
-            .key(meta_key(room))
             .arg(random_token())
             .arg(self.history_len)
             .arg(self.history_max_age_ms)
             .arg(self.room_ttl_secs)
-            .arg(name)
-            .arg(text);
-        let (id, epoch): (String, String) = self.redis.call(Request::Script(&invocation)).await?;
+            .arg(&message.name)
+            .arg(&message.text)
+            .arg(CID_TTL_SECS);
+        let (id, epoch, duplicate): (String, String, u8) =
+            self.redis.call(Request::Script(&invocation)).await?;
         Ok(Appended {
             id: parse_id(&id)?,
             epoch,
+            duplicate: duplicate == 1,
         })
     }
 

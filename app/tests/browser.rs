@@ -110,6 +110,20 @@ async fn open_page(driver: &Driver, profiles: &tempfile::TempDir, server: &Serve
     page
 }
 
+/// Types a name and a message into the page's form and submits it.
+async fn type_and_send(page: &Browser, name: &str, text: &str) {
+    for (field, value) in [("name", name), ("text", text)] {
+        let input = page.find(Locator::Id(field)).await.unwrap();
+        input.send_keys(value).await.unwrap();
+    }
+    page.find(Locator::Id("send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Waits until a message containing `needle` is shown; returns every message shown then.
 async fn wait_shown(browser: &Browser, needle: &str) -> Vec<String> {
     poll_until(WAIT, &format!("{needle:?} on the page"), || async {
@@ -137,27 +151,7 @@ async fn two_browsers_on_two_instances_chat() {
 
         // Markup in a message must show up as text, not become elements.
         let hostile = "<img src=x onerror=\"document.title='owned'\"> hello bob";
-        alice
-            .find(Locator::Id("name"))
-            .await
-            .unwrap()
-            .send_keys("alice")
-            .await
-            .unwrap();
-        alice
-            .find(Locator::Id("text"))
-            .await
-            .unwrap()
-            .send_keys(hostile)
-            .await
-            .unwrap();
-        alice
-            .find(Locator::Id("send"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        type_and_send(&alice, "alice", hostile).await;
 
         let seen = poll_until(WAIT, "alice's message on bob's page", || async {
             let all = messages(&bob).await;
@@ -174,24 +168,7 @@ async fn two_browsers_on_two_instances_chat() {
         );
         assert_ne!(bob.title().await.unwrap(), "owned");
 
-        bob.find(Locator::Id("name"))
-            .await
-            .unwrap()
-            .send_keys("bob")
-            .await
-            .unwrap();
-        bob.find(Locator::Id("text"))
-            .await
-            .unwrap()
-            .send_keys("hi alice")
-            .await
-            .unwrap();
-        bob.find(Locator::Id("send"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        type_and_send(&bob, "bob", "hi alice").await;
         wait_shown(&alice, "hi alice").await;
 
         let shot = bob.screenshot().await.unwrap();
@@ -280,6 +257,62 @@ async fn page_says_when_messages_were_missed() {
         );
         let shot = page.screenshot().await.unwrap();
         std::fs::write(artifacts_dir().join("browser-missed.png"), shot).unwrap();
+    }
+    .await;
+    let _ = page.close().await;
+    result
+}
+
+/// A message typed while the server cannot reach Redis shows as pending, is sent again
+/// by the page until the server acknowledges it, and then shows exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn page_resends_pending_messages_once_stored() {
+    let redis = Redis::start();
+    let proxy = common::Proxy::start(redis.port).await;
+    let a = Server::start("a", &proxy.url(), &[]);
+    let b = Server::start("b", &redis.url(), &[]);
+    a.wait_health(200).await;
+    let driver = Driver::start();
+    let profiles = tempfile::tempdir().unwrap();
+    let page = open_page(&driver, &profiles, &a).await;
+
+    let result = async {
+        proxy.cut();
+        a.wait_health(503).await;
+        type_and_send(&page, "carol", "through the outage").await;
+        poll_until(WAIT, "the message to show as pending", || async {
+            let pending = page
+                .find_all(Locator::Css("#log li.pending"))
+                .await
+                .unwrap();
+            (!pending.is_empty()).then_some(())
+        })
+        .await;
+        // Answered `unavailable` at least once while the link is down.
+        poll_until(WAIT, "a refused send", || async {
+            (a.metric("chat_rejected_frames_total").await >= 1.0).then_some(())
+        })
+        .await;
+
+        proxy.restore();
+        wait_shown(&page, "through the outage").await;
+        poll_until(WAIT, "the pending mark to go", || async {
+            let pending = page
+                .find_all(Locator::Css("#log li.pending"))
+                .await
+                .unwrap();
+            pending.is_empty().then_some(())
+        })
+        .await;
+        // Anything still in flight would arrive before a later message.
+        let mut bob = Client::connect(&b, "").await;
+        bob.send("bob", "marker").await;
+        let shown = wait_shown(&page, "marker").await;
+        let copies = shown
+            .iter()
+            .filter(|m| m.contains("through the outage"))
+            .count();
+        assert_eq!(copies, 1, "{shown:?}");
     }
     .await;
     let _ = page.close().await;

@@ -292,6 +292,62 @@ async fn a_burst_is_answered_and_a_flood_is_closed_for_the_rate() {
     );
 }
 
+/// A `send` with a `cid` is acknowledged with the id it was stored as; sent again (the
+/// same connection retrying, or another one after a reconnect) it is acknowledged with
+/// the same id and stored once; an invalid `cid` is refused, and errors name the `cid`.
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_with_a_cid_are_acked_and_stored_once() {
+    let redis = Redis::start();
+    let server = Server::start("a", &redis.url(), &[]);
+    let mut client = Client::connect(&server, "?room=acks").await;
+    client.send_cid("alice", "once", "c-1").await;
+    let (mut ack, mut echo) = (None, None);
+    while ack.is_none() || echo.is_none() {
+        let frame = client.next_json().await;
+        match frame["type"].as_str() {
+            Some("ack") => ack = Some(frame),
+            Some("message") => echo = Some(frame),
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    let (ack, echo) = (ack.unwrap(), echo.unwrap());
+    assert_eq!(ack["cid"], "c-1");
+    assert_eq!(ack["id"], echo["id"]);
+
+    client.send_cid("alice", "once", "c-1").await;
+    let again = client.next_json().await;
+    assert_eq!(
+        (again["type"].as_str(), &again["id"]),
+        (Some("ack"), &ack["id"])
+    );
+    let mut reconnected = Client::connect(&server, "?room=acks").await;
+    reconnected.send_cid("alice", "once", "c-1").await;
+    assert_eq!(reconnected.next_json().await["id"], ack["id"]);
+    // Nothing was stored twice: the next message anyone sees is the next one sent.
+    reconnected.send_cid("alice", "twice?", "c-2").await;
+    let next = client.next_message().await;
+    assert_eq!(next["text"], "twice?");
+    let len: u64 = redis::cmd("XLEN")
+        .arg("chat:{acks}:log")
+        .query_async(&mut common::redis_conn(&redis.url()).await)
+        .await
+        .unwrap();
+    assert_eq!(len, 2);
+
+    client
+        .send_raw(r#"{"type":"send","name":"a","text":"b","cid":"no spaces"}"#)
+        .await;
+    assert_eq!(client.next_error_code().await, "invalid_cid");
+    client
+        .send_raw(r#"{"type":"send","name":"a","text":" ","cid":"c-3"}"#)
+        .await;
+    let refused = client.next_json().await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["cid"].as_str()),
+        (Some("invalid_text"), Some("c-3"))
+    );
+}
+
 /// Bad room names and `since` values are refused before the upgrade.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_query_parameters_are_refused() {

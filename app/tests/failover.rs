@@ -83,8 +83,8 @@ async fn send_until_stored(client: &mut Client, text: &str) -> String {
 
 /// A replica is promoted while a client keeps sending: the servers notice the old
 /// primary refusing writes (`READONLY`), rebuild their connections to the moved
-/// endpoint, and sends succeed again within a few seconds; every message that was
-/// stored before or after is in the new primary and reached the other instance's client.
+/// endpoint, and sends succeed again within a few seconds; every acknowledged message
+/// is in the new primary exactly once and reached the other instance's client.
 #[tokio::test(flavor = "multi_thread")]
 async fn replica_promoted_while_clients_send() {
     let primary = Redis::start();

@@ -3,6 +3,7 @@
 --
 -- KEYS[1] stream  chat:{room}:log
 -- KEYS[2] meta    chat:{room}:meta   (epoch, last)
+-- KEYS[3] (optional) idempotency key chat:{room}:cid:<cid>, holding the id it was stored as
 -- ARGV[1] a fresh random epoch, used only if the room has none (its history was lost
 --         or never existed)
 -- ARGV[2] history length (exact MAXLEN)
@@ -10,7 +11,16 @@
 -- ARGV[4] seconds an idle room lives: both keys expire that long after the last write
 -- ARGV[5] name
 -- ARGV[6] text
--- Returns {id, epoch}.
+-- ARGV[7] seconds an idempotency key is kept
+-- Returns {id, epoch, duplicate}: duplicate is 1 when KEYS[3] named a message already
+-- stored, whose id is returned and nothing is written.
+
+if KEYS[3] then
+  local stored = redis.call('GET', KEYS[3])
+  if stored then
+    return {stored, redis.call('HGET', KEYS[2], 'epoch') or '', 1}
+  end
+end
 
 -- `prev` links each entry to the one before it, so any reader can tell whether it saw
 -- every entry: an entry whose prev is not the id it delivered last means a gap.
@@ -41,6 +51,9 @@ redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest_kept))
 -- refreshed on every write, so only idle rooms go.
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+if KEYS[3] then
+  redis.call('SET', KEYS[3], id, 'EX', ARGV[7])
+end
 
 -- Issue 12 publishes the message frame here, in the same script, for the fan-out.
-return {id, epoch}
+return {id, epoch, 0}

@@ -493,6 +493,12 @@ impl Client {
         self.ws.send(Message::text(text)).await.unwrap();
     }
 
+    /// A `send` carrying a client id, to be acknowledged and stored once.
+    pub async fn send_cid(&mut self, name: &str, text: &str, cid: &str) {
+        self.send_raw(&json!({"type": "send", "name": name, "text": text, "cid": cid}).to_string())
+            .await;
+    }
+
     pub async fn send(&mut self, name: &str, text: &str) {
         self.send_raw(&json!({"type": "send", "name": name, "text": text}).to_string())
             .await;
