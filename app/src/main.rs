@@ -1,13 +1,16 @@
 //! `chat-server`: startup and shutdown. Parses the configuration, starts the Redis
 //! reader and health probe, serves HTTP/WebSocket, and on SIGTERM/SIGINT drains:
-//! `/healthz` turns 503 at once, open connections are served for the drain period, then
-//! closed with 1012 and the process exits 0.
+//! `/healthz` turns 503 at once, open connections are closed with 1012 one by one, at
+//! random moments spread over the drain minus a margin ([`drain`]), and the process
+//! exits 0.
 //!
-//! Shutdown travels as two [`CancellationToken`]s: `close` tells every connection to
-//! send its 1012 close frame, `stop` ends the background tasks afterwards.
+//! Shutdown travels as a [`drain::Drain`] (each connection's moment to close) and two
+//! [`CancellationToken`]s: `close` closes whatever is still open at the end of the
+//! window, `stop` ends the background tasks afterwards.
 
 mod config;
 mod connection;
+mod drain;
 mod health;
 mod http;
 mod hub;
@@ -43,7 +46,9 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
-    /// Cancelled at the end of the drain period.
+    /// Spreads the 1012 closes over the drain.
+    pub drain: drain::Drain,
+    /// Cancelled at the end of the drain's close window.
     pub close: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for their close frames.
     pub tracker: TaskTracker,
@@ -88,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         hub,
         store,
         metrics: metrics.clone(),
+        drain: drain::Drain::default(),
         close: CancellationToken::new(),
         tracker: TaskTracker::new(),
         write_timeout: config.write_timeout(),
@@ -124,14 +130,21 @@ async fn main() -> anyhow::Result<()> {
 
     signals.recv().await;
     metrics.draining.store(true, Ordering::Relaxed);
-    tracing::info!(drain_secs = config.drain_secs, "draining");
+    let window = drain::close_window(config.drain());
+    tracing::info!(
+        drain_secs = config.drain_secs,
+        ?window,
+        connections = metrics.connections.load(Ordering::Relaxed),
+        "draining: closing connections with 1012, spread over the window"
+    );
+    state.drain.begin(window);
     tokio::select! {
-        _ = tokio::time::sleep(config.drain()) => {}
+        _ = tokio::time::sleep(window) => {}
         _ = signals.recv() => tracing::info!("second signal: ending the drain early"),
     }
     tracing::info!(
         connections = metrics.connections.load(Ordering::Relaxed),
-        "closing connections with 1012"
+        "closing the remaining connections with 1012"
     );
     state.close.cancel();
     state.tracker.close();

@@ -17,6 +17,12 @@ pub fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// Uniform in `[0, 1)`.
+pub fn random_fraction() -> f64 {
+    // 53 bits: exactly the precision of an f64 mantissa.
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// 128 random bits as 32 hex digits.
 pub fn random_token() -> String {
     format!("{:016x}{:016x}", random_u64(), random_u64())
@@ -27,8 +33,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_differ() {
+    fn tokens_differ_and_fractions_stay_in_range() {
         assert_ne!(random_token(), random_token());
         assert_eq!(random_token().len(), 32);
+        let fractions: Vec<f64> = (0..1000).map(|_| random_fraction()).collect();
+        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
+        let mean = fractions.iter().sum::<f64>() / 1000.0;
+        assert!((0.4..0.6).contains(&mean), "mean {mean}");
     }
 }

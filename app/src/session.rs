@@ -281,6 +281,8 @@ async fn write_loop(
     last_seen: &AtomicU64,
     started: Instant,
 ) -> Ending {
+    let my_turn = state.drain.my_turn();
+    tokio::pin!(my_turn);
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + state.ping_interval,
         state.ping_interval,
@@ -288,6 +290,7 @@ async fn write_loop(
     loop {
         let frame = tokio::select! {
             biased;
+            _ = &mut my_turn => return Ending::Close(CLOSE_RESTART, "server restart"),
             _ = state.close.cancelled() => return Ending::Close(CLOSE_RESTART, "server restart"),
             Some(reply) = replies.recv() => Message::Text(reply.into()),
             _ = ping.tick() => {
