@@ -25,6 +25,9 @@ pub const HARD_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Longest client-chosen token (`epoch`, `cid`).
 pub const MAX_TOKEN_LEN: usize = 64;
 
+/// Most messages sent for `history=N`.
+pub const MAX_HISTORY: usize = 200;
+
 /// The room clients join when they give none.
 pub const DEFAULT_ROOM: &str = "lobby";
 

@@ -58,6 +58,8 @@ pub struct Join {
     pub room: String,
     pub since: Option<StreamId>,
     pub epoch: Option<String>,
+    /// Newest messages to send when nothing is replayed from `since` (capped).
+    pub history: usize,
     /// The room as read at the upgrade, if it was.
     pub room_state: Option<RoomState>,
 }
@@ -110,7 +112,8 @@ struct Joined {
     epoch: Option<String>,
     /// `None` when the client gave no `since`.
     verdict: Option<Result<(), Unrecoverable>>,
-    /// The first page of the replay after `since` (empty unless recovered).
+    /// The first page of the replay after `since` when recovered; else the newest
+    /// `history` entries.
     first_page: Vec<Entry>,
 }
 
@@ -127,15 +130,27 @@ async fn join(state: &AppState, join: &Join) -> Result<Joined, StoreError> {
         Some(rx) => rx,
         None => state.hub.join(room, room_state.top),
     };
-    let (verdict, first_page) = match join.since {
-        None => (None, Vec::new()),
+    let verdict = match join.since {
+        None => None,
         Some(since) => {
             let page = state.store.entries_after(room, since, store::PAGE).await?;
             let verdict = recovery::judge(since, join.epoch.as_deref(), &room_state, page.first());
-            // Not made whole: nothing is replayed from `since`, the client starts over.
-            let page = if verdict.is_ok() { page } else { Vec::new() };
-            (Some(verdict), page)
+            if verdict.is_ok() {
+                return Ok(Joined {
+                    live,
+                    epoch: room_state.epoch,
+                    verdict: Some(verdict),
+                    first_page: page,
+                });
+            }
+            Some(verdict)
         }
+    };
+    // Nothing replayed from `since`: the client starts over, from the newest messages
+    // if it asked for them.
+    let first_page = match join.history {
+        0 => Vec::new(),
+        n => state.store.latest(room, n).await?,
     };
     Ok(Joined {
         live,
@@ -189,31 +204,33 @@ async fn run(
         Err(e) => return unavailable_on_join(state, sink, room, &e).await,
     };
     tracing::debug!(room, since = ?request.since, verdict = ?joined.verdict, "client joined");
-    let mut skip_through = StreamId::default();
-    if let (Some(since), Some(Ok(()))) = (request.since, joined.verdict) {
-        skip_through = since;
-        let mut page = joined.first_page;
-        loop {
-            let full = page.len() == store::PAGE;
-            if let Some(last) = page.last() {
-                // Paged by the raw id, so entries that do not decode still move it on.
-                skip_through = last.id;
-            }
-            if let Err(ending) = send_messages(state, sink, &page).await {
-                return ending;
-            }
-            if !full {
-                break;
-            }
-            page = match state
-                .store
-                .entries_after(room, skip_through, store::PAGE)
-                .await
-            {
-                Ok(page) => page,
-                Err(e) => return unavailable_on_join(state, sink, room, &e).await,
-            };
+    let recovered_since = match (request.since, joined.verdict) {
+        (Some(since), Some(Ok(()))) => Some(since),
+        _ => None,
+    };
+    let mut skip_through = recovered_since.unwrap_or_default();
+    let mut page = joined.first_page;
+    loop {
+        let full = page.len() == store::PAGE;
+        if let Some(last) = page.last() {
+            // Paged by the raw id, so entries that do not decode still move it on.
+            skip_through = last.id;
         }
+        if let Err(ending) = send_messages(state, sink, &page).await {
+            return ending;
+        }
+        // Only a replay from `since` goes on past its first page.
+        if !(full && recovered_since.is_some()) {
+            break;
+        }
+        page = match state
+            .store
+            .entries_after(room, skip_through, store::PAGE)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => return unavailable_on_join(state, sink, room, &e).await,
+        };
     }
 
     let last_seen = AtomicU64::new(0);
@@ -225,17 +242,31 @@ async fn run(
     }
 }
 
-/// Sends the messages among `entries`, in order.
+/// Sends the messages among `entries`, in order, as one write: frames are fed to the
+/// socket and flushed once.
 async fn send_messages(state: &AppState, sink: &mut Sink, entries: &[Entry]) -> Result<(), Ending> {
-    for message in entries.iter().filter_map(|e| e.message.as_ref()) {
-        let frame = Message::Text(message.to_json().into());
-        match timeout(state.write_timeout, sink.send(frame)).await {
-            Ok(Ok(())) => state.metrics.messages_out.fetch_add(1, Ordering::Relaxed),
-            Ok(Err(_)) => return Err(Ending::Drop),
-            Err(_) => return Err(slow_consumer(state)),
-        };
+    let messages: Vec<_> = entries.iter().filter_map(|e| e.message.as_ref()).collect();
+    if messages.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    let write = async {
+        for message in &messages {
+            sink.feed(Message::Text(message.to_json().into())).await?;
+        }
+        sink.flush().await
+    };
+    match timeout(state.write_timeout, write).await {
+        Ok(Ok(())) => {
+            let sent = messages.len() as u64;
+            state
+                .metrics
+                .messages_out
+                .fetch_add(sent, Ordering::Relaxed);
+            Ok(())
+        }
+        Ok(Err(_)) => Err(Ending::Drop),
+        Err(_) => Err(slow_consumer(state)),
+    }
 }
 
 async fn unavailable_on_join(

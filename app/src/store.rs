@@ -177,6 +177,20 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// The newest `count` entries, oldest first.
+    pub async fn latest(&self, room: &str, count: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(stream_key(room))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count);
+        let reply: StreamRangeReply = self.redis.call(Request::Cmd(&cmd)).await?;
+        let mut entries = entries(room, &reply.ids);
+        entries.reverse();
+        Ok(entries)
+    }
+
     /// Up to `count` entries after `after`, oldest first.
     pub async fn entries_after(
         &self,

@@ -1,5 +1,6 @@
 //! The upgrade to a WebSocket on `/ws`: the checks that refuse a request with an HTTP
-//! status before any WebSocket exists (room, `since`, `epoch`, Origin), then the hand-off
+//! status before any WebSocket exists (room, `since`, `epoch`, `history`, Origin, the
+//! address's connection cap), then the hand-off
 //! to [`crate::session`].
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ pub struct WsParams {
     room: Option<String>,
     since: Option<String>,
     epoch: Option<String>,
+    history: Option<String>,
 }
 
 fn bad_request(message: String) -> Response {
@@ -65,6 +67,20 @@ pub async fn upgrade(
             protocol::MAX_TOKEN_LEN
         ));
     }
+    let history = match params
+        .history
+        .filter(|h| !h.is_empty())
+        .map(|h| h.parse::<usize>())
+    {
+        None => 0,
+        Some(Ok(n)) => n.min(protocol::MAX_HISTORY),
+        Some(Err(_)) => {
+            return bad_request(format!(
+                "invalid history: a number of messages (at most {} are sent)",
+                protocol::MAX_HISTORY
+            ));
+        }
+    };
     if !origin_allowed(&headers, &state.allowed_origins) {
         tracing::info!(origin = ?headers.get(header::ORIGIN), "refused websocket from foreign origin");
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
@@ -97,6 +113,7 @@ pub async fn upgrade(
         room,
         since,
         epoch,
+        history,
         room_state,
     };
     ws.read_buffer_size(READ_BUFFER_BYTES)

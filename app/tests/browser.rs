@@ -110,6 +110,15 @@ async fn open_page(driver: &Driver, profiles: &tempfile::TempDir, server: &Serve
     page
 }
 
+/// Has `bob` send a marker, and once the page shows it (anything still in flight
+/// arrives before it), checks that `text` is shown exactly once.
+async fn assert_shown_once(page: &Browser, bob: &mut Client, text: &str) {
+    bob.send("bob", "marker").await;
+    let shown = wait_shown(page, "marker").await;
+    let copies = shown.iter().filter(|m| m.contains(text)).count();
+    assert_eq!(copies, 1, "{text:?} in {shown:?}");
+}
+
 /// Types a name and a message into the page's form and submits it.
 async fn type_and_send(page: &Browser, name: &str, text: &str) {
     for (field, value) in [("name", name), ("text", text)] {
@@ -255,6 +264,8 @@ async fn page_says_when_messages_were_missed() {
             !shown.iter().any(|m| m.contains("before the loss")),
             "{shown:?}"
         );
+        // It rejoined with history=50 (the newest messages): nothing twice.
+        assert_shown_once(&page, &mut bob, "after the loss").await;
         let shot = page.screenshot().await.unwrap();
         std::fs::write(artifacts_dir().join("browser-missed.png"), shot).unwrap();
     }
@@ -304,15 +315,8 @@ async fn page_resends_pending_messages_once_stored() {
             pending.is_empty().then_some(())
         })
         .await;
-        // Anything still in flight would arrive before a later message.
         let mut bob = Client::connect(&b, "").await;
-        bob.send("bob", "marker").await;
-        let shown = wait_shown(&page, "marker").await;
-        let copies = shown
-            .iter()
-            .filter(|m| m.contains("through the outage"))
-            .count();
-        assert_eq!(copies, 1, "{shown:?}");
+        assert_shown_once(&page, &mut bob, "through the outage").await;
     }
     .await;
     let _ = page.close().await;

@@ -183,3 +183,81 @@ async fn reader_resuming_after_trim_tells_its_clients() {
     }
     assert_eq!(texts(&rest), ["t4", "t5", "t6"]);
 }
+
+/// `history=N` sends the newest N messages (capped) when nothing is replayed from
+/// `since`: on a first join, and after `recovered:false`; a bad value is a 400.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_opens_on_the_conversation() {
+    let redis = Redis::start();
+    let server = Server::start("a", &redis.url(), &["--rate-burst", "100"]);
+    let mut writer = Client::connect(&server, "?room=h").await;
+    let texts_sent: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = texts_sent.iter().map(String::as_str).collect();
+    send_all(&mut writer, &refs).await;
+
+    let mut first_join = Client::connect(&server, "?room=h&history=3").await;
+    let recent = vec![
+        first_join.next_message().await,
+        first_join.next_message().await,
+        first_join.next_message().await,
+    ];
+    assert_eq!(texts(&recent), ["m7", "m8", "m9"]);
+    let mut everything = Client::connect(&server, "?room=h&history=100000").await;
+    for expected in &texts_sent {
+        assert_eq!(&everything.next_message().await["text"], expected);
+    }
+    let mut lost = Client::connect(&server, "?room=h&since=1-0&history=2").await;
+    assert_eq!(lost.hello["recovered"], false);
+    let recent = vec![lost.next_message().await, lost.next_message().await];
+    assert_eq!(texts(&recent), ["m8", "m9"]);
+    // Then live, with no repeat at the seam.
+    writer.send("w", "live").await;
+    for client in [&mut first_join, &mut everything, &mut lost] {
+        assert_eq!(client.next_message().await["text"], "live");
+    }
+    match tokio_tungstenite::connect_async(server.ws_url("?history=lots")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 400)
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+}
+
+/// 600 entries that are not chat messages (more than a replay page) sit between a
+/// client's position and the newest messages: the replay steps over them by their raw
+/// ids and ends, instead of asking for the same page for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_steps_over_undecodable_entries() {
+    let redis = Redis::start();
+    let server = Server::start("a", &redis.url(), &[]);
+    let mut conn = redis_conn(&redis.url()).await;
+    let mut prev = "0-0".to_owned();
+    for i in 0..600 {
+        prev = redis::cmd("XADD")
+            .arg("chat:{junk}:log")
+            .arg("*")
+            .arg("not-a-chat-field")
+            .arg(i)
+            .arg("prev")
+            .arg(&prev)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("HSET")
+        .arg("chat:{junk}:meta")
+        .arg("epoch")
+        .arg("e-junk")
+        .arg("last")
+        .arg(&prev)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut writer = Client::connect(&server, "?room=junk").await;
+    send_all(&mut writer, &["real 1", "real 2"]).await;
+
+    let mut replayed = Client::connect(&server, "?room=junk&since=0-0&epoch=e-junk").await;
+    assert_eq!(replayed.hello["recovered"], true, "{}", replayed.hello);
+    let got = vec![replayed.next_message().await, replayed.next_message().await];
+    assert_eq!(texts(&got), ["real 1", "real 2"]);
+}
