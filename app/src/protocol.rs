@@ -441,4 +441,110 @@ mod tests {
         assert_eq!(v["ts"], 1_700_000_000_000u64);
         assert_eq!(v["text"], "<b>");
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        use super::super::*;
+
+        const CODES: &[&str] = &[
+            "too_large",
+            "invalid_json",
+            "unknown_type",
+            "invalid_field",
+            "invalid_cid",
+            "invalid_name",
+            "invalid_text",
+            "name_too_long",
+            "text_too_long",
+            "control_characters",
+        ];
+
+        /// Arbitrary JSON, nested a few levels.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|f| json!(f)),
+                any::<String>().prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::vec((any::<String>(), inner), 0..6)
+                        .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Objects shaped like a `send`, with every field arbitrary or missing.
+        fn send_like() -> impl Strategy<Value = Value> {
+            let field = prop_oneof![json_value(), any::<String>().prop_map(Value::String)];
+            (
+                prop_oneof![Just(json!("send")), json_value()],
+                prop::option::of(field.clone()),
+                prop::option::of(field.clone()),
+                prop::option::of(field),
+            )
+                .prop_map(|(kind, name, text, cid)| {
+                    let mut object = serde_json::Map::new();
+                    object.insert("type".into(), kind);
+                    for (key, value) in [("name", name), ("text", text), ("cid", cid)] {
+                        if let Some(value) = value {
+                            object.insert(key.into(), value);
+                        }
+                    }
+                    Value::Object(object)
+                })
+        }
+
+        /// The decoder either accepts a frame whose every field is valid, or refuses it
+        /// with a documented code and an error frame that is JSON.
+        fn check(raw: &str) {
+            match parse_client_frame(raw) {
+                Ok(send) => {
+                    assert!(
+                        !send.name.trim().is_empty() && send.name.chars().count() <= MAX_NAME_CHARS
+                    );
+                    assert!(
+                        !send.text.trim().is_empty() && send.text.chars().count() <= MAX_TEXT_CHARS
+                    );
+                    assert!(send.cid.as_deref().is_none_or(valid_token));
+                }
+                Err(rejection) => {
+                    assert!(CODES.contains(&rejection.code), "{}", rejection.code);
+                    let frame: Value = serde_json::from_str(&rejection.to_frame()).unwrap();
+                    assert_eq!(frame["type"], "error");
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+                check(&String::from_utf8_lossy(&bytes));
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics(value in json_value()) {
+                check(&value.to_string());
+            }
+
+            #[test]
+            fn arbitrary_sends_never_panic(value in send_like()) {
+                check(&value.to_string());
+            }
+
+            #[test]
+            fn arbitrary_stream_ids_never_panic(text in any::<String>()) {
+                if let Ok(id) = text.parse::<StreamId>() {
+                    prop_assert_eq!(id.to_string().parse::<StreamId>().unwrap(), id);
+                }
+            }
+        }
+    }
 }

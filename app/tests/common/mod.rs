@@ -333,6 +333,8 @@ impl Drop for Redis {
 pub struct Server {
     pub addr: SocketAddr,
     pub instance: String,
+    /// Set when the server's log shows a panic (a task's, which the process survives).
+    panicked: std::sync::Arc<std::sync::atomic::AtomicBool>,
     child: Child,
 }
 
@@ -366,9 +368,14 @@ impl Server {
         let stderr = child.stderr.take().unwrap();
         let (addr_tx, addr_rx) = std_mpsc::channel();
         let tag = instance.to_owned();
+        let panicked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let saw_panic = panicked.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[{tag}] {line}");
+                if line.contains("panicked") {
+                    saw_panic.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 if line.contains("listening")
                     && let Some(addr) = line
                         .split_whitespace()
@@ -384,8 +391,14 @@ impl Server {
         Server {
             addr,
             instance: instance.to_owned(),
+            panicked,
             child,
         }
+    }
+
+    /// Whether the server logged a panic so far.
+    pub fn panicked(&self) -> bool {
+        self.panicked.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn ws_url(&self, query: &str) -> String {
