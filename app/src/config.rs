@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::limits::Cidr;
+
 /// WebSocket chat server: rooms are Redis Streams, so every instance behind the load
 /// balancer sees every message, and a client that reconnects with `since` misses nothing.
 #[derive(Debug, Clone, Parser)]
@@ -44,6 +46,27 @@ pub struct Config {
     /// reconnect with `since` is gap-free.
     #[arg(long, env = "CHAT_HISTORY_LEN", default_value_t = 1000)]
     pub history_len: usize,
+
+    /// Seconds a message is kept at most (trimmed by age with `XTRIM MINID` on each write).
+    #[arg(long, env = "CHAT_HISTORY_MAX_AGE_SECS", default_value_t = 86_400)]
+    pub history_max_age_secs: u64,
+
+    /// Seconds after its last message that a room's keys expire in Redis.
+    #[arg(long, env = "CHAT_ROOM_TTL_SECS", default_value_t = 86_400)]
+    pub room_ttl_secs: u64,
+
+    /// Open WebSocket connections allowed per client address (429 beyond).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 200)]
+    pub max_connections_per_address: usize,
+
+    /// Rooms a client address may create (send the first message of) per minute.
+    #[arg(long, env = "CHAT_NEW_ROOMS_PER_MINUTE", default_value_t = 10.0)]
+    pub new_rooms_per_minute: f64,
+
+    /// Comma-separated CIDRs of proxies whose `X-Forwarded-For` is believed (the load
+    /// balancer's subnets, e.g. the VPC CIDR). Empty: the TCP peer is the client.
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
 
     /// Seconds between WebSocket pings; keep well inside the load balancer's idle timeout.
     #[arg(long, env = "CHAT_PING_SECS", default_value_t = 20)]

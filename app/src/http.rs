@@ -29,13 +29,16 @@ async fn page() -> impl IntoResponse {
     ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE))
 }
 
-/// 200 only when this instance should get traffic: not draining and Redis answering.
+/// 200 only when this instance should get traffic: not draining, Redis accepting
+/// writes, and the fan-out reader reading.
 async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let metrics = &state.metrics;
     if metrics.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else if !metrics.redis_up.load(Ordering::Relaxed) {
+    } else if !metrics.redis_writable.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable\n")
+    } else if !metrics.redis_up.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "redis reader down\n")
     } else {
         (StatusCode::OK, "ok\n")
     }

@@ -1,7 +1,7 @@
 //! Room fan-out inside one process: a broadcast channel per room with local clients, and
 //! the id of the last stream entry this instance has delivered for that room.
 //!
-//! The Redis reader ([`crate::redis`]) asks the hub which rooms to read and from where,
+//! The Redis reader ([`crate::reader`]) asks the hub which rooms to read and from where,
 //! and publishes what it reads; connections subscribe. The broadcast channel's capacity
 //! is the per-client send queue: a client that falls that far behind gets `Lagged` and is
 //! disconnected, while the sender never waits for anyone.
@@ -12,9 +12,10 @@ use std::sync::Mutex;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, broadcast};
 
-use crate::protocol::{ChatMessage, StreamId};
+use crate::protocol::StreamId;
 
-/// A message ready to go out: serialized once, shared by every client of the room.
+/// A frame ready to go out: serialized once, shared by every client of the room. `id` is
+/// the stream entry it belongs to; a client whose replay already covered it skips it.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
     pub id: StreamId,
@@ -81,34 +82,36 @@ impl Hub {
             .collect()
     }
 
+    /// The id of the last entry delivered in a room, if this instance follows it.
+    pub fn position(&self, room: &str) -> Option<StreamId> {
+        self.rooms.lock().unwrap().get(room).map(|r| r.last_id)
+    }
+
     /// Waits until some room may have been joined.
     pub async fn changed(&self) {
         self.changed.notified().await
     }
 
-    /// Delivers a message read from the room's stream to the room's local clients, once:
-    /// ids at or below the last delivered one are ignored, which makes re-reads after a
-    /// reconnect harmless. Returns how many clients it was queued for.
-    pub fn publish(&self, message: &ChatMessage) -> usize {
+    /// Moves a room past entry `id`, sending `frame` (if any) to the room's local
+    /// clients. Ids at or below the last delivered one are ignored, which makes re-reads
+    /// after a reconnect harmless. Returns how many clients the frame was queued for.
+    pub fn publish(&self, room: &str, id: StreamId, frame: Option<Utf8Bytes>) -> usize {
         let mut rooms = self.rooms.lock().unwrap();
-        let Some(room) = rooms.get_mut(&message.room) else {
+        let Some(room) = rooms.get_mut(room) else {
             return 0;
         };
-        if message.id <= room.last_id {
+        if id <= room.last_id {
             return 0;
         }
-        room.last_id = message.id;
-        let outgoing = Outgoing {
-            id: message.id,
-            frame: message.to_json().into(),
-        };
-        room.tx.send(outgoing).unwrap_or(0)
+        room.last_id = id;
+        frame.map_or(0, |frame| room.tx.send(Outgoing { id, frame }).unwrap_or(0))
     }
 
-    /// Moves a room's position past an entry that could not be delivered.
-    pub fn skip(&self, room: &str, id: StreamId) {
-        if let Some(room) = self.rooms.lock().unwrap().get_mut(room) {
-            room.last_id = room.last_id.max(id);
+    /// Sends a frame about entry `id` (which comes next) to the room's local clients
+    /// without moving the room's position.
+    pub fn announce(&self, room: &str, id: StreamId, frame: Utf8Bytes) {
+        if let Some(room) = self.rooms.lock().unwrap().get(room) {
+            let _ = room.tx.send(Outgoing { id, frame });
         }
     }
 
@@ -121,29 +124,25 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn message(room: &str, id: &str) -> ChatMessage {
-        ChatMessage {
-            id: id.parse().unwrap(),
-            room: room.into(),
-            name: "n".into(),
-            text: "t".into(),
-        }
+    fn id(s: &str) -> StreamId {
+        s.parse().unwrap()
     }
 
     #[test]
     fn publishes_each_id_once_and_only_after_start() {
         let hub = Hub::new(8);
-        let mut rx = hub.join("a", "5-0".parse().unwrap());
-        assert_eq!(hub.publish(&message("a", "4-0")), 0);
-        assert_eq!(hub.publish(&message("a", "6-0")), 1);
-        assert_eq!(hub.publish(&message("a", "6-0")), 0);
-        assert_eq!(hub.publish(&message("b", "7-0")), 0);
-        assert_eq!(rx.try_recv().unwrap().id.to_string(), "6-0");
+        let mut rx = hub.join("a", id("5-0"));
+        let frame = || Some(Utf8Bytes::from("m"));
+        assert_eq!(hub.publish("a", id("4-0"), frame()), 0);
+        assert_eq!(hub.publish("a", id("6-0"), frame()), 1);
+        assert_eq!(hub.publish("a", id("6-0"), frame()), 0);
+        assert_eq!(hub.publish("b", id("7-0"), frame()), 0);
+        // An undecodable entry moves the position without a frame.
+        assert_eq!(hub.publish("a", id("8-0"), None), 0);
+        assert_eq!(rx.try_recv().unwrap().id, id("6-0"));
         assert!(rx.try_recv().is_err());
-        assert_eq!(
-            hub.positions(),
-            vec![("a".to_owned(), "6-0".parse().unwrap())]
-        );
+        assert_eq!(hub.positions(), vec![("a".to_owned(), id("8-0"))]);
+        assert_eq!(hub.position("a"), Some(id("8-0")));
     }
 
     #[test]

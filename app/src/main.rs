@@ -1,16 +1,26 @@
 //! `chat-server`: startup and shutdown. Parses the configuration, starts the Redis
 //! reader and health probe, serves HTTP/WebSocket, and on SIGTERM/SIGINT drains:
-//! `/healthz` turns 503 at once, open connections are served for the drain period, then
-//! closed with 1012 and the process exits 0.
+//! `/healthz` turns 503 at once, open connections are closed with 1012 one by one, at
+//! random moments spread over the drain minus a margin ([`drain`]), and the process
+//! exits 0.
 //!
-//! Shutdown travels as two [`CancellationToken`]s: `close` tells every connection to
-//! send its 1012 close frame, `stop` ends the background tasks afterwards.
+//! Shutdown travels as a [`drain::Drain`] (each connection's moment to close) and two
+//! [`CancellationToken`]s: `close` closes whatever is still open at the end of the
+//! window, `stop` ends the background tasks afterwards.
 
 mod config;
+mod connection;
+mod drain;
+mod health;
 mod http;
 mod hub;
+mod limits;
 mod metrics;
 mod protocol;
+mod random;
+mod reader;
+mod recovery;
+mod session;
 mod store;
 mod ws;
 
@@ -36,7 +46,9 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub store: Store,
     pub metrics: Arc<Metrics>,
-    /// Cancelled at the end of the drain period.
+    /// Spreads the 1012 closes over the drain.
+    pub drain: drain::Drain,
+    /// Cancelled at the end of the drain's close window.
     pub close: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for their close frames.
     pub tracker: TaskTracker,
@@ -45,6 +57,8 @@ pub struct AppState {
     pub peer_timeout: Duration,
     pub rate_per_sec: f64,
     pub rate_burst: f64,
+    pub trusted_proxies: Vec<limits::Cidr>,
+    pub address_limits: Arc<limits::AddressLimits>,
 }
 
 #[tokio::main]
@@ -65,8 +79,13 @@ async fn main() -> anyhow::Result<()> {
     let hub = Arc::new(Hub::new(config.send_queue));
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
-    background.spawn(store.clone().run_health(metrics.clone(), stop.clone()));
-    background.spawn(store.clone().run_reader(hub.clone(), stop.clone()));
+    background.spawn(health::run(store.clone(), metrics.clone(), stop.clone()));
+    background.spawn(reader::run(
+        store.clone(),
+        hub.clone(),
+        metrics.clone(),
+        stop.clone(),
+    ));
 
     let state = Arc::new(AppState {
         instance: config.instance_id(),
@@ -74,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         hub,
         store,
         metrics: metrics.clone(),
+        drain: drain::Drain::default(),
         close: CancellationToken::new(),
         tracker: TaskTracker::new(),
         write_timeout: config.write_timeout(),
@@ -81,6 +101,11 @@ async fn main() -> anyhow::Result<()> {
         peer_timeout: config.peer_timeout(),
         rate_per_sec: config.rate_per_sec,
         rate_burst: config.rate_burst,
+        trusted_proxies: config.trusted_proxies.clone(),
+        address_limits: Arc::new(limits::AddressLimits::new(
+            config.max_connections_per_address,
+            config.new_rooms_per_minute,
+        )),
     });
     // Before "listening" is logged: a SIGTERM that arrives once we look up must drain.
     let mut signals = Signals::install()?;
@@ -94,26 +119,40 @@ async fn main() -> anyhow::Result<()> {
         "listening"
     );
     let server = tokio::spawn(
-        axum::serve(listener, http::router(state.clone()))
-            .with_graceful_shutdown(state.close.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            listener,
+            http::router(state.clone())
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(state.close.clone().cancelled_owned())
+        .into_future(),
     );
 
     signals.recv().await;
     metrics.draining.store(true, Ordering::Relaxed);
-    tracing::info!(drain_secs = config.drain_secs, "draining");
+    let window = drain::close_window(config.drain());
+    tracing::info!(
+        drain_secs = config.drain_secs,
+        ?window,
+        connections = metrics.connections.load(Ordering::Relaxed),
+        "draining: closing connections with 1012, spread over the window"
+    );
+    state.drain.begin(window);
     tokio::select! {
-        _ = tokio::time::sleep(config.drain()) => {}
+        _ = tokio::time::sleep(window) => {}
         _ = signals.recv() => tracing::info!("second signal: ending the drain early"),
     }
     tracing::info!(
         connections = metrics.connections.load(Ordering::Relaxed),
-        "closing connections with 1012"
+        "closing the remaining connections with 1012"
     );
     state.close.cancel();
     state.tracker.close();
-    let _ =
-        tokio::time::timeout(ws::CLOSE_GRACE + ws::CLOSE_REPLY_WAIT, state.tracker.wait()).await;
+    let _ = tokio::time::timeout(
+        session::CLOSE_GRACE + session::CLOSE_REPLY_WAIT,
+        state.tracker.wait(),
+    )
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     stop.cancel();
     background.close();

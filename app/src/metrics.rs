@@ -14,20 +14,22 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     pub rejected_frames: AtomicU64,
     pub slow_disconnects: AtomicU64,
+    /// The node behind the command connection is a primary and answers.
+    pub redis_writable: AtomicBool,
+    /// The fan-out reader is connected to a primary and its last read succeeded.
+    pub reader_up: AtomicBool,
+    /// Both of the above, as of the last health probe.
     pub redis_up: AtomicBool,
     pub draining: AtomicBool,
+    /// Redis's `used_memory`, as of the last health probe.
+    pub redis_used_memory: AtomicU64,
 }
 
 impl Metrics {
-    /// Ready for traffic: Redis answers and no shutdown is under way.
-    pub fn ready(&self) -> bool {
-        self.redis_up.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
-    }
-
     pub fn render(&self, rooms: usize) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
-        let rows: [(&str, &str, &str, u64); 9] = [
+        let rows: [(&str, &str, &str, u64); 12] = [
             (
                 "chat_connections",
                 "gauge",
@@ -73,8 +75,26 @@ impl Metrics {
             (
                 "chat_redis_up",
                 "gauge",
-                "1 if the last Redis health probe succeeded.",
+                "1 if Redis accepts writes and the fan-out reader is reading.",
                 flag(&self.redis_up),
+            ),
+            (
+                "chat_redis_writable",
+                "gauge",
+                "1 if the last probe found a primary (ROLE master) behind the command connection.",
+                flag(&self.redis_writable),
+            ),
+            (
+                "chat_redis_reader_up",
+                "gauge",
+                "1 if the fan-out reader is connected to a primary and reading.",
+                flag(&self.reader_up),
+            ),
+            (
+                "chat_redis_used_memory_bytes",
+                "gauge",
+                "Memory Redis uses (INFO memory used_memory), as of the last probe.",
+                get(&self.redis_used_memory),
             ),
             (
                 "chat_draining",

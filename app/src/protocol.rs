@@ -22,6 +22,12 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024;
 /// connection (close 1009) because it is never buffered whole.
 pub const HARD_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// Longest client-chosen token (`epoch`, `cid`).
+pub const MAX_TOKEN_LEN: usize = 64;
+
+/// Most messages sent for `history=N`.
+pub const MAX_HISTORY: usize = 200;
+
 /// The room clients join when they give none.
 pub const DEFAULT_ROOM: &str = "lobby";
 
@@ -32,6 +38,16 @@ pub fn valid_room(room: &str) -> bool {
         && room
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks a client-supplied token (an epoch it was given, a client message id): 1 to
+/// [`MAX_TOKEN_LEN`] characters of `[A-Za-z0-9_:.-]`, safe in a Redis key and a log line.
+pub fn valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'))
 }
 
 /// A Redis stream entry id (`<ms>-<seq>`). Ordered the way Redis orders entries, which
@@ -70,9 +86,26 @@ impl fmt::Display for StreamId {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame<'a> {
+    /// First frame of every connection. `epoch` names the room's history (absent while
+    /// the room has none); `recovered`/`reason` answer a `since`, when one was given.
     Hello {
         instance: &'a str,
         room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
+    /// In-band: messages of the room were lost to this connection while it was open
+    /// (the instance's reader resumed after they were trimmed, or Redis lost them).
+    Recovery {
+        room: &'a str,
+        recovered: bool,
+        reason: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
     },
     Message {
         id: String,
@@ -83,9 +116,14 @@ pub enum ServerFrame<'a> {
         /// instance reports the same time for a message.
         ts: u64,
     },
+    /// A `send` with a `cid` was stored (now or, for a repeated `cid`, before) as `id`.
+    Ack { cid: &'a str, id: String },
     Error {
         code: &'static str,
         message: String,
+        /// The `cid` of the `send` refused, when it had a valid one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cid: Option<&'a str>,
     },
 }
 
@@ -122,6 +160,8 @@ impl ChatMessage {
 pub struct SendRequest {
     pub name: String,
     pub text: String,
+    /// The client's id for this message: a retry with the same one is stored once.
+    pub cid: Option<String>,
 }
 
 /// Why a client frame was refused; `code` is the stable machine-readable part of the
@@ -131,6 +171,7 @@ pub struct SendRequest {
 pub struct Rejection {
     pub code: &'static str,
     pub message: String,
+    pub cid: Option<String>,
 }
 
 impl Rejection {
@@ -138,13 +179,20 @@ impl Rejection {
         Rejection {
             code,
             message: message.into(),
+            cid: None,
         }
+    }
+
+    /// The same rejection, naming the `send` it answers.
+    pub fn with_cid(self, cid: Option<String>) -> Self {
+        Rejection { cid, ..self }
     }
 
     pub fn to_frame(&self) -> String {
         ServerFrame::Error {
             code: self.code,
             message: self.message.clone(),
+            cid: self.cid.as_deref(),
         }
         .to_json()
     }
@@ -187,14 +235,31 @@ pub fn parse_client_frame(raw: &str) -> Result<SendRequest, Rejection> {
             ));
         }
     }
-    let name = string_field(object, "name")?;
-    let text = string_field(object, "text")?;
-    validate_name(name)?;
-    validate_text(text)?;
-    Ok(SendRequest {
-        name: name.to_owned(),
-        text: text.to_owned(),
-    })
+    let cid = match object.get("cid") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(cid)) if valid_token(cid) => Some(cid.clone()),
+        Some(_) => {
+            return Err(Rejection::new(
+                "invalid_cid",
+                format!("\"cid\" must be 1 to {MAX_TOKEN_LEN} characters of A-Z a-z 0-9 _ - : ."),
+            ));
+        }
+    };
+    let fields = || -> Result<(&str, &str), Rejection> {
+        let name = string_field(object, "name")?;
+        let text = string_field(object, "text")?;
+        validate_name(name)?;
+        validate_text(text)?;
+        Ok((name, text))
+    };
+    match fields() {
+        Ok((name, text)) => Ok(SendRequest {
+            name: name.to_owned(),
+            text: text.to_owned(),
+            cid,
+        }),
+        Err(rejection) => Err(rejection.with_cid(cid)),
+    }
 }
 
 fn string_field<'a>(
@@ -279,14 +344,46 @@ mod tests {
     }
 
     #[test]
+    fn tokens() {
+        assert!(valid_token("0f3a-b_c:d.e"));
+        assert!(!valid_token(""));
+        assert!(!valid_token("a b"));
+        assert!(!valid_token("{x}"));
+        assert!(!valid_token(&"x".repeat(MAX_TOKEN_LEN + 1)));
+    }
+
+    #[test]
     fn accepts_a_valid_send() {
         assert_eq!(
             parse_client_frame(r#"{"type":"send","name":"alice","text":"hi\nthere"}"#),
             Ok(SendRequest {
                 name: "alice".into(),
-                text: "hi\nthere".into()
+                text: "hi\nthere".into(),
+                cid: None,
             })
         );
+        let with_cid = parse_client_frame(r#"{"type":"send","name":"a","text":"b","cid":"k-1"}"#);
+        assert_eq!(with_cid.unwrap().cid.as_deref(), Some("k-1"));
+    }
+
+    #[test]
+    fn cids_are_checked_and_named_in_errors() {
+        let err = |raw: &str| parse_client_frame(raw).unwrap_err();
+        assert_eq!(
+            err(r#"{"type":"send","name":"a","text":"b","cid":7}"#).code,
+            "invalid_cid"
+        );
+        assert_eq!(
+            err(r#"{"type":"send","name":"a","text":"b","cid":"a b"}"#).code,
+            "invalid_cid"
+        );
+        let refused = err(r#"{"type":"send","name":"a","text":"","cid":"k"}"#);
+        assert_eq!(
+            (refused.code, refused.cid.as_deref()),
+            ("invalid_text", Some("k"))
+        );
+        let frame: serde_json::Value = serde_json::from_str(&refused.to_frame()).unwrap();
+        assert_eq!(frame["cid"], "k");
     }
 
     #[test]
@@ -343,5 +440,111 @@ mod tests {
         assert_eq!(v["id"], "1700000000000-3");
         assert_eq!(v["ts"], 1_700_000_000_000u64);
         assert_eq!(v["text"], "<b>");
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        use super::super::*;
+
+        const CODES: &[&str] = &[
+            "too_large",
+            "invalid_json",
+            "unknown_type",
+            "invalid_field",
+            "invalid_cid",
+            "invalid_name",
+            "invalid_text",
+            "name_too_long",
+            "text_too_long",
+            "control_characters",
+        ];
+
+        /// Arbitrary JSON, nested a few levels.
+        fn json_value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<f64>().prop_map(|f| json!(f)),
+                any::<String>().prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    prop::collection::vec((any::<String>(), inner), 0..6)
+                        .prop_map(|fields| Value::Object(fields.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Objects shaped like a `send`, with every field arbitrary or missing.
+        fn send_like() -> impl Strategy<Value = Value> {
+            let field = prop_oneof![json_value(), any::<String>().prop_map(Value::String)];
+            (
+                prop_oneof![Just(json!("send")), json_value()],
+                prop::option::of(field.clone()),
+                prop::option::of(field.clone()),
+                prop::option::of(field),
+            )
+                .prop_map(|(kind, name, text, cid)| {
+                    let mut object = serde_json::Map::new();
+                    object.insert("type".into(), kind);
+                    for (key, value) in [("name", name), ("text", text), ("cid", cid)] {
+                        if let Some(value) = value {
+                            object.insert(key.into(), value);
+                        }
+                    }
+                    Value::Object(object)
+                })
+        }
+
+        /// The decoder either accepts a frame whose every field is valid, or refuses it
+        /// with a documented code and an error frame that is JSON.
+        fn check(raw: &str) {
+            match parse_client_frame(raw) {
+                Ok(send) => {
+                    assert!(
+                        !send.name.trim().is_empty() && send.name.chars().count() <= MAX_NAME_CHARS
+                    );
+                    assert!(
+                        !send.text.trim().is_empty() && send.text.chars().count() <= MAX_TEXT_CHARS
+                    );
+                    assert!(send.cid.as_deref().is_none_or(valid_token));
+                }
+                Err(rejection) => {
+                    assert!(CODES.contains(&rejection.code), "{}", rejection.code);
+                    let frame: Value = serde_json::from_str(&rejection.to_frame()).unwrap();
+                    assert_eq!(frame["type"], "error");
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
+                check(&String::from_utf8_lossy(&bytes));
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics(value in json_value()) {
+                check(&value.to_string());
+            }
+
+            #[test]
+            fn arbitrary_sends_never_panic(value in send_like()) {
+                check(&value.to_string());
+            }
+
+            #[test]
+            fn arbitrary_stream_ids_never_panic(text in any::<String>()) {
+                if let Ok(id) = text.parse::<StreamId>() {
+                    prop_assert_eq!(id.to_string().parse::<StreamId>().unwrap(), id);
+                }
+            }
+        }
     }
 }

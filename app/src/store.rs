@@ -1,254 +1,259 @@
-//! Redis: one stream per room (`chat:room:<room>`), appended with XADD and trimmed to
-//! the history length; the reader task that follows every room this instance has
-//! clients in; and the health probe behind `/healthz`.
+//! Redis storage of rooms. A room `r` is three kinds of keys, all hash-tagged `{r}` so
+//! that one script touches one Redis Cluster slot:
 //!
-//! Connections: a [`ConnectionManager`] (reconnects by itself) for short commands, and
-//! a dedicated connection for `XREAD BLOCK`, because a blocking read would stall every
-//! command queued behind it on a shared connection and would trip the short response
-//! timeout that suits those commands.
+//! - `chat:{r}:log`: the stream of messages (fields `name`, `text`, `prev` = id of the
+//!   entry before it), trimmed to the history length;
+//! - `chat:{r}:meta`: a hash with the room's `epoch` (a random name for this history,
+//!   created only when the hash is missing, so it changes exactly when history was lost)
+//!   and `last` (the newest entry's id);
+//! - `chat:{r}:cid:<cid>`: the id a client's message was stored as, for 300 s, so that
+//!   a retry is stored once.
+//!
+//! Memory is bounded three ways, all in the append script: at most `--history-len`
+//! entries, none older than `--history-max-age-secs`, and both keys expire
+//! `--room-ttl-secs` after the room's last write.
+//!
+//! Appends go through one Lua script ([`APPEND`]) so the epoch, the `prev` link and the
+//! entry can never disagree. Reads return raw [`Entry`]s, decodable or not, so callers
+//! page by the raw id.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use anyhow::Context as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands as _, AsyncConnectionConfig, Client, TlsCertificates};
-use tokio_util::sync::CancellationToken;
+use redis::streams::StreamRangeReply;
+use redis::{Client, Script};
 
 use crate::config::Config;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::protocol::{ChatMessage, StreamId};
+use crate::connection::{self, Redis, Request, StoreError};
+use crate::protocol::{ChatMessage, SendRequest, StreamId};
+use crate::random::random_token;
 
-/// How long `XREAD` blocks; also bounds how long a newly joined room waits for its
-/// first read when other rooms are quiet.
-const BLOCK: Duration = Duration::from_millis(1000);
-/// Entries taken per stream per read, so one busy room cannot starve the others.
-const READ_COUNT: usize = 500;
-/// Response timeout for short commands: generous for a loaded machine, short enough
-/// that `/healthz` notices a silent Redis within seconds.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Entries read per page when replaying.
+pub const PAGE: usize = 500;
 
-fn stream_key(room: &str) -> String {
-    format!("chat:room:{room}")
+const APPEND: &str = include_str!("lua/append.lua");
+/// How long a client id is remembered: a retry within this is stored once (as in
+/// Centrifuge's idempotent publish).
+const CID_TTL_SECS: u64 = 300;
+
+pub fn stream_key(room: &str) -> String {
+    format!("chat:{{{room}}}:log")
 }
 
-fn room_of(key: &str) -> Option<&str> {
-    key.strip_prefix("chat:room:")
+fn meta_key(room: &str) -> String {
+    format!("chat:{{{room}}}:meta")
+}
+
+fn cid_key(room: &str, cid: &str) -> String {
+    format!("chat:{{{room}}}:cid:{cid}")
+}
+
+/// The room of a stream key, the inverse of [`stream_key`].
+pub fn room_of(key: &str) -> Option<&str> {
+    key.strip_prefix("chat:{")?.strip_suffix("}:log")
+}
+
+/// One stream entry as stored, whether or not it decodes as a chat message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub id: StreamId,
+    /// The id of the entry appended before this one (`0-0` for a room's first); `None`
+    /// when missing or malformed (an entry not written by this server).
+    pub prev: Option<StreamId>,
+    pub message: Option<ChatMessage>,
+}
+
+/// What a joining client's recovery is judged against, read in one round trip.
+#[derive(Clone, Debug, Default)]
+pub struct RoomState {
+    /// `None`: the room has no history (never written, expired, or lost).
+    pub epoch: Option<String>,
+    /// The newest entry's id, `0-0` if the stream is empty.
+    pub top: StreamId,
+    /// Redis's clock, in milliseconds.
+    pub now_ms: u64,
+}
+
+/// A message stored by [`Store::append`].
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub id: StreamId,
+    pub epoch: String,
+    /// The `cid` had been stored before: nothing new was written.
+    pub duplicate: bool,
 }
 
 #[derive(Clone)]
 pub struct Store {
-    client: Client,
-    commands: ConnectionManager,
+    redis: Arc<Redis>,
+    append_script: Arc<Script>,
     history_len: usize,
+    history_max_age_ms: u64,
+    room_ttl_secs: u64,
 }
 
 impl Store {
     /// Prepares the client without contacting Redis: the server starts (and reports 503)
     /// even while Redis is still being created.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
-        let client = match &config.redis_ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading REDIS_CA_FILE {}", path.display()))?;
-                Client::build_with_tls(
-                    config.redis_url.as_str(),
-                    TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
-            }
-            None => Client::open(config.redis_url.as_str()),
-        }
-        .context("invalid REDIS_URL")?;
-        let commands = client
-            .get_connection_manager_lazy(
-                ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                    .set_response_timeout(Some(COMMAND_TIMEOUT))
-                    .set_max_delay(Duration::from_millis(500))
-                    .set_number_of_retries(3),
-            )
-            .context("creating the Redis connection manager")?;
         Ok(Store {
-            client,
-            commands,
+            redis: Arc::new(Redis::new(connection::client(config)?)?),
+            append_script: Arc::new(Script::new(APPEND)),
             history_len: config.history_len,
+            history_max_age_ms: config.history_max_age_secs.saturating_mul(1000),
+            room_ttl_secs: config.room_ttl_secs.max(1),
         })
     }
 
-    /// Appends a message to its room's stream and returns the id Redis gave it.
-    pub async fn append(&self, room: &str, name: &str, text: &str) -> redis::RedisResult<StreamId> {
-        let id: String = redis::cmd("XADD")
-            .arg(stream_key(room))
-            .arg("MAXLEN")
-            .arg("~")
+    pub fn client(&self) -> &Client {
+        self.redis.client()
+    }
+
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// Stores a message and returns its id and the room's epoch; with a `cid` already
+    /// stored, only returns the id it was stored as.
+    pub async fn append(&self, room: &str, message: &SendRequest) -> Result<Appended, StoreError> {
+        let mut invocation = self.append_script.key(stream_key(room));
+        invocation.key(meta_key(room));
+        if let Some(cid) = &message.cid {
+            invocation.key(cid_key(room, cid));
+        }
+        invocation
+            .arg(random_token())
             .arg(self.history_len)
-            .arg("*")
-            .arg("name")
-            .arg(name)
-            .arg("text")
-            .arg(text)
-            .query_async(&mut self.commands.clone())
-            .await?;
-        id.parse().map_err(|e: crate::protocol::BadStreamId| {
-            redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "XADD id",
-                e.to_string(),
-            ))
+            .arg(self.history_max_age_ms)
+            .arg(self.room_ttl_secs)
+            .arg(&message.name)
+            .arg(&message.text)
+            .arg(CID_TTL_SECS);
+        let (id, epoch, duplicate): (String, String, u8) =
+            self.redis.call(Request::Script(&invocation)).await?;
+        Ok(Appended {
+            id: parse_id(&id)?,
+            epoch,
+            duplicate: duplicate == 1,
         })
     }
 
-    /// The id of the newest entry of a room (`0-0` if the room is empty): where a reader
-    /// that starts following the room now begins.
-    pub async fn last_id(&self, room: &str) -> redis::RedisResult<StreamId> {
-        let reply: StreamRangeReply = self
-            .commands
-            .clone()
-            .xrevrange_count(stream_key(room), "+", "-", 1)
-            .await?;
-        Ok(reply
-            .ids
-            .first()
-            .and_then(|e| e.id.parse().ok())
-            .unwrap_or_default())
+    /// The room's epoch, newest id and Redis's clock, read atomically.
+    pub async fn room_state(&self, room: &str) -> Result<RoomState, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("TIME")
+            .hget(meta_key(room), "epoch")
+            .xrevrange_count(stream_key(room), "+", "-", 1);
+        let ((secs, micros), epoch, top): ((u64, u64), Option<String>, StreamRangeReply) =
+            self.redis.call(Request::Pipe(&pipe)).await?;
+        Ok(RoomState {
+            epoch,
+            top: top
+                .ids
+                .first()
+                .map(|e| parse_id(&e.id))
+                .transpose()?
+                .unwrap_or_default(),
+            now_ms: secs * 1000 + micros / 1000,
+        })
     }
 
-    /// Every message of a room after `since`, oldest first, as far as the history goes.
-    pub async fn history_after(
+    /// The room's epoch, if it has a history.
+    pub async fn epoch(&self, room: &str) -> Result<Option<String>, StoreError> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(meta_key(room)).arg("epoch");
+        self.redis.call(Request::Cmd(&cmd)).await
+    }
+
+    /// Bytes of memory Redis uses (`INFO memory`, `used_memory`).
+    pub async fn used_memory(&self) -> Result<u64, StoreError> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("memory");
+        let info: String = self.redis.call(Request::Cmd(&cmd)).await?;
+        Ok(info
+            .lines()
+            .find_map(|line| line.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// The newest `count` entries, oldest first.
+    pub async fn latest(&self, room: &str, count: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(stream_key(room))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count);
+        let reply: StreamRangeReply = self.redis.call(Request::Cmd(&cmd)).await?;
+        let mut entries = entries(room, &reply.ids);
+        entries.reverse();
+        Ok(entries)
+    }
+
+    /// Up to `count` entries after `after`, oldest first.
+    pub async fn entries_after(
         &self,
         room: &str,
-        since: StreamId,
-    ) -> redis::RedisResult<Vec<ChatMessage>> {
-        let mut out = Vec::new();
-        let mut after = since;
-        loop {
-            let reply: StreamRangeReply = self
-                .commands
-                .clone()
-                .xrange_count(stream_key(room), format!("({after}"), "+", READ_COUNT)
-                .await?;
-            let page = reply.ids.len();
-            out.extend(reply.ids.iter().filter_map(|e| decode(room, e)));
-            match out.last() {
-                Some(last) if page == READ_COUNT => after = last.id,
-                _ => return Ok(out),
-            }
-        }
-    }
-
-    /// Probes Redis every second and publishes the result in `metrics.redis_up`, until
-    /// cancelled.
-    pub async fn run_health(self, metrics: Arc<Metrics>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(HEALTH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let mut conn = self.commands.clone();
-            let ping = conn.ping::<String>();
-            let up = matches!(tokio::time::timeout(COMMAND_TIMEOUT, ping).await, Ok(Ok(_)));
-            if metrics.redis_up.swap(up, Ordering::Relaxed) != up {
-                if up {
-                    tracing::info!("redis reachable");
-                } else {
-                    tracing::warn!("redis unreachable");
-                }
-            }
-        }
-    }
-
-    /// Follows the streams of every room in `hub`, publishing new entries, until
-    /// cancelled. Reconnects with backoff on any error and resumes each room after the
-    /// last id it delivered, so nothing Redis kept is lost or repeated.
-    pub async fn run_reader(self, hub: Arc<Hub>, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let result = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = self.read_until_error(&hub, &mut backoff) => r,
-            };
-            if let Err(e) = result {
-                tracing::warn!(error = format!("{e:#}"), retry_in = ?backoff, "redis reader failed");
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
-
-    async fn read_until_error(&self, hub: &Hub, backoff: &mut Duration) -> anyhow::Result<()> {
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(
-                &AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                    .set_response_timeout(Some(BLOCK + COMMAND_TIMEOUT)),
-            )
-            .await
-            .context("connecting the stream reader")?;
-        tracing::info!("redis stream reader connected");
-        *backoff = Duration::from_millis(100);
-        let options = StreamReadOptions::default()
-            .block(BLOCK.as_millis() as usize)
-            .count(READ_COUNT);
-        loop {
-            let positions = hub.positions();
-            if positions.is_empty() {
-                // Nothing to follow; `join` notifies, and the timeout lets us notice
-                // rooms emptied since.
-                let _ = tokio::time::timeout(BLOCK, hub.changed()).await;
-                continue;
-            }
-            let keys: Vec<String> = positions.iter().map(|(room, _)| stream_key(room)).collect();
-            let ids: Vec<String> = positions.iter().map(|(_, id)| id.to_string()).collect();
-            let reply: Option<StreamReadReply> = conn
-                .xread_options(&keys, &ids, &options)
-                .await
-                .context("XREAD")?;
-            for stream in reply.map(|r| r.keys).unwrap_or_default() {
-                let Some(room) = room_of(&stream.key) else {
-                    continue;
-                };
-                for entry in &stream.ids {
-                    match decode(room, entry) {
-                        Some(message) => {
-                            let clients = hub.publish(&message);
-                            tracing::trace!(room, id = %entry.id, clients, "read");
-                        }
-                        // Not ours (written by hand?): step over it rather than re-read it forever.
-                        None => {
-                            tracing::warn!(room, id = %entry.id, "skipping malformed stream entry");
-                            if let Ok(id) = entry.id.parse() {
-                                hub.skip(room, id);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        after: StreamId,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(stream_key(room))
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let reply: StreamRangeReply = self.redis.call(Request::Cmd(&cmd)).await?;
+        Ok(entries(room, &reply.ids))
     }
 }
 
-fn decode(room: &str, entry: &redis::streams::StreamId) -> Option<ChatMessage> {
+fn parse_id(id: &str) -> Result<StreamId, StoreError> {
+    id.parse().map_err(|e: crate::protocol::BadStreamId| {
+        StoreError::Refused(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "stream id",
+            e.to_string(),
+        )))
+    })
+}
+
+/// Stream entries as [`Entry`]s; an entry whose id does not parse (impossible from
+/// Redis) is left out.
+pub fn entries(room: &str, ids: &[redis::streams::StreamId]) -> Vec<Entry> {
+    ids.iter().filter_map(|e| entry(room, e)).collect()
+}
+
+fn entry(room: &str, raw: &redis::streams::StreamId) -> Option<Entry> {
     let field =
-        |name: &str| -> Option<String> { redis::from_redis_value_ref(entry.map.get(name)?).ok() };
-    let message = ChatMessage {
-        id: entry.id.parse().ok()?,
-        room: room.to_owned(),
-        name: field("name")?,
-        text: field("text")?,
+        |name: &str| -> Option<String> { redis::from_redis_value_ref(raw.map.get(name)?).ok() };
+    let id: StreamId = raw.id.parse().ok()?;
+    let message = match (field("name"), field("text")) {
+        (Some(name), Some(text)) => Some(ChatMessage {
+            id,
+            room: room.to_owned(),
+            name,
+            text,
+        }),
+        _ => None,
     };
-    Some(message)
+    Some(Entry {
+        id,
+        prev: field("prev").and_then(|p| p.parse().ok()),
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_room_hash_tag() {
+        assert_eq!(stream_key("lobby"), "chat:{lobby}:log");
+        assert_eq!(meta_key("lobby"), "chat:{lobby}:meta");
+        assert_eq!(room_of("chat:{lobby}:log"), Some("lobby"));
+        assert_eq!(room_of("chat:{lobby}:meta"), None);
+    }
 }

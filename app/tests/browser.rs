@@ -98,6 +98,50 @@ async fn messages(browser: &Browser) -> Vec<String> {
     out
 }
 
+/// A browser with its own profile under `profiles`, on `server`'s page, connected.
+async fn open_page(driver: &Driver, profiles: &tempfile::TempDir, server: &Server) -> Browser {
+    let page = driver
+        .browser(&profiles.path().join(&server.instance))
+        .await;
+    page.goto(&format!("http://{}/", server.addr))
+        .await
+        .unwrap();
+    wait_connected(&page, &server.instance).await;
+    page
+}
+
+/// Has `bob` send a marker, and once the page shows it (anything still in flight
+/// arrives before it), checks that `text` is shown exactly once.
+async fn assert_shown_once(page: &Browser, bob: &mut Client, text: &str) {
+    bob.send("bob", "marker").await;
+    let shown = wait_shown(page, "marker").await;
+    let copies = shown.iter().filter(|m| m.contains(text)).count();
+    assert_eq!(copies, 1, "{text:?} in {shown:?}");
+}
+
+/// Types a name and a message into the page's form and submits it.
+async fn type_and_send(page: &Browser, name: &str, text: &str) {
+    for (field, value) in [("name", name), ("text", text)] {
+        let input = page.find(Locator::Id(field)).await.unwrap();
+        input.send_keys(value).await.unwrap();
+    }
+    page.find(Locator::Id("send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Waits until a message containing `needle` is shown; returns every message shown then.
+async fn wait_shown(browser: &Browser, needle: &str) -> Vec<String> {
+    poll_until(WAIT, &format!("{needle:?} on the page"), || async {
+        let all = messages(browser).await;
+        all.iter().any(|m| m.contains(needle)).then_some(all)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_browsers_on_two_instances_chat() {
     let redis = Redis::start();
@@ -116,27 +160,7 @@ async fn two_browsers_on_two_instances_chat() {
 
         // Markup in a message must show up as text, not become elements.
         let hostile = "<img src=x onerror=\"document.title='owned'\"> hello bob";
-        alice
-            .find(Locator::Id("name"))
-            .await
-            .unwrap()
-            .send_keys("alice")
-            .await
-            .unwrap();
-        alice
-            .find(Locator::Id("text"))
-            .await
-            .unwrap()
-            .send_keys(hostile)
-            .await
-            .unwrap();
-        alice
-            .find(Locator::Id("send"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        type_and_send(&alice, "alice", hostile).await;
 
         let seen = poll_until(WAIT, "alice's message on bob's page", || async {
             let all = messages(&bob).await;
@@ -153,32 +177,8 @@ async fn two_browsers_on_two_instances_chat() {
         );
         assert_ne!(bob.title().await.unwrap(), "owned");
 
-        bob.find(Locator::Id("name"))
-            .await
-            .unwrap()
-            .send_keys("bob")
-            .await
-            .unwrap();
-        bob.find(Locator::Id("text"))
-            .await
-            .unwrap()
-            .send_keys("hi alice")
-            .await
-            .unwrap();
-        bob.find(Locator::Id("send"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
-        poll_until(WAIT, "bob's reply on alice's page", || async {
-            messages(&alice)
-                .await
-                .iter()
-                .any(|m| m.contains("hi alice"))
-                .then_some(())
-        })
-        .await;
+        type_and_send(&bob, "bob", "hi alice").await;
+        wait_shown(&alice, "hi alice").await;
 
         let shot = bob.screenshot().await.unwrap();
         let path = artifacts_dir().join("browser-chat-bob.png");
@@ -201,22 +201,13 @@ async fn page_reconnects_with_since_after_server_restart() {
     let b = Server::start("b", &redis.url(), &[]);
     let driver = Driver::start();
     let profiles = tempfile::tempdir().unwrap();
-    let page = driver.browser(&profiles.path().join("page")).await;
+    let page = open_page(&driver, &profiles, &a).await;
 
     let result = async {
-        page.goto(&format!("http://{}/", a.addr)).await.unwrap();
-        wait_connected(&page, "old-a").await;
         let mut bob = Client::connect(&b, "").await;
         bob.send("bob", "first").await;
         assert_eq!(bob.next_message().await["text"], "first");
-        poll_until(WAIT, "first message on the page", || async {
-            messages(&page)
-                .await
-                .iter()
-                .any(|m| m.contains("first"))
-                .then_some(())
-        })
-        .await;
+        wait_shown(&page, "first").await;
 
         a.sigterm();
         assert!(a.wait_exit().await.success());
@@ -230,16 +221,102 @@ async fn page_reconnects_with_since_after_server_restart() {
 
         let _new_a = Server::start_at(&a.addr.to_string(), "new-a", &redis.url(), &[]);
         wait_connected(&page, "new-a").await;
-        let shown = poll_until(WAIT, "the missed message on the page", || async {
-            let all = messages(&page).await;
-            all.iter().any(|m| m.contains("while away")).then_some(all)
-        })
-        .await;
+        let shown = wait_shown(&page, "while away").await;
         let count = |needle: &str| shown.iter().filter(|m| m.contains(needle)).count();
         assert_eq!((count("first"), count("while away")), (1, 1), "{shown:?}");
 
         let shot = page.screenshot().await.unwrap();
         std::fs::write(artifacts_dir().join("browser-reconnect.png"), shot).unwrap();
+    }
+    .await;
+    let _ = page.close().await;
+    result
+}
+
+/// Redis loses the room's history while the page is open: the page says that some
+/// messages were missed, drops the log with the hole in it, and shows what comes next.
+#[tokio::test(flavor = "multi_thread")]
+async fn page_says_when_messages_were_missed() {
+    let redis = Redis::start();
+    let a = Server::start("a", &redis.url(), &[]);
+    let b = Server::start("b", &redis.url(), &[]);
+    let driver = Driver::start();
+    let profiles = tempfile::tempdir().unwrap();
+    let page = open_page(&driver, &profiles, &a).await;
+
+    let result = async {
+        let mut bob = Client::connect(&b, "").await;
+        bob.send("bob", "before the loss").await;
+        wait_shown(&page, "before the loss").await;
+
+        let _: () = redis::cmd("FLUSHALL")
+            .query_async(&mut common::redis_conn(&redis.url()).await)
+            .await
+            .unwrap();
+        bob.send("bob", "after the loss").await;
+        let shown = poll_until(WAIT, "the notice and the new message", || async {
+            let log = text_of(&page, "#log").await;
+            (log.contains("some messages were missed") && log.contains("after the loss"))
+                .then_some(messages(&page).await)
+        })
+        .await;
+        assert!(
+            !shown.iter().any(|m| m.contains("before the loss")),
+            "{shown:?}"
+        );
+        // It rejoined with history=50 (the newest messages): nothing twice.
+        assert_shown_once(&page, &mut bob, "after the loss").await;
+        let shot = page.screenshot().await.unwrap();
+        std::fs::write(artifacts_dir().join("browser-missed.png"), shot).unwrap();
+    }
+    .await;
+    let _ = page.close().await;
+    result
+}
+
+/// A message typed while the server cannot reach Redis shows as pending, is sent again
+/// by the page until the server acknowledges it, and then shows exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn page_resends_pending_messages_once_stored() {
+    let redis = Redis::start();
+    let proxy = common::Proxy::start(redis.port).await;
+    let a = Server::start("a", &proxy.url(), &[]);
+    let b = Server::start("b", &redis.url(), &[]);
+    a.wait_health(200).await;
+    let driver = Driver::start();
+    let profiles = tempfile::tempdir().unwrap();
+    let page = open_page(&driver, &profiles, &a).await;
+
+    let result = async {
+        proxy.cut();
+        a.wait_health(503).await;
+        type_and_send(&page, "carol", "through the outage").await;
+        poll_until(WAIT, "the message to show as pending", || async {
+            let pending = page
+                .find_all(Locator::Css("#log li.pending"))
+                .await
+                .unwrap();
+            (!pending.is_empty()).then_some(())
+        })
+        .await;
+        // Answered `unavailable` at least once while the link is down.
+        poll_until(WAIT, "a refused send", || async {
+            (a.metric("chat_rejected_frames_total").await >= 1.0).then_some(())
+        })
+        .await;
+
+        proxy.restore();
+        wait_shown(&page, "through the outage").await;
+        poll_until(WAIT, "the pending mark to go", || async {
+            let pending = page
+                .find_all(Locator::Css("#log li.pending"))
+                .await
+                .unwrap();
+            pending.is_empty().then_some(())
+        })
+        .await;
+        let mut bob = Client::connect(&b, "").await;
+        assert_shown_once(&page, &mut bob, "through the outage").await;
     }
     .await;
     let _ = page.close().await;

@@ -162,27 +162,33 @@ pub struct Redis {
     pub dir: tempfile::TempDir,
     tls: Option<TlsFiles>,
     persistent: bool,
+    replica_of: Option<u16>,
     child: Option<Child>,
 }
 
 impl Redis {
     /// A plain in-memory Redis.
     pub fn start() -> Redis {
-        Self::launch(false, false)
+        Self::launch(false, false, None)
+    }
+
+    /// A plain Redis replicating from `primary` (which it may later replace).
+    pub fn start_replica_of(primary: &Redis) -> Redis {
+        Self::launch(false, false, Some(primary.port))
     }
 
     /// A Redis that appends every write to an AOF file (fsync always), so a kill and
     /// restart on the same port keeps the streams.
     pub fn start_persistent() -> Redis {
-        Self::launch(true, false)
+        Self::launch(true, false, None)
     }
 
     /// A Redis that speaks only TLS, with a certificate from a CA the test generates.
     pub fn start_tls() -> Redis {
-        Self::launch(false, true)
+        Self::launch(false, true, None)
     }
 
-    fn launch(persistent: bool, tls: bool) -> Redis {
+    fn launch(persistent: bool, tls: bool, replica_of: Option<u16>) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let tls = tls.then(|| TlsFiles::generate(dir.path()));
         let mut redis = Redis {
@@ -190,6 +196,7 @@ impl Redis {
             dir,
             tls,
             persistent,
+            replica_of,
             child: None,
         };
         // A free port can be taken between probing and binding; try another.
@@ -240,6 +247,13 @@ impl Redis {
             "--daemonize".into(),
             "no".into(),
         ];
+        if let Some(primary) = self.replica_of {
+            args.extend([
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.to_string(),
+            ]);
+        }
         if self.persistent {
             args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from));
         } else {
@@ -319,6 +333,8 @@ impl Drop for Redis {
 pub struct Server {
     pub addr: SocketAddr,
     pub instance: String,
+    /// Set when the server's log shows a panic (a task's, which the process survives).
+    panicked: std::sync::Arc<std::sync::atomic::AtomicBool>,
     child: Child,
 }
 
@@ -352,9 +368,14 @@ impl Server {
         let stderr = child.stderr.take().unwrap();
         let (addr_tx, addr_rx) = std_mpsc::channel();
         let tag = instance.to_owned();
+        let panicked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let saw_panic = panicked.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[{tag}] {line}");
+                if line.contains("panicked") {
+                    saw_panic.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 if line.contains("listening")
                     && let Some(addr) = line
                         .split_whitespace()
@@ -370,8 +391,14 @@ impl Server {
         Server {
             addr,
             instance: instance.to_owned(),
+            panicked,
             child,
         }
+    }
+
+    /// Whether the server logged a panic so far.
+    pub fn panicked(&self) -> bool {
+        self.panicked.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn ws_url(&self, query: &str) -> String {
@@ -479,6 +506,12 @@ impl Client {
         self.ws.send(Message::text(text)).await.unwrap();
     }
 
+    /// A `send` carrying a client id, to be acknowledged and stored once.
+    pub async fn send_cid(&mut self, name: &str, text: &str, cid: &str) {
+        self.send_raw(&json!({"type": "send", "name": name, "text": text, "cid": cid}).to_string())
+            .await;
+    }
+
     pub async fn send(&mut self, name: &str, text: &str) {
         self.send_raw(&json!({"type": "send", "name": name, "text": text}).to_string())
             .await;
@@ -530,11 +563,20 @@ impl Client {
     /// Reads until the connection closes, returning the close code (None if it ended
     /// without a close frame) and the message frames seen on the way.
     pub async fn read_until_closed(&mut self) -> (Option<u16>, Vec<Value>) {
+        let (close, seen) = self.read_until_closed_with_reason().await;
+        (close.map(|(code, _)| code), seen)
+    }
+
+    /// As [`Client::read_until_closed`], with the close frame's reason.
+    pub async fn read_until_closed_with_reason(&mut self) -> (Option<(u16, String)>, Vec<Value>) {
         let mut seen = Vec::new();
         loop {
             match self.next_event().await {
                 Event::Json(v) => seen.push(v),
-                Event::Closed(frame) => return (frame.map(|f| f.code.into()), seen),
+                Event::Closed(frame) => {
+                    let close = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    return (close, seen);
+                }
             }
         }
     }
@@ -546,4 +588,143 @@ pub fn texts(messages: &[Value]) -> Vec<String> {
         .iter()
         .map(|m| m["text"].as_str().unwrap().to_owned())
         .collect()
+}
+
+// ---------------------------------------------------------------- TCP proxy
+
+/// What the proxy does with the bytes of its connections.
+const PASS: u8 = 0;
+const BLACKHOLE: u8 = 1;
+const REFUSE: u8 = 2;
+
+/// A loopback TCP proxy standing for the network between the servers and Redis: it
+/// can be pointed at another Redis (a failover moving the primary endpoint), cut (every
+/// connection closed and new ones refused) or blackholed (bytes silently dropped both
+/// ways, as a dead link or a lost route does). Stops on drop.
+pub struct Proxy {
+    pub port: u16,
+    shared: std::sync::Arc<ProxyShared>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+struct ProxyShared {
+    target: std::sync::atomic::AtomicU16,
+    mode: std::sync::atomic::AtomicU8,
+    /// Bumped to close every open connection.
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl Proxy {
+    pub async fn start(target: u16) -> Proxy {
+        use std::sync::atomic::{AtomicU8, AtomicU16};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = std::sync::Arc::new(ProxyShared {
+            target: AtomicU16::new(target),
+            mode: AtomicU8::new(PASS),
+            cuts: tokio::sync::watch::channel(0).0,
+        });
+        let accept = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(proxy_connection(client, shared.clone()));
+                }
+            }
+        });
+        Proxy {
+            port,
+            shared,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// New connections go to `port` from now on; open ones stay where they are.
+    pub fn set_target(&self, port: u16) {
+        self.shared
+            .target
+            .store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Drops every byte, both ways, on open and new connections, without closing them.
+    pub fn blackhole(&self) {
+        self.set_mode(BLACKHOLE);
+    }
+
+    /// Closes every open connection and refuses new ones.
+    pub fn cut(&self) {
+        self.set_mode(REFUSE);
+        self.shared.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Passes bytes again (connections closed by a cut stay closed).
+    pub fn restore(&self) {
+        self.set_mode(PASS);
+    }
+
+    fn set_mode(&self, mode: u8) {
+        self.shared
+            .mode
+            .store(mode, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.shared.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+async fn proxy_connection(client: TokioTcpStream, shared: std::sync::Arc<ProxyShared>) {
+    use std::sync::atomic::Ordering;
+    if shared.mode.load(Ordering::SeqCst) == REFUSE {
+        return;
+    }
+    let target = shared.target.load(Ordering::SeqCst);
+    let Ok(upstream) = TokioTcpStream::connect(("127.0.0.1", target)).await else {
+        return;
+    };
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    let mut cuts = shared.cuts.subscribe();
+    tokio::select! {
+        _ = pump(client_read, upstream_write, &shared) => {}
+        _ = pump(upstream_read, client_write, &shared) => {}
+        _ = cuts.changed() => {}
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    shared: &ProxyShared,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if shared.mode.load(std::sync::atomic::Ordering::SeqCst) == BLACKHOLE {
+            continue;
+        }
+        if to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A plain connection to a Redis for the test's own commands.
+pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }

@@ -1,0 +1,282 @@
+//! Limits on what one client may cost: the token bucket behind the message rate and the
+//! abuse allowance; and per client address, open connections and rooms created. The
+//! address is the TCP peer, or what a trusted proxy (the load balancer) put in
+//! `X-Forwarded-For`: a header anyone else sends is ignored, since it is anyone's to forge.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+
+/// An IP network, `10.0.0.0/16` or `fd00::/8` (a bare address is a /32 or /128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("not a CIDR (like 10.0.0.0/16): {s:?}");
+        let (address, prefix) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let network: IpAddr = address.parse().map_err(|_| bad())?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Cidr { network, prefix })
+    }
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| -> (u128, u32) {
+            match ip.to_canonical() {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.network), bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let host_bits = width - u32::from(self.prefix);
+        host_bits >= 128 || (net >> host_bits) == (addr >> host_bits)
+    }
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy; then the
+/// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy (proxies append
+/// what they saw, so entries further left are the client's to write).
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let peer = peer.to_canonical();
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|entry| entry.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()))
+        .collect::<Vec<_>>();
+    for entry in forwarded.into_iter().rev() {
+        match entry {
+            Ok(ip) if is_trusted(ip) => continue,
+            Ok(ip) => return ip,
+            // Garbage where an address should be: stop believing the header there.
+            Err(_) => break,
+        }
+    }
+    peer
+}
+
+/// What one address is using.
+struct AddressUse {
+    connections: usize,
+    new_rooms: TokenBucket,
+}
+
+/// Per-address connection counts and room-creation budgets.
+pub struct AddressLimits {
+    by_address: Mutex<HashMap<IpAddr, AddressUse>>,
+    max_connections: usize,
+    rooms_per_minute: f64,
+    last_sweep: Mutex<Instant>,
+}
+
+/// Held by a connection; gives its slot back when dropped.
+pub struct ConnectionSlot {
+    limits: Arc<AddressLimits>,
+    pub address: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some(used) = self
+            .limits
+            .by_address
+            .lock()
+            .unwrap()
+            .get_mut(&self.address)
+        {
+            used.connections -= 1;
+        }
+    }
+}
+
+impl AddressLimits {
+    pub fn new(max_connections: usize, rooms_per_minute: f64) -> Self {
+        AddressLimits {
+            by_address: Mutex::new(HashMap::new()),
+            max_connections,
+            rooms_per_minute,
+            last_sweep: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// A connection slot for `address`, unless it has all it may have.
+    pub fn admit(self: &Arc<Self>, address: IpAddr) -> Option<ConnectionSlot> {
+        self.sweep();
+        let mut by_address = self.by_address.lock().unwrap();
+        let used = by_address.entry(address).or_insert_with(|| AddressUse {
+            connections: 0,
+            new_rooms: TokenBucket::new(self.rooms_per_minute, self.rooms_per_minute / 60.0),
+        });
+        if used.connections >= self.max_connections {
+            return None;
+        }
+        used.connections += 1;
+        Some(ConnectionSlot {
+            limits: self.clone(),
+            address,
+        })
+    }
+
+    /// Spends one room creation of `address`'s budget, if any is left.
+    pub fn take_new_room(&self, address: IpAddr) -> bool {
+        self.by_address
+            .lock()
+            .unwrap()
+            .get_mut(&address)
+            .is_some_and(|used| used.new_rooms.take())
+    }
+
+    /// Forgets addresses with no connection whose room budget has refilled, at most
+    /// once a second: what remains is bounded by the connections and the last minute.
+    fn sweep(&self) {
+        let mut last = self.last_sweep.lock().unwrap();
+        if last.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        *last = Instant::now();
+        self.by_address
+            .lock()
+            .unwrap()
+            .retain(|_, used| used.connections > 0 || !used.new_rooms.is_full());
+    }
+}
+
+/// Classic token bucket: `burst` tokens, refilled at `per_sec`.
+pub struct TokenBucket {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(burst: f64, per_sec: f64) -> Self {
+        TokenBucket {
+            tokens: burst,
+            burst,
+            per_sec,
+            last: Instant::now(),
+        }
+    }
+
+    pub fn take(&mut self) -> bool {
+        self.take_at(Instant::now())
+    }
+
+    /// Whether the bucket has refilled completely (nothing of its use is remembered).
+    fn is_full(&self) -> bool {
+        self.tokens + self.last.elapsed().as_secs_f64() * self.per_sec >= self.burst
+    }
+
+    fn take_at(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidrs() {
+        let vpc: Cidr = "10.0.0.0/16".parse().unwrap();
+        assert!(vpc.contains(ip("10.0.255.1")));
+        assert!(!vpc.contains(ip("10.1.0.1")));
+        assert!(vpc.contains(ip("::ffff:10.0.0.9")));
+        assert!(!vpc.contains(ip("fd00::1")));
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains(ip("8.8.8.8")));
+        assert!("::1".parse::<Cidr>().unwrap().contains(ip("::1")));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("ten/8".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let trusted = ["10.0.0.0/16".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "1.1.1.1, 203.0.113.7, 10.0.3.3".parse().unwrap(),
+        );
+        assert_eq!(
+            client_address(ip("10.0.1.1"), &headers, &trusted),
+            ip("203.0.113.7")
+        );
+        // From anyone else the header is ignored.
+        assert_eq!(
+            client_address(ip("198.51.100.2"), &headers, &trusted),
+            ip("198.51.100.2")
+        );
+        assert_eq!(
+            client_address(ip("10.0.1.1"), &headers, &[]),
+            ip("10.0.1.1")
+        );
+        headers.insert("x-forwarded-for", "junk".parse().unwrap());
+        assert_eq!(
+            client_address(ip("10.0.1.1"), &headers, &trusted),
+            ip("10.0.1.1")
+        );
+    }
+
+    #[test]
+    fn connections_and_new_rooms_per_address() {
+        let limits = Arc::new(AddressLimits::new(2, 3.0));
+        let a = ip("192.0.2.1");
+        let first = limits.admit(a).unwrap();
+        let _second = limits.admit(a).unwrap();
+        assert!(limits.admit(a).is_none());
+        assert!(limits.admit(ip("192.0.2.2")).is_some());
+        drop(first);
+        assert!(limits.admit(a).is_some());
+        assert_eq!((0..5).filter(|_| limits.take_new_room(a)).count(), 3);
+    }
+
+    #[test]
+    fn token_bucket_allows_burst_then_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(3.0, 2.0);
+        bucket.last = start;
+        assert!((0..3).all(|_| bucket.take_at(start)));
+        assert!(!bucket.take_at(start));
+        assert!(bucket.take_at(start + Duration::from_millis(500)));
+        assert!(!bucket.take_at(start + Duration::from_millis(600)));
+    }
+}

@@ -1,0 +1,164 @@
+//! A drain without a stampede: an instance holding 1000 clients is sent SIGTERM while a
+//! client of another instance keeps talking; the drained instance's clients are closed
+//! (1012) a few at a time, reconnect to the other instance with `since` after a
+//! full-jitter backoff as the page does, and none of them misses or repeats a message.
+
+mod common;
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Client, Event, Redis, Server, WAIT};
+use futures_util::StreamExt as _;
+
+const CLIENTS: usize = 1000;
+const MESSAGES: usize = 30;
+const DRAIN_SECS: u64 = 10;
+/// `close_window` of a 10 s drain: 10 s less a 3 s margin.
+const WINDOW_SECS: f64 = 7.0;
+
+/// The page's first reconnect delay: uniform in [0, 0.5 s].
+fn full_jitter_first_delay() -> Duration {
+    let random = RandomState::new().hash_one(Instant::now());
+    Duration::from_millis(random % 500)
+}
+
+struct Outcome {
+    closed_at: f64,
+    reconnected_at: f64,
+    ids: Vec<String>,
+}
+
+/// One client of the drained instance: reads until 1012, waits like the page, rejoins
+/// the other instance with `since`, and reads until it has every message.
+async fn follow(
+    mut client: Client,
+    other: Arc<Server>,
+    signalled: Arc<std::sync::OnceLock<Instant>>,
+) -> Outcome {
+    let mut ids: Vec<String> = Vec::new();
+    loop {
+        match client.next_event().await {
+            Event::Json(m) if m["type"] == "message" => ids.push(m["id"].as_str().unwrap().into()),
+            Event::Json(other) => panic!("unexpected {other}"),
+            Event::Closed(frame) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1012));
+                break;
+            }
+        }
+    }
+    let since_signal = || signalled.get().unwrap().elapsed().as_secs_f64();
+    let closed_at = since_signal();
+    tokio::time::sleep(full_jitter_first_delay()).await;
+    let since = ids.last().cloned().unwrap_or_else(|| "0-0".into());
+    let mut rejoined = Client::connect(&other, &format!("?room=d&since={since}")).await;
+    let reconnected_at = since_signal();
+    assert_eq!(rejoined.hello["recovered"], true, "{}", rejoined.hello);
+    while ids.len() < MESSAGES {
+        ids.push(rejoined.next_message().await["id"].as_str().unwrap().into());
+    }
+    Outcome {
+        closed_at,
+        reconnected_at,
+        ids,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_1000_clients_spreads_reconnects_and_loses_nothing() {
+    let redis = Redis::start();
+    let flags = [
+        "--max-connections-per-address",
+        "5000",
+        "--rate-burst",
+        "100",
+    ];
+    let mut drained = Server::start(
+        "drained",
+        &redis.url(),
+        &[&flags[..], &["--drain-secs", "10"]].concat(),
+    );
+    let other = Arc::new(Server::start("other", &redis.url(), &flags));
+    drained.wait_health(200).await;
+    other.wait_health(200).await;
+
+    let connected: Vec<Client> = futures_util::stream::iter(0..CLIENTS)
+        .map(|_| Client::connect(&drained, "?room=d"))
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    let signalled = Arc::new(std::sync::OnceLock::new());
+    let followers: Vec<_> = connected
+        .into_iter()
+        .map(|client| tokio::spawn(follow(client, other.clone(), signalled.clone())))
+        .collect();
+
+    // A client of the other instance talks throughout the drain.
+    let mut speaker = Client::connect(&other, "?room=d").await;
+    let mut sent = Vec::new();
+    let say = async |speaker: &mut Client, i: usize| {
+        let cid = format!("say-{i}");
+        speaker.send_cid("speaker", &format!("m{i}"), &cid).await;
+        loop {
+            let frame = speaker.next_json().await;
+            if frame["type"] == "ack" {
+                return frame["id"].as_str().unwrap().to_owned();
+            }
+        }
+    };
+    for i in 0..3 {
+        sent.push(say(&mut speaker, i).await);
+    }
+    signalled.set(Instant::now()).unwrap();
+    drained.sigterm();
+    for i in 3..MESSAGES {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sent.push(say(&mut speaker, i).await);
+    }
+
+    let mut outcomes = Vec::new();
+    for follower in followers {
+        outcomes.push(
+            tokio::time::timeout(WAIT, follower)
+                .await
+                .expect("a client never caught up")
+                .unwrap(),
+        );
+    }
+    for outcome in &outcomes {
+        assert_eq!(outcome.ids, sent, "a client missed or repeated a message");
+    }
+    assert!(drained.wait_exit().await.success());
+
+    // How the reconnects arrived at the other instance, per half second.
+    let mut buckets = [0usize; 24];
+    for outcome in &outcomes {
+        buckets[((outcome.reconnected_at * 2.0) as usize).min(23)] += 1;
+    }
+    eprintln!("reconnects per 0.5 s after SIGTERM ({CLIENTS} clients, drain {DRAIN_SECS} s):");
+    for (i, count) in buckets.iter().enumerate() {
+        eprintln!(
+            "  {:>4.1}-{:>4.1} s {:>4} {}",
+            i as f64 / 2.0,
+            (i + 1) as f64 / 2.0,
+            count,
+            "#".repeat(count / 4)
+        );
+    }
+    let last_close = outcomes.iter().map(|o| o.closed_at).fold(0.0, f64::max);
+    let busiest = *buckets.iter().max().unwrap();
+    let even_share = CLIENTS as f64 / (WINDOW_SECS * 2.0);
+    eprintln!(
+        "last close {last_close:.2} s after SIGTERM; busiest half second {busiest} (even share {even_share:.0}); 0 messages lost"
+    );
+    assert!(
+        last_close <= WINDOW_SECS + 1.0,
+        "closes went on until {last_close:.2} s"
+    );
+    assert!(
+        (busiest as f64) <= 2.5 * even_share,
+        "a stampede: {busiest} reconnects in half a second"
+    );
+}

@@ -1,0 +1,213 @@
+//! Bounded cost: Redis memory under a flood of new rooms (count, age and idle-room
+//! limits, rooms per address), connections per client address, and `X-Forwarded-For`
+//! believed only from a trusted proxy.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Client, Redis, Server, WAIT, poll_until, redis_conn};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+async fn dbsize(url: &str) -> u64 {
+    redis::cmd("DBSIZE")
+        .query_async(&mut redis_conn(url).await)
+        .await
+        .unwrap()
+}
+
+async fn xlen(url: &str, room: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(format!("chat:{{{room}}}:log"))
+        .query_async(&mut redis_conn(url).await)
+        .await
+        .unwrap()
+}
+
+/// One address opens 100 connections, each to a new room, each sending a message: only
+/// the configured 5 rooms per minute are created (the rest are told `room_limit`), a
+/// room keeps at most `--history-len` entries and none older than the age limit, every
+/// key has a TTL and idle rooms disappear; `/metrics` reports Redis's memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_new_rooms_stays_bounded() {
+    let redis = Redis::start();
+    let server = Server::start(
+        "a",
+        &redis.url(),
+        &[
+            "--history-len",
+            "5",
+            "--history-max-age-secs",
+            "1",
+            "--room-ttl-secs",
+            "5",
+            "--new-rooms-per-minute",
+            "5",
+            "--rate-burst",
+            "100",
+        ],
+    );
+    server.wait_health(200).await;
+    let flood_started = Instant::now();
+    let mut created = 0;
+    let mut last_created = String::new();
+    for i in 0..100 {
+        let mut client = Client::connect(&server, &format!("?room=flood{i}")).await;
+        client.send("flooder", "hello").await;
+        let frame = client.next_json().await;
+        match (frame["type"].as_str(), frame["code"].as_str()) {
+            (Some("message"), _) => {
+                created += 1;
+                last_created = format!("flood{i}");
+            }
+            (Some("error"), Some("room_limit")) => {}
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    let refill = (flood_started.elapsed().as_secs_f64() * 5.0 / 60.0).ceil() as u64;
+    eprintln!(
+        "flood: 100 new rooms asked, {created} created, {} keys in redis",
+        dbsize(&redis.url()).await
+    );
+    assert!(
+        created >= 5 && created <= 5 + refill,
+        "{created} rooms created"
+    );
+    assert!(
+        dbsize(&redis.url()).await <= 2 * created,
+        "two keys per room"
+    );
+
+    // Count: 20 messages in a room (created above) keep 5.
+    let room = last_created;
+    let log_key = format!("chat:{{{room}}}:log");
+    let mut busy = Client::connect(&server, &format!("?room={room}")).await;
+    for i in 0..20 {
+        busy.send("b", &format!("m{i}")).await;
+        busy.next_message().await;
+    }
+    assert_eq!(xlen(&redis.url(), &room).await, 5);
+    let mut conn = redis_conn(&redis.url()).await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&log_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let meta_ttl: i64 = redis::cmd("TTL")
+        .arg(format!("chat:{{{room}}}:meta"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (1..=5).contains(&ttl) && (1..=5).contains(&meta_ttl),
+        "ttl {ttl} {meta_ttl}"
+    );
+
+    // Age: once the newest entry is over a second old (by Redis's clock), the next
+    // write trims everything before it.
+    let newest_ms: u64 = {
+        let top: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(&log_key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        top.ids[0].id.split_once('-').unwrap().0.parse().unwrap()
+    };
+    poll_until(WAIT, "a second to pass on Redis's clock", || {
+        let mut conn = conn.clone();
+        async move {
+            let (secs, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.ok()?;
+            (secs * 1000 > newest_ms + 1000).then_some(())
+        }
+    })
+    .await;
+    busy.send("b", "late").await;
+    busy.next_message().await;
+    assert_eq!(xlen(&redis.url(), &room).await, 1);
+
+    assert!(server.metric("chat_redis_used_memory_bytes").await > 0.0);
+    drop(busy);
+    // Idle rooms expire: nothing is left.
+    poll_until(Duration::from_secs(10), "idle rooms to expire", || async {
+        (dbsize(&redis.url()).await == 0).then_some(())
+    })
+    .await;
+}
+
+async fn upgrade_status(server: &Server, forwarded_for: Option<&str>) -> (u16, Option<common::Ws>) {
+    let mut request = server.ws_url("").into_client_request().unwrap();
+    if let Some(xff) = forwarded_for {
+        request
+            .headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, response)) => (response.status().as_u16(), Some(ws)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            (response.status().as_u16(), None)
+        }
+        Err(e) => panic!("unexpected websocket error: {e}"),
+    }
+}
+
+/// Three connections per address: the fourth is refused with 429 until one closes.
+/// Behind a trusted proxy the address is the one the proxy appended to
+/// `X-Forwarded-For`; from anyone else the header is ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_are_capped_per_client_address() {
+    let redis = Redis::start();
+    let direct = Server::start(
+        "direct",
+        &redis.url(),
+        &["--max-connections-per-address", "3"],
+    );
+    let mut open = Vec::new();
+    for forged in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        let (status, ws) = upgrade_status(&direct, Some(forged)).await;
+        assert_eq!(status, 101);
+        open.push(ws);
+    }
+    // Forged headers from an untrusted peer do not buy more connections.
+    assert_eq!(upgrade_status(&direct, Some("198.51.100.4")).await.0, 429);
+    open.pop();
+    poll_until(
+        WAIT,
+        "the closed connection's slot to come back",
+        || async {
+            let (status, ws) = upgrade_status(&direct, None).await;
+            (status == 101).then_some(ws)
+        },
+    )
+    .await;
+
+    let behind_alb = Server::start(
+        "behind-alb",
+        &redis.url(),
+        &[
+            "--max-connections-per-address",
+            "3",
+            "--trusted-proxies",
+            "127.0.0.0/8",
+        ],
+    );
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (status, ws) = upgrade_status(&behind_alb, Some("203.0.113.9")).await;
+        assert_eq!(status, 101);
+        clients.push(ws);
+    }
+    assert_eq!(
+        upgrade_status(&behind_alb, Some("203.0.113.9")).await.0,
+        429
+    );
+    assert_eq!(
+        upgrade_status(&behind_alb, Some("1.2.3.4, 203.0.113.10"))
+            .await
+            .0,
+        101
+    );
+}
