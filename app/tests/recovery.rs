@@ -11,12 +11,13 @@ fn burst_flags() -> Vec<&'static str> {
     vec!["--history-len", "3", "--rate-burst", "100"]
 }
 
+/// Sends one message at a time, each after the previous came back: with a history of
+/// three entries a burst could be trimmed before the fan-out reader saw it, and the
+/// server would (rightly) tell the writer it missed messages.
 async fn send_all(client: &mut Client, texts: &[&str]) -> Vec<Value> {
+    let mut seen = Vec::new();
     for text in texts {
         client.send("w", text).await;
-    }
-    let mut seen = Vec::new();
-    for _ in texts {
         seen.push(client.next_message().await);
     }
     seen
