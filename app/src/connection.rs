@@ -194,6 +194,14 @@ impl Redis {
         }
     }
 
+    /// Replaces the current connection: the node behind it answers, but is no longer the
+    /// one to talk to (a failover demoted it), so the next call resolves the endpoint
+    /// again.
+    pub fn reconnect(&self, why: &str) {
+        let generation = self.current.read().unwrap().0;
+        self.replace_after(generation, why);
+    }
+
     fn replace(&self, generation: u64, error: &RedisError) {
         self.replace_after(generation, &error.to_string());
     }

@@ -1,6 +1,7 @@
 //! The Redis health probe behind `/healthz` and `chat_redis_up`: once a second, does
 //! the node behind our connection accept writes (`ROLE` says master; after a failover
-//! the old primary still answers PING but refuses writes)? Together with the fan-out
+//! the old primary still answers PING but refuses writes; then the connection is
+//! replaced, so the next probe reaches whatever the endpoint names now)? Together with the fan-out
 //! reader's own report that it is connected and reading, that is "Redis up".
 
 use std::sync::Arc;
@@ -18,7 +19,13 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Whether the node `redis` reaches is a primary.
 pub async fn is_primary(redis: &Redis) -> Result<bool, StoreError> {
     let role: redis::Value = redis.call(Request::Cmd(&redis::cmd("ROLE"))).await?;
-    Ok(role_is_master(&role))
+    let primary = role_is_master(&role);
+    if !primary {
+        // A demoted primary still answers, so nothing else would replace this
+        // connection on an instance that is not sending: only a refused write does.
+        redis.reconnect("the node behind the connection is not a primary");
+    }
+    Ok(primary)
 }
 
 /// `ROLE`'s first element is `master`, `slave` or `sentinel`.
