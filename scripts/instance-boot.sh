@@ -20,6 +20,8 @@ APP_PORT='@APP_PORT@'
 DRAIN_SECONDS='@DRAIN_SECONDS@'
 REDIS_SCHEME='@REDIS_SCHEME@'
 REDIS_TAG='@REDIS_TAG@'
+# Where the load balancer's connections come from: only their X-Forwarded-For is believed.
+TRUSTED_PROXIES='@TRUSTED_PROXIES@'
 
 # For tests and `--local` only: on an instance these are the real metadata service, S3,
 # systemd and /.
@@ -75,6 +77,7 @@ REDIS_URL=$REDIS_SCHEME://$endpoint
 CHAT_LISTEN=0.0.0.0:$APP_PORT
 CHAT_INSTANCE_ID=$instance_id
 CHAT_DRAIN_SECS=$DRAIN_SECONDS
+CHAT_TRUSTED_PROXIES=$TRUSTED_PROXIES
 ENV
   )
   cat >"$unit_dir/chat-server.service" <<UNIT

@@ -122,7 +122,9 @@ start() {
           *=*) export "${line?}" ;;
         esac
       done <"$env_file"
-      export CHAT_LISTEN="$listen" NO_COLOR=1
+      # The local load balancer connects from loopback: its X-Forwarded-For is the one
+      # to believe, as the ALB's within the VPC on AWS.
+      export CHAT_LISTEN="$listen" CHAT_TRUSTED_PROXIES=127.0.0.1/32 NO_COLOR=1
       if [ -n "${RTS_LOCAL_REDIS_CA_FILE:-}" ]; then
         export REDIS_CA_FILE="$RTS_LOCAL_REDIS_CA_FILE"
       fi

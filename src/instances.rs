@@ -35,6 +35,9 @@ pub struct Boot<'a> {
     pub app_port: u16,
     pub drain_seconds: u32,
     pub redis_tls: bool,
+    /// CIDRs the load balancer connects from (the VPC's): the chat server believes the
+    /// client address in X-Forwarded-For only from these.
+    pub trusted_proxies: &'a str,
 }
 
 impl Boot<'_> {
@@ -70,6 +73,7 @@ impl Boot<'_> {
                 if self.redis_tls { "rediss" } else { "redis" }.to_owned(),
             ),
             ("@REDIS_TAG@", REDIS_ENDPOINT_TAG.to_owned()),
+            ("@TRUSTED_PROXIES@", self.trusted_proxies.to_owned()),
         ];
         let mut program = BOOT_PROGRAM_TEMPLATE.to_owned();
         for (placeholder, value) in values {
@@ -657,6 +661,7 @@ mod tests {
             app_port: 8080,
             drain_seconds: 30,
             redis_tls: true,
+            trusted_proxies: "10.0.0.0/16",
         }
     }
 
@@ -673,6 +678,7 @@ mod tests {
         assert!(script.contains("APP_PORT='8080'"));
         assert!(script.contains("REDIS_SCHEME='rediss'"));
         assert!(script.contains(&format!("REDIS_TAG='{REDIS_ENDPOINT_TAG}'")));
+        assert!(script.contains("TRUSTED_PROXIES='10.0.0.0/16'"));
         assert!(
             !script.contains("='@") && !script.contains("@BOOT_PROGRAM@"),
             "every placeholder is filled"
