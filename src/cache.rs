@@ -402,6 +402,37 @@ fn endpoint(group: &ReplicationGroup) -> Result<Redis> {
     })
 }
 
+/// The stack's Redis as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub id: String,
+    /// `creating`, `available`, `modifying`, `deleting`, `create-failed`, `snapshotting`.
+    pub status: String,
+    /// `host:port` of the primary, once it has one.
+    pub endpoint: Option<String>,
+    pub node_type: String,
+    pub nodes: usize,
+    pub multi_az: bool,
+}
+
+/// The stack's replication group, when it exists.
+pub async fn summary(stack: &Stack) -> Result<Option<Summary>> {
+    let id = stack.names.replication_group();
+    let Some(group) = describe_group(stack, &id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Summary {
+        status: group.status().unwrap_or("unknown").to_owned(),
+        endpoint: endpoint(&group)
+            .ok()
+            .map(|redis| format!("{}:{}", redis.address, redis.port)),
+        node_type: group.cache_node_type().unwrap_or_default().to_owned(),
+        nodes: group.member_clusters().len(),
+        multi_az: group.multi_az() == Some(&MultiAzStatus::Enabled),
+        id,
+    }))
+}
+
 fn tags(stack: &Stack, role: &str) -> Vec<Tag> {
     stack
         .names

@@ -67,12 +67,20 @@ impl Fingerprint {
             .map(|(what, have, want, hash)| {
                 let show = |value: &str| match value {
                     "" => "unrecorded".to_owned(),
-                    value if hash && value.len() > 12 => format!("{}…", &value[..12]),
+                    value if hash => short_hash(value),
                     value => value.to_owned(),
                 };
                 format!("{what} {} → {}", show(have), show(want))
             })
             .collect()
+    }
+}
+
+/// A SHA-256 as the CLI shows it: its first 12 hex digits.
+pub fn short_hash(sha256: &str) -> String {
+    match sha256.get(..12) {
+        Some(prefix) if sha256.len() > 12 => format!("{prefix}…"),
+        _ => sha256.to_owned(),
     }
 }
 

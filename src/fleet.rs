@@ -16,7 +16,7 @@ use crate::stack::Stack;
 /// Lines of console output shown for an instance that does not become healthy.
 const CONSOLE_TAIL_LINES: usize = 12;
 /// What the boot service prefixes its lines with.
-const BOOT_PREFIX: &str = "realtime-stack boot:";
+pub const BOOT_PREFIX: &str = "realtime-stack boot:";
 
 pub struct Ec2Fleet<'a, P> {
     pub stack: &'a Stack,

@@ -18,5 +18,6 @@ pub mod local;
 pub mod names;
 pub mod network;
 pub mod platform;
+pub mod policy;
 pub mod spec;
 pub mod stack;

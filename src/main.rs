@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use realtime_stack::aws::AwsArgs;
-use realtime_stack::commands::{destroy, plan, up};
+use realtime_stack::commands::{destroy, logs, plan, policy, status, up};
 use realtime_stack::local::emulator;
 use realtime_stack::spec::SpecError;
 
@@ -33,6 +33,12 @@ enum Command {
     Up(up::UpArgs),
     /// Show what `up` would change, without changing anything (exit code 2 when it would)
     Plan(plan::PlanArgs),
+    /// Show every resource of the stack, how healthy each instance is and what it runs
+    Status(status::StatusArgs),
+    /// Show the instances' console output (the boot service's lines among it)
+    Logs(logs::LogsArgs),
+    /// Print the least-privilege IAM policy a deployer of this stack needs
+    Policy(policy::PolicyArgs),
     /// Delete everything the stack owns
     Destroy(destroy::DestroyArgs),
     /// Runs the local emulator of a stack (started by `up --local`)
@@ -50,6 +56,9 @@ fn main() -> ExitCode {
             Command::Plan(args) => plan::run(&cli.file, &cli.aws, args)
                 .await
                 .map(|pending| ExitCode::from(if pending { 2 } else { 0 })),
+            Command::Status(args) => done(status::run(&cli.file, &cli.aws, args).await),
+            Command::Logs(args) => done(logs::run(&cli.file, &cli.aws, args).await),
+            Command::Policy(args) => done(policy::run(&cli.file, &cli.aws, args).await),
             Command::Destroy(args) => done(destroy::run(&cli.file, &cli.aws, args).await),
             Command::LocalEmulator(args) => done(emulator::run(args.clone()).await),
         }

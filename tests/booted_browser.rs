@@ -1,7 +1,8 @@
 //! The chat page of instances booted from their real user-data, in headless Chromium:
 //! after `realtime-stack up --local`, two browsers open the stack's one URL, the local
 //! load balancer's, and land on different instances; a message sent from one page shows
-//! on the other, carried through the local Redis. A screenshot of each page is left in
+//! on the other, carried through the local Redis; `status --local` shows both healthy and
+//! `logs --local --boot` their boot service's lines. A screenshot of each page is left in
 //! the test artefacts directory.
 
 mod support;
@@ -52,6 +53,26 @@ async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
     );
     let ids = support::instance_ids(&outputs);
     assert_eq!(ids.len(), 2);
+    // What an operator sees of it: both instances healthy behind that one URL, and what
+    // their boot service said.
+    let status: Value =
+        serde_json::from_slice(&stack.run(&["status", "--local", "--output", "json"]).stdout)
+            .expect("status prints JSON");
+    assert_eq!(status["url"], url.as_str());
+    let instances = status["instances"].as_array().expect("instances");
+    assert!(
+        instances.len() == 2 && instances.iter().all(|i| i["healthy"] == true),
+        "{status:#}"
+    );
+    let boot = String::from_utf8(stack.run(&["logs", "--local", "--boot"]).stdout).unwrap();
+    for id in &ids {
+        assert!(
+            boot.lines()
+                .any(|line| line.starts_with(&format!("{id} | "))
+                    && line.contains("realtime-stack boot:")),
+            "{id}'s boot lines in:\n{boot}"
+        );
+    }
 
     let profiles = tempfile::tempdir().unwrap();
     let sender = driver.browser(&profiles.path().join("sender")).await;

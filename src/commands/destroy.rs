@@ -10,10 +10,9 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::aws::AwsArgs;
-use crate::engine::{self, Changes, Deletable, Pace, Progress};
+use crate::engine::{self, Changes, Pace, Progress};
 use crate::local::Environment;
 use crate::stack::Stack;
-use crate::{artifact, cache, certificate, dns, instances, load_balancer, network};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DestroyArgs {
@@ -47,7 +46,7 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &DestroyArgs) -> Result<()> {
 /// Lists what `stack` owns, asks (unless `yes`), and deletes it.
 async fn delete_all(stack: &Stack, yes: bool) -> Result<()> {
     let account = super::account(stack).await?;
-    let resources = discover(stack, &account).await?;
+    let resources = super::inventory::discover(stack, &account).await?;
     if resources.is_empty() {
         stack.progress.note(&format!(
             "stack '{}' has no resources in {}: nothing to delete",
@@ -77,40 +76,4 @@ async fn delete_all(stack: &Stack, yes: bool) -> Result<()> {
         .progress
         .note(&format!("stack '{}' is gone", stack.spec.name));
     Ok(())
-}
-
-/// Every resource the stack owns, from every service at once.
-async fn discover(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Deletable>>> {
-    // Record sets are untaggable: the stack owns the domain's alias while it points at
-    // the stack's load balancer, and its certificates' validation CNAMEs.
-    let records = async {
-        let zone = match dns::find_zone(stack).await {
-            Ok(zone) => zone,
-            Err(err) => {
-                stack
-                    .progress
-                    .note(&format!("record sets left alone: {err:#}"));
-                return Ok(Vec::new());
-            }
-        };
-        let (alias_target, mut owned) = futures::try_join!(
-            load_balancer::alias_target(stack),
-            certificate::validation_records(stack)
-        )?;
-        if let Some((dns_name, zone_id)) = alias_target {
-            owned.push(dns::domain_alias(stack, &dns_name, &zone_id));
-        }
-        Ok::<_, anyhow::Error>(dns::deletables(stack, &zone, &owned).await)
-    };
-    let found = futures::try_join!(
-        instances::deletables(stack),
-        load_balancer::deletables(stack),
-        cache::deletables(stack),
-        certificate::deletables(stack),
-        records,
-        artifact::deletables(stack, account),
-        network::deletables(stack),
-    )?;
-    let (a, b, c, d, e, f, g) = found;
-    Ok([a, b, c, d, e, f, g].into_iter().flatten().collect())
 }

@@ -3,8 +3,12 @@
 
 mod converge;
 pub mod destroy;
+mod inventory;
+pub mod logs;
 pub mod plan;
+pub mod policy;
 mod preflight;
+pub mod status;
 pub mod up;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -12,8 +16,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+use std::collections::BTreeMap;
+
 use crate::aws::{AwsArgs, Call};
-use crate::engine::Progress;
+use crate::deploy::Health;
+use crate::engine::{Changes, Progress};
+use crate::local::Environment;
+use crate::platform::{Aws, Platform};
 use crate::spec::StackSpec;
 use crate::stack::Stack;
 
@@ -29,6 +38,66 @@ pub enum OutputFormat {
 pub async fn open_stack(file: &Path, aws: &AwsArgs) -> Result<Stack> {
     let spec = StackSpec::load(file)?;
     Stack::connect(spec, aws, Progress::new()).await
+}
+
+/// A stack opened to look at it, never to change it: its clients refuse, before sending,
+/// any call that could change something. On AWS, or with `--local` the one in the
+/// LocalStack on this machine, with what runs here as its [`Platform`].
+pub enum Observed {
+    Aws(Stack),
+    Local(Environment),
+}
+
+impl Observed {
+    pub async fn open(file: &Path, aws: &AwsArgs, local: bool) -> Result<Observed> {
+        if !local {
+            let spec = StackSpec::load(file)?;
+            let stack = Stack::connect_to_plan(spec, aws, Progress::notes_only()).await?;
+            return Ok(Observed::Aws(stack));
+        }
+        match Environment::attach(file, aws, Changes::planning()).await? {
+            Some(environment) => Ok(Observed::Local(environment)),
+            None => bail!(
+                "LocalStack is not running, so there is no local stack: `up --local` creates it"
+            ),
+        }
+    }
+
+    pub fn stack(&self) -> &Stack {
+        match self {
+            Observed::Aws(stack) => stack,
+            Observed::Local(environment) => &environment.stack,
+        }
+    }
+}
+
+impl Platform for Observed {
+    async fn target_health(
+        &self,
+        stack: &Stack,
+        target_group_arn: &str,
+    ) -> Result<BTreeMap<String, Health>> {
+        match self {
+            Observed::Aws(_) => Aws.target_health(stack, target_group_arn).await,
+            Observed::Local(environment) => {
+                environment.target_health(stack, target_group_arn).await
+            }
+        }
+    }
+
+    async fn console_output(&self, stack: &Stack, instance_id: &str) -> Result<String> {
+        match self {
+            Observed::Aws(_) => Aws.console_output(stack, instance_id).await,
+            Observed::Local(environment) => environment.console_output(stack, instance_id).await,
+        }
+    }
+
+    fn url(&self, stack: &Stack) -> String {
+        match self {
+            Observed::Aws(_) => Aws.url(stack),
+            Observed::Local(environment) => environment.url(stack),
+        }
+    }
 }
 
 /// The account the credentials belong to; fails early, with advice, when they do not

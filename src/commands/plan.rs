@@ -10,14 +10,11 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::OutputFormat;
 use super::converge::converge;
 use super::preflight::preflight;
+use super::{Observed, OutputFormat};
 use crate::aws::AwsArgs;
-use crate::engine::{Action, Change, Changes, Progress};
-use crate::local::Environment;
-use crate::platform::Aws;
-use crate::spec::StackSpec;
+use crate::engine::{Action, Change};
 use crate::stack::Stack;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -43,19 +40,8 @@ pub struct Plan {
 
 /// Prints the plan; returns whether `up` would change anything.
 pub async fn run(file: &Path, aws: &AwsArgs, args: &PlanArgs) -> Result<bool> {
-    let plan = if args.local {
-        let Some(environment) = Environment::attach(file, aws, Changes::planning()).await? else {
-            anyhow::bail!(
-                "LocalStack is not running, so `up --local` would create the whole stack: \
-                 run `up --local`"
-            );
-        };
-        plan_stack(&environment.stack, &environment).await?
-    } else {
-        let spec = StackSpec::load(file)?;
-        let stack = Stack::connect_to_plan(spec, aws, Progress::notes_only()).await?;
-        plan_stack(&stack, &Aws).await?
-    };
+    let observed = Observed::open(file, aws, args.local).await?;
+    let plan = plan_stack(observed.stack(), &observed).await?;
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
         OutputFormat::Text => print_text(&plan),

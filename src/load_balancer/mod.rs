@@ -384,6 +384,39 @@ async fn ensure_load_balancer_attributes(stack: &Stack, step: &Step, arn: &str) 
     Ok(())
 }
 
+/// The stack's load balancer as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub name: String,
+    pub dns_name: String,
+    /// `active`, `provisioning`, `active_impaired` or `failed`, with AWS's reason.
+    pub state: String,
+    pub target_group_arn: Option<String>,
+}
+
+/// The stack's load balancer and target group, when they exist and are the stack's.
+pub async fn summary(stack: &Stack) -> Result<Option<Summary>> {
+    let (found, target_group) = try_join!(find_load_balancer(stack), owned_target_group(stack))?;
+    let name = stack.names.load_balancer();
+    let Some(lb) = ours_only(stack, found, "load balancer", name.clone()) else {
+        return Ok(None);
+    };
+    let state = lb.state();
+    let code = state
+        .and_then(|state| state.code())
+        .map_or("unknown", |code| code.as_str());
+    Ok(Some(Summary {
+        name,
+        dns_name: lb.dns_name().unwrap_or_default().to_owned(),
+        state: match state.and_then(|state| state.reason()) {
+            Some(reason) => format!("{code}: {reason}"),
+            None => code.to_owned(),
+        },
+        target_group_arn: target_group
+            .and_then(|group| group.target_group_arn().map(str::to_owned)),
+    }))
+}
+
 /// Where the domain's alias record points while the stack's load balancer exists: its
 /// DNS name and canonical hosted zone, so destroy deletes only an alias the stack wrote.
 pub async fn alias_target(stack: &Stack) -> Result<Option<(String, String)>> {

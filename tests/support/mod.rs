@@ -85,6 +85,8 @@ pub struct TestStack {
     pub dir: tempfile::TempDir,
     pub name: String,
     pub zone: String,
+    /// A file every AWS operation of the CLI's runs is appended to, when set.
+    pub call_log: Option<std::path::PathBuf>,
 }
 
 impl TestStack {
@@ -102,6 +104,7 @@ impl TestStack {
             dir,
             name: name.to_owned(),
             zone: zone.to_owned(),
+            call_log: None,
         }
     }
 
@@ -157,6 +160,9 @@ impl TestStack {
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_SESSION_TOKEN")
             .stdin(std::process::Stdio::null());
+        if let Some(log) = &self.call_log {
+            command.env("REALTIME_STACK_CALL_LOG", log);
+        }
         command
     }
 
