@@ -8,7 +8,7 @@
 #   scripts/prerequisites.sh test    the same, plus redis-tools, Chromium, chromedriver, shellcheck
 #
 # The Rust toolchain itself comes from rust-toolchain.toml (rustup installs the pinned
-# channel, its components and the musl targets on first use).
+# channel and its components on first use); the musl targets are added here if missing.
 set -euo pipefail
 
 log() { printf 'prerequisites: %s\n' "$*" >&2; }
@@ -49,6 +49,18 @@ fi
 if ! command -v cargo >/dev/null; then
   log "cargo not found: install Rust with rustup (https://rustup.rs); rust-toolchain.toml then picks the version"
   exit 1
+fi
+# rustup adds rust-toolchain.toml's targets only when it installs the toolchain: one that
+# was there before may lack the musl targets the static chat-server is built for.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if command -v rustup >/dev/null; then
+  installed=$(rustup target list --installed)
+  for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    if ! grep -qx "$target" <<<"$installed"; then
+      log "adding the Rust target $target (rustup target add $target)"
+      rustup target add "$target"
+    fi
+  done
 fi
 if ((${#missing[@]} == 0)); then
   log "everything the $profile needs is installed"

@@ -1,14 +1,9 @@
-//! The artifact: the chat-server binary the instances run. Owns building it (unless the
-//! stack names a prebuilt one), checking it suits the instance type's architecture, the
-//! stack's private, encrypted S3 bucket, the upload (once per content hash), and the
+//! The artifact: the chat-server binary ([`crate::binary`]) where the instances get it.
+//! Owns the stack's private, encrypted S3 bucket, the upload (once per content hash), and the
 //! bucket policy that lets instances download it with no credentials at all: only
 //! through the stack's own S3 gateway endpoint, and only over TLS.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketLocationConstraint, CreateBucketConfiguration, PublicAccessBlockConfiguration,
@@ -18,49 +13,9 @@ use aws_sdk_s3::types::{
 use sha2::{Digest, Sha256};
 
 use crate::aws::{Call, delete_outcome};
+use crate::binary::Binary;
 use crate::engine::{Action, Deletable, DeleteError, DeleteFuture};
 use crate::stack::Stack;
-
-/// A binary on this machine, ready to ship.
-#[derive(Debug, Clone)]
-pub struct Binary {
-    pub path: PathBuf,
-    pub sha256: String,
-    pub architecture: Architecture,
-}
-
-/// The CPU architectures EC2 instance types have, by their EC2 names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Architecture {
-    X86_64,
-    Arm64,
-}
-
-impl Architecture {
-    pub fn ec2_name(self) -> &'static str {
-        match self {
-            Architecture::X86_64 => "x86_64",
-            Architecture::Arm64 => "arm64",
-        }
-    }
-
-    /// The architecture of a Linux ELF executable, from its header's machine field.
-    pub fn of_elf(bytes: &[u8]) -> Result<Self> {
-        const ELF_MAGIC: &[u8] = b"\x7fELF";
-        const MACHINE_X86_64: u16 = 0x3e;
-        const MACHINE_AARCH64: u16 = 0xb7;
-        if bytes.len() < 20 || &bytes[..4] != ELF_MAGIC {
-            bail!("not a Linux (ELF) executable");
-        }
-        match u16::from_le_bytes([bytes[18], bytes[19]]) {
-            MACHINE_X86_64 => Ok(Architecture::X86_64),
-            MACHINE_AARCH64 => Ok(Architecture::Arm64),
-            other => {
-                bail!("an ELF executable for machine type {other:#x}, neither x86_64 nor arm64")
-            }
-        }
-    }
-}
 
 /// SHA-256 in lowercase hexadecimal, as `sha256sum` prints it.
 pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
@@ -68,53 +23,6 @@ pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
-}
-
-/// The binary to ship: the stack's `instances.binary`, or a release build of the
-/// workspace's chat-server, whose output lines (cargo's progress) go to `show`.
-pub fn prepare_binary(configured: Option<&Path>, show: &dyn Fn(&str)) -> Result<Binary> {
-    let path = match configured {
-        Some(path) => path.to_owned(),
-        None => build_chat_server(show)?,
-    };
-    let bytes = std::fs::read(&path)
-        .with_context(|| format!("cannot read the chat-server binary {}", path.display()))?;
-    let architecture = Architecture::of_elf(&bytes)
-        .with_context(|| format!("{} cannot run on EC2 Linux", path.display()))?;
-    Ok(Binary {
-        sha256: sha256_hex(&bytes),
-        path,
-        architecture,
-    })
-}
-
-/// A cold release build takes minutes: cargo's own lines are shown as they come, so the
-/// user sees it working.
-fn build_chat_server(show: &dyn Fn(&str)) -> Result<PathBuf> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "chat-server"])
-        .current_dir(workspace)
-        .env("CARGO_TERM_COLOR", "never")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("could not run cargo to build chat-server: install Rust, or set instances.binary in stack.yaml")?;
-    let stderr = cargo.stderr.take().context("cargo's stderr")?;
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        show(&format!("cargo: {}", line.trim()));
-    }
-    let status = cargo.wait().context("waiting for cargo")?;
-    if !status.success() {
-        bail!(
-            "`cargo build --release -p chat-server` failed (see above); fix the build or set instances.binary in stack.yaml"
-        );
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    Ok(target.join("release").join("chat-server"))
 }
 
 /// Where the binary is, for the instances.
@@ -502,36 +410,5 @@ impl Deletable for Bucket {
 
     fn delete(&self) -> DeleteFuture<'_> {
         Box::pin(self.empty_and_delete())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_architecture_comes_from_the_elf_header() {
-        let mut header = vec![0u8; 64];
-        header[..4].copy_from_slice(b"\x7fELF");
-        header[18] = 0x3e;
-        assert_eq!(Architecture::of_elf(&header).unwrap(), Architecture::X86_64);
-        header[18] = 0xb7;
-        assert_eq!(Architecture::of_elf(&header).unwrap(), Architecture::Arm64);
-        assert!(Architecture::of_elf(b"#!/bin/sh\n echo not a binary").is_err());
-    }
-
-    #[test]
-    fn this_test_binary_is_a_shippable_elf() {
-        let me = std::env::current_exe().unwrap();
-        let binary = prepare_binary(Some(&me), &|_| {}).unwrap();
-        assert_eq!(binary.sha256.len(), 64);
-        assert_eq!(
-            binary.architecture.ec2_name(),
-            if cfg!(target_arch = "aarch64") {
-                "arm64"
-            } else {
-                "x86_64"
-            }
-        );
     }
 }

@@ -13,8 +13,9 @@ use aws_sdk_ec2::types::{
     InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification, VolumeType,
 };
 
-use crate::artifact::{Architecture, Artifact, sha256_hex};
+use crate::artifact::{Artifact, sha256_hex};
 use crate::aws::{Call, delete_outcome, ec2_stack_filters, ec2_tags, error_code};
+use crate::binary::Architecture;
 use crate::deploy::Fingerprint;
 use crate::engine::{Action, Deletable, DeleteFuture, Step, wait_for};
 use crate::names::{AMI_TAG, BINARY_TAG, BOOT_TAG, INSTANCE_TYPE_TAG, REDIS_ENDPOINT_TAG};

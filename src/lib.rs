@@ -5,6 +5,7 @@
 
 pub mod artifact;
 pub mod aws;
+pub mod binary;
 pub mod cache;
 pub mod certificate;
 pub mod commands;

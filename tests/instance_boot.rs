@@ -45,6 +45,16 @@ fn the_boot_scripts_pass_shellcheck() {
     );
 }
 
+/// What these tests boot is what `up` ships: a static musl executable, which runs on every
+/// Amazon Linux 2023 whatever glibc the build machine has.
+#[test]
+fn the_booted_binary_is_static() {
+    let bytes = std::fs::read(support::chat_server_binary()).unwrap();
+    let (architecture, linkage) = realtime_stack::binary::inspect(&bytes).unwrap();
+    assert_eq!(architecture, realtime_stack::binary::Architecture::X86_64);
+    assert_eq!(linkage, realtime_stack::binary::Linkage::Static);
+}
+
 /// The local redis-server, stopped on drop.
 struct RedisGuard(LocalRedis);
 

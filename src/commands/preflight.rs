@@ -1,10 +1,11 @@
 //! Preflight: everything that can fail before a resource is created - the credentials,
-//! the hosted zone, the instance type, the chat-server binary (built here unless given)
-//! and its match with the instance type, the machine image. `up` and `plan` start with it.
+//! the hosted zone, the instance type, the chat-server binary (built here for the
+//! instance type's architecture unless given, and checked to run on Amazon Linux 2023),
+//! the machine image. `up` and `plan` start with it.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use crate::artifact::{self, Binary};
+use crate::binary::{self, Binary, Linkage};
 use crate::dns::{self, HostedZone};
 use crate::instances::{self, Image};
 use crate::stack::Stack;
@@ -39,9 +40,12 @@ pub async fn preflight(stack: &Stack) -> Result<Preflight> {
         })
         .await?;
     let binary_step = progress.step("chat-server binary");
-    binary_step.set(match &stack.spec.instances.binary {
-        Some(_) => "reading",
-        None => "building (cargo build --release -p chat-server)",
+    binary_step.set(&match &stack.spec.instances.binary {
+        Some(_) => "reading".to_owned(),
+        None => format!(
+            "building (cargo build --release -p chat-server --target {})",
+            architecture.musl_target()
+        ),
     });
     let configured = stack.spec.instances.binary.clone();
     let shown = progress.clone();
@@ -49,31 +53,28 @@ pub async fn preflight(stack: &Stack) -> Result<Preflight> {
         .run(
             async {
                 tokio::task::spawn_blocking(move || {
-                    artifact::prepare_binary(configured.as_deref(), &|line| shown.note(line))
+                    binary::prepare(configured.as_deref(), architecture, &|line| {
+                        shown.note(line)
+                    })
                 })
                 .await?
             },
             |binary| {
+                let linkage = match &binary.linkage {
+                    Linkage::Static => "static".to_owned(),
+                    Linkage::Dynamic {
+                        glibc: Some(glibc), ..
+                    } => format!("glibc {glibc}"),
+                    Linkage::Dynamic { glibc: None, .. } => "dynamic".to_owned(),
+                };
                 format!(
-                    "{} {}",
+                    "{} {linkage} {}",
                     binary.architecture.ec2_name(),
                     &binary.sha256[..12]
                 )
             },
         )
         .await?;
-    if binary.architecture != architecture {
-        bail!(
-            "the chat-server binary {} is built for {}, but instance type {} runs {}: pick an {} \
-             instance type, or build chat-server for {} and set instances.binary",
-            binary.path.display(),
-            binary.architecture.ec2_name(),
-            stack.spec.instances.instance_type,
-            architecture.ec2_name(),
-            binary.architecture.ec2_name(),
-            architecture.ec2_name(),
-        );
-    }
     let image = progress
         .step("machine image")
         .run(instances::image(stack, architecture), |image| {

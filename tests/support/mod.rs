@@ -186,18 +186,22 @@ impl TestStack {
     }
 }
 
-/// The workspace's chat-server binary, built by `cargo test --workspace` next to the
-/// test executables.
+/// The workspace's chat-server as the instances run it: the static musl build that
+/// scripts/test.sh makes (`cargo build -p chat-server --target x86_64-unknown-linux-musl`)
+/// in the target directory of the test executables.
 pub fn chat_server_binary() -> std::path::PathBuf {
+    const TARGET: &str = "x86_64-unknown-linux-musl";
     let test_exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target profile directory");
-    let binary = profile_dir.join("chat-server");
+    let target_dir = test_exe
+        .ancestors()
+        .nth(3)
+        .expect("the target directory above <profile>/deps/<test>");
+    let binary = target_dir.join(TARGET).join("debug").join("chat-server");
     assert!(
         binary.exists(),
-        "{} is missing: build it with `cargo build -p chat-server` (scripts/test.sh does)",
+        "{} is missing: build it with `cargo build -p chat-server --target {TARGET}` \
+         (scripts/test.sh does; the target comes with rust-toolchain.toml, or \
+         `rustup target add {TARGET}`)",
         binary.display()
     );
     binary
