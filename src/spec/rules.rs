@@ -287,10 +287,19 @@ pub(super) fn tag_key(key: &str) -> Rule<()> {
     if key.is_empty() || key.chars().count() > 128 {
         return Err(Invalid::new("a tag key has 1 to 128 characters").help("shorten the key"));
     }
-    if !is_tag_text(key) {
+    // The instances expose their tags in instance metadata, where EC2 allows fewer
+    // characters in keys than the other services do: RunInstances would refuse the key
+    // halfway through `up`.
+    let metadata_safe = key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '=' | '+' | '-' | '@'));
+    if !metadata_safe || matches!(key, "." | ".." | "_index") {
         return Err(
-            Invalid::new(format!("`{key}` has characters AWS refuses in tags"))
-                .help("use letters, digits, spaces and _ . : / = + - @"),
+            Invalid::new(format!(
+                "`{key}` is not a tag key that instance metadata allows (the instances read \
+                 their tags there)"
+            ))
+            .help("use ASCII letters, digits and _ . : = + - @, no spaces or /; not `.`, `..` or `_index`"),
         );
     }
     Ok(())

@@ -605,7 +605,15 @@ fn tags_rules() {
         ),
         ("team:", "tags.team", "has no value"),
         ("team: [a]", "tags.team", "expected a string"),
-        ("\"te#am\": x", "tags.te#am", "characters AWS refuses"),
+        ("\"te#am\": x", "tags.te#am", "instance metadata allows"),
+        ("\"my team\": x", "tags.my team", "instance metadata allows"),
+        (
+            "cost/center: x",
+            "tags.cost/center",
+            "instance metadata allows",
+        ),
+        ("équipe: x", "tags.équipe", "instance metadata allows"),
+        ("_index: x", "tags._index", "instance metadata allows"),
         ("team: a;b", "tags.team", "characters AWS refuses"),
     ];
     for (line, path, needle) in cases {
@@ -628,7 +636,12 @@ fn tags_rules() {
         .map(|i| format!("  t{i}: v\n"))
         .collect();
     one_problem(&with(&format!("tags:\n{many}")), "tags", "at most 40");
-    let spec = StackSpec::parse(&with("tags:\n  empty: \"\"\n  on: true\n"), "s").unwrap();
+    let spec = StackSpec::parse(
+        &with("tags:\n  empty: \"\"\n  on: true\n  cost.center:team-a@corp: a b/c\n"),
+        "s",
+    )
+    .unwrap();
+    assert_eq!(spec.tags["cost.center:team-a@corp"], "a b/c");
     assert_eq!(spec.tags["empty"], "");
     assert_eq!(spec.tags["on"], "true");
 }
