@@ -365,6 +365,51 @@ async fn current_set(
     }))
 }
 
+/// Preflight: nobody else's record holds the domain. `up` upserts the domain's alias, so
+/// an A record pointing elsewhere (a site already served there) would be silently
+/// replaced, and a CNAME there makes the alias impossible. The stack's own alias - to
+/// `load_balancer` (DNS name, canonical zone), when the stack has one - is fine.
+pub async fn check_domain_is_free(
+    stack: &Stack,
+    zone: &HostedZone,
+    load_balancer: Option<&(String, String)>,
+) -> Result<()> {
+    let name = &stack.spec.domain.name;
+    let route53 = &stack.clients.route53;
+    let ours = |set: &ResourceRecordSet| {
+        load_balancer.is_some_and(|(dns_name, zone_id)| {
+            Record::alias_a(name, dns_name, zone_id).points_like(set)
+        })
+    };
+    for probe in [Record::alias_a(name, "", ""), Record::cname(name, "")] {
+        let Some(set) = current_set(route53, &zone.id, &probe).await? else {
+            continue;
+        };
+        if normalize(&set.name) != normalize(name) || set.r#type != probe.record_type || ours(&set)
+        {
+            continue;
+        }
+        let points_to = match &set.alias_target {
+            Some(alias) => format!("an alias to {}", normalize(&alias.dns_name)),
+            None => set
+                .resource_records()
+                .iter()
+                .map(|record| record.value.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        bail!(
+            "the hosted zone {} already has a record for {} ({} {points_to}) that is not this \
+             stack's: `up` would replace it. Delete it if it is no longer used, or set \
+             domain.name in stack.yaml to a free name",
+            zone.name,
+            normalize(name),
+            set.r#type.as_str()
+        );
+    }
+    Ok(())
+}
+
 /// Points the stack's domain at the load balancer.
 pub async fn ensure_alias(
     stack: &Stack,

@@ -442,8 +442,67 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
         "nothing was created"
     );
 
-    // With the zone, but no terminal to confirm on and no --yes: up refuses.
-    support::hosted_zone(&aws, &stack.zone).await;
+    // With the zone, but the domain already served by someone else's record: preflight
+    // refuses to replace it.
+    let zone_id = support::hosted_zone(&aws, &stack.zone).await;
+    let route53 = aws_sdk_route53::Client::new(&aws);
+    let record = |action| {
+        aws_sdk_route53::types::Change::builder()
+            .action(action)
+            .resource_record_set(
+                aws_sdk_route53::types::ResourceRecordSet::builder()
+                    .name(stack.domain())
+                    .r#type(aws_sdk_route53::types::RrType::A)
+                    .ttl(300)
+                    .resource_records(
+                        aws_sdk_route53::types::ResourceRecord::builder()
+                            .value("192.0.2.10")
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let change = |action| {
+        route53
+            .change_resource_record_sets()
+            .hosted_zone_id(&zone_id)
+            .change_batch(
+                aws_sdk_route53::types::ChangeBatch::builder()
+                    .changes(record(action))
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+    };
+    change(aws_sdk_route53::types::ChangeAction::Create)
+        .await
+        .unwrap();
+    let output = stack
+        .command(&["up", "--yes"])
+        .output()
+        .expect("running up");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "already has a record for {} (A 192.0.2.10)",
+            stack.domain()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        tagged_ec2_resources(&aws, &name).await.is_empty(),
+        "nothing was created"
+    );
+    change(aws_sdk_route53::types::ChangeAction::Delete)
+        .await
+        .unwrap();
+
+    // No terminal to confirm on and no --yes: up refuses.
     let output = stack.command(&["up"]).output().expect("running up");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -79,20 +79,18 @@ pub async fn converge(
     };
     let load_balancer_and_certificate = async {
         let (load_balancer, certificate) = try_join!(
-            async {
-                let load_balancer = load_balancer::ensure(stack, &network).await?;
-                dns::ensure_alias(
-                    stack,
-                    &preflight.zone,
-                    &load_balancer.dns_name,
-                    &load_balancer.canonical_hosted_zone_id,
-                )
-                .await?;
-                Ok::<_, anyhow::Error>(load_balancer)
-            },
+            load_balancer::ensure(stack, &network),
             certificate::ensure(stack, &preflight.zone),
         )?;
         load_balancer::ensure_https_listener(stack, &load_balancer, &certificate.arn).await?;
+        // Users are sent to the load balancer only once it serves HTTPS.
+        dns::ensure_alias(
+            stack,
+            &preflight.zone,
+            &load_balancer.dns_name,
+            &load_balancer.canonical_hosted_zone_id,
+        )
+        .await?;
         Ok::<_, anyhow::Error>((load_balancer, certificate))
     };
     let (redis_endpoint, (load_balancer, certificate)) =

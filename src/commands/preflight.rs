@@ -1,5 +1,5 @@
 //! Preflight: everything that can fail before a resource is created - the credentials,
-//! the hosted zone, the instance type, the chat-server binary (built here for the
+//! the hosted zone and the domain in it (free, or the stack's), the instance type, the chat-server binary (built here for the
 //! instance type's architecture unless given, and checked to run on Amazon Linux 2023),
 //! the machine image. `up` and `plan` start with it.
 
@@ -8,6 +8,7 @@ use anyhow::Result;
 use crate::binary::{self, Binary, Linkage};
 use crate::dns::{self, HostedZone};
 use crate::instances::{self, Image};
+use crate::load_balancer;
 use crate::stack::Stack;
 
 /// What preflight established before anything is created.
@@ -29,6 +30,16 @@ pub async fn preflight(stack: &Stack) -> Result<Preflight> {
     let zone = progress
         .step(format!("hosted zone {}", stack.spec.domain.hosted_zone))
         .run(dns::find_zone(stack), |zone| zone.id.clone())
+        .await?;
+    progress
+        .step(format!("domain {}", stack.spec.domain.name))
+        .run(
+            async {
+                let load_balancer = load_balancer::alias_target(stack).await?;
+                dns::check_domain_is_free(stack, &zone, load_balancer.as_ref()).await
+            },
+            |()| "free, or the stack's".to_owned(),
+        )
         .await?;
     let architecture = progress
         .step(format!(
