@@ -391,6 +391,17 @@ async fn an_up_killed_half_way_is_removed_by_destroy_or_completed_by_the_next_up
     verify_nothing_left(&aws, &stack, &zone_id).await;
 }
 
+/// Runs `args` expecting `up` to fail; returns what it printed on stderr.
+fn up_fails_with(stack: &TestStack, args: &[&str]) -> String {
+    let output = stack.command(args).output().expect("running up");
+    assert!(!output.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn up_fails(stack: &TestStack) -> String {
+    up_fails_with(stack, &["up", "--yes"])
+}
+
 #[tokio::test]
 async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
     let aws = support::localstack().await;
@@ -403,12 +414,7 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
         .replace("cidr: 10.20.0.0/16", "cidr: 10.20.0.0/33");
     std::fs::write(stack.file(), invalid).unwrap();
 
-    let output = stack
-        .command(&["up", "--yes"])
-        .output()
-        .expect("running up");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = up_fails(&stack);
     assert!(
         stderr.contains("3 problems"),
         "every problem is reported: {stderr}"
@@ -430,12 +436,7 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
 
     // A valid file naming a hosted zone that does not exist: preflight stops it.
     std::fs::write(stack.file(), valid).unwrap();
-    let output = stack
-        .command(&["up", "--yes"])
-        .output()
-        .expect("running up");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = up_fails(&stack);
     assert!(stderr.contains("no Route53 hosted zone"), "{stderr}");
     assert!(
         tagged_ec2_resources(&aws, &name).await.is_empty(),
@@ -481,12 +482,7 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
     change(aws_sdk_route53::types::ChangeAction::Create)
         .await
         .unwrap();
-    let output = stack
-        .command(&["up", "--yes"])
-        .output()
-        .expect("running up");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = up_fails(&stack);
     assert!(
         stderr.contains(&format!(
             "already has a record for {} (A 192.0.2.10)",
@@ -503,9 +499,7 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
         .unwrap();
 
     // No terminal to confirm on and no --yes: up refuses.
-    let output = stack.command(&["up"]).output().expect("running up");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = up_fails_with(&stack, &["up"]);
     assert!(stderr.contains("pass --yes"), "{stderr}");
     assert!(
         tagged_ec2_resources(&aws, &name).await.is_empty(),
