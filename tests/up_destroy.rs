@@ -332,36 +332,33 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
     stack.run(&["destroy", "--yes"]);
 }
 
-/// Starts `up` and kills it once it has created its first resources, mid-way through
-/// the network.
-async fn kill_up_half_way(aws: &SdkConfig, stack: &TestStack) {
+/// Starts `up` and kills it as it sends `operation` (as the CLI's call log names it):
+/// at that phase boundary, the request may or may not have reached AWS.
+async fn kill_up_at(aws: &SdkConfig, stack: &TestStack, operation: &str) {
+    let log = stack
+        .dir
+        .path()
+        .join(format!("calls-{}.log", support::unique_suffix()));
     let mut child = stack
         .command(&["up", "--yes"])
+        .env("REALTIME_STACK_CALL_LOG", &log)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("starting up");
-    let ec2 = aws_sdk_ec2::Client::new(aws);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let subnets = ec2
-            .describe_subnets()
-            .filters(stack_filter(&stack.name))
-            .send()
-            .await
-            .expect("DescribeSubnets");
-        if !subnets.subnets().is_empty() {
-            break;
-        }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let sent =
+        || std::fs::read_to_string(&log).is_ok_and(|calls| calls.lines().any(|c| c == operation));
+    while !sent() {
         assert!(
             child.try_wait().unwrap().is_none(),
-            "up ended before it could be killed"
+            "up ended before it sent {operation}"
         );
         assert!(
             Instant::now() < deadline,
-            "up created no subnet within two minutes"
+            "up did not send {operation} within three minutes"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().expect("killing up");
     child.wait().expect("reaping up");
@@ -371,24 +368,46 @@ async fn kill_up_half_way(aws: &SdkConfig, stack: &TestStack) {
     );
 }
 
-#[tokio::test]
-async fn an_up_killed_half_way_is_removed_by_destroy_or_completed_by_the_next_up() {
+/// `up` killed as it sends `operation`, twice: `destroy` removes what the first run
+/// left, and the next `up` completes what the second left, as if nothing had happened.
+async fn killed_at(operation: &str) {
     let aws = support::localstack().await;
-    let suffix = support::unique_suffix();
-    let name = format!("k{}", &suffix[suffix.len() - 8..]);
-    let zone = format!("{name}.example.test");
-    let zone_id = support::hosted_zone(&aws, &zone).await;
-    let stack = TestStack::new(&name, &zone);
+    let (stack, zone_id) = TestStack::with_zone(&aws, "k").await;
 
-    kill_up_half_way(&aws, &stack).await;
+    kill_up_at(&aws, &stack, operation).await;
     stack.run(&["destroy", "--yes"]);
     verify_nothing_left(&aws, &stack, &zone_id).await;
 
-    kill_up_half_way(&aws, &stack).await;
+    kill_up_at(&aws, &stack, operation).await;
     let outputs = stack.up();
     verify_stack(&aws, &stack, &zone_id, &outputs).await;
     stack.run(&["destroy", "--yes"]);
     verify_nothing_left(&aws, &stack, &zone_id).await;
+}
+
+#[tokio::test]
+async fn up_killed_while_building_the_network() {
+    killed_at("EC2:CreateSubnet").await;
+}
+
+#[tokio::test]
+async fn up_killed_as_redis_is_being_created() {
+    killed_at("ElastiCache:CreateReplicationGroup").await;
+}
+
+#[tokio::test]
+async fn up_killed_after_the_load_balancer() {
+    killed_at("Elastic Load Balancing v2:CreateListener").await;
+}
+
+#[tokio::test]
+async fn up_killed_while_instances_launch() {
+    killed_at("EC2:RunInstances").await;
+}
+
+#[tokio::test]
+async fn up_killed_as_dns_is_written() {
+    killed_at("Route 53:ChangeResourceRecordSets").await;
 }
 
 /// Runs `args` expecting `up` to fail; returns what it printed on stderr.
