@@ -7,8 +7,9 @@
 //!
 //! Asserted for both: no client ever met an HTTP error, a refused connection, an error
 //! frame or a close other than the drain's 1012; each 1012 was followed by a reconnect
-//! with `since` (and the room's epoch) whose `hello` says `recovered`; and every message
-//! acknowledged was delivered to every client exactly once, in increasing id order. For
+//! with `since` (and the room's epoch) to another instance, whose `hello` says
+//! `recovered`; and every message acknowledged was delivered to every client exactly
+//! once, in increasing id order. For
 //! the new build, every instance is new and runs it (the binary SHA-256 tag, read from
 //! LocalStack); for the lower count, only the removed instance's clients were closed.
 //! Each prints messages sent, deliveries, reconnects and each client's longest wait
@@ -378,8 +379,8 @@ impl Clients {
 }
 
 /// Asserts that every acknowledged message reached every client exactly once and in
-/// order (the closes and reconnects were checked by the clients as they happened);
-/// prints the figures.
+/// order, and that no reconnect went back to the draining instance (the closes and
+/// the recovery were checked by the clients as they happened); prints the figures.
 fn assert_exactly_once(scenario: &str, records: &[Record]) {
     let acked: BTreeSet<StreamId> = records
         .iter()
@@ -394,6 +395,11 @@ fn assert_exactly_once(scenario: &str, records: &[Record]) {
                 show(pair[0])
             );
         }
+        assert!(
+            record.instances.windows(2).all(|pair| pair[0] != pair[1]),
+            "client {index} reconnected to the instance that had just closed it: {:?}",
+            record.instances
+        );
         let delivered: BTreeSet<StreamId> = ids.into_iter().collect();
         let missing: Vec<String> = acked.difference(&delivered).copied().map(show).collect();
         let foreign: Vec<String> = delivered.difference(&acked).copied().map(show).collect();
