@@ -10,29 +10,8 @@ mod support;
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
-use serde_json::Value;
-use support::TestStack;
-use support::browser::{
-    Chromedriver, WAIT, artifacts_dir, messages, poll_until, send_message, wait_connected,
-};
-
-/// `destroy --local` at the end of the test, whether it passed or not.
-struct DestroyLocal<'a>(&'a TestStack);
-
-impl Drop for DestroyLocal<'_> {
-    fn drop(&mut self) {
-        let output = self.0.command(&["destroy", "--local"]).output();
-        if !std::thread::panicking() {
-            let output = output.expect("running realtime-stack destroy --local");
-            assert!(
-                output.status.success(),
-                "destroy --local failed ({}):\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    }
-}
+use support::browser::{Chromedriver, WAIT, artifacts_dir, messages, send_message, wait_connected};
+use support::{DestroyLocal, TestStack, poll_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
@@ -44,8 +23,7 @@ async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
     let stack = TestStack::new(&name, &format!("{name}.example.test"));
     // Declared before the browsers: dropped after them, so the servers outlive the pages.
     let _destroy = DestroyLocal(&stack);
-    let output = stack.run(&["up", "--local", "--output", "json"]);
-    let outputs: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let outputs = stack.up_local().await;
     let url = outputs["url"].as_str().expect("url").to_owned();
     assert!(
         url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
@@ -55,7 +33,7 @@ async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
     assert_eq!(ids.len(), 2);
     // What an operator sees of it: both instances healthy behind that one URL, and what
     // their boot service said.
-    let status: Value =
+    let status: serde_json::Value =
         serde_json::from_slice(&stack.run(&["status", "--local", "--output", "json"]).stdout)
             .expect("status prints JSON");
     assert_eq!(status["url"], url.as_str());

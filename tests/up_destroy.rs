@@ -145,56 +145,28 @@ async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
 
     // Another build: the same program with one byte more, so another SHA-256.
     let rebuilt = stack.rebuild();
-    let yaml = std::fs::read_to_string(stack.file()).unwrap();
     let second = ids(&stack.up());
     assert_eq!(second.len(), 2);
     assert!(
         second.iter().all(|id| !first.contains(id)),
         "every instance replaced: {first:?} -> {second:?}"
     );
-    let state_and_binary = |id: String| {
-        let ec2 = ec2.clone();
-        async move {
-            let described = ec2
-                .describe_instances()
-                .instance_ids(&id)
-                .send()
-                .await
-                .unwrap();
-            let instance = described.reservations()[0].instances()[0].clone();
-            let binary = instance
-                .tags()
-                .iter()
-                .find(|tag| tag.key() == Some("realtime-stack:binary-sha256"))
-                .and_then(|tag| tag.value().map(str::to_owned));
-            (
-                instance
-                    .state()
-                    .unwrap()
-                    .name()
-                    .unwrap()
-                    .as_str()
-                    .to_owned(),
-                binary,
-            )
-        }
-    };
     let rebuilt_sha = sha256_hex(&rebuilt);
     for id in &second {
         assert_eq!(
-            state_and_binary(id.clone()).await,
+            support::state_and_binary(&ec2, id).await,
             ("running".to_owned(), Some(rebuilt_sha.clone()))
         );
     }
     for id in &first {
-        let (state, _) = state_and_binary(id.clone()).await;
+        let (state, _) = support::state_and_binary(&ec2, id).await;
         assert!(
             matches!(state.as_str(), "terminated" | "shutting-down"),
             "{id} is {state}"
         );
     }
 
-    std::fs::write(stack.file(), yaml.replace("  count: 2\n", "  count: 1\n")).unwrap();
+    stack.edit("  count: 2\n", "  count: 1\n");
     let third = ids(&stack.up());
     assert_eq!(third.len(), 1);
     assert!(
@@ -202,7 +174,7 @@ async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
         "one of {second:?} stays: {third:?}"
     );
     let removed = second.iter().find(|id| **id != third[0]).unwrap().clone();
-    let (state, _) = state_and_binary(removed.clone()).await;
+    let (state, _) = support::state_and_binary(&ec2, &removed).await;
     assert!(
         matches!(state.as_str(), "terminated" | "shutting-down"),
         "{removed} is {state}"

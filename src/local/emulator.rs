@@ -202,6 +202,10 @@ async fn instances_round(emulator: &Arc<Emulator>) -> Result<()> {
             continue;
         };
         log(&format!("{id} is no longer running: stopping its services"));
+        // No new connection for a server about to drain: one it closed at once would
+        // otherwise be sent straight back to it, if this round comes before the load
+        // balancer's notices the deregistration that preceded the termination.
+        emulator.targets.drain(&id);
         let emulator = emulator.clone();
         // As an OS shutdown: the server gets its whole drain, the other instances go on.
         tokio::task::spawn_blocking(move || {

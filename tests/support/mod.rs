@@ -168,15 +168,22 @@ impl TestStack {
 
     /// Runs the CLI to completion; panics with its output when it fails.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        let output = self.command(args).output().expect("running realtime-stack");
-        assert!(
-            output.status.success(),
-            "realtime-stack {args:?} failed ({}):\n{}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
+        succeeded(args, self.command(args).output())
+    }
+
+    /// `up --local --output json`, parsed; the test's own tasks go on while it runs.
+    pub async fn up_local(&self) -> serde_json::Value {
+        let args = ["up", "--local", "--output", "json"];
+        let command = tokio::process::Command::from(self.command(&args)).output();
+        let output = succeeded(&args, command.await);
+        serde_json::from_slice(&output.stdout).expect("up prints one JSON object")
+    }
+
+    /// Replaces `from` in the stack file with `to`; panics when it is not there.
+    pub fn edit(&self, from: &str, to: &str) {
+        let yaml = std::fs::read_to_string(self.file()).expect("reading stack.yaml");
+        assert!(yaml.contains(from), "no {from:?} in stack.yaml:\n{yaml}");
+        std::fs::write(self.file(), yaml.replace(from, to)).expect("writing stack.yaml");
     }
 
     /// `up --yes --output json`, parsed.
@@ -184,6 +191,80 @@ impl TestStack {
         let output = self.run(&["up", "--yes", "--output", "json"]);
         serde_json::from_slice(&output.stdout).expect("up prints one JSON object")
     }
+}
+
+/// The output of a CLI run that succeeded; panics with its output otherwise.
+fn succeeded(args: &[&str], output: std::io::Result<std::process::Output>) -> std::process::Output {
+    let output = output.expect("running realtime-stack");
+    assert!(
+        output.status.success(),
+        "realtime-stack {args:?} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `destroy --local` at the end of a test, whether it passed or not.
+pub struct DestroyLocal<'a>(pub &'a TestStack);
+
+impl Drop for DestroyLocal<'_> {
+    fn drop(&mut self) {
+        let output = self.0.command(&["destroy", "--local"]).output();
+        if !std::thread::panicking() {
+            let output = output.expect("running realtime-stack destroy --local");
+            assert!(
+                output.status.success(),
+                "destroy --local failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `timeout`.
+pub async fn poll_until<T, F, Fut>(timeout: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// An EC2 instance's state (`running`, `terminated`...) and the binary SHA-256 its tag
+/// records, as LocalStack describes it.
+pub async fn state_and_binary(ec2: &aws_sdk_ec2::Client, id: &str) -> (String, Option<String>) {
+    let described = ec2
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("DescribeInstances {id}: {err:?}"));
+    let instance = &described.reservations()[0].instances()[0];
+    let binary = instance
+        .tags()
+        .iter()
+        .find(|tag| tag.key() == Some("realtime-stack:binary-sha256"))
+        .and_then(|tag| tag.value().map(str::to_owned));
+    let state = instance.state().and_then(|state| state.name());
+    (
+        state
+            .map(|name| name.as_str().to_owned())
+            .unwrap_or_default(),
+        binary,
+    )
 }
 
 /// The workspace's chat-server as the instances run it: the static musl build that
@@ -245,6 +326,8 @@ pub mod browser {
     use fantoccini::{Client, ClientBuilder, Locator};
     use serde_json::json;
 
+    use super::poll_until;
+
     const CHROMIUM: &str = "/usr/bin/chromium";
     const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
     const MISSING: &str = "chromium/chromedriver not found: apt-get install chromium chromium-driver or run scripts/test.sh";
@@ -257,25 +340,6 @@ pub mod browser {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-artifacts");
         std::fs::create_dir_all(&dir).expect("creating the test artifacts directory");
         dir
-    }
-
-    /// Polls `check` until it returns `Some`, failing with `what` after `timeout`.
-    pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
-    {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(value) = check().await {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// chromedriver on a free loopback port, in a process group of its own so that the
