@@ -152,6 +152,7 @@ pub fn document(scope: &Scope) -> Value {
             "LoadBalancerDescribe",
             &[
                 "elasticloadbalancing:DescribeListeners",
+                "elasticloadbalancing:DescribeRules",
                 "elasticloadbalancing:DescribeLoadBalancerAttributes",
                 "elasticloadbalancing:DescribeLoadBalancers",
                 "elasticloadbalancing:DescribeTags",
@@ -181,6 +182,8 @@ pub fn document(scope: &Scope) -> Value {
                 "elasticloadbalancing:CreateListener",
                 "elasticloadbalancing:ModifyListener",
                 "elasticloadbalancing:DeleteListener",
+                "elasticloadbalancing:CreateRule",
+                "elasticloadbalancing:ModifyRule",
                 "elasticloadbalancing:ModifyLoadBalancerAttributes",
                 "elasticloadbalancing:SetSecurityGroups",
                 "elasticloadbalancing:SetSubnets",
@@ -194,6 +197,7 @@ pub fn document(scope: &Scope) -> Value {
             json!([
                 elb(&format!("loadbalancer/app/{load_balancer}/*")),
                 elb(&format!("listener/app/{load_balancer}/*")),
+                elb(&format!("listener-rule/app/{load_balancer}/*")),
                 elb(&format!("targetgroup/{target_group}/*")),
             ]),
             None,

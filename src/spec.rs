@@ -53,6 +53,40 @@ const DEFAULT_HEALTH_CHECK_INTERVAL: u32 = 10;
 /// One hour: WebSockets sit idle between messages, and the ALB's own default of 60 s would
 /// drop quiet chat connections.
 const DEFAULT_IDLE_TIMEOUT: u32 = 3600;
+/// TLS 1.3, and TLS 1.2 with forward-secret AEAD ciphers only, with hybrid post-quantum
+/// key exchange for the clients that offer it: what AWS recommends for new listeners.
+const DEFAULT_TLS_POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09";
+/// The ALB security policies whose oldest protocol is TLS 1.2 (AWS, "Security policies
+/// for your Application Load Balancer"). The others still allow TLS 1.0 or 1.1.
+const TLS_POLICIES: &[&str] = &[
+    "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-Ext1-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-Ext2-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-3-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-FIPS-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-Res-FIPS-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-Ext0-FIPS-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-Ext1-FIPS-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-Ext2-FIPS-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-3-FIPS-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-Res-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Ext1-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Ext2-2021-06",
+    "ELBSecurityPolicy-TLS13-1-3-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-FIPS-2023-04",
+    "ELBSecurityPolicy-TLS13-1-2-Res-FIPS-2023-04",
+    "ELBSecurityPolicy-TLS13-1-2-Ext0-FIPS-2023-04",
+    "ELBSecurityPolicy-TLS13-1-2-Ext1-FIPS-2023-04",
+    "ELBSecurityPolicy-TLS13-1-2-Ext2-FIPS-2023-04",
+    "ELBSecurityPolicy-TLS13-1-3-FIPS-2023-04",
+    "ELBSecurityPolicy-TLS-1-2-2017-01",
+    "ELBSecurityPolicy-TLS-1-2-Ext-2018-06",
+    "ELBSecurityPolicy-FS-1-2-2019-08",
+    "ELBSecurityPolicy-FS-1-2-Res-2019-08",
+    "ELBSecurityPolicy-FS-1-2-Res-2020-10",
+];
 const DEFAULT_NODE_TYPE: &str = "cache.t4g.micro";
 const DEFAULT_REPLICAS: u32 = 1;
 const DEFAULT_ENGINE: &str = "redis";
@@ -94,7 +128,11 @@ const INSTANCES_KEYS: &[&str] = &[
     "batch_size",
     "health_timeout_seconds",
 ];
-const LOAD_BALANCER_KEYS: &[&str] = &["idle_timeout_seconds", "health_check_interval_seconds"];
+const LOAD_BALANCER_KEYS: &[&str] = &[
+    "idle_timeout_seconds",
+    "health_check_interval_seconds",
+    "tls_policy",
+];
 const REDIS_KEYS: &[&str] = &["node_type", "replicas", "engine", "engine_version"];
 const ENGINES: &[&str] = &["redis", "valkey"];
 
@@ -163,6 +201,8 @@ pub struct LoadBalancerSpec {
     pub idle_timeout_seconds: u32,
     /// Between two health checks of a target; two in a row decide its state.
     pub health_check_interval_seconds: u32,
+    /// The HTTPS listener's security policy.
+    pub tls_policy: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

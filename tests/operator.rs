@@ -275,18 +275,34 @@ async fn drift(aws: &SdkConfig, stack: &TestStack, instance: &str) {
     elbv2
         .modify_listener()
         .listener_arn(http.listener_arn().unwrap())
-        .default_actions(
-            aws_sdk_elasticloadbalancingv2::types::Action::builder()
-                .r#type(ActionTypeEnum::FixedResponse)
-                .fixed_response_config(
-                    FixedResponseActionConfig::builder()
-                        .status_code("200")
-                        .content_type("text/plain")
-                        .message_body("not chat")
-                        .build(),
-                )
-                .build(),
+        .default_actions(fixed_response("200", "not chat"))
+        .send()
+        .await
+        .unwrap();
+    // /metrics answered by someone else than the load balancer's 404.
+    let rules = elbv2
+        .describe_rules()
+        .listener_arn(
+            listeners
+                .listeners()
+                .iter()
+                .find(|listener| listener.port() == Some(443))
+                .unwrap()
+                .listener_arn()
+                .unwrap(),
         )
+        .send()
+        .await
+        .unwrap();
+    let metrics = rules
+        .rules()
+        .iter()
+        .find(|rule| rule.priority() == Some("1"))
+        .expect("the /metrics rule");
+    elbv2
+        .modify_rule()
+        .rule_arn(metrics.rule_arn().unwrap())
+        .actions(fixed_response("200", "metrics for everyone"))
         .send()
         .await
         .unwrap();
@@ -319,6 +335,19 @@ async fn drift(aws: &SdkConfig, stack: &TestStack, instance: &str) {
         .send()
         .await
         .unwrap();
+}
+
+fn fixed_response(status: &str, body: &str) -> aws_sdk_elasticloadbalancingv2::types::Action {
+    aws_sdk_elasticloadbalancingv2::types::Action::builder()
+        .r#type(ActionTypeEnum::FixedResponse)
+        .fixed_response_config(
+            FixedResponseActionConfig::builder()
+                .status_code(status)
+                .content_type("text/plain")
+                .message_body(body)
+                .build(),
+        )
+        .build()
 }
 
 /// `status` and `logs` on a stack that is up, and on an instance that is not one of it.

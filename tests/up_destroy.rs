@@ -835,10 +835,12 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
         "Redis is not open to any CIDR"
     );
     for g in groups.security_groups() {
+        // Protocol -1 (all traffic) has no ports and lets SSH in too.
         assert!(
             !g.ip_permissions()
                 .iter()
-                .any(|p| p.from_port().unwrap_or(-1) <= 22 && p.to_port().unwrap_or(-1) >= 22),
+                .any(|p| p.ip_protocol() == Some("-1")
+                    || (p.from_port().unwrap_or(-1) <= 22 && p.to_port().unwrap_or(-1) >= 22)),
             "no SSH in {:?}",
             g.group_name()
         );
@@ -995,10 +997,41 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
     };
     let https = listener(443);
     assert_eq!(https.protocol(), Some(&ProtocolEnum::Https));
-    assert!(
-        https.ssl_policy().is_some_and(|p| p.contains("TLS13")),
-        "TLS 1.3 policy: {:?}",
-        https.ssl_policy()
+    assert_eq!(
+        https.ssl_policy(),
+        Some("ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09"),
+        "the default policy: TLS 1.3, restricted TLS 1.2"
+    );
+    // /metrics is answered 404 by the load balancer itself, before any instance.
+    let rules = elbv2
+        .describe_rules()
+        .listener_arn(https.listener_arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let metrics = rules
+        .rules()
+        .iter()
+        .find(|rule| rule.priority() == Some("1"))
+        .expect("a /metrics rule");
+    let paths: Vec<&str> = metrics
+        .conditions()
+        .iter()
+        .flat_map(|condition| {
+            condition
+                .path_pattern_config()
+                .map(|config| config.values())
+                .filter(|values| !values.is_empty())
+                .unwrap_or(condition.values())
+        })
+        .map(String::as_str)
+        .collect();
+    assert_eq!(paths, ["/metrics", "/metrics/*"]);
+    assert_eq!(
+        metrics.actions()[0]
+            .fixed_response_config()
+            .and_then(|config| config.status_code()),
+        Some("404")
     );
     let certificate_arn = https.certificates()[0]
         .certificate_arn()
@@ -1108,6 +1141,27 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
     );
 }
 
+/// A describe of something deleted fails with AWS's "not found" code for it, not with
+/// just any error (a throttled or refused call proves nothing).
+fn gone<T: std::fmt::Debug, E>(
+    described: Result<
+        T,
+        aws_smithy_runtime_api::client::result::SdkError<E, aws_smithy_runtime_api::http::Response>,
+    >,
+    not_found: &str,
+) where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::fmt::Debug,
+{
+    match described {
+        Err(err) => assert_eq!(
+            err.as_service_error().and_then(|e| e.code()),
+            Some(not_found),
+            "{err:?}"
+        ),
+        Ok(found) => panic!("still there ({not_found} expected): {found:?}"),
+    }
+}
+
 async fn verify_nothing_left(aws: &SdkConfig, stack: &TestStack, zone_id: &str) {
     let name = &stack.name;
     let left = tagged_ec2_resources(aws, name).await;
@@ -1140,42 +1194,38 @@ async fn verify_nothing_left(aws: &SdkConfig, stack: &TestStack, zone_id: &str) 
     assert!(left.is_empty(), "tagged EC2 resources left: {left:?}");
 
     let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(aws);
-    assert!(
+    gone(
         elbv2
             .describe_load_balancers()
             .names(format!("{name}-alb"))
             .send()
-            .await
-            .is_err(),
-        "load balancer left"
+            .await,
+        "LoadBalancerNotFound",
     );
-    assert!(
+    gone(
         elbv2
             .describe_target_groups()
             .names(format!("{name}-tg"))
             .send()
-            .await
-            .is_err(),
-        "target group left"
+            .await,
+        "TargetGroupNotFound",
     );
     let elasticache = aws_sdk_elasticache::Client::new(aws);
-    assert!(
+    gone(
         elasticache
             .describe_replication_groups()
             .replication_group_id(format!("{name}-redis"))
             .send()
-            .await
-            .is_err(),
-        "replication group left"
+            .await,
+        "ReplicationGroupNotFoundFault",
     );
-    assert!(
+    gone(
         elasticache
             .describe_cache_subnet_groups()
             .cache_subnet_group_name(format!("{name}-cache"))
             .send()
-            .await
-            .is_err(),
-        "cache subnet group left"
+            .await,
+        "CacheSubnetGroupNotFoundFault",
     );
     let certificates = aws_sdk_acm::Client::new(aws)
         .list_certificates()

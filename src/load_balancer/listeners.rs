@@ -1,14 +1,15 @@
 //! The listeners: HTTP:80 answering a redirect to HTTPS, HTTPS:443 with the certificate
-//! and the TLS policy, forwarding to the target group. Untaggable: found through the load
-//! balancer.
+//! and the TLS policy, forwarding to the target group except `/metrics`, which it answers
+//! 404 itself. Untaggable: found through the load balancer.
 
 use anyhow::{Context, Result};
 use aws_sdk_elasticloadbalancingv2::types::{
-    Action, ActionTypeEnum, Certificate, Listener, ProtocolEnum, RedirectActionConfig,
-    RedirectActionStatusCodeEnum,
+    Action, ActionTypeEnum, Certificate, FixedResponseActionConfig, Listener,
+    PathPatternConditionConfig, ProtocolEnum, RedirectActionConfig, RedirectActionStatusCodeEnum,
+    Rule, RuleCondition,
 };
 
-use super::{LoadBalancer, SSL_POLICY};
+use super::LoadBalancer;
 use crate::aws::Call;
 use crate::engine::{self, Step, is_planned, planned_id};
 use crate::stack::Stack;
@@ -34,7 +35,7 @@ struct WantedListener {
     port: i32,
     protocol: ProtocolEnum,
     certificate: Option<String>,
-    ssl_policy: Option<&'static str>,
+    ssl_policy: Option<String>,
     action: Action,
 }
 
@@ -47,9 +48,9 @@ impl WantedListener {
             .collect();
         // Certificates and policy only mean something on HTTPS (LocalStack reports a
         // policy on HTTP listeners too).
-        let tls_matches = match self.ssl_policy {
+        let tls_matches = match &self.ssl_policy {
             Some(policy) => {
-                listener.ssl_policy() == Some(policy)
+                listener.ssl_policy() == Some(policy.as_str())
                     && certificates == self.certificate.as_deref().into_iter().collect::<Vec<_>>()
             }
             None => true,
@@ -134,7 +135,7 @@ async fn ensure_listener(
                     .port(port)
                     .protocol(wanted.protocol)
                     .set_certificates(certificates)
-                    .set_ssl_policy(wanted.ssl_policy.map(str::to_owned))
+                    .set_ssl_policy(wanted.ssl_policy.clone())
                     .default_actions(wanted.action)
                     .send()
                     .await
@@ -153,7 +154,7 @@ async fn ensure_listener(
                 .port(port)
                 .protocol(wanted.protocol)
                 .set_certificates(certificates)
-                .set_ssl_policy(wanted.ssl_policy.map(str::to_owned))
+                .set_ssl_policy(wanted.ssl_policy)
                 .default_actions(wanted.action)
                 .send()
                 .await
@@ -198,27 +199,122 @@ pub(super) async fn ensure_http_listener(stack: &Stack, lb_arn: &str) -> Result<
     .await
 }
 
-/// HTTPS:443 with the certificate and the TLS 1.3 policy, forwarding to the target group.
+/// HTTPS:443 with the certificate and the stack's TLS policy, forwarding to the target group.
 pub async fn ensure_https_listener(
     stack: &Stack,
     lb: &LoadBalancer,
     certificate_arn: &str,
 ) -> Result<String> {
     let step = stack.progress.step("listener HTTPS:443");
+    let policy = &stack.spec.load_balancer.tls_policy;
     let wanted = WantedListener {
         name: "HTTPS:443",
-        about: format!("{SSL_POLICY} with the certificate, forward to the target group"),
+        about: format!("{policy} with the certificate, forward to the target group"),
         port: 443,
         protocol: ProtocolEnum::Https,
         certificate: Some(certificate_arn.to_owned()),
-        ssl_policy: Some(SSL_POLICY),
+        ssl_policy: Some(policy.clone()),
         action: Action::builder()
             .r#type(ActionTypeEnum::Forward)
             .target_group_arn(&lb.target_group_arn)
             .build(),
     };
-    step.run(ensure_listener(stack, &lb.arn, wanted, &step), |_| {
-        format!("{SSL_POLICY}, forwarding to the target group")
-    })
+    step.run(
+        async {
+            let arn = ensure_listener(stack, &lb.arn, wanted, &step).await?;
+            ensure_metrics_hidden(stack, &arn).await?;
+            Ok(arn)
+        },
+        |_| format!("{policy}, forwarding to the target group but /metrics"),
+    )
     .await
+}
+
+/// The paths of the servers' Prometheus metrics.
+const METRICS_PATHS: [&str; 2] = ["/metrics", "/metrics/*"];
+
+/// `/metrics` answered 404 by the load balancer itself: metrics say how many are
+/// connected and how Redis fares, for the operator's scraper inside the VPC, not for the
+/// internet.
+async fn ensure_metrics_hidden(stack: &Stack, listener_arn: &str) -> Result<()> {
+    const RESOURCE: &str = "listener rule HTTPS:443 /metrics";
+    let not_found = Action::builder()
+        .r#type(ActionTypeEnum::FixedResponse)
+        .fixed_response_config(
+            FixedResponseActionConfig::builder()
+                .status_code("404")
+                .content_type("text/plain")
+                .message_body("not found")
+                .build(),
+        )
+        .build();
+    if is_planned(listener_arn) {
+        stack.make(engine::Action::Create, RESOURCE, "answer 404");
+        return Ok(());
+    }
+    let elbv2 = &stack.clients.elbv2;
+    let rules = elbv2
+        .describe_rules()
+        .listener_arn(listener_arn)
+        .send()
+        .await
+        .call(format!("DescribeRules {listener_arn}"))?;
+    let existing = rules.rules().iter().find(|rule| is_metrics_rule(rule));
+    match existing {
+        Some(rule) if matches!(rule.actions(), [action] if answers_404(action)) => Ok(()),
+        Some(rule) => {
+            let arn = rule.rule_arn().context("a rule without an ARN")?;
+            if stack.make(engine::Action::Update, RESOURCE, "answer 404 again") {
+                elbv2
+                    .modify_rule()
+                    .rule_arn(arn)
+                    .actions(not_found)
+                    .send()
+                    .await
+                    .call(format!("ModifyRule {arn}"))?;
+            }
+            Ok(())
+        }
+        None => {
+            if stack.make(engine::Action::Create, RESOURCE, "answer 404") {
+                elbv2
+                    .create_rule()
+                    .listener_arn(listener_arn)
+                    .priority(1)
+                    .conditions(
+                        RuleCondition::builder()
+                            .field("path-pattern")
+                            .path_pattern_config(
+                                PathPatternConditionConfig::builder()
+                                    .set_values(Some(METRICS_PATHS.map(str::to_owned).to_vec()))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                    .actions(not_found)
+                    .send()
+                    .await
+                    .call(format!("CreateRule {listener_arn} /metrics"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn is_metrics_rule(rule: &Rule) -> bool {
+    rule.conditions().iter().any(|condition| {
+        let values = condition
+            .path_pattern_config()
+            .map(PathPatternConditionConfig::values)
+            .filter(|values| !values.is_empty())
+            .unwrap_or(condition.values());
+        values == METRICS_PATHS
+    })
+}
+
+fn answers_404(action: &Action) -> bool {
+    action.r#type() == Some(&ActionTypeEnum::FixedResponse)
+        && action
+            .fixed_response_config()
+            .is_some_and(|config| config.status_code() == Some("404"))
 }

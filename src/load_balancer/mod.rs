@@ -45,10 +45,6 @@ pub struct LoadBalancer {
     pub http_listener_arn: String,
 }
 
-/// TLS 1.3 with TLS 1.2 as the floor: every current browser and WebSocket client speaks
-/// one of them, and the policy leaves out TLS 1.0/1.1 and the CBC ciphers that the
-/// default `ELBSecurityPolicy-2016-08` still allows.
-pub const SSL_POLICY: &str = "ELBSecurityPolicy-TLS13-1-2-2021-06";
 pub(super) const HEALTH_CHECK_PATH: &str = "/healthz";
 pub(super) const HEALTHY_THRESHOLD: i32 = 2;
 pub(super) const UNHEALTHY_THRESHOLD: i32 = 2;

@@ -180,11 +180,37 @@ fn converged(stack_tag: &'static str) -> Vec<Rule> {
                         .listener_arn(format!("{LB}/https"))
                         .port(443)
                         .protocol(ProtocolEnum::Https)
-                        .ssl_policy(SSL_POLICY)
+                        .ssl_policy(testing::spec().load_balancer.tls_policy)
                         .certificates(Certificate::builder().certificate_arn(CERT).build())
                         .default_actions(forward)
                         .build(),
                 )
+                .build()
+        }),
+        mock!(Client::describe_rules).then_output(|| {
+            let metrics = aws_sdk_elasticloadbalancingv2::types::Rule::builder()
+                .rule_arn(format!("{LB}/https/metrics"))
+                .priority("1")
+                .conditions(
+                    aws_sdk_elasticloadbalancingv2::types::RuleCondition::builder()
+                        .field("path-pattern")
+                        .values("/metrics")
+                        .values("/metrics/*")
+                        .build(),
+                )
+                .actions(
+                    Action::builder()
+                        .r#type(ActionTypeEnum::FixedResponse)
+                        .fixed_response_config(
+                            aws_sdk_elasticloadbalancingv2::types::FixedResponseActionConfig::builder()
+                                .status_code("404")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build();
+            aws_sdk_elasticloadbalancingv2::operation::describe_rules::DescribeRulesOutput::builder()
+                .rules(metrics)
                 .build()
         }),
         mock!(Client::describe_target_health).then_output(|| {
@@ -257,6 +283,8 @@ fn changes() -> Vec<(&'static str, Rule)> {
         ),
         change!("CreateListener", create_listener, CreateListenerOutput),
         change!("ModifyListener", modify_listener, ModifyListenerOutput),
+        change!("CreateRule", create_rule, CreateRuleOutput),
+        change!("ModifyRule", modify_rule, ModifyRuleOutput),
     ]
 }
 

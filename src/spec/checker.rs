@@ -534,9 +534,19 @@ impl<'s> Checker<'s> {
             DEFAULT_HEALTH_CHECK_INTERVAL,
             |ck, p, n| ck.integer(p, n, (5, 300), "the ALB checks every 5 to 300 s"),
         );
+        let tls_policy = self.optional(
+            &section,
+            "tls_policy",
+            DEFAULT_TLS_POLICY.to_owned(),
+            |ck, p, n| {
+                let text = ck.string(p, n)?;
+                ck.check(p, At::of(n), tls_policy(&text))
+            },
+        );
         Some(LoadBalancerSpec {
             idle_timeout_seconds: idle?,
             health_check_interval_seconds: interval?,
+            tls_policy: tls_policy?,
         })
     }
 

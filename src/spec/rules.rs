@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{ENGINES, MAX_NAME_LEN, RESERVED_TAG_PREFIXES};
+use super::{ENGINES, MAX_NAME_LEN, RESERVED_TAG_PREFIXES, TLS_POLICIES};
 
 /// A value that fails a rule: what is wrong and, when we can tell, what to write instead.
 pub(super) struct Invalid {
@@ -251,6 +251,29 @@ pub(super) fn engine(text: &str) -> Rule<String> {
     Err(match did_you_mean(text, ENGINES) {
         Some(guess) => invalid.help(format!("did you mean `{guess}`? (redis or valkey)")),
         None => invalid.help("use redis or valkey"),
+    })
+}
+
+/// One of the ALB security policies with TLS 1.2 as the oldest protocol.
+pub(super) fn tls_policy(text: &str) -> Rule<String> {
+    if TLS_POLICIES.contains(&text) {
+        return Ok(text.to_string());
+    }
+    let invalid = if text.starts_with("ELBSecurityPolicy-") {
+        Invalid::new(format!(
+            "`{text}` is not an ALB security policy that keeps to TLS 1.2 and later"
+        ))
+    } else {
+        Invalid::new(format!("`{text}` is not an ALB security policy"))
+    };
+    Err(match did_you_mean(text, TLS_POLICIES) {
+        Some(guess) => invalid.help(format!(
+            "did you mean `{guess}`? Policies that still allow TLS 1.0 or 1.1 are refused"
+        )),
+        None => invalid.help(format!(
+            "use one of the TLS 1.2+ policies, such as {}",
+            TLS_POLICIES[0]
+        )),
     })
 }
 

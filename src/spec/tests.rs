@@ -58,6 +58,7 @@ fn defaults() -> StackSpec {
         load_balancer: LoadBalancerSpec {
             idle_timeout_seconds: 3600,
             health_check_interval_seconds: 10,
+            tls_policy: "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09".into(),
         },
         redis: RedisSpec {
             node_type: "cache.t4g.micro".into(),
@@ -117,6 +118,7 @@ instances:
 load_balancer:
   idle_timeout_seconds: 4000
   health_check_interval_seconds: 5
+  tls_policy: ELBSecurityPolicy-TLS13-1-3-2021-06
 redis:
   node_type: cache.r7g.large
   replicas: 0
@@ -151,6 +153,7 @@ tags:
         load_balancer: LoadBalancerSpec {
             idle_timeout_seconds: 4000,
             health_check_interval_seconds: 5,
+            tls_policy: "ELBSecurityPolicy-TLS13-1-3-2021-06".into(),
         },
         redis: RedisSpec {
             node_type: "cache.r7g.large".into(),
@@ -194,7 +197,7 @@ fn unknown_key_without_a_close_match_lists_the_keys() {
     );
     assert_eq!(
         problem.help.as_deref(),
-        Some("the keys here are idle_timeout_seconds, health_check_interval_seconds")
+        Some("the keys here are idle_timeout_seconds, health_check_interval_seconds, tls_policy")
     );
 }
 
@@ -541,6 +544,16 @@ fn load_balancer_and_redis_rules() {
             "from 5 to 300",
         ),
         (
+            "load_balancer:\n  tls_policy: ELBSecurityPolicy-2016-08",
+            "load_balancer.tls_policy",
+            "keeps to TLS 1.2 and later",
+        ),
+        (
+            "load_balancer:\n  tls_policy: TLS13-1-2",
+            "load_balancer.tls_policy",
+            "not an ALB security policy",
+        ),
+        (
             "instances:\n  batch_size: 0",
             "instances.batch_size",
             "from 1 to 20",
@@ -763,9 +776,9 @@ fn diagnostics_render_every_problem_with_its_source_line() {
 #[test]
 fn positions_count_characters_and_labels_use_bytes() {
     // A multi-byte character before the problem must not shift the label.
-    let source = "name: chat\ndomain:\n  name: chat.example.com # é\n  hosted_zone: example.com\ntags:\n  é: a;b\n";
-    let problem = one_problem(source, "tags.é", "characters AWS refuses");
-    assert_eq!((problem.line, problem.column), (6, 6));
+    let source = "name: chat\ndomain:\n  name: chat.example.com # é\n  hosted_zone: example.com\ntags:\n  team: é;b\n";
+    let problem = one_problem(source, "tags.team", "characters AWS refuses");
+    assert_eq!((problem.line, problem.column), (6, 9));
     let span = problem.span.unwrap();
-    assert_eq!(&source[span.offset()..span.offset() + span.len()], "a;b");
+    assert_eq!(&source[span.offset()..span.offset() + span.len()], "é;b");
 }
