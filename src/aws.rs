@@ -3,7 +3,9 @@
 //! built from them, the service clients built from that, and a log of every call they
 //! make so `up` can say what it changed.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig};
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
@@ -17,7 +19,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::engine::DeleteError;
+use crate::engine::{Backoff, DeleteError, Pace};
 use crate::names::{Names, ROLE_TAG, STACK_TAG};
 
 /// Where and as whom to reach AWS. Anything left unset comes from the standard chain:
@@ -259,6 +261,101 @@ where
     }
 }
 
+/// How AWS says that it does not know yet a resource that was just created: a part of
+/// the service has not heard of it (eventual consistency). Retried as "not yet" by
+/// [`once_known`] on calls that use a new resource, never on deletes, where the same
+/// codes mean the resource is gone.
+pub struct NotYet {
+    pub codes: &'static [&'static str],
+    /// How long AWS may keep answering so about a resource that exists.
+    pub limit: Duration,
+    /// What the user should check once that is over.
+    pub advice: &'static str,
+}
+
+impl NotYet {
+    /// Whether `err` is one of these answers.
+    pub fn covers<E: ProvideErrorMetadata, R>(&self, err: &SdkError<E, R>) -> bool {
+        error_code(err).is_some_and(|code| self.codes.contains(&code))
+    }
+}
+
+/// EC2 resources used right after their creation. EC2 advises retrying with backoff "up
+/// to five minutes" (<https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html>).
+pub const EC2_NEW: NotYet = NotYet {
+    codes: &[
+        "InvalidInstanceID.NotFound",
+        "InvalidGroup.NotFound",
+        "InvalidRouteTableID.NotFound",
+        "InvalidInternetGatewayID.NotFound",
+        "InvalidSubnetID.NotFound",
+    ],
+    limit: Duration::from_secs(5 * 60),
+    advice: "it was deleted meanwhile, or EC2 is having trouble in this region: run `up` \
+             again, which finds or re-creates it",
+};
+
+/// New instances registered with the target group: the load balancer learns of them
+/// from EC2 with the same delay (`InvalidTarget`, retried by terraform-provider-aws's
+/// target group attachment, hashicorp/terraform-provider-aws#8537).
+pub const ELB_NEW_TARGET: NotYet = NotYet {
+    codes: &["InvalidTarget"],
+    limit: Duration::from_secs(5 * 60),
+    advice: "the instance stopped or was terminated meanwhile: its console output \
+             (`realtime-stack logs`) may say why; run `up` again to replace it",
+};
+
+/// A certificate ACM has just issued, put on a listener: for a while the load balancer
+/// answers `CertificateNotFound` or `UnsupportedCertificate`
+/// (hashicorp/terraform-provider-aws#17505, DataBiosphere/azul#8321); terraform retries
+/// it for its five-minute create timeout.
+pub const ELB_NEW_CERTIFICATE: NotYet = NotYet {
+    codes: &["CertificateNotFound", "UnsupportedCertificate"],
+    limit: Duration::from_secs(5 * 60),
+    advice: "check in ACM that the certificate is ISSUED and in the load balancer's region; \
+             run `up` again once it is",
+};
+
+/// Sends a call that uses a resource just created, again while AWS answers one of
+/// `not_yet`'s codes, pausing longer each time at `pace`. After `not_yet.limit` (a
+/// fraction of it locally) it fails with AWS's answer and what to check.
+pub async fn once_known<T, E, R, Fut>(
+    pace: Pace,
+    call: &str,
+    not_yet: &NotYet,
+    mut send: impl FnMut() -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    // Tokio's clock, so that tests can pause it.
+    let started = tokio::time::Instant::now();
+    let limit = pace.limit(not_yet.limit);
+    let mut backoff = Backoff::new(pace);
+    loop {
+        let err = match send().await {
+            Ok(output) => return Ok(output),
+            Err(err) => err,
+        };
+        if !not_yet.covers(&err) {
+            return Err(explain(call, err));
+        }
+        let waited = started.elapsed();
+        if waited >= limit {
+            return Err(anyhow::anyhow!(
+                "{:#}, still after {} s of retrying, longer than AWS takes to know of a \
+                 resource just created: {}",
+                explain(call, err),
+                waited.as_secs(),
+                not_yet.advice
+            ));
+        }
+        backoff.pause().await;
+    }
+}
+
 /// The EC2 tags of a resource of `role`, to apply at creation.
 pub fn ec2_tags(names: &Names, role: &str, resource_type: ResourceType) -> TagSpecification {
     TagSpecification::builder()
@@ -349,7 +446,83 @@ where
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::create_tags::{CreateTagsError, CreateTagsOutput};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
     use super::*;
+
+    fn ec2_error(code: &str) -> CreateTagsError {
+        CreateTagsError::generic(
+            ErrorMetadata::builder()
+                .code(code)
+                .message("The instance ID 'i-1' does not exist")
+                .build(),
+        )
+    }
+
+    /// An instance EC2 keeps not knowing for longer than its documented five minutes of
+    /// eventual consistency ("increasing gradually up to five minutes of wait time",
+    /// <https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html>) is an
+    /// error naming the call, AWS's code and what to check; any other error ends at once.
+    #[tokio::test(start_paused = true)]
+    async fn not_yet_is_retried_up_to_its_bound_and_other_errors_not_at_all() {
+        let unknown = mock!(aws_sdk_ec2::Client::create_tags)
+            .then_error(|| ec2_error("InvalidInstanceID.NotFound"));
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&unknown]);
+        let started = tokio::time::Instant::now();
+
+        let err = once_known(Pace::Aws, "CreateTags on i-1", &EC2_NEW, || {
+            ec2.create_tags().resources("i-1").send()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(300) && waited < Duration::from_secs(330),
+            "{waited:?}"
+        );
+        assert!(unknown.num_calls() > 10, "{}", unknown.num_calls());
+        assert!(
+            err.starts_with("CreateTags on i-1 failed: InvalidInstanceID.NotFound"),
+            "{err}"
+        );
+        assert!(err.contains("still after 300 s of retrying"), "{err}");
+        assert!(err.contains("run `up` again"), "{err}");
+
+        let refused = mock!(aws_sdk_ec2::Client::create_tags)
+            .then_error(|| ec2_error("UnauthorizedOperation"));
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&refused]);
+        let err = once_known(Pace::Aws, "CreateTags on i-1", &EC2_NEW, || {
+            ec2.create_tags().resources("i-1").send()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(refused.num_calls(), 1);
+        assert!(err.contains("lack this permission"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_yet_ends_as_soon_as_aws_knows_the_resource() {
+        let settling = mock!(aws_sdk_ec2::Client::create_tags)
+            .sequence()
+            .error(|| ec2_error("InvalidInstanceID.NotFound"))
+            .times(3)
+            .output(|| CreateTagsOutput::builder().build())
+            .build();
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&settling]);
+
+        once_known(Pace::Aws, "CreateTags on i-1", &EC2_NEW, || {
+            ec2.create_tags().resources("i-1").send()
+        })
+        .await
+        .unwrap();
+
+        assert_eq!(settling.num_calls(), 4);
+    }
 
     #[test]
     fn reads_are_told_from_writes_by_operation_name() {

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use aws_sdk_elasticache::types::{
-    AutomaticFailoverStatus, CacheSubnetGroup, MultiAzStatus, ReplicationGroup, Tag,
+    AutomaticFailoverStatus, CacheSubnetGroup, MultiAzStatus, ReplicationGroup, SourceType, Tag,
 };
 
 use crate::aws::{Call, delete_outcome};
-use crate::engine::{Action, Deletable, DeleteFuture, Step, planned_id, wait_for};
+use crate::engine::{Action, Deletable, DeleteError, DeleteFuture, Step, planned_id, wait_for};
 use crate::names::STACK_TAG;
 use crate::stack::Stack;
 
@@ -103,7 +103,7 @@ async fn ensure_replication_group(
     step: &Step,
 ) -> Result<Redis> {
     let id = stack.names.replication_group();
-    match describe_group(stack, &id).await? {
+    match describe_group(&stack.clients.elasticache, &id).await? {
         None => {
             let redis = &stack.spec.redis;
             let reason = format!(
@@ -195,16 +195,16 @@ async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<Replicat
              group's events in the ElastiCache console say what it is doing",
         )),
         || async {
-            let group = describe_group(stack, id)
+            let group = describe_group(&stack.clients.elasticache, id)
                 .await?
                 .with_context(|| format!("the replication group {id} vanished while starting"))?;
             let status = group.status().unwrap_or("unknown");
             match status {
                 "available" => return Ok(Some(group)),
                 "create-failed" => bail!(
-                    "ElastiCache could not create the replication group {id} (its events in \
-                     the ElastiCache console say why): run `realtime-stack destroy`, fix the \
-                     cause, and `up` again"
+                    "ElastiCache could not create the replication group {id}: {}. Run \
+                     `realtime-stack destroy`, fix the cause, and `up` again",
+                    why_create_failed(stack, id).await
                 ),
                 "deleting" => bail!(
                     "the replication group {id} is being deleted: wait until it is gone, then \
@@ -221,6 +221,42 @@ async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<Replicat
         },
     )
     .await
+}
+
+/// How far back DescribeEvents reaches: ElastiCache keeps events for 14 days.
+const EVENTS_KEPT_MINUTES: i32 = 14 * 24 * 60;
+
+/// Why the group's creation failed, in ElastiCache's words: its latest events. The
+/// group's status says only `create-failed`
+/// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DescribeEvents.html>).
+async fn why_create_failed(stack: &Stack, id: &str) -> String {
+    let events = stack
+        .clients
+        .elasticache
+        .describe_events()
+        .source_type(SourceType::ReplicationGroup)
+        .source_identifier(id)
+        .duration(EVENTS_KEPT_MINUTES)
+        .send()
+        .await
+        .call(format!("DescribeEvents replication-group {id}"));
+    let mut events = match events {
+        Ok(events) => events.events.unwrap_or_default(),
+        Err(err) => return format!("its events could not be read ({err:#})"),
+    };
+    events.sort_by_key(|event| event.date().map(|date| (date.secs(), date.subsec_nanos())));
+    let latest: Vec<&str> = events
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .filter_map(|event| event.message())
+        .collect();
+    if latest.is_empty() {
+        "ElastiCache recorded no event saying why".to_owned()
+    } else {
+        latest.join("; ")
+    }
 }
 
 /// Differences ElastiCache cannot change in place: the group must be re-created.
@@ -311,9 +347,12 @@ async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec<Fix>> {
     Ok(fixes)
 }
 
-/// `7.1` in stack.yaml is satisfied by `7.1.0`.
+/// Whether the version the nodes report satisfies stack.yaml's: AWS reports the full
+/// version (`7.1.0` for `7.1`, `6.2.6` for `6.x`), so comparing the strings would call
+/// ModifyReplicationGroup on every `up`.
 fn version_matches(have: &str, want: &str) -> bool {
-    have == want || have.starts_with(&format!("{want}."))
+    let prefix = want.strip_suffix(".x").unwrap_or(want);
+    have == want || have.starts_with(&format!("{prefix}."))
 }
 
 /// The engine version, which only the group's nodes report.
@@ -418,7 +457,7 @@ pub struct Summary {
 /// The stack's replication group, when it exists.
 pub async fn summary(stack: &Stack) -> Result<Option<Summary>> {
     let id = stack.names.replication_group();
-    let Some(group) = describe_group(stack, &id).await? else {
+    let Some(group) = describe_group(&stack.clients.elasticache, &id).await? else {
         return Ok(None);
     };
     Ok(Some(Summary {
@@ -442,10 +481,11 @@ fn tags(stack: &Stack, role: &str) -> Vec<Tag> {
         .collect()
 }
 
-async fn describe_group(stack: &Stack, id: &str) -> Result<Option<ReplicationGroup>> {
-    let described = stack
-        .clients
-        .elasticache
+async fn describe_group(
+    elasticache: &aws_sdk_elasticache::Client,
+    id: &str,
+) -> Result<Option<ReplicationGroup>> {
+    let described = elasticache
         .describe_replication_groups()
         .replication_group_id(id)
         .send()
@@ -523,7 +563,7 @@ async fn require_ours(stack: &Stack, arn: Option<&str>, what: &str) -> Result<()
 pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
     let mut found: Vec<Box<dyn Deletable>> = Vec::new();
     let id = stack.names.replication_group();
-    if let Some(group) = describe_group(stack, &id).await?
+    if let Some(group) = describe_group(&stack.clients.elasticache, &id).await?
         && is_ours(stack, group.arn()).await?
     {
         found.push(Box::new(GroupDeletable {
@@ -558,16 +598,38 @@ impl Deletable for GroupDeletable {
         format!("redis {}", self.id)
     }
 
-    /// Starts the deletion, which goes on for minutes on AWS; the subnet group stays
-    /// blocked (`CacheSubnetGroupInUse`) until it is done.
+    /// Deleted only once it is gone, so that the subnet group waits for it. ElastiCache
+    /// refuses to delete a group still being created or changed
+    /// (`InvalidReplicationGroupState`,
+    /// <https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DeleteReplicationGroup.html>),
+    /// and creating one with Multi-AZ takes 15 to 25 minutes, deleting it minutes more:
+    /// all of that is waited out as busy, however long, since it ends on its own.
     fn delete(&self) -> DeleteFuture<'_> {
         Box::pin(async move {
+            let group = describe_group(&self.elasticache, &self.id)
+                .await
+                .map_err(DeleteError::Failed)?;
+            let Some(status) = group.map(|group| group.status.unwrap_or_default()) else {
+                return Ok(());
+            };
+            match status.as_str() {
+                "deleting" => return Err(DeleteError::Busy("deleting".to_owned())),
+                "creating" | "modifying" | "snapshotting" => {
+                    return Err(DeleteError::Busy(format!(
+                        "{status}: ElastiCache takes it only once done, waiting"
+                    )));
+                }
+                _ => {}
+            }
             let result = self
                 .elasticache
                 .delete_replication_group()
                 .replication_group_id(&self.id)
                 .send()
                 .await;
+            if result.is_ok() {
+                return Err(DeleteError::Busy("deleting".to_owned()));
+            }
             delete_outcome(
                 result,
                 &format!("DeleteReplicationGroup {}", self.id),
@@ -616,23 +678,36 @@ impl Deletable for SubnetGroupDeletable {
 #[cfg(test)]
 mod tests {
     use aws_sdk_elasticache::Client;
+    use aws_sdk_elasticache::error::ErrorMetadata;
     use aws_sdk_elasticache::operation::create_cache_subnet_group::CreateCacheSubnetGroupOutput;
     use aws_sdk_elasticache::operation::create_replication_group::CreateReplicationGroupOutput;
+    use aws_sdk_elasticache::operation::delete_cache_subnet_group::{
+        DeleteCacheSubnetGroupError, DeleteCacheSubnetGroupOutput,
+    };
+    use aws_sdk_elasticache::operation::delete_replication_group::{
+        DeleteReplicationGroupError, DeleteReplicationGroupOutput,
+    };
+    use aws_sdk_elasticache::operation::describe_cache_clusters::DescribeCacheClustersOutput;
     use aws_sdk_elasticache::operation::describe_cache_subnet_groups::{
         DescribeCacheSubnetGroupsError, DescribeCacheSubnetGroupsOutput,
     };
+    use aws_sdk_elasticache::operation::describe_events::DescribeEventsOutput;
     use aws_sdk_elasticache::operation::describe_replication_groups::{
         DescribeReplicationGroupsError, DescribeReplicationGroupsOutput,
     };
     use aws_sdk_elasticache::operation::list_tags_for_resource::ListTagsForResourceOutput;
     use aws_sdk_elasticache::operation::modify_replication_group::ModifyReplicationGroupOutput;
     use aws_sdk_elasticache::types::error::{
-        CacheSubnetGroupNotFoundFault, ReplicationGroupNotFoundFault,
+        CacheSubnetGroupInUse, CacheSubnetGroupNotFoundFault, InvalidReplicationGroupStateFault,
+        ReplicationGroupNotFoundFault,
     };
+    use aws_sdk_elasticache::types::{CacheCluster, Event};
     use aws_sdk_elasticache::types::{Endpoint, NodeGroup, Subnet};
-    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_mocks::{MockResponse, Rule, RuleMode, mock, mock_client};
 
     use super::*;
+    use crate::aws::Clients;
+    use crate::engine::{self, Leftovers, Pace};
     use crate::stack::testing;
 
     const PRIMARY: &str = "master.chat-redis.abc.use1.cache.amazonaws.com";
@@ -888,5 +963,269 @@ mod tests {
             ]
         );
         assert_eq!(found[1].blocked_by(), ["elasticache-rg:chat-redis"]);
+    }
+
+    /// What a stack whose Redis exists answers: its subnet group, its tags, and the
+    /// replication group in `status`; plus `more`.
+    fn existing(status: &'static str, more: &[&Rule]) -> Clients {
+        let mut rules = vec![
+            mock!(Client::describe_cache_subnet_groups).then_output(subnet_group),
+            mock!(Client::list_tags_for_resource).then_output(stack_tagged),
+            mock!(Client::describe_replication_groups)
+                .then_output(move || described(group(status))),
+        ];
+        rules.extend(more.iter().map(|rule| (*rule).clone()));
+        let mut clients = testing::clients();
+        clients.elasticache = mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, &rules);
+        clients
+    }
+
+    #[tokio::test]
+    async fn a_minor_version_left_out_in_stack_yaml_is_not_an_upgrade_every_time() {
+        for (want, reported) in [("7.1", "7.1.0"), ("6.x", "6.2.6")] {
+            // Only the nodes report the version, and in full.
+            let nodes = mock!(Client::describe_cache_clusters).then_output(move || {
+                DescribeCacheClustersOutput::builder()
+                    .cache_clusters(
+                        CacheCluster::builder()
+                            .cache_cluster_id("chat-redis-001")
+                            .engine_version(reported)
+                            .build(),
+                    )
+                    .build()
+            });
+            let modify = mock!(Client::modify_replication_group)
+                .then_output(|| ModifyReplicationGroupOutput::builder().build());
+            let mut stack = testing::stack(existing("available", &[&nodes, &modify]));
+            stack.spec.redis.engine_version = Some(want.into());
+
+            ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+            assert_eq!(nodes.num_calls(), 1, "{want}");
+            assert_eq!(modify.num_calls(), 0, "{want} is {reported}");
+        }
+        assert!(!version_matches("7.10.0", "7.1"));
+        assert!(!version_matches("7.0.7", "6.x"));
+    }
+
+    /// A group whose creation failed says why only in its events
+    /// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DescribeEvents.html>;
+    /// terraform-provider-aws's maintainers point users there for `create-failed`,
+    /// hashicorp/terraform-provider-aws#8561).
+    #[tokio::test]
+    async fn a_failed_creation_is_reported_with_elasticaches_reason() {
+        let events = mock!(Client::describe_events)
+            .match_requests(|req| {
+                req.source_type() == Some(&SourceType::ReplicationGroup)
+                    && req.source_identifier() == Some("chat-redis")
+            })
+            .then_output(|| {
+                let event = |secs: i64, message: &str| {
+                    Event::builder()
+                        .source_identifier("chat-redis")
+                        .source_type(SourceType::ReplicationGroup)
+                        .date(aws_smithy_types::DateTime::from_secs(secs))
+                        .message(message)
+                        .build()
+                };
+                // Newest first, as ElastiCache lists them.
+                DescribeEventsOutput::builder()
+                    .events(event(
+                        200,
+                        "Failed to create replication group chat-redis: insufficient \
+                         capacity for cache.t4g.micro in us-east-1a",
+                    ))
+                    .events(event(100, "Replication group chat-redis created"))
+                    .build()
+            });
+        let stack = testing::stack(existing("create-failed", &[&events]));
+
+        let err = ensure(&stack, &subnets(), "sg-redis")
+            .await
+            .unwrap_err()
+            .to_string();
+
+        assert_eq!(events.num_calls(), 1);
+        assert!(
+            err.contains(
+                "could not create the replication group chat-redis: Replication group \
+                 chat-redis created; Failed to create replication group chat-redis: \
+                 insufficient capacity"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("realtime-stack destroy"), "{err}");
+    }
+
+    /// A replication group on tokio's clock: `creating` for `creating_for`, then
+    /// `available`; from the DeleteReplicationGroup ElastiCache accepts, `deleting` for
+    /// `deleting_for`, then gone. The subnet group stays in use a moment longer.
+    struct Lifetime {
+        started: tokio::time::Instant,
+        creating_for: Duration,
+        deleting_for: Duration,
+        deleted_at: Mutex<Option<tokio::time::Instant>>,
+        subnet_group_refusals: Mutex<u32>,
+    }
+
+    impl Lifetime {
+        fn new(creating_for: Duration, deleting_for: Duration) -> std::sync::Arc<Self> {
+            std::sync::Arc::new(Self {
+                started: tokio::time::Instant::now(),
+                creating_for,
+                deleting_for,
+                deleted_at: Mutex::new(None),
+                subnet_group_refusals: Mutex::new(0),
+            })
+        }
+
+        fn status(&self) -> Option<&'static str> {
+            match *self.deleted_at.lock().unwrap() {
+                Some(at) if at.elapsed() >= self.deleting_for => None,
+                Some(_) => Some("deleting"),
+                None if self.started.elapsed() < self.creating_for => Some("creating"),
+                None => Some("available"),
+            }
+        }
+
+        /// The stack's subnet group and replication group as `destroy` sees them.
+        fn destroy_rules(self: &std::sync::Arc<Self>) -> Vec<Rule> {
+            let (describe, delete, delete_subnets) = (self.clone(), self.clone(), self.clone());
+            let not_found = || {
+                ReplicationGroupNotFoundFault::builder()
+                    .meta(
+                        ErrorMetadata::builder()
+                            .code("ReplicationGroupNotFoundFault")
+                            .build(),
+                    )
+                    .build()
+            };
+            vec![
+                mock!(Client::describe_cache_subnet_groups).then_output(subnet_group),
+                mock!(Client::list_tags_for_resource).then_output(stack_tagged),
+                mock!(Client::describe_replication_groups).then_compute_response(move |_| {
+                    match describe.status() {
+                        Some(status) => MockResponse::Output(described(group(status))),
+                        None => MockResponse::Error(
+                            DescribeReplicationGroupsError::ReplicationGroupNotFoundFault(
+                                not_found(),
+                            ),
+                        ),
+                    }
+                }),
+                mock!(Client::delete_replication_group).then_compute_response(
+                    move |_| match delete.status() {
+                        Some("available") => {
+                            *delete.deleted_at.lock().unwrap() = Some(tokio::time::Instant::now());
+                            MockResponse::Output(DeleteReplicationGroupOutput::builder().build())
+                        }
+                        Some(status) => {
+                            let message = format!(
+                                "Replication group chat-redis has status {status} which is not \
+                                 valid for deletion."
+                            );
+                            MockResponse::Error(
+                                DeleteReplicationGroupError::InvalidReplicationGroupStateFault(
+                                    InvalidReplicationGroupStateFault::builder()
+                                        .message(&message)
+                                        .meta(
+                                            ErrorMetadata::builder()
+                                                .code("InvalidReplicationGroupState")
+                                                .message(message)
+                                                .build(),
+                                        )
+                                        .build(),
+                                ),
+                            )
+                        }
+                        None => MockResponse::Error(
+                            DeleteReplicationGroupError::ReplicationGroupNotFoundFault(not_found()),
+                        ),
+                    },
+                ),
+                mock!(Client::delete_cache_subnet_group).then_compute_response(move |_| {
+                    let mut refusals = delete_subnets.subnet_group_refusals.lock().unwrap();
+                    if delete_subnets.status().is_some() || *refusals == 0 {
+                        *refusals += 1;
+                        let message = "Cache subnet group chat-cache is currently in use by a \
+                                       cache cluster.";
+                        return MockResponse::Error(
+                            DeleteCacheSubnetGroupError::CacheSubnetGroupInUse(
+                                CacheSubnetGroupInUse::builder()
+                                    .message(message)
+                                    .meta(
+                                        ErrorMetadata::builder()
+                                            .code("CacheSubnetGroupInUse")
+                                            .message(message)
+                                            .build(),
+                                    )
+                                    .build(),
+                            ),
+                        );
+                    }
+                    MockResponse::Output(DeleteCacheSubnetGroupOutput::builder().build())
+                }),
+            ]
+        }
+    }
+
+    /// Runs `destroy` over the stack's ElastiCache resources at AWS's pace and patience.
+    async fn destroy_redis(rules: &[Rule]) -> Result<(), Leftovers> {
+        let mut clients = testing::clients();
+        clients.elasticache = mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, rules);
+        let stack = testing::stack(clients);
+        let resources = deletables(&stack).await.unwrap();
+        engine::destroy(
+            resources,
+            &stack.progress,
+            Pace::Aws,
+            Duration::from_secs(20 * 60),
+        )
+        .await
+    }
+
+    /// `destroy` right after `up` was stopped: the group is still `creating`, which
+    /// takes 15 to 25 minutes with Multi-AZ on AWS and cannot be deleted until it ends
+    /// (DeleteReplicationGroup: `InvalidReplicationGroupState`,
+    /// <https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DeleteReplicationGroup.html>;
+    /// the same answer, "has status ... which is not valid for deletion", is quoted in
+    /// crossplane-contrib/provider-aws#46). Waiting for it is not a lack of progress,
+    /// however long it lasts past the 20 minutes of patience.
+    #[tokio::test(start_paused = true)]
+    async fn destroy_waits_for_a_group_still_creating_then_deletes_it() {
+        let lifetime = Lifetime::new(Duration::from_secs(40 * 60), Duration::from_secs(8 * 60));
+        let rules = lifetime.destroy_rules();
+
+        destroy_redis(&rules).await.unwrap();
+
+        let [_, _, _, delete_group, delete_subnet_group] = &rules[..] else {
+            unreachable!()
+        };
+        assert_eq!(delete_group.num_calls(), 1, "deleted once available");
+        assert_eq!(delete_subnet_group.num_calls(), 2);
+        assert!(lifetime.started.elapsed() >= Duration::from_secs(48 * 60));
+        assert_eq!(lifetime.status(), None);
+    }
+
+    /// A group an earlier `destroy` left `deleting` (ElastiCache refuses a second
+    /// delete: "has status deleting which is not valid for deletion", boto/boto3#1277)
+    /// is waited for until gone, then the subnet group, which ElastiCache still says is
+    /// in use for a moment (`CacheSubnetGroupInUse`,
+    /// <https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DeleteCacheSubnetGroup.html>),
+    /// is deleted on a later pass.
+    #[tokio::test(start_paused = true)]
+    async fn destroy_waits_for_a_group_being_deleted_then_deletes_its_subnet_group() {
+        let lifetime = Lifetime::new(Duration::ZERO, Duration::from_secs(30 * 60));
+        *lifetime.deleted_at.lock().unwrap() = Some(tokio::time::Instant::now());
+        let rules = lifetime.destroy_rules();
+
+        destroy_redis(&rules).await.unwrap();
+
+        let [_, _, _, delete_group, delete_subnet_group] = &rules[..] else {
+            unreachable!()
+        };
+        assert_eq!(delete_group.num_calls(), 0);
+        assert_eq!(delete_subnet_group.num_calls(), 2);
+        assert!(lifetime.started.elapsed() >= Duration::from_secs(30 * 60));
     }
 }

@@ -23,7 +23,7 @@ pub enum Pace {
 
 impl Pace {
     /// The first and the longest pause between two polls.
-    fn intervals(self) -> (Duration, Duration) {
+    const fn intervals(self) -> (Duration, Duration) {
         match self {
             Pace::Local => (Duration::from_millis(200), Duration::from_secs(2)),
             Pace::Aws => (Duration::from_secs(5), Duration::from_secs(20)),
@@ -36,6 +36,29 @@ impl Pace {
             Pace::Local => (aws / 20).max(Duration::from_secs(60)),
             Pace::Aws => aws,
         }
+    }
+}
+
+/// Pauses between two attempts at the pace, each half as long again as the one before,
+/// up to the pace's longest. On tokio's clock, so that tests can pause it.
+pub struct Backoff {
+    pause: Duration,
+    longest: Duration,
+}
+
+impl Backoff {
+    pub const fn new(pace: Pace) -> Self {
+        let (first, longest) = pace.intervals();
+        Self {
+            pause: first,
+            longest,
+        }
+    }
+
+    /// Sleeps the next pause.
+    pub async fn pause(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 3 / 2).min(self.longest);
     }
 }
 
@@ -186,7 +209,7 @@ where
 {
     // Tokio's clock, so that tests can pause it.
     let started = tokio::time::Instant::now();
-    let (mut pause, longest) = pace.intervals();
+    let mut backoff = Backoff::new(pace);
     let mut hinted = false;
     step.set(&format!("waiting for {what}"));
     loop {
@@ -209,8 +232,7 @@ where
             step.set(&format!("waiting for {what}: {text}"));
             hinted = true;
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 3 / 2).min(longest);
+        backoff.pause().await;
     }
 }
 
@@ -298,6 +320,10 @@ pub fn is_planned(id: &str) -> bool {
 pub enum DeleteError {
     /// Something still depends on the resource (AWS said so): try again next pass.
     Blocked(String),
+    /// The resource is busy with something that ends on its own, however long it takes
+    /// (a Redis still being created, or being deleted): try again next pass. Waiting for
+    /// it is progress, so the loop's patience does not run out meanwhile.
+    Busy(String),
     /// Anything else. It is retried too, since AWS errors are often transient, but it
     /// counts as no progress.
     Failed(anyhow::Error),
@@ -342,8 +368,8 @@ impl std::error::Error for Leftovers {}
 
 /// Deletes `resources` in passes. Each pass deletes, concurrently, every resource that
 /// nothing left blocks; a resource AWS still refuses stays for the next pass. Progress
-/// resets the patience; after `patience` without any resource deleted, it stops and
-/// returns what is left.
+/// (a resource deleted, or one [`DeleteError::Busy`] on its way) resets the patience;
+/// after `patience` without any, it stops and returns what is left.
 pub async fn destroy(
     resources: Vec<Box<dyn Deletable>>,
     progress: &Progress,
@@ -357,8 +383,9 @@ pub async fn destroy(
             (resource, step, String::from("not tried"))
         })
         .collect();
-    let (mut pause, longest) = pace.intervals();
-    let mut last_progress = Instant::now();
+    let mut backoff = Backoff::new(pace);
+    // Tokio's clock, so that tests can pause it.
+    let mut last_progress = tokio::time::Instant::now();
     while !pending.is_empty() {
         let keys: HashSet<String> = pending.iter().map(|(r, _, _)| r.key()).collect();
         let mut unblocked = Vec::new();
@@ -383,6 +410,7 @@ pub async fn destroy(
         let outcomes: Vec<(usize, Result<(), DeleteError>)> =
             stream::iter(attempts).buffer_unordered(8).collect().await;
         let mut deleted = HashSet::new();
+        let mut busy = false;
         for (index, outcome) in outcomes {
             let (_, step, reason) = &mut pending[index];
             match outcome {
@@ -394,15 +422,23 @@ pub async fn destroy(
                     step.set(&format!("retrying: {why}"));
                     *reason = why;
                 }
+                Err(DeleteError::Busy(why)) => {
+                    step.set(&why);
+                    *reason = why;
+                    busy = true;
+                }
                 Err(DeleteError::Failed(err)) => {
                     step.set(&format!("retrying: {err:#}"));
                     *reason = format!("{err:#}");
                 }
             }
         }
+        if busy {
+            last_progress = tokio::time::Instant::now();
+        }
         if !deleted.is_empty() {
-            last_progress = Instant::now();
-            pause = pace.intervals().0;
+            last_progress = tokio::time::Instant::now();
+            backoff = Backoff::new(pace);
             pending = pending
                 .into_iter()
                 .enumerate()
@@ -421,8 +457,7 @@ pub async fn destroy(
                 .collect();
             return Err(Leftovers(left));
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 3 / 2).min(longest);
+        backoff.pause().await;
     }
     Ok(())
 }

@@ -14,7 +14,9 @@ use aws_sdk_ec2::types::{
 };
 
 use crate::artifact::{Artifact, sha256_hex};
-use crate::aws::{Call, delete_outcome, ec2_stack_filters, ec2_tags, error_code};
+use crate::aws::{
+    Call, EC2_NEW, delete_outcome, ec2_stack_filters, ec2_tags, error_code, once_known,
+};
 use crate::binary::Architecture;
 use crate::deploy::Fingerprint;
 use crate::engine::{Action, Deletable, DeleteFuture, Step, wait_for};
@@ -387,38 +389,42 @@ async fn launch_one(stack: &Stack, launch: &Launch<'_>, subnet: &str) -> Result<
             .build()
     };
     let image = launch.image;
-    let launched = stack
-        .clients
-        .ec2
-        .run_instances()
-        .image_id(&image.id)
-        .instance_type(InstanceType::from(
-            launch.fingerprint.instance_type.as_str(),
-        ))
-        .min_count(1)
-        .max_count(1)
-        .subnet_id(subnet)
-        .security_group_ids(&launch.network.instance_security_group)
-        .user_data(&launch.user_data)
-        .metadata_options(metadata_options())
-        .block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name(&image.root_device)
-                .ebs(
-                    EbsBlockDevice::builder()
-                        .encrypted(true)
-                        .volume_size(image.root_volume_size)
-                        .volume_type(VolumeType::Gp3)
-                        .delete_on_termination(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .tag_specifications(tag_specification(ResourceType::Instance))
-        .tag_specifications(ec2_tags(&stack.names, role, ResourceType::Volume))
-        .send()
-        .await
-        .call(format!("RunInstances {}", stack.names.name(role)))?;
+    // The subnets and the security group may be new: a launch refused for not knowing
+    // them launched nothing, and is tried again.
+    let call = format!("RunInstances {}", stack.names.name(role));
+    let launched = once_known(stack.pace, &call, &EC2_NEW, || {
+        stack
+            .clients
+            .ec2
+            .run_instances()
+            .image_id(&image.id)
+            .instance_type(InstanceType::from(
+                launch.fingerprint.instance_type.as_str(),
+            ))
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(subnet)
+            .security_group_ids(&launch.network.instance_security_group)
+            .user_data(&launch.user_data)
+            .metadata_options(metadata_options())
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(&image.root_device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .encrypted(true)
+                            .volume_size(image.root_volume_size)
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(tag_specification(ResourceType::Instance))
+            .tag_specifications(ec2_tags(&stack.names, role, ResourceType::Volume))
+            .send()
+    })
+    .await?;
     launched
         .instances()
         .first()
@@ -458,18 +464,20 @@ pub async fn ensure_metadata_options(stack: &Stack) -> Result<()> {
         {
             continue;
         }
-        stack
-            .clients
-            .ec2
-            .modify_instance_metadata_options()
-            .instance_id(id)
-            .http_endpoint(InstanceMetadataEndpointState::Enabled)
-            .http_tokens(HttpTokensState::Required)
-            .http_put_response_hop_limit(1)
-            .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
-            .send()
-            .await
-            .call(format!("ModifyInstanceMetadataOptions {id}"))?;
+        let call = format!("ModifyInstanceMetadataOptions {id}");
+        once_known(stack.pace, &call, &EC2_NEW, || {
+            stack
+                .clients
+                .ec2
+                .modify_instance_metadata_options()
+                .instance_id(id)
+                .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                .http_tokens(HttpTokensState::Required)
+                .http_put_response_hop_limit(1)
+                .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
+                .send()
+        })
+        .await?;
     }
     Ok(())
 }
@@ -489,8 +497,12 @@ pub async fn wait_running(stack: &Stack, step: &Step, ids: &[String]) -> Result<
                 .describe_instances()
                 .set_instance_ids(Some(ids.to_vec()))
                 .send()
-                .await
-                .call(format!("DescribeInstances {}", ids.join(" ")))?;
+                .await;
+            let described = match described {
+                // Just launched: EC2 may not know of them yet.
+                Err(err) if EC2_NEW.covers(&err) => return Ok(None),
+                described => described.call(format!("DescribeInstances {}", ids.join(" ")))?,
+            };
             let states: Vec<(String, InstanceStateName)> = described
                 .reservations()
                 .iter()
@@ -576,23 +588,22 @@ pub async fn ensure_redis_tag(stack: &Stack, endpoint: &str) -> Result<()> {
     {
         return Ok(());
     }
-    stack
-        .clients
-        .ec2
-        .create_tags()
-        .set_resources(Some(untagged.clone()))
-        .tags(
-            Tag::builder()
-                .key(REDIS_ENDPOINT_TAG)
-                .value(endpoint)
-                .build(),
-        )
-        .send()
-        .await
-        .call(format!(
-            "CreateTags {REDIS_ENDPOINT_TAG} on {}",
-            untagged.join(" ")
-        ))?;
+    let call = format!("CreateTags {REDIS_ENDPOINT_TAG} on {}", untagged.join(" "));
+    once_known(stack.pace, &call, &EC2_NEW, || {
+        stack
+            .clients
+            .ec2
+            .create_tags()
+            .set_resources(Some(untagged.clone()))
+            .tags(
+                Tag::builder()
+                    .key(REDIS_ENDPOINT_TAG)
+                    .value(endpoint)
+                    .build(),
+            )
+            .send()
+    })
+    .await?;
     Ok(())
 }
 
@@ -723,5 +734,146 @@ mod tests {
         let mut artifact = artifact();
         artifact.key.push_str("';reboot;'");
         assert!(boot(&artifact).render().is_err());
+    }
+
+    /// The instances `up` just launched, used at once: RunInstances may not know the
+    /// security group just created yet (`InvalidGroup.NotFound`), and DescribeInstances,
+    /// CreateTags and ModifyInstanceMetadataOptions may not know the new instance
+    /// (`InvalidInstanceID.NotFound`, "This does not mean the instance does not exist",
+    /// <https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html>).
+    #[tokio::test(start_paused = true)]
+    async fn new_instances_are_waited_for_until_ec2_knows_them() {
+        use aws_sdk_ec2::Client;
+        use aws_sdk_ec2::error::ErrorMetadata;
+        use aws_sdk_ec2::operation::create_tags::{CreateTagsError, CreateTagsOutput};
+        use aws_sdk_ec2::operation::describe_instances::{
+            DescribeInstancesError, DescribeInstancesOutput,
+        };
+        use aws_sdk_ec2::operation::modify_instance_metadata_options::{
+            ModifyInstanceMetadataOptionsError, ModifyInstanceMetadataOptionsOutput,
+        };
+        use aws_sdk_ec2::operation::run_instances::{RunInstancesError, RunInstancesOutput};
+        use aws_sdk_ec2::types::{InstanceState, Reservation};
+        use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+        use crate::stack::testing;
+
+        let unknown = |code: &str| {
+            ErrorMetadata::builder()
+                .code(code)
+                .message("The ID does not exist")
+                .build()
+        };
+        let instance = |state: InstanceStateName| {
+            DescribeInstancesOutput::builder()
+                .reservations(
+                    Reservation::builder()
+                        .instances(
+                            Instance::builder()
+                                .instance_id("i-new1")
+                                .state(InstanceState::builder().name(state).build())
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build()
+        };
+        let run = mock!(Client::run_instances)
+            .sequence()
+            .error(move || RunInstancesError::generic(unknown("InvalidGroup.NotFound")))
+            .output(|| {
+                RunInstancesOutput::builder()
+                    .instances(Instance::builder().instance_id("i-new1").build())
+                    .build()
+            })
+            .build();
+        let by_id = mock!(Client::describe_instances)
+            .match_requests(|req| !req.instance_ids().is_empty())
+            .sequence()
+            .error(move || DescribeInstancesError::generic(unknown("InvalidInstanceID.NotFound")))
+            .times(2)
+            .output(move || instance(InstanceStateName::Running))
+            .build();
+        // Listing the stack's instances by tag: the new one, neither tagged nor
+        // configured yet.
+        let by_tag = mock!(Client::describe_instances)
+            .then_output(move || instance(InstanceStateName::Pending));
+        let tag = mock!(Client::create_tags)
+            .sequence()
+            .error(move || CreateTagsError::generic(unknown("InvalidInstanceID.NotFound")))
+            .times(2)
+            .output(|| CreateTagsOutput::builder().build())
+            .build();
+        let configure = mock!(Client::modify_instance_metadata_options)
+            .sequence()
+            .error(move || {
+                ModifyInstanceMetadataOptionsError::generic(unknown("InvalidInstanceID.NotFound"))
+            })
+            .output(|| ModifyInstanceMetadataOptionsOutput::builder().build())
+            .build();
+        let mut clients = testing::clients();
+        clients.ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&run, &by_id, &by_tag, &tag, &configure]
+        );
+        let stack = testing::stack(clients);
+        let image = Image {
+            id: "ami-1".into(),
+            root_device: "/dev/xvda".into(),
+            root_volume_size: 8,
+        };
+        let network = crate::network::example();
+        let launch = Launch {
+            image: &image,
+            network: &network,
+            user_data: String::new(),
+            fingerprint: Fingerprint {
+                binary_sha256: "ab".repeat(32),
+                ami: "ami-1".into(),
+                instance_type: "t3.micro".into(),
+                boot_sha256: "cd".repeat(32),
+            },
+            redis_endpoint: None,
+        };
+
+        let ids = self::launch(&stack, &launch, 1).await.expect("launched");
+        let step = stack.progress.step("launched");
+        wait_running(&stack, &step, &ids).await.expect("running");
+        ensure_redis_tag(&stack, "redis.example:6379")
+            .await
+            .expect("tagged");
+        ensure_metadata_options(&stack).await.expect("configured");
+
+        assert_eq!(ids, ["i-new1"]);
+        assert_eq!(run.num_calls(), 2);
+        assert_eq!(by_id.num_calls(), 3);
+        assert_eq!(tag.num_calls(), 3);
+        assert_eq!(configure.num_calls(), 2);
+    }
+
+    /// On the way out the same answer means the opposite: an instance EC2 does not know
+    /// is gone, at once, not "not yet".
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_ec2_does_not_know_counts_as_terminated_at_once() {
+        use aws_sdk_ec2::Client;
+        use aws_sdk_ec2::error::ErrorMetadata;
+        use aws_sdk_ec2::operation::terminate_instances::TerminateInstancesError;
+        use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+        let terminate = mock!(Client::terminate_instances).then_error(|| {
+            TerminateInstancesError::generic(
+                ErrorMetadata::builder()
+                    .code("InvalidInstanceID.NotFound")
+                    .build(),
+            )
+        });
+        let instance = Ec2Instance {
+            ec2: mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&terminate]),
+            id: "i-gone".into(),
+        };
+
+        assert!(instance.delete().await.is_ok());
+        assert_eq!(terminate.num_calls(), 1);
     }
 }

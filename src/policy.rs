@@ -207,6 +207,7 @@ pub fn document(scope: &Scope) -> Value {
             &[
                 "elasticache:DescribeCacheClusters",
                 "elasticache:DescribeCacheSubnetGroups",
+                "elasticache:DescribeEvents",
                 "elasticache:DescribeReplicationGroups",
             ],
             json!("*"),

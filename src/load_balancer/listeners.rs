@@ -10,7 +10,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 
 use super::LoadBalancer;
-use crate::aws::Call;
+use crate::aws::{Call, ELB_NEW_CERTIFICATE, once_known};
 use crate::engine::{self, Step, is_planned, planned_id};
 use crate::stack::Stack;
 
@@ -129,17 +129,19 @@ async fn ensure_listener(
                 && stack.make(engine::Action::Update, resource, wanted.about)
             {
                 step.set("fixing its settings");
-                elbv2
-                    .modify_listener()
-                    .listener_arn(&arn)
-                    .port(port)
-                    .protocol(wanted.protocol)
-                    .set_certificates(certificates)
-                    .set_ssl_policy(wanted.ssl_policy.clone())
-                    .default_actions(wanted.action)
-                    .send()
-                    .await
-                    .call(format!("ModifyListener {arn}"))?;
+                let call = format!("ModifyListener {arn}");
+                once_known(stack.pace, &call, &ELB_NEW_CERTIFICATE, || {
+                    elbv2
+                        .modify_listener()
+                        .listener_arn(&arn)
+                        .port(port)
+                        .protocol(wanted.protocol.clone())
+                        .set_certificates(certificates.clone())
+                        .set_ssl_policy(wanted.ssl_policy.clone())
+                        .default_actions(wanted.action.clone())
+                        .send()
+                })
+                .await?;
             }
             Ok(arn)
         }
@@ -148,17 +150,19 @@ async fn ensure_listener(
                 return Ok(planned_id("listener"));
             }
             step.set("creating");
-            let created = elbv2
-                .create_listener()
-                .load_balancer_arn(lb_arn)
-                .port(port)
-                .protocol(wanted.protocol)
-                .set_certificates(certificates)
-                .set_ssl_policy(wanted.ssl_policy)
-                .default_actions(wanted.action)
-                .send()
-                .await
-                .call(format!("CreateListener {lb_arn} port {port}"))?;
+            let call = format!("CreateListener {lb_arn} port {port}");
+            let created = once_known(stack.pace, &call, &ELB_NEW_CERTIFICATE, || {
+                elbv2
+                    .create_listener()
+                    .load_balancer_arn(lb_arn)
+                    .port(port)
+                    .protocol(wanted.protocol.clone())
+                    .set_certificates(certificates.clone())
+                    .set_ssl_policy(wanted.ssl_policy.clone())
+                    .default_actions(wanted.action.clone())
+                    .send()
+            })
+            .await?;
             Ok(created
                 .listeners()
                 .first()

@@ -13,7 +13,7 @@ use super::{
     HEALTH_CHECK_PATH, HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD, describe, drifted, is_ours,
     not_ours, tags,
 };
-use crate::aws::{Call, error_code};
+use crate::aws::{Call, ELB_NEW_TARGET, error_code, once_known};
 use crate::deploy::Health;
 use crate::engine::{Action, Step, is_planned, planned_id};
 use crate::network::Network;
@@ -314,19 +314,21 @@ fn targets(stack: &Stack, ids: &[String]) -> Vec<TargetDescription> {
 
 /// Registers `ids` with the target group on the app port.
 pub async fn register(stack: &Stack, target_group_arn: &str, ids: &[String]) -> Result<()> {
-    stack
-        .clients
-        .elbv2
-        .register_targets()
-        .target_group_arn(target_group_arn)
-        .set_targets(Some(targets(stack, ids)))
-        .send()
-        .await
-        .call(format!(
-            "RegisterTargets {} {}",
-            stack.names.target_group(),
-            ids.join(" ")
-        ))?;
+    let call = format!(
+        "RegisterTargets {} {}",
+        stack.names.target_group(),
+        ids.join(" ")
+    );
+    once_known(stack.pace, &call, &ELB_NEW_TARGET, || {
+        stack
+            .clients
+            .elbv2
+            .register_targets()
+            .target_group_arn(target_group_arn)
+            .set_targets(Some(targets(stack, ids)))
+            .send()
+    })
+    .await?;
     Ok(())
 }
 

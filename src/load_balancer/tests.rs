@@ -33,20 +33,6 @@ const LB: &str = "arn:aws:elasticloadbalancing:us-east-1:1:loadbalancer/app/chat
 const TG: &str = "arn:aws:elasticloadbalancing:us-east-1:1:targetgroup/chat-tg/1";
 const CERT: &str = "arn:aws:acm:us-east-1:1:certificate/1";
 
-fn network() -> Network {
-    Network {
-        vpc_id: "vpc-1".into(),
-        zones: ["us-east-1a".into(), "us-east-1b".into()],
-        public_subnets: ["subnet-pa".into(), "subnet-pb".into()],
-        private_subnets: ["subnet-qa".into(), "subnet-qb".into()],
-        private_route_table: "rtb-1".into(),
-        s3_endpoint: "vpce-1".into(),
-        alb_security_group: "sg-alb".into(),
-        instance_security_group: "sg-instances".into(),
-        redis_security_group: "sg-redis".into(),
-    }
-}
-
 fn the_load_balancer() -> DescribeLoadBalancersOutput {
     let zone = |subnet: &str| AvailabilityZone::builder().subnet_id(subnet).build();
     DescribeLoadBalancersOutput::builder()
@@ -338,7 +324,9 @@ async fn a_converged_load_balancer_is_left_alone_even_when_throttled() {
         .collect();
     let stack = stack_with(&rules);
 
-    let lb = ensure(&stack, &network()).await.expect("ensure");
+    let lb = ensure(&stack, &crate::network::example())
+        .await
+        .expect("ensure");
     let https = ensure_https_listener(&stack, &lb, CERT)
         .await
         .expect("HTTPS listener");
@@ -405,11 +393,144 @@ async fn a_load_balancer_of_another_owner_is_neither_adopted_nor_deleted() {
         .collect();
     let stack = stack_with(&rules);
 
-    let error = ensure(&stack, &network()).await.unwrap_err().to_string();
+    let error = ensure(&stack, &crate::network::example())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("chat-alb exists but does not carry the tag realtime-stack:stack=chat"),
         "{error}"
     );
     assert!(deletables(&stack).await.expect("deletables").is_empty());
     assert_eq!(calls(&changes), Vec::<&str>::new());
+}
+
+/// The HTTPS listener right after ACM issued its certificate: for up to a minute ELB
+/// answers `CertificateNotFound`, or `UnsupportedCertificate` as for a certificate not
+/// yet issued (hashicorp/terraform-provider-aws#17505, DataBiosphere/azul#8321;
+/// terraform-provider-aws retries CreateListener on CertificateNotFound for its
+/// five-minute create timeout).
+#[tokio::test(start_paused = true)]
+async fn the_https_listener_waits_until_elb_knows_the_new_certificate() {
+    use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
+    use aws_sdk_elasticloadbalancingv2::operation::create_listener::{
+        CreateListenerError, CreateListenerOutput,
+    };
+    use aws_sdk_elasticloadbalancingv2::types::error::CertificateNotFoundException;
+
+    let only_http = mock!(Client::describe_listeners).then_output(|| {
+        DescribeListenersOutput::builder()
+            .listeners(
+                Listener::builder()
+                    .listener_arn(format!("{LB}/http"))
+                    .port(80)
+                    .build(),
+            )
+            .build()
+    });
+    let not_found = format!("Certificate '{CERT}' not found");
+    let unsupported = "The certificate must have a fully-qualified domain name, a supported \
+                       signature, and a supported key size.";
+    let create = mock!(Client::create_listener)
+        .match_requests(|req| req.port() == Some(443))
+        .sequence()
+        .error(move || {
+            CreateListenerError::CertificateNotFoundException(
+                CertificateNotFoundException::builder()
+                    .message(&not_found)
+                    .meta(
+                        ErrorMetadata::builder()
+                            .code("CertificateNotFound")
+                            .message(&not_found)
+                            .build(),
+                    )
+                    .build(),
+            )
+        })
+        .times(2)
+        .error(move || {
+            CreateListenerError::generic(
+                ErrorMetadata::builder()
+                    .code("UnsupportedCertificate")
+                    .message(unsupported)
+                    .build(),
+            )
+        })
+        .output(|| {
+            CreateListenerOutput::builder()
+                .listeners(
+                    Listener::builder()
+                        .listener_arn(format!("{LB}/https"))
+                        .build(),
+                )
+                .build()
+        })
+        .build();
+    // The new listener then gets its /metrics rule.
+    let no_rules = mock!(Client::describe_rules).then_output(|| {
+        aws_sdk_elasticloadbalancingv2::operation::describe_rules::DescribeRulesOutput::builder()
+            .build()
+    });
+    let metrics_rule = mock!(Client::create_rule)
+        .match_requests(|req| req.priority() == Some(1))
+        .then_output(|| {
+            aws_sdk_elasticloadbalancingv2::operation::create_rule::CreateRuleOutput::builder()
+                .build()
+        });
+    let stack = stack_with(&[&only_http, &create, &no_rules, &metrics_rule]);
+    let lb = LoadBalancer {
+        arn: LB.into(),
+        dns_name: "chat-alb-1.us-east-1.elb.amazonaws.com".into(),
+        canonical_hosted_zone_id: "Z35SXDOTRQ7X7K".into(),
+        target_group_arn: TG.into(),
+        http_listener_arn: format!("{LB}/http"),
+    };
+
+    let https = ensure_https_listener(&stack, &lb, CERT)
+        .await
+        .expect("HTTPS listener");
+
+    assert_eq!(https, format!("{LB}/https"));
+    assert_eq!(create.num_calls(), 4);
+    assert_eq!(metrics_rule.num_calls(), 1);
+}
+
+/// Instances registered as soon as EC2 says they run: the load balancer may not know
+/// them yet (`InvalidTarget`, retried by terraform-provider-aws since
+/// hashicorp/terraform-provider-aws#8537).
+#[tokio::test(start_paused = true)]
+async fn new_instances_are_registered_once_the_load_balancer_knows_them() {
+    use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
+    use aws_sdk_elasticloadbalancingv2::operation::register_targets::{
+        RegisterTargetsError, RegisterTargetsOutput,
+    };
+    use aws_sdk_elasticloadbalancingv2::types::error::InvalidTargetException;
+
+    let message = "The following targets are not in a running state and cannot be \
+                   registered: 'i-new1'";
+    let register_targets = mock!(Client::register_targets)
+        .sequence()
+        .error(move || {
+            RegisterTargetsError::InvalidTargetException(
+                InvalidTargetException::builder()
+                    .message(message)
+                    .meta(
+                        ErrorMetadata::builder()
+                            .code("InvalidTarget")
+                            .message(message)
+                            .build(),
+                    )
+                    .build(),
+            )
+        })
+        .times(2)
+        .output(|| RegisterTargetsOutput::builder().build())
+        .build();
+    let stack = stack_with(&[&register_targets]);
+
+    register(&stack, TG, &["i-new1".to_owned()])
+        .await
+        .expect("registered");
+
+    assert_eq!(register_targets.num_calls(), 3);
 }

@@ -17,7 +17,7 @@ use aws_sdk_ec2::types::{
 use futures::future::try_join_all;
 use futures::try_join;
 
-use crate::aws::{Call, ec2_stack_filters, ec2_tags, error_code};
+use crate::aws::{Call, EC2_NEW, ec2_stack_filters, ec2_tags, error_code, once_known};
 use crate::engine::{Action, Step, is_planned, planned_id, wait_for};
 use crate::stack::Stack;
 
@@ -42,6 +42,22 @@ pub struct Network {
     pub alb_security_group: String,
     pub instance_security_group: String,
     pub redis_security_group: String,
+}
+
+/// A network as [`ensure`] returns it, for the tests of the modules that use one.
+#[cfg(test)]
+pub fn example() -> Network {
+    Network {
+        vpc_id: "vpc-1".into(),
+        zones: ["us-east-1a".into(), "us-east-1b".into()],
+        public_subnets: ["subnet-pa".into(), "subnet-pb".into()],
+        private_subnets: ["subnet-qa".into(), "subnet-qb".into()],
+        private_route_table: "rtb-1".into(),
+        s3_endpoint: "vpce-1".into(),
+        alb_security_group: "sg-alb".into(),
+        instance_security_group: "sg-instances".into(),
+        redis_security_group: "sg-redis".into(),
+    }
 }
 
 /// Roles of the subnets, in the order of [`crate::spec::StackSpec::subnet_cidrs`].
@@ -401,12 +417,14 @@ async fn ensure_internet_gateway(stack: &Stack, vpc_id: &str) -> Result<String> 
             )
         {
             step.set("attaching");
-            ec2.attach_internet_gateway()
-                .internet_gateway_id(&id)
-                .vpc_id(vpc_id)
-                .send()
-                .await
-                .call(format!("AttachInternetGateway {id} {vpc_id}"))?;
+            let call = format!("AttachInternetGateway {id} {vpc_id}");
+            once_known(stack.pace, &call, &EC2_NEW, || {
+                ec2.attach_internet_gateway()
+                    .internet_gateway_id(&id)
+                    .vpc_id(vpc_id)
+                    .send()
+            })
+            .await?;
         }
         Ok(id)
     };
@@ -495,13 +513,15 @@ async fn ensure_default_route(
                 return Ok(());
             }
             step.set("adding the default route");
-            ec2.create_route()
-                .route_table_id(id)
-                .destination_cidr_block(DEFAULT_ROUTE)
-                .gateway_id(igw)
-                .send()
-                .await
-                .call(format!("CreateRoute {id} {DEFAULT_ROUTE} -> {igw}"))?;
+            let call = format!("CreateRoute {id} {DEFAULT_ROUTE} -> {igw}");
+            once_known(stack.pace, &call, &EC2_NEW, || {
+                ec2.create_route()
+                    .route_table_id(id)
+                    .destination_cidr_block(DEFAULT_ROUTE)
+                    .gateway_id(igw)
+                    .send()
+            })
+            .await?;
         }
         (Some(_), Some(igw)) => {
             if !route_change(format!("point the default route at {igw}")) {
@@ -573,20 +593,24 @@ async fn ensure_associations(
             .and_then(|association| association.route_table_association_id());
         match association {
             Some(association) => {
-                ec2.replace_route_table_association()
-                    .association_id(association)
-                    .route_table_id(id)
-                    .send()
-                    .await
-                    .call(format!("ReplaceRouteTableAssociation {subnet} -> {id}"))?;
+                let call = format!("ReplaceRouteTableAssociation {subnet} -> {id}");
+                once_known(stack.pace, &call, &EC2_NEW, || {
+                    ec2.replace_route_table_association()
+                        .association_id(association)
+                        .route_table_id(id)
+                        .send()
+                })
+                .await?;
             }
             None => {
-                ec2.associate_route_table()
-                    .route_table_id(id)
-                    .subnet_id(subnet)
-                    .send()
-                    .await
-                    .call(format!("AssociateRouteTable {subnet} -> {id}"))?;
+                let call = format!("AssociateRouteTable {subnet} -> {id}");
+                once_known(stack.pace, &call, &EC2_NEW, || {
+                    ec2.associate_route_table()
+                        .route_table_id(id)
+                        .subnet_id(subnet)
+                        .send()
+                })
+                .await?;
             }
         }
     }
@@ -704,21 +728,22 @@ async fn ensure_s3_endpoint(
             return Ok(planned_id("s3 endpoint"));
         }
         step.set("creating");
-        let created = ec2
-            .create_vpc_endpoint()
-            .vpc_id(vpc_id)
-            .vpc_endpoint_type(VpcEndpointType::Gateway)
-            .service_name(&service)
-            .route_table_ids(route_table)
-            .policy_document(policy.to_string())
-            .tag_specifications(ec2_tags(
-                &stack.names,
-                "s3-endpoint",
-                ResourceType::VpcEndpoint,
-            ))
-            .send()
-            .await
-            .call(format!("CreateVpcEndpoint {name} {service}"))?;
+        let call = format!("CreateVpcEndpoint {name} {service}");
+        let created = once_known(stack.pace, &call, &EC2_NEW, || {
+            ec2.create_vpc_endpoint()
+                .vpc_id(vpc_id)
+                .vpc_endpoint_type(VpcEndpointType::Gateway)
+                .service_name(&service)
+                .route_table_ids(route_table)
+                .policy_document(policy.to_string())
+                .tag_specifications(ec2_tags(
+                    &stack.names,
+                    "s3-endpoint",
+                    ResourceType::VpcEndpoint,
+                ))
+                .send()
+        })
+        .await?;
         Ok(created
             .vpc_endpoint()
             .and_then(|endpoint| endpoint.vpc_endpoint_id())

@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::{REDIS_PORT, filter, single};
-use crate::aws::{Call, ec2_stack_filters, ec2_tags};
+use crate::aws::{Call, EC2_NEW, ec2_stack_filters, ec2_tags, once_known};
 use crate::engine::{Action, planned_id};
 use crate::stack::Stack;
 
@@ -241,12 +241,15 @@ pub(super) async fn ensure_security_group(
             )
         {
             step.set("adding ingress rules");
-            ec2.authorize_security_group_ingress()
-                .group_id(&id)
-                .set_ip_permissions(Some(missing))
-                .send()
-                .await
-                .call(format!("AuthorizeSecurityGroupIngress {name}"))?;
+            // Both this group and the one a rule admits from may be new.
+            let call = format!("AuthorizeSecurityGroupIngress {name}");
+            once_known(stack.pace, &call, &EC2_NEW, || {
+                ec2.authorize_security_group_ingress()
+                    .group_id(&id)
+                    .set_ip_permissions(Some(missing.clone()))
+                    .send()
+            })
+            .await?;
         }
         Ok(id)
     };

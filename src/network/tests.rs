@@ -62,10 +62,8 @@ fn the_vpc() -> DescribeVpcsOutput {
         .build()
 }
 
-/// Describe rules answering with the network of the example stack exactly as
-/// `ensure` builds it, plus `extra_ingress` on the instances' group.
-fn converged(extra_ingress: Option<IpPermission>) -> Vec<Rule> {
-    let cidrs = testing::spec().subnet_cidrs();
+/// What the region and a VPC with DNS on answer, built or not.
+fn region() -> Vec<Rule> {
     vec![
         mock!(Ec2::describe_availability_zones).then_output(|| {
             let zone = |name: &str| {
@@ -80,7 +78,6 @@ fn converged(extra_ingress: Option<IpPermission>) -> Vec<Rule> {
                 .availability_zones(zone("us-east-1a"))
                 .build()
         }),
-        mock!(Ec2::describe_vpcs).then_output(the_vpc),
         mock!(Ec2::describe_vpc_attribute).then_output(|| {
             let on = || AttributeBooleanValue::builder().value(true).build();
             DescribeVpcAttributeOutput::builder()
@@ -88,6 +85,16 @@ fn converged(extra_ingress: Option<IpPermission>) -> Vec<Rule> {
                 .enable_dns_hostnames(on())
                 .build()
         }),
+    ]
+}
+
+/// Describe rules answering with the network of the example stack exactly as
+/// `ensure` builds it, plus `extra_ingress` on the instances' group.
+fn converged(extra_ingress: Option<IpPermission>) -> Vec<Rule> {
+    let cidrs = testing::spec().subnet_cidrs();
+    let mut rules = region();
+    rules.extend([
+        mock!(Ec2::describe_vpcs).then_output(the_vpc),
         mock!(Ec2::describe_subnets).then_compute_output(move |req| {
             let role = role(req.filters());
             let index = SUBNET_ROLES.iter().position(|r| *r == role).unwrap();
@@ -180,7 +187,8 @@ fn converged(extra_ingress: Option<IpPermission>) -> Vec<Rule> {
                 .security_groups(group.build())
                 .build()
         }),
-    ]
+    ]);
+    rules
 }
 
 /// A rule answering `$op` with success, named as AWS names the call.
@@ -401,4 +409,160 @@ async fn destroy_names_a_security_group_refused_for_good() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0, "security group chat-redis-sg (sg-redis)");
     assert!(left[0].1.contains("DependencyViolation"), "{}", left[0].1);
+}
+
+/// EC2's answer about a resource it does not know (yet).
+fn unknown(code: &str) -> ErrorMetadata {
+    ErrorMetadata::builder()
+        .code(code)
+        .message("The ID does not exist")
+        .build()
+}
+
+/// A rule answering `$op` with EC2's `$code` for an id it does not know yet, `$times`
+/// times, then success.
+macro_rules! unknown_at_first {
+    ($op:ident, $error:ident, $output:ident, $code:literal, $times:literal) => {
+        mock!(Ec2::$op)
+            .sequence()
+            .error(|| aws_sdk_ec2::operation::$op::$error::generic(unknown($code)))
+            .times($times)
+            .output(|| aws_sdk_ec2::operation::$op::$output::builder().build())
+            .repeatedly()
+            .build()
+    };
+}
+
+/// The value of the role tag a create call puts on its resource.
+fn created_role(specifications: &[aws_sdk_ec2::types::TagSpecification]) -> String {
+    specifications
+        .iter()
+        .flat_map(|specification| specification.tags())
+        .find(|tag| tag.key() == Some(ROLE_TAG))
+        .and_then(|tag| tag.value())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A first `up` in an empty account: every resource is created, and each call that
+/// uses one just created is first answered as EC2 answers while its id has not
+/// propagated (<https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html>;
+/// InvalidGroup.NotFound from AuthorizeSecurityGroupIngress right after
+/// CreateSecurityGroup: aws/aws-sdk-js#318; InvalidRouteTableID.NotFound:
+/// hashicorp/terraform#7104, retried since hashicorp/terraform#7156;
+/// InvalidInternetGatewayID.NotFound on attach: hashicorp/terraform#6105).
+#[tokio::test(start_paused = true)]
+async fn a_new_network_is_built_while_ec2_does_not_know_its_new_parts_yet() {
+    use aws_sdk_ec2::operation::create_internet_gateway::CreateInternetGatewayOutput;
+    use aws_sdk_ec2::operation::create_route_table::CreateRouteTableOutput;
+    use aws_sdk_ec2::operation::create_security_group::CreateSecurityGroupOutput;
+    use aws_sdk_ec2::operation::create_subnet::CreateSubnetOutput;
+    use aws_sdk_ec2::operation::create_vpc::CreateVpcOutput;
+    use aws_sdk_ec2::operation::create_vpc_endpoint::CreateVpcEndpointOutput;
+
+    let mut rules = region();
+    rules.extend([
+        mock!(Ec2::describe_vpcs).then_compute_output(|req| {
+            // Only the VPC just created, asked for by id, exists.
+            if req.vpc_ids().is_empty() {
+                DescribeVpcsOutput::builder().build()
+            } else {
+                the_vpc()
+            }
+        }),
+        mock!(Ec2::describe_subnets).then_output(|| DescribeSubnetsOutput::builder().build()),
+        mock!(Ec2::describe_internet_gateways)
+            .then_output(|| DescribeInternetGatewaysOutput::builder().build()),
+        mock!(Ec2::describe_route_tables)
+            .then_output(|| DescribeRouteTablesOutput::builder().build()),
+        mock!(Ec2::describe_vpc_endpoints)
+            .then_output(|| DescribeVpcEndpointsOutput::builder().build()),
+        mock!(Ec2::describe_security_groups)
+            .then_output(|| DescribeSecurityGroupsOutput::builder().build()),
+        mock!(Ec2::create_vpc).then_output(|| {
+            CreateVpcOutput::builder()
+                .vpc(Vpc::builder().vpc_id("vpc-1").build())
+                .build()
+        }),
+        mock!(Ec2::create_subnet).then_compute_output(|req| {
+            let id = format!("subnet-{}", created_role(req.tag_specifications()));
+            CreateSubnetOutput::builder()
+                .subnet(Subnet::builder().subnet_id(id).build())
+                .build()
+        }),
+        mock!(Ec2::create_internet_gateway).then_output(|| {
+            CreateInternetGatewayOutput::builder()
+                .internet_gateway(
+                    InternetGateway::builder()
+                        .internet_gateway_id("igw-1")
+                        .build(),
+                )
+                .build()
+        }),
+        mock!(Ec2::create_route_table).then_compute_output(|req| {
+            let id = format!("rtb-{}", created_role(req.tag_specifications()));
+            CreateRouteTableOutput::builder()
+                .route_table(RouteTable::builder().route_table_id(id).build())
+                .build()
+        }),
+        mock!(Ec2::create_vpc_endpoint).then_output(|| {
+            CreateVpcEndpointOutput::builder()
+                .vpc_endpoint(VpcEndpoint::builder().vpc_endpoint_id("vpce-1").build())
+                .build()
+        }),
+        mock!(Ec2::create_security_group).then_compute_output(|req| {
+            CreateSecurityGroupOutput::builder()
+                .group_id(format!("sg-{}", req.group_name().unwrap_or_default()))
+                .build()
+        }),
+    ]);
+    let attach = unknown_at_first!(
+        attach_internet_gateway,
+        AttachInternetGatewayError,
+        AttachInternetGatewayOutput,
+        "InvalidInternetGatewayID.NotFound",
+        2
+    );
+    let route = unknown_at_first!(
+        create_route,
+        CreateRouteError,
+        CreateRouteOutput,
+        "InvalidRouteTableID.NotFound",
+        2
+    );
+    let associate = unknown_at_first!(
+        associate_route_table,
+        AssociateRouteTableError,
+        AssociateRouteTableOutput,
+        "InvalidRouteTableID.NotFound",
+        2
+    );
+    // The group itself, then the group a rule admits from, not known yet.
+    let authorize = unknown_at_first!(
+        authorize_security_group_ingress,
+        AuthorizeSecurityGroupIngressError,
+        AuthorizeSecurityGroupIngressOutput,
+        "InvalidGroup.NotFound",
+        3
+    );
+    rules.extend([
+        attach.clone(),
+        route.clone(),
+        associate.clone(),
+        authorize.clone(),
+    ]);
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+
+    let network = ensure(&stack, BUCKET).await.expect("the network is built");
+
+    assert_eq!(network.alb_security_group, "sg-chat-alb-sg");
+    assert_eq!(network.private_route_table, "rtb-private-rt");
+    assert_eq!(attach.num_calls(), 3);
+    assert_eq!(route.num_calls(), 3);
+    assert_eq!(associate.num_calls(), 2 + 4, "four subnets associated");
+    assert_eq!(
+        authorize.num_calls(),
+        3 + 3,
+        "three groups given their rules"
+    );
 }
