@@ -75,6 +75,8 @@ pub fn document(scope: &Scope) -> Value {
         "ec2:DeleteRoute",
         "ec2:AuthorizeSecurityGroupIngress",
         "ec2:RevokeSecurityGroupIngress",
+        "ec2:AuthorizeSecurityGroupEgress",
+        "ec2:RevokeSecurityGroupEgress",
         "ec2:ModifyVpcAttribute",
         "ec2:ModifyVpcEndpoint",
         "ec2:DeleteVpcEndpoints",
@@ -97,6 +99,7 @@ pub fn document(scope: &Scope) -> Value {
                 "ec2:DescribeInstanceTypes",
                 "ec2:DescribeInstances",
                 "ec2:DescribeInternetGateways",
+                "ec2:DescribePrefixLists",
                 "ec2:DescribeRouteTables",
                 "ec2:DescribeSecurityGroups",
                 "ec2:DescribeSubnets",
@@ -138,7 +141,11 @@ pub fn document(scope: &Scope) -> Value {
         // What a launch or a rule creates untagged: the network interface, the rules.
         statement(
             "Ec2LaunchUntagged",
-            &["ec2:RunInstances", "ec2:AuthorizeSecurityGroupIngress"],
+            &[
+                "ec2:RunInstances",
+                "ec2:AuthorizeSecurityGroupIngress",
+                "ec2:AuthorizeSecurityGroupEgress",
+            ],
             json!([ec2("network-interface/*"), ec2("security-group-rule/*")]),
             None,
         ),

@@ -128,6 +128,20 @@ async fn drift(aws: &SdkConfig, stack: &TestStack, instance: &str) {
         .send()
         .await
         .unwrap();
+    // ...and everything let out again.
+    ec2.authorize_security_group_egress()
+        .group_id(&instances_sg)
+        .ip_permissions(
+            IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(0)
+                .to_port(65535)
+                .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
     // The private subnets given a way out to the internet.
     let tables = |role: &'static str| {
         let ec2 = ec2.clone();

@@ -834,6 +834,70 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
         redis.ip_permissions()[0].ip_ranges().is_empty(),
         "Redis is not open to any CIDR"
     );
+    // Egress: the load balancer reaches only the app port in the private subnets, the
+    // instances only Redis there and S3 (its prefix list) over HTTPS, Redis nothing.
+    let egress = |group: &aws_sdk_ec2::types::SecurityGroup| {
+        let mut rules: Vec<String> = group
+            .ip_permissions_egress()
+            .iter()
+            .flat_map(|p| {
+                let ports = format!(
+                    "{} {}-{}",
+                    p.ip_protocol().unwrap_or_default(),
+                    p.from_port().unwrap_or(-1),
+                    p.to_port().unwrap_or(-1)
+                );
+                p.ip_ranges()
+                    .iter()
+                    .map(|r| r.cidr_ip().unwrap_or_default().to_owned())
+                    .chain(
+                        p.prefix_list_ids()
+                            .iter()
+                            .map(|l| l.prefix_list_id().unwrap_or_default().to_owned()),
+                    )
+                    .chain(
+                        p.user_id_group_pairs()
+                            .iter()
+                            .map(|g| g.group_id().unwrap_or_default().to_owned()),
+                    )
+                    .map(move |peer| format!("{ports} {peer}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        rules.sort();
+        rules
+    };
+    let s3_list = ec2
+        .describe_prefix_lists()
+        .filters(
+            Filter::builder()
+                .name("prefix-list-name")
+                .values("com.amazonaws.us-east-1.s3")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .prefix_lists()[0]
+        .prefix_list_id()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        egress(&alb),
+        [
+            "tcp 8080-8080 10.20.128.0/18",
+            "tcp 8080-8080 10.20.192.0/18"
+        ]
+    );
+    assert_eq!(
+        egress(&instances),
+        [
+            "tcp 443-443 ".to_owned() + &s3_list,
+            "tcp 6379-6379 10.20.128.0/18".to_owned(),
+            "tcp 6379-6379 10.20.192.0/18".to_owned(),
+        ]
+    );
+    assert_eq!(egress(&redis), Vec::<String>::new());
     for g in groups.security_groups() {
         // Protocol -1 (all traffic) has no ports and lets SSH in too.
         assert!(

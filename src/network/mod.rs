@@ -26,7 +26,10 @@ mod teardown;
 #[cfg(test)]
 mod tests;
 
-use security_groups::{alb_ingress, ensure_security_group, instances_ingress, redis_ingress};
+use security_groups::{
+    alb_egress, alb_ingress, ensure_egress, ensure_security_group, instances_egress,
+    instances_ingress, redis_ingress, s3_prefix_list,
+};
 pub use teardown::deletables;
 
 /// The network as the other modules need it.
@@ -100,9 +103,23 @@ pub async fn ensure(stack: &Stack, bucket: &str) -> Result<Network> {
         // Each group's rules reference the one before it, hence the chain.
         let alb = ensure_security_group(stack, vpc, ALB_SG, alb_ingress(stack)).await?;
         let instances =
-            ensure_security_group(stack, vpc, INSTANCES_SG, instances_ingress(stack, &alb)).await?;
-        let redis = ensure_security_group(stack, vpc, REDIS_SG, redis_ingress(&instances)).await?;
-        Ok::<_, anyhow::Error>((alb, instances, redis))
+            ensure_security_group(stack, vpc, INSTANCES_SG, instances_ingress(stack, &alb.id))
+                .await?;
+        let redis =
+            ensure_security_group(stack, vpc, REDIS_SG, redis_ingress(&instances.id)).await?;
+        // Egress names no group, so no two groups name each other (and can be deleted).
+        let s3 = s3_prefix_list(stack).await?;
+        try_join!(
+            ensure_egress(stack, ALB_SG, &alb, alb_egress(stack)),
+            ensure_egress(
+                stack,
+                INSTANCES_SG,
+                &instances,
+                instances_egress(stack, &s3)
+            ),
+            ensure_egress(stack, REDIS_SG, &redis, Vec::new()),
+        )?;
+        Ok::<_, anyhow::Error>((alb.id, instances.id, redis.id))
     };
     let (
         (zones, public_subnets, private_subnets, private_route_table, s3_endpoint),

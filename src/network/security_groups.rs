@@ -1,6 +1,8 @@
 //! The stack's three security groups and their rules: the load balancer takes 80 and 443
-//! from the allowed ranges, the instances take the app port from the load balancer only,
-//! Redis takes 6379 from the instances only. A rule added by hand is revoked.
+//! from the allowed ranges and talks only to the app port in the private subnets; the
+//! instances take the app port from the load balancer only and talk only to Redis (6379,
+//! private subnets) and S3 (443, its prefix list); Redis takes 6379 from the instances
+//! only and talks to nobody. A rule added by hand is revoked.
 
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{
@@ -9,34 +11,34 @@ use aws_sdk_ec2::types::{
 
 use super::{REDIS_PORT, filter, single};
 use crate::aws::{Call, EC2_NEW, ec2_stack_filters, ec2_tags, once_known};
-use crate::engine::{Action, planned_id};
+use crate::engine::{Action, Step, planned_id};
 use crate::stack::Stack;
 
-/// Where an ingress rule admits traffic from.
+/// Where a rule admits traffic from (ingress) or lets it go to (egress).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) enum Source {
+pub(super) enum Peer {
     Cidr(String),
     Ipv6(String),
     Group(String),
     PrefixList(String),
 }
 
-/// One ingress rule, as EC2 identifies it (the description is not part of its identity).
+/// One rule, as EC2 identifies it (the description is not part of its identity).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct Ingress {
+pub(super) struct GroupRule {
     protocol: String,
     from: i32,
     to: i32,
-    pub(super) source: Source,
+    pub(super) peer: Peer,
 }
 
-impl Ingress {
-    pub(super) fn tcp(port: i32, source: Source) -> Self {
+impl GroupRule {
+    pub(super) fn tcp(port: i32, peer: Peer) -> Self {
         Self {
             protocol: "tcp".into(),
             from: port,
             to: port,
-            source,
+            peer,
         }
     }
 
@@ -45,23 +47,23 @@ impl Ingress {
             .ip_protocol(&self.protocol)
             .from_port(self.from)
             .to_port(self.to);
-        match &self.source {
-            Source::Cidr(cidr) => permission.ip_ranges(
+        match &self.peer {
+            Peer::Cidr(cidr) => permission.ip_ranges(
                 IpRange::builder()
                     .cidr_ip(cidr)
                     .set_description(description.map(str::to_owned))
                     .build(),
             ),
-            Source::Ipv6(cidr) => {
+            Peer::Ipv6(cidr) => {
                 permission.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(cidr).build())
             }
-            Source::Group(group) => permission.user_id_group_pairs(
+            Peer::Group(group) => permission.user_id_group_pairs(
                 UserIdGroupPair::builder()
                     .group_id(group)
                     .set_description(description.map(str::to_owned))
                     .build(),
             ),
-            Source::PrefixList(list) => {
+            Peer::PrefixList(list) => {
                 permission.prefix_list_ids(PrefixListId::builder().prefix_list_id(list).build())
             }
         }
@@ -69,49 +71,49 @@ impl Ingress {
     }
 }
 
-/// The ingress rules of a group, one per source.
-pub(super) fn current_ingress(group: &SecurityGroup) -> Vec<Ingress> {
+/// The rules of `permissions` (a group's ingress or egress), one per peer.
+pub(super) fn current_rules(permissions: &[IpPermission]) -> Vec<GroupRule> {
     let mut rules = Vec::new();
-    for permission in group.ip_permissions() {
+    for permission in permissions {
         let protocol = permission.ip_protocol().unwrap_or("-1").to_owned();
         let (from, to) = (
             permission.from_port().unwrap_or(-1),
             permission.to_port().unwrap_or(-1),
         );
-        let mut push = |source| {
-            rules.push(Ingress {
+        let mut push = |peer| {
+            rules.push(GroupRule {
                 protocol: protocol.clone(),
                 from,
                 to,
-                source,
+                peer,
             })
         };
         permission
             .ip_ranges()
             .iter()
             .filter_map(|range| range.cidr_ip())
-            .for_each(|cidr| push(Source::Cidr(cidr.to_owned())));
+            .for_each(|cidr| push(Peer::Cidr(cidr.to_owned())));
         permission
             .ipv6_ranges()
             .iter()
             .filter_map(|range| range.cidr_ipv6())
-            .for_each(|cidr| push(Source::Ipv6(cidr.to_owned())));
+            .for_each(|cidr| push(Peer::Ipv6(cidr.to_owned())));
         permission
             .user_id_group_pairs()
             .iter()
             .filter_map(|pair| pair.group_id())
-            .for_each(|group| push(Source::Group(group.to_owned())));
+            .for_each(|group| push(Peer::Group(group.to_owned())));
         permission
             .prefix_list_ids()
             .iter()
             .filter_map(|list| list.prefix_list_id())
-            .for_each(|list| push(Source::PrefixList(list.to_owned())));
+            .for_each(|list| push(Peer::PrefixList(list.to_owned())));
     }
     rules
 }
 
 /// The load balancer: HTTPS, and HTTP only to be redirected, from the allowed ranges.
-pub(super) fn alb_ingress(stack: &Stack) -> Vec<(Ingress, String)> {
+pub(super) fn alb_ingress(stack: &Stack) -> Vec<(GroupRule, String)> {
     stack
         .spec
         .network
@@ -120,7 +122,7 @@ pub(super) fn alb_ingress(stack: &Stack) -> Vec<(Ingress, String)> {
         .flat_map(|cidr| {
             [(443, "HTTPS"), (80, "HTTP, redirected to HTTPS")].map(|(port, what)| {
                 (
-                    Ingress::tcp(port, Source::Cidr(cidr.clone())),
+                    GroupRule::tcp(port, Peer::Cidr(cidr.clone())),
                     format!("{what} from {cidr}"),
                 )
             })
@@ -129,61 +131,131 @@ pub(super) fn alb_ingress(stack: &Stack) -> Vec<(Ingress, String)> {
 }
 
 /// The instances: the app port, from the load balancer only. No SSH.
-pub(super) fn instances_ingress(stack: &Stack, alb_group: &str) -> Vec<(Ingress, String)> {
+pub(super) fn instances_ingress(stack: &Stack, alb_group: &str) -> Vec<(GroupRule, String)> {
     vec![(
-        Ingress::tcp(
+        GroupRule::tcp(
             i32::from(stack.spec.instances.app_port),
-            Source::Group(alb_group.to_owned()),
+            Peer::Group(alb_group.to_owned()),
         ),
         "chat server, from the load balancer only".to_owned(),
     )]
 }
 
 /// Redis: from the instances only.
-pub(super) fn redis_ingress(instances_group: &str) -> Vec<(Ingress, String)> {
+pub(super) fn redis_ingress(instances_group: &str) -> Vec<(GroupRule, String)> {
     vec![(
-        Ingress::tcp(REDIS_PORT, Source::Group(instances_group.to_owned())),
+        GroupRule::tcp(REDIS_PORT, Peer::Group(instances_group.to_owned())),
         "Redis, from the chat server instances only".to_owned(),
     )]
 }
 
+/// The load balancer's egress: the app port, to the private subnets where the instances
+/// are (health checks go there too). Subnet ranges rather than the instances' group: the
+/// instances' group admits the load balancer's, and two groups naming each other could
+/// never be deleted one before the other.
+pub(super) fn alb_egress(stack: &Stack) -> Vec<(GroupRule, String)> {
+    let port = i32::from(stack.spec.instances.app_port);
+    private_ranges(stack)
+        .map(|cidr| {
+            (
+                GroupRule::tcp(port, Peer::Cidr(cidr.clone())),
+                format!("chat server, to the instances' subnet {cidr}"),
+            )
+        })
+        .collect()
+}
+
+/// The instances' egress: Redis in the private subnets, and S3 over HTTPS (the binary,
+/// and Amazon Linux's package repositories, through the gateway endpoint). DNS, the
+/// instance metadata and the time service are link-local: security groups do not filter
+/// them.
+pub(super) fn instances_egress(stack: &Stack, s3_prefix_list: &str) -> Vec<(GroupRule, String)> {
+    private_ranges(stack)
+        .map(|cidr| {
+            (
+                GroupRule::tcp(REDIS_PORT, Peer::Cidr(cidr.clone())),
+                format!("Redis, in the private subnet {cidr}"),
+            )
+        })
+        .chain([(
+            GroupRule::tcp(443, Peer::PrefixList(s3_prefix_list.to_owned())),
+            "S3 over HTTPS, through the gateway endpoint".to_owned(),
+        )])
+        .collect()
+}
+
+fn private_ranges(stack: &Stack) -> impl Iterator<Item = String> {
+    // In the order of SUBNET_ROLES: public-a, public-b, private-a, private-b.
+    stack.spec.subnet_cidrs().into_iter().skip(2)
+}
+
+/// The id of the prefix list of S3's addresses in the region, which egress rules to S3
+/// name.
+pub(super) async fn s3_prefix_list(stack: &Stack) -> Result<String> {
+    let name = format!("com.amazonaws.{}.s3", stack.region);
+    let lists = stack
+        .clients
+        .ec2
+        .describe_prefix_lists()
+        .filters(filter("prefix-list-name", &name))
+        .send()
+        .await
+        .call(format!("DescribePrefixLists {name}"))?;
+    lists
+        .prefix_lists()
+        .first()
+        .and_then(|list| list.prefix_list_id())
+        .map(str::to_owned)
+        .with_context(|| format!("EC2 knows no prefix list {name} in {}", stack.region))
+}
+
+/// Which way a group's rules go.
+#[derive(Clone, Copy)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    /// As the EC2 operations name it: `AuthorizeSecurityGroupIngress`...
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "Ingress",
+            Direction::Egress => "Egress",
+        }
+    }
+}
+
 /// A security group of `role` in the VPC admitting exactly `wanted`: missing rules are
-/// added, any other ingress rule (say, someone opened 22) is revoked.
-///
-/// Egress stays AWS's default allow-all: the instances need 443 to S3 (through the
-/// gateway endpoint, whose addresses are a prefix list) and 6379 to Redis, the ALB needs
-/// the app port to the instances; the private route table already confines the
-/// instances to the VPC and S3, so narrower egress rules would add upkeep, not safety.
+/// added, any other ingress rule (say, someone opened 22) is revoked. Its egress is
+/// [`ensure_egress`]'s, once every group it may name exists.
 pub(super) async fn ensure_security_group(
     stack: &Stack,
     vpc_id: &str,
     role: &str,
-    wanted: Vec<(Ingress, String)>,
-) -> Result<String> {
+    wanted: Vec<(GroupRule, String)>,
+) -> Result<Group> {
     let ec2 = &stack.clients.ec2;
     let name = stack.names.name(role);
     let step = stack.progress.step(format!("security group {name}"));
     let work = async {
-        let found = ec2
-            .describe_security_groups()
-            .set_filters(Some(ec2_stack_filters(&stack.names, Some(role))))
-            .filters(filter("vpc-id", vpc_id))
-            .send()
-            .await
-            .call(format!("DescribeSecurityGroups {name}"))?;
-        let (id, current) = match single(found.security_groups().to_vec(), "security group")? {
+        let (id, current, egress) = match find_group(stack, vpc_id, role).await? {
             Some(group) => (
                 group
                     .group_id()
                     .context("security group without an id")?
                     .to_owned(),
-                current_ingress(&group),
+                current_rules(group.ip_permissions()),
+                current_rules(group.ip_permissions_egress()),
             ),
             None => {
                 let rules: Vec<&str> = wanted.iter().map(|(_, about)| about.as_str()).collect();
                 let reason = format!("admitting {}", rules.join("; "));
                 if !stack.make(Action::Create, format!("security group {name}"), reason) {
-                    return Ok(planned_id("security group"));
+                    return Ok(Group {
+                        id: planned_id("security group"),
+                        egress: Vec::new(),
+                    });
                 }
                 step.set("creating");
                 let created = ec2
@@ -199,59 +271,167 @@ pub(super) async fn ensure_security_group(
                     .group_id()
                     .context("CreateSecurityGroup returned no id")?
                     .to_owned();
-                (id, Vec::new())
+                // What EC2 gives every new group, known without asking: a describe this
+                // soon may not find the group yet.
+                let allow_all = GroupRule {
+                    protocol: "-1".into(),
+                    from: -1,
+                    to: -1,
+                    peer: Peer::Cidr("0.0.0.0/0".into()),
+                };
+                (id, Vec::new(), vec![allow_all])
             }
         };
-        let missing: Vec<IpPermission> = wanted
-            .iter()
-            .filter(|(rule, _)| !current.contains(rule))
-            .map(|(rule, description)| rule.permission(Some(description)))
-            .collect();
-        let unexpected: Vec<IpPermission> = current
-            .iter()
-            .filter(|rule| !wanted.iter().any(|(wanted, _)| wanted == *rule))
-            .map(|rule| rule.permission(None))
-            .collect();
-        let resource = format!("security group {name}");
-        if !unexpected.is_empty()
-            && stack.make(
-                Action::Update,
-                &resource,
-                format!("revoke {} ingress rule(s) added by hand", unexpected.len()),
-            )
-        {
-            step.set("revoking unexpected ingress rules");
-            ec2.revoke_security_group_ingress()
-                .group_id(&id)
+        converge_rules(
+            stack,
+            &step,
+            &name,
+            &id,
+            Direction::Ingress,
+            &current,
+            &wanted,
+        )
+        .await?;
+        Ok(Group { id, egress })
+    };
+    step.run(work, |group| group.id.clone()).await
+}
+
+/// A security group of the stack, with the egress rules it had when it was found.
+pub(super) struct Group {
+    pub(super) id: String,
+    egress: Vec<GroupRule>,
+}
+
+/// The group of `role` lets out exactly `wanted`: AWS's default allow-all egress of a
+/// new group, and anything added by hand, is revoked.
+pub(super) async fn ensure_egress(
+    stack: &Stack,
+    role: &str,
+    group: &Group,
+    wanted: Vec<(GroupRule, String)>,
+) -> Result<()> {
+    let name = stack.names.name(role);
+    let step = stack.progress.step(format!("security group {name} egress"));
+    let work = converge_rules(
+        stack,
+        &step,
+        &name,
+        &group.id,
+        Direction::Egress,
+        &group.egress,
+        &wanted,
+    );
+    step.run(work, |()| match wanted.len() {
+        0 => "none".to_owned(),
+        n => format!("{n} rule(s)"),
+    })
+    .await
+}
+
+async fn find_group(stack: &Stack, vpc_id: &str, role: &str) -> Result<Option<SecurityGroup>> {
+    let found = stack
+        .clients
+        .ec2
+        .describe_security_groups()
+        .set_filters(Some(ec2_stack_filters(&stack.names, Some(role))))
+        .filters(filter("vpc-id", vpc_id))
+        .send()
+        .await
+        .call(format!("DescribeSecurityGroups {}", stack.names.name(role)))?;
+    single(found.security_groups().to_vec(), "security group")
+}
+
+/// Revokes the rules of `direction` that are not `wanted` and adds the missing ones.
+async fn converge_rules(
+    stack: &Stack,
+    step: &Step,
+    name: &str,
+    id: &str,
+    direction: Direction,
+    current: &[GroupRule],
+    wanted: &[(GroupRule, String)],
+) -> Result<()> {
+    let ec2 = &stack.clients.ec2;
+    let name_in_calls = direction.name();
+    let word = name_in_calls.to_lowercase();
+    let resource = format!("security group {name}");
+    let unexpected: Vec<IpPermission> = current
+        .iter()
+        .filter(|rule| !wanted.iter().any(|(wanted, _)| wanted == *rule))
+        .map(|rule| rule.permission(None))
+        .collect();
+    if !unexpected.is_empty()
+        && stack.make(
+            Action::Update,
+            &resource,
+            format!(
+                "revoke {} {word} rule(s) it should not have",
+                unexpected.len()
+            ),
+        )
+    {
+        step.set(&format!("revoking unexpected {word} rules"));
+        let call = format!("RevokeSecurityGroup{name_in_calls} {name}");
+        match direction {
+            Direction::Ingress => ec2
+                .revoke_security_group_ingress()
+                .group_id(id)
                 .set_ip_permissions(Some(unexpected))
                 .send()
                 .await
-                .call(format!("RevokeSecurityGroupIngress {name}"))?;
+                .call(call)
+                .map(drop)?,
+            Direction::Egress => ec2
+                .revoke_security_group_egress()
+                .group_id(id)
+                .set_ip_permissions(Some(unexpected))
+                .send()
+                .await
+                .call(call)
+                .map(drop)?,
         }
-        let missing_about: Vec<&str> = wanted
-            .iter()
-            .filter(|(rule, _)| !current.contains(rule))
-            .map(|(_, about)| about.as_str())
-            .collect();
-        if !missing.is_empty()
-            && stack.make(
-                Action::Update,
-                &resource,
-                format!("allow {}", missing_about.join("; ")),
-            )
-        {
-            step.set("adding ingress rules");
-            // Both this group and the one a rule admits from may be new.
-            let call = format!("AuthorizeSecurityGroupIngress {name}");
+    }
+    let missing: Vec<&(GroupRule, String)> = wanted
+        .iter()
+        .filter(|(rule, _)| !current.contains(rule))
+        .collect();
+    let about: Vec<&str> = missing.iter().map(|(_, about)| about.as_str()).collect();
+    if missing.is_empty()
+        || !stack.make(
+            Action::Update,
+            &resource,
+            format!("allow {word} {}", about.join("; ")),
+        )
+    {
+        return Ok(());
+    }
+    step.set(&format!("adding {word} rules"));
+    let permissions: Vec<IpPermission> = missing
+        .iter()
+        .map(|(rule, description)| rule.permission(Some(description)))
+        .collect();
+    // Both this group and a group a rule names may be new.
+    let call = format!("AuthorizeSecurityGroup{name_in_calls} {name}");
+    match direction {
+        Direction::Ingress => {
             once_known(stack.pace, &call, &EC2_NEW, || {
                 ec2.authorize_security_group_ingress()
-                    .group_id(&id)
-                    .set_ip_permissions(Some(missing.clone()))
+                    .group_id(id)
+                    .set_ip_permissions(Some(permissions.clone()))
                     .send()
             })
             .await?;
         }
-        Ok(id)
-    };
-    step.run(work, Clone::clone).await
+        Direction::Egress => {
+            once_known(stack.pace, &call, &EC2_NEW, || {
+                ec2.authorize_security_group_egress()
+                    .group_id(id)
+                    .set_ip_permissions(Some(permissions.clone()))
+                    .send()
+            })
+            .await?;
+        }
+    }
+    Ok(())
 }

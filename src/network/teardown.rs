@@ -6,7 +6,7 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::Tag;
 use futures::try_join;
 
-use super::security_groups::{Source, current_ingress};
+use super::security_groups::{Peer, current_rules};
 use super::{endpoint_gone, name_tag};
 use crate::aws::{Call, delete_outcome, ec2_stack_filters, error_code};
 use crate::engine::{Deletable, DeleteError, DeleteFuture};
@@ -301,9 +301,9 @@ pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
             .iter()
             .filter(|other| other.group_id() != Some(id))
             .filter(|other| {
-                current_ingress(other)
+                current_rules(other.ip_permissions())
                     .iter()
-                    .any(|rule| rule.source == Source::Group(id.to_owned()))
+                    .any(|rule| rule.peer == Peer::Group(id.to_owned()))
             })
             .filter_map(|other| other.group_id())
             .map(|other| key(&Kind::SecurityGroup, other))

@@ -43,11 +43,11 @@ fn role(filters: &[Filter]) -> String {
 }
 
 fn tcp_from_cidr(port: i32, cidr: &str) -> IpPermission {
-    Ingress::tcp(port, Source::Cidr(cidr.into())).permission(Some("rule"))
+    GroupRule::tcp(port, Peer::Cidr(cidr.into())).permission(Some("rule"))
 }
 
 fn tcp_from_group(port: i32, group: &str) -> IpPermission {
-    Ingress::tcp(port, Source::Group(group.into())).permission(Some("rule"))
+    GroupRule::tcp(port, Peer::Group(group.into())).permission(Some("rule"))
 }
 
 fn the_vpc() -> DescribeVpcsOutput {
@@ -65,6 +65,20 @@ fn the_vpc() -> DescribeVpcsOutput {
 /// What the region and a VPC with DNS on answer, built or not.
 fn region() -> Vec<Rule> {
     vec![
+        mock!(Ec2::describe_prefix_lists)
+            .match_requests(|req| {
+                req.filters()[0].values() == ["com.amazonaws.us-east-1.s3".to_owned()]
+            })
+            .then_output(|| {
+                aws_sdk_ec2::operation::describe_prefix_lists::DescribePrefixListsOutput::builder()
+                    .prefix_lists(
+                        aws_sdk_ec2::types::PrefixList::builder()
+                            .prefix_list_id("pl-s3")
+                            .prefix_list_name("com.amazonaws.us-east-1.s3")
+                            .build(),
+                    )
+                    .build()
+            }),
         mock!(Ec2::describe_availability_zones).then_output(|| {
             let zone = |name: &str| {
                 AvailabilityZone::builder()
@@ -92,6 +106,7 @@ fn region() -> Vec<Rule> {
 /// `ensure` builds it, plus `extra_ingress` on the instances' group.
 fn converged(extra_ingress: Option<IpPermission>) -> Vec<Rule> {
     let cidrs = testing::spec().subnet_cidrs();
+    let (private_a, private_b) = (cidrs[2].clone(), cidrs[3].clone());
     let mut rules = region();
     rules.extend([
         mock!(Ec2::describe_vpcs).then_output(the_vpc),
@@ -168,19 +183,26 @@ fn converged(extra_ingress: Option<IpPermission>) -> Vec<Rule> {
         mock!(Ec2::describe_security_groups).then_compute_output(move |req| {
             let role = role(req.filters());
             let group = SecurityGroup::builder().group_id(format!("sg-{role}"));
+            let to_private = |port| [&private_a, &private_b].map(|cidr| tcp_from_cidr(port, cidr));
             let group = match role.as_str() {
                 ALB_SG => group
                     .ip_permissions(tcp_from_cidr(443, "0.0.0.0/0"))
-                    .ip_permissions(tcp_from_cidr(80, "0.0.0.0/0")),
-                INSTANCES_SG => group.set_ip_permissions(Some(
-                    [
-                        Some(tcp_from_group(8080, "sg-alb-sg")),
-                        extra_ingress.clone(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
-                )),
+                    .ip_permissions(tcp_from_cidr(80, "0.0.0.0/0"))
+                    .set_ip_permissions_egress(Some(to_private(8080).to_vec())),
+                INSTANCES_SG => group
+                    .set_ip_permissions(Some(
+                        [
+                            Some(tcp_from_group(8080, "sg-alb-sg")),
+                            extra_ingress.clone(),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                    ))
+                    .set_ip_permissions_egress(Some(to_private(6379).to_vec()))
+                    .ip_permissions_egress(
+                        GroupRule::tcp(443, Peer::PrefixList("pl-s3".into())).permission(None),
+                    ),
                 _ => group.ip_permissions(tcp_from_group(6379, "sg-instances-sg")),
             };
             DescribeSecurityGroupsOutput::builder()
@@ -226,6 +248,16 @@ fn changes() -> Vec<(&'static str, Rule)> {
             "AuthorizeSecurityGroupIngress",
             authorize_security_group_ingress,
             AuthorizeSecurityGroupIngressOutput
+        ),
+        change!(
+            "AuthorizeSecurityGroupEgress",
+            authorize_security_group_egress,
+            AuthorizeSecurityGroupEgressOutput
+        ),
+        change!(
+            "RevokeSecurityGroupEgress",
+            revoke_security_group_egress,
+            RevokeSecurityGroupEgressOutput
         ),
         (
             "RevokeSecurityGroupIngress",
@@ -545,11 +577,25 @@ async fn a_new_network_is_built_while_ec2_does_not_know_its_new_parts_yet() {
         "InvalidGroup.NotFound",
         3
     );
+    // Each new group's default allow-all egress goes; the load balancer and the
+    // instances get theirs.
+    let revoke_egress = mock!(Ec2::revoke_security_group_egress)
+        .match_requests(|req| {
+            matches!(req.ip_permissions(), [all] if all.ip_protocol() == Some("-1"))
+        })
+        .then_output(|| {
+            aws_sdk_ec2::operation::revoke_security_group_egress::RevokeSecurityGroupEgressOutput::builder().build()
+        });
+    let authorize_egress = mock!(Ec2::authorize_security_group_egress).then_output(|| {
+        aws_sdk_ec2::operation::authorize_security_group_egress::AuthorizeSecurityGroupEgressOutput::builder().build()
+    });
     rules.extend([
         attach.clone(),
         route.clone(),
         associate.clone(),
         authorize.clone(),
+        revoke_egress.clone(),
+        authorize_egress.clone(),
     ]);
     let stack = stack_with(&rules.iter().collect::<Vec<_>>());
 
@@ -565,4 +611,6 @@ async fn a_new_network_is_built_while_ec2_does_not_know_its_new_parts_yet() {
         3 + 3,
         "three groups given their rules"
     );
+    assert_eq!(revoke_egress.num_calls(), 3);
+    assert_eq!(authorize_egress.num_calls(), 2, "Redis lets nothing out");
 }
