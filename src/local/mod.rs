@@ -26,6 +26,8 @@ mod proxy;
 mod redis;
 mod state;
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -100,11 +102,29 @@ pub async fn localstack_config(endpoint: &str, region: &str) -> aws_config::SdkC
         .await
 }
 
-/// A loopback port nobody listens on right now.
+/// A free loopback port for a program started here that binds it itself (a server, the
+/// local Redis). Taken at random below the kernel's ephemeral range: ports in that range
+/// are what `bind(0)` hands out - to this process's own listeners too (the metadata
+/// services, the load balancer) - so one picked there could be taken again before the
+/// program binds it, as a test run once showed.
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .context("cannot bind a loopback port: is the loopback interface up?")?;
-    Ok(listener.local_addr()?.port())
+    const LOWEST: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = u64::from(ephemeral_start.saturating_sub(LOWEST).max(1));
+    let random = RandomState::new();
+    for attempt in 0..200u64 {
+        let port = LOWEST + u16::try_from(random.hash_one(attempt) % span)?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!(
+        "no free loopback port between {LOWEST} and {ephemeral_start}: is the loopback \
+         interface up?"
+    )
 }
 
 /// The status code of `GET <path>` on a loopback port. A few lines of HTTP/1.0 rather
