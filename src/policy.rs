@@ -96,6 +96,7 @@ pub fn document(scope: &Scope) -> Value {
             &[
                 "ec2:DescribeAvailabilityZones",
                 "ec2:DescribeImages",
+                "ec2:DescribeInstanceTypeOfferings",
                 "ec2:DescribeInstanceTypes",
                 "ec2:DescribeInstances",
                 "ec2:DescribeInternetGateways",

@@ -1,5 +1,6 @@
 //! Preflight: everything that can fail before a resource is created - the credentials,
-//! the hosted zone and the domain in it (free, or the stack's), the instance type, the chat-server binary (built here for the
+//! the hosted zone and the domain in it (free, or the stack's), the instance type and
+//! two zones that offer it, the chat-server binary (built here for the
 //! instance type's architecture unless given, and checked to run on Amazon Linux 2023),
 //! the machine image. `up` and `plan` start with it.
 
@@ -8,8 +9,8 @@ use anyhow::Result;
 use crate::binary::{self, Binary, Linkage};
 use crate::dns::{self, HostedZone};
 use crate::instances::{self, Image};
-use crate::load_balancer;
 use crate::stack::Stack;
+use crate::{load_balancer, network};
 
 /// What preflight established before anything is created.
 pub struct Preflight {
@@ -48,6 +49,16 @@ pub async fn preflight(stack: &Stack) -> Result<Preflight> {
         ))
         .run(instances::architecture(stack), |arch| {
             arch.ec2_name().to_owned()
+        })
+        .await?;
+    progress
+        .step("availability zones")
+        .run(network::zones(stack), |zones| {
+            format!(
+                "{} offer {}",
+                zones.join(" and "),
+                stack.spec.instances.instance_type
+            )
         })
         .await?;
     let binary_step = progress.step("chat-server binary");

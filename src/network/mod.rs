@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure as check};
 use aws_sdk_ec2::types::{
-    AttachmentStatus, AttributeBooleanValue, Filter, ResourceType, RouteState, RouteTable, State,
-    Tag, VpcAttributeName, VpcEndpointType, VpcState,
+    AttachmentStatus, AttributeBooleanValue, Filter, LocationType, ResourceType, RouteState,
+    RouteTable, State, Tag, VpcAttributeName, VpcEndpointType, VpcState,
 };
 use futures::future::try_join_all;
 use futures::try_join;
@@ -139,17 +139,40 @@ pub async fn ensure(stack: &Stack, bucket: &str) -> Result<Network> {
     })
 }
 
-/// The first two available zones of the region, by name: stable from one run to the next.
-async fn zones(stack: &Stack) -> Result<[String; 2]> {
-    let out = stack
-        .clients
-        .ec2
-        .describe_availability_zones()
-        .filters(filter("state", "available"))
-        .send()
-        .await
-        .call("DescribeAvailabilityZones")?;
-    let mut zones: Vec<String> = out
+/// The first two available zones of the region where the instance type is offered, by
+/// name: stable from one run to the next. Preflight asks too, so that a type offered in
+/// fewer than two zones stops `up` before anything is created.
+pub async fn zones(stack: &Stack) -> Result<[String; 2]> {
+    let instance_type = &stack.spec.instances.instance_type;
+    let ec2 = &stack.clients.ec2;
+    let (out, offerings) = try_join!(
+        async {
+            ec2.describe_availability_zones()
+                .filters(filter("state", "available"))
+                .send()
+                .await
+                .call("DescribeAvailabilityZones")
+        },
+        async {
+            let pages = ec2
+                .describe_instance_type_offerings()
+                .location_type(LocationType::AvailabilityZone)
+                .filters(filter("instance-type", instance_type))
+                .into_paginator()
+                .items()
+                .send()
+                .collect::<Vec<_>>()
+                .await;
+            let mut zones = HashSet::new();
+            for offering in pages {
+                let offering =
+                    offering.call(format!("DescribeInstanceTypeOfferings {instance_type}"))?;
+                zones.extend(offering.location().map(str::to_owned));
+            }
+            Ok::<_, anyhow::Error>(zones)
+        }
+    )?;
+    let mut available: Vec<String> = out
         .availability_zones()
         .iter()
         // Local and Wavelength zones lack services the stack needs (ElastiCache, ALB).
@@ -159,14 +182,36 @@ async fn zones(stack: &Stack) -> Result<[String; 2]> {
         })
         .filter_map(|zone| zone.zone_name().map(str::to_owned))
         .collect();
-    zones.sort();
-    zones.dedup();
-    match zones.as_slice() {
-        [a, b, ..] => Ok([a.clone(), b.clone()]),
-        _ => bail!(
+    available.sort();
+    available.dedup();
+    let offered: Vec<&String> = available
+        .iter()
+        .filter(|zone| offerings.contains(*zone))
+        .collect();
+    match offered.as_slice() {
+        [a, b, ..] => Ok([(*a).clone(), (*b).clone()]),
+        _ if available.len() < 2 => bail!(
             "region {} has fewer than two available availability zones; the stack needs two \
              (pick another region)",
             stack.region
+        ),
+        _ => bail!(
+            "instance type {instance_type} is offered in {} of the zones of {} ({}); the \
+             stack spreads its instances over two: pick another instances.type, or another \
+             region",
+            match offered.as_slice() {
+                [] => "none".to_owned(),
+                zones => format!(
+                    "only {}",
+                    zones
+                        .iter()
+                        .map(|z| z.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+            stack.region,
+            available.join(", ")
         ),
     }
 }

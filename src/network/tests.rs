@@ -63,8 +63,70 @@ fn the_vpc() -> DescribeVpcsOutput {
 }
 
 /// What the region and a VPC with DNS on answer, built or not.
+/// DescribeInstanceTypeOfferings answering that the example stack's instance type is
+/// offered in `zones`.
+fn offered_in(zones: &'static [&'static str]) -> Rule {
+    mock!(Ec2::describe_instance_type_offerings)
+        .match_requests(|req| {
+            req.filters()[0].values() == [testing::spec().instances.instance_type]
+        })
+        .then_output(move || {
+            let offering = |zone: &str| {
+                aws_sdk_ec2::types::InstanceTypeOffering::builder()
+                    .location(zone)
+                    .build()
+            };
+            aws_sdk_ec2::operation::describe_instance_type_offerings::DescribeInstanceTypeOfferingsOutput::builder()
+                .set_instance_type_offerings(Some(zones.iter().map(|z| offering(z)).collect()))
+                .build()
+        })
+}
+
+/// An instance type offered in only one zone of the region stops `up` before anything is
+/// created, naming the zones (AWS: not every type is in every zone,
+/// <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instance-discovery.html>).
+#[tokio::test]
+async fn a_type_offered_in_one_zone_is_refused_naming_the_zones() {
+    let rules = [offered_in(&["us-east-1b"]), availability_zones()];
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+    let error = zones(&stack).await.unwrap_err().to_string();
+    assert!(
+        error.contains("offered in only us-east-1b of the zones of us-east-1 (us-east-1a, us-east-1b, us-east-1c)"),
+        "{error}"
+    );
+}
+
+/// The zones are the first two, by name, that offer the type.
+#[tokio::test]
+async fn the_zones_are_the_first_two_that_offer_the_type() {
+    let rules = [
+        offered_in(&["us-east-1c", "us-east-1b"]),
+        availability_zones(),
+    ];
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+    assert_eq!(zones(&stack).await.unwrap(), ["us-east-1b", "us-east-1c"]);
+}
+
+/// The region's three zones, listed out of order.
+fn availability_zones() -> Rule {
+    mock!(Ec2::describe_availability_zones).then_output(|| {
+        let zone = |name: &str| {
+            AvailabilityZone::builder()
+                .zone_name(name)
+                .zone_type("availability-zone")
+                .build()
+        };
+        DescribeAvailabilityZonesOutput::builder()
+            .availability_zones(zone("us-east-1c"))
+            .availability_zones(zone("us-east-1b"))
+            .availability_zones(zone("us-east-1a"))
+            .build()
+    })
+}
+
 fn region() -> Vec<Rule> {
     vec![
+        offered_in(&["us-east-1a", "us-east-1b", "us-east-1c"]),
         mock!(Ec2::describe_prefix_lists)
             .match_requests(|req| {
                 req.filters()[0].values() == ["com.amazonaws.us-east-1.s3".to_owned()]
@@ -79,19 +141,7 @@ fn region() -> Vec<Rule> {
                     )
                     .build()
             }),
-        mock!(Ec2::describe_availability_zones).then_output(|| {
-            let zone = |name: &str| {
-                AvailabilityZone::builder()
-                    .zone_name(name)
-                    .zone_type("availability-zone")
-                    .build()
-            };
-            DescribeAvailabilityZonesOutput::builder()
-                .availability_zones(zone("us-east-1c"))
-                .availability_zones(zone("us-east-1b"))
-                .availability_zones(zone("us-east-1a"))
-                .build()
-        }),
+        availability_zones(),
         mock!(Ec2::describe_vpc_attribute).then_output(|| {
             let on = || AttributeBooleanValue::builder().value(true).build();
             DescribeVpcAttributeOutput::builder()
