@@ -9,11 +9,12 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure as check};
 use goblin::elf::Elf;
 use goblin::elf::header::{EM_AARCH64, EM_X86_64};
 
 use crate::artifact::sha256_hex;
+use crate::programs;
 
 /// The glibc of Amazon Linux 2023, the newest a dynamically linked binary may need.
 pub const AMAZON_LINUX_GLIBC: GlibcVersion = GlibcVersion(2, 34);
@@ -181,10 +182,11 @@ pub fn prepare(
 fn build_chat_server(architecture: Architecture, show: &dyn Fn(&str)) -> Result<PathBuf> {
     let target = architecture.musl_target();
     if architecture == Architecture::Arm64 && std::env::consts::ARCH != "aarch64" {
-        which("clang").context(
+        check!(
+            programs::on_path("clang"),
             "building chat-server for arm64 (Graviton) on this machine needs clang, for the \
-             C code of its TLS library: apt-get install clang, or set instances.binary",
-        )?;
+             C code of its TLS library: apt-get install clang, or set instances.binary"
+        );
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
     let command = format!("cargo build --release -p chat-server --target {target}");
@@ -218,16 +220,6 @@ fn build_chat_server(architecture: Architecture, show: &dyn Fn(&str)) -> Result<
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
     Ok(target_dir.join(target).join("release").join("chat-server"))
-}
-
-/// Where `program` is on the PATH.
-fn which(program: &str) -> Result<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
-        .with_context(|| format!("{program} not found on the PATH"))
 }
 
 #[cfg(test)]

@@ -20,5 +20,6 @@ pub mod names;
 pub mod network;
 pub mod platform;
 pub mod policy;
+pub mod programs;
 pub mod spec;
 pub mod stack;

@@ -28,12 +28,13 @@ mod state;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::programs;
 
 pub use environment::{EMULATOR, Environment, repository};
 pub use imds::Imds;
@@ -58,17 +59,10 @@ const LOCAL_PROGRAMS: &[(&str, &str)] = &[
 /// Fails, naming what is missing and how to install it, unless every program `--local`
 /// needs is on `PATH`. Called before anything else, so a missing one creates nothing.
 pub fn check_programs() -> Result<()> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let on_path = |program: &str| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(program))
-                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-        })
-    };
     let missing: Vec<(&str, &str)> = LOCAL_PROGRAMS
         .iter()
         .copied()
-        .filter(|(program, _)| !on_path(program))
+        .filter(|(program, _)| !programs::on_path(program))
         .collect();
     if missing.is_empty() {
         return Ok(());
