@@ -44,7 +44,7 @@ pub async fn converge(
 ) -> Result<Outputs> {
     let bucket = stack.names.bucket(&preflight.account, &stack.region);
     let (network, artifact) = try_join!(
-        network::ensure(stack, &bucket),
+        network::ensure(stack, &preflight.zones, &bucket),
         artifact::ensure(stack, &preflight.account, &preflight.binary)
     )?;
     artifact::ensure_access(stack, &artifact, &network.s3_endpoint).await?;

@@ -15,6 +15,8 @@ use crate::{load_balancer, network};
 /// What preflight established before anything is created.
 pub struct Preflight {
     pub account: String,
+    /// The two zones the network spans, both offering the instance type.
+    pub zones: [String; 2],
     pub zone: HostedZone,
     pub binary: Binary,
     pub image: Image,
@@ -51,7 +53,7 @@ pub async fn preflight(stack: &Stack) -> Result<Preflight> {
             arch.ec2_name().to_owned()
         })
         .await?;
-    progress
+    let zones = progress
         .step("availability zones")
         .run(network::zones(stack), |zones| {
             format!(
@@ -105,6 +107,7 @@ pub async fn preflight(stack: &Stack) -> Result<Preflight> {
         .await?;
     Ok(Preflight {
         account,
+        zones,
         zone,
         binary,
         image,

@@ -71,10 +71,10 @@ const REDIS_SG: &str = "redis-sg";
 const REDIS_PORT: i32 = 6379;
 
 /// Finds, creates or fixes the whole network; a second run makes no mutating call.
-/// `bucket` is the stack's artifact bucket, the one the S3 endpoint admits besides the
-/// package repositories.
-pub async fn ensure(stack: &Stack, bucket: &str) -> Result<Network> {
-    let (zones, vpc_id) = try_join!(zones(stack), ensure_vpc(stack))?;
+/// `zones` are preflight's ([`zones`]), where new subnets go; `bucket` is the stack's
+/// artifact bucket, the one the S3 endpoint admits besides the package repositories.
+pub async fn ensure(stack: &Stack, zones: &[String; 2], bucket: &str) -> Result<Network> {
+    let vpc_id = ensure_vpc(stack).await?;
     let vpc = vpc_id.as_str();
 
     let routing = async {
@@ -140,8 +140,8 @@ pub async fn ensure(stack: &Stack, bucket: &str) -> Result<Network> {
 }
 
 /// The first two available zones of the region where the instance type is offered, by
-/// name: stable from one run to the next. Preflight asks too, so that a type offered in
-/// fewer than two zones stops `up` before anything is created.
+/// name: stable from one run to the next. Preflight asks, so that a type offered in fewer
+/// than two zones stops `up` before anything is created.
 pub async fn zones(stack: &Stack) -> Result<[String; 2]> {
     let instance_type = &stack.spec.instances.instance_type;
     let ec2 = &stack.clients.ec2;

@@ -126,7 +126,6 @@ fn availability_zones() -> Rule {
 
 fn region() -> Vec<Rule> {
     vec![
-        offered_in(&["us-east-1a", "us-east-1b", "us-east-1c"]),
         mock!(Ec2::describe_prefix_lists)
             .match_requests(|req| {
                 req.filters()[0].values() == ["com.amazonaws.us-east-1.s3".to_owned()]
@@ -141,7 +140,6 @@ fn region() -> Vec<Rule> {
                     )
                     .build()
             }),
-        availability_zones(),
         mock!(Ec2::describe_vpc_attribute).then_output(|| {
             let on = || AttributeBooleanValue::builder().value(true).build();
             DescribeVpcAttributeOutput::builder()
@@ -374,7 +372,7 @@ async fn a_converged_network_is_left_alone_even_when_ec2_throttles() {
         .collect();
     let stack = stack_with(&rules);
 
-    let network = ensure(&stack, BUCKET)
+    let network = ensure(&stack, &example().zones, BUCKET)
         .await
         .expect("ensure succeeds after retries");
 
@@ -405,7 +403,9 @@ async fn a_port_opened_by_hand_is_closed_again() {
         .chain(changes.iter().map(|(_, rule)| rule))
         .collect();
 
-    ensure(&stack_with(&rules), BUCKET).await.expect("ensure");
+    ensure(&stack_with(&rules), &example().zones, BUCKET)
+        .await
+        .expect("ensure");
 
     assert_eq!(calls(&changes), ["RevokeSecurityGroupIngress"]);
 }
@@ -649,7 +649,9 @@ async fn a_new_network_is_built_while_ec2_does_not_know_its_new_parts_yet() {
     ]);
     let stack = stack_with(&rules.iter().collect::<Vec<_>>());
 
-    let network = ensure(&stack, BUCKET).await.expect("the network is built");
+    let network = ensure(&stack, &example().zones, BUCKET)
+        .await
+        .expect("the network is built");
 
     assert_eq!(network.alb_security_group, "sg-chat-alb-sg");
     assert_eq!(network.private_route_table, "rtb-private-rt");
