@@ -298,25 +298,12 @@ async fn drift(aws: &SdkConfig, stack: &TestStack, instance: &str) {
         .await
         .unwrap();
     // /metrics answered by someone else than the load balancer's 404.
-    let rules = elbv2
-        .describe_rules()
-        .listener_arn(
-            listeners
-                .listeners()
-                .iter()
-                .find(|listener| listener.port() == Some(443))
-                .unwrap()
-                .listener_arn()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let metrics = rules
-        .rules()
+    let https = listeners
+        .listeners()
         .iter()
-        .find(|rule| rule.priority() == Some("1"))
-        .expect("the /metrics rule");
+        .find(|listener| listener.port() == Some(443))
+        .unwrap();
+    let metrics = support::metrics_rule(&elbv2, https.listener_arn().unwrap()).await;
     elbv2
         .modify_rule()
         .rule_arn(metrics.rule_arn().unwrap())

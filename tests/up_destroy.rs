@@ -1067,17 +1067,7 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
         "the default policy: TLS 1.3, restricted TLS 1.2"
     );
     // /metrics is answered 404 by the load balancer itself, before any instance.
-    let rules = elbv2
-        .describe_rules()
-        .listener_arn(https.listener_arn().unwrap())
-        .send()
-        .await
-        .unwrap();
-    let metrics = rules
-        .rules()
-        .iter()
-        .find(|rule| rule.priority() == Some("1"))
-        .expect("a /metrics rule");
+    let metrics = support::metrics_rule(&elbv2, https.listener_arn().unwrap()).await;
     let paths: Vec<&str> = metrics
         .conditions()
         .iter()

@@ -288,6 +288,24 @@ pub fn chat_server_binary() -> std::path::PathBuf {
     binary
 }
 
+/// The rule of the HTTPS listener `listener_arn` that answers `/metrics` (priority 1).
+pub async fn metrics_rule(
+    elbv2: &aws_sdk_elasticloadbalancingv2::Client,
+    listener_arn: &str,
+) -> aws_sdk_elasticloadbalancingv2::types::Rule {
+    elbv2
+        .describe_rules()
+        .listener_arn(listener_arn)
+        .send()
+        .await
+        .expect("DescribeRules")
+        .rules()
+        .iter()
+        .find(|rule| rule.priority() == Some("1"))
+        .expect("the /metrics rule")
+        .clone()
+}
+
 /// The `instance_ids` of `up`'s outputs, sorted.
 pub fn instance_ids(outputs: &serde_json::Value) -> Vec<String> {
     let mut ids: Vec<String> = outputs["instance_ids"]
