@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use aws_sdk_acm::types::{CertificateDetail, CertificateStatus, Tag, ValidationMethod};
+use aws_sdk_acm::types::{
+    CertificateDetail, CertificateStatus, Filters, KeyAlgorithm, Tag, ValidationMethod,
+};
 
 use crate::aws::{Call, delete_outcome};
 use crate::dns::{self, HostedZone, Record};
@@ -247,20 +249,35 @@ fn records_of(detail: &CertificateDetail) -> Option<Vec<Record>> {
     Some(records)
 }
 
-struct Owned {
+/// A certificate of the account, as ListCertificates summarises it.
+struct Listed {
     arn: String,
     domain: String,
+    /// The domain and every subject alternative name, lowercase.
+    names: Vec<String>,
     status: Option<CertificateStatus>,
+    ours: bool,
 }
 
-/// Every certificate carrying the stack's tag, whatever its domain.
-async fn stack_certificates(stack: &Stack) -> Result<Vec<Owned>> {
+/// Every certificate of the account in the region, of every key algorithm (ListCertificates
+/// returns only RSA 1024 and 2048 ones unless asked), each saying whether it carries the
+/// stack's tag.
+async fn account_certificates(stack: &Stack) -> Result<Vec<Listed>> {
     let acm = &stack.clients.acm;
-    let mut owned = Vec::new();
+    let every_key_type = Filters::builder()
+        .set_key_types(Some(
+            KeyAlgorithm::values()
+                .iter()
+                .map(|value| KeyAlgorithm::from(*value))
+                .collect(),
+        ))
+        .build();
+    let mut listed = Vec::new();
     let mut next_token = None;
     loop {
         let page = acm
             .list_certificates()
+            .includes(every_key_type.clone())
             .set_next_token(next_token)
             .send()
             .await
@@ -285,37 +302,79 @@ async fn stack_certificates(stack: &Stack) -> Result<Vec<Owned>> {
                 }
                 tags => tags.call(format!("ListTagsForCertificate {arn}"))?,
             };
-            let ours = tags
-                .tags()
-                .iter()
-                .any(|tag| stack.names.is_stack_tag(Some(tag.key()), tag.value()));
-            if ours {
-                owned.push(Owned {
-                    arn: arn.to_owned(),
-                    domain: summary.domain_name().unwrap_or_default().to_owned(),
-                    status: summary.status().cloned(),
-                });
-            }
+            let domain = summary.domain_name().unwrap_or_default().to_owned();
+            let mut names = vec![domain.to_ascii_lowercase()];
+            names.extend(
+                summary
+                    .subject_alternative_name_summaries()
+                    .iter()
+                    .map(|name| name.to_ascii_lowercase()),
+            );
+            listed.push(Listed {
+                arn: arn.to_owned(),
+                domain,
+                names,
+                status: summary.status().cloned(),
+                ours: tags
+                    .tags()
+                    .iter()
+                    .any(|tag| stack.names.is_stack_tag(Some(tag.key()), tag.value())),
+            });
         }
         next_token = page.next_token;
         if next_token.is_none() {
-            return Ok(owned);
+            return Ok(listed);
         }
     }
 }
 
+/// Every certificate carrying the stack's tag, whatever its domain.
+async fn stack_certificates(stack: &Stack) -> Result<Vec<Listed>> {
+    let mut listed = account_certificates(stack).await?;
+    listed.retain(|certificate| certificate.ours);
+    Ok(listed)
+}
+
 /// The validation CNAMEs of every certificate of the stack, failed ones included: the
-/// records to pass to [`dns::deletables`] on destroy.
+/// records to pass to [`dns::deletables`] on destroy. A record that a certificate outside
+/// the stack also uses is left out: ACM gives every certificate for a domain in the
+/// account the same CNAME, and deleting it would stop that certificate from renewing.
 pub async fn validation_records(stack: &Stack) -> Result<Vec<Record>> {
+    let (ours, others): (Vec<Listed>, Vec<Listed>) = account_certificates(stack)
+        .await?
+        .into_iter()
+        .partition(|certificate| certificate.ours);
     let mut records = Vec::new();
-    for owned in stack_certificates(stack).await? {
-        if let Some(found) = describe(stack, &owned.arn)
-            .await?
-            .as_ref()
-            .and_then(records_of)
-        {
-            records.extend(found);
+    for certificate in &ours {
+        let found = describe(stack, &certificate.arn).await?;
+        for record in found.as_ref().and_then(records_of).unwrap_or_default() {
+            if !records.contains(&record) {
+                records.push(record);
+            }
         }
+    }
+    let shares_a_name = |other: &Listed| {
+        ours.iter().any(|certificate| {
+            certificate
+                .names
+                .iter()
+                .any(|name| other.names.contains(name))
+        })
+    };
+    for other in others.iter().filter(|other| shares_a_name(other)) {
+        let found = describe(stack, &other.arn).await?;
+        let shared = found.as_ref().and_then(records_of).unwrap_or_default();
+        records.retain(|record| {
+            let keep = !shared.contains(record);
+            if !keep {
+                stack.progress.note(&format!(
+                    "dns CNAME {} also validates certificate {}, which is not the stack's: \
+                     left in place",
+                    record.name, other.arn
+                ));
+            }
+            keep
+        });
     }
     Ok(records)
 }
@@ -615,5 +674,114 @@ mod tests {
 
         let keys: Vec<String> = found.iter().map(|d| d.key()).collect();
         assert_eq!(keys, [format!("acm-certificate:{ARN}")]);
+    }
+    /// ListCertificates returns only RSA 1024 and 2048 certificates unless `Includes` asks
+    /// for other key algorithms (ACM API reference, ListCertificates, `Filters.keyTypes`);
+    /// LocalStack lists every certificate whatever is asked, so the filter is mocked: an
+    /// ECDSA certificate of another team, sharing the stack's validation CNAME (ACM shares it
+    /// per domain; tests/up_destroy.rs shows that on LocalStack), is seen and its CNAME kept.
+    #[tokio::test]
+    async fn a_shared_cname_of_an_ecdsa_certificate_is_kept_and_unshared_ones_go() {
+        const OTHER: &str = "arn:aws:acm:us-east-1:123456789012:certificate/other";
+        const UNRELATED: &str = "arn:aws:acm:us-east-1:123456789012:certificate/unrelated";
+        let summary = |arn: &str, domain: &str| {
+            CertificateSummary::builder()
+                .certificate_arn(arn)
+                .domain_name(domain)
+                .build()
+        };
+        let list = mock!(Client::list_certificates)
+            .match_requests(|req| {
+                // Certificates of every key algorithm, not only the RSA ones listed by default.
+                req.includes().is_some_and(|filters| {
+                    filters.key_types().len() == KeyAlgorithm::values().len()
+                })
+            })
+            .then_output(move || {
+                ListCertificatesOutput::builder()
+                    .certificate_summary_list(summary(ARN, "chat.example.com"))
+                    .certificate_summary_list(
+                        CertificateSummary::builder()
+                            .certificate_arn(OTHER)
+                            .domain_name("CHAT.example.com")
+                            .key_algorithm(KeyAlgorithm::EcPrime256v1)
+                            .build(),
+                    )
+                    .certificate_summary_list(summary(UNRELATED, "www.example.com"))
+                    .build()
+            });
+        let tags = mock!(Client::list_tags_for_certificate)
+            .then_output(|| ListTagsForCertificateOutput::builder().build());
+        let ours = mock!(Client::list_tags_for_certificate)
+            .match_requests(|req| req.certificate_arn() == Some(ARN))
+            .then_output(stack_tagged);
+        let validation = |domain: &str, name: &str| {
+            DomainValidation::builder()
+                .domain_name(domain)
+                .resource_record(
+                    ResourceRecord::builder()
+                        .name(name)
+                        .r#type(RecordType::Cname)
+                        .value(VALUE)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap()
+        };
+        let describe_ours = mock!(Client::describe_certificate)
+            .match_requests(|req| req.certificate_arn() == Some(ARN))
+            .then_output(move || {
+                DescribeCertificateOutput::builder()
+                    .certificate(
+                        CertificateDetail::builder()
+                            .certificate_arn(ARN)
+                            .domain_validation_options(validation("chat.example.com", CNAME))
+                            .domain_validation_options(validation(
+                                "www.chat.example.com",
+                                "_www.chat.example.com.",
+                            ))
+                            .build(),
+                    )
+                    .build()
+            });
+        let describe_other = mock!(Client::describe_certificate)
+            .match_requests(|req| req.certificate_arn() == Some(OTHER))
+            .then_output(move || {
+                DescribeCertificateOutput::builder()
+                    .certificate(
+                        CertificateDetail::builder()
+                            .certificate_arn(OTHER)
+                            .domain_validation_options(validation("chat.example.com", CNAME))
+                            .build(),
+                    )
+                    .build()
+            });
+        // A certificate for another name is never described.
+        let describe_unrelated = mock!(Client::describe_certificate)
+            .match_requests(|req| req.certificate_arn() == Some(UNRELATED))
+            .then_error(|| panic!("a certificate sharing no name with the stack's was described"));
+        let mut clients = testing::clients();
+        clients.acm = mock_client!(
+            aws_sdk_acm,
+            RuleMode::MatchAny,
+            [
+                &list,
+                &ours,
+                &tags,
+                &describe_ours,
+                &describe_other,
+                &describe_unrelated
+            ]
+        );
+        let stack = testing::stack(clients);
+
+        let records = validation_records(&stack).await.unwrap();
+
+        assert_eq!(
+            records,
+            [Record::cname("_www.chat.example.com.", VALUE)],
+            "the shared CNAME must stay for the other certificate's renewals"
+        );
     }
 }

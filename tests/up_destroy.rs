@@ -129,6 +129,76 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
     stack.run(&["destroy", "--yes"]);
 }
 
+/// ACM gives every certificate for a domain in an account the same validation CNAME (as
+/// LocalStack does): `destroy` deletes the stack's certificate but keeps the CNAME that
+/// another team's certificate for the same domain still renews with.
+#[tokio::test]
+async fn destroy_keeps_a_validation_cname_another_certificate_still_uses() {
+    let aws = support::localstack().await;
+    let (stack, zone_id) = TestStack::with_zone(&aws, "v").await;
+    stack.up();
+    let acm = aws_sdk_acm::Client::new(&aws);
+    let theirs = acm
+        .request_certificate()
+        .domain_name(stack.domain())
+        .validation_method(aws_sdk_acm::types::ValidationMethod::Dns)
+        .send()
+        .await
+        .unwrap()
+        .certificate_arn
+        .unwrap();
+    let described = acm
+        .describe_certificate()
+        .certificate_arn(&theirs)
+        .send()
+        .await
+        .unwrap();
+    let shared = described.certificate().unwrap().domain_validation_options()[0]
+        .resource_record()
+        .unwrap()
+        .name
+        .clone();
+
+    stack.run(&["destroy", "--yes"]);
+
+    let route53 = aws_sdk_route53::Client::new(&aws);
+    let records = route53
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone_id)
+        .send()
+        .await
+        .unwrap();
+    let names: Vec<&str> = records
+        .resource_record_sets()
+        .iter()
+        .filter(|set| set.r#type().as_str() == "CNAME")
+        .map(|set| set.name())
+        .collect();
+    assert_eq!(
+        names,
+        [shared.as_str()],
+        "the shared validation CNAME stays"
+    );
+    let listed = acm.list_certificates().send().await.unwrap();
+    let left: Vec<&str> = listed
+        .certificate_summary_list()
+        .iter()
+        .filter(|c| c.domain_name() == Some(stack.domain().as_str()))
+        .filter_map(|c| c.certificate_arn())
+        .collect();
+    assert_eq!(
+        left,
+        [theirs.as_str()],
+        "only the stack's certificate is deleted"
+    );
+
+    acm.delete_certificate()
+        .certificate_arn(&theirs)
+        .send()
+        .await
+        .unwrap();
+}
+
 /// A new build reaches the instances: after the chat-server binary changed, `up` replaces
 /// every instance, one batch at a time, each new one recording the new SHA-256, and the
 /// old ones are terminated; a lower `instances.count` then removes one. (LocalStack
