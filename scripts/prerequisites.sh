@@ -30,6 +30,8 @@ case $profile in
       [chromium]=chromium
       [chromedriver]=chromium-driver
       [shellcheck]=shellcheck
+      # The Graviton cross build compiles ring's C with clang (.cargo/config.toml).
+      [clang]=clang
     )
     ;;
   *)

@@ -69,8 +69,10 @@ export CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
 
 phase "cargo clippy -D warnings and the test build"
 cargo nextest run --workspace --locked --no-run
-# What the instances run, and so what the boot tests boot: the static musl build.
+# What the instances run, and so what the boot tests boot: the static musl build; and the
+# Graviton cross build, whose executable a test inspects.
 cargo build --locked -p chat-server --target x86_64-unknown-linux-musl
+cargo build --locked -p chat-server --target aarch64-unknown-linux-musl
 
 phase "LocalStack"
 wait "$localstack_job" || { echo "LocalStack did not start (its lines above start with [localstack])" >&2; exit 1; }

@@ -55,6 +55,24 @@ fn the_booted_binary_is_static() {
     assert_eq!(linkage, realtime_stack::binary::Linkage::Static);
 }
 
+/// A team on an x86 laptop can ship to Graviton: the cross build is a static aarch64
+/// executable, accepted for an arm64 instance type and refused for an x86 one.
+#[test]
+fn the_graviton_cross_build_is_static_arm64_and_accepted_only_for_arm64() {
+    use realtime_stack::binary::{Architecture, Linkage, prepare};
+    let path = support::chat_server_binary_for(Architecture::Arm64);
+    let no_output = |_: &str| {};
+
+    let binary = prepare(Some(&path), Architecture::Arm64, &no_output).unwrap();
+    assert_eq!(binary.architecture, Architecture::Arm64);
+    assert_eq!(binary.linkage, Linkage::Static);
+
+    let refused = prepare(Some(&path), Architecture::X86_64, &no_output)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("built for arm64"), "{refused}");
+}
+
 /// The local redis-server, stopped on drop.
 struct RedisGuard(LocalRedis);
 

@@ -271,18 +271,25 @@ pub async fn state_and_binary(ec2: &aws_sdk_ec2::Client, id: &str) -> (String, O
 /// scripts/test.sh makes (`cargo build -p chat-server --target x86_64-unknown-linux-musl`)
 /// in the target directory of the test executables.
 pub fn chat_server_binary() -> std::path::PathBuf {
-    const TARGET: &str = "x86_64-unknown-linux-musl";
+    chat_server_binary_for(realtime_stack::binary::Architecture::X86_64)
+}
+
+/// The debug musl build of chat-server for `architecture`, which scripts/test.sh makes.
+pub fn chat_server_binary_for(
+    architecture: realtime_stack::binary::Architecture,
+) -> std::path::PathBuf {
+    let target = architecture.musl_target();
     let test_exe = std::env::current_exe().expect("test executable path");
     let target_dir = test_exe
         .ancestors()
         .nth(3)
         .expect("the target directory above <profile>/deps/<test>");
-    let binary = target_dir.join(TARGET).join("debug").join("chat-server");
+    let binary = target_dir.join(target).join("debug").join("chat-server");
     assert!(
         binary.exists(),
-        "{} is missing: build it with `cargo build -p chat-server --target {TARGET}` \
+        "{} is missing: build it with `cargo build -p chat-server --target {target}` \
          (scripts/test.sh does; the target comes with rust-toolchain.toml, or \
-         `rustup target add {TARGET}`)",
+         `rustup target add {target}`; the aarch64 build needs clang)",
         binary.display()
     );
     binary
