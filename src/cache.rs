@@ -14,7 +14,7 @@ use aws_sdk_elasticache::types::{
 
 use crate::aws::{Call, delete_outcome};
 use crate::engine::{Action, Deletable, DeleteError, DeleteFuture, Step, planned_id, wait_for};
-use crate::names::STACK_TAG;
+use crate::names::{Names, STACK_TAG};
 use crate::stack::Stack;
 
 const PORT: u16 = 6379;
@@ -129,7 +129,10 @@ async fn ensure_replication_group(
             endpoint(&wait_available(stack, step, &id).await?)
         }
         Some(group) => {
-            require_ours(stack, group.arn(), &format!("the replication group {id}")).await?;
+            let what = format!("the replication group {id}");
+            // A group still being created (after an interrupted `up`) shows its tags
+            // only once available: checked then.
+            let owner_known = refuse_foreign(stack, group.arn(), &what).await?;
             refuse_unchangeable(stack, &group)?;
             if stack.planning() {
                 // What is to change is known now; only `up` waits for a group still busy.
@@ -139,6 +142,9 @@ async fn ensure_replication_group(
                 return endpoint(&group);
             }
             let mut group = wait_available(stack, step, &id).await?;
+            if !owner_known {
+                require_ours(stack, group.arn(), &what).await?;
+            }
             for fix in fixes(stack, &group).await? {
                 stack.make(Action::Update, format!("redis {id}"), fix.to_string());
                 step.set(&fix.to_string());
@@ -528,55 +534,93 @@ async fn describe_subnet_group(stack: &Stack, name: &str) -> Result<Option<Cache
     }
 }
 
-/// Whether the resource of `arn` carries the stack's tag.
-async fn is_ours(stack: &Stack, arn: Option<&str>) -> Result<bool> {
+/// Whose a resource is, as its tags say.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    Stack,
+    Other,
+    /// ElastiCache answers ListTagsForResource on a replication group only while it is
+    /// available (`InvalidReplicationGroupState` otherwise: "Cluster not in available state
+    /// to perform tagging operations", hashicorp/terraform-provider-aws#33859, and while
+    /// creating or deleting, ekristen/aws-nuke#256): known once it is.
+    NotYetReadable,
+}
+
+/// Whose the resource of `arn` is.
+async fn owner(
+    elasticache: &aws_sdk_elasticache::Client,
+    names: &Names,
+    arn: Option<&str>,
+) -> Result<Owner> {
     let Some(arn) = arn else {
-        return Ok(false);
+        return Ok(Owner::Other);
     };
-    let tags = stack
-        .clients
-        .elasticache
+    let tags = elasticache
         .list_tags_for_resource()
         .resource_name(arn)
         .send()
-        .await
-        .call(format!("ListTagsForResource {arn}"))?;
-    Ok(tags
+        .await;
+    let tags = match tags {
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|err| err.is_invalid_replication_group_state_fault()) =>
+        {
+            return Ok(Owner::NotYetReadable);
+        }
+        tags => tags.call(format!("ListTagsForResource {arn}"))?,
+    };
+    let ours = tags
         .tag_list()
         .iter()
-        .any(|tag| stack.names.is_stack_tag(tag.key(), tag.value())))
+        .any(|tag| names.is_stack_tag(tag.key(), tag.value()));
+    Ok(if ours { Owner::Stack } else { Owner::Other })
 }
 
-/// A resource of the stack's name that is not the stack's must not be taken over.
+/// A resource of the stack's name that is not the stack's must not be taken over. Returns
+/// whether that is known: a replication group's tags cannot be read while it is busy.
+async fn refuse_foreign(stack: &Stack, arn: Option<&str>, what: &str) -> Result<bool> {
+    match owner(&stack.clients.elasticache, &stack.names, arn).await? {
+        Owner::Stack => Ok(true),
+        Owner::NotYetReadable => Ok(false),
+        Owner::Other => bail!(
+            "{what} exists but does not carry the tag {STACK_TAG}={}: it is not this stack's. \
+             Delete or rename it, or give the stack another name",
+            stack.names.stack()
+        ),
+    }
+}
+
+/// Like [`refuse_foreign`], for a resource whose tags must be readable now.
 async fn require_ours(stack: &Stack, arn: Option<&str>, what: &str) -> Result<()> {
-    if is_ours(stack, arn).await? {
+    if refuse_foreign(stack, arn, what).await? {
         return Ok(());
     }
-    bail!(
-        "{what} exists but does not carry the tag {STACK_TAG}={}: it is not this stack's. \
-         Delete or rename it, or give the stack another name",
-        stack.names.stack()
-    )
+    bail!("ElastiCache does not show the tags of {what} yet: run `realtime-stack up` again")
 }
 
 /// The stack's replication group and subnet group, the subnet group after the group.
 pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
+    let elasticache = &stack.clients.elasticache;
     let mut found: Vec<Box<dyn Deletable>> = Vec::new();
     let id = stack.names.replication_group();
-    if let Some(group) = describe_group(&stack.clients.elasticache, &id).await?
-        && is_ours(stack, group.arn()).await?
-    {
+    let group_owner = match describe_group(elasticache, &id).await? {
+        Some(group) => owner(elasticache, &stack.names, group.arn()).await?,
+        None => Owner::Other,
+    };
+    if group_owner != Owner::Other {
         found.push(Box::new(GroupDeletable {
-            elasticache: stack.clients.elasticache.clone(),
+            elasticache: elasticache.clone(),
             id: id.clone(),
+            owner_to_confirm: (group_owner == Owner::NotYetReadable).then(|| stack.names.clone()),
         }));
     }
     let name = stack.names.cache_subnet_group();
     if let Some(group) = describe_subnet_group(stack, &name).await?
-        && is_ours(stack, group.arn()).await?
+        && owner(elasticache, &stack.names, group.arn()).await? == Owner::Stack
     {
         found.push(Box::new(SubnetGroupDeletable {
-            elasticache: stack.clients.elasticache.clone(),
+            elasticache: elasticache.clone(),
             name,
             replication_group: id,
         }));
@@ -587,6 +631,9 @@ pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
 struct GroupDeletable {
     elasticache: aws_sdk_elasticache::Client,
     id: String,
+    /// Set when the group's tags could not be read yet (see [`Owner::NotYetReadable`]):
+    /// they are read before it is deleted.
+    owner_to_confirm: Option<Names>,
 }
 
 impl Deletable for GroupDeletable {
@@ -609,10 +656,11 @@ impl Deletable for GroupDeletable {
             let group = describe_group(&self.elasticache, &self.id)
                 .await
                 .map_err(DeleteError::Failed)?;
-            let Some(status) = group.map(|group| group.status.unwrap_or_default()) else {
+            let Some(group) = group else {
                 return Ok(());
             };
-            match status.as_str() {
+            let status = group.status().unwrap_or_default();
+            match status {
                 "deleting" => return Err(DeleteError::Busy("deleting".to_owned())),
                 "creating" | "modifying" | "snapshotting" => {
                     return Err(DeleteError::Busy(format!(
@@ -620,6 +668,27 @@ impl Deletable for GroupDeletable {
                     )));
                 }
                 _ => {}
+            }
+            if let Some(names) = &self.owner_to_confirm {
+                match owner(&self.elasticache, names, group.arn())
+                    .await
+                    .map_err(DeleteError::Failed)?
+                {
+                    Owner::Stack => {}
+                    Owner::NotYetReadable => {
+                        return Err(DeleteError::Busy(format!(
+                            "{status}: its tags are not readable yet, waiting"
+                        )));
+                    }
+                    Owner::Other => {
+                        return Err(DeleteError::Failed(anyhow::anyhow!(
+                            "the replication group {} does not carry the tag {STACK_TAG}={}: \
+                             not this stack's, left in place. Delete it by hand if it should go",
+                            self.id,
+                            names.stack()
+                        )));
+                    }
+                }
             }
             let result = self
                 .elasticache
@@ -695,7 +764,9 @@ mod tests {
     use aws_sdk_elasticache::operation::describe_replication_groups::{
         DescribeReplicationGroupsError, DescribeReplicationGroupsOutput,
     };
-    use aws_sdk_elasticache::operation::list_tags_for_resource::ListTagsForResourceOutput;
+    use aws_sdk_elasticache::operation::list_tags_for_resource::{
+        ListTagsForResourceError, ListTagsForResourceOutput,
+    };
     use aws_sdk_elasticache::operation::modify_replication_group::ModifyReplicationGroupOutput;
     use aws_sdk_elasticache::types::error::{
         CacheSubnetGroupInUse, CacheSubnetGroupNotFoundFault, InvalidReplicationGroupStateFault,
@@ -763,7 +834,7 @@ mod tests {
             .build()
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
         let no_subnet_group = mock!(Client::describe_cache_subnet_groups).then_error(|| {
             DescribeCacheSubnetGroupsError::CacheSubnetGroupNotFoundFault(
@@ -803,7 +874,8 @@ mod tests {
             RuleMode::MatchAny,
             [&no_subnet_group, &create_subnet_group, &describe, &create]
         );
-        let stack = testing::stack(clients);
+        let mut stack = testing::stack(clients);
+        stack.pace = Pace::Aws;
 
         let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
 
@@ -845,7 +917,8 @@ mod tests {
                 &modify
             ]
         );
-        let stack = testing::stack(clients);
+        let mut stack = testing::stack(clients);
+        stack.pace = Pace::Aws;
 
         let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
 
@@ -1059,13 +1132,16 @@ mod tests {
 
     /// A replication group on tokio's clock: `creating` for `creating_for`, then
     /// `available`; from the DeleteReplicationGroup ElastiCache accepts, `deleting` for
-    /// `deleting_for`, then gone. The subnet group stays in use a moment longer.
+    /// `deleting_for`, then gone. Its tags (the stack's unless `foreign`) can be read only
+    /// while it is available (see [`Owner::NotYetReadable`]). The subnet group stays in use
+    /// a moment longer.
     struct Lifetime {
         started: tokio::time::Instant,
         creating_for: Duration,
         deleting_for: Duration,
         deleted_at: Mutex<Option<tokio::time::Instant>>,
         subnet_group_refusals: Mutex<u32>,
+        foreign: std::sync::atomic::AtomicBool,
     }
 
     impl Lifetime {
@@ -1076,6 +1152,7 @@ mod tests {
                 deleting_for,
                 deleted_at: Mutex::new(None),
                 subnet_group_refusals: Mutex::new(0),
+                foreign: false.into(),
             })
         }
 
@@ -1088,9 +1165,10 @@ mod tests {
             }
         }
 
-        /// The stack's subnet group and replication group as `destroy` sees them.
-        fn destroy_rules(self: &std::sync::Arc<Self>) -> Vec<Rule> {
+        /// The stack's subnet group and replication group as `up` and `destroy` see them.
+        fn rules(self: &std::sync::Arc<Self>) -> Vec<Rule> {
             let (describe, delete, delete_subnets) = (self.clone(), self.clone(), self.clone());
+            let tags = self.clone();
             let not_found = || {
                 ReplicationGroupNotFoundFault::builder()
                     .meta(
@@ -1102,7 +1180,29 @@ mod tests {
             };
             vec![
                 mock!(Client::describe_cache_subnet_groups).then_output(subnet_group),
-                mock!(Client::list_tags_for_resource).then_output(stack_tagged),
+                mock!(Client::list_tags_for_resource)
+                    .match_requests(|req| {
+                        req.resource_name()
+                            .is_some_and(|arn| arn.contains(":subnetgroup:"))
+                    })
+                    .then_output(stack_tagged),
+                mock!(Client::list_tags_for_resource).then_compute_response(move |_| {
+                    match tags.status() {
+                        Some("available" | "modifying")
+                            if tags.foreign.load(std::sync::atomic::Ordering::Relaxed) =>
+                        {
+                            MockResponse::Output(ListTagsForResourceOutput::builder().build())
+                        }
+                        Some("available" | "modifying") => MockResponse::Output(stack_tagged()),
+                        _ => MockResponse::Error(
+                            ListTagsForResourceError::InvalidReplicationGroupStateFault(
+                                invalid_state(
+                                    "Cluster not in available state to perform tagging operations.",
+                                ),
+                            ),
+                        ),
+                    }
+                }),
                 mock!(Client::describe_replication_groups).then_compute_response(move |_| {
                     match describe.status() {
                         Some(status) => MockResponse::Output(described(group(status))),
@@ -1119,25 +1219,14 @@ mod tests {
                             *delete.deleted_at.lock().unwrap() = Some(tokio::time::Instant::now());
                             MockResponse::Output(DeleteReplicationGroupOutput::builder().build())
                         }
-                        Some(status) => {
-                            let message = format!(
-                                "Replication group chat-redis has status {status} which is not \
-                                 valid for deletion."
-                            );
-                            MockResponse::Error(
-                                DeleteReplicationGroupError::InvalidReplicationGroupStateFault(
-                                    InvalidReplicationGroupStateFault::builder()
-                                        .message(&message)
-                                        .meta(
-                                            ErrorMetadata::builder()
-                                                .code("InvalidReplicationGroupState")
-                                                .message(message)
-                                                .build(),
-                                        )
-                                        .build(),
-                                ),
-                            )
-                        }
+                        Some(status) => MockResponse::Error(
+                            DeleteReplicationGroupError::InvalidReplicationGroupStateFault(
+                                invalid_state(&format!(
+                                    "Replication group chat-redis has status {status} which is \
+                                     not valid for deletion."
+                                )),
+                            ),
+                        ),
                         None => MockResponse::Error(
                             DeleteReplicationGroupError::ReplicationGroupNotFoundFault(not_found()),
                         ),
@@ -1169,6 +1258,18 @@ mod tests {
         }
     }
 
+    fn invalid_state(message: &str) -> InvalidReplicationGroupStateFault {
+        InvalidReplicationGroupStateFault::builder()
+            .message(message)
+            .meta(
+                ErrorMetadata::builder()
+                    .code("InvalidReplicationGroupState")
+                    .message(message)
+                    .build(),
+            )
+            .build()
+    }
+
     /// Runs `destroy` over the stack's ElastiCache resources at AWS's pace and patience.
     async fn destroy_redis(rules: &[Rule]) -> Result<(), Leftovers> {
         let mut clients = testing::clients();
@@ -1194,11 +1295,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn destroy_waits_for_a_group_still_creating_then_deletes_it() {
         let lifetime = Lifetime::new(Duration::from_secs(40 * 60), Duration::from_secs(8 * 60));
-        let rules = lifetime.destroy_rules();
+        let rules = lifetime.rules();
 
         destroy_redis(&rules).await.unwrap();
 
-        let [_, _, _, delete_group, delete_subnet_group] = &rules[..] else {
+        let [_, _, _, _, delete_group, delete_subnet_group] = &rules[..] else {
             unreachable!()
         };
         assert_eq!(delete_group.num_calls(), 1, "deleted once available");
@@ -1217,15 +1318,57 @@ mod tests {
     async fn destroy_waits_for_a_group_being_deleted_then_deletes_its_subnet_group() {
         let lifetime = Lifetime::new(Duration::ZERO, Duration::from_secs(30 * 60));
         *lifetime.deleted_at.lock().unwrap() = Some(tokio::time::Instant::now());
-        let rules = lifetime.destroy_rules();
+        let rules = lifetime.rules();
 
         destroy_redis(&rules).await.unwrap();
 
-        let [_, _, _, delete_group, delete_subnet_group] = &rules[..] else {
+        let [_, _, _, _, delete_group, delete_subnet_group] = &rules[..] else {
             unreachable!()
         };
         assert_eq!(delete_group.num_calls(), 0);
         assert_eq!(delete_subnet_group.num_calls(), 2);
         assert!(lifetime.started.elapsed() >= Duration::from_secs(30 * 60));
+    }
+
+    /// `up` after an `up` stopped while ElastiCache was creating the group: the group's
+    /// tags cannot be read yet, so it waits for the group, then checks it is the stack's.
+    #[tokio::test(start_paused = true)]
+    async fn up_waits_for_a_group_still_creating_before_reading_whose_it_is() {
+        let lifetime = Lifetime::new(Duration::from_secs(25 * 60), Duration::ZERO);
+        let mut clients = testing::clients();
+        clients.elasticache =
+            mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, &lifetime.rules());
+        let mut stack = testing::stack(clients);
+        stack.pace = Pace::Aws;
+
+        let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+        assert_eq!(redis.address, PRIMARY);
+        assert!(lifetime.started.elapsed() >= Duration::from_secs(25 * 60));
+
+        lifetime
+            .foreign
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let err = ensure(&stack, &subnets(), "sg-redis").await.unwrap_err();
+        assert!(format!("{err:#}").contains("not this stack's"), "{err:#}");
+    }
+
+    /// `destroy` of a group still creating whose tags, once readable, are not the stack's:
+    /// never deleted, and named in what is left.
+    #[tokio::test(start_paused = true)]
+    async fn destroy_does_not_delete_a_group_that_turns_out_not_to_be_the_stack_s() {
+        let lifetime = Lifetime::new(Duration::from_secs(10 * 60), Duration::ZERO);
+        lifetime
+            .foreign
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let rules = lifetime.rules();
+
+        let left = destroy_redis(&rules).await.unwrap_err();
+
+        let [_, _, _, _, delete_group, _] = &rules[..] else {
+            unreachable!()
+        };
+        assert_eq!(delete_group.num_calls(), 0);
+        assert!(format!("{left}").contains("not this stack's"), "{left}");
     }
 }
