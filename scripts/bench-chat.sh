@@ -18,8 +18,8 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 
 # 10 000 client sockets in chat-bench, 5 000 in each server: raise the per-process limit.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 12000 ]; then
-  echo "ulimit -n is $(ulimit -n); the idle-connection phase needs 12000" >&2
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 20000 ]; then
+  echo "ulimit -n is $(ulimit -n); the rooms and idle phases need 20000" >&2
   exit 1
 fi
 
@@ -44,6 +44,7 @@ redis_port="$(free_port)"
 redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
   --dir "$work" --logfile "$work/redis.log" &
 pids+=($!)
+redis_pid=$!
 for _ in $(seq 100); do
   grep -q "Ready to accept" "$work/redis.log" 2>/dev/null && break
   sleep 0.1
@@ -74,4 +75,5 @@ echo "redis-server 127.0.0.1:$redis_port; chat-server ${addrs[*]} (pids ${server
 "$bin/chat-bench" \
   --servers "$(IFS=,; echo "${addrs[*]}")" \
   --pids "$(IFS=,; echo "${server_pids[*]}")" \
+  --redis-pids "$redis_pid" \
   "$@"

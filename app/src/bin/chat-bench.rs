@@ -1,11 +1,13 @@
 //! `chat-bench`: a load generator for `chat-server`, driven by `scripts/bench-chat.sh`,
 //! which starts Redis and the servers and passes their addresses and pids here.
 //!
-//! Four figures, each from its own phase and room, each bounded in time or count:
-//! delivered messages per second at saturation (senders keep a window of unechoed
-//! messages in flight), end-to-end latency percentiles at a fixed offered rate, server
-//! CPU seconds per 100 000 deliveries (from `/proc/<pid>/stat`), and resident memory
-//! per idle connection (from `/proc/<pid>/status`).
+//! Phases, each bounded in time or count (`--phases` picks them): delivered messages per
+//! second at saturation (senders keep a window of unechoed messages in flight) with the
+//! server CPU seconds per 100 000 deliveries (from `/proc/<pid>/stat`); end-to-end latency
+//! percentiles at a fixed offered rate; the rooms dimension (for each count in `--rooms`,
+//! that many rooms with a few receivers each sharing one offered message rate: server CPU
+//! per delivery and Redis CPU per message, so the shape over room counts shows); and
+//! resident memory per idle connection (from `/proc/<pid>/status`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +33,16 @@ struct Args {
     /// Server pids, for CPU and memory readings.
     #[arg(long, value_delimiter = ',', required = true)]
     pids: Vec<u32>,
+    /// redis-server pids (every node of a cluster), for Redis CPU per message.
+    #[arg(long, value_delimiter = ',', required = true)]
+    redis_pids: Vec<u32>,
+    /// Which phases to run, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "saturation,latency,rooms,idle"
+    )]
+    phases: Vec<Phase>,
     /// Sending connections in the saturation and latency phases.
     #[arg(long, default_value_t = 8)]
     senders: usize,
@@ -47,12 +59,32 @@ struct Args {
     rate: u64,
     #[arg(long, default_value_t = 15)]
     latency_secs: u64,
-    /// Idle connections for the memory reading.
-    #[arg(long, default_value_t = 10_000)]
+    /// Room counts of the rooms phase, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+    rooms: Vec<usize>,
+    /// Connections per room in the rooms phase; the first also sends.
+    #[arg(long, default_value_t = 3)]
+    room_receivers: usize,
+    /// Messages per second over all rooms in the rooms phase, spread evenly: the same
+    /// deliveries per second at every room count, so only the room count changes.
+    #[arg(long, default_value_t = 1000.0)]
+    rooms_rate: f64,
+    #[arg(long, default_value_t = 15)]
+    rooms_secs: u64,
+    /// Idle connections to the first server for the memory reading.
+    #[arg(long, default_value_t = 19_000)]
     idle: usize,
     /// Connection attempts in flight while opening idle connections.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Phase {
+    Saturation,
+    Latency,
+    Rooms,
+    Idle,
 }
 
 #[tokio::main]
@@ -66,45 +98,202 @@ async fn main() -> anyhow::Result<()> {
         "servers: {:?}; senders {}, receivers {} (spread over the servers)",
         args.servers, args.senders, args.receivers
     );
+    for phase in &args.phases {
+        match phase {
+            Phase::Saturation => {
+                let cpu = Cpu::start(&args, tick)?;
+                let (deliveries, elapsed, sent) = saturation(&args).await?;
+                let (server_cpu, redis_cpu) = cpu.used()?;
+                println!(
+                    "saturation ({:.1} s): {sent} messages stored, {deliveries} deliveries -> {:.0} deliveries/s ({:.0} messages/s in)",
+                    elapsed.as_secs_f64(),
+                    deliveries as f64 / elapsed.as_secs_f64(),
+                    sent as f64 / elapsed.as_secs_f64(),
+                );
+                println!(
+                    "server CPU: {server_cpu:.2} s over the servers -> {:.3} CPU-seconds per 100000 deliveries; Redis CPU {redis_cpu:.2} s -> {:.1} µs per message",
+                    server_cpu / deliveries.max(1) as f64 * 100_000.0,
+                    redis_cpu / sent.max(1) as f64 * 1e6,
+                );
+            }
+            Phase::Latency => {
+                let mut latencies = latency(&args, epoch).await?;
+                println!(
+                    "latency at {} msg/s offered, {} receivers + {} senders ({} samples): {}",
+                    args.rate,
+                    args.receivers,
+                    args.senders,
+                    latencies.len(),
+                    percentiles(&mut latencies),
+                );
+            }
+            Phase::Rooms => {
+                println!(
+                    "| rooms | connections | messages | deliveries | server CPU µs/delivery | Redis CPU µs/message | latency |"
+                );
+                println!("| --- | --- | --- | --- | --- | --- | --- |");
+                for &count in &args.rooms {
+                    let run = rooms(&args, count, epoch, tick).await?;
+                    println!("{run}");
+                }
+            }
+            Phase::Idle => {
+                let (opened, per_conn) = idle_memory(&args).await?;
+                println!(
+                    "idle connections: {opened} open on one server -> {:.1} KiB resident per connection (its RSS delta / connections)",
+                    per_conn / 1024.0
+                );
+            }
+        }
+    }
+    Ok(())
+}
 
-    let cpu_before = cpu_seconds(&args.pids, tick)?;
-    let (deliveries, elapsed, sent) = saturation(&args).await?;
-    let cpu_used = cpu_seconds(&args.pids, tick)? - cpu_before;
-    println!(
-        "saturation ({:.1} s): {sent} messages stored, {deliveries} deliveries -> {:.0} deliveries/s ({:.0} messages/s in)",
-        elapsed.as_secs_f64(),
-        deliveries as f64 / elapsed.as_secs_f64(),
-        sent as f64 / elapsed.as_secs_f64(),
-    );
-    println!(
-        "server CPU: {cpu_used:.2} s over both servers -> {:.3} CPU-seconds per 100000 deliveries",
-        cpu_used / deliveries.max(1) as f64 * 100_000.0
-    );
+/// CPU seconds the servers and Redis use from `start` to `used`.
+struct Cpu {
+    servers: Vec<u32>,
+    redis: Vec<u32>,
+    tick: f64,
+    servers_before: f64,
+    redis_before: f64,
+}
 
-    let mut latencies = latency(&args, epoch).await?;
+impl Cpu {
+    fn start(args: &Args, tick: f64) -> anyhow::Result<Self> {
+        Ok(Cpu {
+            servers: args.pids.clone(),
+            redis: args.redis_pids.clone(),
+            tick,
+            servers_before: cpu_seconds(&args.pids, tick)?,
+            redis_before: cpu_seconds(&args.redis_pids, tick)?,
+        })
+    }
+
+    /// (servers, Redis) CPU seconds since `start`.
+    fn used(&self) -> anyhow::Result<(f64, f64)> {
+        Ok((
+            cpu_seconds(&self.servers, self.tick)? - self.servers_before,
+            cpu_seconds(&self.redis, self.tick)? - self.redis_before,
+        ))
+    }
+}
+
+/// p50, p99, p99.9 and max of latencies in microseconds.
+fn percentiles(latencies: &mut [u64]) -> String {
     latencies.sort_unstable();
     let pct = |p: f64| {
         let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
         latencies.get(i).copied().unwrap_or(0) as f64 / 1000.0
     };
-    println!(
-        "latency at {} msg/s offered, {} receivers + {} senders ({} samples): p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        args.rate,
-        args.receivers,
-        args.senders,
-        latencies.len(),
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         pct(0.50),
         pct(0.99),
         pct(0.999),
         latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
-    );
+    )
+}
 
-    let (opened, per_conn) = idle_memory(&args).await?;
-    println!(
-        "idle connections: {opened} open -> {:.1} KiB resident per connection (server RSS delta / connections)",
-        per_conn / 1024.0
+/// `count` rooms, `room_receivers` connections each spread over the servers; the first
+/// connection of each room sends its share of `rooms_rate` messages per second, stamped
+/// with the send time, for `rooms_secs`. CPU is read over the sending window only (not the connects).
+async fn rooms(args: &Args, count: usize, epoch: Instant, tick: f64) -> anyhow::Result<String> {
+    let servers = args.servers.clone();
+    let per_room = args.room_receivers.max(1);
+    let connected: Vec<anyhow::Result<(usize, Ws)>> = stream::iter(0..count * per_room)
+        .map(|i| {
+            let (room, seat) = (i / per_room, i % per_room);
+            let server = servers[(room + seat) % servers.len()];
+            async move {
+                Ok((
+                    room,
+                    connect(server, &format!("bench-rooms-{count}-{room}")).await?,
+                ))
+            }
+        })
+        .buffer_unordered(args.connect_concurrency)
+        .collect()
+        .await;
+    let mut by_room: Vec<Vec<Ws>> = (0..count).map(|_| Vec::new()).collect();
+    for result in connected {
+        let (room, ws) = result?;
+        by_room[room].push(ws);
+    }
+    let connections = count * per_room;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let duration = Duration::from_secs(args.rooms_secs);
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let end_sending = start + duration;
+    let end_receiving = end_sending + Duration::from_secs(2);
+    let period = Duration::from_secs_f64(count as f64 / args.rooms_rate);
+    let cpu = Cpu::start(args, tick)?;
+    let mut tasks = Vec::new();
+    for (room, sockets) in by_room.into_iter().enumerate() {
+        for (seat, ws) in sockets.into_iter().enumerate() {
+            let (delivered, sent) = (delivered.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                let (mut sink, mut incoming) = ws.split();
+                let sender = (seat == 0).then(|| {
+                    let sent = sent.clone();
+                    tokio::spawn(async move {
+                        // Rooms send out of phase, spread over the period.
+                        let offset = period.mul_f64(room as f64 / count as f64);
+                        let mut tick = tokio::time::interval_at(start + offset, period);
+                        while tokio::time::Instant::now() < end_sending {
+                            tick.tick().await;
+                            let stamp = epoch.elapsed().as_micros();
+                            if sink
+                                .send(send_frame("r", &format!("lat {stamp}")))
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        sink
+                    })
+                });
+                let mut samples = Vec::new();
+                while let Ok(Some(Ok(frame))) =
+                    tokio::time::timeout_at(end_receiving, incoming.next()).await
+                {
+                    let Message::Text(t) = frame else { continue };
+                    let now = epoch.elapsed().as_micros() as u64;
+                    if let Some(m) = message_of(&t)
+                        && let Some(stamp) = m["text"]
+                            .as_str()
+                            .and_then(|s| s.strip_prefix("lat "))
+                            .and_then(|s| s.parse::<u64>().ok())
+                    {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        samples.push(now.saturating_sub(stamp));
+                    }
+                }
+                if let Some(sender) = sender {
+                    let _ = sender.await;
+                }
+                samples
+            }));
+        }
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let (server_cpu, redis_cpu) = cpu.used()?;
+    let (sent, delivered) = (
+        sent.load(Ordering::Relaxed),
+        delivered.load(Ordering::Relaxed),
     );
-    Ok(())
+    Ok(format!(
+        "| {count} | {connections} | {sent} ({:.0}/s) | {delivered} | {:.1} | {:.1} | {} |",
+        sent as f64 / duration.as_secs_f64(),
+        server_cpu / delivered.max(1) as f64 * 1e6,
+        redis_cpu / sent.max(1) as f64 * 1e6,
+        percentiles(&mut latencies),
+    ))
 }
 
 async fn connect(addr: SocketAddr, room: &str) -> anyhow::Result<Ws> {
@@ -283,13 +472,14 @@ async fn latency(args: &Args, epoch: Instant) -> anyhow::Result<Vec<u64>> {
     Ok(all)
 }
 
-/// Opens `idle` connections spread over the servers and reads the servers' resident
-/// memory before and after.
+/// Opens `idle` connections to the first server and reads its resident memory before
+/// and after: the memory one instance needs per connection.
 async fn idle_memory(args: &Args) -> anyhow::Result<(usize, f64)> {
-    let before = rss_bytes(&args.pids)?;
-    let servers = args.servers.clone();
+    let pid = &args.pids[..1];
+    let before = rss_bytes(pid)?;
+    let server = args.servers[0];
     let results: Vec<anyhow::Result<Ws>> = stream::iter(0..args.idle)
-        .map(|i| connect(servers[i % servers.len()], "bench-idle"))
+        .map(|_| connect(server, "bench-idle"))
         .buffer_unordered(args.connect_concurrency)
         .collect()
         .await;
@@ -309,7 +499,7 @@ async fn idle_memory(args: &Args) -> anyhow::Result<(usize, f64)> {
     if failures > 0 {
         eprintln!("{failures} idle connections failed");
     }
-    let after = rss_bytes(&args.pids)?;
+    let after = rss_bytes(pid)?;
     let per_conn = after.saturating_sub(before) as f64 / open.len().max(1) as f64;
     let opened = open.len();
     drop(open);
