@@ -7,7 +7,7 @@
 //! the endpoint again and reaches the new primary, and retries once when the command
 //! was certainly not executed. Every call is bounded by [`CALL_TIMEOUT`]. Sockets get
 //! TCP keepalive and `TCP_USER_TIMEOUT`, so a dead peer is noticed by the kernel too,
-//! also on the reader's long-lived connection.
+//! also on the fan-out's long-lived connection.
 
 use std::sync::RwLock;
 use std::time::Duration;
@@ -16,8 +16,8 @@ use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 use redis::{
-    Client, ErrorKind, FromRedisValue, IntoConnectionInfo as _, RedisError, ServerErrorKind,
-    TlsCertificates,
+    Client, ErrorKind, FromRedisValue, IntoConnectionInfo as _, ProtocolVersion, RedisError,
+    ServerErrorKind, TlsCertificates,
 };
 
 use crate::config::Config;
@@ -98,13 +98,17 @@ fn tcp_settings() -> TcpSettings {
         .set_user_timeout(Duration::from_secs(10))
 }
 
-/// The client for `REDIS_URL`, with [`tcp_settings`], without contacting Redis.
-pub fn client(config: &Config) -> anyhow::Result<Client> {
+/// The client for `REDIS_URL`, with [`tcp_settings`], speaking `protocol`, without
+/// contacting Redis.
+pub fn client(config: &Config, protocol: ProtocolVersion) -> anyhow::Result<Client> {
     let info = config
         .redis_url
         .as_str()
         .into_connection_info()
-        .context("invalid REDIS_URL")?
+        .context("invalid REDIS_URL")?;
+    let settings = info.redis_settings().clone().set_protocol(protocol);
+    let info = info
+        .set_redis_settings(settings)
         .set_tcp_settings(tcp_settings());
     let client = match &config.redis_ca_file {
         Some(path) => {

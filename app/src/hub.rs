@@ -1,8 +1,9 @@
 //! Room fan-out inside one process: a broadcast channel per room with local clients, and
 //! the id of the last stream entry this instance has delivered for that room.
 //!
-//! The Redis reader ([`crate::reader`]) asks the hub which rooms to read and from where,
-//! and publishes what it reads; connections subscribe. The broadcast channel's capacity
+//! The Redis reader ([`crate::reader`]) takes the rooms joined since it last asked and
+//! the rooms nobody listens to any more, and publishes what it receives; connections
+//! subscribe. The broadcast channel's capacity
 //! is the per-client send queue: a client that falls that far behind gets `Lagged` and is
 //! disconnected, while the sender never waits for anyone.
 
@@ -27,17 +28,24 @@ struct Room {
     last_id: StreamId,
 }
 
+#[derive(Default)]
+struct Rooms {
+    rooms: HashMap<String, Room>,
+    /// Rooms created since the reader last took them.
+    joined: Vec<String>,
+}
+
 pub struct Hub {
-    rooms: Mutex<HashMap<String, Room>>,
+    state: Mutex<Rooms>,
     capacity: usize,
-    /// Wakes the reader when the first room appears.
+    /// Wakes the reader when a room is joined.
     changed: Notify,
 }
 
 impl Hub {
     pub fn new(capacity: usize) -> Self {
         Hub {
-            rooms: Mutex::new(HashMap::new()),
+            state: Mutex::new(Rooms::default()),
             capacity: capacity.max(1),
             changed: Notify::new(),
         }
@@ -45,9 +53,10 @@ impl Hub {
 
     /// Subscribes to a room this instance already reads, if it does.
     pub fn subscribe(&self, room: &str) -> Option<broadcast::Receiver<Outgoing>> {
-        self.rooms
+        self.state
             .lock()
             .unwrap()
+            .rooms
             .get(room)
             .map(|r| r.tx.subscribe())
     }
@@ -56,35 +65,60 @@ impl Hub {
     /// fetched by the caller) if no one here reads it yet. When two clients race to open
     /// the same room, the first start id wins; either is a valid starting point.
     pub fn join(&self, room: &str, start: StreamId) -> broadcast::Receiver<Outgoing> {
-        let mut rooms = self.rooms.lock().unwrap();
+        let mut state = self.state.lock().unwrap();
+        let Rooms { rooms, joined } = &mut *state;
         let rx = rooms
             .entry(room.to_owned())
-            .or_insert_with(|| Room {
-                tx: broadcast::channel(self.capacity).0,
-                last_id: start,
+            .or_insert_with(|| {
+                joined.push(room.to_owned());
+                Room {
+                    tx: broadcast::channel(self.capacity).0,
+                    last_id: start,
+                }
             })
             .tx
             .subscribe();
-        drop(rooms);
+        drop(state);
         self.changed.notify_one();
         rx
     }
 
-    /// The rooms to read and the id to read each after. Rooms nobody listens to any more
-    /// are forgotten here, under the same lock `join` takes, so a client cannot subscribe
-    /// to a room in the instant it is dropped.
-    pub fn positions(&self) -> Vec<(String, StreamId)> {
-        let mut rooms = self.rooms.lock().unwrap();
-        rooms.retain(|_, r| r.tx.receiver_count() > 0);
-        rooms
-            .iter()
-            .map(|(name, r)| (name.clone(), r.last_id))
-            .collect()
+    /// The rooms created since the last call.
+    pub fn take_joined(&self) -> Vec<String> {
+        std::mem::take(&mut self.state.lock().unwrap().joined)
+    }
+
+    /// Every room followed here.
+    pub fn rooms(&self) -> Vec<String> {
+        self.state.lock().unwrap().rooms.keys().cloned().collect()
+    }
+
+    /// Forgets the rooms nobody listens to any more and returns them. Under the same
+    /// lock `join` takes, so a client cannot subscribe to a room in the instant it is
+    /// dropped; a room dropped before the reader took it as joined is not handed out.
+    pub fn prune(&self) -> Vec<String> {
+        let mut state = self.state.lock().unwrap();
+        let mut left = Vec::new();
+        state.rooms.retain(|name, room| {
+            let listened = room.tx.receiver_count() > 0;
+            if !listened {
+                left.push(name.clone());
+            }
+            listened
+        });
+        let Rooms { rooms, joined } = &mut *state;
+        joined.retain(|name| rooms.contains_key(name));
+        left
     }
 
     /// The id of the last entry delivered in a room, if this instance follows it.
     pub fn position(&self, room: &str) -> Option<StreamId> {
-        self.rooms.lock().unwrap().get(room).map(|r| r.last_id)
+        self.state
+            .lock()
+            .unwrap()
+            .rooms
+            .get(room)
+            .map(|r| r.last_id)
     }
 
     /// Waits until some room may have been joined.
@@ -96,8 +130,8 @@ impl Hub {
     /// clients. Ids at or below the last delivered one are ignored, which makes re-reads
     /// after a reconnect harmless. Returns how many clients the frame was queued for.
     pub fn publish(&self, room: &str, id: StreamId, frame: Option<Utf8Bytes>) -> usize {
-        let mut rooms = self.rooms.lock().unwrap();
-        let Some(room) = rooms.get_mut(room) else {
+        let mut state = self.state.lock().unwrap();
+        let Some(room) = state.rooms.get_mut(room) else {
             return 0;
         };
         if id <= room.last_id {
@@ -110,13 +144,13 @@ impl Hub {
     /// Sends a frame about entry `id` (which comes next) to the room's local clients
     /// without moving the room's position.
     pub fn announce(&self, room: &str, id: StreamId, frame: Utf8Bytes) {
-        if let Some(room) = self.rooms.lock().unwrap().get(room) {
+        if let Some(room) = self.state.lock().unwrap().rooms.get(room) {
             let _ = room.tx.send(Outgoing { id, frame });
         }
     }
 
     pub fn room_count(&self) -> usize {
-        self.rooms.lock().unwrap().len()
+        self.state.lock().unwrap().rooms.len()
     }
 }
 
@@ -141,17 +175,26 @@ mod tests {
         assert_eq!(hub.publish("a", id("8-0"), None), 0);
         assert_eq!(rx.try_recv().unwrap().id, id("6-0"));
         assert!(rx.try_recv().is_err());
-        assert_eq!(hub.positions(), vec![("a".to_owned(), id("8-0"))]);
         assert_eq!(hub.position("a"), Some(id("8-0")));
     }
 
     #[test]
-    fn forgets_rooms_without_listeners() {
+    fn hands_out_each_new_room_once_and_forgets_rooms_without_listeners() {
         let hub = Hub::new(8);
-        let rx = hub.join("a", StreamId::default());
-        assert_eq!(hub.positions().len(), 1);
-        drop(rx);
-        assert!(hub.positions().is_empty());
+        let a = hub.join("a", StreamId::default());
+        let a2 = hub.join("a", StreamId::default());
+        let b = hub.join("b", StreamId::default());
+        drop(b);
+        // b was left before the reader took it: pruned, and not handed out as joined.
+        assert_eq!(hub.prune(), ["b"]);
+        assert_eq!(hub.take_joined(), ["a"]);
+        assert!(hub.take_joined().is_empty());
+        assert_eq!(hub.rooms(), ["a"]);
+        drop(a);
+        assert!(hub.prune().is_empty(), "a still has a listener");
+        drop(a2);
+        assert_eq!(hub.prune(), ["a"]);
         assert!(hub.subscribe("a").is_none());
+        assert_eq!(hub.room_count(), 0);
     }
 }

@@ -7,7 +7,9 @@
 //!   created only when the hash is missing, so it changes exactly when history was lost)
 //!   and `last` (the newest entry's id);
 //! - `chat:{r}:cid:<cid>`: the id a client's message was stored as, for 300 s, so that
-//!   a retry is stored once.
+//!   a retry is stored once;
+//! - the pub/sub channel `chat:{r}:live`, on which the append script publishes each new
+//!   entry (see [`crate::reader`]).
 //!
 //! Memory is bounded three ways, all in the append script: at most `--history-len`
 //! entries, none older than `--history-max-age-secs`, and both keys expire
@@ -20,7 +22,7 @@
 use std::sync::Arc;
 
 use redis::streams::StreamRangeReply;
-use redis::{Client, Script};
+use redis::{Client, ProtocolVersion, Script};
 
 use crate::config::Config;
 use crate::connection::{self, Redis, Request, StoreError};
@@ -47,9 +49,14 @@ fn cid_key(room: &str, cid: &str) -> String {
     format!("chat:{{{room}}}:cid:{cid}")
 }
 
-/// The room of a stream key, the inverse of [`stream_key`].
-pub fn room_of(key: &str) -> Option<&str> {
-    key.strip_prefix("chat:{")?.strip_suffix("}:log")
+/// The pub/sub channel of a room's new entries.
+pub fn live_channel(room: &str) -> String {
+    format!("chat:{{{room}}}:live")
+}
+
+/// The room of a live channel, the inverse of [`live_channel`].
+pub fn room_of_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix("chat:{")?.strip_suffix("}:live")
 }
 
 /// One stream entry as stored, whether or not it decodes as a chat message.
@@ -85,6 +92,9 @@ pub struct Appended {
 #[derive(Clone)]
 pub struct Store {
     redis: Arc<Redis>,
+    /// For the fan-out's connection, which receives published entries as RESP3 pushes
+    /// on the connection it also sends commands on.
+    live_client: Client,
     append_script: Arc<Script>,
     history_len: usize,
     history_max_age_ms: u64,
@@ -96,7 +106,11 @@ impl Store {
     /// even while Redis is still being created.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         Ok(Store {
-            redis: Arc::new(Redis::new(connection::client(config)?)?),
+            redis: Arc::new(Redis::new(connection::client(
+                config,
+                ProtocolVersion::RESP2,
+            )?)?),
+            live_client: connection::client(config, ProtocolVersion::RESP3)?,
             append_script: Arc::new(Script::new(APPEND)),
             history_len: config.history_len,
             history_max_age_ms: config.history_max_age_secs.saturating_mul(1000),
@@ -104,8 +118,8 @@ impl Store {
         })
     }
 
-    pub fn client(&self) -> &Client {
-        self.redis.client()
+    pub fn live_client(&self) -> &Client {
+        &self.live_client
     }
 
     pub fn redis(&self) -> &Redis {
@@ -116,7 +130,7 @@ impl Store {
     /// stored, only returns the id it was stored as.
     pub async fn append(&self, room: &str, message: &SendRequest) -> Result<Appended, StoreError> {
         let mut invocation = self.append_script.key(stream_key(room));
-        invocation.key(meta_key(room));
+        invocation.key(meta_key(room)).key(live_channel(room));
         if let Some(cid) = &message.cid {
             invocation.key(cid_key(room, cid));
         }
@@ -127,7 +141,8 @@ impl Store {
             .arg(self.room_ttl_secs)
             .arg(&message.name)
             .arg(&message.text)
-            .arg(CID_TTL_SECS);
+            .arg(CID_TTL_SECS)
+            .arg("PUBLISH");
         let (id, epoch, duplicate): (String, String, u8) =
             self.redis.call(Request::Script(&invocation)).await?;
         Ok(Appended {
@@ -219,6 +234,24 @@ fn parse_id(id: &str) -> Result<StreamId, StoreError> {
     })
 }
 
+/// An entry as the append script publishes it on the room's live channel: a JSON array
+/// `[id, prev, name, text]`; `None` if it is not one.
+pub fn published_entry(room: &str, payload: &[u8]) -> Option<Entry> {
+    let (id, prev, name, text): (String, String, String, String) =
+        serde_json::from_slice(payload).ok()?;
+    let id: StreamId = id.parse().ok()?;
+    Some(Entry {
+        id,
+        prev: prev.parse().ok(),
+        message: Some(ChatMessage {
+            id,
+            room: room.to_owned(),
+            name,
+            text,
+        }),
+    })
+}
+
 /// Stream entries as [`Entry`]s; an entry whose id does not parse (impossible from
 /// Redis) is left out.
 pub fn entries(room: &str, ids: &[redis::streams::StreamId]) -> Vec<Entry> {
@@ -250,10 +283,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_share_the_room_hash_tag() {
+    fn keys_and_the_live_channel_share_the_room_hash_tag() {
         assert_eq!(stream_key("lobby"), "chat:{lobby}:log");
         assert_eq!(meta_key("lobby"), "chat:{lobby}:meta");
-        assert_eq!(room_of("chat:{lobby}:log"), Some("lobby"));
-        assert_eq!(room_of("chat:{lobby}:meta"), None);
+        assert_eq!(live_channel("lobby"), "chat:{lobby}:live");
+        assert_eq!(room_of_channel("chat:{lobby}:live"), Some("lobby"));
+        assert_eq!(room_of_channel("chat:{lobby}:log"), None);
+    }
+
+    #[test]
+    fn a_published_entry_decodes_with_its_link_and_anything_else_does_not() {
+        // As Redis's cjson writes it: `/` escaped too.
+        let payload = br#"["5-1","5-0","ann","a \/ \"b\"\n"]"#;
+        let entry = published_entry("lobby", payload).unwrap();
+        assert_eq!(entry.id, "5-1".parse().unwrap());
+        assert_eq!(entry.prev, Some("5-0".parse().unwrap()));
+        let message = entry.message.unwrap();
+        assert_eq!(
+            (message.room.as_str(), message.name.as_str()),
+            ("lobby", "ann")
+        );
+        assert_eq!(message.text, "a / \"b\"\n");
+        assert!(published_entry("lobby", b"not json").is_none());
+        assert!(published_entry("lobby", br#"["x","0-0","a","b"]"#).is_none());
     }
 }

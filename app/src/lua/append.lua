@@ -3,7 +3,9 @@
 --
 -- KEYS[1] stream  chat:{room}:log
 -- KEYS[2] meta    chat:{room}:meta   (epoch, last)
--- KEYS[3] (optional) idempotency key chat:{room}:cid:<cid>, holding the id it was stored as
+-- KEYS[3] live    chat:{room}:live   (the pub/sub channel of new entries; not a key, named
+--                 here so that it is routed with the room's slot)
+-- KEYS[4] (optional) idempotency key chat:{room}:cid:<cid>, holding the id it was stored as
 -- ARGV[1] a fresh random epoch, used only if the room has none (its history was lost
 --         or never existed)
 -- ARGV[2] history length (exact MAXLEN)
@@ -12,11 +14,12 @@
 -- ARGV[5] name
 -- ARGV[6] text
 -- ARGV[7] seconds an idempotency key is kept
--- Returns {id, epoch, duplicate}: duplicate is 1 when KEYS[3] named a message already
+-- ARGV[8] the publish command: PUBLISH, or SPUBLISH on a cluster
+-- Returns {id, epoch, duplicate}: duplicate is 1 when KEYS[4] named a message already
 -- stored, whose id is returned and nothing is written.
 
-if KEYS[3] then
-  local stored = redis.call('GET', KEYS[3])
+if KEYS[4] then
+  local stored = redis.call('GET', KEYS[4])
   if stored then
     return {stored, redis.call('HGET', KEYS[2], 'epoch') or '', 1}
   end
@@ -51,9 +54,12 @@ redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d', oldest_kept))
 -- refreshed on every write, so only idle rooms go.
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-if KEYS[3] then
-  redis.call('SET', KEYS[3], id, 'EX', ARGV[7])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], id, 'EX', ARGV[7])
 end
 
--- Issue 12 publishes the message frame here, in the same script, for the fan-out.
+-- Live delivery: only the instances following this room receive it, so the cost per
+-- message does not grow with the number of rooms. `prev` lets a receiver see that it
+-- missed one (and read it from the stream).
+redis.call(ARGV[8], KEYS[3], cjson.encode({id, prev, ARGV[5], ARGV[6]}))
 return {id, epoch, 0}
