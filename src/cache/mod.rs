@@ -1,7 +1,10 @@
 //! ElastiCache: the Redis (or Valkey) the chat servers fan messages out through. It owns
-//! the cache subnet group on the private subnets and the replication group (cluster mode
-//! off, encrypted in transit and at rest, with failover and Multi-AZ when it has
-//! replicas), both found by their derived names and checked for the stack tag.
+//! the cache subnet group on the private subnets and the replication group, both found by
+//! their derived names and checked for the stack tag. The group is encrypted in transit
+//! and at rest, with failover and Multi-AZ when it has replicas. With `redis.shards` 1 its
+//! cluster mode is off and the chat servers get its primary endpoint; with more it is a
+//! Redis Cluster (cluster mode on, one node group per shard) and they get its
+//! configuration endpoint.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -9,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use aws_sdk_elasticache::types::{
-    CacheSubnetGroup, MultiAzStatus, ReplicationGroup, SourceType, Tag,
+    CacheSubnetGroup, ClusterMode, MultiAzStatus, ReplicationGroup, SourceType, Tag,
 };
 
 use crate::aws::Call;
@@ -26,6 +29,31 @@ mod tests;
 pub use teardown::deletables;
 
 const PORT: u16 = 6379;
+
+/// The major version ElastiCache gives a group whose version stack.yaml leaves out: the
+/// cluster-mode parameter group is chosen by it. Redis OSS ends at 7 on ElastiCache (7.1);
+/// Valkey's default is 8. Pinning `redis.engine_version` picks the family from its major.
+fn default_major(engine: &str) -> &'static str {
+    if engine == "valkey" { "8" } else { "7" }
+}
+
+/// The default parameter group with `cluster-enabled yes` for the spec's engine and
+/// version (`default.redis7.cluster.on`, `default.valkey8.cluster.on`): without one,
+/// ElastiCache makes the group with cluster mode off whatever else is asked
+/// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/ParameterGroups.Engine.html>;
+/// hashicorp/terraform-provider-aws#7571). The spec allows shards only from major 7 on,
+/// where a family is named by the engine and its major alone.
+pub(super) fn cluster_parameter_group(engine: &str, version: Option<&str>) -> String {
+    let major = version
+        .and_then(|version| version.split('.').next())
+        .unwrap_or_else(|| default_major(engine));
+    format!("default.{engine}{major}.cluster.on")
+}
+
+/// Whether the group is a Redis Cluster (cluster mode on).
+fn cluster_mode(group: &ReplicationGroup) -> bool {
+    group.cluster_enabled() == Some(true)
+}
 
 /// Where the chat servers reach Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,8 +142,12 @@ async fn ensure_replication_group(
     match describe_group(&stack.clients.elasticache, &id).await? {
         None => {
             let redis = &stack.spec.redis;
+            let shards = match redis.shards {
+                1 => String::new(),
+                shards => format!("cluster mode, {shards} shards of 1 primary and "),
+            };
             let reason = format!(
-                "{} {} on {}, {} replica(s), encrypted in transit and at rest",
+                "{} {} on {}, {shards}{} replica(s), encrypted in transit and at rest",
                 redis.engine,
                 redis
                     .engine_version
@@ -164,13 +196,30 @@ async fn ensure_replication_group(
     }
 }
 
+/// Creates the group: with one shard a primary and its replicas, cluster mode off; with
+/// more, node groups of a primary and `replicas` replicas each, cluster mode on, which
+/// needs automatic failover whatever the replicas
+/// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_CreateReplicationGroup.html>).
 async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<()> {
     let redis = &stack.spec.redis;
-    let failover = redis.replicas >= 1;
-    stack
-        .clients
-        .elasticache
-        .create_replication_group()
+    let multi_az = redis.replicas >= 1;
+    let create = stack.clients.elasticache.create_replication_group();
+    let create = if redis.shards > 1 {
+        create
+            .cluster_mode(ClusterMode::Enabled)
+            .num_node_groups(i32::try_from(redis.shards)?)
+            .replicas_per_node_group(i32::try_from(redis.replicas)?)
+            .cache_parameter_group_name(cluster_parameter_group(
+                &redis.engine,
+                redis.engine_version.as_deref(),
+            ))
+            .automatic_failover_enabled(true)
+    } else {
+        create
+            .num_cache_clusters(1 + i32::try_from(redis.replicas)?)
+            .automatic_failover_enabled(multi_az)
+    };
+    create
         .replication_group_id(id)
         .replication_group_description(format!(
             "realtime-stack {}: chat fan-out",
@@ -179,9 +228,7 @@ async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<(
         .engine(&redis.engine)
         .set_engine_version(redis.engine_version.clone())
         .cache_node_type(&redis.node_type)
-        .num_cache_clusters(1 + i32::try_from(redis.replicas)?)
-        .automatic_failover_enabled(failover)
-        .multi_az_enabled(failover)
+        .multi_az_enabled(multi_az)
         .transit_encryption_enabled(true)
         .at_rest_encryption_enabled(true)
         .cache_subnet_group_name(stack.names.cache_subnet_group())
@@ -283,8 +330,18 @@ fn refuse_unchangeable(stack: &Stack, group: &ReplicationGroup) -> Result<()> {
     {
         problems.push(format!("its engine is {engine}, stack.yaml says {want}"));
     }
-    if group.cluster_enabled() == Some(true) {
-        problems.push("it runs in cluster mode".to_owned());
+    let shards = stack.spec.redis.shards;
+    match (cluster_mode(group), shards) {
+        (true, 1) => problems.push(format!(
+            "it runs in cluster mode with {} shard(s), stack.yaml says 1 shard (cluster mode \
+             off)",
+            group.node_groups().len()
+        )),
+        (false, 2..) => problems.push(format!(
+            "it runs with cluster mode off (one shard), stack.yaml says {shards} shards \
+             (cluster mode on)"
+        )),
+        _ => {}
     }
     if group.transit_encryption_enabled() != Some(true) {
         problems.push("it is not encrypted in transit".to_owned());
@@ -297,23 +354,32 @@ fn refuse_unchangeable(stack: &Stack, group: &ReplicationGroup) -> Result<()> {
     }
     bail!(
         "the replication group {id} cannot be changed in place to match stack.yaml: {}. Run \
-         `realtime-stack destroy` and `up` again to re-create it (its data is lost), or \
-         change stack.yaml back",
+         `realtime-stack destroy` and `up` again to re-create it (its data is lost), give \
+         the stack another name to build a new one beside it, or change stack.yaml back",
         problems.join("; ")
     )
 }
 
+/// Where clients start: the primary endpoint with cluster mode off; with it on, the
+/// configuration endpoint, from which cluster clients learn every shard (its node
+/// groups have no primary endpoint).
 fn endpoint(group: &ReplicationGroup) -> Result<Redis> {
     let id = group.replication_group_id().unwrap_or_default();
-    let primary = group
-        .node_groups()
-        .first()
-        .and_then(|node_group| node_group.primary_endpoint())
+    let (endpoint, which) = if cluster_mode(group) {
+        (group.configuration_endpoint(), "configuration")
+    } else {
+        let primary = group.node_groups().first();
+        (
+            primary.and_then(|node_group| node_group.primary_endpoint()),
+            "primary",
+        )
+    };
+    let (address, port) = endpoint
         .and_then(|endpoint| Some((endpoint.address()?, endpoint.port())))
-        .with_context(|| format!("the replication group {id} reports no primary endpoint"))?;
+        .with_context(|| format!("the replication group {id} reports no {which} endpoint"))?;
     Ok(Redis {
-        address: primary.0.to_owned(),
-        port: primary.1.map(u16::try_from).transpose()?.unwrap_or(PORT),
+        address: address.to_owned(),
+        port: port.map(u16::try_from).transpose()?.unwrap_or(PORT),
         tls: group.transit_encryption_enabled() == Some(true),
     })
 }
@@ -324,9 +390,14 @@ pub struct Summary {
     pub id: String,
     /// `creating`, `available`, `modifying`, `deleting`, `create-failed`, `snapshotting`.
     pub status: String,
-    /// `host:port` of the primary, once it has one.
+    /// `host:port` of the primary (of the configuration endpoint in cluster mode), once
+    /// it has one.
     pub endpoint: Option<String>,
     pub node_type: String,
+    /// Node groups: more than one only in cluster mode.
+    pub shards: usize,
+    /// Whether it is a Redis Cluster (cluster mode on).
+    pub cluster_mode: bool,
     pub nodes: usize,
     pub multi_az: bool,
 }
@@ -343,6 +414,8 @@ pub async fn summary(stack: &Stack) -> Result<Option<Summary>> {
             .ok()
             .map(|redis| format!("{}:{}", redis.address, redis.port)),
         node_type: group.cache_node_type().unwrap_or_default().to_owned(),
+        shards: group.node_groups().len(),
+        cluster_mode: cluster_mode(&group),
         nodes: group.member_clusters().len(),
         multi_az: group.multi_az() == Some(&MultiAzStatus::Enabled),
         id,

@@ -1,9 +1,11 @@
 //! Changes ElastiCache makes to a replication group in place: engine version, node type,
-//! replicas, failover and Multi-AZ, each applied once the group is available again.
+//! replicas (of each shard), failover and Multi-AZ, and the number of shards of a Redis
+//! Cluster (online resharding), each applied once the group is available again.
 
 use anyhow::Result;
 use aws_sdk_elasticache::types::{AutomaticFailoverStatus, MultiAzStatus, ReplicationGroup};
 
+use super::{cluster_mode, cluster_parameter_group};
 use crate::aws::Call;
 use crate::stack::Stack;
 
@@ -14,7 +16,16 @@ pub(super) enum Fix {
     NodeType(String),
     AddReplicas(i32),
     RemoveReplicas(i32),
-    Failover(bool),
+    Failover {
+        failover: bool,
+        multi_az: bool,
+    },
+    /// A Redis Cluster's node groups to `count`; when fewer, the ones in `remove` go
+    /// (their slots move to the others).
+    Reshard {
+        count: i32,
+        remove: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for Fix {
@@ -25,17 +36,54 @@ impl std::fmt::Display for Fix {
             Fix::AddReplicas(count) | Fix::RemoveReplicas(count) => {
                 write!(f, "changing to {count} replica(s)")
             }
-            Fix::Failover(true) => write!(f, "enabling failover and Multi-AZ"),
-            Fix::Failover(false) => write!(f, "disabling failover and Multi-AZ"),
+            Fix::Failover {
+                failover: true,
+                multi_az: true,
+            } => write!(f, "enabling failover and Multi-AZ"),
+            Fix::Failover {
+                failover: false,
+                multi_az: _,
+            } => write!(f, "disabling failover and Multi-AZ"),
+            Fix::Failover {
+                failover: true,
+                multi_az: false,
+            } => write!(f, "disabling Multi-AZ (cluster mode keeps failover on)"),
+            Fix::Reshard { count, remove } if remove.is_empty() => {
+                write!(f, "resharding online to {count} shards")
+            }
+            Fix::Reshard { count, remove } => write!(
+                f,
+                "resharding online to {count} shards, removing node group(s) {}",
+                remove.join(" ")
+            ),
         }
     }
 }
 
 /// What differs from the spec and can be changed, in an order ElastiCache accepts:
-/// failover needs a replica, so replicas come before enabling it and after disabling it.
+/// Multi-AZ needs a replica in each shard, so replicas come before enabling it and after
+/// disabling it. A cluster's surplus shards go first (fewer nodes to change), missing ones
+/// come last (made like the others, with their final replicas). A cluster keeps automatic
+/// failover on whatever its replicas: cluster mode requires it.
 pub(super) async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec<Fix>> {
     let redis = &stack.spec.redis;
     let mut fixes = Vec::new();
+    let cluster = cluster_mode(group);
+    let node_groups = group.node_groups();
+    let have_shards = i32::try_from(node_groups.len())?;
+    let want_shards = i32::try_from(redis.shards)?;
+    if cluster && want_shards < have_shards {
+        let mut ids: Vec<String> = node_groups
+            .iter()
+            .filter_map(|node_group| node_group.node_group_id().map(str::to_owned))
+            .collect();
+        ids.sort();
+        let remove = ids.split_off(usize::try_from(want_shards)?);
+        fixes.push(Fix::Reshard {
+            count: want_shards,
+            remove,
+        });
+    }
     if let Some(want) = &redis.engine_version
         && let Some(have) = engine_version(stack, group).await?
         && !version_matches(&have, want)
@@ -45,9 +93,12 @@ pub(super) async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec
     if group.cache_node_type() != Some(redis.node_type.as_str()) {
         fixes.push(Fix::NodeType(redis.node_type.clone()));
     }
-    let have = i32::try_from(group.member_clusters().len())?.saturating_sub(1);
+    // Every shard has a primary and the same replicas.
+    let nodes_per_shard = group.member_clusters().len() / node_groups.len().max(1);
+    let have = i32::try_from(nodes_per_shard)?.saturating_sub(1);
     let want = i32::try_from(redis.replicas)?;
-    let failover = want >= 1;
+    let multi_az = want >= 1;
+    let failover = multi_az || cluster;
     let failover_on = matches!(
         group.automatic_failover(),
         Some(AutomaticFailoverStatus::Enabled | AutomaticFailoverStatus::Enabling)
@@ -56,11 +107,17 @@ pub(super) async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec
     if want > have {
         fixes.push(Fix::AddReplicas(want));
     }
-    if failover_on != failover || multi_az_on != failover {
-        fixes.push(Fix::Failover(failover));
+    if failover_on != failover || multi_az_on != multi_az {
+        fixes.push(Fix::Failover { failover, multi_az });
     }
     if want < have {
         fixes.push(Fix::RemoveReplicas(want));
+    }
+    if cluster && want_shards > have_shards {
+        fixes.push(Fix::Reshard {
+            count: want_shards,
+            remove: Vec::new(),
+        });
     }
     Ok(fixes)
 }
@@ -99,8 +156,13 @@ pub(super) async fn apply(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
         .apply_immediately(true);
     match fix {
         Fix::EngineVersion(version) => {
+            // A cluster keeps a cluster-mode parameter group across a major upgrade.
+            let redis = &stack.spec.redis;
+            let parameter_group =
+                (redis.shards > 1).then(|| cluster_parameter_group(&redis.engine, Some(version)));
             modify
                 .engine_version(version)
+                .set_cache_parameter_group_name(parameter_group)
                 .send()
                 .await
                 .call(format!("ModifyReplicationGroup {id} EngineVersion"))?;
@@ -112,13 +174,27 @@ pub(super) async fn apply(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
                 .await
                 .call(format!("ModifyReplicationGroup {id} CacheNodeType"))?;
         }
-        Fix::Failover(on) => {
+        Fix::Failover { failover, multi_az } => {
             modify
-                .automatic_failover_enabled(*on)
-                .multi_az_enabled(*on)
+                .automatic_failover_enabled(*failover)
+                .multi_az_enabled(*multi_az)
                 .send()
                 .await
                 .call(format!("ModifyReplicationGroup {id} AutomaticFailover"))?;
+        }
+        Fix::Reshard { count, remove } => {
+            // Slots move online; the chat servers follow MOVED/ASK.
+            elasticache
+                .modify_replication_group_shard_configuration()
+                .replication_group_id(id)
+                .node_group_count(*count)
+                .set_node_groups_to_remove((!remove.is_empty()).then(|| remove.clone()))
+                .apply_immediately(true)
+                .send()
+                .await
+                .call(format!(
+                    "ModifyReplicationGroupShardConfiguration {id} NodeGroupCount {count}"
+                ))?;
         }
         Fix::AddReplicas(count) => {
             elasticache

@@ -16,10 +16,13 @@ use aws_sdk_elasticache::operation::describe_events::DescribeEventsOutput;
 use aws_sdk_elasticache::operation::describe_replication_groups::{
     DescribeReplicationGroupsError, DescribeReplicationGroupsOutput,
 };
+use aws_sdk_elasticache::operation::increase_replica_count::IncreaseReplicaCountOutput;
 use aws_sdk_elasticache::operation::list_tags_for_resource::{
     ListTagsForResourceError, ListTagsForResourceOutput,
 };
 use aws_sdk_elasticache::operation::modify_replication_group::ModifyReplicationGroupOutput;
+use aws_sdk_elasticache::operation::modify_replication_group_shard_configuration::ModifyReplicationGroupShardConfigurationOutput;
+use aws_sdk_elasticache::types::builders::ReplicationGroupBuilder;
 use aws_sdk_elasticache::types::error::{
     CacheSubnetGroupInUse, CacheSubnetGroupNotFoundFault, InvalidReplicationGroupStateFault,
     ReplicationGroupNotFoundFault,
@@ -40,21 +43,27 @@ fn subnets() -> Vec<String> {
     vec!["subnet-a".into(), "subnet-b".into()]
 }
 
-/// The group as the example stack.yaml wants it: redis, one replica.
-fn group(status: &str) -> ReplicationGroup {
+/// What every group of the stack has: the stack's id, redis, its node type, failover,
+/// encryption.
+fn base(status: &str) -> ReplicationGroupBuilder {
     ReplicationGroup::builder()
         .replication_group_id("chat-redis")
         .arn("arn:aws:elasticache:us-east-1:1:replicationgroup:chat-redis")
         .status(status)
         .engine("redis")
         .cache_node_type("cache.t4g.micro")
-        .member_clusters("chat-redis-001")
-        .member_clusters("chat-redis-002")
         .automatic_failover(AutomaticFailoverStatus::Enabled)
-        .multi_az(MultiAzStatus::Enabled)
-        .cluster_enabled(false)
         .transit_encryption_enabled(true)
         .at_rest_encryption_enabled(true)
+}
+
+/// The group as the example stack.yaml wants it: redis, one replica.
+fn group(status: &str) -> ReplicationGroup {
+    base(status)
+        .member_clusters("chat-redis-001")
+        .member_clusters("chat-redis-002")
+        .multi_az(MultiAzStatus::Enabled)
+        .cluster_enabled(false)
         .node_groups(
             NodeGroup::builder()
                 .primary_endpoint(Endpoint::builder().address(PRIMARY).port(6379).build())
@@ -116,18 +125,22 @@ async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
                 && req.transit_encryption_enabled() == Some(true)
                 && req.at_rest_encryption_enabled() == Some(true)
                 && req.engine() == Some("redis")
+                // One shard: the calls of a group with cluster mode off, as ever.
+                && req.cluster_mode().is_none()
+                && req.num_node_groups().is_none()
+                && req.replicas_per_node_group().is_none()
+                && req.cache_parameter_group_name().is_none()
                 && req.cache_subnet_group_name() == Some("chat-cache")
                 && req.security_group_ids() == ["sg-redis"]
                 && req.tags().iter().any(|tag| tag.key() == Some(STACK_TAG))
         })
         .then_output(|| CreateReplicationGroupOutput::builder().build());
-    let mut clients = testing::clients();
-    clients.elasticache = mock_client!(
-        aws_sdk_elasticache,
-        RuleMode::MatchAny,
-        [&no_subnet_group, &create_subnet_group, &describe, &create]
-    );
-    let mut stack = testing::stack(clients);
+    let mut stack = testing::stack(mocked(&[
+        &no_subnet_group,
+        &create_subnet_group,
+        &describe,
+        &create,
+    ]));
     stack.pace = Pace::Aws;
 
     let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
@@ -157,20 +170,14 @@ async fn a_group_that_matches_the_spec_is_left_alone() {
         .then_output(|| CreateReplicationGroupOutput::builder().build());
     let modify = mock!(Client::modify_replication_group)
         .then_output(|| ModifyReplicationGroupOutput::builder().build());
-    let mut clients = testing::clients();
-    clients.elasticache = mock_client!(
-        aws_sdk_elasticache,
-        RuleMode::MatchAny,
-        [
-            &subnet_group,
-            &tags,
-            &describe,
-            &create_subnet_group,
-            &create,
-            &modify
-        ]
-    );
-    let mut stack = testing::stack(clients);
+    let mut stack = testing::stack(mocked(&[
+        &subnet_group,
+        &tags,
+        &describe,
+        &create_subnet_group,
+        &create,
+        &modify,
+    ]));
     stack.pace = Pace::Aws;
 
     let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
@@ -198,13 +205,7 @@ async fn a_changed_node_type_is_modified_in_place() {
                 && req.apply_immediately() == Some(true)
         })
         .then_output(|| ModifyReplicationGroupOutput::builder().build());
-    let mut clients = testing::clients();
-    clients.elasticache = mock_client!(
-        aws_sdk_elasticache,
-        RuleMode::MatchAny,
-        [&subnet_group, &tags, &describe, &modify]
-    );
-    let mut stack = testing::stack(clients);
+    let mut stack = testing::stack(mocked(&[&subnet_group, &tags, &describe, &modify]));
     stack.spec.redis.node_type = "cache.r7g.large".into();
 
     ensure(&stack, &subnets(), "sg-redis").await.unwrap();
@@ -219,13 +220,7 @@ async fn another_engine_is_an_error_saying_to_re_create() {
     let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
     let describe =
         mock!(Client::describe_replication_groups).then_output(|| described(group("available")));
-    let mut clients = testing::clients();
-    clients.elasticache = mock_client!(
-        aws_sdk_elasticache,
-        RuleMode::MatchAny,
-        [&subnet_group, &tags, &describe]
-    );
-    let mut stack = testing::stack(clients);
+    let mut stack = testing::stack(mocked(&[&subnet_group, &tags, &describe]));
     stack.spec.redis.engine = "valkey".into();
 
     let err = ensure(&stack, &subnets(), "sg-redis")
@@ -255,12 +250,24 @@ async fn replicas_change_around_failover_in_an_order_elasticache_accepts() {
     stack.spec.redis.replicas = 2;
     assert_eq!(
         fixes(&stack, &single).await.unwrap(),
-        [Fix::AddReplicas(2), Fix::Failover(true)]
+        [
+            Fix::AddReplicas(2),
+            Fix::Failover {
+                failover: true,
+                multi_az: true
+            }
+        ]
     );
     stack.spec.redis.replicas = 0;
     assert_eq!(
         fixes(&stack, &group("available")).await.unwrap(),
-        [Fix::Failover(false), Fix::RemoveReplicas(0)]
+        [
+            Fix::Failover {
+                failover: false,
+                multi_az: false
+            },
+            Fix::RemoveReplicas(0)
+        ]
     );
 }
 
@@ -270,13 +277,7 @@ async fn the_subnet_group_is_deleted_after_the_replication_group() {
     let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
     let describe =
         mock!(Client::describe_replication_groups).then_output(|| described(group("available")));
-    let mut clients = testing::clients();
-    clients.elasticache = mock_client!(
-        aws_sdk_elasticache,
-        RuleMode::MatchAny,
-        [&subnet_group, &tags, &describe]
-    );
-    let stack = testing::stack(clients);
+    let stack = testing::stack(mocked(&[&subnet_group, &tags, &describe]));
 
     let found = deletables(&stack).await.unwrap();
 
@@ -294,14 +295,27 @@ async fn the_subnet_group_is_deleted_after_the_replication_group() {
 /// What a stack whose Redis exists answers: its subnet group, its tags, and the
 /// replication group in `status`; plus `more`.
 fn existing(status: &'static str, more: &[&Rule]) -> Clients {
+    existing_group(move || group(status), more)
+}
+
+/// Like [`existing`], with the replication group `group` makes.
+fn existing_group(
+    group: impl Fn() -> ReplicationGroup + Send + Sync + 'static,
+    more: &[&Rule],
+) -> Clients {
     let mut rules = vec![
         mock!(Client::describe_cache_subnet_groups).then_output(subnet_group),
         mock!(Client::list_tags_for_resource).then_output(stack_tagged),
-        mock!(Client::describe_replication_groups).then_output(move || described(group(status))),
+        mock!(Client::describe_replication_groups).then_output(move || described(group())),
     ];
     rules.extend(more.iter().map(|rule| (*rule).clone()));
+    mocked(&rules.iter().collect::<Vec<_>>())
+}
+
+/// Clients whose ElastiCache answers by `rules`, whichever matches.
+fn mocked(rules: &[&Rule]) -> Clients {
     let mut clients = testing::clients();
-    clients.elasticache = mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, &rules);
+    clients.elasticache = mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, rules);
     clients
 }
 
@@ -617,4 +631,246 @@ async fn destroy_does_not_delete_a_group_that_turns_out_not_to_be_the_stack_s() 
     };
     assert_eq!(delete_group.num_calls(), 0);
     assert!(format!("{left}").contains("not this stack's"), "{left}");
+}
+
+const CONFIGURATION: &str = "clustercfg.chat-redis.abc.use1.cache.amazonaws.com";
+
+/// A Redis Cluster as ElastiCache describes it: `shards` node groups (`0001`...) of a
+/// primary and `replicas` replicas, no primary endpoint, a configuration endpoint.
+fn cluster(status: &str, shards: usize, replicas: usize) -> ReplicationGroup {
+    let mut group = base(status)
+        .cluster_enabled(true)
+        .cluster_mode(ClusterMode::Enabled)
+        .configuration_endpoint(
+            Endpoint::builder()
+                .address(CONFIGURATION)
+                .port(6379)
+                .build(),
+        )
+        .multi_az(if replicas > 0 {
+            MultiAzStatus::Enabled
+        } else {
+            MultiAzStatus::Disabled
+        });
+    for shard in 1..=shards {
+        let node_group = format!("{shard:04}");
+        group = group.node_groups(NodeGroup::builder().node_group_id(&node_group).build());
+        for node in 1..=1 + replicas {
+            group = group.member_clusters(format!("chat-redis-{node_group}-{node:03}"));
+        }
+    }
+    group.build()
+}
+
+/// `shards: 3` on a fresh account: one CreateReplicationGroup with three node groups,
+/// cluster mode and its parameter group, failover (which cluster mode requires), and
+/// the instances get the configuration endpoint.
+#[tokio::test(start_paused = true)]
+async fn a_cluster_is_created_with_its_node_groups_and_gives_its_configuration_endpoint() {
+    for (engine, version, replicas, parameter_group) in [
+        ("redis", None, 1, "default.redis7.cluster.on"),
+        ("valkey", Some("8.0"), 0, "default.valkey8.cluster.on"),
+        ("redis", Some("7.1"), 2, "default.redis7.cluster.on"),
+    ] {
+        let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+        let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+        let describe = mock!(Client::describe_replication_groups)
+            .sequence()
+            .error(|| {
+                DescribeReplicationGroupsError::ReplicationGroupNotFoundFault(
+                    ReplicationGroupNotFoundFault::builder().build(),
+                )
+            })
+            .output(move || described(cluster("creating", 3, replicas)))
+            .output(move || described(cluster("available", 3, replicas)))
+            .build();
+        let create = mock!(Client::create_replication_group)
+            .match_requests(move |req| {
+                req.cluster_mode() == Some(&ClusterMode::Enabled)
+                    && req.num_node_groups() == Some(3)
+                    && req.replicas_per_node_group() == Some(i32::try_from(replicas).unwrap())
+                    && req.num_cache_clusters().is_none()
+                    && req.cache_parameter_group_name() == Some(parameter_group)
+                    && req.engine() == Some(engine)
+                    && req.engine_version() == version
+                    && req.automatic_failover_enabled() == Some(true)
+                    && req.multi_az_enabled() == Some(replicas > 0)
+                    && req.transit_encryption_enabled() == Some(true)
+                    && req.at_rest_encryption_enabled() == Some(true)
+                    && req.cache_subnet_group_name() == Some("chat-cache")
+                    && req.security_group_ids() == ["sg-redis"]
+            })
+            .then_output(|| CreateReplicationGroupOutput::builder().build());
+        let mut stack = testing::stack(mocked(&[&subnet_group, &tags, &describe, &create]));
+        stack.spec.redis.shards = 3;
+        stack.spec.redis.replicas = u32::try_from(replicas).unwrap();
+        stack.spec.redis.engine = engine.into();
+        stack.spec.redis.engine_version = version.map(str::to_owned);
+
+        let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+        assert_eq!(create.num_calls(), 1, "{engine} {version:?} {replicas}");
+        assert_eq!(
+            redis,
+            Redis {
+                address: CONFIGURATION.into(),
+                port: 6379,
+                tls: true
+            }
+        );
+    }
+}
+
+/// A second `up` of a cluster as stack.yaml wants it calls nothing that changes it, and
+/// `status` shows its shards and configuration endpoint.
+#[tokio::test]
+async fn a_cluster_that_matches_the_spec_is_left_alone() {
+    let create = mock!(Client::create_replication_group)
+        .then_output(|| CreateReplicationGroupOutput::builder().build());
+    let modify = mock!(Client::modify_replication_group)
+        .then_output(|| ModifyReplicationGroupOutput::builder().build());
+    let reshard = mock!(Client::modify_replication_group_shard_configuration)
+        .then_output(|| ModifyReplicationGroupShardConfigurationOutput::builder().build());
+    let more = mock!(Client::increase_replica_count)
+        .then_output(|| IncreaseReplicaCountOutput::builder().build());
+    let mut stack = testing::stack(existing_group(
+        || cluster("available", 3, 1),
+        &[&create, &modify, &reshard, &more],
+    ));
+    stack.spec.redis.shards = 3;
+
+    let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+    let summary = summary(&stack).await.unwrap().unwrap();
+
+    assert_eq!(redis.address, CONFIGURATION);
+    for rule in [&create, &modify, &reshard, &more] {
+        assert_eq!(rule.num_calls(), 0);
+    }
+    assert_eq!(
+        (summary.shards, summary.cluster_mode, summary.nodes),
+        (3, true, 6)
+    );
+    assert_eq!(
+        summary.endpoint.as_deref(),
+        Some(&*format!("{CONFIGURATION}:6379"))
+    );
+}
+
+/// ElastiCache cannot turn cluster mode on or off in place with the data kept: `up`
+/// refuses either way and says what to do, before changing anything.
+#[tokio::test]
+async fn going_between_one_shard_and_a_cluster_is_refused_with_what_to_do() {
+    let modify = mock!(Client::modify_replication_group)
+        .then_output(|| ModifyReplicationGroupOutput::builder().build());
+    let cases = [
+        (
+            existing("available", &[&modify]),
+            3,
+            "cluster mode off (one shard), stack.yaml says 3 shards",
+        ),
+        (
+            existing_group(|| cluster("available", 3, 1), &[&modify]),
+            1,
+            "cluster mode with 3 shard(s), stack.yaml says 1 shard",
+        ),
+    ];
+    for (clients, shards, why) in cases {
+        let mut stack = testing::stack(clients);
+        stack.spec.redis.shards = shards;
+        let err = ensure(&stack, &subnets(), "sg-redis")
+            .await
+            .unwrap_err()
+            .to_string();
+        for what in [why, "realtime-stack destroy", "another name", "chat-redis"] {
+            assert!(err.contains(what), "{what}: {err}");
+        }
+    }
+    assert_eq!(modify.num_calls(), 0);
+}
+
+/// More shards: ModifyReplicationGroupShardConfiguration, online, after the replicas
+/// (so the new shards get the final count); fewer: the highest node groups are named
+/// for removal, before anything else.
+#[tokio::test]
+async fn a_cluster_reshards_online_to_the_shards_stack_yaml_asks_for() {
+    let mut clients = testing::clients();
+    clients.elasticache = mock_client!(aws_sdk_elasticache, []);
+    let mut stack = testing::stack(clients);
+    stack.spec.redis.shards = 5;
+    stack.spec.redis.replicas = 2;
+    assert_eq!(
+        fixes(&stack, &cluster("available", 3, 1)).await.unwrap(),
+        [
+            Fix::AddReplicas(2),
+            Fix::Reshard {
+                count: 5,
+                remove: vec![]
+            }
+        ]
+    );
+    stack.spec.redis.shards = 2;
+    stack.spec.redis.replicas = 0;
+    assert_eq!(
+        fixes(&stack, &cluster("available", 4, 1)).await.unwrap(),
+        [
+            Fix::Reshard {
+                count: 2,
+                remove: vec!["0003".into(), "0004".into()]
+            },
+            // Cluster mode keeps failover on without replicas; Multi-AZ goes first.
+            Fix::Failover {
+                failover: true,
+                multi_az: false
+            },
+            Fix::RemoveReplicas(0),
+        ]
+    );
+
+    let reshard = mock!(Client::modify_replication_group_shard_configuration)
+        .match_requests(|req| {
+            req.replication_group_id() == Some("chat-redis")
+                && req.node_group_count() == Some(2)
+                && req.node_groups_to_remove() == ["0003", "0004"]
+                && req.apply_immediately() == Some(true)
+        })
+        .then_output(|| ModifyReplicationGroupShardConfigurationOutput::builder().build());
+    let describe = mock!(Client::describe_replication_groups)
+        .sequence()
+        .output(|| described(cluster("available", 4, 1)))
+        .times(2)
+        .output(|| described(cluster("modifying", 3, 1)))
+        .output(|| described(cluster("available", 2, 1)))
+        .build();
+    let mut stack = testing::stack(mocked(&[
+        &mock!(Client::describe_cache_subnet_groups).then_output(subnet_group),
+        &mock!(Client::list_tags_for_resource).then_output(stack_tagged),
+        &describe,
+        &reshard,
+    ]));
+    stack.spec.redis.shards = 2;
+
+    let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+    assert_eq!(reshard.num_calls(), 1);
+    assert_eq!(redis.address, CONFIGURATION);
+}
+
+#[test]
+fn a_cluster_takes_the_cluster_mode_parameter_group_of_its_engine_and_major() {
+    assert_eq!(
+        cluster_parameter_group("redis", None),
+        "default.redis7.cluster.on"
+    );
+    assert_eq!(
+        cluster_parameter_group("redis", Some("7.0")),
+        "default.redis7.cluster.on"
+    );
+    assert_eq!(
+        cluster_parameter_group("valkey", None),
+        "default.valkey8.cluster.on"
+    );
+    assert_eq!(
+        cluster_parameter_group("valkey", Some("7.2")),
+        "default.valkey7.cluster.on"
+    );
 }
