@@ -709,6 +709,7 @@ async fn up_local_without_redis_server_names_what_to_install_and_creates_nothing
     // Every program `--local` runs, except redis-server.
     let path = tempfile::tempdir().unwrap();
     for program in [
+        "redis-cli",
         "openssl",
         "curl",
         "sha256sum",
