@@ -20,6 +20,9 @@ APP_PORT='@APP_PORT@'
 DRAIN_SECONDS='@DRAIN_SECONDS@'
 REDIS_SCHEME='@REDIS_SCHEME@'
 REDIS_TAG='@REDIS_TAG@'
+# true when the endpoint is a Redis Cluster's configuration endpoint (redis.shards > 1):
+# the server then speaks the cluster protocol from it.
+REDIS_CLUSTER='@REDIS_CLUSTER@'
 # Where the load balancer's connections come from: only their X-Forwarded-For is believed.
 TRUSTED_PROXIES='@TRUSTED_PROXIES@'
 
@@ -74,6 +77,7 @@ write_service() {
     umask 077
     cat >"$config_dir/chat-server.env" <<ENV
 REDIS_URL=$REDIS_SCHEME://$endpoint
+REDIS_CLUSTER=$REDIS_CLUSTER
 CHAT_LISTEN=0.0.0.0:$APP_PORT
 CHAT_INSTANCE_ID=$instance_id
 CHAT_DRAIN_SECS=$DRAIN_SECONDS

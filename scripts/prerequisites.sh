@@ -4,8 +4,8 @@
 # As root it installs; with password-less sudo it uses sudo; otherwise it changes nothing
 # and prints the exact command to run.
 #
-#   scripts/prerequisites.sh demo    redis-server, openssl, curl, python3 with venv, musl-tools
-#   scripts/prerequisites.sh test    the same, plus redis-tools, Chromium, chromedriver, shellcheck
+#   scripts/prerequisites.sh demo    redis-server, redis-tools, openssl, curl, python3 with venv, musl-tools
+#   scripts/prerequisites.sh test    the same, plus Chromium, chromedriver, shellcheck
 #
 # The Rust toolchain itself comes from rust-toolchain.toml (rustup installs the pinned
 # channel and its components on first use); the musl targets are added here if missing.
@@ -17,6 +17,8 @@ profile=${1:-}
 # Debian package by the command that shows it is installed.
 declare -A packages=(
   [redis-server]=redis-server
+  # redis-cli joins the servers of a local Redis Cluster (redis.shards > 1).
+  [redis-cli]=redis-tools
   [openssl]=openssl
   [curl]=curl
   [python3]=python3
@@ -26,7 +28,6 @@ case $profile in
   demo) ;;
   test)
     packages+=(
-      [redis-cli]=redis-tools
       [chromium]=chromium
       [chromedriver]=chromium-driver
       [shellcheck]=shellcheck

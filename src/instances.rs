@@ -38,6 +38,8 @@ pub struct Boot<'a> {
     pub app_port: u16,
     pub drain_seconds: u32,
     pub redis_tls: bool,
+    /// The Redis endpoint is a Redis Cluster's configuration endpoint (`REDIS_CLUSTER`).
+    pub redis_cluster: bool,
     /// CIDRs the load balancer connects from (the VPC's): the chat server believes the
     /// client address in X-Forwarded-For only from these.
     pub trusted_proxies: &'a str,
@@ -76,6 +78,7 @@ impl Boot<'_> {
                 if self.redis_tls { "rediss" } else { "redis" }.to_owned(),
             ),
             ("@REDIS_TAG@", REDIS_ENDPOINT_TAG.to_owned()),
+            ("@REDIS_CLUSTER@", self.redis_cluster.to_string()),
             ("@TRUSTED_PROXIES@", self.trusted_proxies.to_owned()),
         ];
         let mut program = BOOT_PROGRAM_TEMPLATE.to_owned();
@@ -673,6 +676,7 @@ mod tests {
             app_port: 8080,
             drain_seconds: 30,
             redis_tls: true,
+            redis_cluster: false,
             trusted_proxies: "10.0.0.0/16",
         }
     }
@@ -690,6 +694,7 @@ mod tests {
         assert!(script.contains("APP_PORT='8080'"));
         assert!(script.contains("REDIS_SCHEME='rediss'"));
         assert!(script.contains(&format!("REDIS_TAG='{REDIS_ENDPOINT_TAG}'")));
+        assert!(script.contains("REDIS_CLUSTER='false'"));
         assert!(script.contains("TRUSTED_PROXIES='10.0.0.0/16'"));
         assert!(
             !script.contains("='@") && !script.contains("@BOOT_PROGRAM@"),
@@ -718,6 +723,11 @@ mod tests {
         let mut other_port = boot(&artifact);
         other_port.app_port = 9000;
         assert_ne!(other_port.configuration_sha256().unwrap(), configuration);
+        // Instances told of a cluster are other instances: a rolling deploy replaces them.
+        let mut cluster = boot(&artifact);
+        cluster.redis_cluster = true;
+        assert_ne!(cluster.configuration_sha256().unwrap(), configuration);
+        assert!(cluster.render().unwrap().contains("REDIS_CLUSTER='true'"));
     }
 
     #[test]

@@ -231,6 +231,7 @@ pub fn document(scope: &Scope) -> Value {
                 "elasticache:ModifyReplicationGroup",
                 "elasticache:IncreaseReplicaCount",
                 "elasticache:DecreaseReplicaCount",
+                "elasticache:ModifyReplicationGroupShardConfiguration",
                 "elasticache:DeleteReplicationGroup",
                 "elasticache:ListTagsForResource",
                 "elasticache:AddTagsToResource",

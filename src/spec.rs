@@ -89,6 +89,14 @@ const TLS_POLICIES: &[&str] = &[
 ];
 const DEFAULT_NODE_TYPE: &str = "cache.t4g.micro";
 const DEFAULT_REPLICAS: u32 = 1;
+/// One shard: a cluster-mode-disabled replication group.
+const DEFAULT_SHARDS: u32 = 1;
+/// ElastiCache's limit on the nodes of a cluster-mode group (primaries and replicas, engine
+/// 5.0.6 or later): 500 shards without replicas, 83 with five each.
+const MAX_CLUSTER_NODES: u32 = 500;
+/// The first major version of Redis with sharded pub/sub (SSUBSCRIBE/SPUBLISH), which the
+/// chat servers need across shards; Valkey forked from 7.2, so every Valkey has it.
+const MIN_SHARDED_MAJOR: u32 = 7;
 const DEFAULT_ENGINE: &str = "redis";
 
 /// Longest stack name. Names of resources derive from it and the tightest AWS limit is the
@@ -133,7 +141,13 @@ const LOAD_BALANCER_KEYS: &[&str] = &[
     "health_check_interval_seconds",
     "tls_policy",
 ];
-const REDIS_KEYS: &[&str] = &["node_type", "replicas", "engine", "engine_version"];
+const REDIS_KEYS: &[&str] = &[
+    "node_type",
+    "replicas",
+    "shards",
+    "engine",
+    "engine_version",
+];
 const ENGINES: &[&str] = &["redis", "valkey"];
 
 /// A validated `stack.yaml`.
@@ -208,8 +222,12 @@ pub struct LoadBalancerSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSpec {
     pub node_type: String,
-    /// 0: a single node; 1 or more: automatic failover and Multi-AZ.
+    /// Replicas of each shard's primary. 0: a single node per shard; 1 or more: automatic
+    /// failover and Multi-AZ.
     pub replicas: u32,
+    /// Node groups. 1: one primary, cluster mode off; more: a Redis Cluster (cluster mode
+    /// on) whose clients start from its configuration endpoint.
+    pub shards: u32,
     /// `redis` or `valkey`.
     pub engine: String,
     pub engine_version: Option<String>,

@@ -213,6 +213,8 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
             "{env}"
         );
         assert!(env.contains(&format!("CHAT_INSTANCE_ID={id}")), "{env}");
+        // One shard: the endpoint is a primary, not a cluster's.
+        assert!(env.contains("REDIS_CLUSTER=false"), "{env}");
         // The test stack's network.cidr: only the load balancer's X-Forwarded-For counts.
         assert!(env.contains("CHAT_TRUSTED_PROXIES=10.20.0.0/16"), "{env}");
         servers.push(instance);

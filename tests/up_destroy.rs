@@ -129,6 +129,135 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
     stack.run(&["destroy", "--yes"]);
 }
 
+/// `redis.shards: 3`: `plan` says it makes a cluster, `up` creates a cluster-mode-enabled
+/// replication group of three node groups (a primary and a replica each), the
+/// instances' Redis tag is its configuration endpoint and their boot configuration says
+/// `REDIS_CLUSTER=true`, `status` shows the shards, a second `up` changes nothing, and
+/// `destroy` removes the group.
+#[tokio::test]
+async fn three_shards_make_a_redis_cluster_whose_configuration_endpoint_the_instances_get() {
+    let aws = support::localstack().await;
+    let (stack, zone_id) = TestStack::with_zone(&aws, "s").await;
+    stack.edit(
+        "redis:\n  replicas: 1\n",
+        "redis:\n  replicas: 1\n  shards: 3\n",
+    );
+    let name = &stack.name;
+
+    let plan = stack
+        .command(&["plan", "--output", "json"])
+        .output()
+        .unwrap();
+    let plan: Value = serde_json::from_slice(&plan.stdout).expect("plan prints JSON");
+    let redis_change = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|change| change["resource"] == format!("redis {name}-redis"))
+        .expect("plan creates Redis")
+        .clone();
+    assert!(
+        redis_change["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cluster mode, 3 shards of 1 primary and 1 replica(s)"),
+        "{redis_change}"
+    );
+
+    let outputs = stack.up();
+
+    let group = replication_group(&aws, name).await;
+    assert_eq!(group.cluster_enabled(), Some(true));
+    assert_eq!(group.node_groups().len(), 3, "three node groups");
+    for node_group in group.node_groups() {
+        assert_eq!(
+            node_group.node_group_members().len(),
+            2,
+            "a primary and a replica"
+        );
+    }
+    assert_eq!(group.transit_encryption_enabled(), Some(true));
+    assert_eq!(group.at_rest_encryption_enabled(), Some(true));
+    assert_eq!(group.multi_az().map(|m| m.as_str()), Some("enabled"));
+    let configuration = group
+        .configuration_endpoint()
+        .expect("configuration endpoint");
+    let endpoint = format!(
+        "{}:{}",
+        configuration.address().unwrap(),
+        configuration.port().unwrap()
+    );
+    assert_eq!(outputs["redis_endpoint"], endpoint);
+
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let ids = support::instance_ids(&outputs);
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        let described = ec2
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .unwrap();
+        let instance = &described.reservations()[0].instances()[0];
+        assert_eq!(
+            redis_endpoint_tag(instance),
+            Some(endpoint.as_str()),
+            "Redis endpoint tag of {id}"
+        );
+        let user_data = realtime_stack::local::user_data(&ec2, id).await.unwrap();
+        assert!(
+            user_data.contains("REDIS_CLUSTER='true'"),
+            "the boot configuration of {id} says it talks to a cluster"
+        );
+    }
+
+    let status = stack.run(&["status", "--output", "json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status prints JSON");
+    assert_eq!(status["redis"]["shards"], 3);
+    assert_eq!(status["redis"]["cluster_mode"], true);
+    assert_eq!(status["redis"]["nodes"], 6);
+    assert_eq!(status["redis"]["endpoint"], endpoint);
+
+    let again = stack.up();
+    assert_eq!(again["changes"], json!([]), "a second up changes nothing");
+
+    // One shard again is refused, naming what to do, and changes nothing.
+    stack.edit("  shards: 3\n", "  shards: 1\n");
+    let refused = up_fails(&stack);
+    assert!(
+        refused.contains("cluster mode with 3 shard(s), stack.yaml says 1 shard"),
+        "{refused}"
+    );
+
+    stack.run(&["destroy", "--yes"]);
+    verify_nothing_left(&aws, &stack, &zone_id).await;
+}
+
+/// The stack's replication group, as ElastiCache describes it.
+async fn replication_group(
+    aws: &SdkConfig,
+    name: &str,
+) -> aws_sdk_elasticache::types::ReplicationGroup {
+    aws_sdk_elasticache::Client::new(aws)
+        .describe_replication_groups()
+        .replication_group_id(format!("{name}-redis"))
+        .send()
+        .await
+        .unwrap()
+        .replication_groups()[0]
+        .clone()
+}
+
+/// The Redis endpoint `up` wrote onto an instance's tags.
+fn redis_endpoint_tag(instance: &aws_sdk_ec2::types::Instance) -> Option<&str> {
+    instance
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("realtime-stack:redis-endpoint"))
+        .and_then(|t| t.value())
+}
+
 /// ACM gives every certificate for a domain in an account the same validation CNAME (as
 /// LocalStack does): `destroy` deletes the stack's certificate but keeps the CNAME that
 /// another team's certificate for the same domain still renews with.
@@ -580,6 +709,7 @@ async fn up_local_without_redis_server_names_what_to_install_and_creates_nothing
     // Every program `--local` runs, except redis-server.
     let path = tempfile::tempdir().unwrap();
     for program in [
+        "redis-cli",
         "openssl",
         "curl",
         "sha256sum",
@@ -635,7 +765,6 @@ async fn up_local_without_redis_server_names_what_to_install_and_creates_nothing
 async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs: &Value) {
     let ec2 = aws_sdk_ec2::Client::new(aws);
     let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(aws);
-    let elasticache = aws_sdk_elasticache::Client::new(aws);
     let acm = aws_sdk_acm::Client::new(aws);
     let route53 = aws_sdk_route53::Client::new(aws);
     let name = &stack.name;
@@ -981,13 +1110,7 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
     }
 
     // Redis: encrypted, replicated, with failover, in the stack's subnet group.
-    let groups = elasticache
-        .describe_replication_groups()
-        .replication_group_id(format!("{name}-redis"))
-        .send()
-        .await
-        .unwrap();
-    let replication_group = &groups.replication_groups()[0];
+    let replication_group = replication_group(aws, name).await;
     assert_eq!(replication_group.transit_encryption_enabled(), Some(true));
     assert_eq!(replication_group.at_rest_encryption_enabled(), Some(true));
     assert_eq!(
@@ -1054,12 +1177,8 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
         );
         assert!(instance.key_name().is_none(), "no key pair");
         assert!(instance.public_ip_address().is_none(), "no public address");
-        let tag = instance
-            .tags()
-            .iter()
-            .find(|t| t.key() == Some("realtime-stack:redis-endpoint"));
         assert_eq!(
-            tag.and_then(|t| t.value()),
+            redis_endpoint_tag(instance),
             Some(redis_endpoint.as_str()),
             "Redis endpoint tag"
         );

@@ -55,6 +55,7 @@ pub async fn converge(
         app_port: instances.app_port,
         drain_seconds: instances.drain_seconds,
         redis_tls: true,
+        redis_cluster: stack.spec.redis.shards > 1,
         trusted_proxies: &stack.spec.network.cidr,
     };
     let mut launch = Launch::new(

@@ -141,11 +141,17 @@ fn print_text(status: &Status) {
     }
     match &status.redis {
         Some(redis) => println!(
-            "  redis          {} {} {} ({}, {} node(s){})",
+            "  redis          {} {} {} ({}, {} shard(s){}, {} node(s){})",
             redis.id,
             redis.status,
             redis.endpoint.as_deref().unwrap_or("(no endpoint yet)"),
             redis.node_type,
+            redis.shards,
+            if redis.cluster_mode {
+                " in cluster mode"
+            } else {
+                ""
+            },
             redis.nodes,
             if redis.multi_az { ", Multi-AZ" } else { "" }
         ),

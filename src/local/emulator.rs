@@ -69,10 +69,8 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
     let stack = stack_at(spec, &args.endpoint, &args.region, Changes::default()).await;
     let state_dir = StateDir::at(args.state_dir.clone());
     let mut state = state_dir.load()?;
-    let redis = state
-        .redis_port
-        .and_then(|port| LocalRedis::running(&state_dir.redis(), port))
-        .context("the stack's local redis-server is not running: run `up --local` again")?;
+    let redis = LocalRedis::running(&state_dir.redis(), &state.redis_ports())
+        .context("the stack's local Redis is not running: run `up --local` again")?;
     let listener = bind_load_balancer(&mut state).await?;
     state.emulator_pid = Some(std::process::id());
     state_dir.save(&state)?;

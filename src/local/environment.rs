@@ -91,12 +91,9 @@ impl Environment {
             }
             progress.note("stopped the local emulator and the instances it ran");
         }
-        if let Some(redis) = state
-            .redis_port
-            .and_then(|port| LocalRedis::running(&state_dir.redis(), port))
-        {
+        if let Some(redis) = LocalRedis::running(&state_dir.redis(), &state.redis_ports()) {
             redis.stop()?;
-            progress.note(&format!("stopped redis-server on {}", redis.address()));
+            progress.note(&format!("stopped the local {}", redis.describe()));
         }
         state_dir.remove()
     }
@@ -117,29 +114,44 @@ impl Environment {
         }
     }
 
-    /// The stack's local redis-server: the one recorded if it still runs, else a new one.
+    /// The stack's local Redis: the one recorded if it still runs, else a new one - a
+    /// redis-server, or a Redis Cluster with more than one shard. One of another shape
+    /// is refused: ElastiCache's group is not re-shaped by `up --local` either.
     async fn ensure_redis(&self) -> Result<()> {
         let mut state = self.state_dir.load()?;
         let dir = self.state_dir.redis();
-        let recorded = state.redis_port;
+        let recorded = state.redis_ports();
+        let (shards, replicas) = (self.stack.spec.redis.shards, self.stack.spec.redis.replicas);
+        let what = if shards > 1 {
+            format!("local Redis Cluster (TLS, {shards} shards, {replicas} replica(s) each)")
+        } else {
+            "local redis-server (TLS)".to_owned()
+        };
         let redis = self
             .stack
             .progress
-            .step("local redis-server (TLS)")
+            .step(what)
             .run(
                 async move {
                     tokio::task::spawn_blocking(move || {
-                        match recorded.and_then(|port| LocalRedis::running(&dir, port)) {
-                            Some(redis) => Ok(redis),
+                        match LocalRedis::running(&dir, &recorded) {
+                            Some(redis) if redis.matches(shards, replicas) => Ok(redis),
+                            Some(redis) => bail!(
+                                "the stack's local Redis is a {}, and stack.yaml asks for {shards} \
+                                 shard(s) of 1 primary and {replicas} replica(s): run \
+                                 `realtime-stack destroy --local`, then `up --local`",
+                                redis.describe()
+                            ),
+                            None if shards > 1 => LocalRedis::start_cluster(&dir, shards, replicas),
                             None => LocalRedis::start(&dir),
                         }
                     })
                     .await?
                 },
-                |redis| redis.address(),
+                LocalRedis::describe,
             )
             .await?;
-        state.redis_port = Some(redis.port);
+        state.set_redis_ports(redis.ports());
         self.state_dir.save(&state)
     }
 

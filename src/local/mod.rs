@@ -10,7 +10,8 @@
 //!   id and its tags as LocalStack holds them, the Redis endpoint tag mapped to the
 //!   local Redis;
 //! - ElastiCache: [`LocalRedis`], a TLS-only redis-server with a CA generated for it,
-//!   since the rendered user-data says `rediss://`;
+//!   since the rendered user-data says `rediss://`, or with `redis.shards` above 1 a
+//!   Redis Cluster of them;
 //! - EC2 and the load balancer at work: the emulator ([`emulator`]), a process per stack
 //!   that boots the instances LocalStack says run and proxies one port to them;
 //! - for the commands, [`Environment`]: the stack aimed at LocalStack, and the
@@ -44,10 +45,11 @@ pub use instance::{
 pub use redis::LocalRedis;
 
 /// The programs `--local` runs on this machine, each with the Debian package it comes in:
-/// the local redis-server and its certificates, and what the instances' boot script and
-/// `scripts/localstack.sh` call.
+/// the local redis-server, the redis-cli that joins several into a cluster, their
+/// certificates, and what the instances' boot script and `scripts/localstack.sh` call.
 const LOCAL_PROGRAMS: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
     ("openssl", "openssl"),
     ("curl", "curl"),
     ("sha256sum", "coreutils"),

@@ -14,13 +14,35 @@ use serde::{Deserialize, Serialize};
 /// The ports and pids of what runs for one stack.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct State {
+    /// The local Redis's port: the only server's, or the port clients of the cluster
+    /// start from.
     pub redis_port: Option<u16>,
+    /// Every server of the local Redis Cluster, when `redis.shards` is above 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redis_cluster_ports: Vec<u16>,
     /// The local load balancer's port: the stack's one URL, kept from run to run.
     pub load_balancer_port: Option<u16>,
     /// The emulator process (`realtime-stack local-emulator`).
     pub emulator_pid: Option<u32>,
     /// Instance id -> the loopback port its server listens on.
     pub instances: BTreeMap<String, u16>,
+}
+
+impl State {
+    /// The ports of the local Redis's servers, as [`super::LocalRedis::running`] takes them.
+    pub fn redis_ports(&self) -> Vec<u16> {
+        if self.redis_cluster_ports.is_empty() {
+            self.redis_port.into_iter().collect()
+        } else {
+            self.redis_cluster_ports.clone()
+        }
+    }
+
+    /// Records the local Redis's servers.
+    pub fn set_redis_ports(&mut self, ports: Vec<u16>) {
+        self.redis_port = ports.first().copied();
+        self.redis_cluster_ports = if ports.len() > 1 { ports } else { Vec::new() };
+    }
 }
 
 /// How the local load balancer sees one target.

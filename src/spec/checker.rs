@@ -560,6 +560,14 @@ impl<'s> Checker<'s> {
         let replicas = self.optional(&section, "replicas", DEFAULT_REPLICAS, |ck, p, n| {
             ck.integer(p, n, (0, 5), "a replication group has at most 5 replicas")
         });
+        let shards = self.optional(&section, "shards", DEFAULT_SHARDS, |ck, p, n| {
+            ck.integer(
+                p,
+                n,
+                (1, i64::from(MAX_CLUSTER_NODES)),
+                "ElastiCache's cluster mode allows at most 500 nodes, so 500 shards without replicas",
+            )
+        });
         let engine = self.optional(
             &section,
             "engine",
@@ -573,12 +581,32 @@ impl<'s> Checker<'s> {
             let text = ck.text(p, n)?;
             ck.check(p, At::of(n), engine_version(&text)).map(Some)
         });
-        Some(RedisSpec {
+        let redis = RedisSpec {
             node_type: node_type?,
             replicas: replicas?,
+            shards: shards?,
             engine: engine?,
             engine_version: version?,
-        })
+        };
+        self.cluster(&section, &redis).then_some(redis)
+    }
+
+    /// What more than one shard asks of the other Redis keys; whether all of it holds.
+    fn cluster(&mut self, section: &Section<'_, '_>, redis: &RedisSpec) -> bool {
+        let mut ok = true;
+        if let Some(field) = section.get("shards") {
+            let rule = cluster_nodes(redis.shards, redis.replicas);
+            ok &= self
+                .check(&section.path("shards"), At::of(field.value), rule)
+                .is_some();
+        }
+        if let (Some(field), Some(version)) = (section.get("engine_version"), &redis.engine_version)
+        {
+            let rule = sharded_engine_version(&redis.engine, version, redis.shards);
+            let path = section.path("engine_version");
+            ok &= self.check(&path, At::of(field.value), rule).is_some();
+        }
+        ok
     }
 
     fn tags(&mut self, path: &str, node: &MarkedYaml<'_>) -> Option<BTreeMap<String, String>> {

@@ -3,7 +3,10 @@
 
 use std::net::Ipv4Addr;
 
-use super::{ENGINES, MAX_NAME_LEN, RESERVED_TAG_PREFIXES, TLS_POLICIES};
+use super::{
+    ENGINES, MAX_CLUSTER_NODES, MAX_NAME_LEN, MIN_SHARDED_MAJOR, RESERVED_TAG_PREFIXES,
+    TLS_POLICIES,
+};
 
 /// A value that fails a rule: what is wrong and, when we can tell, what to write instead.
 pub(super) struct Invalid {
@@ -288,6 +291,42 @@ pub(super) fn engine_version(text: &str) -> Rule<String> {
         Err(Invalid::new(format!("`{text}` is not an engine version"))
             .help("write a version such as \"7.1\", or remove the key for the engine's default"))
     }
+}
+
+/// A cluster-mode group's nodes, primaries and replicas, within ElastiCache's limit.
+pub(super) fn cluster_nodes(shards: u32, replicas: u32) -> Rule<()> {
+    let nodes = shards * (1 + replicas);
+    if shards == 1 || nodes <= MAX_CLUSTER_NODES {
+        return Ok(());
+    }
+    Err(Invalid::new(format!(
+        "{shards} shards of 1 primary and {replicas} replica(s) make {nodes} nodes; \
+         ElastiCache allows at most {MAX_CLUSTER_NODES} in a cluster"
+    ))
+    .help(format!(
+        "use at most {} shards with {replicas} replica(s) each, or fewer replicas",
+        MAX_CLUSTER_NODES / (1 + replicas)
+    )))
+}
+
+/// With more than one shard the chat servers fan out through sharded pub/sub
+/// (SSUBSCRIBE/SPUBLISH), which Redis has from 7 on (and every Valkey).
+pub(super) fn sharded_engine_version(engine: &str, version: &str, shards: u32) -> Rule<()> {
+    let major = version
+        .split('.')
+        .next()
+        .and_then(|major| major.parse::<u32>().ok());
+    if shards == 1 || major.is_none_or(|major| major >= MIN_SHARDED_MAJOR) {
+        return Ok(());
+    }
+    Err(Invalid::new(format!(
+        "{engine} {version} has no sharded pub/sub (SSUBSCRIBE/SPUBLISH), which the chat \
+         servers use across shards: {shards} shards need version {MIN_SHARDED_MAJOR} or later"
+    ))
+    .help(format!(
+        "write engine_version: \"7.1\" (or remove it for the engine's default), use engine: \
+         valkey, or set shards: 1 to keep {engine} {version}"
+    )))
 }
 
 /// Characters that every tagged service accepts (ELB and ElastiCache are the strictest).

@@ -63,6 +63,7 @@ fn defaults() -> StackSpec {
         redis: RedisSpec {
             node_type: "cache.t4g.micro".into(),
             replicas: 1,
+            shards: 1,
             engine: "redis".into(),
             engine_version: None,
         },
@@ -122,6 +123,7 @@ load_balancer:
 redis:
   node_type: cache.r7g.large
   replicas: 0
+  shards: 4
   engine: valkey
   engine_version: 8.0
 tags:
@@ -158,6 +160,7 @@ tags:
         redis: RedisSpec {
             node_type: "cache.r7g.large".into(),
             replicas: 0,
+            shards: 4,
             engine: "valkey".into(),
             // Written unquoted, it is still taken as written, not as the float 8.
             engine_version: Some("8.0".into()),
@@ -604,6 +607,71 @@ fn load_balancer_and_redis_rules() {
     );
     let spec = StackSpec::parse(&with("redis:\n  engine_version: \"6.x\"\n"), "s").unwrap();
     assert_eq!(spec.redis.engine_version.as_deref(), Some("6.x"));
+}
+
+#[test]
+fn more_than_one_shard_needs_sharded_pub_sub_and_fits_in_500_nodes() {
+    let cases = [
+        ("redis:\n  shards: 0", "redis.shards", "from 1 to 500"),
+        ("redis:\n  shards: 501", "redis.shards", "from 1 to 500"),
+        (
+            "redis:\n  shards: 100\n  replicas: 5",
+            "redis.shards",
+            "make 600 nodes",
+        ),
+        (
+            "redis:\n  shards: 3\n  engine_version: \"6.x\"",
+            "redis.engine_version",
+            "redis 6.x has no sharded pub/sub",
+        ),
+        (
+            "redis:\n  engine_version: 6.2\n  shards: 2",
+            "redis.engine_version",
+            "2 shards need version 7 or later",
+        ),
+    ];
+    for (lines, path, needle) in cases {
+        one_problem(&with(&format!("{lines}\n")), path, needle);
+    }
+    // Where it is, and what to do.
+    let problem = one_problem(
+        &with("redis:\n  shards: 3\n  engine_version: 6.2\n"),
+        "redis.engine_version",
+        "",
+    );
+    assert_eq!((problem.line, problem.column), (7, 19));
+    assert!(
+        problem
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("engine_version: \"7.1\""),
+        "{problem:#?}"
+    );
+    let problem = one_problem(
+        &with("redis:\n  shards: 100\n  replicas: 5\n"),
+        "redis.shards",
+        "",
+    );
+    assert_eq!((problem.line, problem.column), (6, 11));
+    assert_eq!(
+        problem.help.as_deref(),
+        Some("use at most 83 shards with 5 replica(s) each, or fewer replicas")
+    );
+
+    // One shard is today's group, whatever the version; the engine's default and Redis 7
+    // or Valkey shard.
+    for lines in [
+        "redis:\n  shards: 1\n  engine_version: \"6.x\"",
+        "redis:\n  shards: 3",
+        "redis:\n  shards: 3\n  engine_version: \"7.1\"",
+        "redis:\n  shards: 500\n  replicas: 0\n  engine: valkey\n  engine_version: \"8.0\"",
+    ] {
+        let spec = StackSpec::parse(&with(&format!("{lines}\n")), "s")
+            .unwrap_or_else(|err| panic!("{lines}: {:#?}", err.problems));
+        assert!(spec.redis.shards >= 1);
+    }
+    assert_eq!(StackSpec::parse(MINIMAL, "s").unwrap().redis.shards, 1);
 }
 
 #[test]

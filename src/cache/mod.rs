@@ -1,0 +1,544 @@
+//! ElastiCache: the Redis (or Valkey) the chat servers fan messages out through. It owns
+//! the cache subnet group on the private subnets and the replication group, both found by
+//! their derived names and checked for the stack tag. The group is encrypted in transit
+//! and at rest, with failover and Multi-AZ when it has replicas. With `redis.shards` 1 its
+//! cluster mode is off and the chat servers get its primary endpoint; with more it is a
+//! Redis Cluster (cluster mode on, one node group per shard) and they get its
+//! configuration endpoint.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_elasticache::types::{
+    CacheSubnetGroup, ClusterMode, MultiAzStatus, ReplicationGroup, SourceType, Tag,
+};
+
+use crate::aws::Call;
+use crate::engine::{Action, Step, planned_id, wait_for};
+use crate::names::{Names, STACK_TAG};
+use crate::stack::Stack;
+use modify::{apply, fixes};
+
+mod modify;
+mod teardown;
+#[cfg(test)]
+mod tests;
+
+pub use teardown::deletables;
+
+const PORT: u16 = 6379;
+
+/// The major version ElastiCache gives a group whose version stack.yaml leaves out: the
+/// cluster-mode parameter group is chosen by it. Redis OSS ends at 7 on ElastiCache (7.1);
+/// Valkey's default is 8. Pinning `redis.engine_version` picks the family from its major.
+fn default_major(engine: &str) -> &'static str {
+    if engine == "valkey" { "8" } else { "7" }
+}
+
+/// The default parameter group with `cluster-enabled yes` for the spec's engine and
+/// version (`default.redis7.cluster.on`, `default.valkey8.cluster.on`): without one,
+/// ElastiCache makes the group with cluster mode off whatever else is asked
+/// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/ParameterGroups.Engine.html>;
+/// hashicorp/terraform-provider-aws#7571). The spec allows shards only from major 7 on,
+/// where a family is named by the engine and its major alone.
+pub(super) fn cluster_parameter_group(engine: &str, version: Option<&str>) -> String {
+    let major = version
+        .and_then(|version| version.split('.').next())
+        .unwrap_or_else(|| default_major(engine));
+    format!("default.{engine}{major}.cluster.on")
+}
+
+/// Whether the group is a Redis Cluster (cluster mode on).
+fn cluster_mode(group: &ReplicationGroup) -> bool {
+    group.cluster_enabled() == Some(true)
+}
+
+/// Where the chat servers reach Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    pub address: String,
+    pub port: u16,
+    /// In-transit encryption: clients must speak TLS (`rediss://`).
+    pub tls: bool,
+}
+
+/// Creates or converges the subnet group on `subnet_ids` and the replication group in
+/// `security_group`, and waits until Redis is available.
+pub async fn ensure(stack: &Stack, subnet_ids: &[String], security_group: &str) -> Result<Redis> {
+    ensure_subnet_group(stack, subnet_ids).await?;
+    let id = stack.names.replication_group();
+    let step = stack.progress.step(format!("redis {id}"));
+    step.run(
+        ensure_replication_group(stack, security_group, &step),
+        |redis| format!("{}:{}", redis.address, redis.port),
+    )
+    .await
+}
+
+async fn ensure_subnet_group(stack: &Stack, subnet_ids: &[String]) -> Result<()> {
+    let name = stack.names.cache_subnet_group();
+    let step = stack.progress.step(format!("cache subnet group {name}"));
+    let work = async {
+        let elasticache = &stack.clients.elasticache;
+        let Some(group) = describe_subnet_group(stack, &name).await? else {
+            let reason = format!("on {}", subnet_ids.join(" "));
+            if !stack.make(Action::Create, format!("cache subnet group {name}"), reason) {
+                return Ok("planned");
+            }
+            step.set("creating");
+            elasticache
+                .create_cache_subnet_group()
+                .cache_subnet_group_name(&name)
+                .cache_subnet_group_description(format!(
+                    "realtime-stack {}: Redis in the private subnets",
+                    stack.names.stack()
+                ))
+                .set_subnet_ids(Some(subnet_ids.to_vec()))
+                .set_tags(Some(tags(stack, "cache-subnet-group")))
+                .send()
+                .await
+                .call(format!("CreateCacheSubnetGroup {name}"))?;
+            return Ok("created");
+        };
+        require_ours(
+            stack,
+            group.arn(),
+            &format!("the cache subnet group {name}"),
+        )
+        .await?;
+        let have: BTreeSet<&str> = group
+            .subnets()
+            .iter()
+            .filter_map(|subnet| subnet.subnet_identifier())
+            .collect();
+        let want: BTreeSet<&str> = subnet_ids.iter().map(String::as_str).collect();
+        let reason = format!("move to {}", subnet_ids.join(" "));
+        if have == want || !stack.make(Action::Update, format!("cache subnet group {name}"), reason)
+        {
+            return Ok("unchanged");
+        }
+        step.set("moving to the stack's private subnets");
+        elasticache
+            .modify_cache_subnet_group()
+            .cache_subnet_group_name(&name)
+            .set_subnet_ids(Some(subnet_ids.to_vec()))
+            .send()
+            .await
+            .call(format!("ModifyCacheSubnetGroup {name}"))?;
+        Ok("subnets updated")
+    };
+    step.run(work, |outcome| (*outcome).to_owned()).await?;
+    Ok(())
+}
+
+async fn ensure_replication_group(
+    stack: &Stack,
+    security_group: &str,
+    step: &Step,
+) -> Result<Redis> {
+    let id = stack.names.replication_group();
+    match describe_group(&stack.clients.elasticache, &id).await? {
+        None => {
+            let redis = &stack.spec.redis;
+            let shards = match redis.shards {
+                1 => String::new(),
+                shards => format!("cluster mode, {shards} shards of 1 primary and "),
+            };
+            let reason = format!(
+                "{} {} on {}, {shards}{} replica(s), encrypted in transit and at rest",
+                redis.engine,
+                redis
+                    .engine_version
+                    .as_deref()
+                    .unwrap_or("(default version)"),
+                redis.node_type,
+                redis.replicas
+            );
+            if !stack.make(Action::Create, format!("redis {id}"), reason) {
+                return Ok(Redis {
+                    address: planned_id("redis endpoint"),
+                    port: PORT,
+                    tls: true,
+                });
+            }
+            step.set("creating");
+            create_group(stack, &id, security_group).await?;
+            // Just created from the spec: nothing can differ.
+            endpoint(&wait_available(stack, step, &id).await?)
+        }
+        Some(group) => {
+            let what = format!("the replication group {id}");
+            // A group still being created (after an interrupted `up`) shows its tags
+            // only once available: checked then.
+            let owner_known = refuse_foreign(stack, group.arn(), &what).await?;
+            refuse_unchangeable(stack, &group)?;
+            if stack.planning() {
+                // What is to change is known now; only `up` waits for a group still busy.
+                for fix in fixes(stack, &group).await? {
+                    stack.make(Action::Update, format!("redis {id}"), fix.to_string());
+                }
+                return endpoint(&group);
+            }
+            let mut group = wait_available(stack, step, &id).await?;
+            if !owner_known {
+                require_ours(stack, group.arn(), &what).await?;
+            }
+            for fix in fixes(stack, &group).await? {
+                stack.make(Action::Update, format!("redis {id}"), fix.to_string());
+                step.set(&fix.to_string());
+                apply(stack, &id, &fix).await?;
+                group = wait_available(stack, step, &id).await?;
+            }
+            endpoint(&group)
+        }
+    }
+}
+
+/// Creates the group: with one shard a primary and its replicas, cluster mode off; with
+/// more, node groups of a primary and `replicas` replicas each, cluster mode on, which
+/// needs automatic failover whatever the replicas
+/// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_CreateReplicationGroup.html>).
+async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<()> {
+    let redis = &stack.spec.redis;
+    let multi_az = redis.replicas >= 1;
+    let create = stack.clients.elasticache.create_replication_group();
+    let create = if redis.shards > 1 {
+        create
+            .cluster_mode(ClusterMode::Enabled)
+            .num_node_groups(i32::try_from(redis.shards)?)
+            .replicas_per_node_group(i32::try_from(redis.replicas)?)
+            .cache_parameter_group_name(cluster_parameter_group(
+                &redis.engine,
+                redis.engine_version.as_deref(),
+            ))
+            .automatic_failover_enabled(true)
+    } else {
+        create
+            .num_cache_clusters(1 + i32::try_from(redis.replicas)?)
+            .automatic_failover_enabled(multi_az)
+    };
+    create
+        .replication_group_id(id)
+        .replication_group_description(format!(
+            "realtime-stack {}: chat fan-out",
+            stack.names.stack()
+        ))
+        .engine(&redis.engine)
+        .set_engine_version(redis.engine_version.clone())
+        .cache_node_type(&redis.node_type)
+        .multi_az_enabled(multi_az)
+        .transit_encryption_enabled(true)
+        .at_rest_encryption_enabled(true)
+        .cache_subnet_group_name(stack.names.cache_subnet_group())
+        .security_group_ids(security_group)
+        .port(i32::from(PORT))
+        .set_tags(Some(tags(stack, "redis")))
+        .send()
+        .await
+        .call(format!("CreateReplicationGroup {id}"))?;
+    Ok(())
+}
+
+/// Waits until the group is `available`, showing its status as it changes. A group being
+/// created or modified (by an earlier `up`) is waited for the same way.
+async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<ReplicationGroup> {
+    let last_status = Mutex::new(String::new());
+    wait_for(
+        step,
+        stack.pace,
+        "Redis to be available",
+        stack.pace.limit(Duration::from_secs(3600)),
+        Some((
+            stack.pace.limit(Duration::from_secs(20 * 60)),
+            "ElastiCache often takes 10 to 20 minutes, longer with Multi-AZ; the replication \
+             group's events in the ElastiCache console say what it is doing",
+        )),
+        || async {
+            let group = describe_group(&stack.clients.elasticache, id)
+                .await?
+                .with_context(|| format!("the replication group {id} vanished while starting"))?;
+            let status = group.status().unwrap_or("unknown");
+            match status {
+                "available" => return Ok(Some(group)),
+                "create-failed" => bail!(
+                    "ElastiCache could not create the replication group {id}: {}. Run \
+                     `realtime-stack destroy`, fix the cause, and `up` again",
+                    why_create_failed(stack, id).await
+                ),
+                "deleting" => bail!(
+                    "the replication group {id} is being deleted: wait until it is gone, then \
+                     run `realtime-stack up` again"
+                ),
+                _ => {}
+            }
+            let mut last = last_status.lock().expect("status lock");
+            if *last != status {
+                step.set(&format!("{status}, waiting until available"));
+                status.clone_into(&mut last);
+            }
+            Ok(None)
+        },
+    )
+    .await
+}
+
+/// How far back DescribeEvents reaches: ElastiCache keeps events for 14 days.
+const EVENTS_KEPT_MINUTES: i32 = 14 * 24 * 60;
+
+/// Why the group's creation failed, in ElastiCache's words: its latest events. The
+/// group's status says only `create-failed`
+/// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DescribeEvents.html>).
+async fn why_create_failed(stack: &Stack, id: &str) -> String {
+    let events = stack
+        .clients
+        .elasticache
+        .describe_events()
+        .source_type(SourceType::ReplicationGroup)
+        .source_identifier(id)
+        .duration(EVENTS_KEPT_MINUTES)
+        .send()
+        .await
+        .call(format!("DescribeEvents replication-group {id}"));
+    let mut events = match events {
+        Ok(events) => events.events.unwrap_or_default(),
+        Err(err) => return format!("its events could not be read ({err:#})"),
+    };
+    events.sort_by_key(|event| event.date().map(|date| (date.secs(), date.subsec_nanos())));
+    let latest: Vec<&str> = events
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .filter_map(|event| event.message())
+        .collect();
+    if latest.is_empty() {
+        "ElastiCache recorded no event saying why".to_owned()
+    } else {
+        latest.join("; ")
+    }
+}
+
+/// Differences ElastiCache cannot change in place: the group must be re-created.
+fn refuse_unchangeable(stack: &Stack, group: &ReplicationGroup) -> Result<()> {
+    let id = stack.names.replication_group();
+    let want = &stack.spec.redis.engine;
+    let mut problems = Vec::new();
+    if let Some(engine) = group.engine()
+        && engine != want
+    {
+        problems.push(format!("its engine is {engine}, stack.yaml says {want}"));
+    }
+    let shards = stack.spec.redis.shards;
+    match (cluster_mode(group), shards) {
+        (true, 1) => problems.push(format!(
+            "it runs in cluster mode with {} shard(s), stack.yaml says 1 shard (cluster mode \
+             off)",
+            group.node_groups().len()
+        )),
+        (false, 2..) => problems.push(format!(
+            "it runs with cluster mode off (one shard), stack.yaml says {shards} shards \
+             (cluster mode on)"
+        )),
+        _ => {}
+    }
+    if group.transit_encryption_enabled() != Some(true) {
+        problems.push("it is not encrypted in transit".to_owned());
+    }
+    if group.at_rest_encryption_enabled() != Some(true) {
+        problems.push("it is not encrypted at rest".to_owned());
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "the replication group {id} cannot be changed in place to match stack.yaml: {}. Run \
+         `realtime-stack destroy` and `up` again to re-create it (its data is lost), give \
+         the stack another name to build a new one beside it, or change stack.yaml back",
+        problems.join("; ")
+    )
+}
+
+/// Where clients start: the primary endpoint with cluster mode off; with it on, the
+/// configuration endpoint, from which cluster clients learn every shard (its node
+/// groups have no primary endpoint).
+fn endpoint(group: &ReplicationGroup) -> Result<Redis> {
+    let id = group.replication_group_id().unwrap_or_default();
+    let (endpoint, which) = if cluster_mode(group) {
+        (group.configuration_endpoint(), "configuration")
+    } else {
+        let primary = group.node_groups().first();
+        (
+            primary.and_then(|node_group| node_group.primary_endpoint()),
+            "primary",
+        )
+    };
+    let (address, port) = endpoint
+        .and_then(|endpoint| Some((endpoint.address()?, endpoint.port())))
+        .with_context(|| format!("the replication group {id} reports no {which} endpoint"))?;
+    Ok(Redis {
+        address: address.to_owned(),
+        port: port.map(u16::try_from).transpose()?.unwrap_or(PORT),
+        tls: group.transit_encryption_enabled() == Some(true),
+    })
+}
+
+/// The stack's Redis as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub id: String,
+    /// `creating`, `available`, `modifying`, `deleting`, `create-failed`, `snapshotting`.
+    pub status: String,
+    /// `host:port` of the primary (of the configuration endpoint in cluster mode), once
+    /// it has one.
+    pub endpoint: Option<String>,
+    pub node_type: String,
+    /// Node groups: more than one only in cluster mode.
+    pub shards: usize,
+    /// Whether it is a Redis Cluster (cluster mode on).
+    pub cluster_mode: bool,
+    pub nodes: usize,
+    pub multi_az: bool,
+}
+
+/// The stack's replication group, when it exists.
+pub async fn summary(stack: &Stack) -> Result<Option<Summary>> {
+    let id = stack.names.replication_group();
+    let Some(group) = describe_group(&stack.clients.elasticache, &id).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Summary {
+        status: group.status().unwrap_or("unknown").to_owned(),
+        endpoint: endpoint(&group)
+            .ok()
+            .map(|redis| format!("{}:{}", redis.address, redis.port)),
+        node_type: group.cache_node_type().unwrap_or_default().to_owned(),
+        shards: group.node_groups().len(),
+        cluster_mode: cluster_mode(&group),
+        nodes: group.member_clusters().len(),
+        multi_az: group.multi_az() == Some(&MultiAzStatus::Enabled),
+        id,
+    }))
+}
+
+fn tags(stack: &Stack, role: &str) -> Vec<Tag> {
+    stack
+        .names
+        .tags(role)
+        .into_iter()
+        .map(|(key, value)| Tag::builder().key(key).value(value).build())
+        .collect()
+}
+
+async fn describe_group(
+    elasticache: &aws_sdk_elasticache::Client,
+    id: &str,
+) -> Result<Option<ReplicationGroup>> {
+    let described = elasticache
+        .describe_replication_groups()
+        .replication_group_id(id)
+        .send()
+        .await;
+    match described {
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|err| err.is_replication_group_not_found_fault()) =>
+        {
+            Ok(None)
+        }
+        described => Ok(described
+            .call(format!("DescribeReplicationGroups {id}"))?
+            .replication_groups
+            .and_then(|groups| groups.into_iter().next())),
+    }
+}
+
+async fn describe_subnet_group(stack: &Stack, name: &str) -> Result<Option<CacheSubnetGroup>> {
+    let described = stack
+        .clients
+        .elasticache
+        .describe_cache_subnet_groups()
+        .cache_subnet_group_name(name)
+        .send()
+        .await;
+    match described {
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|err| err.is_cache_subnet_group_not_found_fault()) =>
+        {
+            Ok(None)
+        }
+        described => Ok(described
+            .call(format!("DescribeCacheSubnetGroups {name}"))?
+            .cache_subnet_groups
+            .and_then(|groups| groups.into_iter().next())),
+    }
+}
+
+/// Whose a resource is, as its tags say.
+#[derive(Debug, PartialEq, Eq)]
+enum Owner {
+    Stack,
+    Other,
+    /// ElastiCache answers ListTagsForResource on a replication group only while it is
+    /// available (`InvalidReplicationGroupState` otherwise: "Cluster not in available state
+    /// to perform tagging operations", hashicorp/terraform-provider-aws#33859, and while
+    /// creating or deleting, ekristen/aws-nuke#256): known once it is.
+    NotYetReadable,
+}
+
+/// Whose the resource of `arn` is.
+async fn owner(
+    elasticache: &aws_sdk_elasticache::Client,
+    names: &Names,
+    arn: Option<&str>,
+) -> Result<Owner> {
+    let Some(arn) = arn else {
+        return Ok(Owner::Other);
+    };
+    let tags = elasticache
+        .list_tags_for_resource()
+        .resource_name(arn)
+        .send()
+        .await;
+    let tags = match tags {
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|err| err.is_invalid_replication_group_state_fault()) =>
+        {
+            return Ok(Owner::NotYetReadable);
+        }
+        tags => tags.call(format!("ListTagsForResource {arn}"))?,
+    };
+    let ours = tags
+        .tag_list()
+        .iter()
+        .any(|tag| names.is_stack_tag(tag.key(), tag.value()));
+    Ok(if ours { Owner::Stack } else { Owner::Other })
+}
+
+/// A resource of the stack's name that is not the stack's must not be taken over. Returns
+/// whether that is known: a replication group's tags cannot be read while it is busy.
+async fn refuse_foreign(stack: &Stack, arn: Option<&str>, what: &str) -> Result<bool> {
+    match owner(&stack.clients.elasticache, &stack.names, arn).await? {
+        Owner::Stack => Ok(true),
+        Owner::NotYetReadable => Ok(false),
+        Owner::Other => bail!(
+            "{what} exists but does not carry the tag {STACK_TAG}={}: it is not this stack's. \
+             Delete or rename it, or give the stack another name",
+            stack.names.stack()
+        ),
+    }
+}
+
+/// Like [`refuse_foreign`], for a resource whose tags must be readable now.
+async fn require_ours(stack: &Stack, arn: Option<&str>, what: &str) -> Result<()> {
+    if refuse_foreign(stack, arn, what).await? {
+        return Ok(());
+    }
+    bail!("ElastiCache does not show the tags of {what} yet: run `realtime-stack up` again")
+}

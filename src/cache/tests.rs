@@ -1,0 +1,876 @@
+use aws_sdk_elasticache::Client;
+use aws_sdk_elasticache::error::ErrorMetadata;
+use aws_sdk_elasticache::operation::create_cache_subnet_group::CreateCacheSubnetGroupOutput;
+use aws_sdk_elasticache::operation::create_replication_group::CreateReplicationGroupOutput;
+use aws_sdk_elasticache::operation::delete_cache_subnet_group::{
+    DeleteCacheSubnetGroupError, DeleteCacheSubnetGroupOutput,
+};
+use aws_sdk_elasticache::operation::delete_replication_group::{
+    DeleteReplicationGroupError, DeleteReplicationGroupOutput,
+};
+use aws_sdk_elasticache::operation::describe_cache_clusters::DescribeCacheClustersOutput;
+use aws_sdk_elasticache::operation::describe_cache_subnet_groups::{
+    DescribeCacheSubnetGroupsError, DescribeCacheSubnetGroupsOutput,
+};
+use aws_sdk_elasticache::operation::describe_events::DescribeEventsOutput;
+use aws_sdk_elasticache::operation::describe_replication_groups::{
+    DescribeReplicationGroupsError, DescribeReplicationGroupsOutput,
+};
+use aws_sdk_elasticache::operation::increase_replica_count::IncreaseReplicaCountOutput;
+use aws_sdk_elasticache::operation::list_tags_for_resource::{
+    ListTagsForResourceError, ListTagsForResourceOutput,
+};
+use aws_sdk_elasticache::operation::modify_replication_group::ModifyReplicationGroupOutput;
+use aws_sdk_elasticache::operation::modify_replication_group_shard_configuration::ModifyReplicationGroupShardConfigurationOutput;
+use aws_sdk_elasticache::types::builders::ReplicationGroupBuilder;
+use aws_sdk_elasticache::types::error::{
+    CacheSubnetGroupInUse, CacheSubnetGroupNotFoundFault, InvalidReplicationGroupStateFault,
+    ReplicationGroupNotFoundFault,
+};
+use aws_sdk_elasticache::types::{AutomaticFailoverStatus, CacheCluster, Event};
+use aws_sdk_elasticache::types::{Endpoint, NodeGroup, Subnet};
+use aws_smithy_mocks::{MockResponse, Rule, RuleMode, mock, mock_client};
+
+use super::modify::{Fix, fixes, version_matches};
+use super::*;
+use crate::aws::Clients;
+use crate::engine::{self, Leftovers, Pace};
+use crate::stack::testing;
+
+const PRIMARY: &str = "master.chat-redis.abc.use1.cache.amazonaws.com";
+
+fn subnets() -> Vec<String> {
+    vec!["subnet-a".into(), "subnet-b".into()]
+}
+
+/// What every group of the stack has: the stack's id, redis, its node type, failover,
+/// encryption.
+fn base(status: &str) -> ReplicationGroupBuilder {
+    ReplicationGroup::builder()
+        .replication_group_id("chat-redis")
+        .arn("arn:aws:elasticache:us-east-1:1:replicationgroup:chat-redis")
+        .status(status)
+        .engine("redis")
+        .cache_node_type("cache.t4g.micro")
+        .automatic_failover(AutomaticFailoverStatus::Enabled)
+        .transit_encryption_enabled(true)
+        .at_rest_encryption_enabled(true)
+}
+
+/// The group as the example stack.yaml wants it: redis, one replica.
+fn group(status: &str) -> ReplicationGroup {
+    base(status)
+        .member_clusters("chat-redis-001")
+        .member_clusters("chat-redis-002")
+        .multi_az(MultiAzStatus::Enabled)
+        .cluster_enabled(false)
+        .node_groups(
+            NodeGroup::builder()
+                .primary_endpoint(Endpoint::builder().address(PRIMARY).port(6379).build())
+                .build(),
+        )
+        .build()
+}
+
+fn described(group: ReplicationGroup) -> DescribeReplicationGroupsOutput {
+    DescribeReplicationGroupsOutput::builder()
+        .replication_groups(group)
+        .build()
+}
+
+fn subnet_group() -> DescribeCacheSubnetGroupsOutput {
+    let mut group = CacheSubnetGroup::builder()
+        .cache_subnet_group_name("chat-cache")
+        .arn("arn:aws:elasticache:us-east-1:1:subnetgroup:chat-cache");
+    for id in subnets() {
+        group = group.subnets(Subnet::builder().subnet_identifier(id).build());
+    }
+    DescribeCacheSubnetGroupsOutput::builder()
+        .cache_subnet_groups(group.build())
+        .build()
+}
+
+fn stack_tagged() -> ListTagsForResourceOutput {
+    ListTagsForResourceOutput::builder()
+        .tag_list(Tag::builder().key(STACK_TAG).value("chat").build())
+        .build()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
+    let no_subnet_group = mock!(Client::describe_cache_subnet_groups).then_error(|| {
+        DescribeCacheSubnetGroupsError::CacheSubnetGroupNotFoundFault(
+            CacheSubnetGroupNotFoundFault::builder().build(),
+        )
+    });
+    let create_subnet_group = mock!(Client::create_cache_subnet_group)
+        .match_requests(|req| req.subnet_ids() == subnets().as_slice())
+        .then_output(|| CreateCacheSubnetGroupOutput::builder().build());
+    let describe = mock!(Client::describe_replication_groups)
+        .sequence()
+        .error(|| {
+            DescribeReplicationGroupsError::ReplicationGroupNotFoundFault(
+                ReplicationGroupNotFoundFault::builder().build(),
+            )
+        })
+        .output(|| described(group("creating")))
+        .times(4)
+        .output(|| described(group("available")))
+        .build();
+    let create = mock!(Client::create_replication_group)
+        .match_requests(|req| {
+            req.num_cache_clusters() == Some(2)
+                && req.automatic_failover_enabled() == Some(true)
+                && req.multi_az_enabled() == Some(true)
+                && req.transit_encryption_enabled() == Some(true)
+                && req.at_rest_encryption_enabled() == Some(true)
+                && req.engine() == Some("redis")
+                // One shard: the calls of a group with cluster mode off, as ever.
+                && req.cluster_mode().is_none()
+                && req.num_node_groups().is_none()
+                && req.replicas_per_node_group().is_none()
+                && req.cache_parameter_group_name().is_none()
+                && req.cache_subnet_group_name() == Some("chat-cache")
+                && req.security_group_ids() == ["sg-redis"]
+                && req.tags().iter().any(|tag| tag.key() == Some(STACK_TAG))
+        })
+        .then_output(|| CreateReplicationGroupOutput::builder().build());
+    let mut stack = testing::stack(mocked(&[
+        &no_subnet_group,
+        &create_subnet_group,
+        &describe,
+        &create,
+    ]));
+    stack.pace = Pace::Aws;
+
+    let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+    assert_eq!(
+        redis,
+        Redis {
+            address: PRIMARY.into(),
+            port: 6379,
+            tls: true
+        }
+    );
+    assert_eq!(create.num_calls(), 1);
+    assert_eq!(create_subnet_group.num_calls(), 1);
+    assert_eq!(describe.num_calls(), 6);
+}
+
+#[tokio::test]
+async fn a_group_that_matches_the_spec_is_left_alone() {
+    let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+    let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+    let describe =
+        mock!(Client::describe_replication_groups).then_output(|| described(group("available")));
+    let create_subnet_group = mock!(Client::create_cache_subnet_group)
+        .then_output(|| CreateCacheSubnetGroupOutput::builder().build());
+    let create = mock!(Client::create_replication_group)
+        .then_output(|| CreateReplicationGroupOutput::builder().build());
+    let modify = mock!(Client::modify_replication_group)
+        .then_output(|| ModifyReplicationGroupOutput::builder().build());
+    let mut stack = testing::stack(mocked(&[
+        &subnet_group,
+        &tags,
+        &describe,
+        &create_subnet_group,
+        &create,
+        &modify,
+    ]));
+    stack.pace = Pace::Aws;
+
+    let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+    assert_eq!(redis.address, PRIMARY);
+    assert_eq!(create_subnet_group.num_calls(), 0);
+    assert_eq!(create.num_calls(), 0);
+    assert_eq!(modify.num_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_changed_node_type_is_modified_in_place() {
+    let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+    let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+    let describe = mock!(Client::describe_replication_groups)
+        .sequence()
+        .output(|| described(group("available")))
+        .times(2)
+        .output(|| described(group("modifying")))
+        .output(|| described(group("available")))
+        .build();
+    let modify = mock!(Client::modify_replication_group)
+        .match_requests(|req| {
+            req.cache_node_type() == Some("cache.r7g.large")
+                && req.apply_immediately() == Some(true)
+        })
+        .then_output(|| ModifyReplicationGroupOutput::builder().build());
+    let mut stack = testing::stack(mocked(&[&subnet_group, &tags, &describe, &modify]));
+    stack.spec.redis.node_type = "cache.r7g.large".into();
+
+    ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+    assert_eq!(modify.num_calls(), 1);
+    assert_eq!(describe.num_calls(), 4);
+}
+
+#[tokio::test]
+async fn another_engine_is_an_error_saying_to_re_create() {
+    let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+    let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+    let describe =
+        mock!(Client::describe_replication_groups).then_output(|| described(group("available")));
+    let mut stack = testing::stack(mocked(&[&subnet_group, &tags, &describe]));
+    stack.spec.redis.engine = "valkey".into();
+
+    let err = ensure(&stack, &subnets(), "sg-redis")
+        .await
+        .unwrap_err()
+        .to_string();
+
+    assert!(
+        err.contains("engine is redis, stack.yaml says valkey"),
+        "{err}"
+    );
+    assert!(err.contains("destroy"), "{err}");
+}
+
+#[tokio::test]
+async fn replicas_change_around_failover_in_an_order_elasticache_accepts() {
+    let mut clients = testing::clients();
+    clients.elasticache = mock_client!(aws_sdk_elasticache, []);
+    let mut stack = testing::stack(clients);
+    let single = ReplicationGroup::builder()
+        .cache_node_type("cache.t4g.micro")
+        .member_clusters("chat-redis-001")
+        .automatic_failover(AutomaticFailoverStatus::Disabled)
+        .multi_az(MultiAzStatus::Disabled)
+        .build();
+
+    stack.spec.redis.replicas = 2;
+    assert_eq!(
+        fixes(&stack, &single).await.unwrap(),
+        [
+            Fix::AddReplicas(2),
+            Fix::Failover {
+                failover: true,
+                multi_az: true
+            }
+        ]
+    );
+    stack.spec.redis.replicas = 0;
+    assert_eq!(
+        fixes(&stack, &group("available")).await.unwrap(),
+        [
+            Fix::Failover {
+                failover: false,
+                multi_az: false
+            },
+            Fix::RemoveReplicas(0)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_subnet_group_is_deleted_after_the_replication_group() {
+    let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+    let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+    let describe =
+        mock!(Client::describe_replication_groups).then_output(|| described(group("available")));
+    let stack = testing::stack(mocked(&[&subnet_group, &tags, &describe]));
+
+    let found = deletables(&stack).await.unwrap();
+
+    let keys: Vec<String> = found.iter().map(|d| d.key()).collect();
+    assert_eq!(
+        keys,
+        [
+            "elasticache-rg:chat-redis",
+            "elasticache-subnet-group:chat-cache"
+        ]
+    );
+    assert_eq!(found[1].blocked_by(), ["elasticache-rg:chat-redis"]);
+}
+
+/// What a stack whose Redis exists answers: its subnet group, its tags, and the
+/// replication group in `status`; plus `more`.
+fn existing(status: &'static str, more: &[&Rule]) -> Clients {
+    existing_group(move || group(status), more)
+}
+
+/// Like [`existing`], with the replication group `group` makes.
+fn existing_group(
+    group: impl Fn() -> ReplicationGroup + Send + Sync + 'static,
+    more: &[&Rule],
+) -> Clients {
+    let mut rules = vec![
+        mock!(Client::describe_cache_subnet_groups).then_output(subnet_group),
+        mock!(Client::list_tags_for_resource).then_output(stack_tagged),
+        mock!(Client::describe_replication_groups).then_output(move || described(group())),
+    ];
+    rules.extend(more.iter().map(|rule| (*rule).clone()));
+    mocked(&rules.iter().collect::<Vec<_>>())
+}
+
+/// Clients whose ElastiCache answers by `rules`, whichever matches.
+fn mocked(rules: &[&Rule]) -> Clients {
+    let mut clients = testing::clients();
+    clients.elasticache = mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, rules);
+    clients
+}
+
+#[tokio::test]
+async fn a_minor_version_left_out_in_stack_yaml_is_not_an_upgrade_every_time() {
+    for (want, reported) in [("7.1", "7.1.0"), ("6.x", "6.2.6")] {
+        // Only the nodes report the version, and in full.
+        let nodes = mock!(Client::describe_cache_clusters).then_output(move || {
+            DescribeCacheClustersOutput::builder()
+                .cache_clusters(
+                    CacheCluster::builder()
+                        .cache_cluster_id("chat-redis-001")
+                        .engine_version(reported)
+                        .build(),
+                )
+                .build()
+        });
+        let modify = mock!(Client::modify_replication_group)
+            .then_output(|| ModifyReplicationGroupOutput::builder().build());
+        let mut stack = testing::stack(existing("available", &[&nodes, &modify]));
+        stack.spec.redis.engine_version = Some(want.into());
+
+        ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+        assert_eq!(nodes.num_calls(), 1, "{want}");
+        assert_eq!(modify.num_calls(), 0, "{want} is {reported}");
+    }
+    assert!(!version_matches("7.10.0", "7.1"));
+    assert!(!version_matches("7.0.7", "6.x"));
+}
+
+/// A group whose creation failed says why only in its events
+/// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DescribeEvents.html>;
+/// terraform-provider-aws's maintainers point users there for `create-failed`,
+/// hashicorp/terraform-provider-aws#8561).
+#[tokio::test]
+async fn a_failed_creation_is_reported_with_elasticaches_reason() {
+    let events = mock!(Client::describe_events)
+        .match_requests(|req| {
+            req.source_type() == Some(&SourceType::ReplicationGroup)
+                && req.source_identifier() == Some("chat-redis")
+        })
+        .then_output(|| {
+            let event = |secs: i64, message: &str| {
+                Event::builder()
+                    .source_identifier("chat-redis")
+                    .source_type(SourceType::ReplicationGroup)
+                    .date(aws_smithy_types::DateTime::from_secs(secs))
+                    .message(message)
+                    .build()
+            };
+            // Newest first, as ElastiCache lists them.
+            DescribeEventsOutput::builder()
+                .events(event(
+                    200,
+                    "Failed to create replication group chat-redis: insufficient \
+                     capacity for cache.t4g.micro in us-east-1a",
+                ))
+                .events(event(100, "Replication group chat-redis created"))
+                .build()
+        });
+    let stack = testing::stack(existing("create-failed", &[&events]));
+
+    let err = ensure(&stack, &subnets(), "sg-redis")
+        .await
+        .unwrap_err()
+        .to_string();
+
+    assert_eq!(events.num_calls(), 1);
+    assert!(
+        err.contains(
+            "could not create the replication group chat-redis: Replication group \
+             chat-redis created; Failed to create replication group chat-redis: \
+             insufficient capacity"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("realtime-stack destroy"), "{err}");
+}
+
+/// A replication group on tokio's clock: `creating` for `creating_for`, then
+/// `available`; from the DeleteReplicationGroup ElastiCache accepts, `deleting` for
+/// `deleting_for`, then gone. Its tags (the stack's unless `foreign`) can be read only
+/// while it is available (see [`Owner::NotYetReadable`]). The subnet group stays in use
+/// a moment longer.
+struct Lifetime {
+    started: tokio::time::Instant,
+    creating_for: Duration,
+    deleting_for: Duration,
+    deleted_at: Mutex<Option<tokio::time::Instant>>,
+    subnet_group_refusals: Mutex<u32>,
+    foreign: std::sync::atomic::AtomicBool,
+}
+
+impl Lifetime {
+    fn new(creating_for: Duration, deleting_for: Duration) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            started: tokio::time::Instant::now(),
+            creating_for,
+            deleting_for,
+            deleted_at: Mutex::new(None),
+            subnet_group_refusals: Mutex::new(0),
+            foreign: false.into(),
+        })
+    }
+
+    fn status(&self) -> Option<&'static str> {
+        match *self.deleted_at.lock().unwrap() {
+            Some(at) if at.elapsed() >= self.deleting_for => None,
+            Some(_) => Some("deleting"),
+            None if self.started.elapsed() < self.creating_for => Some("creating"),
+            None => Some("available"),
+        }
+    }
+
+    /// The stack's subnet group and replication group as `up` and `destroy` see them.
+    fn rules(self: &std::sync::Arc<Self>) -> Vec<Rule> {
+        let (describe, delete, delete_subnets) = (self.clone(), self.clone(), self.clone());
+        let tags = self.clone();
+        let not_found = || {
+            ReplicationGroupNotFoundFault::builder()
+                .meta(
+                    ErrorMetadata::builder()
+                        .code("ReplicationGroupNotFoundFault")
+                        .build(),
+                )
+                .build()
+        };
+        vec![
+            mock!(Client::describe_cache_subnet_groups).then_output(subnet_group),
+            mock!(Client::list_tags_for_resource)
+                .match_requests(|req| {
+                    req.resource_name()
+                        .is_some_and(|arn| arn.contains(":subnetgroup:"))
+                })
+                .then_output(stack_tagged),
+            mock!(Client::list_tags_for_resource).then_compute_response(move |_| {
+                match tags.status() {
+                    Some("available" | "modifying")
+                        if tags.foreign.load(std::sync::atomic::Ordering::Relaxed) =>
+                    {
+                        MockResponse::Output(ListTagsForResourceOutput::builder().build())
+                    }
+                    Some("available" | "modifying") => MockResponse::Output(stack_tagged()),
+                    _ => MockResponse::Error(
+                        ListTagsForResourceError::InvalidReplicationGroupStateFault(invalid_state(
+                            "Cluster not in available state to perform tagging operations.",
+                        )),
+                    ),
+                }
+            }),
+            mock!(Client::describe_replication_groups).then_compute_response(
+                move |_| match describe.status() {
+                    Some(status) => MockResponse::Output(described(group(status))),
+                    None => MockResponse::Error(
+                        DescribeReplicationGroupsError::ReplicationGroupNotFoundFault(not_found()),
+                    ),
+                },
+            ),
+            mock!(Client::delete_replication_group).then_compute_response(move |_| {
+                match delete.status() {
+                    Some("available") => {
+                        *delete.deleted_at.lock().unwrap() = Some(tokio::time::Instant::now());
+                        MockResponse::Output(DeleteReplicationGroupOutput::builder().build())
+                    }
+                    Some(status) => MockResponse::Error(
+                        DeleteReplicationGroupError::InvalidReplicationGroupStateFault(
+                            invalid_state(&format!(
+                                "Replication group chat-redis has status {status} which is \
+                                 not valid for deletion."
+                            )),
+                        ),
+                    ),
+                    None => MockResponse::Error(
+                        DeleteReplicationGroupError::ReplicationGroupNotFoundFault(not_found()),
+                    ),
+                }
+            }),
+            mock!(Client::delete_cache_subnet_group).then_compute_response(move |_| {
+                let mut refusals = delete_subnets.subnet_group_refusals.lock().unwrap();
+                if delete_subnets.status().is_some() || *refusals == 0 {
+                    *refusals += 1;
+                    let message = "Cache subnet group chat-cache is currently in use by a \
+                                   cache cluster.";
+                    return MockResponse::Error(
+                        DeleteCacheSubnetGroupError::CacheSubnetGroupInUse(
+                            CacheSubnetGroupInUse::builder()
+                                .message(message)
+                                .meta(
+                                    ErrorMetadata::builder()
+                                        .code("CacheSubnetGroupInUse")
+                                        .message(message)
+                                        .build(),
+                                )
+                                .build(),
+                        ),
+                    );
+                }
+                MockResponse::Output(DeleteCacheSubnetGroupOutput::builder().build())
+            }),
+        ]
+    }
+}
+
+fn invalid_state(message: &str) -> InvalidReplicationGroupStateFault {
+    InvalidReplicationGroupStateFault::builder()
+        .message(message)
+        .meta(
+            ErrorMetadata::builder()
+                .code("InvalidReplicationGroupState")
+                .message(message)
+                .build(),
+        )
+        .build()
+}
+
+/// Runs `destroy` over the stack's ElastiCache resources at AWS's pace and patience.
+async fn destroy_redis(rules: &[Rule]) -> Result<(), Leftovers> {
+    let mut clients = testing::clients();
+    clients.elasticache = mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, rules);
+    let stack = testing::stack(clients);
+    let resources = deletables(&stack).await.unwrap();
+    engine::destroy(
+        resources,
+        &stack.progress,
+        Pace::Aws,
+        Duration::from_secs(20 * 60),
+    )
+    .await
+}
+
+/// `destroy` right after `up` was stopped: the group is still `creating`, which
+/// takes 15 to 25 minutes with Multi-AZ on AWS and cannot be deleted until it ends
+/// (DeleteReplicationGroup: `InvalidReplicationGroupState`,
+/// <https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DeleteReplicationGroup.html>;
+/// the same answer, "has status ... which is not valid for deletion", is quoted in
+/// crossplane-contrib/provider-aws#46). Waiting for it is not a lack of progress,
+/// however long it lasts past the 20 minutes of patience.
+#[tokio::test(start_paused = true)]
+async fn destroy_waits_for_a_group_still_creating_then_deletes_it() {
+    let lifetime = Lifetime::new(Duration::from_secs(40 * 60), Duration::from_secs(8 * 60));
+    let rules = lifetime.rules();
+
+    destroy_redis(&rules).await.unwrap();
+
+    let [_, _, _, _, delete_group, delete_subnet_group] = &rules[..] else {
+        unreachable!()
+    };
+    assert_eq!(delete_group.num_calls(), 1, "deleted once available");
+    assert_eq!(delete_subnet_group.num_calls(), 2);
+    assert!(lifetime.started.elapsed() >= Duration::from_secs(48 * 60));
+    assert_eq!(lifetime.status(), None);
+}
+
+/// A group an earlier `destroy` left `deleting` (ElastiCache refuses a second
+/// delete: "has status deleting which is not valid for deletion", boto/boto3#1277)
+/// is waited for until gone, then the subnet group, which ElastiCache still says is
+/// in use for a moment (`CacheSubnetGroupInUse`,
+/// <https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DeleteCacheSubnetGroup.html>),
+/// is deleted on a later pass.
+#[tokio::test(start_paused = true)]
+async fn destroy_waits_for_a_group_being_deleted_then_deletes_its_subnet_group() {
+    let lifetime = Lifetime::new(Duration::ZERO, Duration::from_secs(30 * 60));
+    *lifetime.deleted_at.lock().unwrap() = Some(tokio::time::Instant::now());
+    let rules = lifetime.rules();
+
+    destroy_redis(&rules).await.unwrap();
+
+    let [_, _, _, _, delete_group, delete_subnet_group] = &rules[..] else {
+        unreachable!()
+    };
+    assert_eq!(delete_group.num_calls(), 0);
+    assert_eq!(delete_subnet_group.num_calls(), 2);
+    assert!(lifetime.started.elapsed() >= Duration::from_secs(30 * 60));
+}
+
+/// `up` after an `up` stopped while ElastiCache was creating the group: the group's
+/// tags cannot be read yet, so it waits for the group, then checks it is the stack's.
+#[tokio::test(start_paused = true)]
+async fn up_waits_for_a_group_still_creating_before_reading_whose_it_is() {
+    let lifetime = Lifetime::new(Duration::from_secs(25 * 60), Duration::ZERO);
+    let mut clients = testing::clients();
+    clients.elasticache = mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, &lifetime.rules());
+    let mut stack = testing::stack(clients);
+    stack.pace = Pace::Aws;
+
+    let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+    assert_eq!(redis.address, PRIMARY);
+    assert!(lifetime.started.elapsed() >= Duration::from_secs(25 * 60));
+
+    lifetime
+        .foreign
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = ensure(&stack, &subnets(), "sg-redis").await.unwrap_err();
+    assert!(format!("{err:#}").contains("not this stack's"), "{err:#}");
+}
+
+/// `destroy` of a group still creating whose tags, once readable, are not the stack's:
+/// never deleted, and named in what is left.
+#[tokio::test(start_paused = true)]
+async fn destroy_does_not_delete_a_group_that_turns_out_not_to_be_the_stack_s() {
+    let lifetime = Lifetime::new(Duration::from_secs(10 * 60), Duration::ZERO);
+    lifetime
+        .foreign
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let rules = lifetime.rules();
+
+    let left = destroy_redis(&rules).await.unwrap_err();
+
+    let [_, _, _, _, delete_group, _] = &rules[..] else {
+        unreachable!()
+    };
+    assert_eq!(delete_group.num_calls(), 0);
+    assert!(format!("{left}").contains("not this stack's"), "{left}");
+}
+
+const CONFIGURATION: &str = "clustercfg.chat-redis.abc.use1.cache.amazonaws.com";
+
+/// A Redis Cluster as ElastiCache describes it: `shards` node groups (`0001`...) of a
+/// primary and `replicas` replicas, no primary endpoint, a configuration endpoint.
+fn cluster(status: &str, shards: usize, replicas: usize) -> ReplicationGroup {
+    let mut group = base(status)
+        .cluster_enabled(true)
+        .cluster_mode(ClusterMode::Enabled)
+        .configuration_endpoint(
+            Endpoint::builder()
+                .address(CONFIGURATION)
+                .port(6379)
+                .build(),
+        )
+        .multi_az(if replicas > 0 {
+            MultiAzStatus::Enabled
+        } else {
+            MultiAzStatus::Disabled
+        });
+    for shard in 1..=shards {
+        let node_group = format!("{shard:04}");
+        group = group.node_groups(NodeGroup::builder().node_group_id(&node_group).build());
+        for node in 1..=1 + replicas {
+            group = group.member_clusters(format!("chat-redis-{node_group}-{node:03}"));
+        }
+    }
+    group.build()
+}
+
+/// `shards: 3` on a fresh account: one CreateReplicationGroup with three node groups,
+/// cluster mode and its parameter group, failover (which cluster mode requires), and
+/// the instances get the configuration endpoint.
+#[tokio::test(start_paused = true)]
+async fn a_cluster_is_created_with_its_node_groups_and_gives_its_configuration_endpoint() {
+    for (engine, version, replicas, parameter_group) in [
+        ("redis", None, 1, "default.redis7.cluster.on"),
+        ("valkey", Some("8.0"), 0, "default.valkey8.cluster.on"),
+        ("redis", Some("7.1"), 2, "default.redis7.cluster.on"),
+    ] {
+        let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+        let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+        let describe = mock!(Client::describe_replication_groups)
+            .sequence()
+            .error(|| {
+                DescribeReplicationGroupsError::ReplicationGroupNotFoundFault(
+                    ReplicationGroupNotFoundFault::builder().build(),
+                )
+            })
+            .output(move || described(cluster("creating", 3, replicas)))
+            .output(move || described(cluster("available", 3, replicas)))
+            .build();
+        let create = mock!(Client::create_replication_group)
+            .match_requests(move |req| {
+                req.cluster_mode() == Some(&ClusterMode::Enabled)
+                    && req.num_node_groups() == Some(3)
+                    && req.replicas_per_node_group() == Some(i32::try_from(replicas).unwrap())
+                    && req.num_cache_clusters().is_none()
+                    && req.cache_parameter_group_name() == Some(parameter_group)
+                    && req.engine() == Some(engine)
+                    && req.engine_version() == version
+                    && req.automatic_failover_enabled() == Some(true)
+                    && req.multi_az_enabled() == Some(replicas > 0)
+                    && req.transit_encryption_enabled() == Some(true)
+                    && req.at_rest_encryption_enabled() == Some(true)
+                    && req.cache_subnet_group_name() == Some("chat-cache")
+                    && req.security_group_ids() == ["sg-redis"]
+            })
+            .then_output(|| CreateReplicationGroupOutput::builder().build());
+        let mut stack = testing::stack(mocked(&[&subnet_group, &tags, &describe, &create]));
+        stack.spec.redis.shards = 3;
+        stack.spec.redis.replicas = u32::try_from(replicas).unwrap();
+        stack.spec.redis.engine = engine.into();
+        stack.spec.redis.engine_version = version.map(str::to_owned);
+
+        let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+        assert_eq!(create.num_calls(), 1, "{engine} {version:?} {replicas}");
+        assert_eq!(
+            redis,
+            Redis {
+                address: CONFIGURATION.into(),
+                port: 6379,
+                tls: true
+            }
+        );
+    }
+}
+
+/// A second `up` of a cluster as stack.yaml wants it calls nothing that changes it, and
+/// `status` shows its shards and configuration endpoint.
+#[tokio::test]
+async fn a_cluster_that_matches_the_spec_is_left_alone() {
+    let create = mock!(Client::create_replication_group)
+        .then_output(|| CreateReplicationGroupOutput::builder().build());
+    let modify = mock!(Client::modify_replication_group)
+        .then_output(|| ModifyReplicationGroupOutput::builder().build());
+    let reshard = mock!(Client::modify_replication_group_shard_configuration)
+        .then_output(|| ModifyReplicationGroupShardConfigurationOutput::builder().build());
+    let more = mock!(Client::increase_replica_count)
+        .then_output(|| IncreaseReplicaCountOutput::builder().build());
+    let mut stack = testing::stack(existing_group(
+        || cluster("available", 3, 1),
+        &[&create, &modify, &reshard, &more],
+    ));
+    stack.spec.redis.shards = 3;
+
+    let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+    let summary = summary(&stack).await.unwrap().unwrap();
+
+    assert_eq!(redis.address, CONFIGURATION);
+    for rule in [&create, &modify, &reshard, &more] {
+        assert_eq!(rule.num_calls(), 0);
+    }
+    assert_eq!(
+        (summary.shards, summary.cluster_mode, summary.nodes),
+        (3, true, 6)
+    );
+    assert_eq!(
+        summary.endpoint.as_deref(),
+        Some(&*format!("{CONFIGURATION}:6379"))
+    );
+}
+
+/// ElastiCache cannot turn cluster mode on or off in place with the data kept: `up`
+/// refuses either way and says what to do, before changing anything.
+#[tokio::test]
+async fn going_between_one_shard_and_a_cluster_is_refused_with_what_to_do() {
+    let modify = mock!(Client::modify_replication_group)
+        .then_output(|| ModifyReplicationGroupOutput::builder().build());
+    let cases = [
+        (
+            existing("available", &[&modify]),
+            3,
+            "cluster mode off (one shard), stack.yaml says 3 shards",
+        ),
+        (
+            existing_group(|| cluster("available", 3, 1), &[&modify]),
+            1,
+            "cluster mode with 3 shard(s), stack.yaml says 1 shard",
+        ),
+    ];
+    for (clients, shards, why) in cases {
+        let mut stack = testing::stack(clients);
+        stack.spec.redis.shards = shards;
+        let err = ensure(&stack, &subnets(), "sg-redis")
+            .await
+            .unwrap_err()
+            .to_string();
+        for what in [why, "realtime-stack destroy", "another name", "chat-redis"] {
+            assert!(err.contains(what), "{what}: {err}");
+        }
+    }
+    assert_eq!(modify.num_calls(), 0);
+}
+
+/// More shards: ModifyReplicationGroupShardConfiguration, online, after the replicas
+/// (so the new shards get the final count); fewer: the highest node groups are named
+/// for removal, before anything else.
+#[tokio::test]
+async fn a_cluster_reshards_online_to_the_shards_stack_yaml_asks_for() {
+    let mut clients = testing::clients();
+    clients.elasticache = mock_client!(aws_sdk_elasticache, []);
+    let mut stack = testing::stack(clients);
+    stack.spec.redis.shards = 5;
+    stack.spec.redis.replicas = 2;
+    assert_eq!(
+        fixes(&stack, &cluster("available", 3, 1)).await.unwrap(),
+        [
+            Fix::AddReplicas(2),
+            Fix::Reshard {
+                count: 5,
+                remove: vec![]
+            }
+        ]
+    );
+    stack.spec.redis.shards = 2;
+    stack.spec.redis.replicas = 0;
+    assert_eq!(
+        fixes(&stack, &cluster("available", 4, 1)).await.unwrap(),
+        [
+            Fix::Reshard {
+                count: 2,
+                remove: vec!["0003".into(), "0004".into()]
+            },
+            // Cluster mode keeps failover on without replicas; Multi-AZ goes first.
+            Fix::Failover {
+                failover: true,
+                multi_az: false
+            },
+            Fix::RemoveReplicas(0),
+        ]
+    );
+
+    let reshard = mock!(Client::modify_replication_group_shard_configuration)
+        .match_requests(|req| {
+            req.replication_group_id() == Some("chat-redis")
+                && req.node_group_count() == Some(2)
+                && req.node_groups_to_remove() == ["0003", "0004"]
+                && req.apply_immediately() == Some(true)
+        })
+        .then_output(|| ModifyReplicationGroupShardConfigurationOutput::builder().build());
+    let describe = mock!(Client::describe_replication_groups)
+        .sequence()
+        .output(|| described(cluster("available", 4, 1)))
+        .times(2)
+        .output(|| described(cluster("modifying", 3, 1)))
+        .output(|| described(cluster("available", 2, 1)))
+        .build();
+    let mut stack = testing::stack(mocked(&[
+        &mock!(Client::describe_cache_subnet_groups).then_output(subnet_group),
+        &mock!(Client::list_tags_for_resource).then_output(stack_tagged),
+        &describe,
+        &reshard,
+    ]));
+    stack.spec.redis.shards = 2;
+
+    let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+    assert_eq!(reshard.num_calls(), 1);
+    assert_eq!(redis.address, CONFIGURATION);
+}
+
+#[test]
+fn a_cluster_takes_the_cluster_mode_parameter_group_of_its_engine_and_major() {
+    assert_eq!(
+        cluster_parameter_group("redis", None),
+        "default.redis7.cluster.on"
+    );
+    assert_eq!(
+        cluster_parameter_group("redis", Some("7.0")),
+        "default.redis7.cluster.on"
+    );
+    assert_eq!(
+        cluster_parameter_group("valkey", None),
+        "default.valkey8.cluster.on"
+    );
+    assert_eq!(
+        cluster_parameter_group("valkey", Some("7.2")),
+        "default.valkey7.cluster.on"
+    );
+}
