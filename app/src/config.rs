@@ -22,6 +22,12 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
+    /// `REDIS_URL` names a Redis Cluster (ElastiCache with cluster mode enabled: its
+    /// configuration endpoint): rooms spread over its shards, live fan-out by sharded
+    /// pub/sub.
+    #[arg(long, env = "REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+
     /// PEM file of CA certificates to trust for `rediss://` instead of the built-in
     /// public roots (webpki-roots, which ElastiCache's certificates chain to).
     #[arg(long, env = "REDIS_CA_FILE")]

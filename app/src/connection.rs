@@ -8,17 +8,24 @@
 //! was certainly not executed. Every call is bounded by [`CALL_TIMEOUT`]. Sockets get
 //! TCP keepalive and `TCP_USER_TIMEOUT`, so a dead peer is noticed by the kernel too,
 //! also on the fan-out's long-lived connection.
+//!
+//! On a Redis Cluster (`--redis-cluster`) redis-rs's cluster connection does this
+//! itself: it follows `MOVED` and `ASK`, refreshes its slot map after a failover inside
+//! the cluster, and reconnects nodes; [`Redis::call`] only bounds each call.
 
 use std::sync::RwLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 use redis::{
-    Client, ErrorKind, FromRedisValue, IntoConnectionInfo as _, ProtocolVersion, RedisError,
-    ServerErrorKind, TlsCertificates,
+    Client, ConnectionInfo, ErrorKind, FromRedisValue, IntoConnectionInfo as _, ProtocolVersion,
+    PushInfo, RedisError, ServerErrorKind, TlsCertificates,
 };
+use tokio::sync::{OnceCell, mpsc};
 
 use crate::config::Config;
 
@@ -98,33 +105,75 @@ fn tcp_settings() -> TcpSettings {
         .set_user_timeout(Duration::from_secs(10))
 }
 
-/// The client for `REDIS_URL`, with [`tcp_settings`], speaking `protocol`, without
-/// contacting Redis.
-pub fn client(config: &Config, protocol: ProtocolVersion) -> anyhow::Result<Client> {
-    let info = config
-        .redis_url
-        .as_str()
-        .into_connection_info()
-        .context("invalid REDIS_URL")?;
-    let settings = info.redis_settings().clone().set_protocol(protocol);
-    let info = info
-        .set_redis_settings(settings)
-        .set_tcp_settings(tcp_settings());
-    let client = match &config.redis_ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("reading REDIS_CA_FILE {}", path.display()))?;
-            Client::build_with_tls(
-                info,
-                TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            )
+/// Where Redis is: `REDIS_URL`, the CA to trust, and whether it is a cluster.
+#[derive(Clone)]
+pub struct Target {
+    info: ConnectionInfo,
+    ca_pem: Option<Vec<u8>>,
+    pub cluster: bool,
+}
+
+impl Target {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let info = config
+            .redis_url
+            .as_str()
+            .into_connection_info()
+            .context("invalid REDIS_URL")?
+            .set_tcp_settings(tcp_settings());
+        let ca_pem = match &config.redis_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading REDIS_CA_FILE {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Target {
+            info,
+            ca_pem,
+            cluster: config.redis_cluster,
+        })
+    }
+
+    fn certificates(&self) -> Option<TlsCertificates> {
+        self.ca_pem.clone().map(|pem| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        })
+    }
+
+    /// A client of the one Redis (not a cluster) speaking `protocol`, without contacting
+    /// it.
+    pub fn client(&self, protocol: ProtocolVersion) -> anyhow::Result<Client> {
+        let settings = self.info.redis_settings().clone().set_protocol(protocol);
+        let info = self.info.clone().set_redis_settings(settings);
+        let client = match self.certificates() {
+            Some(certificates) => Client::build_with_tls(info, certificates),
+            None => Client::open(info),
+        };
+        client.context("invalid REDIS_URL")
+    }
+
+    /// A client of the cluster whose node (or configuration endpoint) `REDIS_URL` names,
+    /// speaking `protocol`; pushes (pub/sub) go to `pushes`.
+    pub fn cluster_client(
+        &self,
+        protocol: ProtocolVersion,
+        pushes: Option<mpsc::UnboundedSender<PushInfo>>,
+    ) -> anyhow::Result<ClusterClient> {
+        let mut builder = ClusterClientBuilder::new([self.info.clone()])
+            .use_protocol(protocol)
+            .connection_timeout(COMMAND_TIMEOUT)
+            .response_timeout(COMMAND_TIMEOUT)
+            .tcp_settings(tcp_settings());
+        if let Some(certificates) = self.certificates() {
+            builder = builder.certs(certificates);
         }
-        None => Client::open(info),
-    };
-    client.context("invalid REDIS_URL")
+        if let Some(pushes) = pushes {
+            builder = builder.push_sender(pushes);
+        }
+        builder.build().context("invalid REDIS_URL for a cluster")
+    }
 }
 
 /// One thing to send to Redis.
@@ -135,7 +184,10 @@ pub enum Request<'a> {
 }
 
 impl Request<'_> {
-    async fn send<T: FromRedisValue>(&self, conn: &mut ConnectionManager) -> redis::RedisResult<T> {
+    async fn send<T: FromRedisValue>(
+        &self,
+        conn: &mut (impl ConnectionLike + Send),
+    ) -> redis::RedisResult<T> {
         match self {
             Request::Cmd(cmd) => cmd.query_async(conn).await,
             Request::Pipe(pipe) => pipe.query_async(conn).await,
@@ -144,40 +196,78 @@ impl Request<'_> {
     }
 }
 
-/// Short commands on a shared, replaceable connection manager.
-pub struct Redis {
+/// One Redis: its client and the connection manager in use.
+pub struct Single {
     client: Client,
     /// The manager in use and its generation, so that of many calls failing on the
     /// same manager only the first replaces it.
     current: RwLock<(u64, ConnectionManager)>,
 }
 
+/// Short commands on a shared connection.
+pub enum Redis {
+    /// One primary (and its replicas) behind an endpoint: a replaceable connection manager.
+    Single(Box<Single>),
+    /// Boxed, like [`Single`]: an instance holds one `Redis`, and the variants differ much
+    /// in size.
+    Cluster(Box<Cluster>),
+}
+
+/// A Redis Cluster: its client and the connection.
+pub struct Cluster {
+    client: ClusterClient,
+    /// Connected on first use, so that the server starts while Redis does not answer.
+    conn: OnceCell<ClusterConnection>,
+}
+
 impl Redis {
-    pub fn new(client: Client) -> anyhow::Result<Self> {
+    pub fn new(target: &Target) -> anyhow::Result<Self> {
+        if target.cluster {
+            return Ok(Redis::Cluster(Box::new(Cluster {
+                client: target.cluster_client(ProtocolVersion::RESP2, None)?,
+                conn: OnceCell::new(),
+            })));
+        }
+        let client = target.client(ProtocolVersion::RESP2)?;
         let manager = lazy_manager(&client)?;
-        Ok(Redis {
+        Ok(Redis::Single(Box::new(Single {
             client,
             current: RwLock::new((0, manager)),
-        })
+        })))
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    /// Sends `request` on the current connection, within [`CALL_TIMEOUT`]; on an error
-    /// that means this connection is no good, replaces it, and retries if the command
-    /// was certainly not executed.
+    /// Sends `request` within [`CALL_TIMEOUT`]. On one Redis, an error that means the
+    /// connection is no good replaces it, and the request is retried if it was certainly
+    /// not executed.
     pub async fn call<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T, StoreError> {
+        let (client, current) = match self {
+            Redis::Single(single) => (&single.client, &single.current),
+            Redis::Cluster(cluster) => {
+                let attempt = async {
+                    let mut conn = cluster
+                        .conn
+                        .get_or_try_init(|| cluster.client.get_async_connection())
+                        .await?
+                        .clone();
+                    request.send(&mut conn).await
+                };
+                return match tokio::time::timeout(CALL_TIMEOUT, attempt).await {
+                    Ok(result) => result.map_err(StoreError::from_redis),
+                    Err(_) => Err(StoreError::Unavailable(format!(
+                        "no answer within {CALL_TIMEOUT:?}"
+                    ))),
+                };
+            }
+        };
         let attempts = async {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let (generation, mut conn) = self.current.read().unwrap().clone();
+                let (generation, mut conn) = current.read().unwrap().clone();
                 match request.send(&mut conn).await {
                     Ok(value) => return Ok(value),
                     Err(error) if is_unavailable(&error) => {
-                        self.replace(generation, &error);
+                        replace_after(client, current, generation, &error.to_string());
                         if !(is_not_executed(&error) && attempt < ATTEMPTS) {
                             return Err(StoreError::from_redis(error));
                         }
@@ -189,8 +279,13 @@ impl Redis {
         match tokio::time::timeout(CALL_TIMEOUT, attempts).await {
             Ok(result) => result,
             Err(_) => {
-                let generation = self.current.read().unwrap().0;
-                self.replace_after(generation, "no answer within the call timeout");
+                let generation = current.read().unwrap().0;
+                replace_after(
+                    client,
+                    current,
+                    generation,
+                    "no answer within the call timeout",
+                );
                 Err(StoreError::Unavailable(format!(
                     "no answer within {CALL_TIMEOUT:?}"
                 )))
@@ -198,31 +293,66 @@ impl Redis {
         }
     }
 
-    /// Replaces the current connection: the node behind it answers, but is no longer the
-    /// one to talk to (a failover demoted it), so the next call resolves the endpoint
-    /// again.
-    pub fn reconnect(&self, why: &str) {
-        let generation = self.current.read().unwrap().0;
-        self.replace_after(generation, why);
-    }
-
-    fn replace(&self, generation: u64, error: &RedisError) {
-        self.replace_after(generation, &error.to_string());
-    }
-
-    /// Swaps in a fresh manager if `generation` is still the current one.
-    fn replace_after(&self, generation: u64, why: &str) {
-        let mut current = self.current.write().unwrap();
-        if current.0 != generation {
-            return;
-        }
-        match lazy_manager(&self.client) {
-            Ok(manager) => {
-                tracing::warn!(why, "replacing the redis connection");
-                *current = (generation + 1, manager);
+    /// Whether Redis accepts writes. One Redis: the node behind the connection is a
+    /// primary (`ROLE`); after a failover the old primary still answers PING but refuses
+    /// writes, and nothing else would replace the connection on an instance that is not
+    /// sending, so it is replaced here. A cluster: every slot is served
+    /// (`cluster_state:ok`).
+    pub async fn accepts_writes(&self) -> Result<bool, StoreError> {
+        match self {
+            Redis::Single(single) => {
+                let (client, current) = (&single.client, &single.current);
+                let role: redis::Value = self.call(Request::Cmd(&redis::cmd("ROLE"))).await?;
+                let primary = role_is_master(&role);
+                if !primary {
+                    let generation = current.read().unwrap().0;
+                    replace_after(
+                        client,
+                        current,
+                        generation,
+                        "the node behind the connection is not a primary",
+                    );
+                }
+                Ok(primary)
             }
-            Err(e) => tracing::error!(error = %e, "cannot create a redis connection manager"),
+            Redis::Cluster(_) => {
+                let mut cmd = redis::cmd("CLUSTER");
+                cmd.arg("INFO");
+                let info: String = self.call(Request::Cmd(&cmd)).await?;
+                Ok(info.lines().any(|line| line.trim() == "cluster_state:ok"))
+            }
         }
+    }
+}
+
+/// `ROLE`'s first element is `master`, `slave` or `sentinel`.
+pub fn role_is_master(role: &redis::Value) -> bool {
+    match role {
+        redis::Value::Array(items) => matches!(
+            items.first(),
+            Some(redis::Value::BulkString(kind)) if kind.as_slice() == b"master"
+        ),
+        _ => false,
+    }
+}
+
+/// Swaps in a fresh manager if `generation` is still the current one.
+fn replace_after(
+    client: &Client,
+    current: &RwLock<(u64, ConnectionManager)>,
+    generation: u64,
+    why: &str,
+) {
+    let mut current = current.write().unwrap();
+    if current.0 != generation {
+        return;
+    }
+    match lazy_manager(client) {
+        Ok(manager) => {
+            tracing::warn!(why, "replacing the redis connection");
+            *current = (generation + 1, manager);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot create a redis connection manager"),
     }
 }
 

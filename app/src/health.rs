@@ -1,8 +1,8 @@
 //! The Redis health probe behind `/healthz` and `chat_redis_up`: once a second, does
-//! the node behind our connection accept writes (`ROLE` says master; after a failover
-//! the old primary still answers PING but refuses writes; then the connection is
-//! replaced, so the next probe reaches whatever the endpoint names now)? Together with the fan-out
-//! reader's own report that it is connected and reading, that is "Redis up".
+//! Redis accept writes ([`crate::connection::Redis::accepts_writes`]: on one Redis, the
+//! node behind our connection is the primary; on a cluster, every slot is served)?
+//! Together with the fan-out reader's own report that it is connected and reading, that
+//! is "Redis up".
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,34 +10,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{Redis, Request, StoreError};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Whether the node `redis` reaches is a primary.
-pub async fn is_primary(redis: &Redis) -> Result<bool, StoreError> {
-    let role: redis::Value = redis.call(Request::Cmd(&redis::cmd("ROLE"))).await?;
-    let primary = role_is_master(&role);
-    if !primary {
-        // A demoted primary still answers, so nothing else would replace this
-        // connection on an instance that is not sending: only a refused write does.
-        redis.reconnect("the node behind the connection is not a primary");
-    }
-    Ok(primary)
-}
-
-/// `ROLE`'s first element is `master`, `slave` or `sentinel`.
-pub fn role_is_master(role: &redis::Value) -> bool {
-    match role {
-        redis::Value::Array(items) => matches!(
-            items.first(),
-            Some(redis::Value::BulkString(kind)) if kind.as_slice() == b"master"
-        ),
-        _ => false,
-    }
-}
 
 /// Probes Redis every second and publishes the result in `metrics`, until cancelled.
 pub async fn run(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) {
@@ -48,7 +24,7 @@ pub async fn run(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let writable = match is_primary(store.redis()).await {
+        let writable = match store.redis().accepts_writes().await {
             Ok(primary) => primary,
             Err(e) => {
                 tracing::debug!(error = %e, "health probe failed");

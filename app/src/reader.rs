@@ -8,6 +8,9 @@
 //! the `XREAD` over every followed stream this replaces, see app/README.md.) A room is
 //! live as soon as its `SUBSCRIBE` is confirmed, with no blocking read to wait out.
 //!
+//! On a Redis Cluster the same runs on sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`): each
+//! message stays inside the shard of its room, and the connection reaches every shard.
+//!
 //! Pub/sub delivers at most once, so the stream stays the truth: after subscribing to
 //! a room, and whenever an entry's `prev` is not the entry delivered before it (one was
 //! missed), the reader reads the stream after the last id it delivered. After a
@@ -22,13 +25,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
 use redis::streams::StreamRangeReply;
-use redis::{AsyncConnectionConfig, PushInfo, PushKind};
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::COMMAND_TIMEOUT;
-use crate::health::role_is_master;
+use crate::connection::{COMMAND_TIMEOUT, Target, role_is_master};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{ServerFrame, StreamId};
@@ -72,17 +75,8 @@ async fn follow_until_error(
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
     let (push_sender, mut pushes) = mpsc::unbounded_channel();
-    let mut conn = store
-        .live_client()
-        .get_multiplexed_async_connection_with_config(
-            &AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                .set_response_timeout(Some(COMMAND_TIMEOUT))
-                .set_push_sender(push_sender),
-        )
-        .await
-        .context("connecting the fan-out")?;
-    ensure_primary(&mut conn).await?;
+    let mut conn = Live::connect(store.target(), push_sender).await?;
+    conn.check().await?;
     // Every room followed before this connection, as if just joined.
     hub.take_joined();
     follow(&mut conn, store, hub, hub.rooms()).await?;
@@ -99,11 +93,111 @@ async fn follow_until_error(
             }
             _ = hub.changed() => follow(&mut conn, store, hub, hub.take_joined()).await?,
             _ = role_check.tick() => {
-                ensure_primary(&mut conn).await?;
+                conn.check().await?;
                 let left: Vec<String> = hub.prune().iter().map(|room| store::live_channel(room)).collect();
                 if !left.is_empty() {
-                    conn.unsubscribe(&left).await.context("UNSUBSCRIBE")?;
+                    conn.unsubscribe(&left).await?;
                 }
+            }
+        }
+    }
+}
+
+/// The fan-out's connection: to the one Redis, or to every shard of a cluster.
+enum Live {
+    Single(MultiplexedConnection),
+    /// redis-rs subscribes again by itself after a node's connection is lost or its
+    /// slots move (a failover inside the cluster), and confirms with `ssubscribe` pushes,
+    /// on which the reader catches the room up.
+    Cluster(ClusterConnection),
+}
+
+impl Live {
+    async fn connect(
+        target: &Target,
+        pushes: mpsc::UnboundedSender<PushInfo>,
+    ) -> anyhow::Result<Self> {
+        if target.cluster {
+            let conn = target
+                .cluster_client(ProtocolVersion::RESP3, Some(pushes))?
+                .get_async_connection()
+                .await
+                .context("connecting the fan-out to the cluster")?;
+            return Ok(Live::Cluster(conn));
+        }
+        let conn = target
+            .client(ProtocolVersion::RESP3)?
+            .get_multiplexed_async_connection_with_config(
+                &AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_push_sender(pushes),
+            )
+            .await
+            .context("connecting the fan-out")?;
+        Ok(Live::Single(conn))
+    }
+
+    /// Fails unless the one Redis's node is still the primary: after a failover the old
+    /// one may keep its connections. (A cluster connection follows failovers itself.)
+    async fn check(&mut self) -> anyhow::Result<()> {
+        let Live::Single(conn) = self else {
+            return Ok(());
+        };
+        let role: redis::Value = redis::cmd("ROLE")
+            .query_async(conn)
+            .await
+            .context("ROLE on the fan-out's connection")?;
+        if !role_is_master(&role) {
+            bail!("the fan-out's node is not the primary (failover?)");
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, channels: &[String]) -> anyhow::Result<()> {
+        match self {
+            Live::Single(conn) => conn.subscribe(channels).await.context("SUBSCRIBE"),
+            // One command per channel: rooms hash to different slots (`CROSSSLOT`).
+            Live::Cluster(conn) => each_channel(conn, channels, |mut conn, channel| async move {
+                conn.ssubscribe(channel).await
+            })
+            .await
+            .context("SSUBSCRIBE"),
+        }
+    }
+
+    async fn unsubscribe(&mut self, channels: &[String]) -> anyhow::Result<()> {
+        match self {
+            Live::Single(conn) => conn.unsubscribe(channels).await.context("UNSUBSCRIBE"),
+            Live::Cluster(conn) => each_channel(conn, channels, |mut conn, channel| async move {
+                conn.sunsubscribe(channel).await
+            })
+            .await
+            .context("SUNSUBSCRIBE"),
+        }
+    }
+
+    /// The replies to `reads`: one pipeline on the one Redis; on a cluster, whose rooms
+    /// live in different slots, all at once, each routed to its shard.
+    async fn read_all(&mut self, reads: &[redis::Cmd]) -> anyhow::Result<Vec<StreamRangeReply>> {
+        match self {
+            Live::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for read in reads {
+                    pipe.add_command(read.clone());
+                }
+                pipe.query_async(conn).await.context("XRANGE catching up")
+            }
+            Live::Cluster(conn) => {
+                let replies = futures_util::future::join_all(reads.iter().map(|read| {
+                    let mut conn = conn.clone();
+                    async move { read.query_async::<StreamRangeReply>(&mut conn).await }
+                }))
+                .await;
+                replies
+                    .into_iter()
+                    .collect::<Result<_, _>>()
+                    .context("XRANGE catching up")
             }
         }
     }
@@ -111,14 +205,14 @@ async fn follow_until_error(
 
 /// Subscribes to `rooms` and catches each up from where the hub stands.
 async fn follow(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Live,
     store: &Store,
     hub: &Hub,
     rooms: Vec<String>,
 ) -> anyhow::Result<()> {
     for batch in rooms.chunks(BATCH) {
         let channels: Vec<String> = batch.iter().map(|room| store::live_channel(room)).collect();
-        conn.subscribe(&channels).await.context("SUBSCRIBE")?;
+        conn.subscribe(&channels).await?;
         catch_up(conn, store, hub, batch).await?;
     }
     Ok(())
@@ -127,7 +221,7 @@ async fn follow(
 /// Delivers what each room's stream holds after the entry last delivered here, in one
 /// pipeline of reads per round.
 async fn catch_up(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Live,
     store: &Store,
     hub: &Hub,
     rooms: &[String],
@@ -137,17 +231,19 @@ async fn catch_up(
         .filter_map(|room| Some((room.as_str(), hub.position(room)?)))
         .collect();
     while !pending.is_empty() {
-        let mut pipe = redis::pipe();
-        for (room, after) in &pending {
-            pipe.cmd("XRANGE")
-                .arg(store::stream_key(room))
-                .arg(format!("({after}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(READ_COUNT);
-        }
-        let replies: Vec<StreamRangeReply> =
-            pipe.query_async(conn).await.context("XRANGE catching up")?;
+        let reads: Vec<redis::Cmd> = pending
+            .iter()
+            .map(|(room, after)| {
+                let mut read = redis::cmd("XRANGE");
+                read.arg(store::stream_key(room))
+                    .arg(format!("({after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(READ_COUNT);
+                read
+            })
+            .collect();
+        let replies = conn.read_all(&reads).await?;
         let mut more = Vec::new();
         for ((room, _), reply) in pending.iter().zip(replies) {
             let full = reply.ids.len() == READ_COUNT;
@@ -165,28 +261,43 @@ async fn catch_up(
 
 /// One push from Redis: an entry published on a live channel, delivered if it is the
 /// next one; a gap before it is read from the stream.
-async fn receive(
-    conn: &mut MultiplexedConnection,
-    store: &Store,
-    hub: &Hub,
-    push: PushInfo,
-) -> anyhow::Result<()> {
+async fn receive(conn: &mut Live, store: &Store, hub: &Hub, push: PushInfo) -> anyhow::Result<()> {
+    let cluster = matches!(conn, Live::Cluster(_));
     match push.kind {
-        PushKind::Message => {}
-        PushKind::Disconnection => bail!("the fan-out connection was lost"),
+        PushKind::Message | PushKind::SMessage => {}
+        // Subscribed again after a lost connection or moved slots: what was published
+        // meanwhile is in the stream.
+        PushKind::SSubscribe => {
+            if let Some(room) = push.data.first().and_then(room_of_push) {
+                catch_up(conn, store, hub, &[room.to_owned()]).await?;
+            }
+            return Ok(());
+        }
+        // A shard's node let go of the channel (its slot moved, or a failover made it a
+        // replica): subscribe again where the slot lives now, and catch up. The read
+        // first, because it is routed by the room's key: the old node answers `MOVED`,
+        // and the connection learns the new owner before it subscribes.
+        PushKind::SUnsubscribe => {
+            if let Some(room) = push.data.first().and_then(room_of_push)
+                && hub.position(room).is_some()
+            {
+                tracing::info!(
+                    room,
+                    "the cluster moved the room's channel: subscribing again"
+                );
+                let room = [room.to_owned()];
+                catch_up(conn, store, hub, &room).await?;
+                follow(conn, store, hub, room.into()).await?;
+            }
+            return Ok(());
+        }
+        PushKind::Disconnection if !cluster => bail!("the fan-out connection was lost"),
         _ => return Ok(()),
     }
-    let [
-        redis::Value::BulkString(channel),
-        redis::Value::BulkString(payload),
-    ] = &push.data[..]
-    else {
+    let [channel, redis::Value::BulkString(payload)] = &push.data[..] else {
         return Ok(());
     };
-    let Some(room) = std::str::from_utf8(channel)
-        .ok()
-        .and_then(store::room_of_channel)
-    else {
+    let Some(room) = room_of_push(channel) else {
         return Ok(());
     };
     let Some(last) = hub.position(room) else {
@@ -201,16 +312,33 @@ async fn receive(
     Ok(())
 }
 
-/// Fails unless the reader's node is a primary.
-async fn ensure_primary(conn: &mut MultiplexedConnection) -> anyhow::Result<()> {
-    let role: redis::Value = redis::cmd("ROLE")
-        .query_async(conn)
-        .await
-        .context("ROLE on the fan-out's connection")?;
-    if !role_is_master(&role) {
-        bail!("the fan-out's node is not the primary (failover?)");
-    }
-    Ok(())
+/// `command` for every channel at once, each on a handle of the cluster connection,
+/// which routes it to the channel's shard.
+async fn each_channel<F, Fut>(
+    conn: &ClusterConnection,
+    channels: &[String],
+    command: F,
+) -> redis::RedisResult<()>
+where
+    F: Fn(ClusterConnection, String) -> Fut,
+    Fut: Future<Output = redis::RedisResult<()>>,
+{
+    futures_util::future::join_all(
+        channels
+            .iter()
+            .map(|channel| command(conn.clone(), channel.clone())),
+    )
+    .await
+    .into_iter()
+    .collect()
+}
+
+/// The room of the live channel a push names.
+fn room_of_push(channel: &redis::Value) -> Option<&str> {
+    let redis::Value::BulkString(channel) = channel else {
+        return None;
+    };
+    store::room_of_channel(std::str::from_utf8(channel).ok()?)
 }
 
 /// Publishes one entry, first telling the room's clients if it does not follow the

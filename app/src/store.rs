@@ -21,11 +21,11 @@
 
 use std::sync::Arc;
 
+use redis::Script;
 use redis::streams::StreamRangeReply;
-use redis::{Client, ProtocolVersion, Script};
 
 use crate::config::Config;
-use crate::connection::{self, Redis, Request, StoreError};
+use crate::connection::{Redis, Request, StoreError, Target};
 use crate::protocol::{ChatMessage, SendRequest, StreamId};
 use crate::random::random_token;
 
@@ -92,9 +92,12 @@ pub struct Appended {
 #[derive(Clone)]
 pub struct Store {
     redis: Arc<Redis>,
-    /// For the fan-out's connection, which receives published entries as RESP3 pushes
-    /// on the connection it also sends commands on.
-    live_client: Client,
+    /// Where the fan-out connects its own connection, which receives published entries
+    /// as RESP3 pushes on the connection it also sends commands on.
+    target: Target,
+    /// `PUBLISH`, or on a cluster `SPUBLISH`, which keeps each message inside the shard
+    /// of its room instead of broadcasting it to every node.
+    publish_command: &'static str,
     append_script: Arc<Script>,
     history_len: usize,
     history_max_age_ms: u64,
@@ -105,12 +108,15 @@ impl Store {
     /// Prepares the client without contacting Redis: the server starts (and reports 503)
     /// even while Redis is still being created.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let target = Target::new(config)?;
         Ok(Store {
-            redis: Arc::new(Redis::new(connection::client(
-                config,
-                ProtocolVersion::RESP2,
-            )?)?),
-            live_client: connection::client(config, ProtocolVersion::RESP3)?,
+            redis: Arc::new(Redis::new(&target)?),
+            publish_command: if target.cluster {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            },
+            target,
             append_script: Arc::new(Script::new(APPEND)),
             history_len: config.history_len,
             history_max_age_ms: config.history_max_age_secs.saturating_mul(1000),
@@ -118,8 +124,8 @@ impl Store {
         })
     }
 
-    pub fn live_client(&self) -> &Client {
-        &self.live_client
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 
     pub fn redis(&self) -> &Redis {
@@ -142,7 +148,7 @@ impl Store {
             .arg(&message.name)
             .arg(&message.text)
             .arg(CID_TTL_SECS)
-            .arg("PUBLISH");
+            .arg(self.publish_command);
         let (id, epoch, duplicate): (String, String, u8) =
             self.redis.call(Request::Script(&invocation)).await?;
         Ok(Appended {

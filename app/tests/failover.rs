@@ -63,24 +63,6 @@ async fn fail_over(primary: &Redis, replica: &Redis, proxy: &Proxy) {
         .unwrap();
 }
 
-/// Sends `text` until it is stored (its message comes back), answering `unavailable` by
-/// sending again as the page's user would. Returns the stored message's id.
-async fn send_until_stored(client: &mut Client, text: &str) -> String {
-    loop {
-        client.send("sender", text).await;
-        let frame = client.next_json().await;
-        match frame["type"].as_str() {
-            Some("message") if frame["text"] == text => {
-                return frame["id"].as_str().unwrap().into();
-            }
-            Some("error") if frame["code"] == "unavailable" => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            _ => panic!("unexpected {frame}"),
-        }
-    }
-}
-
 /// A replica is promoted while a client keeps sending: the servers notice the old
 /// primary refusing writes (`READONLY`), rebuild their connections to the moved
 /// endpoint, and sends succeed again within a few seconds; every acknowledged message
@@ -113,7 +95,7 @@ async fn replica_promoted_while_clients_send() {
             let mut i = 0;
             while after_failover < 10 {
                 let text = format!("m{i}");
-                let id = send_until_stored(&mut sender, &text).await;
+                let id = sender.send_until_stored(&text).await;
                 let was_after = failed_over.load(Ordering::SeqCst);
                 after_failover += usize::from(was_after);
                 stored_tx
@@ -218,7 +200,7 @@ async fn blackholed_link_is_noticed_within_the_bound() {
     let restored = Instant::now();
     server.wait_health(200).await;
     let healthy = restored.elapsed();
-    send_until_stored(&mut client, "after").await;
+    client.send_until_stored("after").await;
     eprintln!(
         "blackhole: /healthz 200 {healthy:?} after the link returned, send stored {:?} after",
         restored.elapsed()

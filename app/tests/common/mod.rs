@@ -163,6 +163,8 @@ pub struct Redis {
     tls: Option<TlsFiles>,
     persistent: bool,
     replica_of: Option<u16>,
+    /// A Redis Cluster node: its cluster bus port.
+    cluster_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -170,6 +172,13 @@ impl Redis {
     /// A plain in-memory Redis.
     pub fn start() -> Redis {
         Self::launch(false, false, None)
+    }
+
+    /// A node with cluster mode enabled, not yet part of any cluster.
+    fn start_cluster_node() -> Redis {
+        let mut node = Self::new(false, false, None);
+        node.cluster_port = Some(0);
+        node.spawn_on_free_port()
     }
 
     /// A plain Redis replicating from `primary` (which it may later replace).
@@ -189,19 +198,31 @@ impl Redis {
     }
 
     fn launch(persistent: bool, tls: bool, replica_of: Option<u16>) -> Redis {
+        Self::new(persistent, tls, replica_of).spawn_on_free_port()
+    }
+
+    fn new(persistent: bool, tls: bool, replica_of: Option<u16>) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let tls = tls.then(|| TlsFiles::generate(dir.path()));
-        let mut redis = Redis {
+        Redis {
             port: 0,
             dir,
             tls,
             persistent,
             replica_of,
+            cluster_port: None,
             child: None,
-        };
+        }
+    }
+
+    fn spawn_on_free_port(self) -> Redis {
+        let mut redis = self;
         // A free port can be taken between probing and binding; try another.
         for _ in 0..5 {
             redis.port = free_port();
+            if redis.cluster_port.is_some() {
+                redis.cluster_port = Some(free_port());
+            }
             if redis.spawn() {
                 return redis;
             }
@@ -252,6 +273,21 @@ impl Redis {
                 "--replicaof".into(),
                 "127.0.0.1".into(),
                 primary.to_string(),
+            ]);
+        }
+        if let Some(cluster_port) = self.cluster_port {
+            args.extend([
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-port".into(),
+                cluster_port.to_string(),
+                "--cluster-config-file".into(),
+                self.dir.path().join("nodes.conf").display().to_string(),
+                "--cluster-node-timeout".into(),
+                "2000".into(),
+                // Replicas sync at once, not after the default 5 s wait for more.
+                "--repl-diskless-sync-delay".into(),
+                "0".into(),
             ]);
         }
         if self.persistent {
@@ -324,6 +360,120 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of `redis-server` nodes: primaries with a replica each, every slot
+/// assigned (by `redis-cli --cluster create`). Killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start(primaries: usize) -> RedisCluster {
+        let nodes: Vec<Redis> = (0..primaries * 2)
+            .map(|_| Redis::start_cluster_node())
+            .collect();
+        let output = Command::new(tool("redis-cli", "redis-tools"))
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("running redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        for node in &cluster.nodes {
+            cluster.wait_until(node, "cluster_state:ok");
+        }
+        // Every replica in sync, so that a failover can happen.
+        let deadline = Instant::now() + WAIT;
+        for node in &cluster.nodes {
+            while cluster.cli(node, &["ROLE"]).starts_with("slave")
+                && !cluster
+                    .cli(node, &["INFO", "replication"])
+                    .contains("master_link_status:up")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {} never synced",
+                    node.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// The URL the servers get: one node, from which they learn the others.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// `redis-cli -p <node's port> <args>`'s output.
+    pub fn cli(&self, node: &Redis, args: &[&str]) -> String {
+        let output = Command::new(tool("redis-cli", "redis-tools"))
+            .args(["-p", &node.port.to_string()])
+            .args(args)
+            .output()
+            .expect("running redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Waits until `CLUSTER INFO` on `node` shows `line`.
+    pub fn wait_until(&self, node: &Redis, line: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let info = self.cli(node, &["CLUSTER", "INFO"]);
+            if info.lines().any(|l| l.trim() == line) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} never showed {line}:\n{info}",
+                node.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The node that is primary for the slot of `key`.
+    pub fn primary_of(&self, key: &str) -> &Redis {
+        let slot = self.cli(&self.nodes[0], &["CLUSTER", "KEYSLOT", key]);
+        let slot: u16 = slot.trim().parse().expect("a slot number");
+        self.nodes
+            .iter()
+            .find(|node| {
+                self.cli(node, &["ROLE"]).starts_with("master") && self.owns_slot(node, slot)
+            })
+            .expect("a primary for the slot")
+    }
+
+    fn owns_slot(&self, node: &Redis, slot: u16) -> bool {
+        let nodes = self.cli(node, &["CLUSTER", "NODES"]);
+        let Some(me) = nodes.lines().find(|l| l.contains("myself")) else {
+            return false;
+        };
+        me.split_whitespace().skip(8).any(|range| {
+            let (low, high) = range.split_once('-').unwrap_or((range, range));
+            matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(low), Ok(high)) if low <= slot && slot <= high)
+        })
+    }
+
+    /// A replica of `primary`.
+    pub fn replica_of(&self, primary: &Redis) -> &Redis {
+        self.nodes
+            .iter()
+            .find(|node| {
+                let role = self.cli(node, &["ROLE"]);
+                role.starts_with("slave")
+                    && role.lines().nth(2).map(str::trim) == Some(&primary.port.to_string())
+            })
+            .expect("a replica of the primary")
     }
 }
 
@@ -504,6 +654,24 @@ impl Client {
 
     pub async fn send_raw(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// Sends `text` until it is stored (its message comes back), answering `unavailable`
+    /// by sending again as the page's user would. Returns the stored message's id.
+    pub async fn send_until_stored(&mut self, text: &str) -> String {
+        loop {
+            self.send("sender", text).await;
+            let frame = self.next_json().await;
+            match frame["type"].as_str() {
+                Some("message") if frame["text"] == text => {
+                    return frame["id"].as_str().unwrap().into();
+                }
+                Some("error") if frame["code"] == "unavailable" => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                _ => panic!("unexpected {frame}"),
+            }
+        }
     }
 
     /// A `send` carrying a client id, to be acknowledged and stored once.
