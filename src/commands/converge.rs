@@ -56,6 +56,7 @@ pub async fn converge(
         drain_seconds: instances.drain_seconds,
         redis_tls: true,
         trusted_proxies: &stack.spec.network.cidr,
+        auth: preflight.auth.as_ref(),
     };
     let mut launch = Launch::new(
         &preflight.image,
