@@ -25,6 +25,11 @@ REDIS_TAG='@REDIS_TAG@'
 REDIS_CLUSTER='@REDIS_CLUSTER@'
 # Where the load balancer's connections come from: only their X-Forwarded-For is believed.
 TRUSTED_PROXIES='@TRUSTED_PROXIES@'
+# Sign-in (chat.auth): the PEM public key verifying the users' tokens - a public key is
+# not a secret - and the issuer and audience they must name. Empty: the chat is open.
+AUTH_PUBLIC_KEY='@AUTH_PUBLIC_KEY@'
+AUTH_ISSUER='@AUTH_ISSUER@'
+AUTH_AUDIENCE='@AUTH_AUDIENCE@'
 
 # For tests and `--local` only: on an instance these are the real metadata service, S3,
 # systemd and /.
@@ -72,7 +77,22 @@ fetch_binary() {
   log "binary verified and installed"
 }
 
+# The sign-in settings for the environment file, one line each, and the key's file
+# (readable by the server's dynamic user).
+auth_settings() {
+  [ -n "$AUTH_PUBLIC_KEY" ] || return 0
+  key_file=$config_dir/auth-public-key.pem
+  if ! { printf '%s\n' "$AUTH_PUBLIC_KEY" >"$key_file.new" && chmod 0644 "$key_file.new" &&
+    mv -f "$key_file.new" "$key_file"; }; then
+    return 1
+  fi
+  echo "CHAT_AUTH_PUBLIC_KEY_FILE=$key_file"
+  [ -z "$AUTH_ISSUER" ] || echo "CHAT_AUTH_ISSUER=$AUTH_ISSUER"
+  [ -z "$AUTH_AUDIENCE" ] || echo "CHAT_AUTH_AUDIENCE=$AUTH_AUDIENCE"
+}
+
 write_service() {
+  auth=$(auth_settings) || return 1
   (
     umask 077
     cat >"$config_dir/chat-server.env" <<ENV
@@ -82,6 +102,7 @@ CHAT_LISTEN=0.0.0.0:$APP_PORT
 CHAT_INSTANCE_ID=$instance_id
 CHAT_DRAIN_SECS=$DRAIN_SECONDS
 CHAT_TRUSTED_PROXIES=$TRUSTED_PROXIES
+$auth
 ENV
   )
   cat >"$unit_dir/chat-server.service" <<UNIT

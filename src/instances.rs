@@ -20,6 +20,7 @@ use crate::aws::{
 use crate::binary::Architecture;
 use crate::deploy::Fingerprint;
 use crate::engine::{Action, Deletable, DeleteFuture, Step, wait_for};
+use crate::identity::ChatAuth;
 use crate::names::{AMI_TAG, BINARY_TAG, BOOT_TAG, INSTANCE_TYPE_TAG, REDIS_ENDPOINT_TAG};
 use crate::network::Network;
 use crate::stack::Stack;
@@ -43,6 +44,8 @@ pub struct Boot<'a> {
     /// CIDRs the load balancer connects from (the VPC's): the chat server believes the
     /// client address in X-Forwarded-For only from these.
     pub trusted_proxies: &'a str,
+    /// Sign-in: the public key verifying tokens (not a secret), and the claims checked.
+    pub auth: Option<&'a ChatAuth>,
 }
 
 impl Boot<'_> {
@@ -80,6 +83,22 @@ impl Boot<'_> {
             ("@REDIS_TAG@", REDIS_ENDPOINT_TAG.to_owned()),
             ("@REDIS_CLUSTER@", self.redis_cluster.to_string()),
             ("@TRUSTED_PROXIES@", self.trusted_proxies.to_owned()),
+            (
+                "@AUTH_PUBLIC_KEY@",
+                self.auth
+                    .map(|a| a.public_key_pem.trim_end().to_owned())
+                    .unwrap_or_default(),
+            ),
+            (
+                "@AUTH_ISSUER@",
+                self.auth.and_then(|a| a.issuer.clone()).unwrap_or_default(),
+            ),
+            (
+                "@AUTH_AUDIENCE@",
+                self.auth
+                    .and_then(|a| a.audience.clone())
+                    .unwrap_or_default(),
+            ),
         ];
         let mut program = BOOT_PROGRAM_TEMPLATE.to_owned();
         for (placeholder, value) in values {
@@ -678,7 +697,46 @@ mod tests {
             redis_tls: true,
             redis_cluster: false,
             trusted_proxies: "10.0.0.0/16",
+            auth: None,
         }
+    }
+
+    fn chat_auth(public_key_pem: &str) -> ChatAuth {
+        ChatAuth {
+            public_key_pem: public_key_pem.to_owned(),
+            issuer: Some("https://id.example".to_owned()),
+            audience: Some("chat".to_owned()),
+        }
+    }
+
+    #[test]
+    fn the_sign_in_public_key_reaches_the_boot_program_and_changes_the_configuration() {
+        let artifact = artifact();
+        let open = boot(&artifact);
+        assert!(open.render().unwrap().contains("AUTH_PUBLIC_KEY=''"));
+        let pair = crate::identity::generate_ed25519().unwrap();
+        let auth = chat_auth(&pair.public_pem);
+        let signed_in = Boot {
+            auth: Some(&auth),
+            ..boot(&artifact)
+        };
+        let script = signed_in.render().unwrap();
+        assert!(script.contains(&format!("AUTH_PUBLIC_KEY='{}'", pair.public_pem.trim_end())));
+        assert!(script.contains("AUTH_ISSUER='https://id.example'"));
+        assert!(script.contains("AUTH_AUDIENCE='chat'"));
+        assert!(
+            !script.contains("PRIVATE KEY"),
+            "a private key in user-data"
+        );
+        let hash = signed_in.configuration_sha256().unwrap();
+        assert_ne!(hash, open.configuration_sha256().unwrap());
+        // Another key: the instances are rolled.
+        let other = chat_auth(&crate::identity::generate_ed25519().unwrap().public_pem);
+        let rekeyed = Boot {
+            auth: Some(&other),
+            ..boot(&artifact)
+        };
+        assert_ne!(rekeyed.configuration_sha256().unwrap(), hash);
     }
 
     #[test]

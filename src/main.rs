@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use realtime_stack::aws::AwsArgs;
-use realtime_stack::commands::{destroy, logs, plan, policy, status, up};
+use realtime_stack::commands::{destroy, logs, plan, policy, status, token, up};
 use realtime_stack::local::emulator;
 use realtime_stack::spec::SpecError;
 
@@ -41,6 +41,8 @@ enum Command {
     Policy(policy::PolicyArgs),
     /// Delete everything the stack owns
     Destroy(destroy::DestroyArgs),
+    /// Print a development sign-in token for the stack's chat (chat.auth)
+    Token(token::TokenArgs),
     /// Runs the local emulator of a stack (started by `up --local`)
     #[command(name = "local-emulator", hide = true)]
     LocalEmulator(emulator::EmulatorArgs),
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
             Command::Logs(args) => done(logs::run(&cli.file, &cli.aws, args).await),
             Command::Policy(args) => done(policy::run(&cli.file, &cli.aws, args).await),
             Command::Destroy(args) => done(destroy::run(&cli.file, &cli.aws, args).await),
+            Command::Token(args) => done(token::run(&cli.file, args)),
             Command::LocalEmulator(args) => done(emulator::run(args.clone()).await),
         }
     });

@@ -122,6 +122,7 @@ const ROOT_KEYS: &[&str] = &[
     "instances",
     "load_balancer",
     "redis",
+    "chat",
     "tags",
 ];
 const DOMAIN_KEYS: &[&str] = &["name", "hosted_zone"];
@@ -149,6 +150,8 @@ const REDIS_KEYS: &[&str] = &[
     "engine_version",
 ];
 const ENGINES: &[&str] = &["redis", "valkey"];
+const CHAT_KEYS: &[&str] = &["auth"];
+const AUTH_KEYS: &[&str] = &["public_key_file", "generate", "issuer", "audience"];
 
 /// A validated `stack.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +167,8 @@ pub struct StackSpec {
     pub instances: InstancesSpec,
     pub load_balancer: LoadBalancerSpec,
     pub redis: RedisSpec,
+    /// The chat server's own settings.
+    pub chat: ChatSpec,
     /// Extra tags for every resource.
     pub tags: BTreeMap<String, String>,
 }
@@ -233,11 +238,46 @@ pub struct RedisSpec {
     pub engine_version: Option<String>,
 }
 
+/// The chat server's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatSpec {
+    /// Sign-in: `None` keeps the chat open (anyone may post under any name).
+    pub auth: Option<AuthSpec>,
+}
+
+/// Sign-in: tokens verified with a public key (see app/README.md, Sign-in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSpec {
+    pub key: AuthKey,
+    /// The `iss` tokens must carry, when set.
+    pub issuer: Option<String>,
+    /// The `aud` tokens must name, when set.
+    pub audience: Option<String>,
+}
+
+/// Where the public key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthKey {
+    /// The identity service's public key: the file, resolved against the stack file's
+    /// directory, and its PEM text (checked to be an Ed25519 or P-256 public key).
+    File { path: PathBuf, pem: String },
+    /// A development key pair that `up --local` makes in its state directory.
+    Generate,
+}
+
 impl StackSpec {
-    /// Parses and validates the text of a stack file. `origin` names the file in messages.
+    /// Parses and validates the text of a stack file. `origin` names the file in messages;
+    /// files it names are read relative to the working directory.
     pub fn parse(source: &str, origin: &str) -> Result<StackSpec, SpecError> {
+        Self::parse_in(source, origin, Path::new(""))
+    }
+
+    /// As [`StackSpec::parse`], reading the files the stack names (the sign-in public
+    /// key) relative to `dir`, the stack file's directory.
+    pub fn parse_in(source: &str, origin: &str, dir: &Path) -> Result<StackSpec, SpecError> {
         let mut checker = Checker {
             source,
+            dir,
             problems: Vec::new(),
         };
         let spec = checker.stack();
@@ -254,8 +294,9 @@ impl StackSpec {
         }
     }
 
-    /// Reads and parses a stack file; a relative `instances.binary` is resolved against the
-    /// file's directory, so the stack behaves the same from any working directory.
+    /// Reads and parses a stack file; a relative `instances.binary` or
+    /// `chat.auth.public_key_file` is resolved against the file's directory, so the stack
+    /// behaves the same from any working directory.
     pub fn load(path: &Path) -> Result<StackSpec, SpecError> {
         let origin = path.display().to_string();
         let source = std::fs::read_to_string(path).map_err(|err| SpecError {
@@ -269,8 +310,9 @@ impl StackSpec {
             }],
             source_code: None,
         })?;
-        let mut spec = StackSpec::parse(&source, &origin)?;
-        if let (Some(binary), Some(dir)) = (&spec.instances.binary, path.parent()) {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let mut spec = StackSpec::parse_in(&source, &origin, dir)?;
+        if let Some(binary) = &spec.instances.binary {
             spec.instances.binary = Some(dir.join(binary));
         }
         Ok(spec)

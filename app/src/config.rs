@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::Verifier;
 use crate::limits::Cidr;
 
 /// WebSocket chat server: rooms are Redis Streams, so every instance behind the load
@@ -97,6 +98,21 @@ pub struct Config {
     /// Burst of messages a connection may send above the sustained rate.
     #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 10.0)]
     pub rate_burst: f64,
+
+    /// PEM public key (Ed25519 or ECDSA P-256) verifying the JWTs clients must present
+    /// to open `/ws` (EdDSA or ES256, as the key says). Unset: no sign-in, anyone may
+    /// post under any name.
+    #[arg(long, env = "CHAT_AUTH_PUBLIC_KEY_FILE")]
+    pub auth_public_key_file: Option<PathBuf>,
+
+    /// With a key: tokens must carry this `iss`.
+    #[arg(long, env = "CHAT_AUTH_ISSUER", requires = "auth_public_key_file")]
+    pub auth_issuer: Option<String>,
+
+    /// With a key: tokens must carry this `aud` (or a list holding it). Unset: tokens
+    /// that name an audience are refused.
+    #[arg(long, env = "CHAT_AUTH_AUDIENCE", requires = "auth_public_key_file")]
+    pub auth_audience: Option<String>,
 }
 
 impl Config {
@@ -118,6 +134,20 @@ impl Config {
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.write_timeout_secs.max(1))
+    }
+
+    /// The token verifier, when a public key is configured.
+    pub fn verifier(&self) -> anyhow::Result<Option<Verifier>> {
+        self.auth_public_key_file
+            .as_deref()
+            .map(|key| {
+                Verifier::from_file(
+                    key,
+                    self.auth_issuer.as_deref().filter(|i| !i.is_empty()),
+                    self.auth_audience.as_deref().filter(|a| !a.is_empty()),
+                )
+            })
+            .transpose()
     }
 }
 

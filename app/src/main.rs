@@ -8,6 +8,7 @@
 //! [`CancellationToken`]s: `close` closes whatever is still open at the end of the
 //! window, `stop` ends the background tasks afterwards.
 
+mod auth;
 mod config;
 mod connection;
 mod drain;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub rate_burst: f64,
     pub trusted_proxies: Vec<limits::Cidr>,
     pub address_limits: Arc<limits::AddressLimits>,
+    /// Verifies sign-in tokens; `None`: the server is open.
+    pub auth: Option<auth::Verifier>,
 }
 
 #[tokio::main]
@@ -74,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
     // Both ring and aws-lc-rs may end up compiled in through dependencies; pick one.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
+    let auth = config.verifier()?;
     let store = Store::new(&config)?;
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(config.send_queue));
@@ -106,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             config.max_connections_per_address,
             config.new_rooms_per_minute,
         )),
+        auth,
     });
     // Before "listening" is logged: a SIGTERM that arrives once we look up must drain.
     let mut signals = Signals::install()?;
@@ -116,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         addr = %listener.local_addr()?,
         instance = %state.instance,
         redis = %redacted(&config.redis_url),
+        auth = state.auth.is_some(),
         "listening"
     );
     let server = tokio::spawn(

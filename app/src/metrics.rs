@@ -14,6 +14,10 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     pub rejected_frames: AtomicU64,
     pub slow_disconnects: AtomicU64,
+    /// Connections refused at the upgrade for their sign-in token.
+    pub auth_refused: AtomicU64,
+    /// Connections closed when their token expired.
+    pub token_expired: AtomicU64,
     /// The node behind the command connection is a primary and answers.
     pub redis_writable: AtomicBool,
     /// The fan-out reader is connected to a primary and its last read succeeded.
@@ -29,7 +33,7 @@ impl Metrics {
     pub fn render(&self, rooms: usize) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
-        let rows: [(&str, &str, &str, u64); 12] = [
+        let rows: [(&str, &str, &str, u64); 14] = [
             (
                 "chat_connections",
                 "gauge",
@@ -65,6 +69,18 @@ impl Metrics {
                 "counter",
                 "Clients disconnected for not keeping up (close 4000).",
                 get(&self.slow_disconnects),
+            ),
+            (
+                "chat_auth_refused_total",
+                "counter",
+                "WebSocket upgrades refused for their sign-in token (close 4401, 4403, 4440).",
+                get(&self.auth_refused),
+            ),
+            (
+                "chat_token_expired_disconnects_total",
+                "counter",
+                "Connections closed when their token expired (close 4440).",
+                get(&self.token_expired),
             ),
             (
                 "chat_rooms",

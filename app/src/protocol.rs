@@ -97,6 +97,9 @@ pub enum ServerFrame<'a> {
         recovered: Option<bool>,
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<&'static str>,
+        /// Who the connection speaks for, when the server verifies tokens.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<&'a crate::auth::Identity>,
     },
     /// In-band: messages of the room were lost to this connection while it was open
     /// (the instance's reader resumed after they were trimmed, or Redis lost them).
@@ -198,8 +201,10 @@ impl Rejection {
     }
 }
 
-/// Parses and validates one text frame from a client.
-pub fn parse_client_frame(raw: &str) -> Result<SendRequest, Rejection> {
+/// Parses and validates one text frame from a client. With a `speaker` (the name of a
+/// verified token) that is the author, and the frame's own `name`, if any, is ignored;
+/// without one (an open server) a `send` names its author.
+pub fn parse_client_frame(raw: &str, speaker: Option<&str>) -> Result<SendRequest, Rejection> {
     if raw.len() > MAX_FRAME_BYTES {
         return Err(Rejection::new(
             "too_large",
@@ -246,9 +251,14 @@ pub fn parse_client_frame(raw: &str) -> Result<SendRequest, Rejection> {
         }
     };
     let fields = || -> Result<(&str, &str), Rejection> {
-        let name = string_field(object, "name")?;
+        let name = match speaker {
+            Some(name) => name,
+            None => string_field(object, "name")?,
+        };
         let text = string_field(object, "text")?;
-        validate_name(name)?;
+        if speaker.is_none() {
+            validate_name(name)?;
+        }
         validate_text(text)?;
         Ok((name, text))
     };
@@ -274,7 +284,7 @@ fn string_field<'a>(
     })
 }
 
-fn validate_name(name: &str) -> Result<(), Rejection> {
+pub fn validate_name(name: &str) -> Result<(), Rejection> {
     if name.trim().is_empty() {
         return Err(Rejection::new("invalid_name", "name must not be empty"));
     }
@@ -355,20 +365,48 @@ mod tests {
     #[test]
     fn accepts_a_valid_send() {
         assert_eq!(
-            parse_client_frame(r#"{"type":"send","name":"alice","text":"hi\nthere"}"#),
+            parse_client_frame(r#"{"type":"send","name":"alice","text":"hi\nthere"}"#, None),
             Ok(SendRequest {
                 name: "alice".into(),
                 text: "hi\nthere".into(),
                 cid: None,
             })
         );
-        let with_cid = parse_client_frame(r#"{"type":"send","name":"a","text":"b","cid":"k-1"}"#);
+        let with_cid =
+            parse_client_frame(r#"{"type":"send","name":"a","text":"b","cid":"k-1"}"#, None);
         assert_eq!(with_cid.unwrap().cid.as_deref(), Some("k-1"));
     }
 
     #[test]
+    fn a_signed_in_speaker_is_the_author_whatever_the_frame_says() {
+        let as_alice = |raw: &str| parse_client_frame(raw, Some("Alice"));
+        assert_eq!(
+            as_alice(r#"{"type":"send","text":"hi"}"#).unwrap().name,
+            "Alice"
+        );
+        assert_eq!(
+            as_alice(r#"{"type":"send","name":"Bob","text":"hi"}"#)
+                .unwrap()
+                .name,
+            "Alice"
+        );
+        assert_eq!(
+            as_alice(r#"{"type":"send","name":7,"text":"hi"}"#)
+                .unwrap()
+                .name,
+            "Alice"
+        );
+        assert_eq!(
+            as_alice(r#"{"type":"send","name":"Bob"}"#)
+                .unwrap_err()
+                .code,
+            "invalid_field"
+        );
+    }
+
+    #[test]
     fn cids_are_checked_and_named_in_errors() {
-        let err = |raw: &str| parse_client_frame(raw).unwrap_err();
+        let err = |raw: &str| parse_client_frame(raw, None).unwrap_err();
         assert_eq!(
             err(r#"{"type":"send","name":"a","text":"b","cid":7}"#).code,
             "invalid_cid"
@@ -388,7 +426,7 @@ mod tests {
 
     #[test]
     fn rejects_each_kind_of_bad_frame_with_its_code() {
-        let code = |raw: &str| parse_client_frame(raw).unwrap_err().code;
+        let code = |raw: &str| parse_client_frame(raw, None).unwrap_err().code;
         assert_eq!(code("{nope"), "invalid_json");
         assert_eq!(code("[1,2]"), "invalid_json");
         assert_eq!(code(r#"{"type":"dance"}"#), "unknown_type");
@@ -503,7 +541,7 @@ mod tests {
         /// The decoder either accepts a frame whose every field is valid, or refuses it
         /// with a documented code and an error frame that is JSON.
         fn check(raw: &str) {
-            match parse_client_frame(raw) {
+            match parse_client_frame(raw, None) {
                 Ok(send) => {
                     assert!(
                         !send.name.trim().is_empty() && send.name.chars().count() <= MAX_NAME_CHARS

@@ -4,7 +4,8 @@
 //!
 //! Close codes: 1000/1001 as the client asks; 1008 sustained invalid input; 1009 frame
 //! over the hard size cap; 1011 internal; 1012 server restart (end of drain); 1013 Redis
-//! unavailable while joining; 4000 slow consumer; 4029 rate limit exceeded.
+//! unavailable while joining; 4000 slow consumer; 4029 rate limit exceeded; and, when
+//! the server verifies sign-in tokens, 4401/4403/4440 ([`crate::auth`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
 
 use crate::AppState;
+use crate::auth::{Identity, Refusal};
 use crate::connection::StoreError;
 use crate::hub::Outgoing;
 use crate::limits::{ConnectionSlot, TokenBucket};
@@ -64,6 +66,8 @@ pub struct Join {
     pub history: usize,
     /// The room as read at the upgrade, if it was.
     pub room_state: Option<RoomState>,
+    /// Who the connection speaks for, when the server verifies tokens.
+    pub identity: Option<Identity>,
 }
 
 /// How a connection ends.
@@ -84,6 +88,18 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let (mut sink, mut stream) = socket.split();
     let ending = run(&mut sink, &mut stream, &state, join).await;
+    finish(&mut sink, &mut stream, ending).await;
+    metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A connection refused for its sign-in token: closed at once, before `hello`.
+pub async fn refuse(socket: WebSocket, slot: ConnectionSlot, code: u16, reason: &'static str) {
+    let (mut sink, mut stream) = socket.split();
+    finish(&mut sink, &mut stream, Ending::Close(code, reason)).await;
+    drop(slot);
+}
+
+async fn finish(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, ending: Ending) {
     match ending {
         Ending::Close(code, reason) => {
             let frame = CloseFrame {
@@ -105,7 +121,6 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
         }
         Ending::Drop => {}
     }
-    metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// The room subscribed to, and what the client is told about its past.
@@ -187,6 +202,7 @@ async fn run(
                 .verdict
                 .and_then(|v| v.err())
                 .map(Unrecoverable::code),
+            user: request.identity.as_ref(),
         },
         Err(_) => ServerFrame::Hello {
             instance: &state.instance,
@@ -194,6 +210,7 @@ async fn run(
             epoch: None,
             recovered: None,
             reason: None,
+            user: request.identity.as_ref(),
         },
     };
     // Hello only once subscribed: a client may rely on receiving every message stored
@@ -238,10 +255,24 @@ async fn run(
     let last_seen = AtomicU64::new(0);
     let started = Instant::now();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
+    let token_expiry = token_expiry(state, request.identity.as_ref());
     tokio::select! {
         ending = write_loop(sink, joined.live, replies_rx, skip_through, state, &last_seen, started) => ending,
         ending = read_loop(stream, replies_tx, state, &request, joined.epoch.is_some(), &last_seen, started) => ending,
+        ending = token_expiry => ending,
     }
+}
+
+/// Ends a signed-in connection when its token expires, so that a page fetches a new
+/// one and reconnects; never for an open server.
+async fn token_expiry(state: &AppState, identity: Option<&Identity>) -> Ending {
+    let Some(identity) = identity else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep(identity.expires_in()).await;
+    state.metrics.token_expired.fetch_add(1, Ordering::Relaxed);
+    let (code, reason) = Refusal::Expired.close();
+    Ending::Close(code, reason)
 }
 
 /// Sends the messages among `entries`, in order, as one write: frames are fed to the
@@ -397,6 +428,7 @@ async fn read_loop(
     started: Instant,
 ) -> Ending {
     let room = request.room.as_str();
+    let speaker = request.identity.as_ref().map(|i| i.name.as_str());
     let mut rate = TokenBucket::new(state.rate_burst, state.rate_per_sec);
     let mut abuse = TokenBucket::new(ABUSE_BURST, ABUSE_REFILL_PER_SEC);
     let mut flood = TokenBucket::new(
@@ -410,7 +442,7 @@ async fn read_loop(
         };
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let outcome = match frame {
-            Message::Text(text) => match parse_client_frame(&text) {
+            Message::Text(text) => match parse_client_frame(&text, speaker) {
                 Ok(message) if !rate.take() => Err(Rejection::new(
                     "rate_limited",
                     format!(

@@ -1,10 +1,12 @@
 //! The upgrade to a WebSocket on `/ws`: the checks that refuse a request with an HTTP
 //! status before any WebSocket exists (room, `since`, `epoch`, `history`, Origin, the
-//! address's connection cap), then the hand-off
-//! to [`crate::session`].
+//! address's connection cap), the sign-in token when the server verifies them (refused
+//! after the upgrade, with a close code a page can read: [`crate::auth`]), then the
+//! hand-off to [`crate::session`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
@@ -13,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::auth;
 use crate::limits;
 use crate::protocol::{self, HARD_MAX_MESSAGE_BYTES, StreamId};
 use crate::recovery;
@@ -28,6 +31,7 @@ pub struct WsParams {
     since: Option<String>,
     epoch: Option<String>,
     history: Option<String>,
+    token: Option<String>,
 }
 
 fn bad_request(message: String) -> Response {
@@ -94,6 +98,29 @@ pub async fn upgrade(
         )
             .into_response();
     };
+    let ws = ws
+        .protocols([auth::SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(HARD_MAX_MESSAGE_BYTES)
+        .max_frame_size(HARD_MAX_MESSAGE_BYTES);
+    let identity = match &state.auth {
+        None => None,
+        Some(verifier) => {
+            let token = auth::token_from_request(&headers, params.token.as_deref());
+            match verifier.verify(token, &room) {
+                Ok(identity) => Some(identity),
+                Err(refusal) => {
+                    let (code, reason) = refusal.close();
+                    tracing::info!(%address, room, code, reason, "refused websocket: sign-in");
+                    state.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
+                    return ws.on_upgrade(move |socket| {
+                        let tracker = state.tracker.clone();
+                        tracker.track_future(session::refuse(socket, slot, code, reason))
+                    });
+                }
+            }
+        }
+    };
     // A position is checked against the room now, so that one in the future is an HTTP
     // error rather than a connection that silently drops every live message. If Redis
     // does not answer, the connection reports that itself.
@@ -115,14 +142,12 @@ pub async fn upgrade(
         epoch,
         history,
         room_state,
+        identity,
     };
-    ws.read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(HARD_MAX_MESSAGE_BYTES)
-        .max_frame_size(HARD_MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| {
-            let tracker = state.tracker.clone();
-            tracker.track_future(session::serve(socket, state, join))
-        })
+    ws.on_upgrade(move |socket| {
+        let tracker = state.tracker.clone();
+        tracker.track_future(session::serve(socket, state, join))
+    })
 }
 
 /// Browsers always send Origin on WebSocket requests; other clients need not, and

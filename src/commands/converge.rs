@@ -57,6 +57,7 @@ pub async fn converge(
         redis_tls: true,
         redis_cluster: stack.spec.redis.shards > 1,
         trusted_proxies: &stack.spec.network.cidr,
+        auth: preflight.auth.as_ref(),
     };
     let mut launch = Launch::new(
         &preflight.image,

@@ -9,6 +9,7 @@ pub mod plan;
 pub mod policy;
 mod preflight;
 pub mod status;
+pub mod token;
 pub mod up;
 
 use std::io::{BufRead, IsTerminal, Write};

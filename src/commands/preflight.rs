@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use crate::binary::{self, Binary, Linkage};
 use crate::dns::{self, HostedZone};
+use crate::identity::{self, ChatAuth};
 use crate::instances::{self, Image};
 use crate::stack::Stack;
 use crate::{load_balancer, network};
@@ -20,11 +21,15 @@ pub struct Preflight {
     pub zone: HostedZone,
     pub binary: Binary,
     pub image: Image,
+    /// Sign-in, when `chat.auth` asks for it: what the instances verify tokens with.
+    pub auth: Option<ChatAuth>,
 }
 
 /// Everything that can fail before a resource is created: credentials, the hosted zone,
 /// the binary (built here unless given) and its match with the instance type.
 pub async fn preflight(stack: &Stack) -> Result<Preflight> {
+    // A key still to be generated can only be `up --local`'s: refused before anything.
+    let auth = identity::chat_auth(&stack.spec)?;
     let progress = &stack.progress;
     let account = progress
         .step("credentials")
@@ -111,5 +116,6 @@ pub async fn preflight(stack: &Stack) -> Result<Preflight> {
         zone,
         binary,
         image,
+        auth,
     })
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::state::{State, StateDir};
-use super::{LocalRedis, process_is, signal_and_wait};
+use super::{LocalRedis, dev_key, process_is, signal_and_wait};
 use crate::aws::{AwsArgs, Call, Clients};
 use crate::deploy::Health;
 use crate::engine::{Changes, Pace, Progress};
@@ -46,13 +46,22 @@ impl Environment {
     /// installed.
     pub async fn start(file: &Path, aws: &AwsArgs) -> Result<Environment> {
         super::check_programs()?;
-        let spec = StackSpec::load(file)?;
+        let mut spec = StackSpec::load(file)?;
         refuse_aws_flags(aws)?;
+        let state_dir = StateDir::of(repository(), &spec.name);
+        let made_key = dev_key::resolve(&mut spec, &state_dir, true)?;
         let endpoint = localstack("start").await?.context(
             "scripts/localstack.sh could not start LocalStack (see above; \
              `scripts/localstack.sh logs` has its log)",
         )?;
         let environment = Self::connect(file, spec, aws, &endpoint, Changes::default()).await;
+        if let Some(private) = made_key {
+            environment.stack.progress.note(&format!(
+                "made a development key pair for chat sign-in ({}); `realtime-stack token \
+                 --sub alice --name Alice` signs a token with it",
+                private.display()
+            ));
+        }
         ensure_hosted_zone(&environment.stack).await?;
         environment.ensure_redis().await?;
         environment.ensure_emulator(&endpoint).await?;
@@ -67,8 +76,10 @@ impl Environment {
         aws: &AwsArgs,
         changes: Changes,
     ) -> Result<Option<Environment>> {
-        let spec = StackSpec::load(file)?;
+        let mut spec = StackSpec::load(file)?;
         refuse_aws_flags(aws)?;
+        let state_dir = StateDir::of(repository(), &spec.name);
+        dev_key::resolve(&mut spec, &state_dir, false)?;
         Ok(match localstack("status").await? {
             Some(endpoint) => Some(Self::connect(file, spec, aws, &endpoint, changes).await),
             None => None,

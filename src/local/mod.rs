@@ -15,10 +15,13 @@
 //! - EC2 and the load balancer at work: the emulator ([`emulator`]), a process per stack
 //!   that boots the instances LocalStack says run and proxies one port to them;
 //! - for the commands, [`Environment`]: the stack aimed at LocalStack, and the
-//!   [`crate::platform::Platform`] that answers from what runs here.
+//!   [`crate::platform::Platform`] that answers from what runs here;
+//! - the identity service, for `chat.auth.generate`: a development key pair
+//!   ([`dev_private_key`]).
 //!
 //! Nothing here is on the AWS path: the commands reach it only through `--local`.
 
+mod dev_key;
 pub mod emulator;
 mod environment;
 mod imds;
@@ -37,6 +40,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::programs;
 
+pub use dev_key::private_key_path as dev_private_key;
 pub use environment::{EMULATOR, Environment, repository};
 pub use imds::Imds;
 pub use instance::{

@@ -1,7 +1,7 @@
 //! The walk over the parsed file: every lookup records its problems and carries on.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use miette::SourceSpan;
 use saphyr::{LoadableYamlNode, MarkedYaml, Marker, Scalar, YamlData};
@@ -77,6 +77,8 @@ fn join(path: &str, key: &str) -> String {
 /// Walks the parsed file and records every problem it finds.
 pub(super) struct Checker<'s> {
     pub(super) source: &'s str,
+    /// The stack file's directory: files it names are relative to it.
+    pub(super) dir: &'s Path,
     pub(super) problems: Vec<Problem>,
 }
 
@@ -186,6 +188,7 @@ impl<'s> Checker<'s> {
         let instances = self.instances(&root);
         let load_balancer = self.load_balancer(&root);
         let redis = self.redis(&root);
+        let chat = self.chat(&root);
         let tags = self.optional(&root, "tags", BTreeMap::new(), |ck, p, n| ck.tags(p, n));
 
         Some(StackSpec {
@@ -196,6 +199,7 @@ impl<'s> Checker<'s> {
             instances: instances?,
             load_balancer: load_balancer?,
             redis: redis?,
+            chat: chat?,
             tags: tags?,
         })
     }
@@ -607,6 +611,84 @@ impl<'s> Checker<'s> {
             ok &= self.check(&path, At::of(field.value), rule).is_some();
         }
         ok
+    }
+
+    fn chat(&mut self, root: &Section<'_, '_>) -> Option<ChatSpec> {
+        let section = self.subsection(root, "chat", CHAT_KEYS)?;
+        let auth = match section.get("auth") {
+            None => None,
+            Some(field) => {
+                let path = section.path("auth");
+                let auth = self.section(field.value, field.key, &path, AUTH_KEYS)?;
+                Some(self.auth(&auth)?)
+            }
+        };
+        Some(ChatSpec { auth })
+    }
+
+    fn auth(&mut self, section: &Section<'_, '_>) -> Option<AuthSpec> {
+        let file = self.optional(section, "public_key_file", None, |ck, p, n| {
+            let text = ck.string(p, n)?;
+            ck.public_key_file(p, At::of(n), &text).map(Some)
+        });
+        let generate = self.optional(section, "generate", false, |ck, p, n| {
+            if let YamlData::Value(Scalar::Boolean(value)) = n.data {
+                Some(value)
+            } else {
+                ck.type_error(p, n, "true or false");
+                None
+            }
+        });
+        let mut claim = |key: &str| {
+            self.optional(section, key, None, |ck, p, n| {
+                let text = ck.string(p, n)?;
+                ck.check(p, At::of(n), claim_value(&text)).map(Some)
+            })
+        };
+        let (issuer, audience) = (claim("issuer"), claim("audience"));
+        let key = match (file?, generate?) {
+            (Some(_), true) => {
+                let at = section.get("generate")?.key;
+                let invalid = Invalid::new("give `public_key_file` or `generate: true`, not both")
+                    .help("`generate` is for `up --local` only; remove it to use the key file");
+                self.report(&section.path("generate"), at, invalid);
+                return None;
+            }
+            (Some((path, pem)), false) => AuthKey::File { path, pem },
+            (None, true) => AuthKey::Generate,
+            (None, false) => {
+                let invalid = Invalid::new("needs `public_key_file`, or `generate: true`")
+                    .help(
+                        "name your identity service's public key (PEM, Ed25519 or P-256), or                          let `up --local` make a development key pair; remove `chat.auth` to                          keep the chat open",
+                    );
+                self.report(&section.path, section.at, invalid);
+                return None;
+            }
+        };
+        Some(AuthSpec {
+            key,
+            issuer: issuer?,
+            audience: audience?,
+        })
+    }
+
+    /// The sign-in public key file: it must exist and hold an Ed25519 or P-256 public
+    /// key in PEM. Returns its path (relative to the stack file's directory) and text.
+    fn public_key_file(&mut self, path: &str, at: At, text: &str) -> Option<(PathBuf, String)> {
+        let file = self.dir.join(text);
+        let help = "give the PEM file of your identity service's public key, relative to                     the stack file; export it with `openssl pkey -in private.pem -pubout`";
+        let rule = match std::fs::read_to_string(&file) {
+            Err(err) => Err(Invalid::new(format!(
+                "cannot read `{text}` ({}): {err}",
+                file.display()
+            ))
+            .help(help)),
+            Ok(pem) => match crate::identity::PublicKey::from_pem(&pem) {
+                Ok(_) => Ok((file, pem)),
+                Err(why) => Err(Invalid::new(format!("`{text}` {why}")).help(help)),
+            },
+        };
+        self.check(path, at, rule)
     }
 
     fn tags(&mut self, path: &str, node: &MarkedYaml<'_>) -> Option<BTreeMap<String, String>> {

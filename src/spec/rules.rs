@@ -381,3 +381,20 @@ pub(super) fn tag_value(value: &str) -> Rule<String> {
     }
     Ok(value.to_string())
 }
+
+/// An `iss` or `aud` a token must carry: it reaches the instances inside a quoted shell
+/// value and an environment file, so it is 1 to 256 visible ASCII characters without
+/// quotes, backslashes, `$` or backticks (URLs and plain names pass).
+pub(super) fn claim_value(text: &str) -> Rule<String> {
+    let valid = !text.is_empty()
+        && text.len() <= 256
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'\'' | b'"' | b'\\' | b'$' | b'`'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(Invalid::new(format!("`{text}` is not a usable claim value"))
+            .help("use 1 to 256 visible ASCII characters without quotes, backslashes, `$` or backticks, such as https://id.example.com"))
+    }
+}

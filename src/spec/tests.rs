@@ -67,6 +67,7 @@ fn defaults() -> StackSpec {
             engine: "redis".into(),
             engine_version: None,
         },
+        chat: ChatSpec::default(),
         tags: BTreeMap::new(),
     }
 }
@@ -126,6 +127,11 @@ redis:
   shards: 4
   engine: valkey
   engine_version: 8.0
+chat:
+  auth:
+    generate: true
+    issuer: https://id.example
+    audience: chat
 tags:
   team: chat
   cost-center: 1234
@@ -164,6 +170,13 @@ tags:
             engine: "valkey".into(),
             // Written unquoted, it is still taken as written, not as the float 8.
             engine_version: Some("8.0".into()),
+        },
+        chat: ChatSpec {
+            auth: Some(AuthSpec {
+                key: AuthKey::Generate,
+                issuer: Some("https://id.example".into()),
+                audience: Some("chat".into()),
+            }),
         },
         tags: BTreeMap::from([
             ("cost-center".into(), "1234".into()),
@@ -849,4 +862,135 @@ fn positions_count_characters_and_labels_use_bytes() {
     assert_eq!((problem.line, problem.column), (6, 9));
     let span = problem.span.unwrap();
     assert_eq!(&source[span.offset()..span.offset() + span.len()], "é;b");
+}
+
+// ---------------------------------------------------------------- chat.auth
+
+const P384_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAErpRj8AFYDnUhPuoaa6wbho73sOzbrpVA
+ayun2XKs3BrxT7DT4EXv8wt0CJp+FIHIgek+d/NRXvpvWVNHqikX2Eaho4POvJ99
+3HGBmMGKh4zawbTn7v5+6xoi6B9gbYWr
+-----END PUBLIC KEY-----
+";
+
+/// The problems of the minimal file plus `extra`, read in `dir`.
+fn problems_in(dir: &Path, extra: &str) -> Vec<Problem> {
+    match StackSpec::parse_in(&with(extra), "stack.yaml", dir) {
+        Ok(spec) => panic!("expected problems, parsed {spec:?}"),
+        Err(err) => err.problems,
+    }
+}
+
+#[test]
+fn chat_auth_names_a_public_key_file_relative_to_the_stack_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    let pair = crate::identity::generate_ed25519().unwrap();
+    std::fs::write(dir.path().join("keys/id.pem"), &pair.public_pem).unwrap();
+    let extra = "chat:\n  auth:\n    public_key_file: keys/id.pem\n    issuer: https://id.example\n    audience: chat\n";
+    std::fs::write(dir.path().join("stack.yaml"), with(extra)).unwrap();
+    // Loaded from elsewhere: the key is found beside the stack file.
+    let spec = StackSpec::load(&dir.path().join("stack.yaml")).unwrap();
+    assert_eq!(
+        spec.chat.auth,
+        Some(AuthSpec {
+            key: AuthKey::File {
+                path: dir.path().join("keys/id.pem"),
+                pem: pair.public_pem.clone(),
+            },
+            issuer: Some("https://id.example".into()),
+            audience: Some("chat".into()),
+        })
+    );
+    // A P-256 key too.
+    let p256 = p256::SecretKey::from_slice(&[7u8; 32])
+        .unwrap()
+        .public_key();
+    let pem = p256::pkcs8::EncodePublicKey::to_public_key_pem(&p256, Default::default()).unwrap();
+    std::fs::write(dir.path().join("p256.pem"), pem).unwrap();
+    let generated = StackSpec::parse_in(
+        &with("chat:\n  auth: {public_key_file: p256.pem}\n"),
+        "stack.yaml",
+        dir.path(),
+    )
+    .unwrap();
+    assert!(matches!(
+        generated.chat.auth.unwrap().key,
+        AuthKey::File { .. }
+    ));
+    let generated =
+        StackSpec::parse(&with("chat:\n  auth:\n    generate: true\n"), "stack.yaml").unwrap();
+    assert_eq!(generated.chat.auth.unwrap().key, AuthKey::Generate);
+    assert_eq!(
+        StackSpec::parse(&with("chat:\n"), "stack.yaml").unwrap(),
+        defaults()
+    );
+}
+
+#[test]
+fn chat_auth_key_files_are_checked_at_load_with_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = crate::identity::generate_ed25519().unwrap();
+    std::fs::write(dir.path().join("private.pem"), &pair.private_pem).unwrap();
+    std::fs::write(dir.path().join("p384.pem"), P384_PUBLIC_KEY).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+    let at = |problems: Vec<Problem>| {
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        let p = &problems[0];
+        (p.path.clone(), p.line, p.column, p.message.clone())
+    };
+    let (path, line, column, message) = at(problems_in(
+        dir.path(),
+        "chat:\n  auth:\n    public_key_file: missing.pem\n",
+    ));
+    assert_eq!(
+        (path.as_str(), line, column),
+        ("chat.auth.public_key_file", 7, 22)
+    );
+    assert!(message.contains("cannot read `missing.pem`"), "{message}");
+    for (file, needle) in [
+        ("private.pem", "holds a private key"),
+        ("p384.pem", "is not an Ed25519 or ECDSA P-256 public key"),
+        ("notes.txt", "is not an Ed25519 or ECDSA P-256 public key"),
+    ] {
+        let (_, line, column, message) = at(problems_in(
+            dir.path(),
+            &format!("chat:\n  auth: {{public_key_file: {file}}}\n"),
+        ));
+        assert_eq!((line, column), (6, 27), "{file}");
+        assert!(message.contains(needle), "{file}: {message}");
+        assert!(!message.contains("PRIVATE"), "a key's text in a message");
+    }
+}
+
+#[test]
+fn chat_auth_needs_exactly_one_key_and_usable_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("id.pem"),
+        crate::identity::generate_ed25519().unwrap().public_pem,
+    )
+    .unwrap();
+    let only = |extra: &str| {
+        let found = problems_in(dir.path(), extra);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let p = found.into_iter().next().unwrap();
+        (p.path, p.line, p.column, p.message)
+    };
+    let (path, line, column, message) = only("chat:\n  auth:\n    issuer: https://id.example\n");
+    assert_eq!((path.as_str(), line, column), ("chat.auth", 6, 3));
+    assert!(message.contains("needs `public_key_file`"));
+    let (path, line, _, message) =
+        only("chat:\n  auth:\n    public_key_file: id.pem\n    generate: true\n");
+    assert_eq!((path.as_str(), line), ("chat.auth.generate", 8));
+    assert!(message.contains("not both"));
+    let (path, _, _, message) = only("chat:\n  auth: {generate: yes please}\n");
+    assert_eq!(path, "chat.auth.generate");
+    assert!(message.contains("expected true or false"));
+    let (path, line, column, _) =
+        only("chat:\n  auth:\n    generate: true\n    audience: \"it's\"\n");
+    assert_eq!((path.as_str(), line, column), ("chat.auth.audience", 8, 15));
+    let (path, _, _, message) = only("chat:\n  auth:\n    generate: true\n    isuer: x\n");
+    assert_eq!(path, "chat.auth.isuer");
+    assert!(message.contains("unknown key"));
 }

@@ -74,6 +74,103 @@ fn kill_child(child: &mut Child, signal: &str) {
         .status();
 }
 
+/// Runs `openssl` in `dir`, failing the test with its error output.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new(tool("openssl", "openssl"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------- sign-in keys
+
+/// A signing key pair made by `openssl`, as an identity service would have one: the
+/// public half as the PEM file the server is given, the private half signing tokens.
+pub struct KeyPair {
+    pub public_pem: PathBuf,
+    private_der: Vec<u8>,
+    algorithm: jsonwebtoken::Algorithm,
+}
+
+impl KeyPair {
+    pub fn ed25519(dir: &Path, name: &str) -> KeyPair {
+        Self::generate(dir, name, &["-algorithm", "ed25519"])
+    }
+
+    pub fn p256(dir: &Path, name: &str) -> KeyPair {
+        Self::generate(
+            dir,
+            name,
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        )
+    }
+
+    pub fn p384(dir: &Path, name: &str) -> KeyPair {
+        Self::generate(
+            dir,
+            name,
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        )
+    }
+
+    fn generate(dir: &Path, name: &str, algorithm: &[&str]) -> KeyPair {
+        let private = format!("{name}.pem");
+        let public = format!("{name}.pub.pem");
+        let der = format!("{name}.der");
+        let mut genpkey = vec!["genpkey"];
+        genpkey.extend_from_slice(algorithm);
+        genpkey.extend(["-out", &private]);
+        openssl(dir, &genpkey);
+        openssl(dir, &["pkey", "-in", &private, "-pubout", "-out", &public]);
+        // PKCS#8, as jsonwebtoken reads private keys (`pkey -outform DER` writes SEC1
+        // for EC keys).
+        openssl(
+            dir,
+            &[
+                "pkcs8", "-topk8", "-nocrypt", "-in", &private, "-outform", "DER", "-out", &der,
+            ],
+        );
+        KeyPair {
+            public_pem: dir.join(public),
+            private_der: std::fs::read(dir.join(der)).unwrap(),
+            algorithm: if algorithm[1] == "ed25519" {
+                jsonwebtoken::Algorithm::EdDSA
+            } else {
+                jsonwebtoken::Algorithm::ES256
+            },
+        }
+    }
+
+    pub fn public_pem_path(&self) -> &str {
+        self.public_pem.to_str().unwrap()
+    }
+
+    /// A JWT of `claims`, signed with the private key.
+    pub fn token(&self, claims: &Value) -> String {
+        let key = match self.algorithm {
+            jsonwebtoken::Algorithm::EdDSA => {
+                jsonwebtoken::EncodingKey::from_ed_der(&self.private_der)
+            }
+            _ => jsonwebtoken::EncodingKey::from_ec_der(&self.private_der),
+        };
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(self.algorithm), claims, &key).unwrap()
+    }
+}
+
+/// Seconds since the Unix epoch, as JWT times are.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 // ---------------------------------------------------------------- redis-server
 
 /// Certificates for a TLS Redis: a CA, and a server certificate for 127.0.0.1 signed by it.
@@ -85,19 +182,7 @@ pub struct TlsFiles {
 
 impl TlsFiles {
     pub fn generate(dir: &Path) -> TlsFiles {
-        let openssl = tool("openssl", "openssl");
-        let run = |args: &[&str]| {
-            let out = Command::new(&openssl)
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "openssl {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let run = |args: &[&str]| openssl(dir, args);
         run(&[
             "req",
             "-x509",
@@ -485,6 +570,8 @@ pub struct Server {
     pub instance: String,
     /// Set when the server's log shows a panic (a task's, which the process survives).
     panicked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Every line the server logged so far.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     child: Child,
 }
 
@@ -520,9 +607,12 @@ impl Server {
         let tag = instance.to_owned();
         let panicked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let saw_panic = panicked.clone();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[{tag}] {line}");
+                lines.lock().unwrap().push(line.clone());
                 if line.contains("panicked") {
                     saw_panic.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -542,8 +632,18 @@ impl Server {
             addr,
             instance: instance.to_owned(),
             panicked,
+            log,
             child,
         }
+    }
+
+    /// Whether any line the server logged so far contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(needle))
     }
 
     /// Whether the server logged a panic so far.
@@ -636,6 +736,49 @@ impl Client {
         client.hello = client.next_json().await;
         assert_eq!(client.hello["type"], "hello", "first frame must be hello");
         client
+    }
+
+    /// Connects to `/ws{query}` offering `protocols` as `Sec-WebSocket-Protocol`, and
+    /// returns the protocol the server chose and the first event: the hello (also kept
+    /// as `hello`), or the close of a refused connection.
+    pub async fn open(
+        server: &Server,
+        query: &str,
+        protocols: &[&str],
+    ) -> (Client, Option<String>, Event) {
+        let mut request = server.ws_url(query).into_client_request().unwrap();
+        if !protocols.is_empty() {
+            request.headers_mut().insert(
+                "sec-websocket-protocol",
+                protocols.join(", ").parse().unwrap(),
+            );
+        }
+        let (ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("websocket connect timed out")
+            .expect("websocket connect failed");
+        let chosen = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|p| p.to_str().unwrap().to_owned());
+        let mut client = Client {
+            ws,
+            hello: Value::Null,
+        };
+        let first = client.next_event().await;
+        if let Event::Json(hello) = &first {
+            client.hello = hello.clone();
+        }
+        (client, chosen, first)
+    }
+
+    /// Connects to `/ws{query}` expecting the server to close at once, before hello;
+    /// returns the close code and reason.
+    pub async fn refused(server: &Server, query: &str, protocols: &[&str]) -> (u16, String) {
+        match Self::open(server, query, protocols).await.2 {
+            Event::Closed(Some(frame)) => (u16::from(frame.code), frame.reason.to_string()),
+            other => panic!("expected a close frame first, got {other:?}"),
+        }
     }
 
     /// Attempts an upgrade with the given Origin; returns the HTTP status of a refusal
