@@ -240,8 +240,11 @@ async fn rooms(args: &Args, count: usize, epoch: Instant, tick: f64) -> anyhow::
                         // Rooms send out of phase, spread over the period.
                         let offset = period.mul_f64(room as f64 / count as f64);
                         let mut tick = tokio::time::interval_at(start + offset, period);
-                        while tokio::time::Instant::now() < end_sending {
+                        loop {
                             tick.tick().await;
+                            if tokio::time::Instant::now() >= end_sending {
+                                break;
+                            }
                             let stamp = epoch.elapsed().as_micros();
                             if sink
                                 .send(send_frame("r", &format!("lat {stamp}")))
