@@ -94,7 +94,7 @@ async fn follow_until_error(
             _ = hub.changed() => follow(&mut conn, store, hub, hub.take_joined()).await?,
             _ = role_check.tick() => {
                 conn.check().await?;
-                let left: Vec<String> = hub.prune().iter().map(|room| store::live_channel(room)).collect();
+                let left = hub.prune();
                 if !left.is_empty() {
                     conn.unsubscribe(&left).await?;
                 }
@@ -154,25 +154,31 @@ impl Live {
         Ok(())
     }
 
-    async fn subscribe(&mut self, channels: &[String]) -> anyhow::Result<()> {
+    /// Subscribes to the live channels of `rooms`.
+    async fn subscribe(&mut self, rooms: &[String]) -> anyhow::Result<()> {
+        let channels = live_channels(rooms);
         match self {
-            Live::Single(conn) => conn.subscribe(channels).await.context("SUBSCRIBE"),
+            Live::Single(conn) => conn.subscribe(&channels).await.context("SUBSCRIBE"),
             // One command per channel: rooms hash to different slots (`CROSSSLOT`).
-            Live::Cluster(conn) => each_channel(conn, channels, |mut conn, channel| async move {
+            Live::Cluster(conn) => on_each_shard(conn, &channels, |mut conn, channel| async move {
                 conn.ssubscribe(channel).await
             })
             .await
+            .map(drop)
             .context("SSUBSCRIBE"),
         }
     }
 
-    async fn unsubscribe(&mut self, channels: &[String]) -> anyhow::Result<()> {
+    /// Lets go of the live channels of `rooms`.
+    async fn unsubscribe(&mut self, rooms: &[String]) -> anyhow::Result<()> {
+        let channels = live_channels(rooms);
         match self {
-            Live::Single(conn) => conn.unsubscribe(channels).await.context("UNSUBSCRIBE"),
-            Live::Cluster(conn) => each_channel(conn, channels, |mut conn, channel| async move {
+            Live::Single(conn) => conn.unsubscribe(&channels).await.context("UNSUBSCRIBE"),
+            Live::Cluster(conn) => on_each_shard(conn, &channels, |mut conn, channel| async move {
                 conn.sunsubscribe(channel).await
             })
             .await
+            .map(drop)
             .context("SUNSUBSCRIBE"),
         }
     }
@@ -188,19 +194,17 @@ impl Live {
                 }
                 pipe.query_async(conn).await.context("XRANGE catching up")
             }
-            Live::Cluster(conn) => {
-                let replies = futures_util::future::join_all(reads.iter().map(|read| {
-                    let mut conn = conn.clone();
-                    async move { read.query_async::<StreamRangeReply>(&mut conn).await }
-                }))
-                .await;
-                replies
-                    .into_iter()
-                    .collect::<Result<_, _>>()
-                    .context("XRANGE catching up")
-            }
+            Live::Cluster(conn) => on_each_shard(conn, reads, |mut conn, read| async move {
+                read.query_async(&mut conn).await
+            })
+            .await
+            .context("XRANGE catching up"),
         }
     }
+}
+
+fn live_channels(rooms: &[String]) -> Vec<String> {
+    rooms.iter().map(|room| store::live_channel(room)).collect()
 }
 
 /// Subscribes to `rooms` and catches each up from where the hub stands.
@@ -211,8 +215,7 @@ async fn follow(
     rooms: Vec<String>,
 ) -> anyhow::Result<()> {
     for batch in rooms.chunks(BATCH) {
-        let channels: Vec<String> = batch.iter().map(|room| store::live_channel(room)).collect();
-        conn.subscribe(&channels).await?;
+        conn.subscribe(batch).await?;
         catch_up(conn, store, hub, batch).await?;
     }
     Ok(())
@@ -233,15 +236,7 @@ async fn catch_up(
     while !pending.is_empty() {
         let reads: Vec<redis::Cmd> = pending
             .iter()
-            .map(|(room, after)| {
-                let mut read = redis::cmd("XRANGE");
-                read.arg(store::stream_key(room))
-                    .arg(format!("({after}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(READ_COUNT);
-                read
-            })
+            .map(|(room, after)| store::read_after(room, *after, READ_COUNT))
             .collect();
         let replies = conn.read_all(&reads).await?;
         let mut more = Vec::new();
@@ -312,25 +307,22 @@ async fn receive(conn: &mut Live, store: &Store, hub: &Hub, push: PushInfo) -> a
     Ok(())
 }
 
-/// `command` for every channel at once, each on a handle of the cluster connection,
-/// which routes it to the channel's shard.
-async fn each_channel<F, Fut>(
+/// `command` for every item at once, each on its own handle of the cluster connection,
+/// which routes it to the shard of the item's slot.
+async fn on_each_shard<T, R, F, Fut>(
     conn: &ClusterConnection,
-    channels: &[String],
+    items: &[T],
     command: F,
-) -> redis::RedisResult<()>
+) -> redis::RedisResult<Vec<R>>
 where
-    F: Fn(ClusterConnection, String) -> Fut,
-    Fut: Future<Output = redis::RedisResult<()>>,
+    T: Clone,
+    F: Fn(ClusterConnection, T) -> Fut,
+    Fut: Future<Output = redis::RedisResult<R>>,
 {
-    futures_util::future::join_all(
-        channels
-            .iter()
-            .map(|channel| command(conn.clone(), channel.clone())),
-    )
-    .await
-    .into_iter()
-    .collect()
+    futures_util::future::join_all(items.iter().map(|item| command(conn.clone(), item.clone())))
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// The room of the live channel a push names.

@@ -219,15 +219,23 @@ impl Store {
         after: StreamId,
         count: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(stream_key(room))
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count);
-        let reply: StreamRangeReply = self.redis.call(Request::Cmd(&cmd)).await?;
+        let reply: StreamRangeReply = self
+            .redis
+            .call(Request::Cmd(&read_after(room, after, count)))
+            .await?;
         Ok(entries(room, &reply.ids))
     }
+}
+
+/// `XRANGE` of up to `count` entries of the room's stream after `after`, oldest first.
+pub fn read_after(room: &str, after: StreamId, count: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(stream_key(room))
+        .arg(format!("({after}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(count);
+    cmd
 }
 
 fn parse_id(id: &str) -> Result<StreamId, StoreError> {
