@@ -99,6 +99,15 @@ pub struct Config {
     #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 10.0)]
     pub rate_burst: f64,
 
+    /// Rooms one connection may be in at once (`join` frames beyond are refused).
+    #[arg(long, env = "CHAT_MAX_ROOMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_rooms_per_connection: u16,
+
+    /// Seconds a presence entry lives unless its instance refreshes it (every third of
+    /// this): how long a member of an instance that died stays listed.
+    #[arg(long, env = "CHAT_PRESENCE_TTL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
+    pub presence_ttl_secs: u64,
+
     /// PEM public key (Ed25519 or ECDSA P-256) verifying the JWTs clients must present
     /// to open `/ws` (EdDSA or ES256, as the key says). Unset: no sign-in, anyone may
     /// post under any name.

@@ -50,6 +50,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(state.hub.room_count()),
+        state
+            .metrics
+            .render(state.hub.room_count(), state.presence.counts()),
     )
 }

@@ -9,18 +9,31 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, broadcast};
 
 use crate::protocol::StreamId;
+use crate::random::random_u64;
 
-/// A frame ready to go out: serialized once, shared by every client of the room. `id` is
-/// the stream entry it belongs to; a client whose replay already covered it skips it.
+/// A frame ready to go out: serialized once, shared by every client of the room.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
-    pub id: StreamId,
+    pub about: About,
     pub frame: Utf8Bytes,
+}
+
+/// What an [`Outgoing`] frame is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum About {
+    /// A stream entry (its message, or a `recovery` notice before it): a client whose
+    /// replay already covered the entry skips it.
+    Entry(StreamId),
+    /// An ephemeral event (presence, typing), only for clients that asked for them.
+    /// `origin` is the local connection that caused it, which does not get it back; 0
+    /// for none here.
+    Event { origin: u64 },
 }
 
 struct Room {
@@ -37,6 +50,10 @@ struct Rooms {
 
 pub struct Hub {
     state: Mutex<Rooms>,
+    /// Names this process in the origin of events, so that a connection's own typing
+    /// event, coming back from Redis, is told apart from another instance's.
+    tag: String,
+    connections: AtomicU64,
     capacity: usize,
     /// Wakes the reader when a room is joined.
     changed: Notify,
@@ -46,9 +63,30 @@ impl Hub {
     pub fn new(capacity: usize) -> Self {
         Hub {
             state: Mutex::new(Rooms::default()),
+            tag: format!("{:x}", random_u64()),
+            connections: AtomicU64::new(0),
             capacity: capacity.max(1),
             changed: Notify::new(),
         }
+    }
+
+    /// A new connection's number, never 0.
+    pub fn new_connection(&self) -> u64 {
+        self.connections.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A connection's name across instances: `<process tag>.<number>`.
+    pub fn origin(&self, connection: u64) -> String {
+        format!("{}.{connection}", self.tag)
+    }
+
+    /// The number of the local connection `origin` names; 0 if it is not one of ours.
+    pub fn local_connection(&self, origin: &str) -> u64 {
+        origin
+            .split_once('.')
+            .filter(|(tag, _)| *tag == self.tag)
+            .and_then(|(_, n)| n.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Subscribes to a room this instance already reads, if it does.
@@ -138,14 +176,21 @@ impl Hub {
             return 0;
         }
         room.last_id = id;
-        frame.map_or(0, |frame| room.tx.send(Outgoing { id, frame }).unwrap_or(0))
+        frame.map_or(0, |frame| {
+            room.tx
+                .send(Outgoing {
+                    about: About::Entry(id),
+                    frame,
+                })
+                .unwrap_or(0)
+        })
     }
 
-    /// Sends a frame about entry `id` (which comes next) to the room's local clients
-    /// without moving the room's position.
-    pub fn announce(&self, room: &str, id: StreamId, frame: Utf8Bytes) {
+    /// Sends a frame to the room's local clients without moving the room's position:
+    /// one about entry `id` (which comes next), or an ephemeral event.
+    pub fn announce(&self, room: &str, about: About, frame: Utf8Bytes) {
         if let Some(room) = self.state.lock().unwrap().rooms.get(room) {
-            let _ = room.tx.send(Outgoing { id, frame });
+            let _ = room.tx.send(Outgoing { about, frame });
         }
     }
 
@@ -173,9 +218,19 @@ mod tests {
         assert_eq!(hub.publish("b", id("7-0"), frame()), 0);
         // An undecodable entry moves the position without a frame.
         assert_eq!(hub.publish("a", id("8-0"), None), 0);
-        assert_eq!(rx.try_recv().unwrap().id, id("6-0"));
+        assert_eq!(rx.try_recv().unwrap().about, About::Entry(id("6-0")));
         assert!(rx.try_recv().is_err());
         assert_eq!(hub.position("a"), Some(id("8-0")));
+    }
+
+    #[test]
+    fn a_connection_s_origin_is_recognised_only_by_its_own_process() {
+        let (here, there) = (Hub::new(1), Hub::new(1));
+        let connection = here.new_connection();
+        assert_ne!(connection, 0);
+        assert_eq!(here.local_connection(&here.origin(connection)), connection);
+        assert_eq!(there.local_connection(&here.origin(connection)), 0);
+        assert_eq!(here.local_connection("garbage"), 0);
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod http;
 mod hub;
 mod limits;
 mod metrics;
+mod presence;
 mod protocol;
 mod random;
 mod reader;
@@ -62,6 +63,9 @@ pub struct AppState {
     pub address_limits: Arc<limits::AddressLimits>,
     /// Verifies sign-in tokens; `None`: the server is open.
     pub auth: Option<auth::Verifier>,
+    pub presence: Arc<presence::Presence>,
+    /// Rooms one connection may be in at once.
+    pub max_rooms: usize,
 }
 
 #[tokio::main]
@@ -84,6 +88,11 @@ async fn main() -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
     background.spawn(health::run(store.clone(), metrics.clone(), stop.clone()));
+    let presence = Arc::new(presence::Presence::new(
+        store.clone(),
+        Duration::from_secs(config.presence_ttl_secs),
+    ));
+    background.spawn(presence.clone().heartbeat(stop.clone()));
     background.spawn(reader::run(
         store.clone(),
         hub.clone(),
@@ -111,6 +120,8 @@ async fn main() -> anyhow::Result<()> {
             config.new_rooms_per_minute,
         )),
         auth,
+        presence,
+        max_rooms: usize::from(config.max_rooms_per_connection),
     });
     // Before "listening" is logged: a SIGTERM that arrives once we look up must drain.
     let mut signals = Signals::install()?;

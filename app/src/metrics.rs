@@ -30,10 +30,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn render(&self, rooms: usize) -> String {
+    /// The metrics, with the gauges read elsewhere: rooms followed here, and presence
+    /// entries (connection × room) kept alive here and the rooms they are in.
+    pub fn render(&self, rooms: usize, presence: (usize, usize)) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
-        let rows: [(&str, &str, &str, u64); 14] = [
+        let rows: [(&str, &str, &str, u64); 16] = [
             (
                 "chat_connections",
                 "gauge",
@@ -87,6 +89,18 @@ impl Metrics {
                 "gauge",
                 "Rooms with clients on this instance.",
                 rooms as u64,
+            ),
+            (
+                "chat_presence_entries",
+                "gauge",
+                "Presence entries (a connection in a room, for a signed-in user or a named guest) this instance keeps alive.",
+                presence.0 as u64,
+            ),
+            (
+                "chat_presence_rooms",
+                "gauge",
+                "Rooms with presence entries from this instance.",
+                presence.1 as u64,
             ),
             (
                 "chat_redis_up",

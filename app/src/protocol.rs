@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Longest room name accepted in `/ws?room=`.
 pub const MAX_ROOM_LEN: usize = 64;
@@ -50,6 +50,50 @@ pub fn valid_token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.'))
 }
 
+/// A checked room name, or a rejection saying what a room name may be.
+pub fn parse_room(room: &str) -> Result<String, Rejection> {
+    if valid_room(room) {
+        return Ok(room.to_owned());
+    }
+    Err(Rejection::new(
+        "invalid_room",
+        format!("invalid room: use 1 to {MAX_ROOM_LEN} characters of A-Z a-z 0-9 _ -"),
+    ))
+}
+
+/// A `since` position: a stream id.
+pub fn parse_since(since: &str) -> Result<StreamId, Rejection> {
+    since
+        .parse()
+        .map_err(|e| Rejection::new("invalid_since", format!("invalid since: {e}")))
+}
+
+/// An `epoch` as a client repeats it.
+pub fn parse_epoch(epoch: &str) -> Result<String, Rejection> {
+    if valid_token(epoch) {
+        return Ok(epoch.to_owned());
+    }
+    Err(Rejection::new(
+        "invalid_epoch",
+        format!("invalid epoch: use 1 to {MAX_TOKEN_LEN} characters of A-Z a-z 0-9 _ - : ."),
+    ))
+}
+
+/// A `history` count, capped at [`MAX_HISTORY`].
+pub fn parse_history(history: &str) -> Result<usize, Rejection> {
+    history
+        .parse::<usize>()
+        .map(|n| n.min(MAX_HISTORY))
+        .map_err(|_| history_rejection())
+}
+
+fn history_rejection() -> Rejection {
+    Rejection::new(
+        "invalid_history",
+        format!("invalid history: a number of messages (at most {MAX_HISTORY} are sent)"),
+    )
+}
+
 /// A Redis stream entry id (`<ms>-<seq>`). Ordered the way Redis orders entries, which
 /// the string form is not (`"9-0" > "10-0"` as strings).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -82,12 +126,21 @@ impl fmt::Display for StreamId {
     }
 }
 
+/// Someone present in a room: a signed-in user (`sub` from the token), or on an open
+/// server a guest who gave a name (`sub` is `guest:<name>`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Member {
+    pub sub: String,
+    pub name: String,
+}
+
 /// Frames the server sends.
 #[derive(Debug, Serialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame<'a> {
-    /// First frame of every connection. `epoch` names the room's history (absent while
-    /// the room has none); `recovered`/`reason` answer a `since`, when one was given.
+    /// First frame of every connection, answering the join of `?room=`. `epoch` names
+    /// the room's history (absent while the room has none); `recovered`/`reason` answer
+    /// a `since`, when one was given.
     Hello {
         instance: &'a str,
         room: &'a str,
@@ -101,6 +154,29 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         user: Option<&'a crate::auth::Identity>,
     },
+    /// A `join` frame's answer, as `hello` answers the first room's.
+    Joined {
+        room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
+    },
+    /// A `leave` frame's answer: nothing more of the room follows.
+    Left { room: &'a str },
+    /// Who is in the room now, each user once however many connections they have.
+    Presence {
+        room: &'a str,
+        members: &'a [Member],
+    },
+    /// A user's first connection joined the room.
+    MemberJoined { room: &'a str, user: &'a Member },
+    /// A user's last connection left the room (or its instance stopped answering).
+    MemberLeft { room: &'a str, user: &'a Member },
+    /// Someone is typing in the room; never stored.
+    Typing { room: &'a str, user: &'a Member },
     /// In-band: messages of the room were lost to this connection while it was open
     /// (the instance's reader resumed after they were trimmed, or Redis lost them).
     Recovery {
@@ -127,6 +203,9 @@ pub enum ServerFrame<'a> {
         /// The `cid` of the `send` refused, when it had a valid one.
         #[serde(skip_serializing_if = "Option::is_none")]
         cid: Option<&'a str>,
+        /// The room the refused frame named, when it named a valid one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
     },
 }
 
@@ -161,10 +240,33 @@ impl ChatMessage {
 /// A validated `send` request.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SendRequest {
+    /// The room to post in; `None`: the connection's first room (`?room=`).
+    pub room: Option<String>,
     pub name: String,
     pub text: String,
     /// The client's id for this message: a retry with the same one is stored once.
     pub cid: Option<String>,
+}
+
+/// A validated join: of `?room=` at the upgrade, or of a `join` frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub room: String,
+    pub since: Option<StreamId>,
+    pub epoch: Option<String>,
+    /// Newest messages to send when nothing is replayed from `since` (capped).
+    pub history: usize,
+    /// Send the room's members, then who joins, leaves and types.
+    pub presence: bool,
+}
+
+/// A validated frame from a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientFrame {
+    Send(SendRequest),
+    Join(JoinRequest),
+    Leave { room: String },
+    Typing { room: String },
 }
 
 /// Why a client frame was refused; `code` is the stable machine-readable part of the
@@ -175,6 +277,7 @@ pub struct Rejection {
     pub code: &'static str,
     pub message: String,
     pub cid: Option<String>,
+    pub room: Option<String>,
 }
 
 impl Rejection {
@@ -183,6 +286,7 @@ impl Rejection {
             code,
             message: message.into(),
             cid: None,
+            room: None,
         }
     }
 
@@ -191,20 +295,31 @@ impl Rejection {
         Rejection { cid, ..self }
     }
 
+    /// The same rejection, naming the room the refused frame was about.
+    pub fn with_room(self, room: &str) -> Self {
+        Rejection {
+            room: Some(room.to_owned()),
+            ..self
+        }
+    }
+
     pub fn to_frame(&self) -> String {
         ServerFrame::Error {
             code: self.code,
             message: self.message.clone(),
             cid: self.cid.as_deref(),
+            room: self.room.as_deref(),
         }
         .to_json()
     }
 }
 
+type Object = serde_json::Map<String, serde_json::Value>;
+
 /// Parses and validates one text frame from a client. With a `speaker` (the name of a
-/// verified token) that is the author, and the frame's own `name`, if any, is ignored;
-/// without one (an open server) a `send` names its author.
-pub fn parse_client_frame(raw: &str, speaker: Option<&str>) -> Result<SendRequest, Rejection> {
+/// verified token) that is the author of a `send`, and the frame's own `name`, if any,
+/// is ignored; without one (an open server) a `send` names its author.
+pub fn parse_client_frame(raw: &str, speaker: Option<&str>) -> Result<ClientFrame, Rejection> {
     if raw.len() > MAX_FRAME_BYTES {
         return Err(Rejection::new(
             "too_large",
@@ -223,23 +338,29 @@ pub fn parse_client_frame(raw: &str, speaker: Option<&str>) -> Result<SendReques
         ));
     };
     match object.get("type").and_then(|t| t.as_str()) {
-        Some("send") => {}
-        Some(other) => {
-            return Err(Rejection::new(
-                "unknown_type",
-                format!(
-                    "unknown frame type {:?}; expected \"send\"",
-                    other.chars().take(32).collect::<String>()
-                ),
-            ));
-        }
-        None => {
-            return Err(Rejection::new(
-                "unknown_type",
-                "frame needs a string field \"type\"",
-            ));
-        }
+        Some("send") => parse_send(object, speaker).map(ClientFrame::Send),
+        Some("join") => parse_join(object).map(ClientFrame::Join),
+        Some("leave") => Ok(ClientFrame::Leave {
+            room: room_field(object, "leave")?,
+        }),
+        Some("typing") => Ok(ClientFrame::Typing {
+            room: room_field(object, "typing")?,
+        }),
+        Some(other) => Err(Rejection::new(
+            "unknown_type",
+            format!(
+                "unknown frame type {:?}; expected \"send\", \"join\", \"leave\" or \"typing\"",
+                other.chars().take(32).collect::<String>()
+            ),
+        )),
+        None => Err(Rejection::new(
+            "unknown_type",
+            "frame needs a string field \"type\"",
+        )),
     }
+}
+
+fn parse_send(object: &Object, speaker: Option<&str>) -> Result<SendRequest, Rejection> {
     let cid = match object.get("cid") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(cid)) if valid_token(cid) => Some(cid.clone()),
@@ -250,36 +371,81 @@ pub fn parse_client_frame(raw: &str, speaker: Option<&str>) -> Result<SendReques
             ));
         }
     };
-    let fields = || -> Result<(&str, &str), Rejection> {
+    let fields = || -> Result<SendRequest, Rejection> {
+        let room = match object.get("room") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(_) => Some(room_field(object, "send")?),
+        };
         let name = match speaker {
             Some(name) => name,
-            None => string_field(object, "name")?,
+            None => string_field(object, "send", "name")?,
         };
-        let text = string_field(object, "text")?;
+        let text = string_field(object, "send", "text")?;
         if speaker.is_none() {
             validate_name(name)?;
         }
         validate_text(text)?;
-        Ok((name, text))
-    };
-    match fields() {
-        Ok((name, text)) => Ok(SendRequest {
+        Ok(SendRequest {
+            room,
             name: name.to_owned(),
             text: text.to_owned(),
-            cid,
-        }),
-        Err(rejection) => Err(rejection.with_cid(cid)),
-    }
+            cid: cid.clone(),
+        })
+    };
+    fields().map_err(|rejection| rejection.with_cid(cid.clone()))
+}
+
+fn parse_join(object: &Object) -> Result<JoinRequest, Rejection> {
+    let room = room_field(object, "join")?;
+    let optional_string = |field: &'static str| -> Result<Option<&str>, Rejection> {
+        match object.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(_) => string_field(object, "join", field).map(Some),
+        }
+    };
+    let parsed = || -> Result<JoinRequest, Rejection> {
+        let history = match object.get("history") {
+            None | Some(serde_json::Value::Null) => 0,
+            Some(n) => n
+                .as_u64()
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX).min(MAX_HISTORY))
+                .ok_or_else(history_rejection)?,
+        };
+        let presence = match object.get("presence") {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(on)) => *on,
+            Some(_) => {
+                return Err(Rejection::new(
+                    "invalid_field",
+                    "\"presence\" must be true or false",
+                ));
+            }
+        };
+        Ok(JoinRequest {
+            since: optional_string("since")?.map(parse_since).transpose()?,
+            epoch: optional_string("epoch")?.map(parse_epoch).transpose()?,
+            history,
+            presence,
+            room: room.clone(),
+        })
+    };
+    parsed().map_err(|rejection| rejection.with_room(&room))
+}
+
+/// The `room` of a `kind` frame, checked.
+fn room_field(object: &Object, kind: &'static str) -> Result<String, Rejection> {
+    parse_room(string_field(object, kind, "room")?)
 }
 
 fn string_field<'a>(
-    object: &'a serde_json::Map<String, serde_json::Value>,
+    object: &'a Object,
+    kind: &'static str,
     field: &'static str,
 ) -> Result<&'a str, Rejection> {
     object.get(field).and_then(|v| v.as_str()).ok_or_else(|| {
         Rejection::new(
             "invalid_field",
-            format!("\"send\" needs a string field {field:?}"),
+            format!("\"{kind}\" needs a string field {field:?}"),
         )
     })
 }
@@ -362,24 +528,102 @@ mod tests {
         assert!(!valid_token(&"x".repeat(MAX_TOKEN_LEN + 1)));
     }
 
+    /// The `send` a frame parses as; fails on anything else.
+    fn send(raw: &str, speaker: Option<&str>) -> Result<SendRequest, Rejection> {
+        match parse_client_frame(raw, speaker)? {
+            ClientFrame::Send(send) => Ok(send),
+            other => panic!("{raw} parsed as {other:?}"),
+        }
+    }
+
     #[test]
     fn accepts_a_valid_send() {
         assert_eq!(
-            parse_client_frame(r#"{"type":"send","name":"alice","text":"hi\nthere"}"#, None),
+            send(r#"{"type":"send","name":"alice","text":"hi\nthere"}"#, None),
             Ok(SendRequest {
+                room: None,
                 name: "alice".into(),
                 text: "hi\nthere".into(),
                 cid: None,
             })
         );
-        let with_cid =
-            parse_client_frame(r#"{"type":"send","name":"a","text":"b","cid":"k-1"}"#, None);
-        assert_eq!(with_cid.unwrap().cid.as_deref(), Some("k-1"));
+        let with_cid = send(
+            r#"{"type":"send","room":"ops","name":"a","text":"b","cid":"k-1"}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(with_cid.cid.as_deref(), Some("k-1"));
+        assert_eq!(with_cid.room.as_deref(), Some("ops"));
+    }
+
+    #[test]
+    fn joins_leaves_and_typing_name_a_valid_room() {
+        assert_eq!(
+            parse_client_frame(
+                r#"{"type":"join","room":"ops","since":"5-1","epoch":"e1","history":500,"presence":true}"#,
+                None
+            ),
+            Ok(ClientFrame::Join(JoinRequest {
+                room: "ops".into(),
+                since: Some("5-1".parse().unwrap()),
+                epoch: Some("e1".into()),
+                history: MAX_HISTORY,
+                presence: true,
+            }))
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"join","room":"ops"}"#, None),
+            Ok(ClientFrame::Join(JoinRequest {
+                room: "ops".into(),
+                ..JoinRequest::default()
+            }))
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"leave","room":"ops"}"#, None),
+            Ok(ClientFrame::Leave { room: "ops".into() })
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"typing","room":"ops"}"#, None),
+            Ok(ClientFrame::Typing { room: "ops".into() })
+        );
+        let refused = |raw: &str| {
+            let rejection = parse_client_frame(raw, None).unwrap_err();
+            (rejection.code, rejection.room)
+        };
+        assert_eq!(
+            refused(r#"{"type":"join","room":"no room"}"#),
+            ("invalid_room", None)
+        );
+        assert_eq!(refused(r#"{"type":"leave"}"#), ("invalid_field", None));
+        assert_eq!(
+            refused(r#"{"type":"join","room":"ops","since":"x"}"#),
+            ("invalid_since", Some("ops".into()))
+        );
+        assert_eq!(
+            refused(r#"{"type":"join","room":"ops","since":5}"#),
+            ("invalid_field", Some("ops".into()))
+        );
+        assert_eq!(
+            refused(r#"{"type":"join","room":"ops","epoch":"a b"}"#),
+            ("invalid_epoch", Some("ops".into()))
+        );
+        assert_eq!(
+            refused(r#"{"type":"join","room":"ops","history":-1}"#),
+            ("invalid_history", Some("ops".into()))
+        );
+        assert_eq!(
+            refused(r#"{"type":"join","room":"ops","presence":"yes"}"#),
+            ("invalid_field", Some("ops".into()))
+        );
+        assert_eq!(
+            refused(r#"{"type":"send","room":"a b","name":"a","text":"b"}"#),
+            ("invalid_room", None)
+        );
     }
 
     #[test]
     fn a_signed_in_speaker_is_the_author_whatever_the_frame_says() {
-        let as_alice = |raw: &str| parse_client_frame(raw, Some("Alice"));
+        let as_alice = |raw: &str| send(raw, Some("Alice"));
         assert_eq!(
             as_alice(r#"{"type":"send","text":"hi"}"#).unwrap().name,
             "Alice"
@@ -492,6 +736,10 @@ mod tests {
             "unknown_type",
             "invalid_field",
             "invalid_cid",
+            "invalid_room",
+            "invalid_since",
+            "invalid_epoch",
+            "invalid_history",
             "invalid_name",
             "invalid_text",
             "name_too_long",
@@ -517,21 +765,34 @@ mod tests {
             })
         }
 
-        /// Objects shaped like a `send`, with every field arbitrary or missing.
-        fn send_like() -> impl Strategy<Value = Value> {
-            let field = prop_oneof![json_value(), any::<String>().prop_map(Value::String)];
+        /// Objects shaped like a client frame (`send`, `join`, `leave`, `typing`), with
+        /// every field arbitrary or missing.
+        fn frame_like() -> impl Strategy<Value = Value> {
+            const FIELDS: [&str; 7] = [
+                "name", "text", "cid", "room", "since", "history", "presence",
+            ];
+            let field = prop_oneof![
+                json_value(),
+                any::<String>().prop_map(Value::String),
+                "[a-z0-9-]{1,8}".prop_map(Value::String),
+                any::<u32>().prop_map(|n| json!(n)),
+            ];
             (
-                prop_oneof![Just(json!("send")), json_value()],
-                prop::option::of(field.clone()),
-                prop::option::of(field.clone()),
-                prop::option::of(field),
+                prop_oneof![
+                    Just(json!("send")),
+                    Just(json!("join")),
+                    Just(json!("leave")),
+                    Just(json!("typing")),
+                    json_value()
+                ],
+                prop::collection::vec(prop::option::of(field), FIELDS.len()),
             )
-                .prop_map(|(kind, name, text, cid)| {
+                .prop_map(|(kind, values)| {
                     let mut object = serde_json::Map::new();
                     object.insert("type".into(), kind);
-                    for (key, value) in [("name", name), ("text", text), ("cid", cid)] {
+                    for (key, value) in FIELDS.iter().zip(values) {
                         if let Some(value) = value {
-                            object.insert(key.into(), value);
+                            object.insert((*key).into(), value);
                         }
                     }
                     Value::Object(object)
@@ -542,7 +803,10 @@ mod tests {
         /// with a documented code and an error frame that is JSON.
         fn check(raw: &str) {
             match parse_client_frame(raw, None) {
-                Ok(send) => {
+                Ok(ClientFrame::Join(JoinRequest { room, .. }))
+                | Ok(ClientFrame::Leave { room })
+                | Ok(ClientFrame::Typing { room }) => assert!(valid_room(&room)),
+                Ok(ClientFrame::Send(send)) => {
                     assert!(
                         !send.name.trim().is_empty() && send.name.chars().count() <= MAX_NAME_CHARS
                     );
@@ -573,7 +837,7 @@ mod tests {
             }
 
             #[test]
-            fn arbitrary_sends_never_panic(value in send_like()) {
+            fn arbitrary_client_frames_never_panic(value in frame_like()) {
                 check(&value.to_string());
             }
 

@@ -32,8 +32,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{COMMAND_TIMEOUT, Target, role_is_master};
-use crate::hub::Hub;
+use crate::hub::{About, Hub};
 use crate::metrics::Metrics;
+use crate::presence::LiveEvent;
 use crate::protocol::{ServerFrame, StreamId};
 use crate::recovery::Unrecoverable;
 use crate::store::{self, Entry, Store};
@@ -298,6 +299,11 @@ async fn receive(conn: &mut Live, store: &Store, hub: &Hub, push: PushInfo) -> a
     let Some(last) = hub.position(room) else {
         return Ok(());
     };
+    // Entries are arrays; presence and typing events, objects.
+    if payload.first() == Some(&b'{') {
+        announce_event(hub, room, payload);
+        return Ok(());
+    }
     match store::published_entry(room, payload) {
         Some(entry) if entry.id <= last => {}
         Some(entry) if entry.prev == Some(last) => deliver(store, hub, room, entry).await,
@@ -305,6 +311,18 @@ async fn receive(conn: &mut Live, store: &Store, hub: &Hub, push: PushInfo) -> a
         _ => catch_up(conn, store, hub, &[room.to_owned()]).await?,
     }
     Ok(())
+}
+
+/// A presence or typing event, for the room's clients that asked for them.
+fn announce_event(hub: &Hub, room: &str, payload: &[u8]) {
+    let Some(event) = LiveEvent::decode(payload) else {
+        return;
+    };
+    let Some((frame, origin)) = event.frame(room) else {
+        return;
+    };
+    let origin = origin.map_or(0, |origin| hub.local_connection(origin));
+    hub.announce(room, About::Event { origin }, frame.into());
 }
 
 /// `command` for every item at once, each on its own handle of the cluster connection,
@@ -353,7 +371,7 @@ async fn deliver(store: &Store, hub: &Hub, room: &str, entry: Entry) {
             reason: Unrecoverable::HistoryLost.code(),
             epoch: epoch.as_deref(),
         };
-        hub.announce(room, entry.id, frame.to_json().into());
+        hub.announce(room, About::Entry(entry.id), frame.to_json().into());
     }
     let frame = match &entry.message {
         Some(message) => Some(message.to_json().into()),

@@ -132,6 +132,11 @@ impl Store {
         &self.redis
     }
 
+    /// `PUBLISH`, or `SPUBLISH` on a cluster.
+    pub fn publish_command(&self) -> &'static str {
+        self.publish_command
+    }
+
     /// Stores a message and returns its id and the room's epoch; with a `cid` already
     /// stored, only returns the id it was stored as.
     pub async fn append(&self, room: &str, message: &SendRequest) -> Result<Appended, StoreError> {

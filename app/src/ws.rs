@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::AppState;
 use crate::auth;
 use crate::limits;
-use crate::protocol::{self, HARD_MAX_MESSAGE_BYTES, StreamId};
+use crate::protocol::{self, HARD_MAX_MESSAGE_BYTES, JoinRequest, Member, Rejection};
 use crate::recovery;
 use crate::session::{self, Join};
 
@@ -32,6 +32,10 @@ pub struct WsParams {
     epoch: Option<String>,
     history: Option<String>,
     token: Option<String>,
+    /// `1` or `true`: the first room's members, then who joins, leaves and types.
+    presence: Option<String>,
+    /// On an open server, the name to be listed under in presence.
+    name: Option<String>,
 }
 
 fn bad_request(message: String) -> Response {
@@ -47,43 +51,16 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let room = params
-        .room
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| protocol::DEFAULT_ROOM.to_owned());
-    if !protocol::valid_room(&room) {
-        return bad_request(format!(
-            "invalid room: use 1 to {} characters of A-Z a-z 0-9 _ -",
-            protocol::MAX_ROOM_LEN
-        ));
-    }
-    let since: Option<StreamId> = match params.since.filter(|s| !s.is_empty()).map(|s| s.parse()) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(e)) => return bad_request(format!("invalid since: {e}")),
+    let first = match first_join(&params) {
+        Ok(first) => first,
+        Err(rejection) => return bad_request(rejection.message),
     };
-    let epoch = params.epoch.filter(|e| !e.is_empty());
-    if let Some(epoch) = &epoch
-        && !protocol::valid_token(epoch)
-    {
-        return bad_request(format!(
-            "invalid epoch: use 1 to {} characters of A-Z a-z 0-9 _ - : .",
-            protocol::MAX_TOKEN_LEN
-        ));
-    }
-    let history = match params
-        .history
-        .filter(|h| !h.is_empty())
-        .map(|h| h.parse::<usize>())
-    {
-        None => 0,
-        Some(Ok(n)) => n.min(protocol::MAX_HISTORY),
-        Some(Err(_)) => {
-            return bad_request(format!(
-                "invalid history: a number of messages (at most {} are sent)",
-                protocol::MAX_HISTORY
-            ));
-        }
+    let guest_name = match params.name.as_deref().filter(|n| !n.is_empty()) {
+        None => None,
+        Some(name) => match protocol::validate_name(name) {
+            Ok(()) => Some(name.to_owned()),
+            Err(rejection) => return bad_request(format!("invalid name: {}", rejection.message)),
+        },
     };
     if !origin_allowed(&headers, &state.allowed_origins) {
         tracing::info!(origin = ?headers.get(header::ORIGIN), "refused websocket from foreign origin");
@@ -107,11 +84,11 @@ pub async fn upgrade(
         None => None,
         Some(verifier) => {
             let token = auth::token_from_request(&headers, params.token.as_deref());
-            match verifier.verify(token, &room) {
+            match verifier.verify(token, &first.room) {
                 Ok(identity) => Some(identity),
                 Err(refusal) => {
                     let (code, reason) = refusal.close();
-                    tracing::info!(%address, room, code, reason, "refused websocket: sign-in");
+                    tracing::info!(%address, room = first.room, code, reason, "refused websocket: sign-in");
                     state.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
                     return ws.on_upgrade(move |socket| {
                         let tracker = state.tracker.clone();
@@ -125,8 +102,8 @@ pub async fn upgrade(
     // error rather than a connection that silently drops every live message. If Redis
     // does not answer, the connection reports that itself.
     let mut room_state = None;
-    if let Some(since) = since
-        && let Ok(known) = state.store.room_state(&room).await
+    if let Some(since) = first.since
+        && let Ok(known) = state.store.room_state(&first.room).await
     {
         if recovery::in_the_future(since, &known) {
             return bad_request(format!(
@@ -135,18 +112,50 @@ pub async fn upgrade(
         }
         room_state = Some(known);
     }
+    // Who the connection is in presence: the token's user; on an open server, a guest
+    // who named themselves (tabs with one name count once).
+    let member = match (&identity, guest_name) {
+        (Some(identity), _) => Some(Member {
+            sub: identity.sub.clone(),
+            name: identity.name.clone(),
+        }),
+        (None, Some(name)) => Some(Member {
+            sub: format!("guest:{name}"),
+            name,
+        }),
+        (None, None) => None,
+    };
     let join = Join {
         slot,
-        room,
-        since,
-        epoch,
-        history,
+        first,
         room_state,
         identity,
+        member,
     };
     ws.on_upgrade(move |socket| {
         let tracker = state.tracker.clone();
         tracker.track_future(session::serve(socket, state, join))
+    })
+}
+
+/// The first room's join, from `?room=&since=&epoch=&history=&presence=`.
+fn first_join(params: &WsParams) -> Result<JoinRequest, Rejection> {
+    let given = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+    Ok(JoinRequest {
+        room: protocol::parse_room(
+            &given(&params.room).unwrap_or_else(|| protocol::DEFAULT_ROOM.to_owned()),
+        )?,
+        since: given(&params.since)
+            .map(|s| protocol::parse_since(&s))
+            .transpose()?,
+        epoch: given(&params.epoch)
+            .map(|e| protocol::parse_epoch(&e))
+            .transpose()?,
+        history: given(&params.history)
+            .map(|h| protocol::parse_history(&h))
+            .transpose()?
+            .unwrap_or(0),
+        presence: matches!(params.presence.as_deref(), Some("1" | "true")),
     })
 }
 

@@ -1,0 +1,232 @@
+//! Presence: who is in each room, across every instance, kept in Redis by one Lua script
+//! ([`SCRIPT`]) and published on the room's live channel as join and leave events; and
+//! typing events, which are only published, never stored.
+//!
+//! An entry is one connection in one room, for one [`Member`]. Each instance keeps its
+//! own entries alive with a heartbeat every third of `--presence-ttl-secs`; the entries
+//! of an instance that dies without saying goodbye expire, and the next call on the
+//! room by any instance sweeps them and announces who left. A user is announced when
+//! their first connection enters a room and when their last one leaves, so tabs count
+//! once.
+//!
+//! Events on the live channel are JSON objects (`{"e":"join","sub":..,"name":..}`),
+//! which the fan-out tells apart from the append script's entries (arrays) and hands to
+//! the room's clients as frames ([`LiveEvent::frame`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use redis::Script;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{Request, StoreError};
+use crate::protocol::{Member, ServerFrame};
+use crate::store::{self, Store};
+
+const SCRIPT: &str = include_str!("lua/presence.lua");
+/// Rooms refreshed at once by a heartbeat.
+const HEARTBEAT_CONCURRENCY: usize = 32;
+
+fn members_key(room: &str) -> String {
+    format!("chat:{{{room}}}:presence")
+}
+
+fn expiry_key(room: &str) -> String {
+    format!("chat:{{{room}}}:presence:exp")
+}
+
+fn users_key(room: &str) -> String {
+    format!("chat:{{{room}}}:presence:users")
+}
+
+/// What an instance publishes on a room's live channel besides its entries.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LiveEvent {
+    /// `join`, `leave` or `typing`.
+    e: String,
+    sub: String,
+    name: String,
+    /// The connection that caused it (`<instance tag>.<connection>`), which does not
+    /// get it: its own typing, its own arrival after the member list it was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    o: Option<String>,
+}
+
+impl LiveEvent {
+    /// Decodes an event payload; `None` if it is not one.
+    pub fn decode(payload: &[u8]) -> Option<LiveEvent> {
+        serde_json::from_slice(payload).ok()
+    }
+
+    /// The frame a room's clients get, and the connection it came from.
+    pub fn frame(&self, room: &str) -> Option<(String, Option<&str>)> {
+        let user = Member {
+            sub: self.sub.clone(),
+            name: self.name.clone(),
+        };
+        let frame = match self.e.as_str() {
+            "join" => ServerFrame::MemberJoined { room, user: &user },
+            "leave" => ServerFrame::MemberLeft { room, user: &user },
+            "typing" => ServerFrame::Typing { room, user: &user },
+            _ => return None,
+        };
+        Some((frame.to_json(), self.o.as_deref()))
+    }
+}
+
+/// This instance's presence entries and the calls that keep them in Redis.
+pub struct Presence {
+    store: Store,
+    script: Script,
+    lifetime: Duration,
+    /// room → connection → member JSON: what the heartbeat refreshes.
+    local: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Held for writing by a heartbeat, for reading by a leave: a heartbeat that took
+    /// its list before a connection left would otherwise put it back.
+    beating: tokio::sync::RwLock<()>,
+}
+
+impl Presence {
+    pub fn new(store: Store, lifetime: Duration) -> Self {
+        Presence {
+            store,
+            script: Script::new(SCRIPT),
+            lifetime: lifetime.max(Duration::from_secs(1)),
+            local: Mutex::new(HashMap::new()),
+            beating: tokio::sync::RwLock::new(()),
+        }
+    }
+
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        room: &str,
+        operation: &str,
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        let mut invocation = self.script.key(members_key(room));
+        invocation
+            .key(expiry_key(room))
+            .key(users_key(room))
+            .key(store::live_channel(room))
+            .arg(self.store.publish_command())
+            .arg(self.lifetime.as_millis() as u64)
+            .arg(operation);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.store.redis().call(Request::Script(&invocation)).await
+    }
+
+    /// Puts `connection` in `room` as `member`; the room's clients hear of it if the
+    /// member was not there yet.
+    pub async fn enter(
+        &self,
+        room: &str,
+        connection: &str,
+        member: &Member,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(member).expect("a member always serializes");
+        self.call::<()>(room, "enter", &[connection, &json]).await?;
+        self.local
+            .lock()
+            .unwrap()
+            .entry(room.to_owned())
+            .or_default()
+            .insert(connection.to_owned(), json);
+        Ok(())
+    }
+
+    /// Takes `connection` out of `room`. A failure is only logged: the entry expires.
+    pub async fn leave(&self, room: &str, connection: &str) {
+        let _no_heartbeat = self.beating.read().await;
+        {
+            let mut local = self.local.lock().unwrap();
+            if let Some(entries) = local.get_mut(room) {
+                entries.remove(connection);
+                if entries.is_empty() {
+                    local.remove(room);
+                }
+            }
+        }
+        if let Err(error) = self.call::<()>(room, "leave", &[connection]).await {
+            tracing::warn!(%error, room, "leaving presence failed; the entry will expire");
+        }
+    }
+
+    /// Who is in `room`, each user once (by `sub`), ordered by name.
+    pub async fn members(&self, room: &str) -> Result<Vec<Member>, StoreError> {
+        let entries: Vec<String> = self.call(room, "list", &[]).await?;
+        let mut seen = HashSet::new();
+        let mut members: Vec<Member> = entries
+            .iter()
+            .filter_map(|json| serde_json::from_str::<Member>(json).ok())
+            .filter(|member| seen.insert(member.sub.clone()))
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.sub.cmp(&b.sub)));
+        Ok(members)
+    }
+
+    /// Tells the room's clients that `member` is typing.
+    pub async fn typing(
+        &self,
+        room: &str,
+        origin: String,
+        member: &Member,
+    ) -> Result<(), StoreError> {
+        let event = LiveEvent {
+            e: "typing".into(),
+            sub: member.sub.clone(),
+            name: member.name.clone(),
+            o: Some(origin),
+        };
+        let mut publish = redis::cmd(self.store.publish_command());
+        publish
+            .arg(store::live_channel(room))
+            .arg(serde_json::to_string(&event).expect("an event always serializes"));
+        self.store.redis().call::<()>(Request::Cmd(&publish)).await
+    }
+
+    /// Entries kept alive here, and the rooms they are in.
+    pub fn counts(&self) -> (usize, usize) {
+        let local = self.local.lock().unwrap();
+        (local.values().map(HashMap::len).sum(), local.len())
+    }
+
+    /// Refreshes every entry of this instance, room by room, until `stop`.
+    pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let mut beat = tokio::time::interval(self.lifetime / 3);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = beat.tick() => {}
+            }
+            let _no_leaves = self.beating.write().await;
+            let rooms: Vec<(String, Vec<String>)> = self
+                .local
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(room, entries)| {
+                    let pairs = entries
+                        .iter()
+                        .flat_map(|(conn, member)| [conn.clone(), member.clone()])
+                        .collect();
+                    (room.clone(), pairs)
+                })
+                .collect();
+            let this = &self;
+            futures_util::stream::iter(rooms)
+                .for_each_concurrent(HEARTBEAT_CONCURRENCY, |(room, pairs)| async move {
+                    let args: Vec<&str> = pairs.iter().map(String::as_str).collect();
+                    if let Err(error) = this.call::<()>(&room, "enter", &args).await {
+                        tracing::warn!(%error, room, "presence heartbeat failed");
+                    }
+                })
+                .await;
+        }
+    }
+}

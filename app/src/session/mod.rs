@@ -1,0 +1,211 @@
+//! One WebSocket connection after the upgrade. A reader ([`frames`]) and a writer
+//! ([`writer`]) run side by side until either ends the connection: the reader handles
+//! the client's frames (sending, joining and leaving rooms, typing) and hands the
+//! writer what to write, in order, through one queue ([`Reply`]); the writer follows
+//! the rooms joined ([`writer::RoomFeed`]) and sends their live frames, the replies and
+//! pings. Joining a room, the first (`?room=`) as every later one, is [`rooms`].
+//!
+//! Close codes: 1000/1001 as the client asks; 1008 sustained invalid input; 1009 frame
+//! over the hard size cap; 1012 server restart (end of drain); 1013 Redis
+//! unavailable while joining the first room; 4000 slow consumer; 4029 rate limit
+//! exceeded; and, when the server verifies sign-in tokens, 4401/4403/4440
+//! ([`crate::auth`]).
+
+mod frames;
+mod rooms;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use crate::AppState;
+use crate::auth::{Identity, Refusal};
+use crate::limits::ConnectionSlot;
+use crate::protocol::{JoinRequest, Member};
+use crate::store::RoomState;
+
+/// How long a close frame may take to get out before the socket is simply dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long to wait for the client's half of the closing handshake.
+pub const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
+/// Replies waiting for the writer. When it is full the reader waits, so a client that
+/// does not read its replies ends as a slow consumer.
+const REPLY_QUEUE: usize = 64;
+
+pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_RESTART: u16 = 1012;
+pub const CLOSE_TRY_LATER: u16 = 1013;
+pub const CLOSE_SLOW_CONSUMER: u16 = 4000;
+/// Kept sending faster than the rate limit after being told (`rate_limited`); the
+/// mnemonic is HTTP's 429.
+pub const CLOSE_RATE: u16 = 4029;
+
+/// What the upgrade request asked for, checked.
+pub struct Join {
+    /// This connection's place in its address's quota, held for its lifetime.
+    pub slot: ConnectionSlot,
+    /// `?room=` and what came with it: the connection's first room.
+    pub first: JoinRequest,
+    /// The first room as read at the upgrade, if it was.
+    pub room_state: Option<RoomState>,
+    /// Who the connection speaks for, when the server verifies tokens.
+    pub identity: Option<Identity>,
+    /// Who the connection is in rooms' presence: the token's user, or on an open
+    /// server a guest who gave `?name=`; `None`: nobody lists it.
+    pub member: Option<Member>,
+}
+
+/// How a connection ends.
+enum Ending {
+    /// Send this close frame, then drop.
+    Close(u16, &'static str),
+    /// The client started the closing handshake; finish it.
+    ClientClosed,
+    /// The peer is gone or unresponsive; drop without ceremony.
+    Drop,
+}
+
+/// What the reader hands the writer, in the order the client is to see it.
+enum Reply {
+    /// One frame (an ack, an error, `hello`, `joined`, `left`, `presence`).
+    Frame(Utf8Bytes),
+    /// Replayed messages, written with one flush.
+    Replay(Vec<Utf8Bytes>),
+    /// Start delivering a room's live frames.
+    Follow(String, writer::RoomFeed),
+    /// Stop delivering a room's frames, then write its `left` frame.
+    Unfollow(String, Utf8Bytes),
+    /// Write what came before, then close.
+    Close(u16, &'static str),
+}
+
+/// Who this connection is, for the rooms it joins.
+struct Connection {
+    /// This connection's number on this instance.
+    number: u64,
+    /// The number as other instances see it, in presence entries and typing events.
+    origin: String,
+    identity: Option<Identity>,
+    member: Option<Member>,
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
+    let metrics = &state.metrics;
+    metrics.connections.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    let number = state.hub.new_connection();
+    let connection = Connection {
+        number,
+        origin: state.hub.origin(number),
+        identity: join.identity,
+        member: join.member,
+    };
+    let (mut sink, mut stream) = socket.split();
+    let mut present_in = Vec::new();
+    let ending = run(
+        &mut sink,
+        &mut stream,
+        &state,
+        &connection,
+        join.slot,
+        frames::Start {
+            first: join.first,
+            room_state: join.room_state,
+        },
+        &mut present_in,
+    )
+    .await;
+    finish(&mut sink, &mut stream, ending).await;
+    futures_util::future::join_all(
+        present_in
+            .iter()
+            .map(|room| state.presence.leave(room, &connection.origin)),
+    )
+    .await;
+    metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A connection refused for its sign-in token: closed at once, before `hello`.
+pub async fn refuse(socket: WebSocket, slot: ConnectionSlot, code: u16, reason: &'static str) {
+    let (mut sink, mut stream) = socket.split();
+    finish(&mut sink, &mut stream, Ending::Close(code, reason)).await;
+    drop(slot);
+}
+
+async fn finish(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, ending: Ending) {
+    match ending {
+        Ending::Close(code, reason) => {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            if let Ok(Ok(())) = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await {
+                // Wait for the client's close reply: closing the socket with its frames
+                // still unread would reset the connection and could destroy our close
+                // frame before the client reads it.
+                let _ = timeout(CLOSE_REPLY_WAIT, async {
+                    while let Some(Ok(_)) = stream.next().await {}
+                })
+                .await;
+            }
+        }
+        Ending::ClientClosed => {
+            let _ = timeout(CLOSE_GRACE, sink.close()).await;
+        }
+        Ending::Drop => {}
+    }
+}
+
+/// Runs the connection until it ends; `present_in` is left holding the rooms whose
+/// presence it entered, for the caller to leave.
+async fn run(
+    sink: &mut Sink,
+    stream: &mut SplitStream<WebSocket>,
+    state: &AppState,
+    connection: &Connection,
+    slot: ConnectionSlot,
+    start: frames::Start,
+    present_in: &mut Vec<String>,
+) -> Ending {
+    let last_seen = AtomicU64::new(0);
+    let started = Instant::now();
+    let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
+    let mut reader = frames::Reader::new(state, connection, replies_tx, slot);
+    let ending = tokio::select! {
+        ending = writer::write_loop(sink, replies_rx, state, &last_seen, started) => ending,
+        ending = reader.run(stream, start, &last_seen, started) => ending,
+        ending = token_expiry(state, connection.identity.as_ref()) => ending,
+    };
+    *present_in = reader.present_in();
+    ending
+}
+
+/// Ends a signed-in connection when its token expires, so that a page fetches a new
+/// one and reconnects; never for an open server.
+async fn token_expiry(state: &AppState, identity: Option<&Identity>) -> Ending {
+    let Some(identity) = identity else {
+        return std::future::pending().await;
+    };
+    tokio::time::sleep(identity.expires_in()).await;
+    state.metrics.token_expired.fetch_add(1, Ordering::Relaxed);
+    let (code, reason) = Refusal::Expired.close();
+    Ending::Close(code, reason)
+}
+
+fn slow_consumer(state: &AppState) -> Ending {
+    state
+        .metrics
+        .slow_disconnects
+        .fetch_add(1, Ordering::Relaxed);
+    Ending::Close(CLOSE_SLOW_CONSUMER, "slow consumer")
+}

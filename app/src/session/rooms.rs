@@ -1,0 +1,246 @@
+//! Joining a room, the same for the first room of the upgrade (answered by `hello`) as
+//! for a `join` frame (answered by `joined`): subscribe, judge recovery from `since`,
+//! enter the room's presence, then hand the writer the answer, the replay, the members
+//! and the room's live feed, in that order.
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::broadcast;
+
+use super::writer::RoomFeed;
+use super::{Connection, Reply};
+use crate::AppState;
+use crate::connection::StoreError;
+use crate::hub::Outgoing;
+use crate::protocol::{JoinRequest, Rejection, ServerFrame};
+use crate::recovery::{self, Unrecoverable};
+use crate::store::{self, Entry, RoomState};
+
+/// A joined room, ready to be followed.
+pub(super) struct Joined {
+    /// The room has a history (it is not new).
+    pub has_history: bool,
+    /// Its presence was entered, and is to be left.
+    pub present: bool,
+}
+
+/// Why a join did not happen.
+pub(super) enum JoinError {
+    /// Redis failed us; the client may try again. `answered`: after the room's
+    /// `hello` or `joined` went out.
+    Store { error: StoreError, answered: bool },
+    /// The request was wrong.
+    Refused(Rejection),
+    /// The writer is gone: the connection is over.
+    Gone,
+}
+
+impl From<StoreError> for JoinError {
+    fn from(error: StoreError) -> Self {
+        JoinError::Store {
+            error,
+            answered: false,
+        }
+    }
+}
+
+impl JoinError {
+    fn answered(self) -> Self {
+        match self {
+            JoinError::Store { error, .. } => JoinError::Store {
+                error,
+                answered: true,
+            },
+            other => other,
+        }
+    }
+}
+
+/// The answer to a join: `hello` for the first room, `joined` after.
+pub(super) enum Answer<'a> {
+    Hello { instance: &'a str },
+    Joined,
+}
+
+/// Joins `request.room`: everything the client is owed goes to `replies`, ending with
+/// the room's live feed. On an error nothing more of the room follows; the presence
+/// entered, if any, is left.
+pub(super) async fn join(
+    state: &AppState,
+    connection: &Connection,
+    request: &JoinRequest,
+    known: Option<RoomState>,
+    answer: Answer<'_>,
+    replies: &tokio::sync::mpsc::Sender<Reply>,
+) -> Result<Joined, JoinError> {
+    let room = request.room.as_str();
+    let room_state = match known {
+        Some(known) => known,
+        None => state.store.room_state(room).await?,
+    };
+    if let Some(since) = request.since
+        && recovery::in_the_future(since, &room_state)
+    {
+        return Err(JoinError::Refused(
+            Rejection::new(
+                "invalid_since",
+                format!("invalid since: {since} is after the newest message and after the server's clock"),
+            )
+            .with_room(room),
+        ));
+    }
+    // Subscribed before reading history: whatever is stored after the replay's last id
+    // arrives live, and live entries at or below it are skipped, so there is neither a
+    // gap nor a duplicate at the seam.
+    let live = match state.hub.subscribe(room) {
+        Some(rx) => rx,
+        None => state.hub.join(room, room_state.top),
+    };
+    let present = match &connection.member {
+        Some(member) => {
+            state
+                .presence
+                .enter(room, &connection.origin, member)
+                .await?;
+            true
+        }
+        None => false,
+    };
+    let followed = follow(
+        state,
+        connection,
+        request,
+        &room_state,
+        answer,
+        live,
+        replies,
+    )
+    .await;
+    if followed.is_err() && present {
+        state.presence.leave(room, &connection.origin).await;
+    }
+    followed?;
+    Ok(Joined {
+        has_history: room_state.epoch.is_some(),
+        present,
+    })
+}
+
+async fn follow(
+    state: &AppState,
+    connection: &Connection,
+    request: &JoinRequest,
+    room_state: &RoomState,
+    answer: Answer<'_>,
+    live: broadcast::Receiver<Outgoing>,
+    replies: &tokio::sync::mpsc::Sender<Reply>,
+) -> Result<(), JoinError> {
+    let room = request.room.as_str();
+    let (verdict, first_page) = first_page(state, request, room_state).await?;
+    let recovered = verdict.map(|v| v.is_ok());
+    let reason = verdict.and_then(|v| v.err()).map(Unrecoverable::code);
+    let epoch = room_state.epoch.as_deref();
+    let answer = match answer {
+        Answer::Hello { instance } => ServerFrame::Hello {
+            instance,
+            room,
+            epoch,
+            recovered,
+            reason,
+            user: connection.identity.as_ref(),
+        },
+        Answer::Joined => ServerFrame::Joined {
+            room,
+            epoch,
+            recovered,
+            reason,
+        },
+    };
+    send(replies, Reply::Frame(answer.to_json().into())).await?;
+    replay_and_follow(
+        state, connection, request, verdict, first_page, live, replies,
+    )
+    .await
+    .map_err(JoinError::answered)
+}
+
+/// Everything after the answer: the replay, the members, the feed.
+async fn replay_and_follow(
+    state: &AppState,
+    connection: &Connection,
+    request: &JoinRequest,
+    verdict: Option<Result<(), Unrecoverable>>,
+    first_page: Vec<Entry>,
+    live: broadcast::Receiver<Outgoing>,
+    replies: &tokio::sync::mpsc::Sender<Reply>,
+) -> Result<(), JoinError> {
+    let room = request.room.as_str();
+    let recovered = verdict.map(|v| v.is_ok());
+    let recovered_since = request.since.filter(|_| recovered == Some(true));
+    let mut skip_through = recovered_since.unwrap_or_default();
+    let mut page = first_page;
+    loop {
+        let full = page.len() == store::PAGE;
+        if let Some(last) = page.last() {
+            // Paged by the raw id, so entries that do not decode still move it on.
+            skip_through = last.id;
+        }
+        let frames: Vec<Utf8Bytes> = page
+            .iter()
+            .filter_map(|entry| Some(entry.message.as_ref()?.to_json().into()))
+            .collect();
+        if !frames.is_empty() {
+            send(replies, Reply::Replay(frames)).await?;
+        }
+        // Only a replay from `since` goes on past its first page.
+        if !(full && recovered_since.is_some()) {
+            break;
+        }
+        page = state
+            .store
+            .entries_after(room, skip_through, store::PAGE)
+            .await?;
+    }
+    if request.presence {
+        let members = state.presence.members(room).await?;
+        let frame = ServerFrame::Presence {
+            room,
+            members: &members,
+        };
+        send(replies, Reply::Frame(frame.to_json().into())).await?;
+    }
+    let feed = RoomFeed::new(live, skip_through, request.presence, connection.number);
+    send(replies, Reply::Follow(room.to_owned(), feed)).await
+}
+
+/// The verdict on `since` (`None` without one), and the first page to send: of the
+/// replay after `since` when recovered, else the newest `history` entries.
+async fn first_page(
+    state: &AppState,
+    request: &JoinRequest,
+    room_state: &RoomState,
+) -> Result<(Option<Result<(), Unrecoverable>>, Vec<Entry>), StoreError> {
+    let room = request.room.as_str();
+    let verdict = match request.since {
+        None => None,
+        Some(since) => {
+            let page = state.store.entries_after(room, since, store::PAGE).await?;
+            let verdict =
+                recovery::judge(since, request.epoch.as_deref(), room_state, page.first());
+            if verdict.is_ok() {
+                return Ok((Some(verdict), page));
+            }
+            Some(verdict)
+        }
+    };
+    // Nothing replayed from `since`: the client starts over, from the newest messages
+    // if it asked for them.
+    let page = match request.history {
+        0 => Vec::new(),
+        n => state.store.latest(room, n).await?,
+    };
+    Ok((verdict, page))
+}
+
+async fn send(replies: &tokio::sync::mpsc::Sender<Reply>, reply: Reply) -> Result<(), JoinError> {
+    replies.send(reply).await.map_err(|_| JoinError::Gone)
+}

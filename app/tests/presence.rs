@@ -1,0 +1,229 @@
+//! Presence and typing across instances: who is in a room, each user once however many
+//! connections they have, join and leave events, members of an instance that died
+//! expiring, and typing events that are never stored. Real `redis-server`, two real
+//! servers, real WebSocket clients; signed-in users with real tokens.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use common::{Client, KeyPair, Redis, Server, poll_until, unix_now};
+
+/// The next frame that is about presence or typing (messages in between fail).
+async fn next_event(client: &mut Client) -> Value {
+    let frame = client.next_json().await;
+    assert!(
+        matches!(
+            frame["type"].as_str(),
+            Some("presence" | "member_joined" | "member_left" | "typing")
+        ),
+        "expected a presence or typing frame, got {frame}"
+    );
+    frame
+}
+
+fn names(presence: &Value) -> Vec<&str> {
+    presence["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect()
+}
+
+/// Guests (`?name=` on an open server) across two instances: a watcher gets the
+/// members once each, then who joins and who leaves, where a second tab of someone
+/// already there is no news and only their last tab leaving is.
+#[tokio::test(flavor = "multi_thread")]
+async fn members_are_listed_once_across_instances_and_joins_and_leaves_are_announced() {
+    let redis = Redis::start();
+    let a = Server::start("a", &redis.url(), &[]);
+    let b = Server::start("b", &redis.url(), &[]);
+
+    let alice_tab1 = Client::connect(&a, "?room=team&name=alice").await;
+    let alice_tab2 = Client::connect(&b, "?room=team&name=alice").await;
+    let mut watcher = Client::connect(&b, "?room=team&name=watcher&presence=1").await;
+    let presence = next_event(&mut watcher).await;
+    assert_eq!(presence["room"], "team");
+    assert_eq!(names(&presence), ["alice", "watcher"]);
+    assert_eq!(presence["members"][0]["sub"], "guest:alice");
+
+    let bob = Client::connect(&a, "?room=team&name=bob").await;
+    let joined = next_event(&mut watcher).await;
+    assert_eq!(
+        joined,
+        json!({"type": "member_joined", "room": "team", "user": {"sub": "guest:bob", "name": "bob"}})
+    );
+    let bob_tab2 = Client::connect(&b, "?room=team&name=bob").await;
+
+    drop(alice_tab1);
+    drop(bob_tab2);
+    // Anonymous clients are nobody in presence.
+    let _lurker = Client::connect(&a, "?room=team").await;
+    drop(alice_tab2);
+    let left = next_event(&mut watcher).await;
+    assert_eq!(
+        left,
+        json!({"type": "member_left", "room": "team", "user": {"sub": "guest:alice", "name": "alice"}}),
+        "alice's second tab was no news, her last one leaving is; bob still has a tab"
+    );
+    drop(bob);
+    assert_eq!(next_event(&mut watcher).await["type"], "member_left");
+
+    // A second watcher sees only who is left: the first.
+    let mut late = Client::connect(&a, "?room=team&presence=true").await;
+    assert_eq!(names(&next_event(&mut late).await), ["watcher"]);
+    for (server, entries) in [(&a, 0.0), (&b, 1.0)] {
+        poll_until(Duration::from_secs(10), "presence entries in /metrics", || async move {
+            (server.metric("chat_presence_entries").await == entries).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Presence is per room and opt-in per join: a `join` frame with `presence` gets the
+/// room's members after its replay, a connection that did not ask gets no presence
+/// frames, and a signed-in user is listed by their token's `sub` and `name`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_join_frame_asks_for_presence_and_signed_in_users_are_listed_by_their_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::ed25519(dir.path(), "issuer");
+    let redis = Redis::start();
+    let a = Server::start(
+        "a",
+        &redis.url(),
+        &["--auth-public-key-file", key.public_pem_path()],
+    );
+    let token = |sub: &str, name: &str| {
+        key.token(&json!({"sub": sub, "name": name, "exp": unix_now() + 600}))
+    };
+
+    let alice_token = token("u-alice", "Alice");
+    let mut alice = Client::connect(&a, &format!("?room=lobby&token={alice_token}")).await;
+    alice.send("ignored", "hello ops").await;
+    alice.next_message().await;
+    alice
+        .send_raw(
+            &json!({"type": "join", "room": "ops", "history": 10, "presence": true}).to_string(),
+        )
+        .await;
+    assert_eq!(alice.next_json().await["type"], "joined");
+    let presence = next_event(&mut alice).await;
+    assert_eq!(
+        presence,
+        json!({"type": "presence", "room": "ops", "members": [{"sub": "u-alice", "name": "Alice"}]})
+    );
+
+    let bob_token = token("u-bob", "Bob");
+    let mut bob = Client::connect(&a, &format!("?room=ops&token={bob_token}")).await;
+    let joined = next_event(&mut alice).await;
+    assert_eq!(joined["user"], json!({"sub": "u-bob", "name": "Bob"}));
+    // Bob did not ask: his next frame is a message, not Alice's presence or typing.
+    alice
+        .send_raw(&json!({"type": "typing", "room": "ops"}).to_string())
+        .await;
+    bob.send("ignored", "hi").await;
+    let frame = bob.next_json().await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["name"].as_str()),
+        (Some("message"), Some("Bob"))
+    );
+}
+
+/// Typing reaches the room's other watchers on every instance as an event with the
+/// typist, not the typist itself, is never stored, and is throttled to one a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn typing_reaches_the_others_on_every_instance_and_is_never_stored() {
+    let redis = Redis::start();
+    let a = Server::start("a", &redis.url(), &[]);
+    let b = Server::start("b", &redis.url(), &[]);
+    let mut carol = Client::connect(&a, "?room=team&name=carol&presence=1").await;
+    next_event(&mut carol).await;
+    let mut dave = Client::connect(&b, "?room=team&name=dave&presence=1").await;
+    next_event(&mut dave).await;
+    assert_eq!(next_event(&mut carol).await["type"], "member_joined");
+
+    for _ in 0..3 {
+        dave.send_raw(&json!({"type": "typing", "room": "team"}).to_string())
+            .await;
+    }
+    let typing = next_event(&mut carol).await;
+    assert_eq!(
+        typing,
+        json!({"type": "typing", "room": "team", "user": {"sub": "guest:dave", "name": "dave"}})
+    );
+    // Throttled: the next thing carol sees is dave's message, not two more typings;
+    // dave does not hear his own typing.
+    dave.send("dave", "done typing").await;
+    assert_eq!(carol.next_message().await["text"], "done typing");
+    assert_eq!(dave.next_message().await["text"], "done typing");
+    // Never stored: a replay holds only the message.
+    let mut replay = Client::connect(&a, "?room=team&history=10").await;
+    assert_eq!(replay.next_message().await["text"], "done typing");
+
+    // Typing needs a name, and a room the connection is in.
+    let mut anonymous = Client::connect(&a, "?room=team").await;
+    anonymous
+        .send_raw(&json!({"type": "typing", "room": "team"}).to_string())
+        .await;
+    assert_eq!(anonymous.next_error_code().await, "name_required");
+    carol
+        .send_raw(&json!({"type": "typing", "room": "elsewhere"}).to_string())
+        .await;
+    assert_eq!(carol.next_error_code().await, "not_joined");
+}
+
+/// An instance that dies without saying goodbye (SIGKILL) leaves its members behind in
+/// Redis only until their entries expire: the other instance's heartbeat sweeps them
+/// and announces who left.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_members_of_an_instance_that_died_expire_and_are_announced_as_left() {
+    let redis = Redis::start();
+    let ttl = ["--presence-ttl-secs", "3"];
+    let a = Server::start("a", &redis.url(), &ttl);
+    let b = Server::start("b", &redis.url(), &ttl);
+    let mut watcher = Client::connect(&b, "?room=team&name=watcher&presence=1").await;
+    next_event(&mut watcher).await;
+    let erin = Client::connect(&a, "?room=team&name=erin").await;
+    assert_eq!(next_event(&mut watcher).await["user"]["name"], "erin");
+
+    let killed_at = std::time::Instant::now();
+    drop(a);
+    // The kill ended erin's socket without a close frame; her entry stays in Redis.
+    drop(erin);
+    let left = next_event(&mut watcher).await;
+    assert_eq!(left["type"], "member_left");
+    assert_eq!(left["user"]["name"], "erin");
+    eprintln!(
+        "erin was announced as left {:?} after the kill",
+        killed_at.elapsed()
+    );
+
+    let mut late = Client::connect(&b, "?room=team&presence=1").await;
+    assert_eq!(names(&next_event(&mut late).await), ["watcher"]);
+    // The keys of a room whose every instance is gone expire too.
+    let conn = common::redis_conn(&redis.url()).await;
+    drop(late);
+    drop(watcher);
+    drop(b);
+    poll_until(
+        Duration::from_secs(15),
+        "the room's presence keys to expire",
+        || {
+            let mut conn = conn.clone();
+            async move {
+                let exists: i64 = redis::cmd("EXISTS")
+                    .arg("chat:{team}:presence")
+                    .arg("chat:{team}:presence:exp")
+                    .arg("chat:{team}:presence:users")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                (exists == 0).then_some(())
+            }
+        },
+    )
+    .await;
+}
