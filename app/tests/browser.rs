@@ -1,5 +1,6 @@
 //! The chat page in headless Chromium, driven through chromedriver: two browsers on two
-//! server instances talk to each other, and user text is rendered as text.
+//! server instances talk to each other, in several rooms, see who is online and who is
+//! typing, sign in with tokens, and user text is rendered as text.
 
 mod common;
 
@@ -117,6 +118,78 @@ async fn assert_shown_once(page: &Browser, bob: &mut Client, text: &str) {
     let shown = wait_shown(page, "marker").await;
     let copies = shown.iter().filter(|m| m.contains(text)).count();
     assert_eq!(copies, 1, "{text:?} in {shown:?}");
+}
+
+/// Sets a guest's name, which takes a new connection, and waits for it.
+async fn set_name(page: &Browser, name: &str, instance: &str) {
+    let input = page.find(Locator::Id("name")).await.unwrap();
+    input.send_keys(name).await.unwrap();
+    // The name counts once the field is left.
+    page.find(Locator::Id("text"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_connected(page, instance).await;
+}
+
+/// Joins a room through the sidebar's form; the page shows it.
+async fn join_room(page: &Browser, room: &str) {
+    let input = page.find(Locator::Id("join-room")).await.unwrap();
+    input.send_keys(room).await.unwrap();
+    page.find(Locator::Id("join"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(page, "#room", &format!("#{room}")).await;
+}
+
+/// Shows a room by clicking it in the sidebar.
+async fn open_room(page: &Browser, room: &str) {
+    page.find(Locator::Css(&format!(
+        "#rooms li[data-room={room}] button.room"
+    )))
+    .await
+    .unwrap()
+    .click()
+    .await
+    .unwrap();
+    wait_text(page, "#room", &format!("#{room}")).await;
+}
+
+/// Waits until the element `css` shows exactly `want`.
+async fn wait_text(page: &Browser, css: &str, want: &str) {
+    poll_until(WAIT, &format!("{css} to show {want:?}"), || async {
+        (text_of(page, css).await == want).then_some(())
+    })
+    .await
+}
+
+/// Waits until the online list shows exactly `want`.
+async fn wait_online(page: &Browser, want: &[&str]) {
+    poll_until(WAIT, &format!("online list {want:?}"), || async {
+        let mut shown = Vec::new();
+        for li in page.find_all(Locator::Css("#members li")).await.unwrap() {
+            shown.push(li.text().await.unwrap());
+        }
+        (shown == want).then_some(())
+    })
+    .await
+}
+
+/// Types a message into the page's form and submits it.
+async fn type_text_and_send(page: &Browser, text: &str) {
+    let input = page.find(Locator::Id("text")).await.unwrap();
+    input.send_keys(text).await.unwrap();
+    page.find(Locator::Id("send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 /// Types a name and a message into the page's form and submits it.
@@ -288,9 +361,10 @@ async fn page_resends_pending_messages_once_stored() {
     let page = open_page(&driver, &profiles, &a).await;
 
     let result = async {
+        set_name(&page, "carol", "a").await;
         proxy.cut();
         a.wait_health(503).await;
-        type_and_send(&page, "carol", "through the outage").await;
+        type_text_and_send(&page, "through the outage").await;
         poll_until(WAIT, "the message to show as pending", || async {
             let pending = page
                 .find_all(Locator::Css("#log li.pending"))
@@ -320,5 +394,147 @@ async fn page_resends_pending_messages_once_stored() {
     }
     .await;
     let _ = page.close().await;
+    result
+}
+
+/// The sidebar, the online list and typing, across two instances: a room joined from
+/// the sidebar opens on its recent history, both users are listed in it, one sees the
+/// other typing, messages of a room not shown count as unread until it is opened, and
+/// a user who closes the page leaves the list.
+#[tokio::test(flavor = "multi_thread")]
+async fn rooms_who_is_online_and_typing_across_two_instances() {
+    let redis = Redis::start();
+    let a = Server::start("instance-a", &redis.url(), &[]);
+    let b = Server::start("instance-b", &redis.url(), &[]);
+    let driver = Driver::start();
+    let profiles = tempfile::tempdir().unwrap();
+    let alice = open_page(&driver, &profiles, &a).await;
+    let bob = open_page(&driver, &profiles, &b).await;
+
+    let result = async {
+        let mut earlier = Client::connect(&b, "?room=ops").await;
+        earlier.send("carol", "earlier in ops").await;
+        earlier.next_message().await;
+        drop(earlier);
+
+        set_name(&alice, "alice", "instance-a").await;
+        set_name(&bob, "bob", "instance-b").await;
+        wait_online(&alice, &["alice", "bob"]).await;
+        join_room(&alice, "ops").await;
+        wait_shown(&alice, "earlier in ops").await;
+        join_room(&bob, "ops").await;
+        wait_online(&alice, &["alice", "bob"]).await;
+        wait_online(&bob, &["alice", "bob"]).await;
+
+        bob.find(Locator::Id("text"))
+            .await
+            .unwrap()
+            .send_keys("hello o")
+            .await
+            .unwrap();
+        wait_text(&alice, "#typing", "bob is typing…").await;
+        type_text_and_send(&bob, "ps").await;
+        wait_shown(&alice, "hello ops").await;
+
+        open_room(&alice, "lobby").await;
+        type_text_and_send(&bob, "while alice looks elsewhere").await;
+        wait_text(&alice, "#rooms li[data-room=ops] .unread", "1").await;
+        assert!(
+            !messages(&alice)
+                .await
+                .iter()
+                .any(|m| m.contains("while alice looks elsewhere")),
+            "a message of ops shows in the lobby"
+        );
+        open_room(&alice, "ops").await;
+        wait_shown(&alice, "while alice looks elsewhere").await;
+        wait_text(&alice, "#rooms li[data-room=ops] .unread", "").await;
+
+        let shot = alice.screenshot().await.unwrap();
+        let path = artifacts_dir().join("browser-rooms-alice.png");
+        std::fs::write(&path, shot).unwrap();
+        eprintln!("screenshot: {}", path.display());
+
+        bob.close().await.unwrap();
+        wait_online(&alice, &["alice"]).await;
+    }
+    .await;
+    let _ = alice.close().await;
+    result
+}
+
+/// Waits for the page's sign-in form, pastes `token` and signs in.
+async fn sign_in(page: &Browser, token: &str) {
+    poll_until(WAIT, "the sign-in form", || async {
+        let form = page.find(Locator::Id("signin")).await.unwrap();
+        form.is_displayed().await.unwrap().then_some(())
+    })
+    .await;
+    page.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(token)
+        .await
+        .unwrap();
+    page.find(Locator::Id("signin-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// With sign-in on, the page asks for a token, then speaks with the token's name on
+/// both instances; when the token expires it asks again and carries on.
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_sign_in_with_tokens_and_ask_again_when_one_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::KeyPair::ed25519(dir.path(), "issuer");
+    let auth = ["--auth-public-key-file", key.public_pem_path()];
+    let redis = Redis::start();
+    let a = Server::start("instance-a", &redis.url(), &auth);
+    let b = Server::start("instance-b", &redis.url(), &auth);
+    let driver = Driver::start();
+    let profiles = tempfile::tempdir().unwrap();
+    let token = |sub: &str, name: &str, lifetime: u64| {
+        key.token(&json!({"sub": sub, "name": name, "exp": common::unix_now() + lifetime}))
+    };
+    let alice = driver.browser(&profiles.path().join("alice")).await;
+    let bob = driver.browser(&profiles.path().join("bob")).await;
+
+    let result = async {
+        alice.goto(&format!("http://{}/", a.addr)).await.unwrap();
+        bob.goto(&format!("http://{}/", b.addr)).await.unwrap();
+        wait_text(&alice, "#state", "signed out").await;
+        sign_in(&alice, &token("u-alice", "Alice", 600)).await;
+        wait_connected(&alice, "instance-a").await;
+        wait_text(&alice, "#user", "Alice").await;
+        sign_in(&bob, &token("u-bob", "Bob", 8)).await;
+        wait_connected(&bob, "instance-b").await;
+        wait_online(&bob, &["Alice", "Bob"]).await;
+
+        type_text_and_send(&alice, "signed hello").await;
+        let shown = wait_shown(&bob, "signed hello").await;
+        assert!(
+            shown.iter().any(|m| m.contains("Alice") && m.contains("signed hello")),
+            "{shown:?}"
+        );
+
+        // Bob's token runs out: his page asks for a new one, then carries on, without
+        // Alice's messages of the meantime going missing.
+        wait_text(&bob, "#state", "signed out").await;
+        assert!(text_of(&bob, "#signin-why").await.contains("expired"));
+        type_text_and_send(&alice, "while bob signs in again").await;
+        sign_in(&bob, &token("u-bob", "Bob", 600)).await;
+        wait_connected(&bob, "instance-b").await;
+        let shown = wait_shown(&bob, "while bob signs in again").await;
+        let count = |needle: &str| shown.iter().filter(|m| m.contains(needle)).count();
+        assert_eq!((count("signed hello"), count("while bob signs in again")), (1, 1), "{shown:?}");
+        let shot = bob.screenshot().await.unwrap();
+        std::fs::write(artifacts_dir().join("browser-signed-in-bob.png"), shot).unwrap();
+    }
+    .await;
+    let _ = alice.close().await;
+    let _ = bob.close().await;
     result
 }
