@@ -194,6 +194,9 @@ pub enum ServerFrame<'a> {
         /// Milliseconds since the epoch, taken from the stream id (Redis's clock), so every
         /// instance reports the same time for a message.
         ts: u64,
+        /// The author's `sub`, when they were signed in (as in presence).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sub: Option<&'a str>,
     },
     /// A `send` with a `cid` was stored (now or, for a repeated `cid`, before) as `id`.
     Ack { cid: &'a str, id: String },
@@ -222,6 +225,8 @@ pub struct ChatMessage {
     pub room: String,
     pub name: String,
     pub text: String,
+    /// The author's `sub`, when they were signed in.
+    pub sub: Option<String>,
 }
 
 impl ChatMessage {
@@ -232,6 +237,7 @@ impl ChatMessage {
             name: &self.name,
             text: &self.text,
             ts: self.id.ms,
+            sub: self.sub.as_deref(),
         }
         .to_json()
     }
@@ -246,6 +252,8 @@ pub struct SendRequest {
     pub text: String,
     /// The client's id for this message: a retry with the same one is stored once.
     pub cid: Option<String>,
+    /// The author's `sub`, when signed in.
+    pub sub: Option<String>,
 }
 
 /// A validated join: of `?room=` at the upgrade, or of a `join` frame.
@@ -316,10 +324,10 @@ impl Rejection {
 
 type Object = serde_json::Map<String, serde_json::Value>;
 
-/// Parses and validates one text frame from a client. With a `speaker` (the name of a
+/// Parses and validates one text frame from a client. With a `speaker` (the user of a
 /// verified token) that is the author of a `send`, and the frame's own `name`, if any,
 /// is ignored; without one (an open server) a `send` names its author.
-pub fn parse_client_frame(raw: &str, speaker: Option<&str>) -> Result<ClientFrame, Rejection> {
+pub fn parse_client_frame(raw: &str, speaker: Option<&Member>) -> Result<ClientFrame, Rejection> {
     if raw.len() > MAX_FRAME_BYTES {
         return Err(Rejection::new(
             "too_large",
@@ -360,7 +368,7 @@ pub fn parse_client_frame(raw: &str, speaker: Option<&str>) -> Result<ClientFram
     }
 }
 
-fn parse_send(object: &Object, speaker: Option<&str>) -> Result<SendRequest, Rejection> {
+fn parse_send(object: &Object, speaker: Option<&Member>) -> Result<SendRequest, Rejection> {
     let cid = match object.get("cid") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(cid)) if valid_token(cid) => Some(cid.clone()),
@@ -377,7 +385,7 @@ fn parse_send(object: &Object, speaker: Option<&str>) -> Result<SendRequest, Rej
             Some(_) => Some(room_field(object, "send")?),
         };
         let name = match speaker {
-            Some(name) => name,
+            Some(speaker) => speaker.name.as_str(),
             None => string_field(object, "send", "name")?,
         };
         let text = string_field(object, "send", "text")?;
@@ -390,6 +398,7 @@ fn parse_send(object: &Object, speaker: Option<&str>) -> Result<SendRequest, Rej
             name: name.to_owned(),
             text: text.to_owned(),
             cid: cid.clone(),
+            sub: speaker.map(|speaker| speaker.sub.clone()),
         })
     };
     fields().map_err(|rejection| rejection.with_cid(cid.clone()))
@@ -529,7 +538,7 @@ mod tests {
     }
 
     /// The `send` a frame parses as; fails on anything else.
-    fn send(raw: &str, speaker: Option<&str>) -> Result<SendRequest, Rejection> {
+    fn send(raw: &str, speaker: Option<&Member>) -> Result<SendRequest, Rejection> {
         match parse_client_frame(raw, speaker)? {
             ClientFrame::Send(send) => Ok(send),
             other => panic!("{raw} parsed as {other:?}"),
@@ -545,6 +554,7 @@ mod tests {
                 name: "alice".into(),
                 text: "hi\nthere".into(),
                 cid: None,
+                sub: None,
             })
         );
         let with_cid = send(
@@ -623,7 +633,18 @@ mod tests {
 
     #[test]
     fn a_signed_in_speaker_is_the_author_whatever_the_frame_says() {
-        let as_alice = |raw: &str| send(raw, Some("Alice"));
+        let alice = Member {
+            sub: "u-alice".into(),
+            name: "Alice".into(),
+        };
+        let as_alice = |raw: &str| send(raw, Some(&alice));
+        assert_eq!(
+            as_alice(r#"{"type":"send","text":"hi"}"#)
+                .unwrap()
+                .sub
+                .as_deref(),
+            Some("u-alice")
+        );
         assert_eq!(
             as_alice(r#"{"type":"send","text":"hi"}"#).unwrap().name,
             "Alice"
@@ -716,6 +737,7 @@ mod tests {
             room: "lobby".into(),
             name: "a".into(),
             text: "<b>".into(),
+            sub: None,
         };
         let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
         assert_eq!(v["type"], "message");

@@ -2,7 +2,7 @@
 //! that one script touches one Redis Cluster slot:
 //!
 //! - `chat:{r}:log`: the stream of messages (fields `name`, `text`, `prev` = id of the
-//!   entry before it), trimmed to the history length;
+//!   entry before it, and `sub` for a signed-in author), trimmed to the history length;
 //! - `chat:{r}:meta`: a hash with the room's `epoch` (a random name for this history,
 //!   created only when the hash is missing, so it changes exactly when history was lost)
 //!   and `last` (the newest entry's id);
@@ -153,7 +153,8 @@ impl Store {
             .arg(&message.name)
             .arg(&message.text)
             .arg(CID_TTL_SECS)
-            .arg(self.publish_command);
+            .arg(self.publish_command)
+            .arg(message.sub.as_deref().unwrap_or_default());
         let (id, epoch, duplicate): (String, String, u8) =
             self.redis.call(Request::Script(&invocation)).await?;
         Ok(Appended {
@@ -253,11 +254,15 @@ fn parse_id(id: &str) -> Result<StreamId, StoreError> {
     })
 }
 
-/// An entry as the append script publishes it on the room's live channel: a JSON array
-/// `[id, prev, name, text]`; `None` if it is not one.
+/// An entry as the append script publishes it: `[id, prev, name, text, sub]`, `sub`
+/// empty for an author who was not signed in (and absent from older servers).
+#[derive(serde::Deserialize)]
+struct Published(String, String, String, String, #[serde(default)] String);
+
+/// An entry as the append script publishes it on the room's live channel; `None` if it
+/// is not one.
 pub fn published_entry(room: &str, payload: &[u8]) -> Option<Entry> {
-    let (id, prev, name, text): (String, String, String, String) =
-        serde_json::from_slice(payload).ok()?;
+    let Published(id, prev, name, text, sub) = serde_json::from_slice(payload).ok()?;
     let id: StreamId = id.parse().ok()?;
     Some(Entry {
         id,
@@ -267,6 +272,7 @@ pub fn published_entry(room: &str, payload: &[u8]) -> Option<Entry> {
             room: room.to_owned(),
             name,
             text,
+            sub: Some(sub).filter(|sub| !sub.is_empty()),
         }),
     })
 }
@@ -287,6 +293,7 @@ fn entry(room: &str, raw: &redis::streams::StreamId) -> Option<Entry> {
             room: room.to_owned(),
             name,
             text,
+            sub: field("sub"),
         }),
         _ => None,
     };
@@ -323,6 +330,9 @@ mod tests {
             ("lobby", "ann")
         );
         assert_eq!(message.text, "a / \"b\"\n");
+        assert_eq!(message.sub, None);
+        let signed = published_entry("lobby", br#"["5-2","5-1","Ann","hi","u-ann"]"#).unwrap();
+        assert_eq!(signed.message.unwrap().sub.as_deref(), Some("u-ann"));
         assert!(published_entry("lobby", b"not json").is_none());
         assert!(published_entry("lobby", br#"["x","0-0","a","b"]"#).is_none());
     }

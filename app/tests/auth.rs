@@ -62,13 +62,13 @@ async fn the_token_names_every_message_and_a_client_name_cannot_impersonate() {
     assert_eq!(chosen.as_deref(), Some("chat"));
     assert_eq!(bob.hello["user"]["name"], "Bob");
 
-    // Alice claims to be Bob: the message is hers all the same.
+    // Alice claims to be Bob: the message is hers all the same, down to her `sub`.
     alice.send("Bob", "it is me, Bob").await;
     for client in [&mut alice, &mut bob] {
         let first = client.next_message().await;
         assert_eq!(
-            (&first["name"], &first["text"]),
-            (&json!("Alice"), &json!("it is me, Bob"))
+            (&first["name"], &first["text"], &first["sub"]),
+            (&json!("Alice"), &json!("it is me, Bob"), &json!("u-alice"))
         );
     }
     bob.send_raw(r#"{"type":"send","text":"no name needed"}"#)
@@ -86,7 +86,11 @@ async fn the_token_names_every_message_and_a_client_name_cannot_impersonate() {
         &format!("?room=lobby&history=10&token={alice_token}"),
     )
     .await;
-    assert_eq!(late.next_message().await["name"], "Alice");
+    let replayed = late.next_message().await;
+    assert_eq!(
+        (&replayed["name"], &replayed["sub"]),
+        (&json!("Alice"), &json!("u-alice"))
+    );
     assert!(
         !server.logged(&alice_token) && !server.logged(&bob_token),
         "a token was logged"

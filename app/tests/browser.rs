@@ -516,7 +516,9 @@ async fn pages_sign_in_with_tokens_and_ask_again_when_one_expires() {
         type_text_and_send(&alice, "signed hello").await;
         let shown = wait_shown(&bob, "signed hello").await;
         assert!(
-            shown.iter().any(|m| m.contains("Alice") && m.contains("signed hello")),
+            shown
+                .iter()
+                .any(|m| m.contains("Alice") && m.contains("signed hello")),
             "{shown:?}"
         );
 
@@ -529,7 +531,11 @@ async fn pages_sign_in_with_tokens_and_ask_again_when_one_expires() {
         wait_connected(&bob, "instance-b").await;
         let shown = wait_shown(&bob, "while bob signs in again").await;
         let count = |needle: &str| shown.iter().filter(|m| m.contains(needle)).count();
-        assert_eq!((count("signed hello"), count("while bob signs in again")), (1, 1), "{shown:?}");
+        assert_eq!(
+            (count("signed hello"), count("while bob signs in again")),
+            (1, 1),
+            "{shown:?}"
+        );
         let shot = bob.screenshot().await.unwrap();
         std::fs::write(artifacts_dir().join("browser-signed-in-bob.png"), shot).unwrap();
     }

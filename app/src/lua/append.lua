@@ -15,6 +15,7 @@
 -- ARGV[6] text
 -- ARGV[7] seconds an idempotency key is kept
 -- ARGV[8] the publish command: PUBLISH, or SPUBLISH on a cluster
+-- ARGV[9] the author's sub when signed in, else empty
 -- Returns {id, epoch, duplicate}: duplicate is 1 when KEYS[4] named a message already
 -- stored, whose id is returned and nothing is written.
 
@@ -40,8 +41,14 @@ end
 redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*',
-  'name', ARGV[5], 'text', ARGV[6], 'prev', prev)
+local id
+if ARGV[9] ~= '' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*',
+    'name', ARGV[5], 'text', ARGV[6], 'prev', prev, 'sub', ARGV[9])
+else
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*',
+    'name', ARGV[5], 'text', ARGV[6], 'prev', prev)
+end
 redis.call('HSET', KEYS[2], 'last', id)
 
 -- Stream ids are Redis's clock, so the age limit is a MINID; the entry just added is
@@ -61,5 +68,5 @@ end
 -- Live delivery: only the instances following this room receive it, so the cost per
 -- message does not grow with the number of rooms. `prev` lets a receiver see that it
 -- missed one (and read it from the stream).
-redis.call(ARGV[8], KEYS[3], cjson.encode({id, prev, ARGV[5], ARGV[6]}))
+redis.call(ARGV[8], KEYS[3], cjson.encode({id, prev, ARGV[5], ARGV[6], ARGV[9]}))
 return {id, epoch, 0}

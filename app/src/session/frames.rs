@@ -120,7 +120,12 @@ impl<'a> Reader<'a> {
             last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
             let outcome = match frame {
                 Message::Text(text) => {
-                    let speaker = self.connection.identity.as_ref().map(|i| i.name.as_str());
+                    // Signed in, the token says who speaks; a guest's frames do.
+                    let speaker = self
+                        .connection
+                        .member
+                        .as_ref()
+                        .filter(|_| self.connection.identity.is_some());
                     match parse_client_frame(&text, speaker) {
                         Ok(ClientFrame::Send(send)) => self.send(send).await,
                         Ok(ClientFrame::Join(join)) => self.join(join).await,
