@@ -227,3 +227,42 @@ async fn the_members_of_an_instance_that_died_expire_and_are_announced_as_left()
     )
     .await;
 }
+
+/// On a Redis Cluster the same holds: each room's presence lives in its room's slot, and
+/// its events travel by sharded pub/sub. Rooms on at least two shards, two instances.
+#[tokio::test(flavor = "multi_thread")]
+async fn presence_and_typing_work_on_a_redis_cluster() {
+    let cluster = common::RedisCluster::start(3);
+    let flags = ["--redis-cluster", "true"];
+    let a = Server::start("a", &cluster.url(), &flags);
+    let b = Server::start("b", &cluster.url(), &flags);
+    a.wait_health(200).await;
+    b.wait_health(200).await;
+    let rooms = ["p0", "p1", "p2", "p3"];
+    let shards: std::collections::BTreeSet<u16> = rooms
+        .iter()
+        .map(|room| {
+            cluster
+                .primary_of(&format!("chat:{{{room}}}:presence"))
+                .port
+        })
+        .collect();
+    assert!(shards.len() >= 2, "rooms on one shard only: {shards:?}");
+
+    for room in rooms {
+        let mut watcher = Client::connect(&a, &format!("?room={room}&name=w&presence=1")).await;
+        assert_eq!(names(&next_event(&mut watcher).await), ["w"]);
+        let mut guest = Client::connect(&b, &format!("?room={room}&name=g")).await;
+        assert_eq!(next_event(&mut watcher).await["type"], "member_joined");
+        guest
+            .send_raw(&json!({"type": "typing", "room": room}).to_string())
+            .await;
+        assert_eq!(next_event(&mut watcher).await["type"], "typing");
+        drop(guest);
+        let left = next_event(&mut watcher).await;
+        assert_eq!(
+            (left["type"].as_str(), left["room"].as_str()),
+            (Some("member_left"), Some(room))
+        );
+    }
+}
