@@ -5,6 +5,8 @@
 # connection), then stops everything. Bounded: about 1-2 minutes. Not a test.
 #
 # Usage: scripts/bench-chat.sh [extra chat-bench flags, e.g. --idle 5000]
+# CHAT_SERVER=<path> runs that chat-server binary instead of this tree's (to compare a
+# build before and after a change with the same load generator).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,7 +57,7 @@ server_pids=()
 # Every benchmark connection comes from loopback: the limits per client address (and on
 # new rooms) would refuse them, so they are lifted with the rate limits.
 for id in bench-a bench-b; do
-  RUST_LOG=warn,chat_server=info NO_COLOR=1 "$bin/chat-server" \
+  RUST_LOG=warn,chat_server=info NO_COLOR=1 "${CHAT_SERVER:-$bin/chat-server}" \
     --listen 127.0.0.1:0 --redis-url "redis://127.0.0.1:$redis_port" --instance-id "$id" \
     --rate-per-sec 1000000 --rate-burst 1000000 --send-queue 4096 --drain-secs 0 \
     --max-connections-per-address 1000000 --new-rooms-per-minute 1000000 \

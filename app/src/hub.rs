@@ -39,6 +39,8 @@ pub enum About {
 struct Room {
     tx: broadcast::Sender<Outgoing>,
     last_id: StreamId,
+    /// The reader's subscription to the room's live channel is confirmed.
+    live: bool,
 }
 
 #[derive(Default)]
@@ -57,6 +59,8 @@ pub struct Hub {
     capacity: usize,
     /// Wakes the reader when a room is joined.
     changed: Notify,
+    /// Wakes joins waiting for a room to be live.
+    went_live: Notify,
 }
 
 impl Hub {
@@ -67,6 +71,7 @@ impl Hub {
             connections: AtomicU64::new(0),
             capacity: capacity.max(1),
             changed: Notify::new(),
+            went_live: Notify::new(),
         }
     }
 
@@ -112,6 +117,7 @@ impl Hub {
                 Room {
                     tx: broadcast::channel(self.capacity).0,
                     last_id: start,
+                    live: false,
                 }
             })
             .tx
@@ -147,6 +153,40 @@ impl Hub {
         let Rooms { rooms, joined } = &mut *state;
         joined.retain(|name| rooms.contains_key(name));
         left
+    }
+
+    /// Records that the reader's subscriptions to `rooms` are confirmed.
+    pub fn mark_live(&self, rooms: &[String]) {
+        let mut state = self.state.lock().unwrap();
+        for room in rooms {
+            if let Some(room) = state.rooms.get_mut(room) {
+                room.live = true;
+            }
+        }
+        drop(state);
+        self.went_live.notify_waiters();
+    }
+
+    /// Waits until the reader is subscribed to `room`: from then on every event
+    /// published in it reaches this instance. (Entries need no wait: the stream has them.)
+    pub async fn wait_live(&self, room: &str) {
+        loop {
+            let notified = self.went_live.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a mark in between is not missed.
+            notified.as_mut().enable();
+            let live = self
+                .state
+                .lock()
+                .unwrap()
+                .rooms
+                .get(room)
+                .is_none_or(|r| r.live);
+            if live {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// The id of the last entry delivered in a room, if this instance follows it.
@@ -221,6 +261,21 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().about, About::Entry(id("6-0")));
         assert!(rx.try_recv().is_err());
         assert_eq!(hub.position("a"), Some(id("8-0")));
+    }
+
+    #[tokio::test]
+    async fn a_join_waits_until_the_room_is_live() {
+        let hub = std::sync::Arc::new(Hub::new(8));
+        let _rx = hub.join("a", StreamId::default());
+        let waiting = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.wait_live("a").await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        hub.mark_live(&["a".to_owned()]);
+        waiting.await.unwrap();
+        hub.wait_live("not followed").await;
     }
 
     #[test]

@@ -217,6 +217,7 @@ async fn follow(
 ) -> anyhow::Result<()> {
     for batch in rooms.chunks(BATCH) {
         conn.subscribe(batch).await?;
+        hub.mark_live(batch);
         catch_up(conn, store, hub, batch).await?;
     }
     Ok(())

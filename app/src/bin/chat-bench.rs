@@ -6,8 +6,10 @@
 //! server CPU seconds per 100 000 deliveries (from `/proc/<pid>/stat`); end-to-end latency
 //! percentiles at a fixed offered rate; the rooms dimension (for each count in `--rooms`,
 //! that many rooms with a few receivers each sharing one offered message rate: server CPU
-//! per delivery and Redis CPU per message, so the shape over room counts shows); and
-//! resident memory per idle connection (from `/proc/<pid>/status`).
+//! per delivery and Redis CPU per message, so the shape over room counts shows); what
+//! presence costs (named guests with presence on, idle: server and Redis CPU per entry
+//! refreshed by the heartbeats); and resident memory per idle connection (from
+//! `/proc/<pid>/status`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +42,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "saturation,latency,rooms,idle"
+        default_value = "saturation,latency,rooms,presence,idle"
     )]
     phases: Vec<Phase>,
     /// Sending connections in the saturation and latency phases.
@@ -71,6 +73,18 @@ struct Args {
     rooms_rate: f64,
     #[arg(long, default_value_t = 15)]
     rooms_secs: u64,
+    /// Connections in the presence phase, each a named guest with presence on.
+    #[arg(long, default_value_t = 10_000)]
+    presence_connections: usize,
+    /// Connections per room in the presence phase.
+    #[arg(long, default_value_t = 10)]
+    presence_per_room: usize,
+    /// Seconds the presence phase stays idle, measuring what the heartbeats cost.
+    #[arg(long, default_value_t = 30)]
+    presence_secs: u64,
+    /// The servers' `--presence-ttl-secs` (they heartbeat every third of it).
+    #[arg(long, default_value_t = 30)]
+    presence_ttl_secs: u64,
     /// Idle connections to the first server for the memory reading.
     #[arg(long, default_value_t = 19_000)]
     idle: usize,
@@ -84,6 +98,7 @@ enum Phase {
     Saturation,
     Latency,
     Rooms,
+    Presence,
     Idle,
 }
 
@@ -137,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
                     println!("{run}");
                 }
             }
+            Phase::Presence => println!("{}", presence(&args, tick).await?),
             Phase::Idle => {
                 let (opened, per_conn) = idle_memory(&args).await?;
                 println!(
@@ -300,7 +316,11 @@ async fn rooms(args: &Args, count: usize, epoch: Instant, tick: f64) -> anyhow::
 }
 
 async fn connect(addr: SocketAddr, room: &str) -> anyhow::Result<Ws> {
-    let url = format!("ws://{addr}/ws?room={room}");
+    connect_with(addr, &format!("room={room}")).await
+}
+
+async fn connect_with(addr: SocketAddr, query: &str) -> anyhow::Result<Ws> {
+    let url = format!("ws://{addr}/ws?{query}");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .with_context(|| format!("connecting {url}"))?;
@@ -473,6 +493,62 @@ async fn latency(args: &Args, epoch: Instant) -> anyhow::Result<Vec<u64>> {
         all.extend(c.await?);
     }
     Ok(all)
+}
+
+/// Opens `presence_connections` named guests with presence on, `presence_per_room` to a
+/// room, spread over the servers; then, idle for `presence_secs`, reads what keeping
+/// them present costs the servers and Redis (the heartbeats, and nothing else).
+async fn presence(args: &Args, tick: f64) -> anyhow::Result<String> {
+    let servers = args.servers.clone();
+    let per_room = args.presence_per_room.max(1);
+    let rooms = args.presence_connections.div_ceil(per_room);
+    let events = Arc::new(AtomicU64::new(0));
+    let opening = Instant::now();
+    let connected: Vec<anyhow::Result<Ws>> = stream::iter(0..args.presence_connections)
+        .map(|i| {
+            let server = servers[i % servers.len()];
+            let query = format!("room=bench-presence-{}&name=u{i}&presence=1", i / per_room);
+            async move { connect_with(server, &query).await }
+        })
+        .buffer_unordered(args.connect_concurrency)
+        .collect()
+        .await;
+    let opened = opening.elapsed();
+    let stop = tokio::time::Instant::now() + Duration::from_secs(args.presence_secs);
+    let mut readers = Vec::new();
+    for ws in connected {
+        let mut ws = ws?;
+        let events = events.clone();
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(stop, ws.next()).await {
+                if matches!(frame, Message::Text(_)) {
+                    events.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            ws
+        }));
+    }
+    // Let the joins' events settle before measuring the steady state.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cpu = Cpu::start(args, tick)?;
+    let measured = Instant::now();
+    let mut sockets = Vec::new();
+    for reader in readers {
+        sockets.push(reader.await?);
+    }
+    let (server_cpu, redis_cpu) = cpu.used()?;
+    let beats = measured.elapsed().as_secs_f64() / (args.presence_ttl_secs as f64 / 3.0);
+    let refreshes = beats * args.presence_connections as f64;
+    drop(sockets);
+    Ok(format!(
+        "presence: {} guests in {rooms} rooms ({per_room} each) opened in {:.1} s, {} presence frames; idle {:.0} s (~{beats:.1} heartbeats): server CPU {server_cpu:.2} s, Redis CPU {redis_cpu:.2} s -> {:.1} µs server, {:.1} µs Redis per entry refreshed",
+        args.presence_connections,
+        opened.as_secs_f64(),
+        events.load(Ordering::Relaxed),
+        measured.elapsed().as_secs_f64(),
+        server_cpu / refreshes.max(1.0) * 1e6,
+        redis_cpu / refreshes.max(1.0) * 1e6,
+    ))
 }
 
 /// Opens `idle` connections to the first server and reads its resident memory before

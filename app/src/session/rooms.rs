@@ -3,6 +3,8 @@
 //! enter the room's presence, then hand the writer the answer, the replay, the members
 //! and the room's live feed, in that order.
 
+use std::time::Duration;
+
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::broadcast;
 
@@ -14,6 +16,10 @@ use crate::hub::Outgoing;
 use crate::protocol::{JoinRequest, Rejection, ServerFrame};
 use crate::recovery::{self, Unrecoverable};
 use crate::store::{self, Entry, RoomState};
+
+/// How long a join with presence waits for its instance to subscribe to the room; past
+/// it (Redis slow), the join goes on, and an event may be missed.
+const LIVE_WAIT: Duration = Duration::from_secs(3);
 
 /// A joined room, ready to be followed.
 pub(super) struct Joined {
@@ -95,6 +101,11 @@ pub(super) async fn join(
         Some(rx) => rx,
         None => state.hub.join(room, room_state.top),
     };
+    if request.presence {
+        // Presence events are not in any stream: only once the instance is subscribed
+        // to the room is a member list read now followed by every change after it.
+        let _ = tokio::time::timeout(LIVE_WAIT, state.hub.wait_live(room)).await;
+    }
     let present = match &connection.member {
         Some(member) => {
             state
