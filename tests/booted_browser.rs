@@ -1,16 +1,20 @@
-//! The chat page of instances booted from their real user-data, in headless Chromium:
-//! after `realtime-stack up --local`, two browsers open the stack's one URL, the local
-//! load balancer's, and land on different instances; a message sent from one page shows
-//! on the other, carried through the local Redis; `status --local` shows both healthy and
-//! `logs --local --boot` their boot service's lines. A screenshot of each page is left in
-//! the test artefacts directory.
+//! The chat page of instances booted from their real user-data, in headless Chromium,
+//! signed in: after `realtime-stack up --local` of a stack with `chat.auth.generate`, two
+//! browsers open the stack's one URL, the local load balancer's, with tokens minted by
+//! `realtime-stack token`, and land on different instances; a message sent from one page
+//! shows on the other under the sender's token name, carried through the local Redis,
+//! and each page lists both users online; `status --local` shows both instances healthy
+//! and `logs --local --boot` their boot service's lines. A screenshot of each page is
+//! left in the test artefacts directory.
 
 mod support;
 
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
-use support::browser::{Chromedriver, WAIT, artifacts_dir, messages, send_message, wait_connected};
+use support::browser::{
+    Chromedriver, WAIT, artifacts_dir, messages, online, send_text, text_of, wait_connected,
+};
 use support::{DestroyLocal, TestStack, poll_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +27,16 @@ async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
     let stack = TestStack::new(&name, &format!("{name}.example.test"));
     // Declared before the browsers: dropped after them, so the servers outlive the pages.
     let _destroy = DestroyLocal(&stack);
+    stack.edit(
+        "tags:\n  team: tests\n",
+        "tags:\n  team: tests\nchat:\n  auth:\n    generate: true\n",
+    );
     let outputs = stack.up_local().await;
+    let token = |sub: &str, name: &str| {
+        let minted = stack.run(&["token", "--sub", sub, "--name", name, "--ttl", "30m"]);
+        String::from_utf8(minted.stdout).unwrap().trim().to_owned()
+    };
+    let (alice, bob) = (token("u-alice", "Alice"), token("u-bob", "Bob"));
     let url = outputs["url"].as_str().expect("url").to_owned();
     assert!(
         url.starts_with("http://127.0.0.1:") && url.ends_with('/'),
@@ -57,9 +70,14 @@ async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
     let receiver = driver.browser(&profiles.path().join("receiver")).await;
     let text = format!("hello across instances ({suffix})");
     let checks = AssertUnwindSafe(async {
-        sender.goto(&url).await.expect("opening the sender's page");
+        // The page takes a token handed over in the address's fragment, which never
+        // reaches a server, and keeps it for the tab.
+        sender
+            .goto(&format!("{url}#token={alice}"))
+            .await
+            .expect("opening the sender's page");
         receiver
-            .goto(&url)
+            .goto(&format!("{url}#token={bob}"))
             .await
             .expect("opening the receiver's page");
         // Each page shows the instance it is connected to, whose id it has from the
@@ -80,7 +98,9 @@ async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
         assert!(ids.contains(&on_sender) && ids.contains(&on_receiver));
         assert_ne!(on_sender, on_receiver, "the pages are on two instances");
 
-        send_message(&sender, "alice", &text).await;
+        assert_eq!(text_of(&sender, "#user").await, "Alice");
+        assert_eq!(text_of(&receiver, "#user").await, "Bob");
+        send_text(&sender, &text).await;
         let shown = poll_until(WAIT, "the message on the receiver's page", || async {
             messages(&receiver)
                 .await
@@ -88,7 +108,13 @@ async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
                 .find(|message| message.contains(&text))
         })
         .await;
-        assert!(shown.contains("alice"), "{shown}");
+        assert!(shown.contains("Alice"), "the token's name: {shown}");
+        for page in [&sender, &receiver] {
+            poll_until(WAIT, "both users in the online list", || async {
+                (online(page).await == ["Alice", "Bob"]).then_some(())
+            })
+            .await;
+        }
         // And the sender's own page shows it too, having had it back through Redis.
         poll_until(WAIT, "the message on the sender's page", || async {
             messages(&sender)

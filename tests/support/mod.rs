@@ -468,22 +468,33 @@ pub mod browser {
         .await
     }
 
-    /// Types `name` and `text` into the chat page's form and sends it.
-    pub async fn send_message(page: &Client, name: &str, text: &str) {
-        for (id, keys) in [("name", name), ("text", text)] {
-            page.find(Locator::Id(id))
-                .await
-                .unwrap_or_else(|err| panic!("no #{id} on the page: {err}"))
-                .send_keys(keys)
-                .await
-                .unwrap_or_else(|err| panic!("typing into #{id}: {err}"));
-        }
+    /// Types `text` into a signed-in chat page's message field and sends it.
+    pub async fn send_text(page: &Client, text: &str) {
+        page.find(Locator::Id("text"))
+            .await
+            .expect("no #text on the page")
+            .send_keys(text)
+            .await
+            .expect("typing into #text");
         page.find(Locator::Id("send"))
             .await
             .expect("no #send on the page")
             .click()
             .await
             .expect("clicking #send");
+    }
+
+    /// The names in the chat page's online list.
+    pub async fn online(page: &Client) -> Vec<String> {
+        let mut names = Vec::new();
+        for item in page
+            .find_all(Locator::Css("#members li"))
+            .await
+            .unwrap_or_default()
+        {
+            names.push(item.text().await.unwrap_or_default());
+        }
+        names
     }
 
     /// The texts of the messages the chat page shows, in order.
