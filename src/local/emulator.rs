@@ -72,8 +72,11 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
     let redis = LocalRedis::running(&state_dir.redis(), &state.redis_ports())
         .context("the stack's local Redis is not running: run `up --local` again")?;
     let listener = bind_load_balancer(&mut state).await?;
-    state.emulator_pid = Some(std::process::id());
-    state_dir.save(&state)?;
+    state_dir.update(|recorded| {
+        recorded.load_balancer_port = state.load_balancer_port;
+        recorded.emulator_pid = Some(std::process::id());
+        Ok(())
+    })?;
     let emulator = Arc::new(Emulator {
         stack,
         state_dir,
@@ -219,26 +222,26 @@ async fn instances_round(emulator: &Arc<Emulator>) -> Result<()> {
 
 /// The recorded port of `id`'s server, or a new free one, recorded.
 fn port_for(emulator: &Emulator, id: &str) -> Result<u16> {
-    let mut state = emulator.state_dir.load()?;
-    if let Some(port) = state.instances.get(id) {
-        return Ok(*port);
-    }
-    let port = loop {
-        let port = free_port()?;
-        if !state.instances.values().any(|used| *used == port) {
-            break port;
+    emulator.state_dir.update(|state| {
+        if let Some(port) = state.instances.get(id) {
+            return Ok(*port);
         }
-    };
-    state.instances.insert(id.to_owned(), port);
-    emulator.state_dir.save(&state)?;
-    Ok(port)
+        let port = loop {
+            let port = free_port()?;
+            if !state.instances.values().any(|used| *used == port) {
+                break port;
+            }
+        };
+        state.instances.insert(id.to_owned(), port);
+        Ok(port)
+    })
 }
 
 fn forget_port(emulator: &Emulator, id: &str) {
-    if let Ok(mut state) = emulator.state_dir.load() {
+    let _ = emulator.state_dir.update(|state| {
         state.instances.remove(id);
-        let _ = emulator.state_dir.save(&state);
-    }
+        Ok(())
+    });
 }
 
 // ------------------------------------------------------------------- load balancer

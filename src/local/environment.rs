@@ -129,9 +129,8 @@ impl Environment {
     /// redis-server, or a Redis Cluster with more than one shard. One of another shape
     /// is refused: ElastiCache's group is not re-shaped by `up --local` either.
     async fn ensure_redis(&self) -> Result<()> {
-        let mut state = self.state_dir.load()?;
         let dir = self.state_dir.redis();
-        let recorded = state.redis_ports();
+        let recorded = self.state_dir.load()?.redis_ports();
         let (shards, replicas) = (self.stack.spec.redis.shards, self.stack.spec.redis.replicas);
         let what = if shards > 1 {
             format!("local Redis Cluster (TLS, {shards} shards, {replicas} replica(s) each)")
@@ -162,8 +161,10 @@ impl Environment {
                 LocalRedis::describe,
             )
             .await?;
-        state.set_redis_ports(redis.ports());
-        self.state_dir.save(&state)
+        self.state_dir.update(|state| {
+            state.set_redis_ports(redis.ports());
+            Ok(())
+        })
     }
 
     /// The stack's emulator: the one recorded if it still runs, else a new one, detached

@@ -1,6 +1,6 @@
 //! What runs on this machine for one stack, recorded in its state directory,
 //! `.localstack/local-stack/<stack>/`, so that every `--local` command finds it:
-//! `state.json` (the ports and pids of what runs), `status.json` (how the local load
+//! `state.json` (the ports and pids of what runs, changed under `state.lock`), `status.json` (how the local load
 //! balancer sees the targets, rewritten by the emulator every round), `redis/`,
 //! `instances/<id>/` (one sandbox per booted instance) and `emulator.log`.
 
@@ -101,8 +101,21 @@ impl StateDir {
         read_json(&self.0.join("state.json")).map(Option::unwrap_or_default)
     }
 
-    pub fn save(&self, state: &State) -> Result<()> {
-        write_json(&self.0.join("state.json"), state)
+    /// Changes the recorded state with `change`, under an exclusive lock on
+    /// `state.lock`: the emulator and the `--local` commands change it from different
+    /// processes, and a read-modify-write must not drop another's change.
+    pub fn update<T>(&self, change: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        std::fs::create_dir_all(&self.0)
+            .with_context(|| format!("cannot create {}", self.0.display()))?;
+        let path = self.0.join("state.lock");
+        let lock = std::fs::File::create(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+        let mut state = self.load()?;
+        let result = change(&mut state)?;
+        write_json(&self.0.join("state.json"), &state)?;
+        Ok(result)
     }
 
     /// The emulator's last status, if it wrote one.
@@ -158,4 +171,36 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     std::fs::write(&temporary, serde_json::to_vec_pretty(value)?)
         .with_context(|| format!("cannot write {}", temporary.display()))?;
     std::fs::rename(&temporary, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The emulator records instance ports while `up --local` records Redis's: changes
+    /// made at the same time from different places all land.
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = StateDir::at(dir.path().join("stack"));
+        let writers: Vec<_> = (0..4)
+            .map(|writer| {
+                let state_dir = state_dir.clone();
+                std::thread::spawn(move || {
+                    for n in 0..25u16 {
+                        state_dir
+                            .update(|state| {
+                                state.instances.insert(format!("i-{writer}-{n}"), n);
+                                Ok(())
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        assert_eq!(state_dir.load().unwrap().instances.len(), 100);
+    }
 }
