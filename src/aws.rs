@@ -444,6 +444,23 @@ where
     }
 }
 
+/// An AWS call's output, or `None` when the service's error says the thing asked about
+/// is not there (`missing`); any other error is [`explain`]ed with `call`'s name.
+pub fn found<T, E, R>(
+    result: Result<T, SdkError<E, R>>,
+    call: impl AsRef<str>,
+    missing: impl FnOnce(&E) -> bool,
+) -> anyhow::Result<Option<T>>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Err(err) if err.as_service_error().is_some_and(missing) => Ok(None),
+        result => result.call(call).map(Some),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use aws_sdk_ec2::error::ErrorMetadata;

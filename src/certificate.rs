@@ -10,7 +10,7 @@ use aws_sdk_acm::types::{
     CertificateDetail, CertificateStatus, Filters, KeyAlgorithm, Tag, ValidationMethod,
 };
 
-use crate::aws::{Call, delete_outcome};
+use crate::aws::{Call, delete_outcome, found};
 use crate::dns::{self, HostedZone, Record};
 use crate::engine::{Action, planned_id};
 use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
@@ -174,18 +174,12 @@ async fn describe(stack: &Stack, arn: &str) -> Result<Option<CertificateDetail>>
         .certificate_arn(arn)
         .send()
         .await;
-    match described {
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|err| err.is_resource_not_found_exception()) =>
-        {
-            Ok(None)
-        }
-        described => Ok(described
-            .call(format!("DescribeCertificate {arn}"))?
-            .certificate),
-    }
+    Ok(
+        found(described, format!("DescribeCertificate {arn}"), |err| {
+            err.is_resource_not_found_exception()
+        })?
+        .and_then(|out| out.certificate),
+    )
 }
 
 /// Like [`describe`], but a certificate ACM gave up on is an error.
@@ -291,16 +285,12 @@ async fn account_certificates(stack: &Stack) -> Result<Vec<Listed>> {
                 .certificate_arn(arn)
                 .send()
                 .await;
-            let tags = match tags {
-                // Deleted since it was listed.
-                Err(err)
-                    if err
-                        .as_service_error()
-                        .is_some_and(|err| err.is_resource_not_found_exception()) =>
-                {
-                    continue;
-                }
-                tags => tags.call(format!("ListTagsForCertificate {arn}"))?,
+            let tags = found(tags, format!("ListTagsForCertificate {arn}"), |err| {
+                err.is_resource_not_found_exception()
+            })?;
+            // Deleted since it was listed.
+            let Some(tags) = tags else {
+                continue;
             };
             let domain = summary.domain_name().unwrap_or_default().to_owned();
             let mut names = vec![domain.to_ascii_lowercase()];

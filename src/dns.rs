@@ -175,24 +175,20 @@ pub async fn find_zone(stack: &Stack) -> Result<HostedZone> {
 
 async fn zone_by_id(stack: &Stack, id: &str) -> Result<HostedZone> {
     let found = stack.clients.route53.get_hosted_zone().id(id).send().await;
-    let zone = match found {
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|err| err.is_no_such_hosted_zone()) =>
-        {
-            bail!(
-                "there is no Route53 hosted zone with the id {id} (domain.hosted_zone in \
-                 stack.yaml) in this AWS account: give the id or the name of an existing \
-                 public hosted zone that holds {}",
-                stack.spec.domain.name
-            )
-        }
-        found => found
-            .call(format!("GetHostedZone {id}"))?
-            .hosted_zone
-            .with_context(|| format!("GetHostedZone {id} returned no zone"))?,
+    let Some(found) = crate::aws::found(found, format!("GetHostedZone {id}"), |err| {
+        err.is_no_such_hosted_zone()
+    })?
+    else {
+        bail!(
+            "there is no Route53 hosted zone with the id {id} (domain.hosted_zone in \
+             stack.yaml) in this AWS account: give the id or the name of an existing \
+             public hosted zone that holds {}",
+            stack.spec.domain.name
+        )
     };
+    let zone = found
+        .hosted_zone
+        .with_context(|| format!("GetHostedZone {id} returned no zone"))?;
     if zone
         .config
         .as_ref()

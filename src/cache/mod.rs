@@ -15,7 +15,7 @@ use aws_sdk_elasticache::types::{
     CacheSubnetGroup, ClusterMode, MultiAzStatus, ReplicationGroup, SourceType, Tag,
 };
 
-use crate::aws::Call;
+use crate::aws::{Call, found};
 use crate::engine::{Action, Step, planned_id, wait_for};
 use crate::names::{Names, STACK_TAG};
 use crate::stack::Stack;
@@ -440,19 +440,13 @@ async fn describe_group(
         .replication_group_id(id)
         .send()
         .await;
-    match described {
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|err| err.is_replication_group_not_found_fault()) =>
-        {
-            Ok(None)
-        }
-        described => Ok(described
-            .call(format!("DescribeReplicationGroups {id}"))?
-            .replication_groups
-            .and_then(|groups| groups.into_iter().next())),
-    }
+    Ok(found(
+        described,
+        format!("DescribeReplicationGroups {id}"),
+        |err| err.is_replication_group_not_found_fault(),
+    )?
+    .and_then(|out| out.replication_groups)
+    .and_then(|groups| groups.into_iter().next()))
 }
 
 async fn describe_subnet_group(stack: &Stack, name: &str) -> Result<Option<CacheSubnetGroup>> {
@@ -463,19 +457,13 @@ async fn describe_subnet_group(stack: &Stack, name: &str) -> Result<Option<Cache
         .cache_subnet_group_name(name)
         .send()
         .await;
-    match described {
-        Err(err)
-            if err
-                .as_service_error()
-                .is_some_and(|err| err.is_cache_subnet_group_not_found_fault()) =>
-        {
-            Ok(None)
-        }
-        described => Ok(described
-            .call(format!("DescribeCacheSubnetGroups {name}"))?
-            .cache_subnet_groups
-            .and_then(|groups| groups.into_iter().next())),
-    }
+    Ok(found(
+        described,
+        format!("DescribeCacheSubnetGroups {name}"),
+        |err| err.is_cache_subnet_group_not_found_fault(),
+    )?
+    .and_then(|out| out.cache_subnet_groups)
+    .and_then(|groups| groups.into_iter().next()))
 }
 
 /// Whose a resource is, as its tags say.

@@ -11,9 +11,10 @@ use anyhow::{Context, Result, bail, ensure as check};
 use aws_sdk_elasticloadbalancingv2::types::{
     LoadBalancerSchemeEnum, LoadBalancerStateEnum, LoadBalancerTypeEnum, Tag,
 };
+use aws_smithy_types::error::metadata::ProvideErrorMetadata as _;
 use futures::try_join;
 
-use crate::aws::{Call, error_code};
+use crate::aws::{Call, found};
 use crate::engine::{Action, Step, planned_id, wait_for};
 use crate::names::STACK_TAG;
 use crate::network::Network;
@@ -97,9 +98,11 @@ pub(super) async fn find_load_balancer(
         .names(&name)
         .send()
         .await;
-    let found = match out {
-        Err(err) if error_code(&err) == Some("LoadBalancerNotFound") => return Ok(None),
-        out => out.call(format!("DescribeLoadBalancers {name}"))?,
+    let Some(found) = found(out, format!("DescribeLoadBalancers {name}"), |err| {
+        err.code() == Some("LoadBalancerNotFound")
+    })?
+    else {
+        return Ok(None);
     };
     let Some(lb) = found.load_balancers().first() else {
         return Ok(None);

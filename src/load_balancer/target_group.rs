@@ -8,12 +8,13 @@ use aws_sdk_elasticloadbalancingv2::types::{
     Matcher, ProtocolEnum, TargetDescription, TargetGroup, TargetHealth, TargetHealthStateEnum,
     TargetTypeEnum,
 };
+use aws_smithy_types::error::metadata::ProvideErrorMetadata as _;
 
 use super::{
     HEALTH_CHECK_PATH, HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD, describe, drifted, is_ours,
     not_ours, tags,
 };
-use crate::aws::{Call, ELB_NEW_TARGET, error_code, once_known};
+use crate::aws::{Call, ELB_NEW_TARGET, found, once_known};
 use crate::deploy::Health;
 use crate::engine::{Action, Step, is_planned, planned_id};
 use crate::network::Network;
@@ -29,9 +30,11 @@ pub(super) async fn find_target_group(stack: &Stack) -> Result<Option<(TargetGro
         .names(&name)
         .send()
         .await;
-    let found = match out {
-        Err(err) if error_code(&err) == Some("TargetGroupNotFound") => return Ok(None),
-        out => out.call(format!("DescribeTargetGroups {name}"))?,
+    let Some(found) = found(out, format!("DescribeTargetGroups {name}"), |err| {
+        err.code() == Some("TargetGroupNotFound")
+    })?
+    else {
+        return Ok(None);
     };
     let Some(group) = found.target_groups().first() else {
         return Ok(None);
