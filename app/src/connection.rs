@@ -179,7 +179,6 @@ impl Target {
 /// One thing to send to Redis.
 pub enum Request<'a> {
     Cmd(&'a redis::Cmd),
-    Pipe(&'a redis::Pipeline),
     Script(&'a redis::ScriptInvocation<'a>),
 }
 
@@ -190,7 +189,6 @@ impl Request<'_> {
     ) -> redis::RedisResult<T> {
         match self {
             Request::Cmd(cmd) => cmd.query_async(conn).await,
-            Request::Pipe(pipe) => pipe.query_async(conn).await,
             Request::Script(script) => script.invoke_async(conn).await,
         }
     }
