@@ -176,7 +176,9 @@ impl Target {
     }
 }
 
-/// One thing to send to Redis.
+/// One thing to send to Redis. No transactions: on a cluster, redis-rs does not follow a
+/// `MOVED` or `ASK` that comes back inside `EXECABORT` (a slot being moved), while it
+/// redirects a script like any command; what must be read or written together is a script.
 pub enum Request<'a> {
     Cmd(&'a redis::Cmd),
     Script(&'a redis::ScriptInvocation<'a>),
