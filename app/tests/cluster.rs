@@ -1,7 +1,8 @@
 //! The chat on a Redis Cluster (`--redis-cluster true`): rooms spread over the shards'
-//! slots, live fan-out by sharded pub/sub, history per room, and a primary failover
-//! inside the cluster. Three primaries with a replica each, real `redis-server`s, real
-//! servers, real WebSocket clients.
+//! slots, live fan-out by sharded pub/sub, history per room, a primary failover inside
+//! the cluster, and a room's slot moved to another primary under a live conversation.
+//! Three primaries with a replica each, real `redis-server`s, real servers, real
+//! WebSocket clients.
 
 mod common;
 
