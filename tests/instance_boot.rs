@@ -118,11 +118,11 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(instance: &LocalInstance) -> (Ws, Value) {
-    connect_to(instance.port).await
+    connect_to(instance.port, "boot").await
 }
 
-async fn connect_to(port: u16) -> (Ws, Value) {
-    let url = format!("ws://127.0.0.1:{port}/ws?room=boot");
+async fn connect_to(port: u16, room: &str) -> (Ws, Value) {
+    let url = format!("ws://127.0.0.1:{port}/ws?room={room}");
     let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
         .await
         .expect("websocket connect timed out")
@@ -357,13 +357,22 @@ impl Drop for DestroyLocalOnPanic<'_> {
     }
 }
 
-#[tokio::test]
+/// `up --local` with `redis.shards: 3`, as the demo runs it with a Redis Cluster: a
+/// local cluster of six TLS redis-servers (three primaries with a replica each) and two
+/// instances behind one URL. Real WebSocket clients of that URL, on both instances, chat
+/// in six rooms whose keys land on all three shards: every client of a room gets every
+/// message of it, in one order. `destroy --local` then leaves no redis-server and no
+/// chat-server of the stack running, and the URL answers nothing. (One shard, cluster
+/// mode off, is what tests/rolling_deploy.rs and tests/booted_browser.rs run locally.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_local_boots_the_instances_here_behind_one_url_and_destroy_local_stops_them() {
+    const ROOMS: [&str; 6] = ["room-0", "room-1", "room-2", "room-3", "room-4", "room-5"];
     support::localstack().await;
     let suffix = support::unique_suffix();
     let name = format!("l{}", &suffix[suffix.len() - 8..]);
     // No hosted zone made here: `up --local` creates it, as the demo needs.
     let stack = TestStack::new(&name, &format!("{name}.example.test"));
+    stack.edit("  replicas: 1\n", "  replicas: 1\n  shards: 3\n");
     let destroy_on_panic = DestroyLocalOnPanic(&stack);
     let output = stack.run(&["up", "--local", "--output", "json"]);
     let outputs: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
@@ -376,18 +385,93 @@ async fn up_local_boots_the_instances_here_behind_one_url_and_destroy_local_stop
     let ids = support::instance_ids(&outputs);
     assert_eq!(ids.len(), 2);
 
+    // What runs here for the stack, as its state directory records it.
+    let state_dir = local::StateDir::of(local::repository(), &name);
+    let state = state_dir.load().unwrap();
+    let redis = LocalRedis::running(&state_dir.redis(), &state.redis_ports())
+        .expect("the local Redis Cluster runs");
+    assert_eq!(redis.servers.len(), 6, "3 primaries with a replica each");
+    assert_eq!(redis.cluster_roles().unwrap(), (3, 3));
+    let servers: Vec<u32> = ids
+        .iter()
+        .map(|id| local::server_pid(&state_dir.sandbox(id)).expect("the instance's chat-server"))
+        .collect();
+
     // One URL, as on AWS: the local load balancer spreads connections over both
-    // instances, which outlive the command that booted them.
+    // instances, which outlive the command that booted them. Two clients per room, one
+    // on each instance.
     assert_eq!(local::http_status(port, "/healthz").await.unwrap(), 200);
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..4 {
-        let (_, hello) = connect_to(port).await;
-        seen.insert(hello["instance"].as_str().unwrap().to_owned());
+    let mut rooms = Vec::new();
+    for room in ROOMS {
+        let mut clients = Vec::new();
+        while clients.len() < 2 {
+            let (ws, hello) = connect_to(port, room).await;
+            let instance = hello["instance"].as_str().unwrap().to_owned();
+            if clients.iter().all(|(_, on)| *on != instance) {
+                clients.push((ws, instance));
+            }
+        }
+        let on: std::collections::BTreeSet<&String> = clients.iter().map(|(_, on)| on).collect();
+        assert_eq!(
+            on.into_iter().cloned().collect::<Vec<_>>(),
+            ids,
+            "both instances serve"
+        );
+        rooms.push(clients);
     }
-    assert_eq!(
-        seen.into_iter().collect::<Vec<_>>(),
-        ids,
-        "both instances serve"
+    for (room, clients) in ROOMS.iter().zip(&mut rooms) {
+        for (ws, instance) in clients.iter_mut() {
+            let send = json!({"type": "send", "name": instance, "text": format!("{room} from {instance}")});
+            ws.send(Message::text(send.to_string())).await.unwrap();
+        }
+    }
+    for (room, clients) in ROOMS.iter().zip(&mut rooms) {
+        let mut orders = Vec::new();
+        for (ws, _) in clients.iter_mut() {
+            let mut texts = Vec::new();
+            while texts.len() < 2 {
+                let frame = next_json(ws).await;
+                assert_eq!(frame["type"], "message", "{frame}");
+                assert_eq!(frame["room"], *room, "{frame}");
+                texts.push(frame["text"].as_str().unwrap().to_owned());
+            }
+            orders.push(texts);
+        }
+        assert_eq!(
+            orders[0], orders[1],
+            "one order on both instances in {room}"
+        );
+        let mut sorted = orders[0].clone();
+        sorted.sort();
+        let want: Vec<String> = ids.iter().map(|id| format!("{room} from {id}")).collect();
+        assert_eq!(sorted, want);
+    }
+    // The rooms' histories are on every shard: each primary holds some of them.
+    let mut shards = Vec::new();
+    for server in &redis.servers {
+        let cli = |args: &[&str]| {
+            let output = Command::new("redis-cli")
+                .args(["--tls", "--cacert"])
+                .arg(redis.ca_file())
+                .args(["-p", &server.port.to_string()])
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8(output.stdout).unwrap()
+        };
+        if cli(&["ROLE"]).starts_with("master") {
+            let mut logs: Vec<String> = cli(&["--scan", "--pattern", "chat:*:log"])
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            logs.sort();
+            shards.push(logs);
+        }
+    }
+    assert_eq!(shards.len(), 3);
+    assert!(
+        shards.iter().all(|logs| !logs.is_empty()) && shards.concat().len() == ROOMS.len(),
+        "the rooms' streams per primary: {shards:?}"
     );
 
     stack.run(&["destroy", "--local"]);
@@ -395,5 +479,19 @@ async fn up_local_boots_the_instances_here_behind_one_url_and_destroy_local_stop
         local::http_status(port, "/healthz").await.is_err(),
         "the load balancer on port {port} is still there after destroy --local"
     );
+    for server in &redis.servers {
+        assert!(
+            !local::process_is(server.pid, "redis-server"),
+            "redis-server {} (port {}) still runs after destroy --local",
+            server.pid,
+            server.port
+        );
+    }
+    for pid in &servers {
+        assert!(
+            !local::process_is(*pid, "chat-server"),
+            "chat-server {pid} still runs after destroy --local"
+        );
+    }
     drop(destroy_on_panic);
 }

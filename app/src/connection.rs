@@ -176,10 +176,11 @@ impl Target {
     }
 }
 
-/// One thing to send to Redis.
+/// One thing to send to Redis. No transactions: on a cluster, redis-rs does not follow a
+/// `MOVED` or `ASK` that comes back inside `EXECABORT` (a slot being moved), while it
+/// redirects a script like any command; what must be read or written together is a script.
 pub enum Request<'a> {
     Cmd(&'a redis::Cmd),
-    Pipe(&'a redis::Pipeline),
     Script(&'a redis::ScriptInvocation<'a>),
 }
 
@@ -190,7 +191,6 @@ impl Request<'_> {
     ) -> redis::RedisResult<T> {
         match self {
             Request::Cmd(cmd) => cmd.query_async(conn).await,
-            Request::Pipe(pipe) => pipe.query_async(conn).await,
             Request::Script(script) => script.invoke_async(conn).await,
         }
     }

@@ -33,6 +33,7 @@ use crate::random::random_token;
 pub const PAGE: usize = 500;
 
 const APPEND: &str = include_str!("lua/append.lua");
+const ROOM_STATE: &str = include_str!("lua/room_state.lua");
 /// How long a client id is remembered: a retry within this is stored once (as in
 /// Centrifuge's idempotent publish).
 const CID_TTL_SECS: u64 = 300;
@@ -99,6 +100,7 @@ pub struct Store {
     /// of its room instead of broadcasting it to every node.
     publish_command: &'static str,
     append_script: Arc<Script>,
+    room_state_script: Arc<Script>,
     history_len: usize,
     history_max_age_ms: u64,
     room_ttl_secs: u64,
@@ -118,6 +120,7 @@ impl Store {
             },
             target,
             append_script: Arc::new(Script::new(APPEND)),
+            room_state_script: Arc::new(Script::new(ROOM_STATE)),
             history_len: config.history_len,
             history_max_age_ms: config.history_max_age_secs.saturating_mul(1000),
             room_ttl_secs: config.room_ttl_secs.max(1),
@@ -164,23 +167,19 @@ impl Store {
         })
     }
 
-    /// The room's epoch, newest id and Redis's clock, read atomically.
+    /// The room's epoch, newest id and Redis's clock, read atomically (by a script, see
+    /// lua/room_state.lua for why not a transaction).
     pub async fn room_state(&self, room: &str) -> Result<RoomState, StoreError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("TIME")
-            .hget(meta_key(room), "epoch")
-            .xrevrange_count(stream_key(room), "+", "-", 1);
-        let ((secs, micros), epoch, top): ((u64, u64), Option<String>, StreamRangeReply) =
-            self.redis.call(Request::Pipe(&pipe)).await?;
+        let mut invocation = self.room_state_script.key(stream_key(room));
+        invocation.key(meta_key(room));
+        let (secs, micros, epoch, top): (u64, u64, Option<String>, String) =
+            self.redis.call(Request::Script(&invocation)).await?;
         Ok(RoomState {
             epoch,
-            top: top
-                .ids
-                .first()
-                .map(|e| parse_id(&e.id))
-                .transpose()?
-                .unwrap_or_default(),
+            top: match top.as_str() {
+                "" => StreamId::default(),
+                id => parse_id(id)?,
+            },
             now_ms: secs * 1000 + micros / 1000,
         })
     }

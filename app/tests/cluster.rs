@@ -1,13 +1,15 @@
 //! The chat on a Redis Cluster (`--redis-cluster true`): rooms spread over the shards'
-//! slots, live fan-out by sharded pub/sub, history per room, and a primary failover
-//! inside the cluster. Three primaries with a replica each, real `redis-server`s, real
-//! servers, real WebSocket clients.
+//! slots, live fan-out by sharded pub/sub, history per room, a primary failover inside
+//! the cluster, and a room's slot moved to another primary under a live conversation.
+//! Three primaries with a replica each, real `redis-server`s, real servers, real
+//! WebSocket clients.
 
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use common::{Client, RedisCluster, Server, texts};
+use common::{Client, Conversation, Redis, RedisCluster, Sending, Server, texts};
 use futures_util::future::join_all;
 
 const CLUSTER: [&str; 2] = ["--redis-cluster", "true"];
@@ -60,20 +62,12 @@ async fn rooms_spread_over_the_shards_and_messages_cross_instances() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failover_inside_the_cluster_loses_nothing_stored() {
     let cluster = RedisCluster::start(3);
-    let flags = [
-        CLUSTER[0],
-        CLUSTER[1],
-        "--rate-per-sec",
-        "1000",
-        "--rate-burst",
-        "1000",
-    ];
-    let a = Server::start("a", &cluster.url(), &flags);
-    let b = Server::start("b", &cluster.url(), &flags);
-    a.wait_health(200).await;
-    b.wait_health(200).await;
-    let mut receiver = Client::connect(&b, "?room=f").await;
-    let mut sender = Client::connect(&a, "?room=f").await;
+    let Conversation {
+        a,
+        b,
+        mut sender,
+        mut receiver,
+    } = Conversation::start(&cluster.url(), &CLUSTER, "f").await;
     let primary = cluster.primary_of("chat:{f}:log");
     let replica = cluster.replica_of(primary);
 
@@ -113,16 +107,128 @@ async fn a_failover_inside_the_cluster_loses_nothing_stored() {
         stored.push(sender.send_until_stored(&format!("m{i}")).await);
     }
 
-    let mut got = Vec::new();
-    while got.len() < stored.len() {
-        got.push(
-            receiver.next_message().await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    assert_eq!(got, stored);
+    assert_eq!(receiver.next_ids(stored.len()).await, stored);
     a.wait_health(200).await;
     b.wait_health(200).await;
+}
+
+/// The slot of a live room moves from one primary to another by the real protocol
+/// (`CLUSTER SETSLOT IMPORTING`/`MIGRATING`, `MIGRATE ... KEYS`, `SETSLOT NODE`), as a
+/// resharding does, while a client on one instance keeps sending into the room and a
+/// client on the other receives. Commands meet `TRYAGAIN` and `ASK` during the move and
+/// `MOVED` after it, and the old owner drops the room's sharded subscriptions
+/// (`SUNSUBSCRIBE`). What a user sees: every acknowledged message reaches the other
+/// instance's client once and in order, a client joining mid-move with `since` is made
+/// whole, and live delivery goes on after the move.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_migrating_under_a_live_room_loses_nothing_and_delivery_goes_on() {
+    /// How long each phase of the move lasts, so that sends meet every one of them.
+    const PHASE: Duration = Duration::from_millis(1500);
+    const AFTER: usize = 10;
+    let cluster = RedisCluster::start(3);
+    let Conversation {
+        a,
+        b,
+        sender,
+        mut receiver,
+    } = Conversation::start(&cluster.url(), &CLUSTER, "m").await;
+
+    let key = "chat:{m}:log";
+    let cli = |node, args: &[&str]| {
+        tokio::task::block_in_place(|| cluster.cli(node, args).trim().to_owned())
+    };
+    let slot = cli(&cluster.nodes[0], &["CLUSTER", "KEYSLOT", key]);
+    let source = cluster.primary_of(key);
+    let primaries: Vec<&Redis> = cluster
+        .nodes
+        .iter()
+        .filter(|node| cli(node, &["ROLE"]).starts_with("master"))
+        .collect();
+    let target = *primaries.iter().find(|n| n.port != source.port).unwrap();
+    let (source_id, target_id) = (cluster.node_id(source), cluster.node_id(target));
+    let redirects = |code| cluster.errors_sent(source, code) + cluster.errors_sent(target, code);
+
+    // The sender goes on until it has had AFTER messages stored after the move.
+    let mut sending = Sending::start(sender, AFTER);
+    let mut stored = sending.next(10).await;
+    let before = (redirects("ASK"), redirects("TRYAGAIN"), redirects("MOVED"));
+
+    // The move, as `redis-cli --cluster reshard` makes it.
+    assert_eq!(
+        cli(
+            target,
+            &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]
+        ),
+        "OK"
+    );
+    assert_eq!(
+        cli(
+            source,
+            &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]
+        ),
+        "OK"
+    );
+    tokio::time::sleep(PHASE).await;
+    loop {
+        let keys = cli(source, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+        if keys.is_empty() {
+            break;
+        }
+        let port = target.port.to_string();
+        let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        migrate.extend(keys.lines());
+        assert_eq!(cli(source, &migrate), "OK");
+    }
+    // The keys are on the target, the slot still the source's: `ASK`. A client joining
+    // now, on the receiving instance, catches up from the middle of the conversation.
+    let since = stored[4].id.clone();
+    let joining = tokio::spawn({
+        let url = b.ws_url(&format!("?room=m&since={since}"));
+        async move { Client::connect_url(&url).await }
+    });
+    tokio::time::sleep(PHASE).await;
+    for node in [target, source].into_iter().chain(
+        primaries
+            .iter()
+            .copied()
+            .filter(|n| n.port != source.port && n.port != target.port),
+    ) {
+        assert_eq!(
+            cli(node, &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id]),
+            "OK"
+        );
+    }
+    sending.event_happened();
+    let mut joined = joining.await.unwrap();
+    assert_eq!(joined.hello["recovered"], true, "{}", joined.hello);
+    stored.extend(sending.finish().await);
+    let slowest = stored.iter().map(|sent| sent.took).max().unwrap();
+    let stored: Vec<String> = stored.into_iter().map(|sent| sent.id).collect();
+    let after = (redirects("ASK"), redirects("TRYAGAIN"), redirects("MOVED"));
+    eprintln!(
+        "slot {slot} moved from {} to {}: {} messages stored, the slowest in {slowest:?}; ASK {} TRYAGAIN {} MOVED {} during and after",
+        source.port,
+        target.port,
+        stored.len(),
+        after.0 - before.0,
+        after.1 - before.1,
+        after.2 - before.2,
+    );
+    assert_eq!(cluster.primary_of(key).port, target.port);
+
+    assert_eq!(receiver.next_ids(stored.len()).await, stored);
+    assert_eq!(joined.next_ids(stored.len() - 5).await, stored[5..]);
+    // After the move, on either instance, whether or not it sent into the room since.
+    for server in [&a, &b] {
+        let mut late = Client::connect(server, &format!("?room=m&since={since}")).await;
+        assert_eq!(late.hello["recovered"], true, "{}", late.hello);
+        assert_eq!(late.next_ids(stored.len() - 5).await, stored[5..]);
+    }
+    assert!(after.0 > before.0, "no ASK during the move");
+    assert!(after.1 > before.1, "no TRYAGAIN during the move");
+    assert!(after.2 > before.2, "no MOVED after the move");
+    assert!(
+        b.logged("the cluster moved the room's channel"),
+        "the receiving instance was never told its subscription moved"
+    );
 }

@@ -4,13 +4,10 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Client, Proxy, Redis, Server, WAIT, poll_until, redis_conn};
+use common::{Client, Conversation, Proxy, Redis, Sending, Server, WAIT, poll_until, redis_conn};
 use redis::aio::MultiplexedConnection;
-use tokio::sync::mpsc;
 
 async fn info_field(conn: &mut MultiplexedConnection, field: &str) -> Option<String> {
     let info: String = redis::cmd("INFO")
@@ -78,49 +75,23 @@ async fn replica_promoted_while_clients_send() {
     })
     .await;
     let proxy = Proxy::start(primary.port).await;
-    let flags = ["--rate-per-sec", "1000", "--rate-burst", "1000"];
-    let a = Server::start("a", &proxy.url(), &flags);
-    let b = Server::start("b", &proxy.url(), &flags);
-    a.wait_health(200).await;
-    b.wait_health(200).await;
-    let mut receiver = Client::connect(&b, "?room=f").await;
-    let mut sender = Client::connect(&a, "?room=f").await;
+    let Conversation {
+        a,
+        b,
+        sender,
+        mut receiver,
+    } = Conversation::start(&proxy.url(), &[], "f").await;
 
-    let failed_over = Arc::new(AtomicBool::new(false));
-    let (stored_tx, mut stored_rx) = mpsc::unbounded_channel();
-    let sending = tokio::spawn({
-        let failed_over = failed_over.clone();
-        async move {
-            let mut after_failover = 0;
-            let mut i = 0;
-            while after_failover < 10 {
-                let text = format!("m{i}");
-                let id = sender.send_until_stored(&text).await;
-                let was_after = failed_over.load(Ordering::SeqCst);
-                after_failover += usize::from(was_after);
-                stored_tx
-                    .send((text, id, Instant::now(), was_after))
-                    .unwrap();
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    });
-    let mut stored = Vec::new();
-    while stored.len() < 10 {
-        stored.push(stored_rx.recv().await.unwrap());
-    }
+    let mut sending = Sending::start(sender, 10);
+    let mut stored = sending.next(10).await;
     let started = Instant::now();
     fail_over(&primary, &replica, &proxy).await;
-    failed_over.store(true, Ordering::SeqCst);
-    sending.await.unwrap();
-    while let Ok(item) = stored_rx.try_recv() {
-        stored.push(item);
-    }
+    sending.event_happened();
+    stored.extend(sending.finish().await);
     let first_after = stored
         .iter()
-        .find(|(_, _, _, after)| *after)
-        .map(|(_, _, at, _)| at.duration_since(started))
+        .find(|sent| sent.after_event)
+        .map(|sent| sent.at.duration_since(started))
         .unwrap();
     eprintln!("failover: first message stored {first_after:?} after the failover began");
     assert!(
@@ -138,7 +109,7 @@ async fn replica_promoted_while_clients_send() {
         .await
         .unwrap();
     let kept_ids: Vec<&str> = kept.ids.iter().map(|e| e.id.as_str()).collect();
-    let stored_ids: Vec<&str> = stored.iter().map(|(_, id, _, _)| id.as_str()).collect();
+    let stored_ids: Vec<&str> = stored.iter().map(|sent| sent.id.as_str()).collect();
     for id in &stored_ids {
         assert!(
             kept_ids.contains(id),
@@ -146,16 +117,7 @@ async fn replica_promoted_while_clients_send() {
         );
     }
     // ...and every one reached the client on the other instance, in that order.
-    let mut got = Vec::new();
-    while got.len() < kept_ids.len() {
-        got.push(
-            receiver.next_message().await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
-    }
-    assert_eq!(got, kept_ids);
+    assert_eq!(receiver.next_ids(kept_ids.len()).await, kept_ids);
     a.wait_health(200).await;
     b.wait_health(200).await;
 }

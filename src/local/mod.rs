@@ -47,6 +47,7 @@ pub use instance::{
     BootSettings, HEALTHY_WITHIN, LocalInstance, Stop, server_pid, stop_services, user_data,
 };
 pub use redis::LocalRedis;
+pub use state::StateDir;
 
 /// The programs `--local` runs on this machine, each with the Debian package it comes in:
 /// the local redis-server, the redis-cli that joins several into a cluster, their
@@ -153,7 +154,7 @@ pub async fn http_status(port: u16, path: &str) -> Result<u16> {
 
 /// Whether `pid` is alive and its command line contains `needle`: a pid can be reused,
 /// and an exited process nobody has reaped yet has an empty command line.
-pub(crate) fn process_is(pid: u32, needle: &str) -> bool {
+pub fn process_is(pid: u32, needle: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
 }

@@ -8,8 +8,14 @@
 //! that many rooms with a few receivers each sharing one offered message rate: server CPU
 //! per delivery and Redis CPU per message, so the shape over room counts shows); what
 //! presence costs (named guests with presence on, idle: server and Redis CPU per entry
-//! refreshed by the heartbeats); and resident memory per idle connection (from
-//! `/proc/<pid>/status`).
+//! refreshed by the heartbeats); resident memory per idle connection (from
+//! `/proc/<pid>/status`); and Redis alone (`redis`, driven by `scripts/bench-redis.sh`):
+//! the append script as the servers call it, against one primary or every primary of a
+//! cluster, with CPU per message per primary, so that what more primaries add shows
+//! without the servers in the way.
+
+#[path = "chat-bench/redis_alone.rs"]
+mod redis_alone;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,14 +35,15 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 #[derive(Parser)]
 #[command(about = "Load generator for chat-server (see scripts/bench-chat.sh)")]
 struct Args {
-    /// chat-server addresses, comma-separated; clients are spread over them.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// chat-server addresses, comma-separated; clients are spread over them. Every
+    /// phase but `redis` needs them.
+    #[arg(long, value_delimiter = ',')]
     servers: Vec<SocketAddr>,
     /// Server pids, for CPU and memory readings.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     pids: Vec<u32>,
     /// redis-server pids (every node of a cluster), for Redis CPU per message.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     redis_pids: Vec<u32>,
     /// Which phases to run, in this order.
     #[arg(
@@ -91,6 +98,24 @@ struct Args {
     /// Connection attempts in flight while opening idle connections.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
+    /// `redis` phase: a node of the Redis (any node of a cluster).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// `redis` phase: `redis_url` is a Redis Cluster (SPUBLISH, commands routed by slot).
+    #[arg(long)]
+    redis_cluster: bool,
+    /// `redis` phase: rooms the messages go to, in turn.
+    #[arg(long, default_value_t = 1000)]
+    redis_rooms: usize,
+    /// `redis` phase: followers of every room (a socket to each primary each), as that
+    /// many instances with clients in every room would be.
+    #[arg(long, default_value_t = 2)]
+    redis_subscribers: usize,
+    /// `redis` phase: append calls in flight at once (256 saturate one redis-server here).
+    #[arg(long, default_value_t = 256)]
+    redis_inflight: usize,
+    #[arg(long, default_value_t = 15)]
+    redis_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -100,6 +125,7 @@ enum Phase {
     Rooms,
     Presence,
     Idle,
+    Redis,
 }
 
 #[tokio::main]
@@ -109,12 +135,18 @@ async fn main() -> anyhow::Result<()> {
     let tick = clock_ticks_per_sec();
 
     println!("## chat-bench");
-    println!(
-        "servers: {:?}; senders {}, receivers {} (spread over the servers)",
-        args.servers, args.senders, args.receivers
-    );
+    if args.phases.iter().any(|phase| *phase != Phase::Redis) {
+        if args.servers.is_empty() || args.pids.is_empty() || args.redis_pids.is_empty() {
+            bail!("--servers, --pids and --redis-pids are needed by every phase but redis");
+        }
+        println!(
+            "servers: {:?}; senders {}, receivers {} (spread over the servers)",
+            args.servers, args.senders, args.receivers
+        );
+    }
     for phase in &args.phases {
         match phase {
+            Phase::Redis => redis_alone::redis_alone(&args).await?,
             Phase::Saturation => {
                 let cpu = Cpu::start(&args, tick)?;
                 let (deliveries, elapsed, sent) = saturation(&args).await?;

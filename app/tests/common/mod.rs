@@ -549,6 +549,20 @@ impl RedisCluster {
         })
     }
 
+    /// The node's cluster id (`CLUSTER MYID`).
+    pub fn node_id(&self, node: &Redis) -> String {
+        self.cli(node, &["CLUSTER", "MYID"]).trim().to_owned()
+    }
+
+    /// The count of `code` error replies `node` has sent (`INFO errorstats`), e.g. `ASK`.
+    pub fn errors_sent(&self, node: &Redis, code: &str) -> u64 {
+        let prefix = format!("errorstat_{code}:count=");
+        self.cli(node, &["INFO", "errorstats"])
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// A replica of `primary`.
     pub fn replica_of(&self, primary: &Redis) -> &Redis {
         self.nodes
@@ -705,6 +719,118 @@ impl Drop for Server {
     }
 }
 
+/// Two servers on one Redis (or cluster), `a` and `b`, both healthy and letting a client
+/// send 1 000 messages a second, with a client of `room` on each: `sender` on `a`,
+/// `receiver` on `b`. The setting of every test that sends through a Redis fault and
+/// checks what crossed to the other instance.
+pub struct Conversation {
+    pub a: Server,
+    pub b: Server,
+    pub sender: Client,
+    pub receiver: Client,
+}
+
+impl Conversation {
+    pub async fn start(redis_url: &str, extra: &[&str], room: &str) -> Conversation {
+        let mut flags = vec!["--rate-per-sec", "1000", "--rate-burst", "1000"];
+        flags.extend_from_slice(extra);
+        let a = Server::start("a", redis_url, &flags);
+        let b = Server::start("b", redis_url, &flags);
+        a.wait_health(200).await;
+        b.wait_health(200).await;
+        let query = format!("?room={room}");
+        let receiver = Client::connect(&b, &query).await;
+        let sender = Client::connect(&a, &query).await;
+        Conversation {
+            a,
+            b,
+            sender,
+            receiver,
+        }
+    }
+}
+
+/// A message a [`Sending`] loop had stored.
+pub struct Stored {
+    pub id: String,
+    /// When it was acknowledged.
+    pub at: Instant,
+    /// From its first send to its acknowledgement, retries included.
+    pub took: Duration,
+    /// Whether it was first sent after the loop's event had happened.
+    pub after_event: bool,
+}
+
+/// A client sending `m0`, `m1`, ... in a task, 20 ms apart, each until stored
+/// ([`Client::send_until_stored`]), while the test makes something happen to Redis; it
+/// stops once `count` messages sent after the event are stored.
+pub struct Sending {
+    pub event: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    stored: tokio::sync::mpsc::UnboundedReceiver<Stored>,
+}
+
+impl Sending {
+    pub fn start(mut sender: Client, count: usize) -> Sending {
+        use std::sync::atomic::Ordering;
+        let event = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, stored) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn({
+            let event = event.clone();
+            async move {
+                let mut after = 0;
+                for i in 0.. {
+                    let after_event = event.load(Ordering::SeqCst);
+                    let started = Instant::now();
+                    let id = sender.send_until_stored(&format!("m{i}")).await;
+                    let (at, took) = (Instant::now(), started.elapsed());
+                    tx.send(Stored {
+                        id,
+                        at,
+                        took,
+                        after_event,
+                    })
+                    .unwrap();
+                    after += usize::from(after_event);
+                    if after == count {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        Sending {
+            event,
+            task,
+            stored,
+        }
+    }
+
+    /// The next `n` messages stored.
+    pub async fn next(&mut self, n: usize) -> Vec<Stored> {
+        let mut stored = Vec::with_capacity(n);
+        while stored.len() < n {
+            stored.push(self.stored.recv().await.expect("the sender stopped"));
+        }
+        stored
+    }
+
+    /// The event happened: from now on messages count towards the end.
+    pub fn event_happened(&self) {
+        self.event.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits for the loop to end; the messages stored since the last [`Sending::next`].
+    pub async fn finish(mut self) -> Vec<Stored> {
+        self.task.await.expect("the sender failed");
+        let mut stored = Vec::new();
+        while let Ok(item) = self.stored.try_recv() {
+            stored.push(item);
+        }
+        stored
+    }
+}
+
 // ---------------------------------------------------------------- WebSocket client
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TokioTcpStream>>;
@@ -724,11 +850,15 @@ pub struct Client {
 impl Client {
     /// Connects to `/ws{query}` and reads the hello frame.
     pub async fn connect(server: &Server, query: &str) -> Client {
-        let (ws, _) =
-            tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(server.ws_url(query)))
-                .await
-                .expect("websocket connect timed out")
-                .expect("websocket connect failed");
+        Self::connect_url(&server.ws_url(query)).await
+    }
+
+    /// Connects to a WebSocket URL and reads the hello frame.
+    pub async fn connect_url(url: &str) -> Client {
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("websocket connect timed out")
+            .expect("websocket connect failed");
         let mut client = Client {
             ws,
             hello: Value::Null,
@@ -799,20 +929,30 @@ impl Client {
         self.ws.send(Message::text(text)).await.unwrap();
     }
 
-    /// Sends `text` until it is stored (its message comes back), answering `unavailable`
-    /// by sending again as the page's user would. Returns the stored message's id.
+    /// Sends `text` with a fresh client id until it is acknowledged, answering
+    /// `unavailable` by sending it again with the same id, as the page does: a send that
+    /// timed out may still have been stored, and the id makes the retry a no-op then.
+    /// Message frames meanwhile (this client's room) are skipped. Returns the id the
+    /// message was stored as.
     pub async fn send_until_stored(&mut self, text: &str) -> String {
+        static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let cid = format!(
+            "t{}",
+            SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.send_cid("sender", text, &cid).await;
         loop {
-            self.send("sender", text).await;
             let frame = self.next_json().await;
             match frame["type"].as_str() {
-                Some("message") if frame["text"] == text => {
+                Some("ack") if frame["cid"] == cid.as_str() => {
                     return frame["id"].as_str().unwrap().into();
                 }
-                Some("error") if frame["code"] == "unavailable" => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
+                Some("error") if frame["code"] == "unavailable" && frame["cid"] == cid.as_str() => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    self.send_cid("sender", text, &cid).await;
                 }
-                _ => panic!("unexpected {frame}"),
+                Some("message") => {}
+                _ => panic!("unexpected {frame} while sending {text:?}"),
             }
         }
     }
@@ -859,6 +999,15 @@ impl Client {
         let frame = self.next_json().await;
         assert_eq!(frame["type"], "message", "expected a message, got {frame}");
         frame
+    }
+
+    /// The ids of the next `count` message frames; fails on anything else.
+    pub async fn next_ids(&mut self, count: usize) -> Vec<String> {
+        let mut ids = Vec::with_capacity(count);
+        while ids.len() < count {
+            ids.push(self.next_message().await["id"].as_str().unwrap().to_owned());
+        }
+        ids
     }
 
     /// The next `error` frame's code; fails on anything else.
