@@ -34,6 +34,9 @@ use crate::config::Config;
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on one [`Redis::call`], retries and reconnects included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bounds, in ms, of the jittered wait before redis-rs retries on a cluster.
+const CLUSTER_RETRY_MIN_MS: u64 = 10;
+const CLUSTER_RETRY_MAX_MS: u64 = 500;
 /// Attempts per call when an error proves the command was not executed.
 const ATTEMPTS: usize = 2;
 
@@ -165,6 +168,11 @@ impl Target {
             .use_protocol(protocol)
             .connection_timeout(COMMAND_TIMEOUT)
             .response_timeout(COMMAND_TIMEOUT)
+            // redis-rs waits at least 1.28 s before retrying a `TRYAGAIN` (a room's slot
+            // being moved) or a node that fails over; inside a call bounded by
+            // CALL_TIMEOUT that leaves one or two tries. Retry within tens of ms instead.
+            .min_retry_wait(CLUSTER_RETRY_MIN_MS)
+            .max_retry_wait(CLUSTER_RETRY_MAX_MS)
             .tcp_settings(tcp_settings());
         if let Some(certificates) = self.certificates() {
             builder = builder.certs(certificates);
