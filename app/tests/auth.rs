@@ -232,6 +232,26 @@ async fn room_patterns_limit_the_rooms_a_token_may_join() {
             "{room}"
         );
     }
+    // A `join` frame is held to the same patterns, with an error frame rather than a
+    // close: the connection keeps the rooms it has.
+    let mut sidebar = Client::connect(&server, &format!("?room=lobby&token={token}")).await;
+    for (room, answer) in [("team-blue", "joined"), ("general", "error")] {
+        sidebar
+            .send_raw(&json!({"type": "join", "room": room}).to_string())
+            .await;
+        let frame = sidebar.next_json().await;
+        assert_eq!(
+            (frame["type"].as_str(), frame["room"].as_str()),
+            (Some(answer), Some(room))
+        );
+        if answer == "error" {
+            assert_eq!(frame["code"], "room_not_allowed");
+        }
+    }
+    sidebar
+        .send_raw(&json!({"type": "send", "room": "team-blue", "text": "still here"}).to_string())
+        .await;
+    assert_eq!(sidebar.next_message().await["room"], "team-blue");
     // `room` defaults to lobby, which the patterns admit; an empty list admits nothing.
     Client::connect(&server, &format!("?token={token}")).await;
     let nowhere = key.token(&json!({"sub": "u", "name": "U", "exp": unix_now() + 60, "rooms": []}));
