@@ -23,6 +23,7 @@ use crate::engine::{Action, Deletable, DeleteFuture, Step, wait_for};
 use crate::identity::ChatAuth;
 use crate::names::{AMI_TAG, BINARY_TAG, BOOT_TAG, INSTANCE_TYPE_TAG, REDIS_ENDPOINT_TAG};
 use crate::network::Network;
+use crate::spec::ChatSettings;
 use crate::stack::Stack;
 
 const USER_DATA_TEMPLATE: &str = include_str!("../scripts/user-data.sh");
@@ -46,6 +47,8 @@ pub struct Boot<'a> {
     pub trusted_proxies: &'a str,
     /// Sign-in: the public key verifying tokens (not a secret), and the claims checked.
     pub auth: Option<&'a ChatAuth>,
+    /// The chat server's limits.
+    pub chat: ChatSettings,
 }
 
 impl Boot<'_> {
@@ -98,6 +101,15 @@ impl Boot<'_> {
                 self.auth
                     .and_then(|a| a.audience.clone())
                     .unwrap_or_default(),
+            ),
+            ("@HISTORY_MESSAGES@", self.chat.history_messages.to_string()),
+            (
+                "@MAX_ROOMS_PER_CONNECTION@",
+                self.chat.max_rooms_per_connection.to_string(),
+            ),
+            (
+                "@PRESENCE_TTL_SECONDS@",
+                self.chat.presence_ttl_seconds.to_string(),
             ),
         ];
         let mut program = BOOT_PROGRAM_TEMPLATE.to_owned();
@@ -698,6 +710,7 @@ mod tests {
             redis_cluster: false,
             trusted_proxies: "10.0.0.0/16",
             auth: None,
+            chat: ChatSettings::default(),
         }
     }
 
@@ -707,6 +720,41 @@ mod tests {
             issuer: Some("https://id.example".to_owned()),
             audience: Some("chat".to_owned()),
         }
+    }
+
+    #[test]
+    fn the_chat_limits_reach_the_boot_program_and_change_the_configuration() {
+        let artifact = artifact();
+        let defaults = boot(&artifact);
+        let script = defaults.render().unwrap();
+        for line in [
+            "HISTORY_MESSAGES='1000'",
+            "MAX_ROOMS_PER_CONNECTION='100'",
+            "PRESENCE_TTL_SECONDS='30'",
+            "CHAT_HISTORY_LEN=$HISTORY_MESSAGES",
+            "CHAT_MAX_ROOMS_PER_CONNECTION=$MAX_ROOMS_PER_CONNECTION",
+            "CHAT_PRESENCE_TTL_SECS=$PRESENCE_TTL_SECONDS",
+        ] {
+            assert!(script.contains(line), "{line} missing");
+        }
+        let tuned = Boot {
+            chat: ChatSettings {
+                max_rooms_per_connection: 20,
+                ..ChatSettings::default()
+            },
+            ..boot(&artifact)
+        };
+        assert!(
+            tuned
+                .render()
+                .unwrap()
+                .contains("MAX_ROOMS_PER_CONNECTION='20'")
+        );
+        // Another limit: the instances are rolled to get it.
+        assert_ne!(
+            tuned.configuration_sha256().unwrap(),
+            defaults.configuration_sha256().unwrap()
+        );
     }
 
     #[test]

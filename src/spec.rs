@@ -150,7 +150,12 @@ const REDIS_KEYS: &[&str] = &[
     "engine_version",
 ];
 const ENGINES: &[&str] = &["redis", "valkey"];
-const CHAT_KEYS: &[&str] = &["auth"];
+const CHAT_KEYS: &[&str] = &[
+    "auth",
+    "history_messages",
+    "max_rooms_per_connection",
+    "presence_ttl_seconds",
+];
 const AUTH_KEYS: &[&str] = &["public_key_file", "generate", "issuer", "audience"];
 
 /// A validated `stack.yaml`.
@@ -243,6 +248,28 @@ pub struct RedisSpec {
 pub struct ChatSpec {
     /// Sign-in: `None` keeps the chat open (anyone may post under any name).
     pub auth: Option<AuthSpec>,
+    pub settings: ChatSettings,
+}
+
+/// The chat server's limits, as the instances' chat servers are started with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatSettings {
+    /// Messages kept per room (`--history-len`).
+    pub history_messages: u32,
+    /// Rooms one connection may be in at once (`--max-rooms-per-connection`).
+    pub max_rooms_per_connection: u16,
+    /// A presence entry's lifetime without a heartbeat (`--presence-ttl-secs`).
+    pub presence_ttl_seconds: u32,
+}
+
+impl Default for ChatSettings {
+    fn default() -> Self {
+        ChatSettings {
+            history_messages: 1000,
+            max_rooms_per_connection: 100,
+            presence_ttl_seconds: 30,
+        }
+    }
 }
 
 /// Sign-in: tokens verified with a public key (see app/README.md, Sign-in).

@@ -217,6 +217,14 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
         assert!(env.contains("REDIS_CLUSTER=false"), "{env}");
         // The test stack's network.cidr: only the load balancer's X-Forwarded-For counts.
         assert!(env.contains("CHAT_TRUSTED_PROXIES=10.20.0.0/16"), "{env}");
+        // stack.yaml's chat limits (the defaults here) reach the server.
+        for limit in [
+            "CHAT_HISTORY_LEN=1000",
+            "CHAT_MAX_ROOMS_PER_CONNECTION=100",
+            "CHAT_PRESENCE_TTL_SECS=30",
+        ] {
+            assert!(env.contains(limit), "{limit} in {env}");
+        }
         servers.push(instance);
     }
 

@@ -58,6 +58,7 @@ pub async fn converge(
         redis_cluster: stack.spec.redis.shards > 1,
         trusted_proxies: &stack.spec.network.cidr,
         auth: preflight.auth.as_ref(),
+        chat: stack.spec.chat.settings,
     };
     let mut launch = Launch::new(
         &preflight.image,

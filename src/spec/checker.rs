@@ -615,15 +615,64 @@ impl<'s> Checker<'s> {
 
     fn chat(&mut self, root: &Section<'_, '_>) -> Option<ChatSpec> {
         let section = self.subsection(root, "chat", CHAT_KEYS)?;
+        // `None`: a mistake reported; `Some(None)`: no sign-in.
         let auth = match section.get("auth") {
-            None => None,
+            None => Some(None),
             Some(field) => {
                 let path = section.path("auth");
-                let auth = self.section(field.value, field.key, &path, AUTH_KEYS)?;
-                Some(self.auth(&auth)?)
+                let auth = self.section(field.value, field.key, &path, AUTH_KEYS);
+                auth.and_then(|auth| self.auth(&auth)).map(Some)
             }
         };
-        Some(ChatSpec { auth })
+        let defaults = ChatSettings::default();
+        let history_messages = self.optional(
+            &section,
+            "history_messages",
+            defaults.history_messages,
+            |ck, p, n| {
+                ck.integer(
+                    p,
+                    n,
+                    (1, 100_000),
+                    "each room keeps this many messages in Redis, for every room: mind the node's memory",
+                )
+            },
+        );
+        let max_rooms_per_connection = self.optional(
+            &section,
+            "max_rooms_per_connection",
+            defaults.max_rooms_per_connection,
+            |ck, p, n| {
+                ck.integer(
+                    p,
+                    n,
+                    (1, 1000),
+                    "a connection follows at most this many rooms; a sidebar needs tens",
+                )
+            },
+        );
+        let presence_ttl_seconds = self.optional(
+            &section,
+            "presence_ttl_seconds",
+            defaults.presence_ttl_seconds,
+            |ck, p, n| {
+                ck.integer(
+                    p,
+                    n,
+                    (3, 3600),
+                    "instances refresh presence every third of it; it is how long a member of a \
+                     lost instance stays listed",
+                )
+            },
+        );
+        Some(ChatSpec {
+            auth: auth?,
+            settings: ChatSettings {
+                history_messages: history_messages?,
+                max_rooms_per_connection: max_rooms_per_connection?,
+                presence_ttl_seconds: presence_ttl_seconds?,
+            },
+        })
     }
 
     fn auth(&mut self, section: &Section<'_, '_>) -> Option<AuthSpec> {

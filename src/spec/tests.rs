@@ -132,6 +132,9 @@ chat:
     generate: true
     issuer: https://id.example
     audience: chat
+  history_messages: 5000
+  max_rooms_per_connection: 20
+  presence_ttl_seconds: 60
 tags:
   team: chat
   cost-center: 1234
@@ -177,6 +180,11 @@ tags:
                 issuer: Some("https://id.example".into()),
                 audience: Some("chat".into()),
             }),
+            settings: ChatSettings {
+                history_messages: 5000,
+                max_rooms_per_connection: 20,
+                presence_ttl_seconds: 60,
+            },
         },
         tags: BTreeMap::from([
             ("cost-center".into(), "1234".into()),
@@ -961,6 +969,43 @@ fn chat_auth_key_files_are_checked_at_load_with_line_and_column() {
         assert!(message.contains(needle), "{file}: {message}");
         assert!(!message.contains("PRIVATE"), "a key's text in a message");
     }
+}
+
+#[test]
+fn chat_limits_are_checked_with_line_column_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let only = |extra: &str| {
+        let found = problems_in(dir.path(), extra);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        let p = found.into_iter().next().unwrap();
+        (p.path, p.line, p.column, p.message)
+    };
+    let (path, line, column, message) = only("chat:\n  history_messages: 0\n");
+    assert_eq!(
+        (path.as_str(), line, column),
+        ("chat.history_messages", 6, 21)
+    );
+    assert!(
+        message.contains("must be from 1 to 100000, not 0"),
+        "{message}"
+    );
+    let (path, _, _, message) = only("chat:\n  max_rooms_per_connection: 5000\n");
+    assert_eq!(path, "chat.max_rooms_per_connection");
+    assert!(message.contains("must be from 1 to 1000"), "{message}");
+    let (path, _, _, message) = only("chat:\n  presence_ttl_seconds: 1\n");
+    assert_eq!(path, "chat.presence_ttl_seconds");
+    assert!(message.contains("must be from 3 to 3600"), "{message}");
+    let (path, _, _, message) = only("chat:\n  presence_ttl_seconds: soon\n");
+    assert_eq!(path, "chat.presence_ttl_seconds");
+    assert!(message.contains("a whole number"), "{message}");
+    // Absent, the chat server's own defaults.
+    assert_eq!(
+        StackSpec::parse(&with("chat:\n"), "stack.yaml")
+            .unwrap()
+            .chat
+            .settings,
+        ChatSettings::default()
+    );
 }
 
 #[test]
