@@ -312,6 +312,20 @@ impl<'s> Checker<'s> {
         }
     }
 
+    /// An optional whole number within `bounds`, `default` when absent.
+    fn optional_integer<T: TryFrom<i64>>(
+        &mut self,
+        section: &Section<'_, '_>,
+        key: &str,
+        default: T,
+        bounds: (i64, i64),
+        why: &str,
+    ) -> Option<T> {
+        self.optional(section, key, default, |ck, p, n| {
+            ck.integer(p, n, bounds, why)
+        })
+    }
+
     fn string(&mut self, path: &str, node: &MarkedYaml<'_>) -> Option<String> {
         match &node.data {
             YamlData::Value(Scalar::String(text)) => Some(text.to_string()),
@@ -434,9 +448,13 @@ impl<'s> Checker<'s> {
 
     fn instances(&mut self, root: &Section<'_, '_>) -> Option<InstancesSpec> {
         let section = self.subsection(root, "instances", INSTANCES_KEYS)?;
-        let count = self.optional(&section, "count", DEFAULT_COUNT, |ck, p, n| {
-            ck.integer(p, n, (1, 20), "a stack runs from 1 to 20 instances")
-        });
+        let count = self.optional_integer(
+            &section,
+            "count",
+            DEFAULT_COUNT,
+            (1, 20),
+            "a stack runs from 1 to 20 instances",
+        );
         let default_type = DEFAULT_INSTANCE_TYPE.to_string();
         let instance_type = self.optional(&section, "type", default_type, |ck, p, n| {
             let text = ck.string(p, n)?;
@@ -471,39 +489,26 @@ impl<'s> Checker<'s> {
             };
             ck.check(p, At::of(n), rule)
         });
-        let drain_seconds = self.optional(
+        let drain_seconds = self.optional_integer(
             &section,
             "drain_seconds",
             DEFAULT_DRAIN_SECONDS,
-            |ck, p, n| {
-                ck.integer(
-                    p,
-                    n,
-                    (0, 3600),
-                    "the target group's deregistration delay is at most 3600 s",
-                )
-            },
+            (0, 3600),
+            "the target group's deregistration delay is at most 3600 s",
         );
-        let batch_size = self.optional(&section, "batch_size", DEFAULT_BATCH_SIZE, |ck, p, n| {
-            ck.integer(
-                p,
-                n,
-                (1, 20),
-                "a rolling deploy replaces from 1 to 20 instances at a time",
-            )
-        });
-        let health_timeout_seconds = self.optional(
+        let batch_size = self.optional_integer(
+            &section,
+            "batch_size",
+            DEFAULT_BATCH_SIZE,
+            (1, 20),
+            "a rolling deploy replaces from 1 to 20 instances at a time",
+        );
+        let health_timeout_seconds = self.optional_integer(
             &section,
             "health_timeout_seconds",
             DEFAULT_HEALTH_TIMEOUT,
-            |ck, p, n| {
-                ck.integer(
-                    p,
-                    n,
-                    (60, 3600),
-                    "an instance needs at least a minute to boot and pass its health checks",
-                )
-            },
+            (60, 3600),
+            "an instance needs at least a minute to boot and pass its health checks",
         );
         Some(InstancesSpec {
             count: count?,
@@ -519,24 +524,19 @@ impl<'s> Checker<'s> {
 
     fn load_balancer(&mut self, root: &Section<'_, '_>) -> Option<LoadBalancerSpec> {
         let section = self.subsection(root, "load_balancer", LOAD_BALANCER_KEYS)?;
-        let idle = self.optional(
+        let idle = self.optional_integer(
             &section,
             "idle_timeout_seconds",
             DEFAULT_IDLE_TIMEOUT,
-            |ck, p, n| {
-                ck.integer(
-                    p,
-                    n,
-                    (60, 4000),
-                    "the ALB allows at most 4000 s, and less than 60 s drops quiet WebSockets",
-                )
-            },
+            (60, 4000),
+            "the ALB allows at most 4000 s, and less than 60 s drops quiet WebSockets",
         );
-        let interval = self.optional(
+        let interval = self.optional_integer(
             &section,
             "health_check_interval_seconds",
             DEFAULT_HEALTH_CHECK_INTERVAL,
-            |ck, p, n| ck.integer(p, n, (5, 300), "the ALB checks every 5 to 300 s"),
+            (5, 300),
+            "the ALB checks every 5 to 300 s",
         );
         let tls_policy = self.optional(
             &section,
@@ -561,17 +561,20 @@ impl<'s> Checker<'s> {
             let text = ck.string(p, n)?;
             ck.check(p, At::of(n), node_type(&text))
         });
-        let replicas = self.optional(&section, "replicas", DEFAULT_REPLICAS, |ck, p, n| {
-            ck.integer(p, n, (0, 5), "a replication group has at most 5 replicas")
-        });
-        let shards = self.optional(&section, "shards", DEFAULT_SHARDS, |ck, p, n| {
-            ck.integer(
-                p,
-                n,
-                (1, i64::from(MAX_CLUSTER_NODES)),
-                "ElastiCache's cluster mode allows at most 500 nodes, so 500 shards without replicas",
-            )
-        });
+        let replicas = self.optional_integer(
+            &section,
+            "replicas",
+            DEFAULT_REPLICAS,
+            (0, 5),
+            "a replication group has at most 5 replicas",
+        );
+        let shards = self.optional_integer(
+            &section,
+            "shards",
+            DEFAULT_SHARDS,
+            (1, i64::from(MAX_CLUSTER_NODES)),
+            "ElastiCache's cluster mode allows at most 500 nodes, so 500 shards without replicas",
+        );
         let engine = self.optional(
             &section,
             "engine",
@@ -625,45 +628,27 @@ impl<'s> Checker<'s> {
             }
         };
         let defaults = ChatSettings::default();
-        let history_messages = self.optional(
+        let history_messages = self.optional_integer(
             &section,
             "history_messages",
             defaults.history_messages,
-            |ck, p, n| {
-                ck.integer(
-                    p,
-                    n,
-                    (1, 100_000),
-                    "each room keeps this many messages in Redis, for every room: mind the node's memory",
-                )
-            },
+            (1, 100_000),
+            "each room keeps this many messages in Redis, for every room: mind the node's memory",
         );
-        let max_rooms_per_connection = self.optional(
+        let max_rooms_per_connection = self.optional_integer(
             &section,
             "max_rooms_per_connection",
             defaults.max_rooms_per_connection,
-            |ck, p, n| {
-                ck.integer(
-                    p,
-                    n,
-                    (1, 1000),
-                    "a connection follows at most this many rooms; a sidebar needs tens",
-                )
-            },
+            (1, 1000),
+            "a connection follows at most this many rooms; a sidebar needs tens",
         );
-        let presence_ttl_seconds = self.optional(
+        let presence_ttl_seconds = self.optional_integer(
             &section,
             "presence_ttl_seconds",
             defaults.presence_ttl_seconds,
-            |ck, p, n| {
-                ck.integer(
-                    p,
-                    n,
-                    (3, 3600),
-                    "instances refresh presence every third of it; it is how long a member of a \
-                     lost instance stays listed",
-                )
-            },
+            (3, 3600),
+            "instances refresh presence every third of it; it is how long a member of a \
+             lost instance stays listed",
         );
         Some(ChatSpec {
             auth: auth?,
