@@ -85,11 +85,21 @@ fn is_unavailable(error: &RedisError) -> bool {
         || error.kind() == ErrorKind::Server(ServerErrorKind::MasterDown)
 }
 
-/// Errors that prove the command was not executed, so sending it again is safe.
+/// Errors that prove the command was not executed, so sending it again is safe. On a
+/// cluster, redis-rs retries the redirections and `TRYAGAIN` itself; one still failing
+/// when its retries or the call's time run out (a slot moving, a shard without a
+/// primary) is the client's to send again, not a refusal.
 fn is_not_executed(error: &RedisError) -> bool {
     matches!(
         error.kind(),
-        ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::BusyLoading)
+        ErrorKind::Server(
+            ServerErrorKind::ReadOnly
+                | ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+        )
     ) || error.is_connection_refusal()
 }
 
@@ -409,5 +419,18 @@ mod tests {
         assert_eq!(StoreError::from_redis(timeout).code(), "unavailable");
         assert!(is_not_executed(&server_error("READONLY")));
         assert!(!is_not_executed(&server_error("OOM")));
+        // A cluster's "not now, not here": the client sends again.
+        for code in [
+            "TRYAGAIN",
+            "CLUSTERDOWN",
+            "MOVED 3999 127.0.0.1:6381",
+            "ASK 3999 127.0.0.1:6381",
+        ] {
+            assert_eq!(
+                StoreError::from_redis(server_error(code)).code(),
+                "unavailable",
+                "{code}"
+            );
+        }
     }
 }
