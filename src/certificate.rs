@@ -325,17 +325,49 @@ async fn stack_certificates(stack: &Stack) -> Result<Vec<Listed>> {
     Ok(listed)
 }
 
-/// The validation CNAMEs of every certificate of the stack, failed ones included: the
-/// records to pass to [`dns::deletables`] on destroy. A record that a certificate outside
-/// the stack also uses is left out: ACM gives every certificate for a domain in the
-/// account the same CNAME, and deleting it would stop that certificate from renewing.
-pub async fn validation_records(stack: &Stack) -> Result<Vec<Record>> {
+/// What `destroy` removes of ACM, from one listing of the account's certificates (each
+/// with a tag call: done once, not per use).
+pub struct Owned {
+    /// The stack's certificates. A listener still using one makes ACM refuse
+    /// (`ResourceInUseException`): blocked until the load balancer is gone.
+    pub certificates: Vec<Box<dyn Deletable>>,
+    /// Their validation CNAMEs, to pass to [`dns::deletables`].
+    pub validation_records: Vec<Record>,
+}
+
+pub async fn owned(stack: &Stack) -> Result<Owned> {
     let (ours, others): (Vec<Listed>, Vec<Listed>) = account_certificates(stack)
         .await?
         .into_iter()
         .partition(|certificate| certificate.ours);
+    let validation_records = validation_records(stack, &ours, &others).await?;
+    let certificates = ours
+        .into_iter()
+        .map(|owned| {
+            Box::new(AcmCertificate {
+                acm: stack.clients.acm.clone(),
+                arn: owned.arn,
+                domain: owned.domain,
+            }) as Box<dyn Deletable>
+        })
+        .collect();
+    Ok(Owned {
+        certificates,
+        validation_records,
+    })
+}
+
+/// The validation CNAMEs of the stack's certificates (`ours`), failed ones included. A
+/// record that a certificate outside the stack (`others`) also uses is left out: ACM
+/// gives every certificate for a domain in the account the same CNAME, and deleting it
+/// would stop that certificate from renewing.
+async fn validation_records(
+    stack: &Stack,
+    ours: &[Listed],
+    others: &[Listed],
+) -> Result<Vec<Record>> {
     let mut records = Vec::new();
-    for certificate in &ours {
+    for certificate in ours {
         let found = describe(stack, &certificate.arn).await?;
         for record in found.as_ref().and_then(records_of).unwrap_or_default() {
             if !records.contains(&record) {
@@ -367,22 +399,6 @@ pub async fn validation_records(stack: &Stack) -> Result<Vec<Record>> {
         });
     }
     Ok(records)
-}
-
-/// The stack's certificates. A listener still using one makes ACM refuse
-/// (`ResourceInUseException`): blocked until the load balancer is gone.
-pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
-    Ok(stack_certificates(stack)
-        .await?
-        .into_iter()
-        .map(|owned| {
-            Box::new(AcmCertificate {
-                acm: stack.clients.acm.clone(),
-                arn: owned.arn,
-                domain: owned.domain,
-            }) as Box<dyn Deletable>
-        })
-        .collect())
 }
 
 struct AcmCertificate {
@@ -656,14 +672,24 @@ mod tests {
             .then_output(stack_tagged);
         let theirs = mock!(Client::list_tags_for_certificate)
             .then_output(|| ListTagsForCertificateOutput::builder().build());
+        let describe = mock!(Client::describe_certificate)
+            .then_output(|| described(CertificateStatus::Issued, true));
         let mut clients = testing::clients();
-        clients.acm = mock_client!(aws_sdk_acm, RuleMode::MatchAny, [&list, &ours, &theirs]);
+        clients.acm = mock_client!(
+            aws_sdk_acm,
+            RuleMode::MatchAny,
+            [&list, &ours, &theirs, &describe]
+        );
         let stack = testing::stack(clients);
 
-        let found = deletables(&stack).await.unwrap();
+        let found = owned(&stack).await.unwrap();
 
-        let keys: Vec<String> = found.iter().map(|d| d.key()).collect();
+        let keys: Vec<String> = found.certificates.iter().map(|d| d.key()).collect();
         assert_eq!(keys, [format!("acm-certificate:{ARN}")]);
+        // One listing serves both the certificates and their validation CNAMEs; the one
+        // CNAME here also validates arn:other (same domain), so it stays.
+        assert_eq!(list.num_calls(), 1);
+        assert!(found.validation_records.is_empty());
     }
     /// ListCertificates returns only RSA 1024 and 2048 certificates unless `Includes` asks
     /// for other key algorithms (ACM API reference, ListCertificates, `Filters.keyTypes`);
@@ -766,7 +792,7 @@ mod tests {
         );
         let stack = testing::stack(clients);
 
-        let records = validation_records(&stack).await.unwrap();
+        let records = owned(&stack).await.unwrap().validation_records;
 
         assert_eq!(
             records,

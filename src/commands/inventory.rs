@@ -12,34 +12,33 @@ use crate::{artifact, cache, certificate, dns, instances, load_balancer, network
 pub async fn discover(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Deletable>>> {
     // Record sets are untaggable: the stack owns the domain's alias while it points at
     // the stack's load balancer, and its certificates' validation CNAMEs.
-    let records = async {
-        let zone = match dns::find_zone(stack).await {
-            Ok(zone) => zone,
-            Err(err) => {
-                stack
-                    .progress
-                    .note(&format!("record sets left alone: {err:#}"));
-                return Ok(Vec::new());
+    let certificates_and_records = async {
+        let (zone, certificates) = futures::join!(dns::find_zone(stack), certificate::owned(stack));
+        let certificate::Owned {
+            mut certificates,
+            validation_records: mut owned,
+        } = certificates?;
+        match zone {
+            Ok(zone) => {
+                if let Some((dns_name, zone_id)) = load_balancer::alias_target(stack).await? {
+                    owned.push(dns::domain_alias(stack, &dns_name, &zone_id));
+                }
+                certificates.extend(dns::deletables(stack, &zone, &owned).await);
             }
-        };
-        let (alias_target, mut owned) = futures::try_join!(
-            load_balancer::alias_target(stack),
-            certificate::validation_records(stack)
-        )?;
-        if let Some((dns_name, zone_id)) = alias_target {
-            owned.push(dns::domain_alias(stack, &dns_name, &zone_id));
+            Err(err) => stack
+                .progress
+                .note(&format!("record sets left alone: {err:#}")),
         }
-        Ok::<_, anyhow::Error>(dns::deletables(stack, &zone, &owned).await)
+        Ok::<_, anyhow::Error>(certificates)
     };
     let found = futures::try_join!(
         instances::deletables(stack),
         load_balancer::deletables(stack),
         cache::deletables(stack),
-        certificate::deletables(stack),
-        records,
+        certificates_and_records,
         artifact::deletables(stack, account),
         network::deletables(stack),
     )?;
-    let (a, b, c, d, e, f, g) = found;
-    Ok([a, b, c, d, e, f, g].into_iter().flatten().collect())
+    let (a, b, c, d, e, f) = found;
+    Ok([a, b, c, d, e, f].into_iter().flatten().collect())
 }
