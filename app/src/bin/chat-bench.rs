@@ -80,6 +80,18 @@ struct Args {
     rooms_rate: f64,
     #[arg(long, default_value_t = 15)]
     rooms_secs: u64,
+    /// Rooms per connection in the sidebar phase, one run each: every connection is in
+    /// every room (`?room=` the first, `join` frames the rest).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    sidebar_rooms: Vec<usize>,
+    /// Connections of the sidebar phase, spread over the servers.
+    #[arg(long, default_value_t = 100)]
+    sidebar_connections: usize,
+    /// Messages per second over all the rooms in the sidebar phase.
+    #[arg(long, default_value_t = 200.0)]
+    sidebar_rate: f64,
+    #[arg(long, default_value_t = 10)]
+    sidebar_secs: u64,
     /// Connections in the presence phase, each a named guest with presence on.
     #[arg(long, default_value_t = 10_000)]
     presence_connections: usize,
@@ -123,6 +135,7 @@ enum Phase {
     Saturation,
     Latency,
     Rooms,
+    Sidebar,
     Presence,
     Idle,
     Redis,
@@ -182,6 +195,15 @@ async fn main() -> anyhow::Result<()> {
                 for &count in &args.rooms {
                     let run = rooms(&args, count, epoch, tick).await?;
                     println!("{run}");
+                }
+            }
+            Phase::Sidebar => {
+                println!(
+                    "| rooms per connection | connections | messages | deliveries | server CPU µs/delivery |"
+                );
+                println!("| --- | --- | --- | --- | --- |");
+                for &count in &args.sidebar_rooms {
+                    println!("{}", sidebar(&args, count, tick).await?);
                 }
             }
             Phase::Presence => println!("{}", presence(&args, tick).await?),
@@ -525,6 +547,98 @@ async fn latency(args: &Args, epoch: Instant) -> anyhow::Result<Vec<u64>> {
         all.extend(c.await?);
     }
     Ok(all)
+}
+
+/// `sidebar_connections` connections each in `count` rooms, and a sender per room
+/// sending its share of `sidebar_rate`: every message goes to every connection, so the
+/// server CPU per delivery shows what following more rooms on one connection costs.
+async fn sidebar(args: &Args, count: usize, tick: f64) -> anyhow::Result<String> {
+    let room = |r: usize| format!("bench-sidebar-{count}-{r}");
+    let servers = args.servers.clone();
+    let joined: Vec<anyhow::Result<Ws>> = stream::iter(0..args.sidebar_connections)
+        .map(|i| {
+            let server = servers[i % servers.len()];
+            async move {
+                let mut ws = connect(server, &room(0)).await?;
+                for r in 1..count {
+                    let join = json!({"type": "join", "room": room(r)}).to_string();
+                    ws.send(Message::text(join)).await?;
+                }
+                let mut answered = 1;
+                while answered < count {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.contains("\"joined\"") => answered += 1,
+                        Some(Ok(Message::Text(t))) if t.contains("\"error\"") => {
+                            bail!("a join was refused: {t}")
+                        }
+                        Some(Ok(_)) => {}
+                        other => bail!("connection ended while joining: {other:?}"),
+                    }
+                }
+                Ok(ws)
+            }
+        })
+        .buffer_unordered(args.connect_concurrency)
+        .collect()
+        .await;
+    let mut senders = Vec::new();
+    for r in 0..count {
+        senders.push(connect(servers[r % servers.len()], &room(r)).await?);
+    }
+    let delivered = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let duration = Duration::from_secs(args.sidebar_secs);
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let end_sending = start + duration;
+    let end_receiving = end_sending + Duration::from_secs(2);
+    let cpu = Cpu::start(args, tick)?;
+    let mut tasks = Vec::new();
+    for ws in joined {
+        let mut ws = ws?;
+        let delivered = delivered.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(end_receiving, ws.next()).await
+            {
+                if let Message::Text(t) = frame
+                    && message_of(&t).is_some()
+                {
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let period = Duration::from_secs_f64(count as f64 / args.sidebar_rate);
+    for (r, mut ws) in senders.into_iter().enumerate() {
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            let offset = period.mul_f64(r as f64 / count as f64);
+            let mut tick = tokio::time::interval_at(start + offset, period);
+            loop {
+                tick.tick().await;
+                if tokio::time::Instant::now() >= end_sending
+                    || ws.send(send_frame("s", "sidebar")).await.is_err()
+                {
+                    break;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            // Its own messages come back; read them so the server never waits on it.
+            while let Ok(Some(Ok(_))) = tokio::time::timeout_at(end_receiving, ws.next()).await {}
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let (server_cpu, _) = cpu.used()?;
+    let (sent, delivered) = (
+        sent.load(Ordering::Relaxed),
+        delivered.load(Ordering::Relaxed),
+    );
+    Ok(format!(
+        "| {count} | {} | {sent} | {delivered} | {:.1} |",
+        args.sidebar_connections,
+        server_cpu / delivered.max(1) as f64 * 1e6,
+    ))
 }
 
 /// Opens `presence_connections` named guests with presence on, `presence_per_room` to a
