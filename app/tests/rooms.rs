@@ -6,7 +6,20 @@ mod common;
 
 use serde_json::{Value, json};
 
-use common::{Client, Redis, Server};
+use std::time::Duration;
+
+use common::{Client, Redis, Server, poll_until};
+
+/// How many instances are subscribed to a room's live channel.
+async fn followers(conn: &mut redis::aio::MultiplexedConnection, room: &str) -> i64 {
+    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("chat:{{{room}}}:live"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    counts[0].1
+}
 
 /// Sends a `join` frame and returns its `joined` answer.
 async fn join(client: &mut Client, frame: Value) -> Value {
@@ -69,6 +82,12 @@ async fn one_connection_follows_several_rooms_across_instances_and_leaves_one() 
         (Some("lobby"), Some("to the lobby"))
     );
 
+    let mut redis_conn = common::redis_conn(&redis.url()).await;
+    assert_eq!(
+        followers(&mut redis_conn, "ops").await,
+        2,
+        "both instances follow ops"
+    );
     sidebar
         .send_raw(&json!({"type": "leave", "room": "ops"}).to_string())
         .await;
@@ -76,6 +95,16 @@ async fn one_connection_follows_several_rooms_across_instances_and_leaves_one() 
         sidebar.next_json().await,
         json!({"type": "left", "room": "ops"})
     );
+    // Nobody on instance a is in ops any more: it lets go of the room in Redis too.
+    poll_until(
+        Duration::from_secs(15),
+        "instance a to let go of ops",
+        || {
+            let mut conn = redis_conn.clone();
+            async move { (followers(&mut conn, "ops").await == 1).then_some(()) }
+        },
+    )
+    .await;
     in_ops.send("o", "ops after the leave").await;
     // The next frame the sidebar gets is dev's: nothing of ops came before it.
     in_dev.send("d", "dev 2").await;

@@ -80,7 +80,7 @@ enum Reply {
     /// Replayed messages, written with one flush.
     Replay(Vec<Utf8Bytes>),
     /// Start delivering a room's live frames.
-    Follow(String, writer::RoomFeed),
+    Follow(writer::RoomFeed),
     /// Stop delivering a room's frames, then write its `left` frame.
     Unfollow(String, Utf8Bytes),
     /// Write what came before, then close.

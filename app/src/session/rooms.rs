@@ -219,8 +219,14 @@ async fn replay_and_follow(
         };
         send(replies, Reply::Frame(frame.to_json().into())).await?;
     }
-    let feed = RoomFeed::new(live, skip_through, request.presence, connection.number);
-    send(replies, Reply::Follow(room.to_owned(), feed)).await
+    let feed = RoomFeed::new(
+        room.to_owned(),
+        live,
+        skip_through,
+        request.presence,
+        connection.number,
+    );
+    send(replies, Reply::Follow(feed)).await
 }
 
 /// The verdict on `since` (`None` without one), and the first page to send: of the

@@ -3,14 +3,14 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Message;
+use futures_util::stream::SelectAll;
 use futures_util::{FutureExt as _, SinkExt as _, Stream, StreamExt as _};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::timeout;
-use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
@@ -24,9 +24,14 @@ const MAX_COALESCED: usize = 32;
 
 /// A room's live frames as one connection gets them: without the entries its replay
 /// already covered, without presence and typing events unless it asked for them, and
-/// without the events it caused itself.
+/// without the events it caused itself. Closed (`leave`), it lets go of the room at once
+/// and ends.
 pub struct RoomFeed {
-    live: BroadcastStream<Outgoing>,
+    room: String,
+    /// `None` once closed.
+    live: Option<BroadcastStream<Outgoing>>,
+    /// Wakes the writer's set of feeds to drop this one once closed.
+    waker: Option<Waker>,
     skip_through: StreamId,
     events: bool,
     connection: u64,
@@ -34,16 +39,28 @@ pub struct RoomFeed {
 
 impl RoomFeed {
     pub fn new(
+        room: String,
         live: broadcast::Receiver<Outgoing>,
         skip_through: StreamId,
         events: bool,
         connection: u64,
     ) -> Self {
         RoomFeed {
-            live: BroadcastStream::new(live),
+            room,
+            live: Some(BroadcastStream::new(live)),
+            waker: None,
             skip_through,
             events,
             connection,
+        }
+    }
+
+    /// Drops the room's receiver (so the hub may let go of the room) and has the feed
+    /// end the next time the set polls it.
+    fn close(&mut self) {
+        self.live = None;
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
         }
     }
 
@@ -59,16 +76,25 @@ impl Stream for RoomFeed {
     type Item = Result<Outgoing, BroadcastStreamRecvError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            this.waker = Some(cx.waker().clone());
+        }
         loop {
-            match ready!(self.live.poll_next_unpin(cx)) {
-                Some(Ok(outgoing)) if !self.wants(&outgoing) => continue,
+            let Some(live) = this.live.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(live.poll_next_unpin(cx)) {
+                Some(Ok(outgoing)) if !this.wants(&outgoing) => continue,
                 other => return Poll::Ready(other),
             }
         }
     }
 }
 
-type Feeds = StreamMap<String, RoomFeed>;
+/// The rooms followed. A set that polls only the feeds that were woken, so a message
+/// costs the same whether the connection follows one room or a hundred.
+type Feeds = SelectAll<RoomFeed>;
 
 /// Sends live frames, replies and pings; ends the connection at the end of the drain,
 /// when the client falls behind, when it stops answering, or when the reader says so.
@@ -99,12 +125,14 @@ pub(super) async fn write_loop(
                     }
                     continue;
                 }
-                Reply::Follow(room, feed) => {
-                    feeds.insert(room, feed);
+                Reply::Follow(feed) => {
+                    feeds.push(feed);
                     continue;
                 }
                 Reply::Unfollow(room, left) => {
-                    feeds.remove(&room);
+                    if let Some(feed) = feeds.iter_mut().find(|feed| feed.room == room) {
+                        feed.close();
+                    }
                     Message::Text(left)
                 }
                 Reply::Close(code, reason) => return Ending::Close(code, reason),
@@ -117,7 +145,7 @@ pub(super) async fn write_loop(
                 }
                 Message::Ping(Default::default())
             }
-            Some((_, received)) = feeds.next(), if !feeds.is_empty() => match received {
+            Some(received) = feeds.next(), if !feeds.is_empty() => match received {
                 Ok(outgoing) => live_frame(outgoing, state),
                 Err(BroadcastStreamRecvError::Lagged(_)) => return slow_consumer(state),
             },
@@ -154,11 +182,11 @@ async fn write_with_ready(
     sink.feed(frame).await.map_err(|_| Ending::Drop)?;
     for _ in 1..MAX_COALESCED {
         match feeds.next().now_or_never() {
-            Some(Some((_, Ok(outgoing)))) => sink
+            Some(Some(Ok(outgoing))) => sink
                 .feed(live_frame(outgoing, state))
                 .await
                 .map_err(|_| Ending::Drop)?,
-            Some(Some((_, Err(BroadcastStreamRecvError::Lagged(_))))) => {
+            Some(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
                 return Err(slow_consumer(state));
             }
             Some(None) | None => break,
