@@ -6,18 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, Redis, Server, poll_until, redis_conn, texts};
-
-/// How many instances are subscribed to a room's live channel.
-async fn followers(conn: &mut redis::aio::MultiplexedConnection, room: &str) -> i64 {
-    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(format!("chat:{{{room}}}:live"))
-        .query_async(conn)
-        .await
-        .unwrap();
-    counts[0].1
-}
+use common::{Client, Redis, Server, followers, poll_until, redis_conn, texts};
 
 async fn wait_followers(conn: &mut redis::aio::MultiplexedConnection, room: &str, want: i64) {
     poll_until(

@@ -8,18 +8,7 @@ use serde_json::{Value, json};
 
 use std::time::Duration;
 
-use common::{Client, Redis, Server, poll_until};
-
-/// How many instances are subscribed to a room's live channel.
-async fn followers(conn: &mut redis::aio::MultiplexedConnection, room: &str) -> i64 {
-    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
-        .arg("NUMSUB")
-        .arg(format!("chat:{{{room}}}:live"))
-        .query_async(conn)
-        .await
-        .unwrap();
-    counts[0].1
-}
+use common::{Client, Redis, Server, followers, poll_until};
 
 /// Sends a `join` frame and returns its `joined` answer.
 async fn join(client: &mut Client, frame: Value) -> Value {

@@ -1181,6 +1181,17 @@ async fn pump(
 }
 
 /// A plain connection to a Redis for the test's own commands.
+/// How many instances are subscribed to a room's live channel.
+pub async fn followers(conn: &mut redis::aio::MultiplexedConnection, room: &str) -> i64 {
+    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(format!("chat:{{{room}}}:live"))
+        .query_async(conn)
+        .await
+        .unwrap();
+    counts[0].1
+}
+
 pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .unwrap()
