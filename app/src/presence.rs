@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
+use futures_util::TryStreamExt as _;
 use redis::Script;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -219,14 +219,19 @@ impl Presence {
                 })
                 .collect();
             let this = &self;
-            futures_util::stream::iter(rooms)
-                .for_each_concurrent(HEARTBEAT_CONCURRENCY, |(room, pairs)| async move {
+            // The first failure ends the round: with Redis down, every call would wait
+            // out its timeout while leaves wait for the round. The entries expire at
+            // worst, and the next round that gets through puts them back.
+            let round = futures_util::stream::iter(rooms.into_iter().map(Ok))
+                .try_for_each_concurrent(HEARTBEAT_CONCURRENCY, |(room, pairs)| async move {
                     let args: Vec<&str> = pairs.iter().map(String::as_str).collect();
-                    if let Err(error) = this.call::<()>(&room, "enter", &args).await {
-                        tracing::warn!(%error, room, "presence heartbeat failed");
-                    }
-                })
-                .await;
+                    this.call::<()>(&room, "enter", &args)
+                        .await
+                        .map_err(|error| (room, error))
+                });
+            if let Err((room, error)) = round.await {
+                tracing::warn!(%error, room, "presence heartbeat failed; the round is cut short");
+            }
         }
     }
 }
