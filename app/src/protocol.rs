@@ -28,6 +28,9 @@ pub const MAX_TOKEN_LEN: usize = 64;
 /// Most messages sent for `history=N`.
 pub const MAX_HISTORY: usize = 200;
 
+/// Most members a `presence` frame lists; its `count` says how many there are.
+pub const MAX_LISTED_MEMBERS: usize = 1000;
+
 /// The room clients join when they give none.
 pub const DEFAULT_ROOM: &str = "lobby";
 
@@ -166,9 +169,11 @@ pub enum ServerFrame<'a> {
     },
     /// A `leave` frame's answer: nothing more of the room follows.
     Left { room: &'a str },
-    /// Who is in the room now, each user once however many connections they have.
+    /// Who is in the room now, each user once however many connections they have:
+    /// `count` users, of whom the first [`MAX_LISTED_MEMBERS`] by name are listed.
     Presence {
         room: &'a str,
+        count: usize,
         members: &'a [Member],
     },
     /// A user's first connection joined the room.

@@ -48,6 +48,7 @@ async fn members_are_listed_once_across_instances_and_joins_and_leaves_are_annou
     let presence = next_event(&mut watcher).await;
     assert_eq!(presence["room"], "team");
     assert_eq!(names(&presence), ["alice", "watcher"]);
+    assert_eq!(presence["count"], 2, "alice's two tabs count once");
     assert_eq!(presence["members"][0]["sub"], "guest:alice");
 
     let bob = Client::connect(&a, "?room=team&name=bob").await;
@@ -113,7 +114,7 @@ async fn a_join_frame_asks_for_presence_and_signed_in_users_are_listed_by_their_
     let presence = next_event(&mut alice).await;
     assert_eq!(
         presence,
-        json!({"type": "presence", "room": "ops", "members": [{"sub": "u-alice", "name": "Alice"}]})
+        json!({"type": "presence", "room": "ops", "count": 1, "members": [{"sub": "u-alice", "name": "Alice"}]})
     );
 
     let bob_token = token("u-bob", "Bob");

@@ -13,7 +13,7 @@ use super::{Connection, Reply};
 use crate::AppState;
 use crate::connection::StoreError;
 use crate::hub::Outgoing;
-use crate::protocol::{JoinRequest, Rejection, ServerFrame};
+use crate::protocol::{JoinRequest, MAX_LISTED_MEMBERS, Rejection, ServerFrame};
 use crate::recovery::{self, Unrecoverable};
 use crate::store::{self, Entry, RoomState};
 
@@ -215,7 +215,8 @@ async fn replay_and_follow(
         let members = state.presence.members(room).await?;
         let frame = ServerFrame::Presence {
             room,
-            members: &members,
+            count: members.len(),
+            members: &members[..members.len().min(MAX_LISTED_MEMBERS)],
         };
         send(replies, Reply::Frame(frame.to_json().into())).await?;
     }
