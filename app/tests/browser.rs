@@ -266,7 +266,8 @@ async fn two_browsers_on_two_instances_chat() {
 
 /// The page survives its server being replaced: on close 1012 it shows the state,
 /// reconnects with backoff to the new server on the same address, and with `since`
-/// shows the message sent meanwhile exactly once, without repeating older ones.
+/// shows the message sent meanwhile exactly once, without repeating older ones, in
+/// every room of its sidebar.
 #[tokio::test(flavor = "multi_thread")]
 async fn page_reconnects_with_since_after_server_restart() {
     let redis = Redis::start();
@@ -281,6 +282,13 @@ async fn page_reconnects_with_since_after_server_restart() {
         bob.send("bob", "first").await;
         assert_eq!(bob.next_message().await["text"], "first");
         wait_shown(&page, "first").await;
+        // A second room in the sidebar, with a message the page has seen.
+        let mut in_ops = Client::connect(&b, "?room=ops").await;
+        join_room(&page, "ops").await;
+        in_ops.send("carol", "ops before").await;
+        in_ops.next_message().await;
+        wait_shown(&page, "ops before").await;
+        open_room(&page, "lobby").await;
 
         a.sigterm();
         assert!(a.wait_exit().await.success());
@@ -291,12 +299,29 @@ async fn page_reconnects_with_since_after_server_restart() {
         .await;
         bob.send("bob", "while away").await;
         assert_eq!(bob.next_message().await["text"], "while away");
+        in_ops.send("carol", "ops while away").await;
+        in_ops.next_message().await;
 
         let _new_a = Server::start_at(&a.addr.to_string(), "new-a", &redis.url(), &[]);
         wait_connected(&page, "new-a").await;
         let shown = wait_shown(&page, "while away").await;
-        let count = |needle: &str| shown.iter().filter(|m| m.contains(needle)).count();
-        assert_eq!((count("first"), count("while away")), (1, 1), "{shown:?}");
+        let count =
+            |shown: &[String], needle: &str| shown.iter().filter(|m| m.contains(needle)).count();
+        assert_eq!(
+            (count(&shown, "first"), count(&shown, "while away")),
+            (1, 1),
+            "{shown:?}"
+        );
+        // Every room of the sidebar is rejoined from where the page was: what ops got
+        // meanwhile counts as unread, and shows once.
+        wait_text(&page, "#rooms li[data-room=ops] .unread", "1").await;
+        open_room(&page, "ops").await;
+        let shown = wait_shown(&page, "ops while away").await;
+        assert_eq!(
+            (count(&shown, "ops before"), count(&shown, "ops while away")),
+            (1, 1),
+            "{shown:?}"
+        );
 
         let shot = page.screenshot().await.unwrap();
         std::fs::write(artifacts_dir().join("browser-reconnect.png"), shot).unwrap();
