@@ -62,6 +62,8 @@ pub struct ChatAuth {
     pub public_key_pem: String,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// Where the chat page fetches tokens, if it can.
+    pub token_url: Option<String>,
 }
 
 /// The sign-in configuration the instances get, if `chat.auth` asks for one. A key still
@@ -75,6 +77,7 @@ pub fn chat_auth(spec: &StackSpec) -> Result<Option<ChatAuth>> {
             public_key_pem: pem.clone(),
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),
+            token_url: auth.token_url.clone(),
         })),
         AuthKey::Generate => bail!(
             "chat.auth.generate makes a development key pair, and only `up --local` does: \

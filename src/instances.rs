@@ -102,6 +102,12 @@ impl Boot<'_> {
                     .and_then(|a| a.audience.clone())
                     .unwrap_or_default(),
             ),
+            (
+                "@AUTH_TOKEN_URL@",
+                self.auth
+                    .and_then(|a| a.token_url.clone())
+                    .unwrap_or_default(),
+            ),
             ("@HISTORY_MESSAGES@", self.chat.history_messages.to_string()),
             (
                 "@MAX_ROOMS_PER_CONNECTION@",
@@ -719,6 +725,7 @@ mod tests {
             public_key_pem: public_key_pem.to_owned(),
             issuer: Some("https://id.example".to_owned()),
             audience: Some("chat".to_owned()),
+            token_url: Some("https://id.example/chat-token".to_owned()),
         }
     }
 
@@ -772,6 +779,7 @@ mod tests {
         assert!(script.contains(&format!("AUTH_PUBLIC_KEY='{}'", pair.public_pem.trim_end())));
         assert!(script.contains("AUTH_ISSUER='https://id.example'"));
         assert!(script.contains("AUTH_AUDIENCE='chat'"));
+        assert!(script.contains("AUTH_TOKEN_URL='https://id.example/chat-token'"));
         assert!(
             !script.contains("PRIVATE KEY"),
             "a private key in user-data"

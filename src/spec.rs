@@ -156,7 +156,13 @@ const CHAT_KEYS: &[&str] = &[
     "max_rooms_per_connection",
     "presence_ttl_seconds",
 ];
-const AUTH_KEYS: &[&str] = &["public_key_file", "generate", "issuer", "audience"];
+const AUTH_KEYS: &[&str] = &[
+    "public_key_file",
+    "generate",
+    "issuer",
+    "audience",
+    "token_url",
+];
 
 /// A validated `stack.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,6 +286,9 @@ pub struct AuthSpec {
     pub issuer: Option<String>,
     /// The `aud` tokens must name, when set.
     pub audience: Option<String>,
+    /// Where the chat page fetches tokens by itself (with the browser's credentials),
+    /// when the identity service has such an endpoint.
+    pub token_url: Option<String>,
 }
 
 /// Where the public key comes from.

@@ -122,6 +122,26 @@ pub struct Config {
     /// that name an audience are refused.
     #[arg(long, env = "CHAT_AUTH_AUDIENCE", requires = "auth_public_key_file")]
     pub auth_audience: Option<String>,
+
+    /// With a key: where the chat page fetches a token (GET, with the browser's
+    /// credentials; the answer is the token, as text or as `{"token": ...}`), at sign-in
+    /// and whenever one expires. Unset: the page asks its user to paste one.
+    #[arg(long, env = "CHAT_AUTH_TOKEN_URL", requires = "auth_public_key_file", value_parser = token_url)]
+    pub auth_token_url: Option<String>,
+}
+
+/// An absolute `http(s)://` URL, for the page to fetch.
+fn token_url(value: &str) -> Result<String, String> {
+    let uri: axum::http::Uri = value
+        .parse()
+        .map_err(|e| format!("not a URL ({e}); give https://id.example.com/token"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https" | "http"), Some(_)) => Ok(value.to_owned()),
+        _ => Err(
+            "must be an absolute http:// or https:// URL, such as https://id.example.com/token"
+                .to_owned(),
+        ),
+    }
 }
 
 impl Config {
@@ -189,5 +209,25 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert!(!c.instance_id().is_empty());
+    }
+
+    #[test]
+    fn a_token_url_is_absolute_and_needs_a_key() {
+        let parse = |url: &str| {
+            Config::try_parse_from([
+                "chat-server",
+                "--auth-public-key-file",
+                "k.pem",
+                "--auth-token-url",
+                url,
+            ])
+        };
+        assert!(parse("https://id.example.com/token").is_ok());
+        assert!(parse("/token").is_err());
+        assert!(parse("ftp://id.example.com/token").is_err());
+        assert!(
+            Config::try_parse_from(["chat-server", "--auth-token-url", "https://id.example/t"])
+                .is_err()
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP surface: routes, the embedded chat page, `/healthz` and `/metrics`.
+//! The HTTP surface: routes, the embedded chat page and its `/config`, `/healthz` and
+//! `/metrics`.
 //! `/ws` is handled in [`crate::ws`].
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/config", get(page_config))
         .route("/ws", get(ws::upgrade))
         .with_state(state)
 }
@@ -27,6 +29,16 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn page() -> impl IntoResponse {
     // A new binary ships a new page; browsers must not keep an old one.
     ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE))
+}
+
+/// What the page needs to know before it connects: whether it must sign in, and where
+/// it can fetch a token by itself.
+async fn page_config(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let config = serde_json::json!({
+        "auth": state.auth.is_some(),
+        "token_url": state.auth_token_url,
+    });
+    ([(header::CACHE_CONTROL, "no-cache")], axum::Json(config))
 }
 
 /// 200 only when this instance should get traffic: not draining, Redis accepting

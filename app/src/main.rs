@@ -63,6 +63,8 @@ pub struct AppState {
     pub address_limits: Arc<limits::AddressLimits>,
     /// Verifies sign-in tokens; `None`: the server is open.
     pub auth: Option<auth::Verifier>,
+    /// Where the page fetches tokens, when the operator has an endpoint for it.
+    pub auth_token_url: Option<String>,
     pub presence: Arc<presence::Presence>,
     /// Rooms one connection may be in at once.
     pub max_rooms: usize,
@@ -120,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
             config.new_rooms_per_minute,
         )),
         auth,
+        auth_token_url: config.auth_token_url.clone(),
         presence,
         max_rooms: usize::from(config.max_rooms_per_connection),
     });

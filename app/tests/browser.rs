@@ -569,3 +569,132 @@ async fn pages_sign_in_with_tokens_and_ask_again_when_one_expires() {
     let _ = bob.close().await;
     result
 }
+
+/// A stand-in for the operator's sign-in service: `GET /token` mints a token for Alice
+/// valid `lifetime` seconds, for pages of any origin that send their credentials (CORS),
+/// and counts the tokens it gave.
+struct TokenService {
+    url: String,
+    minted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TokenService {
+    async fn start(key: common::KeyPair, lifetime: u64) -> TokenService {
+        use axum::http::{HeaderMap, HeaderValue, header};
+        let minted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let key = std::sync::Arc::new(key);
+        let count = minted.clone();
+        let app = axum::Router::new().route(
+            "/token",
+            axum::routing::get(move |request: HeaderMap| {
+                let (key, count) = (key.clone(), count.clone());
+                async move {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let token = key.token(&json!({
+                        "sub": "u-alice", "name": "Alice", "exp": common::unix_now() + lifetime,
+                    }));
+                    let origin = request
+                        .get(header::ORIGIN)
+                        .cloned()
+                        .unwrap_or(HeaderValue::from_static("null"));
+                    (
+                        [
+                            (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+                            (
+                                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                                HeaderValue::from_static("true"),
+                            ),
+                        ],
+                        token,
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        TokenService {
+            url,
+            minted,
+            server,
+        }
+    }
+
+    fn minted(&self) -> usize {
+        self.minted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TokenService {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// With `--auth-token-url`, the page signs in by itself: it fetches a token from the
+/// operator's sign-in service, and when that token expires it fetches another and
+/// carries on, never asking its user, and missing nothing in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_fetches_its_tokens_from_the_sign_in_service_and_renews_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::KeyPair::ed25519(dir.path(), "issuer");
+    let public_key = key.public_pem_path().to_owned();
+    let service = TokenService::start(key, 6).await;
+    let redis = Redis::start();
+    let flags = [
+        "--auth-public-key-file",
+        public_key.as_str(),
+        "--auth-token-url",
+        service.url.as_str(),
+    ];
+    let a = Server::start("instance-a", &redis.url(), &flags);
+    let b = Server::start("instance-b", &redis.url(), &flags);
+    let driver = Driver::start();
+    let profiles = tempfile::tempdir().unwrap();
+    let page = driver.browser(&profiles.path().join("alice")).await;
+
+    let result = async {
+        page.goto(&format!("http://{}/", a.addr)).await.unwrap();
+        wait_connected(&page, "instance-a").await;
+        wait_text(&page, "#user", "Alice").await;
+        assert_eq!(service.minted(), 1);
+        type_text_and_send(&page, "signed in by the service").await;
+        wait_shown(&page, "signed in by the service").await;
+
+        // The token expires after 6 s: the page gets another and reconnects, with
+        // `since`; a message sent meanwhile from the other instance shows once.
+        poll_until(WAIT, "a second token", || async {
+            (service.minted() >= 2).then_some(())
+        })
+        .await;
+        let token = reqwest::get(&service.url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut other = common::Client::connect(&b, &format!("?token={token}")).await;
+        other.send("ignored", "after the renewal").await;
+        wait_connected(&page, "instance-a").await;
+        let shown = wait_shown(&page, "after the renewal").await;
+        assert_eq!(
+            shown
+                .iter()
+                .filter(|m| m.contains("signed in by the service"))
+                .count(),
+            1,
+            "{shown:?}"
+        );
+        let form = page.find(Locator::Id("signin")).await.unwrap();
+        assert!(
+            !form.is_displayed().await.unwrap(),
+            "the page asked its user"
+        );
+    }
+    .await;
+    let _ = page.close().await;
+    result
+}

@@ -83,6 +83,7 @@ mod tests {
             key,
             issuer: None,
             audience: None,
+            token_url: None,
         });
         spec
     }

@@ -680,6 +680,10 @@ impl<'s> Checker<'s> {
             })
         };
         let (issuer, audience) = (claim("issuer"), claim("audience"));
+        let token_url = self.optional(section, "token_url", None, |ck, p, n| {
+            let text = ck.string(p, n)?;
+            ck.check(p, At::of(n), token_url(&text)).map(Some)
+        });
         let key = match (file?, generate?) {
             (Some(_), true) => {
                 let at = section.get("generate")?.key;
@@ -703,6 +707,7 @@ impl<'s> Checker<'s> {
             key,
             issuer: issuer?,
             audience: audience?,
+            token_url: token_url?,
         })
     }
 

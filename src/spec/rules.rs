@@ -385,6 +385,29 @@ pub(super) fn tag_value(value: &str) -> Rule<String> {
 /// An `iss` or `aud` a token must carry: it reaches the instances inside a quoted shell
 /// value and an environment file, so it is 1 to 256 visible ASCII characters without
 /// quotes, backslashes, `$` or backticks (URLs and plain names pass).
+/// `chat.auth.token_url`: an `https://` URL the page fetches tokens from (`http://` only
+/// on loopback, for a local identity service), safe inside the boot program's quotes.
+pub(super) fn token_url(text: &str) -> Rule<String> {
+    let help = "give the https:// address of your identity service's token endpoint, such as \
+                https://id.example.com/chat-token";
+    let usable = claim_value(text)
+        .map_err(|_| Invalid::new(format!("`{text}` is not a usable URL")).help(help))?;
+    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
+    let host = text
+        .strip_prefix("https://")
+        .or_else(|| {
+            loopback
+                .iter()
+                .any(|l| text.starts_with(l))
+                .then_some("loopback")
+        })
+        .unwrap_or_default();
+    if host.is_empty() || host.starts_with('/') {
+        return Err(Invalid::new(format!("`{text}` is not an https:// URL")).help(help));
+    }
+    Ok(usable)
+}
+
 pub(super) fn claim_value(text: &str) -> Rule<String> {
     let valid = !text.is_empty()
         && text.len() <= 256

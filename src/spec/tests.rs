@@ -132,6 +132,7 @@ chat:
     generate: true
     issuer: https://id.example
     audience: chat
+    token_url: https://id.example/chat-token
   history_messages: 5000
   max_rooms_per_connection: 20
   presence_ttl_seconds: 60
@@ -179,6 +180,7 @@ tags:
                 key: AuthKey::Generate,
                 issuer: Some("https://id.example".into()),
                 audience: Some("chat".into()),
+                token_url: Some("https://id.example/chat-token".into()),
             }),
             settings: ChatSettings {
                 history_messages: 5000,
@@ -908,6 +910,7 @@ fn chat_auth_names_a_public_key_file_relative_to_the_stack_file() {
             },
             issuer: Some("https://id.example".into()),
             audience: Some("chat".into()),
+            token_url: None,
         })
     );
     // A P-256 key too.
@@ -1035,6 +1038,10 @@ fn chat_auth_needs_exactly_one_key_and_usable_claims() {
     let (path, line, column, _) =
         only("chat:\n  auth:\n    generate: true\n    audience: \"it's\"\n");
     assert_eq!((path.as_str(), line, column), ("chat.auth.audience", 8, 15));
+    let (path, _, _, message) =
+        only("chat:\n  auth:\n    generate: true\n    token_url: http://id.example/t\n");
+    assert_eq!(path, "chat.auth.token_url");
+    assert!(message.contains("not an https:// URL"), "{message}");
     let (path, _, _, message) = only("chat:\n  auth:\n    generate: true\n    isuer: x\n");
     assert_eq!(path, "chat.auth.isuer");
     assert!(message.contains("unknown key"));
