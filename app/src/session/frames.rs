@@ -176,29 +176,48 @@ impl<'a> Reader<'a> {
             }
             Err(JoinError::Gone) => Err(Ending::Drop),
             Err(JoinError::Refused(rejection)) => {
-                self.reply(rejection.to_frame()).await?;
-                self.close_after_replies(CLOSE_POLICY, "invalid join").await
+                self.end_first(&first.room, false, rejection, CLOSE_POLICY, "invalid join")
+                    .await
             }
             Err(JoinError::Store { error, answered }) => {
                 tracing::warn!(%error, room = first.room, "cannot join room");
-                if !answered {
-                    let hello = ServerFrame::Hello {
-                        instance: &self.state.instance,
-                        room: &first.room,
-                        epoch: None,
-                        recovered: None,
-                        reason: None,
-                        user: self.connection.identity.as_ref(),
-                    };
-                    self.reply(hello.to_json()).await?;
-                }
                 let rejection =
                     Rejection::new(error.code(), "chat storage is unavailable; reconnect later");
-                self.reply(rejection.to_frame()).await?;
-                self.close_after_replies(CLOSE_TRY_LATER, "redis unavailable")
-                    .await
+                self.end_first(
+                    &first.room,
+                    answered,
+                    rejection,
+                    CLOSE_TRY_LATER,
+                    "redis unavailable",
+                )
+                .await
             }
         }
+    }
+
+    /// Ends a connection whose first room could not be joined: its `hello` (every
+    /// connection gets one first) unless it went out already, the error, the close.
+    async fn end_first(
+        &self,
+        room: &str,
+        answered: bool,
+        rejection: Rejection,
+        code: u16,
+        reason: &'static str,
+    ) -> Result<(), Ending> {
+        if !answered {
+            let hello = ServerFrame::Hello {
+                instance: &self.state.instance,
+                room,
+                epoch: None,
+                recovered: None,
+                reason: None,
+                user: self.connection.identity.as_ref(),
+            };
+            self.reply(hello.to_json()).await?;
+        }
+        self.reply(rejection.to_frame()).await?;
+        self.close_after_replies(code, reason).await
     }
 
     /// Has the writer close the connection once it has written every reply before,
