@@ -87,16 +87,37 @@ async fn wait_connected(browser: &Browser, instance: &str) {
     .await
 }
 
-async fn messages(browser: &Browser) -> Vec<String> {
+/// The texts of every element `css` matches, in order.
+async fn texts_of(browser: &Browser, css: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for li in browser
-        .find_all(Locator::Css("#log li.message"))
-        .await
-        .unwrap()
-    {
-        out.push(li.text().await.unwrap());
+    for element in browser.find_all(Locator::Css(css)).await.unwrap() {
+        out.push(element.text().await.unwrap());
     }
     out
+}
+
+async fn messages(browser: &Browser) -> Vec<String> {
+    texts_of(browser, "#log li.message").await
+}
+
+/// Types `text` into the field `id`.
+async fn type_into(page: &Browser, id: &str, text: &str) {
+    page.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+/// Clicks the element `id`.
+async fn click(page: &Browser, id: &str) {
+    page.find(Locator::Id(id))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 /// A browser with its own profile under `profiles`, on `server`'s page, connected.
@@ -122,28 +143,16 @@ async fn assert_shown_once(page: &Browser, bob: &mut Client, text: &str) {
 
 /// Sets a guest's name, which takes a new connection, and waits for it.
 async fn set_name(page: &Browser, name: &str, instance: &str) {
-    let input = page.find(Locator::Id("name")).await.unwrap();
-    input.send_keys(name).await.unwrap();
+    type_into(page, "name", name).await;
     // The name counts once the field is left.
-    page.find(Locator::Id("text"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(page, "text").await;
     wait_connected(page, instance).await;
 }
 
 /// Joins a room through the sidebar's form; the page shows it.
 async fn join_room(page: &Browser, room: &str) {
-    let input = page.find(Locator::Id("join-room")).await.unwrap();
-    input.send_keys(room).await.unwrap();
-    page.find(Locator::Id("join"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(page, "join-room", room).await;
+    click(page, "join").await;
     wait_text(page, "#room", &format!("#{room}")).await;
 }
 
@@ -171,39 +180,21 @@ async fn wait_text(page: &Browser, css: &str, want: &str) {
 /// Waits until the online list shows exactly `want`.
 async fn wait_online(page: &Browser, want: &[&str]) {
     poll_until(WAIT, &format!("online list {want:?}"), || async {
-        let mut shown = Vec::new();
-        for li in page.find_all(Locator::Css("#members li")).await.unwrap() {
-            shown.push(li.text().await.unwrap());
-        }
-        (shown == want).then_some(())
+        (texts_of(page, "#members li").await == want).then_some(())
     })
     .await
 }
 
 /// Types a message into the page's form and submits it.
 async fn type_text_and_send(page: &Browser, text: &str) {
-    let input = page.find(Locator::Id("text")).await.unwrap();
-    input.send_keys(text).await.unwrap();
-    page.find(Locator::Id("send"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(page, "text", text).await;
+    click(page, "send").await;
 }
 
 /// Types a name and a message into the page's form and submits it.
 async fn type_and_send(page: &Browser, name: &str, text: &str) {
-    for (field, value) in [("name", name), ("text", text)] {
-        let input = page.find(Locator::Id(field)).await.unwrap();
-        input.send_keys(value).await.unwrap();
-    }
-    page.find(Locator::Id("send"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(page, "name", name).await;
+    type_text_and_send(page, text).await;
 }
 
 /// Waits until a message containing `needle` is shown; returns every message shown then.
@@ -451,12 +442,7 @@ async fn rooms_who_is_online_and_typing_across_two_instances() {
         wait_online(&alice, &["alice", "bob"]).await;
         wait_online(&bob, &["alice", "bob"]).await;
 
-        bob.find(Locator::Id("text"))
-            .await
-            .unwrap()
-            .send_keys("hello o")
-            .await
-            .unwrap();
+        type_into(&bob, "text", "hello o").await;
         wait_text(&alice, "#typing", "bob is typing…").await;
         type_text_and_send(&bob, "ps").await;
         wait_shown(&alice, "hello ops").await;
@@ -495,18 +481,8 @@ async fn sign_in(page: &Browser, token: &str) {
         form.is_displayed().await.unwrap().then_some(())
     })
     .await;
-    page.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(token)
-        .await
-        .unwrap();
-    page.find(Locator::Id("signin-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(page, "token", token).await;
+    click(page, "signin-button").await;
 }
 
 /// With sign-in on, the page asks for a token, then speaks with the token's name on
