@@ -94,25 +94,17 @@ impl Hub {
             .unwrap_or(0)
     }
 
-    /// Subscribes to a room this instance already reads, if it does.
-    pub fn subscribe(&self, room: &str) -> Option<broadcast::Receiver<Outgoing>> {
-        self.state
-            .lock()
-            .unwrap()
-            .rooms
-            .get(room)
-            .map(|r| r.tx.subscribe())
-    }
-
     /// Subscribes to a room, starting to read it after `start` (the stream's last id,
     /// fetched by the caller) if no one here reads it yet. When two clients race to open
     /// the same room, the first start id wins; either is a valid starting point.
     pub fn join(&self, room: &str, start: StreamId) -> broadcast::Receiver<Outgoing> {
         let mut state = self.state.lock().unwrap();
         let Rooms { rooms, joined } = &mut *state;
+        let mut created = false;
         let rx = rooms
             .entry(room.to_owned())
             .or_insert_with(|| {
+                created = true;
                 joined.push(room.to_owned());
                 Room {
                     tx: broadcast::channel(self.capacity).0,
@@ -123,7 +115,10 @@ impl Hub {
             .tx
             .subscribe();
         drop(state);
-        self.changed.notify_one();
+        // Only a new room is news to the reader.
+        if created {
+            self.changed.notify_one();
+        }
         rx
     }
 
@@ -304,7 +299,7 @@ mod tests {
         assert!(hub.prune().is_empty(), "a still has a listener");
         drop(a2);
         assert_eq!(hub.prune(), ["a"]);
-        assert!(hub.subscribe("a").is_none());
+        assert!(hub.position("a").is_none(), "a is no longer followed");
         assert_eq!(hub.room_count(), 0);
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! Pure logic; the connection feeds it what it read from Redis.
 
-use crate::protocol::StreamId;
+use crate::protocol::{Rejection, StreamId};
 use crate::store::{Entry, RoomState};
 
 /// Why a client could not be made whole; the `reason` of `hello` and `recovery` frames.
@@ -60,8 +60,21 @@ pub fn judge(
 
 /// A `since` whose time is ahead of Redis's clock and of the room's newest entry names
 /// a message that does not exist yet; streaming after it would drop every live message.
-pub fn in_the_future(since: StreamId, room: &RoomState) -> bool {
+fn in_the_future(since: StreamId, room: &RoomState) -> bool {
     since.ms > room.now_ms && since > room.top
+}
+
+/// Refuses a `since` [in the future](in_the_future), saying why.
+pub fn refuse_future_since(since: StreamId, room: &RoomState) -> Result<(), Rejection> {
+    if in_the_future(since, room) {
+        return Err(Rejection::new(
+            "invalid_since",
+            format!(
+                "invalid since: {since} is after the newest message and after the server's clock"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -105,10 +105,8 @@ pub async fn upgrade(
     if let Some(since) = first.since
         && let Ok(known) = state.store.room_state(&first.room).await
     {
-        if recovery::in_the_future(since, &known) {
-            return bad_request(format!(
-                "invalid since: {since} is after the newest message and after the server's clock"
-            ));
+        if let Err(rejection) = recovery::refuse_future_since(since, &known) {
+            return bad_request(rejection.message);
         }
         room_state = Some(known);
     }

@@ -83,24 +83,14 @@ pub(super) async fn join(
         Some(known) => known,
         None => state.store.room_state(room).await?,
     };
-    if let Some(since) = request.since
-        && recovery::in_the_future(since, &room_state)
-    {
-        return Err(JoinError::Refused(
-            Rejection::new(
-                "invalid_since",
-                format!("invalid since: {since} is after the newest message and after the server's clock"),
-            )
-            .with_room(room),
-        ));
+    if let Some(since) = request.since {
+        recovery::refuse_future_since(since, &room_state)
+            .map_err(|rejection| JoinError::Refused(rejection.with_room(room)))?;
     }
     // Subscribed before reading history: whatever is stored after the replay's last id
     // arrives live, and live entries at or below it are skipped, so there is neither a
     // gap nor a duplicate at the seam.
-    let live = match state.hub.subscribe(room) {
-        Some(rx) => rx,
-        None => state.hub.join(room, room_state.top),
-    };
+    let live = state.hub.join(room, room_state.top);
     if request.presence {
         // Presence events are not in any stream: only once the instance is subscribed
         // to the room is a member list read now followed by every change after it.
