@@ -486,25 +486,18 @@ pub mod browser {
 
     /// The names in the chat page's online list.
     pub async fn online(page: &Client) -> Vec<String> {
-        let mut names = Vec::new();
-        for item in page
-            .find_all(Locator::Css("#members li"))
-            .await
-            .unwrap_or_default()
-        {
-            names.push(item.text().await.unwrap_or_default());
-        }
-        names
+        texts_of(page, "#members li").await
     }
 
     /// The texts of the messages the chat page shows, in order.
     pub async fn messages(page: &Client) -> Vec<String> {
+        texts_of(page, "#log li.message").await
+    }
+
+    /// The texts of every element `css` matches, in order (none while the page loads).
+    async fn texts_of(page: &Client, css: &str) -> Vec<String> {
         let mut texts = Vec::new();
-        for item in page
-            .find_all(Locator::Css("#log li.message"))
-            .await
-            .unwrap_or_default()
-        {
+        for item in page.find_all(Locator::Css(css)).await.unwrap_or_default() {
             texts.push(item.text().await.unwrap_or_default());
         }
         texts

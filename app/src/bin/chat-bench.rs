@@ -317,7 +317,7 @@ async fn rooms(args: &Args, count: usize, epoch: Instant, tick: f64) -> anyhow::
                             }
                             let stamp = epoch.elapsed().as_micros();
                             if sink
-                                .send(send_frame("r", &format!("lat {stamp}")))
+                                .send(send_frame("r", &latency_text(stamp)))
                                 .await
                                 .is_err()
                             {
@@ -334,12 +334,7 @@ async fn rooms(args: &Args, count: usize, epoch: Instant, tick: f64) -> anyhow::
                 {
                     let Message::Text(t) = frame else { continue };
                     let now = epoch.elapsed().as_micros() as u64;
-                    if let Some(m) = message_of(&t)
-                        && let Some(stamp) = m["text"]
-                            .as_str()
-                            .and_then(|s| s.strip_prefix("lat "))
-                            .and_then(|s| s.parse::<u64>().ok())
-                    {
+                    if let Some(stamp) = sent_at(&t) {
                         delivered.fetch_add(1, Ordering::Relaxed);
                         samples.push(now.saturating_sub(stamp));
                     }
@@ -392,6 +387,20 @@ fn send_frame(name: &str, text: &str) -> Message {
 fn message_of(text: &str) -> Option<Value> {
     let v: Value = serde_json::from_str(text).ok()?;
     (v["type"] == "message").then_some(v)
+}
+
+/// The text of a message that carries its send time (µs since the run's epoch).
+fn latency_text(stamp: u128) -> String {
+    format!("lat {stamp}")
+}
+
+/// The send time a `message` frame carries, if it is one [`latency_text`] made.
+fn sent_at(frame: &str) -> Option<u64> {
+    message_of(frame)?["text"]
+        .as_str()?
+        .strip_prefix("lat ")?
+        .parse()
+        .ok()
 }
 
 /// Receivers count deliveries until the deadline; senders keep `window` messages in
@@ -500,12 +509,7 @@ async fn latency(args: &Args, epoch: Instant) -> anyhow::Result<Vec<u64>> {
             {
                 let Message::Text(t) = frame else { continue };
                 let now = epoch.elapsed().as_micros() as u64;
-                if let Some(m) = message_of(&t)
-                    && let Some(sent) = m["text"]
-                        .as_str()
-                        .and_then(|s| s.strip_prefix("lat "))
-                        .and_then(|s| s.parse::<u64>().ok())
-                {
+                if let Some(sent) = sent_at(&t) {
                     samples.push(now.saturating_sub(sent));
                 }
             }
@@ -529,7 +533,7 @@ async fn latency(args: &Args, epoch: Instant) -> anyhow::Result<Vec<u64>> {
                 tick.tick().await;
                 let stamp = epoch.elapsed().as_micros();
                 if sink
-                    .send(send_frame(&name, &format!("lat {stamp}")))
+                    .send(send_frame(&name, &latency_text(stamp)))
                     .await
                     .is_err()
                 {
