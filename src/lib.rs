@@ -6,6 +6,7 @@
 pub mod artifact;
 pub mod aws;
 pub mod binary;
+pub mod bucket;
 pub mod cache;
 pub mod certificate;
 pub mod commands;

@@ -64,6 +64,11 @@ impl Names {
         format!("{}-artifacts-{account}-{region}", self.stack)
     }
 
+    /// The load balancer's access logs, named as [`Names::bucket`] is.
+    pub fn logs_bucket(&self, account: &str, region: &str) -> String {
+        format!("{}-alb-logs-{account}-{region}", self.stack)
+    }
+
     /// Whether a tag is the one that marks a resource as this stack's.
     pub fn is_stack_tag(&self, key: Option<&str>, value: Option<&str>) -> bool {
         key == Some(STACK_TAG) && value == Some(self.stack.as_str())

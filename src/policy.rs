@@ -1,34 +1,51 @@
 //! The least-privilege IAM policy of a deployer of one stack: every action `up`, `plan`,
 //! `status`, `logs` and `destroy` need, and no other; scoped to the stack's resources by
-//! name where the service's ARNs carry it (load balancer, target group, Redis, bucket),
-//! by the stack's tag where they do not (EC2, certificates), and to the stack's domain for
-//! DNS changes. Describe and List calls that IAM cannot scope get `*`.
+//! name where the service's ARNs carry it (load balancer, target group, Redis, buckets),
+//! by the stack's tag where they do not (EC2, certificates), to the stack's hosted zone
+//! and domain for DNS changes, to the stack's instance type and image for launches.
+//! Describe and List calls that IAM cannot scope get `*`.
+//!
+//! It has to be a document IAM accepts: a managed policy holds at most 6 144 characters
+//! without whitespace (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html>).
+//! Statements that share a resource and a condition are one statement, and an action
+//! pattern (`ec2:*SecurityGroup*`) stands for a family of actions only where the
+//! statement's resource or condition already confines it to the stack's own resources,
+//! or where every action it names only reads.
 //!
 //! Also the mapping from the operations the CLI sends (as its call log names them,
 //! `EC2:DescribeVpcs`) to IAM actions, which the policy test uses to prove the policy is
 //! exactly what the CLI calls.
 
+use std::collections::BTreeSet;
+
 use serde_json::{Value, json};
 
 use crate::names::{Names, STACK_TAG};
+use crate::spec::StackSpec;
+
+/// A managed policy's size limit, in characters without whitespace
+/// (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html>).
+pub const MANAGED_POLICY_LIMIT: usize = 6144;
 
 /// What the policy is scoped to.
 pub struct Scope<'a> {
+    pub spec: &'a StackSpec,
     pub names: &'a Names,
     pub account: &'a str,
     pub region: &'a str,
-    pub domain: &'a str,
+    /// The id of the hosted zone that holds the domain (without `/hostedzone/`).
+    pub hosted_zone_id: &'a str,
 }
 
-/// The EC2 resource types the stack creates, each tagged at creation.
-const EC2_TAGGED_ON_CREATE: [&str; 8] = [
+/// The EC2 resource types the stack creates, each tagged at creation. Instances are
+/// [`launch`]'s, which also holds them to the stack's instance type.
+const EC2_TAGGED_ON_CREATE: [&str; 7] = [
     "vpc",
     "subnet",
     "internet-gateway",
     "route-table",
     "security-group",
     "vpc-endpoint",
-    "instance",
     "volume",
 ];
 
@@ -43,16 +60,47 @@ const EC2_CREATE: [&str; 7] = [
     "ec2:RunInstances",
 ];
 
-/// The policy document.
+/// The policy as documents IAM accepts as managed policies: one when it fits, which it
+/// does for the stacks of `stack.yaml`'s limits but the longest domains, else as few as
+/// the statements fit in, each within [`MANAGED_POLICY_LIMIT`]. A deployer's role holds
+/// up to 10 managed policies.
+pub fn documents(scope: &Scope) -> Vec<Value> {
+    split(document(scope), MANAGED_POLICY_LIMIT)
+}
+
+/// `whole` as documents of at most `limit` characters, its statements in order.
+fn split(whole: Value, limit: usize) -> Vec<Value> {
+    if size(&whole) <= limit {
+        return vec![whole];
+    }
+    let mut documents: Vec<Vec<Value>> = vec![Vec::new()];
+    for statement in whole["Statement"].as_array().into_iter().flatten() {
+        let mut with = documents.last().cloned().unwrap_or_default();
+        with.push(statement.clone());
+        if size(&wrap(with.clone())) <= limit {
+            *documents.last_mut().expect("one document at least") = with;
+        } else {
+            documents.push(vec![statement.clone()]);
+        }
+    }
+    documents.into_iter().map(wrap).collect()
+}
+
+fn wrap(statements: Vec<Value>) -> Value {
+    json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+/// The policy document, whatever its size.
 pub fn document(scope: &Scope) -> Value {
     let Scope {
+        spec,
         names,
         account,
         region,
-        domain,
+        hosted_zone_id,
     } = *scope;
     let stack = names.stack();
-    let request_tag = json!({ "StringEquals": { format!("aws:RequestTag/{STACK_TAG}"): stack } });
+    let request_tag = json!({ format!("aws:RequestTag/{STACK_TAG}"): stack });
     let resource_tag = json!({ "StringEquals": { format!("aws:ResourceTag/{STACK_TAG}"): stack } });
     let ec2 = |resource: &str| format!("arn:aws:ec2:{region}:{account}:{resource}");
     let elb =
@@ -62,58 +110,38 @@ pub fn document(scope: &Scope) -> Value {
     let target_group = names.target_group();
     let replication_group = names.replication_group();
     let bucket = names.bucket(account, region);
-    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
-    let mut ec2_owned: Vec<&str> = EC2_CREATE.to_vec();
-    ec2_owned.extend([
-        "ec2:AttachInternetGateway",
-        "ec2:DetachInternetGateway",
-        "ec2:AssociateRouteTable",
-        "ec2:DisassociateRouteTable",
-        "ec2:ReplaceRouteTableAssociation",
-        "ec2:CreateRoute",
-        "ec2:ReplaceRoute",
-        "ec2:DeleteRoute",
-        "ec2:AuthorizeSecurityGroupIngress",
-        "ec2:RevokeSecurityGroupIngress",
-        "ec2:AuthorizeSecurityGroupEgress",
-        "ec2:RevokeSecurityGroupEgress",
-        "ec2:ModifyVpcAttribute",
-        "ec2:ModifyVpcEndpoint",
-        "ec2:DeleteVpcEndpoints",
-        "ec2:DeleteVpc",
-        "ec2:DeleteSubnet",
-        "ec2:DeleteInternetGateway",
-        "ec2:DeleteRouteTable",
-        "ec2:DeleteSecurityGroup",
-        "ec2:TerminateInstances",
-        "ec2:GetConsoleOutput",
-        "ec2:ModifyInstanceMetadataOptions",
-        "ec2:CreateTags",
-    ]);
+    let logs_bucket = names.logs_bucket(account, region);
+    let domain = spec.domain.name.trim_end_matches('.').to_ascii_lowercase();
+    let image = match &spec.instances.ami {
+        // The user's own image, or a Marketplace one: that image and no other.
+        Some(ami) => statement(
+            &["ec2:RunInstances"],
+            json!(format!("arn:aws:ec2:{region}::image/{ami}")),
+            None,
+        ),
+        None => statement(
+            &["ec2:RunInstances"],
+            json!(format!("arn:aws:ec2:{region}::image/*")),
+            Some(json!({ "StringEquals": { "ec2:Owner": "amazon" } })),
+        ),
+    };
     let statements = vec![
+        // Reads IAM cannot scope, or that show nothing secret.
         statement(
-            "Ec2Describe",
             &[
-                "ec2:DescribeAvailabilityZones",
-                "ec2:DescribeImages",
-                "ec2:DescribeInstanceTypeOfferings",
-                "ec2:DescribeInstanceTypes",
-                "ec2:DescribeInstances",
-                "ec2:DescribeInternetGateways",
-                "ec2:DescribePrefixLists",
-                "ec2:DescribeRouteTables",
-                "ec2:DescribeSecurityGroups",
-                "ec2:DescribeSubnets",
-                "ec2:DescribeVpcAttribute",
-                "ec2:DescribeVpcEndpoints",
-                "ec2:DescribeVpcs",
+                "ec2:Describe*",
+                "elasticloadbalancing:Describe*",
+                "elasticache:Describe*",
+                "acm:Describe*",
+                "acm:List*",
+                "route53:Get*",
+                "route53:List*",
             ],
             json!("*"),
             None,
         ),
-        // New resources must carry the stack's tag from their first moment...
+        // New resources carry the stack's tag from their first moment...
         statement(
-            "Ec2CreateTagged",
             &EC2_CREATE,
             json!(
                 EC2_TAGGED_ON_CREATE
@@ -121,10 +149,19 @@ pub fn document(scope: &Scope) -> Value {
                     .map(|kind| ec2(&format!("{kind}/*")))
                     .collect::<Vec<_>>()
             ),
-            Some(request_tag.clone()),
+            Some(json!({ "StringEquals": request_tag })),
         ),
+        // ...instances of the stack's type only...
         statement(
-            "Ec2TagOnCreate",
+            &["ec2:RunInstances"],
+            json!(ec2("instance/*")),
+            Some(json!({ "StringEquals": {
+                format!("aws:RequestTag/{STACK_TAG}"): stack,
+                "ec2:InstanceType": spec.instances.instance_type,
+            } })),
+        ),
+        // ...tagged by the call that creates them, never afterwards...
+        statement(
             &["ec2:CreateTags"],
             json!(ec2("*/*")),
             Some(json!({ "StringEquals": { "ec2:CreateAction": EC2_CREATE
@@ -132,16 +169,42 @@ pub fn document(scope: &Scope) -> Value {
                 .map(|action| action.trim_start_matches("ec2:"))
                 .collect::<Vec<_>>() } })),
         ),
-        // ...and existing ones are touched only when they carry it.
+        // ...and existing ones are touched only when they carry the tag: each pattern
+        // names a family of calls on the stack's own gateways, route tables, groups and
+        // endpoints.
         statement(
-            "Ec2Owned",
-            &ec2_owned,
+            &[
+                "ec2:*InternetGateway",
+                "ec2:*RouteTable*",
+                "ec2:*Route",
+                "ec2:*SecurityGroup*",
+                "ec2:*VpcEndpoint*",
+                "ec2:CreateSubnet",
+                "ec2:DeleteSubnet",
+                "ec2:ModifyVpcAttribute",
+                "ec2:DeleteVpc",
+                "ec2:RunInstances",
+                "ec2:TerminateInstances",
+                "ec2:GetConsoleOutput",
+                "ec2:ModifyInstanceMetadataOptions",
+                "ec2:CreateTags",
+            ],
             json!(ec2("*/*")),
             Some(resource_tag.clone()),
         ),
+        // The VPC's default group comes with allow-all rules that `up` takes away (CIS AWS
+        // Foundations 5.4). AWS makes it untagged, and IAM cannot name it before the VPC
+        // exists: revoking is all this allows, which closes and never opens.
+        statement(
+            &[
+                "ec2:RevokeSecurityGroupIngress",
+                "ec2:RevokeSecurityGroupEgress",
+            ],
+            json!(ec2("security-group/*")),
+            Some(json!({ "Null": { format!("aws:ResourceTag/{STACK_TAG}"): "true" } })),
+        ),
         // What a launch or a rule creates untagged: the network interface, the rules.
         statement(
-            "Ec2LaunchUntagged",
             &[
                 "ec2:RunInstances",
                 "ec2:AuthorizeSecurityGroupIngress",
@@ -150,91 +213,33 @@ pub fn document(scope: &Scope) -> Value {
             json!([ec2("network-interface/*"), ec2("security-group-rule/*")]),
             None,
         ),
+        image,
+        // The load balancer and its target group are the stack's by name: everything
+        // under them (listeners and their rules) is too.
         statement(
-            "Ec2AmazonImages",
-            &["ec2:RunInstances"],
-            json!(format!("arn:aws:ec2:{region}::image/*")),
-            Some(json!({ "StringEquals": { "ec2:Owner": "amazon" } })),
-        ),
-        statement(
-            "LoadBalancerDescribe",
             &[
-                "elasticloadbalancing:DescribeListeners",
-                "elasticloadbalancing:DescribeRules",
-                "elasticloadbalancing:DescribeLoadBalancerAttributes",
-                "elasticloadbalancing:DescribeLoadBalancers",
-                "elasticloadbalancing:DescribeTags",
-                "elasticloadbalancing:DescribeTargetGroupAttributes",
-                "elasticloadbalancing:DescribeTargetGroups",
-                "elasticloadbalancing:DescribeTargetHealth",
-            ],
-            json!("*"),
-            None,
-        ),
-        statement(
-            "LoadBalancerCreateTagged",
-            &[
-                "elasticloadbalancing:CreateLoadBalancer",
-                "elasticloadbalancing:CreateTargetGroup",
+                "elasticloadbalancing:Create*",
                 "elasticloadbalancing:AddTags",
+                "elasticloadbalancing:*Listener",
+                "elasticloadbalancing:*Rule",
+                "elasticloadbalancing:Modify*",
+                "elasticloadbalancing:Set*",
+                "elasticloadbalancing:Delete*",
+                "elasticloadbalancing:*Targets",
             ],
             json!([
-                elb(&format!("loadbalancer/app/{load_balancer}/*")),
-                elb(&format!("targetgroup/{target_group}/*")),
-            ]),
-            Some(request_tag.clone()),
-        ),
-        statement(
-            "LoadBalancerOwned",
-            &[
-                "elasticloadbalancing:CreateListener",
-                "elasticloadbalancing:ModifyListener",
-                "elasticloadbalancing:DeleteListener",
-                "elasticloadbalancing:CreateRule",
-                "elasticloadbalancing:ModifyRule",
-                "elasticloadbalancing:ModifyLoadBalancerAttributes",
-                "elasticloadbalancing:SetSecurityGroups",
-                "elasticloadbalancing:SetSubnets",
-                "elasticloadbalancing:DeleteLoadBalancer",
-                "elasticloadbalancing:ModifyTargetGroup",
-                "elasticloadbalancing:ModifyTargetGroupAttributes",
-                "elasticloadbalancing:RegisterTargets",
-                "elasticloadbalancing:DeregisterTargets",
-                "elasticloadbalancing:DeleteTargetGroup",
-            ],
-            json!([
-                elb(&format!("loadbalancer/app/{load_balancer}/*")),
-                elb(&format!("listener/app/{load_balancer}/*")),
-                elb(&format!("listener-rule/app/{load_balancer}/*")),
+                elb(&format!("*/app/{load_balancer}/*")),
                 elb(&format!("targetgroup/{target_group}/*")),
             ]),
             None,
         ),
         statement(
-            "RedisDescribe",
             &[
-                "elasticache:DescribeCacheClusters",
-                "elasticache:DescribeCacheSubnetGroups",
-                "elasticache:DescribeEvents",
-                "elasticache:DescribeReplicationGroups",
-            ],
-            json!("*"),
-            None,
-        ),
-        statement(
-            "RedisOwned",
-            &[
-                "elasticache:CreateCacheSubnetGroup",
-                "elasticache:ModifyCacheSubnetGroup",
-                "elasticache:DeleteCacheSubnetGroup",
-                "elasticache:CreateReplicationGroup",
-                "elasticache:ModifyReplicationGroup",
-                "elasticache:IncreaseReplicaCount",
-                "elasticache:DecreaseReplicaCount",
-                "elasticache:ModifyReplicationGroupShardConfiguration",
-                "elasticache:DeleteReplicationGroup",
+                "elasticache:*CacheSubnetGroup",
+                "elasticache:*ReplicationGroup*",
+                "elasticache:*ReplicaCount",
+                "elasticache:*TagsToResource",
                 "elasticache:ListTagsForResource",
-                "elasticache:AddTagsToResource",
             ],
             json!([
                 cache(&format!("replicationgroup:{replication_group}")),
@@ -245,87 +250,64 @@ pub fn document(scope: &Scope) -> Value {
             ]),
             None,
         ),
+        // Only a DNS-validated certificate for the domain, tagged as the stack's by the
+        // request itself: no call here can tag a certificate that already exists, so no
+        // certificate can be made the stack's and then deleted.
         statement(
-            "CertificateRequestTagged",
-            &["acm:RequestCertificate", "acm:AddTagsToCertificate"],
+            &["acm:RequestCertificate"],
             json!("*"),
-            Some(request_tag),
+            Some(json!({
+                "StringEquals": { format!("aws:RequestTag/{STACK_TAG}"): stack, "acm:ValidationMethod": "DNS" },
+                "ForAllValues:StringEquals": { "acm:DomainNames": [domain.clone()] },
+            })),
         ),
         statement(
-            "CertificateList",
-            &["acm:ListCertificates"],
-            json!("*"),
-            None,
-        ),
-        statement(
-            "CertificateRead",
-            &["acm:DescribeCertificate", "acm:ListTagsForCertificate"],
-            json!(format!("arn:aws:acm:{region}:{account}:certificate/*")),
-            None,
-        ),
-        statement(
-            "CertificateOwned",
             &["acm:DeleteCertificate"],
             json!(format!("arn:aws:acm:{region}:{account}:certificate/*")),
             Some(resource_tag),
         ),
+        // In the stack's zone, only the domain's alias and the certificate's validation
+        // records (`_<token>.<domain>`).
         statement(
-            "DnsFindZone",
-            &["route53:ListHostedZonesByName"],
-            json!("*"),
-            None,
-        ),
-        statement(
-            "DnsWaitForChanges",
-            &["route53:GetChange"],
-            json!("arn:aws:route53:::change/*"),
-            None,
-        ),
-        statement(
-            "DnsReadZone",
-            &["route53:GetHostedZone", "route53:ListResourceRecordSets"],
-            json!("arn:aws:route53:::hostedzone/*"),
-            None,
-        ),
-        // Only the domain's alias and the certificate's validation records
-        // (`_<token>.<domain>`).
-        statement(
-            "DnsDomainRecords",
             &["route53:ChangeResourceRecordSets"],
-            json!("arn:aws:route53:::hostedzone/*"),
+            json!(format!("arn:aws:route53:::hostedzone/{hosted_zone_id}")),
             Some(json!({ "ForAllValues:StringLike": {
                 "route53:ChangeResourceRecordSetsNormalizedRecordNames":
                     [domain.clone(), format!("_*.{domain}")]
             } })),
         ),
+        // The artifact bucket and the access logs' bucket.
         statement(
-            "ArtifactBucket",
             &[
                 "s3:CreateBucket",
                 "s3:DeleteBucket",
                 "s3:ListBucket",
-                "s3:PutBucketPolicy",
-                "s3:GetBucketPolicy",
-                "s3:PutBucketPublicAccessBlock",
-                "s3:GetBucketPublicAccessBlock",
-                "s3:PutEncryptionConfiguration",
-                "s3:GetEncryptionConfiguration",
-                "s3:PutBucketTagging",
-                "s3:GetBucketTagging",
+                "s3:*BucketPolicy",
+                "s3:*BucketPublicAccessBlock",
+                "s3:*EncryptionConfiguration",
+                "s3:*BucketTagging",
+                "s3:*LifecycleConfiguration",
             ],
-            json!(format!("arn:aws:s3:::{bucket}")),
+            json!([
+                format!("arn:aws:s3:::{bucket}"),
+                format!("arn:aws:s3:::{logs_bucket}")
+            ]),
             None,
         ),
         statement(
-            "ArtifactObjects",
             &["s3:PutObject", "s3:GetObject", "s3:DeleteObject"],
             json!(format!("arn:aws:s3:::{bucket}/*")),
+            None,
+        ),
+        // Logs are the load balancer's to write: the deployer only empties the bucket.
+        statement(
+            &["s3:DeleteObject"],
+            json!(format!("arn:aws:s3:::{logs_bucket}/*")),
             None,
         ),
         // The first load balancer and the first Redis of an account create their
         // service's role.
         statement(
-            "ServiceLinkedRoles",
             &["iam:CreateServiceLinkedRole"],
             json!(format!("arn:aws:iam::{account}:role/aws-service-role/*")),
             Some(json!({ "StringEquals": { "iam:AWSServiceName": [
@@ -334,12 +316,11 @@ pub fn document(scope: &Scope) -> Value {
             ] } })),
         ),
     ];
-    json!({ "Version": "2012-10-17", "Statement": statements })
+    wrap(statements)
 }
 
-fn statement(sid: &str, actions: &[&str], resource: Value, condition: Option<Value>) -> Value {
+fn statement(actions: &[&str], resource: Value, condition: Option<Value>) -> Value {
     let mut statement = json!({
-        "Sid": sid,
         "Effect": "Allow",
         "Action": actions,
         "Resource": resource,
@@ -350,8 +331,17 @@ fn statement(sid: &str, actions: &[&str], resource: Value, condition: Option<Val
     statement
 }
 
-/// Every action the policy `document` grants.
-pub fn granted(document: &Value) -> std::collections::BTreeSet<String> {
+/// The size IAM holds a policy document to: its characters, whitespace left out.
+pub fn size(document: &Value) -> usize {
+    document
+        .to_string()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .count()
+}
+
+/// Every action, or action pattern, the policy `document` grants.
+pub fn granted(document: &Value) -> BTreeSet<String> {
     document["Statement"]
         .as_array()
         .into_iter()
@@ -359,6 +349,21 @@ pub fn granted(document: &Value) -> std::collections::BTreeSet<String> {
         .flat_map(|statement| statement["Action"].as_array().into_iter().flatten())
         .filter_map(|action| action.as_str().map(str::to_owned))
         .collect()
+}
+
+/// Whether the action `pattern` (IAM's: `*` stands for any run of characters, and case
+/// does not matter) names `action`.
+pub fn matches(pattern: &str, action: &str) -> bool {
+    fn glob(pattern: &[u8], text: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => text.is_empty(),
+            Some((b'*', rest)) => (0..=text.len()).any(|skip| glob(rest, &text[skip..])),
+            Some((first, rest)) => text
+                .split_first()
+                .is_some_and(|(head, tail)| head.eq_ignore_ascii_case(first) && glob(rest, tail)),
+        }
+    }
+    glob(pattern.as_bytes(), action.as_bytes())
 }
 
 /// The IAM action that authorizes an operation as the call log names it
@@ -388,6 +393,8 @@ fn s3_action(operation: &str) -> Option<&str> {
         "PutBucketEncryption" => "PutEncryptionConfiguration",
         "GetBucketEncryption" => "GetEncryptionConfiguration",
         "DeleteObjects" => "DeleteObject",
+        "PutBucketLifecycleConfiguration" => "PutLifecycleConfiguration",
+        "GetBucketLifecycleConfiguration" => "GetLifecycleConfiguration",
         "CreateBucket" | "DeleteBucket" | "PutBucketPolicy" | "GetBucketPolicy"
         | "PutBucketTagging" | "GetBucketTagging" | "PutObject" | "GetObject" | "DeleteObject" => {
             operation
@@ -398,23 +405,26 @@ fn s3_action(operation: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
-    fn example() -> Value {
-        let names = Names::new("demo", &BTreeMap::new());
+    fn document_for(yaml: &str) -> Value {
+        let spec = StackSpec::parse(yaml, "stack.yaml").unwrap();
+        let names = Names::new(&spec.name, &spec.tags);
         document(&Scope {
+            spec: &spec,
             names: &names,
             account: "123456789012",
-            region: "eu-west-1",
-            domain: "Chat.Example.com.",
+            region: "ap-southeast-2",
+            hosted_zone_id: "Z0123456789ABCDEFGHIJ",
         })
     }
 
+    const EXAMPLE: &str =
+        "name: demo\ndomain:\n  name: Chat.Example.com\n  hosted_zone: example.com\n";
+
     #[test]
     fn changes_are_scoped_to_the_stack() {
-        let policy = example();
+        let policy = document_for(EXAMPLE);
         for statement in policy["Statement"].as_array().unwrap() {
             let changes = statement["Action"]
                 .as_array()
@@ -436,8 +446,94 @@ mod tests {
             }
         }
         let text = policy.to_string();
-        assert!(text.contains("arn:aws:s3:::demo-artifacts-123456789012-eu-west-1"));
+        assert!(text.contains("arn:aws:s3:::demo-artifacts-123456789012-ap-southeast-2"));
         assert!(text.contains("\"_*.chat.example.com\""), "{text}");
+        assert!(text.contains("hostedzone/Z0123456789ABCDEFGHIJ"), "{text}");
+    }
+
+    #[test]
+    fn the_policy_fits_a_managed_policy_for_a_long_stack_name() {
+        // 20 characters, a long region and domain: the largest document a usual stack makes.
+        let yaml = "name: realtime-chat-prod01\ndomain:\n  name: chat.realtime.example-company.com\n  hosted_zone: example-company.com\ninstances:\n  ami: ami-0123456789abcdef0\n";
+        let policy = document_for(yaml);
+        let size = size(&policy);
+        println!("policy size for a 20-character stack name: {size} of {MANAGED_POLICY_LIMIT}");
+        assert!(size <= MANAGED_POLICY_LIMIT, "{size} characters: {policy}");
+    }
+
+    #[test]
+    fn the_longest_domain_still_fits_and_a_larger_policy_is_split_into_documents_that_fit() {
+        // The longest domain stack.yaml takes: 253 characters.
+        let (long, short) = ("a".repeat(63), "b".repeat(49));
+        let domain = format!("{long}.{long}.{long}.{short}.example.com");
+        assert_eq!(domain.len(), 253);
+        let whole = document_for(&format!(
+            "name: realtime-chat-prod01\ndomain:\n  name: {domain}\n  hosted_zone: example.com\n"
+        ));
+        println!("{} characters with a 253-character domain", size(&whole));
+        assert!(size(&whole) <= MANAGED_POLICY_LIMIT);
+
+        let limit = size(&whole) / 3;
+        let documents = split(whole.clone(), limit);
+        let sizes: Vec<usize> = documents.iter().map(size).collect();
+        assert!(sizes.len() > 3, "{sizes:?}");
+        assert!(sizes.iter().all(|size| *size <= limit), "{sizes:?}");
+        let statements: Vec<&Value> = documents
+            .iter()
+            .flat_map(|document| document["Statement"].as_array().unwrap())
+            .collect();
+        assert_eq!(
+            statements,
+            whole["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
+            "the documents hold every statement, once, in order"
+        );
+    }
+
+    #[test]
+    fn no_certificate_can_be_tagged_after_it_exists() {
+        let granted = granted(&document_for(EXAMPLE));
+        assert!(
+            !granted
+                .iter()
+                .any(|pattern| matches(pattern, "acm:AddTagsToCertificate")),
+            "{granted:?}"
+        );
+    }
+
+    #[test]
+    fn launches_follow_the_stack_s_image_and_instance_type() {
+        let amazon = document_for(EXAMPLE).to_string();
+        assert!(amazon.contains(r#""ec2:Owner":"amazon""#), "{amazon}");
+        assert!(
+            amazon.contains(r#""ec2:InstanceType":"t3.micro""#),
+            "{amazon}"
+        );
+        let own = document_for(&format!(
+            "{EXAMPLE}instances:\n  ami: ami-0123456789abcdef0\n  type: c7g.large\n"
+        ))
+        .to_string();
+        assert!(
+            own.contains("arn:aws:ec2:ap-southeast-2::image/ami-0123456789abcdef0"),
+            "{own}"
+        );
+        assert!(!own.contains("ec2:Owner"), "{own}");
+        assert!(own.contains(r#""ec2:InstanceType":"c7g.large""#), "{own}");
+    }
+
+    #[test]
+    fn patterns_match_as_iam_matches_them() {
+        assert!(matches(
+            "ec2:*SecurityGroup*",
+            "ec2:AuthorizeSecurityGroupEgress"
+        ));
+        assert!(matches("ec2:*Route", "ec2:ReplaceRoute"));
+        assert!(!matches("ec2:*Route", "ec2:ReplaceRouteTableAssociation"));
+        assert!(matches("ec2:describe*", "ec2:DescribeVpcs"));
+        assert!(!matches("ec2:Describe*", "elasticache:DescribeEvents"));
     }
 
     #[test]

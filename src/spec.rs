@@ -87,7 +87,12 @@ const TLS_POLICIES: &[&str] = &[
     "ELBSecurityPolicy-FS-1-2-Res-2019-08",
     "ELBSecurityPolicy-FS-1-2-Res-2020-10",
 ];
+/// Access logs are on unless turned off, and a log object lives this long: a quarter of
+/// requests to look back over, at S3's price for a few megabytes a day.
+const DEFAULT_ACCESS_LOGS_DAYS: u32 = 90;
 const DEFAULT_NODE_TYPE: &str = "cache.t4g.micro";
+/// A day of automatic Redis backups: the chat's history lives in Redis.
+const DEFAULT_SNAPSHOT_RETENTION_DAYS: u32 = 1;
 const DEFAULT_REPLICAS: u32 = 1;
 /// One shard: a cluster-mode-disabled replication group.
 const DEFAULT_SHARDS: u32 = 1;
@@ -141,6 +146,8 @@ const LOAD_BALANCER_KEYS: &[&str] = &[
     "idle_timeout_seconds",
     "health_check_interval_seconds",
     "tls_policy",
+    "access_logs",
+    "access_logs_days",
 ];
 const REDIS_KEYS: &[&str] = &[
     "node_type",
@@ -148,6 +155,7 @@ const REDIS_KEYS: &[&str] = &[
     "shards",
     "engine",
     "engine_version",
+    "snapshot_retention_days",
 ];
 const ENGINES: &[&str] = &["redis", "valkey"];
 const CHAT_KEYS: &[&str] = &[
@@ -233,6 +241,14 @@ pub struct LoadBalancerSpec {
     pub health_check_interval_seconds: u32,
     /// The HTTPS listener's security policy.
     pub tls_policy: String,
+    /// Access logs to a bucket of the stack's, which expires them after `days`; `None`
+    /// when turned off.
+    pub access_logs: Option<AccessLogs>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessLogs {
+    pub days: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +263,8 @@ pub struct RedisSpec {
     /// `redis` or `valkey`.
     pub engine: String,
     pub engine_version: Option<String>,
+    /// Days of automatic backups ElastiCache keeps; 0 turns them off.
+    pub snapshot_retention_days: u32,
 }
 
 /// The chat server's settings.

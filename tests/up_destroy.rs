@@ -364,6 +364,20 @@ async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
             "{id} is {state}"
         );
     }
+    // The bucket keeps the build the instances run, and no other.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws)
+            .force_path_style(true)
+            .build(),
+    );
+    let objects = s3
+        .list_objects_v2()
+        .bucket(format!("{}-artifacts-000000000000-us-east-1", stack.name))
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, [format!("chat-server/{rebuilt_sha}")]);
 
     stack.edit("  count: 2\n", "  count: 1\n");
     let third = ids(&stack.up());
@@ -1097,6 +1111,13 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
         ]
     );
     assert_eq!(egress(&redis), Vec::<String>::new());
+    // The VPC's default group, which AWS makes allowing all, allows nothing (CIS AWS
+    // Foundations 5.4).
+    let default = support::default_security_group(&ec2, &vpc_id).await;
+    assert!(
+        default.ip_permissions().is_empty() && default.ip_permissions_egress().is_empty(),
+        "the default security group keeps rules: {default:?}"
+    );
     for g in groups.security_groups() {
         // Protocol -1 (all traffic) has no ports and lets SSH in too.
         assert!(
@@ -1113,6 +1134,11 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
     let replication_group = replication_group(aws, name).await;
     assert_eq!(replication_group.transit_encryption_enabled(), Some(true));
     assert_eq!(replication_group.at_rest_encryption_enabled(), Some(true));
+    assert_eq!(
+        replication_group.snapshot_retention_limit(),
+        Some(1),
+        "a day of automatic backups"
+    );
     assert_eq!(
         replication_group.member_clusters().len(),
         2,
@@ -1234,6 +1260,52 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
         attribute("routing.http.drop_invalid_header_fields.enabled").as_deref(),
         Some("true")
     );
+    // Access logs go to the stack's own bucket, which only ELB's log delivery writes
+    // into, encrypted, private, and which forgets them after 90 days.
+    let logs_bucket = format!("{name}-alb-logs-000000000000-us-east-1");
+    assert_eq!(attribute("access_logs.s3.enabled").as_deref(), Some("true"));
+    assert_eq!(
+        attribute("access_logs.s3.bucket").as_deref(),
+        Some(logs_bucket.as_str())
+    );
+    let logs_policy: Value = serde_json::from_str(
+        &s3.get_bucket_policy()
+            .bucket(&logs_bucket)
+            .send()
+            .await
+            .expect("the logs bucket's policy")
+            .policy
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        logs_policy["Statement"][0]["Principal"],
+        json!({"AWS": "arn:aws:iam::127311923021:root"}),
+        "us-east-1's Elastic Load Balancing account delivers the logs"
+    );
+    assert_eq!(
+        logs_policy["Statement"][0]["Resource"],
+        format!("arn:aws:s3:::{logs_bucket}/AWSLogs/000000000000/*")
+    );
+    let lifecycle = s3
+        .get_bucket_lifecycle_configuration()
+        .bucket(&logs_bucket)
+        .send()
+        .await
+        .expect("the logs bucket's lifecycle");
+    assert_eq!(
+        lifecycle.rules()[0]
+            .expiration()
+            .and_then(|expiration| expiration.days()),
+        Some(90)
+    );
+    let encryption = s3
+        .get_bucket_encryption()
+        .bucket(&logs_bucket)
+        .send()
+        .await
+        .expect("the logs bucket's encryption");
+    assert!(encryption.server_side_encryption_configuration.is_some());
     let listeners = elbv2
         .describe_listeners()
         .load_balancer_arn(lb_arn)
@@ -1494,7 +1566,8 @@ async fn verify_nothing_left(aws: &SdkConfig, stack: &TestStack, zone_id: &str) 
     assert!(
         !buckets.buckets().iter().any(|b| b
             .name()
-            .is_some_and(|n| n.starts_with(&format!("{name}-artifacts-")))),
+            .is_some_and(|n| n.starts_with(&format!("{name}-artifacts-"))
+                || n.starts_with(&format!("{name}-alb-logs-")))),
         "bucket left"
     );
     let records = aws_sdk_route53::Client::new(aws)

@@ -231,6 +231,7 @@ async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<(
         .multi_az_enabled(multi_az)
         .transit_encryption_enabled(true)
         .at_rest_encryption_enabled(true)
+        .snapshot_retention_limit(i32::try_from(redis.snapshot_retention_days)?)
         .cache_subnet_group_name(stack.names.cache_subnet_group())
         .security_group_ids(security_group)
         .port(i32::from(PORT))

@@ -1,6 +1,7 @@
 //! Changes ElastiCache makes to a replication group in place: engine version, node type,
-//! replicas (of each shard), failover and Multi-AZ, and the number of shards of a Redis
-//! Cluster (online resharding), each applied once the group is available again.
+//! replicas (of each shard), failover and Multi-AZ, the days of automatic backups, and the
+//! number of shards of a Redis Cluster (online resharding), each applied once the group is
+//! available again.
 
 use anyhow::Result;
 use aws_sdk_elasticache::types::{AutomaticFailoverStatus, MultiAzStatus, ReplicationGroup};
@@ -20,6 +21,8 @@ pub(super) enum Fix {
         failover: bool,
         multi_az: bool,
     },
+    /// Days of automatic backups; 0 turns them off.
+    SnapshotRetention(i32),
     /// A Redis Cluster's node groups to `count`; when fewer, the ones in `remove` go
     /// (their slots move to the others).
     Reshard {
@@ -48,6 +51,10 @@ impl std::fmt::Display for Fix {
                 failover: true,
                 multi_az: false,
             } => write!(f, "disabling Multi-AZ (cluster mode keeps failover on)"),
+            Fix::SnapshotRetention(0) => write!(f, "turning automatic backups off"),
+            Fix::SnapshotRetention(days) => {
+                write!(f, "keeping automatic backups for {days} day(s)")
+            }
             Fix::Reshard { count, remove } if remove.is_empty() => {
                 write!(f, "resharding online to {count} shards")
             }
@@ -112,6 +119,10 @@ pub(super) async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec
     }
     if want < have {
         fixes.push(Fix::RemoveReplicas(want));
+    }
+    let retention = i32::try_from(redis.snapshot_retention_days)?;
+    if group.snapshot_retention_limit().unwrap_or(0) != retention {
+        fixes.push(Fix::SnapshotRetention(retention));
     }
     if cluster && want_shards > have_shards {
         fixes.push(Fix::Reshard {
@@ -181,6 +192,15 @@ pub(super) async fn apply(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
                 .send()
                 .await
                 .call(format!("ModifyReplicationGroup {id} AutomaticFailover"))?;
+        }
+        Fix::SnapshotRetention(days) => {
+            modify
+                .snapshot_retention_limit(*days)
+                .send()
+                .await
+                .call(format!(
+                    "ModifyReplicationGroup {id} SnapshotRetentionLimit"
+                ))?;
         }
         Fix::Reshard { count, remove } => {
             // Slots move online; the chat servers follow MOVED/ASK.

@@ -55,6 +55,7 @@ fn base(status: &str) -> ReplicationGroupBuilder {
         .automatic_failover(AutomaticFailoverStatus::Enabled)
         .transit_encryption_enabled(true)
         .at_rest_encryption_enabled(true)
+        .snapshot_retention_limit(1)
 }
 
 /// The group as the example stack.yaml wants it: redis, one replica.
@@ -124,6 +125,7 @@ async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
                 && req.multi_az_enabled() == Some(true)
                 && req.transit_encryption_enabled() == Some(true)
                 && req.at_rest_encryption_enabled() == Some(true)
+                && req.snapshot_retention_limit() == Some(1)
                 && req.engine() == Some("redis")
                 // One shard: the calls of a group with cluster mode off, as ever.
                 && req.cluster_mode().is_none()
@@ -245,6 +247,7 @@ async fn replicas_change_around_failover_in_an_order_elasticache_accepts() {
         .member_clusters("chat-redis-001")
         .automatic_failover(AutomaticFailoverStatus::Disabled)
         .multi_az(MultiAzStatus::Disabled)
+        .snapshot_retention_limit(1)
         .build();
 
     stack.spec.redis.replicas = 2;
@@ -268,6 +271,34 @@ async fn replicas_change_around_failover_in_an_order_elasticache_accepts() {
             },
             Fix::RemoveReplicas(0)
         ]
+    );
+}
+
+#[tokio::test]
+async fn automatic_backups_follow_stack_yaml() {
+    let mut clients = testing::clients();
+    clients.elasticache = mock_client!(aws_sdk_elasticache, []);
+    let mut stack = testing::stack(clients);
+    // A group made before backups were on, or turned off by hand (the scanner's check).
+    let without = base("available")
+        .snapshot_retention_limit(0)
+        .member_clusters("chat-redis-001")
+        .member_clusters("chat-redis-002")
+        .multi_az(MultiAzStatus::Enabled)
+        .build();
+    assert_eq!(
+        fixes(&stack, &without).await.unwrap(),
+        [Fix::SnapshotRetention(1)]
+    );
+    assert_eq!(
+        Fix::SnapshotRetention(1).to_string(),
+        "keeping automatic backups for 1 day(s)"
+    );
+    stack.spec.redis.snapshot_retention_days = 0;
+    assert_eq!(fixes(&stack, &without).await.unwrap(), []);
+    assert_eq!(
+        fixes(&stack, &group("available")).await.unwrap(),
+        [Fix::SnapshotRetention(0)]
     );
 }
 

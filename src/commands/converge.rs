@@ -2,6 +2,7 @@
 //! deploy the instances - in the order AWS needs and with independent branches at the
 //! same time. With a planning [`Stack`], every change is recorded instead of made.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -82,7 +83,7 @@ pub async fn converge(
     };
     let load_balancer_and_certificate = async {
         let (load_balancer, certificate) = try_join!(
-            load_balancer::ensure(stack, &network),
+            load_balancer::ensure(stack, &network, &preflight.account),
             certificate::ensure(stack, &preflight.zone),
         )?;
         load_balancer::ensure_https_listener(stack, &load_balancer, &certificate.arn).await?;
@@ -133,6 +134,12 @@ pub async fn converge(
     } else {
         deploy::carry_out(&fleet, &rollout, &wanted, &pacing).await?
     };
+    let running: BTreeSet<String> = instances::describe(stack)
+        .await?
+        .into_iter()
+        .map(|instance| instance.fingerprint.binary_sha256)
+        .collect();
+    artifact::prune(stack, &artifact, &running).await?;
     Ok(Outputs {
         stack: stack.spec.name.clone(),
         region: stack.region.clone(),

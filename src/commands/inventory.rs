@@ -33,7 +33,7 @@ pub async fn discover(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Deleta
     };
     let found = futures::try_join!(
         instances::deletables(stack),
-        load_balancer::deletables(stack),
+        load_balancer::deletables(stack, account),
         cache::deletables(stack),
         certificates_and_records,
         artifact::deletables(stack, account),

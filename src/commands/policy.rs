@@ -1,7 +1,8 @@
 //! `realtime-stack policy`: the least-privilege IAM policy ([`crate::policy`]) a deployer
 //! needs for `up`, `plan`, `status`, `logs` and `destroy` of this stack, as JSON to attach
-//! to a role or user. It changes nothing; it asks AWS only who the account is, unless
-//! `--account` says so.
+//! to a role or user. It changes nothing; it asks AWS only who the account is and which
+//! hosted zone holds the domain, unless `--account` and an id in `domain.hosted_zone` (or
+//! `--hosted-zone-id`) say so. Every document it prints is within IAM's size limit.
 
 use std::path::Path;
 
@@ -18,6 +19,10 @@ pub struct PolicyArgs {
     /// The AWS account the stack lives in (default: the account of the credentials)
     #[arg(long, value_parser = account_id)]
     pub account: Option<String>,
+    /// The Route53 hosted zone holding the domain (default: `domain.hosted_zone` when it
+    /// is an id, else the zone of that name in the account)
+    #[arg(long)]
+    pub hosted_zone_id: Option<String>,
 }
 
 fn account_id(value: &str) -> Result<String, String> {
@@ -35,12 +40,31 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &PolicyArgs) -> Result<()> {
         Some(account) => account.clone(),
         None => super::account(&stack).await?,
     };
-    let document = policy::document(&Scope {
+    let hosted_zone_id = match (&args.hosted_zone_id, stack.spec.domain.zone_id()) {
+        (Some(id), _) => id.trim_start_matches("/hostedzone/").to_owned(),
+        (None, Some(id)) => id.to_owned(),
+        (None, None) => crate::dns::find_zone(&stack).await?.id,
+    };
+    let documents = policy::documents(&Scope {
+        spec: &stack.spec,
         names: &stack.names,
         account: &account,
         region: &stack.region,
-        domain: &stack.spec.domain.name,
+        hosted_zone_id: &hosted_zone_id,
     });
-    println!("{}", serde_json::to_string_pretty(&document)?);
+    match documents.as_slice() {
+        [document] => println!("{}", serde_json::to_string_pretty(document)?),
+        _ => {
+            stack.progress.note(&format!(
+                "the policy is larger than the {} characters IAM takes in one managed \
+                 policy: printing {} documents (a JSON array), to attach as {} managed \
+                 policies of the deployer's role",
+                policy::MANAGED_POLICY_LIMIT,
+                documents.len(),
+                documents.len()
+            ));
+            println!("{}", serde_json::to_string_pretty(&documents)?);
+        }
+    }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The Application Load Balancer in front of the instances: the load balancer and its
-//! attributes, the target group with its health check and attributes, the HTTP:80
+//! attributes (its access logs are [`access_logs`]'), the target group with its health check and attributes, the HTTP:80
 //! listener that redirects to HTTPS, the HTTPS:443 listener with the ACM certificate, and
 //! which instances are registered. Load balancer and target group are found by their
 //! derived names and owned only when they carry the stack's tag; listeners, which the
@@ -15,11 +15,12 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata as _;
 use futures::try_join;
 
 use crate::aws::{Call, found};
-use crate::engine::{Action, Step, planned_id, wait_for};
+use crate::engine::{Action, Step, is_planned, planned_id, wait_for};
 use crate::names::STACK_TAG;
 use crate::network::Network;
 use crate::stack::Stack;
 
+mod access_logs;
 mod listeners;
 mod target_group;
 mod teardown;
@@ -116,11 +117,16 @@ pub(super) async fn find_load_balancer(
 /// The load balancer with its attributes, the target group with its health check and
 /// attributes, and the HTTP listener; the HTTPS one waits for the certificate
 /// ([`ensure_https_listener`]).
-pub async fn ensure(stack: &Stack, network: &Network) -> Result<LoadBalancer> {
-    let ((arn, dns_name, canonical_hosted_zone_id), target_group_arn) = try_join!(
+pub async fn ensure(stack: &Stack, network: &Network, account: &str) -> Result<LoadBalancer> {
+    let ((arn, dns_name, canonical_hosted_zone_id), target_group_arn, logs) = try_join!(
         ensure_load_balancer(stack, network),
-        ensure_target_group(stack, network)
+        ensure_target_group(stack, network),
+        access_logs::ensure(stack, account),
     )?;
+    // ELB refuses access logs into a bucket it cannot write yet: attributes come last.
+    if !is_planned(&arn) {
+        ensure_load_balancer_attributes(stack, &arn, logs.as_deref()).await?;
+    }
     let http_listener_arn = ensure_http_listener(stack, &arn).await?;
     Ok(LoadBalancer {
         arn,
@@ -234,7 +240,6 @@ async fn ensure_load_balancer(
         if lb.state().and_then(|state| state.code()) != Some(&LoadBalancerStateEnum::Active) {
             wait_until_active(stack, &step, &arn).await?;
         }
-        ensure_load_balancer_attributes(stack, &step, &arn).await?;
         Ok((
             arn,
             lb.dns_name().unwrap_or_default().to_owned(),
@@ -325,9 +330,13 @@ pub(super) fn drifted(
         .collect()
 }
 
-async fn ensure_load_balancer_attributes(stack: &Stack, step: &Step, arn: &str) -> Result<()> {
+async fn ensure_load_balancer_attributes(
+    stack: &Stack,
+    arn: &str,
+    logs_bucket: Option<&str>,
+) -> Result<()> {
     let elbv2 = &stack.clients.elbv2;
-    let wanted = [
+    let mut wanted = vec![
         // WebSockets sit quiet between messages; the default 60 s would cut them.
         (
             "idle_timeout.timeout_seconds",
@@ -340,6 +349,7 @@ async fn ensure_load_balancer_attributes(stack: &Stack, step: &Step, arn: &str) 
         ),
         ("routing.http2.enabled", "true".to_owned()),
     ];
+    wanted.extend(access_logs::attributes(logs_bucket));
     let current = elbv2
         .describe_load_balancer_attributes()
         .load_balancer_arn(arn)
@@ -362,7 +372,6 @@ async fn ensure_load_balancer_attributes(stack: &Stack, step: &Step, arn: &str) 
     {
         return Ok(());
     }
-    step.set("setting attributes");
     elbv2
         .modify_load_balancer_attributes()
         .load_balancer_arn(arn)

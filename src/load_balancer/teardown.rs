@@ -100,9 +100,10 @@ pub(super) fn ours_only<T>(
     }
 }
 
-/// The stack's load balancer with its listeners, and its target group. A load balancer
+/// The stack's load balancer with its listeners, its target group, and the bucket of its
+/// access logs (emptied once the load balancer no longer writes into it). A load balancer
 /// or target group of the stack's names that is not the stack's is left alone.
-pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
+pub async fn deletables(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Deletable>>> {
     let elbv2 = &stack.clients.elbv2;
     let (lb, group) = try_join!(find_load_balancer(stack), find_target_group(stack))?;
     let lb = ours_only(stack, lb, "load balancer", stack.names.load_balancer());
@@ -142,6 +143,7 @@ pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
             blocked_by: listener_keys,
         });
     }
+    let load_balancer_key = lb_keys.last().cloned();
     if let Some(group) = group {
         resources.push(Elbv2Resource {
             elbv2: elbv2.clone(),
@@ -154,8 +156,10 @@ pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
             blocked_by: lb_keys,
         });
     }
+    let logs = super::access_logs::deletables(stack, account, load_balancer_key).await?;
     Ok(resources
         .into_iter()
         .map(|resource| Box::new(resource) as Box<dyn Deletable>)
+        .chain(logs)
         .collect())
 }

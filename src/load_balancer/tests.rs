@@ -86,6 +86,7 @@ fn converged(stack_tag: &'static str) -> Vec<Rule> {
                     "true",
                 ))
                 .attributes(attribute("routing.http2.enabled", "true"))
+                .attributes(attribute("access_logs.s3.enabled", "false"))
                 .build()
         }),
         mock!(Client::describe_target_groups).then_output(|| {
@@ -295,7 +296,17 @@ fn stack_with(rules: &[&Rule]) -> Stack {
                 .with_initial_backoff(Duration::from_millis(1))
         )
     );
-    testing::stack(clients)
+    // These tests are of the load balancer: its access logs are off, and no bucket of
+    // them is left from before.
+    let no_bucket = mock!(aws_sdk_s3::Client::head_bucket).then_error(|| {
+        aws_sdk_s3::operation::head_bucket::HeadBucketError::NotFound(
+            aws_sdk_s3::types::error::NotFound::builder().build(),
+        )
+    });
+    clients.s3 = mock_client!(aws_sdk_s3, [&no_bucket]);
+    let mut stack = testing::stack(clients);
+    stack.spec.load_balancer.access_logs = None;
+    stack
 }
 
 #[tokio::test]
@@ -324,7 +335,7 @@ async fn a_converged_load_balancer_is_left_alone_even_when_throttled() {
         .collect();
     let stack = stack_with(&rules);
 
-    let lb = ensure(&stack, &crate::network::example())
+    let lb = ensure(&stack, &crate::network::example(), "1")
         .await
         .expect("ensure");
     let https = ensure_https_listener(&stack, &lb, CERT)
@@ -393,7 +404,7 @@ async fn a_load_balancer_of_another_owner_is_neither_adopted_nor_deleted() {
         .collect();
     let stack = stack_with(&rules);
 
-    let error = ensure(&stack, &crate::network::example())
+    let error = ensure(&stack, &crate::network::example(), "1")
         .await
         .unwrap_err()
         .to_string();
@@ -401,7 +412,12 @@ async fn a_load_balancer_of_another_owner_is_neither_adopted_nor_deleted() {
         error.contains("chat-alb exists but does not carry the tag realtime-stack:stack=chat"),
         "{error}"
     );
-    assert!(deletables(&stack).await.expect("deletables").is_empty());
+    assert!(
+        deletables(&stack, "1")
+            .await
+            .expect("deletables")
+            .is_empty()
+    );
     assert_eq!(calls(&changes), Vec::<&str>::new());
 }
 

@@ -27,8 +27,8 @@ mod teardown;
 mod tests;
 
 use security_groups::{
-    alb_egress, alb_ingress, ensure_egress, ensure_security_group, instances_egress,
-    instances_ingress, redis_ingress, s3_prefix_list,
+    alb_egress, alb_ingress, close_default_group, ensure_egress, ensure_security_group,
+    instances_egress, instances_ingress, redis_ingress, s3_prefix_list,
 };
 pub use teardown::deletables;
 
@@ -118,6 +118,7 @@ pub async fn ensure(stack: &Stack, zones: &[String; 2], bucket: &str) -> Result<
                 instances_egress(stack, &s3)
             ),
             ensure_egress(stack, REDIS_SG, &redis, Vec::new()),
+            close_default_group(stack, vpc),
         )?;
         Ok::<_, anyhow::Error>((alb.id, instances.id, redis.id))
     };

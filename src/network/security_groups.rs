@@ -2,7 +2,8 @@
 //! from the allowed ranges and talks only to the app port in the private subnets; the
 //! instances take the app port from the load balancer only and talk only to Redis (6379,
 //! private subnets) and S3 (443, its prefix list); Redis takes 6379 from the instances
-//! only and talks to nobody. A rule added by hand is revoked.
+//! only and talks to nobody. A rule added by hand is revoked. The VPC's default group,
+//! which nothing of the stack uses, keeps no rule at all.
 
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{
@@ -327,6 +328,41 @@ pub(super) async fn ensure_egress(
         n => format!("{n} rule(s)"),
     })
     .await
+}
+
+/// The VPC's default security group, which AWS makes with every VPC and cannot delete,
+/// lets its members reach each other and anything outside. Nothing of the stack uses it;
+/// its rules are revoked so that nothing put into it later is open either (CIS AWS
+/// Foundations Benchmark 5.4, "the default security group of every VPC restricts all
+/// traffic").
+pub(super) async fn close_default_group(stack: &Stack, vpc_id: &str) -> Result<()> {
+    let name = format!("default (of {})", stack.names.name("vpc"));
+    let step = stack.progress.step(format!("security group {name}"));
+    let work = async {
+        let found = stack
+            .clients
+            .ec2
+            .describe_security_groups()
+            .filters(filter("vpc-id", vpc_id))
+            .filters(filter("group-name", "default"))
+            .send()
+            .await
+            .call(format!("DescribeSecurityGroups default of {vpc_id}"))?;
+        // A VPC still to be made (plan) has none yet; `up` finds AWS's.
+        let Some(group) = found.security_groups().first() else {
+            return Ok(());
+        };
+        let id = group.group_id().context("security group without an id")?;
+        for (direction, permissions) in [
+            (Direction::Ingress, group.ip_permissions()),
+            (Direction::Egress, group.ip_permissions_egress()),
+        ] {
+            let current = current_rules(permissions);
+            converge_rules(stack, &step, &name, id, direction, &current, &[]).await?;
+        }
+        Ok(())
+    };
+    step.run(work, |()| "no rules".to_owned()).await
 }
 
 async fn find_group(stack: &Stack, vpc_id: &str, role: &str) -> Result<Option<SecurityGroup>> {

@@ -231,8 +231,14 @@ fn converged(extra_ingress: Option<IpPermission>) -> Vec<Rule> {
         mock!(Ec2::describe_security_groups).then_compute_output(move |req| {
             let role = role(req.filters());
             let group = SecurityGroup::builder().group_id(format!("sg-{role}"));
+            let default = req
+                .filters()
+                .iter()
+                .any(|f| f.name() == Some("group-name") && f.values() == ["default"]);
             let to_private = |port| [&private_a, &private_b].map(|cidr| tcp_from_cidr(port, cidr));
             let group = match role.as_str() {
+                // The VPC's default group, its rules revoked by an earlier `up`.
+                _ if default => group,
                 ALB_SG => group
                     .ip_permissions(tcp_from_cidr(443, "0.0.0.0/0"))
                     .ip_permissions(tcp_from_cidr(80, "0.0.0.0/0"))

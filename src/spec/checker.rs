@@ -326,6 +326,15 @@ impl<'s> Checker<'s> {
         })
     }
 
+    fn boolean(&mut self, path: &str, node: &MarkedYaml<'_>) -> Option<bool> {
+        if let YamlData::Value(Scalar::Boolean(value)) = node.data {
+            Some(value)
+        } else {
+            self.type_error(path, node, "true or false");
+            None
+        }
+    }
+
     fn string(&mut self, path: &str, node: &MarkedYaml<'_>) -> Option<String> {
         match &node.data {
             YamlData::Value(Scalar::String(text)) => Some(text.to_string()),
@@ -547,10 +556,22 @@ impl<'s> Checker<'s> {
                 ck.check(p, At::of(n), tls_policy(&text))
             },
         );
+        let access_logs = self.optional(&section, "access_logs", true, |ck, p, n| ck.boolean(p, n));
+        let access_logs_days = self.optional_integer(
+            &section,
+            "access_logs_days",
+            DEFAULT_ACCESS_LOGS_DAYS,
+            (1, 3650),
+            "the logs bucket expires each log object after this many days",
+        );
+        let access_logs_days = access_logs_days?;
         Some(LoadBalancerSpec {
             idle_timeout_seconds: idle?,
             health_check_interval_seconds: interval?,
             tls_policy: tls_policy?,
+            access_logs: access_logs?.then_some(AccessLogs {
+                days: access_logs_days,
+            }),
         })
     }
 
@@ -588,12 +609,20 @@ impl<'s> Checker<'s> {
             let text = ck.text(p, n)?;
             ck.check(p, At::of(n), engine_version(&text)).map(Some)
         });
+        let snapshot_retention_days = self.optional_integer(
+            &section,
+            "snapshot_retention_days",
+            DEFAULT_SNAPSHOT_RETENTION_DAYS,
+            (0, 35),
+            "ElastiCache keeps automatic backups for at most 35 days; 0 turns them off",
+        );
         let redis = RedisSpec {
             node_type: node_type?,
             replicas: replicas?,
             shards: shards?,
             engine: engine?,
             engine_version: version?,
+            snapshot_retention_days: snapshot_retention_days?,
         };
         self.cluster(&section, &redis).then_some(redis)
     }
@@ -665,14 +694,7 @@ impl<'s> Checker<'s> {
             let text = ck.string(p, n)?;
             ck.public_key_file(p, At::of(n), &text).map(Some)
         });
-        let generate = self.optional(section, "generate", false, |ck, p, n| {
-            if let YamlData::Value(Scalar::Boolean(value)) = n.data {
-                Some(value)
-            } else {
-                ck.type_error(p, n, "true or false");
-                None
-            }
-        });
+        let generate = self.optional(section, "generate", false, |ck, p, n| ck.boolean(p, n));
         let mut claim = |key: &str| {
             self.optional(section, key, None, |ck, p, n| {
                 let text = ck.string(p, n)?;

@@ -59,6 +59,7 @@ fn defaults() -> StackSpec {
             idle_timeout_seconds: 3600,
             health_check_interval_seconds: 10,
             tls_policy: "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09".into(),
+            access_logs: Some(AccessLogs { days: 90 }),
         },
         redis: RedisSpec {
             node_type: "cache.t4g.micro".into(),
@@ -66,6 +67,7 @@ fn defaults() -> StackSpec {
             shards: 1,
             engine: "redis".into(),
             engine_version: None,
+            snapshot_retention_days: 1,
         },
         chat: ChatSpec::default(),
         tags: BTreeMap::new(),
@@ -121,12 +123,15 @@ load_balancer:
   idle_timeout_seconds: 4000
   health_check_interval_seconds: 5
   tls_policy: ELBSecurityPolicy-TLS13-1-3-2021-06
+  access_logs: false
+  access_logs_days: 30
 redis:
   node_type: cache.r7g.large
   replicas: 0
   shards: 4
   engine: valkey
   engine_version: 8.0
+  snapshot_retention_days: 7
 chat:
   auth:
     generate: true
@@ -166,6 +171,7 @@ tags:
             idle_timeout_seconds: 4000,
             health_check_interval_seconds: 5,
             tls_policy: "ELBSecurityPolicy-TLS13-1-3-2021-06".into(),
+            access_logs: None,
         },
         redis: RedisSpec {
             node_type: "cache.r7g.large".into(),
@@ -174,6 +180,7 @@ tags:
             engine: "valkey".into(),
             // Written unquoted, it is still taken as written, not as the float 8.
             engine_version: Some("8.0".into()),
+            snapshot_retention_days: 7,
         },
         chat: ChatSpec {
             auth: Some(AuthSpec {
@@ -223,7 +230,9 @@ fn unknown_key_without_a_close_match_lists_the_keys() {
     );
     assert_eq!(
         problem.help.as_deref(),
-        Some("the keys here are idle_timeout_seconds, health_check_interval_seconds, tls_policy")
+        Some(
+            "the keys here are idle_timeout_seconds, health_check_interval_seconds, tls_policy, access_logs, access_logs_days"
+        )
     );
 }
 

@@ -314,6 +314,27 @@ pub async fn metrics_rule(
 }
 
 /// The `instance_ids` of `up`'s outputs, sorted.
+/// The default security group AWS makes with the VPC `vpc_id`.
+pub async fn default_security_group(
+    ec2: &aws_sdk_ec2::Client,
+    vpc_id: &str,
+) -> aws_sdk_ec2::types::SecurityGroup {
+    let filter = |name: &str, value: &str| {
+        aws_sdk_ec2::types::Filter::builder()
+            .name(name)
+            .values(value)
+            .build()
+    };
+    ec2.describe_security_groups()
+        .filters(filter("vpc-id", vpc_id))
+        .filters(filter("group-name", "default"))
+        .send()
+        .await
+        .expect("DescribeSecurityGroups")
+        .security_groups()[0]
+        .clone()
+}
+
 pub fn instance_ids(outputs: &serde_json::Value) -> Vec<String> {
     let mut ids: Vec<String> = outputs["instance_ids"]
         .as_array()

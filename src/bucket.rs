@@ -1,0 +1,388 @@
+//! The stack's S3 buckets (the artifact's, the load balancer's access logs'): each found
+//! by its name, private (every Block Public Access setting on), encrypted by default
+//! (SSE-S3), tagged as the stack's, with the policy and the expiry its owner gives it;
+//! emptied and deleted with the stack. What goes into a bucket is its owner's:
+//! [`crate::artifact`], [`crate::load_balancer`].
+
+use anyhow::{Context, Result};
+use aws_sdk_s3::types::{
+    BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration,
+    ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter,
+    PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
+};
+use serde_json::Value;
+
+use crate::aws::{Call, delete_outcome};
+use crate::engine::{Action, Deletable, DeleteError, DeleteFuture};
+use crate::stack::Stack;
+
+/// Creates the bucket when missing and makes it private, encrypted and tagged with
+/// `role`. Returns whether it exists: only with `plan` can it not.
+pub async fn ensure(stack: &Stack, bucket: &str, role: &str) -> Result<bool> {
+    let s3 = &stack.clients.s3;
+    match s3.head_bucket().bucket(bucket).send().await {
+        Ok(_) => {}
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
+            let reason = "private, encrypted (SSE-S3), tagged";
+            if !stack.make(Action::Create, format!("bucket {bucket}"), reason) {
+                return Ok(false);
+            }
+            let mut create = s3.create_bucket().bucket(bucket);
+            // us-east-1 is the one region that must not be named as a location constraint.
+            if stack.region != "us-east-1" {
+                create = create.create_bucket_configuration(
+                    CreateBucketConfiguration::builder()
+                        .location_constraint(BucketLocationConstraint::from(stack.region.as_str()))
+                        .build(),
+                );
+            }
+            create.send().await.call(format!("CreateBucket {bucket}"))?;
+        }
+        Err(err) => {
+            return Err(crate::aws::explain(&format!("HeadBucket {bucket}"), err))
+                .context("the bucket name may belong to another account: bucket names are global");
+        }
+    }
+    ensure_private(stack, bucket).await?;
+    ensure_encrypted(stack, bucket).await?;
+    ensure_tagged(stack, bucket, role).await?;
+    Ok(true)
+}
+
+async fn ensure_private(stack: &Stack, bucket: &str) -> Result<()> {
+    let s3 = &stack.clients.s3;
+    let blocked = s3
+        .get_public_access_block()
+        .bucket(bucket)
+        .send()
+        .await
+        .ok()
+        .and_then(|out| out.public_access_block_configuration)
+        .is_some_and(|config| {
+            [
+                config.block_public_acls,
+                config.ignore_public_acls,
+                config.block_public_policy,
+                config.restrict_public_buckets,
+            ]
+            .iter()
+            .all(|flag| *flag == Some(true))
+        });
+    let change = || {
+        stack.make(
+            Action::Update,
+            format!("bucket {bucket}"),
+            "block every form of public access",
+        )
+    };
+    if !blocked && change() {
+        s3.put_public_access_block()
+            .bucket(bucket)
+            .public_access_block_configuration(
+                PublicAccessBlockConfiguration::builder()
+                    .block_public_acls(true)
+                    .ignore_public_acls(true)
+                    .block_public_policy(true)
+                    .restrict_public_buckets(true)
+                    .build(),
+            )
+            .send()
+            .await
+            .call(format!("PutPublicAccessBlock {bucket}"))?;
+    }
+    Ok(())
+}
+
+async fn ensure_encrypted(stack: &Stack, bucket: &str) -> Result<()> {
+    let s3 = &stack.clients.s3;
+    let encrypted = s3
+        .get_bucket_encryption()
+        .bucket(bucket)
+        .send()
+        .await
+        .ok()
+        .and_then(|out| out.server_side_encryption_configuration)
+        .is_some_and(|config| {
+            config
+                .rules()
+                .iter()
+                .any(|rule| rule.apply_server_side_encryption_by_default().is_some())
+        });
+    let change = || {
+        stack.make(
+            Action::Update,
+            format!("bucket {bucket}"),
+            "encrypt by default (SSE-S3)",
+        )
+    };
+    if !encrypted && change() {
+        s3.put_bucket_encryption()
+            .bucket(bucket)
+            .server_side_encryption_configuration(
+                ServerSideEncryptionConfiguration::builder()
+                    .rules(
+                        ServerSideEncryptionRule::builder()
+                            .apply_server_side_encryption_by_default(
+                                ServerSideEncryptionByDefault::builder()
+                                    .sse_algorithm(ServerSideEncryption::Aes256)
+                                    .build()
+                                    .context("encryption rule")?,
+                            )
+                            .build(),
+                    )
+                    .build()
+                    .context("encryption configuration")?,
+            )
+            .send()
+            .await
+            .call(format!("PutBucketEncryption {bucket}"))?;
+    }
+    Ok(())
+}
+
+async fn ensure_tagged(stack: &Stack, bucket: &str, role: &str) -> Result<()> {
+    let s3 = &stack.clients.s3;
+    let wanted = stack.names.tags(role);
+    let current: Vec<(String, String)> = s3
+        .get_bucket_tagging()
+        .bucket(bucket)
+        .send()
+        .await
+        .map(|out| {
+            out.tag_set()
+                .iter()
+                .map(|tag| (tag.key().to_owned(), tag.value().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if wanted.iter().all(|tag| current.contains(tag))
+        || !stack.make(
+            Action::Update,
+            format!("bucket {bucket}"),
+            "tag it as the stack's",
+        )
+    {
+        return Ok(());
+    }
+    let tags = wanted
+        .into_iter()
+        .map(|(key, value)| Tag::builder().key(key).value(value).build())
+        .collect::<Result<Vec<_>, _>>()
+        .context("bucket tags")?;
+    s3.put_bucket_tagging()
+        .bucket(bucket)
+        .tagging(
+            Tagging::builder()
+                .set_tag_set(Some(tags))
+                .build()
+                .context("bucket tagging")?,
+        )
+        .send()
+        .await
+        .call(format!("PutBucketTagging {bucket}"))?;
+    Ok(())
+}
+
+/// The statement of every bucket policy of the stack's: nothing reaches the bucket
+/// without TLS.
+pub fn tls_only(bucket: &str) -> Value {
+    serde_json::json!({
+        "Sid": "TlsOnly",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": [format!("arn:aws:s3:::{bucket}"), format!("arn:aws:s3:::{bucket}/*")],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}}
+    })
+}
+
+/// Puts `wanted` as the bucket's policy unless it is there already; `about` says what it
+/// allows. `exists` is [`ensure`]'s answer: a bucket `plan` would create gets its policy
+/// with it.
+pub async fn ensure_policy(
+    stack: &Stack,
+    bucket: &str,
+    exists: bool,
+    wanted: &Value,
+    about: &str,
+) -> Result<()> {
+    let step = stack.progress.step(format!("bucket policy {bucket}"));
+    let work = async {
+        let s3 = &stack.clients.s3;
+        let resource = format!("bucket policy {bucket}");
+        if !exists {
+            stack.make(Action::Create, resource, about);
+            return Ok(());
+        }
+        let current = match s3.get_bucket_policy().bucket(bucket).send().await {
+            Ok(out) => out
+                .policy
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok()),
+            Err(err) if crate::aws::error_code(&err) == Some("NoSuchBucketPolicy") => None,
+            Err(err) => {
+                return Err(crate::aws::explain(
+                    &format!("GetBucketPolicy {bucket}"),
+                    err,
+                ));
+            }
+        };
+        let action = match current {
+            Some(current) if current == *wanted => return Ok(()),
+            Some(_) => Action::Update,
+            None => Action::Create,
+        };
+        if !stack.make(action, resource, about) {
+            return Ok(());
+        }
+        step.set("writing");
+        s3.put_bucket_policy()
+            .bucket(bucket)
+            .policy(wanted.to_string())
+            .send()
+            .await
+            .call(format!("PutBucketPolicy {bucket}"))?;
+        Ok(())
+    };
+    step.run(work, |()| about.to_owned()).await
+}
+
+/// The bucket's one lifecycle rule: every object expires `days` after it was written.
+pub async fn ensure_expiry(stack: &Stack, bucket: &str, exists: bool, days: u32) -> Result<()> {
+    let s3 = &stack.clients.s3;
+    let resource = format!("bucket {bucket}");
+    let about = format!("objects expire after {days} day(s)");
+    if !exists {
+        stack.make(Action::Create, format!("lifecycle of {resource}"), about);
+        return Ok(());
+    }
+    let days = i32::try_from(days)?;
+    let current = match s3
+        .get_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .rules()
+            .iter()
+            .find(|rule| rule.id() == Some(EXPIRY_RULE))
+            .and_then(|rule| {
+                (rule.status() == &ExpirationStatus::Enabled)
+                    .then(|| rule.expiration().and_then(LifecycleExpiration::days))
+            })
+            .flatten(),
+        Err(err) if crate::aws::error_code(&err) == Some("NoSuchLifecycleConfiguration") => None,
+        Err(err) => {
+            return Err(crate::aws::explain(
+                &format!("GetBucketLifecycleConfiguration {bucket}"),
+                err,
+            ));
+        }
+    };
+    if current == Some(days) || !stack.make(Action::Update, resource, about) {
+        return Ok(());
+    }
+    let rule = LifecycleRule::builder()
+        .id(EXPIRY_RULE)
+        .status(ExpirationStatus::Enabled)
+        .filter(LifecycleRuleFilter::builder().prefix("").build())
+        .expiration(LifecycleExpiration::builder().days(days).build())
+        .build()
+        .context("lifecycle rule")?;
+    s3.put_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .lifecycle_configuration(
+            BucketLifecycleConfiguration::builder()
+                .rules(rule)
+                .build()
+                .context("lifecycle configuration")?,
+        )
+        .send()
+        .await
+        .call(format!("PutBucketLifecycleConfiguration {bucket}"))?;
+    Ok(())
+}
+
+const EXPIRY_RULE: &str = "realtime-stack-expiry";
+
+/// The bucket, if it exists, with everything in it; `blocked_by` what must go first
+/// (whatever still writes into it).
+pub async fn deletable(
+    stack: &Stack,
+    bucket: &str,
+    blocked_by: Vec<String>,
+) -> Result<Option<Box<dyn Deletable>>> {
+    match stack.clients.s3.head_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(Some(Box::new(Bucket {
+            s3: stack.clients.s3.clone(),
+            name: bucket.to_owned(),
+            blocked_by,
+        }))),
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+        Err(err) => Err(crate::aws::explain(&format!("HeadBucket {bucket}"), err)),
+    }
+}
+
+struct Bucket {
+    s3: aws_sdk_s3::Client,
+    name: String,
+    blocked_by: Vec<String>,
+}
+
+impl Bucket {
+    async fn empty_and_delete(&self) -> Result<(), DeleteError> {
+        let pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.name)
+            .into_paginator()
+            .send()
+            .collect::<Vec<_>>()
+            .await;
+        for page in pages {
+            let page = match page {
+                Ok(page) => page,
+                Err(err) => {
+                    let call = format!("ListObjectsV2 {}", self.name);
+                    return delete_outcome(Err::<(), _>(err), &call, &["NoSuchBucket"]);
+                }
+            };
+            for key in page.contents().iter().filter_map(|object| object.key()) {
+                let result = self
+                    .s3
+                    .delete_object()
+                    .bucket(&self.name)
+                    .key(key)
+                    .send()
+                    .await;
+                let call = format!("DeleteObject s3://{}/{key}", self.name);
+                delete_outcome(result, &call, &["NoSuchKey"])?;
+            }
+        }
+        let result = self.s3.delete_bucket().bucket(&self.name).send().await;
+        delete_outcome(
+            result,
+            &format!("DeleteBucket {}", self.name),
+            &["NoSuchBucket"],
+        )
+    }
+}
+
+impl Deletable for Bucket {
+    fn key(&self) -> String {
+        format!("s3-bucket:{}", self.name)
+    }
+
+    fn label(&self) -> String {
+        format!("bucket {}", self.name)
+    }
+
+    fn blocked_by(&self) -> Vec<String> {
+        self.blocked_by.clone()
+    }
+
+    fn delete(&self) -> DeleteFuture<'_> {
+        Box::pin(self.empty_and_delete())
+    }
+}
