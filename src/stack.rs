@@ -51,6 +51,13 @@ impl Stack {
         } else {
             Pace::Aws
         };
+        // stack.yaml's region is checked when the file is read; --region here.
+        if let Some(why) = crate::spec::unsupported_partition(&region) {
+            anyhow::bail!(
+                "region {region} {why}; use a region of the standard `aws` partition, such \
+                 as us-east-1"
+            );
+        }
         Ok(Self {
             names: Names::new(&spec.name, &spec.tags),
             clients: if changes.is_planning() {
@@ -122,6 +129,27 @@ pub mod testing {
             progress: Progress::with_live_lines(false),
             pace: Pace::Local,
             changes: Changes::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--region` in another partition is refused before any call, as stack.yaml's.
+    #[tokio::test]
+    async fn a_region_of_another_partition_is_refused_before_any_call() {
+        for region in ["us-gov-west-1", "cn-north-1"] {
+            let aws = AwsArgs {
+                region: Some(region.into()),
+                ..AwsArgs::default()
+            };
+            let err = Stack::connect(testing::spec(), &aws, Progress::with_live_lines(false))
+                .await
+                .err()
+                .expect("refused");
+            assert!(err.to_string().contains("partition"), "{err}");
         }
     }
 }
