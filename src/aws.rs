@@ -36,6 +36,17 @@ pub struct AwsArgs {
     /// Send every AWS call to this endpoint, e.g. http://127.0.0.1:4566 for LocalStack
     #[arg(long, global = true)]
     pub endpoint_url: Option<String>,
+    /// How patiently to poll: AWS's pace unless a test harness running the CLI against
+    /// an emulator says `local` (REALTIME_STACK_PACE). Never guessed from the endpoint,
+    /// which may be AWS itself (a FIPS endpoint, a proxy); `--local` is always local.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "REALTIME_STACK_PACE",
+        value_enum
+    )]
+    pub pace: Option<Pace>,
 }
 
 impl AwsArgs {

@@ -179,6 +179,8 @@ impl TestStack {
             .env("AWS_ENDPOINT_URL", endpoint())
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
+            // LocalStack answers at once: poll it at the emulator's pace.
+            .env("REALTIME_STACK_PACE", "local")
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_SESSION_TOKEN")
             .stdin(std::process::Stdio::null());
