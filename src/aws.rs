@@ -36,6 +36,17 @@ pub struct AwsArgs {
     /// Send every AWS call to this endpoint, e.g. http://127.0.0.1:4566 for LocalStack
     #[arg(long, global = true)]
     pub endpoint_url: Option<String>,
+    /// How patiently to poll: AWS's pace unless a test harness running the CLI against
+    /// an emulator says `local` (REALTIME_STACK_PACE). Never guessed from the endpoint,
+    /// which may be AWS itself (a FIPS endpoint, a proxy); `--local` is always local.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "REALTIME_STACK_PACE",
+        value_enum
+    )]
+    pub pace: Option<Pace>,
 }
 
 impl AwsArgs {
@@ -267,6 +278,9 @@ where
 /// codes mean the resource is gone.
 pub struct NotYet {
     pub codes: &'static [&'static str],
+    /// Answers that mean "not yet" only with a given message: `(code, part of the
+    /// message)`, where the code alone also covers lasting mistakes.
+    pub with_message: &'static [(&'static str, &'static str)],
     /// How long AWS may keep answering so about a resource that exists.
     pub limit: Duration,
     /// What the user should check once that is over.
@@ -276,7 +290,18 @@ pub struct NotYet {
 impl NotYet {
     /// Whether `err` is one of these answers.
     pub fn covers<E: ProvideErrorMetadata, R>(&self, err: &SdkError<E, R>) -> bool {
-        error_code(err).is_some_and(|code| self.codes.contains(&code))
+        let Some(code) = error_code(err) else {
+            return false;
+        };
+        let message = err
+            .as_service_error()
+            .and_then(|err| err.message())
+            .unwrap_or_default();
+        self.codes.contains(&code)
+            || self
+                .with_message
+                .iter()
+                .any(|(with, part)| *with == code && message.contains(part))
     }
 }
 
@@ -290,6 +315,7 @@ pub const EC2_NEW: NotYet = NotYet {
         "InvalidInternetGatewayID.NotFound",
         "InvalidSubnetID.NotFound",
     ],
+    with_message: &[],
     limit: Duration::from_secs(5 * 60),
     advice: "it was deleted meanwhile, or EC2 is having trouble in this region: run `up` \
              again, which finds or re-creates it",
@@ -300,6 +326,7 @@ pub const EC2_NEW: NotYet = NotYet {
 /// target group attachment, hashicorp/terraform-provider-aws#8537).
 pub const ELB_NEW_TARGET: NotYet = NotYet {
     codes: &["InvalidTarget"],
+    with_message: &[],
     limit: Duration::from_secs(5 * 60),
     advice: "the instance stopped or was terminated meanwhile: its console output \
              (`realtime-stack logs`) may say why; run `up` again to replace it",
@@ -311,9 +338,37 @@ pub const ELB_NEW_TARGET: NotYet = NotYet {
 /// it for its five-minute create timeout.
 pub const ELB_NEW_CERTIFICATE: NotYet = NotYet {
     codes: &["CertificateNotFound", "UnsupportedCertificate"],
+    with_message: &[],
     limit: Duration::from_secs(5 * 60),
     advice: "check in ACM that the certificate is ISSUED and in the load balancer's region; \
              run `up` again once it is",
+};
+
+/// The subnets and the security group a new load balancer names, seconds old on a first
+/// `up`: ELB learns of them from EC2, with EC2's delay
+/// (<https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html>), and
+/// answers `SubnetNotFound` (InvalidSubnetID.NotFound from CloudFormation creating the
+/// two in a row, aws/aws-cdk#3676 and mozilla/fxa-dev#449) or `InvalidSecurityGroup`
+/// (wrapping EC2's InvalidGroup.NotFound, kubernetes-sigs/aws-load-balancer-controller#2371).
+pub const ELB_NEW_NETWORK: NotYet = NotYet {
+    codes: &["SubnetNotFound", "InvalidSecurityGroup"],
+    with_message: &[],
+    limit: Duration::from_secs(5 * 60),
+    advice: "the subnet or security group was deleted meanwhile: run `up` again, which \
+             re-creates the network",
+};
+
+/// The private subnets a new cache subnet group names, seconds old on a first `up`:
+/// ElastiCache (as RDS, whose subnet groups answer the same) reads them from EC2 with
+/// EC2's delay, and answers `InvalidParameterValue: Some input subnets in :[...] are
+/// invalid.` (that answer: hashicorp/terraform#4404; taken as EC2's eventual consistency
+/// for the same subnet groups by platform-engineering-labs/formae's error classifier).
+/// The code alone also means a lasting mistake, so only this message is retried.
+pub const CACHE_NEW_SUBNETS: NotYet = NotYet {
+    codes: &[],
+    with_message: &[("InvalidParameterValue", "Some input subnets")],
+    limit: Duration::from_secs(5 * 60),
+    advice: "the subnets were deleted meanwhile: run `up` again, which re-creates them",
 };
 
 /// Sends a call that uses a resource just created, again while AWS answers one of

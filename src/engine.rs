@@ -14,10 +14,15 @@ use futures::stream::{self, StreamExt};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How often to poll and how long to wait: fast against an emulator on loopback,
-/// patient against AWS, where a replication group takes up to an hour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// patient against AWS, where a replication group takes up to an hour. Chosen by what
+/// runs the stack (`--local`, or a test harness), never by the endpoint: an
+/// `--endpoint-url` may be AWS itself (a FIPS endpoint, a proxy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Pace {
+    #[value(name = "local")]
     Local,
+    #[default]
+    #[value(name = "aws")]
     Aws,
 }
 

@@ -111,6 +111,12 @@ const DEFAULT_ENGINE: &str = "redis";
 /// and target group names (32 characters, `<name>-alb`, `<name>-tg`) twelve characters of
 /// room for suffixes, and the ElastiCache replication group id (40) twenty.
 const MAX_NAME_LEN: usize = 20;
+/// Longest `domain.name`: ACM refuses a certificate whose first name is longer.
+const MAX_SERVED_NAME_LEN: usize = 64;
+/// Most `network.allowed_cidrs`: the load balancer's security group admits 80 and 443 from
+/// each, and EC2 allows 60 inbound rules a group ("Inbound or outbound rules per security
+/// group", <https://docs.aws.amazon.com/vpc/latest/userguide/amazon-vpc-limits.html>).
+const MAX_ALLOWED_CIDRS: usize = 30;
 /// EC2 allows 50 tags on a resource; the CLI adds its own (stack, logical id, `Name`, the Redis
 /// endpoint on instances), so users get 40 and we keep room to grow.
 const MAX_USER_TAGS: usize = 40;
@@ -171,6 +177,45 @@ const AUTH_KEYS: &[&str] = &[
     "audience",
     "token_url",
 ];
+
+/// Why realtime-stack refuses `region`, when it lies outside the standard `aws` partition.
+///
+/// Refused rather than derived: in AWS GovCloud (US) Route 53 has no public hosted zones
+/// and alias records point only within their zone
+/// (<https://docs.aws.amazon.com/govcloud-us/latest/UserGuide/govcloud-r53.html>), so the
+/// stack's DNS-validated certificate and its alias record cannot exist there at all. The
+/// China regions differ in every name the CLI writes (ARNs `arn:aws-cn:`, endpoints
+/// `amazonaws.com.cn`, the S3 gateway endpoint's service `cn.com.amazonaws.<region>.s3`)
+/// and serve a public website only with an ICP recordal
+/// (<https://docs.amazonaws.cn/en_us/aws/latest/userguide/general-info.html>); the
+/// isolated partitions are closed networks. None of them can be tested here, so a
+/// derived partition would be an untried path that fails half-way through a first `up`;
+/// refused when the file is read, nothing is created.
+pub fn unsupported_partition(region: &str) -> Option<&'static str> {
+    const PARTITIONS: [(&str, &str); 6] = [
+        (
+            "us-gov-",
+            "is in AWS GovCloud (US) (partition aws-us-gov), where Route 53 has no public \
+             hosted zones: the stack's certificate validation and alias record cannot be made",
+        ),
+        (
+            "cn-",
+            "is an AWS China region (partition aws-cn), whose ARNs, endpoints and S3 endpoint \
+             service differ from the ones realtime-stack writes, and where a public website \
+             needs an ICP recordal: realtime-stack does not support it",
+        ),
+        ("us-isob-", ISOLATED),
+        ("us-isof-", ISOLATED),
+        ("us-iso-", ISOLATED),
+        ("eu-isoe-", ISOLATED),
+    ];
+    const ISOLATED: &str = "is in an isolated AWS partition (no public DNS or internet-facing \
+                            load balancers for a public chat): realtime-stack does not support it";
+    PARTITIONS
+        .iter()
+        .find(|(prefix, _)| region.starts_with(prefix))
+        .map(|(_, why)| *why)
+}
 
 /// A validated `stack.yaml`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -46,11 +46,13 @@ impl Stack {
         let region = config.region().map(|region| region.to_string()).context(
             "no AWS region: set `region` in stack.yaml, pass --region or set AWS_REGION",
         )?;
-        let pace = if config.endpoint_url().is_some() {
-            Pace::Local
-        } else {
-            Pace::Aws
-        };
+        // stack.yaml's region is checked when the file is read; --region here.
+        if let Some(why) = crate::spec::unsupported_partition(&region) {
+            anyhow::bail!(
+                "region {region} {why}; use a region of the standard `aws` partition, such \
+                 as us-east-1"
+            );
+        }
         Ok(Self {
             names: Names::new(&spec.name, &spec.tags),
             clients: if changes.is_planning() {
@@ -60,7 +62,7 @@ impl Stack {
             },
             spec,
             progress,
-            pace,
+            pace: aws.pace.unwrap_or_default(),
             region,
             changes,
         })
@@ -122,6 +124,56 @@ pub mod testing {
             progress: Progress::with_live_lines(false),
             pace: Pace::Local,
             changes: Changes::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// An endpoint override may be AWS itself (a FIPS endpoint, a proxy): the stack is
+    /// then polled at AWS's pace - Redis gets its hour, not three minutes - unless what
+    /// runs the CLI (a test harness against LocalStack) says `local`.
+    #[tokio::test]
+    async fn the_pace_comes_from_the_harness_never_from_the_endpoint() {
+        let fips = AwsArgs {
+            endpoint_url: Some("https://elasticache-fips.us-east-1.amazonaws.com".into()),
+            ..AwsArgs::default()
+        };
+        let progress = || Progress::with_live_lines(false);
+        let stack = Stack::connect(testing::spec(), &fips, progress())
+            .await
+            .unwrap();
+        assert_eq!(stack.pace, Pace::Aws);
+        let hour = Duration::from_secs(3600);
+        assert_eq!(stack.pace.limit(hour), hour);
+
+        let harness = AwsArgs {
+            pace: Some(Pace::Local),
+            ..fips
+        };
+        let stack = Stack::connect(testing::spec(), &harness, progress())
+            .await
+            .unwrap();
+        assert_eq!(stack.pace, Pace::Local);
+    }
+
+    /// `--region` in another partition is refused before any call, as stack.yaml's.
+    #[tokio::test]
+    async fn a_region_of_another_partition_is_refused_before_any_call() {
+        for region in ["us-gov-west-1", "cn-north-1"] {
+            let aws = AwsArgs {
+                region: Some(region.into()),
+                ..AwsArgs::default()
+            };
+            let err = Stack::connect(testing::spec(), &aws, Progress::with_live_lines(false))
+                .await
+                .err()
+                .expect("refused");
+            assert!(err.to_string().contains("partition"), "{err}");
         }
     }
 }

@@ -15,7 +15,7 @@ use aws_sdk_elasticache::types::{
     CacheSubnetGroup, ClusterMode, MultiAzStatus, ReplicationGroup, SourceType, Tag,
 };
 
-use crate::aws::{Call, found};
+use crate::aws::{CACHE_NEW_SUBNETS, Call, found, once_known};
 use crate::engine::{Action, Step, planned_id, wait_for};
 use crate::names::{Names, STACK_TAG};
 use crate::stack::Stack;
@@ -88,18 +88,21 @@ async fn ensure_subnet_group(stack: &Stack, subnet_ids: &[String]) -> Result<()>
                 return Ok("planned");
             }
             step.set("creating");
-            elasticache
-                .create_cache_subnet_group()
-                .cache_subnet_group_name(&name)
-                .cache_subnet_group_description(format!(
-                    "realtime-stack {}: Redis in the private subnets",
-                    stack.names.stack()
-                ))
-                .set_subnet_ids(Some(subnet_ids.to_vec()))
-                .set_tags(Some(tags(stack, "cache-subnet-group")))
-                .send()
-                .await
-                .call(format!("CreateCacheSubnetGroup {name}"))?;
+            // The private subnets may be seconds old.
+            let call = format!("CreateCacheSubnetGroup {name}");
+            once_known(stack.pace, &call, &CACHE_NEW_SUBNETS, || {
+                elasticache
+                    .create_cache_subnet_group()
+                    .cache_subnet_group_name(&name)
+                    .cache_subnet_group_description(format!(
+                        "realtime-stack {}: Redis in the private subnets",
+                        stack.names.stack()
+                    ))
+                    .set_subnet_ids(Some(subnet_ids.to_vec()))
+                    .set_tags(Some(tags(stack, "cache-subnet-group")))
+                    .send()
+            })
+            .await?;
             return Ok("created");
         };
         require_ours(

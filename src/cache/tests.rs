@@ -1,6 +1,8 @@
 use aws_sdk_elasticache::Client;
 use aws_sdk_elasticache::error::ErrorMetadata;
-use aws_sdk_elasticache::operation::create_cache_subnet_group::CreateCacheSubnetGroupOutput;
+use aws_sdk_elasticache::operation::create_cache_subnet_group::{
+    CreateCacheSubnetGroupError, CreateCacheSubnetGroupOutput,
+};
 use aws_sdk_elasticache::operation::create_replication_group::CreateReplicationGroupOutput;
 use aws_sdk_elasticache::operation::delete_cache_subnet_group::{
     DeleteCacheSubnetGroupError, DeleteCacheSubnetGroupOutput,
@@ -97,13 +99,18 @@ fn stack_tagged() -> ListTagsForResourceOutput {
         .build()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
-    let no_subnet_group = mock!(Client::describe_cache_subnet_groups).then_error(|| {
+/// DescribeCacheSubnetGroups before the stack's subnet group exists.
+fn no_subnet_group() -> Rule {
+    mock!(Client::describe_cache_subnet_groups).then_error(|| {
         DescribeCacheSubnetGroupsError::CacheSubnetGroupNotFoundFault(
             CacheSubnetGroupNotFoundFault::builder().build(),
         )
-    });
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
+    let no_subnet_group = no_subnet_group();
     let create_subnet_group = mock!(Client::create_cache_subnet_group)
         .match_requests(|req| req.subnet_ids() == subnets().as_slice())
         .then_output(|| CreateCacheSubnetGroupOutput::builder().build());
@@ -904,4 +911,53 @@ fn a_cluster_takes_the_cluster_mode_parameter_group_of_its_engine_and_major() {
         cluster_parameter_group("valkey", Some("7.2")),
         "default.valkey7.cluster.on"
     );
+}
+
+fn subnets_invalid(message: &str) -> CreateCacheSubnetGroupError {
+    CreateCacheSubnetGroupError::generic(
+        ErrorMetadata::builder()
+            .code("InvalidParameterValue")
+            .message(message)
+            .build(),
+    )
+}
+
+/// The private subnets a first `up` made seconds earlier: ElastiCache reads them from EC2
+/// with EC2's delay and answers `Some input subnets in :[...] are invalid.`
+/// (hashicorp/terraform#4404; platform-engineering-labs/formae retries the same answer of
+/// RDS subnet groups as eventual consistency). The subnet group is created once EC2's
+/// answer reaches ElastiCache.
+#[tokio::test(start_paused = true)]
+async fn a_subnet_group_of_subnets_elasticache_does_not_know_yet_is_created_once_it_does() {
+    let no_subnet_group = no_subnet_group();
+    let create_subnet_group = mock!(Client::create_cache_subnet_group)
+        .sequence()
+        .error(|| subnets_invalid("Some input subnets in :[subnet-a, subnet-b] are invalid."))
+        .times(3)
+        .output(|| CreateCacheSubnetGroupOutput::builder().build())
+        .build();
+    let mut stack = testing::stack(mocked(&[&no_subnet_group, &create_subnet_group]));
+    stack.pace = Pace::Aws;
+
+    ensure_subnet_group(&stack, &subnets()).await.unwrap();
+
+    assert_eq!(create_subnet_group.num_calls(), 4);
+}
+
+/// The same code with another message is a lasting mistake: it fails at once.
+#[tokio::test(start_paused = true)]
+async fn a_subnet_group_refused_for_another_reason_is_not_retried() {
+    let no_subnet_group = no_subnet_group();
+    let refused = mock!(Client::create_cache_subnet_group).then_error(|| {
+        subnets_invalid("The parameter CacheSubnetGroupName is not a valid identifier.")
+    });
+    let stack = testing::stack(mocked(&[&no_subnet_group, &refused]));
+
+    let err = ensure_subnet_group(&stack, &subnets())
+        .await
+        .unwrap_err()
+        .to_string();
+
+    assert!(err.contains("not a valid identifier"), "{err}");
+    assert_eq!(refused.num_calls(), 1);
 }

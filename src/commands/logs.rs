@@ -122,7 +122,74 @@ fn new_lines<'a>(before: &[String], now: &'a [String]) -> &'a [String] {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::get_console_output::{
+        GetConsoleOutputError, GetConsoleOutputOutput,
+    };
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
     use super::new_lines;
+    use crate::instances;
+    use crate::stack::testing;
+
+    fn refused(code: &str, message: &str) -> GetConsoleOutputError {
+        GetConsoleOutputError::generic(ErrorMetadata::builder().code(code).message(message).build())
+    }
+
+    /// `Latest` is documented for Nitro instances only (GetConsoleOutput API reference,
+    /// <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_GetConsoleOutput.html>);
+    /// an older type refuses it (virt-s1/avocado-cloud#8 falls back the same way). `logs`
+    /// then shows the output of the last boot rather than failing.
+    #[tokio::test]
+    async fn an_instance_that_refuses_the_latest_output_shows_its_last_boot() {
+        let latest = mock!(aws_sdk_ec2::Client::get_console_output)
+            .match_requests(|request| request.latest() == Some(true))
+            .then_error(|| {
+                refused(
+                    "UnsupportedOperation",
+                    "The latest console output is not supported for this instance type.",
+                )
+            });
+        let last_boot = mock!(aws_sdk_ec2::Client::get_console_output)
+            .match_requests(|request| request.latest() == Some(false))
+            .then_output(|| {
+                GetConsoleOutputOutput::builder()
+                    .output(aws_smithy_types::base64::encode(
+                        "realtime-stack boot: started\n",
+                    ))
+                    .build()
+            });
+        let mut clients = testing::clients();
+        clients.ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&latest, &last_boot]);
+        let stack = testing::stack(clients);
+
+        let output = instances::console_output(&stack, "i-0123").await.unwrap();
+
+        assert_eq!(output, "realtime-stack boot: started\n");
+        assert_eq!((latest.num_calls(), last_boot.num_calls()), (1, 1));
+    }
+
+    /// An instance that is gone, or a permission that is missing, is not asked twice.
+    #[tokio::test]
+    async fn an_instance_that_is_gone_is_not_asked_again() {
+        let gone = mock!(aws_sdk_ec2::Client::get_console_output).then_error(|| {
+            refused(
+                "InvalidInstanceID.NotFound",
+                "The instance ID 'i-0123' does not exist",
+            )
+        });
+        let mut clients = testing::clients();
+        clients.ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&gone]);
+        let stack = testing::stack(clients);
+
+        let err = instances::console_output(&stack, "i-0123")
+            .await
+            .unwrap_err()
+            .to_string();
+
+        assert!(err.contains("InvalidInstanceID.NotFound"), "{err}");
+        assert_eq!(gone.num_calls(), 1);
+    }
 
     fn lines(text: &str) -> Vec<String> {
         text.split(' ').map(str::to_owned).collect()

@@ -14,7 +14,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_smithy_types::error::metadata::ProvideErrorMetadata as _;
 use futures::try_join;
 
-use crate::aws::{Call, found};
+use crate::aws::{Call, ELB_NEW_NETWORK, found, once_known};
 use crate::engine::{Action, Step, is_planned, planned_id, wait_for};
 use crate::names::STACK_TAG;
 use crate::network::Network;
@@ -215,17 +215,21 @@ async fn ensure_load_balancer(
                     return Ok((planned.clone(), planned, String::new()));
                 }
                 step.set("creating");
-                let created = elbv2
-                    .create_load_balancer()
-                    .name(&name)
-                    .r#type(LoadBalancerTypeEnum::Application)
-                    .scheme(LoadBalancerSchemeEnum::InternetFacing)
-                    .set_subnets(Some(network.public_subnets.to_vec()))
-                    .security_groups(&network.alb_security_group)
-                    .set_tags(Some(tags(stack, "alb")))
-                    .send()
-                    .await
-                    .call(format!("CreateLoadBalancer {name}"))?;
+                // The subnets and the group may be seconds old; a second create of the
+                // same load balancer answers it.
+                let call = format!("CreateLoadBalancer {name}");
+                let created = once_known(stack.pace, &call, &ELB_NEW_NETWORK, || {
+                    elbv2
+                        .create_load_balancer()
+                        .name(&name)
+                        .r#type(LoadBalancerTypeEnum::Application)
+                        .scheme(LoadBalancerSchemeEnum::InternetFacing)
+                        .set_subnets(Some(network.public_subnets.to_vec()))
+                        .security_groups(&network.alb_security_group)
+                        .set_tags(Some(tags(stack, "alb")))
+                        .send()
+                })
+                .await?;
                 created
                     .load_balancers()
                     .first()

@@ -550,3 +550,76 @@ async fn new_instances_are_registered_once_the_load_balancer_knows_them() {
 
     assert_eq!(register_targets.num_calls(), 3);
 }
+
+/// A first `up` creates the load balancer seconds after its subnets and security group:
+/// ELB learns of them from EC2 with EC2's delay and answers `SubnetNotFound` or
+/// `InvalidSecurityGroup` meanwhile (aws/aws-cdk#3676, mozilla/fxa-dev#449,
+/// kubernetes-sigs/aws-load-balancer-controller#2371). The load balancer is created once
+/// ELB knows them.
+#[tokio::test(start_paused = true)]
+async fn the_load_balancer_is_created_once_elb_knows_its_new_subnets_and_group() {
+    use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
+    use aws_sdk_elasticloadbalancingv2::operation::create_load_balancer::{
+        CreateLoadBalancerError, CreateLoadBalancerOutput,
+    };
+    use aws_sdk_elasticloadbalancingv2::operation::describe_load_balancers::DescribeLoadBalancersError;
+    use aws_sdk_elasticloadbalancingv2::types::error::{
+        InvalidSecurityGroupException, LoadBalancerNotFoundException, SubnetNotFoundException,
+    };
+
+    let none = mock!(Client::describe_load_balancers).then_error(|| {
+        DescribeLoadBalancersError::LoadBalancerNotFoundException(
+            LoadBalancerNotFoundException::builder()
+                .meta(
+                    ErrorMetadata::builder()
+                        .code("LoadBalancerNotFound")
+                        .build(),
+                )
+                .build(),
+        )
+    });
+    let create = mock!(Client::create_load_balancer)
+        .sequence()
+        .error(|| {
+            CreateLoadBalancerError::SubnetNotFoundException(
+                SubnetNotFoundException::builder()
+                    .meta(
+                        ErrorMetadata::builder()
+                            .code("SubnetNotFound")
+                            .message("The subnet ID 'subnet-pa' does not exist")
+                            .build(),
+                    )
+                    .build(),
+            )
+        })
+        .times(2)
+        .error(|| {
+            CreateLoadBalancerError::InvalidSecurityGroupException(
+                InvalidSecurityGroupException::builder()
+                    .meta(
+                        ErrorMetadata::builder()
+                            .code("InvalidSecurityGroup")
+                            .message("The security group 'sg-alb' does not exist")
+                            .build(),
+                    )
+                    .build(),
+            )
+        })
+        .output(|| {
+            CreateLoadBalancerOutput::builder()
+                .set_load_balancers(Some(the_load_balancer().load_balancers().to_vec()))
+                .build()
+        })
+        .build();
+    let converged = converged("chat");
+    let rules: Vec<&Rule> = [&none, &create].into_iter().chain(&converged).collect();
+    let mut stack = stack_with(&rules);
+    stack.pace = crate::engine::Pace::Aws;
+
+    let (arn, _, _) = ensure_load_balancer(&stack, &crate::network::example())
+        .await
+        .expect("created");
+
+    assert_eq!(arn, LB);
+    assert_eq!(create.num_calls(), 4);
+}

@@ -154,13 +154,17 @@ pub(super) fn redis_ingress(instances_group: &str) -> Vec<(GroupRule, String)> {
 /// are (health checks go there too). Subnet ranges rather than the instances' group: the
 /// instances' group admits the load balancer's, and two groups naming each other could
 /// never be deleted one before the other.
+///
+/// Rule and group descriptions keep to EC2's characters (`a-zA-Z0-9`, spaces and
+/// `._-:/()#,@[]+=&;{}!$*`, at most 255): EC2 refuses any other with
+/// `InvalidParameterValue`, an apostrophe included (hashicorp/terraform-provider-aws#18874).
 pub(super) fn alb_egress(stack: &Stack) -> Vec<(GroupRule, String)> {
     let port = i32::from(stack.spec.instances.app_port);
     private_ranges(stack)
         .map(|cidr| {
             (
                 GroupRule::tcp(port, Peer::Cidr(cidr.clone())),
-                format!("chat server, to the instances' subnet {cidr}"),
+                format!("chat server, in the private subnet {cidr}"),
             )
         })
         .collect()

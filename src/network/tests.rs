@@ -672,3 +672,28 @@ async fn a_new_network_is_built_while_ec2_does_not_know_its_new_parts_yet() {
     assert_eq!(revoke_egress.num_calls(), 3);
     assert_eq!(authorize_egress.num_calls(), 2, "Redis lets nothing out");
 }
+
+/// The characters EC2 allows in security group and rule descriptions, at most 255 of them
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_IpRange.html>); anything
+/// else is `InvalidParameterValue`, which on a first `up` left the load balancer with no
+/// egress at all (its default revoked, its own refused).
+#[test]
+fn every_rule_description_keeps_to_the_characters_ec2_allows() {
+    let stack = testing::stack(testing::clients());
+    let rules = [
+        alb_ingress(&stack),
+        alb_egress(&stack),
+        instances_ingress(&stack, "sg-1"),
+        instances_egress(&stack, "pl-1"),
+        redis_ingress("sg-2"),
+    ];
+    for (_, description) in rules.iter().flatten() {
+        assert!(
+            description.len() <= 255
+                && description
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(c)),
+            "EC2 refuses the rule description {description:?}"
+        );
+    }
+}

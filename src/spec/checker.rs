@@ -382,7 +382,7 @@ impl<'s> Checker<'s> {
     fn domain(&mut self, section: Section<'_, '_>) -> Option<DomainSpec> {
         let name = self.required(&section, "name", |ck, path, field| {
             let name = ck.string(path, field.value)?;
-            ck.check(path, At::of(field.value), dns_name(&name))
+            ck.check(path, At::of(field.value), served_name(&name))
         });
         let zone = self.required(&section, "hosted_zone", |ck, path, field| {
             let zone = ck.string(path, field.value)?;
@@ -424,6 +424,18 @@ impl<'s> Checker<'s> {
             if items.is_empty() {
                 let invalid = Invalid::new("must list at least one CIDR")
                     .help("use [0.0.0.0/0] to let everyone reach the load balancer");
+                ck.report(path, At::of(node), invalid);
+                return None;
+            }
+            if items.len() > MAX_ALLOWED_CIDRS {
+                let invalid = Invalid::new(format!(
+                    "lists {} CIDRs, at most {MAX_ALLOWED_CIDRS} are allowed",
+                    items.len()
+                ))
+                .help(
+                    "each range takes two of the 60 inbound rules EC2 allows a security \
+                     group (80 and 443): merge neighbouring ranges into wider ones",
+                );
                 ck.report(path, At::of(node), invalid);
                 return None;
             }

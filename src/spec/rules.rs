@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 
 use super::{
-    ENGINES, MAX_CLUSTER_NODES, MAX_NAME_LEN, MIN_SHARDED_MAJOR, RESERVED_TAG_PREFIXES,
-    TLS_POLICIES,
+    ENGINES, MAX_CLUSTER_NODES, MAX_NAME_LEN, MAX_SERVED_NAME_LEN, MIN_SHARDED_MAJOR,
+    RESERVED_TAG_PREFIXES, TLS_POLICIES,
 };
 
 /// A value that fails a rule: what is wrong and, when we can tell, what to write instead.
@@ -40,6 +40,25 @@ pub(super) fn did_you_mean<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> 
         .map(|(_, candidate)| candidate)
 }
 
+/// Words a stack name must not start with (alone or before a hyphen): the names derived
+/// from it would start with a prefix AWS reserves.
+const RESERVED_NAME_PREFIXES: [(&str, &str); 4] = [
+    // "Cannot start with sg-" (CreateSecurityGroup's GroupName, `<name>-alb`...):
+    // https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateSecurityGroup.html
+    ("sg", "security group names such as `sg-alb`"),
+    // "must not begin with internal-" (CreateLoadBalancer's Name, `<name>-alb`):
+    // https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_CreateLoadBalancer.html
+    ("internal", "the load balancer name `internal-alb`"),
+    // Bucket names "must not start with the prefix sthree-" or "amzn-s3-demo-"
+    // (`<name>-artifacts-<account>-<region>`):
+    // https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
+    ("sthree", "an artifact bucket name starting with `sthree-`"),
+    (
+        "amzn-s3-demo",
+        "an artifact bucket name starting with `amzn-s3-demo-`",
+    ),
+];
+
 pub(super) fn stack_name(name: &str) -> Rule<String> {
     let help = "use lowercase letters, digits and single hyphens, starting with a letter, like `chat` or `chat-prod`";
     let valid_chars = name
@@ -50,8 +69,18 @@ pub(super) fn stack_name(name: &str) -> Rule<String> {
     } else if !valid_chars || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
         Err(Invalid::new(format!("`{name}` is not a valid stack name")).help(help))
     } else if name.ends_with('-') || name.contains("--") {
-        // ElastiCache ids and ALB names refuse both.
+        // ElastiCache ids and ALB names refuse both (and so bucket names never start
+        // with S3's reserved `xn--`).
         Err(Invalid::new(format!("`{name}` ends with a hyphen or has two in a row")).help(help))
+    } else if let Some((prefix, derived)) = RESERVED_NAME_PREFIXES
+        .iter()
+        .find(|(prefix, _)| name == *prefix || name.starts_with(&format!("{prefix}-")))
+    {
+        Err(Invalid::new(format!(
+            "`{name}` makes {derived}, which AWS refuses: names starting with `{prefix}-` \
+             are reserved"
+        ))
+        .help("choose a stack name that does not start with this word"))
     } else if name.len() > MAX_NAME_LEN {
         Err(Invalid::new(format!(
             "`{name}` is {} characters long, at most {MAX_NAME_LEN} are allowed",
@@ -72,11 +101,14 @@ pub(super) fn aws_region(region: &str) -> Rule<String> {
         && parts[..parts.len() - 1].iter().all(letters)
         && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
         && !parts[parts.len() - 1].is_empty();
-    if valid {
-        Ok(region.to_string())
-    } else {
-        Err(Invalid::new(format!("`{region}` is not an AWS region"))
-            .help("write a region code such as us-east-1 or eu-west-3"))
+    if !valid {
+        return Err(Invalid::new(format!("`{region}` is not an AWS region"))
+            .help("write a region code such as us-east-1 or eu-west-3"));
+    }
+    match super::unsupported_partition(region) {
+        Some(why) => Err(Invalid::new(format!("`{region}` {why}"))
+            .help("use a region of the standard `aws` partition, such as us-east-1 or eu-west-3")),
+        None => Ok(region.to_string()),
     }
 }
 
@@ -116,6 +148,22 @@ pub(super) fn dns_name(name: &str) -> Rule<String> {
         return bad("it looks like an IP address");
     }
     Ok(lower)
+}
+
+/// The name served over HTTPS: a DNS name that ACM takes as a certificate's first name,
+/// at most 64 octets ("The first domain name you enter cannot exceed 64 octets, including
+/// periods", <https://docs.aws.amazon.com/acm/latest/APIReference/API_RequestCertificate.html>).
+pub(super) fn served_name(name: &str) -> Rule<String> {
+    let name = dns_name(name)?;
+    if name.len() > MAX_SERVED_NAME_LEN {
+        return Err(Invalid::new(format!(
+            "`{name}` is {} characters long; ACM certifies a first name of at most \
+             {MAX_SERVED_NAME_LEN}",
+            name.len()
+        ))
+        .help("serve a shorter name, such as chat.<your zone>"));
+    }
+    Ok(name)
 }
 
 /// The bare id (`Z0123456789ABCDEF`) when `zone` is a hosted zone id, with or without its
@@ -329,11 +377,13 @@ pub(super) fn sharded_engine_version(engine: &str, version: &str, shards: u32) -
     )))
 }
 
-/// Characters that every tagged service accepts (ELB and ElastiCache are the strictest).
+/// Characters that every tagged service accepts (ELB, ElastiCache, ACM and S3 take
+/// `[\p{L}\p{Z}\p{N}_.:/=+\-@]`: letters, numbers, spaces but not tabs or newlines, which
+/// are control characters).
 pub(super) fn is_tag_text(text: &str) -> bool {
     text.chars().all(|c| {
         c.is_alphanumeric()
-            || c.is_whitespace()
+            || (c.is_whitespace() && !c.is_control())
             || matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
     })
 }

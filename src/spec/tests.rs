@@ -382,9 +382,38 @@ fn stack_name_rules() {
     assert_eq!(StackSpec::parse(&source, "s").unwrap().name, longest);
 }
 
+/// Names that pass every rule of their own but make a derived name AWS refuses: a
+/// security group `sg-...`, a load balancer `internal-...`, a bucket `sthree-...` or
+/// `amzn-s3-demo-...` (`xn--...` has two hyphens in a row). Reported where the name is.
+#[test]
+fn stack_names_that_make_names_aws_refuses_are_refused() {
+    for (name, derived) in [
+        ("sg", "security group"),
+        ("sg-chat", "security group"),
+        ("internal", "internal-alb"),
+        ("internal-chat", "internal-alb"),
+        ("sthree", "sthree-"),
+        ("sthree-chat", "sthree-"),
+        ("amzn-s3-demo", "amzn-s3-demo-"),
+        ("amzn-s3-demo-chat", "amzn-s3-demo-"),
+    ] {
+        let problem = name_problem(name);
+        assert!(
+            problem.message.contains(derived) && problem.message.contains("AWS refuses"),
+            "{name}: {problem:#?}"
+        );
+        assert_eq!((problem.line, problem.column), (1, 7), "{name}");
+    }
+    assert!(name_problem("xn--chat").message.contains("two in a row"));
+    for name in ["sgx", "chat-sg", "internals", "sthreechat", "amzn-s3"] {
+        let source = MINIMAL.replace("name: chat\n", &format!("name: {name}\n"));
+        assert_eq!(StackSpec::parse(&source, "s").unwrap().name, name);
+    }
+}
+
 #[test]
 fn region_rules() {
-    for region in ["ap-southeast-2", "us-gov-west-1", "eu-central-1"] {
+    for region in ["ap-southeast-2", "ca-west-1", "eu-central-1"] {
         let spec = StackSpec::parse(&with(&format!("region: {region}\n")), "s").unwrap();
         assert_eq!(spec.region, region);
     }
@@ -401,6 +430,23 @@ fn region_rules() {
             "region",
             "not an AWS region",
         );
+    }
+}
+
+/// Regions of other partitions are refused where they are written, with the reason.
+#[test]
+fn regions_outside_the_aws_partition_are_refused() {
+    for (region, why) in [
+        ("us-gov-west-1", "public hosted zones"),
+        ("us-gov-east-1", "GovCloud"),
+        ("cn-north-1", "aws-cn"),
+        ("cn-northwest-1", "ICP"),
+        ("us-iso-east-1", "isolated"),
+        ("us-isob-east-1", "isolated"),
+    ] {
+        let problem = one_problem(&with(&format!("region: {region}\n")), "region", why);
+        assert_eq!((problem.line, problem.column), (5, 9), "{region}");
+        assert!(problem.help.unwrap().contains("us-east-1"));
     }
 }
 
@@ -437,6 +483,17 @@ fn domain_rules() {
     }
     let long_label = format!("{}.example.com", "a".repeat(64));
     assert!(domain(&long_label, "example.com").is_err());
+    // ACM certifies a first name of at most 64 octets: 65 is refused where it is written.
+    let longest = format!("{}.example.com", "a".repeat(52));
+    assert_eq!(longest.len(), 64);
+    assert!(domain(&longest, "example.com").is_ok());
+    let too_long = domain(&format!("a{longest}"), "example.com")
+        .unwrap_err()
+        .problems;
+    assert_eq!(too_long.len(), 1, "{too_long:#?}");
+    assert_eq!(too_long[0].path, "domain.name");
+    assert_eq!((too_long[0].line, too_long[0].column), (3, 9));
+    assert!(too_long[0].message.contains("at most 64"), "{too_long:#?}");
 
     for bad in ["z123", "example", "/hostedzone/", "ex ample.com"] {
         let problems = domain("chat.example.com", bad).unwrap_err().problems;
@@ -506,6 +563,26 @@ fn allowed_cidrs_rules() {
     );
     assert_eq!(found[0].column, 19);
     assert!(found[2].message.contains("listed twice"));
+
+    // Two inbound rules each, and EC2 allows a group 60: 30 ranges fit, 31 do not.
+    let ranges = |n: u8| {
+        let list: Vec<String> = (0..n).map(|i| format!("203.0.{i}.0/24")).collect();
+        with(&format!(
+            "network:\n  allowed_cidrs: [{}]\n",
+            list.join(", ")
+        ))
+    };
+    assert_eq!(
+        StackSpec::parse(&ranges(30), "s")
+            .unwrap()
+            .network
+            .allowed_cidrs
+            .len(),
+        30
+    );
+    let problem = one_problem(&ranges(31), "network.allowed_cidrs", "at most 30");
+    assert_eq!((problem.line, problem.column), (6, 18));
+    assert!(problem.help.unwrap().contains("60 inbound rules"));
     assert!(found[3].message.contains("expected a string"));
 }
 

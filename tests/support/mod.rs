@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig};
 use aws_sdk_sts::config::Credentials;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
 const HOW_TO_START: &str = "start it with `scripts/localstack.sh start` \
@@ -65,6 +66,27 @@ pub async fn localstack() -> SdkConfig {
             aws_sdk_sts::error::DisplayErrorContext(err)
         );
     }
+    // The strict layer of the extension (strict.py) refuses what AWS refuses: without it,
+    // a request AWS would refuse passes here.
+    let probe = aws_sdk_ec2::Client::new(&config)
+        .create_security_group()
+        .group_name("sg-strict-probe")
+        .description("probe")
+        .vpc_id("vpc-0123456789abcdef0")
+        .send()
+        .await;
+    let refused = match &probe {
+        Err(err) => err
+            .as_service_error()
+            .and_then(|err| err.message())
+            .is_some_and(|message| message.contains("may not be in the format sg-*")),
+        Ok(_) => false,
+    };
+    assert!(
+        refused,
+        "LocalStack on {endpoint} runs without the strict layer of the project's extension \
+         (a security group named sg-... was not refused: {probe:?}): stop it and {HOW_TO_START}"
+    );
     config
 }
 
@@ -157,6 +179,8 @@ impl TestStack {
             .env("AWS_ENDPOINT_URL", endpoint())
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
+            // LocalStack answers at once: poll it at the emulator's pace.
+            .env("REALTIME_STACK_PACE", "local")
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_SESSION_TOKEN")
             .stdin(std::process::Stdio::null());

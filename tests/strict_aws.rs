@@ -1,0 +1,914 @@
+//! The strict layer of the project's LocalStack extension
+//! (scripts/localstack-extension/realtime_stack_localstack/strict.py): each constraint
+//! AWS documents on a request the CLI sends, broken on purpose through the AWS SDK clients
+//! the CLI uses, and answered with AWS's error code; and next to each, the nearest valid
+//! request accepted, so that no rule is wider than AWS's. The pages each rule rests on are
+//! cited in strict.py.
+
+mod support;
+
+use aws_config::SdkConfig;
+use aws_sdk_ec2::types::{
+    InstanceMetadataOptionsRequest, InstanceMetadataTagsState, IpPermission, IpRange, Ipv6Range,
+    PrefixListId, ResourceType, Tag, TagSpecification, UserIdGroupPair,
+};
+use aws_sdk_elasticloadbalancingv2::types::{
+    LoadBalancerAttribute, ProtocolEnum, RuleCondition, TargetGroupAttribute,
+};
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+/// Fails unless `result` is AWS's refusal `code`, with a message containing `says`.
+#[track_caller]
+fn refused<T: std::fmt::Debug, E, R>(result: Result<T, SdkError<E, R>>, code: &str, says: &str)
+where
+    E: ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    let err = result.expect_err(&format!(
+        "AWS refuses this with {code}, LocalStack accepted it"
+    ));
+    let Some(service) = err.as_service_error() else {
+        panic!("expected {code}, got {err:?}");
+    };
+    assert_eq!(service.code(), Some(code), "{err:?}");
+    let message = service.message().unwrap_or_default();
+    assert!(
+        message.contains(says),
+        "{code}: {message:?} does not say {says:?}"
+    );
+}
+
+/// Fails unless `result` succeeded.
+#[track_caller]
+fn accepted<T, E: std::fmt::Debug, R: std::fmt::Debug>(result: Result<T, SdkError<E, R>>) -> T {
+    result.unwrap_or_else(|err| panic!("AWS accepts this, the strict layer refused it: {err:?}"))
+}
+
+async fn vpc(ec2: &aws_sdk_ec2::Client) -> String {
+    let vpc = ec2.create_vpc().cidr_block("10.40.0.0/16").send().await;
+    accepted(vpc)
+        .vpc
+        .and_then(|vpc| vpc.vpc_id)
+        .expect("vpc id")
+}
+
+async fn security_group(ec2: &aws_sdk_ec2::Client, vpc_id: &str, name: &str) -> String {
+    let created = ec2
+        .create_security_group()
+        .group_name(name)
+        .description("strict test")
+        .vpc_id(vpc_id)
+        .send()
+        .await;
+    accepted(created).group_id.expect("group id")
+}
+
+fn tcp(port: i32) -> aws_sdk_ec2::types::builders::IpPermissionBuilder {
+    IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(port)
+        .to_port(port)
+}
+
+fn ipv4(port: i32, cidr: &str, description: &str) -> IpPermission {
+    tcp(port)
+        .ip_ranges(
+            IpRange::builder()
+                .cidr_ip(cidr)
+                .description(description)
+                .build(),
+        )
+        .build()
+}
+
+const EC2_DESCRIPTION: &str = "Invalid rule description";
+
+#[tokio::test]
+async fn security_group_names_are_refused_starting_with_sg_too_long_or_outside_ec2s_characters() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let create = |name: String| {
+        ec2.create_security_group()
+            .group_name(name)
+            .description("strict test")
+            .vpc_id(&vpc_id)
+            .send()
+    };
+    let refusals = [
+        (
+            "sg-chat-alb".to_owned(),
+            "Group names may not be in the format sg-*",
+        ),
+        (
+            "SG-chat".to_owned(),
+            "Group names may not be in the format sg-*",
+        ),
+        (
+            "a".repeat(256),
+            "Valid names are strings less than 256 characters",
+        ),
+        ("the instances' group".to_owned(), "Valid names are strings"),
+        ("chat-é".to_owned(), "Valid names are strings"),
+    ];
+    for (name, says) in refusals {
+        refused(create(name).await, "InvalidParameterValue", says);
+    }
+    accepted(create("chat-sg ._-:/()#,@[]+=&;{}!$*".to_owned()).await);
+    accepted(create("b".repeat(255)).await);
+}
+
+#[tokio::test]
+async fn security_group_descriptions_are_refused_outside_ec2s_characters_or_over_255() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let create = |name: &str, description: String| {
+        ec2.create_security_group()
+            .group_name(name)
+            .description(description)
+            .vpc_id(&vpc_id)
+            .send()
+    };
+    for description in [
+        "the load balancer's group".to_owned(),
+        "d".repeat(256),
+        "naïve".to_owned(),
+    ] {
+        refused(
+            create("described", description).await,
+            "InvalidParameterValue",
+            "Invalid security group description",
+        );
+    }
+    accepted(create("described", "d".repeat(255)).await);
+}
+
+/// Every kind of rule (IPv4, IPv6, prefix list, group pair), ingress and egress, and a
+/// description updated later: the same characters and 255 as a group's description. The
+/// apostrophe is the load balancer's egress rule of realtime-stack before it was fixed.
+#[tokio::test]
+async fn rule_descriptions_of_every_kind_are_refused_outside_ec2s_characters_or_over_255() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let group = security_group(&ec2, &vpc_id, "rules").await;
+    let peer = security_group(&ec2, &vpc_id, "peer").await;
+    let prefix_list = ec2
+        .describe_prefix_lists()
+        .send()
+        .await
+        .expect("DescribePrefixLists")
+        .prefix_lists()
+        .first()
+        .and_then(|list| list.prefix_list_id().map(str::to_owned))
+        .expect("a prefix list");
+    let bad = "chat server, to the instances' subnet 10.0.2.0/24";
+    let kinds = |description: &str| {
+        vec![
+            ipv4(8080, "10.0.2.0/24", description),
+            tcp(8081)
+                .ipv6_ranges(
+                    Ipv6Range::builder()
+                        .cidr_ipv6("2001:db8::/64")
+                        .description(description)
+                        .build(),
+                )
+                .build(),
+            tcp(443)
+                .prefix_list_ids(
+                    PrefixListId::builder()
+                        .prefix_list_id(&prefix_list)
+                        .description(description)
+                        .build(),
+                )
+                .build(),
+            tcp(6379)
+                .user_id_group_pairs(
+                    UserIdGroupPair::builder()
+                        .group_id(&peer)
+                        .description(description)
+                        .build(),
+                )
+                .build(),
+        ]
+    };
+    for description in [bad.to_owned(), "r".repeat(256)] {
+        for permission in kinds(&description) {
+            let ingress = ec2
+                .authorize_security_group_ingress()
+                .group_id(&group)
+                .ip_permissions(permission.clone())
+                .send()
+                .await;
+            refused(ingress, "InvalidParameterValue", EC2_DESCRIPTION);
+            let egress = ec2
+                .authorize_security_group_egress()
+                .group_id(&group)
+                .ip_permissions(permission)
+                .send()
+                .await;
+            refused(egress, "InvalidParameterValue", EC2_DESCRIPTION);
+        }
+    }
+    let fine = "chat server, to the instances subnet 10.0.2.0/24";
+    accepted(
+        ec2.authorize_security_group_egress()
+            .group_id(&group)
+            .set_ip_permissions(Some(kinds(fine)))
+            .send()
+            .await,
+    );
+    let update = ec2
+        .update_security_group_rule_descriptions_egress()
+        .group_id(&group)
+        .ip_permissions(ipv4(8080, "10.0.2.0/24", bad))
+        .send()
+        .await;
+    refused(update, "InvalidParameterValue", EC2_DESCRIPTION);
+}
+
+/// 60 inbound and 60 outbound rules a group, counted apart for IPv4 and IPv6.
+#[tokio::test]
+async fn a_group_takes_at_most_sixty_rules_each_way() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let group = security_group(&ec2, &vpc_id, "quota").await;
+    let rules = |ports: std::ops::Range<i32>| -> Vec<IpPermission> {
+        ports
+            .map(|port| ipv4(port, "10.0.0.0/24", "quota"))
+            .collect()
+    };
+    let ingress = |permissions: Vec<IpPermission>| {
+        ec2.authorize_security_group_ingress()
+            .group_id(&group)
+            .set_ip_permissions(Some(permissions))
+            .send()
+    };
+    let egress = |permissions: Vec<IpPermission>| {
+        ec2.authorize_security_group_egress()
+            .group_id(&group)
+            .set_ip_permissions(Some(permissions))
+            .send()
+    };
+    let (code, says) = (
+        "RulesPerSecurityGroupLimitExceeded",
+        "The maximum number of rules per security group has been reached",
+    );
+    refused(ingress(rules(1000..1061)).await, code, says);
+    accepted(ingress(rules(1000..1060)).await);
+    refused(ingress(rules(2000..2001)).await, code, says);
+    // Outbound: the group's allow-all rule and 59 more fit, one more does not.
+    accepted(egress(rules(3000..3059)).await);
+    refused(egress(rules(4000..4001)).await, code, says);
+}
+
+fn ec2_tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+/// Keys of at most 128 characters, values of at most 256, no `aws:` prefix, 50 tags: at
+/// creation (`TagSpecifications`) and in `CreateTags`.
+#[tokio::test]
+async fn ec2_tags_are_refused_too_long_reserved_or_too_many() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let breaking = [
+        (vec![ec2_tag(&"k".repeat(129), "v")], "1 to 128 characters"),
+        (
+            vec![ec2_tag("k", &"v".repeat(257))],
+            "maximum length of 256",
+        ),
+        (vec![ec2_tag("aws:owner", "me")], "reserved"),
+        (vec![ec2_tag("AWS:owner", "me")], "reserved"),
+        (
+            (0..51).map(|i| ec2_tag(&format!("k{i}"), "v")).collect(),
+            "limit of 50",
+        ),
+    ];
+    for (tags, says) in breaking {
+        let at_creation = ec2
+            .create_vpc()
+            .cidr_block("10.41.0.0/16")
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Vpc)
+                    .set_tags(Some(tags.clone()))
+                    .build(),
+            )
+            .send()
+            .await;
+        refused(at_creation, "InvalidParameterValue", says);
+        let later = ec2
+            .create_tags()
+            .resources(&vpc_id)
+            .set_tags(Some(tags))
+            .send()
+            .await;
+        refused(later, "InvalidParameterValue", says);
+    }
+    accepted(
+        ec2.create_tags()
+            .resources(&vpc_id)
+            .tags(ec2_tag(&"k".repeat(128), &"v".repeat(256)))
+            .tags(ec2_tag("realtime-stack:role", "any character: é ' #"))
+            .send()
+            .await,
+    );
+}
+
+/// User data of more than 16 KB before base64; with tags in instance metadata, tag keys
+/// of letters, digits and `+ - = . , _ : @` only.
+#[tokio::test]
+async fn run_instances_refuses_big_user_data_and_metadata_unsafe_tag_keys() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let launch = |user_data: &[u8], key: &str| {
+        ec2.run_instances()
+            .image_id("ami-0123456789abcdef0")
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .user_data(aws_smithy_types::base64::encode(user_data))
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(ec2_tag(key, "v"))
+                    .build(),
+            )
+            .send()
+    };
+    refused(
+        launch(&[b'#'; 16 * 1024 + 1], "team").await,
+        "InvalidParameterValue",
+        "User data is limited to 16384 bytes",
+    );
+    for key in ["team/a", "team a", "_index", ".."] {
+        refused(
+            launch(b"#!/bin/sh\n", key).await,
+            "InvalidParameterValue",
+            "not valid for an instance that allows tags in its metadata",
+        );
+    }
+}
+
+/// "Characters per VPC endpoint policy: 20,480".
+#[tokio::test]
+async fn a_vpc_endpoint_policy_over_20480_characters_is_refused() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let policy = |size: usize| {
+        let head = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::"#;
+        let tail = r#""}]}"#;
+        format!("{head}{}{tail}", "b".repeat(size - head.len() - tail.len()))
+    };
+    let create = |document: String| {
+        ec2.create_vpc_endpoint()
+            .vpc_id(&vpc_id)
+            .service_name("com.amazonaws.us-east-1.s3")
+            .policy_document(document)
+            .send()
+    };
+    refused(create(policy(20_481)).await, "InvalidParameter", "20480");
+    accepted(create(policy(20_480)).await);
+}
+
+async fn two_subnets(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> Vec<String> {
+    let mut subnets = Vec::new();
+    for (cidr, zone) in [
+        ("10.40.1.0/24", "us-east-1a"),
+        ("10.40.2.0/24", "us-east-1b"),
+    ] {
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(vpc_id)
+            .cidr_block(cidr)
+            .availability_zone(zone)
+            .send()
+            .await;
+        subnets.push(accepted(subnet).subnet.and_then(|s| s.subnet_id).unwrap());
+    }
+    subnets
+}
+
+fn names_that_elb_refuses() -> Vec<(String, &'static str)> {
+    vec![
+        ("n".repeat(33), "cannot be longer than '32' characters"),
+        ("-chat".to_owned(), "cannot begin or end with a hyphen"),
+        ("chat-".to_owned(), "cannot begin or end with a hyphen"),
+        (
+            "chat_alb".to_owned(),
+            "only alphanumeric characters and hyphens",
+        ),
+    ]
+}
+
+/// At most 32 letters, digits and hyphens, not at either end; a load balancer's not
+/// starting with `internal-`.
+#[tokio::test]
+async fn load_balancer_and_target_group_names_are_held_to_elbs_rules() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let subnets = two_subnets(&ec2, &vpc_id).await;
+    let load_balancer = |name: String| {
+        elbv2
+            .create_load_balancer()
+            .name(name)
+            .set_subnets(Some(subnets.clone()))
+            .send()
+    };
+    let target_group = |name: String| {
+        elbv2
+            .create_target_group()
+            .name(name)
+            .protocol(ProtocolEnum::Http)
+            .port(8080)
+            .vpc_id(&vpc_id)
+            .send()
+    };
+    for (name, says) in names_that_elb_refuses() {
+        refused(load_balancer(name.clone()).await, "ValidationError", says);
+        refused(target_group(name).await, "ValidationError", says);
+    }
+    refused(
+        load_balancer("internal-chat".to_owned()).await,
+        "ValidationError",
+        "cannot begin with 'internal-'",
+    );
+    let suffix = support::unique_suffix();
+    let name = format!("{}-internal", &suffix[suffix.len() - 8..]);
+    accepted(load_balancer(name.clone()).await);
+    accepted(target_group(format!("internal-{}", &suffix[suffix.len() - 8..])).await);
+    accepted(target_group(format!("{}{name}", "t".repeat(32 - name.len()))).await);
+}
+
+/// Tag keys of 1 to 128 and values of at most 256 letters, digits, spaces and
+/// `_ . : / = + - @`; no `aws:` prefix.
+#[tokio::test]
+async fn load_balancer_tags_are_held_to_elbs_rules() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let suffix = support::unique_suffix();
+    let created = elbv2
+        .create_target_group()
+        .name(format!("tags-{}", &suffix[suffix.len() - 8..]))
+        .protocol(ProtocolEnum::Http)
+        .port(8080)
+        .vpc_id(&vpc_id)
+        .send()
+        .await;
+    let arn = accepted(created).target_groups()[0]
+        .target_group_arn()
+        .unwrap()
+        .to_owned();
+    let tag = |key: &str, value: &str| {
+        elbv2
+            .add_tags()
+            .resource_arns(&arn)
+            .tags(
+                aws_sdk_elasticloadbalancingv2::types::Tag::builder()
+                    .key(key)
+                    .value(value)
+                    .build(),
+            )
+            .send()
+    };
+    refused(tag("aws:team", "chat").await, "ValidationError", "reserved");
+    refused(
+        tag(&"k".repeat(129), "chat").await,
+        "ValidationError",
+        "128",
+    );
+    refused(
+        tag("team", &"v".repeat(257)).await,
+        "ValidationError",
+        "256",
+    );
+    refused(tag("team#1", "chat").await, "ValidationError", "characters");
+    refused(tag("team", "chat's").await, "ValidationError", "characters");
+    accepted(tag("team équipe", "chat_1.2:3/4=5+6-7@8").await);
+}
+
+/// Health checks (interval 5-300 s, timeout 2-120 s and shorter than the interval,
+/// thresholds 2-10), attributes (idle timeout 1-4000 s, deregistration delay 0-3600 s,
+/// booleans) and rule priorities (1-50000).
+#[tokio::test]
+async fn load_balancer_settings_are_held_to_their_documented_ranges() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let suffix = support::unique_suffix();
+    let target_group = |interval: i32, timeout: i32, threshold: i32| {
+        elbv2
+            .create_target_group()
+            .name(format!("ranges-{}", &suffix[suffix.len() - 8..]))
+            .protocol(ProtocolEnum::Http)
+            .port(8080)
+            .vpc_id(&vpc_id)
+            .health_check_interval_seconds(interval)
+            .health_check_timeout_seconds(timeout)
+            .healthy_threshold_count(threshold)
+            .send()
+    };
+    refused(
+        target_group(4, 2, 2).await,
+        "ValidationError",
+        "between 5 and 300",
+    );
+    refused(
+        target_group(10, 1, 2).await,
+        "ValidationError",
+        "between 2 and 120",
+    );
+    refused(
+        target_group(10, 5, 11).await,
+        "ValidationError",
+        "between 2 and 10",
+    );
+    refused(
+        target_group(5, 5, 2).await,
+        "ValidationError",
+        "smaller than the interval",
+    );
+    let created = accepted(target_group(5, 4, 2).await);
+    let arn = created.target_groups()[0].target_group_arn().unwrap();
+    let attribute = |key: &str, value: &str| {
+        elbv2
+            .modify_target_group_attributes()
+            .target_group_arn(arn)
+            .attributes(
+                TargetGroupAttribute::builder()
+                    .key(key)
+                    .value(value)
+                    .build(),
+            )
+            .send()
+    };
+    refused(
+        attribute("deregistration_delay.timeout_seconds", "3601").await,
+        "InvalidConfigurationRequest",
+        "from 0 to 3600",
+    );
+    // 3600 is AWS's bound, which moto refuses itself (stricter than AWS, by one second).
+    accepted(attribute("deregistration_delay.timeout_seconds", "3599").await);
+    let idle = elbv2
+        .modify_load_balancer_attributes()
+        .load_balancer_arn(
+            "arn:aws:elasticloadbalancing:us-east-1:000000000000:loadbalancer/app/x/1",
+        )
+        .attributes(
+            LoadBalancerAttribute::builder()
+                .key("idle_timeout.timeout_seconds")
+                .value("4001")
+                .build(),
+        )
+        .send()
+        .await;
+    refused(idle, "InvalidConfigurationRequest", "from 1 to 4000");
+    let rule = elbv2
+        .create_rule()
+        .listener_arn("arn:aws:elasticloadbalancing:us-east-1:000000000000:listener/app/x/1/2")
+        .priority(50_001)
+        .conditions(
+            RuleCondition::builder()
+                .field("path-pattern")
+                .values("/metrics")
+                .build(),
+        )
+        .send()
+        .await;
+    refused(rule, "ValidationError", "between 1 and 50000");
+}
+
+/// Replication group ids: 1 to 40 letters, digits and hyphens, a letter first, no hyphen
+/// last, no two in a row; and the group's shape within ElastiCache's bounds.
+#[tokio::test]
+async fn replication_group_ids_are_held_to_elasticaches_rules() {
+    let aws = support::localstack().await;
+    let elasticache = aws_sdk_elasticache::Client::new(&aws);
+    let create = |id: String, clusters: i32, description: &str| {
+        elasticache
+            .create_replication_group()
+            .replication_group_id(id)
+            .replication_group_description(description)
+            .engine("redis")
+            .cache_node_type("cache.t4g.micro")
+            .num_cache_clusters(clusters)
+            .send()
+    };
+    for id in [
+        "r".repeat(41),
+        "1chat".to_owned(),
+        "chat--redis".to_owned(),
+        "chat-redis-".to_owned(),
+        "chat_redis".to_owned(),
+    ] {
+        refused(
+            create(id, 1, "strict test").await,
+            "InvalidParameterValue",
+            "is not a valid identifier",
+        );
+    }
+    let suffix = support::unique_suffix();
+    let id = format!("{}{}", "r".repeat(32), &suffix[suffix.len() - 8..]);
+    refused(
+        create(id.clone(), 7, "strict test").await,
+        "InvalidParameterValue",
+        "between 1 and 6",
+    );
+    refused(
+        create(id.clone(), 2, " ").await,
+        "InvalidParameterValue",
+        "ReplicationGroupDescription must be provided",
+    );
+    accepted(create(id.clone(), 2, "strict test").await);
+    accepted(
+        elasticache
+            .delete_replication_group()
+            .replication_group_id(id)
+            .send()
+            .await,
+    );
+}
+
+/// Cache subnet group names: at most 255 letters, digits or hyphens; ElastiCache's tags
+/// as ELB's.
+#[tokio::test]
+async fn cache_subnet_group_names_and_cache_tags_are_held_to_elasticaches_rules() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let elasticache = aws_sdk_elasticache::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let subnets = two_subnets(&ec2, &vpc_id).await;
+    let create = |name: String, key: &str| {
+        elasticache
+            .create_cache_subnet_group()
+            .cache_subnet_group_name(name)
+            .cache_subnet_group_description("strict test")
+            .set_subnet_ids(Some(subnets.clone()))
+            .tags(
+                aws_sdk_elasticache::types::Tag::builder()
+                    .key(key)
+                    .value("chat")
+                    .build(),
+            )
+            .send()
+    };
+    for name in [
+        "c".repeat(256),
+        "chat_cache".to_owned(),
+        "chat cache".to_owned(),
+    ] {
+        refused(
+            create(name, "team").await,
+            "InvalidParameterValue",
+            "is not a valid identifier",
+        );
+    }
+    let suffix = support::unique_suffix();
+    let name = format!("cache-{}", &suffix[suffix.len() - 8..]);
+    refused(
+        create(name.clone(), "aws:team").await,
+        "InvalidParameterValue",
+        "reserved",
+    );
+    refused(
+        create(name.clone(), "team#1").await,
+        "InvalidParameterValue",
+        "characters",
+    );
+    accepted(create(name, "team").await);
+}
+
+fn s3(aws: &SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(aws)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// Bucket names: 3 to 63 lowercase letters, digits, dots and hyphens, a letter or digit at
+/// each end, no `..`, not an IP address, none of the reserved prefixes and suffixes. (The
+/// `--x-s3` suffix is refused too, but the SDK sends such a name to S3 Express's session
+/// API, which LocalStack does not have.)
+#[tokio::test]
+async fn bucket_names_are_held_to_s3s_naming_rules() {
+    let aws = support::localstack().await;
+    let s3 = s3(&aws);
+    let suffix = support::unique_suffix();
+    let suffix = &suffix[suffix.len() - 8..];
+    for name in [
+        format!("b{}", "c".repeat(63)),
+        "ab".to_owned(),
+        format!("Chat-{suffix}"),
+        format!("chat_{suffix}"),
+        format!("-chat-{suffix}"),
+        format!("chat-{suffix}-"),
+        format!("chat..{suffix}"),
+        "192.168.5.4".to_owned(),
+        format!("xn--chat-{suffix}"),
+        format!("sthree-chat-{suffix}"),
+        format!("amzn-s3-demo-chat-{suffix}"),
+        format!("chat-{suffix}-s3alias"),
+        format!("chat-{suffix}--ol-s3"),
+        format!("chat-{suffix}.mrap"),
+        format!("chat-{suffix}--table-s3"),
+    ] {
+        let created = s3.create_bucket().bucket(&name).send().await;
+        refused(
+            created,
+            "InvalidBucketName",
+            "The specified bucket is not valid",
+        );
+    }
+    let name = format!("sthree{suffix}{}", "x".repeat(63 - 6 - suffix.len()));
+    accepted(s3.create_bucket().bucket(&name).send().await);
+    accepted(s3.delete_bucket().bucket(&name).send().await);
+}
+
+/// Object keys of at most 1024 bytes; bucket tags within the limits, no `aws:` prefix;
+/// bucket policies of at most 20 KB.
+#[tokio::test]
+async fn object_keys_bucket_tags_and_bucket_policies_are_held_to_s3s_limits() {
+    let aws = support::localstack().await;
+    let s3 = s3(&aws);
+    let suffix = support::unique_suffix();
+    let bucket = format!("strict-{}", &suffix[suffix.len() - 8..]);
+    accepted(s3.create_bucket().bucket(&bucket).send().await);
+    let put = |key: String| {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
+            .send()
+    };
+    refused(
+        put("é".repeat(513)).await,
+        "KeyTooLongError",
+        "Your key is too long",
+    );
+    accepted(put("k".repeat(1024)).await);
+    let tag = |key: &str, value: &str| {
+        let tagging = aws_sdk_s3::types::Tagging::builder()
+            .tag_set(
+                aws_sdk_s3::types::Tag::builder()
+                    .key(key)
+                    .value(value)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        s3.put_bucket_tagging()
+            .bucket(&bucket)
+            .tagging(tagging)
+            .send()
+    };
+    refused(
+        tag("aws:team", "chat").await,
+        "InvalidTag",
+        "System tags cannot be added/updated by requester",
+    );
+    refused(tag(&"k".repeat(129), "chat").await, "InvalidTag", "128");
+    refused(tag("team", &"v".repeat(257)).await, "InvalidTag", "256");
+    accepted(tag("team", "chat").await);
+    let policy = |size: usize| {
+        let head = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Deny","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::{bucket}/"#
+        );
+        let tail = r#""}]}"#;
+        format!("{head}{}{tail}", "p".repeat(size - head.len() - tail.len()))
+    };
+    let put_policy = |document: String| {
+        s3.put_bucket_policy()
+            .bucket(&bucket)
+            .policy(document)
+            .send()
+    };
+    refused(
+        put_policy(policy(20 * 1024 + 1)).await,
+        "MalformedPolicy",
+        "20480",
+    );
+    accepted(put_policy(policy(20 * 1024)).await);
+}
+
+/// The certificate's domain name: ACM's pattern, and at most 64 octets for the first
+/// name; its tags as ELB's.
+#[tokio::test]
+async fn certificate_requests_are_held_to_acms_rules() {
+    let aws = support::localstack().await;
+    let acm = aws_sdk_acm::Client::new(&aws);
+    let request = |domain: &str, key: &str| {
+        acm.request_certificate()
+            .domain_name(domain)
+            .validation_method(aws_sdk_acm::types::ValidationMethod::Dns)
+            .tags(
+                aws_sdk_acm::types::Tag::builder()
+                    .key(key)
+                    .value("chat")
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+    };
+    let long = format!("{}.example.com", "a".repeat(53));
+    assert_eq!(long.len(), 65);
+    refused(
+        request(&long, "team").await,
+        "ValidationException",
+        "64 octets",
+    );
+    for domain in [
+        "-chat.example.com",
+        "chat_1.example.com",
+        "example",
+        "chat.example.com.",
+    ] {
+        refused(
+            request(domain, "team").await,
+            "ValidationException",
+            "regular expression pattern",
+        );
+    }
+    refused(
+        request("chat.example.com", "aws:team").await,
+        "InvalidTagException",
+        "reserved",
+    );
+    accepted(request(&long[1..], "team").await);
+}
+
+/// Record names: labels of at most 63 octets, names of at most 255, inside the zone.
+#[tokio::test]
+async fn record_changes_are_held_to_route53s_rules() {
+    use aws_sdk_route53::types::{
+        Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+    };
+    let aws = support::localstack().await;
+    let route53 = aws_sdk_route53::Client::new(&aws);
+    let suffix = support::unique_suffix();
+    let zone = format!("strict{}.example.test", &suffix[suffix.len() - 8..]);
+    let zone_id = support::hosted_zone(&aws, &zone).await;
+    let upsert = |name: String, ttl: i64| {
+        let record = ResourceRecordSet::builder()
+            .name(name)
+            .r#type(RrType::A)
+            .ttl(ttl)
+            .resource_records(
+                ResourceRecord::builder()
+                    .value("192.0.2.1")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let change = Change::builder()
+            .action(ChangeAction::Upsert)
+            .resource_record_set(record)
+            .build()
+            .unwrap();
+        route53
+            .change_resource_record_sets()
+            .hosted_zone_id(&zone_id)
+            .change_batch(ChangeBatch::builder().changes(change).build().unwrap())
+            .send()
+    };
+    refused(
+        upsert(format!("{}.{zone}", "l".repeat(64)), 60).await,
+        "InvalidChangeBatch",
+        "DomainLabelTooLong",
+    );
+    let deep = format!("{}{zone}", "abcdefghi.".repeat(25));
+    refused(
+        upsert(deep, 60).await,
+        "InvalidChangeBatch",
+        "DomainNameTooLong",
+    );
+    refused(
+        upsert("chat.other.example.test".to_owned(), 60).await,
+        "InvalidChangeBatch",
+        "is not permitted in zone",
+    );
+    refused(
+        upsert(format!("chat.{zone}"), -1).await,
+        "InvalidChangeBatch",
+        "TTL",
+    );
+    accepted(upsert(format!("{}.{zone}", "l".repeat(63)), 60).await);
+}
