@@ -12,7 +12,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Event, KeyPair, Redis, Server, WAIT, api, api_claims, poll_until, unix_now};
+use common::{
+    Client, Event, KeyPair, Redis, RedisCluster, Server, WAIT, api, api_claims, poll_until,
+    unix_now,
+};
 use serde_json::{Value, json};
 
 /// Two servers verifying tokens with one key, on one Redis (bind every field: what is
@@ -21,13 +24,31 @@ struct Pair {
     a: Server,
     b: Server,
     key: KeyPair,
-    redis: Redis,
+    redis: Backing,
     _dir: tempfile::TempDir,
+}
+
+/// What the servers store in.
+enum Backing {
+    One(Redis),
+    Cluster(RedisCluster),
+}
+
+impl Backing {
+    fn url(&self) -> String {
+        match self {
+            Backing::One(redis) => redis.url(),
+            Backing::Cluster(cluster) => cluster.url(),
+        }
+    }
 }
 
 impl Pair {
     async fn start(extra: &[&str]) -> Pair {
-        let redis = Redis::start();
+        Pair::on(Backing::One(Redis::start()), extra).await
+    }
+
+    async fn on(redis: Backing, extra: &[&str]) -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let key = KeyPair::ed25519(dir.path(), "identity");
         let mut flags = vec!["--auth-public-key-file", key.public_pem_path()];
@@ -742,4 +763,63 @@ async fn the_openapi_document_describes_what_is_served_and_without_sign_in_the_a
             "{path}"
         );
     }
+}
+
+/// On a Redis Cluster the same holds: the deletion's script and the room's channel are
+/// in the room's slot (sharded pub/sub), and the control stream is followed on the
+/// shard that holds it.
+#[tokio::test]
+async fn on_a_redis_cluster_posts_deletions_and_disconnects_reach_both_instances() {
+    let cluster = Backing::Cluster(RedisCluster::start(3));
+    let pair = Pair::on(cluster, &["--redis-cluster", "true"]).await;
+    let backend = pair.api_token("backend");
+    let mut on_a = pair.connect(&pair.a, "u-ann", "?room=ops").await;
+    let mut on_b = pair.connect(&pair.b, "u-bob", "?room=ops").await;
+    let (status, posted) = post(
+        &pair.a,
+        &backend,
+        "ops",
+        json!({"name": "bot", "text": "hi"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{posted}");
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(client.next_message().await["id"], posted["id"]);
+    }
+    let path = format!(
+        "/api/v1/rooms/ops/messages/{}",
+        posted["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        api(&pair.b, "DELETE", &path, Some(&backend), None).await.0,
+        204
+    );
+    let deleted = json!({"type": "deleted", "room": "ops", "id": posted["id"]});
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(client.next_json().await, deleted);
+    }
+    assert_eq!(
+        page(&pair.a, &backend, "ops", "").await.1["messages"],
+        json!([deleted])
+    );
+    let mut bob_on_a = pair.connect(&pair.a, "u-bob", "?room=lobby").await;
+    let (status, _, _) = api(
+        &pair.a,
+        "POST",
+        "/api/v1/users/u-bob/disconnect",
+        Some(&backend),
+        Some(&json!({"ban_seconds": 60})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    for client in [&mut on_b, &mut bob_on_a] {
+        assert_eq!(closed(client).await.0, 4003);
+    }
+    let token = pair.user_token("u-bob", "bob");
+    assert_eq!(
+        Client::refused(&pair.b, &format!("?token={token}"), &[])
+            .await
+            .0,
+        4003
+    );
 }
