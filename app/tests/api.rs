@@ -823,3 +823,46 @@ async fn on_a_redis_cluster_posts_deletions_and_disconnects_reach_both_instances
         4003
     );
 }
+
+/// An instance whose link to Redis is down when a disconnect is asked misses nothing:
+/// the control stream keeps the request, and the instance closes the user's connection
+/// once the link is back.
+#[tokio::test]
+async fn an_instance_cut_off_from_redis_carries_out_a_disconnect_when_the_link_returns() {
+    let redis = Redis::start();
+    let proxy = common::Proxy::start(redis.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = KeyPair::ed25519(dir.path(), "identity");
+    let auth = ["--auth-public-key-file", key.public_pem_path()];
+    let a = Server::start("a", &redis.url(), &auth);
+    let b = Server::start("b", &proxy.url(), &auth);
+    a.wait_health(200).await;
+    b.wait_health(200).await;
+    let token = key.token(&json!({"sub": "u-bob", "name": "bob", "exp": unix_now() + 600}));
+    let mut bob = Client::connect(&b, &format!("?token={token}")).await;
+
+    proxy.cut();
+    b.wait_health(503).await;
+    let backend = key.token(&api_claims("moderator", 600));
+    let (status, _, _) = api(
+        &a,
+        "POST",
+        "/api/v1/users/u-bob/disconnect",
+        Some(&backend),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    // Instance a carried it out; b could not read it.
+    poll_until(WAIT, "instance a to carry out the disconnect", || async {
+        a.logged("disconnecting a user").then_some(())
+    })
+    .await;
+    assert!(!b.logged("disconnecting a user"));
+    proxy.restore();
+    assert_eq!(
+        closed(&mut bob).await,
+        (4001, "disconnected by the operator".into())
+    );
+    b.wait_health(200).await;
+}
