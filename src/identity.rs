@@ -1,7 +1,8 @@
 //! Sign-in keys of the chat (`chat.auth`): reading the public key that verifies tokens
 //! (what `stack.yaml` names, and what the instances' boot configuration carries), making
 //! the development key pair of `up --local`, and minting development tokens
-//! (`realtime-stack token`). The chat server verifies; nothing here knows AWS.
+//! (`realtime-stack token`), a user's or, with the scope `api`, the server API's. The
+//! chat server verifies; nothing here knows AWS.
 //!
 //! A public key is not a secret: it goes into user-data and tags may hash it. A private
 //! key only ever lives in a file on this machine: it is read to sign, never logged,
@@ -153,15 +154,23 @@ pub fn generate_ed25519() -> Result<KeyPair> {
     })
 }
 
-/// The claims of a chat token (see app/README.md, Sign-in).
+/// The scope of a token for the chat's server API (app/README.md, Server API).
+pub const API_SCOPE: &str = "api";
+
+/// The claims of a chat token (see app/README.md, Sign-in), or of a server API token.
 #[derive(Debug, Clone, Serialize)]
 pub struct Claims {
     pub sub: String,
-    pub name: String,
+    /// A user's display name; a server API token has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub iat: u64,
     pub exp: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rooms: Option<Vec<String>>,
+    /// `api` for a server API token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,9 +181,7 @@ impl Claims {
     /// Claims valid from now for `ttl`, checked as the chat server will check them, so
     /// that a token it would refuse is never made.
     pub fn new(sub: &str, name: &str, rooms: Option<Vec<String>>, ttl: Duration) -> Result<Claims> {
-        if sub.trim().is_empty() || sub.chars().any(char::is_control) {
-            bail!("--sub must not be empty or hold control characters");
-        }
+        let mut claims = Claims::of(sub, ttl)?;
         let length = name.chars().count();
         if name.trim().is_empty() || length > MAX_NAME_CHARS || name.chars().any(char::is_control) {
             bail!("--name must be 1 to {MAX_NAME_CHARS} characters without control characters");
@@ -190,13 +197,31 @@ impl Claims {
                 );
             }
         }
+        claims.name = Some(name.to_owned());
+        claims.rooms = rooms;
+        Ok(claims)
+    }
+
+    /// Claims of a server API token of the caller `sub`, valid from now for `ttl`.
+    pub fn api(sub: &str, ttl: Duration) -> Result<Claims> {
+        let mut claims = Claims::of(sub, ttl)?;
+        claims.scope = Some(API_SCOPE.to_owned());
+        Ok(claims)
+    }
+
+    /// Claims of `sub` alone, valid from now for `ttl`.
+    fn of(sub: &str, ttl: Duration) -> Result<Claims> {
+        if sub.trim().is_empty() || sub.chars().any(char::is_control) {
+            bail!("--sub must not be empty or hold control characters");
+        }
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         Ok(Claims {
             sub: sub.to_owned(),
-            name: name.to_owned(),
+            name: None,
             iat: now,
             exp: now + ttl.as_secs().max(1),
-            rooms,
+            rooms: None,
+            scope: None,
             iss: None,
             aud: None,
         })
@@ -308,6 +333,22 @@ mod tests {
                 .contains("not an Ed25519")
         );
         assert!(SigningKey::from_pem(&pair.public_pem).is_err());
+    }
+
+    #[test]
+    fn an_api_token_has_the_api_scope_and_no_name() {
+        let pair = generate_ed25519().unwrap();
+        let signer = SigningKey::from_pem(&pair.private_pem).unwrap();
+        let claims = Claims::api("backend", Duration::from_secs(60)).unwrap();
+        let verified = verify(&signer.sign(&claims).unwrap(), &signer.public_key());
+        assert_eq!(
+            (&verified["sub"], &verified["scope"]),
+            (&"backend".into(), &"api".into())
+        );
+        assert!(verified.get("name").is_none() && verified.get("rooms").is_none());
+        let user = Claims::new("alice", "Alice", None, Duration::from_secs(60)).unwrap();
+        assert!(user.scope.is_none());
+        assert!(Claims::api(" ", Duration::from_secs(60)).is_err());
     }
 
     #[test]

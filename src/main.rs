@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use realtime_stack::aws::AwsArgs;
-use realtime_stack::commands::{destroy, logs, plan, policy, status, token, up};
+use realtime_stack::commands::{chat, destroy, logs, plan, policy, status, token, up};
 use realtime_stack::local::emulator;
 use realtime_stack::spec::SpecError;
 
@@ -41,8 +41,11 @@ enum Command {
     Policy(policy::PolicyArgs),
     /// Delete everything the stack owns
     Destroy(destroy::DestroyArgs),
-    /// Print a development sign-in token for the stack's chat (chat.auth)
+    /// Print a development sign-in token for the stack's chat (chat.auth), or with --api
+    /// one for its server API
     Token(token::TokenArgs),
+    /// Use the chat's server API: post, read history, delete a message, kick or ban a user
+    Chat(chat::ChatArgs),
     /// Runs the local emulator of a stack (started by `up --local`)
     #[command(name = "local-emulator", hide = true)]
     LocalEmulator(emulator::EmulatorArgs),
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
             Command::Policy(args) => done(policy::run(&cli.file, &cli.aws, args).await),
             Command::Destroy(args) => done(destroy::run(&cli.file, &cli.aws, args).await),
             Command::Token(args) => done(token::run(&cli.file, args)),
+            Command::Chat(args) => done(chat::run(&cli.file, args).await),
             Command::LocalEmulator(args) => done(emulator::run(args.clone()).await),
         }
     });

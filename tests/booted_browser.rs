@@ -23,20 +23,14 @@ async fn a_browser_message_on_one_booted_instance_shows_on_the_other() {
     let driver = Chromedriver::start();
     support::localstack().await;
     let suffix = support::unique_suffix();
-    let name = format!("b{}", &suffix[suffix.len() - 8..]);
-    let stack = TestStack::new(&name, &format!("{name}.example.test"));
+    let stack = TestStack::signed_in("b");
     // Declared before the browsers: dropped after them, so the servers outlive the pages.
     let _destroy = DestroyLocal(&stack);
-    stack.edit(
-        "tags:\n  team: tests\n",
-        "tags:\n  team: tests\nchat:\n  auth:\n    generate: true\n",
-    );
     let outputs = stack.up_local().await;
-    let token = |sub: &str, name: &str| {
-        let minted = stack.run(&["token", "--sub", sub, "--name", name, "--ttl", "30m"]);
-        String::from_utf8(minted.stdout).unwrap().trim().to_owned()
-    };
-    let (alice, bob) = (token("u-alice", "Alice"), token("u-bob", "Bob"));
+    let (alice, bob) = (
+        stack.user_token("u-alice", "Alice"),
+        stack.user_token("u-bob", "Bob"),
+    );
     let url = outputs["url"].as_str().expect("url").to_owned();
     assert!(
         url.starts_with("http://127.0.0.1:") && url.ends_with('/'),

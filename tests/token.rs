@@ -207,3 +207,44 @@ fn an_open_stack_takes_no_tokens() {
     let message = stderr(&token(dir.path(), &["--sub", "a", "--name", "A"]));
     assert!(message.contains("has no chat.auth"), "{message}");
 }
+
+#[test]
+fn with_api_it_mints_a_server_api_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    key_pair(d, &["-algorithm", "ed25519"]);
+    std::fs::write(
+        d.join("stack.yaml"),
+        format!("{STACK}chat:\n  auth:\n    public_key_file: public.pem\n"),
+    )
+    .unwrap();
+    let key = d.join("private.pem");
+    let key = key.to_str().unwrap();
+    let printed = stdout(&token(d, &["--api", "--key", key, "--ttl", "10m"]));
+    let claims = verify(
+        printed.trim(),
+        &d.join("public.pem"),
+        Algorithm::EdDSA,
+        false,
+    );
+    // Who calls, and the API's scope; no name, so it opens no WebSocket.
+    assert_eq!(
+        (&claims["sub"], &claims["scope"]),
+        (&"operator".into(), &"api".into())
+    );
+    assert!(claims.get("name").is_none());
+    let printed = stdout(&token(d, &["--api", "--sub", "backend", "--key", key]));
+    assert_eq!(
+        verify(
+            printed.trim(),
+            &d.join("public.pem"),
+            Algorithm::EdDSA,
+            false
+        )["sub"],
+        "backend"
+    );
+    let message = stderr(&token(d, &["--api", "--name", "A", "--key", key]));
+    assert!(message.contains("cannot be used with"), "{message}");
+    let message = stderr(&token(d, &["--key", key]));
+    assert!(message.contains("--sub"), "{message}");
+}

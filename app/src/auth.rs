@@ -137,19 +137,30 @@ impl Verifier {
 
     /// Verifies a token and the room it is used for.
     pub fn verify(&self, token: Option<&str>, room: &str) -> Result<Identity, Refusal> {
-        let token = token.filter(|t| !t.is_empty()).ok_or(Refusal::Missing)?;
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(Refusal::Invalid("token too long"));
-        }
-        let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| refusal(e.kind()))?
-            .claims;
-        let identity = identity(claims)?;
+        let identity = identity(self.claims(token)?)?;
         if identity.may_join(room) {
             Ok(identity)
         } else {
             Err(Refusal::Room)
         }
+    }
+}
+
+impl Verifier {
+    /// The claims of a token that verifies (signature, algorithm, `exp`, `nbf`, issuer
+    /// and audience): a WebSocket user's, or a server API caller's
+    /// ([`crate::api`]).
+    pub fn claims<T: serde::de::DeserializeOwned>(
+        &self,
+        token: Option<&str>,
+    ) -> Result<T, Refusal> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(Refusal::Missing)?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refusal::Invalid("token too long"));
+        }
+        jsonwebtoken::decode::<T>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| refusal(e.kind()))
     }
 }
 

@@ -128,6 +128,15 @@ pub struct Config {
     /// and whenever one expires. Unset: the page asks its user to paste one.
     #[arg(long, env = "CHAT_AUTH_TOKEN_URL", requires = "auth_public_key_file", value_parser = token_url)]
     pub auth_token_url: Option<String>,
+
+    /// Sustained server API requests per second per caller (token `sub`) on this
+    /// instance; more get 429.
+    #[arg(long, env = "CHAT_API_RATE_PER_SEC", default_value_t = 50.0)]
+    pub api_rate_per_sec: f64,
+
+    /// Burst of server API requests per caller above the sustained rate.
+    #[arg(long, env = "CHAT_API_RATE_BURST", default_value_t = 100.0)]
+    pub api_rate_burst: f64,
 }
 
 /// An absolute `http(s)://` URL, for the page to fetch.

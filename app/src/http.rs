@@ -1,6 +1,6 @@
 //! The HTTP surface: routes, the embedded chat page and its `/config`, `/healthz` and
 //! `/metrics`.
-//! `/ws` is handled in [`crate::ws`].
+//! `/ws` is handled in [`crate::ws`], the server API under `/api/v1` in [`crate::api`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +12,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 
 use crate::AppState;
-use crate::ws;
+use crate::{api, ws};
 
 const PAGE: &str = include_str!("../static/index.html");
 
@@ -23,6 +23,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/config", get(page_config))
         .route("/ws", get(ws::upgrade))
+        .merge(api::router())
         .with_state(state)
 }
 

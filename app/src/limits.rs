@@ -190,7 +190,7 @@ impl TokenBucket {
     }
 
     /// Whether the bucket has refilled completely (nothing of its use is remembered).
-    fn is_full(&self) -> bool {
+    pub fn is_full(&self) -> bool {
         self.tokens + self.last.elapsed().as_secs_f64() * self.per_sec >= self.burst
     }
 

@@ -8,15 +8,18 @@
 //! [`CancellationToken`]s: `close` closes whatever is still open at the end of the
 //! window, `stop` ends the background tasks afterwards.
 
+mod api;
 mod auth;
 mod config;
 mod connection;
 mod drain;
 mod health;
+mod history;
 mod http;
 mod hub;
 mod limits;
 mod metrics;
+mod moderation;
 mod presence;
 mod protocol;
 mod random;
@@ -68,6 +71,10 @@ pub struct AppState {
     pub presence: Arc<presence::Presence>,
     /// Rooms one connection may be in at once.
     pub max_rooms: usize,
+    /// The connections of each signed-in user here, for the server API's disconnects.
+    pub moderation: Arc<moderation::Moderation>,
+    /// The server API's request budget per caller.
+    pub api_budget: api::Budget,
 }
 
 #[tokio::main]
@@ -101,6 +108,14 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         stop.clone(),
     ));
+    let moderation = Arc::new(moderation::Moderation::default());
+    if auth.is_some() {
+        background.spawn(moderation::follow(
+            moderation.clone(),
+            store.clone(),
+            stop.clone(),
+        ));
+    }
 
     let state = Arc::new(AppState {
         instance: config.instance_id(),
@@ -125,6 +140,8 @@ async fn main() -> anyhow::Result<()> {
         auth_token_url: config.auth_token_url.clone(),
         presence,
         max_rooms: usize::from(config.max_rooms_per_connection),
+        moderation,
+        api_budget: api::Budget::new(config.api_rate_burst, config.api_rate_per_sec),
     });
     // Before "listening" is logged: a SIGTERM that arrives once we look up must drain.
     let mut signals = Signals::install()?;

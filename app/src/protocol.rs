@@ -131,7 +131,7 @@ impl fmt::Display for StreamId {
 
 /// Someone present in a room: a signed-in user (`sub` from the token), or on an open
 /// server a guest who gave a name (`sub` is `guest:<name>`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub sub: String,
     pub name: String,
@@ -191,18 +191,8 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         epoch: Option<&'a str>,
     },
-    Message {
-        id: String,
-        room: &'a str,
-        name: &'a str,
-        text: &'a str,
-        /// Milliseconds since the epoch, taken from the stream id (Redis's clock), so every
-        /// instance reports the same time for a message.
-        ts: u64,
-        /// The author's `sub`, when they were signed in (as in presence).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        sub: Option<&'a str>,
-    },
+    /// A `history` frame's answer: a page of older messages.
+    History(&'a crate::history::HistoryPage<'a>),
     /// A `send` with a `cid` was stored (now or, for a repeated `cid`, before) as `id`.
     Ack { cid: &'a str, id: String },
     Error {
@@ -223,6 +213,43 @@ impl ServerFrame<'_> {
     }
 }
 
+/// A stream entry as clients see it, live, in a replay or in a page of history: a
+/// message, or the removal of one (in place of the message, or when it happens).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EntryFrame<'a> {
+    Message {
+        /// The stream id: where the message stands in the room, for `since` and paging.
+        #[schema(example = "1700000000000-0")]
+        id: String,
+        room: &'a str,
+        name: &'a str,
+        text: &'a str,
+        /// Milliseconds since the epoch, taken from the stream id (Redis's clock), so every
+        /// instance reports the same time for a message.
+        ts: u64,
+        /// The author's `sub`: a signed-in user's (as in presence), or the server API
+        /// caller's.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sub: Option<&'a str>,
+        /// `api` for a message posted through the server API; absent for a user's.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<&'a str>,
+    },
+    /// The message `id` was deleted: show it as removed.
+    Deleted {
+        room: &'a str,
+        #[schema(example = "1700000000000-0")]
+        id: String,
+    },
+}
+
+impl EntryFrame<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("entry frames always serialize")
+    }
+}
+
 /// A chat message as stored in a room's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChatMessage {
@@ -230,21 +257,27 @@ pub struct ChatMessage {
     pub room: String,
     pub name: String,
     pub text: String,
-    /// The author's `sub`, when they were signed in.
+    /// The author's `sub`, when they were signed in (or the API caller's).
     pub sub: Option<String>,
+    /// Where it was posted from: `api` for the server API, `None` for a WebSocket.
+    pub from: Option<String>,
 }
 
 impl ChatMessage {
-    pub fn to_json(&self) -> String {
-        ServerFrame::Message {
+    pub fn frame(&self) -> EntryFrame<'_> {
+        EntryFrame::Message {
             id: self.id.to_string(),
             room: &self.room,
             name: &self.name,
             text: &self.text,
             ts: self.id.ms,
             sub: self.sub.as_deref(),
+            from: self.from.as_deref(),
         }
-        .to_json()
+    }
+
+    pub fn to_json(&self) -> String {
+        self.frame().to_json()
     }
 }
 
@@ -257,8 +290,10 @@ pub struct SendRequest {
     pub text: String,
     /// The client's id for this message: a retry with the same one is stored once.
     pub cid: Option<String>,
-    /// The author's `sub`, when signed in.
+    /// The author's `sub`, when signed in (or the API caller's).
     pub sub: Option<String>,
+    /// `api` for a message posted through the server API.
+    pub from: Option<String>,
 }
 
 /// A validated join: of `?room=` at the upgrade, or of a `join` frame.
@@ -273,6 +308,66 @@ pub struct JoinRequest {
     pub presence: bool,
 }
 
+/// Where a page of history starts, in raw stream ids: the newest entries, those before
+/// an id (newest first) or those after one (oldest first).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Bound {
+    #[default]
+    Newest,
+    Before(StreamId),
+    After(StreamId),
+}
+
+/// A validated request for a page of a room's history: a `history` frame's, or the
+/// server API's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRequest {
+    pub room: String,
+    pub bound: Bound,
+    /// Messages in the page, 1 to [`MAX_HISTORY`].
+    pub limit: usize,
+    /// The epoch the client's positions belong to: a page of another history is
+    /// refused (`epoch_changed`) rather than silently mixed with it.
+    pub epoch: Option<String>,
+}
+
+/// Messages in a page of history when the request names no `limit`.
+pub const DEFAULT_PAGE: usize = 50;
+
+/// The bound of a page from `before` and `after` (at most one of them).
+pub fn parse_bound(before: Option<&str>, after: Option<&str>) -> Result<Bound, Rejection> {
+    let id = |value: &str, code: &'static str, field: &str| {
+        value
+            .parse::<StreamId>()
+            .map_err(|e| Rejection::new(code, format!("invalid {field}: {e}")))
+    };
+    match (before, after) {
+        (None, None) => Ok(Bound::Newest),
+        (Some(before), None) => Ok(Bound::Before(id(before, "invalid_before", "before")?)),
+        (None, Some(after)) => Ok(Bound::After(id(after, "invalid_after", "after")?)),
+        (Some(_), Some(_)) => Err(Rejection::new(
+            "invalid_bound",
+            "give \"before\" (older messages, newest first) or \"after\" (newer ones, oldest first), not both",
+        )),
+    }
+}
+
+/// A page's `limit`: 1 to [`MAX_HISTORY`] messages; none given, [`DEFAULT_PAGE`].
+pub fn parse_limit(limit: Option<u64>) -> Result<usize, Rejection> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_HISTORY as u64).contains(&n) => Ok(n as usize),
+        Some(_) => Err(limit_rejection()),
+    }
+}
+
+pub fn limit_rejection() -> Rejection {
+    Rejection::new(
+        "invalid_limit",
+        format!("invalid limit: a number of messages from 1 to {MAX_HISTORY}"),
+    )
+}
+
 /// A validated frame from a client.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientFrame {
@@ -280,6 +375,7 @@ pub enum ClientFrame {
     Join(JoinRequest),
     Leave { room: String },
     Typing { room: String },
+    History(HistoryRequest),
 }
 
 /// Why a client frame was refused; `code` is the stable machine-readable part of the
@@ -359,10 +455,11 @@ pub fn parse_client_frame(raw: &str, speaker: Option<&Member>) -> Result<ClientF
         Some("typing") => Ok(ClientFrame::Typing {
             room: room_field(object, "typing")?,
         }),
+        Some("history") => parse_history_frame(object).map(ClientFrame::History),
         Some(other) => Err(Rejection::new(
             "unknown_type",
             format!(
-                "unknown frame type {:?}; expected \"send\", \"join\", \"leave\" or \"typing\"",
+                "unknown frame type {:?}; expected \"send\", \"join\", \"leave\", \"typing\" or \"history\"",
                 other.chars().take(32).collect::<String>()
             ),
         )),
@@ -404,6 +501,7 @@ fn parse_send(object: &Object, speaker: Option<&Member>) -> Result<SendRequest, 
             text: text.to_owned(),
             cid: cid.clone(),
             sub: speaker.map(|speaker| speaker.sub.clone()),
+            from: None,
         })
     };
     fields().map_err(|rejection| rejection.with_cid(cid.clone()))
@@ -440,6 +538,29 @@ fn parse_join(object: &Object) -> Result<JoinRequest, Rejection> {
             epoch: optional_string("epoch")?.map(parse_epoch).transpose()?,
             history,
             presence,
+            room: room.clone(),
+        })
+    };
+    parsed().map_err(|rejection| rejection.with_room(&room))
+}
+
+fn parse_history_frame(object: &Object) -> Result<HistoryRequest, Rejection> {
+    let room = room_field(object, "history")?;
+    let optional_string = |field: &'static str| -> Result<Option<&str>, Rejection> {
+        match object.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(_) => string_field(object, "history", field).map(Some),
+        }
+    };
+    let parsed = || -> Result<HistoryRequest, Rejection> {
+        let limit = match object.get("limit") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(n) => Some(n.as_u64().ok_or_else(limit_rejection)?),
+        };
+        Ok(HistoryRequest {
+            bound: parse_bound(optional_string("before")?, optional_string("after")?)?,
+            limit: parse_limit(limit)?,
+            epoch: optional_string("epoch")?.map(parse_epoch).transpose()?,
             room: room.clone(),
         })
     };
@@ -483,7 +604,7 @@ pub fn validate_name(name: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn validate_text(text: &str) -> Result<(), Rejection> {
+pub fn validate_text(text: &str) -> Result<(), Rejection> {
     if text.trim().is_empty() {
         return Err(Rejection::new("invalid_text", "text must not be empty"));
     }
@@ -560,6 +681,7 @@ mod tests {
                 text: "hi\nthere".into(),
                 cid: None,
                 sub: None,
+                from: None,
             })
         );
         let with_cid = send(
@@ -743,12 +865,15 @@ mod tests {
             name: "a".into(),
             text: "<b>".into(),
             sub: None,
+            from: Some("api".into()),
         };
         let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
         assert_eq!(v["type"], "message");
         assert_eq!(v["id"], "1700000000000-3");
         assert_eq!(v["ts"], 1_700_000_000_000u64);
         assert_eq!(v["text"], "<b>");
+        assert_eq!(v["from"], "api");
+        assert!(v.get("sub").is_none());
     }
 
     mod fuzz {
@@ -772,6 +897,10 @@ mod tests {
             "name_too_long",
             "text_too_long",
             "control_characters",
+            "invalid_before",
+            "invalid_after",
+            "invalid_bound",
+            "invalid_limit",
         ];
 
         /// Arbitrary JSON, nested a few levels.
@@ -795,8 +924,9 @@ mod tests {
         /// Objects shaped like a client frame (`send`, `join`, `leave`, `typing`), with
         /// every field arbitrary or missing.
         fn frame_like() -> impl Strategy<Value = Value> {
-            const FIELDS: [&str; 7] = [
-                "name", "text", "cid", "room", "since", "history", "presence",
+            const FIELDS: [&str; 10] = [
+                "name", "text", "cid", "room", "since", "history", "presence", "before", "after",
+                "limit",
             ];
             let field = prop_oneof![
                 json_value(),
@@ -810,6 +940,7 @@ mod tests {
                     Just(json!("join")),
                     Just(json!("leave")),
                     Just(json!("typing")),
+                    Just(json!("history")),
                     json_value()
                 ],
                 prop::collection::vec(prop::option::of(field), FIELDS.len()),
@@ -833,6 +964,10 @@ mod tests {
                 Ok(ClientFrame::Join(JoinRequest { room, .. }))
                 | Ok(ClientFrame::Leave { room })
                 | Ok(ClientFrame::Typing { room }) => assert!(valid_room(&room)),
+                Ok(ClientFrame::History(request)) => {
+                    assert!(valid_room(&request.room));
+                    assert!((1..=MAX_HISTORY).contains(&request.limit));
+                }
                 Ok(ClientFrame::Send(send)) => {
                     assert!(
                         !send.name.trim().is_empty() && send.name.chars().count() <= MAX_NAME_CHARS

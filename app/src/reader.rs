@@ -374,8 +374,8 @@ async fn deliver(store: &Store, hub: &Hub, room: &str, entry: Entry) {
         };
         hub.announce(room, About::Entry(entry.id), frame.to_json().into());
     }
-    let frame = match &entry.message {
-        Some(message) => Some(message.to_json().into()),
+    let frame = match entry.frame(room) {
+        Some(frame) => Some(frame.to_json().into()),
         None => {
             // Not ours (written by hand?): step over it rather than re-read it forever.
             tracing::warn!(room, id = %entry.id, "skipping malformed stream entry");

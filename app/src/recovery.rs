@@ -98,6 +98,8 @@ mod tests {
             id: id(id_),
             prev: prev.map(id),
             message: None,
+            deletes: None,
+            deleted: false,
         }
     }
 

@@ -7,7 +7,9 @@
 //!   created only when the hash is missing, so it changes exactly when history was lost)
 //!   and `last` (the newest entry's id);
 //! - `chat:{r}:cid:<cid>`: the id a client's message was stored as, for 300 s, so that
-//!   a retry is stored once;
+//!   a retry is stored once (`chat:{r}:cid-api:<caller>:<cid>` for the server API's,
+//!   so that its callers and the WebSocket's clients each have their own);
+//! - `chat:{r}:deleted`: the ids of the room's deleted messages (see [`Store::delete`]);
 //! - the pub/sub channel `chat:{r}:live`, on which the append script publishes each new
 //!   entry (see [`crate::reader`]).
 //!
@@ -18,6 +20,11 @@
 //! Appends go through one Lua script ([`APPEND`]) so the epoch, the `prev` link and the
 //! entry can never disagree. Reads return raw [`Entry`]s, decodable or not, so callers
 //! page by the raw id.
+//!
+//! A deleted message keeps its entry, so the `prev` links that recovery and the fan-out
+//! follow stay whole: a tombstone entry (`deletes` = its id) is appended after it, and
+//! its id is kept in the room's deleted set, which replays and pages of history consult
+//! ([`RANGE`]) so that they never send its text again.
 
 use std::sync::Arc;
 
@@ -26,7 +33,7 @@ use redis::streams::StreamRangeReply;
 
 use crate::config::Config;
 use crate::connection::{Redis, Request, StoreError, Target};
-use crate::protocol::{ChatMessage, SendRequest, StreamId};
+use crate::protocol::{Bound, ChatMessage, EntryFrame, SendRequest, StreamId};
 use crate::random::random_token;
 
 /// Entries read per page when replaying.
@@ -34,6 +41,8 @@ pub const PAGE: usize = 500;
 
 const APPEND: &str = include_str!("lua/append.lua");
 const ROOM_STATE: &str = include_str!("lua/room_state.lua");
+const RANGE: &str = include_str!("lua/range.lua");
+const DELETE: &str = include_str!("lua/delete.lua");
 /// How long a client id is remembered: a retry within this is stored once (as in
 /// Centrifuge's idempotent publish).
 const CID_TTL_SECS: u64 = 300;
@@ -46,8 +55,20 @@ fn meta_key(room: &str) -> String {
     format!("chat:{{{room}}}:meta")
 }
 
-fn cid_key(room: &str, cid: &str) -> String {
-    format!("chat:{{{room}}}:cid:{cid}")
+/// Where a message's client id is remembered: a WebSocket client's, or a server API
+/// caller's (`from` = `api`, its `sub` the caller), in a namespace of its own.
+fn cid_key(room: &str, message: &SendRequest, cid: &str) -> String {
+    match (message.from.as_deref(), message.sub.as_deref()) {
+        // The caller's length first: a `sub` may hold `:` too.
+        (Some("api"), Some(caller)) => {
+            format!("chat:{{{room}}}:cid-api:{}:{caller}:{cid}", caller.len())
+        }
+        _ => format!("chat:{{{room}}}:cid:{cid}"),
+    }
+}
+
+fn deleted_key(room: &str) -> String {
+    format!("chat:{{{room}}}:deleted")
 }
 
 /// The pub/sub channel of a room's new entries.
@@ -68,6 +89,50 @@ pub struct Entry {
     /// when missing or malformed (an entry not written by this server).
     pub prev: Option<StreamId>,
     pub message: Option<ChatMessage>,
+    /// A tombstone: the message this entry deletes.
+    pub deletes: Option<StreamId>,
+    /// The message was deleted since (known to reads that consult the deleted set).
+    pub deleted: bool,
+}
+
+impl Entry {
+    /// What a client is sent for this entry of `room`: the message, or `deleted` in its
+    /// place once it was; a tombstone's `deleted`; nothing for an entry this server did
+    /// not write.
+    pub fn frame<'a>(&'a self, room: &'a str) -> Option<EntryFrame<'a>> {
+        match (&self.message, self.deletes) {
+            (Some(_), _) if self.deleted => Some(EntryFrame::Deleted {
+                room,
+                id: self.id.to_string(),
+            }),
+            (Some(message), _) => Some(message.frame()),
+            (None, Some(deletes)) => Some(EntryFrame::Deleted {
+                room,
+                id: deletes.to_string(),
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A range of a room's stream, read with its epoch.
+#[derive(Clone, Debug, Default)]
+pub struct Range {
+    /// In the order asked for.
+    pub entries: Vec<Entry>,
+    /// `None`: the room has no history.
+    pub epoch: Option<String>,
+}
+
+/// What [`Store::delete`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// The tombstone appended.
+    Deleted(StreamId),
+    /// It had been deleted before: nothing was written.
+    Already,
+    /// The room holds no message with that id (never did, trimmed, or not a message).
+    NotFound,
 }
 
 /// What a joining client's recovery is judged against, read in one round trip.
@@ -101,6 +166,8 @@ pub struct Store {
     publish_command: &'static str,
     append_script: Arc<Script>,
     room_state_script: Arc<Script>,
+    range_script: Arc<Script>,
+    delete_script: Arc<Script>,
     history_len: usize,
     history_max_age_ms: u64,
     room_ttl_secs: u64,
@@ -121,6 +188,8 @@ impl Store {
             target,
             append_script: Arc::new(Script::new(APPEND)),
             room_state_script: Arc::new(Script::new(ROOM_STATE)),
+            range_script: Arc::new(Script::new(RANGE)),
+            delete_script: Arc::new(Script::new(DELETE)),
             history_len: config.history_len,
             history_max_age_ms: config.history_max_age_secs.saturating_mul(1000),
             room_ttl_secs: config.room_ttl_secs.max(1),
@@ -146,7 +215,7 @@ impl Store {
         let mut invocation = self.append_script.key(stream_key(room));
         invocation.key(meta_key(room)).key(live_channel(room));
         if let Some(cid) = &message.cid {
-            invocation.key(cid_key(room, cid));
+            invocation.key(cid_key(room, message, cid));
         }
         invocation
             .arg(random_token())
@@ -157,7 +226,8 @@ impl Store {
             .arg(&message.text)
             .arg(CID_TTL_SECS)
             .arg(self.publish_command)
-            .arg(message.sub.as_deref().unwrap_or_default());
+            .arg(message.sub.as_deref().unwrap_or_default())
+            .arg(message.from.as_deref().unwrap_or_default());
         let (id, epoch, duplicate): (String, String, u8) =
             self.redis.call(Request::Script(&invocation)).await?;
         Ok(Appended {
@@ -203,32 +273,71 @@ impl Store {
             .unwrap_or(0))
     }
 
-    /// The newest `count` entries, oldest first.
+    /// The newest `count` entries, oldest first, deleted messages marked.
     pub async fn latest(&self, room: &str, count: usize) -> Result<Vec<Entry>, StoreError> {
-        let mut cmd = redis::cmd("XREVRANGE");
-        cmd.arg(stream_key(room))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(count);
-        let reply: StreamRangeReply = self.redis.call(Request::Cmd(&cmd)).await?;
-        let mut entries = entries(room, &reply.ids);
+        let mut entries = self.range(room, Bound::Newest, count).await?.entries;
         entries.reverse();
         Ok(entries)
     }
 
-    /// Up to `count` entries after `after`, oldest first.
+    /// Up to `count` entries after `after`, oldest first, deleted messages marked.
     pub async fn entries_after(
         &self,
         room: &str,
         after: StreamId,
         count: usize,
     ) -> Result<Vec<Entry>, StoreError> {
-        let reply: StreamRangeReply = self
-            .redis
-            .call(Request::Cmd(&read_after(room, after, count)))
-            .await?;
-        Ok(entries(room, &reply.ids))
+        Ok(self.range(room, Bound::After(after), count).await?.entries)
+    }
+
+    /// Up to `count` entries from `bound` (newest first, except after an id), deleted
+    /// messages marked, and the room's epoch, read together.
+    pub async fn range(&self, room: &str, bound: Bound, count: usize) -> Result<Range, StoreError> {
+        let (command, start, end) = match bound {
+            Bound::Newest => ("XREVRANGE", "+".to_owned(), "-".to_owned()),
+            Bound::Before(before) => ("XREVRANGE", format!("({before}"), "-".to_owned()),
+            Bound::After(after) => ("XRANGE", format!("({after}"), "+".to_owned()),
+        };
+        let mut invocation = self.range_script.key(stream_key(room));
+        invocation
+            .key(deleted_key(room))
+            .key(meta_key(room))
+            .arg(command)
+            .arg(start)
+            .arg(end)
+            .arg(count);
+        let (reply, deleted, epoch): (StreamRangeReply, Vec<String>, Option<String>) =
+            self.redis.call(Request::Script(&invocation)).await?;
+        let mut entries = entries(room, &reply.ids);
+        for entry in &mut entries {
+            entry.deleted = deleted
+                .iter()
+                .any(|id| id.parse::<StreamId>().ok() == Some(entry.id));
+        }
+        Ok(Range { entries, epoch })
+    }
+
+    /// Deletes the message `id` of `room` (see delete.lua).
+    pub async fn delete(&self, room: &str, id: StreamId) -> Result<Deletion, StoreError> {
+        let mut invocation = self.delete_script.key(stream_key(room));
+        invocation
+            .key(meta_key(room))
+            .key(live_channel(room))
+            .key(deleted_key(room))
+            .arg(id.to_string())
+            .arg(self.history_len)
+            .arg(self.room_ttl_secs)
+            // A deleted message is stored at most until the age limit trims it, or the
+            // room expires after its last write; until then its id must be known.
+            .arg(self.history_max_age_ms / 1000 + self.room_ttl_secs)
+            .arg(self.publish_command);
+        let (outcome, tombstone): (String, String) =
+            self.redis.call(Request::Script(&invocation)).await?;
+        Ok(match outcome.as_str() {
+            "deleted" => Deletion::Deleted(parse_id(&tombstone)?),
+            "already" => Deletion::Already,
+            _ => Deletion::NotFound,
+        })
     }
 }
 
@@ -253,26 +362,43 @@ fn parse_id(id: &str) -> Result<StreamId, StoreError> {
     })
 }
 
-/// An entry as the append script publishes it: `[id, prev, name, text, sub]`, `sub`
-/// empty for an author who was not signed in (and absent from older servers).
+/// An entry as the append and delete scripts publish it: `[id, prev, name, text, sub,
+/// from, deletes]`, `sub` and `from` empty unless set (and the last three absent from
+/// older servers); a tombstone has `deletes` and no name or text.
 #[derive(serde::Deserialize)]
-struct Published(String, String, String, String, #[serde(default)] String);
+struct Published(
+    String,
+    String,
+    String,
+    String,
+    #[serde(default)] String,
+    #[serde(default)] String,
+    #[serde(default)] String,
+);
 
-/// An entry as the append script publishes it on the room's live channel; `None` if it
-/// is not one.
+/// An entry as published on the room's live channel; `None` if it is not one.
 pub fn published_entry(room: &str, payload: &[u8]) -> Option<Entry> {
-    let Published(id, prev, name, text, sub) = serde_json::from_slice(payload).ok()?;
+    let Published(id, prev, name, text, sub, from, deletes) =
+        serde_json::from_slice(payload).ok()?;
     let id: StreamId = id.parse().ok()?;
+    let present = |value: String| Some(value).filter(|value| !value.is_empty());
+    let deletes = match present(deletes) {
+        Some(deletes) => Some(deletes.parse().ok()?),
+        None => None,
+    };
     Some(Entry {
         id,
         prev: prev.parse().ok(),
-        message: Some(ChatMessage {
+        message: deletes.is_none().then(|| ChatMessage {
             id,
             room: room.to_owned(),
             name,
             text,
-            sub: Some(sub).filter(|sub| !sub.is_empty()),
+            sub: present(sub),
+            from: present(from),
         }),
+        deletes,
+        deleted: false,
     })
 }
 
@@ -293,6 +419,7 @@ fn entry(room: &str, raw: &redis::streams::StreamId) -> Option<Entry> {
             name,
             text,
             sub: field("sub"),
+            from: field("from"),
         }),
         _ => None,
     };
@@ -300,12 +427,50 @@ fn entry(room: &str, raw: &redis::streams::StreamId) -> Option<Entry> {
         id,
         prev: field("prev").and_then(|p| p.parse().ok()),
         message,
+        deletes: field("deletes").and_then(|d| d.parse().ok()),
+        deleted: false,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tombstone_frame(entry: &Entry) -> String {
+        entry.frame("lobby").unwrap().to_json()
+    }
+
+    #[test]
+    fn a_deleted_message_is_sent_as_deleted_in_its_place() {
+        let mut entry = published_entry("lobby", br#"["5-1","5-0","ann","secret"]"#).unwrap();
+        assert!(tombstone_frame(&entry).contains("secret"));
+        entry.deleted = true;
+        assert_eq!(
+            tombstone_frame(&entry),
+            r#"{"type":"deleted","room":"lobby","id":"5-1"}"#
+        );
+    }
+
+    #[test]
+    fn api_client_ids_have_a_namespace_per_caller() {
+        let send = |sub: Option<&str>, from: Option<&str>| SendRequest {
+            room: None,
+            name: "n".into(),
+            text: "t".into(),
+            cid: Some("k".into()),
+            sub: sub.map(str::to_owned),
+            from: from.map(str::to_owned),
+        };
+        assert_eq!(cid_key("r", &send(None, None), "k"), "chat:{r}:cid:k");
+        assert_eq!(
+            cid_key("r", &send(Some("a:b"), Some("api")), "c"),
+            "chat:{r}:cid-api:3:a:b:c"
+        );
+        assert_ne!(
+            cid_key("r", &send(Some("a"), Some("api")), "b:c"),
+            cid_key("r", &send(Some("a:b"), Some("api")), "c")
+        );
+    }
 
     #[test]
     fn keys_and_the_live_channel_share_the_room_hash_tag() {
@@ -332,6 +497,18 @@ mod tests {
         assert_eq!(message.sub, None);
         let signed = published_entry("lobby", br#"["5-2","5-1","Ann","hi","u-ann"]"#).unwrap();
         assert_eq!(signed.message.unwrap().sub.as_deref(), Some("u-ann"));
+        let from_api =
+            published_entry("lobby", br#"["5-3","5-2","Bot","hi","backend","api"]"#).unwrap();
+        assert_eq!(from_api.message.unwrap().from.as_deref(), Some("api"));
+        let tombstone = published_entry("lobby", br#"["5-4","5-3","","","","","5-1"]"#).unwrap();
+        assert_eq!(
+            (tombstone.message, tombstone.deletes),
+            (None, Some("5-1".parse().unwrap()))
+        );
+        let frame = tombstone_frame(
+            &published_entry("lobby", br#"["5-4","5-3","","","","","5-1"]"#).unwrap(),
+        );
+        assert_eq!(frame, r#"{"type":"deleted","room":"lobby","id":"5-1"}"#);
         assert!(published_entry("lobby", b"not json").is_none());
         assert!(published_entry("lobby", br#"["x","0-0","a","b"]"#).is_none());
     }

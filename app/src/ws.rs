@@ -1,14 +1,14 @@
 //! The upgrade to a WebSocket on `/ws`: the checks that refuse a request with an HTTP
 //! status before any WebSocket exists (room, `since`, `epoch`, `history`, Origin, the
 //! address's connection cap), the sign-in token when the server verifies them (refused
-//! after the upgrade, with a close code a page can read: [`crate::auth`]), then the
-//! hand-off to [`crate::session`].
+//! after the upgrade, with a close code a page can read: [`crate::auth`]) and the
+//! user's ban ([`crate::moderation`]), then the hand-off to [`crate::session`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -90,14 +90,24 @@ pub async fn upgrade(
                     let (code, reason) = refusal.close();
                     tracing::info!(%address, room = first.room, code, reason, "refused websocket: sign-in");
                     state.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
-                    return ws.on_upgrade(move |socket| {
-                        let tracker = state.tracker.clone();
-                        tracker.track_future(session::refuse(socket, slot, code, reason))
-                    });
+                    return refuse(ws, state, slot, code, reason.into());
                 }
             }
         }
     };
+    // Registered before the ban is read: a disconnect from now on reaches it, and one
+    // before has its ban in Redis. If Redis does not answer, joining the room will not
+    // either, and the connection says so.
+    let registration = identity
+        .as_ref()
+        .map(|identity| state.moderation.register(&identity.sub));
+    if let Some(identity) = &identity
+        && let Ok(Some(ban)) = state.moderation.ban_of(&state.store, &identity.sub).await
+    {
+        let close = ban.close();
+        tracing::info!(%address, sub = identity.sub, "refused websocket: banned");
+        return refuse(ws, state, slot, close.code, close.reason.into());
+    }
     // A position is checked against the room now, so that one in the future is an HTTP
     // error rather than a connection that silently drops every live message. If Redis
     // does not answer, the connection reports that itself.
@@ -129,10 +139,26 @@ pub async fn upgrade(
         room_state,
         identity,
         member,
+        registration,
     };
     ws.on_upgrade(move |socket| {
         let tracker = state.tracker.clone();
         tracker.track_future(session::serve(socket, state, join))
+    })
+}
+
+/// Upgrades, then closes at once with `code`: a page can read a close code, not the
+/// status of a refused upgrade.
+fn refuse(
+    ws: WebSocketUpgrade,
+    state: Arc<AppState>,
+    slot: limits::ConnectionSlot,
+    code: u16,
+    reason: Utf8Bytes,
+) -> Response {
+    ws.on_upgrade(move |socket| {
+        let tracker = state.tracker.clone();
+        tracker.track_future(session::refuse(socket, slot, CloseFrame { code, reason }))
     })
 }
 

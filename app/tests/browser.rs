@@ -674,3 +674,184 @@ async fn a_page_fetches_its_tokens_from_the_sign_in_service_and_renews_them() {
     let _ = page.close().await;
     result
 }
+
+/// Scrolls `page`'s log to its top, as a reader dragging it up does.
+async fn scroll_to_top(page: &Browser) {
+    page.execute("document.getElementById('log').scrollTop = 0;", vec![])
+        .await
+        .unwrap();
+}
+
+/// Whether the message line `text` is within the log's visible part.
+async fn in_view(page: &Browser, text: &str) -> bool {
+    let script = "const log = document.getElementById('log');
+        const line = [...log.querySelectorAll('li.message')]
+            .find((li) => li.querySelector('.text') && li.querySelector('.text').textContent === arguments[0]);
+        if (!line) return false;
+        const top = line.offsetTop - log.offsetTop;
+        return top >= log.scrollTop && top + line.offsetHeight <= log.scrollTop + log.clientHeight;";
+    page.execute(script, vec![json!(text)])
+        .await
+        .unwrap()
+        .as_bool()
+        .unwrap()
+}
+
+/// The texts of the message lines shown, oldest first (removed ones as "message
+/// removed").
+async fn shown_texts(page: &Browser) -> Vec<String> {
+    // Read in one script: the log changes under a reader that asks line by line.
+    let script =
+        "return [...document.querySelectorAll('#log li.message .text, #log li.message .removed')]
+        .map((span) => span.textContent);";
+    serde_json::from_value(page.execute(script, vec![]).await.unwrap()).unwrap()
+}
+
+/// What a product's backend does to a room through the server API, seen in a page: the
+/// page opens on the newest 50 of 120 messages, loads older ones a page at a time when
+/// scrolled to the top (what was in view stays in view) until it says it reached the
+/// beginning, every message once and in order; a message deleted through the API shows
+/// as removed at once, and again after a reload; and when the user is banned the page
+/// says so and does not try to reconnect until the ban has ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn page_scrolls_back_and_shows_deletions_and_bans_from_the_server_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::KeyPair::ed25519(dir.path(), "issuer");
+    let flags = [
+        "--auth-public-key-file",
+        key.public_pem_path(),
+        "--api-rate-burst",
+        "1000",
+    ];
+    let redis = Redis::start();
+    let a = Server::start("instance-a", &redis.url(), &flags);
+    a.wait_health(200).await;
+    let backend = key.token(&common::api_claims("backend", 600));
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        let body = json!({"name": "bot", "text": format!("m{i}")});
+        let (status, posted, _) = common::api(
+            &a,
+            "POST",
+            "/api/v1/rooms/lobby/messages",
+            Some(&backend),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(status, 200, "{posted}");
+        ids.push(posted["id"].as_str().unwrap().to_owned());
+    }
+    let alice =
+        key.token(&json!({"sub": "u-alice", "name": "Alice", "exp": common::unix_now() + 600}));
+    let driver = Driver::start();
+    let profiles = tempfile::tempdir().unwrap();
+    let page = driver.browser(&profiles.path().join("alice")).await;
+
+    let result = async {
+        page.goto(&format!("http://{}/#token={alice}", a.addr))
+            .await
+            .unwrap();
+        wait_connected(&page, "instance-a").await;
+        let all: Vec<String> = (0..120).map(|i| format!("m{i}")).collect();
+        poll_until(WAIT, "the newest 50 messages", || async {
+            (shown_texts(&page).await == all[70..]).then_some(())
+        })
+        .await;
+        assert!(
+            text_of(&page, "#log").await.contains("API"),
+            "marked as the API's"
+        );
+
+        scroll_to_top(&page).await;
+        poll_until(WAIT, "the next 50 older messages", || async {
+            (shown_texts(&page).await == all[20..]).then_some(())
+        })
+        .await;
+        assert!(
+            in_view(&page, "m70").await,
+            "what was in view stayed in view"
+        );
+        scroll_to_top(&page).await;
+        poll_until(WAIT, "every message, in order, once", || async {
+            (shown_texts(&page).await == all).then_some(())
+        })
+        .await;
+        wait_shown_notice(&page, "the beginning of #lobby").await;
+
+        // Deleted through the API: removed at once, in its place.
+        let (status, _, _) = common::api(
+            &a,
+            "DELETE",
+            &format!("/api/v1/rooms/lobby/messages/{}", ids[100]),
+            Some(&backend),
+            None,
+        )
+        .await;
+        assert_eq!(status, 204);
+        let mut expected = all.clone();
+        expected[100] = "message removed".to_owned();
+        poll_until(WAIT, "m100 shown as removed", || async {
+            (shown_texts(&page).await == expected).then_some(())
+        })
+        .await;
+        page.execute(
+            "document.querySelector('#log li.deleted').scrollIntoView({block: 'center'});",
+            vec![],
+        )
+        .await
+        .unwrap();
+        let shot = page.screenshot().await.unwrap();
+        std::fs::write(artifacts_dir().join("browser-scrollback-deleted.png"), shot).unwrap();
+        // And after a reload: the newest (of the 50 newest entries, the deletion's one
+        // among them), m100 removed among them.
+        page.refresh().await.unwrap();
+        wait_connected(&page, "instance-a").await;
+        poll_until(WAIT, "m100 removed after a reload", || async {
+            (shown_texts(&page).await == expected[71..]).then_some(())
+        })
+        .await;
+
+        // Banned for 4 s: the page says so, and waits the ban out before it reconnects.
+        let (status, ban, _) = common::api(
+            &a,
+            "POST",
+            "/api/v1/users/u-alice/disconnect",
+            Some(&backend),
+            Some(&json!({"ban_seconds": 4, "reason": "cooling off"})),
+        )
+        .await;
+        assert_eq!(status, 202);
+        wait_text(&page, "#state", "banned").await;
+        wait_shown_notice(&page, "You are banned from this chat for 4 s: cooling off.").await;
+        let shot = page.screenshot().await.unwrap();
+        std::fs::write(artifacts_dir().join("browser-banned.png"), shot).unwrap();
+        wait_connected(&page, "instance-a").await;
+        let back_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(
+            back_ms >= ban["banned_until_ms"].as_u64().unwrap(),
+            "back before the ban ended"
+        );
+        assert!(
+            !a.logged("refused websocket: banned"),
+            "the page tried to reconnect while banned"
+        );
+    }
+    .await;
+    let _ = page.close().await;
+    result
+}
+
+/// Waits until the log shows a notice containing `needle`.
+async fn wait_shown_notice(page: &Browser, needle: &str) {
+    poll_until(WAIT, &format!("the notice {needle:?}"), || async {
+        texts_of(page, "#log li.notice")
+            .await
+            .iter()
+            .any(|n| n.contains(needle))
+            .then_some(())
+    })
+    .await
+}

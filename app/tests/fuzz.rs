@@ -1,7 +1,8 @@
 //! Fuzzed input against a real server: arbitrary query strings at the `/ws` upgrade,
-//! and arbitrary text and binary frames on an open connection. The server never panics,
-//! answers every upgrade with a status (101, or 400/403/429 with a reason), answers
-//! every frame or closes cleanly with a code, and stays healthy.
+//! arbitrary text and binary frames on an open connection, and arbitrary paths, queries
+//! and bodies at the server API. The server never panics, answers every upgrade with a
+//! status (101, or 400/403/429 with a reason), answers every frame or closes cleanly
+//! with a code, answers the API with JSON, and stays healthy.
 
 mod common;
 
@@ -189,6 +190,95 @@ async fn arbitrary_frames_are_answered_or_closed_cleanly() {
         }
         assert!(replies <= count, "{replies} replies to {count} frames");
     });
+    assert!(!server.panicked(), "the server panicked");
+    assert_eq!(server.get("/healthz").await.0, 200);
+}
+
+/// The server API under arbitrary input: arbitrary path segments, query strings and
+/// bodies (JSON shaped like its requests with arbitrary fields, or any JSON value) for
+/// each endpoint. Every answer has a documented status and, unless empty, is JSON with
+/// a `code` and a `message`; the server never panics and stays healthy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_api_answers_arbitrary_input_with_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::KeyPair::ed25519(dir.path(), "identity");
+    let redis = Redis::start();
+    let server = Server::start(
+        "a",
+        &redis.url(),
+        &[
+            "--auth-public-key-file",
+            key.public_pem_path(),
+            "--api-rate-burst",
+            "100000",
+        ],
+    );
+    server.wait_health(200).await;
+    let token = key.token(&common::api_claims("fuzzer", 3600));
+    let segment = prop_oneof![any::<String>(), "[a-z]{1,8}", "[0-9]{1,15}-[0-9]{1,3}",];
+    let value = prop_oneof![
+        any::<String>().prop_map(serde_json::Value::String),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        Just(serde_json::Value::Null),
+    ];
+    let body = prop_oneof![
+        (value.clone(), value.clone(), value.clone()).prop_map(|(name, text, cid)| {
+            serde_json::json!({"name": name, "text": text, "cid": cid})
+        }),
+        (value.clone(), value.clone()).prop_map(|(ban, reason)| {
+            serde_json::json!({"ban_seconds": ban, "reason": reason})
+        }),
+        value,
+    ];
+    let endpoint = 0..5usize;
+    run_async(
+        150,
+        (endpoint, segment.clone(), segment, query(), body),
+        async |(endpoint, first, second, query, body)| {
+            let (first, second) = (encode(&first), encode(&second));
+            let (method, path, allowed): (&str, String, &[u16]) = match endpoint {
+                0 => (
+                    "POST",
+                    format!("/api/v1/rooms/{first}/messages"),
+                    &[200, 400],
+                ),
+                1 => (
+                    "GET",
+                    format!("/api/v1/rooms/{first}/messages?{query}"),
+                    &[200, 400, 409],
+                ),
+                2 => (
+                    "GET",
+                    format!("/api/v1/rooms/{first}/presence"),
+                    &[200, 400],
+                ),
+                3 => (
+                    "DELETE",
+                    format!("/api/v1/rooms/{first}/messages/{second}"),
+                    &[204, 400, 404],
+                ),
+                _ => (
+                    "POST",
+                    format!("/api/v1/users/{first}/disconnect"),
+                    &[202, 400],
+                ),
+            };
+            // An empty segment matches no endpoint: 404 `not_found`, as JSON too.
+            let allowed = [allowed, &[404]].concat();
+            let body = (method == "POST").then_some(&body);
+            let (status, answer, _) = common::api(&server, method, &path, Some(&token), body).await;
+            assert!(
+                allowed.contains(&status),
+                "{method} {path}: {status} {answer}"
+            );
+            if status >= 400 {
+                assert!(
+                    answer["code"].is_string() && answer["message"].is_string(),
+                    "{method} {path}: {answer}"
+                );
+            }
+        },
+    );
     assert!(!server.panicked(), "the server panicked");
     assert_eq!(server.get("/healthz").await.0, 200);
 }

@@ -1,6 +1,7 @@
 //! The CLI's commands, each a `run` function, and what they share: loading the stack,
 //! the preflight checks, and asking before acting.
 
+pub mod chat;
 mod converge;
 pub mod destroy;
 mod inventory;
@@ -8,6 +9,7 @@ pub mod logs;
 pub mod plan;
 pub mod policy;
 mod preflight;
+mod signing;
 pub mod status;
 pub mod token;
 pub mod up;

@@ -140,6 +140,32 @@ impl TestStack {
         (Self::new(&name, &zone), zone_id)
     }
 
+    /// A stack of a fresh name starting with `prefix` whose chat requires sign-in, with
+    /// the development key pair `up --local` makes (`chat.auth.generate`).
+    pub fn signed_in(prefix: &str) -> Self {
+        let suffix = unique_suffix();
+        let name = format!("{prefix}{}", &suffix[suffix.len() - 8..]);
+        let stack = Self::new(&name, &format!("{name}.example.test"));
+        stack.edit(
+            "tags:
+  team: tests
+",
+            "tags:
+  team: tests
+chat:
+  auth:
+    generate: true
+",
+        );
+        stack
+    }
+
+    /// A sign-in token of the user `sub` named `name`, from `realtime-stack token`.
+    pub fn user_token(&self, sub: &str, name: &str) -> String {
+        let minted = self.run(&["token", "--sub", sub, "--name", name, "--ttl", "30m"]);
+        String::from_utf8(minted.stdout).unwrap().trim().to_owned()
+    }
+
     /// Ships another build from now on: the workspace's chat-server with a byte more,
     /// so another SHA-256 (it runs the same). Returns the new binary's bytes.
     pub fn rebuild(&self) -> Vec<u8> {

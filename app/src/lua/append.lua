@@ -15,7 +15,8 @@
 -- ARGV[6] text
 -- ARGV[7] seconds an idempotency key is kept
 -- ARGV[8] the publish command: PUBLISH, or SPUBLISH on a cluster
--- ARGV[9] the author's sub when signed in, else empty
+-- ARGV[9] the author's sub when signed in (or the server API caller's), else empty
+-- ARGV[10] where the message comes from: 'api' for the server API, else empty
 -- Returns {id, epoch, duplicate}: duplicate is 1 when KEYS[4] named a message already
 -- stored, whose id is returned and nothing is written.
 
@@ -41,14 +42,16 @@ end
 redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 
-local id
+local fields = {'name', ARGV[5], 'text', ARGV[6], 'prev', prev}
 if ARGV[9] ~= '' then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*',
-    'name', ARGV[5], 'text', ARGV[6], 'prev', prev, 'sub', ARGV[9])
-else
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*',
-    'name', ARGV[5], 'text', ARGV[6], 'prev', prev)
+  table.insert(fields, 'sub')
+  table.insert(fields, ARGV[9])
 end
+if ARGV[10] ~= '' then
+  table.insert(fields, 'from')
+  table.insert(fields, ARGV[10])
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], '*', unpack(fields))
 redis.call('HSET', KEYS[2], 'last', id)
 
 -- Stream ids are Redis's clock, so the age limit is a MINID; the entry just added is
@@ -68,5 +71,5 @@ end
 -- Live delivery: only the instances following this room receive it, so the cost per
 -- message does not grow with the number of rooms. `prev` lets a receiver see that it
 -- missed one (and read it from the stream).
-redis.call(ARGV[8], KEYS[3], cjson.encode({id, prev, ARGV[5], ARGV[6], ARGV[9]}))
+redis.call(ARGV[8], KEYS[3], cjson.encode({id, prev, ARGV[5], ARGV[6], ARGV[9], ARGV[10]}))
 return {id, epoch, 0}

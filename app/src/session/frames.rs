@@ -1,7 +1,8 @@
 //! The reading half of a connection: the first room's join, then every frame the client
 //! sends. `send` is validated, rate-limited and stored; `join` and `leave` change the
 //! rooms the connection follows (at most `--max-rooms-per-connection`); `typing` is
-//! published to the room; everything wrong is answered with an error frame, and a
+//! published to the room; `history` is answered with a page of older messages;
+//! everything wrong is answered with an error frame, and a
 //! connection whose errors stop being occasional is closed with 1008.
 
 use std::collections::HashMap;
@@ -17,9 +18,11 @@ use super::rooms::{self, Answer, JoinError};
 use super::{CLOSE_POLICY, CLOSE_RATE, CLOSE_TOO_BIG, CLOSE_TRY_LATER, Connection, Ending, Reply};
 use crate::AppState;
 use crate::connection::StoreError;
+use crate::history::{self, PageError};
 use crate::limits::{ConnectionSlot, TokenBucket};
 use crate::protocol::{
-    ClientFrame, JoinRequest, Rejection, SendRequest, ServerFrame, parse_client_frame,
+    ClientFrame, HistoryRequest, JoinRequest, Rejection, SendRequest, ServerFrame,
+    parse_client_frame,
 };
 use crate::store::RoomState;
 
@@ -39,6 +42,10 @@ const JOIN_BURST: f64 = 10.0;
 /// One typing event per room per this; more are dropped quietly (a page sends one per
 /// keystroke, and others only need to know someone is typing).
 const TYPING_EVERY: Duration = Duration::from_secs(1);
+/// Pages of history a connection may ask for in a burst, and per second after it: a
+/// page scrolling back asks one per screenful.
+const PAGES_BURST: f64 = 10.0;
+const PAGES_PER_SEC: f64 = 2.0;
 
 /// The first room, as the upgrade checked it.
 pub(super) struct Start {
@@ -66,6 +73,7 @@ pub(super) struct Reader<'a> {
     abuse: TokenBucket,
     flood: TokenBucket,
     joins: TokenBucket,
+    pages: TokenBucket,
 }
 
 impl<'a> Reader<'a> {
@@ -89,6 +97,7 @@ impl<'a> Reader<'a> {
                 state.rate_per_sec,
             ),
             joins: TokenBucket::new((state.max_rooms as f64).max(JOIN_BURST), JOINS_PER_SEC),
+            pages: TokenBucket::new(PAGES_BURST, PAGES_PER_SEC),
         }
     }
 
@@ -131,6 +140,7 @@ impl<'a> Reader<'a> {
                         Ok(ClientFrame::Join(join)) => self.join(join).await,
                         Ok(ClientFrame::Leave { room }) => self.leave(room).await,
                         Ok(ClientFrame::Typing { room }) => self.typing(&room).await,
+                        Ok(ClientFrame::History(request)) => self.history(request).await,
                         Err(rejection) => Err(rejection),
                     }
                 }
@@ -359,6 +369,11 @@ impl<'a> Reader<'a> {
                 format!("your sign-in token does not allow room {room:?}"),
             );
         }
+        if let Some(identity) = &self.connection.identity
+            && let Some(ban) = self.state.moderation.known_ban(&identity.sub)
+        {
+            return refused("banned", ban.close().reason);
+        }
         if !self.joins.take() {
             return refused(
                 "rate_limited",
@@ -429,6 +444,45 @@ impl<'a> Reader<'a> {
             .typing(room, connection.origin.clone(), member)
             .await
             .map_err(|e| store_rejection(&e).with_room(room))
+    }
+}
+
+impl Reader<'_> {
+    /// Answers a `history` frame with a page of the room's older messages, in one
+    /// `history` frame ([`crate::history`]).
+    async fn history(&mut self, request: HistoryRequest) -> Result<(), Rejection> {
+        let room = request.room.as_str();
+        self.membership(room)?;
+        if !self.pages.take() {
+            return Err(Rejection::new(
+                "rate_limited",
+                format!("too many history pages: at most {PAGES_PER_SEC} per second"),
+            )
+            .with_room(room));
+        }
+        let page = match history::read(&self.state.store, &request).await {
+            Ok(page) => page,
+            Err(PageError::EpochChanged) => {
+                return Err(Rejection::new(
+                    "epoch_changed",
+                    "the room's history is not the one the epoch names any more: \
+                     start again from its newest messages",
+                )
+                .with_room(room));
+            }
+            Err(PageError::Store(error)) => {
+                tracing::warn!(%error, room, "reading a page of history failed");
+                return Err(Rejection::new(
+                    error.code(),
+                    "chat storage is unavailable; ask for the page again",
+                )
+                .with_room(room));
+            }
+        };
+        let frame = ServerFrame::History(&page.body()).to_json();
+        // A writer gone means the connection is ending anyway.
+        let _ = self.replies.send(Reply::Frame(frame.into())).await;
+        Ok(())
     }
 }
 

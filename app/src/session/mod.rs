@@ -9,7 +9,8 @@
 //! over the hard size cap; 1012 server restart (end of drain); 1013 Redis
 //! unavailable while joining the first room; 4000 slow consumer; 4029 rate limit
 //! exceeded; and, when the server verifies sign-in tokens, 4401/4403/4440
-//! ([`crate::auth`]).
+//! ([`crate::auth`]) and 4001/4003, a disconnect or ban by the server API
+//! ([`crate::moderation`]).
 
 mod frames;
 mod rooms;
@@ -28,6 +29,7 @@ use tokio::time::timeout;
 use crate::AppState;
 use crate::auth::{Identity, Refusal};
 use crate::limits::ConnectionSlot;
+use crate::moderation::Registration;
 use crate::protocol::{JoinRequest, Member};
 use crate::store::RoomState;
 
@@ -61,12 +63,16 @@ pub struct Join {
     /// Who the connection is in rooms' presence: the token's user, or on an open
     /// server a guest who gave `?name=`; `None`: nobody lists it.
     pub member: Option<Member>,
+    /// Where the server API's disconnects reach it, when it is a signed-in user's.
+    pub registration: Option<Registration>,
 }
 
 /// How a connection ends.
 enum Ending {
     /// Send this close frame, then drop.
     Close(u16, &'static str),
+    /// The same, with a reason made for this connection.
+    Frame(CloseFrame),
     /// The client started the closing handshake; finish it.
     ClientClosed,
     /// The peer is gone or unresponsive; drop without ceremony.
@@ -95,6 +101,7 @@ struct Connection {
     origin: String,
     identity: Option<Identity>,
     member: Option<Member>,
+    registration: Option<Registration>,
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -109,6 +116,7 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
         origin: state.hub.origin(number),
         identity: join.identity,
         member: join.member,
+        registration: join.registration,
     };
     let (mut sink, mut stream) = socket.split();
     let mut present_in = Vec::new();
@@ -135,10 +143,10 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
     metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// A connection refused for its sign-in token: closed at once, before `hello`.
-pub async fn refuse(socket: WebSocket, slot: ConnectionSlot, code: u16, reason: &'static str) {
+/// A connection refused for its sign-in token or a ban: closed at once, before `hello`.
+pub async fn refuse(socket: WebSocket, slot: ConnectionSlot, close: CloseFrame) {
     let (mut sink, mut stream) = socket.split();
-    finish(&mut sink, &mut stream, Ending::Close(code, reason)).await;
+    finish(&mut sink, &mut stream, Ending::Frame(close)).await;
     drop(slot);
 }
 
@@ -149,20 +157,26 @@ async fn finish(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, ending: En
                 code,
                 reason: reason.into(),
             };
-            if let Ok(Ok(())) = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await {
-                // Wait for the client's close reply: closing the socket with its frames
-                // still unread would reset the connection and could destroy our close
-                // frame before the client reads it.
-                let _ = timeout(CLOSE_REPLY_WAIT, async {
-                    while let Some(Ok(_)) = stream.next().await {}
-                })
-                .await;
-            }
+            close_with(sink, stream, frame).await;
         }
+        Ending::Frame(frame) => close_with(sink, stream, frame).await,
         Ending::ClientClosed => {
             let _ = timeout(CLOSE_GRACE, sink.close()).await;
         }
         Ending::Drop => {}
+    }
+}
+
+/// Sends `frame`, then waits a little for the client's half of the handshake.
+async fn close_with(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, frame: CloseFrame) {
+    if let Ok(Ok(())) = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await {
+        // Wait for the client's close reply: closing the socket with its frames still
+        // unread would reset the connection and could destroy our close frame before
+        // the client reads it.
+        let _ = timeout(CLOSE_REPLY_WAIT, async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
     }
 }
 
@@ -185,6 +199,7 @@ async fn run(
         ending = writer::write_loop(sink, replies_rx, state, &last_seen, started) => ending,
         ending = reader.run(stream, start, &last_seen, started) => ending,
         ending = token_expiry(state, connection.identity.as_ref()) => ending,
+        ending = disconnected(connection.registration.as_ref()) => ending,
     };
     *present_in = reader.present_in();
     ending
@@ -200,6 +215,19 @@ async fn token_expiry(state: &AppState, identity: Option<&Identity>) -> Ending {
     state.metrics.token_expired.fetch_add(1, Ordering::Relaxed);
     let (code, reason) = Refusal::Expired.close();
     Ending::Close(code, reason)
+}
+
+/// Ends a connection the operator disconnects through the server API (4001, or 4003
+/// for a ban); never for one that is not a signed-in user's.
+async fn disconnected(registration: Option<&Registration>) -> Ending {
+    let Some(registration) = registration else {
+        return std::future::pending().await;
+    };
+    let close = registration.closed().await;
+    Ending::Frame(CloseFrame {
+        code: close.code,
+        reason: close.reason.into(),
+    })
 }
 
 fn slow_consumer(state: &AppState) -> Ending {

@@ -187,7 +187,7 @@ async fn replay_and_follow(
         }
         let frames: Vec<Utf8Bytes> = page
             .iter()
-            .filter_map(|entry| Some(entry.message.as_ref()?.to_json().into()))
+            .filter_map(|entry| Some(entry.frame(room)?.to_json().into()))
             .collect();
         if !frames.is_empty() {
             send(replies, Reply::Replay(frames)).await?;

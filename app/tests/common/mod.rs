@@ -1199,3 +1199,51 @@ pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
         .await
         .unwrap()
 }
+
+// ---------------------------------------------------------------- server API
+
+/// One request to `server`'s API: `method` on `path` (`/api/v1/...`), with `token` as
+/// `Authorization: Bearer` and `body` as JSON. Returns the status, the JSON answer
+/// (`Null` for an empty one: every other answer must be JSON) and the headers.
+pub async fn api(
+    server: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request =
+        reqwest::Client::new().request(method, format!("http://{}{path}", server.addr));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = tokio::time::timeout(WAIT, request.send())
+        .await
+        .expect("the API did not answer in time")
+        .expect("the API request failed");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{path} answered {status} with something that is not JSON ({e}): {}",
+                String::from_utf8_lossy(&bytes)
+            )
+        })
+    };
+    (status, json, headers)
+}
+
+/// The claims of a server API token for `sub`, valid for `ttl_secs`.
+pub fn api_claims(sub: &str, ttl_secs: u64) -> Value {
+    json!({"sub": sub, "scope": "api", "exp": unix_now() + ttl_secs})
+}
