@@ -22,10 +22,12 @@ phase() {
 }
 started_localstack=false
 localstack_job=
+tools_job=
 finish() {
   local status=$1
   # A start still under way would leave a LocalStack behind: let it finish, then stop it.
   [[ -z $localstack_job ]] || wait "$localstack_job" 2>/dev/null || true
+  [[ -z $tools_job ]] || wait "$tools_job" 2>/dev/null || true
   if $started_localstack; then scripts/localstack.sh stop || true; fi
   phase ""
   printf '\n==> times (%s)\n' "$( ((status == 0)) && echo passed || echo "FAILED, exit $status")" >&2
@@ -57,6 +59,10 @@ fi
 logs=$(mktemp -d)
 { scripts/localstack.sh start 2>&1 >"$logs/endpoint" | sed -u 's/^/[localstack] /' >&2; exit "${PIPESTATUS[0]}"; } &
 localstack_job=$!
+# The public tools the tests run (an IAM policy linter, an AWS security scanner) install
+# into virtualenvs of their own beside it, the first time.
+{ { scripts/python-tool.sh parliament && scripts/python-tool.sh prowler; } >/dev/null 2> >(sed -u 's/^/[tools] /' >&2); } &
+tools_job=$!
 
 # Clippy lints while the tests build, in one compilation: clippy-driver compiles the
 # workspace's own crates (lib, bins, tests), rustc the dependencies. `cargo clippy` and
@@ -74,8 +80,9 @@ cargo nextest run --workspace --locked --no-run
 cargo build --locked -p chat-server --target x86_64-unknown-linux-musl
 cargo build --locked -p chat-server --target aarch64-unknown-linux-musl
 
-phase "LocalStack"
+phase "LocalStack, parliament and prowler"
 wait "$localstack_job" || { echo "LocalStack did not start (its lines above start with [localstack])" >&2; exit 1; }
+wait "$tools_job" || { echo "parliament or prowler did not install (their lines above start with [tools])" >&2; exit 1; }
 endpoint=$(tail -n 1 "$logs/endpoint")
 
 # Throwaway credentials and a loopback endpoint: nothing here can reach AWS.

@@ -498,23 +498,12 @@ fn overlap(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
-/// parliament (a public IAM policy linter, installed by scripts/parliament.sh) on the
+/// parliament (a public IAM policy linter, installed by scripts/python-tool.sh) on the
 /// policy: each finding is either fixed, or a false positive of one of the kinds below,
 /// which the check proves of every detail of the finding.
 fn lint(policy: &Value, called: &BTreeSet<String>) {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let installed = std::process::Command::new("bash")
-        .arg(repo.join("scripts/parliament.sh"))
-        .output()
-        .expect("bash");
-    assert!(
-        installed.status.success(),
-        "scripts/parliament.sh could not install parliament (it needs python3-venv and \
-         PyPI): {}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
-    let parliament = String::from_utf8(installed.stdout).unwrap();
-    let mut run = std::process::Command::new(parliament.trim())
+    let parliament = support::python_tool("parliament");
+    let mut run = std::process::Command::new(parliament)
         .args(["--json", "--minimum_severity", "LOW"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

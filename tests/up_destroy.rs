@@ -1136,8 +1136,8 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
     assert_eq!(replication_group.at_rest_encryption_enabled(), Some(true));
     assert_eq!(
         replication_group.snapshot_retention_limit(),
-        Some(1),
-        "a day of automatic backups"
+        Some(7),
+        "a week of automatic backups"
     );
     assert_eq!(
         replication_group.member_clusters().len(),

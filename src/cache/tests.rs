@@ -57,7 +57,7 @@ fn base(status: &str) -> ReplicationGroupBuilder {
         .automatic_failover(AutomaticFailoverStatus::Enabled)
         .transit_encryption_enabled(true)
         .at_rest_encryption_enabled(true)
-        .snapshot_retention_limit(1)
+        .snapshot_retention_limit(7)
 }
 
 /// The group as the example stack.yaml wants it: redis, one replica.
@@ -132,7 +132,7 @@ async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
                 && req.multi_az_enabled() == Some(true)
                 && req.transit_encryption_enabled() == Some(true)
                 && req.at_rest_encryption_enabled() == Some(true)
-                && req.snapshot_retention_limit() == Some(1)
+                && req.snapshot_retention_limit() == Some(7)
                 && req.engine() == Some("redis")
                 // One shard: the calls of a group with cluster mode off, as ever.
                 && req.cluster_mode().is_none()
@@ -254,7 +254,7 @@ async fn replicas_change_around_failover_in_an_order_elasticache_accepts() {
         .member_clusters("chat-redis-001")
         .automatic_failover(AutomaticFailoverStatus::Disabled)
         .multi_az(MultiAzStatus::Disabled)
-        .snapshot_retention_limit(1)
+        .snapshot_retention_limit(7)
         .build();
 
     stack.spec.redis.replicas = 2;
@@ -295,11 +295,11 @@ async fn automatic_backups_follow_stack_yaml() {
         .build();
     assert_eq!(
         fixes(&stack, &without).await.unwrap(),
-        [Fix::SnapshotRetention(1)]
+        [Fix::SnapshotRetention(7)]
     );
     assert_eq!(
-        Fix::SnapshotRetention(1).to_string(),
-        "keeping automatic backups for 1 day(s)"
+        Fix::SnapshotRetention(7).to_string(),
+        "keeping automatic backups for 7 day(s)"
     );
     stack.spec.redis.snapshot_retention_days = 0;
     assert_eq!(fixes(&stack, &without).await.unwrap(), []);

@@ -67,7 +67,7 @@ fn defaults() -> StackSpec {
             shards: 1,
             engine: "redis".into(),
             engine_version: None,
-            snapshot_retention_days: 1,
+            snapshot_retention_days: 7,
         },
         chat: ChatSpec::default(),
         tags: BTreeMap::new(),

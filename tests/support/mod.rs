@@ -364,6 +364,23 @@ pub async fn metrics_rule(
 }
 
 /// The `instance_ids` of `up`'s outputs, sorted.
+/// The command of a public tool the tests run (`parliament`, `prowler`), installed by
+/// scripts/python-tool.sh into a virtualenv of its own when it is not yet.
+pub fn python_tool(tool: &str) -> std::path::PathBuf {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/python-tool.sh");
+    let installed = std::process::Command::new("bash")
+        .arg(script)
+        .arg(tool)
+        .output()
+        .expect("bash");
+    assert!(
+        installed.status.success(),
+        "scripts/python-tool.sh could not install {tool} (it needs python3-venv and PyPI): {}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    String::from_utf8(installed.stdout).unwrap().trim().into()
+}
+
 /// The default security group AWS makes with the VPC `vpc_id`.
 pub async fn default_security_group(
     ec2: &aws_sdk_ec2::Client,
