@@ -49,10 +49,10 @@ pub struct Config {
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
-    /// Messages kept per room in Redis (approximate MAXLEN trim); the window in which a
-    /// reconnect with `since` is gap-free.
-    #[arg(long, env = "CHAT_HISTORY_LEN", default_value_t = 1000)]
-    pub history_len: usize,
+    /// Messages kept per room in Redis (exact `MAXLEN` trim), at least 1; the window in
+    /// which a reconnect with `since` is gap-free.
+    #[arg(long, env = "CHAT_HISTORY_LEN", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_len: u64,
 
     /// Seconds a message is kept at most (trimmed by age with `XTRIM MINID` on each write).
     #[arg(long, env = "CHAT_HISTORY_MAX_AGE_SECS", default_value_t = 86_400)]
@@ -229,5 +229,15 @@ mod tests {
             Config::try_parse_from(["chat-server", "--auth-token-url", "https://id.example/t"])
                 .is_err()
         );
+    }
+
+    /// A history of 0 would trim every entry as it is added: every message would start
+    /// a new epoch, and no `since` could ever be recovered.
+    #[test]
+    fn a_history_of_no_messages_is_refused() {
+        let parse = |len: &str| Config::try_parse_from(["chat-server", "--history-len", len]);
+        let error = parse("0").unwrap_err().to_string();
+        assert!(error.contains("--history-len"), "{error}");
+        assert_eq!(parse("1").unwrap().history_len, 1);
     }
 }

@@ -101,7 +101,7 @@ pub struct Store {
     publish_command: &'static str,
     append_script: Arc<Script>,
     room_state_script: Arc<Script>,
-    history_len: usize,
+    history_len: u64,
     history_max_age_ms: u64,
     room_ttl_secs: u64,
 }
