@@ -235,6 +235,44 @@ async fn bad_input_gets_error_frames_then_1008() {
     assert!(server.metric("chat_rejected_frames_total").await >= cases.len() as f64 + 1.0);
 }
 
+/// Frames that break the WebSocket protocol end the connection with the close code RFC
+/// 6455 §7.4.1 names for them, so that the client learns why instead of seeing 1006: a
+/// text frame that is not UTF-8 with 1007, reserved bits set or an unmasked frame from a
+/// client with 1002. The bytes are written to the socket by hand, as a broken client
+/// would.
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_errors_are_closed_with_1002_and_bad_utf8_with_1007() {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    let redis = Redis::start();
+    let server = Server::start("a", &redis.url(), &[]);
+    // FIN + opcode, then the mask bit + length, the (zero) mask key and the payload.
+    let masked_text = |first: u8, payload: &[u8]| {
+        let mut frame = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        frame
+    };
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        ("invalid UTF-8", masked_text(0x81, &[0xC3, 0x28]), 1007),
+        ("reserved bit", masked_text(0x80 | 0x40 | 0x01, b"{}"), 1002),
+        ("unmasked", [&[0x81u8, 0x02][..], b"{}"].concat(), 1002),
+    ];
+    for (what, bytes, expected) in cases {
+        let mut client = Client::connect(&server, "").await;
+        let MaybeTlsStream::Plain(tcp) = client.ws.get_mut() else {
+            unreachable!("the test servers speak plain WebSocket")
+        };
+        tcp.write_all(&bytes).await.unwrap();
+        let (code, _) = client.read_until_closed().await;
+        assert_eq!(code, Some(expected), "{what}");
+    }
+    // The server took none of it badly.
+    let mut client = Client::connect(&server, "").await;
+    client.send("alice", "still serving").await;
+    assert_eq!(client.next_message().await["text"], "still serving");
+}
+
 /// A burst of 40 valid messages at 5 per second (bursts of 10): each is answered, the
 /// first ten or so stored and the rest `rate_limited`, and the connection stays open;
 /// a client that keeps flooding is closed with 4029 "rate limit exceeded", not as if

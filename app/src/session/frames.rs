@@ -14,7 +14,10 @@ use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
 
 use super::rooms::{self, Answer, JoinError};
-use super::{CLOSE_POLICY, CLOSE_RATE, CLOSE_TOO_BIG, CLOSE_TRY_LATER, Connection, Ending, Reply};
+use super::{
+    CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_RATE, CLOSE_TOO_BIG, CLOSE_TRY_LATER,
+    Connection, Ending, Reply,
+};
 use crate::AppState;
 use crate::connection::StoreError;
 use crate::limits::{ConnectionSlot, TokenBucket};
@@ -448,10 +451,17 @@ fn is_storage_code(code: &str) -> bool {
     matches!(code, "unavailable" | "storage_full" | "storage_error")
 }
 
+/// How a connection whose frames cannot be read ends: with the close code RFC 6455
+/// §7.4.1 names for what was wrong, so that the client sees why (not 1006); without one
+/// when the peer is gone.
 fn read_error(e: axum::Error) -> Ending {
     use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     match e.into_inner().downcast_ref::<Error>() {
         Some(Error::Capacity(_)) => Ending::Close(CLOSE_TOO_BIG, "message too big"),
+        Some(Error::Utf8(_)) => Ending::Close(CLOSE_INVALID_DATA, "text frame is not valid UTF-8"),
+        Some(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Ending::Drop,
+        Some(Error::Protocol(_)) => Ending::Close(CLOSE_PROTOCOL, "websocket protocol error"),
         _ => Ending::Drop,
     }
 }

@@ -5,7 +5,8 @@
 //! the rooms joined ([`writer::RoomFeed`]) and sends their live frames, the replies and
 //! pings. Joining a room, the first (`?room=`) as every later one, is [`rooms`].
 //!
-//! Close codes: 1000/1001 as the client asks; 1008 sustained invalid input; 1009 frame
+//! Close codes: 1000/1001 as the client asks; 1002 a WebSocket protocol error; 1007 a
+//! text frame that is not UTF-8; 1008 sustained invalid input; 1009 frame
 //! over the hard size cap; 1012 server restart (end of drain); 1013 Redis
 //! unavailable while joining the first room; 4000 slow consumer; 4029 rate limit
 //! exceeded; and, when the server verifies sign-in tokens, 4401/4403/4440
@@ -39,6 +40,12 @@ pub const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 /// does not read its replies ends as a slow consumer.
 const REPLY_QUEUE: usize = 64;
 
+/// RFC 6455 §7.4.1: the endpoint broke the protocol (an unmasked frame, reserved bits
+/// set, a fragmented control frame, ...).
+pub const CLOSE_PROTOCOL: u16 = 1002;
+/// RFC 6455 §7.4.1: data inconsistent with the message type (a text frame that is not
+/// UTF-8).
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_RESTART: u16 = 1012;
