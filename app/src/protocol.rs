@@ -261,6 +261,17 @@ pub struct SendRequest {
     pub sub: Option<String>,
 }
 
+impl SendRequest {
+    /// Who a `cid` belongs to: a signed-in user by their `sub`, a guest of an open
+    /// server by the name they post under (what a page keeps across reconnects).
+    pub fn author(&self) -> String {
+        match &self.sub {
+            Some(sub) => format!("user:{sub}"),
+            None => format!("guest:{}", self.name),
+        }
+    }
+}
+
 /// A validated join: of `?room=` at the upgrade, or of a `join` frame.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JoinRequest {

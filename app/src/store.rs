@@ -6,8 +6,8 @@
 //! - `chat:{r}:meta`: a hash with the room's `epoch` (a random name for this history,
 //!   created only when the hash is missing, so it changes exactly when history was lost)
 //!   and `last` (the newest entry's id);
-//! - `chat:{r}:cid:<cid>`: the id a client's message was stored as, for 300 s, so that
-//!   a retry is stored once;
+//! - `chat:{r}:cid:<cid>/<author>`: the id an author's message was stored as, for
+//!   300 s, so that a retry is stored once;
 //! - the pub/sub channel `chat:{r}:live`, on which the append script publishes each new
 //!   entry (see [`crate::reader`]).
 //!
@@ -46,8 +46,11 @@ fn meta_key(room: &str) -> String {
     format!("chat:{{{room}}}:meta")
 }
 
-fn cid_key(room: &str, cid: &str) -> String {
-    format!("chat:{{{room}}}:cid:{cid}")
+/// A client id is its author's: two authors who pick the same `cid` are two messages.
+/// The `cid` comes first, and cannot hold a `/`, so no two (cid, author) pairs share a
+/// key.
+fn cid_key(room: &str, cid: &str, author: &str) -> String {
+    format!("chat:{{{room}}}:cid:{cid}/{author}")
 }
 
 /// The pub/sub channel of a room's new entries.
@@ -146,7 +149,7 @@ impl Store {
         let mut invocation = self.append_script.key(stream_key(room));
         invocation.key(meta_key(room)).key(live_channel(room));
         if let Some(cid) = &message.cid {
-            invocation.key(cid_key(room, cid));
+            invocation.key(cid_key(room, cid, &message.author()));
         }
         invocation
             .arg(random_token())
@@ -314,6 +317,10 @@ mod tests {
         assert_eq!(live_channel("lobby"), "chat:{lobby}:live");
         assert_eq!(room_of_channel("chat:{lobby}:live"), Some("lobby"));
         assert_eq!(room_of_channel("chat:{lobby}:log"), None);
+        assert_eq!(
+            cid_key("lobby", "k7", "user:u-1"),
+            "chat:{lobby}:cid:k7/user:u-1"
+        );
     }
 
     #[test]

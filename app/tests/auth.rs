@@ -95,6 +95,25 @@ async fn the_token_names_every_message_and_a_client_name_cannot_impersonate() {
         !server.logged(&alice_token) && !server.logged(&bob_token),
         "a token was logged"
     );
+
+    // A `cid` is its author's: another user with Alice's name and her `cid` is stored too.
+    let other_alice = key.token(&claims("u-alice-2", "Alice", 3600));
+    let mut other = Client::connect(&server, &format!("?room=lobby&token={other_alice}")).await;
+    let mut stored = Vec::new();
+    for client in [&mut alice, &mut other] {
+        client.send_cid("Alice", "same cid", "k-1").await;
+        loop {
+            let frame = client.next_json().await;
+            if frame["type"] == "ack" {
+                stored.push(frame["id"].clone());
+                break;
+            }
+        }
+    }
+    assert_ne!(
+        stored[0], stored[1],
+        "two users' messages were taken for one"
+    );
 }
 
 #[tokio::test]

@@ -386,6 +386,40 @@ async fn sends_with_a_cid_are_acked_and_stored_once() {
     );
 }
 
+/// A `cid` is its author's: two guests who pick the same one in the same room are two
+/// messages, each stored and acknowledged with its own id (before, the second was
+/// acknowledged with the first one's id and never stored), while each one's retry is
+/// still stored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_authors_with_the_same_cid_are_two_messages() {
+    let redis = Redis::start();
+    let server = Server::start("a", &redis.url(), &[]);
+    let mut alice = Client::connect(&server, "?room=shared").await;
+    let mut bob = Client::connect(&server, "?room=shared").await;
+    let ack_of = async |client: &mut Client, name: &str, text: &str| {
+        client.send_cid(name, text, "1").await;
+        loop {
+            let frame = client.next_json().await;
+            if frame["type"] == "ack" {
+                return frame["id"].as_str().unwrap().to_owned();
+            }
+        }
+    };
+    let from_alice = ack_of(&mut alice, "alice", "alice's first").await;
+    let from_bob = ack_of(&mut bob, "bob", "bob's first").await;
+    assert_ne!(from_alice, from_bob, "bob's message was taken for alice's");
+    assert_eq!(
+        ack_of(&mut alice, "alice", "alice's first").await,
+        from_alice
+    );
+    let mut replay = Client::connect(&server, "?room=shared&history=10").await;
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        texts.push(replay.next_message().await["text"].clone());
+    }
+    assert_eq!(texts, ["alice's first", "bob's first"]);
+}
+
 /// Bad room names and `since` values are refused before the upgrade.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_query_parameters_are_refused() {
