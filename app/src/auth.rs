@@ -52,6 +52,18 @@ const MAX_ROOM_PATTERNS: usize = 100;
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    leeway: Duration,
+}
+
+/// What a token must satisfy besides its signature.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rules<'a> {
+    /// The `iss` tokens must carry.
+    pub issuer: Option<&'a str>,
+    /// The `aud` tokens must name.
+    pub audience: Option<&'a str>,
+    /// How far the identity service's clock may be from ours, both ways.
+    pub leeway: Duration,
 }
 
 /// The claims a token must have; others are ignored.
@@ -75,6 +87,9 @@ pub struct Identity {
     pub exp: u64,
     #[serde(skip)]
     rooms: Option<Vec<String>>,
+    /// The verifier's allowance for clock skew, which `exp` is read with.
+    #[serde(skip)]
+    leeway: Duration,
 }
 
 /// Why a connection is refused or ended for its token.
@@ -101,28 +116,27 @@ impl Refusal {
 impl Verifier {
     /// Reads a PEM public key (SubjectPublicKeyInfo, `-----BEGIN PUBLIC KEY-----`): an
     /// Ed25519 key verifies `EdDSA` tokens, a P-256 key `ES256` ones.
-    pub fn from_file(
-        path: &Path,
-        issuer: Option<&str>,
-        audience: Option<&str>,
-    ) -> anyhow::Result<Verifier> {
+    pub fn from_file(path: &Path, rules: Rules<'_>) -> anyhow::Result<Verifier> {
         let pem = std::fs::read_to_string(path)
             .with_context(|| format!("reading the auth public key {}", path.display()))?;
         let (key, algorithm) =
             public_key(&pem).with_context(|| format!("the auth public key {}", path.display()))?;
-        Ok(Verifier::new(key, algorithm, issuer, audience))
+        Ok(Verifier::new(key, algorithm, rules))
     }
 
-    fn new(
-        key: DecodingKey,
-        algorithm: Algorithm,
-        issuer: Option<&str>,
-        audience: Option<&str>,
-    ) -> Verifier {
+    fn new(key: DecodingKey, algorithm: Algorithm, rules: Rules<'_>) -> Verifier {
+        let Rules {
+            issuer,
+            audience,
+            leeway,
+        } = rules;
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        // `exp` means what it says, to the second: the connection closes at it too.
-        validation.leeway = 0;
+        // The identity service's clock and ours differ by a little: a token is taken
+        // that far before its `nbf` and after its `exp` (and the connection closes
+        // that long after `exp`), so that a service a second ahead, which sets
+        // `nbf = iat`, does not have its fresh tokens refused.
+        validation.leeway = leeway.as_secs();
         validation.validate_nbf = true;
         if let Some(issuer) = issuer {
             validation.set_issuer(&[issuer]);
@@ -132,7 +146,11 @@ impl Verifier {
             validation.set_audience(&[audience]);
             validation.required_spec_claims.insert("aud".to_owned());
         }
-        Verifier { key, validation }
+        Verifier {
+            key,
+            validation,
+            leeway,
+        }
     }
 
     /// Verifies a token and the room it is used for.
@@ -144,7 +162,8 @@ impl Verifier {
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| refusal(e.kind()))?
             .claims;
-        let identity = identity(claims)?;
+        let mut identity = identity(claims)?;
+        identity.leeway = self.leeway;
         if identity.may_join(room) {
             Ok(identity)
         } else {
@@ -195,6 +214,7 @@ fn identity(claims: Claims) -> Result<Identity, Refusal> {
         name: claims.name,
         exp: claims.exp,
         rooms: claims.rooms,
+        leeway: Duration::ZERO,
     })
 }
 
@@ -207,12 +227,13 @@ impl Identity {
         }
     }
 
-    /// How long until the token expires (zero once it has).
+    /// How long until the token expires, with the clock-skew allowance it was accepted
+    /// with (zero once it has).
     pub fn expires_in(&self) -> Duration {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        Duration::from_secs(self.exp).saturating_sub(now)
+        (Duration::from_secs(self.exp) + self.leeway).saturating_sub(now)
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::auth::Verifier;
+use crate::auth::{Rules, Verifier};
 use crate::limits::Cidr;
 
 /// WebSocket chat server: rooms are Redis Streams, so every instance behind the load
@@ -123,6 +123,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_AUTH_AUDIENCE", requires = "auth_public_key_file")]
     pub auth_audience: Option<String>,
 
+    /// With a key: seconds the identity service's clock may be ahead of or behind ours:
+    /// a token is accepted that long before its `nbf` and after its `exp`, and a
+    /// connection is closed that long after its token's `exp`.
+    #[arg(long, env = "CHAT_AUTH_LEEWAY_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub auth_leeway_secs: u64,
+
     /// With a key: where the chat page fetches a token (GET, with the browser's
     /// credentials; the answer is the token, as text or as `{"token": ...}`), at sign-in
     /// and whenever one expires. Unset: the page asks its user to paste one.
@@ -172,8 +178,11 @@ impl Config {
             .map(|key| {
                 Verifier::from_file(
                     key,
-                    self.auth_issuer.as_deref().filter(|i| !i.is_empty()),
-                    self.auth_audience.as_deref().filter(|a| !a.is_empty()),
+                    Rules {
+                        issuer: self.auth_issuer.as_deref().filter(|i| !i.is_empty()),
+                        audience: self.auth_audience.as_deref().filter(|a| !a.is_empty()),
+                        leeway: Duration::from_secs(self.auth_leeway_secs),
+                    },
                 )
             })
             .transpose()
