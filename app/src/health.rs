@@ -38,8 +38,13 @@ pub async fn run(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) {
                 tracing::warn!("redis does not accept writes");
             }
         }
-        if writable && let Ok(bytes) = store.used_memory().await {
-            metrics.redis_used_memory.store(bytes, Ordering::Relaxed);
+        if writable && let Ok(used) = store.used_memory().await {
+            metrics
+                .redis_used_memory
+                .store(used.largest, Ordering::Relaxed);
+            metrics
+                .redis_used_memory_sum
+                .store(used.sum, Ordering::Relaxed);
         }
         let up = writable && metrics.reader_up.load(Ordering::Relaxed);
         metrics.redis_up.store(up, Ordering::Relaxed);

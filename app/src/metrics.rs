@@ -25,8 +25,10 @@ pub struct Metrics {
     /// Both of the above, as of the last health probe.
     pub redis_up: AtomicBool,
     pub draining: AtomicBool,
-    /// Redis's `used_memory`, as of the last health probe.
+    /// Redis's `used_memory` (of its largest node, on a cluster), as of the last probe.
     pub redis_used_memory: AtomicU64,
+    /// The same summed over a cluster's primaries (one Redis: its own).
+    pub redis_used_memory_sum: AtomicU64,
 }
 
 impl Metrics {
@@ -35,7 +37,7 @@ impl Metrics {
     pub fn render(&self, rooms: usize, presence: (usize, usize)) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
-        let rows: [(&str, &str, &str, u64); 16] = [
+        let rows: [(&str, &str, &str, u64); 17] = [
             (
                 "chat_connections",
                 "gauge",
@@ -123,8 +125,14 @@ impl Metrics {
             (
                 "chat_redis_used_memory_bytes",
                 "gauge",
-                "Memory Redis uses (INFO memory used_memory), as of the last probe.",
+                "Memory Redis uses (INFO memory used_memory), as of the last probe; on a cluster, its largest primary's.",
                 get(&self.redis_used_memory),
+            ),
+            (
+                "chat_redis_used_memory_sum_bytes",
+                "gauge",
+                "Memory Redis uses, summed over a cluster's primaries (one Redis: its own), as of the last probe.",
+                get(&self.redis_used_memory_sum),
             ),
             (
                 "chat_draining",

@@ -194,16 +194,24 @@ impl Store {
         self.redis.call(Request::Cmd(&cmd)).await
     }
 
-    /// Bytes of memory Redis uses (`INFO memory`, `used_memory`).
-    pub async fn used_memory(&self) -> Result<u64, StoreError> {
+    /// Bytes of memory Redis uses (`INFO memory`, `used_memory`). On a cluster `INFO`
+    /// goes to every primary and comes back as one answer per node, of which a node that
+    /// does not answer is left out.
+    pub async fn used_memory(&self) -> Result<UsedMemory, StoreError> {
         let mut cmd = redis::cmd("INFO");
         cmd.arg("memory");
-        let info: String = self.redis.call(Request::Cmd(&cmd)).await?;
-        Ok(info
-            .lines()
-            .find_map(|line| line.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0))
+        let info: redis::Value = self.redis.call(Request::Cmd(&cmd)).await?;
+        let nodes: Vec<u64> = match &info {
+            redis::Value::Map(nodes) => nodes
+                .iter()
+                .filter_map(|(_, info)| used_memory_of(info))
+                .collect(),
+            one => used_memory_of(one).into_iter().collect(),
+        };
+        Ok(UsedMemory {
+            largest: nodes.iter().copied().max().unwrap_or(0),
+            sum: nodes.iter().sum(),
+        })
     }
 
     /// The newest `count` entries, oldest first.
@@ -233,6 +241,24 @@ impl Store {
             .await?;
         Ok(entries(room, &reply.ids))
     }
+}
+
+/// Memory Redis uses, in bytes: of its largest node (the one to fill up first) and of
+/// all of them together; the same for one Redis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsedMemory {
+    pub largest: u64,
+    pub sum: u64,
+}
+
+/// `used_memory` in one node's `INFO memory` text.
+fn used_memory_of(info: &redis::Value) -> Option<u64> {
+    let info: String = redis::from_redis_value_ref(info).ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `XRANGE` of up to `count` entries of the room's stream after `after`, oldest first.
@@ -321,6 +347,17 @@ mod tests {
             cid_key("lobby", "k7", "user:u-1"),
             "chat:{lobby}:cid:k7/user:u-1"
         );
+    }
+
+    #[test]
+    fn used_memory_is_read_from_every_node_that_answered() {
+        let info = |bytes: u64| {
+            redis::Value::BulkString(
+                format!("# Memory\r\nused_memory:{bytes}\r\nused_memory_human:1M\r\n").into(),
+            )
+        };
+        assert_eq!(used_memory_of(&info(1024)), Some(1024));
+        assert_eq!(used_memory_of(&redis::Value::Nil), None);
     }
 
     #[test]

@@ -54,6 +54,20 @@ async fn rooms_spread_over_the_shards_and_messages_cross_instances() {
     let mut rejoined = Client::connect(&a, &format!("?room=c3&since={}", first_ids[3])).await;
     assert_eq!(rejoined.hello["recovered"], true, "{}", rejoined.hello);
     assert_eq!(rejoined.next_message().await["text"], "c3 two");
+
+    // Redis's memory, as /metrics reports it: `INFO` answers once per primary, the
+    // largest node's figure and the sum over the three.
+    let (largest, sum) = common::poll_until(common::WAIT, "Redis's memory in /metrics", || async {
+        let largest = a.metric("chat_redis_used_memory_bytes").await;
+        let sum = a.metric("chat_redis_used_memory_sum_bytes").await;
+        (largest > 0.0).then_some((largest, sum))
+    })
+    .await;
+    eprintln!("redis used memory: largest primary {largest} bytes, three primaries {sum} bytes");
+    assert!(
+        largest < sum && sum <= 3.0 * largest,
+        "largest {largest}, sum {sum}"
+    );
 }
 
 /// A replica takes over its shard (`CLUSTER FAILOVER TAKEOVER`, as ElastiCache fails over
