@@ -77,13 +77,69 @@ impl LiveEvent {
     }
 }
 
+/// This instance's presence entries, each recorded before it is sent to Redis: what
+/// the heartbeat refreshes, and what a connection leaves when it ends, however it ends.
+#[derive(Default)]
+struct Local {
+    /// room → connection → member JSON.
+    rooms: HashMap<String, HashMap<String, String>>,
+    /// connection → the rooms it entered.
+    connections: HashMap<String, HashSet<String>>,
+}
+
+impl Local {
+    fn insert(&mut self, room: &str, connection: &str, member: String) {
+        self.rooms
+            .entry(room.to_owned())
+            .or_default()
+            .insert(connection.to_owned(), member);
+        self.connections
+            .entry(connection.to_owned())
+            .or_default()
+            .insert(room.to_owned());
+    }
+
+    fn remove(&mut self, room: &str, connection: &str) {
+        if let Some(entries) = self.rooms.get_mut(room) {
+            entries.remove(connection);
+            if entries.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+        if let Some(rooms) = self.connections.get_mut(connection) {
+            rooms.remove(room);
+            if rooms.is_empty() {
+                self.connections.remove(connection);
+            }
+        }
+    }
+
+    /// Forgets every entry of `connection`; the rooms they were in.
+    fn remove_connection(&mut self, connection: &str) -> Vec<String> {
+        let rooms: Vec<String> = self
+            .connections
+            .remove(connection)
+            .into_iter()
+            .flatten()
+            .collect();
+        for room in &rooms {
+            if let Some(entries) = self.rooms.get_mut(room) {
+                entries.remove(connection);
+                if entries.is_empty() {
+                    self.rooms.remove(room);
+                }
+            }
+        }
+        rooms
+    }
+}
+
 /// This instance's presence entries and the calls that keep them in Redis.
 pub struct Presence {
     store: Store,
     script: Script,
     lifetime: Duration,
-    /// room → connection → member JSON: what the heartbeat refreshes.
-    local: Mutex<HashMap<String, HashMap<String, String>>>,
+    local: Mutex<Local>,
     /// Held for writing by a heartbeat, for reading by a leave: a heartbeat that took
     /// its list before a connection left would otherwise put it back.
     beating: tokio::sync::RwLock<()>,
@@ -95,7 +151,7 @@ impl Presence {
             store,
             script: Script::new(SCRIPT),
             lifetime: lifetime.max(Duration::from_secs(1)),
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(Local::default()),
             beating: tokio::sync::RwLock::new(()),
         }
     }
@@ -121,7 +177,9 @@ impl Presence {
     }
 
     /// Puts `connection` in `room` as `member`; the room's clients hear of it if the
-    /// member was not there yet.
+    /// member was not there yet. The entry is recorded here first, so that
+    /// [`Presence::leave_connection`] takes it out of Redis even when this call is
+    /// dropped half-way (the connection ended in the middle of its join).
     pub async fn enter(
         &self,
         room: &str,
@@ -129,28 +187,41 @@ impl Presence {
         member: &Member,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(member).expect("a member always serializes");
-        self.call::<()>(room, "enter", &[connection, &json]).await?;
         self.local
             .lock()
             .unwrap()
-            .entry(room.to_owned())
-            .or_default()
-            .insert(connection.to_owned(), json);
-        Ok(())
+            .insert(room, connection, json.clone());
+        let entered = self.call::<()>(room, "enter", &[connection, &json]).await;
+        if entered.is_err() {
+            // Not refreshed from now on: if Redis did take it, it expires.
+            self.local.lock().unwrap().remove(room, connection);
+        }
+        entered
     }
 
     /// Takes `connection` out of `room`. A failure is only logged: the entry expires.
+    /// Forgotten here only once Redis has answered, so that a leave cut short is done
+    /// again by [`Presence::leave_connection`].
     pub async fn leave(&self, room: &str, connection: &str) {
         let _no_heartbeat = self.beating.read().await;
-        {
-            let mut local = self.local.lock().unwrap();
-            if let Some(entries) = local.get_mut(room) {
-                entries.remove(connection);
-                if entries.is_empty() {
-                    local.remove(room);
-                }
-            }
-        }
+        self.leave_in_redis(room, connection).await;
+        self.local.lock().unwrap().remove(room, connection);
+    }
+
+    /// Takes `connection` out of every room it entered, whatever became of its joins
+    /// and leaves: called once the connection has ended.
+    pub async fn leave_connection(&self, connection: &str) {
+        let _no_heartbeat = self.beating.read().await;
+        let rooms = self.local.lock().unwrap().remove_connection(connection);
+        futures_util::future::join_all(
+            rooms
+                .iter()
+                .map(|room| self.leave_in_redis(room, connection)),
+        )
+        .await;
+    }
+
+    async fn leave_in_redis(&self, room: &str, connection: &str) {
         if let Err(error) = self.call::<()>(room, "leave", &[connection]).await {
             tracing::warn!(%error, room, "leaving presence failed; the entry will expire");
         }
@@ -192,7 +263,10 @@ impl Presence {
     /// Entries kept alive here, and the rooms they are in.
     pub fn counts(&self) -> (usize, usize) {
         let local = self.local.lock().unwrap();
-        (local.values().map(HashMap::len).sum(), local.len())
+        (
+            local.rooms.values().map(HashMap::len).sum(),
+            local.rooms.len(),
+        )
     }
 
     /// Refreshes every entry of this instance, room by room, until `stop`.
@@ -209,6 +283,7 @@ impl Presence {
                 .local
                 .lock()
                 .unwrap()
+                .rooms
                 .iter()
                 .map(|(room, entries)| {
                     let pairs = entries

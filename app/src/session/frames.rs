@@ -95,15 +95,6 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The rooms whose presence this connection entered.
-    pub fn present_in(&self) -> Vec<String> {
-        self.rooms
-            .iter()
-            .filter(|(_, membership)| membership.present)
-            .map(|(room, _)| room.clone())
-            .collect()
-    }
-
     /// Joins the first room, then reads frames until the connection ends.
     pub async fn run(
         &mut self,

@@ -118,7 +118,6 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
         member: join.member,
     };
     let (mut sink, mut stream) = socket.split();
-    let mut present_in = Vec::new();
     let ending = run(
         &mut sink,
         &mut stream,
@@ -129,16 +128,12 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
             first: join.first,
             room_state: join.room_state,
         },
-        &mut present_in,
     )
     .await;
     finish(&mut sink, &mut stream, ending).await;
-    futures_util::future::join_all(
-        present_in
-            .iter()
-            .map(|room| state.presence.leave(room, &connection.origin)),
-    )
-    .await;
+    // Every room's presence this connection entered, also those whose join or leave
+    // was cut short when the connection ended.
+    state.presence.leave_connection(&connection.origin).await;
     metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -173,8 +168,7 @@ async fn finish(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, ending: En
     }
 }
 
-/// Runs the connection until it ends; `present_in` is left holding the rooms whose
-/// presence it entered, for the caller to leave.
+/// Runs the connection until it ends.
 async fn run(
     sink: &mut Sink,
     stream: &mut SplitStream<WebSocket>,
@@ -182,19 +176,16 @@ async fn run(
     connection: &Connection,
     slot: ConnectionSlot,
     start: frames::Start,
-    present_in: &mut Vec<String>,
 ) -> Ending {
     let last_seen = AtomicU64::new(0);
     let started = Instant::now();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
     let mut reader = frames::Reader::new(state, connection, replies_tx, slot);
-    let ending = tokio::select! {
+    tokio::select! {
         ending = writer::write_loop(sink, replies_rx, state, &last_seen, started) => ending,
         ending = reader.run(stream, start, &last_seen, started) => ending,
         ending = token_expiry(state, connection.identity.as_ref()) => ending,
-    };
-    *present_in = reader.present_in();
-    ending
+    }
 }
 
 /// Ends a signed-in connection when its token expires, so that a page fetches a new
