@@ -350,3 +350,83 @@ async fn connections_reset_in_the_middle_of_a_join_or_leave_leave_no_ghosts() {
     let presence = next_event(&mut watcher).await;
     assert_eq!(presence["count"], 0, "{presence}");
 }
+
+/// Typing is published to every instance that follows the room, so it spends the
+/// connection's message rate: a connection in 20 rooms typing in all of them at once
+/// publishes no more than its burst (3 here), not 20. (At the defaults, 200 connections
+/// of one address in 100 rooms each could publish 20 000 typing events a second.)
+#[tokio::test(flavor = "multi_thread")]
+async fn typing_spends_the_connection_s_message_rate() {
+    const ROOMS: usize = 20;
+    let redis = Redis::start();
+    let server = Server::start(
+        "a",
+        &redis.url(),
+        &["--rate-per-sec", "0.1", "--rate-burst", "3"],
+    );
+    let rooms: Vec<String> = (0..ROOMS).map(|i| format!("t{i}")).collect();
+    let mut typist = Client::connect(&server, "?room=t0&name=typist").await;
+    let mut watcher = Client::connect(&server, "?room=t0&name=watcher&presence=1").await;
+    next_event(&mut watcher).await;
+    // The typist's arrival may also be announced to the watcher (set semantics).
+    let skip_arrivals = async |client: &mut Client| loop {
+        let frame = client.next_json().await;
+        if frame["type"] != "member_joined" {
+            return frame;
+        }
+    };
+    for room in &rooms[1..] {
+        for (client, presence) in [(&mut typist, false), (&mut watcher, true)] {
+            let join = json!({"type": "join", "room": room, "presence": presence});
+            client.send_raw(&join.to_string()).await;
+            assert_eq!(skip_arrivals(client).await["type"], "joined");
+        }
+        assert_eq!(skip_arrivals(&mut watcher).await["type"], "presence");
+    }
+    let mut conn = redis_conn(&redis.url()).await;
+    let publishes_before = publishes(&mut conn).await;
+    for room in &rooms {
+        typist
+            .send_raw(&json!({"type": "typing", "room": room}).to_string())
+            .await;
+    }
+    // Answered in order: once this error is back, every typing before it was handled.
+    typist
+        .send_raw(&json!({"type": "typing", "room": "elsewhere"}).to_string())
+        .await;
+    assert_eq!(typist.next_error_code().await, "not_joined");
+    let publishes = publishes(&mut conn).await - publishes_before;
+    // The watcher hears of as many as were published, then of the typist's message.
+    let mut marker = Client::connect(&server, "?room=t0").await;
+    marker.send("marker", "after the typing").await;
+    let mut typing = 0;
+    loop {
+        let frame = watcher.next_json().await;
+        match frame["type"].as_str() {
+            Some("typing") => typing += 1,
+            Some("message") => break,
+            Some("member_joined") => {}
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    eprintln!("{ROOMS} rooms typed in at once: {typing} typing events, {publishes} publishes");
+    assert_eq!(typing, publishes);
+    assert!(
+        (1..=4).contains(&typing),
+        "{typing} typing events published for a burst of 3"
+    );
+}
+
+/// `PUBLISH` calls Redis has served (scripts' included).
+async fn publishes(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}

@@ -417,6 +417,13 @@ impl<'a> Reader<'a> {
         {
             return Ok(());
         }
+        // Every room's typing is a publish to every instance following it: it spends
+        // the connection's message rate (when there is none left, it is dropped as
+        // quietly as the throttle drops it).
+        if !self.rate.take() {
+            return Ok(());
+        }
+        let membership = self.membership(room)?;
         membership.last_typing = Some(Instant::now());
         self.state
             .presence
