@@ -1,7 +1,9 @@
 //! Limits on what one client may cost: the token bucket behind the message rate and the
-//! abuse allowance; and per client address, open connections and rooms created. The
-//! address is the TCP peer, or what a trusted proxy (the load balancer) put in
-//! `X-Forwarded-For`: a header anyone else sends is ignored, since it is anyone's to forge.
+//! abuse allowance; and per client, open connections and rooms created. A client is a
+//! signed-in user (the token's `sub`, wherever they connect from), or else an address:
+//! the TCP peer, or what a trusted proxy (the load balancer) put in `X-Forwarded-For` (a
+//! header anyone else sends is ignored, since it is anyone's to forge), an IPv6 address
+//! counted by its /64, the block one subscriber is given.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -81,15 +83,49 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Ip
     peer
 }
 
-/// What one address is using.
-struct AddressUse {
+/// Whose budget a connection spends.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// A signed-in user, by the token's `sub`: a user's budget follows them from address
+    /// to address, and the users behind one NAT each have their own.
+    User(String),
+    /// An anonymous client, by its address; IPv6 by its /64, which one subscriber holds
+    /// whole and can rotate through.
+    Address(IpAddr),
+}
+
+impl ClientKey {
+    pub fn user(sub: &str) -> Self {
+        ClientKey::User(sub.to_owned())
+    }
+
+    pub fn address(ip: IpAddr) -> Self {
+        ClientKey::Address(match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            v4 => v4,
+        })
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientKey::User(sub) => write!(f, "user {sub:?}"),
+            ClientKey::Address(IpAddr::V6(v6)) => write!(f, "{v6}/64"),
+            ClientKey::Address(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// What one client is using.
+struct ClientUse {
     connections: usize,
     new_rooms: TokenBucket,
 }
 
-/// Per-address connection counts and room-creation budgets.
-pub struct AddressLimits {
-    by_address: Mutex<HashMap<IpAddr, AddressUse>>,
+/// Per-client connection counts and room-creation budgets.
+pub struct ClientLimits {
+    by_client: Mutex<HashMap<ClientKey, ClientUse>>,
     max_connections: usize,
     rooms_per_minute: f64,
     last_sweep: Mutex<Instant>,
@@ -97,70 +133,66 @@ pub struct AddressLimits {
 
 /// Held by a connection; gives its slot back when dropped.
 pub struct ConnectionSlot {
-    limits: Arc<AddressLimits>,
-    pub address: IpAddr,
+    limits: Arc<ClientLimits>,
+    pub client: ClientKey,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        if let Some(used) = self
-            .limits
-            .by_address
-            .lock()
-            .unwrap()
-            .get_mut(&self.address)
-        {
+        if let Some(used) = self.limits.by_client.lock().unwrap().get_mut(&self.client) {
             used.connections -= 1;
         }
     }
 }
 
-impl AddressLimits {
+impl ClientLimits {
     pub fn new(max_connections: usize, rooms_per_minute: f64) -> Self {
-        AddressLimits {
-            by_address: Mutex::new(HashMap::new()),
+        ClientLimits {
+            by_client: Mutex::new(HashMap::new()),
             max_connections,
             rooms_per_minute,
             last_sweep: Mutex::new(Instant::now()),
         }
     }
 
-    /// A connection slot for `address`, unless it has all it may have.
-    pub fn admit(self: &Arc<Self>, address: IpAddr) -> Option<ConnectionSlot> {
+    /// A connection slot for `client`, unless it has all it may have.
+    pub fn admit(self: &Arc<Self>, client: ClientKey) -> Option<ConnectionSlot> {
         self.sweep();
-        let mut by_address = self.by_address.lock().unwrap();
-        let used = by_address.entry(address).or_insert_with(|| AddressUse {
-            connections: 0,
-            new_rooms: TokenBucket::new(self.rooms_per_minute, self.rooms_per_minute / 60.0),
-        });
+        let mut by_client = self.by_client.lock().unwrap();
+        let used = by_client
+            .entry(client.clone())
+            .or_insert_with(|| ClientUse {
+                connections: 0,
+                new_rooms: TokenBucket::new(self.rooms_per_minute, self.rooms_per_minute / 60.0),
+            });
         if used.connections >= self.max_connections {
             return None;
         }
         used.connections += 1;
         Some(ConnectionSlot {
             limits: self.clone(),
-            address,
+            client,
         })
     }
 
-    /// Spends one room creation of `address`'s budget, if any is left.
-    pub fn take_new_room(&self, address: IpAddr) -> bool {
-        self.by_address
+    /// Spends one room creation of `client`'s budget, if any is left.
+    pub fn take_new_room(&self, client: &ClientKey) -> bool {
+        self.by_client
             .lock()
             .unwrap()
-            .get_mut(&address)
+            .get_mut(client)
             .is_some_and(|used| used.new_rooms.take())
     }
 
-    /// Forgets addresses with no connection whose room budget has refilled, at most
-    /// once a second: what remains is bounded by the connections and the last minute.
+    /// Forgets clients with no connection whose room budget has refilled, at most once
+    /// a second: what remains is bounded by the connections and the last minute.
     fn sweep(&self) {
         let mut last = self.last_sweep.lock().unwrap();
         if last.elapsed() < Duration::from_secs(1) {
             return;
         }
         *last = Instant::now();
-        self.by_address
+        self.by_client
             .lock()
             .unwrap()
             .retain(|_, used| used.connections > 0 || !used.new_rooms.is_full());
@@ -257,16 +289,27 @@ mod tests {
     }
 
     #[test]
-    fn connections_and_new_rooms_per_address() {
-        let limits = Arc::new(AddressLimits::new(2, 3.0));
-        let a = ip("192.0.2.1");
-        let first = limits.admit(a).unwrap();
-        let _second = limits.admit(a).unwrap();
-        assert!(limits.admit(a).is_none());
-        assert!(limits.admit(ip("192.0.2.2")).is_some());
+    fn connections_and_new_rooms_per_client() {
+        let limits = Arc::new(ClientLimits::new(2, 3.0));
+        let a = ClientKey::address(ip("192.0.2.1"));
+        let first = limits.admit(a.clone()).unwrap();
+        let _second = limits.admit(a.clone()).unwrap();
+        assert!(limits.admit(a.clone()).is_none());
+        assert!(limits.admit(ClientKey::address(ip("192.0.2.2"))).is_some());
+        assert!(limits.admit(ClientKey::user("u-1")).is_some());
         drop(first);
-        assert!(limits.admit(a).is_some());
-        assert_eq!((0..5).filter(|_| limits.take_new_room(a)).count(), 3);
+        assert!(limits.admit(a.clone()).is_some());
+        assert_eq!((0..5).filter(|_| limits.take_new_room(&a)).count(), 3);
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let key = |s| ClientKey::address(ip(s));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
     }
 
     #[test]

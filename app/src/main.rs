@@ -60,7 +60,7 @@ pub struct AppState {
     pub rate_per_sec: f64,
     pub rate_burst: f64,
     pub trusted_proxies: Vec<limits::Cidr>,
-    pub address_limits: Arc<limits::AddressLimits>,
+    pub client_limits: Arc<limits::ClientLimits>,
     /// Verifies sign-in tokens; `None`: the server is open.
     pub auth: Option<auth::Verifier>,
     /// Where the page fetches tokens, when the operator has an endpoint for it.
@@ -117,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
         rate_per_sec: config.rate_per_sec,
         rate_burst: config.rate_burst,
         trusted_proxies: config.trusted_proxies.clone(),
-        address_limits: Arc::new(limits::AddressLimits::new(
+        client_limits: Arc::new(limits::ClientLimits::new(
             config.max_connections_per_address,
             config.new_rooms_per_minute,
         )),

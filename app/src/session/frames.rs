@@ -292,10 +292,10 @@ impl<'a> Reader<'a> {
         }
         // The first message of a room creates it in Redis: that is what the per-address
         // room budget pays for.
-        if !has_history && !self.state.address_limits.take_new_room(self.slot.address) {
+        if !has_history && !self.state.client_limits.take_new_room(&self.slot.client) {
             return Err(Rejection::new(
                 "room_limit",
-                "too many new rooms from your address; try again in a minute",
+                "too many new rooms from you; try again in a minute",
             )
             .with_room(&room));
         }
