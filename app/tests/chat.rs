@@ -621,3 +621,96 @@ async fn pings_keep_live_clients_and_drop_dead_ones() {
     assert_eq!(live.next_message().await["text"], "still alive");
     drop(dead);
 }
+
+/// A room at 2 000 messages a second (written on another instance), and a client
+/// joining it after 2 s with a replay of about 4 000 messages (`since` the room's
+/// first): the joiner gets in and stays, and receives every message of the room after
+/// `since` exactly once, in order, from the replay through the seam into live delivery.
+/// Before, the join took the room's live messages from its start, and a join that took
+/// longer than `--send-queue` of them (the default 256: 128 ms of this room) was closed
+/// with 4000 as a slow consumer, to come back with `since` and be closed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joiner_of_a_busy_room_gets_in_and_stays() {
+    use futures_util::StreamExt as _;
+    // 20 messages every 10 ms: 2 000 a second, for 4 s.
+    const BATCHES: usize = 400;
+    let redis = Redis::start();
+    let history = ["--history-len", "20000"];
+    let joined = Server::start("joined", &redis.url(), &history);
+    let unlimited = [
+        "--rate-per-sec",
+        "100000",
+        "--rate-burst",
+        "100000",
+        "--send-queue",
+        "100000",
+    ];
+    let written = Server::start(
+        "written",
+        &redis.url(),
+        &[&history[..], &unlimited].concat(),
+    );
+    let mut first = Client::connect(&written, "?room=hot").await;
+    first.send("w", "first").await;
+    let since = first.next_message().await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(first);
+
+    // The writer reads (and drops) its echoes.
+    let writer = Client::connect(&written, "?room=hot").await;
+    let (mut sink, mut echoes) = writer.ws.split();
+    let draining = tokio::spawn(async move { while echoes.next().await.is_some() {} });
+    let writing = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+        for batch in 0..BATCHES {
+            tick.tick().await;
+            for i in 0..20 {
+                let text = format!("b{batch}-{i}");
+                let frame = serde_json::json!({"type": "send", "name": "w", "text": text});
+                sink.feed(tokio_tungstenite::tungstenite::Message::text(
+                    frame.to_string(),
+                ))
+                .await
+                .unwrap();
+            }
+            sink.flush().await.unwrap();
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut joiner = Client::connect(&joined, &format!("?room=hot&since={since}")).await;
+    assert_eq!(joiner.hello["recovered"], true, "{}", joiner.hello);
+    let received: Vec<String> = joiner
+        .next_messages(BATCHES * 20)
+        .await
+        .iter()
+        .map(|message| message["id"].as_str().unwrap().to_owned())
+        .collect();
+    writing.await.unwrap();
+    draining.abort();
+
+    let mut conn = common::redis_conn(&redis.url()).await;
+    let mut stored: Vec<String> = Vec::new();
+    loop {
+        let after = stored.last().unwrap_or(&since);
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("chat:{hot}:log")
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if page.ids.is_empty() {
+            break;
+        }
+        stored.extend(page.ids.into_iter().map(|entry| entry.id));
+    }
+    eprintln!("the joiner received all {} messages", received.len());
+    assert_eq!(
+        received, stored,
+        "every message after since, once, in order"
+    );
+}

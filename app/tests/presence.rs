@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::{Client, KeyPair, Redis, Server, WAIT, poll_until, redis_conn, unix_now};
+use common::{Client, KeyPair, Redis, Server, WAIT, poll_until, redis_conn, texts, unix_now};
 
 /// The next frame that is about presence or typing (messages in between fail).
 async fn next_event(client: &mut Client) -> Value {
@@ -429,4 +429,98 @@ async fn publishes(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// An instance with 1 000 named members dies: their entries expire together, and the
+/// surviving instance announces 1 000 departures in one sweep. A client of the room that
+/// did not ask for presence keeps receiving the room's messages, in order, and is not
+/// closed; one that asked is not closed either, and ends up knowing the room is empty
+/// (from the events, or from the fresh member list it is sent when it fell behind
+/// them). Before, events shared each room's message queue: the burst overflowed it and
+/// closed every client of the room with 4000.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_departures_crowds_out_no_message() {
+    use futures_util::StreamExt as _;
+    const MEMBERS: usize = 1000;
+    const LISTENERS: usize = 50;
+    let redis = Redis::start();
+    let flags = [
+        "--presence-ttl-secs",
+        "3",
+        "--max-connections-per-address",
+        "5000",
+        "--rate-burst",
+        "100",
+    ];
+    let dead = Server::start("dead", &redis.url(), &flags);
+    // A short message queue: the burst is many times what any client may fall behind.
+    let alive = Server::start(
+        "alive",
+        &redis.url(),
+        &[&flags[..], &["--send-queue", "32"]].concat(),
+    );
+    let members: Vec<Client> = futures_util::stream::iter(0..MEMBERS)
+        .map(|i| {
+            let dead = &dead;
+            async move { Client::connect(dead, &format!("?room=big&name=m{i}")).await }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    let mut listeners: Vec<Client> = futures_util::stream::iter(0..LISTENERS)
+        .map(|_| Client::connect(&alive, "?room=big"))
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    let mut watcher = Client::connect(&alive, "?room=big&name=watcher&presence=1").await;
+    let listed = next_event(&mut watcher).await;
+    assert_eq!(listed["count"], MEMBERS + 1, "{listed:.200}");
+
+    let speaking = tokio::spawn({
+        let mut speaker = Client::connect(&alive, "?room=big").await;
+        async move {
+            for i in 0..100 {
+                speaker.send("speaker", &format!("s{i}")).await;
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        }
+    });
+    drop(dead);
+    drop(members);
+
+    let expected: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+    let heard = futures_util::future::join_all(
+        listeners
+            .iter_mut()
+            .map(|listener| listener.next_messages(expected.len())),
+    )
+    .await;
+    speaking.await.unwrap();
+    assert!(heard.iter().all(|messages| texts(messages) == expected));
+
+    let mut present: std::collections::HashSet<String> =
+        (0..MEMBERS).map(|i| format!("m{i}")).collect();
+    present.insert("watcher".into());
+    let (mut events, mut lists) = (0, 0);
+    while present.len() > 1 {
+        let frame = match watcher.next_event().await {
+            common::Event::Json(frame) => frame,
+            common::Event::Closed(close) => panic!(
+                "the watcher was closed ({close:?}) with {} members still listed",
+                present.len()
+            ),
+        };
+        match frame["type"].as_str() {
+            Some("member_left") => {
+                events += 1;
+                present.remove(frame["user"]["name"].as_str().unwrap());
+            }
+            Some("presence") => {
+                lists += 1;
+                present = names(&frame).into_iter().map(str::to_owned).collect();
+            }
+            _ => {}
+        }
+    }
+    eprintln!("the watcher saw {events} departures and {lists} fresh member lists");
 }
