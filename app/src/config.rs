@@ -70,6 +70,12 @@ pub struct Config {
     #[arg(long, env = "CHAT_NEW_ROOMS_PER_MINUTE", default_value_t = 10.0)]
     pub new_rooms_per_minute: f64,
 
+    /// Joins a client may make per minute that cost this instance or Redis something
+    /// lasting: of a room this instance does not follow yet (a queue and a subscription
+    /// here), and into a room's presence (an entry in Redis); each counts one.
+    #[arg(long, env = "CHAT_ROOM_JOINS_PER_MINUTE", default_value_t = 600.0)]
+    pub room_joins_per_minute: f64,
+
     /// Comma-separated CIDRs of proxies whose `X-Forwarded-For` is believed (the load
     /// balancer's subnets, e.g. the VPC CIDR). Empty: the TCP peer is the client.
     #[arg(long, env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',')]

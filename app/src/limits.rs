@@ -121,13 +121,15 @@ impl std::fmt::Display for ClientKey {
 struct ClientUse {
     connections: usize,
     new_rooms: TokenBucket,
+    joins: TokenBucket,
 }
 
-/// Per-client connection counts and room-creation budgets.
+/// Per-client connection counts, room-creation and join budgets.
 pub struct ClientLimits {
     by_client: Mutex<HashMap<ClientKey, ClientUse>>,
     max_connections: usize,
     rooms_per_minute: f64,
+    joins_per_minute: f64,
     last_sweep: Mutex<Instant>,
 }
 
@@ -146,11 +148,12 @@ impl Drop for ConnectionSlot {
 }
 
 impl ClientLimits {
-    pub fn new(max_connections: usize, rooms_per_minute: f64) -> Self {
+    pub fn new(max_connections: usize, rooms_per_minute: f64, joins_per_minute: f64) -> Self {
         ClientLimits {
             by_client: Mutex::new(HashMap::new()),
             max_connections,
             rooms_per_minute,
+            joins_per_minute,
             last_sweep: Mutex::new(Instant::now()),
         }
     }
@@ -164,6 +167,7 @@ impl ClientLimits {
             .or_insert_with(|| ClientUse {
                 connections: 0,
                 new_rooms: TokenBucket::new(self.rooms_per_minute, self.rooms_per_minute / 60.0),
+                joins: TokenBucket::new(self.joins_per_minute, self.joins_per_minute / 60.0),
             });
         if used.connections >= self.max_connections {
             return None;
@@ -184,18 +188,29 @@ impl ClientLimits {
             .is_some_and(|used| used.new_rooms.take())
     }
 
-    /// Forgets clients with no connection whose room budget has refilled, at most once
-    /// a second: what remains is bounded by the connections and the last minute.
+    /// Spends `cost` of `client`'s join budget (a room this instance does not follow
+    /// yet, a presence entry), if that much is left.
+    pub fn take_joins(&self, client: &ClientKey, cost: u32) -> bool {
+        cost == 0
+            || self
+                .by_client
+                .lock()
+                .unwrap()
+                .get_mut(client)
+                .is_some_and(|used| used.joins.take_many(f64::from(cost)))
+    }
+
+    /// Forgets clients with no connection whose budgets have refilled, at most once a
+    /// second: what remains is bounded by the connections and the last minute.
     fn sweep(&self) {
         let mut last = self.last_sweep.lock().unwrap();
         if last.elapsed() < Duration::from_secs(1) {
             return;
         }
         *last = Instant::now();
-        self.by_client
-            .lock()
-            .unwrap()
-            .retain(|_, used| used.connections > 0 || !used.new_rooms.is_full());
+        self.by_client.lock().unwrap().retain(|_, used| {
+            used.connections > 0 || !used.new_rooms.is_full() || !used.joins.is_full()
+        });
     }
 }
 
@@ -226,12 +241,21 @@ impl TokenBucket {
         self.tokens + self.last.elapsed().as_secs_f64() * self.per_sec >= self.burst
     }
 
+    /// Takes `n` tokens at once, or none.
+    pub fn take_many(&mut self, n: f64) -> bool {
+        self.take_n_at(n, Instant::now())
+    }
+
     fn take_at(&mut self, now: Instant) -> bool {
+        self.take_n_at(1.0, now)
+    }
+
+    fn take_n_at(&mut self, n: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
@@ -290,7 +314,7 @@ mod tests {
 
     #[test]
     fn connections_and_new_rooms_per_client() {
-        let limits = Arc::new(ClientLimits::new(2, 3.0));
+        let limits = Arc::new(ClientLimits::new(2, 3.0, 4.0));
         let a = ClientKey::address(ip("192.0.2.1"));
         let first = limits.admit(a.clone()).unwrap();
         let _second = limits.admit(a.clone()).unwrap();
@@ -300,6 +324,12 @@ mod tests {
         drop(first);
         assert!(limits.admit(a.clone()).is_some());
         assert_eq!((0..5).filter(|_| limits.take_new_room(&a)).count(), 3);
+        assert!(limits.take_joins(&a, 0));
+        assert!(limits.take_joins(&a, 2) && limits.take_joins(&a, 2));
+        assert!(
+            !limits.take_joins(&a, 1),
+            "a budget of 4 joins a minute, spent"
+        );
     }
 
     #[test]

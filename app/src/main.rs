@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         client_limits: Arc::new(limits::ClientLimits::new(
             config.max_connections_per_address,
             config.new_rooms_per_minute,
+            config.room_joins_per_minute,
         )),
         auth,
         auth_token_url: config.auth_token_url.clone(),

@@ -128,6 +128,17 @@ pub async fn upgrade(
         }),
         (None, None) => None,
     };
+    if !state.client_limits.take_joins(
+        &slot.client,
+        session::join_cost(&state, &first.room, member.is_some()),
+    ) {
+        tracing::info!(%address, room = first.room, "refused websocket: too many rooms joined");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many new rooms joined from you; try again in a minute",
+        )
+            .into_response();
+    }
     let join = Join {
         slot,
         first,

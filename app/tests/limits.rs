@@ -298,3 +298,48 @@ async fn signed_in_users_are_counted_by_their_sub() {
         "a new address is no new budget for a signed-in user"
     );
 }
+
+/// Joins that cost the service something lasting are charged to the client's join
+/// budget: a room this instance does not follow yet (a queue here, a subscription on
+/// Redis) and a presence entry each cost one. With a budget of 10 a minute, one
+/// connection can make this instance follow about 10 new rooms, not the 20 000 that
+/// 200 connections of one address joining 100 rooms each used to; joining rooms the
+/// instance follows already costs nothing; and a named guest, whose connection is an
+/// entry in presence, is refused at the upgrade (429) once the budget is spent.
+#[tokio::test(flavor = "multi_thread")]
+async fn joins_of_new_rooms_and_presence_entries_spend_the_client_s_budget() {
+    let redis = Redis::start();
+    let server = Server::start("a", &redis.url(), &["--room-joins-per-minute", "10"]);
+    let mut roamer = Client::connect(&server, "?room=j0").await;
+    let mut joined = vec!["j0".to_owned()];
+    let mut refused = 0;
+    for i in 1..30 {
+        let room = format!("j{i}");
+        roamer
+            .send_raw(&serde_json::json!({"type": "join", "room": room}).to_string())
+            .await;
+        let answer = roamer.next_json().await;
+        match (answer["type"].as_str(), answer["code"].as_str()) {
+            (Some("joined"), _) => joined.push(room),
+            (Some("error"), Some("room_limit")) => refused += 1,
+            _ => panic!("unexpected {answer}"),
+        }
+    }
+    eprintln!(
+        "29 new rooms asked: {} joined, {refused} refused",
+        joined.len() - 1
+    );
+    // The first room was one; a refill of one may come in the seconds this takes.
+    assert!((10..=11).contains(&joined.len()), "joined {joined:?}");
+    assert_eq!(server.metric("chat_rooms").await, joined.len() as f64);
+
+    // Rooms followed here already are free, at the upgrade and by frame.
+    let mut second = Client::connect(&server, "?room=j0").await;
+    second
+        .send_raw(&serde_json::json!({"type": "join", "room": joined[1]}).to_string())
+        .await;
+    assert_eq!(second.next_json().await["type"], "joined");
+    // An entry in presence is not.
+    let (status, _) = upgrade_status_of(&server, "?room=j0&name=guest", None).await;
+    assert_eq!(status, 429);
+}

@@ -449,6 +449,8 @@ async fn a_burst_of_departures_crowds_out_no_message() {
         "3",
         "--max-connections-per-address",
         "5000",
+        "--room-joins-per-minute",
+        "100000",
         "--rate-burst",
         "100",
     ];

@@ -359,6 +359,13 @@ impl<'a> Reader<'a> {
                 format!("too many joins: at most {JOINS_PER_SEC} per second"),
             );
         }
+        let cost = super::join_cost(self.state, room, self.connection.member.is_some());
+        if !self.state.client_limits.take_joins(&self.slot.client, cost) {
+            return refused(
+                "room_limit",
+                "too many new rooms joined from you; try again in a minute".to_owned(),
+            );
+        }
         match rooms::join(
             self.state,
             self.connection,

@@ -137,6 +137,13 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
     metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// What joining `room` costs the client's join budget: one if this instance does not
+/// follow the room yet (a queue here, a subscription on Redis), one if the connection
+/// enters its presence (an entry in Redis).
+pub fn join_cost(state: &AppState, room: &str, enters_presence: bool) -> u32 {
+    u32::from(!state.hub.follows(room)) + u32::from(enters_presence)
+}
+
 /// A connection refused for its sign-in token: closed at once, before `hello`.
 pub async fn refuse(socket: WebSocket, slot: ConnectionSlot, code: u16, reason: &'static str) {
     let (mut sink, mut stream) = socket.split();
