@@ -40,14 +40,20 @@ done
 
 addrs=()
 server_pids=()
+# A server from before --room-joins-per-minute (CHAT_SERVER=...) has no such budget.
+server="${CHAT_SERVER:-$bin/chat-server}"
+join_budget=()
+if "$server" --help | grep -q -- --room-joins-per-minute; then
+  join_budget=(--room-joins-per-minute 1000000)
+fi
 # Every benchmark connection comes from loopback: the limits per client address (and on
 # new rooms) would refuse them, so they are lifted with the rate limits.
 for id in bench-a bench-b; do
-  RUST_LOG=warn,chat_server=info NO_COLOR=1 "${CHAT_SERVER:-$bin/chat-server}" \
+  RUST_LOG=warn,chat_server=info NO_COLOR=1 "$server" \
     --listen 127.0.0.1:0 --redis-url "redis://127.0.0.1:$redis_port" --instance-id "$id" \
     --rate-per-sec 1000000 --rate-burst 1000000 --send-queue 4096 --drain-secs 0 \
     --max-connections-per-address 1000000 --new-rooms-per-minute 1000000 \
-    2>"$work/$id.log" &
+    "${join_budget[@]}" 2>"$work/$id.log" &
   pids+=($!)
   server_pids+=($!)
   for _ in $(seq 100); do

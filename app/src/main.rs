@@ -94,7 +94,13 @@ async fn main() -> anyhow::Result<()> {
         store.clone(),
         Duration::from_secs(config.presence_ttl_secs),
     ));
-    background.spawn(presence.clone().heartbeat(stop.clone()));
+    background.spawn(presence.clone().heartbeat(
+        {
+            let hub = hub.clone();
+            move || hub.watched()
+        },
+        stop.clone(),
+    ));
     background.spawn(reader::run(
         store.clone(),
         hub.clone(),

@@ -23,12 +23,18 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Request, StoreError};
-use crate::protocol::{Member, ServerFrame};
+use crate::protocol::{MAX_LISTED_MEMBERS, Member, ServerFrame};
 use crate::store::{self, Store};
 
 const SCRIPT: &str = include_str!("lua/presence.lua");
 /// Rooms refreshed at once by a heartbeat.
 const HEARTBEAT_CONCURRENCY: usize = 32;
+/// Entries one call refreshes, and expired entries one call sweeps, at most: no call
+/// holds Redis for longer than that many entries take, however big the room.
+const SLICE: usize = 500;
+/// Sweeps of a room per heartbeat at most (a room where more than this many slices
+/// expired at once is swept on at the next heartbeat).
+const MAX_SWEEPS: usize = 20;
 
 fn members_key(room: &str) -> String {
     format!("chat:{{{room}}}:presence")
@@ -40,6 +46,10 @@ fn expiry_key(room: &str) -> String {
 
 fn users_key(room: &str) -> String {
     format!("chat:{{{room}}}:presence:users")
+}
+
+fn names_key(room: &str) -> String {
+    format!("chat:{{{room}}}:presence:names")
 }
 
 /// What an instance publishes on a room's live channel besides its entries.
@@ -167,9 +177,11 @@ impl Presence {
             .key(expiry_key(room))
             .key(users_key(room))
             .key(store::live_channel(room))
+            .key(names_key(room))
             .arg(self.store.publish_command())
             .arg(self.lifetime.as_millis() as u64)
-            .arg(operation);
+            .arg(operation)
+            .arg(SLICE.min(MAX_LISTED_MEMBERS));
         for arg in args {
             invocation.arg(*arg);
         }
@@ -191,7 +203,10 @@ impl Presence {
             .lock()
             .unwrap()
             .insert(room, connection, json.clone());
-        let entered = self.call::<()>(room, "enter", &[connection, &json]).await;
+        let entered = self
+            .call::<Swept>(room, "enter", &[connection, &json])
+            .await
+            .map(drop);
         if entered.is_err() {
             // Not refreshed from now on: if Redis did take it, it expires.
             self.local.lock().unwrap().remove(room, connection);
@@ -222,22 +237,25 @@ impl Presence {
     }
 
     async fn leave_in_redis(&self, room: &str, connection: &str) {
-        if let Err(error) = self.call::<()>(room, "leave", &[connection]).await {
+        if let Err(error) = self.call::<Swept>(room, "leave", &[connection]).await {
             tracing::warn!(%error, room, "leaving presence failed; the entry will expire");
         }
     }
 
-    /// Who is in `room`, each user once (by `sub`), ordered by name.
-    pub async fn members(&self, room: &str) -> Result<Vec<Member>, StoreError> {
-        let entries: Vec<String> = self.call(room, "list", &[]).await?;
-        let mut seen = HashSet::new();
-        let mut members: Vec<Member> = entries
+    /// How many users are in `room`, and the first [`MAX_LISTED_MEMBERS`] of them by
+    /// name, each once however many connections they have.
+    pub async fn members(&self, room: &str) -> Result<(usize, Vec<Member>), StoreError> {
+        let listed: Vec<redis::Value> = self.call(room, "list", &[]).await?;
+        let Some((count, members)) = listed.split_first() else {
+            return Ok((0, Vec::new()));
+        };
+        let count = redis::from_redis_value_ref(count).unwrap_or_default();
+        let members = members
             .iter()
-            .filter_map(|json| serde_json::from_str::<Member>(json).ok())
-            .filter(|member| seen.insert(member.sub.clone()))
+            .filter_map(|member| redis::from_redis_value_ref::<String>(member).ok())
+            .filter_map(|json| serde_json::from_str(&json).ok())
             .collect();
-        members.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.sub.cmp(&b.sub)));
-        Ok(members)
+        Ok((count, members))
     }
 
     /// Tells the room's clients that `member` is typing.
@@ -269,8 +287,13 @@ impl Presence {
         )
     }
 
-    /// Refreshes every entry of this instance, room by room, until `stop`.
-    pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+    /// Refreshes every entry of this instance, room by room, and sweeps the rooms whose
+    /// presence is watched here (`watched`), until `stop`.
+    pub async fn heartbeat(
+        self: Arc<Self>,
+        watched: impl Fn() -> Vec<String>,
+        stop: CancellationToken,
+    ) {
         let mut beat = tokio::time::interval(self.lifetime / 3);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -279,7 +302,7 @@ impl Presence {
                 _ = beat.tick() => {}
             }
             let _no_leaves = self.beating.write().await;
-            let rooms: Vec<(String, Vec<String>)> = self
+            let mut rooms: HashMap<String, Vec<String>> = self
                 .local
                 .lock()
                 .unwrap()
@@ -293,14 +316,18 @@ impl Presence {
                     (room.clone(), pairs)
                 })
                 .collect();
+            // A room watched here but with no entry of ours is swept all the same, or the
+            // members of an instance that died would stay listed to its watchers.
+            for room in watched() {
+                rooms.entry(room).or_default();
+            }
             let this = &self;
             // The first failure ends the round: with Redis down, every call would wait
             // out its timeout while leaves wait for the round. The entries expire at
             // worst, and the next round that gets through puts them back.
             let round = futures_util::stream::iter(rooms.into_iter().map(Ok))
                 .try_for_each_concurrent(HEARTBEAT_CONCURRENCY, |(room, pairs)| async move {
-                    let args: Vec<&str> = pairs.iter().map(String::as_str).collect();
-                    this.call::<()>(&room, "enter", &args)
+                    this.refresh(&room, &pairs)
                         .await
                         .map_err(|error| (room, error))
                 });
@@ -308,5 +335,43 @@ impl Presence {
                 tracing::warn!(%error, room, "presence heartbeat failed; the round is cut short");
             }
         }
+    }
+
+    /// Refreshes `pairs` (connection, member, ...) in `room`, a slice per call, then
+    /// sweeps what expired there, a slice per call.
+    async fn refresh(&self, room: &str, pairs: &[String]) -> Result<(), StoreError> {
+        let mut more = false;
+        for slice in pairs.chunks(2 * SLICE) {
+            let args: Vec<&str> = slice.iter().map(String::as_str).collect();
+            more |= self.call::<Swept>(room, "enter", &args).await?.more();
+        }
+        if pairs.is_empty() {
+            more = true;
+        }
+        let mut sweeps = 0;
+        while more && sweeps < MAX_SWEEPS {
+            more = self.call::<Swept>(room, "sweep", &[]).await?.more();
+            sweeps += 1;
+        }
+        Ok(())
+    }
+}
+
+/// What a call that changes presence answers: whether expired entries are left.
+struct Swept(Vec<i64>);
+
+impl Swept {
+    fn more(&self) -> bool {
+        self.0.first() == Some(&1)
+    }
+}
+
+impl redis::FromRedisValue for Swept {
+    fn from_redis_value_ref(value: &redis::Value) -> Result<Self, redis::ParsingError> {
+        Ok(Swept(redis::from_redis_value_ref(value)?))
+    }
+
+    fn from_redis_value(value: redis::Value) -> Result<Self, redis::ParsingError> {
+        Self::from_redis_value_ref(&value)
     }
 }

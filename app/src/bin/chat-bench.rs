@@ -98,6 +98,10 @@ struct Args {
     /// Connections per room in the presence phase.
     #[arg(long, default_value_t = 10)]
     presence_per_room: usize,
+    /// Connections per room of the presence phase that ask for the members and events;
+    /// the others are only in them. Default: all.
+    #[arg(long)]
+    presence_watchers: Option<usize>,
     /// Seconds the presence phase stays idle, measuring what the heartbeats cost.
     #[arg(long, default_value_t = 30)]
     presence_secs: u64,
@@ -651,19 +655,26 @@ async fn sidebar(args: &Args, count: usize, tick: f64) -> anyhow::Result<String>
 async fn presence(args: &Args, tick: f64) -> anyhow::Result<String> {
     let servers = args.servers.clone();
     let per_room = args.presence_per_room.max(1);
+    let watchers = args.presence_watchers.unwrap_or(per_room);
     let rooms = args.presence_connections.div_ceil(per_room);
     let events = Arc::new(AtomicU64::new(0));
     let opening = Instant::now();
+    let joining = Cpu::start(args, tick)?;
     let connected: Vec<anyhow::Result<Ws>> = stream::iter(0..args.presence_connections)
         .map(|i| {
             let server = servers[i % servers.len()];
-            let query = format!("room=bench-presence-{}&name=u{i}&presence=1", i / per_room);
+            let watches = u8::from(i % per_room < watchers);
+            let query = format!(
+                "room=bench-presence-{}&name=u{i}&presence={watches}",
+                i / per_room
+            );
             async move { connect_with(server, &query).await }
         })
         .buffer_unordered(args.connect_concurrency)
         .collect()
         .await;
     let opened = opening.elapsed();
+    let (join_server_cpu, join_redis_cpu) = joining.used()?;
     let stop = tokio::time::Instant::now() + Duration::from_secs(args.presence_secs);
     let mut readers = Vec::new();
     for ws in connected {
@@ -691,9 +702,10 @@ async fn presence(args: &Args, tick: f64) -> anyhow::Result<String> {
     let refreshes = beats * args.presence_connections as f64;
     drop(sockets);
     Ok(format!(
-        "presence: {} guests in {rooms} rooms ({per_room} each) opened in {:.1} s, {} presence frames; idle {:.0} s (~{beats:.1} heartbeats): server CPU {server_cpu:.2} s, Redis CPU {redis_cpu:.2} s -> {:.1} µs server, {:.1} µs Redis per entry refreshed",
+        "presence: {} guests in {rooms} rooms ({per_room} each, {watchers} watching) opened in {:.1} s (server CPU {join_server_cpu:.2} s, Redis CPU {join_redis_cpu:.2} s -> {:.0} µs Redis per join), {} presence frames; idle {:.0} s (~{beats:.1} heartbeats): server CPU {server_cpu:.2} s, Redis CPU {redis_cpu:.2} s -> {:.1} µs server, {:.1} µs Redis per entry refreshed",
         args.presence_connections,
         opened.as_secs_f64(),
+        join_redis_cpu / args.presence_connections.max(1) as f64 * 1e6,
         events.load(Ordering::Relaxed),
         measured.elapsed().as_secs_f64(),
         server_cpu / refreshes.max(1.0) * 1e6,

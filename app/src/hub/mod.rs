@@ -156,6 +156,18 @@ impl Hub {
         state.rooms.get(room).map(|r| r.last_id).unwrap_or_default()
     }
 
+    /// The rooms with clients here that asked for presence events.
+    pub fn watched(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .rooms
+            .iter()
+            .filter(|(_, room)| room.events.as_ref().is_some_and(|e| e.receiver_count() > 0))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Whether this instance follows `room` already (joining it costs nothing more).
     pub fn follows(&self, room: &str) -> bool {
         self.state.lock().unwrap().rooms.contains_key(room)

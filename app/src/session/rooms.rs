@@ -19,7 +19,7 @@ use super::{Connection, Reply};
 use crate::AppState;
 use crate::connection::StoreError;
 use crate::hub;
-use crate::protocol::{JoinRequest, MAX_LISTED_MEMBERS, Rejection, ServerFrame, StreamId};
+use crate::protocol::{JoinRequest, Rejection, ServerFrame, StreamId};
 use crate::recovery::{self, Unrecoverable};
 use crate::store::{self, Entry, RoomState};
 
@@ -235,11 +235,11 @@ async fn replay_and_follow(
 
 /// The `presence` frame of a room: how many users, and the first of them by name.
 pub(super) async fn presence_frame(state: &AppState, room: &str) -> Result<Utf8Bytes, StoreError> {
-    let members = state.presence.members(room).await?;
+    let (count, members) = state.presence.members(room).await?;
     let frame = ServerFrame::Presence {
         room,
-        count: members.len(),
-        members: &members[..members.len().min(MAX_LISTED_MEMBERS)],
+        count,
+        members: &members,
     };
     Ok(frame.to_json().into())
 }
