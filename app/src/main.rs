@@ -156,15 +156,16 @@ async fn main() -> anyhow::Result<()> {
     );
 
     signals.recv().await;
+    let signalled = tokio::time::Instant::now();
     metrics.draining.store(true, Ordering::Relaxed);
-    let window = drain::close_window(config.drain());
+    let window = state.drain.begin(config.drain());
+    let deadline = state.drain.deadline().unwrap_or(signalled);
     tracing::info!(
         drain_secs = config.drain_secs,
         ?window,
         connections = metrics.connections.load(Ordering::Relaxed),
         "draining: closing connections with 1012, spread over the window"
     );
-    state.drain.begin(window);
     tokio::select! {
         _ = tokio::time::sleep(window) => {}
         _ = signals.recv() => tracing::info!("second signal: ending the drain early"),
@@ -173,18 +174,24 @@ async fn main() -> anyhow::Result<()> {
         connections = metrics.connections.load(Ordering::Relaxed),
         "closing the remaining connections with 1012"
     );
+    // Everything below ends by the deadline: the stop timeout (the drain and a margin)
+    // never cuts a presence leave short.
     state.close.cancel();
     state.tracker.close();
-    let _ = tokio::time::timeout(
-        session::CLOSE_GRACE + session::CLOSE_REPLY_WAIT,
-        state.tracker.wait(),
-    )
-    .await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let reserve = deadline
+        .checked_sub(drain::LEAVE_RESERVE)
+        .unwrap_or(deadline);
+    let _ = tokio::time::timeout_at(reserve, state.tracker.wait()).await;
+    // Connections still stuck (a socket that takes nothing) leave presence from here.
+    let _ = tokio::time::timeout_at(deadline, state.presence.leave_everything()).await;
+    let _ = tokio::time::timeout_at(deadline, server).await;
     stop.cancel();
     background.close();
-    background.wait().await;
-    tracing::info!("stopped");
+    let _ = tokio::time::timeout_at(deadline, background.wait()).await;
+    tracing::info!(
+        elapsed_ms = signalled.elapsed().as_millis() as u64,
+        "stopped"
+    );
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::TryStreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use redis::Script;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -234,6 +234,28 @@ impl Presence {
                 .map(|room| self.leave_in_redis(room, connection)),
         )
         .await;
+    }
+
+    /// Takes every entry still kept here out of Redis: at the end of a drain, for the
+    /// connections whose own leave has not come (stuck on a socket that takes nothing).
+    pub async fn leave_everything(&self) {
+        let _no_heartbeat = self.beating.read().await;
+        let rooms = std::mem::take(&mut *self.local.lock().unwrap()).rooms;
+        let leaves = rooms.into_iter().flat_map(|(room, entries)| {
+            let connections: Vec<String> = entries.into_keys().collect();
+            connections
+                .chunks(SLICE)
+                .map(|slice| (room.clone(), slice.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        futures_util::stream::iter(leaves)
+            .for_each_concurrent(HEARTBEAT_CONCURRENCY, |(room, connections)| async move {
+                let args: Vec<&str> = connections.iter().map(String::as_str).collect();
+                if let Err(error) = self.call::<Swept>(&room, "leave", &args).await {
+                    tracing::warn!(%error, room, "leaving presence failed; the entries will expire");
+                }
+            })
+            .await;
     }
 
     async fn leave_in_redis(&self, room: &str, connection: &str) {

@@ -99,7 +99,9 @@ pub async fn upgrade(
             state.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
             return ws.on_upgrade(move |socket| {
                 let tracker = state.tracker.clone();
-                tracker.track_future(session::refuse(socket, slot, code, reason))
+                tracker.track_future(async move {
+                    session::refuse(socket, slot, code, reason, &state.drain).await
+                })
             });
         }
     };

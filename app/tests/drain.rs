@@ -162,3 +162,74 @@ async fn draining_1000_clients_spreads_reconnects_and_loses_nothing() {
         "a stampede: {busiest} reconnects in half a second"
     );
 }
+
+/// Opens a WebSocket whose receive buffer is as small as the kernel allows, and never
+/// reads from it: once the server has a few frames for it, its writes stall.
+async fn stalled_client(
+    server: &Server,
+    query: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(server.ws_url(query), tcp)
+        .await
+        .unwrap();
+    ws
+}
+
+/// The whole shutdown ends within `--drain-secs` (4 here), also with clients whose
+/// sockets take nothing more (a writer stuck on them, a close frame that cannot go
+/// out), and their presence is left, not cut short: the stop timeout comes after the
+/// drain, and the members are not shown online for another presence lifetime. Before,
+/// a stuck connection held the shutdown for its write timeout and then 10 s more for
+/// its close frame, past the drain.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_within_the_drain_and_leaves_presence() {
+    let redis = Redis::start();
+    let mut server = Server::start(
+        "drained",
+        &redis.url(),
+        &[
+            "--drain-secs",
+            "4",
+            "--presence-ttl-secs",
+            "600",
+            "--rate-burst",
+            "3000",
+        ],
+    );
+    let mut stalled = Vec::new();
+    for i in 0..5 {
+        stalled.push(stalled_client(&server, &format!("?room=stuck&name=s{i}")).await);
+    }
+    // 2 500 messages of 2 000 characters, 5 MB: more than the socket buffers take (the
+    // kernel grows a send buffer up to 4 MB here).
+    let mut flooder = Client::connect(&server, "?room=stuck").await;
+    let text = "x".repeat(2000);
+    for _ in 0..2500 {
+        flooder.send("flood", &text).await;
+    }
+    flooder.next_ids(2500).await;
+    let mut conn = common::redis_conn(&redis.url()).await;
+    let present = async |conn: &mut redis::aio::MultiplexedConnection| -> u64 {
+        redis::cmd("HLEN")
+            .arg("chat:{stuck}:presence")
+            .query_async(conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(present(&mut conn).await, 5);
+
+    let signalled = Instant::now();
+    server.sigterm();
+    assert!(server.wait_exit().await.success());
+    let took = signalled.elapsed();
+    eprintln!("SIGTERM to exit: {took:?} (drain 4 s)");
+    assert!(
+        took < Duration::from_millis(4_800),
+        "the shutdown took {took:?}, past the drain of 4 s"
+    );
+    assert_eq!(present(&mut conn).await, 0, "presence left behind");
+    drop(stalled);
+}

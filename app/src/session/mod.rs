@@ -28,14 +28,15 @@ use tokio::time::timeout;
 
 use crate::AppState;
 use crate::auth::{Identity, Refusal};
+use crate::drain::Drain;
 use crate::limits::ConnectionSlot;
 use crate::protocol::{JoinRequest, Member};
 use crate::store::RoomState;
 
 /// How long a close frame may take to get out before the socket is simply dropped.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// How long to wait for the client's half of the closing handshake.
-pub const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 /// Replies waiting for the writer. When it is full the reader waits, so a client that
 /// does not read its replies ends as a slow consumer.
 const REPLY_QUEUE: usize = 64;
@@ -130,7 +131,7 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
         },
     )
     .await;
-    finish(&mut sink, &mut stream, ending).await;
+    finish(&mut sink, &mut stream, ending, &state.drain).await;
     // Every room's presence this connection entered, also those whose join or leave
     // was cut short when the connection ended.
     state.presence.leave_connection(&connection.origin).await;
@@ -145,31 +146,48 @@ pub fn join_cost(state: &AppState, room: &str, enters_presence: bool) -> u32 {
 }
 
 /// A connection refused for its sign-in token: closed at once, before `hello`.
-pub async fn refuse(socket: WebSocket, slot: ConnectionSlot, code: u16, reason: &'static str) {
+pub async fn refuse(
+    socket: WebSocket,
+    slot: ConnectionSlot,
+    code: u16,
+    reason: &'static str,
+    drain: &Drain,
+) {
     let (mut sink, mut stream) = socket.split();
-    finish(&mut sink, &mut stream, Ending::Close(code, reason)).await;
+    finish(&mut sink, &mut stream, Ending::Close(code, reason), drain).await;
     drop(slot);
 }
 
-async fn finish(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, ending: Ending) {
+/// Ends the connection as `ending` says; during a drain, by the time it leaves for the
+/// presence leaves.
+async fn finish(
+    sink: &mut Sink,
+    stream: &mut SplitStream<WebSocket>,
+    ending: Ending,
+    drain: &Drain,
+) {
     match ending {
         Ending::Close(code, reason) => {
             let frame = CloseFrame {
                 code,
                 reason: reason.into(),
             };
-            if let Ok(Ok(())) = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await {
+            let sent = timeout(
+                drain.handshake_time(CLOSE_GRACE),
+                sink.send(Message::Close(Some(frame))),
+            );
+            if let Ok(Ok(())) = sent.await {
                 // Wait for the client's close reply: closing the socket with its frames
                 // still unread would reset the connection and could destroy our close
                 // frame before the client reads it.
-                let _ = timeout(CLOSE_REPLY_WAIT, async {
+                let _ = timeout(drain.handshake_time(CLOSE_REPLY_WAIT), async {
                     while let Some(Ok(_)) = stream.next().await {}
                 })
                 .await;
             }
         }
         Ending::ClientClosed => {
-            let _ = timeout(CLOSE_GRACE, sink.close()).await;
+            let _ = timeout(drain.handshake_time(CLOSE_GRACE), sink.close()).await;
         }
         Ending::Drop => {}
     }

@@ -172,15 +172,19 @@ pub(super) async fn write_loop(
                 Err(ending) => return ending,
             },
         };
-        match timeout(
+        let write = timeout(
             state.write_timeout,
             write_with_ready(sink, frame, &mut feeds, state),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(ending)) => return ending,
-            Err(_) => return slow_consumer(state),
+        );
+        tokio::select! {
+            written = write => match written {
+                Ok(Ok(())) => {}
+                Ok(Err(ending)) => return ending,
+                Err(_) => return slow_consumer(state),
+            },
+            // A write stuck on a client that does not read cannot hold the drain: the
+            // socket goes, without a close frame (one cannot follow half a frame).
+            _ = state.close.cancelled() => return Ending::Drop,
         }
     }
 }
