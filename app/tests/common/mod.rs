@@ -660,6 +660,11 @@ impl Server {
             .any(|line| line.contains(needle))
     }
 
+    /// Every line the server logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
     /// Whether the server logged a panic so far.
     pub fn panicked(&self) -> bool {
         self.panicked.load(std::sync::atomic::Ordering::SeqCst)
