@@ -22,6 +22,8 @@ pub struct Metrics {
     pub redis_writable: AtomicBool,
     /// The fan-out reader is connected to a primary and its last read succeeded.
     pub reader_up: AtomicBool,
+    /// Rooms followed here whose subscription or catch-up is failing (being retried).
+    pub rooms_unavailable: AtomicU64,
     /// Both of the above, as of the last health probe.
     pub redis_up: AtomicBool,
     pub draining: AtomicBool,
@@ -37,7 +39,7 @@ impl Metrics {
     pub fn render(&self, rooms: usize, presence: (usize, usize)) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let flag = |b: &AtomicBool| u64::from(b.load(Ordering::Relaxed));
-        let rows: [(&str, &str, &str, u64); 17] = [
+        let rows: [(&str, &str, &str, u64); 18] = [
             (
                 "chat_connections",
                 "gauge",
@@ -91,6 +93,12 @@ impl Metrics {
                 "gauge",
                 "Rooms with clients on this instance.",
                 rooms as u64,
+            ),
+            (
+                "chat_rooms_unavailable",
+                "gauge",
+                "Rooms with clients here whose live delivery is failing (their shard does not answer), retried every second.",
+                get(&self.rooms_unavailable),
             ),
             (
                 "chat_presence_entries",
