@@ -88,7 +88,6 @@ pub struct RoomState {
 #[derive(Clone, Debug)]
 pub struct Appended {
     pub id: StreamId,
-    pub epoch: String,
     /// The `cid` had been stored before: nothing new was written.
     pub duplicate: bool,
 }
@@ -143,8 +142,8 @@ impl Store {
         self.publish_command
     }
 
-    /// Stores a message and returns its id and the room's epoch; with a `cid` already
-    /// stored, only returns the id it was stored as.
+    /// Stores a message and returns its id; with a `cid` already stored, only returns
+    /// the id it was stored as.
     pub async fn append(&self, room: &str, message: &SendRequest) -> Result<Appended, StoreError> {
         let mut invocation = self.append_script.key(stream_key(room));
         invocation.key(meta_key(room)).key(live_channel(room));
@@ -161,11 +160,10 @@ impl Store {
             .arg(CID_TTL_SECS)
             .arg(self.publish_command)
             .arg(message.sub.as_deref().unwrap_or_default());
-        let (id, epoch, duplicate): (String, String, u8) =
+        let (id, _epoch, duplicate): (String, String, u8) =
             self.redis.call(Request::Script(&invocation)).await?;
         Ok(Appended {
             id: parse_id(&id)?,
-            epoch,
             duplicate: duplicate == 1,
         })
     }

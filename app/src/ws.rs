@@ -14,12 +14,12 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::AppState;
 use crate::auth;
 use crate::limits;
 use crate::protocol::{self, HARD_MAX_MESSAGE_BYTES, JoinRequest, Member, Rejection};
 use crate::recovery;
 use crate::session::{self, Join};
+use crate::state::AppState;
 
 /// tungstenite's default read buffer is 128 KiB, allocated and zeroed per connection:
 /// most of an idle connection's memory. Chat frames are small; larger ones still work.

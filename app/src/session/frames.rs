@@ -18,12 +18,12 @@ use super::{
     CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_RATE, CLOSE_TOO_BIG, CLOSE_TRY_LATER,
     Connection, Ending, Reply,
 };
-use crate::AppState;
 use crate::connection::StoreError;
 use crate::limits::{ConnectionSlot, TokenBucket};
 use crate::protocol::{
     ClientFrame, JoinRequest, Rejection, SendRequest, ServerFrame, parse_client_frame,
 };
+use crate::state::AppState;
 use crate::store::RoomState;
 
 /// Error frames a connection can earn in a burst before it is closed with 1008...

@@ -26,11 +26,11 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use crate::AppState;
 use crate::auth::{Identity, Refusal};
 use crate::drain::Drain;
 use crate::limits::ConnectionSlot;
 use crate::protocol::{JoinRequest, Member};
+use crate::state::AppState;
 use crate::store::RoomState;
 
 /// How long a close frame may take to get out before the socket is simply dropped.

@@ -16,11 +16,11 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::writer::RoomFeed;
 use super::{Connection, Reply};
-use crate::AppState;
 use crate::connection::StoreError;
 use crate::hub;
 use crate::protocol::{JoinRequest, Rejection, ServerFrame, StreamId};
 use crate::recovery::{self, Unrecoverable};
+use crate::state::AppState;
 use crate::store::{self, Entry, RoomState};
 
 /// How long a join with presence waits for its instance to subscribe to the room; past

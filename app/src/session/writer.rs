@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::{CLOSE_RESTART, Ending, Reply, Sink, rooms, slow_consumer};
-use crate::AppState;
 use crate::hub::channel::Receiver;
 use crate::hub::{About, Outgoing};
 use crate::protocol::StreamId;
+use crate::state::AppState;
 
 /// Live frames written to a client per flush at most.
 const MAX_COALESCED: usize = 32;
