@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail};
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::protocol;
 
@@ -79,16 +79,14 @@ struct Claims {
 }
 
 /// Who a connection speaks for, from a verified token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub sub: String,
     pub name: String,
     /// Seconds since the Unix epoch after which the token is no longer valid.
     pub exp: u64,
-    #[serde(skip)]
     rooms: Option<Vec<String>>,
     /// The verifier's allowance for clock skew, which `exp` is read with.
-    #[serde(skip)]
     leeway: Duration,
 }
 
@@ -219,6 +217,15 @@ fn identity(claims: Claims) -> Result<Identity, Refusal> {
 }
 
 impl Identity {
+    /// Who this is, as `hello` says it.
+    pub fn signed_in(&self) -> protocol::SignedIn<'_> {
+        protocol::SignedIn {
+            sub: &self.sub,
+            name: &self.name,
+            exp: self.exp,
+        }
+    }
+
     /// Whether the token's `rooms` patterns (all rooms when it has none) admit `room`.
     pub fn may_join(&self, room: &str) -> bool {
         match &self.rooms {

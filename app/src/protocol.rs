@@ -137,6 +137,16 @@ pub struct Member {
     pub name: String,
 }
 
+/// Who a connection speaks for, as `hello` tells it: a verified token's user and when
+/// the token expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SignedIn<'a> {
+    pub sub: &'a str,
+    pub name: &'a str,
+    /// Seconds since the Unix epoch.
+    pub exp: u64,
+}
+
 /// Frames the server sends.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -155,7 +165,7 @@ pub enum ServerFrame<'a> {
         reason: Option<&'static str>,
         /// Who the connection speaks for, when the server verifies tokens.
         #[serde(skip_serializing_if = "Option::is_none")]
-        user: Option<&'a crate::auth::Identity>,
+        user: Option<SignedIn<'a>>,
     },
     /// A `join` frame's answer, as `hello` answers the first room's.
     Joined {

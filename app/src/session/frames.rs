@@ -18,6 +18,7 @@ use super::{
     CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_RATE, CLOSE_TOO_BIG, CLOSE_TRY_LATER,
     Connection, Ending, Reply,
 };
+use crate::auth::Identity;
 use crate::connection::StoreError;
 use crate::limits::{ConnectionSlot, TokenBucket};
 use crate::protocol::{
@@ -206,7 +207,7 @@ impl<'a> Reader<'a> {
                 epoch: None,
                 recovered: None,
                 reason: None,
-                user: self.connection.identity.as_ref(),
+                user: self.connection.identity.as_ref().map(Identity::signed_in),
             };
             self.reply(hello.to_json()).await?;
         }

@@ -16,6 +16,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::writer::RoomFeed;
 use super::{Connection, Reply};
+use crate::auth::Identity;
 use crate::connection::StoreError;
 use crate::hub;
 use crate::protocol::{JoinRequest, Rejection, ServerFrame, StreamId};
@@ -152,7 +153,7 @@ async fn follow(
             epoch,
             recovered,
             reason,
-            user: connection.identity.as_ref(),
+            user: connection.identity.as_ref().map(Identity::signed_in),
         },
         Answer::Joined => ServerFrame::Joined {
             room,
