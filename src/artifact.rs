@@ -10,20 +10,14 @@ use aws_sdk_s3::types::{
     ServerSideEncryption, ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration,
     ServerSideEncryptionRule, Tag, Tagging,
 };
-use sha2::{Digest, Sha256};
 
 use crate::aws::{Call, delete_outcome};
 use crate::binary::Binary;
 use crate::engine::{Action, Deletable, DeleteError, DeleteFuture};
 use crate::stack::Stack;
 
-/// SHA-256 in lowercase hexadecimal, as `sha256sum` prints it.
-pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
+/// The hash that names an artifact, owned by [`crate::binary`], which hashes what it reads.
+pub use crate::binary::sha256_hex;
 
 /// Where the binary is, for the instances.
 #[derive(Debug, Clone)]

@@ -12,9 +12,17 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail, ensure as check};
 use goblin::elf::Elf;
 use goblin::elf::header::{EM_AARCH64, EM_X86_64};
+use sha2::{Digest, Sha256};
 
-use crate::artifact::sha256_hex;
 use crate::programs;
+
+/// SHA-256 in lowercase hexadecimal, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
 
 /// The glibc of Amazon Linux 2023, the newest a dynamically linked binary may need.
 pub const AMAZON_LINUX_GLIBC: GlibcVersion = GlibcVersion(2, 34);
