@@ -14,8 +14,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::random::random_fraction;
-
 /// Share of the drain kept free at its end, at least [`MIN_MARGIN`] but never more than
 /// half the drain.
 const MARGIN_SHARE: f64 = 0.2;
@@ -64,7 +62,8 @@ impl Drain {
     pub async fn my_turn(&self) {
         self.begun.cancelled().await;
         let plan = *self.plan.get().expect("set before begun is cancelled");
-        let offset = plan.window.mul_f64(random_fraction());
+        // Uniform in [0, 1).
+        let offset = plan.window.mul_f64(rand::random::<f64>());
         tracing::trace!(
             offset_ms = offset.as_millis() as u64,
             "drain: this connection's turn to close"

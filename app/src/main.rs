@@ -19,7 +19,6 @@ mod limits;
 mod metrics;
 mod presence;
 mod protocol;
-mod random;
 mod reader;
 mod recovery;
 mod session;

@@ -27,7 +27,6 @@ use redis::streams::StreamRangeReply;
 use crate::config::Config;
 use crate::connection::{Redis, Request, StoreError, Target};
 use crate::protocol::{ChatMessage, SendRequest, StreamId};
-use crate::random::random_token;
 
 /// Entries read per page when replaying.
 pub const PAGE: usize = 500;
@@ -151,7 +150,8 @@ impl Store {
             invocation.key(cid_key(room, cid, &message.author()));
         }
         invocation
-            .arg(random_token())
+            // A fresh epoch: 128 random bits, used only if the room has none.
+            .arg(format!("{:032x}", rand::random::<u128>()))
             .arg(self.history_len)
             .arg(self.history_max_age_ms)
             .arg(self.room_ttl_secs)

@@ -21,7 +21,6 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
 use crate::protocol::StreamId;
-use crate::random::random_u64;
 use channel::{Receiver, Sender};
 
 /// A frame ready to go out: serialized once, shared by every client of the room.
@@ -83,7 +82,7 @@ impl Hub {
     pub fn new(capacity: usize) -> Self {
         Hub {
             state: Mutex::new(Rooms::default()),
-            tag: format!("{:x}", random_u64()),
+            tag: format!("{:x}", rand::random::<u64>()),
             connections: AtomicU64::new(0),
             capacity: capacity.max(1),
             changed: Notify::new(),
