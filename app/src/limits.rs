@@ -7,9 +7,12 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use axum::http::HeaderMap;
 
@@ -117,19 +120,12 @@ impl std::fmt::Display for ClientKey {
     }
 }
 
-/// What one client is using.
-struct ClientUse {
-    connections: usize,
-    new_rooms: TokenBucket,
-    joins: TokenBucket,
-}
-
 /// Per-client connection counts, room-creation and join budgets.
 pub struct ClientLimits {
-    by_client: Mutex<HashMap<ClientKey, ClientUse>>,
+    connections: Mutex<HashMap<ClientKey, usize>>,
     max_connections: usize,
-    rooms_per_minute: f64,
-    joins_per_minute: f64,
+    new_rooms: DefaultKeyedRateLimiter<ClientKey>,
+    joins: DefaultKeyedRateLimiter<ClientKey>,
     last_sweep: Mutex<Instant>,
 }
 
@@ -141,19 +137,24 @@ pub struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        if let Some(used) = self.limits.by_client.lock().unwrap().get_mut(&self.client) {
-            used.connections -= 1;
+        let mut connections = self.limits.connections.lock().unwrap();
+        if let Some(open) = connections.get_mut(&self.client) {
+            *open -= 1;
+            if *open == 0 {
+                connections.remove(&self.client);
+            }
         }
     }
 }
 
 impl ClientLimits {
     pub fn new(max_connections: usize, rooms_per_minute: f64, joins_per_minute: f64) -> Self {
+        let per_minute = |n: f64| RateLimiter::keyed(quota(n, n / 60.0));
         ClientLimits {
-            by_client: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
             max_connections,
-            rooms_per_minute,
-            joins_per_minute,
+            new_rooms: per_minute(rooms_per_minute),
+            joins: per_minute(joins_per_minute),
             last_sweep: Mutex::new(Instant::now()),
         }
     }
@@ -161,18 +162,12 @@ impl ClientLimits {
     /// A connection slot for `client`, unless it has all it may have.
     pub fn admit(self: &Arc<Self>, client: ClientKey) -> Option<ConnectionSlot> {
         self.sweep();
-        let mut by_client = self.by_client.lock().unwrap();
-        let used = by_client
-            .entry(client.clone())
-            .or_insert_with(|| ClientUse {
-                connections: 0,
-                new_rooms: TokenBucket::new(self.rooms_per_minute, self.rooms_per_minute / 60.0),
-                joins: TokenBucket::new(self.joins_per_minute, self.joins_per_minute / 60.0),
-            });
-        if used.connections >= self.max_connections {
+        let mut connections = self.connections.lock().unwrap();
+        let open = connections.entry(client.clone()).or_default();
+        if *open >= self.max_connections {
             return None;
         }
-        used.connections += 1;
+        *open += 1;
         Some(ConnectionSlot {
             limits: self.clone(),
             client,
@@ -181,86 +176,53 @@ impl ClientLimits {
 
     /// Spends one room creation of `client`'s budget, if any is left.
     pub fn take_new_room(&self, client: &ClientKey) -> bool {
-        self.by_client
-            .lock()
-            .unwrap()
-            .get_mut(client)
-            .is_some_and(|used| used.new_rooms.take())
+        self.new_rooms.check_key(client).is_ok()
     }
 
     /// Spends `cost` of `client`'s join budget (a room this instance does not follow
     /// yet, a presence entry), if that much is left.
     pub fn take_joins(&self, client: &ClientKey, cost: u32) -> bool {
-        cost == 0
-            || self
-                .by_client
-                .lock()
-                .unwrap()
-                .get_mut(client)
-                .is_some_and(|used| used.joins.take_many(f64::from(cost)))
+        NonZeroU32::new(cost)
+            .is_none_or(|cost| matches!(self.joins.check_key_n(client, cost), Ok(Ok(()))))
     }
 
-    /// Forgets clients with no connection whose budgets have refilled, at most once a
-    /// second: what remains is bounded by the connections and the last minute.
+    /// Forgets the budgets that have refilled, at most once a second: what remains is
+    /// bounded by the clients of the last minute.
     fn sweep(&self) {
         let mut last = self.last_sweep.lock().unwrap();
         if last.elapsed() < Duration::from_secs(1) {
             return;
         }
         *last = Instant::now();
-        self.by_client.lock().unwrap().retain(|_, used| {
-            used.connections > 0 || !used.new_rooms.is_full() || !used.joins.is_full()
-        });
+        self.new_rooms.retain_recent();
+        self.joins.retain_recent();
     }
 }
 
-/// Classic token bucket: `burst` tokens, refilled at `per_sec`.
-pub struct TokenBucket {
-    tokens: f64,
-    burst: f64,
-    per_sec: f64,
-    last: Instant,
-}
+/// A token bucket: `burst` at once, refilled at `per_sec` (governor's GCRA, which keeps
+/// it in one word).
+pub struct TokenBucket(DefaultDirectRateLimiter);
 
 impl TokenBucket {
     pub fn new(burst: f64, per_sec: f64) -> Self {
-        TokenBucket {
-            tokens: burst,
-            burst,
-            per_sec,
-            last: Instant::now(),
-        }
+        TokenBucket(RateLimiter::direct(quota(burst, per_sec)))
     }
 
     pub fn take(&mut self) -> bool {
-        self.take_at(Instant::now())
+        self.0.check().is_ok()
     }
+}
 
-    /// Whether the bucket has refilled completely (nothing of its use is remembered).
-    fn is_full(&self) -> bool {
-        self.tokens + self.last.elapsed().as_secs_f64() * self.per_sec >= self.burst
-    }
-
-    /// Takes `n` tokens at once, or none.
-    pub fn take_many(&mut self, n: f64) -> bool {
-        self.take_n_at(n, Instant::now())
-    }
-
-    fn take_at(&mut self, now: Instant) -> bool {
-        self.take_n_at(1.0, now)
-    }
-
-    fn take_n_at(&mut self, n: f64, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
-        if self.tokens >= n {
-            self.tokens -= n;
-            true
-        } else {
-            false
-        }
-    }
+/// `burst` (at least 1) at once, one more every `1 / per_sec` seconds (at least one a
+/// year: a rate of 0 is a bucket that never refills within any run).
+fn quota(burst: f64, per_sec: f64) -> Quota {
+    const YEAR: f64 = 365.0 * 86_400.0;
+    let period = (1.0 / per_sec).clamp(1e-9, YEAR);
+    let burst = NonZeroU32::new(burst.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
+        .unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(Duration::from_secs_f64(period))
+        .expect("a period of at least a nanosecond")
+        .allow_burst(burst)
 }
 
 #[cfg(test)]
@@ -343,13 +305,13 @@ mod tests {
     }
 
     #[test]
-    fn token_bucket_allows_burst_then_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(3.0, 2.0);
-        bucket.last = start;
-        assert!((0..3).all(|_| bucket.take_at(start)));
-        assert!(!bucket.take_at(start));
-        assert!(bucket.take_at(start + Duration::from_millis(500)));
-        assert!(!bucket.take_at(start + Duration::from_millis(600)));
+    fn a_token_bucket_allows_its_burst_then_waits_for_the_rate() {
+        let mut bucket = TokenBucket::new(3.0, 0.01);
+        assert!((0..3).all(|_| bucket.take()));
+        assert!(!bucket.take(), "one every 100 s");
+        let mut never = TokenBucket::new(1.0, 0.0);
+        assert!(never.take() && !never.take());
+        let mut fast = TokenBucket::new(1_000_000.0, 1_000_000.0);
+        assert!((0..10_000).all(|_| fast.take()));
     }
 }
