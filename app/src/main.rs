@@ -57,11 +57,12 @@ async fn main() -> anyhow::Result<()> {
 
     let auth = config.verifier()?;
     let store = Store::new(&config)?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::install()?);
     let hub = Arc::new(Hub::new(config.send_queue));
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
     background.spawn(health::run(store.clone(), metrics.clone(), stop.clone()));
+    background.spawn(metrics.clone().keep_up(stop.clone()));
     let presence = Arc::new(presence::Presence::new(
         store.clone(),
         Duration::from_secs(config.presence_ttl_secs),

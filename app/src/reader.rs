@@ -109,9 +109,7 @@ async fn follow_until_error(
     let mut retry = tokio::time::interval(RETRY);
     retry.reset();
     loop {
-        metrics
-            .rooms_unavailable
-            .store(rooms.unavailable() as u64, Ordering::Relaxed);
+        metrics.rooms_unavailable.set(rooms.unavailable() as f64);
         tokio::select! {
             push = pushes.recv() => {
                 let push = push.context("the fan-out connection closed")?;
@@ -576,5 +574,6 @@ async fn deliver(store: &Store, hub: &Hub, room: &str, entry: Entry) {
         }
     };
     let clients = hub.publish(room, entry.id, frame);
+    crate::metrics::delivered(entry.id.ms);
     tracing::trace!(room, id = %entry.id, clients, "delivered");
 }

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
@@ -96,7 +95,7 @@ pub async fn upgrade(
         Some(Err(refusal)) => {
             let (code, reason) = refusal.close();
             tracing::info!(%address, room = first.room, code, reason, "refused websocket: sign-in");
-            state.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
+            state.metrics.auth_refused.increment(1);
             return ws.on_upgrade(move |socket| {
                 let tracker = state.tracker.clone();
                 tracker.track_future(async move {

@@ -511,6 +511,16 @@ async fn metrics_and_page() {
     assert_eq!(server.metric("chat_messages_out_total").await, 1.0);
     assert_eq!(server.metric("chat_redis_up").await, 1.0);
     assert_eq!(server.metric("chat_rooms").await, 1.0);
+    // The histograms an operator needs: every Redis call's latency, and the time from
+    // a message's store to its delivery here.
+    for histogram in ["chat_redis_call_seconds", "chat_store_to_delivery_seconds"] {
+        assert!(
+            body.contains(&format!("# TYPE {histogram} histogram")),
+            "{histogram} missing:\n{body}"
+        );
+        assert!(server.metric(&format!("{histogram}_count")).await >= 1.0);
+        assert!(body.contains(&format!("{histogram}_bucket{{le=\"0.005\"}}")));
+    }
 
     let (status, page) = server.get("/").await;
     assert_eq!(status, 200);

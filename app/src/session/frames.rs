@@ -245,10 +245,7 @@ impl<'a> Reader<'a> {
     /// Answers a refused frame with its error frame, and ends a connection that keeps
     /// sending wrong ones or keeps sending too fast.
     async fn refuse(&mut self, rejection: Rejection) -> Result<(), Ending> {
-        self.state
-            .metrics
-            .rejected_frames
-            .fetch_add(1, Ordering::Relaxed);
+        self.state.metrics.rejected_frames.increment(1);
         // Valid but too fast is not invalid input; storage trouble is not the client's
         // fault at all.
         if rejection.code == "rate_limited" {
@@ -309,10 +306,7 @@ impl<'a> Reader<'a> {
         };
         tracing::trace!(room, id = %stored.id, duplicate = stored.duplicate, "stored");
         if !stored.duplicate {
-            self.state
-                .metrics
-                .messages_in
-                .fetch_add(1, Ordering::Relaxed);
+            self.state.metrics.messages_in.increment(1);
         }
         if let Some(membership) = self.rooms.get_mut(&room) {
             membership.has_history = true;

@@ -110,7 +110,7 @@ type Sink = SplitSink<WebSocket, Message>;
 pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
     let metrics = &state.metrics;
     metrics.connections.fetch_add(1, Ordering::Relaxed);
-    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_total.increment(1);
     let number = state.hub.new_connection();
     let connection = Connection {
         number,
@@ -220,15 +220,12 @@ async fn token_expiry(state: &AppState, identity: Option<&Identity>) -> Ending {
         return std::future::pending().await;
     };
     tokio::time::sleep(identity.expires_in()).await;
-    state.metrics.token_expired.fetch_add(1, Ordering::Relaxed);
+    state.metrics.token_expired.increment(1);
     let (code, reason) = Refusal::Expired.close();
     Ending::Close(code, reason)
 }
 
 fn slow_consumer(state: &AppState) -> Ending {
-    state
-        .metrics
-        .slow_disconnects
-        .fetch_add(1, Ordering::Relaxed);
+    state.metrics.slow_disconnects.increment(1);
     Ending::Close(CLOSE_SLOW_CONSUMER, "slow consumer")
 }

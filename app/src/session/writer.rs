@@ -199,7 +199,7 @@ async fn feed_frame(
     match received {
         Ok(outgoing) => {
             if matches!(outgoing.about, About::Entry(_)) {
-                state.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+                state.metrics.messages_out.increment(1);
             }
             Ok(Some(Message::Text(outgoing.frame)))
         }
@@ -250,10 +250,7 @@ async fn write_replay(
     };
     match timeout(state.write_timeout, write).await {
         Ok(Ok(())) => {
-            state
-                .metrics
-                .messages_out
-                .fetch_add(sent, Ordering::Relaxed);
+            state.metrics.messages_out.increment(sent);
             Ok(())
         }
         Ok(Err(_)) => Err(Ending::Drop),
