@@ -6,7 +6,8 @@
 #
 # Usage: scripts/bench-chat.sh [extra chat-bench flags, e.g. --idle 5000]
 # CHAT_SERVER=<path> runs that chat-server binary instead of this tree's (to compare a
-# build before and after a change with the same load generator).
+# build before and after a change with the same load generator); CHAT_SERVER_FLAGS adds
+# flags to both servers (after the benchmark's own, so they win: --send-queue 256).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +47,7 @@ join_budget=()
 if "$server" --help | grep -q -- --room-joins-per-minute; then
   join_budget=(--room-joins-per-minute 1000000)
 fi
+read -r -a extra_flags <<<"${CHAT_SERVER_FLAGS:-}"
 # Every benchmark connection comes from loopback: the limits per client address (and on
 # new rooms) would refuse them, so they are lifted with the rate limits.
 for id in bench-a bench-b; do
@@ -53,7 +55,7 @@ for id in bench-a bench-b; do
     --listen 127.0.0.1:0 --redis-url "redis://127.0.0.1:$redis_port" --instance-id "$id" \
     --rate-per-sec 1000000 --rate-burst 1000000 --send-queue 4096 --drain-secs 0 \
     --max-connections-per-address 1000000 --new-rooms-per-minute 1000000 \
-    "${join_budget[@]}" 2>"$work/$id.log" &
+    "${join_budget[@]}" "${extra_flags[@]}" 2>"$work/$id.log" &
   pids+=($!)
   server_pids+=($!)
   for _ in $(seq 100); do
