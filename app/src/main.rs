@@ -42,6 +42,11 @@ use metrics::Metrics;
 use state::AppState;
 use store::Store;
 
+/// The static musl build's allocator (see app/Cargo.toml); glibc's own elsewhere.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
