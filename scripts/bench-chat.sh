@@ -6,7 +6,9 @@
 #
 # Usage: scripts/bench-chat.sh [extra chat-bench flags, e.g. --idle 5000]
 # CHAT_SERVER=<path> runs that chat-server binary instead of this tree's (to compare a
-# build before and after a change with the same load generator).
+# build before and after a change with the same load generator); CHAT_SERVER_FLAGS adds
+# flags to both servers (others than those set below), SEND_QUEUE sets their
+# --send-queue (default 4096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,14 +42,21 @@ done
 
 addrs=()
 server_pids=()
+# A server from before --room-joins-per-minute (CHAT_SERVER=...) has no such budget.
+server="${CHAT_SERVER:-$bin/chat-server}"
+join_budget=()
+if "$server" --help | grep -q -- --room-joins-per-minute; then
+  join_budget=(--room-joins-per-minute 1000000)
+fi
+read -r -a extra_flags <<<"${CHAT_SERVER_FLAGS:-}"
 # Every benchmark connection comes from loopback: the limits per client address (and on
 # new rooms) would refuse them, so they are lifted with the rate limits.
 for id in bench-a bench-b; do
-  RUST_LOG=warn,chat_server=info NO_COLOR=1 "${CHAT_SERVER:-$bin/chat-server}" \
+  RUST_LOG=warn,chat_server=info NO_COLOR=1 "$server" \
     --listen 127.0.0.1:0 --redis-url "redis://127.0.0.1:$redis_port" --instance-id "$id" \
-    --rate-per-sec 1000000 --rate-burst 1000000 --send-queue 4096 --drain-secs 0 \
+    --rate-per-sec 1000000 --rate-burst 1000000 --send-queue "${SEND_QUEUE:-4096}" --drain-secs 0 \
     --max-connections-per-address 1000000 --new-rooms-per-minute 1000000 \
-    2>"$work/$id.log" &
+    "${join_budget[@]}" "${extra_flags[@]}" 2>"$work/$id.log" &
   pids+=($!)
   server_pids+=($!)
   for _ in $(seq 100); do

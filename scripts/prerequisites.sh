@@ -5,7 +5,9 @@
 # and prints the exact command to run.
 #
 #   scripts/prerequisites.sh demo    redis-server, redis-tools, openssl, curl, python3 with venv, musl-tools
-#   scripts/prerequisites.sh test    the same, plus Chromium, chromedriver, shellcheck
+#   scripts/prerequisites.sh test    the same, plus Chromium, chromedriver, shellcheck, and
+#                                    for the Graviton cross build clang and musl's arm64
+#                                    headers (musl-dev:arm64, Debian's arm64 architecture)
 #
 # The Rust toolchain itself comes from rust-toolchain.toml (rustup installs the pinned
 # channel and its components on first use); the musl targets are added here if missing.
@@ -49,6 +51,13 @@ done
 if command -v python3 >/dev/null && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
   missing+=(python3-venv)
 fi
+# The Graviton cross build compiles mimalloc's C (the musl build's allocator) against
+# musl's aarch64 headers (.cargo/config.toml): a package of Debian's arm64 architecture.
+arm64_headers=false
+if [[ $profile == test && ! -e /usr/include/aarch64-linux-musl/stdlib.h ]]; then
+  missing+=(musl-dev:arm64)
+  arm64_headers=true
+fi
 if ! command -v cargo >/dev/null; then
   log "cargo not found: install Rust with rustup (https://rustup.rs); rust-toolchain.toml then picks the version"
   exit 1
@@ -79,12 +88,18 @@ elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
 else
   log "missing Debian packages: ${missing[*]}"
   log "nothing was changed; install them with:"
+  if $arm64_headers; then
+    printf '\n    sudo dpkg --add-architecture arm64' >&2
+  fi
   printf '\n    sudo apt-get update && sudo %s\n\n' "${install[*]}" >&2
   exit 1
 fi
 
 started=$SECONDS
 log "installing Debian packages: ${missing[*]}"
+if $arm64_headers && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  "${sudo[@]}" dpkg --add-architecture arm64
+fi
 "${sudo[@]}" apt-get update -o Dpkg::Use-Pty=0
 DEBIAN_FRONTEND=noninteractive "${sudo[@]}" "${install[@]}" -o Dpkg::Use-Pty=0
 log "installed ${missing[*]} in $((SECONDS - started)) s"

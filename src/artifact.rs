@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use anyhow::{Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ServerSideEncryption;
-use sha2::{Digest, Sha256};
 
 use crate::aws::Call;
 use crate::binary::Binary;
@@ -17,13 +16,8 @@ use crate::bucket;
 use crate::engine::{Action, Deletable};
 use crate::stack::Stack;
 
-/// SHA-256 in lowercase hexadecimal, as `sha256sum` prints it.
-pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
+/// The hash that names an artifact, owned by [`crate::binary`], which hashes what it reads.
+pub use crate::binary::sha256_hex;
 
 /// Where the binaries are in the bucket, each under its SHA-256.
 const BINARIES: &str = "chat-server/";

@@ -12,9 +12,17 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail, ensure as check};
 use goblin::elf::Elf;
 use goblin::elf::header::{EM_AARCH64, EM_X86_64};
+use sha2::{Digest, Sha256};
 
-use crate::artifact::sha256_hex;
 use crate::programs;
+
+/// SHA-256 in lowercase hexadecimal, as `sha256sum` prints it.
+pub fn sha256_hex(bytes: impl AsRef<[u8]>) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
 
 /// The glibc of Amazon Linux 2023, the newest a dynamically linked binary may need.
 pub const AMAZON_LINUX_GLIBC: GlibcVersion = GlibcVersion(2, 34);
@@ -177,16 +185,27 @@ pub fn prepare(
 }
 
 /// A cold release build takes minutes: cargo's own lines are shown as they come, so the
-/// user sees it working. Cross builds to aarch64 link with rust-lld and compile ring's C
-/// with clang (.cargo/config.toml).
+/// user sees it working. Its C (ring's, mimalloc's) is compiled against musl's headers:
+/// x86_64 with musl-tools' compiler, aarch64 with clang and Debian's musl-dev:arm64
+/// (.cargo/config.toml); cross builds to aarch64 link with rust-lld.
 fn build_chat_server(architecture: Architecture, show: &dyn Fn(&str)) -> Result<PathBuf> {
     let target = architecture.musl_target();
-    if architecture == Architecture::Arm64 && std::env::consts::ARCH != "aarch64" {
-        check!(
-            programs::on_path("clang"),
-            "building chat-server for arm64 (Graviton) on this machine needs clang, for the \
-             C code of its TLS library: apt-get install clang, or set instances.binary"
-        );
+    match architecture {
+        Architecture::Arm64 => {
+            check!(
+                programs::on_path("clang")
+                    && Path::new("/usr/include/aarch64-linux-musl/stdlib.h").exists(),
+                "building chat-server for arm64 (Graviton) on this machine needs clang and \
+                 musl's arm64 headers, for the C of its TLS library and allocator: \
+                 dpkg --add-architecture arm64 && apt-get update && apt-get install clang \
+                 musl-dev:arm64, or set instances.binary"
+            );
+        }
+        Architecture::X86_64 => check!(
+            programs::on_path("x86_64-linux-musl-gcc"),
+            "building chat-server for x86_64 needs musl's C compiler, for the C of its TLS \
+             library and allocator: apt-get install musl-tools, or set instances.binary"
+        ),
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"));
     let command = format!("cargo build --release -p chat-server --target {target}");

@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail};
 use axum::http::{HeaderMap, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::protocol;
 
@@ -52,6 +52,18 @@ const MAX_ROOM_PATTERNS: usize = 100;
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    leeway: Duration,
+}
+
+/// What a token must satisfy besides its signature.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rules<'a> {
+    /// The `iss` tokens must carry.
+    pub issuer: Option<&'a str>,
+    /// The `aud` tokens must name.
+    pub audience: Option<&'a str>,
+    /// How far the identity service's clock may be from ours, both ways.
+    pub leeway: Duration,
 }
 
 /// The claims a token must have; others are ignored.
@@ -67,14 +79,15 @@ struct Claims {
 }
 
 /// Who a connection speaks for, from a verified token.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub sub: String,
     pub name: String,
     /// Seconds since the Unix epoch after which the token is no longer valid.
     pub exp: u64,
-    #[serde(skip)]
     rooms: Option<Vec<String>>,
+    /// The verifier's allowance for clock skew, which `exp` is read with.
+    leeway: Duration,
 }
 
 /// Why a connection is refused or ended for its token.
@@ -101,28 +114,27 @@ impl Refusal {
 impl Verifier {
     /// Reads a PEM public key (SubjectPublicKeyInfo, `-----BEGIN PUBLIC KEY-----`): an
     /// Ed25519 key verifies `EdDSA` tokens, a P-256 key `ES256` ones.
-    pub fn from_file(
-        path: &Path,
-        issuer: Option<&str>,
-        audience: Option<&str>,
-    ) -> anyhow::Result<Verifier> {
+    pub fn from_file(path: &Path, rules: Rules<'_>) -> anyhow::Result<Verifier> {
         let pem = std::fs::read_to_string(path)
             .with_context(|| format!("reading the auth public key {}", path.display()))?;
         let (key, algorithm) =
             public_key(&pem).with_context(|| format!("the auth public key {}", path.display()))?;
-        Ok(Verifier::new(key, algorithm, issuer, audience))
+        Ok(Verifier::new(key, algorithm, rules))
     }
 
-    fn new(
-        key: DecodingKey,
-        algorithm: Algorithm,
-        issuer: Option<&str>,
-        audience: Option<&str>,
-    ) -> Verifier {
+    fn new(key: DecodingKey, algorithm: Algorithm, rules: Rules<'_>) -> Verifier {
+        let Rules {
+            issuer,
+            audience,
+            leeway,
+        } = rules;
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        // `exp` means what it says, to the second: the connection closes at it too.
-        validation.leeway = 0;
+        // The identity service's clock and ours differ by a little: a token is taken
+        // that far before its `nbf` and after its `exp` (and the connection closes
+        // that long after `exp`), so that a service a second ahead, which sets
+        // `nbf = iat`, does not have its fresh tokens refused.
+        validation.leeway = leeway.as_secs();
         validation.validate_nbf = true;
         if let Some(issuer) = issuer {
             validation.set_issuer(&[issuer]);
@@ -132,12 +144,17 @@ impl Verifier {
             validation.set_audience(&[audience]);
             validation.required_spec_claims.insert("aud".to_owned());
         }
-        Verifier { key, validation }
+        Verifier {
+            key,
+            validation,
+            leeway,
+        }
     }
 
     /// Verifies a token and the room it is used for.
     pub fn verify(&self, token: Option<&str>, room: &str) -> Result<Identity, Refusal> {
-        let identity = identity(self.claims(token)?)?;
+        let mut identity = identity(self.claims(token)?)?;
+        identity.leeway = self.leeway;
         if identity.may_join(room) {
             Ok(identity)
         } else {
@@ -206,10 +223,20 @@ fn identity(claims: Claims) -> Result<Identity, Refusal> {
         name: claims.name,
         exp: claims.exp,
         rooms: claims.rooms,
+        leeway: Duration::ZERO,
     })
 }
 
 impl Identity {
+    /// Who this is, as `hello` says it.
+    pub fn signed_in(&self) -> protocol::SignedIn<'_> {
+        protocol::SignedIn {
+            sub: &self.sub,
+            name: &self.name,
+            exp: self.exp,
+        }
+    }
+
     /// Whether the token's `rooms` patterns (all rooms when it has none) admit `room`.
     pub fn may_join(&self, room: &str) -> bool {
         match &self.rooms {
@@ -218,12 +245,13 @@ impl Identity {
         }
     }
 
-    /// How long until the token expires (zero once it has).
+    /// How long until the token expires, with the clock-skew allowance it was accepted
+    /// with (zero once it has).
     pub fn expires_in(&self) -> Duration {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        Duration::from_secs(self.exp).saturating_sub(now)
+        (Duration::from_secs(self.exp) + self.leeway).saturating_sub(now)
     }
 }
 

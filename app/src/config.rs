@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::auth::Verifier;
+use crate::auth::{Rules, Verifier};
 use crate::limits::Cidr;
 
 /// WebSocket chat server: rooms are Redis Streams, so every instance behind the load
@@ -49,10 +49,10 @@ pub struct Config {
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
 
-    /// Messages kept per room in Redis (approximate MAXLEN trim); the window in which a
-    /// reconnect with `since` is gap-free.
-    #[arg(long, env = "CHAT_HISTORY_LEN", default_value_t = 1000)]
-    pub history_len: usize,
+    /// Messages kept per room in Redis (exact `MAXLEN` trim), at least 1; the window in
+    /// which a reconnect with `since` is gap-free.
+    #[arg(long, env = "CHAT_HISTORY_LEN", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_len: u64,
 
     /// Seconds a message is kept at most (trimmed by age with `XTRIM MINID` on each write).
     #[arg(long, env = "CHAT_HISTORY_MAX_AGE_SECS", default_value_t = 86_400)]
@@ -69,6 +69,12 @@ pub struct Config {
     /// Rooms a client address may create (send the first message of) per minute.
     #[arg(long, env = "CHAT_NEW_ROOMS_PER_MINUTE", default_value_t = 10.0)]
     pub new_rooms_per_minute: f64,
+
+    /// Joins a client may make per minute that cost this instance or Redis something
+    /// lasting: of a room this instance does not follow yet (a queue and a subscription
+    /// here), and into a room's presence (an entry in Redis); each counts one.
+    #[arg(long, env = "CHAT_ROOM_JOINS_PER_MINUTE", default_value_t = 600.0)]
+    pub room_joins_per_minute: f64,
 
     /// Comma-separated CIDRs of proxies whose `X-Forwarded-For` is believed (the load
     /// balancer's subnets, e.g. the VPC CIDR). Empty: the TCP peer is the client.
@@ -122,6 +128,12 @@ pub struct Config {
     /// that name an audience are refused.
     #[arg(long, env = "CHAT_AUTH_AUDIENCE", requires = "auth_public_key_file")]
     pub auth_audience: Option<String>,
+
+    /// With a key: seconds the identity service's clock may be ahead of or behind ours:
+    /// a token is accepted that long before its `nbf` and after its `exp`, and a
+    /// connection is closed that long after its token's `exp`.
+    #[arg(long, env = "CHAT_AUTH_LEEWAY_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub auth_leeway_secs: u64,
 
     /// With a key: where the chat page fetches a token (GET, with the browser's
     /// credentials; the answer is the token, as text or as `{"token": ...}`), at sign-in
@@ -181,8 +193,11 @@ impl Config {
             .map(|key| {
                 Verifier::from_file(
                     key,
-                    self.auth_issuer.as_deref().filter(|i| !i.is_empty()),
-                    self.auth_audience.as_deref().filter(|a| !a.is_empty()),
+                    Rules {
+                        issuer: self.auth_issuer.as_deref().filter(|i| !i.is_empty()),
+                        audience: self.auth_audience.as_deref().filter(|a| !a.is_empty()),
+                        leeway: Duration::from_secs(self.auth_leeway_secs),
+                    },
                 )
             })
             .transpose()
@@ -238,5 +253,15 @@ mod tests {
             Config::try_parse_from(["chat-server", "--auth-token-url", "https://id.example/t"])
                 .is_err()
         );
+    }
+
+    /// A history of 0 would trim every entry as it is added: every message would start
+    /// a new epoch, and no `since` could ever be recovered.
+    #[test]
+    fn a_history_of_no_messages_is_refused() {
+        let parse = |len: &str| Config::try_parse_from(["chat-server", "--history-len", len]);
+        let error = parse("0").unwrap_err().to_string();
+        assert!(error.contains("--history-len"), "{error}");
+        assert_eq!(parse("1").unwrap().history_len, 1);
     }
 }

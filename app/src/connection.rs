@@ -258,6 +258,13 @@ impl Redis {
     /// connection is no good replaces it, and the request is retried if it was certainly
     /// not executed.
     pub async fn call<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.call_bounded(request).await;
+        crate::metrics::redis_call_took(started.elapsed());
+        result
+    }
+
+    async fn call_bounded<T: FromRedisValue>(&self, request: Request<'_>) -> Result<T, StoreError> {
         let (client, current) = match self {
             Redis::Single(single) => (&single.client, &single.current),
             Redis::Cluster(cluster) => {

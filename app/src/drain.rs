@@ -3,6 +3,10 @@
 //! an instance's clients reconnect to the others a few at a time instead of all in the
 //! same quarter second, and all are closed before the load balancer's deregistration
 //! delay (set equal to `--drain-secs`) cuts whatever is left.
+//!
+//! The whole shutdown ends by the drain's deadline: a closing handshake may last until
+//! [`LEAVE_RESERVE`] before it, and what the connections leave behind (presence) is
+//! taken out of Redis in that reserve.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -10,12 +14,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::random::random_fraction;
-
 /// Share of the drain kept free at its end, at least [`MIN_MARGIN`] but never more than
 /// half the drain.
 const MARGIN_SHARE: f64 = 0.2;
 const MIN_MARGIN: Duration = Duration::from_secs(3);
+/// The end of the drain kept for leaving presence, after the last closing handshake.
+pub const LEAVE_RESERVE: Duration = Duration::from_secs(1);
 
 /// How long the closes are spread over, for a drain of `drain`.
 pub fn close_window(drain: Duration) -> Duration {
@@ -26,15 +30,30 @@ pub fn close_window(drain: Duration) -> Duration {
 #[derive(Default)]
 pub struct Drain {
     begun: CancellationToken,
-    /// When the drain began and the window the closes are spread over.
-    plan: OnceLock<(Instant, Duration)>,
+    /// When the drain began, the window the closes are spread over, and its deadline.
+    plan: OnceLock<Plan>,
+}
+
+#[derive(Clone, Copy)]
+struct Plan {
+    start: Instant,
+    window: Duration,
+    deadline: Instant,
 }
 
 impl Drain {
-    /// Starts spreading closes over `window` from now.
-    pub fn begin(&self, window: Duration) {
-        let _ = self.plan.set((Instant::now(), window));
+    /// Starts spreading closes over the window of a drain of `drain` from now; returns
+    /// the window.
+    pub fn begin(&self, drain: Duration) -> Duration {
+        let start = Instant::now();
+        let window = close_window(drain);
+        let _ = self.plan.set(Plan {
+            start,
+            window,
+            deadline: start + drain,
+        });
         self.begun.cancel();
+        window
     }
 
     /// Completes at this connection's moment to close: a uniformly random point of the
@@ -42,8 +61,33 @@ impl Drain {
     /// connection and keep the future.
     pub async fn my_turn(&self) {
         self.begun.cancelled().await;
-        let (start, window) = *self.plan.get().expect("set before begun is cancelled");
-        tokio::time::sleep_until(start + window.mul_f64(random_fraction())).await;
+        let plan = *self.plan.get().expect("set before begun is cancelled");
+        // Uniform in [0, 1).
+        let offset = plan.window.mul_f64(rand::random::<f64>());
+        tracing::trace!(
+            offset_ms = offset.as_millis() as u64,
+            "drain: this connection's turn to close"
+        );
+        tokio::time::sleep_until(plan.start + offset).await;
+    }
+
+    /// When the drain must be over, once it has begun.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.plan.get().map(|plan| plan.deadline)
+    }
+
+    /// How long a closing handshake may wait, from now: `wanted`, but during a drain
+    /// no later than [`LEAVE_RESERVE`] before its deadline.
+    pub fn handshake_time(&self, wanted: Duration) -> Duration {
+        match self.deadline() {
+            Some(deadline) => wanted.min(
+                deadline
+                    .checked_sub(LEAVE_RESERVE)
+                    .unwrap_or(deadline)
+                    .saturating_duration_since(Instant::now()),
+            ),
+            None => wanted,
+        }
     }
 }
 
@@ -63,5 +107,16 @@ mod tests {
         );
         assert_eq!(close_window(Duration::from_secs(4)), Duration::from_secs(2));
         assert_eq!(close_window(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn handshakes_end_a_reserve_before_the_deadline() {
+        let drain = Drain::default();
+        let long = Duration::from_secs(10);
+        assert_eq!(drain.handshake_time(long), long, "not draining");
+        assert_eq!(drain.begin(Duration::from_secs(10)), Duration::from_secs(7));
+        assert_eq!(drain.handshake_time(long), Duration::from_secs(9));
+        tokio::time::advance(Duration::from_millis(9500)).await;
+        assert_eq!(drain.handshake_time(long), Duration::ZERO);
     }
 }

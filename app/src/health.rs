@@ -38,8 +38,9 @@ pub async fn run(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) {
                 tracing::warn!("redis does not accept writes");
             }
         }
-        if writable && let Ok(bytes) = store.used_memory().await {
-            metrics.redis_used_memory.store(bytes, Ordering::Relaxed);
+        if writable && let Ok(used) = store.used_memory().await {
+            metrics.redis_used_memory.set(used.largest as f64);
+            metrics.redis_used_memory_sum.set(used.sum as f64);
         }
         let up = writable && metrics.reader_up.load(Ordering::Relaxed);
         metrics.redis_up.store(up, Ordering::Relaxed);

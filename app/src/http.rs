@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 
-use crate::AppState;
+use crate::state::AppState;
 use crate::{api, ws};
 
 const PAGE: &str = include_str!("../static/index.html");

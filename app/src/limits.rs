@@ -1,13 +1,18 @@
 //! Limits on what one client may cost: the token bucket behind the message rate and the
-//! abuse allowance; and per client address, open connections and rooms created. The
-//! address is the TCP peer, or what a trusted proxy (the load balancer) put in
-//! `X-Forwarded-For`: a header anyone else sends is ignored, since it is anyone's to forge.
+//! abuse allowance; and per client, open connections and rooms created. A client is a
+//! signed-in user (the token's `sub`, wherever they connect from), or else an address:
+//! the TCP peer, or what a trusted proxy (the load balancer) put in `X-Forwarded-For` (a
+//! header anyone else sends is ignored, since it is anyone's to forge), an IPv6 address
+//! counted by its /64, the block one subscriber is given.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use axum::http::HeaderMap;
 
@@ -81,130 +86,143 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Ip
     peer
 }
 
-/// What one address is using.
-struct AddressUse {
-    connections: usize,
-    new_rooms: TokenBucket,
+/// Whose budget a connection spends.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// A signed-in user, by the token's `sub`: a user's budget follows them from address
+    /// to address, and the users behind one NAT each have their own.
+    User(String),
+    /// An anonymous client, by its address; IPv6 by its /64, which one subscriber holds
+    /// whole and can rotate through.
+    Address(IpAddr),
 }
 
-/// Per-address connection counts and room-creation budgets.
-pub struct AddressLimits {
-    by_address: Mutex<HashMap<IpAddr, AddressUse>>,
+impl ClientKey {
+    pub fn user(sub: &str) -> Self {
+        ClientKey::User(sub.to_owned())
+    }
+
+    pub fn address(ip: IpAddr) -> Self {
+        ClientKey::Address(match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            v4 => v4,
+        })
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientKey::User(sub) => write!(f, "user {sub:?}"),
+            ClientKey::Address(IpAddr::V6(v6)) => write!(f, "{v6}/64"),
+            ClientKey::Address(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// Per-client connection counts, room-creation and join budgets.
+pub struct ClientLimits {
+    connections: Mutex<HashMap<ClientKey, usize>>,
     max_connections: usize,
-    rooms_per_minute: f64,
+    new_rooms: DefaultKeyedRateLimiter<ClientKey>,
+    joins: DefaultKeyedRateLimiter<ClientKey>,
     last_sweep: Mutex<Instant>,
 }
 
 /// Held by a connection; gives its slot back when dropped.
 pub struct ConnectionSlot {
-    limits: Arc<AddressLimits>,
-    pub address: IpAddr,
+    limits: Arc<ClientLimits>,
+    pub client: ClientKey,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        if let Some(used) = self
-            .limits
-            .by_address
-            .lock()
-            .unwrap()
-            .get_mut(&self.address)
-        {
-            used.connections -= 1;
+        let mut connections = self.limits.connections.lock().unwrap();
+        if let Some(open) = connections.get_mut(&self.client) {
+            *open -= 1;
+            if *open == 0 {
+                connections.remove(&self.client);
+            }
         }
     }
 }
 
-impl AddressLimits {
-    pub fn new(max_connections: usize, rooms_per_minute: f64) -> Self {
-        AddressLimits {
-            by_address: Mutex::new(HashMap::new()),
+impl ClientLimits {
+    pub fn new(max_connections: usize, rooms_per_minute: f64, joins_per_minute: f64) -> Self {
+        let per_minute = |n: f64| RateLimiter::keyed(quota(n, n / 60.0));
+        ClientLimits {
+            connections: Mutex::new(HashMap::new()),
             max_connections,
-            rooms_per_minute,
+            new_rooms: per_minute(rooms_per_minute),
+            joins: per_minute(joins_per_minute),
             last_sweep: Mutex::new(Instant::now()),
         }
     }
 
-    /// A connection slot for `address`, unless it has all it may have.
-    pub fn admit(self: &Arc<Self>, address: IpAddr) -> Option<ConnectionSlot> {
+    /// A connection slot for `client`, unless it has all it may have.
+    pub fn admit(self: &Arc<Self>, client: ClientKey) -> Option<ConnectionSlot> {
         self.sweep();
-        let mut by_address = self.by_address.lock().unwrap();
-        let used = by_address.entry(address).or_insert_with(|| AddressUse {
-            connections: 0,
-            new_rooms: TokenBucket::new(self.rooms_per_minute, self.rooms_per_minute / 60.0),
-        });
-        if used.connections >= self.max_connections {
+        let mut connections = self.connections.lock().unwrap();
+        let open = connections.entry(client.clone()).or_default();
+        if *open >= self.max_connections {
             return None;
         }
-        used.connections += 1;
+        *open += 1;
         Some(ConnectionSlot {
             limits: self.clone(),
-            address,
+            client,
         })
     }
 
-    /// Spends one room creation of `address`'s budget, if any is left.
-    pub fn take_new_room(&self, address: IpAddr) -> bool {
-        self.by_address
-            .lock()
-            .unwrap()
-            .get_mut(&address)
-            .is_some_and(|used| used.new_rooms.take())
+    /// Spends one room creation of `client`'s budget, if any is left.
+    pub fn take_new_room(&self, client: &ClientKey) -> bool {
+        self.new_rooms.check_key(client).is_ok()
     }
 
-    /// Forgets addresses with no connection whose room budget has refilled, at most
-    /// once a second: what remains is bounded by the connections and the last minute.
+    /// Spends `cost` of `client`'s join budget (a room this instance does not follow
+    /// yet, a presence entry), if that much is left.
+    pub fn take_joins(&self, client: &ClientKey, cost: u32) -> bool {
+        NonZeroU32::new(cost)
+            .is_none_or(|cost| matches!(self.joins.check_key_n(client, cost), Ok(Ok(()))))
+    }
+
+    /// Forgets the budgets that have refilled, at most once a second: what remains is
+    /// bounded by the clients of the last minute.
     fn sweep(&self) {
         let mut last = self.last_sweep.lock().unwrap();
         if last.elapsed() < Duration::from_secs(1) {
             return;
         }
         *last = Instant::now();
-        self.by_address
-            .lock()
-            .unwrap()
-            .retain(|_, used| used.connections > 0 || !used.new_rooms.is_full());
+        self.new_rooms.retain_recent();
+        self.joins.retain_recent();
     }
 }
 
-/// Classic token bucket: `burst` tokens, refilled at `per_sec`.
-pub struct TokenBucket {
-    tokens: f64,
-    burst: f64,
-    per_sec: f64,
-    last: Instant,
-}
+/// A token bucket: `burst` at once, refilled at `per_sec` (governor's GCRA, which keeps
+/// it in one word).
+pub struct TokenBucket(DefaultDirectRateLimiter);
 
 impl TokenBucket {
     pub fn new(burst: f64, per_sec: f64) -> Self {
-        TokenBucket {
-            tokens: burst,
-            burst,
-            per_sec,
-            last: Instant::now(),
-        }
+        TokenBucket(RateLimiter::direct(quota(burst, per_sec)))
     }
 
     pub fn take(&mut self) -> bool {
-        self.take_at(Instant::now())
+        self.0.check().is_ok()
     }
+}
 
-    /// Whether the bucket has refilled completely (nothing of its use is remembered).
-    pub fn is_full(&self) -> bool {
-        self.tokens + self.last.elapsed().as_secs_f64() * self.per_sec >= self.burst
-    }
-
-    fn take_at(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+/// `burst` (at least 1) at once, one more every `1 / per_sec` seconds (at least one a
+/// year: a rate of 0 is a bucket that never refills within any run).
+pub(crate) fn quota(burst: f64, per_sec: f64) -> Quota {
+    const YEAR: f64 = 365.0 * 86_400.0;
+    let period = (1.0 / per_sec).clamp(1e-9, YEAR);
+    let burst = NonZeroU32::new(burst.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
+        .unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(Duration::from_secs_f64(period))
+        .expect("a period of at least a nanosecond")
+        .allow_burst(burst)
 }
 
 #[cfg(test)]
@@ -257,26 +275,43 @@ mod tests {
     }
 
     #[test]
-    fn connections_and_new_rooms_per_address() {
-        let limits = Arc::new(AddressLimits::new(2, 3.0));
-        let a = ip("192.0.2.1");
-        let first = limits.admit(a).unwrap();
-        let _second = limits.admit(a).unwrap();
-        assert!(limits.admit(a).is_none());
-        assert!(limits.admit(ip("192.0.2.2")).is_some());
+    fn connections_and_new_rooms_per_client() {
+        let limits = Arc::new(ClientLimits::new(2, 3.0, 4.0));
+        let a = ClientKey::address(ip("192.0.2.1"));
+        let first = limits.admit(a.clone()).unwrap();
+        let _second = limits.admit(a.clone()).unwrap();
+        assert!(limits.admit(a.clone()).is_none());
+        assert!(limits.admit(ClientKey::address(ip("192.0.2.2"))).is_some());
+        assert!(limits.admit(ClientKey::user("u-1")).is_some());
         drop(first);
-        assert!(limits.admit(a).is_some());
-        assert_eq!((0..5).filter(|_| limits.take_new_room(a)).count(), 3);
+        assert!(limits.admit(a.clone()).is_some());
+        assert_eq!((0..5).filter(|_| limits.take_new_room(&a)).count(), 3);
+        assert!(limits.take_joins(&a, 0));
+        assert!(limits.take_joins(&a, 2) && limits.take_joins(&a, 2));
+        assert!(
+            !limits.take_joins(&a, 1),
+            "a budget of 4 joins a minute, spent"
+        );
     }
 
     #[test]
-    fn token_bucket_allows_burst_then_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(3.0, 2.0);
-        bucket.last = start;
-        assert!((0..3).all(|_| bucket.take_at(start)));
-        assert!(!bucket.take_at(start));
-        assert!(bucket.take_at(start + Duration::from_millis(500)));
-        assert!(!bucket.take_at(start + Duration::from_millis(600)));
+    fn an_ipv6_client_is_its_64() {
+        let key = |s| ClientKey::address(ip(s));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"));
+    }
+
+    #[test]
+    fn a_token_bucket_allows_its_burst_then_waits_for_the_rate() {
+        let mut bucket = TokenBucket::new(3.0, 0.01);
+        assert!((0..3).all(|_| bucket.take()));
+        assert!(!bucket.take(), "one every 100 s");
+        let mut never = TokenBucket::new(1.0, 0.0);
+        assert!(never.take() && !never.take());
+        let mut fast = TokenBucket::new(1_000_000.0, 1_000_000.0);
+        assert!((0..10_000).all(|_| fast.take()));
     }
 }

@@ -22,10 +22,10 @@ mod metrics;
 mod moderation;
 mod presence;
 mod protocol;
-mod random;
 mod reader;
 mod recovery;
 mod session;
+mod state;
 mod store;
 mod ws;
 
@@ -42,40 +42,13 @@ use tokio_util::task::TaskTracker;
 use config::Config;
 use hub::Hub;
 use metrics::Metrics;
+use state::AppState;
 use store::Store;
 
-/// What every request handler and connection shares.
-pub struct AppState {
-    pub instance: String,
-    pub allowed_origins: Vec<String>,
-    pub hub: Arc<Hub>,
-    pub store: Store,
-    pub metrics: Arc<Metrics>,
-    /// Spreads the 1012 closes over the drain.
-    pub drain: drain::Drain,
-    /// Cancelled at the end of the drain's close window.
-    pub close: CancellationToken,
-    /// Tracks connection tasks so shutdown can wait for their close frames.
-    pub tracker: TaskTracker,
-    pub write_timeout: Duration,
-    pub ping_interval: Duration,
-    pub peer_timeout: Duration,
-    pub rate_per_sec: f64,
-    pub rate_burst: f64,
-    pub trusted_proxies: Vec<limits::Cidr>,
-    pub address_limits: Arc<limits::AddressLimits>,
-    /// Verifies sign-in tokens; `None`: the server is open.
-    pub auth: Option<auth::Verifier>,
-    /// Where the page fetches tokens, when the operator has an endpoint for it.
-    pub auth_token_url: Option<String>,
-    pub presence: Arc<presence::Presence>,
-    /// Rooms one connection may be in at once.
-    pub max_rooms: usize,
-    /// The connections of each signed-in user here, for the server API's disconnects.
-    pub moderation: Arc<moderation::Moderation>,
-    /// The server API's request budget per caller.
-    pub api_budget: api::Budget,
-}
+/// The static musl build's allocator (see app/Cargo.toml); glibc's own elsewhere.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -92,16 +65,23 @@ async fn main() -> anyhow::Result<()> {
 
     let auth = config.verifier()?;
     let store = Store::new(&config)?;
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::install()?);
     let hub = Arc::new(Hub::new(config.send_queue));
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
     background.spawn(health::run(store.clone(), metrics.clone(), stop.clone()));
+    background.spawn(metrics.clone().keep_up(stop.clone()));
     let presence = Arc::new(presence::Presence::new(
         store.clone(),
         Duration::from_secs(config.presence_ttl_secs),
     ));
-    background.spawn(presence.clone().heartbeat(stop.clone()));
+    background.spawn(presence.clone().heartbeat(
+        {
+            let hub = hub.clone();
+            move || hub.watched()
+        },
+        stop.clone(),
+    ));
     background.spawn(reader::run(
         store.clone(),
         hub.clone(),
@@ -132,9 +112,10 @@ async fn main() -> anyhow::Result<()> {
         rate_per_sec: config.rate_per_sec,
         rate_burst: config.rate_burst,
         trusted_proxies: config.trusted_proxies.clone(),
-        address_limits: Arc::new(limits::AddressLimits::new(
+        client_limits: Arc::new(limits::ClientLimits::new(
             config.max_connections_per_address,
             config.new_rooms_per_minute,
+            config.room_joins_per_minute,
         )),
         auth,
         auth_token_url: config.auth_token_url.clone(),
@@ -166,15 +147,16 @@ async fn main() -> anyhow::Result<()> {
     );
 
     signals.recv().await;
+    let signalled = tokio::time::Instant::now();
     metrics.draining.store(true, Ordering::Relaxed);
-    let window = drain::close_window(config.drain());
+    let window = state.drain.begin(config.drain());
+    let deadline = state.drain.deadline().unwrap_or(signalled);
     tracing::info!(
         drain_secs = config.drain_secs,
         ?window,
         connections = metrics.connections.load(Ordering::Relaxed),
         "draining: closing connections with 1012, spread over the window"
     );
-    state.drain.begin(window);
     tokio::select! {
         _ = tokio::time::sleep(window) => {}
         _ = signals.recv() => tracing::info!("second signal: ending the drain early"),
@@ -183,18 +165,24 @@ async fn main() -> anyhow::Result<()> {
         connections = metrics.connections.load(Ordering::Relaxed),
         "closing the remaining connections with 1012"
     );
+    // Everything below ends by the deadline: the stop timeout (the drain and a margin)
+    // never cuts a presence leave short.
     state.close.cancel();
     state.tracker.close();
-    let _ = tokio::time::timeout(
-        session::CLOSE_GRACE + session::CLOSE_REPLY_WAIT,
-        state.tracker.wait(),
-    )
-    .await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let reserve = deadline
+        .checked_sub(drain::LEAVE_RESERVE)
+        .unwrap_or(deadline);
+    let _ = tokio::time::timeout_at(reserve, state.tracker.wait()).await;
+    // Connections still stuck (a socket that takes nothing) leave presence from here.
+    let _ = tokio::time::timeout_at(deadline, state.presence.leave_everything()).await;
+    let _ = tokio::time::timeout_at(deadline, server).await;
     stop.cancel();
     background.close();
-    background.wait().await;
-    tracing::info!("stopped");
+    let _ = tokio::time::timeout_at(deadline, background.wait()).await;
+    tracing::info!(
+        elapsed_ms = signalled.elapsed().as_millis() as u64,
+        "stopped"
+    );
     Ok(())
 }
 

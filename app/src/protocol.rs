@@ -137,6 +137,16 @@ pub struct Member {
     pub name: String,
 }
 
+/// Who a connection speaks for, as `hello` tells it: a verified token's user and when
+/// the token expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SignedIn<'a> {
+    pub sub: &'a str,
+    pub name: &'a str,
+    /// Seconds since the Unix epoch.
+    pub exp: u64,
+}
+
 /// Frames the server sends.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -155,7 +165,7 @@ pub enum ServerFrame<'a> {
         reason: Option<&'static str>,
         /// Who the connection speaks for, when the server verifies tokens.
         #[serde(skip_serializing_if = "Option::is_none")]
-        user: Option<&'a crate::auth::Identity>,
+        user: Option<SignedIn<'a>>,
     },
     /// A `join` frame's answer, as `hello` answers the first room's.
     Joined {
@@ -275,10 +285,6 @@ impl ChatMessage {
             from: self.from.as_deref(),
         }
     }
-
-    pub fn to_json(&self) -> String {
-        self.frame().to_json()
-    }
 }
 
 /// A validated `send` request.
@@ -294,6 +300,17 @@ pub struct SendRequest {
     pub sub: Option<String>,
     /// `api` for a message posted through the server API.
     pub from: Option<String>,
+}
+
+impl SendRequest {
+    /// Who a `cid` belongs to: a signed-in user by their `sub`, a guest of an open
+    /// server by the name they post under (what a page keeps across reconnects).
+    pub fn author(&self) -> String {
+        match &self.sub {
+            Some(sub) => format!("user:{sub}"),
+            None => format!("guest:{}", self.name),
+        }
+    }
 }
 
 /// A validated join: of `?room=` at the upgrade, or of a `join` frame.
@@ -867,7 +884,7 @@ mod tests {
             sub: None,
             from: Some("api".into()),
         };
-        let v: serde_json::Value = serde_json::from_str(&m.to_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&m.frame().to_json()).unwrap();
         assert_eq!(v["type"], "message");
         assert_eq!(v["id"], "1700000000000-3");
         assert_eq!(v["ts"], 1_700_000_000_000u64);

@@ -6,9 +6,9 @@
 //! - `chat:{r}:meta`: a hash with the room's `epoch` (a random name for this history,
 //!   created only when the hash is missing, so it changes exactly when history was lost)
 //!   and `last` (the newest entry's id);
-//! - `chat:{r}:cid:<cid>`: the id a client's message was stored as, for 300 s, so that
-//!   a retry is stored once (`chat:{r}:cid-api:<caller>:<cid>` for the server API's,
-//!   so that its callers and the WebSocket's clients each have their own);
+//! - `chat:{r}:cid:<cid>/<author>`: the id an author's message was stored as, for
+//!   300 s, so that a retry is stored once (`chat:{r}:cid-api:<caller>:<cid>` for the
+//!   server API's, so that its callers and the WebSocket's clients each have their own);
 //! - `chat:{r}:deleted`: the ids of the room's deleted messages (see [`Store::delete`]);
 //! - the pub/sub channel `chat:{r}:live`, on which the append script publishes each new
 //!   entry (see [`crate::reader`]).
@@ -34,7 +34,6 @@ use redis::streams::StreamRangeReply;
 use crate::config::Config;
 use crate::connection::{Redis, Request, StoreError, Target};
 use crate::protocol::{Bound, ChatMessage, EntryFrame, SendRequest, StreamId};
-use crate::random::random_token;
 
 /// Entries read per page when replaying.
 pub const PAGE: usize = 500;
@@ -55,15 +54,17 @@ fn meta_key(room: &str) -> String {
     format!("chat:{{{room}}}:meta")
 }
 
-/// Where a message's client id is remembered: a WebSocket client's, or a server API
-/// caller's (`from` = `api`, its `sub` the caller), in a namespace of its own.
+/// Where a message's client id is remembered. A client id is its author's: two authors
+/// who pick the same `cid` are two messages. A WebSocket author's key has the `cid` first,
+/// which cannot hold a `/`, so no two (cid, author) pairs share one; a server API caller's
+/// (`from` = `api`, its `sub` the caller) is in a namespace of its own, the caller's
+/// length first since a `sub` may hold `:`.
 fn cid_key(room: &str, message: &SendRequest, cid: &str) -> String {
     match (message.from.as_deref(), message.sub.as_deref()) {
-        // The caller's length first: a `sub` may hold `:` too.
         (Some("api"), Some(caller)) => {
             format!("chat:{{{room}}}:cid-api:{}:{caller}:{cid}", caller.len())
         }
-        _ => format!("chat:{{{room}}}:cid:{cid}"),
+        _ => format!("chat:{{{room}}}:cid:{cid}/{}", message.author()),
     }
 }
 
@@ -150,7 +151,6 @@ pub struct RoomState {
 #[derive(Clone, Debug)]
 pub struct Appended {
     pub id: StreamId,
-    pub epoch: String,
     /// The `cid` had been stored before: nothing new was written.
     pub duplicate: bool,
 }
@@ -168,7 +168,7 @@ pub struct Store {
     room_state_script: Arc<Script>,
     range_script: Arc<Script>,
     delete_script: Arc<Script>,
-    history_len: usize,
+    history_len: u64,
     history_max_age_ms: u64,
     room_ttl_secs: u64,
 }
@@ -209,8 +209,8 @@ impl Store {
         self.publish_command
     }
 
-    /// Stores a message and returns its id and the room's epoch; with a `cid` already
-    /// stored, only returns the id it was stored as.
+    /// Stores a message and returns its id; with a `cid` already stored, only returns
+    /// the id it was stored as.
     pub async fn append(&self, room: &str, message: &SendRequest) -> Result<Appended, StoreError> {
         let mut invocation = self.append_script.key(stream_key(room));
         invocation.key(meta_key(room)).key(live_channel(room));
@@ -218,7 +218,8 @@ impl Store {
             invocation.key(cid_key(room, message, cid));
         }
         invocation
-            .arg(random_token())
+            // A fresh epoch: 128 random bits, used only if the room has none.
+            .arg(format!("{:032x}", rand::random::<u128>()))
             .arg(self.history_len)
             .arg(self.history_max_age_ms)
             .arg(self.room_ttl_secs)
@@ -228,11 +229,10 @@ impl Store {
             .arg(self.publish_command)
             .arg(message.sub.as_deref().unwrap_or_default())
             .arg(message.from.as_deref().unwrap_or_default());
-        let (id, epoch, duplicate): (String, String, u8) =
+        let (id, _epoch, duplicate): (String, String, u8) =
             self.redis.call(Request::Script(&invocation)).await?;
         Ok(Appended {
             id: parse_id(&id)?,
-            epoch,
             duplicate: duplicate == 1,
         })
     }
@@ -261,16 +261,24 @@ impl Store {
         self.redis.call(Request::Cmd(&cmd)).await
     }
 
-    /// Bytes of memory Redis uses (`INFO memory`, `used_memory`).
-    pub async fn used_memory(&self) -> Result<u64, StoreError> {
+    /// Bytes of memory Redis uses (`INFO memory`, `used_memory`). On a cluster `INFO`
+    /// goes to every primary and comes back as one answer per node, of which a node that
+    /// does not answer is left out.
+    pub async fn used_memory(&self) -> Result<UsedMemory, StoreError> {
         let mut cmd = redis::cmd("INFO");
         cmd.arg("memory");
-        let info: String = self.redis.call(Request::Cmd(&cmd)).await?;
-        Ok(info
-            .lines()
-            .find_map(|line| line.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0))
+        let info: redis::Value = self.redis.call(Request::Cmd(&cmd)).await?;
+        let nodes: Vec<u64> = match &info {
+            redis::Value::Map(nodes) => nodes
+                .iter()
+                .filter_map(|(_, info)| used_memory_of(info))
+                .collect(),
+            one => used_memory_of(one).into_iter().collect(),
+        };
+        Ok(UsedMemory {
+            largest: nodes.iter().copied().max().unwrap_or(0),
+            sum: nodes.iter().sum(),
+        })
     }
 
     /// The newest `count` entries, oldest first, deleted messages marked.
@@ -339,6 +347,24 @@ impl Store {
             _ => Deletion::NotFound,
         })
     }
+}
+
+/// Memory Redis uses, in bytes: of its largest node (the one to fill up first) and of
+/// all of them together; the same for one Redis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsedMemory {
+    pub largest: u64,
+    pub sum: u64,
+}
+
+/// `used_memory` in one node's `INFO memory` text.
+fn used_memory_of(info: &redis::Value) -> Option<u64> {
+    let info: String = redis::from_redis_value_ref(info).ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `XRANGE` of up to `count` entries of the room's stream after `after`, oldest first.
@@ -461,7 +487,14 @@ mod tests {
             sub: sub.map(str::to_owned),
             from: from.map(str::to_owned),
         };
-        assert_eq!(cid_key("r", &send(None, None), "k"), "chat:{r}:cid:k");
+        assert_eq!(
+            cid_key("r", &send(None, None), "k"),
+            "chat:{r}:cid:k/guest:n"
+        );
+        assert_eq!(
+            cid_key("r", &send(Some("u-1"), None), "k"),
+            "chat:{r}:cid:k/user:u-1"
+        );
         assert_eq!(
             cid_key("r", &send(Some("a:b"), Some("api")), "c"),
             "chat:{r}:cid-api:3:a:b:c"
@@ -479,6 +512,17 @@ mod tests {
         assert_eq!(live_channel("lobby"), "chat:{lobby}:live");
         assert_eq!(room_of_channel("chat:{lobby}:live"), Some("lobby"));
         assert_eq!(room_of_channel("chat:{lobby}:log"), None);
+    }
+
+    #[test]
+    fn used_memory_is_read_from_every_node_that_answered() {
+        let info = |bytes: u64| {
+            redis::Value::BulkString(
+                format!("# Memory\r\nused_memory:{bytes}\r\nused_memory_human:1M\r\n").into(),
+            )
+        };
+        assert_eq!(used_memory_of(&info(1024)), Some(1024));
+        assert_eq!(used_memory_of(&redis::Value::Nil), None);
     }
 
     #[test]

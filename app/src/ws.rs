@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::ws::{CloseFrame, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
@@ -14,12 +13,12 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::AppState;
 use crate::auth;
 use crate::limits;
 use crate::protocol::{self, HARD_MAX_MESSAGE_BYTES, JoinRequest, Member, Rejection};
 use crate::recovery;
 use crate::session::{self, Join};
+use crate::state::AppState;
 
 /// tungstenite's default read buffer is 128 KiB, allocated and zeroed per connection:
 /// most of an idle connection's memory. Chat frames are small; larger ones still work.
@@ -42,8 +41,8 @@ fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, message).into_response()
 }
 
-/// `GET /ws`: refuses bad parameters (400), foreign browser origins (403) and an
-/// address over its connection cap (429) before upgrading.
+/// `GET /ws`: refuses bad parameters (400), foreign browser origins (403) and a
+/// client over its connection cap (429) before upgrading.
 pub async fn upgrade(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -67,11 +66,21 @@ pub async fn upgrade(
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let address = limits::client_address(peer.ip(), &headers, &state.trusted_proxies);
-    let Some(slot) = state.address_limits.admit(address) else {
-        tracing::info!(%address, "refused websocket: too many connections from the address");
+    let verdict = state.auth.as_ref().map(|verifier| {
+        let token = auth::token_from_request(&headers, params.token.as_deref());
+        verifier.verify(token, &first.room)
+    });
+    // A signed-in user's connections count as theirs, wherever they come from; anyone
+    // else's (a refused token's too) as their address's.
+    let client = match &verdict {
+        Some(Ok(identity)) => limits::ClientKey::user(&identity.sub),
+        _ => limits::ClientKey::address(address),
+    };
+    let Some(slot) = state.client_limits.admit(client) else {
+        tracing::info!(%address, "refused websocket: too many connections from the client");
         return (
             StatusCode::TOO_MANY_REQUESTS,
-            "too many connections from your address",
+            "too many connections from you",
         )
             .into_response();
     };
@@ -80,19 +89,14 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(HARD_MAX_MESSAGE_BYTES)
         .max_frame_size(HARD_MAX_MESSAGE_BYTES);
-    let identity = match &state.auth {
+    let identity = match verdict {
         None => None,
-        Some(verifier) => {
-            let token = auth::token_from_request(&headers, params.token.as_deref());
-            match verifier.verify(token, &first.room) {
-                Ok(identity) => Some(identity),
-                Err(refusal) => {
-                    let (code, reason) = refusal.close();
-                    tracing::info!(%address, room = first.room, code, reason, "refused websocket: sign-in");
-                    state.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
-                    return refuse(ws, state, slot, code, reason.into());
-                }
-            }
+        Some(Ok(identity)) => Some(identity),
+        Some(Err(refusal)) => {
+            let (code, reason) = refusal.close();
+            tracing::info!(%address, room = first.room, code, reason, "refused websocket: sign-in");
+            state.metrics.auth_refused.increment(1);
+            return refuse(ws, state, slot, code, reason.into());
         }
     };
     // Registered before the ban is read: a disconnect from now on reaches it, and one
@@ -133,6 +137,17 @@ pub async fn upgrade(
         }),
         (None, None) => None,
     };
+    if !state.client_limits.take_joins(
+        &slot.client,
+        session::join_cost(&state, &first.room, member.is_some()),
+    ) {
+        tracing::info!(%address, room = first.room, "refused websocket: too many rooms joined");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many new rooms joined from you; try again in a minute",
+        )
+            .into_response();
+    }
     let join = Join {
         slot,
         first,
@@ -158,7 +173,9 @@ fn refuse(
 ) -> Response {
     ws.on_upgrade(move |socket| {
         let tracker = state.tracker.clone();
-        tracker.track_future(session::refuse(socket, slot, CloseFrame { code, reason }))
+        tracker.track_future(async move {
+            session::refuse(socket, slot, CloseFrame { code, reason }, &state.drain).await
+        })
     })
 }
 

@@ -95,6 +95,25 @@ async fn the_token_names_every_message_and_a_client_name_cannot_impersonate() {
         !server.logged(&alice_token) && !server.logged(&bob_token),
         "a token was logged"
     );
+
+    // A `cid` is its author's: another user with Alice's name and her `cid` is stored too.
+    let other_alice = key.token(&claims("u-alice-2", "Alice", 3600));
+    let mut other = Client::connect(&server, &format!("?room=lobby&token={other_alice}")).await;
+    let mut stored = Vec::new();
+    for client in [&mut alice, &mut other] {
+        client.send_cid("Alice", "same cid", "k-1").await;
+        loop {
+            let frame = client.next_json().await;
+            if frame["type"] == "ack" {
+                stored.push(frame["id"].clone());
+                break;
+            }
+        }
+    }
+    assert_ne!(
+        stored[0], stored[1],
+        "two users' messages were taken for one"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +183,8 @@ async fn missing_forged_and_expired_tokens_are_refused_with_their_close_codes() 
         refused(format!("?token={audience}")).await,
         (4401, "token for another audience".into())
     );
-    let expired = key.token(&json!({"sub": "u-alice", "name": "Alice", "exp": unix_now() - 5}));
+    // Expired beyond the default allowance for clock skew (5 s).
+    let expired = key.token(&json!({"sub": "u-alice", "name": "Alice", "exp": unix_now() - 60}));
     assert_eq!(
         refused(format!("?token={expired}")).await,
         (4440, "token expired".into())
@@ -185,7 +205,10 @@ async fn a_token_expiring_mid_connection_closes_it_with_4440_at_exp() {
         key,
         _dir,
         _redis,
-    } = SignedIn::start(KeyPair::ed25519, &["--ping-secs", "1"]);
+    } = SignedIn::start(
+        KeyPair::ed25519,
+        &["--ping-secs", "1", "--auth-leeway-secs", "1"],
+    );
 
     let exp = unix_now() + 3;
     let token = key.token(&json!({"sub": "u-alice", "name": "Alice", "exp": exp}));
@@ -195,8 +218,9 @@ async fn a_token_expiring_mid_connection_closes_it_with_4440_at_exp() {
     let (close, _) = alice.read_until_closed_with_reason().await;
     let closed_at = unix_now();
     assert_eq!(close, Some((4440, "token expired".to_owned())));
+    // At `exp` plus the allowance for clock skew (1 s here).
     assert!(
-        closed_at >= exp && closed_at <= exp + 2,
+        closed_at > exp && closed_at <= exp + 3,
         "closed at {closed_at}, the token expired at {exp}"
     );
     assert_eq!(
@@ -207,6 +231,33 @@ async fn a_token_expiring_mid_connection_closes_it_with_4440_at_exp() {
     let fresh = key.token(&claims("u-alice", "Alice", 3600));
     let reconnected = Client::connect(&server, &format!("?token={fresh}")).await;
     assert_eq!(reconnected.hello["user"]["sub"], "u-alice");
+}
+
+/// An identity service whose clock runs a little ahead sets `nbf` (and `iat`) a second
+/// or two in our future: its fresh tokens are taken, within the allowance for clock
+/// skew (default 5 s), while a token not valid for another minute is still refused.
+#[tokio::test]
+async fn a_token_from_a_clock_a_little_ahead_is_accepted() {
+    let SignedIn {
+        server,
+        key,
+        _dir,
+        _redis,
+    } = SignedIn::start(KeyPair::ed25519, &[]);
+    let from_the_future = |ahead: u64| {
+        let issued = unix_now() + ahead;
+        key.token(&json!({
+            "sub": "u-alice", "name": "Alice", "iat": issued, "nbf": issued, "exp": issued + 600,
+        }))
+    };
+    let fresh = from_the_future(2);
+    let alice = Client::connect(&server, &format!("?token={fresh}")).await;
+    assert_eq!(alice.hello["user"]["sub"], "u-alice");
+    let early = from_the_future(60);
+    assert_eq!(
+        Client::refused(&server, &format!("?token={early}"), &[]).await,
+        (4401, "token not valid yet".into())
+    );
 }
 
 #[tokio::test]

@@ -235,6 +235,44 @@ async fn bad_input_gets_error_frames_then_1008() {
     assert!(server.metric("chat_rejected_frames_total").await >= cases.len() as f64 + 1.0);
 }
 
+/// Frames that break the WebSocket protocol end the connection with the close code RFC
+/// 6455 §7.4.1 names for them, so that the client learns why instead of seeing 1006: a
+/// text frame that is not UTF-8 with 1007, reserved bits set or an unmasked frame from a
+/// client with 1002. The bytes are written to the socket by hand, as a broken client
+/// would.
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_errors_are_closed_with_1002_and_bad_utf8_with_1007() {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_tungstenite::MaybeTlsStream;
+
+    let redis = Redis::start();
+    let server = Server::start("a", &redis.url(), &[]);
+    // FIN + opcode, then the mask bit + length, the (zero) mask key and the payload.
+    let masked_text = |first: u8, payload: &[u8]| {
+        let mut frame = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(payload);
+        frame
+    };
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        ("invalid UTF-8", masked_text(0x81, &[0xC3, 0x28]), 1007),
+        ("reserved bit", masked_text(0x80 | 0x40 | 0x01, b"{}"), 1002),
+        ("unmasked", [&[0x81u8, 0x02][..], b"{}"].concat(), 1002),
+    ];
+    for (what, bytes, expected) in cases {
+        let mut client = Client::connect(&server, "").await;
+        let MaybeTlsStream::Plain(tcp) = client.ws.get_mut() else {
+            unreachable!("the test servers speak plain WebSocket")
+        };
+        tcp.write_all(&bytes).await.unwrap();
+        let (code, _) = client.read_until_closed().await;
+        assert_eq!(code, Some(expected), "{what}");
+    }
+    // The server took none of it badly.
+    let mut client = Client::connect(&server, "").await;
+    client.send("alice", "still serving").await;
+    assert_eq!(client.next_message().await["text"], "still serving");
+}
+
 /// A burst of 40 valid messages at 5 per second (bursts of 10): each is answered, the
 /// first ten or so stored and the rest `rate_limited`, and the connection stays open;
 /// a client that keeps flooding is closed with 4029 "rate limit exceeded", not as if
@@ -348,6 +386,40 @@ async fn sends_with_a_cid_are_acked_and_stored_once() {
     );
 }
 
+/// A `cid` is its author's: two guests who pick the same one in the same room are two
+/// messages, each stored and acknowledged with its own id (before, the second was
+/// acknowledged with the first one's id and never stored), while each one's retry is
+/// still stored once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_authors_with_the_same_cid_are_two_messages() {
+    let redis = Redis::start();
+    let server = Server::start("a", &redis.url(), &[]);
+    let mut alice = Client::connect(&server, "?room=shared").await;
+    let mut bob = Client::connect(&server, "?room=shared").await;
+    let ack_of = async |client: &mut Client, name: &str, text: &str| {
+        client.send_cid(name, text, "1").await;
+        loop {
+            let frame = client.next_json().await;
+            if frame["type"] == "ack" {
+                return frame["id"].as_str().unwrap().to_owned();
+            }
+        }
+    };
+    let from_alice = ack_of(&mut alice, "alice", "alice's first").await;
+    let from_bob = ack_of(&mut bob, "bob", "bob's first").await;
+    assert_ne!(from_alice, from_bob, "bob's message was taken for alice's");
+    assert_eq!(
+        ack_of(&mut alice, "alice", "alice's first").await,
+        from_alice
+    );
+    let mut replay = Client::connect(&server, "?room=shared&history=10").await;
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        texts.push(replay.next_message().await["text"].clone());
+    }
+    assert_eq!(texts, ["alice's first", "bob's first"]);
+}
+
 /// Bad room names and `since` values are refused before the upgrade.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_query_parameters_are_refused() {
@@ -439,6 +511,16 @@ async fn metrics_and_page() {
     assert_eq!(server.metric("chat_messages_out_total").await, 1.0);
     assert_eq!(server.metric("chat_redis_up").await, 1.0);
     assert_eq!(server.metric("chat_rooms").await, 1.0);
+    // The histograms an operator needs: every Redis call's latency, and the time from
+    // a message's store to its delivery here.
+    for histogram in ["chat_redis_call_seconds", "chat_store_to_delivery_seconds"] {
+        assert!(
+            body.contains(&format!("# TYPE {histogram} histogram")),
+            "{histogram} missing:\n{body}"
+        );
+        assert!(server.metric(&format!("{histogram}_count")).await >= 1.0);
+        assert!(body.contains(&format!("{histogram}_bucket{{le=\"0.005\"}}")));
+    }
 
     let (status, page) = server.get("/").await;
     assert_eq!(status, 200);
@@ -548,4 +630,97 @@ async fn pings_keep_live_clients_and_drop_dead_ones() {
     live.send("a", "still alive").await;
     assert_eq!(live.next_message().await["text"], "still alive");
     drop(dead);
+}
+
+/// A room at 2 000 messages a second (written on another instance), and a client
+/// joining it after 2 s with a replay of about 4 000 messages (`since` the room's
+/// first): the joiner gets in and stays, and receives every message of the room after
+/// `since` exactly once, in order, from the replay through the seam into live delivery.
+/// Before, the join took the room's live messages from its start, and a join that took
+/// longer than `--send-queue` of them (the default 256: 128 ms of this room) was closed
+/// with 4000 as a slow consumer, to come back with `since` and be closed again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joiner_of_a_busy_room_gets_in_and_stays() {
+    use futures_util::StreamExt as _;
+    // 20 messages every 10 ms: 2 000 a second, for 4 s.
+    const BATCHES: usize = 400;
+    let redis = Redis::start();
+    let history = ["--history-len", "20000"];
+    let joined = Server::start("joined", &redis.url(), &history);
+    let unlimited = [
+        "--rate-per-sec",
+        "100000",
+        "--rate-burst",
+        "100000",
+        "--send-queue",
+        "100000",
+    ];
+    let written = Server::start(
+        "written",
+        &redis.url(),
+        &[&history[..], &unlimited].concat(),
+    );
+    let mut first = Client::connect(&written, "?room=hot").await;
+    first.send("w", "first").await;
+    let since = first.next_message().await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(first);
+
+    // The writer reads (and drops) its echoes.
+    let writer = Client::connect(&written, "?room=hot").await;
+    let (mut sink, mut echoes) = writer.ws.split();
+    let draining = tokio::spawn(async move { while echoes.next().await.is_some() {} });
+    let writing = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+        for batch in 0..BATCHES {
+            tick.tick().await;
+            for i in 0..20 {
+                let text = format!("b{batch}-{i}");
+                let frame = serde_json::json!({"type": "send", "name": "w", "text": text});
+                sink.feed(tokio_tungstenite::tungstenite::Message::text(
+                    frame.to_string(),
+                ))
+                .await
+                .unwrap();
+            }
+            sink.flush().await.unwrap();
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut joiner = Client::connect(&joined, &format!("?room=hot&since={since}")).await;
+    assert_eq!(joiner.hello["recovered"], true, "{}", joiner.hello);
+    let received: Vec<String> = joiner
+        .next_messages(BATCHES * 20)
+        .await
+        .iter()
+        .map(|message| message["id"].as_str().unwrap().to_owned())
+        .collect();
+    writing.await.unwrap();
+    draining.abort();
+
+    let mut conn = common::redis_conn(&redis.url()).await;
+    let mut stored: Vec<String> = Vec::new();
+    loop {
+        let after = stored.last().unwrap_or(&since);
+        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("chat:{hot}:log")
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if page.ids.is_empty() {
+            break;
+        }
+        stored.extend(page.ids.into_iter().map(|entry| entry.id));
+    }
+    eprintln!("the joiner received all {} messages", received.len());
+    assert_eq!(
+        received, stored,
+        "every message after since, once, in order"
+    );
 }

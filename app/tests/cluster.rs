@@ -54,6 +54,20 @@ async fn rooms_spread_over_the_shards_and_messages_cross_instances() {
     let mut rejoined = Client::connect(&a, &format!("?room=c3&since={}", first_ids[3])).await;
     assert_eq!(rejoined.hello["recovered"], true, "{}", rejoined.hello);
     assert_eq!(rejoined.next_message().await["text"], "c3 two");
+
+    // Redis's memory, as /metrics reports it: `INFO` answers once per primary, the
+    // largest node's figure and the sum over the three.
+    let (largest, sum) = common::poll_until(common::WAIT, "Redis's memory in /metrics", || async {
+        let largest = a.metric("chat_redis_used_memory_bytes").await;
+        let sum = a.metric("chat_redis_used_memory_sum_bytes").await;
+        (largest > 0.0).then_some((largest, sum))
+    })
+    .await;
+    eprintln!("redis used memory: largest primary {largest} bytes, three primaries {sum} bytes");
+    assert!(
+        largest < sum && sum <= 3.0 * largest,
+        "largest {largest}, sum {sum}"
+    );
 }
 
 /// A replica takes over its shard (`CLUSTER FAILOVER TAKEOVER`, as ElastiCache fails over
@@ -231,4 +245,98 @@ async fn a_slot_migrating_under_a_live_room_loses_nothing_and_delivery_goes_on()
         b.logged("the cluster moved the room's channel"),
         "the receiving instance was never told its subscription moved"
     );
+}
+
+/// One shard of three is lost for good (its primary and its replica killed), on a
+/// cluster that goes on serving the slots it still has (`cluster-require-full-coverage
+/// no`): the rooms of the other shards keep delivering on both instances, a room joined
+/// after the loss too, and `/healthz` stays 200, since an instance can serve everything
+/// that can be served; what fails on the lost shard is retried on its own. Before, the
+/// first failure on the lost shard (here: letting
+/// go of a room there) reset the whole fan-out reader, whose resubscription of every
+/// room failed on the lost shard again and again: no room delivered on that instance,
+/// and it answered 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shard_down_leaves_the_other_shards_rooms_delivering() {
+    let mut cluster = RedisCluster::start(3);
+    for node in &cluster.nodes {
+        let set = ["CONFIG", "SET", "cluster-require-full-coverage", "no"];
+        assert_eq!(cluster.cli(node, &set).trim(), "OK");
+    }
+    let a = Server::start("a", &cluster.url(), &CLUSTER);
+    let b = Server::start("b", &cluster.url(), &CLUSTER);
+    a.wait_health(200).await;
+    b.wait_health(200).await;
+
+    // A shard without the node the servers were given (a seed they would go back to;
+    // ElastiCache's configuration endpoint is a name for any node).
+    let seed = cluster.nodes[0].port;
+    let doomed = (0..)
+        .map(|i| cluster.primary_of(&format!("chat:{{lost{i}}}:log")))
+        .find(|primary| primary.port != seed && cluster.replica_of(primary).port != seed)
+        .unwrap()
+        .port;
+    let rooms_where = |on_doomed: bool, prefix: &str, count: usize| -> Vec<String> {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .filter(|room| {
+                (cluster.primary_of(&format!("chat:{{{room}}}:log")).port == doomed) == on_doomed
+            })
+            .take(count)
+            .collect()
+    };
+    let up = rooms_where(false, "up", 3);
+    let down = rooms_where(true, "down", 2);
+    // One connection on `a` follows every room; on `b`, a speaker per surviving room.
+    let mut sidebar = Client::connect(&a, &format!("?room={}", up[0])).await;
+    for room in up[1..2].iter().chain(&down) {
+        sidebar
+            .send_raw(&serde_json::json!({"type": "join", "room": room}).to_string())
+            .await;
+        assert_eq!(sidebar.next_json().await["type"], "joined");
+    }
+    let mut speakers = Vec::new();
+    for room in &up {
+        speakers.push(Client::connect(&b, &format!("?room={room}")).await);
+    }
+
+    let primary = cluster.nodes.iter().find(|n| n.port == doomed).unwrap();
+    let replica = cluster.replica_of(primary).port;
+    for port in [replica, doomed] {
+        let node = cluster.nodes.iter_mut().find(|n| n.port == port).unwrap();
+        node.kill();
+    }
+    // Letting go of a room of the lost shard is the reader's first call there.
+    sidebar
+        .send_raw(&serde_json::json!({"type": "leave", "room": down[1]}).to_string())
+        .await;
+    assert_eq!(sidebar.next_json().await["type"], "left");
+    common::poll_until(
+        common::WAIT,
+        "the reader to meet the lost shard",
+        || async {
+            (a.logged("unsubscribing failed") || a.logged("redis reader failed")).then_some(())
+        },
+    )
+    .await;
+
+    // For 8 s, the two surviving rooms the sidebar follows, and a third it joins now.
+    sidebar
+        .send_raw(&serde_json::json!({"type": "join", "room": up[2]}).to_string())
+        .await;
+    assert_eq!(sidebar.next_json().await["type"], "joined");
+    let mut sent = Vec::new();
+    for round in 0..16 {
+        for (room, speaker) in up.iter().zip(speakers.iter_mut()) {
+            let text = format!("{room} {round}");
+            speaker.send("b", &text).await;
+            sent.push(text);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(a.get("/healthz").await.0, 200, "after {round} rounds");
+    }
+    let mut heard: Vec<String> = texts(&sidebar.next_messages(sent.len()).await);
+    heard.sort();
+    sent.sort();
+    assert_eq!(heard, sent, "every message of the surviving shards' rooms");
 }

@@ -2,6 +2,10 @@
 //! client of another instance keeps talking; the drained instance's clients are closed
 //! (1012) a few at a time, reconnect to the other instance with `since` after a
 //! full-jitter backoff as the page does, and none of them misses or repeats a message.
+//! What is asserted holds on any machine: nothing lost, and the moments the server
+//! chose for the closes (its own schedule, from its log) spread evenly over the window.
+//! When the reconnects actually arrived depends on how loaded the machine is: that is a
+//! figure the test prints, not something it asserts.
 
 mod common;
 
@@ -132,7 +136,7 @@ async fn draining_1000_clients_spreads_reconnects_and_loses_nothing() {
     }
     assert!(drained.wait_exit().await.success());
 
-    // How the reconnects arrived at the other instance, per half second.
+    // How the reconnects arrived at the other instance, per half second: a figure.
     let mut buckets = [0usize; 24];
     for outcome in &outcomes {
         buckets[((outcome.reconnected_at * 2.0) as usize).min(23)] += 1;
@@ -149,16 +153,118 @@ async fn draining_1000_clients_spreads_reconnects_and_loses_nothing() {
     }
     let last_close = outcomes.iter().map(|o| o.closed_at).fold(0.0, f64::max);
     let busiest = *buckets.iter().max().unwrap();
-    let even_share = CLIENTS as f64 / (WINDOW_SECS * 2.0);
     eprintln!(
-        "last close {last_close:.2} s after SIGTERM; busiest half second {busiest} (even share {even_share:.0}); 0 messages lost"
+        "last close {last_close:.2} s after SIGTERM; busiest half second {busiest} (even share {:.0}); 0 messages lost",
+        CLIENTS as f64 / (WINDOW_SECS * 2.0)
+    );
+
+    // The server's own schedule: a moment for every connection, none past the window,
+    // and spread evenly over it. Kolmogorov-Smirnov distance to the uniform law at most
+    // 0.1: a uniform draw of 1000 exceeds that with a probability of about 2e-9, while
+    // closing everyone at once is 1 and spreading over half the window 0.5.
+    let mut moments: Vec<f64> = drained
+        .log_lines()
+        .iter()
+        .filter(|line| line.contains("this connection's turn to close"))
+        .filter_map(|line| {
+            let ms = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("offset_ms="))?;
+            Some(ms.parse::<f64>().ok()? / 1000.0)
+        })
+        .collect();
+    assert_eq!(moments.len(), CLIENTS, "a moment for every connection");
+    moments.sort_by(f64::total_cmp);
+    assert!(
+        *moments.last().unwrap() <= WINDOW_SECS,
+        "a close scheduled at {:.2} s, past the {WINDOW_SECS} s window",
+        moments.last().unwrap()
+    );
+    let distance = moments
+        .iter()
+        .enumerate()
+        .map(|(i, moment)| {
+            let uniform = moment / WINDOW_SECS;
+            let (below, at) = (i as f64 / CLIENTS as f64, (i + 1) as f64 / CLIENTS as f64);
+            (uniform - below).abs().max((at - uniform).abs())
+        })
+        .fold(0.0, f64::max);
+    eprintln!(
+        "the server scheduled the closes over 0-{WINDOW_SECS} s; distance to uniform {distance:.3}"
     );
     assert!(
-        last_close <= WINDOW_SECS + 1.0,
-        "closes went on until {last_close:.2} s"
+        distance <= 0.1,
+        "closes bunched: distance to uniform {distance:.3}"
     );
+}
+
+/// Opens a WebSocket whose receive buffer is as small as the kernel allows, and never
+/// reads from it: once the server has a few frames for it, its writes stall.
+async fn stalled_client(
+    server: &Server,
+    query: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(1024).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(server.ws_url(query), tcp)
+        .await
+        .unwrap();
+    ws
+}
+
+/// The whole shutdown ends within `--drain-secs` (4 here), also with clients whose
+/// sockets take nothing more (a writer stuck on them, a close frame that cannot go
+/// out), and their presence is left, not cut short: the stop timeout comes after the
+/// drain, and the members are not shown online for another presence lifetime. Before,
+/// a stuck connection held the shutdown for its write timeout and then 10 s more for
+/// its close frame, past the drain.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_within_the_drain_and_leaves_presence() {
+    let redis = Redis::start();
+    let mut server = Server::start(
+        "drained",
+        &redis.url(),
+        &[
+            "--drain-secs",
+            "4",
+            "--presence-ttl-secs",
+            "600",
+            "--rate-burst",
+            "3000",
+        ],
+    );
+    let mut stalled = Vec::new();
+    for i in 0..5 {
+        stalled.push(stalled_client(&server, &format!("?room=stuck&name=s{i}")).await);
+    }
+    // 2 500 messages of 2 000 characters, 5 MB: more than the socket buffers take (the
+    // kernel grows a send buffer up to 4 MB here).
+    let mut flooder = Client::connect(&server, "?room=stuck").await;
+    let text = "x".repeat(2000);
+    for _ in 0..2500 {
+        flooder.send("flood", &text).await;
+    }
+    flooder.next_ids(2500).await;
+    let mut conn = common::redis_conn(&redis.url()).await;
+    let present = async |conn: &mut redis::aio::MultiplexedConnection| -> u64 {
+        redis::cmd("HLEN")
+            .arg("chat:{stuck}:presence")
+            .query_async(conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(present(&mut conn).await, 5);
+
+    let signalled = Instant::now();
+    server.sigterm();
+    assert!(server.wait_exit().await.success());
+    let took = signalled.elapsed();
+    eprintln!("SIGTERM to exit: {took:?} (drain 4 s)");
     assert!(
-        (busiest as f64) <= 2.5 * even_share,
-        "a stampede: {busiest} reconnects in half a second"
+        took < Duration::from_millis(4_800),
+        "the shutdown took {took:?}, past the drain of 4 s"
     );
+    assert_eq!(present(&mut conn).await, 0, "presence left behind");
+    drop(stalled);
 }

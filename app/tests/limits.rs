@@ -139,7 +139,15 @@ async fn a_flood_of_new_rooms_stays_bounded() {
 }
 
 async fn upgrade_status(server: &Server, forwarded_for: Option<&str>) -> (u16, Option<common::Ws>) {
-    let mut request = server.ws_url("").into_client_request().unwrap();
+    upgrade_status_of(server, "", forwarded_for).await
+}
+
+async fn upgrade_status_of(
+    server: &Server,
+    query: &str,
+    forwarded_for: Option<&str>,
+) -> (u16, Option<common::Ws>) {
+    let mut request = server.ws_url(query).into_client_request().unwrap();
     if let Some(xff) = forwarded_for {
         request
             .headers_mut()
@@ -210,4 +218,128 @@ async fn connections_are_capped_per_client_address() {
             .0,
         101
     );
+}
+
+/// An IPv6 client is counted by its /64: the addresses of one block, which one
+/// subscriber holds whole and can rotate through, share one budget, and the next block
+/// has its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ipv6_client_is_counted_by_its_64() {
+    let redis = Redis::start();
+    let server = Server::start(
+        "behind-alb",
+        &redis.url(),
+        &[
+            "--max-connections-per-address",
+            "2",
+            "--trusted-proxies",
+            "127.0.0.0/8",
+        ],
+    );
+    let mut open = Vec::new();
+    for rotated in ["2001:db8:0:1::1", "2001:db8:0:1::2"] {
+        let (status, ws) = upgrade_status(&server, Some(rotated)).await;
+        assert_eq!(status, 101);
+        open.push(ws);
+    }
+    assert_eq!(
+        upgrade_status(&server, Some("2001:db8:0:1:ffff::3"))
+            .await
+            .0,
+        429
+    );
+    assert_eq!(
+        upgrade_status(&server, Some("2001:db8:0:2::1")).await.0,
+        101
+    );
+}
+
+/// With sign-in, a user's connections are counted as theirs, wherever they come from:
+/// users behind one address (a company's NAT) each have the whole budget, and a user
+/// who changes address keeps spending the same one.
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_in_users_are_counted_by_their_sub() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = common::KeyPair::ed25519(dir.path(), "identity");
+    let redis = Redis::start();
+    let server = Server::start(
+        "behind-alb",
+        &redis.url(),
+        &[
+            "--max-connections-per-address",
+            "2",
+            "--trusted-proxies",
+            "127.0.0.0/8",
+            "--auth-public-key-file",
+            key.public_pem_path(),
+        ],
+    );
+    let token = |sub: &str| {
+        let claims = serde_json::json!({"sub": sub, "name": sub, "exp": common::unix_now() + 600});
+        format!("?token={}", key.token(&claims))
+    };
+    let (alice, bob) = (token("u-alice"), token("u-bob"));
+    let office = Some("203.0.113.9");
+    let mut open = Vec::new();
+    for query in [&alice, &alice, &bob, &bob] {
+        let (status, ws) = upgrade_status_of(&server, query, office).await;
+        assert_eq!(
+            status, 101,
+            "two users behind one address, two connections each"
+        );
+        open.push(ws);
+    }
+    assert_eq!(upgrade_status_of(&server, &alice, office).await.0, 429);
+    assert_eq!(
+        upgrade_status_of(&server, &alice, Some("198.51.100.7"))
+            .await
+            .0,
+        429,
+        "a new address is no new budget for a signed-in user"
+    );
+}
+
+/// Joins that cost the service something lasting are charged to the client's join
+/// budget: a room this instance does not follow yet (a queue here, a subscription on
+/// Redis) and a presence entry each cost one. With a budget of 10 a minute, one
+/// connection can make this instance follow about 10 new rooms, not the 20 000 that
+/// 200 connections of one address joining 100 rooms each used to; joining rooms the
+/// instance follows already costs nothing; and a named guest, whose connection is an
+/// entry in presence, is refused at the upgrade (429) once the budget is spent.
+#[tokio::test(flavor = "multi_thread")]
+async fn joins_of_new_rooms_and_presence_entries_spend_the_client_s_budget() {
+    let redis = Redis::start();
+    let server = Server::start("a", &redis.url(), &["--room-joins-per-minute", "10"]);
+    let mut roamer = Client::connect(&server, "?room=j0").await;
+    let mut joined = vec!["j0".to_owned()];
+    let mut refused = 0;
+    for i in 1..30 {
+        let room = format!("j{i}");
+        roamer
+            .send_raw(&serde_json::json!({"type": "join", "room": room}).to_string())
+            .await;
+        let answer = roamer.next_json().await;
+        match (answer["type"].as_str(), answer["code"].as_str()) {
+            (Some("joined"), _) => joined.push(room),
+            (Some("error"), Some("room_limit")) => refused += 1,
+            _ => panic!("unexpected {answer}"),
+        }
+    }
+    eprintln!(
+        "29 new rooms asked: {} joined, {refused} refused",
+        joined.len() - 1
+    );
+    // The first room was one; a refill of one may come in the seconds this takes.
+    assert!((10..=11).contains(&joined.len()), "joined {joined:?}");
+    assert_eq!(server.metric("chat_rooms").await, joined.len() as f64);
+
+    // Rooms followed here already are free, at the upgrade and by frame.
+    let mut second = Client::connect(&server, "?room=j0").await;
+    second
+        .send_raw(&serde_json::json!({"type": "join", "room": joined[1]}).to_string())
+        .await;
+    assert_eq!(second.next_json().await["type"], "joined");
+    // An entry in presence is not.
+    let (status, _) = upgrade_status_of(&server, "?room=j0&name=guest", None).await;
+    assert_eq!(status, 429);
 }

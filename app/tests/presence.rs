@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::{Client, KeyPair, Redis, Server, poll_until, unix_now};
+use common::{Client, KeyPair, Redis, Server, WAIT, poll_until, redis_conn, texts, unix_now};
 
 /// The next frame that is about presence or typing (messages in between fail).
 async fn next_event(client: &mut Client) -> Value {
@@ -273,4 +273,257 @@ async fn presence_and_typing_work_on_a_redis_cluster() {
             (Some("member_left"), Some(room))
         );
     }
+}
+
+/// Opens a WebSocket with `query`, waits `after` (nothing read), then resets the TCP
+/// connection (`SO_LINGER` 0: an RST, no close frame), as a client whose network dies,
+/// or an attacker, does: the server finds out when it next writes, in the middle of
+/// whatever the connection was doing.
+async fn open_then_reset(server: &Server, query: &str, after: Duration, leave: Option<&str>) {
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(server.ws_url(query), tcp)
+        .await
+        .unwrap();
+    if let Some(room) = leave {
+        use futures_util::SinkExt as _;
+        let frame = json!({"type": "leave", "room": room}).to_string();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(frame))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(after).await;
+    let tcp = ws.into_inner();
+    tcp.set_zero_linger().unwrap();
+    drop(tcp);
+}
+
+/// Connections reset at every moment of their first join (while the room is read, its
+/// presence entered, the history replayed, the members listed) and right after a
+/// `leave`, 300 times with 300 names: none stays behind in the room's presence. Before,
+/// a join cut short after entering presence (or a leave before it reached Redis) left
+/// an entry that the instance's heartbeat kept alive for as long as it ran, a member
+/// "online" forever, never announced as left.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_reset_in_the_middle_of_a_join_or_leave_leave_no_ghosts() {
+    const ROUNDS: u64 = 300;
+    let redis = Redis::start();
+    // Entries live 10 minutes: whatever goes from Redis below was taken out, not expired.
+    let server = Server::start(
+        "a",
+        &redis.url(),
+        &["--presence-ttl-secs", "600", "--rate-burst", "100"],
+    );
+    let mut seeder = Client::connect(&server, "?room=busy").await;
+    for i in 0..50 {
+        seeder.send("seeder", &format!("m{i}")).await;
+        seeder.next_message().await;
+    }
+    for i in 0..ROUNDS {
+        // Spread over the few milliseconds a join takes here.
+        let after = Duration::from_micros((i % 30) * 200);
+        let query = format!("?room=busy&name=ghost{i}&presence=1&history=50");
+        let leave = (i % 3 == 0).then_some("busy");
+        open_then_reset(&server, &query, after, leave).await;
+    }
+    // The server may still be joining the last of them: wait until none is left, in
+    // Redis or kept alive by the server.
+    let conn = redis_conn(&redis.url()).await;
+    poll_until(WAIT, "every reset connection to leave", || {
+        let mut conn = conn.clone();
+        let server = &server;
+        async move {
+            let (entries, users): (u64, u64) = redis::pipe()
+                .cmd("HLEN")
+                .arg("chat:{busy}:presence")
+                .cmd("HLEN")
+                .arg("chat:{busy}:presence:users")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let kept = server.metric("chat_presence_entries").await;
+            (entries == 0 && users == 0 && kept == 0.0).then_some(())
+        }
+    })
+    .await;
+    let mut watcher = Client::connect(&server, "?room=busy&presence=1").await;
+    let presence = next_event(&mut watcher).await;
+    assert_eq!(presence["count"], 0, "{presence}");
+}
+
+/// Typing is published to every instance that follows the room, so it spends the
+/// connection's message rate: a connection in 20 rooms typing in all of them at once
+/// publishes no more than its burst (3 here), not 20. (At the defaults, 200 connections
+/// of one address in 100 rooms each could publish 20 000 typing events a second.)
+#[tokio::test(flavor = "multi_thread")]
+async fn typing_spends_the_connection_s_message_rate() {
+    const ROOMS: usize = 20;
+    let redis = Redis::start();
+    let server = Server::start(
+        "a",
+        &redis.url(),
+        &["--rate-per-sec", "0.1", "--rate-burst", "3"],
+    );
+    let rooms: Vec<String> = (0..ROOMS).map(|i| format!("t{i}")).collect();
+    let mut typist = Client::connect(&server, "?room=t0&name=typist").await;
+    let mut watcher = Client::connect(&server, "?room=t0&name=watcher&presence=1").await;
+    next_event(&mut watcher).await;
+    // The typist's arrival may also be announced to the watcher (set semantics).
+    let skip_arrivals = async |client: &mut Client| loop {
+        let frame = client.next_json().await;
+        if frame["type"] != "member_joined" {
+            return frame;
+        }
+    };
+    for room in &rooms[1..] {
+        for (client, presence) in [(&mut typist, false), (&mut watcher, true)] {
+            let join = json!({"type": "join", "room": room, "presence": presence});
+            client.send_raw(&join.to_string()).await;
+            assert_eq!(skip_arrivals(client).await["type"], "joined");
+        }
+        assert_eq!(skip_arrivals(&mut watcher).await["type"], "presence");
+    }
+    let mut conn = redis_conn(&redis.url()).await;
+    let publishes_before = publishes(&mut conn).await;
+    for room in &rooms {
+        typist
+            .send_raw(&json!({"type": "typing", "room": room}).to_string())
+            .await;
+    }
+    // Answered in order: once this error is back, every typing before it was handled.
+    typist
+        .send_raw(&json!({"type": "typing", "room": "elsewhere"}).to_string())
+        .await;
+    assert_eq!(typist.next_error_code().await, "not_joined");
+    let publishes = publishes(&mut conn).await - publishes_before;
+    // The watcher hears of as many as were published, then of the typist's message.
+    let mut marker = Client::connect(&server, "?room=t0").await;
+    marker.send("marker", "after the typing").await;
+    let mut typing = 0;
+    loop {
+        let frame = watcher.next_json().await;
+        match frame["type"].as_str() {
+            Some("typing") => typing += 1,
+            Some("message") => break,
+            Some("member_joined") => {}
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    eprintln!("{ROOMS} rooms typed in at once: {typing} typing events, {publishes} publishes");
+    assert_eq!(typing, publishes);
+    assert!(
+        (1..=4).contains(&typing),
+        "{typing} typing events published for a burst of 3"
+    );
+}
+
+/// `PUBLISH` calls Redis has served (scripts' included).
+async fn publishes(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// An instance with 1 000 named members dies: their entries expire together, and the
+/// surviving instance announces 1 000 departures in a few sweeps (of 500 entries each,
+/// so that no call holds Redis for the whole room). A client of the room that
+/// did not ask for presence keeps receiving the room's messages, in order, and is not
+/// closed; one that asked is not closed either, and ends up knowing the room is empty
+/// (from the events, or from the fresh member list it is sent when it fell behind
+/// them). Before, events shared each room's message queue: the burst overflowed it and
+/// closed every client of the room with 4000.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_departures_crowds_out_no_message() {
+    use futures_util::StreamExt as _;
+    const MEMBERS: usize = 1000;
+    const LISTENERS: usize = 50;
+    let redis = Redis::start();
+    let flags = [
+        "--presence-ttl-secs",
+        "3",
+        "--max-connections-per-address",
+        "5000",
+        "--room-joins-per-minute",
+        "100000",
+        "--rate-burst",
+        "100",
+    ];
+    let dead = Server::start("dead", &redis.url(), &flags);
+    // A short message queue: the burst is many times what any client may fall behind.
+    let alive = Server::start(
+        "alive",
+        &redis.url(),
+        &[&flags[..], &["--send-queue", "32"]].concat(),
+    );
+    let members: Vec<Client> = futures_util::stream::iter(0..MEMBERS)
+        .map(|i| {
+            let dead = &dead;
+            async move { Client::connect(dead, &format!("?room=big&name=m{i}")).await }
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    let mut listeners: Vec<Client> = futures_util::stream::iter(0..LISTENERS)
+        .map(|_| Client::connect(&alive, "?room=big"))
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    // An anonymous watcher: no entry of this instance's is in the room, and yet it
+    // sweeps the room, because someone here watches it.
+    let mut watcher = Client::connect(&alive, "?room=big&presence=1").await;
+    let listed = next_event(&mut watcher).await;
+    assert_eq!(listed["count"], MEMBERS, "{listed:.200}");
+
+    let speaking = tokio::spawn({
+        let mut speaker = Client::connect(&alive, "?room=big").await;
+        async move {
+            for i in 0..100 {
+                speaker.send("speaker", &format!("s{i}")).await;
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        }
+    });
+    drop(dead);
+    drop(members);
+
+    let expected: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+    let heard = futures_util::future::join_all(
+        listeners
+            .iter_mut()
+            .map(|listener| listener.next_messages(expected.len())),
+    )
+    .await;
+    speaking.await.unwrap();
+    assert!(heard.iter().all(|messages| texts(messages) == expected));
+
+    let mut present: std::collections::HashSet<String> =
+        (0..MEMBERS).map(|i| format!("m{i}")).collect();
+    let (mut events, mut lists) = (0, 0);
+    while !present.is_empty() {
+        let frame = match watcher.next_event().await {
+            common::Event::Json(frame) => frame,
+            common::Event::Closed(close) => panic!(
+                "the watcher was closed ({close:?}) with {} members still listed",
+                present.len()
+            ),
+        };
+        match frame["type"].as_str() {
+            Some("member_left") => {
+                events += 1;
+                present.remove(frame["user"]["name"].as_str().unwrap());
+            }
+            Some("presence") => {
+                lists += 1;
+                present = names(&frame).into_iter().map(str::to_owned).collect();
+            }
+            _ => {}
+        }
+    }
+    eprintln!("the watcher saw {events} departures and {lists} fresh member lists");
 }

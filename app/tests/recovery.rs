@@ -262,3 +262,52 @@ async fn replay_steps_over_undecodable_entries() {
     let got = vec![replayed.next_message().await, replayed.next_message().await];
     assert_eq!(texts(&got), ["real 1", "real 2"]);
 }
+
+/// A replay from `since` longer than a page (500 entries) is read page by page, and
+/// every page must follow the one before. Here the room is trimmed between the first
+/// page and the second (the test's proxy runs `XTRIM` just before the server's read of
+/// page two reaches Redis): the client, told `recovered: true` for what it could be
+/// given then, gets the first page, then a `recovery` notice (`too_old`), then what
+/// is left. Before, the second page followed the first with the trimmed entries
+/// silently missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trim_between_replay_pages_is_told() {
+    let redis = Redis::start();
+    let proxy = Proxy::start(redis.port).await;
+    let server = Server::start(
+        "a",
+        &proxy.url(),
+        &["--history-len", "5000", "--rate-burst", "5000"],
+    );
+    let mut writer = Client::connect(&server, "?room=long").await;
+    for i in 0..700 {
+        writer.send("w", &format!("m{i}")).await;
+    }
+    let ids: Vec<String> = writer.next_ids(700).await;
+    let (page_one_end, first_kept) = (ids[500].clone(), ids[520].clone());
+    let mut conn = redis_conn(&redis.url()).await;
+    proxy.before_forwarding(format!("({page_one_end}").as_bytes(), async move {
+        let _: u64 = redis::cmd("XTRIM")
+            .arg("chat:{long}:log")
+            .arg("MINID")
+            .arg(&first_kept)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    });
+
+    let mut joiner = Client::connect(&server, &format!("?room=long&since={}", ids[0])).await;
+    assert_eq!(joiner.hello["recovered"], true, "{}", joiner.hello);
+    assert_eq!(joiner.next_ids(500).await, ids[1..=500]);
+    let notice = joiner.next_json().await;
+    assert_eq!(
+        (
+            notice["type"].as_str(),
+            notice["recovered"].as_bool(),
+            notice["reason"].as_str()
+        ),
+        (Some("recovery"), Some(false), Some("too_old")),
+        "{notice}"
+    );
+    assert_eq!(joiner.next_ids(180).await, ids[520..]);
+}

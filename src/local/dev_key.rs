@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::environment::repository;
-use super::state::StateDir;
+use super::state::{StateDir, repository};
 use crate::identity;
 use crate::spec::{AuthKey, StackSpec};
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::state::{State, StateDir};
+use super::state::{State, StateDir, repository};
 use super::{LocalRedis, dev_key, process_is, signal_and_wait};
 use crate::aws::{AwsArgs, Call, Clients};
 use crate::deploy::Health;
@@ -21,12 +21,6 @@ use crate::names::Names;
 use crate::platform::Platform;
 use crate::spec::StackSpec;
 use crate::stack::Stack;
-
-/// `--local` runs from the source tree: it needs `scripts/localstack.sh`, and `up` builds
-/// the chat-server from the workspace.
-pub fn repository() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// How old the emulator's status may be before it counts as not running.
 const STATUS_FRESH: Duration = Duration::from_secs(10);

@@ -41,13 +41,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::programs;
 
 pub use dev_key::private_key_path as dev_private_key;
-pub use environment::{EMULATOR, Environment, repository};
+pub use environment::{EMULATOR, Environment};
 pub use imds::Imds;
 pub use instance::{
     BootSettings, HEALTHY_WITHIN, LocalInstance, Stop, server_pid, stop_services, user_data,
 };
 pub use redis::LocalRedis;
-pub use state::StateDir;
+pub use state::{StateDir, repository};
 
 /// The programs `--local` runs on this machine, each with the Debian package it comes in:
 /// the local redis-server, the redis-cli that joins several into a cluster, their

@@ -28,6 +28,12 @@ pub struct State {
     pub instances: BTreeMap<String, u16>,
 }
 
+/// `--local` runs from the source tree: it needs `scripts/localstack.sh`, and `up` builds
+/// the chat-server from the workspace.
+pub fn repository() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 impl State {
     /// The ports of the local Redis's servers, as [`super::LocalRedis::running`] takes them.
     pub fn redis_ports(&self) -> Vec<u16> {

@@ -7,19 +7,19 @@
 //! Each caller has a request budget on each instance (`--api-rate-per-sec`,
 //! `--api-rate-burst`), by its `sub`, so that renewing a token does not refill it.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use governor::{DefaultKeyedRateLimiter, RateLimiter};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::AppState;
 use crate::auth::Refusal;
-use crate::limits::TokenBucket;
+use crate::limits::quota;
+use crate::state::AppState;
 
 /// The scope a token needs for the server API.
 pub const SCOPE: &str = "api";
@@ -119,9 +119,10 @@ fn token_refused(refusal: Refusal) -> ApiError {
     ApiError::unauthorized(StatusCode::UNAUTHORIZED, code, message)
 }
 
-/// Requests per caller on this instance: a token bucket per `sub`.
+/// Requests per caller on this instance: a token bucket per `sub` (governor's keyed
+/// limiter, as the WebSocket clients' budgets).
 pub struct Budget {
-    callers: Mutex<HashMap<String, TokenBucket>>,
+    callers: DefaultKeyedRateLimiter<String>,
     burst: f64,
     per_sec: f64,
     last_sweep: Mutex<Instant>,
@@ -130,7 +131,7 @@ pub struct Budget {
 impl Budget {
     pub fn new(burst: f64, per_sec: f64) -> Budget {
         Budget {
-            callers: Mutex::new(HashMap::new()),
+            callers: RateLimiter::keyed(quota(burst, per_sec)),
             burst: burst.max(1.0),
             per_sec,
             last_sweep: Mutex::new(Instant::now()),
@@ -140,11 +141,7 @@ impl Budget {
     /// Spends one request of `sub`'s budget, or says when to try again.
     fn take(&self, sub: &str) -> Result<(), ApiError> {
         self.sweep();
-        let mut callers = self.callers.lock().unwrap();
-        let bucket = callers
-            .entry(sub.to_owned())
-            .or_insert_with(|| TokenBucket::new(self.burst, self.per_sec));
-        if bucket.take() {
+        if self.callers.check_key(&sub.to_owned()).is_ok() {
             return Ok(());
         }
         let wait = Duration::from_secs_f64(1.0 / self.per_sec.max(0.001));
@@ -165,10 +162,7 @@ impl Budget {
             return;
         }
         *last = Instant::now();
-        self.callers
-            .lock()
-            .unwrap()
-            .retain(|_, bucket| !bucket.is_full());
+        self.callers.retain_recent();
     }
 }
 

@@ -28,8 +28,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::AppState;
 use crate::protocol::{MAX_FRAME_BYTES, Rejection};
+use crate::state::AppState;
 pub use caller::Budget;
 use error::ApiError;
 

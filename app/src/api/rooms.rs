@@ -14,12 +14,11 @@ use serde::{Deserialize, Serialize};
 use super::caller::ApiCaller;
 use super::error::{ApiError, ErrorBody, Refusals};
 use super::{json_body, path, query};
-use crate::AppState;
 use crate::history::{self, HistoryPage, PageError};
 use crate::protocol::{
-    self, HistoryRequest, MAX_LISTED_MEMBERS, MAX_TOKEN_LEN, Member, Rejection, SendRequest,
-    StreamId,
+    self, HistoryRequest, MAX_TOKEN_LEN, Member, Rejection, SendRequest, StreamId,
 };
+use crate::state::AppState;
 use crate::store::Deletion;
 
 /// A message to post, as a WebSocket `send` carries it.
@@ -127,10 +126,7 @@ pub async fn post_message(
     };
     let stored = state.store.append(&room, &message).await?;
     if !stored.duplicate {
-        state
-            .metrics
-            .messages_in
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        state.metrics.messages_in.increment(1);
     }
     Ok(Json(Posted {
         id: stored.id.to_string(),
@@ -218,9 +214,8 @@ pub async fn presence(
     room: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PresenceBody>, ApiError> {
     let room = protocol::parse_room(&path(room)?)?;
-    let mut members = state.presence.members(&room).await?;
-    let count = members.len();
-    members.truncate(MAX_LISTED_MEMBERS);
+    // The count of every user, and the first MAX_LISTED_MEMBERS of them by name.
+    let (count, members) = state.presence.members(&room).await?;
     Ok(Json(PresenceBody {
         room,
         count,

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::caller::ApiCaller;
 use super::error::{ApiError, Refusals};
 use super::{json_body, path};
-use crate::AppState;
 use crate::moderation::Moderation;
 use crate::protocol::Rejection;
+use crate::state::AppState;
 
 /// Longest ban: a year.
 const MAX_BAN_SECONDS: u64 = 365 * 86_400;

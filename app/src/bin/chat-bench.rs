@@ -8,7 +8,8 @@
 //! that many rooms with a few receivers each sharing one offered message rate: server CPU
 //! per delivery and Redis CPU per message, so the shape over room counts shows); what
 //! presence costs (named guests with presence on, idle: server and Redis CPU per entry
-//! refreshed by the heartbeats); resident memory per idle connection (from
+//! refreshed by the heartbeats, and what a join with presence costs in a full room);
+//! resident memory per idle connection and per quiet room joined (from
 //! `/proc/<pid>/status`); and Redis alone (`redis`, driven by `scripts/bench-redis.sh`):
 //! the append script as the servers call it, against one primary or every primary of a
 //! cluster, with CPU per message per primary, so that what more primaries add shows
@@ -98,12 +99,20 @@ struct Args {
     /// Connections per room in the presence phase.
     #[arg(long, default_value_t = 10)]
     presence_per_room: usize,
+    /// Connections per room of the presence phase that ask for the members and events;
+    /// the others are only in them. Default: all.
+    #[arg(long)]
+    presence_watchers: Option<usize>,
     /// Seconds the presence phase stays idle, measuring what the heartbeats cost.
     #[arg(long, default_value_t = 30)]
     presence_secs: u64,
     /// The servers' `--presence-ttl-secs` (they heartbeat every third of it).
     #[arg(long, default_value_t = 30)]
     presence_ttl_secs: u64,
+    /// Rooms joined, never written, on the first server for the `joined-rooms` memory
+    /// reading: `--max-rooms-per-connection` (100) per connection.
+    #[arg(long, default_value_t = 20_000)]
+    joined_rooms: usize,
     /// Idle connections to the first server for the memory reading.
     #[arg(long, default_value_t = 19_000)]
     idle: usize,
@@ -138,6 +147,7 @@ enum Phase {
     Sidebar,
     Presence,
     Idle,
+    JoinedRooms,
     Redis,
 }
 
@@ -207,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             Phase::Presence => println!("{}", presence(&args, tick).await?),
+            Phase::JoinedRooms => println!("{}", joined_rooms(&args).await?),
             Phase::Idle => {
                 let (opened, per_conn) = idle_memory(&args).await?;
                 println!(
@@ -651,23 +662,58 @@ async fn sidebar(args: &Args, count: usize, tick: f64) -> anyhow::Result<String>
 async fn presence(args: &Args, tick: f64) -> anyhow::Result<String> {
     let servers = args.servers.clone();
     let per_room = args.presence_per_room.max(1);
+    let watchers = args.presence_watchers.unwrap_or(per_room).min(per_room);
     let rooms = args.presence_connections.div_ceil(per_room);
     let events = Arc::new(AtomicU64::new(0));
+    // The last `watchers` of each room join once the others are in, with presence: a
+    // join into a room as full as it gets, each timed to its member list.
+    let watches = |i: usize| i % per_room >= per_room - watchers;
+    let open = |i: usize| {
+        let server = servers[i % servers.len()];
+        let query = format!(
+            "room=bench-presence-{}&name=u{i}&presence={}",
+            i / per_room,
+            u8::from(watches(i))
+        );
+        async move {
+            let started = Instant::now();
+            let mut ws = connect_with(server, &query).await?;
+            if watches(i) {
+                while let Some(frame) = ws.next().await {
+                    if matches!(frame?, Message::Text(t) if t.contains("\"presence\"")) {
+                        break;
+                    }
+                }
+            }
+            anyhow::Ok((ws, started.elapsed()))
+        }
+    };
     let opening = Instant::now();
-    let connected: Vec<anyhow::Result<Ws>> = stream::iter(0..args.presence_connections)
-        .map(|i| {
-            let server = servers[i % servers.len()];
-            let query = format!("room=bench-presence-{}&name=u{i}&presence=1", i / per_room);
-            async move { connect_with(server, &query).await }
-        })
-        .buffer_unordered(args.connect_concurrency)
-        .collect()
-        .await;
-    let opened = opening.elapsed();
+    let mut connected: Vec<anyhow::Result<(Ws, Duration)>> =
+        stream::iter((0..args.presence_connections).filter(|i| !watches(*i)))
+            .map(open)
+            .buffer_unordered(args.connect_concurrency)
+            .collect()
+            .await;
+    let members_opened = opening.elapsed();
+    let joining = Cpu::start(args, tick)?;
+    let watching: Vec<anyhow::Result<(Ws, Duration)>> =
+        stream::iter((0..args.presence_connections).filter(|i| watches(*i)))
+            .map(open)
+            .buffer_unordered(args.connect_concurrency)
+            .collect()
+            .await;
+    let (join_server_cpu, join_redis_cpu) = joining.used()?;
+    let mut joins: Vec<u64> = watching
+        .iter()
+        .filter_map(|joined| Some(joined.as_ref().ok()?.1.as_micros() as u64))
+        .collect();
+    let watcher_joins = joins.len();
+    connected.extend(watching);
     let stop = tokio::time::Instant::now() + Duration::from_secs(args.presence_secs);
     let mut readers = Vec::new();
-    for ws in connected {
-        let mut ws = ws?;
+    for joined in connected {
+        let (mut ws, _) = joined?;
         let events = events.clone();
         readers.push(tokio::spawn(async move {
             while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(stop, ws.next()).await {
@@ -691,13 +737,61 @@ async fn presence(args: &Args, tick: f64) -> anyhow::Result<String> {
     let refreshes = beats * args.presence_connections as f64;
     drop(sockets);
     Ok(format!(
-        "presence: {} guests in {rooms} rooms ({per_room} each) opened in {:.1} s, {} presence frames; idle {:.0} s (~{beats:.1} heartbeats): server CPU {server_cpu:.2} s, Redis CPU {redis_cpu:.2} s -> {:.1} µs server, {:.1} µs Redis per entry refreshed",
+        "presence: {} guests in {rooms} rooms ({per_room} each), the members in {:.1} s; {watcher_joins} joins with presence into the full rooms: {} (join to member list; server CPU {join_server_cpu:.2} s, Redis CPU {join_redis_cpu:.3} s -> {:.0} µs Redis per join); {} frames after; idle {:.0} s (~{beats:.1} heartbeats): server CPU {server_cpu:.2} s, Redis CPU {redis_cpu:.2} s -> {:.1} µs server, {:.1} µs Redis per entry refreshed",
         args.presence_connections,
-        opened.as_secs_f64(),
+        members_opened.as_secs_f64(),
+        percentiles(&mut joins),
+        join_redis_cpu / watcher_joins.max(1) as f64 * 1e6,
         events.load(Ordering::Relaxed),
         measured.elapsed().as_secs_f64(),
         server_cpu / refreshes.max(1.0) * 1e6,
         redis_cpu / refreshes.max(1.0) * 1e6,
+    ))
+}
+
+/// Joins `joined_rooms` rooms nobody writes to, 100 per connection, on the first server,
+/// and reads its resident memory before and after: what a followed room costs an
+/// instance while it is quiet.
+async fn joined_rooms(args: &Args) -> anyhow::Result<String> {
+    const PER_CONNECTION: usize = 100;
+    let pid = &args.pids[..1];
+    let server = args.servers[0];
+    let before = rss_bytes(pid)?;
+    let connections = args.joined_rooms.div_ceil(PER_CONNECTION);
+    let opened = Instant::now();
+    let open: Vec<anyhow::Result<Ws>> = stream::iter(0..connections)
+        .map(|c| async move {
+            let first = c * PER_CONNECTION;
+            let mut ws = connect(server, &format!("bench-quiet-{first}")).await?;
+            for room in first + 1..(first + PER_CONNECTION).min(args.joined_rooms) {
+                let join = json!({"type": "join", "room": format!("bench-quiet-{room}")});
+                ws.send(Message::text(join.to_string())).await?;
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.contains("\"joined\"") => break,
+                        Some(Ok(Message::Text(t))) if t.contains("\"error\"") => {
+                            bail!("join refused: {t}")
+                        }
+                        Some(Ok(_)) => {}
+                        other => bail!("connection ended while joining: {other:?}"),
+                    }
+                }
+            }
+            Ok(ws)
+        })
+        .buffer_unordered(args.connect_concurrency.min(50))
+        .collect()
+        .await;
+    let open: Vec<Ws> = open.into_iter().collect::<anyhow::Result<_>>()?;
+    let took = opened.elapsed();
+    let after = rss_bytes(pid)?;
+    let per_room = after.saturating_sub(before) as f64 / args.joined_rooms.max(1) as f64;
+    drop(open);
+    Ok(format!(
+        "joined rooms: {} quiet rooms joined on one server over {connections} connections in {:.1} s -> {:.1} KiB resident per room (its RSS delta / rooms, connections included)",
+        args.joined_rooms,
+        took.as_secs_f64(),
+        per_room / 1024.0
     ))
 }
 

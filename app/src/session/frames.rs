@@ -15,8 +15,11 @@ use futures_util::stream::SplitStream;
 use tokio::sync::mpsc;
 
 use super::rooms::{self, Answer, JoinError};
-use super::{CLOSE_POLICY, CLOSE_RATE, CLOSE_TOO_BIG, CLOSE_TRY_LATER, Connection, Ending, Reply};
-use crate::AppState;
+use super::{
+    CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_RATE, CLOSE_TOO_BIG, CLOSE_TRY_LATER,
+    Connection, Ending, Reply,
+};
+use crate::auth::Identity;
 use crate::connection::StoreError;
 use crate::history::{self, PageError};
 use crate::limits::{ConnectionSlot, TokenBucket};
@@ -24,6 +27,7 @@ use crate::protocol::{
     ClientFrame, HistoryRequest, JoinRequest, Rejection, SendRequest, ServerFrame,
     parse_client_frame,
 };
+use crate::state::AppState;
 use crate::store::RoomState;
 
 /// Error frames a connection can earn in a burst before it is closed with 1008...
@@ -99,15 +103,6 @@ impl<'a> Reader<'a> {
             joins: TokenBucket::new((state.max_rooms as f64).max(JOIN_BURST), JOINS_PER_SEC),
             pages: TokenBucket::new(PAGES_BURST, PAGES_PER_SEC),
         }
-    }
-
-    /// The rooms whose presence this connection entered.
-    pub fn present_in(&self) -> Vec<String> {
-        self.rooms
-            .iter()
-            .filter(|(_, membership)| membership.present)
-            .map(|(room, _)| room.clone())
-            .collect()
     }
 
     /// Joins the first room, then reads frames until the connection ends.
@@ -222,7 +217,7 @@ impl<'a> Reader<'a> {
                 epoch: None,
                 recovered: None,
                 reason: None,
-                user: self.connection.identity.as_ref(),
+                user: self.connection.identity.as_ref().map(Identity::signed_in),
             };
             self.reply(hello.to_json()).await?;
         }
@@ -260,10 +255,7 @@ impl<'a> Reader<'a> {
     /// Answers a refused frame with its error frame, and ends a connection that keeps
     /// sending wrong ones or keeps sending too fast.
     async fn refuse(&mut self, rejection: Rejection) -> Result<(), Ending> {
-        self.state
-            .metrics
-            .rejected_frames
-            .fetch_add(1, Ordering::Relaxed);
+        self.state.metrics.rejected_frames.increment(1);
         // Valid but too fast is not invalid input; storage trouble is not the client's
         // fault at all.
         if rejection.code == "rate_limited" {
@@ -308,10 +300,10 @@ impl<'a> Reader<'a> {
         }
         // The first message of a room creates it in Redis: that is what the per-address
         // room budget pays for.
-        if !has_history && !self.state.address_limits.take_new_room(self.slot.address) {
+        if !has_history && !self.state.client_limits.take_new_room(&self.slot.client) {
             return Err(Rejection::new(
                 "room_limit",
-                "too many new rooms from your address; try again in a minute",
+                "too many new rooms from you; try again in a minute",
             )
             .with_room(&room));
         }
@@ -324,10 +316,7 @@ impl<'a> Reader<'a> {
         };
         tracing::trace!(room, id = %stored.id, duplicate = stored.duplicate, "stored");
         if !stored.duplicate {
-            self.state
-                .metrics
-                .messages_in
-                .fetch_add(1, Ordering::Relaxed);
+            self.state.metrics.messages_in.increment(1);
         }
         if let Some(membership) = self.rooms.get_mut(&room) {
             membership.has_history = true;
@@ -378,6 +367,13 @@ impl<'a> Reader<'a> {
             return refused(
                 "rate_limited",
                 format!("too many joins: at most {JOINS_PER_SEC} per second"),
+            );
+        }
+        let cost = super::join_cost(self.state, room, self.connection.member.is_some());
+        if !self.state.client_limits.take_joins(&self.slot.client, cost) {
+            return refused(
+                "room_limit",
+                "too many new rooms joined from you; try again in a minute".to_owned(),
             );
         }
         match rooms::join(
@@ -438,6 +434,13 @@ impl<'a> Reader<'a> {
         {
             return Ok(());
         }
+        // Every room's typing is a publish to every instance following it: it spends
+        // the connection's message rate (when there is none left, it is dropped as
+        // quietly as the throttle drops it).
+        if !self.rate.take() {
+            return Ok(());
+        }
+        let membership = self.membership(room)?;
         membership.last_typing = Some(Instant::now());
         self.state
             .presence
@@ -502,10 +505,17 @@ fn is_storage_code(code: &str) -> bool {
     matches!(code, "unavailable" | "storage_full" | "storage_error")
 }
 
+/// How a connection whose frames cannot be read ends: with the close code RFC 6455
+/// §7.4.1 names for what was wrong, so that the client sees why (not 1006); without one
+/// when the peer is gone.
 fn read_error(e: axum::Error) -> Ending {
     use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     match e.into_inner().downcast_ref::<Error>() {
         Some(Error::Capacity(_)) => Ending::Close(CLOSE_TOO_BIG, "message too big"),
+        Some(Error::Utf8(_)) => Ending::Close(CLOSE_INVALID_DATA, "text frame is not valid UTF-8"),
+        Some(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Ending::Drop,
+        Some(Error::Protocol(_)) => Ending::Close(CLOSE_PROTOCOL, "websocket protocol error"),
         _ => Ending::Drop,
     }
 }

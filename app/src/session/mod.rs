@@ -5,7 +5,8 @@
 //! the rooms joined ([`writer::RoomFeed`]) and sends their live frames, the replies and
 //! pings. Joining a room, the first (`?room=`) as every later one, is [`rooms`].
 //!
-//! Close codes: 1000/1001 as the client asks; 1008 sustained invalid input; 1009 frame
+//! Close codes: 1000/1001 as the client asks; 1002 a WebSocket protocol error; 1007 a
+//! text frame that is not UTF-8; 1008 sustained invalid input; 1009 frame
 //! over the hard size cap; 1012 server restart (end of drain); 1013 Redis
 //! unavailable while joining the first room; 4000 slow consumer; 4029 rate limit
 //! exceeded; and, when the server verifies sign-in tokens, 4401/4403/4440
@@ -26,21 +27,28 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use crate::AppState;
 use crate::auth::{Identity, Refusal};
+use crate::drain::Drain;
 use crate::limits::ConnectionSlot;
 use crate::moderation::Registration;
 use crate::protocol::{JoinRequest, Member};
+use crate::state::AppState;
 use crate::store::RoomState;
 
 /// How long a close frame may take to get out before the socket is simply dropped.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// How long to wait for the client's half of the closing handshake.
-pub const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 /// Replies waiting for the writer. When it is full the reader waits, so a client that
 /// does not read its replies ends as a slow consumer.
 const REPLY_QUEUE: usize = 64;
 
+/// RFC 6455 §7.4.1: the endpoint broke the protocol (an unmasked frame, reserved bits
+/// set, a fragmented control frame, ...).
+pub const CLOSE_PROTOCOL: u16 = 1002;
+/// RFC 6455 §7.4.1: data inconsistent with the message type (a text frame that is not
+/// UTF-8).
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_RESTART: u16 = 1012;
@@ -109,7 +117,7 @@ type Sink = SplitSink<WebSocket, Message>;
 pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
     let metrics = &state.metrics;
     metrics.connections.fetch_add(1, Ordering::Relaxed);
-    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_total.increment(1);
     let number = state.hub.new_connection();
     let connection = Connection {
         number,
@@ -119,7 +127,6 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
         registration: join.registration,
     };
     let (mut sink, mut stream) = socket.split();
-    let mut present_in = Vec::new();
     let ending = run(
         &mut sink,
         &mut stream,
@@ -130,58 +137,77 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
             first: join.first,
             room_state: join.room_state,
         },
-        &mut present_in,
     )
     .await;
-    finish(&mut sink, &mut stream, ending).await;
-    futures_util::future::join_all(
-        present_in
-            .iter()
-            .map(|room| state.presence.leave(room, &connection.origin)),
-    )
-    .await;
+    finish(&mut sink, &mut stream, ending, &state.drain).await;
+    // Every room's presence this connection entered, also those whose join or leave
+    // was cut short when the connection ended.
+    state.presence.leave_connection(&connection.origin).await;
     metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// What joining `room` costs the client's join budget: one if this instance does not
+/// follow the room yet (a queue here, a subscription on Redis), one if the connection
+/// enters its presence (an entry in Redis).
+pub fn join_cost(state: &AppState, room: &str, enters_presence: bool) -> u32 {
+    u32::from(!state.hub.follows(room)) + u32::from(enters_presence)
+}
+
 /// A connection refused for its sign-in token or a ban: closed at once, before `hello`.
-pub async fn refuse(socket: WebSocket, slot: ConnectionSlot, close: CloseFrame) {
+pub async fn refuse(socket: WebSocket, slot: ConnectionSlot, close: CloseFrame, drain: &Drain) {
     let (mut sink, mut stream) = socket.split();
-    finish(&mut sink, &mut stream, Ending::Frame(close)).await;
+    finish(&mut sink, &mut stream, Ending::Frame(close), drain).await;
     drop(slot);
 }
 
-async fn finish(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, ending: Ending) {
+/// Ends the connection as `ending` says; during a drain, by the time it leaves for the
+/// presence leaves.
+async fn finish(
+    sink: &mut Sink,
+    stream: &mut SplitStream<WebSocket>,
+    ending: Ending,
+    drain: &Drain,
+) {
     match ending {
         Ending::Close(code, reason) => {
             let frame = CloseFrame {
                 code,
                 reason: reason.into(),
             };
-            close_with(sink, stream, frame).await;
+            close_with(sink, stream, frame, drain).await;
         }
-        Ending::Frame(frame) => close_with(sink, stream, frame).await,
+        Ending::Frame(frame) => close_with(sink, stream, frame, drain).await,
         Ending::ClientClosed => {
-            let _ = timeout(CLOSE_GRACE, sink.close()).await;
+            let _ = timeout(drain.handshake_time(CLOSE_GRACE), sink.close()).await;
         }
         Ending::Drop => {}
     }
 }
 
-/// Sends `frame`, then waits a little for the client's half of the handshake.
-async fn close_with(sink: &mut Sink, stream: &mut SplitStream<WebSocket>, frame: CloseFrame) {
-    if let Ok(Ok(())) = timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await {
+/// Sends `frame`, then waits a little for the client's half of the handshake; during a
+/// drain, no longer than the drain leaves.
+async fn close_with(
+    sink: &mut Sink,
+    stream: &mut SplitStream<WebSocket>,
+    frame: CloseFrame,
+    drain: &Drain,
+) {
+    let sent = timeout(
+        drain.handshake_time(CLOSE_GRACE),
+        sink.send(Message::Close(Some(frame))),
+    );
+    if let Ok(Ok(())) = sent.await {
         // Wait for the client's close reply: closing the socket with its frames still
         // unread would reset the connection and could destroy our close frame before
         // the client reads it.
-        let _ = timeout(CLOSE_REPLY_WAIT, async {
+        let _ = timeout(drain.handshake_time(CLOSE_REPLY_WAIT), async {
             while let Some(Ok(_)) = stream.next().await {}
         })
         .await;
     }
 }
 
-/// Runs the connection until it ends; `present_in` is left holding the rooms whose
-/// presence it entered, for the caller to leave.
+/// Runs the connection until it ends.
 async fn run(
     sink: &mut Sink,
     stream: &mut SplitStream<WebSocket>,
@@ -189,20 +215,17 @@ async fn run(
     connection: &Connection,
     slot: ConnectionSlot,
     start: frames::Start,
-    present_in: &mut Vec<String>,
 ) -> Ending {
     let last_seen = AtomicU64::new(0);
     let started = Instant::now();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
     let mut reader = frames::Reader::new(state, connection, replies_tx, slot);
-    let ending = tokio::select! {
+    tokio::select! {
         ending = writer::write_loop(sink, replies_rx, state, &last_seen, started) => ending,
         ending = reader.run(stream, start, &last_seen, started) => ending,
         ending = token_expiry(state, connection.identity.as_ref()) => ending,
         ending = disconnected(connection.registration.as_ref()) => ending,
-    };
-    *present_in = reader.present_in();
-    ending
+    }
 }
 
 /// Ends a signed-in connection when its token expires, so that a page fetches a new
@@ -212,7 +235,7 @@ async fn token_expiry(state: &AppState, identity: Option<&Identity>) -> Ending {
         return std::future::pending().await;
     };
     tokio::time::sleep(identity.expires_in()).await;
-    state.metrics.token_expired.fetch_add(1, Ordering::Relaxed);
+    state.metrics.token_expired.increment(1);
     let (code, reason) = Refusal::Expired.close();
     Ending::Close(code, reason)
 }
@@ -231,9 +254,6 @@ async fn disconnected(registration: Option<&Registration>) -> Ending {
 }
 
 fn slow_consumer(state: &AppState) -> Ending {
-    state
-        .metrics
-        .slow_disconnects
-        .fetch_add(1, Ordering::Relaxed);
+    state.metrics.slow_disconnects.increment(1);
     Ending::Close(CLOSE_SLOW_CONSUMER, "slow consumer")
 }

@@ -3,62 +3,71 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Message;
 use futures_util::stream::SelectAll;
 use futures_util::{FutureExt as _, SinkExt as _, Stream, StreamExt as _};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::timeout;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use super::{CLOSE_RESTART, Ending, Reply, Sink, slow_consumer};
-use crate::AppState;
+use super::{CLOSE_RESTART, Ending, Reply, Sink, rooms, slow_consumer};
+use crate::hub::channel::Receiver;
 use crate::hub::{About, Outgoing};
 use crate::protocol::StreamId;
+use crate::state::AppState;
 
 /// Live frames written to a client per flush at most.
 const MAX_COALESCED: usize = 32;
 
+/// What went wrong with a room's feed.
+#[derive(Debug)]
+pub enum FeedError {
+    /// The client fell `--send-queue` messages behind: it is disconnected.
+    Behind,
+    /// The client fell behind the room's events: the members it was told of are stale.
+    EventsLost(String),
+}
+
 /// A room's live frames as one connection gets them: without the entries its replay
-/// already covered, without presence and typing events unless it asked for them, and
-/// without the events it caused itself. Closed (`leave`), it lets go of the room at once
-/// and ends.
+/// already covered, with presence and typing events only if it asked for them (they
+/// come on a queue of their own), and without the events it caused itself. Closed
+/// (`leave`), it lets go of the room at once and ends.
 pub struct RoomFeed {
     room: String,
     /// `None` once closed.
-    live: Option<BroadcastStream<Outgoing>>,
+    entries: Option<Receiver<Outgoing>>,
+    events: Option<Receiver<Outgoing>>,
     /// Wakes the writer's set of feeds to drop this one once closed.
     waker: Option<Waker>,
     skip_through: StreamId,
-    events: bool,
     connection: u64,
 }
 
 impl RoomFeed {
     pub fn new(
         room: String,
-        live: broadcast::Receiver<Outgoing>,
+        entries: Receiver<Outgoing>,
+        events: Option<Receiver<Outgoing>>,
         skip_through: StreamId,
-        events: bool,
         connection: u64,
     ) -> Self {
         RoomFeed {
             room,
-            live: Some(BroadcastStream::new(live)),
+            entries: Some(entries),
+            events,
             waker: None,
             skip_through,
-            events,
             connection,
         }
     }
 
-    /// Drops the room's receiver (so the hub may let go of the room) and has the feed
+    /// Drops the room's receivers (so the hub may let go of the room) and has the feed
     /// end the next time the set polls it.
     fn close(&mut self) {
-        self.live = None;
+        self.entries = None;
+        self.events = None;
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
@@ -67,13 +76,13 @@ impl RoomFeed {
     fn wants(&self, outgoing: &Outgoing) -> bool {
         match outgoing.about {
             About::Entry(id) => id > self.skip_through,
-            About::Event { origin } => self.events && origin != self.connection,
+            About::Event { origin } => origin != self.connection,
         }
     }
 }
 
 impl Stream for RoomFeed {
-    type Item = Result<Outgoing, BroadcastStreamRecvError>;
+    type Item = Result<Outgoing, FeedError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -81,12 +90,24 @@ impl Stream for RoomFeed {
             this.waker = Some(cx.waker().clone());
         }
         loop {
-            let Some(live) = this.live.as_mut() else {
+            // Messages first: events never hold them up.
+            let Some(entries) = this.entries.as_mut() else {
                 return Poll::Ready(None);
             };
-            match ready!(live.poll_next_unpin(cx)) {
-                Some(Ok(outgoing)) if !this.wants(&outgoing) => continue,
-                other => return Poll::Ready(other),
+            let received = match entries.poll_recv(cx) {
+                Poll::Ready(Err(_)) => return Poll::Ready(Some(Err(FeedError::Behind))),
+                Poll::Ready(Ok(outgoing)) => outgoing,
+                Poll::Pending => match this.events.as_mut().map(|events| events.poll_recv(cx)) {
+                    Some(Poll::Ready(Ok(outgoing))) => outgoing,
+                    Some(Poll::Ready(Err(_))) => {
+                        let room = this.room.clone();
+                        return Poll::Ready(Some(Err(FeedError::EventsLost(room))));
+                    }
+                    Some(Poll::Pending) | None => return Poll::Pending,
+                },
+            };
+            if this.wants(&received) {
+                return Poll::Ready(Some(Ok(received)));
             }
         }
     }
@@ -145,29 +166,52 @@ pub(super) async fn write_loop(
                 }
                 Message::Ping(Default::default())
             }
-            Some(received) = feeds.next(), if !feeds.is_empty() => match received {
-                Ok(outgoing) => live_frame(outgoing, state),
-                Err(BroadcastStreamRecvError::Lagged(_)) => return slow_consumer(state),
+            Some(received) = feeds.next(), if !feeds.is_empty() => match feed_frame(received, state).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => continue,
+                Err(ending) => return ending,
             },
         };
-        match timeout(
+        let write = timeout(
             state.write_timeout,
             write_with_ready(sink, frame, &mut feeds, state),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(ending)) => return ending,
-            Err(_) => return slow_consumer(state),
+        );
+        tokio::select! {
+            written = write => match written {
+                Ok(Ok(())) => {}
+                Ok(Err(ending)) => return ending,
+                Err(_) => return slow_consumer(state),
+            },
+            // A write stuck on a client that does not read cannot hold the drain: the
+            // socket goes, without a close frame (one cannot follow half a frame).
+            _ = state.close.cancelled() => return Ending::Drop,
         }
     }
 }
 
-fn live_frame(outgoing: Outgoing, state: &AppState) -> Message {
-    if matches!(outgoing.about, About::Entry(_)) {
-        state.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+/// The frame to write for what a feed gave: its live frame; after events were lost, the
+/// room's members as they are now (nothing, if Redis cannot say); after messages were
+/// lost, the end.
+async fn feed_frame(
+    received: Result<Outgoing, FeedError>,
+    state: &AppState,
+) -> Result<Option<Message>, Ending> {
+    match received {
+        Ok(outgoing) => {
+            if matches!(outgoing.about, About::Entry(_)) {
+                state.metrics.messages_out.increment(1);
+            }
+            Ok(Some(Message::Text(outgoing.frame)))
+        }
+        Err(FeedError::Behind) => Err(slow_consumer(state)),
+        Err(FeedError::EventsLost(room)) => match rooms::presence_frame(state, &room).await {
+            Ok(frame) => Ok(Some(Message::Text(frame))),
+            Err(error) => {
+                tracing::warn!(%error, room, "presence events were lost and the members cannot be read");
+                Ok(None)
+            }
+        },
     }
-    Message::Text(outgoing.frame)
 }
 
 /// Writes `frame` and the live frames already queued behind it (up to
@@ -181,15 +225,11 @@ async fn write_with_ready(
 ) -> Result<(), Ending> {
     sink.feed(frame).await.map_err(|_| Ending::Drop)?;
     for _ in 1..MAX_COALESCED {
-        match feeds.next().now_or_never() {
-            Some(Some(Ok(outgoing))) => sink
-                .feed(live_frame(outgoing, state))
-                .await
-                .map_err(|_| Ending::Drop)?,
-            Some(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
-                return Err(slow_consumer(state));
-            }
-            Some(None) | None => break,
+        let Some(Some(received)) = feeds.next().now_or_never() else {
+            break;
+        };
+        if let Some(frame) = feed_frame(received, state).await? {
+            sink.feed(frame).await.map_err(|_| Ending::Drop)?;
         }
     }
     sink.flush().await.map_err(|_| Ending::Drop)
@@ -210,10 +250,7 @@ async fn write_replay(
     };
     match timeout(state.write_timeout, write).await {
         Ok(Ok(())) => {
-            state
-                .metrics
-                .messages_out
-                .fetch_add(sent, Ordering::Relaxed);
+            state.metrics.messages_out.increment(sent);
             Ok(())
         }
         Ok(Err(_)) => Err(Ending::Drop),

@@ -660,6 +660,11 @@ impl Server {
             .any(|line| line.contains(needle))
     }
 
+    /// Every line the server logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
     /// Whether the server logged a panic so far.
     pub fn panicked(&self) -> bool {
         self.panicked.load(std::sync::atomic::Ordering::SeqCst)
@@ -1001,6 +1006,25 @@ impl Client {
         frame
     }
 
+    /// The next `count` message frames; fails on anything else, saying after how many
+    /// of them a close came.
+    pub async fn next_messages(&mut self, count: usize) -> Vec<Value> {
+        let mut messages = Vec::with_capacity(count);
+        while messages.len() < count {
+            match self.next_event().await {
+                Event::Json(frame) => {
+                    assert_eq!(frame["type"], "message", "expected a message, got {frame}");
+                    messages.push(frame);
+                }
+                Event::Closed(close) => panic!(
+                    "closed ({close:?}) after {} of {count} messages",
+                    messages.len()
+                ),
+            }
+        }
+        messages
+    }
+
     /// The ids of the next `count` message frames; fails on anything else.
     pub async fn next_ids(&mut self, count: usize) -> Vec<String> {
         let mut ids = Vec::with_capacity(count);
@@ -1067,11 +1091,18 @@ pub struct Proxy {
     accept: tokio::task::JoinHandle<()>,
 }
 
+/// Something to do, once, before the proxy forwards a command holding some bytes.
+type Hook = (
+    Vec<u8>,
+    Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, ()> + Send>,
+);
+
 struct ProxyShared {
     target: std::sync::atomic::AtomicU16,
     mode: std::sync::atomic::AtomicU8,
     /// Bumped to close every open connection.
     cuts: tokio::sync::watch::Sender<u64>,
+    before: std::sync::Mutex<Option<Hook>>,
 }
 
 impl Proxy {
@@ -1083,6 +1114,7 @@ impl Proxy {
             target: AtomicU16::new(target),
             mode: AtomicU8::new(PASS),
             cuts: tokio::sync::watch::channel(0).0,
+            before: std::sync::Mutex::new(None),
         });
         let accept = tokio::spawn({
             let shared = shared.clone();
@@ -1121,6 +1153,17 @@ impl Proxy {
         self.shared.cuts.send_modify(|n| *n += 1);
     }
 
+    /// Runs `hook` to its end, once, before forwarding to Redis the first command that
+    /// holds `needle`: something happens to Redis at an exact point of a server's work.
+    pub fn before_forwarding<F>(&self, needle: &[u8], hook: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let hook: Box<dyn FnOnce() -> futures_util::future::BoxFuture<'static, ()> + Send> =
+            Box::new(move || Box::pin(hook));
+        *self.shared.before.lock().unwrap() = Some((needle.to_vec(), hook));
+    }
+
     /// Passes bytes again (connections closed by a cut stay closed).
     pub fn restore(&self) {
         self.set_mode(PASS);
@@ -1153,8 +1196,8 @@ async fn proxy_connection(client: TokioTcpStream, shared: std::sync::Arc<ProxySh
     let (upstream_read, upstream_write) = upstream.into_split();
     let mut cuts = shared.cuts.subscribe();
     tokio::select! {
-        _ = pump(client_read, upstream_write, &shared) => {}
-        _ = pump(upstream_read, client_write, &shared) => {}
+        _ = pump(client_read, upstream_write, &shared, true) => {}
+        _ = pump(upstream_read, client_write, &shared, false) => {}
         _ = cuts.changed() => {}
     }
 }
@@ -1163,6 +1206,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     shared: &ProxyShared,
+    to_redis: bool,
 ) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut buffer = vec![0u8; 16 * 1024];
@@ -1173,6 +1217,18 @@ async fn pump(
         };
         if shared.mode.load(std::sync::atomic::Ordering::SeqCst) == BLACKHOLE {
             continue;
+        }
+        if to_redis {
+            let hook = {
+                let mut before = shared.before.lock().unwrap();
+                let matches = before.as_ref().is_some_and(|(needle, _)| {
+                    buffer[..n].windows(needle.len()).any(|w| w == needle)
+                });
+                if matches { before.take() } else { None }
+            };
+            if let Some((_, hook)) = hook {
+                hook().await;
+            }
         }
         if to.write_all(&buffer[..n]).await.is_err() {
             return;

@@ -1,21 +1,27 @@
-//! Room fan-out inside one process: a broadcast channel per room with local clients, and
-//! the id of the last stream entry this instance has delivered for that room.
+//! Room fan-out inside one process: per room with local clients, a queue of its
+//! entries ([`channel`]), a queue of its presence and typing events (made when the first
+//! client that wants them joins), and the id of the last stream entry this instance has
+//! delivered for that room.
 //!
 //! The Redis reader ([`crate::reader`]) takes the rooms joined since it last asked and
 //! the rooms nobody listens to any more, and publishes what it receives; connections
-//! subscribe. The broadcast channel's capacity
-//! is the per-client send queue: a client that falls that far behind gets `Lagged` and is
-//! disconnected, while the sender never waits for anyone.
+//! subscribe. Each queue's capacity is the per-client send queue: a client that falls
+//! that far behind the room's entries is disconnected, while the sender never waits for
+//! anyone. Events go on a queue of their own so that a burst of them (an instance's
+//! thousand members expiring at once) can never push a client behind on messages, and
+//! clients that did not ask for them are not even woken by them.
+
+pub mod channel;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 
 use crate::protocol::StreamId;
-use crate::random::random_u64;
+use channel::{Receiver, Sender};
 
 /// A frame ready to go out: serialized once, shared by every client of the room.
 #[derive(Clone, Debug)]
@@ -37,10 +43,19 @@ pub enum About {
 }
 
 struct Room {
-    tx: broadcast::Sender<Outgoing>,
+    entries: Sender<Outgoing>,
+    /// Made when the first client that wants events joins.
+    events: Option<Sender<Outgoing>>,
     last_id: StreamId,
     /// The reader's subscription to the room's live channel is confirmed.
     live: bool,
+}
+
+/// A connection's hold on a room, from [`Hub::join`]: its entries, parked until
+/// [`Hub::start`], and its events if it asked for them.
+pub struct Joined {
+    pub entries: Receiver<Outgoing>,
+    pub events: Option<Receiver<Outgoing>>,
 }
 
 #[derive(Default)]
@@ -67,7 +82,7 @@ impl Hub {
     pub fn new(capacity: usize) -> Self {
         Hub {
             state: Mutex::new(Rooms::default()),
-            tag: format!("{:x}", random_u64()),
+            tag: format!("{:x}", rand::random::<u64>()),
             connections: AtomicU64::new(0),
             capacity: capacity.max(1),
             changed: Notify::new(),
@@ -94,32 +109,67 @@ impl Hub {
             .unwrap_or(0)
     }
 
-    /// Subscribes to a room, starting to read it after `start` (the stream's last id,
-    /// fetched by the caller) if no one here reads it yet. When two clients race to open
-    /// the same room, the first start id wins; either is a valid starting point.
-    pub fn join(&self, room: &str, start: StreamId) -> broadcast::Receiver<Outgoing> {
+    /// Follows a room, starting to read it after `start` (the stream's last id, fetched
+    /// by the caller) if no one here reads it yet. When two clients race to open the
+    /// same room, the first start id wins; either is a valid starting point. The
+    /// entries are parked: the room stays followed while the caller replays, and
+    /// nothing is queued for it until [`Hub::start`]. Events, when `events`, are taken
+    /// from now on.
+    pub fn join(&self, room: &str, start: StreamId, events: bool) -> Joined {
         let mut state = self.state.lock().unwrap();
         let Rooms { rooms, joined } = &mut *state;
         let mut created = false;
-        let rx = rooms
-            .entry(room.to_owned())
-            .or_insert_with(|| {
-                created = true;
-                joined.push(room.to_owned());
-                Room {
-                    tx: broadcast::channel(self.capacity).0,
-                    last_id: start,
-                    live: false,
-                }
-            })
-            .tx
-            .subscribe();
+        let followed = rooms.entry(room.to_owned()).or_insert_with(|| {
+            created = true;
+            joined.push(room.to_owned());
+            Room {
+                entries: Sender::new(self.capacity),
+                events: None,
+                last_id: start,
+                live: false,
+            }
+        });
+        let joined = Joined {
+            entries: followed.entries.parked(),
+            events: events.then(|| {
+                followed
+                    .events
+                    .get_or_insert_with(|| Sender::new(self.capacity))
+                    .subscribe()
+            }),
+        };
         drop(state);
         // Only a new room is news to the reader.
         if created {
             self.changed.notify_one();
         }
-        rx
+        joined
+    }
+
+    /// Starts taking a joined room's entries; returns the id of the last entry
+    /// delivered before, which the caller must read from the stream if it needs it.
+    pub fn start(&self, room: &str, entries: &mut Receiver<Outgoing>) -> StreamId {
+        let state = self.state.lock().unwrap();
+        // Under the lock `publish` takes: no entry falls between the id and the start.
+        entries.start();
+        state.rooms.get(room).map(|r| r.last_id).unwrap_or_default()
+    }
+
+    /// The rooms with clients here that asked for presence events.
+    pub fn watched(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .rooms
+            .iter()
+            .filter(|(_, room)| room.events.as_ref().is_some_and(|e| e.receiver_count() > 0))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Whether this instance follows `room` already (joining it costs nothing more).
+    pub fn follows(&self, room: &str) -> bool {
+        self.state.lock().unwrap().rooms.contains_key(room)
     }
 
     /// The rooms created since the last call.
@@ -139,7 +189,7 @@ impl Hub {
         let mut state = self.state.lock().unwrap();
         let mut left = Vec::new();
         state.rooms.retain(|name, room| {
-            let listened = room.tx.receiver_count() > 0;
+            let listened = room.entries.receiver_count() > 0;
             if !listened {
                 left.push(name.clone());
             }
@@ -212,20 +262,27 @@ impl Hub {
         }
         room.last_id = id;
         frame.map_or(0, |frame| {
-            room.tx
-                .send(Outgoing {
-                    about: About::Entry(id),
-                    frame,
-                })
-                .unwrap_or(0)
+            room.entries.send(Outgoing {
+                about: About::Entry(id),
+                frame,
+            })
         })
     }
 
     /// Sends a frame to the room's local clients without moving the room's position:
-    /// one about entry `id` (which comes next), or an ephemeral event.
+    /// one about entry `id` (which comes next), or an ephemeral event, to those that
+    /// asked for events.
     pub fn announce(&self, room: &str, about: About, frame: Utf8Bytes) {
-        if let Some(room) = self.state.lock().unwrap().rooms.get(room) {
-            let _ = room.tx.send(Outgoing { about, frame });
+        let state = self.state.lock().unwrap();
+        let Some(room) = state.rooms.get(room) else {
+            return;
+        };
+        let queue = match about {
+            About::Entry(_) => Some(&room.entries),
+            About::Event { .. } => room.events.as_ref(),
+        };
+        if let Some(queue) = queue {
+            queue.send(Outgoing { about, frame });
         }
     }
 
@@ -242,10 +299,21 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn try_recv(rx: &mut Receiver<Outgoing>) -> Option<Outgoing> {
+        use futures_util::{FutureExt as _, StreamExt as _};
+        rx.next().now_or_never().flatten().map(Result::unwrap)
+    }
+
+    fn join(hub: &Hub, room: &str, start: StreamId) -> Receiver<Outgoing> {
+        let mut entries = hub.join(room, start, false).entries;
+        hub.start(room, &mut entries);
+        entries
+    }
+
     #[test]
     fn publishes_each_id_once_and_only_after_start() {
         let hub = Hub::new(8);
-        let mut rx = hub.join("a", id("5-0"));
+        let mut rx = join(&hub, "a", id("5-0"));
         let frame = || Some(Utf8Bytes::from("m"));
         assert_eq!(hub.publish("a", id("4-0"), frame()), 0);
         assert_eq!(hub.publish("a", id("6-0"), frame()), 1);
@@ -253,15 +321,54 @@ mod tests {
         assert_eq!(hub.publish("b", id("7-0"), frame()), 0);
         // An undecodable entry moves the position without a frame.
         assert_eq!(hub.publish("a", id("8-0"), None), 0);
-        assert_eq!(rx.try_recv().unwrap().about, About::Entry(id("6-0")));
-        assert!(rx.try_recv().is_err());
+        assert_eq!(try_recv(&mut rx).unwrap().about, About::Entry(id("6-0")));
+        assert!(try_recv(&mut rx).is_none());
         assert_eq!(hub.position("a"), Some(id("8-0")));
+    }
+
+    #[test]
+    fn a_parked_join_starts_at_the_position_it_is_told() {
+        let hub = Hub::new(8);
+        let frame = || Some(Utf8Bytes::from("m"));
+        let mut joined = hub.join("a", id("1-0"), false);
+        assert_eq!(
+            hub.publish("a", id("2-0"), frame()),
+            0,
+            "parked: nothing queued"
+        );
+        assert!(
+            hub.follows("a") && hub.prune().is_empty(),
+            "but the room is held"
+        );
+        assert_eq!(hub.start("a", &mut joined.entries), id("2-0"));
+        assert_eq!(hub.publish("a", id("3-0"), frame()), 1);
+        assert_eq!(
+            try_recv(&mut joined.entries).unwrap().about,
+            About::Entry(id("3-0"))
+        );
+    }
+
+    #[test]
+    fn events_go_only_to_the_clients_that_asked_for_them() {
+        let hub = Hub::new(2);
+        let mut plain = join(&hub, "a", id("1-0"));
+        let event = || Utf8Bytes::from("e");
+        hub.announce("a", About::Event { origin: 0 }, event());
+        let mut watcher = hub.join("a", id("1-0"), true);
+        for _ in 0..10 {
+            hub.announce("a", About::Event { origin: 0 }, event());
+        }
+        assert!(try_recv(&mut plain).is_none(), "no events, no lag");
+        let events = watcher.events.as_mut().unwrap();
+        use futures_util::{FutureExt as _, StreamExt as _};
+        let lagged = events.next().now_or_never().flatten().unwrap();
+        assert!(lagged.is_err(), "the watcher fell behind on events only");
     }
 
     #[tokio::test]
     async fn a_join_waits_until_the_room_is_live() {
         let hub = std::sync::Arc::new(Hub::new(8));
-        let _rx = hub.join("a", StreamId::default());
+        let _rx = join(&hub, "a", StreamId::default());
         let waiting = tokio::spawn({
             let hub = hub.clone();
             async move { hub.wait_live("a").await }
@@ -286,9 +393,9 @@ mod tests {
     #[test]
     fn hands_out_each_new_room_once_and_forgets_rooms_without_listeners() {
         let hub = Hub::new(8);
-        let a = hub.join("a", StreamId::default());
-        let a2 = hub.join("a", StreamId::default());
-        let b = hub.join("b", StreamId::default());
+        let a = join(&hub, "a", StreamId::default());
+        let a2 = join(&hub, "a", StreamId::default());
+        let b = join(&hub, "b", StreamId::default());
         drop(b);
         // b was left before the reader took it: pruned, and not handed out as joined.
         assert_eq!(hub.prune(), ["b"]);

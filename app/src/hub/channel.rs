@@ -1,0 +1,312 @@
+//! A room's queue of frames inside the process: one sender (the fan-out, under the hub's
+//! lock), a receiver per connection that follows the room. Like
+//! `tokio::sync::broadcast`, except in what it costs a room that is quiet: nothing is
+//! allocated until frames are queued, and what a burst allocated is given back once
+//! every receiver has read it. A process may follow tens of thousands of rooms, most of
+//! them silent at any moment, and a channel that preallocates its capacity would hold
+//! `capacity` slots for each.
+//!
+//! A receiver that falls `capacity` frames behind has lost the oldest ones: its next
+//! receive says how many ([`Lagged`]), and the connection decides what that means. A
+//! receiver may also be made parked ([`Receiver::parked`]): it keeps the room followed
+//! but queues nothing until [`Receiver::start`], so a client that takes long to join (a
+//! replay) cannot fall behind before it has begun.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures_util::Stream;
+
+/// A queue that grew past this gives the memory back once it is empty again.
+const KEPT_SLOTS: usize = 16;
+
+/// Frames lost to a receiver that fell behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lagged(pub u64);
+
+struct Slot<T> {
+    value: T,
+    /// Active receivers that have not read it yet.
+    unread: usize,
+}
+
+struct State<T> {
+    queue: VecDeque<Slot<T>>,
+    /// The position of `queue[0]`; positions count every frame ever sent.
+    head: u64,
+    /// Receivers, parked or not.
+    receivers: usize,
+    /// Receivers that take frames.
+    active: usize,
+    /// Receivers waiting for the next frame; woken and emptied by each send.
+    wakers: Vec<Waker>,
+    /// Bumped by each send: tells a receiver whether its waker is still in `wakers`.
+    generation: u64,
+}
+
+impl<T> State<T> {
+    fn tail(&self) -> u64 {
+        self.head + self.queue.len() as u64
+    }
+
+    /// Drops the frames at the front that every receiver has read.
+    fn trim(&mut self) {
+        while self.queue.front().is_some_and(|slot| slot.unread == 0) {
+            self.queue.pop_front();
+            self.head += 1;
+        }
+        if self.queue.is_empty() && self.queue.capacity() > KEPT_SLOTS {
+            self.queue.shrink_to(KEPT_SLOTS);
+        }
+    }
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    capacity: usize,
+}
+
+/// The sending half: the room's, in the hub.
+pub struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// One connection's place in a room's queue.
+pub struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+    /// The position of the next frame to read; `None` while parked.
+    next: Option<u64>,
+    /// Where this receiver's waker sits in `wakers`, and in which generation.
+    registered: Option<(u64, usize)>,
+}
+
+impl<T: Clone> Sender<T> {
+    /// A channel that queues at most `capacity` frames per receiver.
+    pub fn new(capacity: usize) -> Self {
+        Sender {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    head: 0,
+                    receivers: 0,
+                    active: 0,
+                    wakers: Vec::new(),
+                    generation: 0,
+                }),
+                capacity: capacity.max(1),
+            }),
+        }
+    }
+
+    /// Queues `value` for every active receiver and wakes those waiting; returns how
+    /// many it was queued for. A receiver `capacity` frames behind loses the oldest.
+    pub fn send(&self, value: T) -> usize {
+        let mut state = self.shared.state.lock().unwrap();
+        if state.active == 0 {
+            return 0;
+        }
+        if state.queue.len() == self.shared.capacity {
+            state.queue.pop_front();
+            state.head += 1;
+        }
+        let active = state.active;
+        state.queue.push_back(Slot {
+            value,
+            unread: active,
+        });
+        state.generation += 1;
+        let waiting = state.wakers.len();
+        let wakers = std::mem::replace(&mut state.wakers, Vec::with_capacity(waiting));
+        drop(state);
+        for waker in wakers {
+            waker.wake();
+        }
+        active
+    }
+
+    /// A receiver that takes every frame sent from now on.
+    pub fn subscribe(&self) -> Receiver<T> {
+        let mut receiver = self.parked();
+        receiver.start();
+        receiver
+    }
+
+    /// A receiver that takes nothing until [`Receiver::start`], but counts as one.
+    pub fn parked(&self) -> Receiver<T> {
+        self.shared.state.lock().unwrap().receivers += 1;
+        Receiver {
+            shared: self.shared.clone(),
+            next: None,
+            registered: None,
+        }
+    }
+
+    /// Receivers, parked or not.
+    pub fn receiver_count(&self) -> usize {
+        self.shared.state.lock().unwrap().receivers
+    }
+}
+
+impl<T: Clone> Receiver<T> {
+    /// Takes every frame sent from now on (a receiver already started is left as it is).
+    pub fn start(&mut self) {
+        if self.next.is_some() {
+            return;
+        }
+        let mut state = self.shared.state.lock().unwrap();
+        state.active += 1;
+        self.next = Some(state.tail());
+    }
+
+    /// The next frame, or how many were lost since the last one.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Lagged>> {
+        let mut state = self.shared.state.lock().unwrap();
+        let Some(next) = self.next else {
+            return Poll::Pending;
+        };
+        if next < state.head {
+            self.next = Some(state.head);
+            return Poll::Ready(Err(Lagged(state.head - next)));
+        }
+        let index = (next - state.head) as usize;
+        if let Some(slot) = state.queue.get_mut(index) {
+            slot.unread -= 1;
+            let value = slot.value.clone();
+            self.next = Some(next + 1);
+            if index == 0 {
+                state.trim();
+            }
+            return Poll::Ready(Ok(value));
+        }
+        let generation = state.generation;
+        match self.registered {
+            Some((registered, at)) if registered == generation => {
+                let waker = &mut state.wakers[at];
+                if !waker.will_wake(cx.waker()) {
+                    *waker = cx.waker().clone();
+                }
+            }
+            _ => {
+                self.registered = Some((generation, state.wakers.len()));
+                state.wakers.push(cx.waker().clone());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<T: Clone> Stream for Receiver<T> {
+    type Item = Result<T, Lagged>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx).map(Some)
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock().unwrap();
+        state.receivers -= 1;
+        let Some(next) = self.next else {
+            return;
+        };
+        state.active -= 1;
+        // What it has not read no longer waits for it.
+        let from = next.saturating_sub(state.head) as usize;
+        for slot in state.queue.iter_mut().skip(from) {
+            slot.unread -= 1;
+        }
+        state.trim();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt as _;
+    use futures_util::StreamExt as _;
+
+    fn next(receiver: &mut Receiver<u32>) -> Option<Result<u32, Lagged>> {
+        receiver.next().now_or_never().flatten()
+    }
+
+    fn queued(sender: &Sender<u32>) -> (usize, usize) {
+        let state = sender.shared.state.lock().unwrap();
+        (state.queue.len(), state.queue.capacity())
+    }
+
+    #[test]
+    fn every_receiver_gets_every_frame_sent_after_it_subscribed() {
+        let sender = Sender::new(8);
+        assert_eq!(sender.send(0), 0, "nobody listens");
+        let mut a = sender.subscribe();
+        assert_eq!(sender.send(1), 1);
+        let mut b = sender.subscribe();
+        assert_eq!(sender.send(2), 2);
+        assert_eq!(next(&mut a), Some(Ok(1)));
+        assert_eq!(next(&mut a), Some(Ok(2)));
+        assert_eq!(next(&mut a), None);
+        assert_eq!(next(&mut b), Some(Ok(2)));
+        assert_eq!(next(&mut b), None);
+        assert_eq!(queued(&sender).0, 0, "read by all: gone");
+    }
+
+    #[test]
+    fn a_quiet_room_holds_no_slots_and_a_burst_gives_its_memory_back() {
+        let sender = Sender::new(256);
+        let mut a = sender.subscribe();
+        assert_eq!(queued(&sender), (0, 0));
+        for i in 0..200 {
+            sender.send(i);
+        }
+        assert!(queued(&sender).1 >= 200);
+        for _ in 0..200 {
+            next(&mut a).unwrap().unwrap();
+        }
+        let (len, capacity) = queued(&sender);
+        assert_eq!(len, 0);
+        assert!(capacity <= KEPT_SLOTS, "{capacity} slots kept");
+    }
+
+    #[test]
+    fn a_receiver_too_far_behind_is_told_how_many_it_lost() {
+        let sender = Sender::new(3);
+        let mut slow = sender.subscribe();
+        let mut quick = sender.subscribe();
+        for i in 0..5 {
+            sender.send(i);
+            assert_eq!(next(&mut quick), Some(Ok(i)));
+        }
+        assert_eq!(next(&mut slow), Some(Err(Lagged(2))));
+        assert_eq!(next(&mut slow), Some(Ok(2)));
+        drop(slow);
+        assert_eq!(queued(&sender).0, 0, "a dropped receiver holds nothing");
+        assert_eq!(sender.receiver_count(), 1);
+    }
+
+    #[test]
+    fn a_parked_receiver_counts_but_queues_nothing_until_started() {
+        let sender = Sender::new(2);
+        let mut parked = sender.parked();
+        assert_eq!(sender.receiver_count(), 1);
+        for i in 0..10 {
+            assert_eq!(sender.send(i), 0);
+        }
+        assert_eq!(next(&mut parked), None);
+        parked.start();
+        sender.send(10);
+        assert_eq!(next(&mut parked), Some(Ok(10)));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_is_woken_by_a_send() {
+        let sender = Sender::new(4);
+        let mut receiver = sender.subscribe();
+        let waiting = tokio::spawn(async move { receiver.next().await });
+        tokio::task::yield_now().await;
+        sender.send(7);
+        assert_eq!(waiting.await.unwrap(), Some(Ok(7)));
+    }
+}
