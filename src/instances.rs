@@ -1,29 +1,29 @@
-//! The EC2 instances that run the chat server: their image, their user-data, their
-//! launch (private subnets spread over both zones, IMDSv2 only, metadata tags on,
-//! encrypted root volume, no key pair, no public address, tags recording what each runs),
-//! the Redis endpoint tag their boot service waits for, their console output and their
-//! termination. Which instances to launch and retire is [`crate::deploy`]'s to decide.
+//! The EC2 instances that run the chat server: their image (Amazon Linux 2023 kept until
+//! the user asks for a newer one), their user-data, what each runs (the tags its launch
+//! template gives it), the Redis endpoint tag their boot service waits for, their metadata
+//! options, their console output, and the termination of the stack's instances that are
+//! not the group's. The group launches and terminates the others ([`crate::group`]);
+//! which ones to replace is [`crate::deploy`]'s to decide.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail, ensure as check};
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, Instance,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceMetadataTagsState,
-    InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification, VolumeType,
+    Filter, HttpTokensState, Image as Ec2Image, Instance, InstanceMetadataEndpointState,
+    InstanceMetadataTagsState, InstanceStateName, InstanceType, Tag,
 };
 
 use crate::artifact::{Artifact, sha256_hex};
-use crate::aws::{
-    Call, EC2_NEW, delete_outcome, ec2_stack_filters, ec2_tags, error_code, once_known,
-};
+use crate::aws::{Call, EC2_NEW, delete_outcome, ec2_stack_filters, error_code, once_known};
 use crate::binary::Architecture;
 use crate::deploy::Fingerprint;
-use crate::engine::{Action, Deletable, DeleteFuture, Step, wait_for};
+use crate::engine::{Action, Deletable, DeleteFuture};
 use crate::identity::ChatAuth;
-use crate::names::{AMI_TAG, BINARY_TAG, BOOT_TAG, INSTANCE_TYPE_TAG, REDIS_ENDPOINT_TAG};
+use crate::names::{
+    AMI_TAG, BINARY_TAG, BOOT_TAG, CPU_CREDITS_TAG, INSTANCE_TYPE_TAG, REDIS_ENDPOINT_TAG,
+};
 use crate::network::Network;
-use crate::spec::ChatSettings;
+use crate::spec::{ChatSettings, LATEST_AMI};
 use crate::stack::Stack;
 
 const USER_DATA_TEMPLATE: &str = include_str!("../scripts/user-data.sh");
@@ -177,35 +177,123 @@ pub async fn architecture(stack: &Stack) -> Result<Architecture> {
 }
 
 /// The machine image instances launch from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     pub id: String,
+    /// Its name, e.g. `al2023-ami-2023.6.20250107.0-kernel-6.1-x86_64`.
+    pub name: String,
     pub root_device: String,
     /// GiB; the root volume is created this size (the image's own snapshot size).
     pub root_volume_size: i32,
 }
 
-/// `instances.ami`, or the newest Amazon Linux 2023 image for `architecture`.
-pub async fn image(stack: &Stack, architecture: Architecture) -> Result<Image> {
-    let ec2 = &stack.clients.ec2;
-    let request = match &stack.spec.instances.ami {
-        Some(ami) => ec2.describe_images().image_ids(ami),
-        None => ec2
-            .describe_images()
-            .owners("amazon")
-            .filters(
-                Filter::builder()
-                    .name("name")
-                    .values(format!(
-                        "al2023-ami-2023.*-kernel-*-{}",
-                        architecture.ec2_name()
-                    ))
-                    .build(),
-            )
-            .filters(Filter::builder().name("state").values("available").build()),
+impl Image {
+    fn of(image: &Ec2Image) -> Image {
+        Image {
+            id: image.image_id().unwrap_or_default().to_owned(),
+            name: image.name().unwrap_or_default().to_owned(),
+            root_device: image.root_device_name().unwrap_or("/dev/xvda").to_owned(),
+            root_volume_size: image
+                .block_device_mappings()
+                .iter()
+                .find(|mapping| mapping.device_name() == image.root_device_name())
+                .and_then(|mapping| mapping.ebs()?.volume_size())
+                .unwrap_or(8),
+        }
+    }
+}
+
+/// The image `up` launches from, and a newer Amazon Linux 2023 it does not take yet.
+#[derive(Debug, Clone)]
+pub struct ImageChoice {
+    pub image: Image,
+    /// A newer Amazon Linux 2023 than the one kept: `up --update-image` takes it.
+    pub update: Option<Image>,
+}
+
+/// `instances.ami`; else Amazon Linux 2023: the newest with `instances.ami: latest` or
+/// `update`, otherwise the one the instances are launched from now (`in_use`, when it is
+/// an image for `architecture`), so that a new Amazon Linux release rolls nothing until
+/// the user asks.
+pub async fn image(
+    stack: &Stack,
+    architecture: Architecture,
+    in_use: Option<&str>,
+    update: bool,
+) -> Result<ImageChoice> {
+    let fits = |image: &&Ec2Image| {
+        image.architecture().map(|a| a.as_str()) == Some(architecture.ec2_name())
     };
-    let images = request.send().await.call("DescribeImages")?;
-    let newest = images
+    let configured = stack.spec.instances.ami.as_deref();
+    if let Some(ami) = configured.filter(|ami| *ami != LATEST_AMI) {
+        let image = image_by_id(stack, ami, &fits).await?.with_context(|| {
+            format!(
+                "AMI {ami} is not available for {} in {}: check `instances.ami`",
+                architecture.ec2_name(),
+                stack.region
+            )
+        })?;
+        return Ok(ImageChoice {
+            image,
+            update: None,
+        });
+    }
+    let newest = newest_amazon_linux(stack, architecture).await?;
+    let latest = update || configured == Some(LATEST_AMI);
+    let kept = match in_use.filter(|id| !latest && *id != newest.id) {
+        Some(id) => image_by_id(stack, id, &fits).await?,
+        None => None,
+    };
+    Ok(match kept {
+        Some(image) => ImageChoice {
+            image,
+            update: Some(newest),
+        },
+        None => ImageChoice {
+            image: newest,
+            update: None,
+        },
+    })
+}
+
+/// The image `id`, when it exists and `fits`.
+async fn image_by_id(
+    stack: &Stack,
+    id: &str,
+    fits: &impl Fn(&&Ec2Image) -> bool,
+) -> Result<Option<Image>> {
+    let images = stack
+        .clients
+        .ec2
+        .describe_images()
+        .image_ids(id)
+        .send()
+        .await
+        .call(format!("DescribeImages {id}"))?;
+    Ok(images.images().iter().find(fits).map(Image::of))
+}
+
+/// The newest Amazon Linux 2023 image for `architecture`.
+async fn newest_amazon_linux(stack: &Stack, architecture: Architecture) -> Result<Image> {
+    let images = stack
+        .clients
+        .ec2
+        .describe_images()
+        .owners("amazon")
+        .filters(
+            Filter::builder()
+                .name("name")
+                .values(format!(
+                    "al2023-ami-2023.*-kernel-*-{}",
+                    architecture.ec2_name()
+                ))
+                .build(),
+        )
+        .filters(Filter::builder().name("state").values("available").build())
+        .send()
+        .await
+        .call("DescribeImages")?;
+    images
         .images()
         .iter()
         .filter(|image| image.architecture().map(|a| a.as_str()) == Some(architecture.ec2_name()))
@@ -215,28 +303,14 @@ pub async fn image(stack: &Stack, architecture: Architecture) -> Result<Image> {
                 image.name().unwrap_or_default().to_owned(),
             )
         })
-        .with_context(|| match &stack.spec.instances.ami {
-            Some(ami) => format!(
-                "AMI {ami} is not available for {} in {}: check `instances.ami`",
-                architecture.ec2_name(),
-                stack.region
-            ),
-            None => format!(
+        .map(Image::of)
+        .with_context(|| {
+            format!(
                 "no Amazon Linux 2023 image for {} in {}: set `instances.ami`",
                 architecture.ec2_name(),
                 stack.region
-            ),
-        })?;
-    Ok(Image {
-        id: newest.image_id().unwrap_or_default().to_owned(),
-        root_device: newest.root_device_name().unwrap_or("/dev/xvda").to_owned(),
-        root_volume_size: newest
-            .block_device_mappings()
-            .iter()
-            .find(|mapping| mapping.device_name() == newest.root_device_name())
-            .and_then(|mapping| mapping.ebs()?.volume_size())
-            .unwrap_or(8),
-    })
+            )
+        })
 }
 
 /// The stack's instances that are not terminated or on their way there.
@@ -279,14 +353,18 @@ fn tag<'a>(instance: &'a Instance, key: &str) -> Option<&'a str> {
 }
 
 /// The tags that record what an instance runs.
-fn fingerprint_tags(fingerprint: &Fingerprint) -> [(&'static str, &str); 4] {
+pub fn fingerprint_tags(fingerprint: &Fingerprint) -> [(&'static str, &str); 5] {
     [
         (BINARY_TAG, &fingerprint.binary_sha256),
         (AMI_TAG, &fingerprint.ami),
         (INSTANCE_TYPE_TAG, &fingerprint.instance_type),
         (BOOT_TAG, &fingerprint.boot_sha256),
+        (CPU_CREDITS_TAG, &fingerprint.cpu_credits),
     ]
 }
+
+/// The tag AWS puts on the instances an Auto Scaling group launches: the group's name.
+const GROUP_TAG: &str = "aws:autoscaling:groupName";
 
 /// One of the stack's live instances, as EC2 describes it.
 #[derive(Debug, Clone)]
@@ -299,6 +377,8 @@ pub struct Described {
     pub zone: Option<String>,
     pub subnet: Option<String>,
     pub private_ip: Option<String>,
+    /// The Auto Scaling group that launched it, if one did.
+    pub group: Option<String>,
 }
 
 impl Described {
@@ -316,6 +396,7 @@ impl Described {
                 ami: recorded(AMI_TAG),
                 instance_type: recorded(INSTANCE_TYPE_TAG),
                 boot_sha256: recorded(BOOT_TAG),
+                cpu_credits: recorded(CPU_CREDITS_TAG),
             },
             redis_endpoint: tag(instance, REDIS_ENDPOINT_TAG).map(str::to_owned),
             launched: instance
@@ -327,6 +408,7 @@ impl Described {
                 .map(str::to_owned),
             subnet: instance.subnet_id().map(str::to_owned),
             private_ip: instance.private_ip_address().map(str::to_owned),
+            group: tag(instance, GROUP_TAG).map(str::to_owned),
         }
     }
 
@@ -347,24 +429,24 @@ pub async fn describe(stack: &Stack) -> Result<Vec<Described>> {
         .collect())
 }
 
-/// What every instance `up` launches is made of.
+/// What every instance of the stack is launched with: the launch template's content.
 pub struct Launch<'a> {
     pub image: &'a Image,
     pub network: &'a Network,
     /// Base64 of the rendered user-data.
     pub user_data: String,
     pub fingerprint: Fingerprint,
-    /// Written at launch when Redis already exists, so the boot need not wait for it.
-    pub redis_endpoint: Option<String>,
 }
 
 impl<'a> Launch<'a> {
+    /// `cpu_credits`: `standard` or `unlimited` for burstable types, empty for the others.
     pub fn new(
         image: &'a Image,
         network: &'a Network,
         boot: &Boot<'_>,
         binary_sha256: &str,
         instance_type: &str,
+        cpu_credits: &str,
     ) -> Result<Self> {
         let user_data = boot.render()?;
         Ok(Launch {
@@ -375,113 +457,11 @@ impl<'a> Launch<'a> {
                 ami: image.id.clone(),
                 instance_type: instance_type.to_owned(),
                 boot_sha256: boot.configuration_sha256()?,
+                cpu_credits: cpu_credits.to_owned(),
             },
             user_data: aws_smithy_types::base64::encode(user_data),
-            redis_endpoint: None,
         })
     }
-}
-
-/// Launches `count` instances, spread over the private subnets so that each zone ends up
-/// with as even a share of the stack's instances as it can; returns their ids.
-pub async fn launch(stack: &Stack, launch: &Launch<'_>, count: usize) -> Result<Vec<String>> {
-    let existing = describe(stack).await?;
-    let subnets = &launch.network.private_subnets;
-    let mut per_subnet: Vec<usize> = subnets
-        .iter()
-        .map(|subnet| {
-            existing
-                .iter()
-                .filter(|instance| instance.subnet.as_deref() == Some(subnet.as_str()))
-                .count()
-        })
-        .collect();
-    let mut ids = Vec::new();
-    for _ in 0..count {
-        let emptiest = (0..subnets.len())
-            .min_by_key(|index| per_subnet[*index])
-            .unwrap_or_default();
-        per_subnet[emptiest] += 1;
-        ids.push(launch_one(stack, launch, &subnets[emptiest]).await?);
-    }
-    Ok(ids)
-}
-
-async fn launch_one(stack: &Stack, launch: &Launch<'_>, subnet: &str) -> Result<String> {
-    let role = "instance";
-    let mut tags = stack.names.tags(role);
-    tags.extend(
-        fingerprint_tags(&launch.fingerprint)
-            .into_iter()
-            .map(|(key, value)| (key.to_owned(), value.to_owned())),
-    );
-    if let Some(endpoint) = &launch.redis_endpoint {
-        tags.push((REDIS_ENDPOINT_TAG.to_owned(), endpoint.clone()));
-    }
-    let tag_specification = |resource_type| {
-        TagSpecification::builder()
-            .resource_type(resource_type)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(key, value)| Tag::builder().key(key).value(value).build())
-                    .collect(),
-            ))
-            .build()
-    };
-    let image = launch.image;
-    // The subnets and the security group may be new: a launch refused for not knowing
-    // them launched nothing, and is tried again.
-    let call = format!("RunInstances {}", stack.names.name(role));
-    let launched = once_known(stack.pace, &call, &EC2_NEW, || {
-        stack
-            .clients
-            .ec2
-            .run_instances()
-            .image_id(&image.id)
-            .instance_type(InstanceType::from(
-                launch.fingerprint.instance_type.as_str(),
-            ))
-            .min_count(1)
-            .max_count(1)
-            .subnet_id(subnet)
-            .security_group_ids(&launch.network.instance_security_group)
-            .user_data(&launch.user_data)
-            .metadata_options(metadata_options())
-            .block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(&image.root_device)
-                    .ebs(
-                        EbsBlockDevice::builder()
-                            .encrypted(true)
-                            .volume_size(image.root_volume_size)
-                            .volume_type(VolumeType::Gp3)
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .tag_specifications(tag_specification(ResourceType::Instance))
-            .tag_specifications(ec2_tags(&stack.names, role, ResourceType::Volume))
-            .send()
-    })
-    .await?;
-    launched
-        .instances()
-        .first()
-        .and_then(|instance| instance.instance_id())
-        .map(str::to_owned)
-        .context("RunInstances returned no instance")
-}
-
-/// IMDSv2 only (no token-less requests), tags readable from the metadata service, and a
-/// hop limit of 1 so nothing forwarded off the instance can reach the metadata service.
-fn metadata_options() -> InstanceMetadataOptionsRequest {
-    InstanceMetadataOptionsRequest::builder()
-        .http_endpoint(InstanceMetadataEndpointState::Enabled)
-        .http_tokens(HttpTokensState::Required)
-        .http_put_response_hop_limit(1)
-        .instance_metadata_tags(InstanceMetadataTagsState::Enabled)
-        .build()
 }
 
 /// Sets the metadata options of the stack's instances back to [`metadata_options`] where
@@ -522,56 +502,8 @@ pub async fn ensure_metadata_options(stack: &Stack) -> Result<()> {
     Ok(())
 }
 
-/// Waits until every one of `ids` runs.
-pub async fn wait_running(stack: &Stack, step: &Step, ids: &[String]) -> Result<()> {
-    wait_for(
-        step,
-        stack.pace,
-        "the instances to run",
-        stack.pace.limit(Duration::from_secs(900)),
-        None,
-        || async {
-            let described = stack
-                .clients
-                .ec2
-                .describe_instances()
-                .set_instance_ids(Some(ids.to_vec()))
-                .send()
-                .await;
-            let described = match described {
-                // Just launched: EC2 may not know of them yet.
-                Err(err) if EC2_NEW.covers(&err) => return Ok(None),
-                described => described.call(format!("DescribeInstances {}", ids.join(" ")))?,
-            };
-            let states: Vec<(String, InstanceStateName)> = described
-                .reservations()
-                .iter()
-                .flat_map(|reservation| reservation.instances())
-                .map(Described::of)
-                .map(|instance| (instance.id, instance.state))
-                .collect();
-            if states.len() < ids.len() {
-                return Ok(None);
-            }
-            for (id, state) in &states {
-                match state {
-                    InstanceStateName::Running | InstanceStateName::Pending => {}
-                    other => bail!(
-                        "instance {id} is {other} instead of starting: its console output \
-                         (`realtime-stack logs --instance {id}`) may say why"
-                    ),
-                }
-            }
-            Ok(states
-                .iter()
-                .all(|(_, state)| *state == InstanceStateName::Running)
-                .then_some(()))
-        },
-    )
-    .await
-}
-
-/// Terminates `ids`; one already gone counts as terminated.
+/// Terminates `ids`, instances of the stack that are not the group's; one already gone
+/// counts as terminated.
 pub async fn terminate(stack: &Stack, ids: &[String]) -> Result<()> {
     let result = stack
         .clients
@@ -647,7 +579,7 @@ pub async fn ensure_redis_tag(stack: &Stack, endpoint: &str) -> Result<()> {
     Ok(())
 }
 
-/// The stack's instances, to terminate.
+/// The stack's instances, to terminate once the group has drained its own.
 pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
     Ok(live_instances(stack)
         .await?
@@ -657,6 +589,7 @@ pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
             Box::new(Ec2Instance {
                 ec2: stack.clients.ec2.clone(),
                 id,
+                group: crate::group::deletable_key(stack),
             }) as Box<dyn Deletable>
         })
         .collect())
@@ -665,6 +598,8 @@ pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
 struct Ec2Instance {
     ec2: aws_sdk_ec2::Client,
     id: String,
+    /// The group's key: its instances leave through it, drained.
+    group: String,
 }
 
 impl Deletable for Ec2Instance {
@@ -674,6 +609,10 @@ impl Deletable for Ec2Instance {
 
     fn label(&self) -> String {
         format!("instance {}", self.id)
+    }
+
+    fn blocked_by(&self) -> Vec<String> {
+        vec![self.group.clone()]
     }
 
     fn delete(&self) -> DeleteFuture<'_> {
@@ -860,23 +799,20 @@ mod tests {
         assert!(boot(&artifact).render().is_err());
     }
 
-    /// The instances `up` just launched, used at once: RunInstances may not know the
-    /// security group just created yet (`InvalidGroup.NotFound`), and DescribeInstances,
-    /// CreateTags and ModifyInstanceMetadataOptions may not know the new instance
-    /// (`InvalidInstanceID.NotFound`, "This does not mean the instance does not exist",
+    /// The instances the group just launched, tagged and configured at once:
+    /// DescribeInstances may not list them with their state yet, and CreateTags and
+    /// ModifyInstanceMetadataOptions may not know them (`InvalidInstanceID.NotFound`, "This
+    /// does not mean the instance does not exist",
     /// <https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html>).
     #[tokio::test(start_paused = true)]
     async fn new_instances_are_waited_for_until_ec2_knows_them() {
         use aws_sdk_ec2::Client;
         use aws_sdk_ec2::error::ErrorMetadata;
         use aws_sdk_ec2::operation::create_tags::{CreateTagsError, CreateTagsOutput};
-        use aws_sdk_ec2::operation::describe_instances::{
-            DescribeInstancesError, DescribeInstancesOutput,
-        };
+        use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
         use aws_sdk_ec2::operation::modify_instance_metadata_options::{
             ModifyInstanceMetadataOptionsError, ModifyInstanceMetadataOptionsOutput,
         };
-        use aws_sdk_ec2::operation::run_instances::{RunInstancesError, RunInstancesOutput};
         use aws_sdk_ec2::types::{InstanceState, Reservation};
         use aws_smithy_mocks::{RuleMode, mock, mock_client};
 
@@ -888,40 +824,26 @@ mod tests {
                 .message("The ID does not exist")
                 .build()
         };
-        let instance = |state: InstanceStateName| {
+        // Listing the stack's instances by tag: the new one, neither tagged nor
+        // configured yet.
+        let by_tag = mock!(Client::describe_instances).then_output(|| {
             DescribeInstancesOutput::builder()
                 .reservations(
                     Reservation::builder()
                         .instances(
                             Instance::builder()
                                 .instance_id("i-new1")
-                                .state(InstanceState::builder().name(state).build())
+                                .state(
+                                    InstanceState::builder()
+                                        .name(InstanceStateName::Pending)
+                                        .build(),
+                                )
                                 .build(),
                         )
                         .build(),
                 )
                 .build()
-        };
-        let run = mock!(Client::run_instances)
-            .sequence()
-            .error(move || RunInstancesError::generic(unknown("InvalidGroup.NotFound")))
-            .output(|| {
-                RunInstancesOutput::builder()
-                    .instances(Instance::builder().instance_id("i-new1").build())
-                    .build()
-            })
-            .build();
-        let by_id = mock!(Client::describe_instances)
-            .match_requests(|req| !req.instance_ids().is_empty())
-            .sequence()
-            .error(move || DescribeInstancesError::generic(unknown("InvalidInstanceID.NotFound")))
-            .times(2)
-            .output(move || instance(InstanceStateName::Running))
-            .build();
-        // Listing the stack's instances by tag: the new one, neither tagged nor
-        // configured yet.
-        let by_tag = mock!(Client::describe_instances)
-            .then_output(move || instance(InstanceStateName::Pending));
+        });
         let tag = mock!(Client::create_tags)
             .sequence()
             .error(move || CreateTagsError::generic(unknown("InvalidInstanceID.NotFound")))
@@ -936,44 +858,81 @@ mod tests {
             .output(|| ModifyInstanceMetadataOptionsOutput::builder().build())
             .build();
         let mut clients = testing::clients();
-        clients.ec2 = mock_client!(
-            aws_sdk_ec2,
-            RuleMode::MatchAny,
-            [&run, &by_id, &by_tag, &tag, &configure]
-        );
+        clients.ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&by_tag, &tag, &configure]);
         let stack = testing::stack(clients);
-        let image = Image {
-            id: "ami-1".into(),
-            root_device: "/dev/xvda".into(),
-            root_volume_size: 8,
-        };
-        let network = crate::network::example();
-        let launch = Launch {
-            image: &image,
-            network: &network,
-            user_data: String::new(),
-            fingerprint: Fingerprint {
-                binary_sha256: "ab".repeat(32),
-                ami: "ami-1".into(),
-                instance_type: "t3.micro".into(),
-                boot_sha256: "cd".repeat(32),
-            },
-            redis_endpoint: None,
-        };
 
-        let ids = self::launch(&stack, &launch, 1).await.expect("launched");
-        let step = stack.progress.step("launched");
-        wait_running(&stack, &step, &ids).await.expect("running");
         ensure_redis_tag(&stack, "redis.example:6379")
             .await
             .expect("tagged");
         ensure_metadata_options(&stack).await.expect("configured");
 
-        assert_eq!(ids, ["i-new1"]);
-        assert_eq!(run.num_calls(), 2);
-        assert_eq!(by_id.num_calls(), 3);
         assert_eq!(tag.num_calls(), 3);
         assert_eq!(configure.num_calls(), 2);
+    }
+
+    /// Issue 18: every `up` took the newest Amazon Linux 2023, so a new release rolled
+    /// every instance without a word. The image in use is kept, the newer one reported;
+    /// `--update-image` or `instances.ami: latest` take it.
+    #[tokio::test]
+    async fn the_image_in_use_is_kept_until_asked_for_the_newer_one() {
+        use aws_sdk_ec2::Client;
+        use aws_sdk_ec2::operation::describe_images::DescribeImagesOutput;
+        use aws_sdk_ec2::types::ArchitectureValues;
+        use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+        use crate::stack::testing;
+
+        let described = |id: &str, date: &str| {
+            Ec2Image::builder()
+                .image_id(id)
+                .name(format!("al2023-ami-2023.{date}-kernel-6.1-x86_64"))
+                .creation_date(date)
+                .architecture(ArchitectureValues::X8664)
+                .root_device_name("/dev/xvda")
+                .build()
+        };
+        let by_id = mock!(Client::describe_images)
+            .match_requests(|request| request.image_ids() == ["ami-old"])
+            .then_output(move || {
+                DescribeImagesOutput::builder()
+                    .images(described("ami-old", "2025-01-07"))
+                    .build()
+            });
+        let newest = mock!(Client::describe_images)
+            .match_requests(|request| request.image_ids().is_empty())
+            .then_output(move || {
+                DescribeImagesOutput::builder()
+                    .images(described("ami-old", "2025-01-07"))
+                    .images(described("ami-new", "2025-06-30"))
+                    .build()
+            });
+        let choose = |ami: Option<&str>, in_use: Option<&'static str>, update: bool| {
+            let mut clients = testing::clients();
+            clients.ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&by_id, &newest]);
+            let mut stack = testing::stack(clients);
+            stack.spec.instances.ami = ami.map(str::to_owned);
+            async move {
+                image(&stack, Architecture::X86_64, in_use, update)
+                    .await
+                    .unwrap()
+            }
+        };
+
+        let kept = choose(None, Some("ami-old"), false).await;
+        assert_eq!(kept.image.id, "ami-old");
+        assert_eq!(
+            kept.update.map(|newer| newer.id).as_deref(),
+            Some("ami-new")
+        );
+        let updated = choose(None, Some("ami-old"), true).await;
+        assert_eq!(
+            (updated.image.id.as_str(), updated.update),
+            ("ami-new", None)
+        );
+        let latest = choose(Some(LATEST_AMI), Some("ami-old"), false).await;
+        assert_eq!(latest.image.id, "ami-new");
+        let first = choose(None, None, false).await;
+        assert_eq!((first.image.id.as_str(), first.update), ("ami-new", None));
     }
 
     /// On the way out the same answer means the opposite: an instance EC2 does not know
@@ -995,6 +954,7 @@ mod tests {
         let instance = Ec2Instance {
             ec2: mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&terminate]),
             id: "i-gone".into(),
+            group: "auto-scaling-group:chat-instances".into(),
         };
 
         assert!(instance.delete().await.is_ok());

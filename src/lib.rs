@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod dns;
 pub mod engine;
 pub mod fleet;
+pub mod group;
 pub mod identity;
 pub mod instances;
 pub mod load_balancer;

@@ -1,8 +1,9 @@
 //! The least-privilege IAM policy of a deployer of one stack: every action `up`, `plan`,
 //! `status`, `logs` and `destroy` need, and no other; scoped to the stack's resources by
-//! name where the service's ARNs carry it (load balancer, target group, Redis, bucket),
-//! by the stack's tag where they do not (EC2, certificates), and to the stack's domain for
-//! DNS changes. Describe and List calls that IAM cannot scope get `*`.
+//! name where the service's ARNs carry it (load balancer, target group, Redis, bucket,
+//! Auto Scaling group), by the stack's tag where they do not (EC2, certificates), and to
+//! the stack's domain for DNS changes. Describe and List calls that IAM cannot scope get
+//! `*`.
 //!
 //! Also the mapping from the operations the CLI sends (as its call log names them,
 //! `EC2:DescribeVpcs`) to IAM actions, which the policy test uses to prove the policy is
@@ -21,7 +22,7 @@ pub struct Scope<'a> {
 }
 
 /// The EC2 resource types the stack creates, each tagged at creation.
-const EC2_TAGGED_ON_CREATE: [&str; 8] = [
+const EC2_TAGGED_ON_CREATE: [&str; 9] = [
     "vpc",
     "subnet",
     "internet-gateway",
@@ -30,10 +31,13 @@ const EC2_TAGGED_ON_CREATE: [&str; 8] = [
     "vpc-endpoint",
     "instance",
     "volume",
+    "launch-template",
 ];
 
-/// The EC2 calls that create a resource with the stack's tags.
-const EC2_CREATE: [&str; 7] = [
+/// The EC2 calls that create a resource with the stack's tags. (RunInstances is the
+/// Auto Scaling group's, checked against the deployer when the group is created or
+/// updated with the launch template.)
+const EC2_CREATE: [&str; 8] = [
     "ec2:CreateVpc",
     "ec2:CreateSubnet",
     "ec2:CreateInternetGateway",
@@ -41,6 +45,7 @@ const EC2_CREATE: [&str; 7] = [
     "ec2:CreateSecurityGroup",
     "ec2:CreateVpcEndpoint",
     "ec2:RunInstances",
+    "ec2:CreateLaunchTemplate",
 ];
 
 /// The policy document.
@@ -89,7 +94,14 @@ pub fn document(scope: &Scope) -> Value {
         "ec2:GetConsoleOutput",
         "ec2:ModifyInstanceMetadataOptions",
         "ec2:CreateTags",
+        "ec2:CreateLaunchTemplateVersion",
+        "ec2:ModifyLaunchTemplate",
+        "ec2:DeleteLaunchTemplate",
     ]);
+    let group = format!(
+        "arn:aws:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{}",
+        names.auto_scaling_group()
+    );
     let statements = vec![
         statement(
             "Ec2Describe",
@@ -100,6 +112,8 @@ pub fn document(scope: &Scope) -> Value {
                 "ec2:DescribeInstanceTypes",
                 "ec2:DescribeInstances",
                 "ec2:DescribeInternetGateways",
+                "ec2:DescribeLaunchTemplates",
+                "ec2:DescribeLaunchTemplateVersions",
                 "ec2:DescribePrefixLists",
                 "ec2:DescribeRouteTables",
                 "ec2:DescribeSecurityGroups",
@@ -157,6 +171,39 @@ pub fn document(scope: &Scope) -> Value {
             Some(json!({ "StringEquals": { "ec2:Owner": "amazon" } })),
         ),
         statement(
+            "AutoScalingDescribe",
+            &[
+                "autoscaling:DescribeAutoScalingGroups",
+                "autoscaling:DescribeScalingActivities",
+            ],
+            json!("*"),
+            None,
+        ),
+        statement(
+            "AutoScalingCreateTagged",
+            &[
+                "autoscaling:CreateAutoScalingGroup",
+                "autoscaling:CreateOrUpdateTags",
+            ],
+            json!(group),
+            Some(request_tag.clone()),
+        ),
+        statement(
+            "AutoScalingOwned",
+            &[
+                "autoscaling:UpdateAutoScalingGroup",
+                "autoscaling:TerminateInstanceInAutoScalingGroup",
+                "autoscaling:AttachLoadBalancerTargetGroups",
+                "autoscaling:ResumeProcesses",
+                "autoscaling:CreateOrUpdateTags",
+                "autoscaling:DeleteAutoScalingGroup",
+            ],
+            json!(group),
+            Some(json!({ "StringEquals": {
+                format!("autoscaling:ResourceTag/{STACK_TAG}"): stack
+            } })),
+        ),
+        statement(
             "LoadBalancerDescribe",
             &[
                 "elasticloadbalancing:DescribeListeners",
@@ -198,7 +245,6 @@ pub fn document(scope: &Scope) -> Value {
                 "elasticloadbalancing:DeleteLoadBalancer",
                 "elasticloadbalancing:ModifyTargetGroup",
                 "elasticloadbalancing:ModifyTargetGroupAttributes",
-                "elasticloadbalancing:RegisterTargets",
                 "elasticloadbalancing:DeregisterTargets",
                 "elasticloadbalancing:DeleteTargetGroup",
             ],
@@ -322,7 +368,7 @@ pub fn document(scope: &Scope) -> Value {
             json!(format!("arn:aws:s3:::{bucket}/*")),
             None,
         ),
-        // The first load balancer and the first Redis of an account create their
+        // The first load balancer, Redis and Auto Scaling group of an account create their
         // service's role.
         statement(
             "ServiceLinkedRoles",
@@ -330,7 +376,8 @@ pub fn document(scope: &Scope) -> Value {
             json!(format!("arn:aws:iam::{account}:role/aws-service-role/*")),
             Some(json!({ "StringEquals": { "iam:AWSServiceName": [
                 "elasticloadbalancing.amazonaws.com",
-                "elasticache.amazonaws.com"
+                "elasticache.amazonaws.com",
+                "autoscaling.amazonaws.com"
             ] } })),
         ),
     ];
@@ -371,6 +418,7 @@ pub fn iam_action(call: &str) -> Option<String> {
         "Elastic Load Balancing v2" => "elasticloadbalancing",
         "ElastiCache" => "elasticache",
         "ACM" => "acm",
+        "Auto Scaling" => "autoscaling",
         "Route 53" => "route53",
         "S3" => return s3_action(operation).map(|action| format!("s3:{action}")),
         _ => return None,

@@ -158,6 +158,7 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
     let work = tempfile::tempdir().unwrap();
     let redis = RedisGuard(LocalRedis::start(&work.path().join("redis")).unwrap());
     let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let autoscaling = aws_sdk_autoscaling::Client::new(&aws);
     let sandbox = |label: &str| -> PathBuf { work.path().join(label) };
 
     // The user-data carries nothing secret: no signed link, no credentials. The binary
@@ -180,6 +181,7 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
         let instance = ServerGuard(
             LocalInstance::boot(
                 &ec2,
+                &autoscaling,
                 id,
                 &sandbox(&format!("instance-{index}")),
                 &settings(&redis.0),
@@ -270,9 +272,15 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
         .await
         .expect("overwriting the artifact");
     let tampered = ServerGuard(
-        LocalInstance::boot(&ec2, &ids[0], &sandbox("tampered"), &settings(&redis.0))
-            .await
-            .unwrap_or_else(|err| panic!("{err:#}")),
+        LocalInstance::boot(
+            &ec2,
+            &autoscaling,
+            &ids[0],
+            &sandbox("tampered"),
+            &settings(&redis.0),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}")),
     );
     wait_for_console(
         &tampered.0,
@@ -313,9 +321,15 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
         .await
         .expect("DeleteTags");
     let untagged = ServerGuard(
-        LocalInstance::boot(&ec2, &ids[1], &sandbox("untagged"), &settings(&redis.0))
-            .await
-            .unwrap_or_else(|err| panic!("{err:#}")),
+        LocalInstance::boot(
+            &ec2,
+            &autoscaling,
+            &ids[1],
+            &sandbox("untagged"),
+            &settings(&redis.0),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}")),
     );
     wait_for_console(
         &untagged.0,

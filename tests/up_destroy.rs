@@ -424,7 +424,8 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
         format!("load balancer {name}-alb"),
         "listener HTTPS:443".to_owned(),
         format!("certificate {}", stack.domain()),
-        "2 instance(s)".to_owned(),
+        format!("launch template {name}-instance"),
+        format!("auto scaling group {name}-instances"),
     ] {
         assert!(
             has(&changes, "create", &resource),
@@ -572,8 +573,8 @@ async fn up_killed_after_the_load_balancer() {
 }
 
 #[tokio::test]
-async fn up_killed_while_instances_launch() {
-    killed_at("EC2:RunInstances").await;
+async fn up_killed_as_the_auto_scaling_group_is_created() {
+    killed_at("Auto Scaling:CreateAutoScalingGroup").await;
 }
 
 #[tokio::test]
@@ -1318,8 +1319,8 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
         .and_then(|a| a.value());
     assert_eq!(
         delay,
-        Some("30"),
-        "deregistration delay matches the server's drain"
+        Some("35"),
+        "deregistration delay: the server's drain and the 5 s it takes to start"
     );
     let health = elbv2
         .describe_target_health()
@@ -1435,6 +1436,26 @@ async fn verify_nothing_left(aws: &SdkConfig, stack: &TestStack, zone_id: &str) 
         "instances left: {live_instances:?}"
     );
     assert!(left.is_empty(), "tagged EC2 resources left: {left:?}");
+    let groups = aws_sdk_autoscaling::Client::new(aws)
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(format!("{name}-instances"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        groups.auto_scaling_groups().is_empty(),
+        "the Auto Scaling group is left"
+    );
+    let templates = aws_sdk_ec2::Client::new(aws)
+        .describe_launch_templates()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        templates.launch_templates().is_empty(),
+        "the launch template is left"
+    );
 
     let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(aws);
     gone(

@@ -1,6 +1,7 @@
 //! `realtime-stack status`: the stack as it is now, without changing anything - the
-//! URL, the load balancer, Redis, every instance with how the load balancer sees it
-//! (and the reason AWS gives) and what it runs, and every resource the stack owns.
+//! URL, the load balancer, Redis, the Auto Scaling group (its size and its recent scaling
+//! activities with their causes), every instance with how the load balancer sees it (and
+//! the reason AWS gives) and what it runs, and every resource the stack owns.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -16,7 +17,7 @@ use crate::deploy::{Health, short_hash};
 use crate::instances::{self, Described};
 use crate::platform::Platform;
 use crate::stack::Stack;
-use crate::{cache, load_balancer};
+use crate::{cache, group, load_balancer};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct StatusArgs {
@@ -36,6 +37,8 @@ pub struct Status {
     pub url: String,
     pub load_balancer: Option<load_balancer::Summary>,
     pub redis: Option<cache::Summary>,
+    /// The Auto Scaling group: its size and what it did lately, and why.
+    pub group: Option<group::Summary>,
     /// How many instances stack.yaml asks for.
     pub wanted_instances: u32,
     pub instances: Vec<InstanceStatus>,
@@ -72,9 +75,10 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &StatusArgs) -> Result<()> {
 
 async fn status(stack: &Stack, platform: &impl Platform) -> Result<Status> {
     let account = super::account(stack).await?;
-    let (load_balancer, redis, described, resources) = futures::try_join!(
+    let (load_balancer, redis, group, described, resources) = futures::try_join!(
         load_balancer::summary(stack),
         cache::summary(stack),
+        group::summary(stack),
         instances::describe(stack),
         super::inventory::discover(stack, &account),
     )?;
@@ -102,6 +106,7 @@ async fn status(stack: &Stack, platform: &impl Platform) -> Result<Status> {
         url: platform.url(stack),
         load_balancer,
         redis,
+        group,
         wanted_instances: stack.spec.instances.count,
         instances,
         resources: resources.iter().map(|resource| resource.label()).collect(),
@@ -156,6 +161,27 @@ fn print_text(status: &Status) {
             if redis.multi_az { ", Multi-AZ" } else { "" }
         ),
         None => println!("  redis          none"),
+    }
+    match &status.group {
+        Some(group) => {
+            println!(
+                "  group          {} desired {} (min {}, max {}), {} in service, grace period {} s",
+                group.name,
+                group.desired,
+                group.min,
+                group.max,
+                group.in_service,
+                group.grace_seconds
+            );
+            for activity in &group.activities {
+                println!(
+                    "    {} {}: {}",
+                    activity.started, activity.status, activity.description
+                );
+                println!("      {}", activity.cause);
+            }
+        }
+        None => println!("  group          none"),
     }
     let healthy = status.instances.iter().filter(|i| i.healthy).count();
     println!(

@@ -27,20 +27,31 @@ pub struct UpArgs {
     /// a local load balancer, whose http://127.0.0.1:<port>/ URL it prints
     #[arg(long)]
     pub local: bool,
+    /// Launch from the newest Amazon Linux 2023 image, rolling every instance onto it
+    /// (without it, the image in use is kept)
+    #[arg(long)]
+    pub update_image: bool,
 }
 
 pub async fn run(file: &Path, aws: &AwsArgs, args: &UpArgs) -> Result<()> {
     let outputs = if args.local {
         // Nothing here touches an AWS account: no question to ask.
         let environment = Environment::start(file, aws).await?;
-        let preflight = preflight(&environment.stack).await?;
+        let preflight = preflight(&environment.stack, args.update_image).await?;
         converge(&environment.stack, &environment, &preflight).await?
     } else {
         let stack = super::open_stack(file, aws).await?;
-        let preflight = preflight(&stack).await?;
+        let preflight = preflight(&stack, args.update_image).await?;
+        let image = match &preflight.image.update {
+            Some(newer) => format!(
+                " Instances keep image {}; {} is newer (`--update-image` rolls them onto it).",
+                preflight.image.image.id, newer.id
+            ),
+            None => String::new(),
+        };
         super::confirm(
             &format!(
-                "Create or update stack '{}' in account {} ({}), serving https://{}?",
+                "Create or update stack '{}' in account {} ({}), serving https://{}?{image}",
                 stack.spec.name, preflight.account, stack.region, stack.spec.domain.name
             ),
             args.yes,

@@ -28,9 +28,8 @@ mod tests;
 
 use listeners::ensure_http_listener;
 pub use listeners::ensure_https_listener;
-use target_group::ensure_target_group;
 pub use target_group::{
-    deregister, deregistration_delay, owned_target_group, register, target_health,
+    deregister, deregistration_delay, ensure_target_group, owned_target_group, target_health,
 };
 pub use teardown::deletables;
 use teardown::ours_only;
@@ -113,20 +112,22 @@ pub(super) async fn find_load_balancer(
     Ok(Some((lb.clone(), is_ours(stack, arn).await?)))
 }
 
-/// The load balancer with its attributes, the target group with its health check and
-/// attributes, and the HTTP listener; the HTTPS one waits for the certificate
-/// ([`ensure_https_listener`]).
-pub async fn ensure(stack: &Stack, network: &Network) -> Result<LoadBalancer> {
-    let ((arn, dns_name, canonical_hosted_zone_id), target_group_arn) = try_join!(
-        ensure_load_balancer(stack, network),
-        ensure_target_group(stack, network)
-    )?;
+/// The load balancer with its attributes and the HTTP listener, in front of the target
+/// group made first ([`ensure_target_group`]: the Auto Scaling group is attached to it
+/// while the load balancer is still being created); the HTTPS listener waits for the
+/// certificate ([`ensure_https_listener`]).
+pub async fn ensure(
+    stack: &Stack,
+    network: &Network,
+    target_group_arn: &str,
+) -> Result<LoadBalancer> {
+    let (arn, dns_name, canonical_hosted_zone_id) = ensure_load_balancer(stack, network).await?;
     let http_listener_arn = ensure_http_listener(stack, &arn).await?;
     Ok(LoadBalancer {
         arn,
         dns_name,
         canonical_hosted_zone_id,
-        target_group_arn,
+        target_group_arn: target_group_arn.to_owned(),
         http_listener_arn,
     })
 }

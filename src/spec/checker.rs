@@ -493,8 +493,9 @@ impl<'s> Checker<'s> {
             &section,
             "drain_seconds",
             DEFAULT_DRAIN_SECONDS,
-            (0, 3600),
-            "the target group's deregistration delay is at most 3600 s",
+            (0, i64::from(MAX_DEREGISTRATION_DELAY - DRAIN_START_SECONDS)),
+            "the target group's deregistration delay, the drain and the 5 s it takes to start, \
+             is at most 3600 s",
         );
         let batch_size = self.optional_integer(
             &section,
@@ -510,7 +511,9 @@ impl<'s> Checker<'s> {
             (60, 3600),
             "an instance needs at least a minute to boot and pass its health checks",
         );
+        let cpu_credits = self.cpu_credits(&section, instance_type.as_deref());
         Some(InstancesSpec {
+            cpu_credits: cpu_credits?,
             count: count?,
             instance_type: instance_type?,
             ami: ami?,
@@ -519,6 +522,33 @@ impl<'s> Checker<'s> {
             drain_seconds: drain_seconds?,
             batch_size: batch_size?,
             health_timeout_seconds: health_timeout_seconds?,
+        })
+    }
+
+    /// `instances.cpu_credits`: only burstable types have CPU credits; theirs default to
+    /// `standard`. `None` inside `Some` when the type has none.
+    fn cpu_credits(
+        &mut self,
+        section: &Section<'_, '_>,
+        instance_type: Option<&str>,
+    ) -> Option<Option<String>> {
+        let burstable = instance_type.is_none_or(is_burstable);
+        let default = burstable.then(|| DEFAULT_CPU_CREDITS.to_owned());
+        self.optional(section, "cpu_credits", default, |ck, p, n| {
+            let text = ck.string(p, n)?;
+            let rule = if !CPU_CREDITS.contains(&text.as_str()) {
+                Err(Invalid::new(format!("`{text}` is not a CPU credit option"))
+                    .help("write standard (throttled to the baseline once credits run out) or unlimited (surplus credits are billed)"))
+            } else if !burstable {
+                Err(Invalid::new(format!(
+                    "{} has no CPU credits: only burstable types (t2, t3, t3a, t4g) do",
+                    instance_type.unwrap_or_default()
+                ))
+                .help("remove instances.cpu_credits, or pick a burstable instances.type"))
+            } else {
+                Ok(Some(text))
+            };
+            ck.check(p, At::of(n), rule)
         })
     }
 

@@ -54,6 +54,7 @@ fn defaults() -> StackSpec {
             drain_seconds: 30,
             batch_size: 1,
             health_timeout_seconds: 600,
+            cpu_credits: Some("standard".into()),
         },
         load_balancer: LoadBalancerSpec {
             idle_timeout_seconds: 3600,
@@ -161,6 +162,7 @@ tags:
             drain_seconds: 0,
             batch_size: 2,
             health_timeout_seconds: 900,
+            cpu_credits: None,
         },
         load_balancer: LoadBalancerSpec {
             idle_timeout_seconds: 4000,
@@ -525,6 +527,17 @@ fn instances_rules() {
         ),
         ("ami: 0123456789abcdef0", "instances.ami", "not an AMI id"),
         ("binary: ''", "instances.binary", "is empty"),
+        ("ami: newest", "instances.ami", "not an AMI id"),
+        (
+            "cpu_credits: boosted",
+            "instances.cpu_credits",
+            "not a CPU credit option",
+        ),
+        (
+            "type: m7g.large\n  cpu_credits: unlimited",
+            "instances.cpu_credits",
+            "m7g.large has no CPU credits",
+        ),
         ("app_port: 80", "instances.app_port", "from 1024 to 65535"),
         (
             "app_port: 70000",
@@ -533,9 +546,9 @@ fn instances_rules() {
         ),
         ("app_port: 6379", "instances.app_port", "Redis port"),
         (
-            "drain_seconds: 3601",
+            "drain_seconds: 3596",
             "instances.drain_seconds",
-            "from 0 to 3600",
+            "from 0 to 3595",
         ),
     ];
     for (line, path, needle) in cases {
@@ -549,6 +562,27 @@ fn instances_rules() {
     assert_eq!(spec.instances.ami.as_deref(), Some("ami-0123abcd"));
     assert_eq!(spec.instances.instance_type, "m7i.metal-24xl");
     assert_eq!(spec.instances.count, 20);
+    assert_eq!(
+        spec.instances.cpu_credits, None,
+        "a metal type has no credits"
+    );
+    let burstable = |yaml: &str| {
+        StackSpec::parse(&with(yaml), "s")
+            .unwrap()
+            .instances
+            .cpu_credits
+    };
+    assert_eq!(
+        burstable("instances:\n  type: t4g.small\n").as_deref(),
+        Some("standard"),
+        "burstable types are not billed for surplus credits unless asked"
+    );
+    assert_eq!(
+        burstable("instances:\n  type: t3a.large\n  cpu_credits: unlimited\n").as_deref(),
+        Some("unlimited")
+    );
+    let latest = StackSpec::parse(&with("instances:\n  ami: latest\n"), "s").unwrap();
+    assert_eq!(latest.instances.ami.as_deref(), Some(LATEST_AMI));
 }
 
 #[test]

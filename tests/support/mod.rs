@@ -108,6 +108,18 @@ impl TestStack {
         }
     }
 
+    /// A stack of a fresh name starting with `prefix`, for `up --local` (which makes the
+    /// hosted zone), once LocalStack answers; its `instances` section is `count: 2` with
+    /// `instances` added.
+    pub async fn local(prefix: &str, instances: &str) -> Self {
+        localstack().await;
+        let suffix = unique_suffix();
+        let name = format!("{prefix}{}", &suffix[suffix.len() - 8..]);
+        let stack = Self::new(&name, &format!("{name}.example.test"));
+        stack.edit("  count: 2\n", &format!("  count: 2\n{instances}"));
+        stack
+    }
+
     /// A stack of a fresh name starting with `prefix`, and its hosted zone in LocalStack
     /// (by id).
     pub async fn with_zone(aws: &SdkConfig, prefix: &str) -> (Self, String) {
