@@ -10,6 +10,9 @@
 //!   targets with the group's own settings (path, interval, timeout, thresholds), proxies
 //!   one loopback port to the healthy ones ([`super::proxy`]), and keeps a deregistered
 //!   target's open connections for the deregistration delay before it cuts them.
+//! - The load balancer's part in the Auto Scaling group's health checks: a target found
+//!   unhealthy is reported to the group (SetInstanceHealth), which replaces it once its
+//!   grace period is over, as AWS does with the ELB health check type.
 //!
 //! Every round it writes what the load balancer sees to `status.json`, which the
 //! `--local` commands read where they would call DescribeTargetHealth on AWS.
@@ -186,7 +189,10 @@ async fn instances_round(emulator: &Arc<Emulator>) -> Result<()> {
             max_pause_seconds: None,
         };
         let sandbox = emulator.state_dir.sandbox(&id);
-        match LocalInstance::boot(&emulator.stack.clients.ec2, &id, &sandbox, &settings).await {
+        let clients = &emulator.stack.clients;
+        match LocalInstance::boot(&clients.ec2, &clients.autoscaling, &id, &sandbox, &settings)
+            .await
+        {
             Ok(instance) => {
                 log(&format!("booted {id} (server on port {port})"));
                 emulator
@@ -337,6 +343,9 @@ async fn target_group_round(
             Some(port) if record.next_check.is_none_or(|next| now >= next) => {
                 record.next_check = Some(now + check.interval);
                 probe(record, *port, &check).await;
+                if record.state == Some("unhealthy") {
+                    report_unhealthy(emulator, id).await;
+                }
                 let healthy = record.state == Some("healthy");
                 emulator
                     .targets
@@ -363,6 +372,33 @@ async fn target_group_round(
         );
     }
     emulator.state_dir.save_status(&status)
+}
+
+/// What the load balancer tells the Auto Scaling group of a target that fails its health
+/// checks, with the group's ELB health check type: the group takes the instance out of
+/// service and replaces it, once its grace period is over
+/// (<https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-health-checks.html>,
+/// <https://docs.aws.amazon.com/autoscaling/ec2/userguide/health-check-grace-period.html>).
+/// LocalStack's Auto Scaling (the project's extension) holds the grace period.
+async fn report_unhealthy(emulator: &Emulator, id: &str) {
+    let reported = emulator
+        .stack
+        .clients
+        .autoscaling
+        .set_instance_health()
+        .instance_id(id)
+        .health_status("Unhealthy")
+        .send()
+        .await;
+    // An instance outside the group (launched before it) is the load balancer's only.
+    if let Err(err) = reported
+        && crate::aws::error_code(&err) != Some("ValidationError")
+    {
+        log(&format!(
+            "telling the Auto Scaling group that {id} is unhealthy: {}",
+            crate::aws::explain("SetInstanceHealth", err)
+        ));
+    }
 }
 
 /// One health check of a target, counted towards its thresholds as the ALB counts them.
