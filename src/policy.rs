@@ -174,6 +174,7 @@ pub fn document(scope: &Scope) -> Value {
             "AutoScalingDescribe",
             &[
                 "autoscaling:DescribeAutoScalingGroups",
+                "autoscaling:DescribePolicies",
                 "autoscaling:DescribeScalingActivities",
             ],
             json!("*"),
@@ -196,6 +197,8 @@ pub fn document(scope: &Scope) -> Value {
                 "autoscaling:AttachLoadBalancerTargetGroups",
                 "autoscaling:ResumeProcesses",
                 "autoscaling:CreateOrUpdateTags",
+                "autoscaling:PutScalingPolicy",
+                "autoscaling:DeletePolicy",
                 "autoscaling:DeleteAutoScalingGroup",
             ],
             json!(group),

@@ -130,8 +130,14 @@ const ROOT_KEYS: &[&str] = &[
     "load_balancer",
     "redis",
     "chat",
+    "scaling",
     "tags",
 ];
+const SCALING_KEYS: &[&str] = &["min", "max", "cpu_target_percent"];
+/// What a target-tracking policy keeps the group's average CPU at, by default.
+const DEFAULT_CPU_TARGET: u32 = 50;
+/// The most instances a stack runs (instances.count, scaling.max).
+const MAX_INSTANCES: i64 = 20;
 const DOMAIN_KEYS: &[&str] = &["name", "hosted_zone"];
 const NETWORK_KEYS: &[&str] = &["cidr", "allowed_cidrs"];
 const INSTANCES_KEYS: &[&str] = &[
@@ -195,6 +201,8 @@ pub struct StackSpec {
     pub redis: RedisSpec,
     /// The chat server's own settings.
     pub chat: ChatSpec,
+    /// Capacity that follows load: `None` keeps `instances.count` instances.
+    pub scaling: Option<ScalingSpec>,
     /// Extra tags for every resource.
     pub tags: BTreeMap<String, String>,
 }
@@ -273,6 +281,16 @@ pub struct RedisSpec {
     /// `redis` or `valkey`.
     pub engine: String,
     pub engine_version: Option<String>,
+}
+
+/// The Auto Scaling group's own scaling: a target-tracking policy on the group's average
+/// CPU (`ASGAverageCPUUtilization`, which needs no agent on the instances), between `min`
+/// and `max` instances. `instances.count` is then the size the group starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalingSpec {
+    pub min: u32,
+    pub max: u32,
+    pub cpu_target_percent: u32,
 }
 
 /// The chat server's settings.

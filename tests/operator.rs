@@ -470,6 +470,12 @@ async fn status_logs_and_a_policy_that_grants_exactly_what_the_cli_calls() {
         "up repaired every drift:\n{}",
         String::from_utf8_lossy(&after.stdout)
     );
+    // A scaling policy, and then none.
+    let scaling = "scaling:\n  min: 1\n  max: 2\n";
+    stack.edit("redis:\n", &format!("{scaling}redis:\n"));
+    stack.up();
+    stack.edit(scaling, "");
+    stack.up();
     stack.run(&["destroy", "--yes"]);
 
     let log = std::fs::read_to_string(&calls).expect("the CLI's call log");

@@ -93,7 +93,10 @@ pub async fn converge(
                 &network.private_subnets,
                 &network.redis_security_group
             ),
-            group::ensure(stack, &wanted),
+            async {
+                group::ensure(stack, &wanted).await?;
+                group::scaling::ensure(stack).await
+            },
         )?;
         let endpoint = format!("{}:{}", redis.address, redis.port);
         // The group first: what it launches from now on carries the tag.

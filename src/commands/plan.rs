@@ -79,7 +79,7 @@ async fn plan_stack(
 /// Where a resource comes in the order `up` builds the stack, by the kind its label
 /// starts with.
 fn build_order(resource: &str) -> usize {
-    const ORDER: [&str; 19] = [
+    const ORDER: [&str; 20] = [
         "vpc",
         "subnet",
         "internet gateway",
@@ -98,6 +98,7 @@ fn build_order(resource: &str) -> usize {
         "dns",
         "launch template",
         "auto scaling group",
+        "scaling policy",
         "instance",
     ];
     ORDER

@@ -173,6 +173,9 @@ fn print_text(status: &Status) {
                 group.in_service,
                 group.grace_seconds
             );
+            if let Some(policy) = &group.policy {
+                println!("    scaling policy: {policy}");
+            }
             for activity in &group.activities {
                 println!(
                     "    {} {}: {}",

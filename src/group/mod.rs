@@ -10,6 +10,7 @@
 //! ([`ensure_redis_tag`], with [`crate::instances::ensure_redis_tag`]). Which instances to
 //! replace, and when, is [`crate::deploy`]'s to decide.
 
+pub mod scaling;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -73,10 +74,19 @@ pub struct Group {
     group: aws_sdk_autoscaling::types::AutoScalingGroup,
 }
 
-/// The group's wanted size: `instances.count` (a roll raises the maximum while it runs).
+/// The group's wanted size: its minimum, its maximum and the desired capacity it starts
+/// at. Without `scaling`, `instances.count` all three (a roll raises the maximum while it
+/// runs); with it, `scaling.min` and `scaling.max`, starting at `instances.count` (brought
+/// between them), the scaling policy's to change from then on.
 pub fn capacity(stack: &Stack) -> (usize, usize, usize) {
     let count = stack.spec.instances.count as usize;
-    (count, count, count)
+    match stack.spec.scaling {
+        None => (count, count, count),
+        Some(scaling) => {
+            let (min, max) = (scaling.min as usize, scaling.max as usize);
+            (min, max, count.clamp(min, max))
+        }
+    }
 }
 
 /// The health check grace period: the boot's, `instances.health_timeout_seconds`; for a
@@ -240,6 +250,12 @@ async fn converge(stack: &Stack, group: &Group, wanted: &Wanted<'_>) -> Result<(
         ));
         update = update.launch_template(launch_template(wanted.template));
     }
+    // With a scaling policy, the desired capacity is the policy's between min and max:
+    // not drift.
+    let desired = match stack.spec.scaling {
+        Some(_) => group.desired.clamp(min, max),
+        None => desired,
+    };
     if (group.min, group.max, group.desired) != (min, max, desired) {
         drift.push(format!(
             "size (min, max, desired) ({}, {}, {}) → ({min}, {max}, {desired})",
@@ -468,6 +484,8 @@ pub struct Summary {
     pub max: usize,
     pub in_service: usize,
     pub grace_seconds: i32,
+    /// The scaling policy, in words, when there is one.
+    pub policy: Option<String>,
     /// The newest first.
     pub activities: Vec<Activity>,
 }
@@ -504,7 +522,9 @@ pub async fn summary(stack: &Stack) -> Result<Option<Summary>> {
             cause: activity.cause().unwrap_or_default().to_owned(),
         })
         .collect();
+    let policy = scaling::describe(stack).await?;
     Ok(Some(Summary {
+        policy,
         in_service: group
             .members
             .iter()

@@ -189,6 +189,7 @@ impl<'s> Checker<'s> {
         let load_balancer = self.load_balancer(&root);
         let redis = self.redis(&root);
         let chat = self.chat(&root);
+        let scaling = self.scaling(&root, instances.as_ref());
         let tags = self.optional(&root, "tags", BTreeMap::new(), |ck, p, n| ck.tags(p, n));
 
         Some(StackSpec {
@@ -200,7 +201,79 @@ impl<'s> Checker<'s> {
             load_balancer: load_balancer?,
             redis: redis?,
             chat: chat?,
+            scaling: scaling?,
             tags: tags?,
+        })
+    }
+
+    /// `scaling`: `min` and `max` required, `min` ≤ `max`, and a written
+    /// `instances.count` between them (it is the size the group starts at).
+    fn scaling(
+        &mut self,
+        root: &Section<'_, '_>,
+        instances: Option<&InstancesSpec>,
+    ) -> Option<Option<ScalingSpec>> {
+        let Some(field) = root.get("scaling") else {
+            return Some(None);
+        };
+        let section = self.section(field.value, field.key, "scaling", SCALING_KEYS)?;
+        let why = "a stack runs from 1 to 20 instances";
+        let bound = |ck: &mut Self, key: &str| {
+            ck.required(&section, key, |ck, path, field| {
+                ck.integer::<u32>(path, field.value, (1, MAX_INSTANCES), why)
+            })
+        };
+        let (min, max) = (bound(self, "min"), bound(self, "max"));
+        let cpu = self.optional_integer(
+            &section,
+            "cpu_target_percent",
+            DEFAULT_CPU_TARGET,
+            (10, 90),
+            "the group's average CPU to keep: below 10 % it never scales in, above 90 % a \
+             burst has no room",
+        );
+        let (min, max, cpu) = (min?, max?, cpu?);
+        if min > max {
+            let at = section.get("min")?.value;
+            self.report(
+                &section.path("min"),
+                At::of(at),
+                Invalid::new(format!("is {min}, above scaling.max ({max})"))
+                    .help("scaling.min is the fewest instances, scaling.max the most"),
+            );
+            return None;
+        }
+        let count = instances.map(|instances| instances.count);
+        let written = self.instances_count_field(root);
+        if let (Some(count), Some(at)) = (count, written)
+            && !(min..=max).contains(&count)
+        {
+            self.report(
+                "instances.count",
+                at,
+                Invalid::new(format!(
+                    "is {count}, outside scaling.min ({min}) to scaling.max ({max})"
+                ))
+                .help("with scaling, instances.count is the size the group starts at"),
+            );
+            return None;
+        }
+        Some(Some(ScalingSpec {
+            min,
+            max,
+            cpu_target_percent: cpu,
+        }))
+    }
+
+    /// Where `instances.count` is written, if it is.
+    fn instances_count_field(&mut self, root: &Section<'_, '_>) -> Option<At> {
+        let instances = root.get("instances")?;
+        let YamlData::Mapping(mapping) = &instances.value.data else {
+            return None;
+        };
+        mapping.iter().find_map(|(key, value)| {
+            matches!(&key.data, YamlData::Value(Scalar::String(name)) if name == "count")
+                .then(|| At::of(value))
         })
     }
 

@@ -69,6 +69,7 @@ fn defaults() -> StackSpec {
             engine_version: None,
         },
         chat: ChatSpec::default(),
+        scaling: None,
         tags: BTreeMap::new(),
     }
 }
@@ -190,6 +191,7 @@ tags:
                 presence_ttl_seconds: 60,
             },
         },
+        scaling: None,
         tags: BTreeMap::from([
             ("cost-center".into(), "1234".into()),
             ("team".into(), "chat".into()),
@@ -1079,4 +1081,52 @@ fn chat_auth_needs_exactly_one_key_and_usable_claims() {
     let (path, _, _, message) = only("chat:\n  auth:\n    generate: true\n    isuer: x\n");
     assert_eq!(path, "chat.auth.isuer");
     assert!(message.contains("unknown key"));
+}
+
+#[test]
+fn scaling_is_a_cpu_target_between_min_and_max_refused_when_it_cannot_hold() {
+    let spec = StackSpec::parse(
+        &with("instances:\n  count: 3\nscaling:\n  min: 2\n  max: 6\n  cpu_target_percent: 60\n"),
+        "s",
+    )
+    .unwrap();
+    assert_eq!(
+        spec.scaling,
+        Some(ScalingSpec {
+            min: 2,
+            max: 6,
+            cpu_target_percent: 60
+        })
+    );
+    let defaulted = StackSpec::parse(&with("scaling:\n  min: 1\n  max: 4\n"), "s").unwrap();
+    assert_eq!(defaulted.scaling.unwrap().cpu_target_percent, 50);
+
+    let problem = one_problem(
+        &with("scaling:\n  min: 5\n  max: 3\n"),
+        "scaling.min",
+        "above scaling.max (3)",
+    );
+    assert_eq!((problem.line, problem.column), (6, 8));
+    let problem = one_problem(
+        &with("instances:\n  count: 8\nscaling:\n  min: 2\n  max: 6\n"),
+        "instances.count",
+        "outside scaling.min (2) to scaling.max (6)",
+    );
+    assert_eq!(problem.line, 6);
+    one_problem(&with("scaling:\n  min: 2\n"), "scaling.max", "is required");
+    one_problem(
+        &with("scaling:\n  min: 1\n  max: 21\n"),
+        "scaling.max",
+        "from 1 to 20",
+    );
+    one_problem(
+        &with("scaling:\n  min: 1\n  max: 2\n  cpu_target_percent: 95\n"),
+        "scaling.cpu_target_percent",
+        "from 10 to 90",
+    );
+    one_problem(
+        &with("scaling:\n  min: 1\n  max: 2\n  target: 50\n"),
+        "scaling.target",
+        "unknown key",
+    );
 }
