@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod aws;
 pub mod binary;
 pub mod cache;
+pub mod canary;
 pub mod certificate;
 pub mod commands;
 pub mod deploy;

@@ -406,6 +406,16 @@ async fn up_local_boots_the_instances_here_behind_one_url_and_destroy_local_stop
         .unwrap_or_else(|| panic!("{url} is not http://127.0.0.1:<port>/"));
     let ids = support::instance_ids(&outputs);
     assert_eq!(ids.len(), 2);
+    // `up` ended with the canary: a message across the two instances, through the URL.
+    let canary = &outputs["canary"];
+    assert_eq!(canary["result"], "verified", "{outputs:#}");
+    assert_ne!(canary["from"], canary["to"]);
+    assert!(canary["millis"].as_u64().is_some());
+    let checked = String::from_utf8(stack.run(&["status", "--local", "--check"]).stdout).unwrap();
+    assert!(
+        checked.contains("canary         chat crosses instances: verified ("),
+        "{checked}"
+    );
 
     // What runs here for the stack, as its state directory records it.
     let state_dir = local::StateDir::of(local::repository(), &name);
@@ -484,6 +494,7 @@ async fn up_local_boots_the_instances_here_behind_one_url_and_destroy_local_stop
         if cli(&["ROLE"]).starts_with("master") {
             let mut logs: Vec<String> = cli(&["--scan", "--pattern", "chat:*:log"])
                 .lines()
+                .filter(|key| !key.contains(realtime_stack::canary::ROOM))
                 .map(str::to_owned)
                 .collect();
             logs.sort();

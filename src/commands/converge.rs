@@ -31,6 +31,8 @@ pub struct Outputs {
     pub artifact: String,
     /// The AWS calls of this run that changed something; empty when it was up to date.
     pub changes: Vec<String>,
+    /// The service proven from the outside, when `up` ran the canary.
+    pub canary: Option<crate::canary::Outcome>,
 }
 
 /// Builds what is missing, fixes what drifted and deploys the instances. Redis (the
@@ -170,5 +172,6 @@ pub async fn converge(
         certificate_arn: certificate.arn,
         artifact: format!("s3://{}/{}", artifact.bucket, artifact.key),
         changes: stack.clients.calls.mutating(),
+        canary: None,
     })
 }

@@ -6,13 +6,14 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
 use serde::Serialize;
 
 use super::{Observed, OutputFormat};
 use crate::aws::AwsArgs;
+use crate::canary::Outcome;
 use crate::deploy::{Health, short_hash};
 use crate::instances::{self, Described};
 use crate::platform::Platform;
@@ -27,6 +28,10 @@ pub struct StatusArgs {
     /// The stack of `up --local`, in the LocalStack on this machine
     #[arg(long)]
     pub local: bool,
+    /// Then run the canary: a message sent through the stack's URL on one instance must
+    /// arrive on another (exit code 1 when it does not)
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// What `status` prints.
@@ -44,6 +49,8 @@ pub struct Status {
     pub instances: Vec<InstanceStatus>,
     /// Every resource the stack owns, as `destroy` would list it.
     pub resources: Vec<String>,
+    /// The canary's outcome, with `--check`.
+    pub canary: Option<Outcome>,
 }
 
 /// One instance of the stack.
@@ -65,10 +72,30 @@ pub struct InstanceStatus {
 
 pub async fn run(file: &Path, aws: &AwsArgs, args: &StatusArgs) -> Result<()> {
     let observed = Observed::open(file, aws, args.local).await?;
-    let status = status(observed.stack(), &observed).await?;
-    match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        OutputFormat::Text => print_text(&status),
+    let mut status = status(observed.stack(), &observed).await?;
+    if args.check {
+        let dns_name = status
+            .load_balancer
+            .as_ref()
+            .map(|lb| lb.dns_name.clone())
+            .context("the stack has no load balancer: run `up` first")?;
+        let healthy = status.instances.iter().filter(|i| i.healthy).count();
+        let outcome = super::canary(observed.stack(), &observed, &dns_name, healthy).await;
+        status.canary = Some(match outcome {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                print(&status, args.output)?;
+                return Err(err);
+            }
+        });
+    }
+    print(&status, args.output)
+}
+
+fn print(status: &Status, output: OutputFormat) -> Result<()> {
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(status)?),
+        OutputFormat::Text => print_text(status),
     }
     Ok(())
 }
@@ -110,6 +137,7 @@ async fn status(stack: &Stack, platform: &impl Platform) -> Result<Status> {
         wanted_instances: stack.spec.instances.count,
         instances,
         resources: resources.iter().map(|resource| resource.label()).collect(),
+        canary: None,
     })
 }
 
@@ -210,6 +238,9 @@ fn print_text(status: &Status) {
             instance.ami,
             instance.instance_type
         );
+    }
+    if let Some(canary) = &status.canary {
+        println!("  canary         {canary}");
     }
     println!("  resources      {}", status.resources.len());
     for resource in &status.resources {

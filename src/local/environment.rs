@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use super::state::{State, StateDir};
 use super::{LocalRedis, dev_key, process_is, signal_and_wait};
 use crate::aws::{AwsArgs, Call, Clients};
+use crate::canary::Endpoint;
 use crate::deploy::Health;
 use crate::engine::{Changes, Pace, Progress};
 use crate::names::Names;
@@ -281,6 +282,15 @@ impl Platform for Environment {
         match self.state().ok().and_then(|state| state.load_balancer_port) {
             Some(port) => format!("http://127.0.0.1:{port}/"),
             None => "(the local load balancer is not running)".to_owned(),
+        }
+    }
+
+    fn chat_endpoint(&self, stack: &Stack, _load_balancer_dns: &str) -> Endpoint {
+        let url = self.url(stack);
+        Endpoint {
+            url: format!("{}ws", url.replacen("http://", "ws://", 1)),
+            connect: None,
+            allowed: None,
         }
     }
 }
