@@ -77,12 +77,13 @@ const CROSSING: Duration = Duration::from_secs(10);
 /// Connections tried to reach a second instance.
 const ATTEMPTS: usize = 30;
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Runs the canary against `endpoint`, which serves `instances` instances.
 pub async fn run(endpoint: &Endpoint, instances: usize) -> Result<Outcome> {
     let started = Instant::now();
-    let (mut first, from) = match connect(endpoint, ROOM).await {
+    let room = format!("room={ROOM}");
+    let (mut first, from) = match connect(endpoint, &room).await {
         Ok(connected) => connected,
         Err(err) => {
             return match &endpoint.allowed {
@@ -112,7 +113,7 @@ pub async fn run(endpoint: &Endpoint, instances: usize) -> Result<Outcome> {
     }
     let mut second = None;
     for _ in 0..ATTEMPTS {
-        let (socket, instance) = connect(endpoint, ROOM).await?;
+        let (socket, instance) = connect(endpoint, &room).await?;
         if instance != from {
             second = Some((socket, instance));
             break;
@@ -152,9 +153,9 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(Instant::now())
 }
 
-/// A connection to `room` and the instance its `hello` names.
-async fn connect(endpoint: &Endpoint, room: &str) -> Result<(Socket, String)> {
-    let url = format!("{}?room={room}", endpoint.url);
+/// A connection with `query` (`room=...`) and the instance its `hello` names.
+pub(crate) async fn connect(endpoint: &Endpoint, query: &str) -> Result<(Socket, String)> {
+    let url = format!("{}?{query}", endpoint.url);
     let connecting = async {
         let (mut socket, _) = match &endpoint.connect {
             Some((host, port)) => {
@@ -198,7 +199,7 @@ fn tls() -> Result<Connector> {
     Ok(Connector::Rustls(Arc::new(config)))
 }
 
-async fn next(socket: &mut Socket) -> Result<Value> {
+pub(crate) async fn next(socket: &mut Socket) -> Result<Value> {
     loop {
         match socket.next().await {
             Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(text.as_str())?),

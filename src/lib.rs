@@ -12,6 +12,7 @@ pub mod certificate;
 pub mod commands;
 pub mod deploy;
 pub mod dns;
+pub mod drill;
 pub mod engine;
 pub mod fleet;
 pub mod group;

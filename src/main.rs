@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use realtime_stack::aws::AwsArgs;
-use realtime_stack::commands::{destroy, logs, plan, policy, status, token, up};
+use realtime_stack::commands::{destroy, drill, logs, plan, policy, status, token, up};
 use realtime_stack::local::emulator;
 use realtime_stack::spec::SpecError;
 
@@ -43,6 +43,9 @@ enum Command {
     Destroy(destroy::DestroyArgs),
     /// Print a development sign-in token for the stack's chat (chat.auth)
     Token(token::TokenArgs),
+    /// Prove resilience on the live stack: terminate an instance while a client keeps
+    /// chatting, and report what it saw
+    Drill(drill::DrillArgs),
     /// Runs the local emulator of a stack (started by `up --local`)
     #[command(name = "local-emulator", hide = true)]
     LocalEmulator(emulator::EmulatorArgs),
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
             Command::Policy(args) => done(policy::run(&cli.file, &cli.aws, args).await),
             Command::Destroy(args) => done(destroy::run(&cli.file, &cli.aws, args).await),
             Command::Token(args) => done(token::run(&cli.file, args)),
+            Command::Drill(args) => done(drill::run(&cli.file, &cli.aws, args).await),
             Command::LocalEmulator(args) => done(emulator::run(args.clone()).await),
         }
     });

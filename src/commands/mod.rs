@@ -3,6 +3,7 @@
 
 mod converge;
 pub mod destroy;
+pub mod drill;
 mod inventory;
 pub mod logs;
 pub mod plan;
