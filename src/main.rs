@@ -43,8 +43,8 @@ enum Command {
     Destroy(destroy::DestroyArgs),
     /// Print a development sign-in token for the stack's chat (chat.auth)
     Token(token::TokenArgs),
-    /// Prove resilience on the live stack: terminate an instance while a client keeps
-    /// chatting, and report what it saw
+    /// Prove resilience on the live stack: terminate an instance, or fail Redis over,
+    /// while a client keeps chatting, and report what it saw
     Drill(drill::DrillArgs),
     /// Runs the local emulator of a stack (started by `up --local`)
     #[command(name = "local-emulator", hide = true)]

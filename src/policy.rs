@@ -281,6 +281,7 @@ pub fn document(scope: &Scope) -> Value {
                 "elasticache:IncreaseReplicaCount",
                 "elasticache:DecreaseReplicaCount",
                 "elasticache:ModifyReplicationGroupShardConfiguration",
+                "elasticache:TestFailover",
                 "elasticache:DeleteReplicationGroup",
                 "elasticache:ListTagsForResource",
                 "elasticache:AddTagsToResource",

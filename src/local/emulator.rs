@@ -61,6 +61,9 @@ struct Emulator {
     state_dir: StateDir,
     endpoint: String,
     redis: LocalRedis,
+    /// What the instances' Redis endpoint tag stands for here: the primary endpoint, or a
+    /// cluster's first server.
+    redis_address: String,
     /// Instances booted here, with the loopback port their server listens on.
     booted: Mutex<HashMap<String, (LocalInstance, u16)>>,
     targets: Arc<Targets>,
@@ -75,8 +78,28 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
     let redis = LocalRedis::running(&state_dir.redis(), &state.redis_ports())
         .context("the stack's local Redis is not running: run `up --local` again")?;
     let listener = bind_load_balancer(&mut state).await?;
+    // A cluster's clients start from any node; a group with cluster mode off is reached
+    // through its primary endpoint, which follows a failover.
+    let (redis_address, primary_endpoint) = if redis.is_cluster() {
+        (redis.address(), None)
+    } else {
+        let endpoint = bind_recorded(
+            &mut state.redis_endpoint_port,
+            "the local Redis's primary endpoint",
+        )
+        .await?;
+        let address = endpoint.local_addr()?.to_string();
+        (
+            address,
+            Some(tokio::spawn(super::endpoint::serve(
+                endpoint,
+                redis.clone(),
+            ))),
+        )
+    };
     state_dir.update(|recorded| {
         recorded.load_balancer_port = state.load_balancer_port;
+        recorded.redis_endpoint_port = state.redis_endpoint_port;
         recorded.emulator_pid = Some(std::process::id());
         Ok(())
     })?;
@@ -85,6 +108,7 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
         state_dir,
         endpoint: args.endpoint,
         redis,
+        redis_address,
         booted: Mutex::default(),
         targets: Arc::default(),
     });
@@ -100,6 +124,9 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
     wait_for_signal().await?;
     log("stopping");
     proxy.abort();
+    if let Some(primary_endpoint) = primary_endpoint {
+        primary_endpoint.abort();
+    }
     instances.abort();
     load_balancer.abort();
     let booted: Vec<(LocalInstance, u16)> = emulator
@@ -118,15 +145,21 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
 /// The load balancer's port: the one recorded, so that its URL stays the same, else a
 /// new one.
 async fn bind_load_balancer(state: &mut State) -> Result<tokio::net::TcpListener> {
-    if let Some(port) = state.load_balancer_port
+    bind_recorded(&mut state.load_balancer_port, "the local load balancer").await
+}
+
+/// The loopback port `recorded`, so that what uses it keeps reaching it, else a new one,
+/// recorded.
+async fn bind_recorded(recorded: &mut Option<u16>, what: &str) -> Result<tokio::net::TcpListener> {
+    if let Some(port) = *recorded
         && let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await
     {
         return Ok(listener);
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .context("cannot bind a loopback port for the local load balancer")?;
-    state.load_balancer_port = Some(listener.local_addr()?.port());
+        .with_context(|| format!("cannot bind a loopback port for {what}"))?;
+    *recorded = Some(listener.local_addr()?.port());
     Ok(listener)
 }
 
@@ -183,7 +216,7 @@ async fn instances_round(emulator: &Arc<Emulator>) -> Result<()> {
         let port = port_for(emulator, &id)?;
         let settings = BootSettings {
             port,
-            redis_address: emulator.redis.address(),
+            redis_address: emulator.redis_address.clone(),
             redis_ca_file: Some(emulator.redis.ca_file()),
             s3_endpoint: emulator.endpoint.clone(),
             max_pause_seconds: None,

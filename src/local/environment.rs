@@ -154,6 +154,7 @@ impl Environment {
                                 redis.describe()
                             ),
                             None if shards > 1 => LocalRedis::start_cluster(&dir, shards, replicas),
+                            None if replicas > 0 => LocalRedis::start_replicated(&dir, replicas),
                             None => LocalRedis::start(&dir),
                         }
                     })
@@ -224,6 +225,18 @@ impl Environment {
             format!("log: {}", self.state_dir.emulator_log().display())
         })
         .await
+    }
+
+    /// A planned failover of the local Redis (one shard with replicas), as ElastiCache's
+    /// TestFailover makes one: a replica is promoted, and the emulator's primary endpoint
+    /// follows it. Returns the new primary's address.
+    pub async fn fail_over_redis(&self) -> Result<String> {
+        let dir = self.state_dir.redis();
+        let ports = self.state()?.redis_ports();
+        let redis = LocalRedis::running(&dir, &ports)
+            .context("the stack's local Redis is not running: run `up --local` again")?;
+        let port = tokio::task::spawn_blocking(move || redis.fail_over()).await??;
+        Ok(format!("127.0.0.1:{port}"))
     }
 
     fn fresh_status(&self) -> Result<Option<super::state::Status>> {
