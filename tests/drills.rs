@@ -11,7 +11,7 @@ use support::{DestroyLocal, TestStack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_instance_replaces_an_instance_and_loses_no_acknowledged_message() {
-    let stack = TestStack::local("drill", "  drain_seconds: 4\n").await;
+    let stack = TestStack::local("drill", 4, "").await;
     let _destroy = DestroyLocal(&stack);
     let outputs = stack.up_local().await;
     let before = support::instance_ids(&outputs);
@@ -28,7 +28,7 @@ async fn drill_instance_replaces_an_instance_and_loses_no_acknowledged_message()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_redis_fails_over_to_the_replica_and_loses_no_acknowledged_message() {
-    let stack = TestStack::local("rdrill", "  drain_seconds: 4\n").await;
+    let stack = TestStack::local("rdrill", 4, "").await;
     let _destroy = DestroyLocal(&stack);
     stack.up_local().await;
 

@@ -437,7 +437,7 @@ fn assert_exactly_once(scenario: &str, records: &[Record]) {
 
 /// A stack of `count` instances with a short drain, for `up --local`.
 async fn local_stack(prefix: &str, count: u32) -> TestStack {
-    let stack = TestStack::local(prefix, &format!("  drain_seconds: {DRAIN_SECONDS}\n")).await;
+    let stack = TestStack::local(prefix, DRAIN_SECONDS, "").await;
     stack.edit("  count: 2\n", &format!("  count: {count}\n"));
     stack
 }

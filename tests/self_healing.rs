@@ -39,8 +39,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn self_healing_stack(prefix: &str) -> TestStack {
-    let instances = format!("  drain_seconds: 4\n  health_timeout_seconds: {GRACE}\n");
-    TestStack::local(prefix, &instances).await
+    TestStack::local(prefix, 4, &format!("  health_timeout_seconds: {GRACE}\n")).await
 }
 
 fn status(stack: &TestStack) -> Value {

@@ -1418,8 +1418,8 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
         .and_then(|a| a.value());
     assert_eq!(
         delay,
-        Some("35"),
-        "deregistration delay: the server's drain and the 5 s it takes to start"
+        Some("10"),
+        "deregistration delay: the server's drain (5 s here) and the 5 s it takes to start"
     );
     let health = elbv2
         .describe_target_health()

@@ -81,10 +81,19 @@ impl Environment {
         refuse_aws_flags(aws)?;
         let state_dir = StateDir::of(repository(), &spec.name);
         dev_key::resolve(&mut spec, &state_dir, false)?;
-        Ok(match localstack("status").await? {
-            Some(endpoint) => Some(Self::connect(file, spec, aws, &endpoint, changes).await),
-            None => None,
-        })
+        // Its health check answers slowly on a loaded machine: asked three times, a second
+        // apart, before LocalStack counts as not running.
+        for attempt in 0..3 {
+            if let Some(endpoint) = localstack("status").await? {
+                return Ok(Some(
+                    Self::connect(file, spec, aws, &endpoint, changes).await,
+                ));
+            }
+            if attempt < 2 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Ok(None)
     }
 
     /// Stops what runs on this machine for the stack in `file` - the emulator (and with it

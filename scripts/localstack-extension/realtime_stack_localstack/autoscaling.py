@@ -109,8 +109,9 @@ def serving(group):
 
 def launch_balanced(group, count, propagated_tags, cause=None):
     """Launches `count` instances one at a time, each into the subnet whose zone has the
-    fewest of the group's serving instances (ties: the subnet listed first), from the
-    launch template version the group names, with everything that version sets."""
+    fewest of the group's serving instances, from the launch template version the group
+    names, with everything that version sets. AWS does not document which of tied zones
+    it picks: here they take turns."""
     subnets = group.vpc_zone_identifier.split(",") if group.vpc_zone_identifier else []
     if not subnets or group.ec2_launch_template is None:
         return ORIGINAL_LAUNCH(group, count, propagated_tags)
@@ -130,7 +131,12 @@ def launch_balanced(group, count, propagated_tags, cause=None):
         per_zone = {}
         for state in serving(group):
             per_zone[state.instance.availability_zone] = per_zone.get(state.instance.availability_zone, 0) + 1
-        subnet = min(subnets, key=lambda s: (per_zone.get(zone_of(group, s), 0), subnets.index(s)))
+        turn = getattr(group, "realtime_stack_turn", 0)
+        group.realtime_stack_turn = turn + 1
+        subnet = min(
+            subnets,
+            key=lambda s: (per_zone.get(zone_of(group, s), 0), (subnets.index(s) - turn) % len(subnets)),
+        )
         reservation = group.ec2_backend.run_instances(
             version.image_id,
             1,
