@@ -7,7 +7,9 @@
 # endpoint - with no credentials: the bucket policy admits requests that come through
 # the stack's endpoint - checks its SHA-256, writes a sandboxed systemd unit for it and
 # (re)starts it. A failed attempt is logged to the console and retried with capped
-# backoff, never abandoned: an instance heals on its own once the cause is gone.
+# backoff, never abandoned: an instance heals on its own once the cause is gone. Then it
+# watches for the Auto Scaling group taking the instance out of service, and drains the
+# chat-server as soon as it does.
 # Nothing in here is secret.
 set -u
 
@@ -199,3 +201,25 @@ until attempt; do
   [ "$pause" -le "$MAX_PAUSE" ] || pause=$MAX_PAUSE
 done
 log "chat-server started (attempt $number)"
+
+# Amazon EC2 Auto Scaling says through the instance metadata when it takes this instance
+# out of service (a roll, a scale in, a replacement): the target lifecycle state turns
+# Terminated as the load balancer starts draining it, before the instance is terminated
+# (https://docs.aws.amazon.com/autoscaling/ec2/userguide/retrieving-target-lifecycle-state-through-imds.html).
+# The chat-server's drain starts then, inside the deregistration delay, and not at the
+# shutdown after it, when the load balancer has cut its connections. Outside a group the
+# item does not exist, and this only waits.
+while :; do
+  if [ "$(imds autoscaling/target-lifecycle-state 2>/dev/null)" = Terminated ]; then
+    log "Auto Scaling is taking this instance out of service: draining the chat-server in 3s"
+    # The load balancer stops sending new connections to the deregistered instance within
+    # seconds: the clients the drain closes reconnect to the others. The target group's
+    # deregistration delay has these seconds on top of the drain (DRAIN_START_SECONDS).
+    sleep 3
+    # RTS_STOP_TIMEOUT: what the unit's TimeoutStopSec is to the local service manager.
+    RTS_STOP_TIMEOUT=$((DRAIN_SECONDS + 15)) "$SYSTEMCTL" stop chat-server.service
+    log "chat-server drained and stopped"
+    break
+  fi
+  sleep 1
+done

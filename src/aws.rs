@@ -76,6 +76,7 @@ pub struct Clients {
     pub elbv2: aws_sdk_elasticloadbalancingv2::Client,
     pub elasticache: aws_sdk_elasticache::Client,
     pub acm: aws_sdk_acm::Client,
+    pub autoscaling: aws_sdk_autoscaling::Client,
     pub route53: aws_sdk_route53::Client,
     pub s3: aws_sdk_s3::Client,
     pub sts: aws_sdk_sts::Client,
@@ -115,6 +116,11 @@ impl Clients {
             ),
             acm: aws_sdk_acm::Client::from_conf(
                 aws_sdk_acm::config::Builder::from(config)
+                    .interceptor(calls.clone())
+                    .build(),
+            ),
+            autoscaling: aws_sdk_autoscaling::Client::from_conf(
+                aws_sdk_autoscaling::config::Builder::from(config)
                     .interceptor(calls.clone())
                     .build(),
             ),
@@ -319,17 +325,6 @@ pub const EC2_NEW: NotYet = NotYet {
     limit: Duration::from_secs(5 * 60),
     advice: "it was deleted meanwhile, or EC2 is having trouble in this region: run `up` \
              again, which finds or re-creates it",
-};
-
-/// New instances registered with the target group: the load balancer learns of them
-/// from EC2 with the same delay (`InvalidTarget`, retried by terraform-provider-aws's
-/// target group attachment, hashicorp/terraform-provider-aws#8537).
-pub const ELB_NEW_TARGET: NotYet = NotYet {
-    codes: &["InvalidTarget"],
-    with_message: &[],
-    limit: Duration::from_secs(5 * 60),
-    advice: "the instance stopped or was terminated meanwhile: its console output \
-             (`realtime-stack logs`) may say why; run `up` again to replace it",
 };
 
 /// A certificate ACM has just issued, put on a listener: for a while the load balancer

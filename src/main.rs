@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use realtime_stack::aws::AwsArgs;
-use realtime_stack::commands::{chat, destroy, logs, plan, policy, status, token, up};
+use realtime_stack::commands::{chat, destroy, drill, logs, plan, policy, status, token, up};
 use realtime_stack::local::emulator;
 use realtime_stack::spec::SpecError;
 
@@ -46,6 +46,9 @@ enum Command {
     Token(token::TokenArgs),
     /// Use the chat's server API: post, read history, delete a message, kick or ban a user
     Chat(chat::ChatArgs),
+    /// Prove resilience on the live stack: terminate an instance, or fail Redis over,
+    /// while a client keeps chatting, and report what it saw
+    Drill(drill::DrillArgs),
     /// Runs the local emulator of a stack (started by `up --local`)
     #[command(name = "local-emulator", hide = true)]
     LocalEmulator(emulator::EmulatorArgs),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
             Command::Destroy(args) => done(destroy::run(&cli.file, &cli.aws, args).await),
             Command::Token(args) => done(token::run(&cli.file, args)),
             Command::Chat(args) => done(chat::run(&cli.file, args).await),
+            Command::Drill(args) => done(drill::run(&cli.file, &cli.aws, args).await),
             Command::LocalEmulator(args) => done(emulator::run(args.clone()).await),
         }
     });

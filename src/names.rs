@@ -14,6 +14,8 @@ pub const BINARY_TAG: &str = "realtime-stack:binary-sha256";
 pub const AMI_TAG: &str = "realtime-stack:ami";
 pub const INSTANCE_TYPE_TAG: &str = "realtime-stack:instance-type";
 pub const BOOT_TAG: &str = "realtime-stack:boot-sha256";
+/// On burstable instances: their CPU credit option, `standard` or `unlimited`.
+pub const CPU_CREDITS_TAG: &str = "realtime-stack:cpu-credits";
 /// On instances: the Redis primary endpoint (`host:port`), read by their user-data from
 /// instance metadata. Written once the replication group is available.
 pub const REDIS_ENDPOINT_TAG: &str = "realtime-stack:redis-endpoint";
@@ -56,6 +58,21 @@ impl Names {
 
     pub fn cache_subnet_group(&self) -> String {
         self.name("cache")
+    }
+
+    /// What each instance is launched from. (EC2: 3 to 128 of `a-zA-Z0-9().-/_`.)
+    pub fn launch_template(&self) -> String {
+        self.name("instance")
+    }
+
+    /// The Auto Scaling group that keeps the instances. (1 to 255 characters.)
+    pub fn auto_scaling_group(&self) -> String {
+        self.name("instances")
+    }
+
+    /// The group's target-tracking scaling policy. (1 to 255 characters.)
+    pub fn scaling_policy(&self) -> String {
+        self.name("cpu-target")
     }
 
     /// Bucket names are global: the account and region keep two stacks of the same name
@@ -101,6 +118,8 @@ mod tests {
         assert_eq!(names.load_balancer(), "chat-alb");
         assert_eq!(names.target_group(), "chat-tg");
         assert_eq!(names.replication_group(), "chat-redis");
+        assert_eq!(names.launch_template(), "chat-instance");
+        assert_eq!(names.auto_scaling_group(), "chat-instances");
         assert_eq!(
             names.bucket("123456789012", "eu-west-1"),
             "chat-artifacts-123456789012-eu-west-1"

@@ -9,6 +9,7 @@ use std::future::Future;
 
 use anyhow::Result;
 
+use crate::canary::Endpoint;
 use crate::deploy::Health;
 use crate::stack::Stack;
 use crate::{instances, load_balancer};
@@ -29,6 +30,9 @@ pub trait Platform {
     ) -> impl Future<Output = Result<String>>;
     /// Where users reach the service.
     fn url(&self, stack: &Stack) -> String;
+    /// Where the canary reaches the chat from this machine, behind the load balancer
+    /// `load_balancer_dns`.
+    fn chat_endpoint(&self, stack: &Stack, load_balancer_dns: &str) -> Endpoint;
 }
 
 /// The stack on AWS (or on what stands for it at the configured endpoint).
@@ -49,5 +53,16 @@ impl Platform for Aws {
 
     fn url(&self, stack: &Stack) -> String {
         format!("https://{}/", stack.spec.domain.name)
+    }
+
+    /// The load balancer's own name with the domain as the TLS server name: a resolver's
+    /// negative cache of the new alias record does not matter.
+    fn chat_endpoint(&self, stack: &Stack, load_balancer_dns: &str) -> Endpoint {
+        let allowed = &stack.spec.network.allowed_cidrs;
+        Endpoint {
+            url: format!("wss://{}/ws", stack.spec.domain.name),
+            connect: Some((load_balancer_dns.to_owned(), 443)),
+            allowed: (!allowed.iter().any(|cidr| cidr == "0.0.0.0/0")).then(|| allowed.clone()),
+        }
     }
 }

@@ -1,9 +1,9 @@
 //! The least-privilege IAM policy of a deployer of one stack: every action `up`, `plan`,
 //! `status`, `logs` and `destroy` need, and no other; scoped to the stack's resources by
-//! name where the service's ARNs carry it (load balancer, target group, Redis, buckets),
-//! by the stack's tag where they do not (EC2, certificates), to the stack's hosted zone
-//! and domain for DNS changes, to the stack's instance type and image for launches.
-//! Describe and List calls that IAM cannot scope get `*`.
+//! name where the service's ARNs carry it (load balancer, target group, Redis, buckets,
+//! Auto Scaling group), by the stack's tag where they do not (EC2, certificates), to the
+//! stack's hosted zone and domain for DNS changes, to the stack's instance type and image
+//! for launches. Describe and List calls that IAM cannot scope get `*`.
 //!
 //! It has to be a document IAM accepts: a managed policy holds at most 6 144 characters
 //! without whitespace (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html>).
@@ -39,7 +39,7 @@ pub struct Scope<'a> {
 
 /// The EC2 resource types the stack creates, each tagged at creation. Instances are
 /// [`launch`]'s, which also holds them to the stack's instance type.
-const EC2_TAGGED_ON_CREATE: [&str; 7] = [
+const EC2_TAGGED_ON_CREATE: [&str; 8] = [
     "vpc",
     "subnet",
     "internet-gateway",
@@ -47,10 +47,13 @@ const EC2_TAGGED_ON_CREATE: [&str; 7] = [
     "security-group",
     "vpc-endpoint",
     "volume",
+    "launch-template",
 ];
 
-/// The EC2 calls that create a resource with the stack's tags.
-const EC2_CREATE: [&str; 7] = [
+/// The EC2 calls that create a resource with the stack's tags. (RunInstances is the
+/// Auto Scaling group's, checked against the deployer when the group is created or
+/// updated with the launch template.)
+const EC2_CREATE: [&str; 8] = [
     "ec2:CreateVpc",
     "ec2:CreateSubnet",
     "ec2:CreateInternetGateway",
@@ -58,6 +61,7 @@ const EC2_CREATE: [&str; 7] = [
     "ec2:CreateSecurityGroup",
     "ec2:CreateVpcEndpoint",
     "ec2:RunInstances",
+    "ec2:CreateLaunchTemplate",
 ];
 
 /// The policy as documents IAM accepts as managed policies: one when it fits, which it
@@ -125,6 +129,10 @@ pub fn document(scope: &Scope) -> Value {
             Some(json!({ "StringEquals": { "ec2:Owner": "amazon" } })),
         ),
     };
+    let group = format!(
+        "arn:aws:autoscaling:{region}:{account}:autoScalingGroup:*:autoScalingGroupName/{}",
+        names.auto_scaling_group()
+    );
     let statements = vec![
         // Reads IAM cannot scope, or that show nothing secret.
         statement(
@@ -132,6 +140,7 @@ pub fn document(scope: &Scope) -> Value {
                 "ec2:Describe*",
                 "elasticloadbalancing:Describe*",
                 "elasticache:Describe*",
+                "autoscaling:Describe*",
                 "acm:Describe*",
                 "acm:List*",
                 "route53:Get*",
@@ -170,8 +179,8 @@ pub fn document(scope: &Scope) -> Value {
                 .collect::<Vec<_>>() } })),
         ),
         // ...and existing ones are touched only when they carry the tag: each pattern
-        // names a family of calls on the stack's own gateways, route tables, groups and
-        // endpoints.
+        // names a family of calls on the stack's own gateways, route tables, groups,
+        // endpoints and launch template.
         statement(
             &[
                 "ec2:*InternetGateway",
@@ -179,6 +188,7 @@ pub fn document(scope: &Scope) -> Value {
                 "ec2:*Route",
                 "ec2:*SecurityGroup*",
                 "ec2:*VpcEndpoint*",
+                "ec2:*LaunchTemplate*",
                 "ec2:CreateSubnet",
                 "ec2:DeleteSubnet",
                 "ec2:ModifyVpcAttribute",
@@ -214,6 +224,22 @@ pub fn document(scope: &Scope) -> Value {
             None,
         ),
         image,
+        // The group is the stack's by name: Auto Scaling group names are unique per
+        // account and region, so its ARN is scope enough (a tag condition would cost each
+        // call's statement its own copy of the ARN, and the policy its size limit). `up`
+        // still touches a group of that name only when it carries the stack's tag.
+        statement(
+            &[
+                "autoscaling:*AutoScalingGroup",
+                "autoscaling:AttachLoadBalancerTargetGroups",
+                "autoscaling:ResumeProcesses",
+                "autoscaling:CreateOrUpdateTags",
+                "autoscaling:PutScalingPolicy",
+                "autoscaling:DeletePolicy",
+            ],
+            json!(group),
+            None,
+        ),
         // The load balancer and its target group are the stack's by name: everything
         // under them (listeners and their rules) is too.
         statement(
@@ -239,6 +265,7 @@ pub fn document(scope: &Scope) -> Value {
                 "elasticache:*ReplicationGroup*",
                 "elasticache:*ReplicaCount",
                 "elasticache:*TagsToResource",
+                "elasticache:TestFailover",
                 "elasticache:ListTagsForResource",
             ],
             json!([
@@ -305,14 +332,15 @@ pub fn document(scope: &Scope) -> Value {
             json!(format!("arn:aws:s3:::{logs_bucket}/*")),
             None,
         ),
-        // The first load balancer and the first Redis of an account create their
+        // The first load balancer, Redis and Auto Scaling group of an account create their
         // service's role.
         statement(
             &["iam:CreateServiceLinkedRole"],
             json!(format!("arn:aws:iam::{account}:role/aws-service-role/*")),
             Some(json!({ "StringEquals": { "iam:AWSServiceName": [
                 "elasticloadbalancing.amazonaws.com",
-                "elasticache.amazonaws.com"
+                "elasticache.amazonaws.com",
+                "autoscaling.amazonaws.com"
             ] } })),
         ),
     ];
@@ -376,6 +404,7 @@ pub fn iam_action(call: &str) -> Option<String> {
         "Elastic Load Balancing v2" => "elasticloadbalancing",
         "ElastiCache" => "elasticache",
         "ACM" => "acm",
+        "Auto Scaling" => "autoscaling",
         "Route 53" => "route53",
         "S3" => return s3_action(operation).map(|action| format!("s3:{action}")),
         _ => return None,

@@ -43,6 +43,13 @@ const DEFAULT_APP_PORT: u16 = 8080;
 /// Matches the chat server's own drain period, so the target group deregisters an instance
 /// exactly as long as the server keeps serving its open connections.
 const DEFAULT_DRAIN_SECONDS: u32 = 30;
+/// How long after the group deregisters an instance its server starts draining: the boot
+/// service reads the instance's target lifecycle state every second, then gives the load
+/// balancer 3 s to stop sending it new connections; one more for slack. The target
+/// group's deregistration delay is the drain and this.
+pub const DRAIN_START_SECONDS: u32 = 5;
+/// The longest deregistration delay a target group takes.
+const MAX_DEREGISTRATION_DELAY: u32 = 3600;
 /// Instances replaced at a time in a rolling deploy.
 const DEFAULT_BATCH_SIZE: u32 = 1;
 /// From launch to healthy: the boot (image, binary download) plus the health checks.
@@ -135,8 +142,14 @@ const ROOT_KEYS: &[&str] = &[
     "load_balancer",
     "redis",
     "chat",
+    "scaling",
     "tags",
 ];
+const SCALING_KEYS: &[&str] = &["min", "max", "cpu_target_percent"];
+/// What a target-tracking policy keeps the group's average CPU at, by default.
+const DEFAULT_CPU_TARGET: u32 = 50;
+/// The most instances a stack runs (instances.count, scaling.max).
+const MAX_INSTANCES: i64 = 20;
 const DOMAIN_KEYS: &[&str] = &["name", "hosted_zone"];
 const NETWORK_KEYS: &[&str] = &["cidr", "allowed_cidrs"];
 const INSTANCES_KEYS: &[&str] = &[
@@ -148,7 +161,15 @@ const INSTANCES_KEYS: &[&str] = &[
     "drain_seconds",
     "batch_size",
     "health_timeout_seconds",
+    "cpu_credits",
 ];
+/// `instances.ami`'s value that follows every Amazon Linux 2023 release.
+pub const LATEST_AMI: &str = "latest";
+/// The CPU credit options of burstable instance types (RunInstances, CreditSpecification).
+const CPU_CREDITS: &[&str] = &["standard", "unlimited"];
+/// Not AWS's default for T3, T3a and T4g (`unlimited`), which bills surplus credits without
+/// telling anyone: a chat that spins at 100 % is slowed to its baseline instead.
+const DEFAULT_CPU_CREDITS: &str = "standard";
 const LOAD_BALANCER_KEYS: &[&str] = &[
     "idle_timeout_seconds",
     "health_check_interval_seconds",
@@ -234,6 +255,8 @@ pub struct StackSpec {
     pub redis: RedisSpec,
     /// The chat server's own settings.
     pub chat: ChatSpec,
+    /// Capacity that follows load: `None` keeps `instances.count` instances.
+    pub scaling: Option<ScalingSpec>,
     /// Extra tags for every resource.
     pub tags: BTreeMap<String, String>,
 }
@@ -266,7 +289,9 @@ pub struct NetworkSpec {
 pub struct InstancesSpec {
     pub count: u32,
     pub instance_type: String,
-    /// `None`: the latest Amazon Linux 2023.
+    /// `None`: Amazon Linux 2023, the image the instances run kept until `up
+    /// --update-image`; [`LATEST_AMI`]: the newest Amazon Linux 2023 at every `up`; else
+    /// an AMI id.
     pub ami: Option<String>,
     /// A prebuilt chat-server binary; `None`: build it with `cargo build --release -p
     /// chat-server`. Resolved against the stack file's directory by [`StackSpec::load`];
@@ -278,6 +303,15 @@ pub struct InstancesSpec {
     pub batch_size: u32,
     /// How long an instance may take from launch to healthy before `up` gives up on it.
     pub health_timeout_seconds: u32,
+    /// `standard` or `unlimited` for burstable types (t2, t3, t3a, t4g); `None` for the
+    /// others, which have no CPU credits.
+    pub cpu_credits: Option<String>,
+}
+
+/// Whether instances of `instance_type` earn and spend CPU credits (T2, T3, T3a, T4g).
+pub fn is_burstable(instance_type: &str) -> bool {
+    let family = instance_type.split('.').next().unwrap_or_default();
+    family.len() > 1 && family.starts_with('t') && family[1..2].bytes().all(|b| b.is_ascii_digit())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +345,16 @@ pub struct RedisSpec {
     pub engine_version: Option<String>,
     /// Days of automatic backups ElastiCache keeps; 0 turns them off.
     pub snapshot_retention_days: u32,
+}
+
+/// The Auto Scaling group's own scaling: a target-tracking policy on the group's average
+/// CPU (`ASGAverageCPUUtilization`, which needs no agent on the instances), between `min`
+/// and `max` instances. `instances.count` is then the size the group starts at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalingSpec {
+    pub min: u32,
+    pub max: u32,
+    pub cpu_target_percent: u32,
 }
 
 /// The chat server's settings.

@@ -107,6 +107,7 @@ pub mod testing {
             elbv2: mock_client!(aws_sdk_elasticloadbalancingv2, []),
             elasticache: mock_client!(aws_sdk_elasticache, []),
             acm: mock_client!(aws_sdk_acm, []),
+            autoscaling: mock_client!(aws_sdk_autoscaling, []),
             route53: mock_client!(aws_sdk_route53, []),
             s3: mock_client!(aws_sdk_s3, []),
             sts: mock_client!(aws_sdk_sts, []),

@@ -158,6 +158,7 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
     let work = tempfile::tempdir().unwrap();
     let redis = RedisGuard(LocalRedis::start(&work.path().join("redis")).unwrap());
     let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let autoscaling = aws_sdk_autoscaling::Client::new(&aws);
     let sandbox = |label: &str| -> PathBuf { work.path().join(label) };
 
     // The user-data carries nothing secret: no signed link, no credentials. The binary
@@ -180,6 +181,7 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
         let instance = ServerGuard(
             LocalInstance::boot(
                 &ec2,
+                &autoscaling,
                 id,
                 &sandbox(&format!("instance-{index}")),
                 &settings(&redis.0),
@@ -270,9 +272,15 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
         .await
         .expect("overwriting the artifact");
     let tampered = ServerGuard(
-        LocalInstance::boot(&ec2, &ids[0], &sandbox("tampered"), &settings(&redis.0))
-            .await
-            .unwrap_or_else(|err| panic!("{err:#}")),
+        LocalInstance::boot(
+            &ec2,
+            &autoscaling,
+            &ids[0],
+            &sandbox("tampered"),
+            &settings(&redis.0),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}")),
     );
     wait_for_console(
         &tampered.0,
@@ -313,9 +321,15 @@ async fn instances_boot_from_their_user_data_and_chat_through_redis() {
         .await
         .expect("DeleteTags");
     let untagged = ServerGuard(
-        LocalInstance::boot(&ec2, &ids[1], &sandbox("untagged"), &settings(&redis.0))
-            .await
-            .unwrap_or_else(|err| panic!("{err:#}")),
+        LocalInstance::boot(
+            &ec2,
+            &autoscaling,
+            &ids[1],
+            &sandbox("untagged"),
+            &settings(&redis.0),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{err:#}")),
     );
     wait_for_console(
         &untagged.0,
@@ -392,6 +406,16 @@ async fn up_local_boots_the_instances_here_behind_one_url_and_destroy_local_stop
         .unwrap_or_else(|| panic!("{url} is not http://127.0.0.1:<port>/"));
     let ids = support::instance_ids(&outputs);
     assert_eq!(ids.len(), 2);
+    // `up` ended with the canary: a message across the two instances, through the URL.
+    let canary = &outputs["canary"];
+    assert_eq!(canary["result"], "verified", "{outputs:#}");
+    assert_ne!(canary["from"], canary["to"]);
+    assert!(canary["millis"].as_u64().is_some());
+    let checked = String::from_utf8(stack.run(&["status", "--local", "--check"]).stdout).unwrap();
+    assert!(
+        checked.contains("canary         chat crosses instances: verified ("),
+        "{checked}"
+    );
 
     // What runs here for the stack, as its state directory records it.
     let state_dir = local::StateDir::of(local::repository(), &name);
@@ -470,6 +494,7 @@ async fn up_local_boots_the_instances_here_behind_one_url_and_destroy_local_stop
         if cli(&["ROLE"]).starts_with("master") {
             let mut logs: Vec<String> = cli(&["--scan", "--pattern", "chat:*:log"])
                 .lines()
+                .filter(|key| !key.contains(realtime_stack::canary::ROOM))
                 .map(str::to_owned)
                 .collect();
             logs.sort();

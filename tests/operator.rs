@@ -20,12 +20,18 @@ use support::TestStack;
 
 /// Actions the policy grants that no SDK call names: AWS checks them on the deployer's
 /// behalf inside another call.
-const CHECKED_INSIDE_OTHER_CALLS: [(&str, &str); 3] = [
+const CHECKED_INSIDE_OTHER_CALLS: [(&str, &str); 4] = [
     // https://docs.aws.amazon.com/elasticloadbalancing/latest/application/elb-service-linked-roles.html
     // https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/using-service-linked-roles.html
+    // https://docs.aws.amazon.com/autoscaling/ec2/userguide/autoscaling-service-linked-role.html
     (
         "iam:CreateServiceLinkedRole",
-        "the first load balancer or Redis of an account creates the service's role",
+        "the first load balancer, Redis or Auto Scaling group of an account creates the service's role",
+    ),
+    // https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-launch-template-permissions.html
+    (
+        "ec2:RunInstances",
+        "CreateAutoScalingGroup/UpdateAutoScalingGroup with a launch template: the caller must be allowed to launch from it",
     ),
     // https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_CreateLoadBalancer.html
     // ("you must have permission to use elasticloadbalancing:AddTags" to tag on create)
@@ -42,7 +48,23 @@ const CHECKED_INSIDE_OTHER_CALLS: [(&str, &str); 3] = [
 
 /// Calls `up` makes on AWS in situations this test cannot bring about on LocalStack:
 /// repairs of drift LocalStack cannot show, and waits it never needs.
-const NOT_CALLED_ON_LOCALSTACK: [(&str, &str); 11] = [
+const NOT_CALLED_ON_LOCALSTACK: [(&str, &str); 15] = [
+    (
+        "elasticache:TestFailover",
+        "`drill redis` on AWS: the tests run it with --local, where the local replica is promoted",
+    ),
+    (
+        "elasticloadbalancing:DeregisterTargets",
+        "retiring instances launched before the Auto Scaling group: the tests' stacks have none",
+    ),
+    (
+        "autoscaling:AttachLoadBalancerTargetGroups",
+        "the target group detached from the group by hand: moto cannot detach it",
+    ),
+    (
+        "autoscaling:ResumeProcesses",
+        "processes suspended by hand: the drift test does not suspend any",
+    ),
     (
         "elasticache:DescribeEvents",
         "why Redis creation failed: LocalStack's never fails",
@@ -429,8 +451,9 @@ async fn status_logs_and_a_policy_that_grants_exactly_what_the_cli_calls() {
     drift(&aws, &stack, &support::instance_ids(&outputs)[0]).await;
     let plan = stack.command(&["plan"]).output().unwrap();
     assert_eq!(plan.status.code(), Some(2), "plan sees the drift");
-    let yaml = std::fs::read_to_string(stack.file()).unwrap();
-    std::fs::write(stack.file(), yaml.replace("  count: 2\n", "  count: 1\n")).unwrap();
+    // A new build rolls through the group while the count goes down.
+    stack.rebuild();
+    stack.edit("  count: 2\n", "  count: 1\n");
     let repaired = stack.up();
     assert_eq!(support::instance_ids(&repaired).len(), 1);
     let after = stack.command(&["plan"]).output().unwrap();
@@ -440,6 +463,12 @@ async fn status_logs_and_a_policy_that_grants_exactly_what_the_cli_calls() {
         "up repaired every drift:\n{}",
         String::from_utf8_lossy(&after.stdout)
     );
+    // A scaling policy, and then none.
+    let scaling = "scaling:\n  min: 1\n  max: 2\n";
+    stack.edit("redis:\n", &format!("{scaling}redis:\n"));
+    stack.up();
+    stack.edit(scaling, "");
+    stack.up();
     stack.run(&["destroy", "--yes"]);
 
     let log = std::fs::read_to_string(&calls).expect("the CLI's call log");

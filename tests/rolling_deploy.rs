@@ -437,14 +437,8 @@ fn assert_exactly_once(scenario: &str, records: &[Record]) {
 
 /// A stack of `count` instances with a short drain, for `up --local`.
 async fn local_stack(prefix: &str, count: u32) -> TestStack {
-    support::localstack().await;
-    let suffix = support::unique_suffix();
-    let name = format!("{prefix}{}", &suffix[suffix.len() - 8..]);
-    let stack = TestStack::new(&name, &format!("{name}.example.test"));
-    stack.edit(
-        "  count: 2\n",
-        &format!("  count: {count}\n  drain_seconds: {DRAIN_SECONDS}\n"),
-    );
+    let stack = TestStack::local(prefix, DRAIN_SECONDS, "").await;
+    stack.edit("  count: 2\n", &format!("  count: {count}\n"));
     stack
 }
 

@@ -396,6 +396,105 @@ async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
     stack.run(&["destroy", "--yes"]);
 }
 
+/// `scaling`: `plan` shows the policy; `up` makes the group keep between `min` and `max`
+/// instances, with a target-tracking policy on the group's average CPU; a desired capacity
+/// the policy changed (here by hand, within min and max) is the policy's, not drift: the
+/// next `up` changes nothing and keeps every instance; without `scaling` the policy goes
+/// and the group is back to `instances.count`.
+#[tokio::test]
+async fn scaling_tracks_the_average_cpu_between_min_and_max_and_up_does_not_fight_it() {
+    let aws = support::localstack().await;
+    let (stack, _) = TestStack::with_zone(&aws, "c").await;
+    let name = stack.name.clone();
+    let group = format!("{name}-instances");
+    let scaling = "scaling:\n  min: 1\n  max: 3\n  cpu_target_percent: 40\n";
+    stack.edit("redis:\n", &format!("{scaling}redis:\n"));
+    let autoscaling = aws_sdk_autoscaling::Client::new(&aws);
+
+    let plan: Value = serde_json::from_slice(
+        &stack
+            .command(&["plan", "--output", "json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .expect("plan prints JSON");
+    assert!(
+        plan["changes"].as_array().unwrap().iter().any(|change| {
+            change["action"] == "create"
+                && change["resource"] == format!("scaling policy {name}-cpu-target")
+                && change["reason"] == "average CPU 40% between 1 and 3 instances"
+        }),
+        "{plan:#}"
+    );
+    let outputs = stack.up();
+    assert_eq!(
+        support::instance_ids(&outputs).len(),
+        2,
+        "it starts at instances.count"
+    );
+    let policies = autoscaling
+        .describe_policies()
+        .auto_scaling_group_name(&group)
+        .send()
+        .await
+        .unwrap();
+    let policy = &policies.scaling_policies()[0];
+    assert_eq!(policy.policy_type(), Some("TargetTrackingScaling"));
+    let tracking = policy.target_tracking_configuration().unwrap();
+    assert_eq!(tracking.target_value(), Some(40.0));
+    assert_eq!(
+        tracking
+            .predefined_metric_specification()
+            .and_then(|metric| metric.predefined_metric_type())
+            .map(|metric| metric.as_str()),
+        Some("ASGAverageCPUUtilization")
+    );
+    let size = || async {
+        let described = autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(&group)
+            .send()
+            .await
+            .unwrap();
+        let group = &described.auto_scaling_groups()[0];
+        (
+            group.min_size().unwrap(),
+            group.max_size().unwrap(),
+            group.desired_capacity().unwrap(),
+        )
+    };
+    assert_eq!(size().await, (1, 3, 2));
+
+    // The policy scales out.
+    autoscaling
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(&group)
+        .desired_capacity(3)
+        .send()
+        .await
+        .unwrap();
+    let again = stack.up();
+    assert_eq!(again["changes"], json!([]), "up does not fight the policy");
+    assert_eq!(support::instance_ids(&again).len(), 3);
+    assert_eq!(size().await, (1, 3, 3));
+
+    // No scaling: no policy, instances.count.
+    stack.edit(scaling, "");
+    let fixed = stack.up();
+    assert_eq!(support::instance_ids(&fixed).len(), 2);
+    assert_eq!(size().await, (2, 2, 2));
+    let policies = autoscaling
+        .describe_policies()
+        .auto_scaling_group_name(&group)
+        .send()
+        .await
+        .unwrap();
+    assert!(policies.scaling_policies().is_empty());
+
+    stack.run(&["destroy", "--yes"]);
+}
+
 /// `plan` says what `up` would do and does none of it: on a stack that does not exist,
 /// every resource to create and no AWS call that changes anything (LocalStack holds
 /// nothing afterwards), exit code 2; after `up`, nothing to do, exit code 0; after a
@@ -438,7 +537,8 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
         format!("load balancer {name}-alb"),
         "listener HTTPS:443".to_owned(),
         format!("certificate {}", stack.domain()),
-        "2 instance(s)".to_owned(),
+        format!("launch template {name}-instance"),
+        format!("auto scaling group {name}-instances"),
     ] {
         assert!(
             has(&changes, "create", &resource),
@@ -586,8 +686,8 @@ async fn up_killed_after_the_load_balancer() {
 }
 
 #[tokio::test]
-async fn up_killed_while_instances_launch() {
-    killed_at("EC2:RunInstances").await;
+async fn up_killed_as_the_auto_scaling_group_is_created() {
+    killed_at("Auto Scaling:CreateAutoScalingGroup").await;
 }
 
 #[tokio::test]
@@ -1390,8 +1490,8 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
         .and_then(|a| a.value());
     assert_eq!(
         delay,
-        Some("30"),
-        "deregistration delay matches the server's drain"
+        Some("10"),
+        "deregistration delay: the server's drain (5 s here) and the 5 s it takes to start"
     );
     let health = elbv2
         .describe_target_health()
@@ -1507,6 +1607,26 @@ async fn verify_nothing_left(aws: &SdkConfig, stack: &TestStack, zone_id: &str) 
         "instances left: {live_instances:?}"
     );
     assert!(left.is_empty(), "tagged EC2 resources left: {left:?}");
+    let groups = aws_sdk_autoscaling::Client::new(aws)
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(format!("{name}-instances"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        groups.auto_scaling_groups().is_empty(),
+        "the Auto Scaling group is left"
+    );
+    let templates = aws_sdk_ec2::Client::new(aws)
+        .describe_launch_templates()
+        .filters(stack_filter(name))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        templates.launch_templates().is_empty(),
+        "the launch template is left"
+    );
 
     let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(aws);
     gone(

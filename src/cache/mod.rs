@@ -534,3 +534,60 @@ async fn require_ours(stack: &Stack, arn: Option<&str>, what: &str) -> Result<()
     }
     bail!("ElastiCache does not show the tags of {what} yet: run `realtime-stack up` again")
 }
+
+/// The node that is the primary of the group's first node group now.
+fn primary_node(group: &ReplicationGroup) -> Option<String> {
+    group
+        .node_groups()
+        .first()?
+        .node_group_members()
+        .iter()
+        .find(|member| member.current_role() == Some("primary"))
+        .and_then(|member| member.cache_cluster_id())
+        .map(str::to_owned)
+}
+
+/// `drill redis` on AWS: TestFailover on the primary's node group (the first), then waits
+/// until the group is available again with another primary; returns the new primary node.
+/// ElastiCache promotes a replica and points the primary endpoint at it, as on a real
+/// failure (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_TestFailover.html>).
+pub async fn test_failover(stack: &Stack, step: &Step) -> Result<String> {
+    let id = stack.names.replication_group();
+    let elasticache = &stack.clients.elasticache;
+    let group = describe_group(elasticache, &id)
+        .await?
+        .with_context(|| format!("the stack has no replication group {id}: run `up` first"))?;
+    let node_group = group
+        .node_groups()
+        .first()
+        .and_then(|node_group| node_group.node_group_id())
+        .unwrap_or("0001")
+        .to_owned();
+    let before = primary_node(&group);
+    elasticache
+        .test_failover()
+        .replication_group_id(&id)
+        .node_group_id(&node_group)
+        .send()
+        .await
+        .call(format!(
+            "TestFailover {id} {node_group} (it needs redis.replicas 1 or more)"
+        ))?;
+    wait_for(
+        step,
+        stack.pace,
+        "the failover to end",
+        stack.pace.limit(Duration::from_secs(30 * 60)),
+        None,
+        || async {
+            let now = describe_group(elasticache, &id).await?;
+            Ok(now.and_then(|group| {
+                let primary = primary_node(&group);
+                (group.status() == Some("available") && primary != before)
+                    .then_some(primary)
+                    .flatten()
+            }))
+        },
+    )
+    .await
+}

@@ -961,3 +961,62 @@ async fn a_subnet_group_refused_for_another_reason_is_not_retried() {
     assert!(err.contains("not a valid identifier"), "{err}");
     assert_eq!(refused.num_calls(), 1);
 }
+
+/// `drill redis` on AWS: TestFailover on the primary's node group, then the group is
+/// `modifying` for minutes before it is `available` with another primary (AWS, "Testing
+/// automatic failover": <https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/AutoFailover.html>).
+/// The drill waits for both, and names the new primary.
+#[tokio::test(start_paused = true)]
+async fn a_test_failover_is_waited_for_until_another_node_is_the_primary() {
+    use aws_sdk_elasticache::operation::test_failover::TestFailoverOutput;
+    use aws_sdk_elasticache::types::NodeGroupMember;
+
+    let with_primary = |status: &'static str, primary: &'static str| {
+        move || {
+            let member = |id: &str, role: &str| {
+                NodeGroupMember::builder()
+                    .cache_cluster_id(id)
+                    .current_role(role)
+                    .build()
+            };
+            let replica = if primary == "chat-redis-001" {
+                "chat-redis-002"
+            } else {
+                "chat-redis-001"
+            };
+            described(
+                base(status)
+                    .node_groups(
+                        NodeGroup::builder()
+                            .node_group_id("0001")
+                            .node_group_members(member(primary, "primary"))
+                            .node_group_members(member(replica, "replica"))
+                            .build(),
+                    )
+                    .build(),
+            )
+        }
+    };
+    let described_rule = mock!(Client::describe_replication_groups)
+        .sequence()
+        .output(with_primary("available", "chat-redis-001"))
+        .output(with_primary("modifying", "chat-redis-001"))
+        .times(3)
+        .output(with_primary("modifying", "chat-redis-002"))
+        .output(with_primary("available", "chat-redis-002"))
+        .build();
+    let failover = mock!(Client::test_failover)
+        .match_requests(|request| {
+            request.replication_group_id() == Some("chat-redis")
+                && request.node_group_id() == Some("0001")
+        })
+        .then_output(|| TestFailoverOutput::builder().build());
+    let stack = testing::stack(mocked(&[&described_rule, &failover]));
+    let step = stack.progress.step("failover");
+
+    let primary = test_failover(&stack, &step).await.expect("failed over");
+
+    assert_eq!(primary, "chat-redis-002");
+    assert_eq!(failover.num_calls(), 1);
+    assert_eq!(described_rule.num_calls(), 6);
+}

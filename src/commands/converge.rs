@@ -12,7 +12,8 @@ use serde::Serialize;
 use super::preflight::Preflight;
 use crate::artifact;
 use crate::deploy::{self, Fleet, Pacing, Wanted};
-use crate::fleet::Ec2Fleet;
+use crate::fleet::GroupFleet;
+use crate::group::{self, template};
 use crate::instances::{self, Boot, Launch};
 use crate::platform::Platform;
 use crate::stack::Stack;
@@ -31,13 +32,18 @@ pub struct Outputs {
     pub artifact: String,
     /// The AWS calls of this run that changed something; empty when it was up to date.
     pub changes: Vec<String>,
+    /// The service proven from the outside, when `up` ran the canary.
+    pub canary: Option<crate::canary::Outcome>,
 }
 
 /// Builds what is missing, fixes what drifted and deploys the instances. Redis (the
 /// slowest on AWS) starts as soon as the network exists and overlaps with the
-/// certificate, the load balancer and the first instances, which boot while Redis is
-/// still being created. The deploy comes last: replacements roll once everything they
-/// need exists, and `up` ends only when every instance is healthy.
+/// certificate, the load balancer and the group's first instances, which boot while
+/// Redis is still being created: the group is tagged with Redis's endpoint once it
+/// exists (propagated to what it launches later) and so are the instances it already
+/// launched, whose boot service waits for that tag. The deploy comes last: replacements
+/// roll once everything they need exists, and `up` ends only when every instance is
+/// healthy.
 pub async fn converge(
     stack: &Stack,
     platform: &impl Platform,
@@ -48,7 +54,10 @@ pub async fn converge(
         network::ensure(stack, &preflight.zones, &bucket),
         artifact::ensure(stack, &preflight.account, &preflight.binary)
     )?;
-    artifact::ensure_access(stack, &artifact, &network.s3_endpoint).await?;
+    let (target_group_arn, ()) = try_join!(
+        load_balancer::ensure_target_group(stack, &network),
+        artifact::ensure_access(stack, &artifact, &network.s3_endpoint),
+    )?;
     let instances = &stack.spec.instances;
     let boot = Boot {
         artifact: &artifact,
@@ -61,29 +70,46 @@ pub async fn converge(
         auth: preflight.auth.as_ref(),
         chat: stack.spec.chat.settings,
     };
-    let mut launch = Launch::new(
-        &preflight.image,
+    let launch = Launch::new(
+        &preflight.image.image,
         &network,
         &boot,
         &preflight.binary.sha256,
         &instances.instance_type,
+        instances.cpu_credits.as_deref().unwrap_or_default(),
     )?;
-    let redis_and_first_instances = async {
+    let template = template::ensure(stack, &launch).await?;
+    let redis_and_instances = async {
+        let existing = cache::summary(stack)
+            .await?
+            .filter(|redis| redis.status == "available")
+            .and_then(|redis| redis.endpoint);
+        let wanted = group::Wanted {
+            template: &template,
+            subnets: &network.private_subnets,
+            target_group_arn: &target_group_arn,
+            redis_endpoint: existing.as_deref(),
+        };
         let (redis, ()) = try_join!(
             cache::ensure(
                 stack,
                 &network.private_subnets,
                 &network.redis_security_group
             ),
-            launch_missing(stack, &launch),
+            async {
+                group::ensure(stack, &wanted).await?;
+                group::scaling::ensure(stack).await
+            },
         )?;
         let endpoint = format!("{}:{}", redis.address, redis.port);
+        // The group first: what it launches from now on carries the tag.
+        group::ensure_redis_tag(stack, &endpoint).await?;
         instances::ensure_redis_tag(stack, &endpoint).await?;
         Ok::<_, anyhow::Error>(endpoint)
     };
     let load_balancer_and_certificate = async {
         let (load_balancer, certificate) = try_join!(
-            load_balancer::ensure(stack, &network, &preflight.account),
+            load_balancer::ensure(stack, &network, &target_group_arn, &preflight.account),
             certificate::ensure(stack, &preflight.zone),
         )?;
         load_balancer::ensure_https_listener(stack, &load_balancer, &certificate.arn).await?;
@@ -98,42 +124,46 @@ pub async fn converge(
         Ok::<_, anyhow::Error>((load_balancer, certificate))
     };
     let (redis_endpoint, (load_balancer, certificate)) =
-        try_join!(redis_and_first_instances, load_balancer_and_certificate)?;
+        try_join!(redis_and_instances, load_balancer_and_certificate)?;
     instances::ensure_metadata_options(stack).await?;
 
-    launch.redis_endpoint = Some(redis_endpoint.clone());
-    let fleet = Ec2Fleet {
+    let fleet = GroupFleet {
         stack,
         platform,
-        launch: &launch,
-        target_group_arn: &load_balancer.target_group_arn,
+        target_group_arn: &target_group_arn,
+        template: &template,
     };
     let wanted = Wanted {
-        count: instances.count as usize,
         batch: instances.batch_size as usize,
         fingerprint: launch.fingerprint.clone(),
         redis_endpoint: Some(redis_endpoint.clone()),
         health_timeout: Duration::from_secs(instances.health_timeout_seconds.into()),
     };
-    let rollout = deploy::plan(&fleet.members().await?, &wanted);
-    if stack.planning() {
+    let instance_ids = if stack.planning() {
+        // A group that does not exist yet has nothing to roll: its creation is shown.
+        let members = match group::describe(stack).await? {
+            Some(_) => fleet.members().await?,
+            None => Vec::new(),
+        };
+        let rollout = deploy::plan(&members, &wanted);
         for (action, resource, reason) in rollout.changes() {
             stack.make(action, resource, reason);
         }
-    }
-    let pacing = Pacing {
-        progress: &stack.progress,
-        pace: stack.pace,
-        health_timeout: wanted.health_timeout,
-        // The deregistration delay is the drain; the load balancer takes a little longer
-        // to report the targets gone.
-        drain_timeout: Duration::from_secs(u64::from(instances.drain_seconds) + 120),
-    };
-    let instance_ids = if stack.planning() {
-        rollout.keep.clone()
+        rollout.keep
     } else {
+        let rollout = deploy::plan(&fleet.members().await?, &wanted);
+        let pacing = Pacing {
+            progress: &stack.progress,
+            pace: stack.pace,
+            health_timeout: wanted.health_timeout,
+            // The deregistration delay is the drain; the group and the load balancer take
+            // a little longer to let the instances go.
+            drain_timeout: Duration::from_secs(u64::from(instances.drain_seconds) + 120),
+        };
         deploy::carry_out(&fleet, &rollout, &wanted, &pacing).await?
     };
+    group::settle_grace(stack).await?;
+    // The builds no instance runs go; what the group launches from is the one deployed.
     let running: BTreeSet<String> = instances::describe(stack)
         .await?
         .into_iter()
@@ -150,27 +180,6 @@ pub async fn converge(
         certificate_arn: certificate.arn,
         artifact: format!("s3://{}/{}", artifact.bucket, artifact.key),
         changes: stack.clients.calls.mutating(),
+        canary: None,
     })
-}
-
-/// Launches as many instances as the stack is short of `instances.count`, before Redis
-/// exists: they boot while it is created. What they run and how many to replace is the
-/// deploy's to decide, once everything else is in place.
-async fn launch_missing(stack: &Stack, launch: &Launch<'_>) -> Result<()> {
-    // `plan` shows the launches with the deploy's.
-    if stack.planning() {
-        return Ok(());
-    }
-    let live = instances::describe(stack).await?.len();
-    let missing = (stack.spec.instances.count as usize).saturating_sub(live);
-    if missing == 0 {
-        return Ok(());
-    }
-    let step = stack.progress.step(format!("{missing} new instance(s)"));
-    step.set("launching");
-    step.run(instances::launch(stack, launch, missing), |ids| {
-        ids.join(" ")
-    })
-    .await?;
-    Ok(())
 }

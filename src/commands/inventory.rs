@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use crate::engine::Deletable;
 use crate::stack::Stack;
-use crate::{artifact, cache, certificate, dns, instances, load_balancer, network};
+use crate::{artifact, cache, certificate, dns, group, instances, load_balancer, network};
 
 /// Every resource the stack owns, from every service at once.
 pub async fn discover(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Deletable>>> {
@@ -32,6 +32,7 @@ pub async fn discover(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Deleta
         Ok::<_, anyhow::Error>(certificates)
     };
     let found = futures::try_join!(
+        group::deletables(stack),
         instances::deletables(stack),
         load_balancer::deletables(stack, account),
         cache::deletables(stack),
@@ -39,6 +40,6 @@ pub async fn discover(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Deleta
         artifact::deletables(stack, account),
         network::deletables(stack),
     )?;
-    let (a, b, c, d, e, f) = found;
-    Ok([a, b, c, d, e, f].into_iter().flatten().collect())
+    let (a, b, c, d, e, f, g) = found;
+    Ok([a, b, c, d, e, f, g].into_iter().flatten().collect())
 }

@@ -4,6 +4,7 @@
 pub mod chat;
 mod converge;
 pub mod destroy;
+pub mod drill;
 mod inventory;
 pub mod logs;
 pub mod plan;
@@ -22,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 
 use crate::aws::{AwsArgs, Call};
+use crate::canary::{Endpoint, Outcome};
 use crate::deploy::Health;
 use crate::engine::{Changes, Progress};
 use crate::local::Environment;
@@ -101,6 +103,38 @@ impl Platform for Observed {
             Observed::Local(environment) => environment.url(stack),
         }
     }
+
+    fn chat_endpoint(&self, stack: &Stack, load_balancer_dns: &str) -> Endpoint {
+        match self {
+            Observed::Aws(_) => Aws.chat_endpoint(stack, load_balancer_dns),
+            Observed::Local(environment) => environment.chat_endpoint(stack, load_balancer_dns),
+        }
+    }
+}
+
+/// The canary ([`crate::canary`]) on the stack behind `load_balancer_dns`, serving
+/// `instances` instances, under a progress line. A stack with sign-in is skipped: the
+/// canary has no token to present.
+pub async fn canary(
+    stack: &Stack,
+    platform: &impl Platform,
+    load_balancer_dns: &str,
+    instances: usize,
+) -> Result<Outcome> {
+    if stack.spec.chat.auth.is_some() {
+        return Ok(Outcome::Skipped {
+            why: "chat.auth: the chat wants a signed token, which the canary does not have"
+                .to_owned(),
+        });
+    }
+    let endpoint = platform.chat_endpoint(stack, load_balancer_dns);
+    stack
+        .progress
+        .step("canary: a message across instances")
+        .run(crate::canary::run(&endpoint, instances), |outcome| {
+            outcome.to_string()
+        })
+        .await
 }
 
 /// The account the credentials belong to; fails early, with advice, when they do not

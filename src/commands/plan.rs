@@ -25,6 +25,9 @@ pub struct PlanArgs {
     /// Plan `up --local`: the stack in the LocalStack on this machine
     #[arg(long)]
     pub local: bool,
+    /// Plan `up --update-image`: the newest Amazon Linux 2023 image
+    #[arg(long)]
+    pub update_image: bool,
 }
 
 /// What `plan` prints.
@@ -33,6 +36,8 @@ pub struct Plan {
     pub stack: String,
     pub region: String,
     pub changes: Vec<Change>,
+    /// A newer Amazon Linux 2023 image than the one kept, which `--update-image` takes.
+    pub image_update: Option<String>,
     /// AWS calls of this run that could have changed something: always empty, since they
     /// are refused before they are sent; shown to prove it.
     pub mutating_calls: Vec<String>,
@@ -41,7 +46,7 @@ pub struct Plan {
 /// Prints the plan; returns whether `up` would change anything.
 pub async fn run(file: &Path, aws: &AwsArgs, args: &PlanArgs) -> Result<bool> {
     let observed = Observed::open(file, aws, args.local).await?;
-    let plan = plan_stack(observed.stack(), &observed).await?;
+    let plan = plan_stack(observed.stack(), &observed, args.update_image).await?;
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
         OutputFormat::Text => print_text(&plan),
@@ -49,8 +54,12 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &PlanArgs) -> Result<bool> {
     Ok(!plan.changes.is_empty())
 }
 
-async fn plan_stack(stack: &Stack, platform: &impl crate::platform::Platform) -> Result<Plan> {
-    let preflight = preflight(stack).await?;
+async fn plan_stack(
+    stack: &Stack,
+    platform: &impl crate::platform::Platform,
+    update_image: bool,
+) -> Result<Plan> {
+    let preflight = preflight(stack, update_image).await?;
     converge(stack, platform, &preflight).await?;
     let mut changes = stack.changes.recorded();
     // Independent branches record in no set order: show them in the order `up` builds.
@@ -59,6 +68,10 @@ async fn plan_stack(stack: &Stack, platform: &impl crate::platform::Platform) ->
         stack: stack.spec.name.clone(),
         region: stack.region.clone(),
         changes,
+        image_update: preflight
+            .image
+            .update
+            .map(|newer| format!("{} ({})", newer.id, newer.name)),
         mutating_calls: stack.clients.calls.mutating(),
     })
 }
@@ -66,7 +79,7 @@ async fn plan_stack(stack: &Stack, platform: &impl crate::platform::Platform) ->
 /// Where a resource comes in the order `up` builds the stack, by the kind its label
 /// starts with.
 fn build_order(resource: &str) -> usize {
-    const ORDER: [&str; 17] = [
+    const ORDER: [&str; 20] = [
         "vpc",
         "subnet",
         "internet gateway",
@@ -83,6 +96,9 @@ fn build_order(resource: &str) -> usize {
         "listener",
         "certificate",
         "dns",
+        "launch template",
+        "auto scaling group",
+        "scaling policy",
         "instance",
     ];
     ORDER
@@ -93,6 +109,12 @@ fn build_order(resource: &str) -> usize {
 }
 
 fn print_text(plan: &Plan) {
+    if let Some(newer) = &plan.image_update {
+        println!(
+            "note: a newer Amazon Linux 2023 image is available, {newer}: `up --update-image` \
+             would replace every instance to run it"
+        );
+    }
     if plan.changes.is_empty() {
         println!(
             "stack {} in {}: up would change nothing",

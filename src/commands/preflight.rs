@@ -2,14 +2,16 @@
 //! the hosted zone and the domain in it (free, or the stack's), the instance type and
 //! two zones that offer it, the chat-server binary (built here for the
 //! instance type's architecture unless given, and checked to run on Amazon Linux 2023),
-//! the machine image. `up` and `plan` start with it.
+//! the machine image (the one in use, unless asked for a newer one). `up` and `plan`
+//! start with it.
 
 use anyhow::Result;
 
 use crate::binary::{self, Binary, Linkage};
 use crate::dns::{self, HostedZone};
+use crate::group::template;
 use crate::identity::{self, ChatAuth};
-use crate::instances::{self, Image};
+use crate::instances::{self, ImageChoice};
 use crate::stack::Stack;
 use crate::{load_balancer, network};
 
@@ -20,14 +22,15 @@ pub struct Preflight {
     pub zones: [String; 2],
     pub zone: HostedZone,
     pub binary: Binary,
-    pub image: Image,
+    pub image: ImageChoice,
     /// Sign-in, when `chat.auth` asks for it: what the instances verify tokens with.
     pub auth: Option<ChatAuth>,
 }
 
 /// Everything that can fail before a resource is created: credentials, the hosted zone,
 /// the binary (built here unless given) and its match with the instance type.
-pub async fn preflight(stack: &Stack) -> Result<Preflight> {
+/// `update_image`: take the newest Amazon Linux 2023 rather than the one in use.
+pub async fn preflight(stack: &Stack, update_image: bool) -> Result<Preflight> {
     // A key still to be generated can only be `up --local`'s: refused before anything.
     let auth = identity::chat_auth(&stack.spec)?;
     let progress = &stack.progress;
@@ -106,10 +109,20 @@ pub async fn preflight(stack: &Stack) -> Result<Preflight> {
         .await?;
     let image = progress
         .step("machine image")
-        .run(instances::image(stack, architecture), |image| {
-            image.id.clone()
-        })
+        .run(
+            async {
+                let in_use = template::image_in_use(stack).await?;
+                instances::image(stack, architecture, in_use.as_deref(), update_image).await
+            },
+            |choice| format!("{} ({})", choice.image.id, choice.image.name),
+        )
         .await?;
+    if let Some(newer) = &image.update {
+        progress.note(&format!(
+            "a newer Amazon Linux 2023 image is available: {} ({}); the instances keep              {} until `up --update-image` rolls them onto it",
+            newer.id, newer.name, image.image.id
+        ));
+    }
     Ok(Preflight {
         account,
         zones,

@@ -1,22 +1,24 @@
 //! `realtime-stack status`: the stack as it is now, without changing anything - the
-//! URL, the load balancer, Redis, every instance with how the load balancer sees it
-//! (and the reason AWS gives) and what it runs, and every resource the stack owns.
+//! URL, the load balancer, Redis, the Auto Scaling group (its size and its recent scaling
+//! activities with their causes), every instance with how the load balancer sees it (and
+//! the reason AWS gives) and what it runs, and every resource the stack owns.
 
 use std::path::Path;
 use std::time::SystemTime;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
 use serde::Serialize;
 
 use super::{Observed, OutputFormat};
 use crate::aws::AwsArgs;
+use crate::canary::Outcome;
 use crate::deploy::{Health, short_hash};
 use crate::instances::{self, Described};
 use crate::platform::Platform;
 use crate::stack::Stack;
-use crate::{cache, load_balancer};
+use crate::{cache, group, load_balancer};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct StatusArgs {
@@ -26,6 +28,10 @@ pub struct StatusArgs {
     /// The stack of `up --local`, in the LocalStack on this machine
     #[arg(long)]
     pub local: bool,
+    /// Then run the canary: a message sent through the stack's URL on one instance must
+    /// arrive on another (exit code 1 when it does not)
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// What `status` prints.
@@ -36,11 +42,15 @@ pub struct Status {
     pub url: String,
     pub load_balancer: Option<load_balancer::Summary>,
     pub redis: Option<cache::Summary>,
+    /// The Auto Scaling group: its size and what it did lately, and why.
+    pub group: Option<group::Summary>,
     /// How many instances stack.yaml asks for.
     pub wanted_instances: u32,
     pub instances: Vec<InstanceStatus>,
     /// Every resource the stack owns, as `destroy` would list it.
     pub resources: Vec<String>,
+    /// The canary's outcome, with `--check`.
+    pub canary: Option<Outcome>,
 }
 
 /// One instance of the stack.
@@ -62,19 +72,40 @@ pub struct InstanceStatus {
 
 pub async fn run(file: &Path, aws: &AwsArgs, args: &StatusArgs) -> Result<()> {
     let observed = Observed::open(file, aws, args.local).await?;
-    let status = status(observed.stack(), &observed).await?;
-    match args.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        OutputFormat::Text => print_text(&status),
+    let mut status = status(observed.stack(), &observed).await?;
+    if args.check {
+        let dns_name = status
+            .load_balancer
+            .as_ref()
+            .map(|lb| lb.dns_name.clone())
+            .context("the stack has no load balancer: run `up` first")?;
+        let healthy = status.instances.iter().filter(|i| i.healthy).count();
+        let outcome = super::canary(observed.stack(), &observed, &dns_name, healthy).await;
+        status.canary = Some(match outcome {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                print(&status, args.output)?;
+                return Err(err);
+            }
+        });
+    }
+    print(&status, args.output)
+}
+
+fn print(status: &Status, output: OutputFormat) -> Result<()> {
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(status)?),
+        OutputFormat::Text => print_text(status),
     }
     Ok(())
 }
 
 async fn status(stack: &Stack, platform: &impl Platform) -> Result<Status> {
     let account = super::account(stack).await?;
-    let (load_balancer, redis, described, resources) = futures::try_join!(
+    let (load_balancer, redis, group, described, resources) = futures::try_join!(
         load_balancer::summary(stack),
         cache::summary(stack),
+        group::summary(stack),
         instances::describe(stack),
         super::inventory::discover(stack, &account),
     )?;
@@ -102,9 +133,11 @@ async fn status(stack: &Stack, platform: &impl Platform) -> Result<Status> {
         url: platform.url(stack),
         load_balancer,
         redis,
+        group,
         wanted_instances: stack.spec.instances.count,
         instances,
         resources: resources.iter().map(|resource| resource.label()).collect(),
+        canary: None,
     })
 }
 
@@ -157,6 +190,30 @@ fn print_text(status: &Status) {
         ),
         None => println!("  redis          none"),
     }
+    match &status.group {
+        Some(group) => {
+            println!(
+                "  group          {} desired {} (min {}, max {}), {} in service, grace period {} s",
+                group.name,
+                group.desired,
+                group.min,
+                group.max,
+                group.in_service,
+                group.grace_seconds
+            );
+            if let Some(policy) = &group.policy {
+                println!("    scaling policy: {policy}");
+            }
+            for activity in &group.activities {
+                println!(
+                    "    {} {}: {}",
+                    activity.started, activity.status, activity.description
+                );
+                println!("      {}", activity.cause);
+            }
+        }
+        None => println!("  group          none"),
+    }
     let healthy = status.instances.iter().filter(|i| i.healthy).count();
     println!(
         "  instances      {healthy} healthy of {} ({} wanted)",
@@ -181,6 +238,9 @@ fn print_text(status: &Status) {
             instance.ami,
             instance.instance_type
         );
+    }
+    if let Some(canary) = &status.canary {
+        println!("  canary         {canary}");
     }
     println!("  resources      {}", status.resources.len());
     for resource in &status.resources {

@@ -29,9 +29,8 @@ mod tests;
 
 use listeners::ensure_http_listener;
 pub use listeners::ensure_https_listener;
-use target_group::ensure_target_group;
 pub use target_group::{
-    deregister, deregistration_delay, owned_target_group, register, target_health,
+    deregister, deregistration_delay, ensure_target_group, owned_target_group, target_health,
 };
 pub use teardown::deletables;
 use teardown::ours_only;
@@ -114,13 +113,18 @@ pub(super) async fn find_load_balancer(
     Ok(Some((lb.clone(), is_ours(stack, arn).await?)))
 }
 
-/// The load balancer with its attributes, the target group with its health check and
-/// attributes, and the HTTP listener; the HTTPS one waits for the certificate
-/// ([`ensure_https_listener`]).
-pub async fn ensure(stack: &Stack, network: &Network, account: &str) -> Result<LoadBalancer> {
-    let ((arn, dns_name, canonical_hosted_zone_id), target_group_arn, logs) = try_join!(
+/// The load balancer with its attributes (and the bucket of its access logs) and the
+/// HTTP listener, in front of the target group made first ([`ensure_target_group`]: the
+/// Auto Scaling group is attached to it while the load balancer is still being created);
+/// the HTTPS listener waits for the certificate ([`ensure_https_listener`]).
+pub async fn ensure(
+    stack: &Stack,
+    network: &Network,
+    target_group_arn: &str,
+    account: &str,
+) -> Result<LoadBalancer> {
+    let ((arn, dns_name, canonical_hosted_zone_id), logs) = try_join!(
         ensure_load_balancer(stack, network),
-        ensure_target_group(stack, network),
         access_logs::ensure(stack, account),
     )?;
     // ELB refuses access logs into a bucket it cannot write yet: attributes come last.
@@ -132,7 +136,7 @@ pub async fn ensure(stack: &Stack, network: &Network, account: &str) -> Result<L
         arn,
         dns_name,
         canonical_hosted_zone_id,
-        target_group_arn,
+        target_group_arn: target_group_arn.to_owned(),
         http_listener_arn,
     })
 }

@@ -14,10 +14,11 @@ use super::{
     HEALTH_CHECK_PATH, HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD, describe, drifted, is_ours,
     not_ours, tags,
 };
-use crate::aws::{Call, ELB_NEW_TARGET, found, once_known};
+use crate::aws::{Call, found};
 use crate::deploy::Health;
 use crate::engine::{Action, Step, is_planned, planned_id};
 use crate::network::Network;
+use crate::spec::DRAIN_START_SECONDS;
 use crate::stack::Stack;
 
 /// The target group of the stack's name, and whether it is the stack's.
@@ -84,6 +85,12 @@ pub async fn deregistration_delay(stack: &Stack, target_group_arn: &str) -> Resu
 
 const DEREGISTRATION_DELAY: &str = "deregistration_delay.timeout_seconds";
 
+/// As long as the server keeps serving open connections after its drain starts, and the
+/// seconds the drain takes to start after the group deregisters the instance.
+fn deregistration_delay_seconds(stack: &Stack) -> u32 {
+    stack.spec.instances.drain_seconds + DRAIN_START_SECONDS
+}
+
 /// Whether the health check of `group` is the one wanted: `/healthz` on the traffic
 /// port, which answers 503 while the server drains or has lost Redis.
 fn health_check_matches(stack: &Stack, group: &TargetGroup) -> bool {
@@ -105,7 +112,8 @@ pub(super) fn matcher() -> Matcher {
     Matcher::builder().http_code("200").build()
 }
 
-pub(super) async fn ensure_target_group(stack: &Stack, network: &Network) -> Result<String> {
+/// The target group with its health check and attributes; returns its ARN.
+pub async fn ensure_target_group(stack: &Stack, network: &Network) -> Result<String> {
     let elbv2 = &stack.clients.elbv2;
     let name = stack.names.target_group();
     let port = i32::from(stack.spec.instances.app_port);
@@ -159,7 +167,7 @@ pub(super) async fn ensure_target_group(stack: &Stack, network: &Network) -> Res
                 let reason = format!(
                     "HTTP/1.1 to port {port}, health check GET {HEALTH_CHECK_PATH} every \
                      {interval} s, deregistration delay {} s",
-                    stack.spec.instances.drain_seconds
+                    deregistration_delay_seconds(stack)
                 );
                 if !stack.make(Action::Create, format!("target group {name}"), reason) {
                     return Ok(planned_id("target group"));
@@ -207,10 +215,9 @@ pub(super) async fn ensure_target_group(stack: &Stack, network: &Network) -> Res
 async fn ensure_target_group_attributes(stack: &Stack, step: &Step, arn: &str) -> Result<()> {
     let elbv2 = &stack.clients.elbv2;
     let wanted = [
-        // As long as the server keeps serving open connections after SIGTERM.
         (
             DEREGISTRATION_DELAY,
-            stack.spec.instances.drain_seconds.to_string(),
+            deregistration_delay_seconds(stack).to_string(),
         ),
         // Any instance serves any room: Redis fans messages out between them.
         ("stickiness.enabled", "false".to_owned()),
@@ -313,26 +320,6 @@ fn targets(stack: &Stack, ids: &[String]) -> Vec<TargetDescription> {
     ids.iter()
         .map(|id| TargetDescription::builder().id(id).port(port).build())
         .collect()
-}
-
-/// Registers `ids` with the target group on the app port.
-pub async fn register(stack: &Stack, target_group_arn: &str, ids: &[String]) -> Result<()> {
-    let call = format!(
-        "RegisterTargets {} {}",
-        stack.names.target_group(),
-        ids.join(" ")
-    );
-    once_known(stack.pace, &call, &ELB_NEW_TARGET, || {
-        stack
-            .clients
-            .elbv2
-            .register_targets()
-            .target_group_arn(target_group_arn)
-            .set_targets(Some(targets(stack, ids)))
-            .send()
-    })
-    .await?;
-    Ok(())
 }
 
 /// Deregisters `ids`: the load balancer sends them no new connections and keeps their open

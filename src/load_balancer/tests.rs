@@ -120,7 +120,7 @@ fn converged(stack_tag: &'static str) -> Vec<Rule> {
                     .build()
             };
             DescribeTargetGroupAttributesOutput::builder()
-                .attributes(attribute("deregistration_delay.timeout_seconds", "30"))
+                .attributes(attribute("deregistration_delay.timeout_seconds", "35"))
                 .attributes(attribute("stickiness.enabled", "false"))
                 .attributes(attribute("stickiness.type", "lb_cookie"))
                 .build()
@@ -335,7 +335,11 @@ async fn a_converged_load_balancer_is_left_alone_even_when_throttled() {
         .collect();
     let stack = stack_with(&rules);
 
-    let lb = ensure(&stack, &crate::network::example(), "1")
+    let network = crate::network::example();
+    let target_group = ensure_target_group(&stack, &network)
+        .await
+        .expect("target group");
+    let lb = ensure(&stack, &network, &target_group, "1")
         .await
         .expect("ensure");
     let https = ensure_https_listener(&stack, &lb, CERT)
@@ -404,7 +408,7 @@ async fn a_load_balancer_of_another_owner_is_neither_adopted_nor_deleted() {
         .collect();
     let stack = stack_with(&rules);
 
-    let error = ensure(&stack, &crate::network::example(), "1")
+    let error = ensure(&stack, &crate::network::example(), TG, "1")
         .await
         .unwrap_err()
         .to_string();
@@ -509,46 +513,6 @@ async fn the_https_listener_waits_until_elb_knows_the_new_certificate() {
     assert_eq!(https, format!("{LB}/https"));
     assert_eq!(create.num_calls(), 4);
     assert_eq!(metrics_rule.num_calls(), 1);
-}
-
-/// Instances registered as soon as EC2 says they run: the load balancer may not know
-/// them yet (`InvalidTarget`, retried by terraform-provider-aws since
-/// hashicorp/terraform-provider-aws#8537).
-#[tokio::test(start_paused = true)]
-async fn new_instances_are_registered_once_the_load_balancer_knows_them() {
-    use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
-    use aws_sdk_elasticloadbalancingv2::operation::register_targets::{
-        RegisterTargetsError, RegisterTargetsOutput,
-    };
-    use aws_sdk_elasticloadbalancingv2::types::error::InvalidTargetException;
-
-    let message = "The following targets are not in a running state and cannot be \
-                   registered: 'i-new1'";
-    let register_targets = mock!(Client::register_targets)
-        .sequence()
-        .error(move || {
-            RegisterTargetsError::InvalidTargetException(
-                InvalidTargetException::builder()
-                    .message(message)
-                    .meta(
-                        ErrorMetadata::builder()
-                            .code("InvalidTarget")
-                            .message(message)
-                            .build(),
-                    )
-                    .build(),
-            )
-        })
-        .times(2)
-        .output(|| RegisterTargetsOutput::builder().build())
-        .build();
-    let stack = stack_with(&[&register_targets]);
-
-    register(&stack, TG, &["i-new1".to_owned()])
-        .await
-        .expect("registered");
-
-    assert_eq!(register_targets.num_calls(), 3);
 }
 
 /// A first `up` creates the load balancer seconds after its subnets and security group:

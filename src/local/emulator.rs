@@ -10,6 +10,9 @@
 //!   targets with the group's own settings (path, interval, timeout, thresholds), proxies
 //!   one loopback port to the healthy ones ([`super::proxy`]), and keeps a deregistered
 //!   target's open connections for the deregistration delay before it cuts them.
+//! - The load balancer's part in the Auto Scaling group's health checks: a target found
+//!   unhealthy is reported to the group (SetInstanceHealth), which replaces it once its
+//!   grace period is over, as AWS does with the ELB health check type.
 //!
 //! Every round it writes what the load balancer sees to `status.json`, which the
 //! `--local` commands read where they would call DescribeTargetHealth on AWS.
@@ -58,6 +61,9 @@ struct Emulator {
     state_dir: StateDir,
     endpoint: String,
     redis: LocalRedis,
+    /// What the instances' Redis endpoint tag stands for here: the primary endpoint, or a
+    /// cluster's first server.
+    redis_address: String,
     /// Instances booted here, with the loopback port their server listens on.
     booted: Mutex<HashMap<String, (LocalInstance, u16)>>,
     targets: Arc<Targets>,
@@ -72,8 +78,28 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
     let redis = LocalRedis::running(&state_dir.redis(), &state.redis_ports())
         .context("the stack's local Redis is not running: run `up --local` again")?;
     let listener = bind_load_balancer(&mut state).await?;
+    // A cluster's clients start from any node; a group with cluster mode off is reached
+    // through its primary endpoint, which follows a failover.
+    let (redis_address, primary_endpoint) = if redis.is_cluster() {
+        (redis.address(), None)
+    } else {
+        let endpoint = bind_recorded(
+            &mut state.redis_endpoint_port,
+            "the local Redis's primary endpoint",
+        )
+        .await?;
+        let address = endpoint.local_addr()?.to_string();
+        (
+            address,
+            Some(tokio::spawn(super::endpoint::serve(
+                endpoint,
+                redis.clone(),
+            ))),
+        )
+    };
     state_dir.update(|recorded| {
         recorded.load_balancer_port = state.load_balancer_port;
+        recorded.redis_endpoint_port = state.redis_endpoint_port;
         recorded.emulator_pid = Some(std::process::id());
         Ok(())
     })?;
@@ -82,6 +108,7 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
         state_dir,
         endpoint: args.endpoint,
         redis,
+        redis_address,
         booted: Mutex::default(),
         targets: Arc::default(),
     });
@@ -97,6 +124,9 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
     wait_for_signal().await?;
     log("stopping");
     proxy.abort();
+    if let Some(primary_endpoint) = primary_endpoint {
+        primary_endpoint.abort();
+    }
     instances.abort();
     load_balancer.abort();
     let booted: Vec<(LocalInstance, u16)> = emulator
@@ -115,15 +145,21 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
 /// The load balancer's port: the one recorded, so that its URL stays the same, else a
 /// new one.
 async fn bind_load_balancer(state: &mut State) -> Result<tokio::net::TcpListener> {
-    if let Some(port) = state.load_balancer_port
+    bind_recorded(&mut state.load_balancer_port, "the local load balancer").await
+}
+
+/// The loopback port `recorded`, so that what uses it keeps reaching it, else a new one,
+/// recorded.
+async fn bind_recorded(recorded: &mut Option<u16>, what: &str) -> Result<tokio::net::TcpListener> {
+    if let Some(port) = *recorded
         && let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await
     {
         return Ok(listener);
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .context("cannot bind a loopback port for the local load balancer")?;
-    state.load_balancer_port = Some(listener.local_addr()?.port());
+        .with_context(|| format!("cannot bind a loopback port for {what}"))?;
+    *recorded = Some(listener.local_addr()?.port());
     Ok(listener)
 }
 
@@ -180,13 +216,16 @@ async fn instances_round(emulator: &Arc<Emulator>) -> Result<()> {
         let port = port_for(emulator, &id)?;
         let settings = BootSettings {
             port,
-            redis_address: emulator.redis.address(),
+            redis_address: emulator.redis_address.clone(),
             redis_ca_file: Some(emulator.redis.ca_file()),
             s3_endpoint: emulator.endpoint.clone(),
             max_pause_seconds: None,
         };
         let sandbox = emulator.state_dir.sandbox(&id);
-        match LocalInstance::boot(&emulator.stack.clients.ec2, &id, &sandbox, &settings).await {
+        let clients = &emulator.stack.clients;
+        match LocalInstance::boot(&clients.ec2, &clients.autoscaling, &id, &sandbox, &settings)
+            .await
+        {
             Ok(instance) => {
                 log(&format!("booted {id} (server on port {port})"));
                 emulator
@@ -337,6 +376,9 @@ async fn target_group_round(
             Some(port) if record.next_check.is_none_or(|next| now >= next) => {
                 record.next_check = Some(now + check.interval);
                 probe(record, *port, &check).await;
+                if record.state == Some("unhealthy") {
+                    report_unhealthy(emulator, id).await;
+                }
                 let healthy = record.state == Some("healthy");
                 emulator
                     .targets
@@ -363,6 +405,33 @@ async fn target_group_round(
         );
     }
     emulator.state_dir.save_status(&status)
+}
+
+/// What the load balancer tells the Auto Scaling group of a target that fails its health
+/// checks, with the group's ELB health check type: the group takes the instance out of
+/// service and replaces it, once its grace period is over
+/// (<https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-health-checks.html>,
+/// <https://docs.aws.amazon.com/autoscaling/ec2/userguide/health-check-grace-period.html>).
+/// LocalStack's Auto Scaling (the project's extension) holds the grace period.
+async fn report_unhealthy(emulator: &Emulator, id: &str) {
+    let reported = emulator
+        .stack
+        .clients
+        .autoscaling
+        .set_instance_health()
+        .instance_id(id)
+        .health_status("Unhealthy")
+        .send()
+        .await;
+    // An instance outside the group (launched before it) is the load balancer's only.
+    if let Err(err) = reported
+        && crate::aws::error_code(&err) != Some("ValidationError")
+    {
+        log(&format!(
+            "telling the Auto Scaling group that {id} is unhealthy: {}",
+            crate::aws::explain("SetInstanceHealth", err)
+        ));
+    }
 }
 
 /// One health check of a target, counted towards its thresholds as the ALB counts them.

@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use super::state::{State, StateDir, repository};
 use super::{LocalRedis, dev_key, process_is, signal_and_wait};
 use crate::aws::{AwsArgs, Call, Clients};
+use crate::canary::Endpoint;
 use crate::deploy::Health;
 use crate::engine::{Changes, Pace, Progress};
 use crate::names::Names;
@@ -74,10 +75,19 @@ impl Environment {
         refuse_aws_flags(aws)?;
         let state_dir = StateDir::of(repository(), &spec.name);
         dev_key::resolve(&mut spec, &state_dir, false)?;
-        Ok(match localstack("status").await? {
-            Some(endpoint) => Some(Self::connect(file, spec, aws, &endpoint, changes).await),
-            None => None,
-        })
+        // Its health check answers slowly on a loaded machine: asked three times, a second
+        // apart, before LocalStack counts as not running.
+        for attempt in 0..3 {
+            if let Some(endpoint) = localstack("status").await? {
+                return Ok(Some(
+                    Self::connect(file, spec, aws, &endpoint, changes).await,
+                ));
+            }
+            if attempt < 2 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        Ok(None)
     }
 
     /// Stops what runs on this machine for the stack in `file` - the emulator (and with it
@@ -147,6 +157,7 @@ impl Environment {
                                 redis.describe()
                             ),
                             None if shards > 1 => LocalRedis::start_cluster(&dir, shards, replicas),
+                            None if replicas > 0 => LocalRedis::start_replicated(&dir, replicas),
                             None => LocalRedis::start(&dir),
                         }
                     })
@@ -219,6 +230,18 @@ impl Environment {
         .await
     }
 
+    /// A planned failover of the local Redis (one shard with replicas), as ElastiCache's
+    /// TestFailover makes one: a replica is promoted, and the emulator's primary endpoint
+    /// follows it. Returns the new primary's address.
+    pub async fn fail_over_redis(&self) -> Result<String> {
+        let dir = self.state_dir.redis();
+        let ports = self.state()?.redis_ports();
+        let redis = LocalRedis::running(&dir, &ports)
+            .context("the stack's local Redis is not running: run `up --local` again")?;
+        let port = tokio::task::spawn_blocking(move || redis.fail_over()).await??;
+        Ok(format!("127.0.0.1:{port}"))
+    }
+
     fn fresh_status(&self) -> Result<Option<super::state::Status>> {
         Ok(self
             .state_dir
@@ -275,6 +298,15 @@ impl Platform for Environment {
         match self.state().ok().and_then(|state| state.load_balancer_port) {
             Some(port) => format!("http://127.0.0.1:{port}/"),
             None => "(the local load balancer is not running)".to_owned(),
+        }
+    }
+
+    fn chat_endpoint(&self, stack: &Stack, _load_balancer_dns: &str) -> Endpoint {
+        let url = self.url(stack);
+        Endpoint {
+            url: format!("{}ws", url.replacen("http://", "ws://", 1)),
+            connect: None,
+            allowed: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! An IMDSv2 emulator for one instance booted here: the token call, the instance's id,
-//! and its tags read live from LocalStack, the Redis endpoint tag mapped to the local
-//! Redis.
+//! its tags read live from LocalStack (the Redis endpoint tag mapped to the local Redis),
+//! and its Auto Scaling target lifecycle state.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,7 @@ pub struct Imds {
 
 struct ImdsState {
     ec2: aws_sdk_ec2::Client,
+    autoscaling: aws_sdk_autoscaling::Client,
     instance_id: String,
     redis_address: String,
     tokens: Mutex<HashSet<String>>,
@@ -35,11 +36,13 @@ impl Imds {
     /// replaced by `redis_address` (`127.0.0.1:<port>`).
     pub async fn start(
         ec2: aws_sdk_ec2::Client,
+        autoscaling: aws_sdk_autoscaling::Client,
         instance_id: &str,
         redis_address: &str,
     ) -> Result<Imds> {
         let state = Arc::new(ImdsState {
             ec2,
+            autoscaling,
             instance_id: instance_id.to_owned(),
             redis_address: redis_address.to_owned(),
             tokens: Mutex::new(HashSet::new()),
@@ -107,6 +110,13 @@ async fn metadata(
     if path == "instance-id" {
         return (StatusCode::OK, state.instance_id.clone());
     }
+    if path == "autoscaling/target-lifecycle-state" {
+        return match target_lifecycle_state(&state).await {
+            Ok(Some(target)) => (StatusCode::OK, target.to_owned()),
+            Ok(None) => (StatusCode::NOT_FOUND, "not found".into()),
+            Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
+        };
+    }
     let Some(key) = path.strip_prefix("tags/instance/") else {
         return (StatusCode::NOT_FOUND, "not found".into());
     };
@@ -116,6 +126,30 @@ async fn metadata(
         Ok(None) => (StatusCode::NOT_FOUND, "not found".into()),
         Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
     }
+}
+
+/// The state Auto Scaling is taking the instance to, as IMDS tells it
+/// (<https://docs.aws.amazon.com/autoscaling/ec2/userguide/retrieving-target-lifecycle-state-through-imds.html>):
+/// `Terminated` from the moment it starts terminating; None outside a group.
+async fn target_lifecycle_state(state: &ImdsState) -> Result<Option<&'static str>> {
+    let described = state
+        .autoscaling
+        .describe_auto_scaling_instances()
+        .instance_ids(&state.instance_id)
+        .send()
+        .await
+        .call(format!(
+            "DescribeAutoScalingInstances {}",
+            state.instance_id
+        ))?;
+    Ok(described.auto_scaling_instances().first().map(|instance| {
+        match instance.lifecycle_state().unwrap_or_default() {
+            current if current.starts_with("Terminat") => "Terminated",
+            current if current.starts_with("Detach") => "Detached",
+            current if current.contains("Standby") => "Standby",
+            _ => "InService",
+        }
+    }))
 }
 
 async fn instance_tag(state: &ImdsState, key: &str) -> Result<Option<String>> {
@@ -137,6 +171,8 @@ async fn instance_tag(state: &ImdsState, key: &str) -> Result<Option<String>> {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_autoscaling::operation::describe_auto_scaling_instances::DescribeAutoScalingInstancesOutput;
+    use aws_sdk_autoscaling::types::AutoScalingInstanceDetails;
     use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
     use aws_sdk_ec2::types::{Instance, Reservation, Tag};
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
@@ -189,7 +225,21 @@ mod tests {
                 .build()
         });
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&described]);
-        let imds = Imds::start(ec2, "i-1", "127.0.0.1:7000").await.unwrap();
+        let terminating = mock!(aws_sdk_autoscaling::Client::describe_auto_scaling_instances)
+            .then_output(|| {
+                DescribeAutoScalingInstancesOutput::builder()
+                    .auto_scaling_instances(
+                        AutoScalingInstanceDetails::builder()
+                            .instance_id("i-1")
+                            .lifecycle_state("Terminating:Wait")
+                            .build(),
+                    )
+                    .build()
+            });
+        let autoscaling = mock_client!(aws_sdk_autoscaling, RuleMode::MatchAny, [&terminating]);
+        let imds = Imds::start(ec2, autoscaling, "i-1", "127.0.0.1:7000")
+            .await
+            .unwrap();
 
         assert_eq!(
             request(&imds, "GET", "/latest/meta-data/instance-id", None)
@@ -240,6 +290,17 @@ mod tests {
             .await
             .0,
             404
+        );
+        // The group is terminating it: what its boot service drains the server on.
+        assert_eq!(
+            request(
+                &imds,
+                "GET",
+                "/latest/meta-data/autoscaling/target-lifecycle-state",
+                with_token
+            )
+            .await,
+            (200, "Terminated".to_owned())
         );
         assert_eq!(
             request(

@@ -56,6 +56,7 @@ impl LocalInstance {
     /// ([`LocalInstance::wait_healthy`]).
     pub async fn boot(
         ec2: &aws_sdk_ec2::Client,
+        autoscaling: &aws_sdk_autoscaling::Client,
         id: &str,
         sandbox: &Path,
         settings: &BootSettings,
@@ -76,7 +77,13 @@ impl LocalInstance {
             .open(&console_path)
             .with_context(|| format!("cannot open {}", console_path.display()))?;
 
-        let imds = Imds::start(ec2.clone(), id, &settings.redis_address).await?;
+        let imds = Imds::start(
+            ec2.clone(),
+            autoscaling.clone(),
+            id,
+            &settings.redis_address,
+        )
+        .await?;
         let mut command = tokio::process::Command::new("sh");
         command
             .arg(&script_path)

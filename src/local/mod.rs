@@ -23,6 +23,7 @@
 
 mod dev_key;
 pub mod emulator;
+mod endpoint;
 mod environment;
 mod imds;
 mod instance;

@@ -1,9 +1,11 @@
 //! ElastiCache on this machine: TLS-only redis-servers on loopback ports, detached so
-//! that they outlive `up --local`, with a CA and a certificate generated for them. One
-//! server stands for a group with cluster mode off; with `redis.shards` above 1, a Redis
-//! Cluster of `shards` primaries with `replicas` replicas each stands for a cluster-mode
-//! group, its first server for the configuration endpoint (any node of a cluster tells a
-//! client where every slot is).
+//! that they outlive `up --local`, with a CA and a certificate generated for them. A
+//! primary and `redis.replicas` replicas of it (replication over TLS) stand for a group
+//! with cluster mode off, whose primary endpoint the emulator plays
+//! ([`super::endpoint`]); with `redis.shards` above 1, a Redis Cluster of `shards`
+//! primaries with `replicas` replicas each stands for a cluster-mode group, its first
+//! server for the configuration endpoint (any node of a cluster tells a client where
+//! every slot is).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -39,11 +41,106 @@ impl LocalRedis {
     /// accepts connections.
     pub fn start(dir: &Path) -> Result<LocalRedis> {
         ensure_certificates(dir)?;
-        let server = Server::start(dir, &|_| dir.to_owned(), None)?;
+        let server = Server::start(dir, &|_| dir.to_owned(), None, None)?;
         Ok(LocalRedis {
             dir: dir.to_owned(),
             servers: vec![server],
         })
+    }
+
+    /// Starts a primary and `replicas` replicas of it (one shard with cluster mode off, as
+    /// an ElastiCache group with replicas), replication over TLS, each server in a
+    /// directory of its own below `dir`; blocks until every replica follows the primary.
+    pub fn start_replicated(dir: &Path, replicas: u32) -> Result<LocalRedis> {
+        ensure_certificates(dir)?;
+        let mut redis = LocalRedis {
+            dir: dir.to_owned(),
+            servers: Vec::new(),
+        };
+        let mut started = || {
+            let primary = Server::start(dir, &|port| node_dir(dir, port), None, None)?;
+            let primary_port = primary.port;
+            redis.servers.push(primary);
+            for _ in 0..replicas {
+                let replica =
+                    Server::start(dir, &|port| node_dir(dir, port), None, Some(primary_port))?;
+                redis.servers.push(replica);
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        let ready = started().and_then(|()| redis.wait_replicated(replicas));
+        if let Err(err) = ready {
+            let _ = redis.stop();
+            return Err(err);
+        }
+        Ok(redis)
+    }
+
+    /// Polls until the primary counts `replicas` replicas connected and in sync.
+    fn wait_replicated(&self, replicas: u32) -> Result<()> {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let info = self
+                .primary()
+                .and_then(|port| self.cli_at(port, &["INFO", "replication"]).ok())
+                .unwrap_or_default();
+            let online = info.matches("state=online").count();
+            if online == replicas as usize {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the local Redis's {replicas} replica(s) did not follow the primary within \
+                     {}s ({online} in sync); the servers' logs are in {}",
+                    READY_WITHIN.as_secs(),
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The port of the server that is the primary now, as ROLE says.
+    pub fn primary(&self) -> Option<u16> {
+        self.servers.iter().map(|server| server.port).find(|port| {
+            self.cli_at(*port, &["ROLE"])
+                .is_ok_and(|role| role.starts_with("master"))
+        })
+    }
+
+    /// A planned failover, as ElastiCache's TestFailover makes one: the primary hands
+    /// over to a replica once it has caught up (FAILOVER: no acknowledged write is lost),
+    /// and the replica is the primary. Returns the new primary's port.
+    pub fn fail_over(&self) -> Result<u16> {
+        let old = self
+            .primary()
+            .context("the local Redis has no primary to fail over")?;
+        anyhow::ensure!(
+            self.servers.len() > 1 && !self.is_cluster(),
+            "the local Redis has no replica to fail over to: set redis.replicas to 1 or more \
+             (with one shard)"
+        );
+        self.cli_at(old, &["FAILOVER"])?;
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(new) = self.primary().filter(|port| *port != old) {
+                return Ok(new);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no replica of the local Redis took over from 127.0.0.1:{old} within {}s",
+                    READY_WITHIN.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether its servers form a Redis Cluster (cluster mode on).
+    pub fn is_cluster(&self) -> bool {
+        self.servers
+            .first()
+            .is_some_and(|server| server.dir.join("nodes.conf").exists())
     }
 
     /// Starts a Redis Cluster of `shards` primaries with `replicas` replicas each, every
@@ -61,7 +158,7 @@ impl LocalRedis {
             // Taken before the server's own port, which is then bound and never handed
             // out again (nor is any running server's).
             let bus_port = free_port()?;
-            let server = Server::start(dir, &|port| node_dir(dir, port), Some(bus_port))?;
+            let server = Server::start(dir, &|port| node_dir(dir, port), Some(bus_port), None)?;
             redis.servers.push(server);
             Ok::<_, anyhow::Error>(())
         });
@@ -100,20 +197,21 @@ impl LocalRedis {
     /// Whether it is what the spec's `shards` and `replicas` stand for: one server with
     /// one shard (replicas are not emulated then), else a cluster of all their servers.
     pub fn matches(&self, shards: u32, replicas: u32) -> bool {
-        let servers = if shards > 1 {
-            shards * (1 + replicas)
-        } else {
-            1
-        };
-        self.servers.len() == servers as usize
+        self.servers.len() == (shards * (1 + replicas)) as usize
+            && self.is_cluster() == (shards > 1)
     }
 
     /// In words, for progress lines and messages.
     pub fn describe(&self) -> String {
         match self.servers.len() {
             1 => format!("redis-server on {}", self.address()),
-            count => format!(
+            count if self.is_cluster() => format!(
                 "Redis Cluster of {count} redis-servers, from {}",
+                self.address()
+            ),
+            count => format!(
+                "redis-server primary with {} replica(s), from {}",
+                count - 1,
                 self.address()
             ),
         }
@@ -206,8 +304,13 @@ impl LocalRedis {
 
     /// A command sent with redis-cli to the first server; its reply.
     fn cli(&self, command: &[&str]) -> Result<String> {
+        self.cli_at(self.servers[0].port, command)
+    }
+
+    /// A command sent with redis-cli to the server on `port`; its reply.
+    fn cli_at(&self, port: u16, command: &[&str]) -> Result<String> {
         let mut args = self.tls_args().to_vec();
-        let port = self.servers[0].port.to_string();
+        let port = port.to_string();
         args.extend(["-h", "127.0.0.1", "-p", &port].map(str::to_owned));
         args.extend(command.iter().map(|word| (*word).to_owned()));
         run("redis-cli", &args, None, "redis-tools")
@@ -230,11 +333,12 @@ fn node_dir(dir: &Path, port: u16) -> PathBuf {
 impl Server {
     /// Starts redis-server on a free loopback port, TLS only with the certificates in
     /// `certificates`, its files in `dir_of(port)`, as a cluster node with its bus on
-    /// `bus_port` when given.
+    /// `bus_port`, or as a replica of the server on `replica_of`, when given.
     fn start(
         certificates: &Path,
         dir_of: &dyn Fn(u16) -> PathBuf,
         bus_port: Option<u16>,
+        replica_of: Option<u16>,
     ) -> Result<Server> {
         // A free port can be taken between probing and binding: try another.
         let mut last_error = None;
@@ -243,7 +347,7 @@ impl Server {
             if bus_port == Some(port) {
                 continue;
             }
-            match Self::launch(certificates, &dir_of(port), port, bus_port) {
+            match Self::launch(certificates, &dir_of(port), port, bus_port, replica_of) {
                 Ok(server) => return Ok(server),
                 Err(err) => last_error = Some(err),
             }
@@ -265,7 +369,13 @@ impl Server {
         })
     }
 
-    fn launch(certificates: &Path, dir: &Path, port: u16, bus_port: Option<u16>) -> Result<Server> {
+    fn launch(
+        certificates: &Path,
+        dir: &Path,
+        port: u16,
+        bus_port: Option<u16>,
+        replica_of: Option<u16>,
+    ) -> Result<Server> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let log = dir.join("redis.log");
         let pid_file = dir.join("redis.pid");
@@ -286,14 +396,18 @@ impl Server {
             .args(["--dir", &path("")])
             .args(["--logfile", &path("redis.log")])
             .args(["--pidfile", &path("redis.pid")])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"]);
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
+            .args(["--tls-replication", "yes"]);
+        if let Some(primary) = replica_of {
+            command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+        }
         if let Some(bus_port) = bus_port {
             // Below the ephemeral range like every port taken here, not port + 10000.
             command
                 .args(["--cluster-enabled", "yes"])
                 .args(["--cluster-port", &bus_port.to_string()])
                 .args(["--cluster-config-file", &path("nodes.conf")])
-                .args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+                .args(["--tls-cluster", "yes"]);
         }
         let status = command
             .stdin(Stdio::null())

@@ -17,11 +17,16 @@ pub struct State {
     /// The local Redis's port: the only server's, or the port clients of the cluster
     /// start from.
     pub redis_port: Option<u16>,
-    /// Every server of the local Redis Cluster, when `redis.shards` is above 1.
+    /// Every server of the local Redis, when there is more than one (a Redis Cluster, or a
+    /// primary and its replicas).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redis_cluster_ports: Vec<u16>,
     /// The local load balancer's port: the stack's one URL, kept from run to run.
     pub load_balancer_port: Option<u16>,
+    /// The local Redis's primary endpoint (cluster mode off), kept from run to run: the
+    /// instances' servers are configured with it.
+    #[serde(default)]
+    pub redis_endpoint_port: Option<u16>,
     /// The emulator process (`realtime-stack local-emulator`).
     pub emulator_pid: Option<u32>,
     /// Instance id -> the loopback port its server listens on.

@@ -271,12 +271,15 @@ pub(super) fn instance_type(text: &str) -> Rule<String> {
 }
 
 pub(super) fn ami(text: &str) -> Rule<String> {
+    if text == super::LATEST_AMI {
+        return Ok(text.to_owned());
+    }
     let hex = text.strip_prefix("ami-").unwrap_or_default();
     if matches!(hex.len(), 8 | 17) && hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
         Ok(text.to_string())
     } else {
         Err(Invalid::new(format!("`{text}` is not an AMI id"))
-            .help("write ami- and 17 hexadecimal digits, or remove the key to use the latest Amazon Linux 2023"))
+            .help("write ami- and 17 hexadecimal digits; `latest` for the newest Amazon Linux 2023 at every up; or remove the key to keep the Amazon Linux 2023 image in use until `up --update-image`"))
     }
 }
 

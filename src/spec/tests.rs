@@ -54,6 +54,7 @@ fn defaults() -> StackSpec {
             drain_seconds: 30,
             batch_size: 1,
             health_timeout_seconds: 600,
+            cpu_credits: Some("standard".into()),
         },
         load_balancer: LoadBalancerSpec {
             idle_timeout_seconds: 3600,
@@ -70,6 +71,7 @@ fn defaults() -> StackSpec {
             snapshot_retention_days: 7,
         },
         chat: ChatSpec::default(),
+        scaling: None,
         tags: BTreeMap::new(),
     }
 }
@@ -166,6 +168,7 @@ tags:
             drain_seconds: 0,
             batch_size: 2,
             health_timeout_seconds: 900,
+            cpu_credits: None,
         },
         load_balancer: LoadBalancerSpec {
             idle_timeout_seconds: 4000,
@@ -195,6 +198,7 @@ tags:
                 presence_ttl_seconds: 60,
             },
         },
+        scaling: None,
         tags: BTreeMap::from([
             ("cost-center".into(), "1234".into()),
             ("team".into(), "chat".into()),
@@ -611,6 +615,17 @@ fn instances_rules() {
         ),
         ("ami: 0123456789abcdef0", "instances.ami", "not an AMI id"),
         ("binary: ''", "instances.binary", "is empty"),
+        ("ami: newest", "instances.ami", "not an AMI id"),
+        (
+            "cpu_credits: boosted",
+            "instances.cpu_credits",
+            "not a CPU credit option",
+        ),
+        (
+            "type: m7g.large\n  cpu_credits: unlimited",
+            "instances.cpu_credits",
+            "m7g.large has no CPU credits",
+        ),
         ("app_port: 80", "instances.app_port", "from 1024 to 65535"),
         (
             "app_port: 70000",
@@ -619,9 +634,9 @@ fn instances_rules() {
         ),
         ("app_port: 6379", "instances.app_port", "Redis port"),
         (
-            "drain_seconds: 3601",
+            "drain_seconds: 3596",
             "instances.drain_seconds",
-            "from 0 to 3600",
+            "from 0 to 3595",
         ),
     ];
     for (line, path, needle) in cases {
@@ -635,6 +650,27 @@ fn instances_rules() {
     assert_eq!(spec.instances.ami.as_deref(), Some("ami-0123abcd"));
     assert_eq!(spec.instances.instance_type, "m7i.metal-24xl");
     assert_eq!(spec.instances.count, 20);
+    assert_eq!(
+        spec.instances.cpu_credits, None,
+        "a metal type has no credits"
+    );
+    let burstable = |yaml: &str| {
+        StackSpec::parse(&with(yaml), "s")
+            .unwrap()
+            .instances
+            .cpu_credits
+    };
+    assert_eq!(
+        burstable("instances:\n  type: t4g.small\n").as_deref(),
+        Some("standard"),
+        "burstable types are not billed for surplus credits unless asked"
+    );
+    assert_eq!(
+        burstable("instances:\n  type: t3a.large\n  cpu_credits: unlimited\n").as_deref(),
+        Some("unlimited")
+    );
+    let latest = StackSpec::parse(&with("instances:\n  ami: latest\n"), "s").unwrap();
+    assert_eq!(latest.instances.ami.as_deref(), Some(LATEST_AMI));
 }
 
 #[test]
@@ -1131,4 +1167,52 @@ fn chat_auth_needs_exactly_one_key_and_usable_claims() {
     let (path, _, _, message) = only("chat:\n  auth:\n    generate: true\n    isuer: x\n");
     assert_eq!(path, "chat.auth.isuer");
     assert!(message.contains("unknown key"));
+}
+
+#[test]
+fn scaling_is_a_cpu_target_between_min_and_max_refused_when_it_cannot_hold() {
+    let spec = StackSpec::parse(
+        &with("instances:\n  count: 3\nscaling:\n  min: 2\n  max: 6\n  cpu_target_percent: 60\n"),
+        "s",
+    )
+    .unwrap();
+    assert_eq!(
+        spec.scaling,
+        Some(ScalingSpec {
+            min: 2,
+            max: 6,
+            cpu_target_percent: 60
+        })
+    );
+    let defaulted = StackSpec::parse(&with("scaling:\n  min: 1\n  max: 4\n"), "s").unwrap();
+    assert_eq!(defaulted.scaling.unwrap().cpu_target_percent, 50);
+
+    let problem = one_problem(
+        &with("scaling:\n  min: 5\n  max: 3\n"),
+        "scaling.min",
+        "above scaling.max (3)",
+    );
+    assert_eq!((problem.line, problem.column), (6, 8));
+    let problem = one_problem(
+        &with("instances:\n  count: 8\nscaling:\n  min: 2\n  max: 6\n"),
+        "instances.count",
+        "outside scaling.min (2) to scaling.max (6)",
+    );
+    assert_eq!(problem.line, 6);
+    one_problem(&with("scaling:\n  min: 2\n"), "scaling.max", "is required");
+    one_problem(
+        &with("scaling:\n  min: 1\n  max: 21\n"),
+        "scaling.max",
+        "from 1 to 20",
+    );
+    one_problem(
+        &with("scaling:\n  min: 1\n  max: 2\n  cpu_target_percent: 95\n"),
+        "scaling.cpu_target_percent",
+        "from 10 to 90",
+    );
+    one_problem(
+        &with("scaling:\n  min: 1\n  max: 2\n  target: 50\n"),
+        "scaling.target",
+        "unknown key",
+    );
 }

@@ -116,7 +116,7 @@ impl TestStack {
         let dir = tempfile::tempdir().expect("temporary directory");
         let yaml = format!(
             "name: {name}\nregion: us-east-1\ndomain:\n  name: chat.{zone}\n  hosted_zone: {zone}\n\
-             network:\n  cidr: 10.20.0.0/16\ninstances:\n  count: 2\n  type: t3.micro\n  binary: {}\n\
+             network:\n  cidr: 10.20.0.0/16\ninstances:\n  count: 2\n  drain_seconds: 5\n  type: t3.micro\n  binary: {}\n\
              load_balancer:\n  health_check_interval_seconds: 5\n\
              redis:\n  replicas: 1\ntags:\n  team: tests\n",
             chat_server_binary().display()
@@ -128,6 +128,21 @@ impl TestStack {
             zone: zone.to_owned(),
             call_log: None,
         }
+    }
+
+    /// A stack of a fresh name starting with `prefix`, for `up --local` (which makes the
+    /// hosted zone), once LocalStack answers; its instances drain for `drain_seconds`,
+    /// with `instances` added to their section.
+    pub async fn local(prefix: &str, drain_seconds: u32, instances: &str) -> Self {
+        localstack().await;
+        let suffix = unique_suffix();
+        let name = format!("{prefix}{}", &suffix[suffix.len() - 8..]);
+        let stack = Self::new(&name, &format!("{name}.example.test"));
+        stack.edit(
+            "  drain_seconds: 5\n",
+            &format!("  drain_seconds: {drain_seconds}\n{instances}"),
+        );
+        stack
     }
 
     /// A stack of a fresh name starting with `prefix`, and its hosted zone in LocalStack
@@ -236,9 +251,10 @@ chat:
         std::fs::write(self.file(), yaml.replace(from, to)).expect("writing stack.yaml");
     }
 
-    /// `up --yes --output json`, parsed.
+    /// `up --yes --output json --no-canary`, parsed: LocalStack alone runs no instance,
+    /// so nothing would answer the canary (the `--local` tests run it).
     pub fn up(&self) -> serde_json::Value {
-        let output = self.run(&["up", "--yes", "--output", "json"]);
+        let output = self.run(&["up", "--yes", "--output", "json", "--no-canary"]);
         serde_json::from_slice(&output.stdout).expect("up prints one JSON object")
     }
 }
