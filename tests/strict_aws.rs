@@ -360,6 +360,256 @@ async fn run_instances_refuses_big_user_data_and_metadata_unsafe_tag_keys() {
     }
 }
 
+/// Launch template names of 3 to 128 letters, digits and `( ) . - / _`; version
+/// descriptions of at most 255 characters; and in the template's data, what RunInstances
+/// refuses: user data over 16 KB, metadata-unsafe or over-long instance tags.
+#[tokio::test]
+async fn launch_templates_are_held_to_ec2s_rules() {
+    use aws_sdk_ec2::types::{LaunchTemplateTagSpecificationRequest, RequestLaunchTemplateData};
+
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let suffix = support::unique_suffix();
+    let data = |user_data: &[u8], key: &str, value: &str| {
+        RequestLaunchTemplateData::builder()
+            .image_id("ami-0123456789abcdef0")
+            .user_data(aws_smithy_types::base64::encode(user_data))
+            .metadata_options(
+                aws_sdk_ec2::types::LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                    .instance_metadata_tags(
+                        aws_sdk_ec2::types::LaunchTemplateInstanceMetadataTagsState::Enabled,
+                    )
+                    .build(),
+            )
+            .tag_specifications(
+                LaunchTemplateTagSpecificationRequest::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(ec2_tag(key, value))
+                    .build(),
+            )
+            .build()
+    };
+    let create = |name: String, description: String, data: RequestLaunchTemplateData| {
+        ec2.create_launch_template()
+            .launch_template_name(name)
+            .version_description(description)
+            .launch_template_data(data)
+            .send()
+    };
+    let good = || data(b"#!/bin/sh\n", "team", "chat");
+    for name in [
+        "ab".to_owned(),
+        "a".repeat(129),
+        format!("chat {suffix}"),
+        format!("chat:{suffix}"),
+    ] {
+        refused(
+            create(name, String::new(), good()).await,
+            "InvalidLaunchTemplateName.MalformedException",
+            "is not valid",
+        );
+    }
+    let name = |what: &str| format!("strict-{what}-{suffix}");
+    refused(
+        create(name("description"), "d".repeat(256), good()).await,
+        "InvalidParameterValue",
+        "maximum length of 255",
+    );
+    refused(
+        create(
+            name("user-data"),
+            String::new(),
+            data(&[b'#'; 16 * 1024 + 1], "team", "chat"),
+        )
+        .await,
+        "InvalidParameterValue",
+        "User data is limited to 16384 bytes",
+    );
+    refused(
+        create(
+            name("metadata-key"),
+            String::new(),
+            data(b"#!/bin/sh\n", "team/a", "chat"),
+        )
+        .await,
+        "InvalidParameterValue",
+        "not valid for an instance that allows tags in its metadata",
+    );
+    refused(
+        create(
+            name("tag-value"),
+            String::new(),
+            data(b"#!/bin/sh\n", "team", &"v".repeat(257)),
+        )
+        .await,
+        "InvalidParameterValue",
+        "maximum length of 256",
+    );
+    let created = accepted(
+        create(
+            format!("chat-(a)/b_c.{suffix}"),
+            "d".repeat(255),
+            data(&[b'#'; 16 * 1024], "team", "chat"),
+        )
+        .await,
+    );
+    let id = created
+        .launch_template
+        .and_then(|template| template.launch_template_id)
+        .expect("template id");
+    let version = ec2
+        .create_launch_template_version()
+        .launch_template_id(&id)
+        .launch_template_data(data(b"#!/bin/sh\n", "team:_index", &"v".repeat(257)));
+    refused(
+        version.send().await,
+        "InvalidParameterValue",
+        "maximum length of 256",
+    );
+}
+
+/// Group names of ASCII 33 to 126 without a colon, at most 255; a desired capacity between
+/// min and max, on creation and on an update that names only some of them; tags held to
+/// the tag restrictions; policy names of 1 to 255 characters.
+#[tokio::test]
+async fn auto_scaling_groups_are_held_to_their_documented_rules() {
+    use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, Tag as GroupTag};
+
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let autoscaling = aws_sdk_autoscaling::Client::new(&aws);
+    let suffix = support::unique_suffix();
+    let vpc_id = vpc(&ec2).await;
+    let subnets = two_subnets(&ec2, &vpc_id).await.join(",");
+    let template = format!("strict-group-{suffix}");
+    accepted(
+        ec2.create_launch_template()
+            .launch_template_name(&template)
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id("ami-0123456789abcdef0")
+                    .build(),
+            )
+            .send()
+            .await,
+    );
+    let group = |name: &str, (min, desired, max): (i32, i32, i32)| {
+        autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .launch_template(
+                LaunchTemplateSpecification::builder()
+                    .launch_template_name(&template)
+                    .build(),
+            )
+            .vpc_zone_identifier(&subnets)
+            .min_size(min)
+            .desired_capacity(desired)
+            .max_size(max)
+    };
+    for name in [
+        format!("chat:{suffix}"),
+        format!("chat {suffix}"),
+        "g".repeat(256),
+    ] {
+        refused(
+            group(&name, (0, 0, 1)).send().await,
+            "ValidationError",
+            "is not valid",
+        );
+    }
+    let name = format!("strict-{suffix}");
+    for sizes in [(1, 0, 2), (0, 3, 2)] {
+        refused(
+            group(&name, sizes).send().await,
+            "ValidationError",
+            "must be between the specified min size",
+        );
+    }
+    refused(
+        group(&name, (3, 3, 2)).send().await,
+        "ValidationError",
+        "must be greater than or equal to min bound",
+    );
+    let tag = |key: &str, value: &str| {
+        GroupTag::builder()
+            .resource_id(&name)
+            .resource_type("auto-scaling-group")
+            .key(key)
+            .value(value)
+            .propagate_at_launch(true)
+            .build()
+    };
+    refused(
+        group(&name, (0, 0, 1))
+            .tags(tag("aws:owner", "me"))
+            .send()
+            .await,
+        "ValidationError",
+        "reserved",
+    );
+    accepted(
+        group(&name, (0, 0, 2))
+            .tags(tag(&"k".repeat(128), &"v".repeat(256)))
+            .send()
+            .await,
+    );
+    // An update that names only the desired capacity is held to the group's min and max.
+    refused(
+        autoscaling
+            .update_auto_scaling_group()
+            .auto_scaling_group_name(&name)
+            .desired_capacity(3)
+            .send()
+            .await,
+        "ValidationError",
+        "must be between the specified min size",
+    );
+    refused(
+        autoscaling
+            .create_or_update_tags()
+            .tags(tag("team", &"v".repeat(257)))
+            .send()
+            .await,
+        "ValidationError",
+        "maximum length of 256",
+    );
+    let policy = |policy_name: String| {
+        autoscaling
+            .put_scaling_policy()
+            .auto_scaling_group_name(&name)
+            .policy_name(policy_name)
+            .policy_type("TargetTrackingScaling")
+            .target_tracking_configuration(
+                aws_sdk_autoscaling::types::TargetTrackingConfiguration::builder()
+                    .predefined_metric_specification(
+                        aws_sdk_autoscaling::types::PredefinedMetricSpecification::builder()
+                            .predefined_metric_type(
+                                aws_sdk_autoscaling::types::MetricType::AsgAverageCpuUtilization,
+                            )
+                            .build(),
+                    )
+                    .target_value(50.0)
+                    .build(),
+            )
+            .send()
+    };
+    refused(
+        policy("p".repeat(256)).await,
+        "ValidationError",
+        "1 to 255 characters",
+    );
+    accepted(policy("p".repeat(255)).await);
+    accepted(
+        autoscaling
+            .delete_auto_scaling_group()
+            .auto_scaling_group_name(&name)
+            .force_delete(true)
+            .send()
+            .await,
+    );
+}
+
 /// "Characters per VPC endpoint policy: 20,480".
 #[tokio::test]
 async fn a_vpc_endpoint_policy_over_20480_characters_is_refused() {

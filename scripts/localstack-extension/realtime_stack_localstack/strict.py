@@ -268,22 +268,59 @@ def metadata_tag_keys(keys: Iterable[str]) -> None:
 USER_DATA_BYTES = 16 * 1024
 
 
-def run_instances(request: Request, _context) -> None:
-    user_data = request.get("UserData") or ""
+def launch_parameters(launch: dict) -> None:
+    """What RunInstances and a launch template's data share: the user data and, with tags
+    in instance metadata, the instance tag keys."""
+    user_data = launch.get("UserData") or ""
     try:
         raw = base64.b64decode(user_data, validate=True)
     except ValueError:
         raise Refused("InvalidParameterValue", "Invalid BASE64 encoding of user data.")
     if len(raw) > USER_DATA_BYTES:
         raise Refused("InvalidParameterValue", f"User data is limited to {USER_DATA_BYTES} bytes")
-    metadata = request.get("MetadataOptions") or {}
+    metadata = launch.get("MetadataOptions") or {}
     if metadata.get("InstanceMetadataTags") == "enabled":
         metadata_tag_keys(
             tag.get("Key") or ""
-            for specification in items(request.get("TagSpecifications"))
+            for specification in items(launch.get("TagSpecifications"))
             if specification.get("ResourceType") == "instance"
             for tag in items(specification.get("Tags"))
         )
+
+
+def run_instances(request: Request, _context) -> None:
+    launch_parameters(request)
+
+
+# Launch template names: "Length Constraints: Minimum length of 3. Maximum length of 128.
+# Pattern: [a-zA-Z0-9\(\)\.\-/_]+"; version descriptions: "Maximum length of 255";
+# the template's data carries the instance's user data, metadata options and tags, held
+# to RunInstances's limits above.
+# https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateLaunchTemplate.html
+# https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateLaunchTemplateVersion.html
+# https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RequestLaunchTemplateData.html
+# The error codes: https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html
+LAUNCH_TEMPLATE_NAME = re.compile(r"[a-zA-Z0-9().\-/_]{3,128}")
+
+
+def launch_template(request: Request, _context) -> None:
+    name = request.get("LaunchTemplateName")
+    if name is not None and not LAUNCH_TEMPLATE_NAME.fullmatch(name):
+        raise Refused(
+            "InvalidLaunchTemplateName.MalformedException",
+            f"The launch template name '{name}' is not valid: use 3 to 128 letters, numbers "
+            "and ( ) . - / _ only.",
+        )
+    description = request.get("VersionDescription") or ""
+    if len(description) > 255:
+        raise Refused(
+            "InvalidParameterValue",
+            "The version description exceeds the maximum length of 255 characters.",
+        )
+    data = request.get("LaunchTemplateData") or {}
+    launch_parameters(data)
+    for specification in items(data.get("TagSpecifications")):
+        ec2_tag_restrictions(items(specification.get("Tags")))
 
 
 def create_tags_on_instances(request: Request, context: RequestContext) -> None:
@@ -615,6 +652,75 @@ def record_changes(request: Request, context: RequestContext) -> None:
         raise Refused("InvalidChangeBatch", "[" + ", ".join(problems) + "]")
 
 
+# --- EC2 Auto Scaling -----------------------------------------------------------------
+
+# Group names: "The name can contain any ASCII character 33 to 126 including most
+# punctuation characters, digits, and upper and lowercased letters. You cannot use a colon
+# (:) in the name", at most 255 characters; policy names 1 to 255 characters.
+# https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_CreateAutoScalingGroup.html
+# https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_PutScalingPolicy.html
+# Sizes: "The desired capacity must be greater than or equal to the minimum size of the group
+# and less than or equal to the maximum size of the group"; MaxInstanceLifetime "0, or a
+# number from 86400 to 31536000 seconds" (same page).
+# Tags: keys of 1 to 128 characters, values of at most 256, no `aws:` prefix, "Maximum
+# number of tags per Auto Scaling group: 50".
+# https://docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-tagging.html#tag-restrictions
+GROUP_NAME = re.compile(r"[!-9;-~]{1,255}")
+
+
+def validation_error(message: str) -> Refused:
+    return Refused("ValidationError", message)
+
+
+def group_name(request: Request, _context) -> None:
+    name = request.get("AutoScalingGroupName")
+    if name is not None and not GROUP_NAME.fullmatch(name):
+        raise validation_error(
+            f"The Auto Scaling group name '{name}' is not valid: 1 to 255 ASCII characters "
+            "33 to 126, no colon."
+        )
+
+
+def group_sizes(request: Request, context: RequestContext) -> None:
+    minimum, maximum, desired = (
+        request.get(field) for field in ("MinSize", "MaxSize", "DesiredCapacity")
+    )
+    if (minimum is None or maximum is None) and (minimum, maximum, desired) != (None, None, None):
+        # An update naming some of the sizes is held to the group's others.
+        from moto.autoscaling.models import autoscaling_backends
+
+        groups = autoscaling_backends[context.account_id][context.region].autoscaling_groups
+        group = groups.get(request.get("AutoScalingGroupName"))
+        if group is not None:
+            minimum = group.min_size if minimum is None else minimum
+            maximum = group.max_size if maximum is None else maximum
+    if minimum is not None and maximum is not None and int(minimum) > int(maximum):
+        raise validation_error(
+            f"Max bound, {maximum}, must be greater than or equal to min bound, {minimum}"
+        )
+    below = desired is not None and minimum is not None and int(desired) < int(minimum)
+    above = desired is not None and maximum is not None and int(desired) > int(maximum)
+    if below or above:
+        raise validation_error(
+            f"Desired capacity:{desired} must be between the specified min size:{minimum} "
+            f"and max size:{maximum}"
+        )
+    lifetime = request.get("MaxInstanceLifetime")
+    if lifetime not in (None, 0) and not 86400 <= int(lifetime) <= 31536000:
+        raise validation_error("The maximum instance lifetime must be 0, or between 86400 and 31536000 seconds.")
+
+
+def group_tags(request: Request, _context) -> None:
+    check_tags(items(request.get("Tags")), "ValidationError", charset=False)
+
+
+def scaling_policy(request: Request, _context) -> None:
+    name = request.get("PolicyName") or ""
+    if not 1 <= len(name) <= 255:
+        raise validation_error(f"The policy name '{name}' must be 1 to 255 characters long.")
+    group_name(request, _context)
+
+
 # --- The table --------------------------------------------------------------------------
 
 # Every operation that creates something with tags at creation.
@@ -624,8 +730,6 @@ EC2_TAGGED_CREATES = (
     "CreateInternetGateway",
     "CreateRouteTable",
     "CreateVpcEndpoint",
-    "CreateLaunchTemplate",
-    "CreateLaunchTemplateVersion",
 )
 
 RULES: dict[str, dict[str, tuple[Check, ...]]] = {
@@ -639,6 +743,8 @@ RULES: dict[str, dict[str, tuple[Check, ...]]] = {
         "UpdateSecurityGroupRuleDescriptionsIngress": (rule_descriptions,),
         "UpdateSecurityGroupRuleDescriptionsEgress": (rule_descriptions,),
         "RunInstances": (tag_specifications, run_instances),
+        "CreateLaunchTemplate": (tag_specifications, launch_template),
+        "CreateLaunchTemplateVersion": (launch_template,),
         "CreateTags": (create_tags, create_tags_on_instances),
     },
     "elbv2": {
@@ -665,6 +771,12 @@ RULES: dict[str, dict[str, tuple[Check, ...]]] = {
     "acm": {
         "RequestCertificate": (certificate_request,),
         "AddTagsToCertificate": (certificate_tags,),
+    },
+    "autoscaling": {
+        "CreateAutoScalingGroup": (group_name, group_sizes, group_tags),
+        "UpdateAutoScalingGroup": (group_name, group_sizes),
+        "CreateOrUpdateTags": (group_tags,),
+        "PutScalingPolicy": (scaling_policy,),
     },
     "route53": {
         "ChangeResourceRecordSets": (record_changes,),
