@@ -144,6 +144,10 @@ impl<P: Platform> Fleet for GroupFleet<'_, P> {
             Err(err) => format!("(its console output could not be read: {err:#})"),
         }
     }
+
+    async fn hold_scaling(&self, hold: bool) -> Result<()> {
+        group::hold_scaling(self.stack, hold).await
+    }
 }
 
 /// The last `count` lines of the boot service in `console`, or of the whole console when

@@ -232,7 +232,7 @@ pub fn document(scope: &Scope) -> Value {
             &[
                 "autoscaling:*AutoScalingGroup",
                 "autoscaling:AttachLoadBalancerTargetGroups",
-                "autoscaling:ResumeProcesses",
+                "autoscaling:*Processes",
                 "autoscaling:CreateOrUpdateTags",
                 "autoscaling:PutScalingPolicy",
                 "autoscaling:DeletePolicy",

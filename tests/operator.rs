@@ -48,7 +48,7 @@ const CHECKED_INSIDE_OTHER_CALLS: [(&str, &str); 4] = [
 
 /// Calls `up` makes on AWS in situations this test cannot bring about on LocalStack:
 /// repairs of drift LocalStack cannot show, and waits it never needs.
-const NOT_CALLED_ON_LOCALSTACK: [(&str, &str); 15] = [
+const NOT_CALLED_ON_LOCALSTACK: [(&str, &str); 14] = [
     (
         "elasticache:TestFailover",
         "`drill redis` on AWS: the tests run it with --local, where the local replica is promoted",
@@ -60,10 +60,6 @@ const NOT_CALLED_ON_LOCALSTACK: [(&str, &str); 15] = [
     (
         "autoscaling:AttachLoadBalancerTargetGroups",
         "the target group detached from the group by hand: moto cannot detach it",
-    ),
-    (
-        "autoscaling:ResumeProcesses",
-        "processes suspended by hand: the drift test does not suspend any",
     ),
     (
         "elasticache:DescribeEvents",

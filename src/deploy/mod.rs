@@ -283,6 +283,9 @@ pub trait Fleet {
     fn roll_back(&self) -> impl Future<Output = Result<()>>;
     /// The last lines of an instance's console: what its boot service said.
     fn console_tail(&self, id: &str) -> impl Future<Output = String>;
+    /// With `true`, keeps the group's scaling policy, scheduled actions and zone
+    /// rebalancing from changing its size while a roll does; `false` lets them go on.
+    fn hold_scaling(&self, hold: bool) -> impl Future<Output = Result<()>>;
 }
 
 /// How long a carried-out deploy waits, and how it reports.
@@ -300,7 +303,30 @@ const MAX_BALANCING_LAUNCHES: usize = 2;
 
 /// Carries `rollout` out on `fleet`; returns the ids of the group's instances afterwards,
 /// every one of them healthy.
+///
+/// A roll holds the group's own scaling while it runs, as CloudFormation's rolling
+/// updates suspend `AlarmNotification`, `ScheduledActions` and `AZRebalance`: a scale in
+/// in the middle of a batch would take instances the roll counts on (or the new ones),
+/// and a scale out would launch the template the roll may be rolling back. A roll cut
+/// short leaves them held until the next `up`, which resumes them with the group.
 pub async fn carry_out(
+    fleet: &impl Fleet,
+    rollout: &Rollout,
+    wanted: &Wanted,
+    pacing: &Pacing<'_>,
+) -> Result<Vec<String>> {
+    if rollout.replace.is_empty() {
+        return roll_out(fleet, rollout, wanted, pacing).await;
+    }
+    fleet.hold_scaling(true).await?;
+    let rolled = roll_out(fleet, rollout, wanted, pacing).await;
+    let released = fleet.hold_scaling(false).await;
+    let ids = rolled?;
+    released?;
+    Ok(ids)
+}
+
+async fn roll_out(
     fleet: &impl Fleet,
     rollout: &Rollout,
     wanted: &Wanted,

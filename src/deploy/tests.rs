@@ -127,6 +127,8 @@ struct FakeGroup {
     fewest_healthy: RefCell<usize>,
     /// The largest difference between the zones, after each retirement.
     imbalance: RefCell<Vec<usize>>,
+    /// Whether the group's own scaling is held, and how many times it was.
+    scaling_held: RefCell<(bool, u32)>,
 }
 
 struct FakeInstance {
@@ -170,6 +172,7 @@ impl FakeGroup {
             launched: RefCell::new(0),
             fewest_healthy: RefCell::new(zones.len()),
             imbalance: RefCell::default(),
+            scaling_held: RefCell::default(),
         }
     }
 
@@ -269,6 +272,10 @@ impl Fleet for FakeGroup {
     }
 
     async fn resize(&self, desired: Option<usize>, max: Option<usize>) -> Result<()> {
+        assert!(
+            self.scaling_held.borrow().0,
+            "the group is resized with its own scaling still on"
+        );
         let mut capacity = *self.capacity.borrow();
         if let Some(max) = max {
             capacity.max = max;
@@ -336,6 +343,14 @@ impl Fleet for FakeGroup {
     async fn console_tail(&self, id: &str) -> String {
         format!("realtime-stack boot: attempt 3 failed on {id}")
     }
+
+    async fn hold_scaling(&self, hold: bool) -> Result<()> {
+        let mut held = self.scaling_held.borrow_mut();
+        assert_ne!(held.0, hold, "held twice, or released unheld");
+        held.0 = hold;
+        held.1 += u32::from(hold);
+        Ok(())
+    }
 }
 
 fn pacing(progress: &Progress) -> Pacing<'_> {
@@ -377,6 +392,11 @@ async fn a_roll_surges_waits_healthy_then_retires_one_at_a_time() {
     );
     assert_eq!(*group.fewest_healthy.borrow(), group.wanted_count);
     assert_eq!(*group.capacity.borrow(), Capacity { desired: 2, max: 2 });
+    assert_eq!(
+        *group.scaling_held.borrow(),
+        (false, 1),
+        "the group's own scaling held for the whole roll, and released after"
+    );
 }
 
 /// Issue 18: retiring the instance about to go counted as a reason to place the
@@ -433,6 +453,11 @@ async fn a_replacement_that_never_gets_healthy_stops_the_roll_and_the_old_keep_s
             "desired 2 max 2"
         ],
         "nothing old retired; the new one went, the template went back"
+    );
+    assert_eq!(
+        *group.scaling_held.borrow(),
+        (false, 1),
+        "a stopped roll releases the group's own scaling too"
     );
     assert_eq!(
         group

@@ -449,6 +449,36 @@ pub async fn resize(stack: &Stack, desired: Option<usize>, max: Option<usize>) -
     Ok(())
 }
 
+/// What changes the group's size on its own, besides health replacements: the scaling
+/// policy's alarms, scheduled actions, and the rebalancing of zones.
+/// <https://docs.aws.amazon.com/autoscaling/ec2/userguide/as-suspend-resume-processes.html>
+const SCALING_PROCESSES: [&str; 3] = ["AlarmNotification", "ScheduledActions", "AZRebalance"];
+
+/// Suspends ([`SCALING_PROCESSES`]) or resumes the group's own scaling.
+pub async fn hold_scaling(stack: &Stack, hold: bool) -> Result<()> {
+    let name = stack.names.auto_scaling_group();
+    let processes = Some(SCALING_PROCESSES.map(String::from).to_vec());
+    let autoscaling = &stack.clients.autoscaling;
+    if hold {
+        autoscaling
+            .suspend_processes()
+            .auto_scaling_group_name(&name)
+            .set_scaling_processes(processes)
+            .send()
+            .await
+            .call(format!("SuspendProcesses {name}"))?;
+    } else {
+        autoscaling
+            .resume_processes()
+            .auto_scaling_group_name(&name)
+            .set_scaling_processes(processes)
+            .send()
+            .await
+            .call(format!("ResumeProcesses {name}"))?;
+    }
+    Ok(())
+}
+
 /// Takes `id` out of the group: deregistered from the target group, drained for the
 /// deregistration delay, terminated. With `decrement`, the group's desired capacity goes
 /// down by one; without, the group launches a replacement.
