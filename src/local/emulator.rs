@@ -67,6 +67,8 @@ struct Emulator {
     /// Instances booted here, with the loopback port their server listens on.
     booted: Mutex<HashMap<String, (LocalInstance, u16)>>,
     targets: Arc<Targets>,
+    /// What the load balancer saw at its last round, once it has had one.
+    status: Mutex<Option<Status>>,
 }
 
 /// Runs the emulator until SIGTERM or SIGINT; then it stops every instance it booted.
@@ -111,6 +113,7 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
         redis_address,
         booted: Mutex::default(),
         targets: Arc::default(),
+        status: Mutex::default(),
     });
     log(&format!(
         "emulating stack {} on {}; load balancer on http://{}/",
@@ -121,6 +124,7 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
     let proxy = tokio::spawn(proxy::serve(listener, emulator.targets.clone()));
     let instances = tokio::spawn(follow_instances(emulator.clone()));
     let load_balancer = tokio::spawn(follow_target_group(emulator.clone()));
+    let heartbeat = tokio::spawn(write_status(emulator.clone()));
     wait_for_signal().await?;
     log("stopping");
     proxy.abort();
@@ -129,6 +133,7 @@ pub async fn run(args: EmulatorArgs) -> Result<()> {
     }
     instances.abort();
     load_balancer.abort();
+    heartbeat.abort();
     let booted: Vec<(LocalInstance, u16)> = emulator
         .booted
         .lock()
@@ -324,10 +329,7 @@ async fn target_group_round(
     draining: &mut BTreeMap<String, Instant>,
 ) -> Result<()> {
     let Some((arn, check)) = target_group(emulator).await? else {
-        emulator.state_dir.save_status(&Status {
-            written_at: now_millis(),
-            targets: BTreeMap::new(),
-        })?;
+        emulator.record_status(Status::default());
         return Ok(());
     };
     // As LocalStack records them: which instances are registered, not how healthy.
@@ -366,10 +368,7 @@ async fn target_group_round(
         .iter()
         .map(|(id, (_, port))| (id.clone(), *port))
         .collect();
-    let mut status = Status {
-        written_at: now_millis(),
-        targets: BTreeMap::new(),
-    };
+    let mut status = Status::default();
     for id in &registered {
         let record = checked.entry(id.clone()).or_default();
         match ports.get(id) {
@@ -404,7 +403,31 @@ async fn target_group_round(
             },
         );
     }
-    emulator.state_dir.save_status(&status)
+    emulator.record_status(status);
+    Ok(())
+}
+
+impl Emulator {
+    fn record_status(&self, status: Status) {
+        *self.status.lock().expect("status lock") = Some(status);
+    }
+}
+
+/// Writes the load balancer's last status every round, stamped with the time: `up
+/// --local` and `status` read a fresh file as "the emulator runs". Apart from the rounds,
+/// so that a round held up by a slow LocalStack (a loaded machine, many stacks at once)
+/// does not pass for a dead emulator.
+async fn write_status(emulator: Arc<Emulator>) {
+    loop {
+        let status = emulator.status.lock().expect("status lock").clone();
+        if let Some(mut status) = status {
+            status.written_at = now_millis();
+            if let Err(err) = emulator.state_dir.save_status(&status) {
+                log(&format!("status: {err:#}"));
+            }
+        }
+        tokio::time::sleep(ROUND).await;
+    }
 }
 
 /// What the load balancer tells the Auto Scaling group of a target that fails its health
