@@ -30,6 +30,11 @@ use futures_util::Stream;
 
 /// A queue that grew past this gives the memory back once it is empty again.
 const KEPT_SLOTS: usize = 16;
+/// Frames gathered in a window that wake the receivers before its end: as many as a
+/// receiver writes with one flush. A room this busy gains nothing more by waiting, and
+/// a client waiting for its own message back (a sender that keeps a few in flight)
+/// is not held to one round per window.
+const WAKE_BATCH: usize = 32;
 
 /// Frames lost to a receiver that fell behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +62,8 @@ struct State<T> {
     /// window that followed.
     last_wake: Option<Instant>,
     wake_due: bool,
+    /// Frames sent since the last wake.
+    unwoken: usize,
 }
 
 impl<T> State<T> {
@@ -69,6 +76,7 @@ impl<T> State<T> {
         self.generation += 1;
         self.last_wake = Some(Instant::now());
         self.wake_due = false;
+        self.unwoken = 0;
         let waiting = self.wakers.len();
         std::mem::replace(&mut self.wakers, Vec::with_capacity(waiting))
     }
@@ -127,6 +135,7 @@ impl<T: Clone + Send + 'static> Sender<T> {
                     generation: 0,
                     last_wake: None,
                     wake_due: false,
+                    unwoken: 0,
                 }),
                 capacity: capacity.max(1),
                 window,
@@ -151,12 +160,14 @@ impl<T: Clone + Send + 'static> Sender<T> {
             value,
             unread: active,
         });
-        if state.wake_due {
+        state.unwoken += 1;
+        if state.wake_due && state.unwoken < WAKE_BATCH {
             return active;
         }
         let window = self.shared.window;
         let wake_at = state.last_wake.map(|last| last + window);
-        match wake_at.filter(|at| *at > Instant::now()) {
+        let full = state.unwoken >= WAKE_BATCH;
+        match wake_at.filter(|at| *at > Instant::now() && !full) {
             None => {
                 let wakers = state.take_wakers();
                 drop(state);
@@ -168,8 +179,13 @@ impl<T: Clone + Send + 'static> Sender<T> {
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep_until(at).await;
-                    let wakers = shared.state.lock().unwrap().take_wakers();
-                    wake_all(wakers);
+                    let mut state = shared.state.lock().unwrap();
+                    // A full batch may have woken them already.
+                    if state.wake_due {
+                        let wakers = state.take_wakers();
+                        drop(state);
+                        wake_all(wakers);
+                    }
                 });
             }
         }
@@ -382,6 +398,28 @@ mod tests {
             woken,
             quiet + window,
             "woken once, at the end of the window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_wakes_the_receivers_before_the_window_ends() {
+        let sender = Sender::new(64, Duration::from_millis(20));
+        let mut receiver = sender.subscribe();
+        sender.send(0);
+        assert_eq!(next(&mut receiver), Some(Ok(0)));
+        let waiting = tokio::spawn(async move {
+            receiver.next().await;
+            tokio::time::Instant::now()
+        });
+        tokio::task::yield_now().await;
+        let sent = tokio::time::Instant::now();
+        for i in 1..=WAKE_BATCH as u32 {
+            sender.send(i);
+        }
+        assert_eq!(
+            waiting.await.unwrap(),
+            sent,
+            "woken by the batch, not the window"
         );
     }
 
