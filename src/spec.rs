@@ -191,6 +191,7 @@ const CHAT_KEYS: &[&str] = &[
     "history_messages",
     "max_rooms_per_connection",
     "presence_ttl_seconds",
+    "fanout_window_ms",
 ];
 const AUTH_KEYS: &[&str] = &[
     "public_key_file",
@@ -374,6 +375,9 @@ pub struct ChatSettings {
     pub max_rooms_per_connection: u16,
     /// A presence entry's lifetime without a heartbeat (`--presence-ttl-secs`).
     pub presence_ttl_seconds: u32,
+    /// How long a busy room gathers messages before its clients write them
+    /// (`--fanout-window-ms`); 0 sends each on its own.
+    pub fanout_window_ms: u16,
 }
 
 impl Default for ChatSettings {
@@ -382,6 +386,7 @@ impl Default for ChatSettings {
             history_messages: 1000,
             max_rooms_per_connection: 100,
             presence_ttl_seconds: 30,
+            fanout_window_ms: 0,
         }
     }
 }

@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let auth = config.verifier()?;
     let store = Store::new(&config)?;
     let metrics = Arc::new(Metrics::install()?);
-    let hub = Arc::new(Hub::new(config.send_queue));
+    let hub = Arc::new(Hub::new(config.send_queue, config.fanout_window()));
     let stop = CancellationToken::new();
     let background = TaskTracker::new();
     background.spawn(health::run(store.clone(), metrics.clone(), stop.clone()));

@@ -21,8 +21,10 @@ use crate::session::{self, Join};
 use crate::state::AppState;
 
 /// tungstenite's default read buffer is 128 KiB, allocated and zeroed per connection:
-/// most of an idle connection's memory. Chat frames are small; larger ones still work.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// most of an idle connection's memory. Chat frames are small (a `send` is about 100
+/// bytes, so a read still takes several), and a larger frame grows the buffer to its
+/// size: it costs only more reads of a client that streams big frames.
+const READ_BUFFER_BYTES: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 pub struct WsParams {

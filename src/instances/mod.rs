@@ -117,6 +117,7 @@ impl Boot<'_> {
                 "@PRESENCE_TTL_SECONDS@",
                 self.chat.presence_ttl_seconds.to_string(),
             ),
+            ("@FANOUT_WINDOW_MS@", self.chat.fanout_window_ms.to_string()),
         ];
         let mut program = BOOT_PROGRAM_TEMPLATE.to_owned();
         for (placeholder, value) in values {

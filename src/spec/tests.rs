@@ -143,6 +143,7 @@ chat:
   history_messages: 5000
   max_rooms_per_connection: 20
   presence_ttl_seconds: 60
+  fanout_window_ms: 20
 tags:
   team: chat
   cost-center: 1234
@@ -196,6 +197,7 @@ tags:
                 history_messages: 5000,
                 max_rooms_per_connection: 20,
                 presence_ttl_seconds: 60,
+                fanout_window_ms: 20,
             },
         },
         scaling: None,
@@ -1123,6 +1125,9 @@ fn chat_limits_are_checked_with_line_column_and_why() {
     let (path, _, _, message) = only("chat:\n  presence_ttl_seconds: soon\n");
     assert_eq!(path, "chat.presence_ttl_seconds");
     assert!(message.contains("a whole number"), "{message}");
+    let (path, _, _, message) = only("chat:\n  fanout_window_ms: 5000\n");
+    assert_eq!(path, "chat.fanout_window_ms");
+    assert!(message.contains("must be from 0 to 1000"), "{message}");
     // Absent, the chat server's own defaults.
     assert_eq!(
         StackSpec::parse(&with("chat:\n"), "stack.yaml")

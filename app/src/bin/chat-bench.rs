@@ -3,7 +3,10 @@
 //!
 //! Phases, each bounded in time or count (`--phases` picks them): delivered messages per
 //! second at saturation (senders keep a window of unechoed messages in flight) with the
-//! server CPU seconds per 100 000 deliveries (from `/proc/<pid>/stat`); end-to-end latency
+//! server CPU seconds per 100 000 deliveries (from `/proc/<pid>/stat`); a moderate load
+//! (`moderate`: a crowded room and many small rooms, each at a fixed offered rate, far
+//! below saturation) with the servers' CPU per delivery, Redis's CPU per message and the
+//! latency, where a delivery cannot share its wake-ups and writes with others; end-to-end latency
 //! percentiles at a fixed offered rate; the rooms dimension (for each count in `--rooms`,
 //! that many rooms with a few receivers each sharing one offered message rate: server CPU
 //! per delivery and Redis CPU per message, so the shape over room counts shows); what
@@ -50,7 +53,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "saturation,latency,rooms,presence,idle"
+        default_value = "saturation,moderate,latency,rooms,presence,idle"
     )]
     phases: Vec<Phase>,
     /// Sending connections in the saturation and latency phases.
@@ -81,6 +84,25 @@ struct Args {
     rooms_rate: f64,
     #[arg(long, default_value_t = 15)]
     rooms_secs: u64,
+    /// Moderate phase, the crowded room: receivers, and senders (in the room too).
+    #[arg(long, default_value_t = 200)]
+    moderate_receivers: usize,
+    #[arg(long, default_value_t = 50)]
+    moderate_senders: usize,
+    /// Messages per second offered in the crowded room, all senders together.
+    #[arg(long, default_value_t = 200.0)]
+    moderate_rate: f64,
+    /// Moderate phase, the small rooms: how many, connections each (the first sends),
+    /// and messages per second over all of them.
+    #[arg(long, default_value_t = 1000)]
+    moderate_rooms: usize,
+    #[arg(long, default_value_t = 3)]
+    moderate_room_connections: usize,
+    #[arg(long, default_value_t = 1000.0)]
+    moderate_rooms_rate: f64,
+    /// Seconds each moderate shape sends (CPU is read over exactly this window).
+    #[arg(long, default_value_t = 15)]
+    moderate_secs: u64,
     /// Rooms per connection in the sidebar phase, one run each: every connection is in
     /// every room (`?room=` the first, `join` frames the rest).
     #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
@@ -144,6 +166,7 @@ enum Phase {
     Saturation,
     Latency,
     Rooms,
+    Moderate,
     Sidebar,
     Presence,
     Idle,
@@ -207,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
                     println!("{run}");
                 }
             }
+            Phase::Moderate => moderate(&args, epoch, tick).await?,
             Phase::Sidebar => {
                 println!(
                     "| rooms per connection | connections | messages | deliveries | server CPU µs/delivery |"
@@ -275,22 +299,56 @@ fn percentiles(latencies: &mut [u64]) -> String {
     )
 }
 
-/// `count` rooms, `room_receivers` connections each spread over the servers; the first
-/// connection of each room sends its share of `rooms_rate` messages per second, stamped
-/// with the send time, for `rooms_secs`. CPU is read over the sending window only (not the connects).
-async fn rooms(args: &Args, count: usize, epoch: Instant, tick: f64) -> anyhow::Result<String> {
+/// A fixed offered load: `rooms` rooms of `per_room` connections each, spread over the
+/// servers; the first `senders_per_room` of each room also send, together `rate`
+/// messages per second over all rooms, evenly and out of phase, each stamped with its
+/// send time, for `secs`.
+struct Shape {
+    /// Names the rooms, so that shapes do not share them.
+    name: String,
+    rooms: usize,
+    per_room: usize,
+    senders_per_room: usize,
+    rate: f64,
+    secs: u64,
+}
+
+/// What a [`Shape`] cost, over its sending window only (not the connects, not the tail).
+struct Offered {
+    connections: usize,
+    /// Messages sent, and deliveries received (by every connection, senders included),
+    /// in the window.
+    sent: u64,
+    delivered: u64,
+    seconds: f64,
+    server_cpu: f64,
+    redis_cpu: f64,
+    /// End-to-end latency of every delivery, also of those after the window.
+    latencies: Vec<u64>,
+}
+
+impl Offered {
+    fn server_us_per_delivery(&self) -> f64 {
+        self.server_cpu / self.delivered.max(1) as f64 * 1e6
+    }
+
+    fn redis_us_per_message(&self) -> f64 {
+        self.redis_cpu / self.sent.max(1) as f64 * 1e6
+    }
+}
+
+/// Runs `shape`: connects, sends for its time, and reads the servers' and Redis's CPU
+/// at the start and the end of the sending window.
+async fn offer(args: &Args, shape: &Shape, epoch: Instant, tick: f64) -> anyhow::Result<Offered> {
     let servers = args.servers.clone();
-    let per_room = args.room_receivers.max(1);
+    let (count, per_room) = (shape.rooms, shape.per_room.max(1));
+    let senders_per_room = shape.senders_per_room.clamp(1, per_room);
     let connected: Vec<anyhow::Result<(usize, Ws)>> = stream::iter(0..count * per_room)
         .map(|i| {
             let (room, seat) = (i / per_room, i % per_room);
             let server = servers[(room + seat) % servers.len()];
-            async move {
-                Ok((
-                    room,
-                    connect(server, &format!("bench-rooms-{count}-{room}")).await?,
-                ))
-            }
+            let name = format!("bench-{}-{count}-{room}", shape.name);
+            async move { Ok((room, connect(server, &name).await?)) }
         })
         .buffer_unordered(args.connect_concurrency)
         .collect()
@@ -300,26 +358,47 @@ async fn rooms(args: &Args, count: usize, epoch: Instant, tick: f64) -> anyhow::
         let (room, ws) = result?;
         by_room[room].push(ws);
     }
-    let connections = count * per_room;
     let delivered = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
-    let duration = Duration::from_secs(args.rooms_secs);
-    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let duration = Duration::from_secs(shape.secs);
+    let start = tokio::time::Instant::now() + Duration::from_millis(500);
     let end_sending = start + duration;
     let end_receiving = end_sending + Duration::from_secs(2);
-    let period = Duration::from_secs_f64(count as f64 / args.rooms_rate);
-    let cpu = Cpu::start(args, tick)?;
+    let all_senders = count * senders_per_room;
+    let period = Duration::from_secs_f64(all_senders as f64 / shape.rate);
+    // The window's readings, taken by a task of its own at its two ends.
+    let window = tokio::spawn({
+        let (servers, redis) = (args.pids.clone(), args.redis_pids.clone());
+        let (delivered, sent) = (delivered.clone(), sent.clone());
+        async move {
+            tokio::time::sleep_until(start).await;
+            let before = (
+                cpu_seconds(&servers, tick)?,
+                cpu_seconds(&redis, tick)?,
+                delivered.load(Ordering::Relaxed),
+                sent.load(Ordering::Relaxed),
+            );
+            tokio::time::sleep_until(end_sending).await;
+            anyhow::Ok((
+                cpu_seconds(&servers, tick)? - before.0,
+                cpu_seconds(&redis, tick)? - before.1,
+                delivered.load(Ordering::Relaxed) - before.2,
+                sent.load(Ordering::Relaxed) - before.3,
+            ))
+        }
+    });
     let mut tasks = Vec::new();
     for (room, sockets) in by_room.into_iter().enumerate() {
         for (seat, ws) in sockets.into_iter().enumerate() {
             let (delivered, sent) = (delivered.clone(), sent.clone());
             tasks.push(tokio::spawn(async move {
                 let (mut sink, mut incoming) = ws.split();
-                let sender = (seat == 0).then(|| {
+                let sender = (seat < senders_per_room).then(|| {
                     let sent = sent.clone();
                     tokio::spawn(async move {
-                        // Rooms send out of phase, spread over the period.
-                        let offset = period.mul_f64(room as f64 / count as f64);
+                        // Senders send out of phase, spread over the period.
+                        let index = room * senders_per_room + seat;
+                        let offset = period.mul_f64(index as f64 / all_senders as f64);
                         let mut tick = tokio::time::interval_at(start + offset, period);
                         loop {
                             tick.tick().await;
@@ -357,22 +436,89 @@ async fn rooms(args: &Args, count: usize, epoch: Instant, tick: f64) -> anyhow::
             }));
         }
     }
+    let (server_cpu, redis_cpu, delivered, sent) = window.await??;
     let mut latencies = Vec::new();
     for task in tasks {
         latencies.extend(task.await?);
     }
-    let (server_cpu, redis_cpu) = cpu.used()?;
-    let (sent, delivered) = (
-        sent.load(Ordering::Relaxed),
-        delivered.load(Ordering::Relaxed),
-    );
+    Ok(Offered {
+        connections: count * per_room,
+        sent,
+        delivered,
+        seconds: duration.as_secs_f64(),
+        server_cpu,
+        redis_cpu,
+        latencies,
+    })
+}
+
+/// The rooms phase's run at `count` rooms: a row of its table.
+async fn rooms(args: &Args, count: usize, epoch: Instant, tick: f64) -> anyhow::Result<String> {
+    let shape = Shape {
+        name: "rooms".to_owned(),
+        rooms: count,
+        per_room: args.room_receivers,
+        senders_per_room: 1,
+        rate: args.rooms_rate,
+        secs: args.rooms_secs,
+    };
+    let mut run = offer(args, &shape, epoch, tick).await?;
     Ok(format!(
-        "| {count} | {connections} | {sent} ({:.0}/s) | {delivered} | {:.1} | {:.1} | {} |",
-        sent as f64 / duration.as_secs_f64(),
-        server_cpu / delivered.max(1) as f64 * 1e6,
-        redis_cpu / sent.max(1) as f64 * 1e6,
-        percentiles(&mut latencies),
+        "| {count} | {} | {} ({:.0}/s) | {} | {:.1} | {:.1} | {} |",
+        run.connections,
+        run.sent,
+        run.sent as f64 / run.seconds,
+        run.delivered,
+        run.server_us_per_delivery(),
+        run.redis_us_per_message(),
+        percentiles(&mut run.latencies),
     ))
+}
+
+/// The moderate phase: the crowded room (`moderate_receivers` + `moderate_senders` in one
+/// room, `moderate_rate` messages per second) and the many small rooms
+/// (`moderate_rooms` of `moderate_room_connections`, `moderate_rooms_rate`); a row each.
+async fn moderate(args: &Args, epoch: Instant, tick: f64) -> anyhow::Result<()> {
+    let shapes = [
+        Shape {
+            name: "crowd".to_owned(),
+            rooms: 1,
+            per_room: args.moderate_receivers + args.moderate_senders,
+            senders_per_room: args.moderate_senders,
+            rate: args.moderate_rate,
+            secs: args.moderate_secs,
+        },
+        Shape {
+            name: "small".to_owned(),
+            rooms: args.moderate_rooms,
+            per_room: args.moderate_room_connections,
+            senders_per_room: 1,
+            rate: args.moderate_rooms_rate,
+            secs: args.moderate_secs,
+        },
+    ];
+    println!(
+        "| shape | connections | messages/s | deliveries/s | server CPU µs/delivery | deliveries per server CPU-second | Redis CPU µs/message | latency |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for shape in &shapes {
+        let mut run = offer(args, shape, epoch, tick).await?;
+        let senders = shape.rooms * shape.senders_per_room.min(shape.per_room);
+        println!(
+            "| {} rooms × {} ({} sending) | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.1} | {} |",
+            shape.rooms,
+            shape.per_room,
+            senders,
+            run.connections,
+            run.sent as f64 / run.seconds,
+            run.delivered as f64 / run.seconds,
+            run.server_us_per_delivery(),
+            run.delivered as f64 / run.server_cpu.max(1e-9),
+            run.redis_us_per_message(),
+            percentiles(&mut run.latencies),
+        );
+    }
+    Ok(())
 }
 
 async fn connect(addr: SocketAddr, room: &str) -> anyhow::Result<Ws> {

@@ -11,16 +11,30 @@
 //! receiver may also be made parked ([`Receiver::parked`]): it keeps the room followed
 //! but queues nothing until [`Receiver::start`], so a client that takes long to join (a
 //! replay) cannot fall behind before it has begun.
+//!
+//! A channel may gather its wake-ups over a window ([`Sender::new`]): the first frame
+//! after a quiet spell wakes the receivers at once, and frames that follow within the
+//! window wake them once, at its end, all together. A receiver woken once writes what
+//! it finds with one flush, so a busy room costs a wake-up and a write per connection
+//! per window instead of per frame; a quiet room's frames go out as before.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures_util::Stream;
 
 /// A queue that grew past this gives the memory back once it is empty again.
 const KEPT_SLOTS: usize = 16;
+/// Frames gathered in a window that wake the receivers before its end: as many as a
+/// receiver writes with one flush. A room this busy gains nothing more by waiting, and
+/// a client waiting for its own message back (a sender that keeps a few in flight)
+/// is not held to one round per window.
+const WAKE_BATCH: usize = 32;
 
 /// Frames lost to a receiver that fell behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,13 +56,29 @@ struct State<T> {
     active: usize,
     /// Receivers waiting for the next frame; woken and emptied by each send.
     wakers: Vec<Waker>,
-    /// Bumped by each send: tells a receiver whether its waker is still in `wakers`.
+    /// Bumped by each wake: tells a receiver whether its waker is still in `wakers`.
     generation: u64,
+    /// When the receivers were last woken, and whether a wake is due at the end of the
+    /// window that followed.
+    last_wake: Option<Instant>,
+    wake_due: bool,
+    /// Frames sent since the last wake.
+    unwoken: usize,
 }
 
 impl<T> State<T> {
     fn tail(&self) -> u64 {
         self.head + self.queue.len() as u64
+    }
+
+    /// Takes the wakers of the receivers waiting, to wake once the lock is let go.
+    fn take_wakers(&mut self) -> Vec<Waker> {
+        self.generation += 1;
+        self.last_wake = Some(Instant::now());
+        self.wake_due = false;
+        self.unwoken = 0;
+        let waiting = self.wakers.len();
+        std::mem::replace(&mut self.wakers, Vec::with_capacity(waiting))
     }
 
     /// Drops the frames at the front that every receiver has read.
@@ -66,6 +96,14 @@ impl<T> State<T> {
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
+    /// Wake-ups after the first are gathered over this long; zero: each send wakes.
+    window: Duration,
+}
+
+fn wake_all(wakers: Vec<Waker>) {
+    for waker in wakers {
+        waker.wake();
+    }
 }
 
 /// The sending half: the room's, in the hub.
@@ -82,9 +120,10 @@ pub struct Receiver<T> {
     registered: Option<(u64, usize)>,
 }
 
-impl<T: Clone> Sender<T> {
-    /// A channel that queues at most `capacity` frames per receiver.
-    pub fn new(capacity: usize) -> Self {
+impl<T: Clone + Send + 'static> Sender<T> {
+    /// A channel that queues at most `capacity` frames per receiver, and gathers the
+    /// wake-ups of frames sent within `window` of the last wake (zero: none gathered).
+    pub fn new(capacity: usize, window: Duration) -> Self {
         Sender {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -94,14 +133,19 @@ impl<T: Clone> Sender<T> {
                     active: 0,
                     wakers: Vec::new(),
                     generation: 0,
+                    last_wake: None,
+                    wake_due: false,
+                    unwoken: 0,
                 }),
                 capacity: capacity.max(1),
+                window,
             }),
         }
     }
 
-    /// Queues `value` for every active receiver and wakes those waiting; returns how
-    /// many it was queued for. A receiver `capacity` frames behind loses the oldest.
+    /// Queues `value` for every active receiver and wakes those waiting, at once or at
+    /// the end of the window; returns how many it was queued for. A receiver `capacity`
+    /// frames behind loses the oldest.
     pub fn send(&self, value: T) -> usize {
         let mut state = self.shared.state.lock().unwrap();
         if state.active == 0 {
@@ -116,12 +160,34 @@ impl<T: Clone> Sender<T> {
             value,
             unread: active,
         });
-        state.generation += 1;
-        let waiting = state.wakers.len();
-        let wakers = std::mem::replace(&mut state.wakers, Vec::with_capacity(waiting));
-        drop(state);
-        for waker in wakers {
-            waker.wake();
+        state.unwoken += 1;
+        if state.wake_due && state.unwoken < WAKE_BATCH {
+            return active;
+        }
+        let window = self.shared.window;
+        let wake_at = state.last_wake.map(|last| last + window);
+        let full = state.unwoken >= WAKE_BATCH;
+        match wake_at.filter(|at| *at > Instant::now() && !full) {
+            None => {
+                let wakers = state.take_wakers();
+                drop(state);
+                wake_all(wakers);
+            }
+            Some(at) => {
+                state.wake_due = true;
+                drop(state);
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    let mut state = shared.state.lock().unwrap();
+                    // A full batch may have woken them already.
+                    if state.wake_due {
+                        let wakers = state.take_wakers();
+                        drop(state);
+                        wake_all(wakers);
+                    }
+                });
+            }
         }
         active
     }
@@ -239,7 +305,7 @@ mod tests {
 
     #[test]
     fn every_receiver_gets_every_frame_sent_after_it_subscribed() {
-        let sender = Sender::new(8);
+        let sender = Sender::new(8, Duration::ZERO);
         assert_eq!(sender.send(0), 0, "nobody listens");
         let mut a = sender.subscribe();
         assert_eq!(sender.send(1), 1);
@@ -255,7 +321,7 @@ mod tests {
 
     #[test]
     fn a_quiet_room_holds_no_slots_and_a_burst_gives_its_memory_back() {
-        let sender = Sender::new(256);
+        let sender = Sender::new(256, Duration::ZERO);
         let mut a = sender.subscribe();
         assert_eq!(queued(&sender), (0, 0));
         for i in 0..200 {
@@ -272,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_receiver_too_far_behind_is_told_how_many_it_lost() {
-        let sender = Sender::new(3);
+        let sender = Sender::new(3, Duration::ZERO);
         let mut slow = sender.subscribe();
         let mut quick = sender.subscribe();
         for i in 0..5 {
@@ -288,7 +354,7 @@ mod tests {
 
     #[test]
     fn a_parked_receiver_counts_but_queues_nothing_until_started() {
-        let sender = Sender::new(2);
+        let sender = Sender::new(2, Duration::ZERO);
         let mut parked = sender.parked();
         assert_eq!(sender.receiver_count(), 1);
         for i in 0..10 {
@@ -300,9 +366,66 @@ mod tests {
         assert_eq!(next(&mut parked), Some(Ok(10)));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn sends_within_the_window_wake_the_receivers_once_at_its_end() {
+        let window = Duration::from_millis(20);
+        let sender = Sender::new(8, window);
+        let mut receiver = sender.subscribe();
+        let waiting = tokio::spawn(async move {
+            let first = receiver.next().await;
+            (first, tokio::time::Instant::now(), receiver)
+        });
+        tokio::task::yield_now().await;
+        let quiet = tokio::time::Instant::now();
+        sender.send(1);
+        let (first, woken, mut receiver) = waiting.await.unwrap();
+        assert_eq!(first, Some(Ok(1)));
+        assert_eq!(
+            woken, quiet,
+            "the first send after a quiet spell wakes at once"
+        );
+        let waiting = tokio::spawn(async move {
+            let second = receiver.next().await;
+            let woken = tokio::time::Instant::now();
+            (second, woken, next(&mut receiver))
+        });
+        tokio::task::yield_now().await;
+        sender.send(2);
+        sender.send(3);
+        let (second, woken, third) = waiting.await.unwrap();
+        assert_eq!((second, third), (Some(Ok(2)), Some(Ok(3))));
+        assert_eq!(
+            woken,
+            quiet + window,
+            "woken once, at the end of the window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_wakes_the_receivers_before_the_window_ends() {
+        let sender = Sender::new(64, Duration::from_millis(20));
+        let mut receiver = sender.subscribe();
+        sender.send(0);
+        assert_eq!(next(&mut receiver), Some(Ok(0)));
+        let waiting = tokio::spawn(async move {
+            receiver.next().await;
+            tokio::time::Instant::now()
+        });
+        tokio::task::yield_now().await;
+        let sent = tokio::time::Instant::now();
+        for i in 1..=WAKE_BATCH as u32 {
+            sender.send(i);
+        }
+        assert_eq!(
+            waiting.await.unwrap(),
+            sent,
+            "woken by the batch, not the window"
+        );
+    }
+
     #[tokio::test]
     async fn a_waiting_receiver_is_woken_by_a_send() {
-        let sender = Sender::new(4);
+        let sender = Sender::new(4, Duration::ZERO);
         let mut receiver = sender.subscribe();
         let waiting = tokio::spawn(async move { receiver.next().await });
         tokio::task::yield_now().await;

@@ -16,6 +16,7 @@ pub mod channel;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
@@ -72,6 +73,8 @@ pub struct Hub {
     tag: String,
     connections: AtomicU64,
     capacity: usize,
+    /// How long a room's queues gather wake-ups ([`channel`]).
+    window: Duration,
     /// Wakes the reader when a room is joined.
     changed: Notify,
     /// Wakes joins waiting for a room to be live.
@@ -79,12 +82,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, window: Duration) -> Self {
         Hub {
             state: Mutex::new(Rooms::default()),
             tag: format!("{:x}", rand::random::<u64>()),
             connections: AtomicU64::new(0),
             capacity: capacity.max(1),
+            window,
             changed: Notify::new(),
             went_live: Notify::new(),
         }
@@ -123,7 +127,7 @@ impl Hub {
             created = true;
             joined.push(room.to_owned());
             Room {
-                entries: Sender::new(self.capacity),
+                entries: Sender::new(self.capacity, self.window),
                 events: None,
                 last_id: start,
                 live: false,
@@ -134,7 +138,7 @@ impl Hub {
             events: events.then(|| {
                 followed
                     .events
-                    .get_or_insert_with(|| Sender::new(self.capacity))
+                    .get_or_insert_with(|| Sender::new(self.capacity, self.window))
                     .subscribe()
             }),
         };
@@ -312,7 +316,7 @@ mod tests {
 
     #[test]
     fn publishes_each_id_once_and_only_after_start() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, Duration::ZERO);
         let mut rx = join(&hub, "a", id("5-0"));
         let frame = || Some(Utf8Bytes::from("m"));
         assert_eq!(hub.publish("a", id("4-0"), frame()), 0);
@@ -328,7 +332,7 @@ mod tests {
 
     #[test]
     fn a_parked_join_starts_at_the_position_it_is_told() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, Duration::ZERO);
         let frame = || Some(Utf8Bytes::from("m"));
         let mut joined = hub.join("a", id("1-0"), false);
         assert_eq!(
@@ -350,7 +354,7 @@ mod tests {
 
     #[test]
     fn events_go_only_to_the_clients_that_asked_for_them() {
-        let hub = Hub::new(2);
+        let hub = Hub::new(2, Duration::ZERO);
         let mut plain = join(&hub, "a", id("1-0"));
         let event = || Utf8Bytes::from("e");
         hub.announce("a", About::Event { origin: 0 }, event());
@@ -367,7 +371,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_join_waits_until_the_room_is_live() {
-        let hub = std::sync::Arc::new(Hub::new(8));
+        let hub = std::sync::Arc::new(Hub::new(8, Duration::ZERO));
         let _rx = join(&hub, "a", StreamId::default());
         let waiting = tokio::spawn({
             let hub = hub.clone();
@@ -382,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_connection_s_origin_is_recognised_only_by_its_own_process() {
-        let (here, there) = (Hub::new(1), Hub::new(1));
+        let (here, there) = (Hub::new(1, Duration::ZERO), Hub::new(1, Duration::ZERO));
         let connection = here.new_connection();
         assert_ne!(connection, 0);
         assert_eq!(here.local_connection(&here.origin(connection)), connection);
@@ -392,7 +396,7 @@ mod tests {
 
     #[test]
     fn hands_out_each_new_room_once_and_forgets_rooms_without_listeners() {
-        let hub = Hub::new(8);
+        let hub = Hub::new(8, Duration::ZERO);
         let a = join(&hub, "a", StreamId::default());
         let a2 = join(&hub, "a", StreamId::default());
         let b = join(&hub, "b", StreamId::default());

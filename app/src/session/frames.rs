@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt as _;
 use futures_util::stream::SplitStream;
-use tokio::sync::mpsc;
 
 use super::rooms::{self, Answer, JoinError};
 use super::{
     CLOSE_INVALID_DATA, CLOSE_POLICY, CLOSE_PROTOCOL, CLOSE_RATE, CLOSE_TOO_BIG, CLOSE_TRY_LATER,
-    Connection, Ending, Reply,
+    Connection, Ending, Replies, Reply,
 };
 use crate::auth::Identity;
 use crate::connection::StoreError;
@@ -67,7 +66,7 @@ struct Membership {
 pub(super) struct Reader<'a> {
     state: &'a AppState,
     connection: &'a Connection,
-    replies: mpsc::Sender<Reply>,
+    replies: Replies,
     /// This connection's place in its address's quota, held for its lifetime.
     slot: ConnectionSlot,
     /// The room of a `send` without one: the first room.
@@ -84,7 +83,7 @@ impl<'a> Reader<'a> {
     pub fn new(
         state: &'a AppState,
         connection: &'a Connection,
-        replies: mpsc::Sender<Reply>,
+        replies: Replies,
         slot: ConnectionSlot,
     ) -> Self {
         Reader {
@@ -109,11 +108,13 @@ impl<'a> Reader<'a> {
     pub async fn run(
         &mut self,
         stream: &mut SplitStream<WebSocket>,
-        start: Start,
+        start: Box<Start>,
         last_seen: &AtomicU64,
         started: Instant,
     ) -> Ending {
-        if let Err(ending) = self.join_first(start).await {
+        // The handlers' futures are boxed: held inline, the largest of them (a join with
+        // its replay) would be part of every idle connection's task, for its lifetime.
+        if let Err(ending) = Box::pin(self.join_first(start)).await {
             return ending;
         }
         while let Some(frame) = stream.next().await {
@@ -131,11 +132,11 @@ impl<'a> Reader<'a> {
                         .as_ref()
                         .filter(|_| self.connection.identity.is_some());
                     match parse_client_frame(&text, speaker) {
-                        Ok(ClientFrame::Send(send)) => self.send(send).await,
-                        Ok(ClientFrame::Join(join)) => self.join(join).await,
-                        Ok(ClientFrame::Leave { room }) => self.leave(room).await,
-                        Ok(ClientFrame::Typing { room }) => self.typing(&room).await,
-                        Ok(ClientFrame::History(request)) => self.history(request).await,
+                        Ok(ClientFrame::Send(send)) => Box::pin(self.send(send)).await,
+                        Ok(ClientFrame::Join(join)) => Box::pin(self.join(join)).await,
+                        Ok(ClientFrame::Leave { room }) => Box::pin(self.leave(room)).await,
+                        Ok(ClientFrame::Typing { room }) => Box::pin(self.typing(&room)).await,
+                        Ok(ClientFrame::History(request)) => Box::pin(self.history(request)).await,
                         Err(rejection) => Err(rejection),
                     }
                 }
@@ -148,7 +149,7 @@ impl<'a> Reader<'a> {
             };
             let outcome = match outcome {
                 Ok(()) => Ok(()),
-                Err(rejection) => self.refuse(rejection).await,
+                Err(rejection) => Box::pin(self.refuse(rejection)).await,
             };
             if let Err(ending) = outcome {
                 return ending;
@@ -159,8 +160,8 @@ impl<'a> Reader<'a> {
 
     /// Joins `?room=`. When Redis fails, the client still gets its `hello`, then the
     /// error, then close 1013: it should reconnect later.
-    async fn join_first(&mut self, start: Start) -> Result<(), Ending> {
-        let Start { first, room_state } = start;
+    async fn join_first(&mut self, start: Box<Start>) -> Result<(), Ending> {
+        let Start { first, room_state } = *start;
         self.default_room = first.room.clone();
         let answer = Answer::Hello {
             instance: &self.state.instance,
@@ -407,8 +408,7 @@ impl<'a> Reader<'a> {
     async fn leave(&mut self, room: String) -> Result<(), Rejection> {
         let present = self.membership(&room)?.present;
         self.rooms.remove(&room);
-        let left = ServerFrame::Left { room: &room }.to_json().into();
-        let _ = self.replies.send(Reply::Unfollow(room.clone(), left)).await;
+        let _ = self.replies.send(Reply::Unfollow(room.clone())).await;
         if present {
             self.state
                 .presence

@@ -93,12 +93,26 @@ enum Reply {
     Frame(Utf8Bytes),
     /// Replayed messages, written with one flush.
     Replay(Vec<Utf8Bytes>),
-    /// Start delivering a room's live frames.
-    Follow(writer::RoomFeed),
+    /// Start delivering a room's live frames. (Boxed: the queue holds its first 32
+    /// replies inline from the start, and most replies are a frame.)
+    Follow(Box<writer::RoomFeed>),
     /// Stop delivering a room's frames, then write its `left` frame.
-    Unfollow(String, Utf8Bytes),
+    Unfollow(String),
     /// Write what came before, then close.
     Close(u16, &'static str),
+}
+
+/// The reader's end of the queue of [`Reply`]s. They travel boxed: the queue holds room
+/// for its first 32 from the start, and an idle connection has none in flight.
+struct Replies(mpsc::Sender<Box<Reply>>);
+
+/// The writer is gone: the connection is ending.
+struct WriterGone;
+
+impl Replies {
+    async fn send(&self, reply: Reply) -> Result<(), WriterGone> {
+        self.0.send(Box::new(reply)).await.map_err(|_| WriterGone)
+    }
 }
 
 /// Who this connection is, for the rooms it joins.
@@ -114,7 +128,10 @@ struct Connection {
 
 type Sink = SplitSink<WebSocket, Message>;
 
-pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
+/// The connection's task. What the upgrade handed over is taken apart before the task
+/// starts, so that the task (which lives as long as the connection) holds only what it
+/// uses: an instance keeps tens of thousands of them, mostly idle.
+pub fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) -> impl Future<Output = ()> {
     let metrics = &state.metrics;
     metrics.connections.fetch_add(1, Ordering::Relaxed);
     metrics.connections_total.increment(1);
@@ -126,24 +143,23 @@ pub async fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) {
         member: join.member,
         registration: join.registration,
     };
-    let (mut sink, mut stream) = socket.split();
-    let ending = run(
-        &mut sink,
-        &mut stream,
-        &state,
-        &connection,
-        join.slot,
-        frames::Start {
-            first: join.first,
-            room_state: join.room_state,
-        },
-    )
-    .await;
-    finish(&mut sink, &mut stream, ending, &state.drain).await;
-    // Every room's presence this connection entered, also those whose join or leave
-    // was cut short when the connection ended.
-    state.presence.leave_connection(&connection.origin).await;
-    metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    let (sink, stream) = socket.split();
+    let start = Box::new(frames::Start {
+        first: join.first,
+        room_state: join.room_state,
+    });
+    let slot = join.slot;
+    async move {
+        let (mut sink, mut stream) = (sink, stream);
+        let ending = run(&mut sink, &mut stream, &state, &connection, slot, start).await;
+        // What runs after the connection is boxed: held inline, it would be part of
+        // every open connection's task.
+        Box::pin(finish(&mut sink, &mut stream, ending, &state.drain)).await;
+        // Every room's presence this connection entered, also those whose join or
+        // leave was cut short when the connection ended.
+        Box::pin(state.presence.leave_connection(&connection.origin)).await;
+        state.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What joining `room` costs the client's join budget: one if this instance does not
@@ -214,12 +230,12 @@ async fn run(
     state: &AppState,
     connection: &Connection,
     slot: ConnectionSlot,
-    start: frames::Start,
+    start: Box<frames::Start>,
 ) -> Ending {
     let last_seen = AtomicU64::new(0);
     let started = Instant::now();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
-    let mut reader = frames::Reader::new(state, connection, replies_tx, slot);
+    let mut reader = frames::Reader::new(state, connection, Replies(replies_tx), slot);
     tokio::select! {
         ending = writer::write_loop(sink, replies_rx, state, &last_seen, started) => ending,
         ending = reader.run(stream, start, &last_seen, started) => ending,
@@ -234,7 +250,8 @@ async fn token_expiry(state: &AppState, identity: Option<&Identity>) -> Ending {
     let Some(identity) = identity else {
         return std::future::pending().await;
     };
-    tokio::time::sleep(identity.expires_in()).await;
+    // Boxed, as the wait below: an open server's connections do not carry room for them.
+    Box::pin(tokio::time::sleep(identity.expires_in())).await;
     state.metrics.token_expired.increment(1);
     let (code, reason) = Refusal::Expired.close();
     Ending::Close(code, reason)
@@ -246,7 +263,7 @@ async fn disconnected(registration: Option<&Registration>) -> Ending {
     let Some(registration) = registration else {
         return std::future::pending().await;
     };
-    let close = registration.closed().await;
+    let close = Box::pin(registration.closed()).await;
     Ending::Frame(CloseFrame {
         code: close.code,
         reason: close.reason.into(),

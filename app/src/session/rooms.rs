@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 
 use super::writer::RoomFeed;
-use super::{Connection, Reply};
+use super::{Connection, Replies, Reply};
 use crate::auth::Identity;
 use crate::connection::StoreError;
 use crate::hub;
@@ -83,7 +83,7 @@ pub(super) async fn join(
     request: &JoinRequest,
     known: Option<RoomState>,
     answer: Answer<'_>,
-    replies: &tokio::sync::mpsc::Sender<Reply>,
+    replies: &Replies,
 ) -> Result<Joined, JoinError> {
     let room = request.room.as_str();
     let room_state = match known {
@@ -139,7 +139,7 @@ async fn follow(
     room_state: &RoomState,
     answer: Answer<'_>,
     live: hub::Joined,
-    replies: &tokio::sync::mpsc::Sender<Reply>,
+    replies: &Replies,
 ) -> Result<(), JoinError> {
     let room = request.room.as_str();
     let (verdict, first_page) = first_page(state, request, room_state).await?;
@@ -180,7 +180,7 @@ async fn replay_and_follow(
     verdict: Option<Result<(), Unrecoverable>>,
     first_page: Vec<Entry>,
     live: hub::Joined,
-    replies: &tokio::sync::mpsc::Sender<Reply>,
+    replies: &Replies,
 ) -> Result<(), JoinError> {
     let room = request.room.as_str();
     let recovered = verdict.map(|v| v.is_ok());
@@ -231,7 +231,7 @@ async fn replay_and_follow(
         replay.through,
         connection.number,
     );
-    send(replies, Reply::Follow(feed)).await
+    send(replies, Reply::Follow(Box::new(feed))).await
 }
 
 /// The `presence` frame of a room: how many users, and the first of them by name.
@@ -248,7 +248,7 @@ pub(super) async fn presence_frame(state: &AppState, room: &str) -> Result<Utf8B
 /// A room's entries on their way to a joining client, page by page.
 struct Replay<'a> {
     state: &'a AppState,
-    replies: &'a tokio::sync::mpsc::Sender<Reply>,
+    replies: &'a Replies,
     room: &'a str,
     epoch: Option<&'a str>,
     /// The last entry the client has (been sent, or had before).
@@ -327,6 +327,6 @@ async fn first_page(
     Ok((verdict, page))
 }
 
-async fn send(replies: &tokio::sync::mpsc::Sender<Reply>, reply: Reply) -> Result<(), JoinError> {
+async fn send(replies: &Replies, reply: Reply) -> Result<(), JoinError> {
     replies.send(reply).await.map_err(|_| JoinError::Gone)
 }

@@ -15,7 +15,7 @@ use tokio::time::timeout;
 use super::{CLOSE_RESTART, Ending, Reply, Sink, rooms, slow_consumer};
 use crate::hub::channel::Receiver;
 use crate::hub::{About, Outgoing};
-use crate::protocol::StreamId;
+use crate::protocol::{ServerFrame, StreamId};
 use crate::state::AppState;
 
 /// Live frames written to a client per flush at most.
@@ -121,7 +121,7 @@ type Feeds = SelectAll<RoomFeed>;
 /// when the client falls behind, when it stops answering, or when the reader says so.
 pub(super) async fn write_loop(
     sink: &mut Sink,
-    mut replies: mpsc::Receiver<Reply>,
+    mut replies: mpsc::Receiver<Box<Reply>>,
     state: &AppState,
     last_seen: &AtomicU64,
     started: Instant,
@@ -138,23 +138,25 @@ pub(super) async fn write_loop(
             biased;
             _ = &mut my_turn => return Ending::Close(CLOSE_RESTART, "server restart"),
             _ = state.close.cancelled() => return Ending::Close(CLOSE_RESTART, "server restart"),
-            Some(reply) = replies.recv() => match reply {
+            Some(reply) = replies.recv() => match *reply {
                 Reply::Frame(frame) => Message::Text(frame),
                 Reply::Replay(frames) => {
-                    if let Err(ending) = write_replay(sink, frames, state).await {
+                    // Boxed, as the presence read below: an idle connection's task does
+                    // not carry room for either.
+                    if let Err(ending) = Box::pin(write_replay(sink, frames, state)).await {
                         return ending;
                     }
                     continue;
                 }
                 Reply::Follow(feed) => {
-                    feeds.push(feed);
+                    feeds.push(*feed);
                     continue;
                 }
-                Reply::Unfollow(room, left) => {
+                Reply::Unfollow(room) => {
                     if let Some(feed) = feeds.iter_mut().find(|feed| feed.room == room) {
                         feed.close();
                     }
-                    Message::Text(left)
+                    Message::Text(ServerFrame::Left { room: &room }.to_json().into())
                 }
                 Reply::Close(code, reason) => return Ending::Close(code, reason),
             },
@@ -204,13 +206,15 @@ async fn feed_frame(
             Ok(Some(Message::Text(outgoing.frame)))
         }
         Err(FeedError::Behind) => Err(slow_consumer(state)),
-        Err(FeedError::EventsLost(room)) => match rooms::presence_frame(state, &room).await {
-            Ok(frame) => Ok(Some(Message::Text(frame))),
-            Err(error) => {
-                tracing::warn!(%error, room, "presence events were lost and the members cannot be read");
-                Ok(None)
+        Err(FeedError::EventsLost(room)) => {
+            match Box::pin(rooms::presence_frame(state, &room)).await {
+                Ok(frame) => Ok(Some(Message::Text(frame))),
+                Err(error) => {
+                    tracing::warn!(%error, room, "presence events were lost and the members cannot be read");
+                    Ok(None)
+                }
             }
-        },
+        }
     }
 }
 

@@ -489,12 +489,22 @@ impl Checker<'_> {
             "instances refresh presence every third of it; it is how long a member of a \
              lost instance stays listed",
         );
+        let fanout_window_ms = self.optional_integer(
+            &section,
+            "fanout_window_ms",
+            defaults.fanout_window_ms,
+            (0, 1000),
+            "a busy room's messages wait at most this long to go out together: 20 cuts the \
+             CPU per delivery of a room of 250 to a third, for about 10 ms more at the median \
+             and 3 ms more at p99 (BENCHMARKS.md); 0 sends each at once",
+        );
         Some(ChatSpec {
             auth: auth?,
             settings: ChatSettings {
                 history_messages: history_messages?,
                 max_rooms_per_connection: max_rooms_per_connection?,
                 presence_ttl_seconds: presence_ttl_seconds?,
+                fanout_window_ms: fanout_window_ms?,
             },
         })
     }
