@@ -5,6 +5,15 @@
 work="$(mktemp -d)"
 pids=()
 cleanup() {
+  local status=$?
+  # A benchmark that failed says what its servers said last (one may have exited).
+  if ((status != 0)); then
+    for log in "$work"/*.log; do
+      [[ -f $log ]] || continue
+      echo "--- the end of ${log##*/}:" >&2
+      tail -n 20 "$log" >&2
+    done
+  fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
