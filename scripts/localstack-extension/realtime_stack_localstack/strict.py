@@ -319,8 +319,7 @@ def launch_template(request: Request, _context) -> None:
         )
     data = request.get("LaunchTemplateData") or {}
     launch_parameters(data)
-    for specification in items(data.get("TagSpecifications")):
-        ec2_tag_restrictions(items(specification.get("Tags")))
+    tag_specifications(data, _context)
 
 
 def create_tags_on_instances(request: Request, context: RequestContext) -> None:
@@ -687,10 +686,9 @@ def group_sizes(request: Request, context: RequestContext) -> None:
     )
     if (minimum is None or maximum is None) and (minimum, maximum, desired) != (None, None, None):
         # An update naming some of the sizes is held to the group's others.
-        from moto.autoscaling.models import autoscaling_backends
+        from realtime_stack_localstack.autoscaling import backend_of
 
-        groups = autoscaling_backends[context.account_id][context.region].autoscaling_groups
-        group = groups.get(request.get("AutoScalingGroupName"))
+        group = backend_of(context).autoscaling_groups.get(request.get("AutoScalingGroupName"))
         if group is not None:
             minimum = group.min_size if minimum is None else minimum
             maximum = group.max_size if maximum is None else maximum
@@ -718,7 +716,6 @@ def scaling_policy(request: Request, _context) -> None:
     name = request.get("PolicyName") or ""
     if not 1 <= len(name) <= 255:
         raise validation_error(f"The policy name '{name}' must be 1 to 255 characters long.")
-    group_name(request, _context)
 
 
 # --- The table --------------------------------------------------------------------------
@@ -776,7 +773,7 @@ RULES: dict[str, dict[str, tuple[Check, ...]]] = {
         "CreateAutoScalingGroup": (group_name, group_sizes, group_tags),
         "UpdateAutoScalingGroup": (group_name, group_sizes),
         "CreateOrUpdateTags": (group_tags,),
-        "PutScalingPolicy": (scaling_policy,),
+        "PutScalingPolicy": (group_name, scaling_policy),
     },
     "route53": {
         "ChangeResourceRecordSets": (record_changes,),
