@@ -10,11 +10,27 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
+use axum::serve::{ListenerExt as _, TapIo};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::state::AppState;
 use crate::{api, ws};
 
 const PAGE: &str = include_str!("../static/index.html");
+
+/// The listener for the server's connections, with Nagle's algorithm off on each one.
+/// A chat writes small frames that must go at once: with Nagle, a frame written while
+/// the one before is not yet acknowledged waits for that acknowledgement, which the
+/// client (or the load balancer) delays by up to 40 ms.
+pub fn listener(listener: TcpListener) -> TapIo<TcpListener, fn(&mut TcpStream)> {
+    listener.tap_io(nagle_off)
+}
+
+fn nagle_off(stream: &mut TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::warn!(%error, "cannot set TCP_NODELAY on a connection");
+    }
+}
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -67,4 +83,21 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             .metrics
             .render(state.hub.room_count(), state.presence.counts()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener as _;
+
+    #[tokio::test]
+    async fn every_accepted_connection_has_nagle_off() {
+        let bound = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = bound.local_addr().unwrap();
+        let mut listener = listener(bound);
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, peer) = listener.accept().await;
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(accepted.nodelay().unwrap());
+    }
 }

@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let server = tokio::spawn(
         axum::serve(
-            listener,
+            http::listener(listener),
             http::router(state.clone())
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
