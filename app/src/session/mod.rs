@@ -236,7 +236,10 @@ async fn run(
     let started = Instant::now();
     let (replies_tx, replies_rx) = mpsc::channel(REPLY_QUEUE);
     let mut reader = frames::Reader::new(state, connection, Replies(replies_tx), slot);
+    // Biased: the branches are polled in order, without drawing a random start each
+    // time the connection's task wakes.
     tokio::select! {
+        biased;
         ending = writer::write_loop(sink, replies_rx, state, &last_seen, started) => ending,
         ending = reader.run(stream, start, &last_seen, started) => ending,
         ending = token_expiry(state, connection.identity.as_ref()) => ending,

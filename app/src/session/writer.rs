@@ -127,7 +127,10 @@ pub(super) async fn write_loop(
     started: Instant,
 ) -> Ending {
     let my_turn = state.drain.my_turn();
-    tokio::pin!(my_turn);
+    // Made once: a cancellation future registers with the token, which every
+    // connection shares, each time it is made.
+    let closing = state.close.cancelled();
+    tokio::pin!(my_turn, closing);
     let mut ping = tokio::time::interval_at(
         tokio::time::Instant::now() + state.ping_interval,
         state.ping_interval,
@@ -137,7 +140,7 @@ pub(super) async fn write_loop(
         let frame = tokio::select! {
             biased;
             _ = &mut my_turn => return Ending::Close(CLOSE_RESTART, "server restart"),
-            _ = state.close.cancelled() => return Ending::Close(CLOSE_RESTART, "server restart"),
+            _ = &mut closing => return Ending::Close(CLOSE_RESTART, "server restart"),
             Some(reply) = replies.recv() => match *reply {
                 Reply::Frame(frame) => Message::Text(frame),
                 Reply::Replay(frames) => {
@@ -174,19 +177,23 @@ pub(super) async fn write_loop(
                 Err(ending) => return ending,
             },
         };
-        let write = timeout(
-            state.write_timeout,
-            write_with_ready(sink, frame, &mut feeds, state),
-        );
-        tokio::select! {
-            written = write => match written {
-                Ok(Ok(())) => {}
-                Ok(Err(ending)) => return ending,
-                Err(_) => return slow_consumer(state),
+        let write = write_with_ready(sink, frame, &mut feeds, state);
+        tokio::pin!(write);
+        // Most writes end at once, into the socket's buffer: only one that waits for the
+        // client arms the write timeout (a timer, registered and removed, per write).
+        let written = match write.as_mut().now_or_never() {
+            Some(written) => written,
+            None => tokio::select! {
+                written = timeout(state.write_timeout, write) => {
+                    written.unwrap_or_else(|_| Err(slow_consumer(state)))
+                }
+                // A write stuck on a client that does not read cannot hold the drain:
+                // the socket goes, without a close frame (one cannot follow half a frame).
+                _ = &mut closing => Err(Ending::Drop),
             },
-            // A write stuck on a client that does not read cannot hold the drain: the
-            // socket goes, without a close frame (one cannot follow half a frame).
-            _ = state.close.cancelled() => return Ending::Drop,
+        };
+        if let Err(ending) = written {
+            return ending;
         }
     }
 }
