@@ -18,6 +18,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -105,12 +106,20 @@ struct Proxy {
 
 /// Serves the load balancer on `listener` until the task is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, targets: Arc<Targets>) -> Result<()> {
+    // Nagle's algorithm off on both sides, as on the chat server: a chat's small frames
+    // must not wait for the previous one's delayed acknowledgement.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
     let proxy = Proxy {
         targets,
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: Client::builder(TokioExecutor::new()).build(connector),
         port: listener.local_addr()?.port(),
     };
     let app = axum::Router::new().fallback(forward).with_state(proxy);
+    // A socket that refused it would keep Nagle's algorithm: slower, not wrong.
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
