@@ -376,7 +376,7 @@ pub struct ChatSettings {
     /// A presence entry's lifetime without a heartbeat (`--presence-ttl-secs`).
     pub presence_ttl_seconds: u32,
     /// How long a busy room gathers messages before its clients write them
-    /// (`--fanout-window-ms`); 0 sends each on its own.
+    /// (`--fanout-window-ms`, whose default it shares); 0 sends each on its own.
     pub fanout_window_ms: u16,
 }
 
@@ -386,7 +386,7 @@ impl Default for ChatSettings {
             history_messages: 1000,
             max_rooms_per_connection: 100,
             presence_ttl_seconds: 30,
-            fanout_window_ms: 0,
+            fanout_window_ms: 20,
         }
     }
 }

@@ -96,9 +96,11 @@ pub struct Config {
     /// Milliseconds over which a busy room's messages are gathered before its clients are
     /// woken to write them: the first message after a quiet spell goes out at once, those
     /// within the window after it together at its end, with one write per client. Trades
-    /// at most this much latency, in busy rooms only, for fewer wake-ups and writes; 0
-    /// (the default, latency as before) sends each message on its own.
-    #[arg(long, env = "CHAT_FANOUT_WINDOW_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    /// at most this much latency, in busy rooms only, for fewer wake-ups and writes
+    /// (BENCHMARKS.md, issue 22: half the CPU per delivery in a room of 250 at 200
+    /// messages/s, for a p99 still below the server's before Nagle's algorithm was
+    /// turned off); 0 sends each message on its own.
+    #[arg(long, env = "CHAT_FANOUT_WINDOW_MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub fanout_window_ms: u64,
 
     /// Seconds a single write to a client may take before it counts as too slow (close 4000).

@@ -41,7 +41,7 @@ fn the_chat_limits_reach_the_boot_program_and_change_the_configuration() {
         "HISTORY_MESSAGES='1000'",
         "MAX_ROOMS_PER_CONNECTION='100'",
         "PRESENCE_TTL_SECONDS='30'",
-        "FANOUT_WINDOW_MS='0'",
+        "FANOUT_WINDOW_MS='20'",
         "CHAT_FANOUT_WINDOW_MS=$FANOUT_WINDOW_MS",
         "CHAT_HISTORY_LEN=$HISTORY_MESSAGES",
         "CHAT_MAX_ROOMS_PER_CONNECTION=$MAX_ROOMS_PER_CONNECTION",
