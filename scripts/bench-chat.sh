@@ -35,10 +35,7 @@ redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
   --dir "$work" --logfile "$work/redis.log" &
 pids+=($!)
 redis_pid=$!
-for _ in $(seq 100); do
-  grep -q "Ready to accept" "$work/redis.log" 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_redis "$work/redis.log"
 
 addrs=()
 server_pids=()

@@ -54,10 +54,7 @@ for i in $(seq 0 $((shards - 1))); do
   taskset -c "$cpu" redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
     --dir "$dir" --logfile "$dir/redis.log" "${cluster[@]}" &
   pids+=($!)
-  for _ in $(seq 100); do
-    grep -q "Ready to accept" "$dir/redis.log" 2>/dev/null && break
-    sleep 0.1
-  done
+  wait_for_redis "$dir/redis.log"
   ports+=("$port")
   echo "redis-server 127.0.0.1:$port (pid $!) on CPU $cpu"
 done
