@@ -34,6 +34,10 @@ pub enum FeedError {
 /// already covered, with presence and typing events only if it asked for them (they
 /// come on a queue of their own), and without the events it caused itself. Closed
 /// (`leave`), it lets go of the room at once and ends.
+///
+/// It yields every frame ready at once, up to [`MAX_COALESCED`]: the set of feeds puts a
+/// feed back (an allocation) each time it yields, which is then once per write rather
+/// than once per delivery.
 pub struct RoomFeed {
     room: String,
     /// `None` once closed.
@@ -43,6 +47,8 @@ pub struct RoomFeed {
     waker: Option<Waker>,
     skip_through: StreamId,
     connection: u64,
+    /// Events were lost while frames gathered before were being yielded: said next.
+    events_lost: bool,
 }
 
 impl RoomFeed {
@@ -60,6 +66,7 @@ impl RoomFeed {
             waker: None,
             skip_through,
             connection,
+            events_lost: false,
         }
     }
 
@@ -82,33 +89,47 @@ impl RoomFeed {
 }
 
 impl Stream for RoomFeed {
-    type Item = Result<Outgoing, FeedError>;
+    type Item = Result<Vec<Outgoing>, FeedError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             this.waker = Some(cx.waker().clone());
         }
-        loop {
+        if std::mem::take(&mut this.events_lost) {
+            return Poll::Ready(Some(Err(FeedError::EventsLost(this.room.clone()))));
+        }
+        let mut ready = Vec::new();
+        while ready.len() < MAX_COALESCED {
             // Messages first: events never hold them up.
             let Some(entries) = this.entries.as_mut() else {
-                return Poll::Ready(None);
+                break;
             };
             let received = match entries.poll_recv(cx) {
+                // The connection ends: what was gathered would not be written anyway.
                 Poll::Ready(Err(_)) => return Poll::Ready(Some(Err(FeedError::Behind))),
                 Poll::Ready(Ok(outgoing)) => outgoing,
                 Poll::Pending => match this.events.as_mut().map(|events| events.poll_recv(cx)) {
                     Some(Poll::Ready(Ok(outgoing))) => outgoing,
                     Some(Poll::Ready(Err(_))) => {
-                        let room = this.room.clone();
-                        return Poll::Ready(Some(Err(FeedError::EventsLost(room))));
+                        if ready.is_empty() {
+                            let room = this.room.clone();
+                            return Poll::Ready(Some(Err(FeedError::EventsLost(room))));
+                        }
+                        this.events_lost = true;
+                        break;
                     }
-                    Some(Poll::Pending) | None => return Poll::Pending,
+                    Some(Poll::Pending) | None => break,
                 },
             };
             if this.wants(&received) {
-                return Poll::Ready(Some(Ok(received)));
+                ready.push(received);
             }
+        }
+        match (ready.is_empty(), this.entries.is_some()) {
+            (false, _) => Poll::Ready(Some(Ok(ready))),
+            (true, true) => Poll::Pending,
+            (true, false) => Poll::Ready(None),
         }
     }
 }
@@ -137,12 +158,12 @@ pub(super) async fn write_loop(
     );
     let mut feeds = Feeds::new();
     loop {
-        let frame = tokio::select! {
+        let next = tokio::select! {
             biased;
             _ = &mut my_turn => return Ending::Close(CLOSE_RESTART, "server restart"),
             _ = &mut closing => return Ending::Close(CLOSE_RESTART, "server restart"),
             Some(reply) = replies.recv() => match *reply {
-                Reply::Frame(frame) => Message::Text(frame),
+                Reply::Frame(frame) => Next::Frame(Message::Text(frame)),
                 Reply::Replay(frames) => {
                     // Boxed, as the presence read below: an idle connection's task does
                     // not carry room for either.
@@ -159,7 +180,7 @@ pub(super) async fn write_loop(
                     if let Some(feed) = feeds.iter_mut().find(|feed| feed.room == room) {
                         feed.close();
                     }
-                    Message::Text(ServerFrame::Left { room: &room }.to_json().into())
+                    Next::Frame(Message::Text(ServerFrame::Left { room: &room }.to_json().into()))
                 }
                 Reply::Close(code, reason) => return Ending::Close(code, reason),
             },
@@ -169,15 +190,18 @@ pub(super) async fn write_loop(
                     tracing::debug!(?silent, "dropping unresponsive client");
                     return Ending::Drop;
                 }
-                Message::Ping(Default::default())
+                Next::Frame(Message::Ping(Default::default()))
             }
-            Some(received) = feeds.next(), if !feeds.is_empty() => match feed_frame(received, state).await {
-                Ok(Some(frame)) => frame,
-                Ok(None) => continue,
-                Err(ending) => return ending,
+            Some(received) = feeds.next(), if !feeds.is_empty() => match received {
+                Ok(live) => Next::Live(live),
+                Err(error) => match feed_error(error, state).await {
+                    Ok(Some(frame)) => Next::Frame(frame),
+                    Ok(None) => continue,
+                    Err(ending) => return ending,
+                },
             },
         };
-        let write = write_with_ready(sink, frame, &mut feeds, state);
+        let write = write_with_ready(sink, next, &mut feeds, state);
         tokio::pin!(write);
         // Most writes end at once, into the socket's buffer: only one that waits for the
         // client arms the write timeout (a timer, registered and removed, per write).
@@ -198,50 +222,70 @@ pub(super) async fn write_loop(
     }
 }
 
-/// The frame to write for what a feed gave: its live frame; after events were lost, the
-/// room's members as they are now (nothing, if Redis cannot say); after messages were
-/// lost, the end.
-async fn feed_frame(
-    received: Result<Outgoing, FeedError>,
-    state: &AppState,
-) -> Result<Option<Message>, Ending> {
-    match received {
-        Ok(outgoing) => {
-            if matches!(outgoing.about, About::Entry(_)) {
-                state.metrics.messages_out.increment(1);
+/// What the writer writes next: one frame, or the live frames a room's feed had ready.
+enum Next {
+    Frame(Message),
+    Live(Vec<Outgoing>),
+}
+
+/// The frame to write after a feed went wrong: after events were lost, the room's
+/// members as they are now (nothing, if Redis cannot say); after messages were lost,
+/// the end.
+async fn feed_error(error: FeedError, state: &AppState) -> Result<Option<Message>, Ending> {
+    match error {
+        FeedError::Behind => Err(slow_consumer(state)),
+        FeedError::EventsLost(room) => match Box::pin(rooms::presence_frame(state, &room)).await {
+            Ok(frame) => Ok(Some(Message::Text(frame))),
+            Err(error) => {
+                tracing::warn!(%error, room, "presence events were lost and the members cannot be read");
+                Ok(None)
             }
-            Ok(Some(Message::Text(outgoing.frame)))
-        }
-        Err(FeedError::Behind) => Err(slow_consumer(state)),
-        Err(FeedError::EventsLost(room)) => {
-            match Box::pin(rooms::presence_frame(state, &room)).await {
-                Ok(frame) => Ok(Some(Message::Text(frame))),
-                Err(error) => {
-                    tracing::warn!(%error, room, "presence events were lost and the members cannot be read");
-                    Ok(None)
-                }
-            }
-        }
+        },
     }
 }
 
-/// Writes `frame` and the live frames already queued behind it (up to
+/// Feeds `next` to the socket; returns how many frames that was.
+async fn feed(sink: &mut Sink, next: Next, state: &AppState) -> Result<usize, Ending> {
+    let live = match next {
+        Next::Frame(frame) => {
+            sink.feed(frame).await.map_err(|_| Ending::Drop)?;
+            return Ok(1);
+        }
+        Next::Live(live) => live,
+    };
+    let (count, mut messages) = (live.len(), 0);
+    for outgoing in live {
+        messages += u64::from(matches!(outgoing.about, About::Entry(_)));
+        sink.feed(Message::Text(outgoing.frame))
+            .await
+            .map_err(|_| Ending::Drop)?;
+    }
+    state.metrics.messages_out.increment(messages);
+    Ok(count)
+}
+
+/// Writes `next` and the live frames already queued behind it (up to about
 /// [`MAX_COALESCED`]) with one flush: under load a client gets several messages per
 /// write instead of a write each.
 async fn write_with_ready(
     sink: &mut Sink,
-    frame: Message,
+    next: Next,
     feeds: &mut Feeds,
     state: &AppState,
 ) -> Result<(), Ending> {
-    sink.feed(frame).await.map_err(|_| Ending::Drop)?;
-    for _ in 1..MAX_COALESCED {
+    let mut written = feed(sink, next, state).await?;
+    while written < MAX_COALESCED {
         let Some(Some(received)) = feeds.next().now_or_never() else {
             break;
         };
-        if let Some(frame) = feed_frame(received, state).await? {
-            sink.feed(frame).await.map_err(|_| Ending::Drop)?;
-        }
+        let next = match received {
+            Ok(live) => Next::Live(live),
+            Err(error) => match feed_error(error, state).await? {
+                Some(frame) => Next::Frame(frame),
+                None => continue,
+            },
+        };
+        written += feed(sink, next, state).await?;
     }
     sink.flush().await.map_err(|_| Ending::Drop)
 }
@@ -266,5 +310,72 @@ async fn write_replay(
         }
         Ok(Err(_)) => Err(Ending::Drop),
         Err(_) => Err(slow_consumer(state)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::FutureExt as _;
+
+    use super::*;
+    use crate::hub::channel::Sender;
+
+    fn entry(id: &str) -> Outgoing {
+        Outgoing {
+            about: About::Entry(id.parse().unwrap()),
+            frame: id.into(),
+        }
+    }
+
+    fn event(origin: u64) -> Outgoing {
+        Outgoing {
+            about: About::Event { origin },
+            frame: format!("event from {origin}").into(),
+        }
+    }
+
+    fn next(feed: &mut RoomFeed) -> Option<Result<Vec<String>, FeedError>> {
+        let frames =
+            |ready: Vec<Outgoing>| ready.into_iter().map(|o| o.frame.to_string()).collect();
+        feed.next().now_or_never().flatten().map(|r| r.map(frames))
+    }
+
+    #[test]
+    fn a_feed_yields_what_is_ready_at_once_and_says_lost_events_after_the_messages() {
+        let (entries, events) = (
+            Sender::new(8, Duration::ZERO),
+            Sender::new(2, Duration::ZERO),
+        );
+        let connection = 7;
+        let mut feed = RoomFeed::new(
+            "a".to_owned(),
+            entries.subscribe(),
+            Some(events.subscribe()),
+            "2-0".parse().unwrap(),
+            connection,
+        );
+        // Covered by the replay, then new.
+        for id in ["1-0", "2-0", "3-0", "4-0"] {
+            entries.send(entry(id));
+        }
+        // Its own event is not sent back; the others overflow the queue of 2.
+        for origin in [connection, 1, 2, 3] {
+            events.send(event(origin));
+        }
+        let ready = next(&mut feed).unwrap().unwrap();
+        assert_eq!(ready, ["3-0", "4-0"], "messages first, in one batch");
+        assert!(matches!(next(&mut feed), Some(Err(FeedError::EventsLost(room))) if room == "a"));
+        assert_eq!(
+            next(&mut feed).unwrap().unwrap(),
+            ["event from 2", "event from 3"]
+        );
+        assert!(next(&mut feed).is_none(), "nothing more: pending");
+        feed.close();
+        assert!(
+            matches!(feed.next().now_or_never(), Some(None)),
+            "closed: ended"
+        );
     }
 }
