@@ -192,13 +192,10 @@ pub(super) async fn write_loop(
                 }
                 Next::Frame(Message::Ping(Default::default()))
             }
-            Some(received) = feeds.next(), if !feeds.is_empty() => match received {
-                Ok(live) => Next::Live(live),
-                Err(error) => match feed_error(error, state).await {
-                    Ok(Some(frame)) => Next::Frame(frame),
-                    Ok(None) => continue,
-                    Err(ending) => return ending,
-                },
+            Some(received) = feeds.next(), if !feeds.is_empty() => match next_of(received, state).await {
+                Ok(Some(next)) => next,
+                Ok(None) => continue,
+                Err(ending) => return ending,
             },
         };
         let write = write_with_ready(sink, next, &mut feeds, state);
@@ -228,19 +225,25 @@ enum Next {
     Live(Vec<Outgoing>),
 }
 
-/// The frame to write after a feed went wrong: after events were lost, the room's
-/// members as they are now (nothing, if Redis cannot say); after messages were lost,
-/// the end.
-async fn feed_error(error: FeedError, state: &AppState) -> Result<Option<Message>, Ending> {
-    match error {
-        FeedError::Behind => Err(slow_consumer(state)),
-        FeedError::EventsLost(room) => match Box::pin(rooms::presence_frame(state, &room)).await {
-            Ok(frame) => Ok(Some(Message::Text(frame))),
-            Err(error) => {
-                tracing::warn!(%error, room, "presence events were lost and the members cannot be read");
-                Ok(None)
+/// What to write for what a feed gave: its live frames; after events were lost, the
+/// room's members as they are now (nothing, if Redis cannot say); after messages were
+/// lost, the end.
+async fn next_of(
+    received: Result<Vec<Outgoing>, FeedError>,
+    state: &AppState,
+) -> Result<Option<Next>, Ending> {
+    match received {
+        Ok(live) => Ok(Some(Next::Live(live))),
+        Err(FeedError::Behind) => Err(slow_consumer(state)),
+        Err(FeedError::EventsLost(room)) => {
+            match Box::pin(rooms::presence_frame(state, &room)).await {
+                Ok(frame) => Ok(Some(Next::Frame(Message::Text(frame)))),
+                Err(error) => {
+                    tracing::warn!(%error, room, "presence events were lost and the members cannot be read");
+                    Ok(None)
+                }
             }
-        },
+        }
     }
 }
 
@@ -278,14 +281,9 @@ async fn write_with_ready(
         let Some(Some(received)) = feeds.next().now_or_never() else {
             break;
         };
-        let next = match received {
-            Ok(live) => Next::Live(live),
-            Err(error) => match feed_error(error, state).await? {
-                Some(frame) => Next::Frame(frame),
-                None => continue,
-            },
-        };
-        written += feed(sink, next, state).await?;
+        if let Some(next) = next_of(received, state).await? {
+            written += feed(sink, next, state).await?;
+        }
     }
     sink.flush().await.map_err(|_| Ending::Drop)
 }
