@@ -303,7 +303,7 @@ def run_instances(request: Request, _context) -> None:
 LAUNCH_TEMPLATE_NAME = re.compile(r"[a-zA-Z0-9().\-/_]{3,128}")
 
 
-def launch_template(request: Request, _context) -> None:
+def launch_template(request: Request, context: RequestContext) -> None:
     name = request.get("LaunchTemplateName")
     if name is not None and not LAUNCH_TEMPLATE_NAME.fullmatch(name):
         raise Refused(
@@ -319,7 +319,7 @@ def launch_template(request: Request, _context) -> None:
         )
     data = request.get("LaunchTemplateData") or {}
     launch_parameters(data)
-    tag_specifications(data, _context)
+    tag_specifications(data, context)
 
 
 def create_tags_on_instances(request: Request, context: RequestContext) -> None:
