@@ -20,6 +20,12 @@ const MARGIN_SHARE: f64 = 0.2;
 const MIN_MARGIN: Duration = Duration::from_secs(3);
 /// The end of the drain kept for leaving presence, after the last closing handshake.
 pub const LEAVE_RESERVE: Duration = Duration::from_secs(1);
+/// The least time the connections get to close after the window, however short the
+/// drain. A drain under [`LEAVE_RESERVE`] leaves no time for handshakes, so each close
+/// frame goes out only if its socket takes it at once; without this floor the process
+/// would exit before the connections' tasks even ran, and their clients would see a
+/// dropped connection (1006) instead of 1012.
+pub const CLOSE_FLOOR: Duration = Duration::from_millis(250);
 
 /// How long the closes are spread over, for a drain of `drain`.
 pub fn close_window(drain: Duration) -> Duration {
@@ -76,6 +82,18 @@ impl Drain {
         self.plan.get().map(|plan| plan.deadline)
     }
 
+    /// Until when the shutdown waits for the connections to close: [`LEAVE_RESERVE`]
+    /// before the deadline, but at least [`CLOSE_FLOOR`] from now.
+    pub fn closes_until(&self) -> Instant {
+        let floor = Instant::now() + CLOSE_FLOOR;
+        self.deadline().map_or(floor, |deadline| {
+            deadline
+                .checked_sub(LEAVE_RESERVE)
+                .unwrap_or(deadline)
+                .max(floor)
+        })
+    }
+
     /// How long a closing handshake may wait, from now: `wanted`, but during a drain
     /// no later than [`LEAVE_RESERVE`] before its deadline.
     pub fn handshake_time(&self, wanted: Duration) -> Duration {
@@ -118,5 +136,23 @@ mod tests {
         assert_eq!(drain.handshake_time(long), Duration::from_secs(9));
         tokio::time::advance(Duration::from_millis(9500)).await;
         assert_eq!(drain.handshake_time(long), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_closes_get_a_floor_however_short_the_drain() {
+        let drain = Drain::default();
+        drain.begin(Duration::from_secs(10));
+        assert_eq!(
+            drain.closes_until(),
+            Instant::now() + Duration::from_secs(9),
+            "a reserve before the deadline"
+        );
+        let instant = Drain::default();
+        instant.begin(Duration::ZERO);
+        assert_eq!(
+            instant.handshake_time(Duration::from_secs(2)),
+            Duration::ZERO
+        );
+        assert_eq!(instant.closes_until(), Instant::now() + CLOSE_FLOOR);
     }
 }

@@ -165,14 +165,11 @@ async fn main() -> anyhow::Result<()> {
         connections = metrics.connections.load(Ordering::Relaxed),
         "closing the remaining connections with 1012"
     );
-    // Everything below ends by the deadline: the stop timeout (the drain and a margin)
-    // never cuts a presence leave short.
+    // Everything below ends by the deadline (or, for a drain under a second, the close
+    // floor): the stop timeout (the drain and a margin) never cuts a presence leave short.
     state.close.cancel();
     state.tracker.close();
-    let reserve = deadline
-        .checked_sub(drain::LEAVE_RESERVE)
-        .unwrap_or(deadline);
-    let _ = tokio::time::timeout_at(reserve, state.tracker.wait()).await;
+    let _ = tokio::time::timeout_at(state.drain.closes_until(), state.tracker.wait()).await;
     // Connections still stuck (a socket that takes nothing) leave presence from here.
     let _ = tokio::time::timeout_at(deadline, state.presence.leave_everything()).await;
     let _ = tokio::time::timeout_at(deadline, server).await;

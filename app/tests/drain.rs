@@ -268,3 +268,40 @@ async fn shutdown_ends_within_the_drain_and_leaves_presence() {
     assert_eq!(present(&mut conn).await, 0, "presence left behind");
     drop(stalled);
 }
+
+/// A drain of 0 (stop at once) still closes every client with 1012, so that each
+/// reconnects with `since` rather than as after a crash. Before, the process could exit
+/// before the connections' tasks ran: the page's reconnect test saw no 1012 in about
+/// one run in fifteen.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_of_zero_still_closes_every_client_with_1012() {
+    const CLOSED: usize = 200;
+    let redis = Redis::start();
+    let mut server = Server::start(
+        "instant",
+        &redis.url(),
+        &["--drain-secs", "0", "--max-connections-per-address", "1000"],
+    );
+    let server_ref = &server;
+    let clients = futures_util::future::join_all(
+        (0..CLOSED).map(async |i| Client::connect(server_ref, &format!("?room=r{}", i % 10)).await),
+    )
+    .await;
+    server.sigterm();
+    let closes = futures_util::future::join_all(
+        clients
+            .into_iter()
+            .map(async |mut client| client.read_until_closed().await.0),
+    )
+    .await;
+    assert!(server.wait_exit().await.success());
+    let mut tally = std::collections::BTreeMap::<Option<u16>, usize>::new();
+    for code in closes {
+        *tally.entry(code).or_default() += 1;
+    }
+    assert_eq!(
+        tally,
+        [(Some(1012), CLOSED)].into(),
+        "clients per close code (None: no close frame)"
+    );
+}
