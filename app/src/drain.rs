@@ -74,7 +74,9 @@ impl Drain {
             offset_ms = offset.as_millis() as u64,
             "drain: this connection's turn to close"
         );
-        tokio::time::sleep_until(plan.start + offset).await;
+        // Boxed: made only once the drain has begun, it is no part of an idle
+        // connection's task before.
+        Box::pin(tokio::time::sleep_until(plan.start + offset)).await;
     }
 
     /// When the drain must be over, once it has begun.

@@ -150,17 +150,19 @@ pub async fn upgrade(
         )
             .into_response();
     }
-    let join = Join {
+    // Boxed: axum's upgrade task keeps what its callback captured for the connection's
+    // whole life, though the callback hands it on at once.
+    let join = Box::new(Join {
         slot,
         first,
         room_state,
         identity,
         member,
         registration,
-    };
+    });
     ws.on_upgrade(move |socket| {
         let tracker = state.tracker.clone();
-        tracker.track_future(session::serve(socket, state, join))
+        tracker.track_future(session::serve(socket, state, *join))
     })
 }
 

@@ -143,14 +143,13 @@ pub fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) -> impl Future
         member: join.member,
         registration: join.registration,
     };
-    let (sink, stream) = socket.split();
+    let (mut sink, mut stream) = socket.split();
     let start = Box::new(frames::Start {
         first: join.first,
         room_state: join.room_state,
     });
     let slot = join.slot;
     async move {
-        let (mut sink, mut stream) = (sink, stream);
         let ending = run(&mut sink, &mut stream, &state, &connection, slot, start).await;
         // What runs after the connection is boxed: held inline, it would be part of
         // every open connection's task.

@@ -134,9 +134,71 @@ impl Stream for RoomFeed {
     }
 }
 
-/// The rooms followed. A set that polls only the feeds that were woken, so a message
-/// costs the same whether the connection follows one room or a hundred.
-type Feeds = SelectAll<RoomFeed>;
+/// The rooms followed. Most connections follow one room: its feed is polled as it is.
+/// Several go in a set that polls only the feeds that were woken, so a message costs
+/// the same whether the connection follows two rooms or a hundred. (The set costs an
+/// idle connection about 500 bytes, and an allocation per write: it puts a feed back
+/// each time the feed yields.)
+#[derive(Default)]
+enum Feeds {
+    #[default]
+    None,
+    One(RoomFeed),
+    Many(SelectAll<RoomFeed>),
+}
+
+impl Feeds {
+    fn push(&mut self, feed: RoomFeed) {
+        *self = match std::mem::take(self) {
+            Feeds::None => Feeds::One(feed),
+            Feeds::One(first) => Feeds::Many([first, feed].into_iter().collect()),
+            Feeds::Many(mut set) => {
+                set.push(feed);
+                Feeds::Many(set)
+            }
+        };
+    }
+
+    /// Closes the feed of `room`, if the connection follows it.
+    fn close(&mut self, room: &str) {
+        let feed = match self {
+            Feeds::None => None,
+            Feeds::One(feed) => Some(feed).filter(|feed| feed.room == room),
+            Feeds::Many(set) => set.iter_mut().find(|feed| feed.room == room),
+        };
+        if let Some(feed) = feed {
+            feed.close();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Feeds::None => true,
+            Feeds::One(_) => false,
+            Feeds::Many(set) => set.is_empty(),
+        }
+    }
+}
+
+/// As the set's: what any feed yields; a feed that ends is dropped; `None` once none
+/// is left.
+impl Stream for Feeds {
+    type Item = Result<Vec<Outgoing>, FeedError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut *self {
+            Feeds::None => Poll::Ready(None),
+            Feeds::One(feed) => match feed.poll_next_unpin(cx) {
+                Poll::Ready(None) => {
+                    *self = Feeds::None;
+                    Poll::Ready(None)
+                }
+                polled => polled,
+            },
+            Feeds::Many(set) => set.poll_next_unpin(cx),
+        }
+    }
+}
 
 /// Sends live frames, replies and pings; ends the connection at the end of the drain,
 /// when the client falls behind, when it stops answering, or when the reader says so.
@@ -156,7 +218,7 @@ pub(super) async fn write_loop(
         tokio::time::Instant::now() + state.ping_interval,
         state.ping_interval,
     );
-    let mut feeds = Feeds::new();
+    let mut feeds = Feeds::default();
     loop {
         let next = tokio::select! {
             biased;
@@ -177,9 +239,7 @@ pub(super) async fn write_loop(
                     continue;
                 }
                 Reply::Unfollow(room) => {
-                    if let Some(feed) = feeds.iter_mut().find(|feed| feed.room == room) {
-                        feed.close();
-                    }
+                    feeds.close(&room);
                     Next::Frame(Message::Text(ServerFrame::Left { room: &room }.to_json().into()))
                 }
                 Reply::Close(code, reason) => return Ending::Close(code, reason),
@@ -198,8 +258,9 @@ pub(super) async fn write_loop(
                 Err(ending) => return ending,
             },
         };
-        let write = write_with_ready(sink, next, &mut feeds, state);
-        tokio::pin!(write);
+        // Boxed while it runs: inline, the write's state would be part of every idle
+        // connection's task (the largest state of an async function sets its size).
+        let mut write = Box::pin(write_with_ready(sink, next, &mut feeds, state));
         // Most writes end at once, into the socket's buffer: only one that waits for the
         // client arms the write timeout (a timer, registered and removed, per write).
         let written = match write.as_mut().now_or_never() {
@@ -334,7 +395,10 @@ mod tests {
         }
     }
 
-    fn next(feed: &mut RoomFeed) -> Option<Result<Vec<String>, FeedError>> {
+    /// What `feed` (a room's, or a connection's feeds) has ready now.
+    fn next(
+        feed: &mut (impl Stream<Item = Result<Vec<Outgoing>, FeedError>> + Unpin),
+    ) -> Option<Result<Vec<String>, FeedError>> {
         let frames =
             |ready: Vec<Outgoing>| ready.into_iter().map(|o| o.frame.to_string()).collect();
         feed.next().now_or_never().flatten().map(|r| r.map(frames))
@@ -375,5 +439,55 @@ mod tests {
             matches!(feed.next().now_or_never(), Some(None)),
             "closed: ended"
         );
+    }
+
+    #[test]
+    fn one_room_is_followed_as_it_is_and_several_until_each_is_left() {
+        let (a, b) = (
+            Sender::new(8, Duration::ZERO),
+            Sender::new(8, Duration::ZERO),
+        );
+        let feed = |room: &str, sender: &Sender<Outgoing>| {
+            RoomFeed::new(
+                room.to_owned(),
+                sender.subscribe(),
+                None,
+                "0-0".parse().unwrap(),
+                1,
+            )
+        };
+        let mut feeds = Feeds::default();
+        assert!(feeds.is_empty());
+        feeds.push(feed("a", &a));
+        assert!(matches!(feeds, Feeds::One(_)), "one room: no set");
+        a.send(entry("1-0"));
+        assert_eq!(next(&mut feeds).unwrap().unwrap(), ["1-0"]);
+
+        feeds.push(feed("b", &b));
+        a.send(entry("2-0"));
+        b.send(entry("3-0"));
+        let mut both = [next(&mut feeds), next(&mut feeds)].map(|r| r.unwrap().unwrap());
+        both.sort();
+        assert_eq!(both, [["2-0"], ["3-0"]], "still a's, and b's");
+        feeds.close("a");
+        a.send(entry("4-0"));
+        b.send(entry("5-0"));
+        assert_eq!(next(&mut feeds).unwrap().unwrap(), ["5-0"], "only b's");
+        assert!(next(&mut feeds).is_none());
+        feeds.close("b");
+        assert!(
+            matches!(feeds.next().now_or_never(), Some(None)),
+            "none left"
+        );
+        assert!(feeds.is_empty());
+
+        let mut one = Feeds::default();
+        one.push(feed("a", &a));
+        one.close("a");
+        assert!(
+            matches!(one.next().now_or_never(), Some(None)),
+            "left: ended"
+        );
+        assert!(one.is_empty());
     }
 }
