@@ -228,6 +228,30 @@ impl<T: Clone> Receiver<T> {
 
     /// The next frame, or how many were lost since the last one.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Lagged>> {
+        let mut taken = None;
+        self.poll_take(cx, 1, |value| taken = Some(value))
+            .map_ok(|_| taken.expect("one frame taken"))
+    }
+
+    /// The frames ready, up to `max` (at least one), appended to `out`; or how many were
+    /// lost since the last one. One lock for them all: a room's receivers all read at
+    /// once, after a wake, from every worker thread.
+    pub fn poll_recv_many(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        out: &mut Vec<T>,
+    ) -> Poll<Result<usize, Lagged>> {
+        self.poll_take(cx, max, |value| out.push(value))
+    }
+
+    /// Hands `take` up to `max` frames and says how many, or registers to be woken.
+    fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+        mut take: impl FnMut(T),
+    ) -> Poll<Result<usize, Lagged>> {
         let mut state = self.shared.state.lock().unwrap();
         let Some(next) = self.next else {
             return Poll::Pending;
@@ -237,14 +261,17 @@ impl<T: Clone> Receiver<T> {
             return Poll::Ready(Err(Lagged(state.head - next)));
         }
         let index = (next - state.head) as usize;
-        if let Some(slot) = state.queue.get_mut(index) {
-            slot.unread -= 1;
-            let value = slot.value.clone();
-            self.next = Some(next + 1);
+        let count = state.queue.len().saturating_sub(index).min(max);
+        if count > 0 {
+            for slot in state.queue.range_mut(index..index + count) {
+                slot.unread -= 1;
+                take(slot.value.clone());
+            }
+            self.next = Some(next + count as u64);
             if index == 0 {
                 state.trim();
             }
-            return Poll::Ready(Ok(value));
+            return Poll::Ready(Ok(count));
         }
         let generation = state.generation;
         match self.registered {
@@ -350,6 +377,36 @@ mod tests {
         drop(slow);
         assert_eq!(queued(&sender).0, 0, "a dropped receiver holds nothing");
         assert_eq!(sender.receiver_count(), 1);
+    }
+
+    #[test]
+    fn a_receiver_takes_what_is_ready_at_once_up_to_a_bound() {
+        let sender = Sender::new(4, Duration::ZERO);
+        let mut a = sender.subscribe();
+        let mut b = sender.subscribe();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut taken = Vec::new();
+        assert!(a.poll_recv_many(&mut cx, 8, &mut taken).is_pending());
+        for i in 0..6 {
+            sender.send(i);
+        }
+        assert_eq!(
+            a.poll_recv_many(&mut cx, 8, &mut taken),
+            Poll::Ready(Err(Lagged(2)))
+        );
+        assert_eq!(a.poll_recv_many(&mut cx, 3, &mut taken), Poll::Ready(Ok(3)));
+        assert_eq!(a.poll_recv_many(&mut cx, 3, &mut taken), Poll::Ready(Ok(1)));
+        assert_eq!(taken, [2, 3, 4, 5]);
+        assert_eq!(queued(&sender).0, 4, "b has read none of them");
+        taken.clear();
+        assert_eq!(
+            b.poll_recv_many(&mut cx, 1, &mut taken),
+            Poll::Ready(Err(Lagged(2)))
+        );
+        assert_eq!(b.poll_recv_many(&mut cx, 8, &mut taken), Poll::Ready(Ok(4)));
+        assert_eq!(queued(&sender).0, 0, "read by all: gone");
+        assert!(a.poll_recv_many(&mut cx, 8, &mut taken).is_pending());
     }
 
     #[test]

@@ -79,13 +79,6 @@ impl RoomFeed {
             waker.wake();
         }
     }
-
-    fn wants(&self, outgoing: &Outgoing) -> bool {
-        match outgoing.about {
-            About::Entry(id) => id > self.skip_through,
-            About::Event { origin } => origin != self.connection,
-        }
-    }
 }
 
 impl Stream for RoomFeed {
@@ -99,31 +92,36 @@ impl Stream for RoomFeed {
         if std::mem::take(&mut this.events_lost) {
             return Poll::Ready(Some(Err(FeedError::EventsLost(this.room.clone()))));
         }
+        let wants = |outgoing: &Outgoing| match outgoing.about {
+            About::Entry(id) => id > this.skip_through,
+            About::Event { origin } => origin != this.connection,
+        };
         let mut ready = Vec::new();
-        while ready.len() < MAX_COALESCED {
-            // Messages first: events never hold them up.
-            let Some(entries) = this.entries.as_mut() else {
-                break;
-            };
-            let received = match entries.poll_recv(cx) {
+        // Messages first: events never hold them up.
+        while ready.len() < MAX_COALESCED
+            && let Some(entries) = this.entries.as_mut()
+        {
+            match entries.poll_recv_many(cx, MAX_COALESCED - ready.len(), &mut ready) {
                 // The connection ends: what was gathered would not be written anyway.
                 Poll::Ready(Err(_)) => return Poll::Ready(Some(Err(FeedError::Behind))),
-                Poll::Ready(Ok(outgoing)) => outgoing,
-                Poll::Pending => match this.events.as_mut().map(|events| events.poll_recv(cx)) {
-                    Some(Poll::Ready(Ok(outgoing))) => outgoing,
-                    Some(Poll::Ready(Err(_))) => {
-                        if ready.is_empty() {
-                            let room = this.room.clone();
-                            return Poll::Ready(Some(Err(FeedError::EventsLost(room))));
-                        }
-                        this.events_lost = true;
-                        break;
+                Poll::Ready(Ok(_)) => ready.retain(wants),
+                Poll::Pending => break,
+            }
+        }
+        while ready.len() < MAX_COALESCED
+            && let Some(events) = this.events.as_mut()
+        {
+            match events.poll_recv_many(cx, MAX_COALESCED - ready.len(), &mut ready) {
+                Poll::Ready(Err(_)) => {
+                    if ready.is_empty() {
+                        let room = this.room.clone();
+                        return Poll::Ready(Some(Err(FeedError::EventsLost(room))));
                     }
-                    Some(Poll::Pending) | None => break,
-                },
-            };
-            if this.wants(&received) {
-                ready.push(received);
+                    this.events_lost = true;
+                    break;
+                }
+                Poll::Ready(Ok(_)) => ready.retain(wants),
+                Poll::Pending => break,
             }
         }
         match (ready.is_empty(), this.entries.is_some()) {
