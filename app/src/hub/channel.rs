@@ -19,14 +19,11 @@
 //! per window instead of per frame; a quiet room's frames go out as before.
 
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-use futures_util::Stream;
 
 /// A queue that grew past this gives the memory back once it is empty again.
 const KEPT_SLOTS: usize = 16;
@@ -226,13 +223,6 @@ impl<T: Clone> Receiver<T> {
         self.next = Some(state.tail());
     }
 
-    /// The next frame, or how many were lost since the last one.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, Lagged>> {
-        let mut taken = None;
-        self.poll_take(cx, 1, |value| taken = Some(value))
-            .map_ok(|_| taken.expect("one frame taken"))
-    }
-
     /// The frames ready, up to `max` (at least one), appended to `out`; or how many were
     /// lost since the last one. One lock for them all: a room's receivers all read at
     /// once, after a wake, from every worker thread.
@@ -241,16 +231,6 @@ impl<T: Clone> Receiver<T> {
         cx: &mut Context<'_>,
         max: usize,
         out: &mut Vec<T>,
-    ) -> Poll<Result<usize, Lagged>> {
-        self.poll_take(cx, max, |value| out.push(value))
-    }
-
-    /// Hands `take` up to `max` frames and says how many, or registers to be woken.
-    fn poll_take(
-        &mut self,
-        cx: &mut Context<'_>,
-        max: usize,
-        mut take: impl FnMut(T),
     ) -> Poll<Result<usize, Lagged>> {
         let mut state = self.shared.state.lock().unwrap();
         let Some(next) = self.next else {
@@ -265,7 +245,7 @@ impl<T: Clone> Receiver<T> {
         if count > 0 {
             for slot in state.queue.range_mut(index..index + count) {
                 slot.unread -= 1;
-                take(slot.value.clone());
+                out.push(slot.value.clone());
             }
             self.next = Some(next + count as u64);
             if index == 0 {
@@ -290,14 +270,6 @@ impl<T: Clone> Receiver<T> {
     }
 }
 
-impl<T: Clone> Stream for Receiver<T> {
-    type Item = Result<T, Lagged>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().poll_recv(cx).map(Some)
-    }
-}
-
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let mut state = self.shared.state.lock().unwrap();
@@ -317,9 +289,26 @@ impl<T> Drop for Receiver<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+
+    use futures_util::Stream;
+
     use super::*;
     use futures_util::FutureExt as _;
     use futures_util::StreamExt as _;
+
+    /// One frame at a time, for the tests here and the hub's; the server takes what is
+    /// ready with [`Receiver::poll_recv_many`].
+    impl<T: Clone> Stream for Receiver<T> {
+        type Item = Result<T, Lagged>;
+
+        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            let mut one = Vec::with_capacity(1);
+            self.get_mut()
+                .poll_recv_many(cx, 1, &mut one)
+                .map(|taken| Some(taken.map(|_| one.pop().expect("one frame taken"))))
+        }
+    }
 
     fn next(receiver: &mut Receiver<u32>) -> Option<Result<u32, Lagged>> {
         receiver.next().now_or_never().flatten()
