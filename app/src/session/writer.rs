@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::{CLOSE_RESTART, Ending, Reply, Sink, rooms, slow_consumer};
-use crate::hub::channel::Receiver;
+use crate::hub::channel::{Lagged, Receiver};
 use crate::hub::{About, Outgoing};
 use crate::protocol::{ServerFrame, StreamId};
 use crate::state::AppState;
@@ -98,31 +98,20 @@ impl Stream for RoomFeed {
         };
         let mut ready = Vec::new();
         // Messages first: events never hold them up.
-        while ready.len() < MAX_COALESCED
-            && let Some(entries) = this.entries.as_mut()
+        if let Some(entries) = this.entries.as_mut()
+            && gather(entries, cx, &mut ready, wants).is_err()
         {
-            match entries.poll_recv_many(cx, MAX_COALESCED - ready.len(), &mut ready) {
-                // The connection ends: what was gathered would not be written anyway.
-                Poll::Ready(Err(_)) => return Poll::Ready(Some(Err(FeedError::Behind))),
-                Poll::Ready(Ok(_)) => ready.retain(wants),
-                Poll::Pending => break,
-            }
+            // The connection ends: what was gathered would not be written anyway.
+            return Poll::Ready(Some(Err(FeedError::Behind)));
         }
-        while ready.len() < MAX_COALESCED
-            && let Some(events) = this.events.as_mut()
+        if let Some(events) = this.events.as_mut()
+            && gather(events, cx, &mut ready, wants).is_err()
         {
-            match events.poll_recv_many(cx, MAX_COALESCED - ready.len(), &mut ready) {
-                Poll::Ready(Err(_)) => {
-                    if ready.is_empty() {
-                        let room = this.room.clone();
-                        return Poll::Ready(Some(Err(FeedError::EventsLost(room))));
-                    }
-                    this.events_lost = true;
-                    break;
-                }
-                Poll::Ready(Ok(_)) => ready.retain(wants),
-                Poll::Pending => break,
+            if ready.is_empty() {
+                let room = this.room.clone();
+                return Poll::Ready(Some(Err(FeedError::EventsLost(room))));
             }
+            this.events_lost = true;
         }
         match (ready.is_empty(), this.entries.is_some()) {
             (false, _) => Poll::Ready(Some(Ok(ready))),
@@ -130,6 +119,24 @@ impl Stream for RoomFeed {
             (true, false) => Poll::Ready(None),
         }
     }
+}
+
+/// Takes what `queue` has ready into `ready`, until it holds [`MAX_COALESCED`] frames,
+/// keeping those `wants` keeps; stops at the first loss.
+fn gather(
+    queue: &mut Receiver<Outgoing>,
+    cx: &mut Context<'_>,
+    ready: &mut Vec<Outgoing>,
+    wants: impl Fn(&Outgoing) -> bool + Copy,
+) -> Result<(), Lagged> {
+    while ready.len() < MAX_COALESCED {
+        match queue.poll_recv_many(cx, MAX_COALESCED - ready.len(), ready) {
+            Poll::Ready(Err(lost)) => return Err(lost),
+            Poll::Ready(Ok(_)) => ready.retain(wants),
+            Poll::Pending => break,
+        }
+    }
+    Ok(())
 }
 
 /// The rooms followed. Most connections follow one room: its feed is polled as it is.
