@@ -165,8 +165,9 @@ async fn main() -> anyhow::Result<()> {
         connections = metrics.connections.load(Ordering::Relaxed),
         "closing the remaining connections with 1012"
     );
-    // Everything below ends by the deadline (or, for a drain under a second, the close
-    // floor): the stop timeout (the drain and a margin) never cuts a presence leave short.
+    // Everything below ends by the deadline, except that the connections always get the
+    // close floor (a drain that leaves less): the stop timeout (the drain and a margin)
+    // never cuts a presence leave short.
     state.close.cancel();
     state.tracker.close();
     let _ = tokio::time::timeout_at(state.drain.closes_until(), state.tracker.wait()).await;
