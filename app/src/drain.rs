@@ -86,28 +86,25 @@ impl Drain {
         self.plan.get().map(|plan| plan.deadline)
     }
 
-    /// Until when the shutdown waits for the connections to close: [`LEAVE_RESERVE`]
-    /// before the deadline, but at least [`CLOSE_FLOOR`] from now.
+    /// When the closing handshakes must be over, once the drain has begun:
+    /// [`LEAVE_RESERVE`] before its deadline, which is kept for leaving presence.
+    fn handshakes_end(&self) -> Option<Instant> {
+        self.deadline()
+            .map(|deadline| deadline.checked_sub(LEAVE_RESERVE).unwrap_or(deadline))
+    }
+
+    /// Until when the shutdown waits for the connections to close: the end of the
+    /// handshakes, but at least [`CLOSE_FLOOR`] from now.
     pub fn closes_until(&self) -> Instant {
         let floor = Instant::now() + CLOSE_FLOOR;
-        self.deadline().map_or(floor, |deadline| {
-            deadline
-                .checked_sub(LEAVE_RESERVE)
-                .unwrap_or(deadline)
-                .max(floor)
-        })
+        self.handshakes_end().map_or(floor, |end| end.max(floor))
     }
 
     /// How long a closing handshake may wait, from now: `wanted`, but during a drain
     /// no later than [`LEAVE_RESERVE`] before its deadline.
     pub fn handshake_time(&self, wanted: Duration) -> Duration {
-        match self.deadline() {
-            Some(deadline) => wanted.min(
-                deadline
-                    .checked_sub(LEAVE_RESERVE)
-                    .unwrap_or(deadline)
-                    .saturating_duration_since(Instant::now()),
-            ),
+        match self.handshakes_end() {
+            Some(end) => wanted.min(end.saturating_duration_since(Instant::now())),
             None => wanted,
         }
     }
