@@ -23,7 +23,8 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use super::Args;
+use crate::Args;
+use crate::readings::{clock_ticks_per_sec, cpu_seconds};
 
 const APPEND: &str = include_str!("../../lua/append.lua");
 
@@ -236,13 +237,13 @@ pub async fn redis_alone(args: &Args) -> anyhow::Result<()> {
         before.push(primary.read().await?);
     }
     let delivered_before = delivered.load(Ordering::Relaxed);
-    let tick = super::clock_ticks_per_sec();
+    let tick = clock_ticks_per_sec();
     let me = [std::process::id()];
-    let own_before = super::cpu_seconds(&me, tick)?;
+    let own_before = cpu_seconds(&me, tick)?;
     let started = Instant::now();
     let sent = run(started + duration).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    let own = super::cpu_seconds(&me, tick)? - own_before;
+    let own = cpu_seconds(&me, tick)? - own_before;
     let mut after = Vec::new();
     for primary in &mut primaries {
         after.push(primary.read().await?);
