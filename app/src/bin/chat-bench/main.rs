@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::bail;
-use clap::Parser;
+use clap::{Parser, ValueEnum as _};
 
 use clients::percentiles;
 use memory::{idle_memory, joined_rooms};
@@ -58,7 +58,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "saturation,moderate,latency,rooms,presence,idle"
+        default_value = "idle,saturation,moderate,latency,rooms,presence"
     )]
     phases: Vec<Phase>,
     /// Sending connections in the saturation and latency phases.
@@ -179,6 +179,22 @@ enum Phase {
     Redis,
 }
 
+impl Phase {
+    /// Reads the first server's resident memory before and after: a true reading only
+    /// on a server no earlier phase has used, since new connections reuse what the heap
+    /// kept from the connections before them.
+    fn reads_memory(self) -> bool {
+        matches!(self, Phase::Idle | Phase::JoinedRooms)
+    }
+}
+
+/// The first memory phase that runs after another phase has used the servers.
+fn memory_phase_after_use(phases: &[Phase]) -> Option<Phase> {
+    let mut on_servers = phases.iter().filter(|phase| **phase != Phase::Redis);
+    on_servers.next()?;
+    on_servers.copied().find(|phase| phase.reads_memory())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -193,6 +209,15 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "servers: {:?}; senders {}, receivers {} (spread over the servers)",
             args.servers, args.senders, args.receivers
+        );
+    }
+    if let Some(late) = memory_phase_after_use(&args.phases) {
+        println!(
+            "note: {} runs after other phases have used the servers, whose heap keeps what they \
+             freed: its memory reading counts low. For the figure, run it first or alone \
+             (`--phases {0}`).",
+            late.to_possible_value()
+                .map_or("idle".into(), |value| value.get_name().to_owned())
         );
     }
     for phase in &args.phases {
@@ -257,4 +282,22 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_reading_is_noted_once_another_phase_has_used_the_servers() {
+        use Phase::*;
+        assert_eq!(memory_phase_after_use(&[Idle, Saturation, Moderate]), None);
+        assert_eq!(memory_phase_after_use(&[Redis, JoinedRooms]), None);
+        assert_eq!(memory_phase_after_use(&[Saturation, Idle]), Some(Idle));
+        assert_eq!(
+            memory_phase_after_use(&[Idle, JoinedRooms]),
+            Some(JoinedRooms)
+        );
+        assert_eq!(memory_phase_after_use(&[Saturation, Latency]), None);
+    }
 }
