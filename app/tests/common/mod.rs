@@ -708,12 +708,21 @@ impl Server {
 
     /// The value of a metric line `name value` in `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
+        let [value] = self.metrics([name]).await;
+        value
+    }
+
+    /// The values of `names` in one scrape of `/metrics`: figures the server updates
+    /// together are read as of the same moment.
+    pub async fn metrics<const N: usize>(&self, names: [&str; N]) -> [f64; N] {
         let (_, body) = self.get("/metrics").await;
-        body.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("metric {name} missing from:\n{body}"))
-            .parse()
-            .unwrap()
+        names.map(|name| {
+            body.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("metric {name} missing from:\n{body}"))
+                .parse()
+                .unwrap()
+        })
     }
 }
 
