@@ -71,6 +71,8 @@ enum Phase {
 struct Record {
     /// The instance each `hello` named, the first connection's included.
     instances: Vec<String>,
+    /// The `since` each connection asked for (none on the first).
+    sinces: Vec<Option<StreamId>>,
     /// The room's epoch, from the first `hello`: a reconnect must find it unchanged.
     epoch: Option<String>,
     /// Messages sent and not acknowledged yet: (cid, text), sent again on a reconnect.
@@ -179,6 +181,7 @@ async fn client(
             record
                 .instances
                 .push(hello["instance"].as_str().unwrap_or_default().to_owned());
+            record.sinces.push(since);
             if record.epoch.is_none() {
                 record.epoch = hello["epoch"].as_str().map(str::to_owned);
             }
@@ -401,14 +404,20 @@ fn assert_exactly_once(scenario: &str, records: &[Record]) {
             record.instances
         );
         let delivered: BTreeSet<StreamId> = ids.into_iter().collect();
-        let missing: Vec<String> = acked.difference(&delivered).copied().map(show).collect();
+        let missing: Vec<StreamId> = acked.difference(&delivered).copied().collect();
         let foreign: Vec<String> = delivered.difference(&acked).copied().map(show).collect();
         assert!(
             missing.is_empty() && foreign.is_empty(),
-            "client {index}: {} acknowledged messages never delivered {missing:?}, {} delivered \
-             that nobody had acknowledged {foreign:?}",
+            "client {index}: {} acknowledged messages never delivered {:?}, {} delivered that \
+             nobody had acknowledged {foreign:?}\n{}",
             missing.len(),
-            foreign.len()
+            missing.iter().copied().map(show).collect::<Vec<_>>(),
+            foreign.len(),
+            missing
+                .iter()
+                .map(|id| explain_missing(records, index, *id))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     let deliveries: usize = records.iter().map(|record| record.delivered.len()).sum();
@@ -433,6 +442,45 @@ fn assert_exactly_once(scenario: &str, records: &[Record]) {
         records.len(),
         gaps.join(" ")
     );
+}
+
+/// What a failure needs to be told apart: who had message `id` acknowledged and who
+/// received it, and client `index`'s connections (instance and `since`) and the ids it
+/// received either side of `id`.
+fn explain_missing(records: &[Record], index: usize, id: StreamId) -> String {
+    let acked_by: Vec<String> = records
+        .iter()
+        .enumerate()
+        .flat_map(|(client, record)| {
+            record
+                .acked
+                .iter()
+                .filter(move |(_, acked)| **acked == id)
+                .map(move |(cid, _)| format!("client {client} ({cid})"))
+        })
+        .collect();
+    let received_by: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, record)| record.delivered.iter().any(|(got, _)| *got == id))
+        .map(|(client, _)| client)
+        .collect();
+    let record = &records[index];
+    let before = record.delivered.iter().rev().find(|(got, _)| *got < id);
+    let after = record.delivered.iter().find(|(got, _)| *got > id);
+    let connections: Vec<String> = record
+        .instances
+        .iter()
+        .zip(&record.sinces)
+        .map(|(instance, since)| format!("{instance} since {:?}", since.map(show)))
+        .collect();
+    format!(
+        "{}: acknowledged to {acked_by:?}, received by clients {received_by:?}; client {index} \
+         received {:?} before it and {:?} after, over the connections {connections:?}",
+        show(id),
+        before.map(|(got, _)| show(*got)),
+        after.map(|(got, _)| show(*got)),
+    )
 }
 
 /// A stack of `count` instances with a short drain, for `up --local`.
