@@ -217,7 +217,8 @@ async fn main() -> anyhow::Result<()> {
              freed: its memory reading counts low. For the figure, run it first or alone \
              (`--phases {0}`).",
             late.to_possible_value()
-                .map_or("idle".into(), |value| value.get_name().to_owned())
+                .expect("every phase is named on the command line")
+                .get_name()
         );
     }
     for phase in &args.phases {
