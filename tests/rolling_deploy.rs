@@ -195,11 +195,22 @@ async fn client(
             let sending = *phase.borrow() == Phase::Sending;
             tokio::select! {
                 _ = tick.tick(), if sending => {
-                    sent += 1;
-                    let cid = format!("{name}-{sent}");
-                    let text = format!("message {sent} of {name}");
-                    record.lock().unwrap().pending.push((cid.clone(), text.clone()));
-                    let _ = ws.send(send_frame(&name, &cid, &text)).await;
+                    // The phase is read again under the record's lock, under which
+                    // `finish` looks for pending messages after it has left `Sending`:
+                    // a message begun after that look would never be waited for, and the
+                    // other clients would quit before it reached them.
+                    let message = {
+                        let mut record = record.lock().unwrap();
+                        (*phase.borrow() == Phase::Sending).then(|| {
+                            sent += 1;
+                            let message = (format!("{name}-{sent}"), format!("message {sent} of {name}"));
+                            record.pending.push(message.clone());
+                            message
+                        })
+                    };
+                    if let Some((cid, text)) = message {
+                        let _ = ws.send(send_frame(&name, &cid, &text)).await;
+                    }
                 }
                 changed = phase.changed() => {
                     let now = *phase.borrow();
