@@ -6,8 +6,9 @@ use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::Tag;
 use futures::try_join;
 
+use super::name_tag;
+use super::routing::endpoint_gone;
 use super::security_groups::{Peer, current_rules};
-use super::{endpoint_gone, name_tag};
 use crate::aws::{Call, delete_outcome, ec2_stack_filters, error_code};
 use crate::engine::{Deletable, DeleteError, DeleteFuture};
 use crate::stack::Stack;

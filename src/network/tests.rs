@@ -18,11 +18,13 @@ use aws_sdk_ec2::operation::describe_vpc_attribute::DescribeVpcAttributeOutput;
 use aws_sdk_ec2::operation::describe_vpc_endpoints::DescribeVpcEndpointsOutput;
 use aws_sdk_ec2::operation::describe_vpcs::DescribeVpcsOutput;
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, AvailabilityZone, InternetGateway, InternetGatewayAttachment,
-    IpPermission, Route, RouteTableAssociation, SecurityGroup, Subnet, Vpc, VpcEndpoint,
+    AttachmentStatus, AttributeBooleanValue, AvailabilityZone, InternetGateway,
+    InternetGatewayAttachment, IpPermission, Route, RouteTable, RouteTableAssociation,
+    SecurityGroup, State, Subnet, Vpc, VpcEndpoint, VpcState,
 };
 use aws_smithy_mocks::{Rule, RuleMode, mock, mock_client};
 
+use super::routing::*;
 use super::security_groups::*;
 use super::teardown::*;
 use super::*;
