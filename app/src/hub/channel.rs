@@ -17,9 +17,20 @@
 //! window wake them once, at its end, all together. A receiver woken once writes what
 //! it finds with one flush, so a busy room costs a wake-up and a write per connection
 //! per window instead of per frame; a quiet room's frames go out as before.
+//!
+//! A receiver may name who writes its frames ([`Receiver::set_direct`]): a wake then asks
+//! that writer to write them on the waking thread ([`Direct`]), and wakes the receiver's
+//! task only if it could not finish. A room's wake so writes its connections one after
+//! another on one thread, where waking a task per connection spread them over every
+//! worker, which then contended for the room's queue and the frames' reference counts
+//! (a quarter less CPU per delivery in a crowded room; BENCHMARKS.md, issue 22). A wake
+//! writes at most [`DIRECT_WRITES`] receivers itself: a larger room's others are woken,
+//! first, for the other workers to write meanwhile. Waking may now take the time of
+//! those writes, so a send hands the caller the receivers due a wake ([`Wake`]), to wake
+//! once it has let go of its own locks (the hub's).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -32,6 +43,9 @@ const KEPT_SLOTS: usize = 16;
 /// a client waiting for its own message back (a sender that keeps a few in flight)
 /// is not held to one round per window.
 const WAKE_BATCH: usize = 32;
+/// Receivers a wake writes on its own thread at most (about a millisecond of sends
+/// here); the rest of a larger room's are woken, and written by other worker threads.
+const DIRECT_WRITES: usize = 256;
 
 /// Frames lost to a receiver that fell behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +66,7 @@ struct State<T> {
     /// Receivers that take frames.
     active: usize,
     /// Receivers waiting for the next frame; woken and emptied by each send.
-    wakers: Vec<Waker>,
+    wakers: Vec<Waiting>,
     /// Bumped by each wake: tells a receiver whether its waker is still in `wakers`.
     generation: u64,
     /// When the receivers were last woken, and whether a wake is due at the end of the
@@ -69,7 +83,7 @@ impl<T> State<T> {
     }
 
     /// Takes the wakers of the receivers waiting, to wake once the lock is let go.
-    fn take_wakers(&mut self) -> Vec<Waker> {
+    fn take_wakers(&mut self) -> Vec<Waiting> {
         self.generation += 1;
         self.last_wake = Some(Instant::now());
         self.wake_due = false;
@@ -97,9 +111,43 @@ struct Shared<T> {
     window: Duration,
 }
 
-fn wake_all(wakers: Vec<Waker>) {
-    for waker in wakers {
-        waker.wake();
+/// Writes what a receiver has ready from the thread that wakes it, instead of waking
+/// its task: a window's wake then writes a room's connections from one thread.
+pub trait Direct: Send + Sync {
+    /// Whether everything ready was written, so that `registered` (the waker the
+    /// receiver was last polled with) need not be woken.
+    fn write_ready(&self, registered: &Waker) -> bool;
+}
+
+/// Receivers due a wake, from [`Sender::send`]: woken (or written) when dropped, which
+/// the caller does once it holds no lock.
+#[must_use = "dropped at once, it wakes the receivers under the caller's locks"]
+pub struct Wake(Vec<Waiting>);
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        write_or_wake(std::mem::take(&mut self.0));
+    }
+}
+
+struct Waiting {
+    waker: Waker,
+    direct: Option<Weak<dyn Direct>>,
+}
+
+/// Writes the frames of the first [`DIRECT_WRITES`] receivers waiting on this thread,
+/// where they can be, and wakes the others' tasks, first, so that other worker threads
+/// write theirs meanwhile.
+fn write_or_wake(mut waiting: Vec<Waiting>) {
+    let direct = waiting.len().min(DIRECT_WRITES);
+    for waiting in waiting.drain(direct..) {
+        waiting.waker.wake();
+    }
+    for waiting in waiting {
+        let direct = waiting.direct.and_then(|direct| direct.upgrade());
+        if !direct.is_some_and(|direct| direct.write_ready(&waiting.waker)) {
+            waiting.waker.wake();
+        }
     }
 }
 
@@ -115,6 +163,7 @@ pub struct Receiver<T> {
     next: Option<u64>,
     /// Where this receiver's waker sits in `wakers`, and in which generation.
     registered: Option<(u64, usize)>,
+    direct: Option<Weak<dyn Direct>>,
 }
 
 impl<T: Clone + Send + 'static> Sender<T> {
@@ -143,10 +192,13 @@ impl<T: Clone + Send + 'static> Sender<T> {
     /// Queues `value` for every active receiver and wakes those waiting, at once or at
     /// the end of the window; returns how many it was queued for. A receiver `capacity`
     /// frames behind loses the oldest.
-    pub fn send(&self, value: T) -> usize {
+    ///
+    /// The receivers due a wake at once are left to the caller ([`Wake`]), to wake once
+    /// it has let go of its own locks: waking may write their frames on its thread.
+    pub fn send(&self, value: T) -> (usize, Wake) {
         let mut state = self.shared.state.lock().unwrap();
         if state.active == 0 {
-            return 0;
+            return (0, Wake(Vec::new()));
         }
         if state.queue.len() == self.shared.capacity {
             state.queue.pop_front();
@@ -159,17 +211,13 @@ impl<T: Clone + Send + 'static> Sender<T> {
         });
         state.unwoken += 1;
         if state.wake_due && state.unwoken < WAKE_BATCH {
-            return active;
+            return (active, Wake(Vec::new()));
         }
         let window = self.shared.window;
         let wake_at = state.last_wake.map(|last| last + window);
         let full = state.unwoken >= WAKE_BATCH;
         match wake_at.filter(|at| *at > Instant::now() && !full) {
-            None => {
-                let wakers = state.take_wakers();
-                drop(state);
-                wake_all(wakers);
-            }
+            None => return (active, Wake(state.take_wakers())),
             Some(at) => {
                 state.wake_due = true;
                 drop(state);
@@ -181,12 +229,18 @@ impl<T: Clone + Send + 'static> Sender<T> {
                     if state.wake_due {
                         let wakers = state.take_wakers();
                         drop(state);
-                        wake_all(wakers);
+                        write_or_wake(wakers);
                     }
                 });
             }
         }
-        active
+        (active, Wake(Vec::new()))
+    }
+
+    /// Sends and wakes at once: for tests, which hold no lock.
+    #[cfg(test)]
+    pub fn send_now(&self, value: T) -> usize {
+        self.send(value).0
     }
 
     /// A receiver that takes every frame sent from now on.
@@ -203,6 +257,7 @@ impl<T: Clone + Send + 'static> Sender<T> {
             shared: self.shared.clone(),
             next: None,
             registered: None,
+            direct: None,
         }
     }
 
@@ -213,6 +268,11 @@ impl<T: Clone + Send + 'static> Sender<T> {
 }
 
 impl<T: Clone> Receiver<T> {
+    /// Has the waking thread write this receiver's frames through `direct`.
+    pub fn set_direct(&mut self, direct: Weak<dyn Direct>) {
+        self.direct = Some(direct);
+    }
+
     /// Takes every frame sent from now on (a receiver already started is left as it is).
     pub fn start(&mut self) {
         if self.next.is_some() {
@@ -256,14 +316,17 @@ impl<T: Clone> Receiver<T> {
         let generation = state.generation;
         match self.registered {
             Some((registered, at)) if registered == generation => {
-                let waker = &mut state.wakers[at];
-                if !waker.will_wake(cx.waker()) {
-                    *waker = cx.waker().clone();
+                let waiting = &mut state.wakers[at];
+                if !waiting.waker.will_wake(cx.waker()) {
+                    waiting.waker = cx.waker().clone();
                 }
             }
             _ => {
                 self.registered = Some((generation, state.wakers.len()));
-                state.wakers.push(cx.waker().clone());
+                state.wakers.push(Waiting {
+                    waker: cx.waker().clone(),
+                    direct: self.direct.clone(),
+                });
             }
         }
         Poll::Pending
@@ -322,11 +385,11 @@ mod tests {
     #[test]
     fn every_receiver_gets_every_frame_sent_after_it_subscribed() {
         let sender = Sender::new(8, Duration::ZERO);
-        assert_eq!(sender.send(0), 0, "nobody listens");
+        assert_eq!(sender.send_now(0), 0, "nobody listens");
         let mut a = sender.subscribe();
-        assert_eq!(sender.send(1), 1);
+        assert_eq!(sender.send_now(1), 1);
         let mut b = sender.subscribe();
-        assert_eq!(sender.send(2), 2);
+        assert_eq!(sender.send_now(2), 2);
         assert_eq!(next(&mut a), Some(Ok(1)));
         assert_eq!(next(&mut a), Some(Ok(2)));
         assert_eq!(next(&mut a), None);
@@ -341,7 +404,7 @@ mod tests {
         let mut a = sender.subscribe();
         assert_eq!(queued(&sender), (0, 0));
         for i in 0..200 {
-            sender.send(i);
+            sender.send_now(i);
         }
         assert!(queued(&sender).1 >= 200);
         for _ in 0..200 {
@@ -358,7 +421,7 @@ mod tests {
         let mut slow = sender.subscribe();
         let mut quick = sender.subscribe();
         for i in 0..5 {
-            sender.send(i);
+            sender.send_now(i);
             assert_eq!(next(&mut quick), Some(Ok(i)));
         }
         assert_eq!(next(&mut slow), Some(Err(Lagged(2))));
@@ -378,7 +441,7 @@ mod tests {
         let mut taken = Vec::new();
         assert!(a.poll_recv_many(&mut cx, 8, &mut taken).is_pending());
         for i in 0..6 {
-            sender.send(i);
+            sender.send_now(i);
         }
         assert_eq!(
             a.poll_recv_many(&mut cx, 8, &mut taken),
@@ -404,11 +467,11 @@ mod tests {
         let mut parked = sender.parked();
         assert_eq!(sender.receiver_count(), 1);
         for i in 0..10 {
-            assert_eq!(sender.send(i), 0);
+            assert_eq!(sender.send_now(i), 0);
         }
         assert_eq!(next(&mut parked), None);
         parked.start();
-        sender.send(10);
+        sender.send_now(10);
         assert_eq!(next(&mut parked), Some(Ok(10)));
     }
 
@@ -423,7 +486,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         let quiet = tokio::time::Instant::now();
-        sender.send(1);
+        sender.send_now(1);
         let (first, woken, mut receiver) = waiting.await.unwrap();
         assert_eq!(first, Some(Ok(1)));
         assert_eq!(
@@ -436,8 +499,8 @@ mod tests {
             (second, woken, next(&mut receiver))
         });
         tokio::task::yield_now().await;
-        sender.send(2);
-        sender.send(3);
+        sender.send_now(2);
+        sender.send_now(3);
         let (second, woken, third) = waiting.await.unwrap();
         assert_eq!((second, third), (Some(Ok(2)), Some(Ok(3))));
         assert_eq!(
@@ -451,7 +514,7 @@ mod tests {
     async fn a_full_batch_wakes_the_receivers_before_the_window_ends() {
         let sender = Sender::new(64, Duration::from_millis(20));
         let mut receiver = sender.subscribe();
-        sender.send(0);
+        sender.send_now(0);
         assert_eq!(next(&mut receiver), Some(Ok(0)));
         let waiting = tokio::spawn(async move {
             receiver.next().await;
@@ -460,7 +523,7 @@ mod tests {
         tokio::task::yield_now().await;
         let sent = tokio::time::Instant::now();
         for i in 1..=WAKE_BATCH as u32 {
-            sender.send(i);
+            sender.send_now(i);
         }
         assert_eq!(
             waiting.await.unwrap(),
@@ -475,7 +538,123 @@ mod tests {
         let mut receiver = sender.subscribe();
         let waiting = tokio::spawn(async move { receiver.next().await });
         tokio::task::yield_now().await;
-        sender.send(7);
+        sender.send_now(7);
         assert_eq!(waiting.await.unwrap(), Some(Ok(7)));
+    }
+
+    /// Counts the wakes of a receiver's task.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A receiver's writer that takes its frames until none is ready (which registers
+    /// the receiver again), and says it wrote them all, or not.
+    struct Writes {
+        receiver: Mutex<Option<Receiver<u32>>>,
+        written: Mutex<Vec<u32>>,
+        finishes: bool,
+    }
+
+    impl Direct for Writes {
+        fn write_ready(&self, registered: &Waker) -> bool {
+            let mut receiver = self.receiver.lock().unwrap();
+            let mut cx = Context::from_waker(registered);
+            let mut taken = Vec::new();
+            let receiver = receiver.as_mut().unwrap();
+            while receiver.poll_recv_many(&mut cx, 8, &mut taken).is_ready() {}
+            self.written.lock().unwrap().extend(taken);
+            self.finishes
+        }
+    }
+
+    /// A receiver of `sender`, waiting for a frame with a task's waker that counts its
+    /// wakes, written through `Writes` unless `writer` is `None`.
+    fn waiting(sender: &Sender<u32>, writer: Option<bool>) -> (Arc<Wakes>, Option<Arc<Writes>>) {
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut receiver = sender.subscribe();
+        let writes = writer.map(|finishes| {
+            Arc::new(Writes {
+                receiver: Mutex::new(None),
+                written: Mutex::new(Vec::new()),
+                finishes,
+            })
+        });
+        if let Some(writes) = &writes {
+            receiver.set_direct(Arc::downgrade(writes) as Weak<dyn Direct>);
+        }
+        let mut none = Vec::new();
+        assert!(
+            receiver
+                .poll_recv_many(&mut Context::from_waker(&waker), 8, &mut none)
+                .is_pending()
+        );
+        match &writes {
+            Some(writes) => *writes.receiver.lock().unwrap() = Some(receiver),
+            None => std::mem::forget(receiver),
+        }
+        (wakes, writes)
+    }
+
+    fn wakes(wakes: &Wakes) -> usize {
+        wakes.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn a_wake_writes_through_the_receivers_writer_and_wakes_only_what_it_left() {
+        let sender = Sender::new(8, Duration::ZERO);
+        let (finished, writes_all) = waiting(&sender, Some(true));
+        let (left, writes_some) = waiting(&sender, Some(false));
+        let (plain, _) = waiting(&sender, None);
+        let (gone, writer) = waiting(&sender, Some(true));
+        drop(writer);
+        sender.send_now(1);
+        assert_eq!(*writes_all.unwrap().written.lock().unwrap(), [1]);
+        assert_eq!(wakes(&finished), 0, "written: its task sleeps on");
+        assert_eq!(*writes_some.unwrap().written.lock().unwrap(), [1]);
+        assert_eq!(wakes(&left), 1, "something left: its task is woken");
+        assert_eq!(wakes(&plain), 1, "no writer: woken");
+        assert_eq!(wakes(&gone), 1, "its writer is gone: woken");
+    }
+
+    #[test]
+    fn a_wake_writes_so_many_receivers_itself_and_wakes_the_rest() {
+        let sender = Sender::new(8, Duration::ZERO);
+        let receivers: Vec<_> = (0..DIRECT_WRITES + 3)
+            .map(|_| waiting(&sender, Some(true)))
+            .collect();
+        let (_, wake) = sender.send(1);
+        drop(wake);
+        let woken = receivers.iter().filter(|(w, _)| wakes(w) == 1).count();
+        let written = receivers
+            .iter()
+            .filter(|(_, writes)| !writes.as_ref().unwrap().written.lock().unwrap().is_empty())
+            .count();
+        assert_eq!((written, woken), (DIRECT_WRITES, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wake_at_the_end_of_a_window_writes_through_the_receivers_writers() {
+        let window = Duration::from_millis(20);
+        let sender = Sender::new(8, window);
+        let (wakes_a, writes) = waiting(&sender, Some(true));
+        let writes = writes.unwrap();
+        sender.send_now(1);
+        sender.send_now(2);
+        sender.send_now(3);
+        assert_eq!(*writes.written.lock().unwrap(), [1], "the first at once");
+        tokio::time::sleep(window).await;
+        tokio::task::yield_now().await;
+        assert_eq!(
+            *writes.written.lock().unwrap(),
+            [1, 2, 3],
+            "the rest at its end"
+        );
+        assert_eq!(wakes(&wakes_a), 0);
     }
 }

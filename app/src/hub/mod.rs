@@ -265,12 +265,16 @@ impl Hub {
             return 0;
         }
         room.last_id = id;
-        frame.map_or(0, |frame| {
-            room.entries.send(Outgoing {
-                about: About::Entry(id),
-                frame,
-            })
-        })
+        let Some(frame) = frame else {
+            return 0;
+        };
+        let (queued, wake) = room.entries.send(Outgoing {
+            about: About::Entry(id),
+            frame,
+        });
+        drop(state);
+        drop(wake);
+        queued
     }
 
     /// Sends a frame to the room's local clients without moving the room's position:
@@ -286,7 +290,9 @@ impl Hub {
             About::Event { .. } => room.events.as_ref(),
         };
         if let Some(queue) = queue {
-            queue.send(Outgoing { about, frame });
+            let (_, wake) = queue.send(Outgoing { about, frame });
+            drop(state);
+            drop(wake);
         }
     }
 
@@ -412,5 +418,51 @@ mod tests {
         assert_eq!(hub.prune(), ["a"]);
         assert!(hub.position("a").is_none(), "a is no longer followed");
         assert_eq!(hub.room_count(), 0);
+    }
+
+    /// A room's writer that notes whether the hub's lock was free each time it wrote.
+    struct SeesTheHub {
+        hub: std::sync::Arc<Hub>,
+        free: Mutex<Vec<bool>>,
+    }
+
+    impl channel::Direct for SeesTheHub {
+        fn write_ready(&self, _: &std::task::Waker) -> bool {
+            let free = self.hub.state.try_lock().is_ok();
+            self.free.lock().unwrap().push(free);
+            true
+        }
+    }
+
+    #[test]
+    fn a_room_is_written_once_the_hub_is_let_go() {
+        let hub = std::sync::Arc::new(Hub::new(8, Duration::ZERO));
+        let Joined {
+            mut entries,
+            events,
+        } = hub.join("a", id("1-0"), true);
+        let mut events = events.unwrap();
+        hub.start("a", &mut entries);
+        let writer = std::sync::Arc::new(SeesTheHub {
+            hub: hub.clone(),
+            free: Mutex::new(Vec::new()),
+        });
+        let direct = std::sync::Arc::downgrade(&writer);
+        for receiver in [&mut entries, &mut events] {
+            receiver.set_direct(direct.clone());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(
+                receiver
+                    .poll_recv_many(&mut cx, 8, &mut Vec::new())
+                    .is_pending()
+            );
+        }
+        hub.publish("a", id("2-0"), Some("m".into()));
+        hub.announce("a", About::Event { origin: 0 }, "typing".into());
+        assert_eq!(
+            *writer.free.lock().unwrap(),
+            [true, true],
+            "a message, then an event, each written with the hub free"
+        );
     }
 }

@@ -143,17 +143,23 @@ pub fn serve(socket: WebSocket, state: Arc<AppState>, join: Join) -> impl Future
         member: join.member,
         registration: join.registration,
     };
-    let (mut sink, mut stream) = socket.split();
+    let (sink, mut stream) = socket.split();
+    let writer = writer::Writer::new(sink, &state);
     let start = Box::new(frames::Start {
         first: join.first,
         room_state: join.room_state,
     });
     let slot = join.slot;
     async move {
-        let ending = run(&mut sink, &mut stream, &state, &connection, slot, start).await;
+        let ending = run(&writer, &mut stream, &state, &connection, slot, start).await;
         // What runs after the connection is boxed: held inline, it would be part of
         // every open connection's task.
-        Box::pin(finish(&mut sink, &mut stream, ending, &state.drain)).await;
+        Box::pin(async {
+            let mut out = writer.out.lock().await;
+            out.close_feeds();
+            finish(&mut out.sink, &mut stream, ending, &state.drain).await
+        })
+        .await;
         // Every room's presence this connection entered, also those whose join or
         // leave was cut short when the connection ended.
         Box::pin(state.presence.leave_connection(&connection.origin)).await;
@@ -224,7 +230,7 @@ async fn close_with(
 
 /// Runs the connection until it ends.
 async fn run(
-    sink: &mut Sink,
+    writer: &Arc<writer::Writer>,
     stream: &mut SplitStream<WebSocket>,
     state: &AppState,
     connection: &Connection,
@@ -239,7 +245,7 @@ async fn run(
     // time the connection's task wakes.
     tokio::select! {
         biased;
-        ending = writer::write_loop(sink, replies_rx, state, &last_seen, started) => ending,
+        ending = writer::write_loop(writer, replies_rx, state, &last_seen, started) => ending,
         ending = reader.run(stream, start, &last_seen, started) => ending,
         ending = token_expiry(state, connection.identity.as_ref()) => ending,
         ending = disconnected(connection.registration.as_ref()) => ending,

@@ -1,8 +1,15 @@
 //! The writing half of a connection: the live frames of every room it follows, the
 //! reader's replies in their order, pings, and the close at the end of a drain.
+//!
+//! The connection's task writes replies, pings, replays and whatever is left over; the
+//! live frames of a connection that follows one room are mostly written by the thread
+//! that wakes the room ([`Writer`]), with no wake of the task. The socket's sending half
+//! and the feeds sit behind one lock, which either holds while it writes: frames go out
+//! whole and in order whoever writes them.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -13,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use super::{CLOSE_RESTART, Ending, Reply, Sink, rooms, slow_consumer};
-use crate::hub::channel::{Lagged, Receiver};
+use crate::hub::channel::{Direct, Lagged, Receiver};
 use crate::hub::{About, Outgoing};
 use crate::protocol::{ServerFrame, StreamId};
 use crate::state::AppState;
@@ -28,6 +35,8 @@ pub enum FeedError {
     Behind,
     /// The client fell behind the room's events: the members it was told of are stale.
     EventsLost(String),
+    /// The socket failed while a room's waking thread wrote to it: the client is gone.
+    SocketGone,
 }
 
 /// A room's live frames as one connection gets them: without the entries its replay
@@ -67,6 +76,15 @@ impl RoomFeed {
             skip_through,
             connection,
             events_lost: false,
+        }
+    }
+
+    fn set_direct(&mut self, direct: Weak<dyn Direct>) {
+        if let Some(entries) = self.entries.as_mut() {
+            entries.set_direct(direct.clone());
+        }
+        if let Some(events) = self.events.as_mut() {
+            events.set_direct(direct);
         }
     }
 
@@ -205,10 +223,196 @@ impl Stream for Feeds {
     }
 }
 
+/// What the connection writes through: its socket's sending half and the rooms it
+/// follows. Held by the connection's task while it writes, and by the thread that wakes
+/// a room, which writes an idle connection's frames itself ([`Writer`]).
+pub(super) struct Out {
+    pub(super) sink: Sink,
+    feeds: Feeds,
+    /// The task's waker: a waking thread polls the feeds and the socket with it, so
+    /// that what it leaves pending wakes the task.
+    waker: Option<Waker>,
+    /// Left to the task by a waking thread: a feed's error, the frames the socket did
+    /// not take, and whether what it took still waits to be flushed.
+    stashed: Option<FeedError>,
+    unsent: Vec<Outgoing>,
+    unflushed: bool,
+}
+
+/// The connection's writing half, shared by its task and the rooms it follows. When a
+/// room wakes the connection, the waking thread writes what is ready itself if nothing
+/// else holds the socket ([`Direct`]): a room's wake then writes its connections from
+/// one thread, with no task woken per connection. What it cannot finish at once (a full
+/// socket, a lost frame, a feed's error) it leaves in [`Out`] and wakes the task, which
+/// finishes it as it would its own write, under the write timeout.
+pub(super) struct Writer {
+    pub(super) out: futures_util::lock::Mutex<Out>,
+    messages_out: metrics::Counter,
+}
+
+impl Out {
+    /// What the task writes next of its rooms' frames, or what a waking thread left it.
+    fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Result<Vec<Outgoing>, FeedError>> {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        if let Some(error) = self.stashed.take() {
+            return Poll::Ready(Err(error));
+        }
+        if !self.unsent.is_empty() || std::mem::take(&mut self.unflushed) {
+            return Poll::Ready(Ok(std::mem::take(&mut self.unsent)));
+        }
+        if self.feeds.is_empty() {
+            return Poll::Pending;
+        }
+        match self.feeds.poll_next_unpin(cx) {
+            Poll::Ready(Some(received)) => Poll::Ready(received),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Lets go of every room before the close: nothing more is written.
+    pub(super) fn close_feeds(&mut self) {
+        self.feeds = Feeds::None;
+    }
+
+    /// Nothing is left for the task from an earlier wake.
+    fn settled(&self) -> bool {
+        !self.unflushed && self.stashed.is_none() && self.unsent.is_empty()
+    }
+
+    /// Hands the socket the live frames ready, up to [`MAX_COALESCED`], as far as it
+    /// takes them now; what it does not take, or a feed's error, is left for the task.
+    /// Returns how many messages it took, and whether that was all that was ready.
+    fn start_ready(&mut self, cx: &mut Context<'_>) -> (u64, bool) {
+        let (mut written, mut messages) = (0, 0);
+        while written < MAX_COALESCED {
+            let live = match self.feeds.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(live))) => live,
+                Poll::Ready(Some(Err(error))) => {
+                    self.stashed = Some(error);
+                    return (messages, false);
+                }
+                Poll::Ready(None) | Poll::Pending => return (messages, true),
+            };
+            let mut live = live.into_iter();
+            while let Some(outgoing) = live.next() {
+                if !self.sink_ready(cx) {
+                    self.unsent.push(outgoing);
+                    self.unsent.extend(live);
+                    return (messages, false);
+                }
+                messages += u64::from(matches!(outgoing.about, About::Entry(_)));
+                if self
+                    .sink
+                    .start_send_unpin(Message::Text(outgoing.frame))
+                    .is_err()
+                {
+                    self.stashed = Some(FeedError::SocketGone);
+                    return (messages, false);
+                }
+                written += 1;
+            }
+        }
+        (messages, false)
+    }
+
+    /// Whether the socket takes a frame now (the other half may hold it, or its
+    /// buffer be full).
+    fn sink_ready(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.sink.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(_)) => {
+                self.stashed = Some(FeedError::SocketGone);
+                false
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    /// Whether what the socket was handed went out at once; if not, the task flushes it.
+    fn flush_now(&mut self, cx: &mut Context<'_>) -> bool {
+        match self.sink.poll_flush_unpin(cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(_)) => {
+                self.stashed = Some(FeedError::SocketGone);
+                false
+            }
+            Poll::Pending => {
+                self.unflushed = true;
+                false
+            }
+        }
+    }
+}
+
+impl Writer {
+    pub(super) fn new(sink: Sink, state: &AppState) -> Arc<Self> {
+        Arc::new(Writer {
+            out: futures_util::lock::Mutex::new(Out {
+                sink,
+                feeds: Feeds::default(),
+                waker: None,
+                stashed: None,
+                unsent: Vec::new(),
+                unflushed: false,
+            }),
+            messages_out: state.metrics.messages_out.clone(),
+        })
+    }
+
+    /// What the task writes next of its rooms' frames, or what a waking thread left it.
+    /// Between polls it holds no lock, so that waking threads can write meanwhile:
+    /// each leaves the feeds registered with the task's waker, or wakes the task.
+    async fn next_live(&self) -> Result<Vec<Outgoing>, FeedError> {
+        loop {
+            let mut out = self.out.lock().await;
+            let polled = std::future::poll_fn(|cx| Poll::Ready(out.poll_live(cx))).await;
+            drop(out);
+            if let Poll::Ready(received) = polled {
+                return received;
+            }
+            // Until the task is woken: by a feed, by a waking thread that left it
+            // something, or by another of its branches (then this polls again).
+            let mut parked = false;
+            std::future::poll_fn(|_| {
+                if std::mem::replace(&mut parked, true) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
+    }
+}
+
+impl Direct for Writer {
+    fn write_ready(&self, registered: &Waker) -> bool {
+        let Some(mut out) = self.out.try_lock() else {
+            return false;
+        };
+        // Only a feed polled with the task's own waker, as the one room of a connection
+        // is: a set of feeds polls only those whose own wakers were woken.
+        let Some(waker) = out
+            .waker
+            .clone()
+            .filter(|waker| out.settled() && waker.will_wake(registered))
+        else {
+            return false;
+        };
+        let mut cx = Context::from_waker(&waker);
+        let (messages, all) = out.start_ready(&mut cx);
+        self.messages_out.increment(messages);
+        let flushed = out.flush_now(&mut cx);
+        all && flushed
+    }
+}
+
 /// Sends live frames, replies and pings; ends the connection at the end of the drain,
 /// when the client falls behind, when it stops answering, or when the reader says so.
 pub(super) async fn write_loop(
-    sink: &mut Sink,
+    writer: &Arc<Writer>,
     mut replies: mpsc::Receiver<Box<Reply>>,
     state: &AppState,
     last_seen: &AtomicU64,
@@ -223,7 +427,7 @@ pub(super) async fn write_loop(
         tokio::time::Instant::now() + state.ping_interval,
         state.ping_interval,
     );
-    let mut feeds = Feeds::default();
+    let direct: Weak<dyn Direct> = Arc::downgrade(writer) as Weak<dyn Direct>;
     loop {
         let next = tokio::select! {
             biased;
@@ -234,17 +438,22 @@ pub(super) async fn write_loop(
                 Reply::Replay(frames) => {
                     // Boxed, as the presence read below: an idle connection's task does
                     // not carry room for either.
-                    if let Err(ending) = Box::pin(write_replay(sink, frames, state)).await {
+                    let replay = async {
+                        let mut out = writer.out.lock().await;
+                        write_replay(&mut out.sink, frames, state).await
+                    };
+                    if let Err(ending) = Box::pin(replay).await {
                         return ending;
                     }
                     continue;
                 }
-                Reply::Follow(feed) => {
-                    feeds.push(*feed);
+                Reply::Follow(mut feed) => {
+                    feed.set_direct(direct.clone());
+                    writer.out.lock().await.feeds.push(*feed);
                     continue;
                 }
                 Reply::Unfollow(room) => {
-                    feeds.close(&room);
+                    writer.out.lock().await.feeds.close(&room);
                     Next::Frame(Message::Text(ServerFrame::Left { room: &room }.to_json().into()))
                 }
                 Reply::Close(code, reason) => return Ending::Close(code, reason),
@@ -257,7 +466,7 @@ pub(super) async fn write_loop(
                 }
                 Next::Frame(Message::Ping(Default::default()))
             }
-            Some(received) = feeds.next(), if !feeds.is_empty() => match next_of(received, state).await {
+            received = writer.next_live() => match next_of(received, state).await {
                 Ok(Some(next)) => next,
                 Ok(None) => continue,
                 Err(ending) => return ending,
@@ -265,7 +474,10 @@ pub(super) async fn write_loop(
         };
         // Boxed while it runs: inline, the write's state would be part of every idle
         // connection's task (the largest state of an async function sets its size).
-        let mut write = Box::pin(write_with_ready(sink, next, &mut feeds, state));
+        let mut write = Box::pin(async {
+            let mut out = writer.out.lock().await;
+            write_with_ready(&mut out, next, state).await
+        });
         // Most writes end at once, into the socket's buffer: only one that waits for the
         // client arms the write timeout (a timer, registered and removed, per write).
         let written = match write.as_mut().now_or_never() {
@@ -301,6 +513,7 @@ async fn next_of(
     match received {
         Ok(live) => Ok(Some(Next::Live(live))),
         Err(FeedError::Behind) => Err(slow_consumer(state)),
+        Err(FeedError::SocketGone) => Err(Ending::Drop),
         Err(FeedError::EventsLost(room)) => {
             match Box::pin(rooms::presence_frame(state, &room)).await {
                 Ok(frame) => Ok(Some(Next::Frame(Message::Text(frame)))),
@@ -336,22 +549,17 @@ async fn feed(sink: &mut Sink, next: Next, state: &AppState) -> Result<usize, En
 /// Writes `next` and the live frames already queued behind it (up to about
 /// [`MAX_COALESCED`]) with one flush: under load a client gets several messages per
 /// write instead of a write each.
-async fn write_with_ready(
-    sink: &mut Sink,
-    next: Next,
-    feeds: &mut Feeds,
-    state: &AppState,
-) -> Result<(), Ending> {
-    let mut written = feed(sink, next, state).await?;
+async fn write_with_ready(out: &mut Out, next: Next, state: &AppState) -> Result<(), Ending> {
+    let mut written = feed(&mut out.sink, next, state).await?;
     while written < MAX_COALESCED {
-        let Some(Some(received)) = feeds.next().now_or_never() else {
+        let Some(Some(received)) = out.feeds.next().now_or_never() else {
             break;
         };
         if let Some(next) = next_of(received, state).await? {
-            written += feed(sink, next, state).await?;
+            written += feed(&mut out.sink, next, state).await?;
         }
     }
-    sink.flush().await.map_err(|_| Ending::Drop)
+    out.sink.flush().await.map_err(|_| Ending::Drop)
 }
 
 /// Sends replayed messages, in order, as one write: fed to the socket and flushed once.
@@ -425,11 +633,11 @@ mod tests {
         );
         // Covered by the replay, then new.
         for id in ["1-0", "2-0", "3-0", "4-0"] {
-            entries.send(entry(id));
+            entries.send_now(entry(id));
         }
         // Its own event is not sent back; the others overflow the queue of 2.
         for origin in [connection, 1, 2, 3] {
-            events.send(event(origin));
+            events.send_now(event(origin));
         }
         let ready = next(&mut feed).unwrap().unwrap();
         assert_eq!(ready, ["3-0", "4-0"], "messages first, in one batch");
@@ -465,18 +673,18 @@ mod tests {
         assert!(feeds.is_empty());
         feeds.push(feed("a", &a));
         assert!(matches!(feeds, Feeds::One(_)), "one room: no set");
-        a.send(entry("1-0"));
+        a.send_now(entry("1-0"));
         assert_eq!(next(&mut feeds).unwrap().unwrap(), ["1-0"]);
 
         feeds.push(feed("b", &b));
-        a.send(entry("2-0"));
-        b.send(entry("3-0"));
+        a.send_now(entry("2-0"));
+        b.send_now(entry("3-0"));
         let mut both = [next(&mut feeds), next(&mut feeds)].map(|r| r.unwrap().unwrap());
         both.sort();
         assert_eq!(both, [["2-0"], ["3-0"]], "still a's, and b's");
         feeds.close("a");
-        a.send(entry("4-0"));
-        b.send(entry("5-0"));
+        a.send_now(entry("4-0"));
+        b.send_now(entry("5-0"));
         assert_eq!(next(&mut feeds).unwrap().unwrap(), ["5-0"], "only b's");
         assert!(next(&mut feeds).is_none());
         feeds.close("b");
