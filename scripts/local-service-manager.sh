@@ -6,15 +6,24 @@
 # ProtectSystem...) needs root. What it keeps of them is what the tests look at: the
 # boot program runs detached with its output on the instance's console, and the
 # installed chat-server runs detached with the environment file's variables.
+# And what stopping an instance relies on, as systemd does it:
+# - a unit runs in a session, and so a process group, of its own, as a systemd unit in its
+#   cgroup; stopping it signals the whole group (KillMode=control-group), SIGTERM then
+#   SIGCONT, so that what the unit started goes too: the boot program's download, and
+#   its `systemctl restart chat-server.service` in flight, which would otherwise start
+#   the server after the stop;
+# - one job at a time, as systemd's job queue (a lock): a stop waits for a start in
+#   flight to have recorded its pid, and the other way round.
 #
 #   local-service-manager.sh daemon-reload|enable UNIT   accepted, nothing to do
 #   local-service-manager.sh start|restart UNIT          (re)start it
 #   local-service-manager.sh stop [UNIT]                 stop it (every unit when none is
-#                                                        named): TERM, then as systemd does
-#                                                        with RTS_STOP_TIMEOUT set, KILL
-#                                                        after that many seconds; without
-#                                                        it TERM again after 2 s, which
-#                                                        ends the server's drain early
+#                                                        named, the boot service first):
+#                                                        TERM, then as systemd does with
+#                                                        RTS_STOP_TIMEOUT set, KILL after
+#                                                        that many seconds; without it
+#                                                        TERM again after 2 s, which ends
+#                                                        the server's drain early
 # Units: realtime-stack-boot.service, chat-server.service.
 #
 # Environment:
@@ -25,7 +34,9 @@
 #                               "instances" share one network, so each gets its own port
 #   RTS_LOCAL_REDIS_CA_FILE     optional: the local redis-server's test CA (REDIS_CA_FILE)
 #   RTS_STOP_TIMEOUT            optional: stop like systemd with this TimeoutStopSec
-# Pids go to $RTS_ROOT/run/<unit>.pid, the server's log to $RTS_ROOT/var/log/chat-server.log.
+# Pids go to $RTS_ROOT/run/<unit>.pid (a unit's main process, whose pid is also its process
+# group's), the lock to $RTS_ROOT/run/service-manager.lock, the server's log to
+# $RTS_ROOT/var/log/chat-server.log. Needs flock and setsid (util-linux).
 set -eu
 
 root=${RTS_ROOT:?RTS_ROOT must name the instance sandbox (realtime-stack sets it)}
@@ -66,10 +77,32 @@ running_pid() {
   echo "$pid"
 }
 
-# Waits up to $3 seconds for process $1 (running $2) to exit; fails if it is still there.
+# The process group of process $1, if it exists. /proc/<pid>/stat: pid (name) state ppid
+# pgrp..., where the name may hold spaces and parentheses.
+group_of() {
+  sed -n 's/^.*) [A-Za-z] [0-9-]* \([0-9]*\) .*/\1/p' "/proc/$1/stat" 2>/dev/null
+}
+
+# Whether a process of group $1 is alive: one that has exited but is not reaped yet
+# (a zombie) does not count. Read from /proc: ps is not on a minimal Debian.
+group_alive() {
+  # Processes exit while cat reads: it goes on with the others.
+  cat /proc/[0-9]*/stat 2>/dev/null |
+    sed -n 's/^.*) \([A-Za-z]\) [0-9-]* \([0-9]*\) .*/\1 \2/p' |
+    awk -v group="$1" '$1 != "Z" && $2 == group { alive = 1 } END { exit !alive }'
+}
+
+# Sends signal $1 to every process of the unit whose main process is $2: its process
+# group. SIGCONT after it, as systemd does, so that a stopped process gets it too.
+signal() {
+  kill -"$1" "-$2" 2>/dev/null || true
+  [ "$1" = KILL ] || kill -CONT "-$2" 2>/dev/null || true
+}
+
+# Waits up to $2 seconds for every process of group $1 to exit; fails if one is left.
 gone_within() {
-  tries=$(($3 * 10))
-  while ours "$1" "$2"; do
+  tries=$(($2 * 10))
+  while group_alive "$1"; do
     [ "$tries" -gt 0 ] || return 1
     tries=$((tries - 1))
     sleep 0.1
@@ -78,28 +111,27 @@ gone_within() {
 
 stop() {
   unit=$1
-  binary=$(program "$unit")
   if ! pid=$(running_pid "$unit"); then
     rm -f "$(pid_file "$unit")"
     return 0
   fi
   log "stopping $unit (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
+  signal TERM "$pid"
   if [ -n "${RTS_STOP_TIMEOUT:-}" ]; then
     # As systemd: SIGTERM starts the server's drain, which it is given in full.
-    if ! gone_within "$pid" "$binary" "$RTS_STOP_TIMEOUT"; then
+    if ! gone_within "$pid" "$RTS_STOP_TIMEOUT"; then
       log "$unit (pid $pid) still runs after ${RTS_STOP_TIMEOUT}s; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      gone_within "$pid" "$binary" 5 || true
+      signal KILL "$pid"
+      gone_within "$pid" 5 || true
     fi
   # A second SIGTERM ends the drain early (clients get 1012): nobody waits for a load
   # balancer to deregister the instance.
-  elif ! gone_within "$pid" "$binary" 2; then
-    kill -TERM "$pid" 2>/dev/null || true
-    if ! gone_within "$pid" "$binary" 10; then
+  elif ! gone_within "$pid" 2; then
+    signal TERM "$pid"
+    if ! gone_within "$pid" 10; then
       log "$unit (pid $pid) ignored SIGTERM; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      gone_within "$pid" "$binary" 5 || true
+      signal KILL "$pid"
+      gone_within "$pid" 5 || true
     fi
   fi
   rm -f "$(pid_file "$unit")"
@@ -133,13 +165,16 @@ start() {
       ;;
     *) output=$console ;;
   esac
-  # Detached: a service outlives whoever started it.
-  nohup "$binary" >>"$output" 2>&1 </dev/null &
+  # Detached, in a session of its own: a service outlives whoever started it, and all it
+  # starts is in its process group. Without the lock's descriptor: a unit that asks for
+  # a job (the boot program's systemctl) would wait for itself.
+  setsid "$binary" >>"$output" 2>&1 </dev/null 9>&- &
   pid=$!
-  # Until the background shell has exec'd the program, that pid's command line is the
-  # shell's: return only once it is the program, so the pid file names it.
+  # Until the background shell has exec'd setsid, that pid's command line is the shell's,
+  # and until setsid has made it a group's leader, it is in ours: return only once the
+  # pid file names the program and its group.
   tries=50
-  until ours "$pid" "$binary"; do
+  until ours "$pid" "$binary" && [ "$(group_of "$pid")" = "$pid" ]; do
     if ! kill -0 "$pid" 2>/dev/null; then
       log "$unit exited at once; the end of its output ($output):"
       tail -n 20 "$output" >&2 || true
@@ -155,14 +190,26 @@ start() {
   echo "$pid" >"$(pid_file "$unit")"
 }
 
+# Holds the lock until this script exits (fd 9). Without a timeout: a job holds it only
+# for its own bounded waits (a start's 5 s, a stop's between its signals).
+lock() {
+  mkdir -p "$root/run"
+  exec 9>>"$root/run/service-manager.lock"
+  flock 9
+}
+
 case ${1:-} in
   daemon-reload | enable) ;;
   start | restart)
     unit=${2:?$1 needs a unit}
+    lock
     stop "$unit"
     start "$unit"
     ;;
   stop)
+    # Nothing was ever started here.
+    [ -d "$root/run" ] || exit 0
+    lock
     if [ -n "${2:-}" ]; then
       stop "$2"
     else

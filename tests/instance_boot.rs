@@ -6,7 +6,8 @@
 //! it and starts a real chat-server; two such instances carry a message from a client of
 //! one to a client of the other. Then the failures the boot service keeps retrying
 //! through until they are gone: a tampered binary, and a Redis tag not written yet. And
-//! shellcheck on the scripts.
+//! shellcheck on the scripts, and the service manager's stop while the boot service is
+//! starting the server.
 
 mod support;
 
@@ -71,6 +72,132 @@ fn the_graviton_cross_build_is_static_arm64_and_accepted_only_for_arm64() {
         .unwrap_err()
         .to_string();
     assert!(refused.contains("built for arm64"), "{refused}");
+}
+
+/// The moment of the leak CI once showed: a chat-server of a deleted sandbox still running
+/// 17 minutes after its test. The boot service was stopped while its `systemctl restart
+/// chat-server.service` was in flight (the untagged instance below is dropped as soon as
+/// its server answers, which can be before that call has returned). systemd stops a unit's
+/// whole cgroup, that call with it; the local service manager must leave nothing of the
+/// instance running either. Stand-ins for the two programs make the moment exact: the boot
+/// stand-in's call halts (SIGSTOP) before it has done anything, the services are stopped
+/// then, and the call is let go on if it is still there.
+#[tokio::test]
+async fn stopping_while_the_boot_service_starts_the_server_leaves_nothing_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = dir.path();
+    let _leftovers = KillLeftovers(sandbox);
+    let manager = sandbox.join("local-service-manager.sh");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(repo.join("scripts/local-service-manager.sh"), &manager).unwrap();
+    make_executable(&manager);
+    let root = sandbox.join("root");
+    let config = root.join("etc/realtime-stack");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("chat-server.env"), "CHAT_DRAIN_SECS=0\n").unwrap();
+    let install = root.join("opt/realtime-stack");
+    std::fs::create_dir_all(&install).unwrap();
+    // Shell scripts: their command lines name their paths, as the service manager expects.
+    let server = install.join("chat-server");
+    std::fs::write(&server, "#!/bin/sh\nwhile :; do sleep 1; done\n").unwrap();
+    make_executable(&server);
+    let in_flight = sandbox.join("in-flight.pid");
+    let boot = install.join("boot");
+    std::fs::write(
+        &boot,
+        format!(
+            "#!/bin/sh\n\
+             sh -c 'echo $$ >\"$1\"; kill -STOP $$; exec \"$RTS_SYSTEMCTL\" restart chat-server.service' \
+             systemctl '{}'\n\
+             while :; do sleep 1; done\n",
+            in_flight.display()
+        ),
+    )
+    .unwrap();
+    make_executable(&boot);
+
+    // As the user-data starts it.
+    let started = Command::new("sh")
+        .arg(&manager)
+        .args(["start", "realtime-stack-boot.service"])
+        .env("RTS_ROOT", &root)
+        .env("RTS_SYSTEMCTL", &manager)
+        .env("RTS_LOCAL_LISTEN", "127.0.0.1:9")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "starting the boot service: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let call = support::poll_until(WAIT, "the boot service's systemctl call to halt", || {
+        let pid = std::fs::read_to_string(&in_flight)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        async move { pid.filter(|pid| process_state(*pid) == Some('T')) }
+    })
+    .await;
+
+    local::stop_services(sandbox, local::Stop::Now).unwrap();
+    // What the call does if the stop left it: it starts the server, and is then done.
+    let _ = Command::new("kill")
+        .args(["-CONT", &call.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status();
+    support::poll_until(WAIT, "the systemctl call to end", || {
+        let ended = matches!(process_state(call), None | Some('Z'));
+        async move { ended.then_some(()) }
+    })
+    .await;
+    let left = processes_of(sandbox);
+    assert!(
+        left.is_empty(),
+        "still running after stop: {left:#?}\nconsole:\n{}",
+        std::fs::read_to_string(sandbox.join("console.log")).unwrap_or_default()
+    );
+    assert_eq!(local::server_pid(sandbox), None);
+}
+
+fn make_executable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T` for stopped, `Z`...), if it exists.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses.
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// The processes whose command line names a path under `dir`, with that command line.
+fn processes_of(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.to_string_lossy();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&*needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Kills, on drop, whatever still runs from a sandbox: a failed test leaks nothing.
+struct KillLeftovers<'a>(&'a Path);
+
+impl Drop for KillLeftovers<'_> {
+    fn drop(&mut self) {
+        for (pid, _) in processes_of(self.0) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
 }
 
 /// The local redis-server, stopped on drop.
