@@ -57,7 +57,9 @@ for id in bench-a bench-b; do
   pids+=($!)
   server_pids+=($!)
   for _ in $(seq 100); do
-    addr="$(sed -n 's/.*listening addr=\([0-9.:]*\).*/\1/p' "$work/$id.log")"
+    # The background shell may not have opened the log yet: under `set -e` a failed read
+    # would end the benchmark.
+    addr="$(sed -n 's/.*listening addr=\([0-9.:]*\).*/\1/p' "$work/$id.log" 2>/dev/null)" || true
     [ -n "$addr" ] && break
     sleep 0.1
   done
