@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # LocalStack on this machine, without Docker: installed from PyPI into a virtualenv with
-# the project's extension (ELBv2 and ElastiCache served by moto), run in host mode bound to
-# loopback only. The virtualenv lives outside the clone, under
+# the project's extension (ELBv2, ElastiCache and Auto Scaling served by moto, the Price
+# List's GetProducts from a test price list), run in host mode bound to loopback only.
+# The virtualenv lives outside the clone, under
 # ~/.cache/realtime-stack/localstack/<hash of the pins and the extension>, so a fresh
 # clone (CI's) reuses it; a change of either installs a new one beside it.
 #

@@ -1162,3 +1162,71 @@ async fn record_changes_are_held_to_route53s_rules() {
     );
     accepted(upsert(format!("{}.{zone}", "l".repeat(63)), 60).await);
 }
+
+/// The Price List's GetProducts, as its API reference documents it
+/// (<https://docs.aws.amazon.com/aws-cost-management/latest/APIReference/API_pricing_GetProducts.html>,
+/// <https://docs.aws.amazon.com/aws-cost-management/latest/APIReference/API_pricing_Filter.html>):
+/// MaxResults from 1 to 100, at most 50 filters, a filter type among the five it names, a
+/// service code it knows. The project's extension answers it (pricing.py).
+#[tokio::test]
+async fn the_price_list_holds_get_products_to_its_documented_constraints() {
+    use aws_sdk_pricing::types::{Filter, FilterType};
+    let aws = support::localstack().await;
+    let pricing = aws_sdk_pricing::Client::new(&aws);
+    let term = |field: &str, value: &str| {
+        Filter::builder()
+            .r#type(FilterType::TermMatch)
+            .field(field)
+            .value(value)
+            .build()
+            .unwrap()
+    };
+    let ec2 = || pricing.get_products().service_code("AmazonEC2");
+
+    refused(
+        ec2().max_results(101).send().await,
+        "InvalidParameterException",
+        "MaxResults",
+    );
+    accepted(ec2().max_results(100).send().await);
+    refused(
+        ec2()
+            .filters(
+                Filter::builder()
+                    .r#type(FilterType::from("FUZZY_MATCH"))
+                    .field("instanceType")
+                    .value("t3.micro")
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await,
+        "InvalidParameterException",
+        "Filter Type",
+    );
+    let many = |count: usize| vec![term("instanceType", "t3.micro"); count];
+    refused(
+        ec2().set_filters(Some(many(51))).send().await,
+        "InvalidParameterException",
+        "Filters",
+    );
+    accepted(ec2().set_filters(Some(many(50))).send().await);
+    refused(
+        pricing
+            .get_products()
+            .service_code("AmazonNothing")
+            .send()
+            .await,
+        "NotFoundException",
+        "AmazonNothing",
+    );
+    let found = accepted(
+        ec2()
+            .filters(term("instanceType", "t3.micro"))
+            .filters(term("regionCode", "us-east-1"))
+            .filters(term("operatingSystem", "Linux"))
+            .send()
+            .await,
+    );
+    assert_eq!(found.price_list().len(), 1, "{found:?}");
+}
