@@ -80,6 +80,8 @@ pub struct Clients {
     pub route53: aws_sdk_route53::Client,
     pub s3: aws_sdk_s3::Client,
     pub sts: aws_sdk_sts::Client,
+    /// The Price List, read in the one region that serves it whatever the stack's.
+    pub pricing: aws_sdk_pricing::Client,
     pub calls: CallLog,
 }
 
@@ -137,6 +139,12 @@ impl Clients {
             ),
             sts: aws_sdk_sts::Client::from_conf(
                 aws_sdk_sts::config::Builder::from(config)
+                    .interceptor(calls.clone())
+                    .build(),
+            ),
+            pricing: aws_sdk_pricing::Client::from_conf(
+                aws_sdk_pricing::config::Builder::from(config)
+                    .region(Region::from_static(crate::cost::PRICE_LIST_REGION))
                     .interceptor(calls.clone())
                     .build(),
             ),

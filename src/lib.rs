@@ -11,6 +11,7 @@ pub mod cache;
 pub mod canary;
 pub mod certificate;
 pub mod commands;
+pub mod cost;
 pub mod deploy;
 pub mod dns;
 pub mod drill;

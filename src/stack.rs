@@ -111,6 +111,7 @@ pub mod testing {
             route53: mock_client!(aws_sdk_route53, []),
             s3: mock_client!(aws_sdk_s3, []),
             sts: mock_client!(aws_sdk_sts, []),
+            pricing: mock_client!(aws_sdk_pricing, []),
             calls: Default::default(),
         }
     }
