@@ -1,9 +1,10 @@
-//! The least-privilege IAM policy of a deployer of one stack: every action `up`, `plan`,
-//! `status`, `logs` and `destroy` need, and no other; scoped to the stack's resources by
-//! name where the service's ARNs carry it (load balancer, target group, Redis, buckets,
-//! Auto Scaling group), by the stack's tag where they do not (EC2, certificates), to the
-//! stack's hosted zone and domain for DNS changes, to the stack's instance type and image
-//! for launches. Describe and List calls that IAM cannot scope get `*`.
+//! The least-privilege IAM policy of a deployer of one stack: every action `up`, `plan`
+//! (with its monthly cost, `pricing:GetProducts`), `status`, `logs` and `destroy` need,
+//! and no other; scoped to the stack's resources by name where the service's ARNs carry
+//! it (load balancer, target group, Redis, buckets, Auto Scaling group), by the stack's
+//! tag where they do not (EC2, certificates), to the stack's hosted zone and domain for
+//! DNS changes, to the stack's instance type and image for launches. Describe and List
+//! calls that IAM cannot scope get `*`.
 //!
 //! It has to be a document IAM accepts: a managed policy holds at most 6 144 characters
 //! without whitespace (<https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html>).
@@ -145,6 +146,9 @@ pub fn document(scope: &Scope) -> Value {
                 "acm:List*",
                 "route53:Get*",
                 "route53:List*",
+                // `plan`'s monthly cost: prices are public, and IAM scopes them to no
+                // resource (<https://docs.aws.amazon.com/service-authorization/latest/reference/list_awspricelist.html>).
+                "pricing:GetProducts",
             ],
             json!("*"),
             None,
@@ -406,6 +410,7 @@ pub fn iam_action(call: &str) -> Option<String> {
         "ACM" => "acm",
         "Auto Scaling" => "autoscaling",
         "Route 53" => "route53",
+        "Pricing" => "pricing",
         "S3" => return s3_action(operation).map(|action| format!("s3:{action}")),
         _ => return None,
     };
@@ -575,6 +580,10 @@ mod tests {
             Some("elasticloadbalancing:RegisterTargets")
         );
         assert_eq!(iam_action("S3:HeadObject").as_deref(), Some("s3:GetObject"));
+        assert_eq!(
+            iam_action("Pricing:GetProducts").as_deref(),
+            Some("pricing:GetProducts")
+        );
         assert_eq!(iam_action("STS:GetCallerIdentity"), None);
     }
 }

@@ -495,6 +495,21 @@ async fn scaling_tracks_the_average_cpu_between_min_and_max_and_up_does_not_figh
     stack.run(&["destroy", "--yes"]);
 }
 
+/// `plan --output json`, which must exit with `expected_code`.
+fn plan_json(stack: &TestStack, expected_code: i32) -> Value {
+    let output = stack
+        .command(&["plan", "--output", "json"])
+        .output()
+        .expect("running plan");
+    assert_eq!(
+        output.status.code(),
+        Some(expected_code),
+        "plan exit code; stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("plan prints JSON")
+}
+
 /// `plan` says what `up` would do and does none of it: on a stack that does not exist,
 /// every resource to create and no AWS call that changes anything (LocalStack holds
 /// nothing afterwards), exit code 2; after `up`, nothing to do, exit code 0; after a
@@ -505,17 +520,7 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
     let aws = support::localstack().await;
     let (stack, _) = TestStack::with_zone(&aws, "p").await;
     let plan = |expected_code: i32| {
-        let output = stack
-            .command(&["plan", "--output", "json"])
-            .output()
-            .expect("running plan");
-        assert_eq!(
-            output.status.code(),
-            Some(expected_code),
-            "plan exit code; stderr:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let plan: Value = serde_json::from_slice(&output.stdout).expect("plan prints JSON");
+        let plan = plan_json(&stack, expected_code);
         assert_eq!(plan["mutating_calls"], json!([]), "plan changes nothing");
         plan["changes"].as_array().expect("changes").clone()
     };
@@ -615,6 +620,61 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
     );
 
     stack.run(&["destroy", "--yes"]);
+}
+
+/// `plan` prices the stack as described from the Price List: the project's LocalStack
+/// extension serves GetProducts from a test price list (its prices are test data, in
+/// scripts/localstack-extension/realtime_stack_localstack/pricing.py): t3.micro 0.01,
+/// cache.t4g.micro Redis 0.02 and an Application Load Balancer's hour 0.025 USD, over 730
+/// hours.
+#[tokio::test]
+async fn plan_says_what_the_stack_costs_a_month_from_the_price_list() {
+    let aws = support::localstack().await;
+    let (stack, _) = TestStack::with_zone(&aws, "c").await;
+
+    let plan = plan_json(&stack, 2);
+    assert_eq!(plan["cost_unavailable"], Value::Null, "{plan:#}");
+    let cost = &plan["cost"];
+    let line = |resource: &str| {
+        cost["lines"]
+            .as_array()
+            .expect("cost lines")
+            .iter()
+            .find(|line| line["resource"] == resource)
+            .unwrap_or_else(|| panic!("{resource} in {cost:#}"))
+            .clone()
+    };
+    let monthly = |value: &Value| value.as_f64().expect("a number");
+    // 2 × t3.micro × 0.01 × 730; (1 primary + 1 replica) × 0.02 × 730; 0.025 × 730.
+    for (resource, count, usd_per_month) in [
+        ("instances", 2, 14.6),
+        ("redis nodes", 2, 29.2),
+        ("load balancer", 1, 18.25),
+    ] {
+        let line = line(resource);
+        assert_eq!(line["count"], count, "{line:#}");
+        assert!(
+            (monthly(&line["usd_per_month"]) - usd_per_month).abs() < 1e-9,
+            "{line:#}"
+        );
+    }
+    assert!(
+        (monthly(&cost["usd_per_month"]) - 62.05).abs() < 1e-9,
+        "{cost:#}"
+    );
+    assert!(tagged_ec2_resources(&aws, &stack.name).await.is_empty());
+
+    let text = stack.command(&["plan"]).output().expect("running plan");
+    let text = String::from_utf8_lossy(&text.stdout);
+    for expected in [
+        "cost: $62.05 a month at on-demand prices in us-east-1 (730 hours, AWS Price List):",
+        "instances      2 × t3.micro at $0.01/h: $14.60",
+        "redis nodes    2 × cache.t4g.micro (redis) at $0.02/h: $29.20",
+        "load balancer  1 × application load balancer at $0.025/h: $18.25",
+        "not included: usage-based charges",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in:\n{text}");
+    }
 }
 
 /// Starts `up` and kills it as it sends `operation` (as the CLI's call log names it):

@@ -4,6 +4,11 @@
 //! of made, and its AWS clients refuse, before sending, any call that could change
 //! something. Exit code 0 when nothing would change, 2 when something would, as
 //! `terraform plan -detailed-exitcode`.
+//!
+//! After the changes, what the stack as described costs a month at on-demand prices,
+//! read from AWS's Price List ([`crate::cost`]). A price list that cannot be read (no
+//! permission, throttled, unreachable) leaves the plan as it is, with one line saying why
+//! there is no cost and what to do; it never changes the exit code.
 
 use std::path::Path;
 
@@ -14,6 +19,7 @@ use super::converge::converge;
 use super::preflight::preflight;
 use super::{Observed, OutputFormat};
 use crate::aws::AwsArgs;
+use crate::cost::{Cost, dollars};
 use crate::engine::{Action, Change};
 use crate::stack::Stack;
 
@@ -41,6 +47,10 @@ pub struct Plan {
     /// AWS calls of this run that could have changed something: always empty, since they
     /// are refused before they are sent; shown to prove it.
     pub mutating_calls: Vec<String>,
+    /// What the stack as described costs a month, when the price list could be read.
+    pub cost: Option<Cost>,
+    /// Why there is no cost, when there is none.
+    pub cost_unavailable: Option<String>,
 }
 
 /// Prints the plan; returns whether `up` would change anything.
@@ -61,6 +71,7 @@ async fn plan_stack(
 ) -> Result<Plan> {
     let preflight = preflight(stack, update_image).await?;
     converge(stack, platform, &preflight).await?;
+    let (cost, cost_unavailable) = price(stack).await;
     let mut changes = stack.changes.recorded();
     // Independent branches record in no set order: show them in the order `up` builds.
     changes.sort_by_key(|change| (build_order(&change.resource), change.resource.clone()));
@@ -73,7 +84,17 @@ async fn plan_stack(
             .update
             .map(|newer| format!("{} ({})", newer.id, newer.name)),
         mutating_calls: stack.clients.calls.mutating(),
+        cost,
+        cost_unavailable,
     })
+}
+
+/// The stack's monthly cost, or why there is none: never an error of the plan's.
+async fn price(stack: &Stack) -> (Option<Cost>, Option<String>) {
+    match crate::cost::monthly(&stack.clients.pricing, &stack.spec, &stack.region).await {
+        Ok(cost) => (Some(cost), None),
+        Err(err) => (None, Some(format!("{err:#}"))),
+    }
 }
 
 /// Where a resource comes in the order `up` builds the stack, by the kind its label
@@ -120,8 +141,13 @@ fn print_text(plan: &Plan) {
             "stack {} in {}: up would change nothing",
             plan.stack, plan.region
         );
-        return;
+    } else {
+        print_changes(plan);
     }
+    print!("{}", cost_text(plan));
+}
+
+fn print_changes(plan: &Plan) {
     println!("stack {} in {}: up would", plan.stack, plan.region);
     for change in &plan.changes {
         let sign = match change.action {
@@ -150,4 +176,100 @@ fn print_text(plan: &Plan) {
         count(Action::Replace),
         count(Action::Delete)
     );
+}
+
+/// The cost lines of the plan's text.
+fn cost_text(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let Some(cost) = &plan.cost else {
+        if let Some(why) = &plan.cost_unavailable {
+            let _ = writeln!(
+                text,
+                "cost: not shown, the price list could not be read: {why} (plan reads prices \
+                 with pricing:GetProducts, which `realtime-stack policy` grants)"
+            );
+        }
+        return text;
+    };
+    let _ = writeln!(
+        text,
+        "cost: {} a month at on-demand prices in {} ({} hours, AWS Price List):",
+        dollars(cost.usd_per_month),
+        cost.region,
+        cost.hours_per_month
+    );
+    for line in &cost.lines {
+        let count = match line.range {
+            Some((min, max)) => format!("{} ({min}..{max})", line.count),
+            None => line.count.to_string(),
+        };
+        let _ = writeln!(
+            text,
+            "  {:<14} {count} × {} at ${}/h: {}",
+            line.resource,
+            line.what,
+            line.usd_per_hour,
+            dollars(line.usd_per_month)
+        );
+    }
+    if let Some((low, high)) = cost.usd_per_month_range {
+        let _ = writeln!(
+            text,
+            "  from {} to {} a month as the group scales",
+            dollars(low),
+            dollars(high)
+        );
+    }
+    let _ = writeln!(text, "  not included: {}", cost.not_included);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_pricing::error::ErrorMetadata;
+    use aws_sdk_pricing::operation::get_products::GetProductsError;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    use super::*;
+    use crate::stack::testing;
+
+    /// Credentials without `pricing:GetProducts` get AccessDeniedException, one of
+    /// GetProducts' documented errors
+    /// (<https://docs.aws.amazon.com/aws-cost-management/latest/APIReference/API_pricing_GetProducts.html>),
+    /// which LocalStack's test price list does not answer with: mocked. The plan is still
+    /// made, with one line saying why there is no cost and what grants it.
+    #[tokio::test]
+    async fn a_price_list_denied_leaves_the_plan_and_says_why_in_one_line() {
+        let denied = mock!(aws_sdk_pricing::Client::get_products).then_error(|| {
+            GetProductsError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("User is not authorized to perform: pricing:GetProducts")
+                    .build(),
+            )
+        });
+        let mut clients = testing::clients();
+        clients.pricing = mock_client!(aws_sdk_pricing, RuleMode::MatchAny, [&denied]);
+        let stack = testing::stack(clients);
+
+        let (cost, cost_unavailable) = price(&stack).await;
+
+        assert_eq!(cost, None);
+        let plan = Plan {
+            stack: stack.spec.name.clone(),
+            region: stack.region.clone(),
+            changes: Vec::new(),
+            image_update: None,
+            mutating_calls: Vec::new(),
+            cost,
+            cost_unavailable,
+        };
+        let text = cost_text(&plan);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("cost: not shown"), "{text}");
+        assert!(text.contains("AccessDeniedException"), "{text}");
+        assert!(text.contains("lack this permission"), "{text}");
+        assert!(text.contains("pricing:GetProducts"), "{text}");
+    }
 }
