@@ -142,9 +142,12 @@ impl Clients {
                     .interceptor(calls.clone())
                     .build(),
             ),
+            // Fewer attempts than the others: an unreachable price list costs `plan` its
+            // cost line, not 40 s of backoff.
             pricing: aws_sdk_pricing::Client::from_conf(
                 aws_sdk_pricing::config::Builder::from(config)
                     .region(Region::from_static(crate::cost::PRICE_LIST_REGION))
+                    .retry_config(RetryConfig::standard().with_max_attempts(3))
                     .interceptor(calls.clone())
                     .build(),
             ),

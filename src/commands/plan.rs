@@ -186,8 +186,8 @@ fn cost_text(plan: &Plan) -> String {
         if let Some(why) = &plan.cost_unavailable {
             let _ = writeln!(
                 text,
-                "cost: not shown, the price list could not be read: {why} (plan reads prices \
-                 with pricing:GetProducts, which `realtime-stack policy` grants)"
+                "cost: not shown: {why} (the cost needs pricing:GetProducts on AWS's Price \
+                 List in us-east-1, which `realtime-stack policy` grants)"
             );
         }
         return text;
@@ -271,5 +271,28 @@ mod tests {
         assert!(text.contains("AccessDeniedException"), "{text}");
         assert!(text.contains("lack this permission"), "{text}");
         assert!(text.contains("pricing:GetProducts"), "{text}");
+    }
+
+    /// No network to the Price List: the SDK's dispatch failure, after the pricing
+    /// client's few attempts, is the one line, with what to check.
+    #[tokio::test]
+    async fn an_unreachable_price_list_leaves_the_plan_and_says_why() {
+        // Nothing listens on the discard port of loopback.
+        let config = aws_config::SdkConfig::builder()
+            .endpoint_url("http://127.0.0.1:9")
+            .region(aws_config::Region::new("eu-west-1"))
+            .credentials_provider(aws_sdk_pricing::config::SharedCredentialsProvider::new(
+                aws_sdk_pricing::config::Credentials::for_tests(),
+            ))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let stack = testing::stack(crate::aws::Clients::read_only(&config));
+
+        let (cost, cost_unavailable) = price(&stack).await;
+
+        assert_eq!(cost, None);
+        let why = cost_unavailable.expect("a reason");
+        assert!(why.contains("pricing:GetProducts for"), "{why}");
+        assert!(why.contains("AWS could not be reached"), "{why}");
     }
 }
