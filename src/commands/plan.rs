@@ -273,6 +273,49 @@ mod tests {
         assert!(text.contains("pricing:GetProducts"), "{text}");
     }
 
+    /// With a scaling policy the instances' line says desired (min..max), and the total
+    /// comes with what it is at min and at max.
+    #[test]
+    fn a_scaling_group_s_cost_says_its_range() {
+        let cost = crate::cost::Cost {
+            region: "eu-west-1".into(),
+            hours_per_month: 730.0,
+            lines: vec![crate::cost::Line {
+                resource: "instances",
+                what: "t3.micro".into(),
+                count: 2,
+                range: Some((1, 6)),
+                usd_per_hour: 0.01,
+                usd_per_month: 14.6,
+            }],
+            usd_per_month: 14.6,
+            usd_per_month_range: Some((7.3, 43.8)),
+            not_included: crate::cost::NOT_INCLUDED,
+        };
+        let plan = Plan {
+            stack: "chat".into(),
+            region: "eu-west-1".into(),
+            changes: Vec::new(),
+            image_update: None,
+            mutating_calls: Vec::new(),
+            cost: Some(cost),
+            cost_unavailable: None,
+        };
+        let text = cost_text(&plan);
+        assert!(
+            text.starts_with("cost: $14.60 a month at on-demand prices in eu-west-1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("instances      2 (1..6) × t3.micro at $0.01/h: $14.60"),
+            "{text}"
+        );
+        assert!(
+            text.contains("from $7.30 to $43.80 a month as the group scales"),
+            "{text}"
+        );
+    }
+
     /// No network to the Price List: the SDK's dispatch failure, after the pricing
     /// client's few attempts, is the one line, with what to check.
     #[tokio::test]
