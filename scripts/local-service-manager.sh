@@ -77,18 +77,23 @@ running_pid() {
   echo "$pid"
 }
 
-# The process group of process $1, if it exists. /proc/<pid>/stat: pid (name) state ppid
-# pgrp..., where the name may hold spaces and parentheses.
+# "<state> <process group>" of each /proc/<pid>/stat line in files $@ (or standard input):
+# pid (name) state ppid pgrp..., where the name may hold spaces and parentheses. Read from
+# /proc: ps is not on a minimal Debian.
+state_and_group() {
+  sed -n 's/^.*) \([A-Za-z]\) [0-9-]* \([0-9]*\) .*/\1 \2/p' "$@"
+}
+
+# The process group of process $1, if it exists.
 group_of() {
-  sed -n 's/^.*) [A-Za-z] [0-9-]* \([0-9]*\) .*/\1/p' "/proc/$1/stat" 2>/dev/null
+  state_and_group "/proc/$1/stat" 2>/dev/null | cut -d' ' -f2
 }
 
 # Whether a process of group $1 is alive: one that has exited but is not reaped yet
-# (a zombie) does not count. Read from /proc: ps is not on a minimal Debian.
+# (a zombie) does not count.
 group_alive() {
   # Processes exit while cat reads: it goes on with the others.
-  cat /proc/[0-9]*/stat 2>/dev/null |
-    sed -n 's/^.*) \([A-Za-z]\) [0-9-]* \([0-9]*\) .*/\1 \2/p' |
+  cat /proc/[0-9]*/stat 2>/dev/null | state_and_group |
     awk -v group="$1" '$1 != "Z" && $2 == group { alive = 1 } END { exit !alive }'
 }
 
