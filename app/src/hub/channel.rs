@@ -552,10 +552,10 @@ mod tests {
         }
     }
 
-    /// A receiver's writer that takes its frames until none is ready (which registers
-    /// the receiver again), and says it wrote them all, or not.
+    /// A receiver, and its writer that takes its frames until none is ready (which
+    /// registers the receiver again) and says it wrote them all, or not.
     struct Writes {
-        receiver: Mutex<Option<Receiver<u32>>>,
+        receiver: Mutex<Receiver<u32>>,
         written: Mutex<Vec<u32>>,
         finishes: bool,
     }
@@ -565,39 +565,35 @@ mod tests {
             let mut receiver = self.receiver.lock().unwrap();
             let mut cx = Context::from_waker(registered);
             let mut taken = Vec::new();
-            let receiver = receiver.as_mut().unwrap();
             while receiver.poll_recv_many(&mut cx, 8, &mut taken).is_ready() {}
             self.written.lock().unwrap().extend(taken);
             self.finishes
         }
     }
 
-    /// A receiver of `sender`, waiting for a frame with a task's waker that counts its
-    /// wakes, written through `Writes` unless `writer` is `None`.
-    fn waiting(sender: &Sender<u32>, writer: Option<bool>) -> (Arc<Wakes>, Option<Arc<Writes>>) {
+    /// A receiver of `sender`, held by a `Writes`, waiting for a frame with a task's
+    /// waker that counts its wakes; written through the `Writes` (which finishes or not,
+    /// as `writer` says) unless `writer` is `None`.
+    fn waiting(sender: &Sender<u32>, writer: Option<bool>) -> (Arc<Wakes>, Arc<Writes>) {
         let wakes = Arc::new(Wakes::default());
         let waker = Waker::from(wakes.clone());
-        let mut receiver = sender.subscribe();
-        let writes = writer.map(|finishes| {
-            Arc::new(Writes {
-                receiver: Mutex::new(None),
+        let writes = Arc::new_cyclic(|writes: &Weak<Writes>| {
+            let mut receiver = sender.subscribe();
+            if writer.is_some() {
+                receiver.set_direct(writes.clone());
+            }
+            let mut none = Vec::new();
+            assert!(
+                receiver
+                    .poll_recv_many(&mut Context::from_waker(&waker), 8, &mut none)
+                    .is_pending()
+            );
+            Writes {
+                receiver: Mutex::new(receiver),
                 written: Mutex::new(Vec::new()),
-                finishes,
-            })
+                finishes: writer.unwrap_or(false),
+            }
         });
-        if let Some(writes) = &writes {
-            receiver.set_direct(Arc::downgrade(writes) as Weak<dyn Direct>);
-        }
-        let mut none = Vec::new();
-        assert!(
-            receiver
-                .poll_recv_many(&mut Context::from_waker(&waker), 8, &mut none)
-                .is_pending()
-        );
-        match &writes {
-            Some(writes) => *writes.receiver.lock().unwrap() = Some(receiver),
-            None => std::mem::forget(receiver),
-        }
         (wakes, writes)
     }
 
@@ -610,13 +606,13 @@ mod tests {
         let sender = Sender::new(8, Duration::ZERO);
         let (finished, writes_all) = waiting(&sender, Some(true));
         let (left, writes_some) = waiting(&sender, Some(false));
-        let (plain, _) = waiting(&sender, None);
+        let (plain, _receiver) = waiting(&sender, None);
         let (gone, writer) = waiting(&sender, Some(true));
         drop(writer);
         sender.send_now(1);
-        assert_eq!(*writes_all.unwrap().written.lock().unwrap(), [1]);
+        assert_eq!(*writes_all.written.lock().unwrap(), [1]);
         assert_eq!(wakes(&finished), 0, "written: its task sleeps on");
-        assert_eq!(*writes_some.unwrap().written.lock().unwrap(), [1]);
+        assert_eq!(*writes_some.written.lock().unwrap(), [1]);
         assert_eq!(wakes(&left), 1, "something left: its task is woken");
         assert_eq!(wakes(&plain), 1, "no writer: woken");
         assert_eq!(wakes(&gone), 1, "its writer is gone: woken");
@@ -633,7 +629,7 @@ mod tests {
         let woken = receivers.iter().filter(|(w, _)| wakes(w) == 1).count();
         let written = receivers
             .iter()
-            .filter(|(_, writes)| !writes.as_ref().unwrap().written.lock().unwrap().is_empty())
+            .filter(|(_, writes)| !writes.written.lock().unwrap().is_empty())
             .count();
         assert_eq!((written, woken), (DIRECT_WRITES, 3));
     }
@@ -643,7 +639,6 @@ mod tests {
         let window = Duration::from_millis(20);
         let sender = Sender::new(8, window);
         let (wakes_a, writes) = waiting(&sender, Some(true));
-        let writes = writes.unwrap();
         sender.send_now(1);
         sender.send_now(2);
         sender.send_now(3);
