@@ -71,6 +71,13 @@ impl std::fmt::Display for Query {
     }
 }
 
+impl Line {
+    /// What `count` of the resource cost a month.
+    fn monthly(&self, count: u32) -> f64 {
+        self.usd_per_hour * f64::from(count) * HOURS_PER_MONTH
+    }
+}
+
 fn line(resource: &'static str, what: String, count: u32, range: Option<(u32, u32)>) -> Line {
     Line {
         resource,
@@ -208,7 +215,7 @@ fn total(region: &str, lines: Vec<Line>) -> Cost {
     let lines: Vec<Line> = lines
         .into_iter()
         .map(|line| Line {
-            usd_per_month: line.usd_per_hour * f64::from(line.count) * HOURS_PER_MONTH,
+            usd_per_month: line.monthly(line.count),
             ..line
         })
         .collect();
@@ -216,10 +223,7 @@ fn total(region: &str, lines: Vec<Line>) -> Cost {
     let at = |pick: fn((u32, u32)) -> u32| {
         lines
             .iter()
-            .map(|line| {
-                let count = line.range.map_or(line.count, pick);
-                line.usd_per_hour * f64::from(count) * HOURS_PER_MONTH
-            })
+            .map(|line| line.monthly(line.range.map_or(line.count, pick)))
             .sum::<f64>()
     };
     let usd_per_month_range = lines
