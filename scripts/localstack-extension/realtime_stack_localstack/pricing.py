@@ -66,8 +66,11 @@ ALB_TEST_PRICES = [
     ("us-east-1", "LoadBalancerUsage", "Hrs", "0.0250000000"),
     ("us-east-1", "LCUUsage", "LCU-Hrs", "0.0100000000"),
     ("us-east-1", "TS-LoadBalancerUsage", "Hrs", "0.0050000000"),
-    ("eu-west-1", "EU-LoadBalancerUsage", "Hrs", "0.0270000000"),
+    ("eu-west-1", "LoadBalancerUsage", "Hrs", "0.0270000000"),
 ]
+# The code that starts a region's usage types in every service's products (none in
+# us-east-1), as in the page above: USE2-, EU-, ...
+BILLING_CODES = {"us-east-1": "", "eu-west-1": "EU-"}
 
 
 def product(service: str, sku: str, family: str, attributes: dict, unit: str, usd: str) -> dict:
@@ -121,7 +124,7 @@ def price_list() -> dict[str, list[dict]]:
                 "preInstalledSw": "NA",
                 "capacitystatus": "Used",
                 "licenseModel": "No License required",
-                "usagetype": f"BoxUsage:{instance_type}",
+                "usagetype": f"{BILLING_CODES[region]}BoxUsage:{instance_type}",
             },
             "Hrs",
             usd,
@@ -137,7 +140,7 @@ def price_list() -> dict[str, list[dict]]:
                 "instanceType": node_type,
                 "regionCode": region,
                 "cacheEngine": engine,
-                "usagetype": f"NodeUsage:{node_type}",
+                "usagetype": f"{BILLING_CODES[region]}NodeUsage:{node_type}",
             },
             "Hrs",
             usd,
@@ -149,7 +152,11 @@ def price_list() -> dict[str, list[dict]]:
             "AWSELB",
             f"TESTELB{index:04d}",
             "Load Balancer-Application",
-            {"regionCode": region, "usagetype": usage, "operation": "LoadBalancing:Application"},
+            {
+                "regionCode": region,
+                "usagetype": f"{BILLING_CODES[region]}{usage}",
+                "operation": "LoadBalancing:Application",
+            },
             unit,
             usd,
         )
