@@ -70,8 +70,10 @@ async fn plan_stack(
     update_image: bool,
 ) -> Result<Plan> {
     let preflight = preflight(stack, update_image).await?;
-    converge(stack, platform, &preflight).await?;
-    let (cost, cost_unavailable) = price(stack).await;
+    // The price list needs only stack.yaml: read while the stack is looked at.
+    let (converged, (cost, cost_unavailable)) =
+        tokio::join!(converge(stack, platform, &preflight), price(stack));
+    converged?;
     let mut changes = stack.changes.recorded();
     // Independent branches record in no set order: show them in the order `up` builds.
     changes.sort_by_key(|change| (build_order(&change.resource), change.resource.clone()));
