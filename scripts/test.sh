@@ -23,8 +23,57 @@ phase() {
 started_localstack=false
 localstack_job=
 tools_job=
+# The tests run in a cgroup of their own, where everything they start stays, whatever
+# session it makes, whether it daemonizes (the local Redis) or clears its environment
+# (an instance's boot): what a test left behind - one that timed out and was killed
+# before its clean-up ran - is found there and killed. Without a cgroup v2 this user
+# may make, the tests run as they are and nothing is swept.
+tests_cgroup=
+make_tests_cgroup() {
+  local mount ours
+  mount=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/self/mounts)
+  ours=$(sed -n 's/^0:://p' /proc/self/cgroup)
+  if [[ -n $mount && -n $ours ]] && mkdir "$mount${ours%/}/realtime-stack-tests.$$" 2>/dev/null; then
+    tests_cgroup=$mount${ours%/}/realtime-stack-tests.$$
+  else
+    echo "no cgroup v2 to run the tests in: processes a test leaves running are not swept" >&2
+  fi
+}
+# The processes still in the tests' cgroup, one "pid command line" per line.
+test_leftovers() {
+  local pid
+  [[ -n $tests_cgroup ]] || return 0
+  while read -r pid; do
+    printf '%s %s\n' "$pid" "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-160)"
+  done <"$tests_cgroup/cgroup.procs"
+}
+# Waits up to $1 seconds for the tests' processes to end (a server may still be draining
+# after its test let go of it), then kills what is left and removes the cgroup; prints
+# what it killed and returns 1 if it killed anything.
+stop_test_leftovers() {
+  local deadline=$((SECONDS + $1)) left
+  [[ -n $tests_cgroup && -d $tests_cgroup ]] || return 0
+  left=$(test_leftovers)
+  while [[ -n $left ]] && ((SECONDS < deadline)); do
+    sleep 0.5
+    left=$(test_leftovers)
+  done
+  if [[ -n $left ]]; then
+    printf 'the tests left these processes running; stopping them:\n%s\n' "$left" >&2
+    if [[ -e $tests_cgroup/cgroup.kill ]]; then
+      echo 1 >"$tests_cgroup/cgroup.kill"
+    else
+      test_leftovers | cut -d' ' -f1 | xargs -r kill -KILL 2>/dev/null || true
+    fi
+    deadline=$((SECONDS + 10))
+    while [[ -n $(test_leftovers) ]] && ((SECONDS < deadline)); do sleep 0.1; done
+  fi
+  rmdir "$tests_cgroup" 2>/dev/null || echo "could not remove $tests_cgroup: $(test_leftovers)" >&2
+  [[ -z $left ]]
+}
 finish() {
   local status=$1
+  stop_test_leftovers 0 || true
   # A start still under way would leave a LocalStack behind: let it finish, then stop it.
   [[ -z $localstack_job ]] || wait "$localstack_job" 2>/dev/null || true
   [[ -z $tools_job ]] || wait "$tools_job" 2>/dev/null || true
@@ -93,4 +142,10 @@ export AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN
 
 phase "cargo nextest run"
-cargo nextest run --workspace --locked
+make_tests_cgroup
+(
+  [[ -z $tests_cgroup ]] || echo "$BASHPID" >"$tests_cgroup/cgroup.procs"
+  exec cargo nextest run --workspace --locked
+)
+# A test that passes but leaves a process running leaks it on every run: a failure.
+stop_test_leftovers 20 || { echo "a test does not stop what it started (see above)" >&2; exit 1; }
