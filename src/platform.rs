@@ -31,8 +31,8 @@ pub trait Platform {
     /// Where users reach the service.
     fn url(&self, stack: &Stack) -> String;
     /// Where the canary reaches the chat from this machine, behind the load balancer
-    /// `load_balancer_dns`.
-    fn chat_endpoint(&self, stack: &Stack, load_balancer_dns: &str) -> Endpoint;
+    /// `load_balancer_dns`; an error when there is none to reach.
+    fn chat_endpoint(&self, stack: &Stack, load_balancer_dns: &str) -> Result<Endpoint>;
 }
 
 /// The stack on AWS (or on what stands for it at the configured endpoint).
@@ -57,12 +57,12 @@ impl Platform for Aws {
 
     /// The load balancer's own name with the domain as the TLS server name: a resolver's
     /// negative cache of the new alias record does not matter.
-    fn chat_endpoint(&self, stack: &Stack, load_balancer_dns: &str) -> Endpoint {
+    fn chat_endpoint(&self, stack: &Stack, load_balancer_dns: &str) -> Result<Endpoint> {
         let allowed = &stack.spec.network.allowed_cidrs;
-        Endpoint {
+        Ok(Endpoint {
             url: format!("wss://{}/ws", stack.spec.domain.name),
             connect: Some((load_balancer_dns.to_owned(), 443)),
             allowed: (!allowed.iter().any(|cidr| cidr == "0.0.0.0/0")).then(|| allowed.clone()),
-        }
+        })
     }
 }

@@ -140,7 +140,7 @@ async fn clients(stack: &Stack, platform: &impl Platform) -> Result<(Clients, St
         .target_group_arn
         .clone()
         .context("the stack has no target group: run `up` first")?;
-    let endpoint = platform.chat_endpoint(stack, &load_balancer.dns_name);
+    let endpoint = platform.chat_endpoint(stack, &load_balancer.dns_name)?;
     let clients = Clients::start(&endpoint).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok((clients, target_group))

@@ -104,7 +104,7 @@ impl Platform for Observed {
         }
     }
 
-    fn chat_endpoint(&self, stack: &Stack, load_balancer_dns: &str) -> Endpoint {
+    fn chat_endpoint(&self, stack: &Stack, load_balancer_dns: &str) -> Result<Endpoint> {
         match self {
             Observed::Aws(_) => Aws.chat_endpoint(stack, load_balancer_dns),
             Observed::Local(environment) => environment.chat_endpoint(stack, load_balancer_dns),
@@ -127,7 +127,7 @@ pub async fn canary(
                 .to_owned(),
         });
     }
-    let endpoint = platform.chat_endpoint(stack, load_balancer_dns);
+    let endpoint = platform.chat_endpoint(stack, load_balancer_dns)?;
     stack
         .progress
         .step("canary: a message across instances")

@@ -25,6 +25,8 @@ use crate::stack::Stack;
 
 /// How old the emulator's status may be before it counts as not running.
 const STATUS_FRESH: Duration = Duration::from_secs(10);
+/// What stands for the stack's URL while the local load balancer is not running.
+const NO_LOAD_BALANCER: &str = "(the local load balancer is not running)";
 
 /// The stack in the LocalStack on this machine, and what runs here for it.
 pub struct Environment {
@@ -252,6 +254,11 @@ impl Environment {
     fn state(&self) -> Result<State> {
         self.state_dir.load()
     }
+
+    /// The port of the local load balancer, when it runs.
+    fn load_balancer_port(&self) -> Option<u16> {
+        self.state().ok().and_then(|state| state.load_balancer_port)
+    }
 }
 
 impl Platform for Environment {
@@ -295,19 +302,21 @@ impl Platform for Environment {
     }
 
     fn url(&self, _stack: &Stack) -> String {
-        match self.state().ok().and_then(|state| state.load_balancer_port) {
+        match self.load_balancer_port() {
             Some(port) => format!("http://127.0.0.1:{port}/"),
-            None => "(the local load balancer is not running)".to_owned(),
+            None => NO_LOAD_BALANCER.to_owned(),
         }
     }
 
-    fn chat_endpoint(&self, stack: &Stack, _load_balancer_dns: &str) -> Endpoint {
-        let url = self.url(stack);
-        Endpoint {
-            url: format!("{}ws", url.replacen("http://", "ws://", 1)),
+    fn chat_endpoint(&self, _stack: &Stack, _load_balancer_dns: &str) -> Result<Endpoint> {
+        let port = self
+            .load_balancer_port()
+            .context("the local load balancer is not running: start it with `up --local`")?;
+        Ok(Endpoint {
+            url: format!("ws://127.0.0.1:{port}/ws"),
             connect: None,
             allowed: None,
-        }
+        })
     }
 }
 
