@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig};
+use aws_runtime::retries::classifiers::THROTTLING_ERRORS;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -465,6 +466,14 @@ where
         Some("ExpiredToken" | "ExpiredTokenException" | "RequestExpired") => {
             " - the credentials have expired: refresh them (e.g. `aws sso login`) and run again"
         }
+        // The SDK has retried these with backoff already (`sdk_config`'s attempts).
+        // `LimitExceededException` is on its list, yet ACM (and others) answer it for a
+        // quota reached ("An ACM quota has been exceeded"): a quota's advice.
+        Some(code) if THROTTLING_ERRORS.contains(&code) && code != "LimitExceededException" => {
+            " - AWS throttled the account's API calls, still after the SDK's retries with \
+             backoff: wait a minute and run again (`up` and `destroy` go on from what \
+             exists), or lower the account's other API traffic in the region"
+        }
         Some(code) if code.contains("LimitExceeded") || code.contains("QuotaExceeded") => {
             " - an account quota is reached: free some of it, or ask AWS to raise it \
              (Service Quotas console)"
@@ -600,6 +609,85 @@ mod tests {
         .unwrap();
 
         assert_eq!(settling.num_calls(), 4);
+    }
+
+    /// The SDK's retries as `AwsArgs::sdk_config` sets them, with a short first pause.
+    fn retrying() -> RetryConfig {
+        RetryConfig::standard()
+            .with_max_attempts(8)
+            .with_initial_backoff(Duration::from_millis(1))
+    }
+
+    /// EC2 answers `RequestLimitExceeded` when the account's API calls in the region go
+    /// faster than its request rate (HTTP 400,
+    /// <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/throttling.html>): a rate,
+    /// not a quota. Once it has outlived the SDK's retries, the advice is to wait and run
+    /// again, not to ask for a quota.
+    #[tokio::test]
+    async fn ec2_request_limit_exceeded_is_throttling_not_a_quota() {
+        let throttled = mock!(aws_sdk_ec2::Client::create_tags)
+            .sequence()
+            .http_status(400, Some(crate::stack::testing::EC2_THROTTLED.into()))
+            .repeatedly()
+            .build();
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&throttled], |config| {
+            config.retry_config(retrying())
+        });
+
+        let err = ec2
+            .create_tags()
+            .resources("i-1")
+            .send()
+            .await
+            .call("CreateTags on i-1")
+            .unwrap_err()
+            .to_string();
+
+        assert_eq!(throttled.num_calls(), 8);
+        assert!(
+            err.starts_with("CreateTags on i-1 failed: RequestLimitExceeded"),
+            "{err}"
+        );
+        assert!(err.contains("AWS throttled"), "{err}");
+        assert!(err.contains("wait a minute and run again"), "{err}");
+        assert!(!err.contains("quota"), "{err}");
+    }
+
+    /// What the user reads when CreateTags fails with `code`, the SDK's retries done.
+    /// The advice goes by the code alone, whichever service answers it.
+    async fn explained(code: &'static str, message: &'static str) -> String {
+        let failing = mock!(aws_sdk_ec2::Client::create_tags).then_error(move || {
+            CreateTagsError::generic(ErrorMetadata::builder().code(code).message(message).build())
+        });
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&failing], |config| {
+            config.retry_config(retrying())
+        });
+        ec2.create_tags()
+            .resources("i-1")
+            .send()
+            .await
+            .call("CreateTags on i-1")
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// A quota reached keeps the quota's advice: EC2's `VpcLimitExceeded` (five VPCs a
+    /// region by default), and `LimitExceededException`, which the SDK retries as
+    /// throttling but ACM answers when "an ACM quota has been exceeded"
+    /// (<https://docs.aws.amazon.com/acm/latest/APIReference/API_RequestCertificate.html>).
+    #[tokio::test]
+    async fn quota_codes_keep_the_quota_advice() {
+        for (code, message) in [
+            (
+                "VpcLimitExceeded",
+                "The maximum number of VPCs has been reached.",
+            ),
+            ("LimitExceededException", "An ACM quota has been exceeded."),
+        ] {
+            let err = explained(code, message).await;
+            assert!(err.contains("an account quota is reached"), "{err}");
+            assert!(!err.contains("throttled"), "{err}");
+        }
     }
 
     #[test]

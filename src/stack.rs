@@ -116,6 +116,12 @@ pub mod testing {
         }
     }
 
+    /// EC2's answer to a call over the account's request rate: HTTP 400 with the code
+    /// `RequestLimitExceeded` (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/throttling.html>).
+    pub const EC2_THROTTLED: &str = "<Response><Errors><Error><Code>RequestLimitExceeded</Code>\
+         <Message>Request limit exceeded.</Message></Error></Errors>\
+         <RequestID>1</RequestID></Response>";
+
     pub fn stack(clients: Clients) -> Stack {
         let spec = spec();
         Stack {

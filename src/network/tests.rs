@@ -356,19 +356,11 @@ fn calls(changes: &[(&'static str, Rule)]) -> Vec<&'static str> {
 
 #[tokio::test]
 async fn a_converged_network_is_left_alone_even_when_ec2_throttles() {
-    // EC2's throttling answer (HTTP 400, code RequestLimitExceeded), twice; the SDK's
-    // retries take the next answers of the same rule.
+    // EC2's throttling answer, twice; the SDK's retries take the next answers of the
+    // same rule.
     let throttled = mock!(Ec2::describe_vpcs)
         .sequence()
-        .http_status(
-            400,
-            Some(
-                "<Response><Errors><Error><Code>RequestLimitExceeded</Code>\
-                 <Message>Request limit exceeded.</Message></Error></Errors>\
-                 <RequestID>1</RequestID></Response>"
-                    .into(),
-            ),
-        )
+        .http_status(400, Some(testing::EC2_THROTTLED.into()))
         .times(2)
         .output(the_vpc)
         .build();
