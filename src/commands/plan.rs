@@ -236,29 +236,19 @@ mod tests {
     use super::*;
     use crate::stack::testing;
 
-    /// Credentials without `pricing:GetProducts` get AccessDeniedException, one of
-    /// GetProducts' documented errors
-    /// (<https://docs.aws.amazon.com/aws-cost-management/latest/APIReference/API_pricing_GetProducts.html>),
-    /// which LocalStack's test price list does not answer with: mocked. The plan is still
-    /// made, with one line saying why there is no cost and what grants it.
-    #[tokio::test]
-    async fn a_price_list_denied_leaves_the_plan_and_says_why_in_one_line() {
-        let denied = mock!(aws_sdk_pricing::Client::get_products).then_error(|| {
-            GetProductsError::generic(
-                ErrorMetadata::builder()
-                    .code("AccessDeniedException")
-                    .message("User is not authorized to perform: pricing:GetProducts")
-                    .build(),
-            )
+    /// The plan's cost text when the price list answers every GetProducts with `code`.
+    async fn cost_text_when(code: &'static str, message: &'static str) -> String {
+        let failing = mock!(aws_sdk_pricing::Client::get_products).then_error(move || {
+            GetProductsError::generic(ErrorMetadata::builder().code(code).message(message).build())
         });
         let mut clients = testing::clients();
-        clients.pricing = mock_client!(aws_sdk_pricing, RuleMode::MatchAny, [&denied]);
+        clients.pricing = mock_client!(aws_sdk_pricing, RuleMode::MatchAny, [&failing]);
         let stack = testing::stack(clients);
 
         let (cost, cost_unavailable) = price(&stack).await;
 
         assert_eq!(cost, None);
-        let plan = Plan {
+        cost_text(&Plan {
             stack: stack.spec.name.clone(),
             region: stack.region.clone(),
             changes: Vec::new(),
@@ -266,13 +256,44 @@ mod tests {
             mutating_calls: Vec::new(),
             cost,
             cost_unavailable,
-        };
-        let text = cost_text(&plan);
+        })
+    }
+
+    /// Credentials without `pricing:GetProducts` get AccessDeniedException, one of
+    /// GetProducts' documented errors
+    /// (<https://docs.aws.amazon.com/aws-cost-management/latest/APIReference/API_pricing_GetProducts.html>),
+    /// which LocalStack's test price list does not answer with: mocked. The plan is still
+    /// made, with one line saying why there is no cost and what grants it.
+    #[tokio::test]
+    async fn a_price_list_denied_leaves_the_plan_and_says_why_in_one_line() {
+        let text = cost_text_when(
+            "AccessDeniedException",
+            "User is not authorized to perform: pricing:GetProducts",
+        )
+        .await;
+
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.starts_with("cost: not shown"), "{text}");
         assert!(text.contains("AccessDeniedException"), "{text}");
         assert!(text.contains("lack this permission"), "{text}");
         assert!(text.contains("pricing:GetProducts"), "{text}");
+    }
+
+    /// ThrottlingException, another of GetProducts' documented errors (same page), still
+    /// there after the pricing client's retries: the line says it was throttled and to
+    /// run again, as any throttled call does ([`crate::aws::explain`]), not that a
+    /// permission or a quota is missing.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_price_list_says_to_run_again() {
+        let text = cost_text_when("ThrottlingException", "Rate exceeded").await;
+
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("cost: not shown"), "{text}");
+        assert!(text.contains("ThrottlingException"), "{text}");
+        assert!(text.contains("AWS throttled"), "{text}");
+        assert!(text.contains("wait a minute and run again"), "{text}");
+        assert!(!text.contains("lack this permission"), "{text}");
+        assert!(!text.contains("quota"), "{text}");
     }
 
     /// With a scaling policy the instances' line says desired (min..max), and the total
