@@ -451,6 +451,18 @@ pub fn ec2_stack_filters(names: &Names, role: Option<&str>) -> Vec<Filter> {
     filters
 }
 
+/// Whether an error code says an account quota is reached. Each service names its own:
+/// EC2 `VpcLimitExceeded`, ACM and IAM `LimitExceeded(Exception)`, Route53
+/// `LimitsExceeded` and `TooManyHostedZones`, ElastiCache `NodeQuotaForCustomerExceeded`,
+/// ELBv2 `TooManyLoadBalancers`, S3 `TooManyBuckets`. (Throttling's `TooManyRequests`
+/// is told apart before.)
+fn is_quota(code: &str) -> bool {
+    ["LimitExceeded", "LimitsExceeded", "Quota"]
+        .iter()
+        .any(|part| code.contains(part))
+        || code.starts_with("TooMany")
+}
+
 /// `call` failed: the AWS error with its code and, where one applies, what the user can
 /// do about it.
 pub fn explain<E, R>(call: &str, err: SdkError<E, R>) -> anyhow::Error
@@ -474,9 +486,13 @@ where
              backoff: wait a minute and run again (`up` and `destroy` go on from what \
              exists), or lower the account's other API traffic in the region"
         }
-        Some(code) if code.contains("LimitExceeded") || code.contains("QuotaExceeded") => {
+        Some(code) if is_quota(code) => {
             " - an account quota is reached: free some of it, or ask AWS to raise it \
              (Service Quotas console)"
+        }
+        Some(code) if code.starts_with("Insufficient") && code.contains("Capacity") => {
+            " - AWS has none of this instance or node type free in this Availability Zone \
+             now: run again later (`up` goes on from what exists), or pick another type"
         }
         Some("OptInRequired") => " - the account is not subscribed to this service in this region",
         _ if matches!(
@@ -671,8 +687,9 @@ mod tests {
             .to_string()
     }
 
-    /// A quota reached keeps the quota's advice: EC2's `VpcLimitExceeded` (five VPCs a
-    /// region by default), and `LimitExceededException`, which the SDK retries as
+    /// A quota reached gets the quota's advice, by whatever name its service gives it:
+    /// EC2's `VpcLimitExceeded` (five VPCs a region by default), ElastiCache's, ELBv2's
+    /// and Route53's own, and `LimitExceededException`, which the SDK retries as
     /// throttling but ACM answers when "an ACM quota has been exceeded"
     /// (<https://docs.aws.amazon.com/acm/latest/APIReference/API_RequestCertificate.html>).
     #[tokio::test]
@@ -683,10 +700,38 @@ mod tests {
                 "The maximum number of VPCs has been reached.",
             ),
             ("LimitExceededException", "An ACM quota has been exceeded."),
+            // https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_CreateReplicationGroup.html
+            (
+                "NodeQuotaForCustomerExceeded",
+                "Cluster node quota exceeded.",
+            ),
+            // https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_CreateLoadBalancer.html
+            ("TooManyLoadBalancers", "Too many load balancers."),
+            // https://docs.aws.amazon.com/Route53/latest/APIReference/API_CreateHostedZone.html
+            ("TooManyHostedZones", "Too many hosted zones."),
+            ("LimitsExceeded", "The account has reached the limit."),
         ] {
             let err = explained(code, message).await;
             assert!(err.contains("an account quota is reached"), "{err}");
             assert!(!err.contains("throttled"), "{err}");
+        }
+    }
+
+    /// EC2 answers `InsufficientInstanceCapacity` when it has no instances of the type
+    /// free in the zone, and ElastiCache `InsufficientCacheClusterCapacity` for nodes
+    /// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html>,
+    /// <https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_CreateReplicationGroup.html>):
+    /// no quota to raise, but a later run or another type.
+    #[tokio::test]
+    async fn no_capacity_is_told_to_run_later_or_pick_another_type() {
+        for code in [
+            "InsufficientInstanceCapacity",
+            "InsufficientCacheClusterCapacity",
+        ] {
+            let err = explained(code, "There is not enough capacity.").await;
+            assert!(err.contains("run again later"), "{err}");
+            assert!(err.contains("pick another type"), "{err}");
+            assert!(!err.contains("quota"), "{err}");
         }
     }
 
