@@ -376,10 +376,11 @@ pub struct ChatSettings {
     /// A presence entry's lifetime without a heartbeat (`--presence-ttl-secs`).
     pub presence_ttl_seconds: u32,
     /// How long a busy room gathers messages before its clients write them
-    /// (`--fanout-window-ms`, whose default it shares); 0 sends each on its own.
+    /// (`--fanout-window-ms`); 0 sends each on its own.
     pub fanout_window_ms: u16,
 }
 
+/// chat-server's own defaults (a test in tests/instance_boot.rs holds them equal).
 impl Default for ChatSettings {
     fn default() -> Self {
         ChatSettings {

@@ -6,8 +6,8 @@
 //! it and starts a real chat-server; two such instances carry a message from a client of
 //! one to a client of the other. Then the failures the boot service keeps retrying
 //! through until they are gone: a tampered binary, and a Redis tag not written yet. And
-//! shellcheck on the scripts, and the service manager's stop while the boot service is
-//! starting the server.
+//! shellcheck on the scripts, the service manager's stop while the boot service is
+//! starting the server, and the chat settings' defaults against chat-server's own.
 
 mod support;
 
@@ -23,6 +23,44 @@ use tokio_tungstenite::tungstenite::Message;
 
 const REDIS_TAG: &str = "realtime-stack:redis-endpoint";
 const WAIT: Duration = Duration::from_secs(30);
+
+/// A stack.yaml that leaves the chat settings out runs its servers as chat-server runs
+/// when started by hand: the CLI's defaults (`ChatSettings::default`, which the boot
+/// script always passes) are chat-server's own, though the two crates write them apart.
+#[test]
+fn the_stacks_chat_defaults_are_chat_servers_own() {
+    let output = Command::new(support::chat_server_binary())
+        .arg("--help")
+        .output()
+        .expect("running chat-server --help");
+    assert!(output.status.success(), "{output:?}");
+    let help = String::from_utf8(output.stdout).unwrap();
+    // Each flag's help ends with "[default: N]", before the next flag's line.
+    let default_of = |flag: &str| -> String {
+        let after = help
+            .split_once(&format!("--{flag} <"))
+            .unwrap_or_else(|| panic!("no --{flag} in chat-server --help:\n{help}"))
+            .1;
+        let block = after.split("\n      --").next().unwrap();
+        let default = block
+            .split_once("[default: ")
+            .unwrap_or_else(|| panic!("--{flag} has no default in chat-server --help"))
+            .1;
+        default.split(']').next().unwrap().to_owned()
+    };
+    let stack = realtime_stack::spec::ChatSettings::default();
+    for (flag, ours) in [
+        ("history-len", stack.history_messages.to_string()),
+        (
+            "max-rooms-per-connection",
+            stack.max_rooms_per_connection.to_string(),
+        ),
+        ("presence-ttl-secs", stack.presence_ttl_seconds.to_string()),
+        ("fanout-window-ms", stack.fanout_window_ms.to_string()),
+    ] {
+        assert_eq!(default_of(flag), ours, "--{flag}");
+    }
+}
 
 #[test]
 fn the_boot_scripts_pass_shellcheck() {
