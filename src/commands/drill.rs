@@ -142,6 +142,8 @@ async fn clients(stack: &Stack, platform: &impl Platform) -> Result<(Clients, St
         .context("the stack has no target group: run `up` first")?;
     let endpoint = platform.chat_endpoint(stack, &load_balancer.dns_name)?;
     let clients = Clients::start(&endpoint).await?;
+    // Messages already cross instances (`start` waits for that); the clients chat a while
+    // before the break, so that the figures have a "before" to set the gap against.
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok((clients, target_group))
 }
@@ -195,6 +197,7 @@ async fn instance(stack: &Stack, platform: &impl Platform) -> Result<Report> {
         )
         .await?;
     let took = started.elapsed();
+    // The clients chat a while with the replacement serving, before they are counted.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let figures = clients.finish(Duration::from_secs(15)).await?;
     Ok(Report {
