@@ -114,8 +114,13 @@ fn instances(spec: &StackSpec, region: &str) -> (Line, Query) {
     )
 }
 
-/// The Redis nodes: each shard's primary and replicas.
-fn redis_nodes(spec: &StackSpec, region: &str) -> (Line, Query) {
+/// The Redis nodes: each shard's primary and replicas. A node's hours are told apart by
+/// their usage type, `<region's billing code>NodeUsage:<node type>`: the same node type and
+/// engine also list Redis OSS Extended Support's surcharges by the node hour
+/// (`...ExtendedSupportYr1_Yr2-NodeUsage:<node type>`,
+/// <https://aws.amazon.com/elasticache/pricing/>), which a stack on a supported engine
+/// version does not pay.
+fn redis_nodes(spec: &StackSpec, region: &str, billing_code: &str) -> (Line, Query) {
     let redis = &spec.redis;
     (
         line(
@@ -130,6 +135,10 @@ fn redis_nodes(spec: &StackSpec, region: &str) -> (Line, Query) {
                 ("instanceType", redis.node_type.clone()),
                 ("regionCode", region.to_owned()),
                 ("cacheEngine", cache_engine(&redis.engine)),
+                (
+                    "usagetype",
+                    format!("{billing_code}NodeUsage:{}", redis.node_type),
+                ),
             ],
         },
     )
@@ -188,14 +197,16 @@ pub async fn monthly(
     region: &str,
 ) -> Result<Cost> {
     let instances = instances(spec, region);
-    let redis_nodes = redis_nodes(spec, region);
-    let (instance_price, node_price) = tokio::try_join!(
-        hourly_price(pricing, &instances),
-        hourly_price(pricing, &redis_nodes)
-    )?;
+    let instance_price = hourly_price(pricing, &instances).await?;
+    // The nodes' and the load balancer's hours are found by usage types that start with
+    // the region's billing code, which the instance's gives.
     let code = billing_code(instance_price.usage_type.as_deref())?;
+    let redis_nodes = redis_nodes(spec, region, code);
     let load_balancer = load_balancer(region, code);
-    let load_balancer_price = hourly_price(pricing, &load_balancer).await?;
+    let (node_price, load_balancer_price) = tokio::try_join!(
+        hourly_price(pricing, &redis_nodes),
+        hourly_price(pricing, &load_balancer)
+    )?;
     let priced = |(line, _): (Line, Query), found: Found| Line {
         usd_per_hour: found.usd_per_hour,
         ..line

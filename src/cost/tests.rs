@@ -69,13 +69,28 @@ fn the_example_stack_s_prices() -> Vec<Rule> {
                 &[("Hrs", "0.0104000000")],
             )],
         ),
-        answering(
-            "AmazonElastiCache",
-            vec![item(
-                json!({ "instanceType": "cache.t4g.micro", "cacheEngine": "Redis" }),
-                &[("Hrs", "0.0160000000")],
-            )],
-        ),
+        // A node's hours, by its usage type: the same node type and engine also list
+        // Redis OSS Extended Support's surcharge by the node hour, which a query by
+        // node type and engine alone would find too.
+        mock!(aws_sdk_pricing::Client::get_products)
+            .match_requests(|input| {
+                input.service_code() == Some("AmazonElastiCache")
+                    && filter(input, "instanceType") == Some("cache.t4g.micro")
+                    && filter(input, "cacheEngine") == Some("Redis")
+                    && filter(input, "usagetype") == Some("NodeUsage:cache.t4g.micro")
+            })
+            .then_output(|| {
+                GetProductsOutput::builder()
+                    .price_list(item(
+                        json!({
+                            "instanceType": "cache.t4g.micro",
+                            "cacheEngine": "Redis",
+                            "usagetype": "NodeUsage:cache.t4g.micro",
+                        }),
+                        &[("Hrs", "0.0160000000")],
+                    ))
+                    .build()
+            }),
         // Its hours, by the usage type of us-east-1 (no region code in front).
         mock!(aws_sdk_pricing::Client::get_products)
             .match_requests(|input| {

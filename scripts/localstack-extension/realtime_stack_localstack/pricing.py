@@ -59,6 +59,13 @@ CACHE_TEST_PRICES = [
     ("cache.r7g.large", "us-east-1", "Redis", "0.2000000000"),
     ("cache.r7g.large", "us-east-1", "Valkey", "0.1600000000"),
 ]
+# Redis OSS Extended Support's surcharge by the node hour, listed under the same node
+# type and engine as the node's own hours, told apart by usage type
+# (https://aws.amazon.com/elasticache/pricing/): (usage type's start, USD an hour more).
+EXTENDED_SUPPORT_TEST_PRICES = [
+    ("ExtendedSupportYr1_Yr2-", "0.0100000000"),
+    ("ExtendedSupportYr3-", "0.0200000000"),
+]
 # (region, usage type, unit, USD per unit): an Application Load Balancer's products, as
 # AWS lists them: the hours it runs, the LCUs it uses, and a trust store's hours
 # (https://docs.aws.amazon.com/elasticloadbalancing/latest/userguide/load-balancer-billing-usage-reports.html).
@@ -146,6 +153,24 @@ def price_list() -> dict[str, list[dict]]:
             usd,
         )
         for index, (node_type, region, engine, usd) in enumerate(CACHE_TEST_PRICES)
+    ]
+    cache += [
+        product(
+            "AmazonElastiCache",
+            f"TESTCACHEES{index:04d}{tier:02d}",
+            "Cache Instance",
+            {
+                "instanceType": node_type,
+                "regionCode": region,
+                "cacheEngine": engine,
+                "usagetype": f"{BILLING_CODES[region]}{support}NodeUsage:{node_type}",
+            },
+            "Hrs",
+            surcharge,
+        )
+        for index, (node_type, region, engine, _) in enumerate(CACHE_TEST_PRICES)
+        if engine == "Redis"
+        for tier, (support, surcharge) in enumerate(EXTENDED_SUPPORT_TEST_PRICES)
     ]
     elb = [
         product(
