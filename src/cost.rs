@@ -28,7 +28,8 @@ pub const PRICE_LIST_REGION: &str = "us-east-1";
 /// What the monthly figure leaves out.
 pub const NOT_INCLUDED: &str = "usage-based charges: load balancer capacity units (LCUs), \
      data transfer, S3 storage and requests (the binary, access logs), Route53 hosted zone \
-     and queries, EBS root volumes, Redis backup storage, CPU credits beyond the baseline";
+     and queries, EBS root volumes, Redis backup storage, CPU credits beyond the baseline, \
+     Redis OSS Extended Support (a `redis.engine_version` past standard support)";
 
 /// One priced resource: `count` of `what` at `usd_per_hour` each.
 #[derive(Debug, Clone, PartialEq, Serialize)]
