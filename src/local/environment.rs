@@ -427,3 +427,48 @@ async fn ensure_hosted_zone(stack: &Stack) -> Result<()> {
     ));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::testing;
+
+    fn environment(state_dir: &Path) -> Environment {
+        Environment {
+            stack: testing::stack(testing::clients()),
+            file: PathBuf::from("stack.yaml"),
+            state_dir: StateDir::at(state_dir.to_owned()),
+        }
+    }
+
+    /// A `--local` command that talks to the chat (a drill, the canary) while the local
+    /// load balancer is down is told to start it, not handed a URL made of the text that
+    /// `status` shows in its place.
+    #[test]
+    fn the_chat_endpoint_is_the_local_load_balancer_or_an_error_saying_to_start_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let environment = environment(dir.path());
+        let stack = &environment.stack;
+
+        let err = environment
+            .chat_endpoint(stack, "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the local load balancer is not running") && err.contains("`up --local`"),
+            "{err}"
+        );
+        assert_eq!(environment.url(stack), NO_LOAD_BALANCER);
+
+        environment
+            .state_dir
+            .update(|state| {
+                state.load_balancer_port = Some(43210);
+                Ok(())
+            })
+            .unwrap();
+        let endpoint = environment.chat_endpoint(stack, "").unwrap();
+        assert_eq!(endpoint.url, "ws://127.0.0.1:43210/ws");
+        assert_eq!(environment.url(stack), "http://127.0.0.1:43210/");
+    }
+}
