@@ -144,7 +144,9 @@ unset AWS_PROFILE AWS_SESSION_TOKEN
 phase "cargo nextest run"
 make_tests_cgroup
 (
-  [[ -z $tests_cgroup ]] || echo "$BASHPID" >"$tests_cgroup/cgroup.procs"
+  if [[ -n $tests_cgroup ]] && ! echo "$BASHPID" 2>/dev/null >"$tests_cgroup/cgroup.procs"; then
+    echo "could not move the tests into $tests_cgroup: processes a test leaves running are not swept" >&2
+  fi
   exec cargo nextest run --workspace --locked
 )
 # A test that passes but leaves a process running leaks it on every run: a failure.
