@@ -110,6 +110,11 @@ const MAX_CLUSTER_NODES: u32 = 500;
 /// The first major version of Redis with sharded pub/sub (SSUBSCRIBE/SPUBLISH), which the
 /// chat servers need across shards; Valkey forked from 7.2, so every Valkey has it.
 const MIN_SHARDED_MAJOR: u32 = 7;
+/// The first Redis version the chat servers run on: their append script trims a room's
+/// history by age with `XTRIM ... MINID`, which Redis added in 6.2.0
+/// (<https://redis.io/docs/latest/commands/xtrim/>, History); on 6.0 every message fails.
+/// Valkey forked from 7.2, so every Valkey has it.
+const MIN_REDIS_VERSION: (u32, u32) = (6, 2);
 const DEFAULT_ENGINE: &str = "redis";
 
 /// Longest stack name. Names of resources derive from it and the tightest AWS limit is the

@@ -4,8 +4,8 @@
 use std::net::Ipv4Addr;
 
 use super::{
-    ENGINES, MAX_CLUSTER_NODES, MAX_NAME_LEN, MAX_SERVED_NAME_LEN, MIN_SHARDED_MAJOR,
-    RESERVED_TAG_PREFIXES, TLS_POLICIES,
+    ENGINES, MAX_CLUSTER_NODES, MAX_NAME_LEN, MAX_SERVED_NAME_LEN, MIN_REDIS_VERSION,
+    MIN_SHARDED_MAJOR, RESERVED_TAG_PREFIXES, TLS_POLICIES,
 };
 
 /// A value that fails a rule: what is wrong and, when we can tell, what to write instead.
@@ -377,6 +377,31 @@ pub(super) fn sharded_engine_version(engine: &str, version: &str, shards: u32) -
     .help(format!(
         "write engine_version: \"7.1\" (or remove it for the engine's default), use engine: \
          valkey, or set shards: 1 to keep {engine} {version}"
+    )))
+}
+
+/// A Redis version the chat servers run on: 6.2 or later (`6.x`, ElastiCache's newest 6,
+/// is 6.2). Valkey's are all later than that.
+pub(super) fn chat_engine_version(engine: &str, version: &str) -> Rule<()> {
+    let mut parts = version.split('.').map(|part| part.parse::<u32>().ok());
+    let major = parts.next().flatten();
+    let minor = parts.next().flatten();
+    let (least_major, least_minor) = MIN_REDIS_VERSION;
+    let too_old = match (major, minor) {
+        (Some(major), _) if major < least_major => true,
+        (Some(major), Some(minor)) => major == least_major && minor < least_minor,
+        _ => false,
+    };
+    if engine != "redis" || !too_old {
+        return Ok(());
+    }
+    Err(Invalid::new(format!(
+        "redis {version} has no XTRIM MINID, which the chat servers use to keep a room's \
+         history within its age: they need redis {least_major}.{least_minor} or later"
+    ))
+    .help(format!(
+        "write engine_version: \"7.1\" (or \"{least_major}.{least_minor}\"), remove it for \
+         the engine's default, or use engine: valkey"
     )))
 }
 

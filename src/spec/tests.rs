@@ -756,6 +756,37 @@ fn load_balancer_and_redis_rules() {
     assert_eq!(spec.redis.engine_version.as_deref(), Some("6.x"));
 }
 
+/// The chat servers' append script trims history by age with `XTRIM ... MINID`, which
+/// Redis has from 6.2 (<https://redis.io/docs/latest/commands/xtrim/>): an older pinned
+/// Redis would take the stack up and then fail every message, so it is refused here,
+/// before anything is made.
+#[test]
+fn a_pinned_redis_older_than_6_2_is_refused_before_anything_is_made() {
+    for version in ["6.0", "5.0.6", "4.0.10", "5"] {
+        let problem = one_problem(
+            &with(&format!("redis:\n  engine_version: \"{version}\"\n")),
+            "redis.engine_version",
+            &format!("redis {version} has no XTRIM MINID"),
+        );
+        assert!(
+            problem.help.as_deref().unwrap().contains("6.2"),
+            "{problem:#?}"
+        );
+    }
+    for (engine, version) in [
+        ("redis", "6.2"),
+        ("redis", "6.x"),
+        ("redis", "7.1"),
+        ("valkey", "7.2"),
+        ("valkey", "8.0"),
+    ] {
+        let yaml = format!("redis:\n  engine: {engine}\n  engine_version: \"{version}\"\n");
+        let spec = StackSpec::parse(&with(&yaml), "s")
+            .unwrap_or_else(|err| panic!("{engine} {version}: {err:?}"));
+        assert_eq!(spec.redis.engine_version.as_deref(), Some(version));
+    }
+}
+
 #[test]
 fn more_than_one_shard_needs_sharded_pub_sub_and_fits_in_500_nodes() {
     let cases = [

@@ -437,7 +437,8 @@ impl Checker<'_> {
         self.cluster(&section, &redis).then_some(redis)
     }
 
-    /// What more than one shard asks of the other Redis keys; whether all of it holds.
+    /// What the chat servers and more than one shard ask of the other Redis keys; whether
+    /// all of it holds.
     fn cluster(&mut self, section: &Section<'_, '_>, redis: &RedisSpec) -> bool {
         let mut ok = true;
         if let Some(field) = section.get("shards") {
@@ -448,7 +449,8 @@ impl Checker<'_> {
         }
         if let (Some(field), Some(version)) = (section.get("engine_version"), &redis.engine_version)
         {
-            let rule = sharded_engine_version(&redis.engine, version, redis.shards);
+            let rule = chat_engine_version(&redis.engine, version)
+                .and_then(|()| sharded_engine_version(&redis.engine, version, redis.shards));
             let path = section.path("engine_version");
             ok &= self.check(&path, At::of(field.value), rule).is_some();
         }
