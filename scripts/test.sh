@@ -47,17 +47,23 @@ test_leftovers() {
     printf '%s %s\n' "$pid" "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-160)"
   done <"$tests_cgroup/cgroup.procs"
 }
+# Polls up to $1 seconds for the tests' processes to end; prints those still there.
+test_leftovers_after() {
+  local deadline=$((SECONDS + $1)) left
+  left=$(test_leftovers)
+  while [[ -n $left ]] && ((SECONDS < deadline)); do
+    sleep 0.2
+    left=$(test_leftovers)
+  done
+  printf '%s' "$left"
+}
 # Waits up to $1 seconds for the tests' processes to end (a server may still be draining
 # after its test let go of it), then kills what is left and removes the cgroup; prints
 # what it killed and returns 1 if it killed anything.
 stop_test_leftovers() {
-  local deadline=$((SECONDS + $1)) left
+  local left
   [[ -n $tests_cgroup && -d $tests_cgroup ]] || return 0
-  left=$(test_leftovers)
-  while [[ -n $left ]] && ((SECONDS < deadline)); do
-    sleep 0.5
-    left=$(test_leftovers)
-  done
+  left=$(test_leftovers_after "$1")
   if [[ -n $left ]]; then
     printf 'the tests left these processes running; stopping them:\n%s\n' "$left" >&2
     if [[ -e $tests_cgroup/cgroup.kill ]]; then
@@ -65,8 +71,7 @@ stop_test_leftovers() {
     else
       test_leftovers | cut -d' ' -f1 | xargs -r kill -KILL 2>/dev/null || true
     fi
-    deadline=$((SECONDS + 10))
-    while [[ -n $(test_leftovers) ]] && ((SECONDS < deadline)); do sleep 0.1; done
+    test_leftovers_after 10 >/dev/null
   fi
   rmdir "$tests_cgroup" 2>/dev/null || echo "could not remove $tests_cgroup: $(test_leftovers)" >&2
   [[ -z $left ]]
