@@ -60,6 +60,26 @@ fn answering(service: &'static str, items: Vec<String>) -> Rule {
         })
 }
 
+/// Answers `service`'s query with `item` alone, when it filters on each of `wanted`.
+fn answering_only(
+    service: &'static str,
+    wanted: &'static [(&'static str, &'static str)],
+    item: String,
+) -> Rule {
+    mock!(aws_sdk_pricing::Client::get_products)
+        .match_requests(move |input| {
+            input.service_code() == Some(service)
+                && wanted
+                    .iter()
+                    .all(|(field, value)| filter(input, field) == Some(*value))
+        })
+        .then_output(move || {
+            GetProductsOutput::builder()
+                .price_list(item.clone())
+                .build()
+        })
+}
+
 fn the_example_stack_s_prices() -> Vec<Rule> {
     vec![
         answering(
@@ -72,40 +92,34 @@ fn the_example_stack_s_prices() -> Vec<Rule> {
         // A node's hours, by its usage type: the same node type and engine also list
         // Redis OSS Extended Support's surcharge by the node hour, which a query by
         // node type and engine alone would find too.
-        mock!(aws_sdk_pricing::Client::get_products)
-            .match_requests(|input| {
-                input.service_code() == Some("AmazonElastiCache")
-                    && filter(input, "instanceType") == Some("cache.t4g.micro")
-                    && filter(input, "cacheEngine") == Some("Redis")
-                    && filter(input, "usagetype") == Some("NodeUsage:cache.t4g.micro")
-            })
-            .then_output(|| {
-                GetProductsOutput::builder()
-                    .price_list(item(
-                        json!({
-                            "instanceType": "cache.t4g.micro",
-                            "cacheEngine": "Redis",
-                            "usagetype": "NodeUsage:cache.t4g.micro",
-                        }),
-                        &[("Hrs", "0.0160000000")],
-                    ))
-                    .build()
-            }),
+        answering_only(
+            "AmazonElastiCache",
+            &[
+                ("instanceType", "cache.t4g.micro"),
+                ("cacheEngine", "Redis"),
+                ("usagetype", "NodeUsage:cache.t4g.micro"),
+            ],
+            item(
+                json!({
+                    "instanceType": "cache.t4g.micro",
+                    "cacheEngine": "Redis",
+                    "usagetype": "NodeUsage:cache.t4g.micro",
+                }),
+                &[("Hrs", "0.0160000000")],
+            ),
+        ),
         // Its hours, by the usage type of us-east-1 (no region code in front).
-        mock!(aws_sdk_pricing::Client::get_products)
-            .match_requests(|input| {
-                input.service_code() == Some("AWSELB")
-                    && filter(input, "usagetype") == Some("LoadBalancerUsage")
-                    && filter(input, "productFamily") == Some("Load Balancer-Application")
-            })
-            .then_output(|| {
-                GetProductsOutput::builder()
-                    .price_list(item(
-                        json!({ "usagetype": "LoadBalancerUsage" }),
-                        &[("Hrs", "0.0225000000")],
-                    ))
-                    .build()
-            }),
+        answering_only(
+            "AWSELB",
+            &[
+                ("usagetype", "LoadBalancerUsage"),
+                ("productFamily", "Load Balancer-Application"),
+            ],
+            item(
+                json!({ "usagetype": "LoadBalancerUsage" }),
+                &[("Hrs", "0.0225000000")],
+            ),
+        ),
     ]
 }
 
@@ -184,13 +198,11 @@ async fn scaling_and_shards_multiply_what_they_should() {
     spec.redis.shards = 3;
     spec.redis.replicas = 2;
     spec.redis.engine = "valkey".into();
-    let valkey = mock!(aws_sdk_pricing::Client::get_products)
-        .match_requests(|input| filter(input, "cacheEngine") == Some("Valkey"))
-        .then_output(|| {
-            GetProductsOutput::builder()
-                .price_list(item(json!({}), &[("Hrs", "0.0128")]))
-                .build()
-        });
+    let valkey = answering_only(
+        "AmazonElastiCache",
+        &[("cacheEngine", "Valkey")],
+        item(json!({}), &[("Hrs", "0.0128")]),
+    );
     let rules = [vec![valkey], the_example_stack_s_prices()].concat();
 
     let cost = cost_of(&spec, &rules).await.unwrap();
