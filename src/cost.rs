@@ -177,7 +177,7 @@ fn billing_code(instance_usage_type: Option<&str>) -> Result<&str> {
         None => bail!(
             "the instance's price list item has no usage type of the form \
              [<region code>-]BoxUsage:<type> ({instance_usage_type:?}), from which the \
-             region's load balancer hours are found"
+             region's Redis node and load balancer hours are found"
         ),
     }
 }

@@ -138,6 +138,17 @@ def price_list() -> dict[str, list[dict]]:
         )
         for index, (instance_type, region, system, usd) in enumerate(EC2_TEST_PRICES)
     ]
+    # A node's own hours (no usage type prefix), and for Redis the Extended Support
+    # surcharges listed beside them.
+    node_hours = [
+        (node_type, region, engine, "", usd)
+        for node_type, region, engine, usd in CACHE_TEST_PRICES
+    ] + [
+        (node_type, region, engine, support, surcharge)
+        for node_type, region, engine, _ in CACHE_TEST_PRICES
+        if engine == "Redis"
+        for support, surcharge in EXTENDED_SUPPORT_TEST_PRICES
+    ]
     cache = [
         product(
             "AmazonElastiCache",
@@ -147,30 +158,12 @@ def price_list() -> dict[str, list[dict]]:
                 "instanceType": node_type,
                 "regionCode": region,
                 "cacheEngine": engine,
-                "usagetype": f"{BILLING_CODES[region]}NodeUsage:{node_type}",
+                "usagetype": f"{BILLING_CODES[region]}{support}NodeUsage:{node_type}",
             },
             "Hrs",
             usd,
         )
-        for index, (node_type, region, engine, usd) in enumerate(CACHE_TEST_PRICES)
-    ]
-    cache += [
-        product(
-            "AmazonElastiCache",
-            f"TESTCACHEES{index:04d}{tier:02d}",
-            "Cache Instance",
-            {
-                "instanceType": node_type,
-                "regionCode": region,
-                "cacheEngine": engine,
-                "usagetype": f"{BILLING_CODES[region]}{support}NodeUsage:{node_type}",
-            },
-            "Hrs",
-            surcharge,
-        )
-        for index, (node_type, region, engine, _) in enumerate(CACHE_TEST_PRICES)
-        if engine == "Redis"
-        for tier, (support, surcharge) in enumerate(EXTENDED_SUPPORT_TEST_PRICES)
+        for index, (node_type, region, engine, support, usd) in enumerate(node_hours)
     ]
     elb = [
         product(
