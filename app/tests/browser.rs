@@ -707,6 +707,25 @@ async fn shown_texts(page: &Browser) -> Vec<String> {
     serde_json::from_value(page.execute(script, vec![]).await.unwrap()).unwrap()
 }
 
+/// Waits until the message lines shown are `expected`; on a timeout, says what was shown.
+async fn wait_shown_texts(page: &Browser, what: &str, expected: &[String]) {
+    let mut last = Vec::new();
+    let shown = tokio::time::timeout(WAIT, async {
+        loop {
+            last = shown_texts(page).await;
+            if last == expected {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        shown.is_ok(),
+        "timed out after {WAIT:?} waiting for {what}: expected {expected:?}, shown {last:?}"
+    );
+}
+
 /// What a product's backend does to a room through the server API, seen in a page: the
 /// page opens on the newest 50 of 120 messages, loads older ones a page at a time when
 /// scrolled to the top (what was in view stays in view) until it says it reached the
@@ -753,29 +772,20 @@ async fn page_scrolls_back_and_shows_deletions_and_bans_from_the_server_api() {
             .unwrap();
         wait_connected(&page, "instance-a").await;
         let all: Vec<String> = (0..120).map(|i| format!("m{i}")).collect();
-        poll_until(WAIT, "the newest 50 messages", || async {
-            (shown_texts(&page).await == all[70..]).then_some(())
-        })
-        .await;
+        wait_shown_texts(&page, "the newest 50 messages", &all[70..]).await;
         assert!(
             text_of(&page, "#log").await.contains("API"),
             "marked as the API's"
         );
 
         scroll_to_top(&page).await;
-        poll_until(WAIT, "the next 50 older messages", || async {
-            (shown_texts(&page).await == all[20..]).then_some(())
-        })
-        .await;
+        wait_shown_texts(&page, "the next 50 older messages", &all[20..]).await;
         assert!(
             in_view(&page, "m70").await,
             "what was in view stayed in view"
         );
         scroll_to_top(&page).await;
-        poll_until(WAIT, "every message, in order, once", || async {
-            (shown_texts(&page).await == all).then_some(())
-        })
-        .await;
+        wait_shown_texts(&page, "every message, in order, once", &all).await;
         wait_shown_notice(&page, "the beginning of #lobby").await;
 
         // Deleted through the API: removed at once, in its place.
@@ -790,10 +800,7 @@ async fn page_scrolls_back_and_shows_deletions_and_bans_from_the_server_api() {
         assert_eq!(status, 204);
         let mut expected = all.clone();
         expected[100] = "message removed".to_owned();
-        poll_until(WAIT, "m100 shown as removed", || async {
-            (shown_texts(&page).await == expected).then_some(())
-        })
-        .await;
+        wait_shown_texts(&page, "m100 shown as removed", &expected).await;
         page.execute(
             "document.querySelector('#log li.deleted').scrollIntoView({block: 'center'});",
             vec![],
@@ -806,10 +813,7 @@ async fn page_scrolls_back_and_shows_deletions_and_bans_from_the_server_api() {
         // among them), m100 removed among them.
         page.refresh().await.unwrap();
         wait_connected(&page, "instance-a").await;
-        poll_until(WAIT, "m100 removed after a reload", || async {
-            (shown_texts(&page).await == expected[71..]).then_some(())
-        })
-        .await;
+        wait_shown_texts(&page, "m100 removed after a reload", &expected[71..]).await;
 
         // Banned for 4 s: the page says so, and waits the ban out before it reconnects.
         let (status, ban, _) = common::api(
