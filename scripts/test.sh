@@ -113,9 +113,9 @@ fi
 logs=$(mktemp -d)
 { scripts/localstack.sh start 2>&1 >"$logs/endpoint" | sed -u 's/^/[localstack] /' >&2; exit "${PIPESTATUS[0]}"; } &
 localstack_job=$!
-# The public tools the tests run (an IAM policy linter, an AWS security scanner) install
-# into virtualenvs of their own beside it, the first time.
-{ { scripts/python-tool.sh parliament && scripts/python-tool.sh prowler; } >/dev/null 2> >(sed -u 's/^/[tools] /' >&2); } &
+# The public tools the tests run (an IAM policy linter, an AWS security scanner, the
+# Autobahn WebSocket suite) install into virtualenvs of their own beside it, the first time.
+{ { scripts/python-tool.sh parliament && scripts/python-tool.sh prowler && scripts/python-tool.sh wstest; } >/dev/null 2> >(sed -u 's/^/[tools] /' >&2); } &
 tools_job=$!
 
 # Clippy lints while the tests build, in one compilation: clippy-driver compiles the
@@ -134,9 +134,9 @@ cargo nextest run --workspace --locked --no-run
 cargo build --locked -p chat-server --target x86_64-unknown-linux-musl
 cargo build --locked -p chat-server --target aarch64-unknown-linux-musl
 
-phase "LocalStack, parliament and prowler"
+phase "LocalStack, parliament, prowler and wstest"
 wait "$localstack_job" || { echo "LocalStack did not start (its lines above start with [localstack])" >&2; exit 1; }
-wait "$tools_job" || { echo "parliament or prowler did not install (their lines above start with [tools])" >&2; exit 1; }
+wait "$tools_job" || { echo "parliament, prowler or wstest did not install (their lines above start with [tools])" >&2; exit 1; }
 endpoint=$(tail -n 1 "$logs/endpoint")
 
 # Throwaway credentials and a loopback endpoint: nothing here can reach AWS.
