@@ -23,6 +23,9 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use crate::engine::{Backoff, DeleteError, Pace};
 use crate::names::{Names, ROLE_TAG, STACK_TAG};
 
+/// Attempts the SDK makes at a call that failed with throttling or a transient error.
+pub const SDK_ATTEMPTS: u32 = 8;
+
 /// Where and as whom to reach AWS. Anything left unset comes from the standard chain:
 /// `AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`,
 /// profiles, SSO, instance roles.
@@ -55,7 +58,7 @@ impl AwsArgs {
     pub async fn sdk_config(&self, fallback_region: Option<&str>) -> SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             // Throttling and transient errors are retried with backoff by the SDK.
-            .retry_config(RetryConfig::standard().with_max_attempts(8));
+            .retry_config(RetryConfig::standard().with_max_attempts(SDK_ATTEMPTS));
         if let Some(profile) = &self.profile {
             loader = loader.profile_name(profile);
         }
@@ -118,7 +121,7 @@ impl Clients {
                     .build(),
             ),
             acm: aws_sdk_acm::Client::from_conf(
-                aws_sdk_acm::config::Builder::from(config)
+                crate::certificate::acm_config(aws_sdk_acm::config::Builder::from(config))
                     .interceptor(calls.clone())
                     .build(),
             ),
@@ -480,7 +483,8 @@ where
         }
         // The SDK has retried these with backoff already (`sdk_config`'s attempts).
         // `LimitExceededException` is on its list, yet ACM (and others) answer it for a
-        // quota reached ("An ACM quota has been exceeded"): a quota's advice.
+        // quota reached ("An ACM quota has been exceeded", which the ACM client does not
+        // retry: `certificate::acm_config`): a quota's advice.
         Some(code) if THROTTLING_ERRORS.contains(&code) && code != "LimitExceededException" => {
             " - AWS throttled the account's API calls, still after the SDK's retries with \
              backoff: wait a minute and run again (`up` and `destroy` go on from what \
@@ -554,6 +558,7 @@ mod tests {
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
 
     use super::*;
+    use crate::stack::testing;
 
     fn ec2_error(code: &str) -> CreateTagsError {
         CreateTagsError::generic(
@@ -627,13 +632,6 @@ mod tests {
         assert_eq!(settling.num_calls(), 4);
     }
 
-    /// The SDK's retries as `AwsArgs::sdk_config` sets them, with a short first pause.
-    fn retrying() -> RetryConfig {
-        RetryConfig::standard()
-            .with_max_attempts(8)
-            .with_initial_backoff(Duration::from_millis(1))
-    }
-
     /// EC2 answers `RequestLimitExceeded` when the account's API calls in the region go
     /// faster than its request rate (HTTP 400,
     /// <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/throttling.html>): a rate,
@@ -647,7 +645,7 @@ mod tests {
             .repeatedly()
             .build();
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&throttled], |config| {
-            config.retry_config(retrying())
+            config.retry_config(testing::sdk_retries())
         });
 
         let err = ec2
@@ -659,7 +657,7 @@ mod tests {
             .unwrap_err()
             .to_string();
 
-        assert_eq!(throttled.num_calls(), 8);
+        assert_eq!(throttled.num_calls(), SDK_ATTEMPTS as usize);
         assert!(
             err.starts_with("CreateTags on i-1 failed: RequestLimitExceeded"),
             "{err}"
@@ -676,7 +674,7 @@ mod tests {
             CreateTagsError::generic(ErrorMetadata::builder().code(code).message(message).build())
         });
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&failing], |config| {
-            config.retry_config(retrying())
+            config.retry_config(testing::sdk_retries())
         });
         ec2.create_tags()
             .resources("i-1")

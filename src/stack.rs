@@ -90,6 +90,7 @@ impl Stack {
 /// cannot show (throttling, dependency errors, slow resources).
 #[cfg(test)]
 pub mod testing {
+    use aws_config::retry::RetryConfig;
     use aws_smithy_mocks::mock_client;
 
     use super::*;
@@ -114,6 +115,13 @@ pub mod testing {
             pricing: mock_client!(aws_sdk_pricing, []),
             calls: Default::default(),
         }
+    }
+
+    /// The SDK's retries as `AwsArgs::sdk_config` sets them, with a short first pause.
+    pub fn sdk_retries() -> RetryConfig {
+        RetryConfig::standard()
+            .with_max_attempts(crate::aws::SDK_ATTEMPTS)
+            .with_initial_backoff(std::time::Duration::from_millis(1))
     }
 
     /// EC2's answer to a call over the account's request rate: HTTP 400 with the code

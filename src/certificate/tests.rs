@@ -1,9 +1,11 @@
 use crate::names::STACK_TAG;
 use aws_sdk_acm::Client;
+use aws_sdk_acm::error::ErrorMetadata;
 use aws_sdk_acm::operation::describe_certificate::DescribeCertificateOutput;
 use aws_sdk_acm::operation::list_certificates::ListCertificatesOutput;
 use aws_sdk_acm::operation::list_tags_for_certificate::ListTagsForCertificateOutput;
 use aws_sdk_acm::operation::request_certificate::RequestCertificateOutput;
+use aws_sdk_acm::types::error::LimitExceededException;
 use aws_sdk_acm::types::{
     CertificateSummary, DomainValidation, FailureReason, RecordType, ResourceRecord,
 };
@@ -209,6 +211,62 @@ async fn a_failed_certificate_is_an_error_saying_why_and_to_start_over() {
 
     assert!(err.contains("CAA_ERROR"), "{err}");
     assert!(err.contains("destroy"), "{err}");
+}
+
+/// A quota reached ends `up` at ACM's first answer, with the quota's advice, while the SDK
+/// would take the same code for throttling and retry it (the control, on a client
+/// without `acm_config`): see [`QuotaIsNotThrottling`].
+#[tokio::test(start_paused = true)]
+async fn an_acm_quota_reached_is_said_at_the_first_answer_not_retried() {
+    fn quota_reached() -> RequestCertificateError {
+        let message = "An ACM quota has been exceeded.";
+        RequestCertificateError::LimitExceededException(
+            LimitExceededException::builder()
+                .message(message)
+                .meta(
+                    ErrorMetadata::builder()
+                        .code("LimitExceededException")
+                        .message(message)
+                        .build(),
+                )
+                .build(),
+        )
+    }
+    let list =
+        mock!(Client::list_certificates).then_output(|| ListCertificatesOutput::builder().build());
+    let refusing = || {
+        mock!(Client::request_certificate)
+            .sequence()
+            .error(quota_reached)
+            .repeatedly()
+            .build()
+    };
+    let refused = refusing();
+    let mut clients = testing::clients();
+    clients.acm = mock_client!(
+        aws_sdk_acm,
+        RuleMode::MatchAny,
+        [&list, &refused],
+        |config| acm_config(config.retry_config(testing::sdk_retries()))
+    );
+    let stack = testing::stack(clients);
+
+    let err = ensure(&stack, &zone()).await.unwrap_err().to_string();
+
+    assert_eq!(refused.num_calls(), 1);
+    assert!(err.contains("LimitExceededException"), "{err}");
+    assert!(err.contains("an account quota is reached"), "{err}");
+
+    let retried = refusing();
+    let acm = mock_client!(aws_sdk_acm, RuleMode::MatchAny, [&retried], |config| {
+        config.retry_config(testing::sdk_retries())
+    });
+    acm.request_certificate()
+        .domain_name("chat.example.com")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(retried.num_calls(), crate::aws::SDK_ATTEMPTS as usize);
 }
 
 #[tokio::test]

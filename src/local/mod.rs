@@ -99,7 +99,9 @@ pub async fn localstack_config(endpoint: &str, region: &str) -> aws_config::SdkC
             None,
             "realtime-stack-local",
         ))
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8))
+        .retry_config(
+            aws_config::retry::RetryConfig::standard().with_max_attempts(crate::aws::SDK_ATTEMPTS),
+        )
         .load()
         .await
 }

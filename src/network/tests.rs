@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use aws_sdk_ec2::Client as Ec2;
-use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::error::ErrorMetadata;
 use aws_sdk_ec2::operation::delete_security_group::{
     DeleteSecurityGroupError, DeleteSecurityGroupOutput,
@@ -333,11 +332,7 @@ fn changes() -> Vec<(&'static str, Rule)> {
 
 /// The SDK's standard retry, as `aws.rs` configures it, with short pauses.
 fn retrying(config: aws_sdk_ec2::config::Builder) -> aws_sdk_ec2::config::Builder {
-    config.retry_config(
-        RetryConfig::standard()
-            .with_max_attempts(8)
-            .with_initial_backoff(Duration::from_millis(1)),
-    )
+    config.retry_config(testing::sdk_retries())
 }
 
 fn stack_with(rules: &[&Rule]) -> Stack {
