@@ -8,7 +8,9 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use common::{Client, Redis, Server, WAIT, artifacts_dir, free_port, poll_until, tool};
+use common::{
+    Client, Redis, Server, WAIT, artifacts_dir, free_port, poll_until, poll_until_equal, tool,
+};
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -171,17 +173,23 @@ async fn open_room(page: &Browser, room: &str) {
 
 /// Waits until the element `css` shows exactly `want`.
 async fn wait_text(page: &Browser, css: &str, want: &str) {
-    poll_until(WAIT, &format!("{css} to show {want:?}"), || async {
-        (text_of(page, css).await == want).then_some(())
-    })
+    poll_until_equal(
+        WAIT,
+        &format!("{css} to show it"),
+        || text_of(page, css),
+        want,
+    )
     .await
 }
 
 /// Waits until the online list shows exactly `want`.
 async fn wait_online(page: &Browser, want: &[&str]) {
-    poll_until(WAIT, &format!("online list {want:?}"), || async {
-        (texts_of(page, "#members li").await == want).then_some(())
-    })
+    poll_until_equal(
+        WAIT,
+        "the online list",
+        || texts_of(page, "#members li"),
+        want,
+    )
     .await
 }
 
@@ -709,21 +717,7 @@ async fn shown_texts(page: &Browser) -> Vec<String> {
 
 /// Waits until the message lines shown are `expected`; on a timeout, says what was shown.
 async fn wait_shown_texts(page: &Browser, what: &str, expected: &[String]) {
-    let mut last = Vec::new();
-    let shown = tokio::time::timeout(WAIT, async {
-        loop {
-            last = shown_texts(page).await;
-            if last == expected {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await;
-    assert!(
-        shown.is_ok(),
-        "timed out after {WAIT:?} waiting for {what}: expected {expected:?}, shown {last:?}"
-    );
+    poll_until_equal(WAIT, what, || shown_texts(page), expected).await
 }
 
 /// What a product's backend does to a room through the server API, seen in a page: the

@@ -49,8 +49,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `check` until it returns `Some`, panicking with `what` after `timeout`.
-pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+/// Polls `check` every 50 ms until it returns `Some`; `None` once `timeout` has passed.
+async fn poll<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -58,14 +58,56 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls `check` until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    poll(timeout, check)
+        .await
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Polls `probe` until what it reads equals `expected`, panicking after `timeout` with
+/// `what`, the value expected and the last one read.
+pub async fn poll_until_equal<V, E, F, Fut>(
+    timeout: Duration,
+    what: &str,
+    mut probe: F,
+    expected: &E,
+) where
+    V: PartialEq<E> + std::fmt::Debug,
+    E: std::fmt::Debug + ?Sized,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = V>,
+{
+    let last = std::cell::RefCell::new(None);
+    let equal = poll(timeout, || {
+        let read = probe();
+        let last = &last;
+        async move {
+            let value = read.await;
+            let equal = value == *expected;
+            *last.borrow_mut() = Some(value);
+            equal.then_some(())
+        }
+    })
+    .await;
+    assert!(
+        equal.is_some(),
+        "timed out after {timeout:?} waiting for {what}: expected {expected:?}, last read {:?}",
+        last.borrow()
+    );
 }
 
 fn kill_child(child: &mut Child, signal: &str) {
