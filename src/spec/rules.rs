@@ -360,13 +360,17 @@ pub(super) fn cluster_nodes(shards: u32, replicas: u32) -> Rule<()> {
     )))
 }
 
+/// An engine version's major and minor numbers, each where it is one (`6.x` has no
+/// minor).
+fn major_minor(version: &str) -> (Option<u32>, Option<u32>) {
+    let mut parts = version.split('.').map(|part| part.parse::<u32>().ok());
+    (parts.next().flatten(), parts.next().flatten())
+}
+
 /// With more than one shard the chat servers fan out through sharded pub/sub
 /// (SSUBSCRIBE/SPUBLISH), which Redis has from 7 on (and every Valkey).
 pub(super) fn sharded_engine_version(engine: &str, version: &str, shards: u32) -> Rule<()> {
-    let major = version
-        .split('.')
-        .next()
-        .and_then(|major| major.parse::<u32>().ok());
+    let (major, _) = major_minor(version);
     if shards == 1 || major.is_none_or(|major| major >= MIN_SHARDED_MAJOR) {
         return Ok(());
     }
@@ -383,14 +387,11 @@ pub(super) fn sharded_engine_version(engine: &str, version: &str, shards: u32) -
 /// A Redis version the chat servers run on: 6.2 or later (`6.x`, ElastiCache's newest 6,
 /// is 6.2). Valkey's are all later than that.
 pub(super) fn chat_engine_version(engine: &str, version: &str) -> Rule<()> {
-    let mut parts = version.split('.').map(|part| part.parse::<u32>().ok());
-    let major = parts.next().flatten();
-    let minor = parts.next().flatten();
     let (least_major, least_minor) = MIN_REDIS_VERSION;
-    let too_old = match (major, minor) {
-        (Some(major), _) if major < least_major => true,
-        (Some(major), Some(minor)) => major == least_major && minor < least_minor,
-        _ => false,
+    let too_old = match major_minor(version) {
+        (Some(major), Some(minor)) => (major, minor) < MIN_REDIS_VERSION,
+        (Some(major), None) => major < least_major,
+        (None, _) => false,
     };
     if engine != "redis" || !too_old {
         return Ok(());
