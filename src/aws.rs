@@ -26,6 +26,12 @@ use crate::names::{Names, ROLE_TAG, STACK_TAG};
 /// Attempts the SDK makes at a call that failed with throttling or a transient error.
 pub const SDK_ATTEMPTS: u32 = 8;
 
+/// The SDK's retries of every client: throttling and transient errors are retried with
+/// backoff, up to [`SDK_ATTEMPTS`] attempts.
+pub fn sdk_retries() -> RetryConfig {
+    RetryConfig::standard().with_max_attempts(SDK_ATTEMPTS)
+}
+
 /// Where and as whom to reach AWS. Anything left unset comes from the standard chain:
 /// `AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`,
 /// profiles, SSO, instance roles.
@@ -56,9 +62,8 @@ pub struct AwsArgs {
 impl AwsArgs {
     /// The SDK configuration: these flags first, then `fallback_region`, then the chain.
     pub async fn sdk_config(&self, fallback_region: Option<&str>) -> SdkConfig {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            // Throttling and transient errors are retried with backoff by the SDK.
-            .retry_config(RetryConfig::standard().with_max_attempts(SDK_ATTEMPTS));
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).retry_config(sdk_retries());
         if let Some(profile) = &self.profile {
             loader = loader.profile_name(profile);
         }

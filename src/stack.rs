@@ -117,11 +117,9 @@ pub mod testing {
         }
     }
 
-    /// The SDK's retries as `AwsArgs::sdk_config` sets them, with a short first pause.
+    /// The SDK's retries as every client has them, with a short first pause.
     pub fn sdk_retries() -> RetryConfig {
-        RetryConfig::standard()
-            .with_max_attempts(crate::aws::SDK_ATTEMPTS)
-            .with_initial_backoff(std::time::Duration::from_millis(1))
+        crate::aws::sdk_retries().with_initial_backoff(std::time::Duration::from_millis(1))
     }
 
     /// EC2's answer to a call over the account's request rate: HTTP 400 with the code

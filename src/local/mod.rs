@@ -99,9 +99,7 @@ pub async fn localstack_config(endpoint: &str, region: &str) -> aws_config::SdkC
             None,
             "realtime-stack-local",
         ))
-        .retry_config(
-            aws_config::retry::RetryConfig::standard().with_max_attempts(crate::aws::SDK_ATTEMPTS),
-        )
+        .retry_config(crate::aws::sdk_retries())
         .load()
         .await
 }
