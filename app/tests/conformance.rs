@@ -70,19 +70,28 @@ fn read_report(path: &Path) -> Value {
     serde_json::from_str(&sane).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The text of a received text message; empty for any other event.
+fn text_of(event: &Value) -> &str {
+    (event[0] == "message" && event[2] == false)
+        .then(|| event[1].as_str())
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Whether the event is the server's `hello`.
+fn is_hello(event: &Value) -> bool {
+    text_of(event).starts_with(r#"{"type":"hello""#)
+}
+
 /// A case's events as the chat protocol has them: the server's `hello` is its own, and
 /// each `error` frame is the server refusing a frame that was not a chat frame.
 fn received_as_chat(events: &[Value]) -> Vec<Value> {
     events
         .iter()
         .filter_map(|event| {
-            let text = (event[0] == "message" && event[2] == false)
-                .then(|| event[1].as_str())
-                .flatten()
-                .unwrap_or_default();
-            if text.starts_with(r#"{"type":"hello""#) {
+            if is_hello(event) {
                 None
-            } else if text.starts_with(r#"{"type":"error""#) {
+            } else if text_of(event).starts_with(r#"{"type":"error""#) {
                 Some(json!(["refused"]))
             } else {
                 Some(event.clone())
@@ -118,11 +127,7 @@ fn judge(case: &Value) -> Option<String> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|event| {
-            event[1]
-                .as_str()
-                .is_some_and(|text| text.starts_with(r#"{"type":"hello""#))
-        })
+        .filter(|event| is_hello(event))
         .count();
     let waited_for_echo = alternatives
         .iter()
