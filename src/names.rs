@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::spec::NAME_TAG;
+
 /// Carried by every taggable resource of a stack; its value is the stack's name.
 pub const STACK_TAG: &str = "realtime-stack:stack";
 /// The resource's part in the stack (`vpc`, `public-a`, `alb`, `instance-0`, ...).
@@ -95,7 +97,7 @@ impl Names {
     /// stack's own extra tags.
     pub fn tags(&self, role: &str) -> Vec<(String, String)> {
         let mut tags = vec![
-            ("Name".to_owned(), self.name(role)),
+            (NAME_TAG.to_owned(), self.name(role)),
             (STACK_TAG.to_owned(), self.stack.clone()),
             (ROLE_TAG.to_owned(), role.to_owned()),
         ];

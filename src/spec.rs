@@ -135,6 +135,9 @@ const MAX_ALLOWED_CIDRS: usize = 30;
 const MAX_USER_TAGS: usize = 40;
 /// Tag prefixes that belong to AWS or to the CLI itself (it finds its resources by them).
 const RESERVED_TAG_PREFIXES: [&str; 2] = ["aws:", "realtime-stack:"];
+/// The tag every resource's name is: the CLI sets it (`<stack>-<role>`), so a user's tag
+/// of that key would send it twice, which every service refuses.
+pub const NAME_TAG: &str = "Name";
 /// Port of Redis: the instances' security group must not be confused with Redis traffic.
 const REDIS_PORT: i64 = 6379;
 

@@ -269,8 +269,8 @@ fn ec2_tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
 }
 
-/// Keys of at most 128 characters, values of at most 256, no `aws:` prefix, 50 tags: at
-/// creation (`TagSpecifications`) and in `CreateTags`.
+/// Keys of at most 128 characters, values of at most 256, no `aws:` prefix, each key
+/// once, 50 tags: at creation (`TagSpecifications`) and in `CreateTags`.
 #[tokio::test]
 async fn ec2_tags_are_refused_too_long_reserved_or_too_many() {
     let aws = support::localstack().await;
@@ -284,6 +284,10 @@ async fn ec2_tags_are_refused_too_long_reserved_or_too_many() {
         ),
         (vec![ec2_tag("aws:owner", "me")], "reserved"),
         (vec![ec2_tag("AWS:owner", "me")], "reserved"),
+        (
+            vec![ec2_tag("Name", "chat-vpc"), ec2_tag("Name", "mine")],
+            "Duplicate tag key 'Name'",
+        ),
         (
             (0..51).map(|i| ec2_tag(&format!("k{i}"), "v")).collect(),
             "limit of 50",
@@ -315,6 +319,8 @@ async fn ec2_tags_are_refused_too_long_reserved_or_too_many() {
             .resources(&vpc_id)
             .tags(ec2_tag(&"k".repeat(128), &"v".repeat(256)))
             .tags(ec2_tag("realtime-stack:role", "any character: é ' #"))
+            .tags(ec2_tag("Name", "chat-vpc"))
+            .tags(ec2_tag("name", "keys are case-sensitive"))
             .send()
             .await,
     );
@@ -704,7 +710,7 @@ async fn load_balancer_and_target_group_names_are_held_to_elbs_rules() {
 }
 
 /// Tag keys of 1 to 128 and values of at most 256 letters, digits, spaces and
-/// `_ . : / = + - @`; no `aws:` prefix.
+/// `_ . : / = + - @`; no `aws:` prefix; each key once (ELB's own `DuplicateTagKeys`).
 #[tokio::test]
 async fn load_balancer_tags_are_held_to_elbs_rules() {
     let aws = support::localstack().await;
@@ -749,6 +755,22 @@ async fn load_balancer_tags_are_held_to_elbs_rules() {
     );
     refused(tag("team#1", "chat").await, "ValidationError", "characters");
     refused(tag("team", "chat's").await, "ValidationError", "characters");
+    let twice = elbv2
+        .add_tags()
+        .resource_arns(&arn)
+        .set_tags(Some(
+            ["chat-tg", "mine"]
+                .map(|value| {
+                    aws_sdk_elasticloadbalancingv2::types::Tag::builder()
+                        .key("Name")
+                        .value(value)
+                        .build()
+                })
+                .to_vec(),
+        ))
+        .send()
+        .await;
+    refused(twice, "DuplicateTagKeys", "Duplicate tag key 'Name'");
     accepted(tag("team équipe", "chat_1.2:3/4=5+6-7@8").await);
 }
 

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::{
     ENGINES, MAX_CLUSTER_NODES, MAX_NAME_LEN, MAX_SERVED_NAME_LEN, MIN_REDIS_VERSION,
-    MIN_SHARDED_MAJOR, RESERVED_TAG_PREFIXES, TLS_POLICIES,
+    MIN_SHARDED_MAJOR, NAME_TAG, RESERVED_TAG_PREFIXES, TLS_POLICIES,
 };
 
 /// A value that fails a rule: what is wrong and, when we can tell, what to write instead.
@@ -424,6 +424,14 @@ pub(super) fn tag_key(key: &str) -> Rule<()> {
             Invalid::new(format!("tag keys starting with `{prefix}` are reserved"))
                 .help("choose another key"),
         );
+    }
+    // Tag keys are case-sensitive: `name` is another key, and allowed.
+    if key == NAME_TAG {
+        return Err(Invalid::new(format!(
+            "`{NAME_TAG}` is the tag realtime-stack names each resource by (`<stack>-<role>`, \
+             e.g. `chat-vpc`); AWS refuses a key given twice"
+        ))
+        .help("choose another key, e.g. `Project`"));
     }
     if key.is_empty() || key.chars().count() > 128 {
         return Err(Invalid::new("a tag key has 1 to 128 characters").help("shorten the key"));

@@ -874,6 +874,7 @@ fn tags_rules() {
         ("équipe: x", "tags.équipe", "instance metadata allows"),
         ("_index: x", "tags._index", "instance metadata allows"),
         ("team: a;b", "tags.team", "characters AWS refuses"),
+        ("Name: chat", "tags.Name", "names each resource by"),
     ];
     for (line, path, needle) in cases {
         one_problem(&with(&format!("tags:\n  {line}\n")), path, needle);
@@ -896,13 +897,14 @@ fn tags_rules() {
         .collect();
     one_problem(&with(&format!("tags:\n{many}")), "tags", "at most 40");
     let spec = StackSpec::parse(
-        &with("tags:\n  empty: \"\"\n  on: true\n  cost.center:team-a@corp: a b/c\n"),
+        &with("tags:\n  empty: \"\"\n  on: true\n  cost.center:team-a@corp: a b/c\n  name: x\n"),
         "s",
     )
     .unwrap();
     assert_eq!(spec.tags["cost.center:team-a@corp"], "a b/c");
     assert_eq!(spec.tags["empty"], "");
     assert_eq!(spec.tags["on"], "true");
+    assert_eq!(spec.tags["name"], "x");
 }
 
 #[test]

@@ -67,16 +67,28 @@ def check_tags(
     value_field: str = "Value",
     charset: bool = True,
     limit: int = 50,
+    duplicate_code: str | None = None,
 ) -> None:
     """The tag restrictions every service shares: a key of 1 to 128 characters, a value of
-    at most 256, no key starting with `aws:` (reserved for AWS), at most `limit` tags; with
-    `charset`, only `is_tag_character`s. EC2 alone takes any character (see
-    `ec2_tag_restrictions`)."""
+    at most 256, no key starting with `aws:` (reserved for AWS), each key once per
+    resource, at most `limit` tags; with `charset`, only `is_tag_character`s. EC2 alone
+    takes any character (see `ec2_tag_restrictions`)."""
     tags = list(tags)
     if len(tags) > limit:
         raise Refused(code, f"The number of tags ({len(tags)}) exceeds the limit of {limit}.")
+    seen = set()
     for tag in tags:
         key, value = tag.get(key_field) or "", tag.get(value_field) or ""
+        # "Use each key only once for each resource. If you attempt to use the same key
+        # twice on the same resource, your request will be rejected."
+        # https://docs.aws.amazon.com/awsaccountbilling/latest/aboutv2/allocation-tag-restrictions.html
+        # (EC2 answers InvalidParameterValue "Duplicate tag key 'Name' specified", S3
+        # InvalidTag, ELBv2 its own DuplicateTagKeys: API_CreateLoadBalancer's errors.)
+        # Auto Scaling's tags name their group: one key may be on two groups.
+        owner = (tag.get("ResourceId"), key)
+        if owner in seen:
+            raise Refused(duplicate_code or code, f"Duplicate tag key '{key}' specified.")
+        seen.add(owner)
         if not 1 <= len(key) <= 128:
             raise Refused(code, f"Tag key '{key}' must be 1 to 128 characters long.")
         if len(value) > 256:
@@ -380,7 +392,7 @@ def elb_name(what: str) -> Check:
 # https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_Tag.html
 # https://docs.aws.amazon.com/elasticloadbalancing/latest/application/load-balancer-tags.html
 def elb_tags(request: Request, _context) -> None:
-    check_tags(items(request.get("Tags")), "ValidationError")
+    check_tags(items(request.get("Tags")), "ValidationError", duplicate_code="DuplicateTagKeys")
 
 
 # Health checks of an ALB target group: interval 5 to 300 s, timeout 2 to 120 s and less
