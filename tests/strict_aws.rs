@@ -917,6 +917,73 @@ async fn replication_group_ids_are_held_to_elasticaches_rules() {
     );
 }
 
+/// A replication group's engine version is one ElastiCache offers
+/// (DescribeCacheEngineVersions, which the extension answers as moto does not), and a
+/// default parameter group is of that version's family, or of the default version's when
+/// none is pinned: AWS refuses `default.redis6.x.cluster.on` for Redis 7
+/// (hashicorp/terraform-provider-aws#27748).
+#[tokio::test]
+async fn replication_groups_take_an_offered_version_and_its_familys_parameter_group() {
+    let aws = support::localstack().await;
+    let elasticache = aws_sdk_elasticache::Client::new(&aws);
+    let offered = accepted(
+        elasticache
+            .describe_cache_engine_versions()
+            .engine("valkey")
+            .default_only(true)
+            .send()
+            .await,
+    );
+    let default = &offered.cache_engine_versions()[0];
+    let default_family = default.cache_parameter_group_family().unwrap().to_owned();
+    assert_eq!(default.engine(), Some("valkey"));
+    let suffix = support::unique_suffix();
+    let id = format!("engine-{}", &suffix[suffix.len() - 8..]);
+    let create = |engine: &str, version: Option<&str>, parameter_group: &str| {
+        elasticache
+            .create_replication_group()
+            .replication_group_id(&id)
+            .replication_group_description("strict test")
+            .engine(engine)
+            .set_engine_version(version.map(str::to_owned))
+            .cache_node_type("cache.t4g.micro")
+            .cluster_mode(aws_sdk_elasticache::types::ClusterMode::Enabled)
+            .num_node_groups(2)
+            .cache_parameter_group_name(parameter_group)
+            .send()
+    };
+    refused(
+        create("redis", Some("7.2"), "default.redis7.cluster.on").await,
+        "InvalidParameterValue",
+        "Cannot find version 7.2 for redis",
+    );
+    refused(
+        create("redis", Some("7.1"), "default.redis6.x.cluster.on").await,
+        "InvalidParameterCombination",
+        "Expected a parameter group of family redis7 but found one of family redis6.x",
+    );
+    refused(
+        create("valkey", None, "default.valkey7.cluster.on").await,
+        "InvalidParameterCombination",
+        &format!("family {default_family} but found one of family valkey7"),
+    );
+    accepted(
+        create(
+            "valkey",
+            None,
+            &format!("default.{default_family}.cluster.on"),
+        )
+        .await,
+    );
+    accepted(
+        elasticache
+            .delete_replication_group()
+            .replication_group_id(&id)
+            .send()
+            .await,
+    );
+}
+
 /// Cache subnet group names: at most 255 letters, digits or hyphens; ElastiCache's tags
 /// as ELB's.
 #[tokio::test]

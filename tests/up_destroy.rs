@@ -871,6 +871,36 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
     );
 }
 
+/// A pinned engine version the spec's shape allows but ElastiCache does not offer (Redis
+/// OSS ends at 7.1 there; 7.2 is Valkey's) is refused by preflight, which asks
+/// ElastiCache, naming the versions it does offer: nothing is created.
+#[tokio::test]
+async fn an_engine_version_elasticache_lacks_is_refused_listing_what_it_offers() {
+    let aws = support::localstack().await;
+    let (stack, _) = TestStack::with_zone(&aws, "v").await;
+    stack.edit(
+        "redis:\n  replicas: 1\n",
+        "redis:\n  replicas: 1\n  engine_version: \"7.2\"\n",
+    );
+
+    let output = stack
+        .command(&["up", "--yes"])
+        .output()
+        .expect("running up");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ElastiCache offers no redis version 7.2 in us-east-1")
+            && stderr.contains("7.0, 7.1")
+            && stderr.contains("set redis.engine_version to one of those"),
+        "{stderr}"
+    );
+    assert!(
+        tagged_ec2_resources(&aws, &stack.name).await.is_empty(),
+        "nothing was created"
+    );
+}
+
 /// `up --local` on a machine without redis-server stops before doing anything: the error
 /// names the missing program and the command that installs it, and LocalStack holds
 /// nothing of the stack afterwards, not even the hosted zone `--local` would create.

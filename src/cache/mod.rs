@@ -30,24 +30,82 @@ pub use teardown::deletables;
 
 const PORT: u16 = 6379;
 
-/// The major version ElastiCache gives a group whose version stack.yaml leaves out: the
-/// cluster-mode parameter group is chosen by it. Redis OSS ends at 7 on ElastiCache (7.1);
-/// Valkey's default is 8. Pinning `redis.engine_version` picks the family from its major.
-fn default_major(engine: &str) -> &'static str {
-    if engine == "valkey" { "8" } else { "7" }
+/// An engine version ElastiCache offers, and the family of parameter groups it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineVersion {
+    pub version: String,
+    pub family: String,
 }
 
-/// The default parameter group with `cluster-enabled yes` for the spec's engine and
-/// version (`default.redis7.cluster.on`, `default.valkey8.cluster.on`): without one,
+/// The engine version a group of the spec's engine gets for `version` (ElastiCache's
+/// default when `None`; `7.x` is the newest 7 it offers), as ElastiCache itself names it
+/// (DescribeCacheEngineVersions): the default moves as engines are released, and a
+/// parameter group of another family is refused ("InvalidParameterCombination: Expected
+/// a parameter group of family redis7 but found one of family redis6.x" the day Redis 7
+/// became the default, hashicorp/terraform-provider-aws#27748). A version ElastiCache
+/// does not offer is an error that lists those it does.
+pub async fn engine_version(stack: &Stack, version: Option<&str>) -> Result<EngineVersion> {
+    let engine = &stack.spec.redis.engine;
+    let offered: Vec<EngineVersion> = stack
+        .clients
+        .elasticache
+        .describe_cache_engine_versions()
+        .engine(engine)
+        .default_only(version.is_none())
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .call(format!("DescribeCacheEngineVersions {engine}"))?
+        .iter()
+        .filter_map(|offered| {
+            Some(EngineVersion {
+                version: offered.engine_version()?.to_owned(),
+                family: offered.cache_parameter_group_family()?.to_owned(),
+            })
+        })
+        .collect();
+    let chosen = match version {
+        None => offered.last(),
+        Some(version) => match version.strip_suffix(".x") {
+            Some(major) => offered
+                .iter()
+                .rfind(|offered| offered.version.split('.').next() == Some(major)),
+            None => offered.iter().find(|offered| offered.version == version),
+        },
+    };
+    if let Some(chosen) = chosen {
+        return Ok(chosen.clone());
+    }
+    let listed: Vec<&str> = offered
+        .iter()
+        .map(|offered| offered.version.as_str())
+        .collect();
+    bail!(
+        "ElastiCache offers no {engine} version {} in {} (it offers {}): set \
+         redis.engine_version to one of those, or remove it for the engine's default",
+        version.unwrap_or("by default"),
+        stack.region,
+        if listed.is_empty() {
+            "none".to_owned()
+        } else {
+            listed.join(", ")
+        }
+    )
+}
+
+/// The default parameter group with `cluster-enabled yes` for the spec's engine at
+/// `version` (`default.redis7.cluster.on`, `default.valkey8.cluster.on`): without one,
 /// ElastiCache makes the group with cluster mode off whatever else is asked
 /// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/ParameterGroups.Engine.html>;
-/// hashicorp/terraform-provider-aws#7571). The spec allows shards only from major 7 on,
-/// where a family is named by the engine and its major alone.
-pub(super) fn cluster_parameter_group(engine: &str, version: Option<&str>) -> String {
-    let major = version
-        .and_then(|version| version.split('.').next())
-        .unwrap_or_else(|| default_major(engine));
-    format!("default.{engine}{major}.cluster.on")
+/// hashicorp/terraform-provider-aws#7571).
+pub(super) async fn cluster_parameter_group(
+    stack: &Stack,
+    version: Option<&str>,
+) -> Result<String> {
+    let family = engine_version(stack, version).await?.family;
+    Ok(format!("default.{family}.cluster.on"))
 }
 
 /// Whether the group is a Redis Cluster (cluster mode on).
@@ -212,10 +270,9 @@ async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<(
             .cluster_mode(ClusterMode::Enabled)
             .num_node_groups(i32::try_from(redis.shards)?)
             .replicas_per_node_group(i32::try_from(redis.replicas)?)
-            .cache_parameter_group_name(cluster_parameter_group(
-                &redis.engine,
-                redis.engine_version.as_deref(),
-            ))
+            .cache_parameter_group_name(
+                cluster_parameter_group(stack, redis.engine_version.as_deref()).await?,
+            )
             .automatic_failover_enabled(true)
     } else {
         create

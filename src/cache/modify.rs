@@ -169,8 +169,11 @@ pub(super) async fn apply(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
         Fix::EngineVersion(version) => {
             // A cluster keeps a cluster-mode parameter group across a major upgrade.
             let redis = &stack.spec.redis;
-            let parameter_group =
-                (redis.shards > 1).then(|| cluster_parameter_group(&redis.engine, Some(version)));
+            let parameter_group = if redis.shards > 1 {
+                Some(cluster_parameter_group(stack, Some(version)).await?)
+            } else {
+                None
+            };
             modify
                 .engine_version(version)
                 .set_cache_parameter_group_name(parameter_group)

@@ -11,6 +11,7 @@ use aws_sdk_elasticache::operation::delete_replication_group::{
     DeleteReplicationGroupError, DeleteReplicationGroupOutput,
 };
 use aws_sdk_elasticache::operation::describe_cache_clusters::DescribeCacheClustersOutput;
+use aws_sdk_elasticache::operation::describe_cache_engine_versions::DescribeCacheEngineVersionsOutput;
 use aws_sdk_elasticache::operation::describe_cache_subnet_groups::{
     DescribeCacheSubnetGroupsError, DescribeCacheSubnetGroupsOutput,
 };
@@ -29,7 +30,9 @@ use aws_sdk_elasticache::types::error::{
     CacheSubnetGroupInUse, CacheSubnetGroupNotFoundFault, InvalidReplicationGroupStateFault,
     ReplicationGroupNotFoundFault,
 };
-use aws_sdk_elasticache::types::{AutomaticFailoverStatus, CacheCluster, Event};
+use aws_sdk_elasticache::types::{
+    AutomaticFailoverStatus, CacheCluster, CacheEngineVersion, Event,
+};
 use aws_sdk_elasticache::types::{Endpoint, NodeGroup, Subnet};
 use aws_smithy_mocks::{MockResponse, Rule, RuleMode, mock, mock_client};
 
@@ -700,6 +703,46 @@ fn cluster(status: &str, shards: usize, replicas: usize) -> ReplicationGroup {
     group.build()
 }
 
+/// What ElastiCache offers, as DescribeCacheEngineVersions answers it: each engine's
+/// versions, oldest first, the last its default (a Valkey default of 9 here, past the 8
+/// a stack could once assume).
+const OFFERED: &[(&str, &str, &str)] = &[
+    ("redis", "6.2", "redis6.x"),
+    ("redis", "7.0", "redis7"),
+    ("redis", "7.1", "redis7"),
+    ("valkey", "7.2", "valkey7"),
+    ("valkey", "8.0", "valkey8"),
+    ("valkey", "9.0", "valkey9"),
+];
+
+fn offered_versions() -> Rule {
+    mock!(Client::describe_cache_engine_versions).then_compute_output(|req| {
+        let of_engine: Vec<_> = OFFERED
+            .iter()
+            .filter(|(engine, ..)| req.engine() == Some(engine))
+            .collect();
+        let answered = if req.default_only() == Some(true) {
+            &of_engine[of_engine.len().saturating_sub(1)..]
+        } else {
+            &of_engine[..]
+        };
+        DescribeCacheEngineVersionsOutput::builder()
+            .set_cache_engine_versions(Some(
+                answered
+                    .iter()
+                    .map(|(engine, version, family)| {
+                        CacheEngineVersion::builder()
+                            .engine(*engine)
+                            .engine_version(*version)
+                            .cache_parameter_group_family(*family)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build()
+    })
+}
+
 /// `shards: 3` on a fresh account: one CreateReplicationGroup with three node groups,
 /// cluster mode and its parameter group, failover (which cluster mode requires), and
 /// the instances get the configuration endpoint.
@@ -707,6 +750,7 @@ fn cluster(status: &str, shards: usize, replicas: usize) -> ReplicationGroup {
 async fn a_cluster_is_created_with_its_node_groups_and_gives_its_configuration_endpoint() {
     for (engine, version, replicas, parameter_group) in [
         ("redis", None, 1, "default.redis7.cluster.on"),
+        ("valkey", None, 1, "default.valkey9.cluster.on"),
         ("valkey", Some("8.0"), 0, "default.valkey8.cluster.on"),
         ("redis", Some("7.1"), 2, "default.redis7.cluster.on"),
     ] {
@@ -739,7 +783,14 @@ async fn a_cluster_is_created_with_its_node_groups_and_gives_its_configuration_e
                     && req.security_group_ids() == ["sg-redis"]
             })
             .then_output(|| CreateReplicationGroupOutput::builder().build());
-        let mut stack = testing::stack(mocked(&[&subnet_group, &tags, &describe, &create]));
+        let offered = offered_versions();
+        let mut stack = testing::stack(mocked(&[
+            &subnet_group,
+            &tags,
+            &describe,
+            &create,
+            &offered,
+        ]));
         stack.spec.redis.shards = 3;
         stack.spec.redis.replicas = u32::try_from(replicas).unwrap();
         stack.spec.redis.engine = engine.into();
@@ -893,23 +944,41 @@ async fn a_cluster_reshards_online_to_the_shards_stack_yaml_asks_for() {
     assert_eq!(redis.address, CONFIGURATION);
 }
 
-#[test]
-fn a_cluster_takes_the_cluster_mode_parameter_group_of_its_engine_and_major() {
+/// `engine_version` asks ElastiCache: its default (the last answered with DefaultOnly),
+/// a pinned version it offers, the newest of a major for `7.x`; and refuses one it does
+/// not offer, listing those it does.
+#[tokio::test]
+async fn the_engine_version_and_its_family_are_elasticaches() {
+    let offered = offered_versions();
+    let mut stack = testing::stack(mocked(&[&offered]));
+    for (engine, pinned, version, family) in [
+        ("redis", None, "7.1", "redis7"),
+        ("valkey", None, "9.0", "valkey9"),
+        ("valkey", Some("7.2"), "7.2", "valkey7"),
+        ("redis", Some("6.2"), "6.2", "redis6.x"),
+        ("redis", Some("7.x"), "7.1", "redis7"),
+    ] {
+        stack.spec.redis.engine = engine.into();
+        let found = engine_version(&stack, pinned).await.unwrap();
+        assert_eq!(
+            found,
+            EngineVersion {
+                version: version.into(),
+                family: family.into()
+            },
+            "{engine} {pinned:?}"
+        );
+    }
+    stack.spec.redis.engine = "valkey".into();
     assert_eq!(
-        cluster_parameter_group("redis", None),
-        "default.redis7.cluster.on"
+        cluster_parameter_group(&stack, None).await.unwrap(),
+        "default.valkey9.cluster.on"
     );
-    assert_eq!(
-        cluster_parameter_group("redis", Some("7.0")),
-        "default.redis7.cluster.on"
-    );
-    assert_eq!(
-        cluster_parameter_group("valkey", None),
-        "default.valkey8.cluster.on"
-    );
-    assert_eq!(
-        cluster_parameter_group("valkey", Some("7.2")),
-        "default.valkey7.cluster.on"
+    let error = engine_version(&stack, Some("8.5")).await.unwrap_err();
+    assert!(
+        format!("{error:#}")
+            .contains("offers no valkey version 8.5 in us-east-1 (it offers 7.2, 8.0, 9.0)"),
+        "{error:#}"
     );
 }
 

@@ -1,6 +1,7 @@
 //! Preflight: everything that can fail before a resource is created - the credentials,
 //! the hosted zone and the domain in it (free, or the stack's), the instance type and
-//! two zones that offer it, the chat-server binary (built here for the
+//! two zones that offer it, the Redis engine version (ElastiCache's default, or the one
+//! pinned, which ElastiCache must offer), the chat-server binary (built here for the
 //! instance type's architecture unless given, and checked to run on Amazon Linux 2023),
 //! the machine image (the one in use, unless asked for a newer one). `up` and `plan`
 //! start with it.
@@ -13,7 +14,7 @@ use crate::group::template;
 use crate::identity::{self, ChatAuth};
 use crate::instances::{self, ImageChoice};
 use crate::stack::Stack;
-use crate::{load_balancer, network};
+use crate::{cache, load_balancer, network};
 
 /// What preflight established before anything is created.
 pub struct Preflight {
@@ -70,6 +71,19 @@ pub async fn preflight(stack: &Stack, update_image: bool) -> Result<Preflight> {
                 stack.spec.instances.instance_type
             )
         })
+        .await?;
+    let redis = &stack.spec.redis;
+    progress
+        .step(format!("Redis engine {}", redis.engine))
+        .run(
+            cache::engine_version(stack, redis.engine_version.as_deref()),
+            |found| {
+                format!(
+                    "{} (parameter group family {})",
+                    found.version, found.family
+                )
+            },
+        )
         .await?;
     let binary_step = progress.step("chat-server binary");
     binary_step.set(&match &stack.spec.instances.binary {

@@ -16,6 +16,8 @@ from localstack.aws.spec import load_service
 from localstack.services.moto import call_moto, call_moto_with_request
 from localstack.services.plugins import Service, aws_provider
 
+from .engines import ENGINE_VERSIONS
+
 
 def forward_to_moto(context, _request):
     return call_moto(context)
@@ -77,6 +79,32 @@ def delete_cache_subnet_group(context, request):
     return {}
 
 
+def describe_cache_engine_versions(_context, request):
+    """moto does not implement DescribeCacheEngineVersions; answered from
+    `engines.ENGINE_VERSIONS`, with its filters (one page: the table is short)."""
+    versions = []
+    for engine, offered in ENGINE_VERSIONS.items():
+        if request.get("Engine") not in (None, engine):
+            continue
+        if request.get("DefaultOnly"):
+            offered = offered[-1:]
+        for version, family in offered:
+            if request.get("EngineVersion") not in (None, version):
+                continue
+            if request.get("CacheParameterGroupFamily") not in (None, family):
+                continue
+            versions.append(
+                {
+                    "Engine": engine,
+                    "EngineVersion": version,
+                    "CacheParameterGroupFamily": family,
+                    "CacheEngineDescription": engine,
+                    "CacheEngineVersionDescription": f"{engine} {version}",
+                }
+            )
+    return {"CacheEngineVersions": versions}
+
+
 @aws_provider()
 def elbv2() -> Service:
     return moto_service("elbv2", {})
@@ -90,5 +118,6 @@ def elasticache() -> Service:
             "CreateReplicationGroup": create_replication_group,
             "DeleteReplicationGroup": delete_replication_group,
             "DeleteCacheSubnetGroup": delete_cache_subnet_group,
+            "DescribeCacheEngineVersions": describe_cache_engine_versions,
         },
     )

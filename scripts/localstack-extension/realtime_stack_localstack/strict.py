@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable
 from localstack.aws.api import CommonServiceException, RequestContext
 from localstack.runtime import hooks
 
+from .engines import engine_family
+
 LOG = logging.getLogger(__name__)
 
 
@@ -486,6 +488,29 @@ def replication_group_shape(request: Request, _context) -> None:
         )
 
 
+# The engine version must be one ElastiCache offers, and a parameter group must be of
+# that version's family (or of the default version's, when none is pinned):
+# "InvalidParameterCombination: Expected a parameter group of family redis7 but found one
+# of family redis6.x" (hashicorp/terraform-provider-aws#27748, #27709). Only the default
+# groups (`default.<family>...`) are checked: their names carry their family.
+def replication_group_engine(request: Request, _context) -> None:
+    engine = (request.get("Engine") or "redis").lower()
+    version = request.get("EngineVersion")
+    family = engine_family(engine, version)
+    if family is None:
+        raise Refused(
+            "InvalidParameterValue",
+            f"Cannot find version {version} for {engine}: see DescribeCacheEngineVersions.",
+        )
+    group = request.get("CacheParameterGroupName") or ""
+    match = re.fullmatch(r"default\.((?:redis|valkey)[0-9.x]+?)(?:\.cluster\.on)?", group)
+    if match and match.group(1) != family:
+        raise Refused(
+            "InvalidParameterCombination",
+            f"Expected a parameter group of family {family} but found one of family {match.group(1)}",
+        )
+
+
 # Cache subnet group names: "Must contain no more than 255 alphanumeric characters or
 # hyphens."
 # https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_CreateCacheSubnetGroup.html
@@ -767,7 +792,12 @@ RULES: dict[str, dict[str, tuple[Check, ...]]] = {
         "ModifyRule": (listener_rule,),
     },
     "elasticache": {
-        "CreateReplicationGroup": (replication_group_id, replication_group_shape, cache_tags),
+        "CreateReplicationGroup": (
+            replication_group_id,
+            replication_group_shape,
+            replication_group_engine,
+            cache_tags,
+        ),
         "CreateCacheSubnetGroup": (cache_subnet_group_name, cache_tags),
         "AddTagsToResource": (cache_tags,),
     },
