@@ -921,7 +921,8 @@ async fn replication_group_ids_are_held_to_elasticaches_rules() {
 /// (DescribeCacheEngineVersions, which the extension answers as moto does not), and a
 /// default parameter group is of that version's family, or of the default version's when
 /// none is pinned: AWS refuses `default.redis6.x.cluster.on` for Redis 7
-/// (hashicorp/terraform-provider-aws#27748).
+/// (hashicorp/terraform-provider-aws#27748). A cluster within a new account's quotas,
+/// and r6gd nodes only with data tiering.
 #[tokio::test]
 async fn replication_groups_take_an_offered_version_and_its_familys_parameter_group() {
     let aws = support::localstack().await;
@@ -974,6 +975,34 @@ async fn replication_groups_take_an_offered_version_and_its_familys_parameter_gr
             &format!("default.{default_family}.cluster.on"),
         )
         .await,
+    );
+    // A new account's quotas: 90 shards, and 90 nodes, in one cluster.
+    let sized = |shards: i32, replicas: i32, node_type: &str| {
+        elasticache
+            .create_replication_group()
+            .replication_group_id(format!("quota-{}", &suffix[suffix.len() - 8..]))
+            .replication_group_description("strict test")
+            .engine("redis")
+            .cache_node_type(node_type)
+            .cluster_mode(aws_sdk_elasticache::types::ClusterMode::Enabled)
+            .num_node_groups(shards)
+            .replicas_per_node_group(replicas)
+            .send()
+    };
+    refused(
+        sized(91, 0, "cache.t4g.micro").await,
+        "NodeGroupsPerReplicationGroupQuotaExceeded",
+        "The default maximum is 90",
+    );
+    refused(
+        sized(46, 1, "cache.t4g.micro").await,
+        "NodeQuotaForClusterExceeded",
+        "92 asked, 90 allowed",
+    );
+    refused(
+        sized(2, 1, "cache.r6gd.xlarge").await,
+        "InvalidParameterCombination",
+        "DataTieringEnabled must be true",
     );
     accepted(
         elasticache

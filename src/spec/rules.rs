@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+
 use super::{
     ENGINES, MAX_CLUSTER_NODES, MAX_NAME_LEN, MAX_SERVED_NAME_LEN, MIN_REDIS_VERSION,
     MIN_SHARDED_MAJOR, NAME_TAG, RESERVED_TAG_PREFIXES, TLS_POLICIES,
@@ -285,6 +287,16 @@ pub(super) fn ami(text: &str) -> Rule<String> {
 
 pub(super) fn node_type(text: &str) -> Rule<String> {
     match text.strip_prefix("cache.") {
+        // Data tiering's nodes: "This parameter must be set to true when using r6gd nodes"
+        // (DataTieringEnabled, API_CreateReplicationGroup), and the chat's Redis keeps
+        // its data in memory, so realtime-stack does not ask for it.
+        Some(rest) if is_type_name(rest) && rest.starts_with("r6gd.") => Err(Invalid::new(
+            format!("`{text}` is a data tiering node type, which realtime-stack does not enable"),
+        )
+        .help(format!(
+            "choose a node type kept in memory, such as cache.r7g.{}",
+            &rest["r6gd.".len()..]
+        ))),
         Some(rest) if is_type_name(rest) => Ok(text.to_string()),
         _ => {
             let invalid = Invalid::new(format!("`{text}` is not an ElastiCache node type"));
@@ -408,12 +420,16 @@ pub(super) fn chat_engine_version(engine: &str, version: &str) -> Rule<()> {
 
 /// Characters that every tagged service accepts (ELB, ElastiCache, ACM and S3 take
 /// `[\p{L}\p{Z}\p{N}_.:/=+\-@]`: letters, numbers, spaces but not tabs or newlines, which
-/// are control characters).
+/// are control characters). By general category, not `char::is_alphanumeric`, which also
+/// takes the combining marks of many scripts (a Devanagari vowel sign) that AWS refuses.
 pub(super) fn is_tag_text(text: &str) -> bool {
     text.chars().all(|c| {
-        c.is_alphanumeric()
-            || (c.is_whitespace() && !c.is_control())
-            || matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
+        matches!(
+            c.general_category_group(),
+            GeneralCategoryGroup::Letter
+                | GeneralCategoryGroup::Number
+                | GeneralCategoryGroup::Separator
+        ) || matches!(c, '_' | '.' | ':' | '/' | '=' | '+' | '-' | '@')
     })
 }
 

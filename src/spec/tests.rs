@@ -723,6 +723,11 @@ fn load_balancer_and_redis_rules() {
             "redis.node_type",
             "not an ElastiCache node type",
         ),
+        (
+            "redis:\n  node_type: cache.r6gd.xlarge",
+            "redis.node_type",
+            "data tiering node type",
+        ),
         ("redis:\n  replicas: 6", "redis.replicas", "from 0 to 5"),
         (
             "redis:\n  engine: memcached",
@@ -874,6 +879,9 @@ fn tags_rules() {
         ("équipe: x", "tags.équipe", "instance metadata allows"),
         ("_index: x", "tags._index", "instance metadata allows"),
         ("team: a;b", "tags.team", "characters AWS refuses"),
+        // U+093F and U+0902 are combining marks: letters to `char::is_alphanumeric`, not
+        // to AWS's `\p{L}`.
+        ("team: हिंदी", "tags.team", "characters AWS refuses"),
         ("Name: chat", "tags.Name", "names each resource by"),
     ];
     for (line, path, needle) in cases {
@@ -897,7 +905,7 @@ fn tags_rules() {
         .collect();
     one_problem(&with(&format!("tags:\n{many}")), "tags", "at most 40");
     let spec = StackSpec::parse(
-        &with("tags:\n  empty: \"\"\n  on: true\n  cost.center:team-a@corp: a b/c\n  name: x\n"),
+        &with("tags:\n  empty: \"\"\n  on: true\n  cost.center:team-a@corp: a b/c\n  name: x\n  team: équipe 東京 ٣\n"),
         "s",
     )
     .unwrap();
@@ -905,6 +913,7 @@ fn tags_rules() {
     assert_eq!(spec.tags["empty"], "");
     assert_eq!(spec.tags["on"], "true");
     assert_eq!(spec.tags["name"], "x");
+    assert_eq!(spec.tags["team"], "équipe 東京 ٣");
 }
 
 #[test]

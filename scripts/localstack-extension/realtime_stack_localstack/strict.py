@@ -472,6 +472,10 @@ def replication_group_id(request: Request, _context) -> None:
         )
 
 
+# A new account's quota of shards, and of nodes, in one cluster (raised on request).
+CLUSTER_QUOTA = 90
+
+
 # Shapes: NumCacheClusters 1 to 6 (a primary and up to 5 replicas), ReplicasPerNodeGroup 0
 # to 5, NumNodeGroups 1 to 500, SnapshotRetentionLimit 0 to 35 days.
 # https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_CreateReplicationGroup.html
@@ -481,6 +485,31 @@ def replication_group_shape(request: Request, _context) -> None:
     check_range("replicasPerNodeGroup", request.get("ReplicasPerNodeGroup"), 0, 5, "InvalidParameterValue")
     check_range("numNodeGroups", request.get("NumNodeGroups"), 1, 500, "InvalidParameterValue")
     check_range("snapshotRetentionLimit", request.get("SnapshotRetentionLimit"), 0, 35, "InvalidParameterValue")
+    # "A Valkey or Redis OSS cluster-mode enabled cluster is comprised of from 1 to 90
+    # shards ... The node or shard limit can be increased to a maximum of 500 per
+    # cluster" (API_CreateReplicationGroup): a new account's quota is 90 of each.
+    shards = int(request.get("NumNodeGroups") or 1)
+    if shards > CLUSTER_QUOTA:
+        raise Refused(
+            "NodeGroupsPerReplicationGroupQuotaExceeded",
+            "The request cannot be processed because it would exceed the maximum allowed "
+            f"number of node groups (shards) in a single replication group. The default maximum is {CLUSTER_QUOTA}",
+        )
+    nodes = shards * (1 + int(request.get("ReplicasPerNodeGroup") or 0))
+    if nodes > CLUSTER_QUOTA:
+        raise Refused(
+            "NodeQuotaForClusterExceeded",
+            "The request cannot be processed because it would exceed the allowed number of "
+            f"cache nodes in a single cluster ({nodes} asked, {CLUSTER_QUOTA} allowed).",
+        )
+    # "This parameter must be set to true when using r6gd nodes" (DataTieringEnabled).
+    # The error code is not documented for this case; InvalidParameterCombination is
+    # ElastiCache's for "two or more incompatible parameters".
+    if ".r6gd." in (request.get("CacheNodeType") or "") and not request.get("DataTieringEnabled"):
+        raise Refused(
+            "InvalidParameterCombination",
+            "DataTieringEnabled must be true for r6gd node types.",
+        )
     if not (request.get("ReplicationGroupDescription") or "").strip():
         raise Refused(
             "InvalidParameterValue",
