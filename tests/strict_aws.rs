@@ -953,11 +953,13 @@ async fn replication_groups_take_an_offered_version_and_its_familys_parameter_gr
             .cache_parameter_group_name(parameter_group)
             .send()
     };
-    refused(
-        create("redis", Some("7.2"), "default.redis7.cluster.on").await,
-        "InvalidParameterValue",
-        "Cannot find version 7.2 for redis",
-    );
+    for version in ["7.2", "7.x", "7.1.0"] {
+        refused(
+            create("redis", Some(version), "default.redis7.cluster.on").await,
+            "InvalidParameterValue",
+            &format!("Cannot find version {version} for redis"),
+        );
+    }
     refused(
         create("redis", Some("7.1"), "default.redis6.x.cluster.on").await,
         "InvalidParameterCombination",

@@ -3,7 +3,7 @@
 //! number of shards of a Redis Cluster (online resharding), each applied once the group is
 //! available again.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use aws_sdk_elasticache::types::{AutomaticFailoverStatus, MultiAzStatus, ReplicationGroup};
 
 use super::{cluster_mode, cluster_parameter_group};
@@ -95,6 +95,16 @@ pub(super) async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec
         && let Some(have) = engine_version(stack, group).await?
         && !version_matches(&have, want)
     {
+        if is_downgrade(&have, want) {
+            bail!(
+                "Redis {} runs {} {have} and stack.yaml pins {want}, an earlier version: \
+                 ElastiCache upgrades in place but cannot downgrade (ModifyReplicationGroup). \
+                 Pin {have} or later, or remove redis.engine_version; to run {want}, \
+                 `destroy` and `up` again (Redis's data is lost)",
+                stack.names.replication_group(),
+                redis.engine
+            );
+        }
         fixes.push(Fix::EngineVersion(want.clone()));
     }
     if group.cache_node_type() != Some(redis.node_type.as_str()) {
@@ -139,6 +149,20 @@ pub(super) async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec
 pub(super) fn version_matches(have: &str, want: &str) -> bool {
     let prefix = want.strip_suffix(".x").unwrap_or(want);
     have == want || have.starts_with(&format!("{prefix}."))
+}
+
+/// Whether the pinned `want` is older than the running `have`, by the numbers `want`
+/// names (`7.0` against `7.1.0`, `6.x` against `7.1.0`): "you cannot downgrade to an
+/// earlier engine version" (ModifyReplicationGroup's EngineVersion).
+pub(super) fn is_downgrade(have: &str, want: &str) -> bool {
+    let numbers = |version: &str| -> Vec<u32> {
+        version
+            .split('.')
+            .map_while(|part| part.parse().ok())
+            .collect()
+    };
+    let (have, want) = (numbers(have), numbers(want));
+    want.as_slice() < &have[..want.len().min(have.len())]
 }
 
 /// The engine version, which only the group's nodes report.

@@ -36,7 +36,7 @@ use aws_sdk_elasticache::types::{
 use aws_sdk_elasticache::types::{Endpoint, NodeGroup, Subnet};
 use aws_smithy_mocks::{MockResponse, Rule, RuleMode, mock, mock_client};
 
-use super::modify::{Fix, fixes, version_matches};
+use super::modify::{Fix, fixes, is_downgrade, version_matches};
 use super::*;
 use crate::aws::Clients;
 use crate::engine::{self, Leftovers, Pace};
@@ -360,20 +360,25 @@ fn mocked(rules: &[&Rule]) -> Clients {
     clients
 }
 
+/// The group's first node, reporting its engine `version` (only nodes report it).
+fn nodes_reporting(version: &'static str) -> Rule {
+    mock!(Client::describe_cache_clusters).then_output(move || {
+        DescribeCacheClustersOutput::builder()
+            .cache_clusters(
+                CacheCluster::builder()
+                    .cache_cluster_id("chat-redis-001")
+                    .engine_version(version)
+                    .build(),
+            )
+            .build()
+    })
+}
+
 #[tokio::test]
 async fn a_minor_version_left_out_in_stack_yaml_is_not_an_upgrade_every_time() {
     for (want, reported) in [("7.1", "7.1.0"), ("6.x", "6.2.6")] {
         // Only the nodes report the version, and in full.
-        let nodes = mock!(Client::describe_cache_clusters).then_output(move || {
-            DescribeCacheClustersOutput::builder()
-                .cache_clusters(
-                    CacheCluster::builder()
-                        .cache_cluster_id("chat-redis-001")
-                        .engine_version(reported)
-                        .build(),
-                )
-                .build()
-        });
+        let nodes = nodes_reporting(reported);
         let modify = mock!(Client::modify_replication_group)
             .then_output(|| ModifyReplicationGroupOutput::builder().build());
         let mut stack = testing::stack(existing("available", &[&nodes, &modify]));
@@ -386,6 +391,34 @@ async fn a_minor_version_left_out_in_stack_yaml_is_not_an_upgrade_every_time() {
     }
     assert!(!version_matches("7.10.0", "7.1"));
     assert!(!version_matches("7.0.7", "6.x"));
+}
+
+/// A pin to a version older than the one running is refused before any change, saying
+/// how to get there: ElastiCache "cannot downgrade to an earlier engine version"
+/// (ModifyReplicationGroup's EngineVersion).
+#[tokio::test]
+async fn a_pin_to_an_earlier_version_is_refused_saying_to_start_over() {
+    for want in ["7.0", "6.2", "6.x"] {
+        let nodes = nodes_reporting("7.1.0");
+        let modify = mock!(Client::modify_replication_group)
+            .then_output(|| ModifyReplicationGroupOutput::builder().build());
+        let mut stack = testing::stack(existing("available", &[&nodes, &modify]));
+        stack.spec.redis.engine_version = Some(want.into());
+
+        let error = ensure(&stack, &subnets(), "sg-redis").await.unwrap_err();
+
+        let error = format!("{error:#}");
+        assert!(
+            error.contains(&format!("runs redis 7.1.0 and stack.yaml pins {want}"))
+                && error.contains("cannot downgrade")
+                && error.contains("`destroy` and `up`"),
+            "{error}"
+        );
+        assert_eq!(modify.num_calls(), 0, "{want}");
+    }
+    assert!(!is_downgrade("7.1.0", "7.2"));
+    assert!(!is_downgrade("6.2.6", "7.1"));
+    assert!(!is_downgrade("7.1.0", "7.x"));
 }
 
 /// A group whose creation failed says why only in its events
@@ -945,7 +978,7 @@ async fn a_cluster_reshards_online_to_the_shards_stack_yaml_asks_for() {
 }
 
 /// `engine_version` asks ElastiCache: its default (the last answered with DefaultOnly),
-/// a pinned version it offers, the newest of a major for `7.x`; and refuses one it does
+/// a pinned version it offers, the newest of a major for `6.x`; and refuses one it does
 /// not offer, listing those it does.
 #[tokio::test]
 async fn the_engine_version_and_its_family_are_elasticaches() {
@@ -956,7 +989,7 @@ async fn the_engine_version_and_its_family_are_elasticaches() {
         ("valkey", None, "9.0", "valkey9"),
         ("valkey", Some("7.2"), "7.2", "valkey7"),
         ("redis", Some("6.2"), "6.2", "redis6.x"),
-        ("redis", Some("7.x"), "7.1", "redis7"),
+        ("redis", Some("6.x"), "6.2", "redis6.x"),
     ] {
         stack.spec.redis.engine = engine.into();
         let found = engine_version(&stack, pinned).await.unwrap();

@@ -344,15 +344,35 @@ pub(super) fn tls_policy(text: &str) -> Rule<String> {
 }
 
 /// `7.1`, `8.0` or `6.x`: numbers separated by dots, `x` allowed after the major version.
+/// From 6 on ElastiCache takes a major and a minor only ("Specific version selection is
+/// not allowed for '6.2.6', please use '6.2'", crossplane-contrib/provider-aws#1617), and
+/// `<major>.x` only for 6 ("y.x version style is only applicable for 6.x",
+/// hashicorp/terraform-provider-aws#34897).
 pub(super) fn engine_version(text: &str) -> Rule<String> {
-    let mut parts = text.split('.');
+    let parts: Vec<&str> = text.split('.').collect();
     let number = |part: &str| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit());
-    let valid = parts.next().is_some_and(number) && parts.all(|part| part == "x" || number(part));
-    if valid {
-        Ok(text.to_string())
-    } else {
-        Err(Invalid::new(format!("`{text}` is not an engine version"))
-            .help("write a version such as \"7.1\", or remove the key for the engine's default"))
+    let valid = number(parts[0]) && parts[1..].iter().all(|part| *part == "x" || number(part));
+    if !valid {
+        return Err(Invalid::new(format!("`{text}` is not an engine version"))
+            .help("write a version such as \"7.1\", or remove the key for the engine's default"));
+    }
+    let major: u32 = parts[0].parse().unwrap_or(u32::MAX);
+    let major_minor = parts[..parts.len().min(2)].join(".");
+    let refused = match parts.as_slice() {
+        _ if major < 6 => None,
+        [_, "x"] if major == 6 => None,
+        [_, minor] if *minor != "x" => None,
+        [_] => Some("ElastiCache takes a major and a minor version"),
+        [_, "x"] => Some("ElastiCache takes `<major>.x` for version 6 only"),
+        _ => Some("from version 6 on, ElastiCache takes a major and a minor version only"),
+    };
+    match refused {
+        None => Ok(text.to_string()),
+        Some(why) => Err(Invalid::new(format!("`{text}`: {why}")).help(if parts.len() > 2 {
+            format!("write \"{major_minor}\" (ElastiCache applies its patches itself)")
+        } else {
+            format!("write \"{major}.<minor>\", such as \"7.1\", or remove the key for the engine's default")
+        })),
     }
 }
 

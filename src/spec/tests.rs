@@ -744,6 +744,21 @@ fn load_balancer_and_redis_rules() {
             "redis.engine_version",
             "not an engine version",
         ),
+        (
+            "redis:\n  engine_version: 7.x",
+            "redis.engine_version",
+            "`<major>.x` for version 6 only",
+        ),
+        (
+            "redis:\n  engine_version: 7.1.0",
+            "redis.engine_version",
+            "a major and a minor version only",
+        ),
+        (
+            "redis:\n  engine: valkey\n  engine_version: 8",
+            "redis.engine_version",
+            "takes a major and a minor version",
+        ),
     ];
     for (lines, path, needle) in cases {
         one_problem(&with(&format!("{lines}\n")), path, needle);
@@ -759,6 +774,15 @@ fn load_balancer_and_redis_rules() {
     );
     let spec = StackSpec::parse(&with("redis:\n  engine_version: \"6.x\"\n"), "s").unwrap();
     assert_eq!(spec.redis.engine_version.as_deref(), Some("6.x"));
+    let problem = one_problem(
+        &with("redis:\n  engine_version: 6.2.6\n"),
+        "redis.engine_version",
+        "",
+    );
+    assert_eq!(
+        problem.help.as_deref(),
+        Some("write \"6.2\" (ElastiCache applies its patches itself)")
+    );
 }
 
 /// The chat servers' append script trims history by age with `XTRIM ... MINID`, which

@@ -35,8 +35,11 @@ def engine_family(engine: str, version: str | None) -> str | None:
     if version is None:
         return offered[-1][1] if offered else None
     if version.endswith(".x"):
-        # `6.x`: the newest version of that major.
+        # `6.x`: the newest version of that major; "y.x version style is only applicable
+        # for 6.x" (hashicorp/terraform-provider-aws#34897).
         major = version.removesuffix(".x")
+        if major != "6":
+            return None
         offered = [entry for entry in offered if entry[0].split(".")[0] == major]
         return offered[-1][1] if offered else None
     return next((family for listed, family in offered if listed == version), None)
