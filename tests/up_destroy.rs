@@ -496,6 +496,16 @@ async fn scaling_tracks_the_average_cpu_between_min_and_max_and_up_does_not_figh
 }
 
 /// `plan --output json`, which must exit with `expected_code`.
+/// `up --yes` on `stack`, which must fail: what it said on stderr.
+fn up_refused(stack: &TestStack) -> String {
+    let output = stack
+        .command(&["up", "--yes"])
+        .output()
+        .expect("running up");
+    assert!(!output.status.success(), "up should have failed");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 fn plan_json(stack: &TestStack, expected_code: i32) -> Value {
     let output = stack
         .command(&["plan", "--output", "json"])
@@ -514,7 +524,8 @@ fn plan_json(stack: &TestStack, expected_code: i32) -> Value {
 /// every resource to create and no AWS call that changes anything (LocalStack holds
 /// nothing afterwards), exit code 2; after `up`, nothing to do, exit code 0; after a
 /// change by hand and a new build, the attribute to set back and every instance to
-/// replace with the reason, and again nothing changed.
+/// replace with the reason, and again nothing changed. A new app port is refused by
+/// `up` before anything changes.
 #[tokio::test]
 async fn plan_says_what_up_would_do_and_changes_nothing() {
     let aws = support::localstack().await;
@@ -618,6 +629,37 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
         }),
         "plan did not set it back"
     );
+
+    // A new app port: the target group's port cannot change in place, and `up` says so
+    // before it moves the instances' security group off the port they serve on.
+    stack.edit(
+        "  drain_seconds: 5\n",
+        "  drain_seconds: 5\n  app_port: 8081\n",
+    );
+    let stderr = up_refused(&stack);
+    assert!(
+        stderr.contains("sends to port 8080, and stack.yaml's instances.app_port is 8081")
+            && stderr.contains("Set app_port back to 8080, or run destroy, then up"),
+        "{stderr}"
+    );
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let groups = ec2
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("group-name")
+                .values(format!("{name}-instances-sg"))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let ports: Vec<Option<i32>> = groups.security_groups()[0]
+        .ip_permissions()
+        .iter()
+        .map(|permission| permission.from_port())
+        .collect();
+    assert_eq!(ports, [Some(8080)], "the instances still take their port");
 
     stack.run(&["destroy", "--yes"]);
 }
@@ -883,12 +925,7 @@ async fn an_engine_version_elasticache_lacks_is_refused_listing_what_it_offers()
         "redis:\n  replicas: 1\n  engine_version: \"7.2\"\n",
     );
 
-    let output = stack
-        .command(&["up", "--yes"])
-        .output()
-        .expect("running up");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = up_refused(&stack);
     assert!(
         stderr.contains("ElastiCache offers no redis version 7.2 in us-east-1")
             && stderr.contains("7.0, 7.1")

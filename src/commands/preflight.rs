@@ -1,6 +1,7 @@
 //! Preflight: everything that can fail before a resource is created - the credentials,
 //! the hosted zone and the domain in it (free, or the stack's), the instance type and
-//! two zones that offer it, the Redis engine version (ElastiCache's default, or the one
+//! two zones that offer it, an existing target group's port (which cannot change in
+//! place), the Redis engine version (ElastiCache's default, or the one
 //! pinned, which ElastiCache must offer), the chat-server binary (built here for the
 //! instance type's architecture unless given, and checked to run on Amazon Linux 2023),
 //! the machine image (the one in use, unless asked for a newer one). `up` and `plan`
@@ -70,6 +71,12 @@ pub async fn preflight(stack: &Stack, update_image: bool) -> Result<Preflight> {
                 zones.join(" and "),
                 stack.spec.instances.instance_type
             )
+        })
+        .await?;
+    progress
+        .step("target group port")
+        .run(load_balancer::check_app_port(stack), |port| {
+            format!("{port}, as instances.app_port")
         })
         .await?;
     let redis = &stack.spec.redis;

@@ -30,7 +30,8 @@ mod tests;
 use listeners::ensure_http_listener;
 pub use listeners::ensure_https_listener;
 pub use target_group::{
-    deregister, deregistration_delay, ensure_target_group, owned_target_group, target_health,
+    check_app_port, deregister, deregistration_delay, ensure_target_group, owned_target_group,
+    target_health,
 };
 pub use teardown::deletables;
 use teardown::ours_only;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, ensure as check};
+use anyhow::{Context, Result, bail, ensure as check};
 use aws_sdk_elasticloadbalancingv2::types::{
     Matcher, ProtocolEnum, TargetDescription, TargetGroup, TargetHealth, TargetHealthStateEnum,
     TargetTypeEnum,
@@ -110,6 +110,26 @@ fn health_check_matches(stack: &Stack, group: &TargetGroup) -> bool {
 
 pub(super) fn matcher() -> Matcher {
     Matcher::builder().http_code("200").build()
+}
+
+/// The port of the stack's target group, when it has one on another port than
+/// `instances.app_port`: an error saying how to change it. A target group's port cannot
+/// change in place, and converge would otherwise move the instances' security group to
+/// the new port before the target group refused it, cutting the live instances off.
+pub async fn check_app_port(stack: &Stack) -> Result<u16> {
+    let want = stack.spec.instances.app_port;
+    let Some((group, true)) = find_target_group(stack).await? else {
+        return Ok(want);
+    };
+    match group.port() {
+        Some(have) if have != i32::from(want) => bail!(
+            "target group {} sends to port {have}, and stack.yaml's instances.app_port is \
+             {want}: a target group's port cannot change in place. Set app_port back to \
+             {have}, or run destroy, then up",
+            stack.names.target_group()
+        ),
+        _ => Ok(want),
+    }
 }
 
 /// The target group with its health check and attributes; returns its ARN.
