@@ -38,7 +38,7 @@ pub struct EngineVersion {
 }
 
 /// The engine version a group of the spec's engine gets for `version` (ElastiCache's
-/// default when `None`; `7.x` is the newest 7 it offers), as ElastiCache itself names it
+/// default when `None`; `6.x` is the newest 6 it offers), as ElastiCache itself names it
 /// (DescribeCacheEngineVersions): the default moves as engines are released, and a
 /// parameter group of another family is refused ("InvalidParameterCombination: Expected
 /// a parameter group of family redis7 but found one of family redis6.x" the day Redis 7
@@ -71,7 +71,14 @@ pub async fn engine_version(stack: &Stack, version: Option<&str>) -> Result<Engi
         Some(version) => match version.strip_suffix(".x") {
             Some(major) => offered
                 .iter()
-                .rfind(|offered| offered.version.split('.').next() == Some(major)),
+                .filter(|offered| offered.version.split('.').next() == Some(major))
+                .max_by_key(|offered| {
+                    offered
+                        .version
+                        .split('.')
+                        .map(|part| part.parse::<u32>().unwrap_or(0))
+                        .collect::<Vec<_>>()
+                }),
             None => offered.iter().find(|offered| offered.version == version),
         },
     };
