@@ -495,7 +495,6 @@ async fn scaling_tracks_the_average_cpu_between_min_and_max_and_up_does_not_figh
     stack.run(&["destroy", "--yes"]);
 }
 
-/// `plan --output json`, which must exit with `expected_code`.
 /// `up --yes` on `stack`, which must fail: what it said on stderr.
 fn up_refused(stack: &TestStack) -> String {
     let output = stack
@@ -506,6 +505,7 @@ fn up_refused(stack: &TestStack) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `plan --output json`, which must exit with `expected_code`.
 fn plan_json(stack: &TestStack, expected_code: i32) -> Value {
     let output = stack
         .command(&["plan", "--output", "json"])

@@ -72,13 +72,7 @@ pub async fn engine_version(stack: &Stack, version: Option<&str>) -> Result<Engi
             Some(major) => offered
                 .iter()
                 .filter(|offered| offered.version.split('.').next() == Some(major))
-                .max_by_key(|offered| {
-                    offered
-                        .version
-                        .split('.')
-                        .map(|part| part.parse::<u32>().unwrap_or(0))
-                        .collect::<Vec<_>>()
-                }),
+                .max_by_key(|offered| version_numbers(&offered.version)),
             None => offered.iter().find(|offered| offered.version == version),
         },
     };
@@ -100,6 +94,15 @@ pub async fn engine_version(stack: &Stack, version: Option<&str>) -> Result<Engi
             listed.join(", ")
         }
     )
+}
+
+/// The numbers of an engine version, up to the first part that is not one (`6.x` is
+/// `[6]`), to compare versions by.
+fn version_numbers(version: &str) -> Vec<u32> {
+    version
+        .split('.')
+        .map_while(|part| part.parse().ok())
+        .collect()
 }
 
 /// The default parameter group with `cluster-enabled yes` for the spec's engine at

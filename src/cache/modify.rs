@@ -6,7 +6,7 @@
 use anyhow::{Result, bail};
 use aws_sdk_elasticache::types::{AutomaticFailoverStatus, MultiAzStatus, ReplicationGroup};
 
-use super::{cluster_mode, cluster_parameter_group};
+use super::{cluster_mode, cluster_parameter_group, version_numbers};
 use crate::aws::Call;
 use crate::stack::Stack;
 
@@ -155,13 +155,7 @@ pub(super) fn version_matches(have: &str, want: &str) -> bool {
 /// names (`7.0` against `7.1.0`, `6.x` against `7.1.0`): "you cannot downgrade to an
 /// earlier engine version" (ModifyReplicationGroup's EngineVersion).
 pub(super) fn is_downgrade(have: &str, want: &str) -> bool {
-    let numbers = |version: &str| -> Vec<u32> {
-        version
-            .split('.')
-            .map_while(|part| part.parse().ok())
-            .collect()
-    };
-    let (have, want) = (numbers(have), numbers(want));
+    let (have, want) = (version_numbers(have), version_numbers(want));
     want.as_slice() < &have[..want.len().min(have.len())]
 }
 

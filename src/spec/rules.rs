@@ -356,7 +356,7 @@ pub(super) fn engine_version(text: &str) -> Rule<String> {
         return Err(Invalid::new(format!("`{text}` is not an engine version"))
             .help("write a version such as \"7.1\", or remove the key for the engine's default"));
     }
-    let major: u32 = parts[0].parse().unwrap_or(u32::MAX);
+    let major = major_minor(text).0.unwrap_or(u32::MAX);
     let major_minor = parts[..parts.len().min(2)].join(".");
     let refused = match parts.as_slice() {
         _ if major < 6 => None,

@@ -30,7 +30,7 @@ ENGINE_VERSIONS = {
 
 def engine_family(engine: str, version: str | None) -> str | None:
     """The parameter group family of `engine` at `version` (its default when None, the
-    newest of a major for `7.x`), or None when ElastiCache does not offer that version."""
+    newest 6 for `6.x`), or None when ElastiCache does not offer that version."""
     offered = ENGINE_VERSIONS.get(engine, [])
     if version is None:
         return offered[-1][1] if offered else None
