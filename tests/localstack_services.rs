@@ -253,3 +253,154 @@ async fn every_aws_service_the_cli_uses_answers_on_localstack() {
         "the bucket is gone"
     );
 }
+
+/// The numbers of the template's versions, every page of DescribeLaunchTemplateVersions
+/// read, `page` versions a call.
+async fn version_numbers(ec2: &aws_sdk_ec2::Client, template: &str, page: i32) -> Vec<i64> {
+    let mut numbers = Vec::new();
+    let mut token = None;
+    loop {
+        let described = ec2
+            .describe_launch_template_versions()
+            .launch_template_id(template)
+            .max_results(page)
+            .set_next_token(token)
+            .send()
+            .await
+            .expect("DescribeLaunchTemplateVersions");
+        let versions = described.launch_template_versions();
+        assert!(
+            versions.len() <= page as usize,
+            "a page holds at most MaxResults"
+        );
+        numbers.extend(versions.iter().filter_map(|v| v.version_number()));
+        token = described.next_token;
+        if token.is_none() {
+            return numbers;
+        }
+    }
+}
+
+/// Launch template versions are deleted and paged as EC2 documents, which moto alone
+/// does not do (the extension's `launch_templates.py`): DeleteLaunchTemplateVersions
+/// deletes what it can and says why it left the rest, the default version among them
+/// ("You can't delete the default version of a launch template", API reference); a deleted
+/// version is gone from DescribeLaunchTemplateVersions, cannot be described by number or
+/// made the default, and the numbers go on from the highest made; the versions come a
+/// page of `MaxResults` at a time with a `NextToken`; and a request names at most 200.
+#[tokio::test]
+async fn launch_template_versions_are_deleted_and_paged_as_ec2_does() {
+    use aws_sdk_ec2::error::ProvideErrorMetadata;
+    use aws_sdk_ec2::types::RequestLaunchTemplateData;
+
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let data = |image: &str| RequestLaunchTemplateData::builder().image_id(image).build();
+    let template = ec2
+        .create_launch_template()
+        .launch_template_name(format!("versions-{}", support::unique_suffix()))
+        .launch_template_data(data("ami-00000001"))
+        .send()
+        .await
+        .expect("CreateLaunchTemplate")
+        .launch_template
+        .and_then(|template| template.launch_template_id)
+        .expect("the template's id");
+    for image in 2..=5 {
+        ec2.create_launch_template_version()
+            .launch_template_id(&template)
+            .launch_template_data(data(&format!("ami-{image:08}")))
+            .send()
+            .await
+            .expect("CreateLaunchTemplateVersion");
+    }
+    assert_eq!(version_numbers(&ec2, &template, 2).await, [1, 2, 3, 4, 5]);
+
+    let deleted = ec2
+        .delete_launch_template_versions()
+        .launch_template_id(&template)
+        .versions("1")
+        .versions("2")
+        .versions("4")
+        .versions("9")
+        .send()
+        .await
+        .expect("DeleteLaunchTemplateVersions answers for each version");
+    let done: Vec<i64> = deleted
+        .successfully_deleted_launch_template_versions()
+        .iter()
+        .filter_map(|item| item.version_number())
+        .collect();
+    assert_eq!(done, [2, 4]);
+    let refused: Vec<(i64, String)> = deleted
+        .unsuccessfully_deleted_launch_template_versions()
+        .iter()
+        .map(|item| {
+            let code = item.response_error().and_then(|error| error.code());
+            (
+                item.version_number().unwrap_or_default(),
+                code.map(|code| code.as_str().to_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (1, "unexpectedError".to_owned()),
+            (9, "launchTemplateVersionDoesNotExist".to_owned())
+        ],
+        "the default version and one that never was are not deleted"
+    );
+    assert_eq!(version_numbers(&ec2, &template, 200).await, [1, 3, 5]);
+    assert_eq!(version_numbers(&ec2, &template, 1).await, [1, 3, 5]);
+
+    let described = ec2
+        .describe_launch_template_versions()
+        .launch_template_id(&template)
+        .versions("2")
+        .send()
+        .await
+        .expect_err("a deleted version cannot be described");
+    assert_eq!(
+        described.code(),
+        Some("InvalidLaunchTemplateId.VersionNotFound")
+    );
+    let made_default = ec2
+        .modify_launch_template()
+        .launch_template_id(&template)
+        .default_version("4")
+        .send()
+        .await
+        .expect_err("a deleted version cannot be the default");
+    assert_eq!(
+        made_default.code(),
+        Some("InvalidLaunchTemplateId.VersionNotFound")
+    );
+
+    let next = ec2
+        .create_launch_template_version()
+        .launch_template_id(&template)
+        .launch_template_data(data("ami-00000006"))
+        .send()
+        .await
+        .expect("CreateLaunchTemplateVersion")
+        .launch_template_version
+        .and_then(|version| version.version_number);
+    assert_eq!(next, Some(6), "numbers go on from the highest made");
+
+    let too_many = ec2
+        .delete_launch_template_versions()
+        .launch_template_id(&template)
+        .set_versions(Some((1..=201).map(|n| n.to_string()).collect()))
+        .send()
+        .await
+        .expect_err("201 versions in one request");
+    assert_eq!(too_many.code(), Some("InvalidParameterValue"));
+
+    ec2.delete_launch_template()
+        .launch_template_id(&template)
+        .send()
+        .await
+        .expect("DeleteLaunchTemplate");
+}

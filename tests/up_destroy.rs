@@ -328,9 +328,39 @@ async fn destroy_keeps_a_validation_cname_another_certificate_still_uses() {
         .unwrap();
 }
 
+/// The stack's launch template (by its name) and the numbers of all its versions, read a
+/// page at a time.
+async fn launch_template_versions(
+    ec2: &aws_sdk_ec2::Client,
+    stack: &TestStack,
+) -> (String, Vec<i64>) {
+    let name = format!("{}-instance", stack.name);
+    let pages = ec2
+        .describe_launch_template_versions()
+        .launch_template_name(&name)
+        .max_results(100)
+        .into_paginator()
+        .send()
+        .collect::<Vec<_>>()
+        .await;
+    let mut id = String::new();
+    let mut numbers = Vec::new();
+    for page in pages {
+        for version in page
+            .expect("DescribeLaunchTemplateVersions")
+            .launch_template_versions()
+        {
+            id = version.launch_template_id().unwrap_or_default().to_owned();
+            numbers.extend(version.version_number());
+        }
+    }
+    (id, numbers)
+}
+
 /// A new build reaches the instances: after the chat-server binary changed, `up` replaces
 /// every instance, one batch at a time, each new one recording the new SHA-256, and the
-/// old ones are terminated; a lower `instances.count` then removes one. (LocalStack
+/// old ones are terminated, with the builds and launch template versions they ran from
+/// (a template holds at most 10 000 versions); a lower `instances.count` then removes one. (LocalStack
 /// reports targets healthy at once: the health gate and the drain are the unit tests' and
 /// the `--local` rolling deploy test's to show.)
 #[tokio::test]
@@ -341,6 +371,22 @@ async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
     let ids = support::instance_ids;
     let first = ids(&stack.up());
     assert_eq!(first.len(), 2);
+    // A template with a long history, as a stack deployed many times before versions were
+    // pruned has: more than DeleteLaunchTemplateVersions takes in one call.
+    let (template, versions) = launch_template_versions(&ec2, &stack).await;
+    assert_eq!(versions, [1]);
+    for _ in 0..250 {
+        ec2.create_launch_template_version()
+            .launch_template_id(&template)
+            .launch_template_data(
+                aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                    .image_id("ami-00000000000000001")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("CreateLaunchTemplateVersion");
+    }
 
     // Another build: the same program with one byte more, so another SHA-256.
     let rebuilt = stack.rebuild();
@@ -378,6 +424,8 @@ async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
         .unwrap();
     let keys: Vec<&str> = objects.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(keys, [format!("chat-server/{rebuilt_sha}")]);
+    // The template keeps the version the group launches, and no other.
+    assert_eq!(launch_template_versions(&ec2, &stack).await.1, [252]);
 
     stack.edit("  count: 2\n", "  count: 1\n");
     let third = ids(&stack.up());

@@ -163,13 +163,15 @@ pub async fn converge(
         deploy::carry_out(&fleet, &rollout, &wanted, &pacing).await?
     };
     group::settle_grace(stack).await?;
-    // The builds no instance runs go; what the group launches from is the one deployed.
+    // The builds no instance runs go, and the template versions that name them: what the
+    // group launches from is the one deployed.
     let running: BTreeSet<String> = instances::describe(stack)
         .await?
         .into_iter()
         .map(|instance| instance.fingerprint.binary_sha256)
         .collect();
     artifact::prune(stack, &artifact, &running).await?;
+    template::prune(stack, &template).await?;
     Ok(Outputs {
         stack: stack.spec.name.clone(),
         region: stack.region.clone(),

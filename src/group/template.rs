@@ -7,6 +7,10 @@
 //!
 //! Each version says what it describes in its description, a hash of the settings, so
 //! that `up` compares one string instead of AWS's normalised echo of every field.
+//!
+//! Once a deploy is done, the versions other than the default are deleted, as the builds
+//! no instance runs are: a template holds at most 10 000 versions, and an old version
+//! names a build that is gone.
 
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{
@@ -20,7 +24,7 @@ use aws_sdk_ec2::types::{
 use crate::artifact::sha256_hex;
 use crate::aws::{Call, delete_outcome, ec2_stack_filters, ec2_tags};
 use crate::deploy::{Fingerprint, short_hash};
-use crate::engine::{Action, Deletable, DeleteFuture, planned_id};
+use crate::engine::{Action, Deletable, DeleteFuture, is_planned, planned_id};
 use crate::instances::{Launch, fingerprint_tags};
 use crate::stack::Stack;
 
@@ -30,6 +34,9 @@ pub const ROLE: &str = "launch-template";
 pub const INSTANCE_ROLE: &str = "instance";
 /// What the description of a version made by `up` starts with.
 const DESCRIPTION_PREFIX: &str = "realtime-stack settings ";
+/// The most versions DescribeLaunchTemplateVersions answers, and DeleteLaunchTemplateVersions
+/// takes, in one call (API reference of each).
+const VERSIONS_PER_CALL: usize = 200;
 
 /// The stack's launch template, as the group and a roll need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +308,67 @@ pub async fn set_default(stack: &Stack, id: &str, version: i64) -> Result<()> {
             "ModifyLaunchTemplate {} default version {version}",
             stack.names.launch_template()
         ))?;
+    Ok(())
+}
+
+/// Deletes every version of the template but `template.version`, the default the group
+/// launches now that the deploy is done. Deleting a version does not touch the instances
+/// launched from it (EC2 User Guide, "Delete a launch template version").
+pub async fn prune(stack: &Stack, template: &Template) -> Result<()> {
+    if is_planned(&template.id) {
+        return Ok(());
+    }
+    let name = stack.names.launch_template();
+    let ec2 = &stack.clients.ec2;
+    let pages = ec2
+        .describe_launch_template_versions()
+        .launch_template_id(&template.id)
+        .max_results(VERSIONS_PER_CALL as i32)
+        .into_paginator()
+        .send()
+        .collect::<Vec<_>>()
+        .await;
+    let mut old = Vec::new();
+    for page in pages {
+        let page = page.call(format!("DescribeLaunchTemplateVersions {name}"))?;
+        old.extend(
+            page.launch_template_versions()
+                .iter()
+                .filter_map(LaunchTemplateVersion::version_number)
+                .filter(|number| *number != template.version),
+        );
+    }
+    old.sort_unstable();
+    for batch in old.chunks(VERSIONS_PER_CALL) {
+        let listed = batch.iter().map(i64::to_string).collect::<Vec<_>>();
+        let resource = format!("launch template {name} versions {}", listed.join(", "));
+        if !stack.make(
+            Action::Delete,
+            resource,
+            "versions the group no longer launches",
+        ) {
+            continue;
+        }
+        let deleted = ec2
+            .delete_launch_template_versions()
+            .launch_template_id(&template.id)
+            .set_versions(Some(listed))
+            .send()
+            .await
+            .call(format!("DeleteLaunchTemplateVersions {name}"))?;
+        // A version left is no harm to what was deployed: said, and tried again next `up`.
+        for refused in deleted.unsuccessfully_deleted_launch_template_versions() {
+            let error = refused.response_error();
+            stack.progress.note(&format!(
+                "launch template {name}: version {} was not deleted ({}: {}); the next `up` tries again",
+                refused.version_number().unwrap_or_default(),
+                error
+                    .and_then(|e| e.code())
+                    .map_or("no code", |code| code.as_str()),
+                error.and_then(|e| e.message()).unwrap_or("no message"),
+            ));
+        }
+    }
     Ok(())
 }
 

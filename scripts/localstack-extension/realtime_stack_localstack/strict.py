@@ -336,6 +336,16 @@ def launch_template(request: Request, context: RequestContext) -> None:
     tag_specifications(data, context)
 
 
+# "You can delete up to 200 launch template versions in a single request"
+# (API_DeleteLaunchTemplateVersions). The code of the refusal is not documented.
+VERSIONS_PER_DELETE = 200
+
+
+def launch_template_versions_to_delete(request: Request, _context) -> None:
+    versions = request.get("Versions") or []
+    check_range("Versions", len(versions), 1, VERSIONS_PER_DELETE, "InvalidParameterValue")
+
+
 def create_tags_on_instances(request: Request, context: RequestContext) -> None:
     backend = ec2_backend(context)
     keys = [tag.get("Key") or "" for tag in items(request.get("Tags"))]
@@ -808,6 +818,7 @@ RULES: dict[str, dict[str, tuple[Check, ...]]] = {
         "RunInstances": (tag_specifications, run_instances),
         "CreateLaunchTemplate": (tag_specifications, launch_template),
         "CreateLaunchTemplateVersion": (launch_template,),
+        "DeleteLaunchTemplateVersions": (launch_template_versions_to_delete,),
         "CreateTags": (create_tags, create_tags_on_instances),
     },
     "elbv2": {
