@@ -866,6 +866,97 @@ async fn load_balancer_settings_are_held_to_their_documented_ranges() {
     refused(rule, "ValidationError", "between 1 and 50000");
 }
 
+/// Listener security policies: a name AWS does not offer is refused (`SSLPolicyNotFound`),
+/// and the policies AWS added since moto's table (FIPS 2023-04, post-quantum 2025-09) are
+/// taken by CreateListener and ModifyListener alike: moto's ModifyListener refused them,
+/// so a listener made with the stack's default policy could not be given a new
+/// certificate when `domain.name` changed.
+#[tokio::test]
+async fn listener_security_policies_are_the_ones_elb_offers() {
+    let aws = support::localstack().await;
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&aws);
+    let vpc_id = vpc(&ec2).await;
+    let subnets = two_subnets(&ec2, &vpc_id).await;
+    let suffix = support::unique_suffix();
+    let load_balancer = elbv2
+        .create_load_balancer()
+        .name(format!("tls-{}", &suffix[suffix.len() - 8..]))
+        .set_subnets(Some(subnets))
+        .send()
+        .await;
+    let load_balancer = accepted(load_balancer).load_balancers()[0]
+        .load_balancer_arn()
+        .unwrap()
+        .to_owned();
+    let certificate = aws_sdk_acm::Client::new(&aws)
+        .request_certificate()
+        .domain_name(format!("tls-{suffix}.example.test"))
+        .validation_method(aws_sdk_acm::types::ValidationMethod::Dns)
+        .send()
+        .await;
+    let certificate = accepted(certificate).certificate_arn.unwrap();
+    let listener = |policy: &str| {
+        elbv2
+            .create_listener()
+            .load_balancer_arn(&load_balancer)
+            .protocol(ProtocolEnum::Https)
+            .port(443)
+            .ssl_policy(policy)
+            .certificates(
+                aws_sdk_elasticloadbalancingv2::types::Certificate::builder()
+                    .certificate_arn(&certificate)
+                    .build(),
+            )
+            .default_actions(
+                aws_sdk_elasticloadbalancingv2::types::Action::builder()
+                    .r#type(aws_sdk_elasticloadbalancingv2::types::ActionTypeEnum::FixedResponse)
+                    .fixed_response_config(
+                        aws_sdk_elasticloadbalancingv2::types::FixedResponseActionConfig::builder()
+                            .status_code("200")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+    };
+    refused(
+        listener("ELBSecurityPolicy-TLS13-1-2-Res-PQ-2099-01").await,
+        "SSLPolicyNotFound",
+        "not found",
+    );
+    let created = accepted(listener("ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09").await);
+    let listener = created.listeners()[0].listener_arn().unwrap();
+    let modify = |policy: &str| {
+        elbv2
+            .modify_listener()
+            .listener_arn(listener)
+            .ssl_policy(policy)
+            .send()
+    };
+    refused(
+        modify("ELBSecurityPolicy-Made-Up").await,
+        "SSLPolicyNotFound",
+        "not found",
+    );
+    for policy in [
+        "ELBSecurityPolicy-TLS13-1-2-Ext1-PQ-2025-09",
+        "ELBSecurityPolicy-TLS13-1-2-Res-FIPS-2023-04",
+        "ELBSecurityPolicy-TLS13-1-2-Res-2021-06",
+    ] {
+        accepted(modify(policy).await);
+        let described = elbv2
+            .describe_listeners()
+            .listener_arns(listener)
+            .send()
+            .await;
+        assert_eq!(
+            accepted(described).listeners()[0].ssl_policy(),
+            Some(policy)
+        );
+    }
+}
+
 /// Replication group ids: 1 to 40 letters, digits and hyphens, a letter first, no hyphen
 /// last, no two in a row; and the group's shape within ElastiCache's bounds.
 #[tokio::test]

@@ -462,6 +462,49 @@ def listener_rule(request: Request, _context) -> None:
                 raise Refused("ValidationError", f"A path pattern can be at most 128 characters long: '{pattern}'")
 
 
+# Listener security policies: AWS refuses a name it does not offer (`SSLPolicyNotFound`,
+# API_CreateListener and API_ModifyListener errors). moto's table holds the policies up
+# to 2021-06 (`MOTO_SSL_POLICIES`); the FIPS policies of 2023-04 and the post-quantum ones
+# of 2025-09 are AWS's since ("Security policies for your Application Load Balancer",
+# https://docs.aws.amazon.com/elasticloadbalancing/latest/application/describe-ssl-policies.html).
+NEWER_SSL_POLICIES = frozenset(
+    f"ELBSecurityPolicy-TLS13-{variant}"
+    for variant in (
+        "1-0-FIPS-2023-04",
+        "1-1-FIPS-2023-04",
+        "1-2-FIPS-2023-04",
+        "1-2-Res-FIPS-2023-04",
+        "1-2-Ext0-FIPS-2023-04",
+        "1-2-Ext1-FIPS-2023-04",
+        "1-2-Ext2-FIPS-2023-04",
+        "1-3-FIPS-2023-04",
+        "1-2-PQ-2025-09",
+        "1-2-Res-PQ-2025-09",
+        "1-2-Ext1-PQ-2025-09",
+        "1-2-Ext2-PQ-2025-09",
+        "1-3-PQ-2025-09",
+        "1-2-FIPS-PQ-2025-09",
+        "1-2-Res-FIPS-PQ-2025-09",
+        "1-2-Ext0-FIPS-PQ-2025-09",
+        "1-2-Ext1-FIPS-PQ-2025-09",
+        "1-2-Ext2-FIPS-PQ-2025-09",
+        "1-3-FIPS-PQ-2025-09",
+    )
+)
+
+
+def moto_ssl_policies() -> frozenset:
+    from moto.elbv2.responses import SSL_POLICIES
+
+    return frozenset(policy["name"] for policy in SSL_POLICIES)
+
+
+def ssl_policy(request: Request, _context) -> None:
+    policy = request.get("SslPolicy")
+    if policy is not None and policy not in NEWER_SSL_POLICIES | moto_ssl_policies():
+        raise Refused("SSLPolicyNotFound", f"Policy {policy} not found")
+
+
 # --- ElastiCache ----------------------------------------------------------------------
 
 # Replication group ids: "A name must contain from 1 to 40 alphanumeric characters or
@@ -828,6 +871,8 @@ RULES: dict[str, dict[str, tuple[Check, ...]]] = {
         "AddTags": (elb_tags,),
         "ModifyLoadBalancerAttributes": (elb_attributes,),
         "ModifyTargetGroupAttributes": (elb_attributes,),
+        "CreateListener": (ssl_policy, elb_tags),
+        "ModifyListener": (ssl_policy,),
         "CreateRule": (listener_rule, elb_tags),
         "ModifyRule": (listener_rule,),
     },
