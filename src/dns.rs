@@ -368,7 +368,7 @@ async fn current_set(
 pub async fn check_domain_is_free(
     stack: &Stack,
     zone: &HostedZone,
-    load_balancer: Option<&(String, String)>,
+    load_balancer: Option<(&str, &str)>,
 ) -> Result<()> {
     let name = &stack.spec.domain.name;
     let route53 = &stack.clients.route53;
@@ -421,18 +421,32 @@ pub async fn ensure_alias(
     .await
 }
 
+/// Deletes `alias`, which the stack wrote for a domain it no longer serves, in the zone
+/// `zone_id`, while it still points where the stack wrote it.
+pub async fn retire_alias(stack: &Stack, zone_id: &str, alias: &Record) -> Result<()> {
+    for record in deletables(stack, zone_id, std::slice::from_ref(alias)).await {
+        if stack.make(
+            Action::Delete,
+            record.label(),
+            "a domain the stack no longer serves",
+        ) {
+            record.delete().await.map_err(|err| match err {
+                DeleteError::Blocked(why) | DeleteError::Busy(why) => anyhow::anyhow!(why),
+                DeleteError::Failed(err) => err,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The `owned` records that exist and still hold what the stack wrote, to delete: the
 /// domain's alias (see [`domain_alias`]) only while it points at the stack's load
 /// balancer, and the certificate's validation CNAMEs. A record that now points elsewhere
 /// was changed by someone else and is left alone.
-pub async fn deletables(
-    stack: &Stack,
-    zone: &HostedZone,
-    owned: &[Record],
-) -> Vec<Box<dyn Deletable>> {
+pub async fn deletables(stack: &Stack, zone_id: &str, owned: &[Record]) -> Vec<Box<dyn Deletable>> {
     let mut found: Vec<Box<dyn Deletable>> = Vec::new();
     for record in owned {
-        match current_set(&stack.clients.route53, &zone.id, record).await {
+        match current_set(&stack.clients.route53, zone_id, record).await {
             Ok(None) => {}
             Ok(Some(set)) if !record.points_like(&set) => stack.progress.note(&format!(
                 "dns {} no longer points where the stack wrote it: left in place",
@@ -441,7 +455,7 @@ pub async fn deletables(
             // A record that could not be looked up is looked up again when deleted.
             Ok(Some(_)) | Err(_) => found.push(Box::new(RecordSet {
                 route53: stack.clients.route53.clone(),
-                zone_id: zone.id.clone(),
+                zone_id: zone_id.to_owned(),
                 record: record.clone(),
             })),
         }
@@ -699,7 +713,7 @@ mod tests {
         let stack = testing::stack(clients);
         let ours = domain_alias(&stack, "chat-alb-1.us-east-1.elb.amazonaws.com", "ZALB");
 
-        assert!(deletables(&stack, &zone(), &[ours]).await.is_empty());
+        assert!(deletables(&stack, &zone().id, &[ours]).await.is_empty());
     }
 
     #[tokio::test]
@@ -721,7 +735,7 @@ mod tests {
         clients.route53 = mock_client!(aws_sdk_route53, RuleMode::MatchAny, [&list, &delete]);
         let stack = testing::stack(clients);
 
-        let found = deletables(&stack, &zone(), &[ours]).await;
+        let found = deletables(&stack, &zone().id, &[ours]).await;
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].key(), "route53-record:chat.example.com:A");
         found[0].delete().await.unwrap();

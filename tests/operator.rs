@@ -20,7 +20,7 @@ use support::TestStack;
 
 /// Actions the policy grants that no SDK call names: AWS checks them on the deployer's
 /// behalf inside another call.
-const CHECKED_INSIDE_OTHER_CALLS: [(&str, &str); 4] = [
+const CHECKED_INSIDE_OTHER_CALLS: [(&str, &str); 3] = [
     // https://docs.aws.amazon.com/elasticloadbalancing/latest/application/elb-service-linked-roles.html
     // https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/using-service-linked-roles.html
     // https://docs.aws.amazon.com/autoscaling/ec2/userguide/autoscaling-service-linked-role.html
@@ -32,12 +32,6 @@ const CHECKED_INSIDE_OTHER_CALLS: [(&str, &str); 4] = [
     (
         "ec2:RunInstances",
         "CreateAutoScalingGroup/UpdateAutoScalingGroup with a launch template: the caller must be allowed to launch from it",
-    ),
-    // https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_CreateLoadBalancer.html
-    // ("you must have permission to use elasticloadbalancing:AddTags" to tag on create)
-    (
-        "elasticloadbalancing:AddTags",
-        "CreateLoadBalancer/CreateTargetGroup with tags",
     ),
     // https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/IAM.ResourceLevelPermissions.html
     (

@@ -543,6 +543,81 @@ async fn scaling_tracks_the_average_cpu_between_min_and_max_and_up_does_not_figh
     stack.run(&["destroy", "--yes"]);
 }
 
+/// The stack's A records in the zone `zone_id`: each name with the DNS name its alias
+/// points at.
+async fn alias_records(aws: &SdkConfig, zone_id: &str) -> Vec<(String, String)> {
+    let records = aws_sdk_route53::Client::new(aws)
+        .list_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .send()
+        .await
+        .expect("ListResourceRecordSets");
+    records
+        .resource_record_sets()
+        .iter()
+        .filter(|set| set.r#type().as_str() == "A")
+        .map(|set| {
+            let target = set.alias_target().map(|alias| alias.dns_name().to_owned());
+            (set.name().to_owned(), target.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// A changed `domain.name` moves the alias: `plan` says the old name's alias goes, `up`
+/// points the new name at the load balancer and deletes the alias it wrote for the old
+/// one (record sets carry no tags: the load balancer's tag says which alias the stack
+/// wrote), and `destroy` leaves no record of either name behind.
+#[tokio::test]
+async fn a_changed_domain_moves_the_alias_and_leaves_no_record_behind() {
+    let aws = support::localstack().await;
+    let (stack, zone_id) = TestStack::with_zone(&aws, "d").await;
+    let outputs = stack.up();
+    let load_balancer = outputs["load_balancer_dns_name"]
+        .as_str()
+        .expect("the load balancer's DNS name")
+        .to_owned();
+    let (old, new) = (
+        format!("chat.{}.", stack.zone),
+        format!("www.{}.", stack.zone),
+    );
+    assert_eq!(
+        alias_records(&aws, &zone_id).await,
+        [(old.clone(), load_balancer.clone())]
+    );
+
+    stack.edit(
+        &format!("  name: chat.{}\n", stack.zone),
+        &format!("  name: www.{}\n", stack.zone),
+    );
+    let plan = plan_json(&stack, 2);
+    let old_alias = format!("dns {} A", old.trim_end_matches('.'));
+    assert!(
+        plan["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .any(|change| {
+                change["action"] == "delete" && change["resource"] == old_alias.as_str()
+            }),
+        "plan deletes {old_alias}: {plan:#}"
+    );
+    let moved = stack.up();
+    assert_eq!(
+        moved["url"],
+        format!("https://{}/", new.trim_end_matches('.'))
+    );
+    assert_eq!(
+        alias_records(&aws, &zone_id).await,
+        [(new.clone(), load_balancer.clone())],
+        "the new name's alias, and not the old one's"
+    );
+    let again = stack.up();
+    assert_eq!(again["changes"], json!([]), "a second up changes nothing");
+
+    stack.run(&["destroy", "--yes"]);
+    verify_nothing_left(&aws, &stack, &zone_id).await;
+}
+
 /// `up --yes` on `stack`, which must fail: what it said on stderr.
 fn up_refused(stack: &TestStack) -> String {
     let output = stack

@@ -15,6 +15,7 @@ use crate::deploy::{self, Fleet, Pacing, Wanted};
 use crate::fleet::GroupFleet;
 use crate::group::{self, template};
 use crate::instances::{self, Boot, Launch};
+use crate::load_balancer::WrittenAlias;
 use crate::platform::Platform;
 use crate::stack::Stack;
 use crate::{cache, certificate, dns, load_balancer, network};
@@ -121,6 +122,7 @@ pub async fn converge(
             &load_balancer.canonical_hosted_zone_id,
         )
         .await?;
+        retire_old_alias(stack, &preflight.zone, &load_balancer).await?;
         Ok::<_, anyhow::Error>((load_balancer, certificate))
     };
     let (redis_endpoint, (load_balancer, certificate)) =
@@ -184,4 +186,29 @@ pub async fn converge(
         changes: stack.clients.calls.mutating(),
         canary: None,
     })
+}
+
+/// Once the domain's alias points at the load balancer, the alias the stack wrote before
+/// for another name (`domain.name` or `domain.hosted_zone` changed) goes, and the load
+/// balancer records the new one: users of the old name would otherwise reach a load
+/// balancer whose certificate no longer names it, and nothing would ever delete it.
+async fn retire_old_alias(
+    stack: &Stack,
+    zone: &dns::HostedZone,
+    load_balancer: &load_balancer::LoadBalancer,
+) -> Result<()> {
+    let current = WrittenAlias::new(&zone.id, &stack.spec.domain.name);
+    let written = load_balancer::written_alias(stack, &load_balancer.arn).await?;
+    if written.as_ref() == Some(&current) {
+        return Ok(());
+    }
+    if let Some(old) = written {
+        let alias = dns::Record::alias_a(
+            &old.name,
+            &load_balancer.dns_name,
+            &load_balancer.canonical_hosted_zone_id,
+        );
+        dns::retire_alias(stack, &old.zone_id, &alias).await?;
+    }
+    load_balancer::record_alias(stack, &load_balancer.arn, &current).await
 }

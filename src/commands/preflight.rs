@@ -49,7 +49,10 @@ pub async fn preflight(stack: &Stack, update_image: bool) -> Result<Preflight> {
         .run(
             async {
                 let load_balancer = load_balancer::alias_target(stack).await?;
-                dns::check_domain_is_free(stack, &zone, load_balancer.as_ref()).await
+                let target = load_balancer
+                    .as_ref()
+                    .map(|lb| (lb.dns_name.as_str(), lb.hosted_zone_id.as_str()));
+                dns::check_domain_is_free(stack, &zone, target).await
             },
             |()| "free, or the stack's".to_owned(),
         )

@@ -60,8 +60,8 @@ pub(super) fn tags(stack: &Stack, role: &str) -> Vec<Tag> {
         .collect()
 }
 
-/// Whether the resource at `arn` carries this stack's tag.
-pub(super) async fn is_ours(stack: &Stack, arn: &str) -> Result<bool> {
+/// The tags of the resource at `arn`.
+async fn resource_tags(stack: &Stack, arn: &str) -> Result<Vec<Tag>> {
     let out = stack
         .clients
         .elbv2
@@ -74,6 +74,15 @@ pub(super) async fn is_ours(stack: &Stack, arn: &str) -> Result<bool> {
         .tag_descriptions()
         .iter()
         .flat_map(|description| description.tags())
+        .cloned()
+        .collect())
+}
+
+/// Whether the resource at `arn` carries this stack's tag.
+pub(super) async fn is_ours(stack: &Stack, arn: &str) -> Result<bool> {
+    Ok(resource_tags(stack, arn)
+        .await?
+        .iter()
         .any(|tag| stack.names.is_stack_tag(tag.key(), tag.value())))
 }
 
@@ -434,15 +443,92 @@ pub async fn summary(stack: &Stack) -> Result<Option<Summary>> {
     }))
 }
 
-/// Where the domain's alias record points while the stack's load balancer exists: its
-/// DNS name and canonical hosted zone, so destroy deletes only an alias the stack wrote.
-pub async fn alias_target(stack: &Stack) -> Result<Option<(String, String)>> {
+/// The tag on the load balancer that says which alias record the stack last pointed at
+/// it, as `<hosted zone id> <domain>`. Record sets carry no tags: this is how `up` and
+/// `destroy` still find the alias of a domain the stack served before `domain.name` (or
+/// `domain.hosted_zone`) changed.
+const ALIAS_TAG: &str = "realtime-stack:alias";
+
+/// An alias record the stack wrote to its load balancer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenAlias {
+    pub zone_id: String,
+    /// Lowercase, without the trailing dot.
+    pub name: String,
+}
+
+impl WrittenAlias {
+    pub fn new(zone_id: &str, name: &str) -> Self {
+        Self {
+            zone_id: zone_id.to_owned(),
+            name: name.trim_end_matches('.').to_ascii_lowercase(),
+        }
+    }
+}
+
+/// Where the domain's alias record points while the stack's load balancer exists, so
+/// that destroy deletes only an alias the stack wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasTarget {
+    pub dns_name: String,
+    pub hosted_zone_id: String,
+    /// The alias the stack last wrote to it, when recorded.
+    pub written: Option<WrittenAlias>,
+}
+
+/// The stack's load balancer as an alias target, if it exists.
+pub async fn alias_target(stack: &Stack) -> Result<Option<AliasTarget>> {
     let found = find_load_balancer(stack).await?;
-    let lb = ours_only(stack, found, "load balancer", stack.names.load_balancer());
-    Ok(lb.and_then(|lb| {
-        Some((
-            lb.dns_name()?.to_owned(),
-            lb.canonical_hosted_zone_id()?.to_owned(),
-        ))
+    let Some(lb) = ours_only(stack, found, "load balancer", stack.names.load_balancer()) else {
+        return Ok(None);
+    };
+    let (Some(arn), Some(dns_name), Some(hosted_zone_id)) = (
+        lb.load_balancer_arn(),
+        lb.dns_name(),
+        lb.canonical_hosted_zone_id(),
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(AliasTarget {
+        dns_name: dns_name.to_owned(),
+        hosted_zone_id: hosted_zone_id.to_owned(),
+        written: written_alias(stack, arn).await?,
     }))
+}
+
+/// The alias the stack last pointed at the load balancer `arn`, as its tag records it.
+pub async fn written_alias(stack: &Stack, arn: &str) -> Result<Option<WrittenAlias>> {
+    if is_planned(arn) {
+        return Ok(None);
+    }
+    Ok(resource_tags(stack, arn)
+        .await?
+        .iter()
+        .filter(|tag| tag.key() == Some(ALIAS_TAG))
+        .find_map(|tag| tag.value()?.split_once(' '))
+        .map(|(zone_id, name)| WrittenAlias::new(zone_id, name)))
+}
+
+/// Records on the load balancer `arn` that `alias` now points at it.
+pub async fn record_alias(stack: &Stack, arn: &str, alias: &WrittenAlias) -> Result<()> {
+    let name = stack.names.load_balancer();
+    let reason = format!("records that the alias {} points at it", alias.name);
+    if is_planned(arn) || !stack.make(Action::Update, format!("load balancer {name}"), reason) {
+        return Ok(());
+    }
+    stack
+        .clients
+        .elbv2
+        .add_tags()
+        .resource_arns(arn)
+        .tags(
+            Tag::builder()
+                .key(ALIAS_TAG)
+                .value(format!("{} {}", alias.zone_id, alias.name))
+                .build(),
+        )
+        .send()
+        .await
+        .call(format!("AddTags {name} {ALIAS_TAG}"))?;
+    Ok(())
 }
