@@ -271,6 +271,7 @@ pub fn document(scope: &Scope) -> Value {
                 "elasticache:*TagsToResource",
                 "elasticache:TestFailover",
                 "elasticache:ListTagsForResource",
+                "elasticache:ListAllowedNodeTypeModifications",
             ],
             json!([
                 cache(&format!("replicationgroup:{replication_group}")),

@@ -647,8 +647,9 @@ fn plan_json(stack: &TestStack, expected_code: i32) -> Value {
 /// every resource to create and no AWS call that changes anything (LocalStack holds
 /// nothing afterwards), exit code 2; after `up`, nothing to do, exit code 0; after a
 /// change by hand and a new build, the attribute to set back and every instance to
-/// replace with the reason, and again nothing changed. A new app port is refused by
-/// `up` before anything changes.
+/// replace with the reason, and again nothing changed. A new app port, and a Redis node
+/// type ElastiCache does not offer from the running one, are refused by `up` before
+/// anything changes; a larger node type is planned.
 #[tokio::test]
 async fn plan_says_what_up_would_do_and_changes_nothing() {
     let aws = support::localstack().await;
@@ -783,6 +784,43 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
         .map(|permission| permission.from_port())
         .collect();
     assert_eq!(ports, [Some(8080)], "the instances still take their port");
+    stack.edit("  app_port: 8081\n", "");
+
+    // A larger Redis node: a scale up ElastiCache offers (ListAllowedNodeTypeModifications,
+    // served by the extension), which plan shows. A node type it does not offer from the
+    // running one is refused before anything changes, naming those it does.
+    stack.edit(
+        "  replicas: 1\n",
+        "  replicas: 1\n  node_type: cache.m7g.large\n",
+    );
+    let changes = plan(2);
+    assert!(
+        changes
+            .iter()
+            .any(|change| change["resource"] == format!("redis {name}-redis")
+                && change["reason"] == "changing node type to cache.m7g.large"),
+        "{changes:#?}"
+    );
+    stack.edit("cache.m7g.large", "cache.c7gn.large");
+    let stderr = up_refused(&stack);
+    assert!(
+        stderr.contains(&format!(
+            "ElastiCache cannot move the replication group {name}-redis from cache.t4g.micro \
+             to cache.c7gn.large"
+        )) && stderr.contains("cache.m7g.large, cache.m7g.xlarge")
+            && stderr.contains("Set redis.node_type to one of those, or to cache.t4g.micro"),
+        "{stderr}"
+    );
+    let groups = aws_sdk_elasticache::Client::new(&aws)
+        .describe_replication_groups()
+        .replication_group_id(format!("{name}-redis"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        groups.replication_groups()[0].cache_node_type(),
+        Some("cache.t4g.micro")
+    );
 
     stack.run(&["destroy", "--yes"]);
 }

@@ -19,7 +19,7 @@ use crate::aws::{CACHE_NEW_SUBNETS, Call, found, once_known};
 use crate::engine::{Action, Step, planned_id, wait_for};
 use crate::names::{Names, STACK_TAG};
 use crate::stack::Stack;
-use modify::{apply, fixes};
+use modify::{Fix, apply, fixes};
 
 mod modify;
 mod teardown;
@@ -261,6 +261,9 @@ async fn ensure_replication_group(
                 step.set(&fix.to_string());
                 apply(stack, &id, &fix).await?;
                 group = wait_available(stack, step, &id).await?;
+                if let Fix::NodeType(want) = &fix {
+                    refuse_unscaled(stack, &group, want).await?;
+                }
             }
             endpoint(&group)
         }
@@ -336,7 +339,7 @@ async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<Replicat
                 "create-failed" => bail!(
                     "ElastiCache could not create the replication group {id}: {}. Run \
                      `realtime-stack destroy`, fix the cause, and `up` again",
-                    why_create_failed(stack, id).await
+                    latest_events(stack, id).await
                 ),
                 "deleting" => bail!(
                     "the replication group {id} is being deleted: wait until it is gone, then \
@@ -358,10 +361,10 @@ async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<Replicat
 /// How far back DescribeEvents reaches: ElastiCache keeps events for 14 days.
 const EVENTS_KEPT_MINUTES: i32 = 14 * 24 * 60;
 
-/// Why the group's creation failed, in ElastiCache's words: its latest events. The
-/// group's status says only `create-failed`
-/// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DescribeEvents.html>).
-async fn why_create_failed(stack: &Stack, id: &str) -> String {
+/// Why a change to the group failed, in ElastiCache's words: its latest events. The
+/// group's status says only `create-failed`, or `available` again after a scale that did
+/// not happen (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DescribeEvents.html>).
+async fn latest_events(stack: &Stack, id: &str) -> String {
     let events = stack
         .clients
         .elasticache
@@ -389,6 +392,73 @@ async fn why_create_failed(stack: &Stack, id: &str) -> String {
     } else {
         latest.join("; ")
     }
+}
+
+/// Preflight: whether ElastiCache can move the running group to `redis.node_type`. The
+/// CacheNodeType of a ModifyReplicationGroup "must be one of the node types returned by"
+/// ListAllowedNodeTypeModifications (API reference), so any other is refused here,
+/// before anything changes.
+pub async fn check_node_type(stack: &Stack) -> Result<String> {
+    let id = stack.names.replication_group();
+    let want = stack.spec.redis.node_type.as_str();
+    let elasticache = &stack.clients.elasticache;
+    let Some(group) = describe_group(elasticache, &id).await? else {
+        return Ok(format!("{want}, for a new group"));
+    };
+    let have = group.cache_node_type().unwrap_or("an unknown node type");
+    if have == want {
+        return Ok(format!("{want}, as running"));
+    }
+    let allowed = elasticache
+        .list_allowed_node_type_modifications()
+        .replication_group_id(&id)
+        .send()
+        .await
+        .call(format!("ListAllowedNodeTypeModifications {id}"))?;
+    let offers = |types: &[String]| types.iter().any(|offered| offered == want);
+    if offers(allowed.scale_up_modifications()) {
+        return Ok(format!("{have} to {want}, a scale up"));
+    }
+    if offers(allowed.scale_down_modifications()) {
+        return Ok(format!(
+            "{have} to {want}, a scale down, which ElastiCache makes only if the data fits"
+        ));
+    }
+    let mut offered: Vec<&str> = allowed
+        .scale_up_modifications()
+        .iter()
+        .chain(allowed.scale_down_modifications())
+        .map(String::as_str)
+        .collect();
+    offered.sort_unstable();
+    bail!(
+        "ElastiCache cannot move the replication group {id} from {have} to {want}; from {have} \
+         it offers {} (ListAllowedNodeTypeModifications). Set redis.node_type to one of \
+         those, or to {have}; to run on {want}, `destroy` and `up` again (Redis's data is lost)",
+        if offered.is_empty() {
+            "no other node type".to_owned()
+        } else {
+            offered.join(", ")
+        }
+    );
+}
+
+/// After a node type change, the group back to `available` on its old node type: a scale
+/// down to a node the data does not fit is refused that way, with an event saying so
+/// ("Failed to scale down ... because the node has insufficient memory", AWS re:Post,
+/// knowledge-center/elasticache-redis-change-node-errors).
+async fn refuse_unscaled(stack: &Stack, group: &ReplicationGroup, want: &str) -> Result<()> {
+    let have = group.cache_node_type().unwrap_or("an unknown node type");
+    if have == want {
+        return Ok(());
+    }
+    let id = stack.names.replication_group();
+    bail!(
+        "ElastiCache did not move the replication group {id} to {want}: it runs on {have} \
+         still ({}). A smaller node type must hold the data and ElastiCache's reserved memory \
+         (25 % by default): set redis.node_type to {have} or a larger type, or reduce the data",
+        latest_events(stack, &id).await
+    );
 }
 
 /// Differences ElastiCache cannot change in place: the group must be re-created.

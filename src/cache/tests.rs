@@ -20,6 +20,7 @@ use aws_sdk_elasticache::operation::describe_replication_groups::{
     DescribeReplicationGroupsError, DescribeReplicationGroupsOutput,
 };
 use aws_sdk_elasticache::operation::increase_replica_count::IncreaseReplicaCountOutput;
+use aws_sdk_elasticache::operation::list_allowed_node_type_modifications::ListAllowedNodeTypeModificationsOutput;
 use aws_sdk_elasticache::operation::list_tags_for_resource::{
     ListTagsForResourceError, ListTagsForResourceOutput,
 };
@@ -76,6 +77,13 @@ fn group(status: &str) -> ReplicationGroup {
                 .build(),
         )
         .build()
+}
+
+/// The example group, `status`, on `node_type`.
+fn running_on(node_type: &str, status: &str) -> DescribeReplicationGroupsOutput {
+    let mut group = group(status);
+    group.cache_node_type = Some(node_type.to_owned());
+    described(group)
 }
 
 fn described(group: ReplicationGroup) -> DescribeReplicationGroupsOutput {
@@ -208,8 +216,8 @@ async fn a_changed_node_type_is_modified_in_place() {
         .sequence()
         .output(|| described(group("available")))
         .times(2)
-        .output(|| described(group("modifying")))
-        .output(|| described(group("available")))
+        .output(|| running_on("cache.r7g.large", "modifying"))
+        .output(|| running_on("cache.r7g.large", "available"))
         .build();
     let modify = mock!(Client::modify_replication_group)
         .match_requests(|req| {
@@ -224,6 +232,109 @@ async fn a_changed_node_type_is_modified_in_place() {
 
     assert_eq!(modify.num_calls(), 1);
     assert_eq!(describe.num_calls(), 4);
+}
+
+/// A scale down to a node the data does not fit: ElastiCache accepts the
+/// ModifyReplicationGroup, takes the group to `modifying`, and brings it back `available`
+/// on its old node type, saying why only in an event ("Failed to scale down to cache node
+/// type ... because the node has insufficient memory", AWS re:Post,
+/// knowledge-center/elasticache-redis-change-node-errors). LocalStack does not modify
+/// replication groups, so this is mocked. `up` must not report the change as made.
+#[tokio::test]
+async fn a_scale_down_elasticache_did_not_make_is_an_error_with_its_reason() {
+    let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+    let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+    let describe = mock!(Client::describe_replication_groups)
+        .sequence()
+        .output(|| running_on("cache.r7g.large", "available"))
+        .times(2)
+        .output(|| running_on("cache.r7g.large", "modifying"))
+        .output(|| running_on("cache.r7g.large", "available"))
+        .build();
+    let modify = mock!(Client::modify_replication_group)
+        .match_requests(|req| req.cache_node_type() == Some("cache.t4g.micro"))
+        .then_output(|| ModifyReplicationGroupOutput::builder().build());
+    let events = mock!(Client::describe_events).then_output(|| {
+        DescribeEventsOutput::builder()
+            .events(
+                Event::builder()
+                    .date(aws_smithy_types::DateTime::from_secs(100))
+                    .message(
+                        "Failed to scale down to cache node type cache.t4g.micro Replication \
+                         Group chat-redis because the node has insufficient memory.",
+                    )
+                    .build(),
+            )
+            .build()
+    });
+    let stack = testing::stack(mocked(&[&subnet_group, &tags, &describe, &modify, &events]));
+
+    let err = ensure(&stack, &subnets(), "sg-redis")
+        .await
+        .unwrap_err()
+        .to_string();
+
+    assert_eq!(modify.num_calls(), 1);
+    assert!(
+        err.contains(
+            "ElastiCache did not move the replication group chat-redis to cache.t4g.micro: it \
+             runs on cache.r7g.large still (Failed to scale down to cache node type \
+             cache.t4g.micro"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("set redis.node_type to cache.r7g.large or a larger type"),
+        "{err}"
+    );
+}
+
+/// Preflight holds `redis.node_type` to what ListAllowedNodeTypeModifications offers from
+/// the running node type, saying which way it scales.
+#[tokio::test]
+async fn the_node_type_is_checked_against_what_elasticache_offers() {
+    let describe = mock!(Client::describe_replication_groups)
+        .then_output(|| running_on("cache.r7g.large", "available"));
+    let allowed = mock!(Client::list_allowed_node_type_modifications)
+        .match_requests(|req| req.replication_group_id() == Some("chat-redis"))
+        .then_output(|| {
+            ListAllowedNodeTypeModificationsOutput::builder()
+                .scale_up_modifications("cache.r7g.xlarge")
+                .scale_down_modifications("cache.t4g.micro")
+                .build()
+        });
+    let mut stack = testing::stack(mocked(&[&describe, &allowed]));
+    let mut check = async |node_type: &str| {
+        stack.spec.redis.node_type = node_type.to_owned();
+        check_node_type(&stack).await.map_err(|err| err.to_string())
+    };
+
+    assert_eq!(
+        check("cache.r7g.large").await.unwrap(),
+        "cache.r7g.large, as running"
+    );
+    assert_eq!(
+        check("cache.r7g.xlarge").await.unwrap(),
+        "cache.r7g.large to cache.r7g.xlarge, a scale up"
+    );
+    assert_eq!(
+        check("cache.t4g.micro").await.unwrap(),
+        "cache.r7g.large to cache.t4g.micro, a scale down, which ElastiCache makes only if the \
+         data fits"
+    );
+    let refused = check("cache.m5.large").await.unwrap_err();
+    assert!(
+        refused.contains(
+            "from cache.r7g.large it offers cache.r7g.xlarge, cache.t4g.micro \
+             (ListAllowedNodeTypeModifications)"
+        ),
+        "{refused}"
+    );
+    assert_eq!(
+        allowed.num_calls(),
+        3,
+        "not asked when the node type is unchanged"
+    );
 }
 
 #[tokio::test]

@@ -95,6 +95,10 @@ pub async fn preflight(stack: &Stack, update_image: bool) -> Result<Preflight> {
             },
         )
         .await?;
+    progress
+        .step("Redis node type")
+        .run(cache::check_node_type(stack), Clone::clone)
+        .await?;
     let binary_step = progress.step("chat-server binary");
     binary_step.set(&match &stack.spec.instances.binary {
         Some(_) => "reading".to_owned(),

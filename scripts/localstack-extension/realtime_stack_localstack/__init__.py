@@ -17,6 +17,7 @@ from localstack.services.moto import call_moto, call_moto_with_request
 from localstack.services.plugins import Service, aws_provider
 
 from .engines import ENGINE_VERSIONS
+from .node_types import allowed_modifications
 
 
 def forward_to_moto(context, _request):
@@ -129,6 +130,22 @@ def modify_listener(context, request):
     return response
 
 
+def list_allowed_node_type_modifications(context, request):
+    """moto does not implement ListAllowedNodeTypeModifications; answered from
+    `node_types.NODE_MEMORY_GIB` for the group's node type."""
+    backend = elasticache_backend(context)
+    group_id = request.get("ReplicationGroupId") or ""
+    group = backend.replication_groups.get(group_id)
+    if group is None:
+        raise CommonServiceException(
+            "ReplicationGroupNotFoundFault",
+            f"Replication group {group_id} not found.",
+            status_code=404,
+        )
+    up, down = allowed_modifications(group.cache_node_type)
+    return {"ScaleUpModifications": up, "ScaleDownModifications": down}
+
+
 @aws_provider()
 def elbv2() -> Service:
     return moto_service("elbv2", {"ModifyListener": modify_listener})
@@ -143,5 +160,6 @@ def elasticache() -> Service:
             "DeleteReplicationGroup": delete_replication_group,
             "DeleteCacheSubnetGroup": delete_cache_subnet_group,
             "DescribeCacheEngineVersions": describe_cache_engine_versions,
+            "ListAllowedNodeTypeModifications": list_allowed_node_type_modifications,
         },
     )
