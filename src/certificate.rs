@@ -379,6 +379,8 @@ pub async fn owned(stack: &Stack) -> Result<Owned> {
         .into_iter()
         .partition(|certificate| certificate.ours);
     let validation_records = validation_records(stack, &ours, &others).await?;
+    // The CNAMEs go first: only a certificate leads `destroy` to them.
+    let records: Vec<String> = validation_records.iter().map(Record::key).collect();
     let certificates = ours
         .into_iter()
         .map(|owned| {
@@ -386,6 +388,7 @@ pub async fn owned(stack: &Stack) -> Result<Owned> {
                 acm: stack.clients.acm.clone(),
                 arn: owned.arn,
                 domain: owned.domain,
+                blocked_by: records.clone(),
             }) as Box<dyn Deletable>
         })
         .collect();
@@ -443,6 +446,7 @@ struct AcmCertificate {
     acm: aws_sdk_acm::Client,
     arn: String,
     domain: String,
+    blocked_by: Vec<String>,
 }
 
 impl Deletable for AcmCertificate {
@@ -452,6 +456,10 @@ impl Deletable for AcmCertificate {
 
     fn label(&self) -> String {
         format!("certificate {}", self.domain)
+    }
+
+    fn blocked_by(&self) -> Vec<String> {
+        self.blocked_by.clone()
     }
 
     fn delete(&self) -> DeleteFuture<'_> {

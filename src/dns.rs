@@ -130,6 +130,15 @@ impl Record {
     fn describe(&self) -> String {
         format!("{} {}", normalize(&self.name), self.record_type)
     }
+
+    /// What `destroy` knows the record by: what waits for it names it so.
+    pub fn key(&self) -> String {
+        format!(
+            "route53-record:{}:{}",
+            normalize(&self.name),
+            self.record_type
+        )
+    }
 }
 
 /// Route53 answers names lowercase with a trailing dot; users and ACM write them either
@@ -471,11 +480,7 @@ struct RecordSet {
 
 impl Deletable for RecordSet {
     fn key(&self) -> String {
-        format!(
-            "route53-record:{}:{}",
-            normalize(&self.record.name),
-            self.record.record_type
-        )
+        self.record.key()
     }
 
     fn label(&self) -> String {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use aws_config::SdkConfig;
 use aws_sdk_ec2::types::Filter;
 use aws_sdk_elasticloadbalancingv2::types::{ActionTypeEnum, ProtocolEnum};
+use futures::StreamExt;
 use realtime_stack::artifact::sha256_hex;
 use serde_json::{Value, json};
 use support::TestStack;
@@ -121,6 +122,29 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
         "a second up must not change anything"
     );
     assert_eq!(again["instance_ids"], outputs["instance_ids"]);
+
+    // Months of access logs: more objects than one DeleteObjects call takes.
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws)
+            .force_path_style(true)
+            .build(),
+    );
+    let logs = format!("{}-alb-logs-000000000000-us-east-1", stack.name);
+    futures::stream::iter(0..1_100)
+        .map(|n| {
+            s3.put_object()
+                .bucket(&logs)
+                .key(format!(
+                    "AWSLogs/000000000000/elasticloadbalancing/log-{n:04}.gz"
+                ))
+                .body(aws_sdk_s3::primitives::ByteStream::from_static(b"log"))
+                .send()
+        })
+        .buffer_unordered(32)
+        .for_each(|put| async {
+            put.expect("PutObject into the access-log bucket");
+        })
+        .await;
 
     stack.run(&["destroy", "--yes"]);
     verify_nothing_left(&aws, &stack, &zone_id).await;

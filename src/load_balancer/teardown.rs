@@ -8,6 +8,7 @@ use super::listeners::listeners;
 use super::target_group::find_target_group;
 use super::{find_load_balancer, not_ours};
 use crate::aws::delete_outcome;
+use crate::dns::Record;
 use crate::engine::{Deletable, DeleteFuture};
 use crate::stack::Stack;
 
@@ -135,12 +136,27 @@ pub async fn deletables(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Dele
         }
         lb_keys.extend(listener_keys.iter().cloned());
         lb_keys.push(key(Kind::LoadBalancer, &arn));
+        // The aliases to it go first: only the load balancer leads `destroy` to them
+        // (record sets carry no tags), so one deleted before them would leave them for good.
+        let mut blocked_by = listener_keys;
+        let aliases = [
+            Some(stack.spec.domain.name.clone()),
+            super::written_alias(stack, &arn)
+                .await?
+                .map(|alias| alias.name),
+        ];
+        blocked_by.extend(
+            aliases
+                .into_iter()
+                .flatten()
+                .map(|name| Record::alias_a(&name, "", "").key()),
+        );
         resources.push(Elbv2Resource {
             elbv2: elbv2.clone(),
             kind: Kind::LoadBalancer,
             label: format!("load balancer {}", stack.names.load_balancer()),
             arn,
-            blocked_by: listener_keys,
+            blocked_by,
         });
     }
     let load_balancer_key = lb_keys.last().cloned();
