@@ -36,6 +36,9 @@ pub struct Scope<'a> {
     pub region: &'a str,
     /// The id of the hosted zone that holds the domain (without `/hostedzone/`).
     pub hosted_zone_id: &'a str,
+    /// The alias the stack wrote for an earlier `domain.name`, as (hosted zone id, name):
+    /// `up` deletes it, and `destroy` its certificate's validation records.
+    pub retired_alias: Option<(&'a str, &'a str)>,
 }
 
 /// The EC2 resource types the stack creates, each tagged at creation. Instances are
@@ -103,6 +106,7 @@ pub fn document(scope: &Scope) -> Value {
         account,
         region,
         hosted_zone_id,
+        retired_alias,
     } = *scope;
     let stack = names.stack();
     let request_tag = json!({ format!("aws:RequestTag/{STACK_TAG}"): stack });
@@ -300,14 +304,7 @@ pub fn document(scope: &Scope) -> Value {
         ),
         // In the stack's zone, only the domain's alias and the certificate's validation
         // records (`_<token>.<domain>`).
-        statement(
-            &["route53:ChangeResourceRecordSets"],
-            json!(format!("arn:aws:route53:::hostedzone/{hosted_zone_id}")),
-            Some(json!({ "ForAllValues:StringLike": {
-                "route53:ChangeResourceRecordSetsNormalizedRecordNames":
-                    [domain.clone(), format!("_*.{domain}")]
-            } })),
-        ),
+        record_changes(hosted_zone_id, &domain, None),
         // The artifact bucket and the access logs' bucket.
         statement(
             &[
@@ -349,6 +346,12 @@ pub fn document(scope: &Scope) -> Value {
             ] } })),
         ),
     ];
+    // The alias of an earlier domain.name, and its certificate's records: deleted only.
+    let retired = retired_alias.map(|(zone_id, name)| {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        record_changes(zone_id, &name, Some("DELETE"))
+    });
+    let statements: Vec<Value> = statements.into_iter().chain(retired).collect();
     wrap(statements)
 }
 
@@ -438,6 +441,28 @@ fn s3_action(operation: &str) -> Option<&str> {
     })
 }
 
+/// ChangeResourceRecordSets in the zone `zone_id` on `domain`'s alias (A) and its
+/// certificate's validation records (CNAME `_<token>.<domain>`), and no other name or
+/// type; with `only_action`, that action only
+/// (<https://docs.aws.amazon.com/Route53/latest/DeveloperGuide/specifying-rrset-conditions.html>).
+fn record_changes(zone_id: &str, domain: &str, only_action: Option<&str>) -> Value {
+    let mut equals = json!({ "route53:ChangeResourceRecordSetsRecordTypes": ["A", "CNAME"] });
+    if let Some(action) = only_action {
+        equals["route53:ChangeResourceRecordSetsActions"] = json!([action]);
+    }
+    statement(
+        &["route53:ChangeResourceRecordSets"],
+        json!(format!("arn:aws:route53:::hostedzone/{zone_id}")),
+        Some(json!({
+            "ForAllValues:StringLike": {
+                "route53:ChangeResourceRecordSetsNormalizedRecordNames":
+                    [domain, format!("_*.{domain}")]
+            },
+            "ForAllValues:StringEquals": equals,
+        })),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,11 +476,75 @@ mod tests {
             account: "123456789012",
             region: "ap-southeast-2",
             hosted_zone_id: "Z0123456789ABCDEFGHIJ",
+            retired_alias: None,
         })
     }
 
     const EXAMPLE: &str =
         "name: demo\ndomain:\n  name: Chat.Example.com\n  hosted_zone: example.com\n";
+
+    /// The statements granting ChangeResourceRecordSets.
+    fn record_statements(policy: &Value) -> Vec<Value> {
+        policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|statement| statement["Action"] == json!(["route53:ChangeResourceRecordSets"]))
+            .cloned()
+            .collect()
+    }
+
+    /// Record changes: in the zone, the domain's alias (A) and its validation CNAMEs only,
+    /// not the zone apex's NS, SOA, MX or TXT; and the alias of an earlier domain.name
+    /// (from the load balancer's tag), in its own zone, to delete only.
+    #[test]
+    fn record_changes_are_the_domains_alias_and_validation_records_only() {
+        let [current] = record_statements(&document_for(EXAMPLE))
+            .try_into()
+            .unwrap();
+        assert_eq!(
+            current["Resource"],
+            "arn:aws:route53:::hostedzone/Z0123456789ABCDEFGHIJ"
+        );
+        assert_eq!(
+            current["Condition"],
+            json!({
+                "ForAllValues:StringLike": {
+                    "route53:ChangeResourceRecordSetsNormalizedRecordNames":
+                        ["chat.example.com", "_*.chat.example.com"]
+                },
+                "ForAllValues:StringEquals": {
+                    "route53:ChangeResourceRecordSetsRecordTypes": ["A", "CNAME"]
+                },
+            })
+        );
+
+        let spec = StackSpec::parse(EXAMPLE, "stack.yaml").unwrap();
+        let names = Names::new(&spec.name, &spec.tags);
+        let policy = document(&Scope {
+            spec: &spec,
+            names: &names,
+            account: "123456789012",
+            region: "ap-southeast-2",
+            hosted_zone_id: "Z0123456789ABCDEFGHIJ",
+            retired_alias: Some(("ZOLDZONE", "Old.Example.org.")),
+        });
+        let [_, retired] = record_statements(&policy).try_into().unwrap();
+        assert_eq!(retired["Resource"], "arn:aws:route53:::hostedzone/ZOLDZONE");
+        assert_eq!(
+            retired["Condition"],
+            json!({
+                "ForAllValues:StringLike": {
+                    "route53:ChangeResourceRecordSetsNormalizedRecordNames":
+                        ["old.example.org", "_*.old.example.org"]
+                },
+                "ForAllValues:StringEquals": {
+                    "route53:ChangeResourceRecordSetsRecordTypes": ["A", "CNAME"],
+                    "route53:ChangeResourceRecordSetsActions": ["DELETE"]
+                },
+            })
+        );
+    }
 
     #[test]
     fn changes_are_scoped_to_the_stack() {

@@ -587,7 +587,8 @@ async fn alias_records(aws: &SdkConfig, zone_id: &str) -> Vec<(String, String)> 
         .collect()
 }
 
-/// A changed `domain.name` moves the alias: `plan` says the old name's alias goes, `up`
+/// A changed `domain.name` moves the alias: `policy` lets the old name's records be
+/// deleted, `plan` says the old name's alias goes, `up`
 /// points the new name at the load balancer and deletes the alias it wrote for the old
 /// one (record sets carry no tags: the load balancer's tag says which alias the stack
 /// wrote), and `destroy` leaves no record of either name behind.
@@ -612,6 +613,24 @@ async fn a_changed_domain_moves_the_alias_and_leaves_no_record_behind() {
     stack.edit(
         &format!("  name: chat.{}\n", stack.zone),
         &format!("  name: www.{}\n", stack.zone),
+    );
+    // The policy for the edited stack.yaml lets the deployer delete the old name's
+    // records, and only delete them.
+    let policy: Value =
+        serde_json::from_slice(&stack.run(&["policy", "--account", "000000000000"]).stdout)
+            .expect("policy prints JSON");
+    let retired = json!({
+        "route53:ChangeResourceRecordSetsRecordTypes": ["A", "CNAME"],
+        "route53:ChangeResourceRecordSetsActions": ["DELETE"]
+    });
+    assert!(
+        policy["Statement"].as_array().unwrap().iter().any(|statement| {
+            statement["Condition"]["ForAllValues:StringEquals"] == retired
+                && statement["Condition"]["ForAllValues:StringLike"]
+                    ["route53:ChangeResourceRecordSetsNormalizedRecordNames"][0]
+                    == old.trim_end_matches('.')
+        }),
+        "{policy:#}"
     );
     let plan = plan_json(&stack, 2);
     let old_alias = format!("dns {} A", old.trim_end_matches('.'));

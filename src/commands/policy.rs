@@ -1,8 +1,10 @@
 //! `realtime-stack policy`: the least-privilege IAM policy ([`crate::policy`]) a deployer
 //! needs for `up`, `plan`, `status`, `logs` and `destroy` of this stack, as JSON to attach
-//! to a role or user. It changes nothing; it asks AWS only who the account is and which
-//! hosted zone holds the domain, unless `--account` and an id in `domain.hosted_zone` (or
-//! `--hosted-zone-id`) say so. Every document it prints is within IAM's size limit.
+//! to a role or user. It changes nothing; it asks AWS only who the account is, which
+//! hosted zone holds the domain and which alias the stack wrote for an earlier
+//! `domain.name` (which `up` deletes, so the policy lets it), unless `--account` and an id
+//! in `domain.hosted_zone` (or `--hosted-zone-id`) say so. Every document it prints is
+//! within IAM's size limit.
 
 use std::path::Path;
 
@@ -10,6 +12,7 @@ use anyhow::Result;
 
 use crate::aws::AwsArgs;
 use crate::engine::Progress;
+use crate::load_balancer::{self, WrittenAlias};
 use crate::policy::{self, Scope};
 use crate::spec::StackSpec;
 use crate::stack::Stack;
@@ -45,12 +48,26 @@ pub async fn run(file: &Path, aws: &AwsArgs, args: &PolicyArgs) -> Result<()> {
         (None, Some(id)) => id.to_owned(),
         (None, None) => crate::dns::find_zone(&stack).await?.id,
     };
+    let asks_aws = args.account.is_none()
+        || (args.hosted_zone_id.is_none() && stack.spec.domain.zone_id().is_none());
+    let written = if asks_aws {
+        load_balancer::alias_target(&stack)
+            .await?
+            .and_then(|target| target.written)
+    } else {
+        None
+    };
+    let current = WrittenAlias::new(&hosted_zone_id, &stack.spec.domain.name);
+    let retired = written.filter(|written| *written != current);
     let documents = policy::documents(&Scope {
         spec: &stack.spec,
         names: &stack.names,
         account: &account,
         region: &stack.region,
         hosted_zone_id: &hosted_zone_id,
+        retired_alias: retired
+            .as_ref()
+            .map(|alias| (alias.zone_id.as_str(), alias.name.as_str())),
     });
     match documents.as_slice() {
         [document] => println!("{}", serde_json::to_string_pretty(document)?),
