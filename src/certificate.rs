@@ -374,10 +374,23 @@ pub struct Owned {
 }
 
 pub async fn owned(stack: &Stack) -> Result<Owned> {
+    owned_for(stack, |_| true).await
+}
+
+/// The stack's certificates for another domain than `domain.name`, with their validation
+/// CNAMEs: what `up` retires once the domain's alias has moved to the new name.
+pub async fn for_other_domains(stack: &Stack) -> Result<Owned> {
+    let domain = &stack.spec.domain.name;
+    owned_for(stack, |other| !other.eq_ignore_ascii_case(domain)).await
+}
+
+/// The stack's certificates whose domain is `wanted`. The stack's others count as
+/// certificates outside it: a validation record they use is kept.
+async fn owned_for(stack: &Stack, wanted: impl Fn(&str) -> bool) -> Result<Owned> {
     let (ours, others): (Vec<Listed>, Vec<Listed>) = account_certificates(stack)
         .await?
         .into_iter()
-        .partition(|certificate| certificate.ours);
+        .partition(|certificate| certificate.ours && wanted(&certificate.domain));
     let validation_records = validation_records(stack, &ours, &others).await?;
     // The CNAMEs go first: only a certificate leads `destroy` to them.
     let records: Vec<String> = validation_records.iter().map(Record::key).collect();

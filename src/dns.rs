@@ -430,10 +430,10 @@ pub async fn ensure_alias(
     .await
 }
 
-/// Deletes `alias`, which the stack wrote for a domain it no longer serves, in the zone
-/// `zone_id`, while it still points where the stack wrote it.
-pub async fn retire_alias(stack: &Stack, zone_id: &str, alias: &Record) -> Result<()> {
-    for record in deletables(stack, zone_id, std::slice::from_ref(alias)).await {
+/// Deletes `records`, which the stack wrote for a domain it no longer serves, in the zone
+/// `zone_id`, each while it still holds what the stack wrote.
+pub async fn retire(stack: &Stack, zone_id: &str, records: &[Record]) -> Result<()> {
+    for record in deletables(stack, zone_id, records).await {
         if stack.make(
             Action::Delete,
             record.label(),

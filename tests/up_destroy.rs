@@ -588,10 +588,10 @@ async fn alias_records(aws: &SdkConfig, zone_id: &str) -> Vec<(String, String)> 
 }
 
 /// A changed `domain.name` moves the alias: `policy` lets the old name's records be
-/// deleted, `plan` says the old name's alias goes, `up`
-/// points the new name at the load balancer and deletes the alias it wrote for the old
-/// one (record sets carry no tags: the load balancer's tag says which alias the stack
-/// wrote), and `destroy` leaves no record of either name behind.
+/// deleted, `plan` says the old name's alias goes, `up` points the new name at the load
+/// balancer and deletes the alias it wrote for the old one (record sets carry no tags:
+/// the load balancer's tag says which alias the stack wrote) with the old name's
+/// certificate and validation record, and `destroy` leaves no record of either name.
 #[tokio::test]
 async fn a_changed_domain_moves_the_alias_and_leaves_no_record_behind() {
     let aws = support::localstack().await;
@@ -653,6 +653,36 @@ async fn a_changed_domain_moves_the_alias_and_leaves_no_record_behind() {
         alias_records(&aws, &zone_id).await,
         [(new.clone(), load_balancer.clone())],
         "the new name's alias, and not the old one's"
+    );
+    // The old name's certificate and its validation record went with its alias.
+    let records = aws_sdk_route53::Client::new(&aws)
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone_id)
+        .send()
+        .await
+        .unwrap();
+    let left: Vec<&str> = records
+        .resource_record_sets()
+        .iter()
+        .map(|set| set.name())
+        .filter(|name| name.ends_with(&old))
+        .collect();
+    assert!(left.is_empty(), "records of the old name left: {left:?}");
+    let certificates = aws_sdk_acm::Client::new(&aws)
+        .list_certificates()
+        .send()
+        .await
+        .unwrap();
+    let domains: Vec<&str> = certificates
+        .certificate_summary_list()
+        .iter()
+        .filter_map(|certificate| certificate.domain_name())
+        .filter(|domain| domain.ends_with(&stack.zone))
+        .collect();
+    assert_eq!(
+        domains,
+        [new.trim_end_matches('.')],
+        "the new name's certificate only"
     );
     let again = stack.up();
     assert_eq!(again["changes"], json!([]), "a second up changes nothing");
