@@ -371,10 +371,16 @@ impl std::fmt::Display for Leftovers {
 
 impl std::error::Error for Leftovers {}
 
+/// How many times the patience a resource busy on its way ([`DeleteError::Busy`]) may
+/// keep `destroy` going with nothing deleted: a Redis takes minutes to delete, instances
+/// their drain, but an instance protected from scale in by hand never leaves its group.
+const BUSY_PATIENCE_TIMES: u32 = 4;
+
 /// Deletes `resources` in passes. Each pass deletes, concurrently, every resource that
 /// nothing left blocks; a resource AWS still refuses stays for the next pass. Progress
 /// (a resource deleted, or one [`DeleteError::Busy`] on its way) resets the patience;
-/// after `patience` without any, it stops and returns what is left.
+/// after `patience` without any, or [`BUSY_PATIENCE_TIMES`] the patience with nothing
+/// deleted, it stops and returns what is left.
 pub async fn destroy(
     resources: Vec<Box<dyn Deletable>>,
     progress: &Progress,
@@ -391,6 +397,7 @@ pub async fn destroy(
     let mut backoff = Backoff::new(pace);
     // Tokio's clock, so that tests can pause it.
     let mut last_progress = tokio::time::Instant::now();
+    let mut last_deleted = last_progress;
     while !pending.is_empty() {
         let keys: HashSet<String> = pending.iter().map(|(r, _, _)| r.key()).collect();
         let mut unblocked = Vec::new();
@@ -443,6 +450,7 @@ pub async fn destroy(
         }
         if !deleted.is_empty() {
             last_progress = tokio::time::Instant::now();
+            last_deleted = last_progress;
             backoff = Backoff::new(pace);
             pending = pending
                 .into_iter()
@@ -452,7 +460,9 @@ pub async fn destroy(
                 .collect();
             continue;
         }
-        if last_progress.elapsed() >= patience {
+        if last_progress.elapsed() >= patience
+            || last_deleted.elapsed() >= patience * BUSY_PATIENCE_TIMES
+        {
             let left = pending
                 .into_iter()
                 .map(|(resource, step, reason)| {
@@ -578,6 +588,51 @@ mod tests {
             left.to_string()
                 .contains("2 resource(s) could not be deleted")
         );
+    }
+
+    /// A resource for ever on its way: an Auto Scaling group whose instance is protected
+    /// from scale in by hand never empties (ScalingActivityInProgress / instances left,
+    /// API_DeleteAutoScalingGroup), and is reported busy at every pass.
+    struct ForeverBusy;
+
+    impl Deletable for ForeverBusy {
+        fn key(&self) -> String {
+            "group".to_owned()
+        }
+
+        fn label(&self) -> String {
+            "fake group".to_owned()
+        }
+
+        fn delete(&self) -> DeleteFuture<'_> {
+            Box::pin(async { Err(DeleteError::Busy("1 instance still in the group".into())) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resource_busy_for_ever_is_named_after_four_times_the_patience() {
+        let gone = Arc::default();
+        let resources = vec![
+            Box::new(ForeverBusy) as Box<dyn Deletable>,
+            Fake::boxed("subnet", &["group"], 0, &gone),
+        ];
+        let started = tokio::time::Instant::now();
+        let left = destroy(resources, &quiet(), Pace::Local, Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(240)..Duration::from_secs(260)).contains(&waited),
+            "{waited:?}"
+        );
+        assert_eq!(
+            left.0[0],
+            (
+                "fake group".to_owned(),
+                "1 instance still in the group".to_owned()
+            )
+        );
+        assert_eq!(left.0[1].1, "waiting for group");
     }
 
     #[tokio::test]
