@@ -17,7 +17,7 @@ use aws_sdk_acm::types::{
 use crate::aws::{Call, delete_outcome, found};
 use crate::dns::{self, HostedZone, Record};
 use crate::engine::{Action, planned_id};
-use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
+use crate::engine::{Deletable, DeleteError, DeleteFuture, Step, wait_for};
 use crate::stack::Stack;
 
 /// The stack's issued certificate and the records that validate it (and keep it
@@ -382,6 +382,37 @@ pub async fn owned(stack: &Stack) -> Result<Owned> {
 pub async fn for_other_domains(stack: &Stack) -> Result<Owned> {
     let domain = &stack.spec.domain.name;
     owned_for(stack, |other| !other.eq_ignore_ascii_case(domain)).await
+}
+
+/// Deletes the stack's certificates for other domains and their validation CNAMEs (in
+/// the old domain's zone `zone_id`); whether all are gone. ACM refuses a certificate a
+/// listener used a moment ago (`ResourceInUseException`) until the load balancer lets it
+/// go: that one is left for the next `up` (or `destroy`), saying so.
+pub async fn retire_other_domains(stack: &Stack, zone_id: &str) -> Result<bool> {
+    let old = for_other_domains(stack).await?;
+    dns::retire(stack, zone_id, &old.validation_records).await?;
+    let mut all_gone = true;
+    for certificate in old.certificates {
+        let label = certificate.label();
+        if !stack.make(
+            Action::Delete,
+            &label,
+            "a domain the stack no longer serves",
+        ) {
+            continue;
+        }
+        match certificate.delete().await {
+            Ok(()) => {}
+            Err(DeleteError::Blocked(why) | DeleteError::Busy(why)) => {
+                stack.progress.note(&format!(
+                    "{label} is not deleted yet ({why}): the next `up` deletes it"
+                ));
+                all_gone = false;
+            }
+            Err(DeleteError::Failed(err)) => return Err(err),
+        }
+    }
+    Ok(all_gone)
 }
 
 /// The stack's certificates whose domain is `wanted`. The stack's others count as

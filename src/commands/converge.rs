@@ -12,7 +12,6 @@ use serde::Serialize;
 use super::preflight::Preflight;
 use crate::artifact;
 use crate::deploy::{self, Fleet, Pacing, Wanted};
-use crate::engine::{Action, DeleteError};
 use crate::fleet::GroupFleet;
 use crate::group::{self, template};
 use crate::instances::{self, Boot, Launch};
@@ -212,40 +211,9 @@ async fn retire_old_alias(
         dns::retire(stack, &old.zone_id, &[alias]).await?;
         // The tag keeps naming the old alias until its certificate is gone too: `policy`
         // lets the deployer delete that name's records only while it does.
-        if !retire_old_certificates(stack, &old.zone_id).await? {
+        if !certificate::retire_other_domains(stack, &old.zone_id).await? {
             return Ok(());
         }
     }
     load_balancer::record_alias(stack, &load_balancer.arn, &current).await
-}
-
-/// Deletes the stack's certificates for other domains and their validation CNAMEs (in
-/// the old domain's zone `zone_id`); whether all are gone. ACM refuses a certificate a
-/// listener used a moment ago (`ResourceInUseException`) until the load balancer lets it
-/// go: that one is left for the next `up` (or `destroy`), saying so.
-async fn retire_old_certificates(stack: &Stack, zone_id: &str) -> Result<bool> {
-    let old = certificate::for_other_domains(stack).await?;
-    dns::retire(stack, zone_id, &old.validation_records).await?;
-    let mut all_gone = true;
-    for certificate in old.certificates {
-        let label = certificate.label();
-        if !stack.make(
-            Action::Delete,
-            &label,
-            "a domain the stack no longer serves",
-        ) {
-            continue;
-        }
-        match certificate.delete().await {
-            Ok(()) => {}
-            Err(DeleteError::Blocked(why) | DeleteError::Busy(why)) => {
-                stack.progress.note(&format!(
-                    "{label} is not deleted yet ({why}): the next `up` deletes it"
-                ));
-                all_gone = false;
-            }
-            Err(DeleteError::Failed(err)) => return Err(err),
-        }
-    }
-    Ok(all_gone)
 }
