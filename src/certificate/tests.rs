@@ -81,6 +81,22 @@ fn records(sets: Vec<ResourceRecordSet>) -> ListResourceRecordSetsOutput {
         .unwrap()
 }
 
+/// The validation CNAME `name`, as Route53 holds it.
+fn validation_cname(name: &str) -> ResourceRecordSet {
+    ResourceRecordSet::builder()
+        .name(name)
+        .r#type(RrType::Cname)
+        .ttl(60)
+        .resource_records(
+            aws_sdk_route53::types::ResourceRecord::builder()
+                .value(VALUE)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
 fn insync() -> ChangeInfo {
     ChangeInfo::builder()
         .id("C1")
@@ -170,22 +186,8 @@ async fn an_issued_certificate_with_its_record_in_place_changes_nothing() {
         RuleMode::MatchAny,
         [&list, &tags, &describe, &request]
     );
-    let existing = mock!(aws_sdk_route53::Client::list_resource_record_sets).then_output(|| {
-        records(vec![
-            ResourceRecordSet::builder()
-                .name(CNAME)
-                .r#type(RrType::Cname)
-                .ttl(60)
-                .resource_records(
-                    aws_sdk_route53::types::ResourceRecord::builder()
-                        .value(VALUE)
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap(),
-        ])
-    });
+    let existing = mock!(aws_sdk_route53::Client::list_resource_record_sets)
+        .then_output(|| records(vec![validation_cname(CNAME)]));
     let write = mock!(aws_sdk_route53::Client::change_resource_record_sets)
         .then_output(|| ChangeResourceRecordSetsOutput::builder().build());
     clients.route53 = mock_client!(aws_sdk_route53, RuleMode::MatchAny, [&existing, &write]);
@@ -480,22 +482,8 @@ async fn a_certificate_still_in_use_is_left_for_the_next_up() {
                 .build(),
         )
     });
-    let cname = mock!(aws_sdk_route53::Client::list_resource_record_sets).then_output(|| {
-        records(vec![
-            ResourceRecordSet::builder()
-                .name(OLD_CNAME)
-                .r#type(RrType::Cname)
-                .ttl(300)
-                .resource_records(
-                    aws_sdk_route53::types::ResourceRecord::builder()
-                        .value(VALUE)
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap(),
-        ])
-    });
+    let cname = mock!(aws_sdk_route53::Client::list_resource_record_sets)
+        .then_output(|| records(vec![validation_cname(OLD_CNAME)]));
     let change = mock!(aws_sdk_route53::Client::change_resource_record_sets)
         .match_requests(|req| {
             req.hosted_zone_id() == Some("ZOLD")
