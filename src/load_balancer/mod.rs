@@ -78,12 +78,15 @@ async fn resource_tags(stack: &Stack, arn: &str) -> Result<Vec<Tag>> {
         .collect())
 }
 
+/// Whether `tags` hold this stack's tag.
+fn carries_stack_tag(stack: &Stack, tags: &[Tag]) -> bool {
+    tags.iter()
+        .any(|tag| stack.names.is_stack_tag(tag.key(), tag.value()))
+}
+
 /// Whether the resource at `arn` carries this stack's tag.
 pub(super) async fn is_ours(stack: &Stack, arn: &str) -> Result<bool> {
-    Ok(resource_tags(stack, arn)
-        .await?
-        .iter()
-        .any(|tag| stack.names.is_stack_tag(tag.key(), tag.value())))
+    Ok(carries_stack_tag(stack, &resource_tags(stack, arn).await?))
 }
 
 /// A resource of the stack's derived name that lacks the stack's tag: `up` stops with
@@ -96,10 +99,40 @@ pub(super) fn not_ours(what: &str, name: &str, stack: &Stack) -> anyhow::Error {
     )
 }
 
+/// A load balancer with its tags.
+type TaggedLoadBalancer = (
+    aws_sdk_elasticloadbalancingv2::types::LoadBalancer,
+    Vec<Tag>,
+);
+
 /// The load balancer of the stack's name, and whether it is the stack's.
 pub(super) async fn find_load_balancer(
     stack: &Stack,
 ) -> Result<Option<(aws_sdk_elasticloadbalancingv2::types::LoadBalancer, bool)>> {
+    Ok(find_load_balancer_tagged(stack)
+        .await?
+        .map(|(lb, tags)| (lb, carries_stack_tag(stack, &tags))))
+}
+
+/// The load balancer of the stack's name, if the stack's, with its tags (read once for
+/// both the ownership and the alias it records).
+pub(super) async fn owned_load_balancer_tagged(
+    stack: &Stack,
+) -> Result<Option<TaggedLoadBalancer>> {
+    let found = find_load_balancer_tagged(stack).await?.map(|(lb, tags)| {
+        let ours = carries_stack_tag(stack, &tags);
+        ((lb, tags), ours)
+    });
+    Ok(ours_only(
+        stack,
+        found,
+        "load balancer",
+        stack.names.load_balancer(),
+    ))
+}
+
+/// The load balancer of the stack's name, with its tags.
+async fn find_load_balancer_tagged(stack: &Stack) -> Result<Option<TaggedLoadBalancer>> {
     let name = stack.names.load_balancer();
     let out = stack
         .clients
@@ -120,7 +153,7 @@ pub(super) async fn find_load_balancer(
     let arn = lb
         .load_balancer_arn()
         .context("load balancer without an ARN")?;
-    Ok(Some((lb.clone(), is_ours(stack, arn).await?)))
+    Ok(Some((lb.clone(), resource_tags(stack, arn).await?)))
 }
 
 /// The load balancer with its attributes (and the bucket of its access logs) and the
@@ -478,21 +511,17 @@ pub struct AliasTarget {
 
 /// The stack's load balancer as an alias target, if it exists.
 pub async fn alias_target(stack: &Stack) -> Result<Option<AliasTarget>> {
-    let found = find_load_balancer(stack).await?;
-    let Some(lb) = ours_only(stack, found, "load balancer", stack.names.load_balancer()) else {
+    let Some((lb, tags)) = owned_load_balancer_tagged(stack).await? else {
         return Ok(None);
     };
-    let (Some(arn), Some(dns_name), Some(hosted_zone_id)) = (
-        lb.load_balancer_arn(),
-        lb.dns_name(),
-        lb.canonical_hosted_zone_id(),
-    ) else {
+    let (Some(dns_name), Some(hosted_zone_id)) = (lb.dns_name(), lb.canonical_hosted_zone_id())
+    else {
         return Ok(None);
     };
     Ok(Some(AliasTarget {
         dns_name: dns_name.to_owned(),
         hosted_zone_id: hosted_zone_id.to_owned(),
-        written: written_alias(stack, arn).await?,
+        written: recorded_alias(&tags),
     }))
 }
 
@@ -501,12 +530,15 @@ pub async fn written_alias(stack: &Stack, arn: &str) -> Result<Option<WrittenAli
     if is_planned(arn) {
         return Ok(None);
     }
-    Ok(resource_tags(stack, arn)
-        .await?
-        .iter()
+    Ok(recorded_alias(&resource_tags(stack, arn).await?))
+}
+
+/// The alias a load balancer's `tags` record.
+pub(super) fn recorded_alias(tags: &[Tag]) -> Option<WrittenAlias> {
+    tags.iter()
         .filter(|tag| tag.key() == Some(ALIAS_TAG))
         .find_map(|tag| tag.value()?.split_once(' '))
-        .map(|(zone_id, name)| WrittenAlias::new(zone_id, name)))
+        .map(|(zone_id, name)| WrittenAlias::new(zone_id, name))
 }
 
 /// Records on the load balancer `arn` that `alias` now points at it.

@@ -6,7 +6,7 @@ use futures::try_join;
 
 use super::listeners::listeners;
 use super::target_group::find_target_group;
-use super::{find_load_balancer, not_ours};
+use super::{not_ours, owned_load_balancer_tagged, recorded_alias};
 use crate::aws::delete_outcome;
 use crate::dns::Record;
 use crate::engine::{Deletable, DeleteFuture};
@@ -106,12 +106,11 @@ pub(super) fn ours_only<T>(
 /// or target group of the stack's names that is not the stack's is left alone.
 pub async fn deletables(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Deletable>>> {
     let elbv2 = &stack.clients.elbv2;
-    let (lb, group) = try_join!(find_load_balancer(stack), find_target_group(stack))?;
-    let lb = ours_only(stack, lb, "load balancer", stack.names.load_balancer());
+    let (lb, group) = try_join!(owned_load_balancer_tagged(stack), find_target_group(stack))?;
     let group = ours_only(stack, group, "target group", stack.names.target_group());
     let mut resources = Vec::new();
     let mut lb_keys = Vec::new();
-    if let Some(lb) = lb {
+    if let Some((lb, tags)) = lb {
         let arn = lb
             .load_balancer_arn()
             .context("load balancer without an ARN")?
@@ -141,9 +140,7 @@ pub async fn deletables(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Dele
         let mut blocked_by = listener_keys;
         let aliases = [
             Some(stack.spec.domain.name.clone()),
-            super::written_alias(stack, &arn)
-                .await?
-                .map(|alias| alias.name),
+            recorded_alias(&tags).map(|alias| alias.name),
         ];
         blocked_by.extend(
             aliases
