@@ -17,7 +17,7 @@ use aws_sdk_acm::types::{
 use crate::aws::{Call, delete_outcome, found};
 use crate::dns::{self, HostedZone, Record};
 use crate::engine::{Action, planned_id};
-use crate::engine::{Deletable, DeleteError, DeleteFuture, Step, wait_for};
+use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
 use crate::stack::Stack;
 
 /// The stack's issued certificate and the records that validate it (and keep it
@@ -393,23 +393,16 @@ pub async fn retire_other_domains(stack: &Stack, zone_id: &str) -> Result<bool> 
     dns::retire(stack, zone_id, &old.validation_records).await?;
     let mut all_gone = true;
     for certificate in old.certificates {
-        let label = certificate.label();
-        if !stack.make(
-            Action::Delete,
-            &label,
-            "a domain the stack no longer serves",
-        ) {
-            continue;
-        }
-        match certificate.delete().await {
-            Ok(()) => {}
-            Err(DeleteError::Blocked(why) | DeleteError::Busy(why)) => {
-                stack.progress.note(&format!(
-                    "{label} is not deleted yet ({why}): the next `up` deletes it"
-                ));
-                all_gone = false;
-            }
-            Err(DeleteError::Failed(err)) => return Err(err),
+        let held = stack
+            .changes
+            .delete_now(certificate.as_ref(), "a domain the stack no longer serves")
+            .await?;
+        if let Some(why) = held {
+            stack.progress.note(&format!(
+                "{} is not deleted yet ({why}): the next `up` deletes it",
+                certificate.label()
+            ));
+            all_gone = false;
         }
     }
     Ok(all_gone)

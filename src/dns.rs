@@ -434,15 +434,12 @@ pub async fn ensure_alias(
 /// `zone_id`, each while it still holds what the stack wrote.
 pub async fn retire(stack: &Stack, zone_id: &str, records: &[Record]) -> Result<()> {
     for record in deletables(stack, zone_id, records).await {
-        if stack.make(
-            Action::Delete,
-            record.label(),
-            "a domain the stack no longer serves",
-        ) {
-            record.delete().await.map_err(|err| match err {
-                DeleteError::Blocked(why) | DeleteError::Busy(why) => anyhow::anyhow!(why),
-                DeleteError::Failed(err) => err,
-            })?;
+        let held = stack
+            .changes
+            .delete_now(record.as_ref(), "a domain the stack no longer serves")
+            .await?;
+        if let Some(why) = held {
+            bail!(why);
         }
     }
     Ok(())

@@ -305,6 +305,24 @@ impl Changes {
         !self.planning
     }
 
+    /// Deletes `resource` now, as `up` retires what the stack no longer needs (only
+    /// recorded under `plan`): `Some(why)` when AWS holds on to it for now (still in use,
+    /// or on its way), for a later run to try again.
+    pub async fn delete_now(
+        &self,
+        resource: &dyn Deletable,
+        reason: &str,
+    ) -> anyhow::Result<Option<String>> {
+        if !self.make(Action::Delete, resource.label(), reason) {
+            return Ok(None);
+        }
+        match resource.delete().await {
+            Ok(()) => Ok(None),
+            Err(DeleteError::Blocked(why) | DeleteError::Busy(why)) => Ok(Some(why)),
+            Err(DeleteError::Failed(err)) => Err(err),
+        }
+    }
+
     pub fn recorded(&self) -> Vec<Change> {
         self.recorded.lock().expect("changes lock").clone()
     }
