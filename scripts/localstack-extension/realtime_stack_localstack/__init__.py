@@ -113,10 +113,11 @@ def modify_listener(context, request):
     layer has held the name to AWS's list by now; moto is asked without a policy it lacks,
     and the listener gets it after."""
     from moto.elbv2.models import elbv2_backends
-    from moto.elbv2.responses import SSL_POLICIES
+
+    from .strict import moto_ssl_policies
 
     policy = request.get("SslPolicy")
-    if policy is None or policy in {known["name"] for known in SSL_POLICIES}:
+    if policy is None or policy in moto_ssl_policies():
         return call_moto(context)
     without = {key: value for key, value in request.items() if key != "SslPolicy"}
     response = call_moto_with_request(context, without)
