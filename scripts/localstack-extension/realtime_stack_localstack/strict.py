@@ -464,7 +464,7 @@ def listener_rule(request: Request, _context) -> None:
 
 # Listener security policies: AWS refuses a name it does not offer (`SSLPolicyNotFound`,
 # API_CreateListener and API_ModifyListener errors). moto's table holds the policies up
-# to 2021-06 (`MOTO_SSL_POLICIES`); the FIPS policies of 2023-04 and the post-quantum ones
+# to 2021-06 (`moto_ssl_policies`); the FIPS policies of 2023-04 and the post-quantum ones
 # of 2025-09 are AWS's since ("Security policies for your Application Load Balancer",
 # https://docs.aws.amazon.com/elasticloadbalancing/latest/application/describe-ssl-policies.html).
 NEWER_SSL_POLICIES = frozenset(
