@@ -315,8 +315,8 @@ async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<(
     Ok(())
 }
 
-/// Waits until the group is `available`, showing its status as it changes. A group being
-/// created or modified (by an earlier `up`) is waited for the same way.
+/// Waits until the group and its nodes are `available`, showing its status as it changes.
+/// A group being created or modified (by an earlier `up`) is waited for the same way.
 async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<ReplicationGroup> {
     let last_status = Mutex::new(String::new());
     wait_for(
@@ -335,7 +335,13 @@ async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<Replicat
                 .with_context(|| format!("the replication group {id} vanished while starting"))?;
             let status = group.status().unwrap_or("unknown");
             match status {
-                "available" => return Ok(Some(group)),
+                "available" => {
+                    let Some(busy) = busy_node(stack, id).await? else {
+                        return Ok(Some(group));
+                    };
+                    step.set(&busy);
+                    return Ok(None);
+                }
                 "create-failed" => bail!(
                     "ElastiCache could not create the replication group {id}: {}. Run \
                      `realtime-stack destroy`, fix the cause, and `up` again",
@@ -356,6 +362,38 @@ async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<Replicat
         },
     )
     .await
+}
+
+/// A node of the group that is not `available` yet, as "<node> <status>", if any.
+/// ElastiCache reports the group `available` while a replica it adds is still `creating`
+/// (or one it removes still `deleting`), and refuses the next change to the group with
+/// `InvalidCacheClusterState` (hashicorp/terraform-provider-aws#50096): the group is ready
+/// for the next change once its nodes are too. The nodes are listed whole: those of a
+/// group are all of its cache clusters, and the group may name a removed one no more.
+async fn busy_node(stack: &Stack, id: &str) -> Result<Option<String>> {
+    let clusters = stack
+        .clients
+        .elasticache
+        .describe_cache_clusters()
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .call("DescribeCacheClusters")?;
+    Ok(clusters
+        .iter()
+        .filter(|cluster| cluster.replication_group_id() == Some(id))
+        .find(|cluster| cluster.cache_cluster_status() != Some("available"))
+        .map(|cluster| {
+            format!(
+                "node {} {}, waiting until available",
+                cluster.cache_cluster_id().unwrap_or("(unnamed)"),
+                cluster
+                    .cache_cluster_status()
+                    .unwrap_or("in an unknown state")
+            )
+        }))
 }
 
 /// How far back DescribeEvents reaches: ElastiCache keeps events for 14 days.

@@ -71,11 +71,14 @@ fn group(status: &str) -> ReplicationGroup {
         .member_clusters("chat-redis-002")
         .multi_az(MultiAzStatus::Enabled)
         .cluster_enabled(false)
-        .node_groups(
-            NodeGroup::builder()
-                .primary_endpoint(Endpoint::builder().address(PRIMARY).port(6379).build())
-                .build(),
-        )
+        .node_groups(primary_endpoint())
+        .build()
+}
+
+/// The node group of a group with cluster mode off, with its primary endpoint.
+fn primary_endpoint() -> NodeGroup {
+    NodeGroup::builder()
+        .primary_endpoint(Endpoint::builder().address(PRIMARY).port(6379).build())
         .build()
 }
 
@@ -395,6 +398,110 @@ async fn replicas_change_around_failover_in_an_order_elasticache_accepts() {
     );
 }
 
+/// A node of the group, `status`.
+fn node(id: &str, status: &str) -> CacheCluster {
+    CacheCluster::builder()
+        .cache_cluster_id(id)
+        .replication_group_id("chat-redis")
+        .cache_cluster_status(status)
+        .build()
+}
+
+/// ElastiCache reports the group `available` again while the replica IncreaseReplicaCount
+/// added is still `creating`, and refuses a ModifyReplicationGroup until it is not
+/// (`InvalidCacheClusterState`, hashicorp/terraform-provider-aws#50096). Mocked: LocalStack
+/// does not modify replication groups.
+#[tokio::test(start_paused = true)]
+async fn failover_is_turned_on_only_once_the_added_replica_is_available() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let alone = || {
+        base("available")
+            .member_clusters("chat-redis-001")
+            .node_groups(primary_endpoint())
+            .automatic_failover(AutomaticFailoverStatus::Disabled)
+            .multi_az(MultiAzStatus::Disabled)
+            .build()
+    };
+    let paired = |on: bool| {
+        let (failover, multi_az) = if on {
+            (AutomaticFailoverStatus::Enabled, MultiAzStatus::Enabled)
+        } else {
+            (AutomaticFailoverStatus::Disabled, MultiAzStatus::Disabled)
+        };
+        base("available")
+            .member_clusters("chat-redis-001")
+            .member_clusters("chat-redis-002")
+            .node_groups(primary_endpoint())
+            .automatic_failover(failover)
+            .multi_az(multi_az)
+            .build()
+    };
+    let describe = mock!(Client::describe_replication_groups)
+        .sequence()
+        .output(move || described(alone()))
+        .times(2)
+        .output(move || described(paired(false)))
+        .times(2)
+        .output(move || described(paired(true)))
+        .build();
+    let replica_available = Arc::new(AtomicBool::new(false));
+    let seen = replica_available.clone();
+    let nodes = mock!(Client::describe_cache_clusters)
+        .sequence()
+        .output(|| {
+            DescribeCacheClustersOutput::builder()
+                .cache_clusters(node("chat-redis-001", "available"))
+                .build()
+        })
+        .output(|| {
+            DescribeCacheClustersOutput::builder()
+                .cache_clusters(node("chat-redis-001", "available"))
+                .cache_clusters(node("chat-redis-002", "creating"))
+                .build()
+        })
+        .output(move || {
+            seen.store(true, Ordering::SeqCst);
+            DescribeCacheClustersOutput::builder()
+                .cache_clusters(node("chat-redis-001", "available"))
+                .cache_clusters(node("chat-redis-002", "available"))
+                .build()
+        })
+        .times(2)
+        .build();
+    let increase = mock!(Client::increase_replica_count)
+        .match_requests(|req| req.new_replica_count() == Some(1))
+        .then_output(|| IncreaseReplicaCountOutput::builder().build());
+    let ready = replica_available.clone();
+    let modify = mock!(Client::modify_replication_group)
+        .match_requests(move |req| {
+            ready.load(Ordering::SeqCst)
+                && req.automatic_failover_enabled() == Some(true)
+                && req.multi_az_enabled() == Some(true)
+        })
+        .then_output(|| ModifyReplicationGroupOutput::builder().build());
+    let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+    let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+    let mut stack = testing::stack(mocked(&[
+        &subnet_group,
+        &tags,
+        &describe,
+        &nodes,
+        &increase,
+        &modify,
+    ]));
+    stack.pace = Pace::Aws;
+    stack.spec.redis.replicas = 1;
+    stack.spec.redis.snapshot_retention_days = 7;
+
+    ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+    assert_eq!(increase.num_calls(), 1);
+    assert_eq!(modify.num_calls(), 1);
+    assert_eq!(nodes.num_calls(), 4);
+}
+
 #[tokio::test]
 async fn automatic_backups_follow_stack_yaml() {
     let mut clients = testing::clients();
@@ -464,10 +571,15 @@ fn existing_group(
     mocked(&rules.iter().collect::<Vec<_>>())
 }
 
-/// Clients whose ElastiCache answers by `rules`, whichever matches.
+/// Clients whose ElastiCache answers by `rules`, whichever matches first; the group's nodes
+/// are all available unless a rule says otherwise.
 fn mocked(rules: &[&Rule]) -> Clients {
+    let nodes_available = mock!(Client::describe_cache_clusters)
+        .then_output(|| DescribeCacheClustersOutput::builder().build());
+    let mut rules = rules.to_vec();
+    rules.push(&nodes_available);
     let mut clients = testing::clients();
-    clients.elasticache = mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, rules);
+    clients.elasticache = mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, &rules);
     clients
 }
 
@@ -497,7 +609,8 @@ async fn a_minor_version_left_out_in_stack_yaml_is_not_an_upgrade_every_time() {
 
         ensure(&stack, &subnets(), "sg-redis").await.unwrap();
 
-        assert_eq!(nodes.num_calls(), 1, "{want}");
+        // Once for the nodes' state, once for the version.
+        assert_eq!(nodes.num_calls(), 2, "{want}");
         assert_eq!(modify.num_calls(), 0, "{want} is {reported}");
     }
     assert!(!version_matches("7.10.0", "7.1"));
@@ -782,9 +895,7 @@ async fn destroy_waits_for_a_group_being_deleted_then_deletes_its_subnet_group()
 #[tokio::test(start_paused = true)]
 async fn up_waits_for_a_group_still_creating_before_reading_whose_it_is() {
     let lifetime = Lifetime::new(Duration::from_secs(25 * 60), Duration::ZERO);
-    let mut clients = testing::clients();
-    clients.elasticache = mock_client!(aws_sdk_elasticache, RuleMode::MatchAny, &lifetime.rules());
-    let mut stack = testing::stack(clients);
+    let mut stack = testing::stack(mocked(&lifetime.rules().iter().collect::<Vec<_>>()));
     stack.pace = Pace::Aws;
 
     let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
