@@ -246,11 +246,38 @@ async fn three_shards_make_a_redis_cluster_whose_configuration_endpoint_the_inst
     let again = stack.up();
     assert_eq!(again["changes"], json!([]), "a second up changes nothing");
 
+    // Resharded online, as the extension does it for moto (which cannot): fewer shards
+    // remove the last node groups, more add node groups like the others; the slots are
+    // spread over those there are.
+    for (from, to, ids) in [
+        ("3", "2", &["0001", "0002"][..]),
+        ("2", "4", &["0001", "0002", "0003", "0004"][..]),
+    ] {
+        stack.edit(&format!("  shards: {from}\n"), &format!("  shards: {to}\n"));
+        stack.up();
+        let group = replication_group(&aws, name).await;
+        let node_groups: Vec<&str> = group
+            .node_groups()
+            .iter()
+            .filter_map(|node_group| node_group.node_group_id())
+            .collect();
+        assert_eq!(node_groups, ids);
+        for node_group in group.node_groups() {
+            assert_eq!(node_group.node_group_members().len(), 2, "{node_group:?}");
+        }
+        let last_slot = group.node_groups().last().and_then(|ng| ng.slots());
+        assert!(
+            last_slot.is_some_and(|slots| slots.ends_with("-16383")),
+            "{last_slot:?}"
+        );
+        assert_eq!(stack.up()["changes"], json!([]), "resharded once");
+    }
+
     // One shard again is refused, naming what to do, and changes nothing.
-    stack.edit("  shards: 3\n", "  shards: 1\n");
+    stack.edit("  shards: 4\n", "  shards: 1\n");
     let refused = up_fails(&stack);
     assert!(
-        refused.contains("cluster mode with 3 shard(s), stack.yaml says 1 shard"),
+        refused.contains("cluster mode with 4 shard(s), stack.yaml says 1 shard"),
         "{refused}"
     );
 
@@ -894,6 +921,124 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
         groups.replication_groups()[0].cache_node_type(),
         Some("cache.t4g.micro")
     );
+
+    stack.run(&["destroy", "--yes"]);
+}
+
+/// A running Redis changed in place, as ElastiCache changes it: the project's LocalStack
+/// extension gives moto ModifyReplicationGroup, IncreaseReplicaCount and
+/// DecreaseReplicaCount, each taking the group through `modifying` for a while, and an
+/// added replica through `creating` a while after the group reads available again, with
+/// the next change refused until it is not (hashicorp/terraform-provider-aws#50096). Each
+/// change is made once, and a second `plan` has nothing to do.
+#[tokio::test]
+async fn a_running_redis_is_changed_in_place_and_then_left_alone() {
+    let aws = support::localstack().await;
+    let (stack, _) = TestStack::with_zone(&aws, "e").await;
+    let name = &stack.name;
+    let id = format!("{name}-redis");
+    let elasticache = aws_sdk_elasticache::Client::new(&aws);
+    let redis = || async {
+        let group = elasticache
+            .describe_replication_groups()
+            .replication_group_id(&id)
+            .send()
+            .await
+            .unwrap()
+            .replication_groups()[0]
+            .clone();
+        let nodes: Vec<_> = elasticache
+            .describe_cache_clusters()
+            .send()
+            .await
+            .unwrap()
+            .cache_clusters()
+            .iter()
+            .filter(|node| node.replication_group_id() == Some(id.as_str()))
+            .cloned()
+            .collect();
+        (group, nodes)
+    };
+    let changes = || {
+        let plan = plan_json(&stack, 2);
+        plan["changes"]
+            .as_array()
+            .expect("changes")
+            .iter()
+            .filter(|change| change["resource"] == format!("redis {id}"))
+            .map(|change| change["reason"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    stack.edit(
+        "  replicas: 1\n",
+        "  replicas: 0\n  engine_version: \"7.0\"\n  snapshot_retention_days: 1\n",
+    );
+    stack.up();
+    let (group, nodes) = redis().await;
+    assert_eq!(group.member_clusters().len(), 1);
+    assert_eq!(nodes.len(), 1, "ElastiCache lists the group's node");
+    assert_eq!(nodes[0].engine_version(), Some("7.0.0"));
+
+    stack.edit(
+        "  replicas: 0\n  engine_version: \"7.0\"\n  snapshot_retention_days: 1\n",
+        "  replicas: 2\n  engine_version: \"7.1\"\n  node_type: cache.t4g.small\n",
+    );
+    assert_eq!(
+        changes(),
+        [
+            "upgrading to version 7.1",
+            "changing node type to cache.t4g.small",
+            "changing to 2 replica(s)",
+            "enabling failover and Multi-AZ",
+            "keeping automatic backups for 7 day(s)",
+        ]
+    );
+    stack.up();
+    let (group, nodes) = redis().await;
+    assert_eq!(group.status(), Some("available"));
+    assert_eq!(group.cache_node_type(), Some("cache.t4g.small"));
+    assert_eq!(group.member_clusters().len(), 3);
+    assert_eq!(
+        group.automatic_failover(),
+        Some(&aws_sdk_elasticache::types::AutomaticFailoverStatus::Enabled)
+    );
+    assert_eq!(
+        group.multi_az(),
+        Some(&aws_sdk_elasticache::types::MultiAzStatus::Enabled)
+    );
+    assert_eq!(group.snapshot_retention_limit(), Some(7));
+    assert_eq!(nodes.len(), 3);
+    for node in &nodes {
+        assert_eq!(node.cache_cluster_status(), Some("available"));
+        assert_eq!(node.engine_version(), Some("7.1.0"));
+        assert_eq!(node.cache_node_type(), Some("cache.t4g.small"));
+    }
+    assert_eq!(plan_json(&stack, 0)["changes"], json!([]), "made once");
+
+    // Back to a lone primary: failover and Multi-AZ go first, then the replicas.
+    stack.edit("  replicas: 2\n", "  replicas: 0\n");
+    assert_eq!(
+        changes(),
+        [
+            "disabling failover and Multi-AZ",
+            "changing to 0 replica(s)"
+        ]
+    );
+    stack.up();
+    let (group, _) = redis().await;
+    assert_eq!(group.member_clusters().len(), 1);
+    assert_eq!(
+        group.automatic_failover(),
+        Some(&aws_sdk_elasticache::types::AutomaticFailoverStatus::Disabled)
+    );
+    assert_eq!(plan_json(&stack, 0)["changes"], json!([]), "made once");
+    support::poll_until(
+        Duration::from_secs(30),
+        "the removed replicas to be gone",
+        || async { (redis().await.1.len() == 1).then_some(()) },
+    )
+    .await;
 
     stack.run(&["destroy", "--yes"]);
 }

@@ -241,8 +241,8 @@ async fn a_changed_node_type_is_modified_in_place() {
 /// ModifyReplicationGroup, takes the group to `modifying`, and brings it back `available`
 /// on its old node type, saying why only in an event ("Failed to scale down to cache node
 /// type ... because the node has insufficient memory", AWS re:Post,
-/// knowledge-center/elasticache-redis-change-node-errors). LocalStack does not modify
-/// replication groups, so this is mocked. `up` must not report the change as made.
+/// knowledge-center/elasticache-redis-change-node-errors). The LocalStack extension makes
+/// every change it accepts, so this is mocked. `up` must not report the change as made.
 #[tokio::test]
 async fn a_scale_down_elasticache_did_not_make_is_an_error_with_its_reason() {
     let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
@@ -409,8 +409,9 @@ fn node(id: &str, status: &str) -> CacheCluster {
 
 /// ElastiCache reports the group `available` again while the replica IncreaseReplicaCount
 /// added is still `creating`, and refuses a ModifyReplicationGroup until it is not
-/// (`InvalidCacheClusterState`, hashicorp/terraform-provider-aws#50096). Mocked: LocalStack
-/// does not modify replication groups.
+/// (`InvalidCacheClusterState`, hashicorp/terraform-provider-aws#50096). The LocalStack
+/// extension does the same (tests/up_destroy.rs changes a running Redis); here the calls'
+/// order is pinned down.
 #[tokio::test(start_paused = true)]
 async fn failover_is_turned_on_only_once_the_added_replica_is_available() {
     use std::sync::Arc;

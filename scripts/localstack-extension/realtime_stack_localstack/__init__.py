@@ -7,7 +7,8 @@ process-wide, so the load balancers and cache subnet groups created here see the
 VPCs, subnets and security groups created through LocalStack's own EC2 provider.
 
 Where moto lacks an operation the CLI calls, it is implemented here, on moto's
-backend, with AWS's error codes.
+backend, with AWS's error codes; changes to a replication group, which take time, are
+in `replication_groups`.
 """
 
 from localstack.aws.api import CommonServiceException
@@ -16,6 +17,7 @@ from localstack.aws.spec import load_service
 from localstack.services.moto import call_moto, call_moto_with_request
 from localstack.services.plugins import Service, aws_provider
 
+from . import replication_groups
 from .engines import ENGINE_VERSIONS
 from .node_types import allowed_modifications
 
@@ -32,12 +34,6 @@ def moto_service(api: str, overrides: dict) -> Service:
     return Service(name=api, skeleton=Skeleton(model, dispatch_table))
 
 
-def elasticache_backend(context):
-    from moto.elasticache.models import elasticache_backends
-
-    return elasticache_backends[context.account_id][context.region]
-
-
 def create_replication_group(context, request):
     """moto sizes a cluster-mode-disabled group by ReplicasPerNodeGroup and ignores
     NumCacheClusters, so a primary with replicas would come out as a lone primary."""
@@ -50,16 +46,18 @@ def create_replication_group(context, request):
 def delete_replication_group(context, request):
     """moto leaves a deleted group `deleting` for ever; AWS removes it once deleted.
     Answer as AWS does (the group, `deleting`), then let it be gone."""
+    replication_groups.delete_ready(context, request)
     response = call_moto(context)
-    backend = elasticache_backend(context)
+    backend = replication_groups.backend_of(context)
     group = backend.replication_groups.pop(request["ReplicationGroupId"], None)
     if group is not None:
         backend.tagging_service.delete_all_tags_for_resource(group.arn)
+        replication_groups.forget(group)
     return response
 
 
 def delete_cache_subnet_group(context, request):
-    backend = elasticache_backend(context)
+    backend = replication_groups.backend_of(context)
     name = request["CacheSubnetGroupName"]
     group = backend.cache_subnet_groups.get(name)
     if group is None:
@@ -134,7 +132,7 @@ def modify_listener(context, request):
 def list_allowed_node_type_modifications(context, request):
     """moto does not implement ListAllowedNodeTypeModifications; answered from
     `node_types.NODE_MEMORY_GIB` for the group's node type."""
-    backend = elasticache_backend(context)
+    backend = replication_groups.backend_of(context)
     group_id = request.get("ReplicationGroupId") or ""
     group = backend.replication_groups.get(group_id)
     if group is None:
@@ -162,5 +160,12 @@ def elasticache() -> Service:
             "DeleteCacheSubnetGroup": delete_cache_subnet_group,
             "DescribeCacheEngineVersions": describe_cache_engine_versions,
             "ListAllowedNodeTypeModifications": list_allowed_node_type_modifications,
+            "DescribeCacheClusters": replication_groups.describe_cache_clusters,
+            "DescribeReplicationGroups": replication_groups.describe_replication_groups,
+            "ListTagsForResource": replication_groups.list_tags_for_resource,
+            "ModifyReplicationGroup": replication_groups.modify_replication_group,
+            "IncreaseReplicaCount": replication_groups.increase_replica_count,
+            "DecreaseReplicaCount": replication_groups.decrease_replica_count,
+            "ModifyReplicationGroupShardConfiguration": replication_groups.modify_shard_configuration,
         },
     )
