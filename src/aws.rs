@@ -20,7 +20,7 @@ use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::engine::{Backoff, DeleteError, Pace};
+use crate::engine::{Backoff, DeleteError, Lasting, Pace};
 use crate::names::{Names, ROLE_TAG, STACK_TAG};
 
 /// Attempts the SDK makes at a call that failed with throttling or a transient error.
@@ -504,6 +504,15 @@ where
              now: run again later (`up` goes on from what exists), or pick another type"
         }
         Some("OptInRequired") => " - the account is not subscribed to this service in this region",
+        Some(
+            "AuthFailure"
+            | "InvalidClientTokenId"
+            | "UnrecognizedClientException"
+            | "SignatureDoesNotMatch",
+        ) => {
+            " - AWS does not accept the credentials in use: check --profile, and that the \
+             keys are current and the machine's clock is right"
+        }
         _ if matches!(
             err,
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)
@@ -521,8 +530,29 @@ where
         ),
         _ => DisplayErrorContext(&err).to_string(),
     };
-    anyhow::anyhow!("{call} failed: {reason}{advice}")
+    let message = format!("{call} failed: {reason}{advice}");
+    if error_code(&err).is_some_and(|code| LASTING_CODES.contains(&code)) {
+        anyhow::Error::new(Lasting(message))
+    } else {
+        anyhow::anyhow!(message)
+    }
 }
+
+/// Errors no retry mends: the credentials lack the permission, have expired, are not
+/// accepted, or the account has not opted in. Only the user can change that.
+const LASTING_CODES: &[&str] = &[
+    "UnauthorizedOperation",
+    "AccessDenied",
+    "AccessDeniedException",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "RequestExpired",
+    "AuthFailure",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "SignatureDoesNotMatch",
+    "OptInRequired",
+];
 
 /// Adds the failed call's name (and what to do) to an AWS SDK result.
 pub trait Call<T> {
@@ -616,6 +646,110 @@ mod tests {
         .to_string();
         assert_eq!(refused.num_calls(), 1);
         assert!(err.contains("lack this permission"), "{err}");
+    }
+
+    /// A security group `key`, deleted through [`delete_outcome`], after those it waits for.
+    struct Refused {
+        ec2: aws_sdk_ec2::Client,
+        key: &'static str,
+        blocked_by: &'static [&'static str],
+    }
+
+    impl crate::engine::Deletable for Refused {
+        fn key(&self) -> String {
+            self.key.to_owned()
+        }
+
+        fn label(&self) -> String {
+            self.key.to_owned()
+        }
+
+        fn blocked_by(&self) -> Vec<String> {
+            self.blocked_by
+                .iter()
+                .map(|key| (*key).to_owned())
+                .collect()
+        }
+
+        fn delete(&self) -> crate::engine::DeleteFuture<'_> {
+            Box::pin(async move {
+                let result = self
+                    .ec2
+                    .delete_security_group()
+                    .group_id(self.key)
+                    .send()
+                    .await;
+                delete_outcome(
+                    result,
+                    &format!("DeleteSecurityGroup {}", self.key),
+                    &["InvalidGroup.NotFound"],
+                )
+            })
+        }
+    }
+
+    /// Credentials that lack a permission (EC2's `UnauthorizedOperation`) or have expired
+    /// will not get it by waiting: `destroy` deletes all else it can, names the refused
+    /// resource and what waits for it at once, and does not retry for its patience.
+    #[tokio::test(start_paused = true)]
+    async fn destroy_stops_at_once_on_what_the_credentials_may_not_delete() {
+        use aws_sdk_ec2::operation::delete_security_group::{
+            DeleteSecurityGroupError, DeleteSecurityGroupOutput,
+        };
+        for code in ["UnauthorizedOperation", "ExpiredToken"] {
+            let denied = mock!(aws_sdk_ec2::Client::delete_security_group)
+                .match_requests(|req| req.group_id() == Some("sg-denied"))
+                .then_error(move || {
+                    DeleteSecurityGroupError::generic(
+                        ErrorMetadata::builder()
+                            .code(code)
+                            .message("You are not authorized to perform this operation.")
+                            .build(),
+                    )
+                });
+            let allowed = mock!(aws_sdk_ec2::Client::delete_security_group)
+                .then_output(|| DeleteSecurityGroupOutput::builder().build());
+            let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&denied, &allowed]);
+            let resource = |key, blocked_by| -> Box<dyn crate::engine::Deletable> {
+                Box::new(Refused {
+                    ec2: ec2.clone(),
+                    key,
+                    blocked_by,
+                })
+            };
+            let started = tokio::time::Instant::now();
+
+            let left = crate::engine::destroy(
+                vec![
+                    resource("sg-denied", &[]),
+                    resource("sg-after", &["sg-denied"]),
+                    resource("sg-free", &[]),
+                ],
+                &crate::engine::Progress::with_live_lines(false),
+                Pace::Aws,
+                Duration::from_secs(20 * 60),
+            )
+            .await
+            .unwrap_err();
+
+            assert!(started.elapsed() < Duration::from_secs(60), "{code}");
+            assert_eq!(denied.num_calls(), 1, "{code}: not retried");
+            assert_eq!(allowed.num_calls(), 1, "{code}: sg-free deleted");
+            let left: Vec<(&str, &str)> = left
+                .0
+                .iter()
+                .map(|(label, reason)| (label.as_str(), reason.as_str()))
+                .collect();
+            assert_eq!(left.len(), 2, "{left:?}");
+            assert_eq!(left[0].0, "sg-denied");
+            assert!(
+                left[0]
+                    .1
+                    .starts_with(&format!("DeleteSecurityGroup sg-denied failed: {code}")),
+                "{left:?}"
+            );
+            assert_eq!(left[1], ("sg-after", "waiting for sg-denied"));
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -348,8 +348,26 @@ pub enum DeleteError {
     /// it is progress, so the loop's patience does not run out meanwhile.
     Busy(String),
     /// Anything else. It is retried too, since AWS errors are often transient, but it
-    /// counts as no progress.
+    /// counts as no progress; unless it is [`Lasting`], which no wait mends.
     Failed(anyhow::Error),
+}
+
+/// A failure no retry mends, such as credentials that lack a permission: `destroy` stops
+/// trying the resource and names it, rather than retrying until its patience runs out.
+#[derive(Debug)]
+pub struct Lasting(pub String);
+
+impl std::fmt::Display for Lasting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Lasting {}
+
+/// Whether `err`, or what it wraps, is [`Lasting`].
+pub fn is_lasting(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.is::<Lasting>())
 }
 
 pub type DeleteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeleteError>> + Send + 'a>>;
@@ -398,7 +416,9 @@ const BUSY_PATIENCE_TIMES: u32 = 4;
 /// nothing left blocks; a resource AWS still refuses stays for the next pass. Progress
 /// (a resource deleted, or one [`DeleteError::Busy`] on its way) resets the patience;
 /// after `patience` without any, or [`BUSY_PATIENCE_TIMES`] the patience with nothing
-/// deleted, it stops and returns what is left.
+/// deleted, it stops and returns what is left. A resource that failed for good
+/// ([`Lasting`]) is not tried again, and what waits for it is left with it as soon as
+/// nothing else is left to try.
 pub async fn destroy(
     resources: Vec<Box<dyn Deletable>>,
     progress: &Progress,
@@ -416,8 +436,13 @@ pub async fn destroy(
     // Tokio's clock, so that tests can pause it.
     let mut last_progress = tokio::time::Instant::now();
     let mut last_deleted = last_progress;
+    let mut failed_for_good: Vec<(Box<dyn Deletable>, Step, String)> = Vec::new();
     while !pending.is_empty() {
-        let keys: HashSet<String> = pending.iter().map(|(r, _, _)| r.key()).collect();
+        let keys: HashSet<String> = pending
+            .iter()
+            .chain(&failed_for_good)
+            .map(|(r, _, _)| r.key())
+            .collect();
         let mut unblocked = Vec::new();
         for (index, (resource, step, reason)) in pending.iter_mut().enumerate() {
             let blockers: Vec<String> = resource
@@ -433,6 +458,10 @@ pub async fn destroy(
                 step.set(reason);
             }
         }
+        if unblocked.is_empty() && !failed_for_good.is_empty() {
+            // All that is left waits, at some remove, for what failed for good.
+            break;
+        }
         let attempts = unblocked.into_iter().map(|index| {
             let resource = &pending[index].0;
             async move { (index, resource.delete().await) }
@@ -440,6 +469,7 @@ pub async fn destroy(
         let outcomes: Vec<(usize, Result<(), DeleteError>)> =
             stream::iter(attempts).buffer_unordered(8).collect().await;
         let mut deleted = HashSet::new();
+        let mut lasting = HashSet::new();
         let mut busy = false;
         for (index, outcome) in outcomes {
             let (_, step, reason) = &mut pending[index];
@@ -457,42 +487,56 @@ pub async fn destroy(
                     *reason = why;
                     busy = true;
                 }
+                Err(DeleteError::Failed(err)) if is_lasting(&err) => {
+                    *reason = format!("{err:#}");
+                    step.fail(reason);
+                    lasting.insert(index);
+                }
                 Err(DeleteError::Failed(err)) => {
                     step.set(&format!("retrying: {err:#}"));
                     *reason = format!("{err:#}");
                 }
             }
         }
-        if busy {
+        if busy || !deleted.is_empty() {
             last_progress = tokio::time::Instant::now();
         }
         if !deleted.is_empty() {
-            last_progress = tokio::time::Instant::now();
             last_deleted = last_progress;
             backoff = Backoff::new(pace);
-            pending = pending
-                .into_iter()
-                .enumerate()
-                .filter(|(index, _)| !deleted.contains(index))
-                .map(|(_, entry)| entry)
-                .collect();
+        }
+        if !deleted.is_empty() || !lasting.is_empty() {
+            let mut kept = Vec::new();
+            for (index, entry) in pending.into_iter().enumerate() {
+                if lasting.contains(&index) {
+                    failed_for_good.push(entry);
+                } else if !deleted.contains(&index) {
+                    kept.push(entry);
+                }
+            }
+            pending = kept;
             continue;
         }
         if last_progress.elapsed() >= patience
             || last_deleted.elapsed() >= patience * BUSY_PATIENCE_TIMES
         {
-            let left = pending
-                .into_iter()
-                .map(|(resource, step, reason)| {
-                    step.fail(&reason);
-                    (resource.label(), reason)
-                })
-                .collect();
-            return Err(Leftovers(left));
+            break;
         }
         backoff.pause().await;
     }
-    Ok(())
+    if pending.is_empty() && failed_for_good.is_empty() {
+        return Ok(());
+    }
+    for (_, step, reason) in &pending {
+        step.fail(reason);
+    }
+    Err(Leftovers(
+        failed_for_good
+            .into_iter()
+            .chain(pending)
+            .map(|(resource, _, reason)| (resource.label(), reason))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
