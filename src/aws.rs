@@ -298,10 +298,10 @@ where
     }
 }
 
-/// How AWS says that it does not know yet a resource that was just created: a part of
-/// the service has not heard of it (eventual consistency). Retried as "not yet" by
-/// [`once_known`] on calls that use a new resource, never on deletes, where the same
-/// codes mean the resource is gone.
+/// How AWS says "not yet": a part of the service has not heard yet of a resource just
+/// created (eventual consistency), or the resource is busy with something that ends on
+/// its own. Retried by [`once_known`] on calls that use such a resource, never on
+/// deletes, where the not-found codes mean the resource is gone.
 pub struct NotYet {
     pub codes: &'static [&'static str],
     /// Answers that mean "not yet" only with a given message: `(code, part of the
@@ -384,6 +384,22 @@ pub const CACHE_NEW_SUBNETS: NotYet = NotYet {
     with_message: &[("InvalidParameterValue", "Some input subnets")],
     limit: Duration::from_secs(5 * 60),
     advice: "the subnets were deleted meanwhile: run `up` again, which re-creates them",
+};
+
+/// An Auto Scaling group busy with a scaling activity. An instance it terminates is
+/// drained first, for the target group's deregistration delay (up to an hour), and
+/// meanwhile TerminateInstanceInAutoScalingGroup and UpdateAutoScalingGroup may be refused
+/// with `ScalingActivityInProgress` ("if the ASG is configured to deregister a
+/// targetgroup ... the terminate request may fail with ScalingActivityInProgress",
+/// keikoproj/upgrade-manager#77; kubernetes/kops#6900; for UpdateAutoScalingGroup,
+/// TwiN/aws-eks-asg-rolling-update-handler#16). The SDK does not retry it.
+pub const GROUP_BUSY: NotYet = NotYet {
+    codes: &["ScalingActivityInProgress"],
+    with_message: &[],
+    limit: Duration::from_secs(65 * 60),
+    advice: "a scaling activity of the Auto Scaling group has run longer than the longest \
+             deregistration delay: see its activities (`realtime-stack status`), and run `up` \
+             again once it has ended",
 };
 
 /// Sends a call that uses a resource just created, again while AWS answers one of

@@ -417,7 +417,7 @@ async fn launch_template_versions(
 #[tokio::test]
 async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
     let aws = support::localstack().await;
-    let (stack, _) = TestStack::with_zone(&aws, "r").await;
+    let (mut stack, _) = TestStack::with_zone(&aws, "r").await;
     let ec2 = aws_sdk_ec2::Client::new(&aws);
     let ids = support::instance_ids;
     let first = ids(&stack.up());
@@ -439,9 +439,27 @@ async fn a_new_build_replaces_every_instance_and_a_lower_count_removes_one() {
             .expect("CreateLaunchTemplateVersion");
     }
 
-    // Another build: the same program with one byte more, so another SHA-256.
+    // Another build: the same program with one byte more, so another SHA-256. Both
+    // instances go in one batch: the group refuses to take out the second while the
+    // first drains (ScalingActivityInProgress, as the extension answers it), and `up`
+    // sends it again once the first is gone.
     let rebuilt = stack.rebuild();
+    stack.edit(
+        "  drain_seconds: 5\n",
+        "  drain_seconds: 5\n  batch_size: 2\n",
+    );
+    let calls = stack.dir.path().join("aws-calls.log");
+    stack.call_log = Some(calls.clone());
     let second = ids(&stack.up());
+    let log = std::fs::read_to_string(&calls).expect("the CLI's call log");
+    let terminations = log
+        .lines()
+        .filter(|call| call.contains("TerminateInstanceInAutoScalingGroup"))
+        .count();
+    assert!(
+        terminations > 2,
+        "the second sent again after a refusal:\n{log}"
+    );
     assert_eq!(second.len(), 2);
     assert!(
         second.iter().all(|id| !first.contains(id)),

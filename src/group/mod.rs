@@ -12,6 +12,8 @@
 
 pub mod scaling;
 pub mod template;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 
@@ -20,7 +22,7 @@ use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, Tag};
 use aws_smithy_types::date_time::Format;
 use serde::Serialize;
 
-use crate::aws::{Call, error_code, explain};
+use crate::aws::{Call, GROUP_BUSY, error_code, explain, once_known};
 use crate::engine::{Action, Deletable, DeleteError, DeleteFuture, is_planned};
 use crate::names::{REDIS_ENDPOINT_TAG, STACK_TAG};
 use crate::stack::Stack;
@@ -432,20 +434,25 @@ pub async fn settle_grace(stack: &Stack) -> Result<()> {
 }
 
 /// Sets the desired capacity and the maximum, those given.
+/// Sent again while the group is busy with a scaling activity ([`GROUP_BUSY`]).
 pub async fn resize(stack: &Stack, desired: Option<usize>, max: Option<usize>) -> Result<()> {
     let name = stack.names.auto_scaling_group();
-    stack
-        .clients
-        .autoscaling
-        .update_auto_scaling_group()
-        .auto_scaling_group_name(&name)
-        .set_desired_capacity(desired.map(to_i32))
-        .set_max_size(max.map(to_i32))
-        .send()
-        .await
-        .call(format!(
-            "UpdateAutoScalingGroup {name} desired capacity {desired:?}, max {max:?}"
-        ))?;
+    once_known(
+        stack.pace,
+        &format!("UpdateAutoScalingGroup {name} desired capacity {desired:?}, max {max:?}"),
+        &GROUP_BUSY,
+        || {
+            stack
+                .clients
+                .autoscaling
+                .update_auto_scaling_group()
+                .auto_scaling_group_name(&name)
+                .set_desired_capacity(desired.map(to_i32))
+                .set_max_size(max.map(to_i32))
+                .send()
+        },
+    )
+    .await?;
     Ok(())
 }
 
@@ -481,17 +488,24 @@ pub async fn hold_scaling(stack: &Stack, hold: bool) -> Result<()> {
 
 /// Takes `id` out of the group: deregistered from the target group, drained for the
 /// deregistration delay, terminated. With `decrement`, the group's desired capacity goes
-/// down by one; without, the group launches a replacement.
+/// down by one; without, the group launches a replacement. While another instance still
+/// drains, the group refuses ([`GROUP_BUSY`]): this one goes once that one has.
 pub async fn terminate(stack: &Stack, id: &str, decrement: bool) -> Result<()> {
-    stack
-        .clients
-        .autoscaling
-        .terminate_instance_in_auto_scaling_group()
-        .instance_id(id)
-        .should_decrement_desired_capacity(decrement)
-        .send()
-        .await
-        .call(format!("TerminateInstanceInAutoScalingGroup {id}"))?;
+    once_known(
+        stack.pace,
+        &format!("TerminateInstanceInAutoScalingGroup {id}"),
+        &GROUP_BUSY,
+        || {
+            stack
+                .clients
+                .autoscaling
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(id)
+                .should_decrement_desired_capacity(decrement)
+                .send()
+        },
+    )
+    .await?;
     Ok(())
 }
 

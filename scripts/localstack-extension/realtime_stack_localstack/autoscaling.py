@@ -26,7 +26,12 @@ documents, and the CLI or the local emulator relies on it, this module makes it 
   https://docs.aws.amazon.com/autoscaling/ec2/userguide/retrieving-target-lifecycle-state-through-imds.html).
   moto terminates at once and leaves the instance registered.
 - TerminateInstanceInAutoScalingGroup refuses to decrement the desired capacity below
-  the group's minimum (ValidationError, API reference).
+  the group's minimum (ValidationError, API reference), and refuses while another
+  instance of the group is still draining: its termination is a scaling activity in
+  progress ("ScalingActivityInProgress: Activity ... is in progress", kubernetes/kops#6900;
+  "if the ASG is configured to deregister a targetgroup ... the terminate request may fail
+  with ScalingActivityInProgress", keikoproj/upgrade-manager#77). AWS may; here it always
+  does, so that what follows a refusal is exercised.
 - Health. SetInstanceHealth with `Unhealthy` makes AWS "terminate and replace the
   unhealthy instance", respecting the group's health check grace period unless told
   not to (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_SetInstanceHealth.html,
@@ -308,6 +313,13 @@ def activity_shape(activity):
 def terminate_instance_in_auto_scaling_group(context, request):
     backend = backend_of(context)
     group, state = group_state(backend, request["InstanceId"])
+    draining = next((a for a in activities(group) if a["StatusCode"] == "WaitingForELBConnectionDraining"), None)
+    if draining is not None:
+        raise CommonServiceException(
+            "ScalingActivityInProgress",
+            f"Activity {draining['ActivityId']} is in progress.",
+            status_code=400,
+        )
     decrement = request.get("ShouldDecrementDesiredCapacity")
     before = group.desired_capacity
     if decrement:
