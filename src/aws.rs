@@ -386,6 +386,67 @@ pub const CACHE_NEW_SUBNETS: NotYet = NotYet {
     advice: "the subnets were deleted meanwhile: run `up` again, which re-creates them",
 };
 
+/// A cache subnet group seconds old, named by the replication group created next:
+/// ElastiCache may not know it yet ("CacheSubnetGroupNotFoundFault: Cache Subnet Group
+/// ... does not exist ... it takes time to be created. When I re-apply ... all works
+/// fine", aws-controllers-k8s/community#1228).
+pub const CACHE_NEW_SUBNET_GROUP: NotYet = NotYet {
+    codes: &["CacheSubnetGroupNotFoundFault"],
+    with_message: &[],
+    limit: Duration::from_secs(5 * 60),
+    advice: "the cache subnet group was deleted meanwhile: run `up` again, which re-creates it",
+};
+
+/// A listener or target group just created, used by the next call: ELB's API is
+/// eventually consistent, and answers `ListenerNotFound` ("a listener created may still
+/// be ListenerNotFound", kubernetes-sigs/aws-load-balancer-controller#1472, which retries
+/// for 20 s) or `TargetGroupNotFound` (a CreateTargetGroup, then "within the same second"
+/// a call on it failing so, hashicorp/terraform-provider-aws#16860; #19920).
+pub const ELB_NEW: NotYet = NotYet {
+    codes: &["ListenerNotFound", "TargetGroupNotFound"],
+    with_message: &[],
+    limit: Duration::from_secs(2 * 60),
+    advice: "it was deleted meanwhile: run `up` again, which re-creates it",
+};
+
+/// Access logs turned on seconds after their bucket and its policy were written: the
+/// load balancer checks that it can write there, and until S3's policy has propagated
+/// answers "InvalidConfigurationRequest: Access Denied for bucket ... Please check
+/// S3bucket permission" ("30s unfortunately didn't suffice ... with 60s sorted it",
+/// hashicorp/terraform-provider-aws#12010). The code alone also means other mistakes, so
+/// only this message is retried.
+pub const ELB_NEW_LOG_BUCKET: NotYet = NotYet {
+    codes: &[],
+    with_message: &[("InvalidConfigurationRequest", "Access Denied for bucket")],
+    limit: Duration::from_secs(5 * 60),
+    advice: "the bucket's policy must let the region's Elastic Load Balancing write into it: \
+             check it (`realtime-stack status` names the bucket), and run `up` again",
+};
+
+/// A bucket just created: S3 may not know it yet (HeadBucket's `NotFound`; terraform-
+/// provider-aws waits for HeadBucket after CreateBucket), and may answer `NoSuchBucket`
+/// to the calls that configure it, or `OperationAborted` while one is still applied
+/// (terraform-provider-aws retries its bucket configuration calls on both for two
+/// minutes, `s3BucketPropagationTimeout`; "S3 eventual consistency is a pain",
+/// hashicorp/terraform-provider-aws#6607).
+pub const S3_NEW_BUCKET: NotYet = NotYet {
+    codes: &["NotFound", "NoSuchBucket", "OperationAborted"],
+    with_message: &[],
+    limit: Duration::from_secs(2 * 60),
+    advice: "the bucket was deleted meanwhile: run `up` again, which re-creates it",
+};
+
+/// An Auto Scaling group just created, named by the next call: Auto Scaling may answer
+/// "ValidationError: AutoScalingGroup name not found" for a while (a scheduled action
+/// made right after its group, hashicorp/terraform#17238). The code alone also means a
+/// lasting mistake, so only this message is retried.
+pub const GROUP_NEW: NotYet = NotYet {
+    codes: &[],
+    with_message: &[("ValidationError", "name not found")],
+    limit: Duration::from_secs(2 * 60),
+    advice: "the Auto Scaling group was deleted meanwhile: run `up` again, which re-creates it",
+};
+
 /// An Auto Scaling group busy with a scaling activity. An instance it terminates is
 /// drained first, for the target group's deregistration delay (up to an hour), and
 /// meanwhile TerminateInstanceInAutoScalingGroup and UpdateAutoScalingGroup may be refused
@@ -765,6 +826,47 @@ mod tests {
                 "{left:?}"
             );
             assert_eq!(left[1], ("sg-after", "waiting for sg-denied"));
+        }
+    }
+
+    /// Where AWS answers "not yet" and a lasting mistake with the same code, only the
+    /// message tells them apart: only "not yet" is retried.
+    #[test]
+    fn a_code_shared_with_lasting_mistakes_is_retried_only_with_its_message() {
+        use aws_sdk_autoscaling::operation::put_scaling_policy::PutScalingPolicyError;
+        let answer = |code: &str, message: &str| -> SdkError<PutScalingPolicyError, ()> {
+            SdkError::service_error(
+                PutScalingPolicyError::generic(
+                    aws_sdk_autoscaling::error::ErrorMetadata::builder()
+                        .code(code)
+                        .message(message)
+                        .build(),
+                ),
+                (),
+            )
+        };
+        for (not_yet, code, retried, not_retried) in [
+            (
+                &GROUP_NEW,
+                "ValidationError",
+                "AutoScalingGroup name not found - null",
+                "TargetValue must be between 1 and 100",
+            ),
+            (
+                &ELB_NEW_LOG_BUCKET,
+                "InvalidConfigurationRequest",
+                "Access Denied for bucket: chat-logs. Please check S3bucket permission",
+                "A load balancer cannot be attached to multiple subnets in the same zone",
+            ),
+            (
+                &CACHE_NEW_SUBNETS,
+                "InvalidParameterValue",
+                "Some input subnets in :[subnet-1] are invalid.",
+                "The parameter CacheSubnetGroupDescription must be provided",
+            ),
+        ] {
+            assert!(not_yet.covers(&answer(code, retried)), "{retried}");
+            assert!(!not_yet.covers(&answer(code, not_retried)), "{not_retried}");
         }
     }
 

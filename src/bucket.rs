@@ -13,7 +13,7 @@ use aws_sdk_s3::types::{
 };
 use serde_json::Value;
 
-use crate::aws::{Call, delete_outcome};
+use crate::aws::{Call, S3_NEW_BUCKET, delete_outcome, once_known};
 use crate::engine::{Action, Deletable, DeleteError, DeleteFuture};
 use crate::stack::Stack;
 
@@ -38,6 +38,12 @@ pub async fn ensure(stack: &Stack, bucket: &str, role: &str) -> Result<bool> {
                 );
             }
             create.send().await.call(format!("CreateBucket {bucket}"))?;
+            // Configured once S3 knows it, as terraform-provider-aws does (S3_NEW_BUCKET).
+            let call = format!("HeadBucket {bucket}");
+            once_known(stack.pace, &call, &S3_NEW_BUCKET, || {
+                s3.head_bucket().bucket(bucket).send()
+            })
+            .await?;
         }
         Err(err) => {
             return Err(crate::aws::explain(&format!("HeadBucket {bucket}"), err))
@@ -77,7 +83,8 @@ async fn ensure_private(stack: &Stack, bucket: &str) -> Result<()> {
         )
     };
     if !blocked && change() {
-        s3.put_public_access_block()
+        let put = s3
+            .put_public_access_block()
             .bucket(bucket)
             .public_access_block_configuration(
                 PublicAccessBlockConfiguration::builder()
@@ -86,10 +93,9 @@ async fn ensure_private(stack: &Stack, bucket: &str) -> Result<()> {
                     .block_public_policy(true)
                     .restrict_public_buckets(true)
                     .build(),
-            )
-            .send()
-            .await
-            .call(format!("PutPublicAccessBlock {bucket}"))?;
+            );
+        let call = format!("PutPublicAccessBlock {bucket}");
+        once_known(stack.pace, &call, &S3_NEW_BUCKET, || put.clone().send()).await?;
     }
     Ok(())
 }
@@ -117,7 +123,8 @@ async fn ensure_encrypted(stack: &Stack, bucket: &str) -> Result<()> {
         )
     };
     if !encrypted && change() {
-        s3.put_bucket_encryption()
+        let put = s3
+            .put_bucket_encryption()
             .bucket(bucket)
             .server_side_encryption_configuration(
                 ServerSideEncryptionConfiguration::builder()
@@ -133,10 +140,9 @@ async fn ensure_encrypted(stack: &Stack, bucket: &str) -> Result<()> {
                     )
                     .build()
                     .context("encryption configuration")?,
-            )
-            .send()
-            .await
-            .call(format!("PutBucketEncryption {bucket}"))?;
+            );
+        let call = format!("PutBucketEncryption {bucket}");
+        once_known(stack.pace, &call, &S3_NEW_BUCKET, || put.clone().send()).await?;
     }
     Ok(())
 }
@@ -170,17 +176,14 @@ async fn ensure_tagged(stack: &Stack, bucket: &str, role: &str) -> Result<()> {
         .map(|(key, value)| Tag::builder().key(key).value(value).build())
         .collect::<Result<Vec<_>, _>>()
         .context("bucket tags")?;
-    s3.put_bucket_tagging()
-        .bucket(bucket)
-        .tagging(
-            Tagging::builder()
-                .set_tag_set(Some(tags))
-                .build()
-                .context("bucket tagging")?,
-        )
-        .send()
-        .await
-        .call(format!("PutBucketTagging {bucket}"))?;
+    let put = s3.put_bucket_tagging().bucket(bucket).tagging(
+        Tagging::builder()
+            .set_tag_set(Some(tags))
+            .build()
+            .context("bucket tagging")?,
+    );
+    let call = format!("PutBucketTagging {bucket}");
+    once_known(stack.pace, &call, &S3_NEW_BUCKET, || put.clone().send()).await?;
     Ok(())
 }
 
@@ -236,12 +239,12 @@ pub async fn ensure_policy(
             return Ok(());
         }
         step.set("writing");
-        s3.put_bucket_policy()
+        let put = s3
+            .put_bucket_policy()
             .bucket(bucket)
-            .policy(wanted.to_string())
-            .send()
-            .await
-            .call(format!("PutBucketPolicy {bucket}"))?;
+            .policy(wanted.to_string());
+        let call = format!("PutBucketPolicy {bucket}");
+        once_known(stack.pace, &call, &S3_NEW_BUCKET, || put.clone().send()).await?;
         Ok(())
     };
     step.run(work, |()| about.to_owned()).await
@@ -290,17 +293,17 @@ pub async fn ensure_expiry(stack: &Stack, bucket: &str, exists: bool, days: u32)
         .expiration(LifecycleExpiration::builder().days(days).build())
         .build()
         .context("lifecycle rule")?;
-    s3.put_bucket_lifecycle_configuration()
+    let put = s3
+        .put_bucket_lifecycle_configuration()
         .bucket(bucket)
         .lifecycle_configuration(
             BucketLifecycleConfiguration::builder()
                 .rules(rule)
                 .build()
                 .context("lifecycle configuration")?,
-        )
-        .send()
-        .await
-        .call(format!("PutBucketLifecycleConfiguration {bucket}"))?;
+        );
+    let call = format!("PutBucketLifecycleConfiguration {bucket}");
+    once_known(stack.pace, &call, &S3_NEW_BUCKET, || put.clone().send()).await?;
     Ok(())
 }
 
@@ -425,5 +428,97 @@ impl Deletable for Bucket {
 
     fn delete(&self) -> DeleteFuture<'_> {
         Box::pin(self.empty_and_delete())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::Client;
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::create_bucket::CreateBucketOutput;
+    use aws_sdk_s3::operation::get_bucket_encryption::GetBucketEncryptionError;
+    use aws_sdk_s3::operation::get_bucket_tagging::GetBucketTaggingError;
+    use aws_sdk_s3::operation::get_public_access_block::GetPublicAccessBlockError;
+    use aws_sdk_s3::operation::head_bucket::{HeadBucketError, HeadBucketOutput};
+    use aws_sdk_s3::operation::put_bucket_encryption::PutBucketEncryptionOutput;
+    use aws_sdk_s3::operation::put_bucket_tagging::PutBucketTaggingOutput;
+    use aws_sdk_s3::operation::put_public_access_block::{
+        PutPublicAccessBlockError, PutPublicAccessBlockOutput,
+    };
+    use aws_sdk_s3::types::error::NotFound;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    use super::*;
+    use crate::engine::Pace;
+    use crate::stack::testing;
+
+    fn code(code: &str) -> ErrorMetadata {
+        ErrorMetadata::builder().code(code).build()
+    }
+
+    /// A bucket seconds old: S3 may not know it yet, to HeadBucket (`NotFound`) or to the
+    /// calls that configure it (`NoSuchBucket`); terraform-provider-aws waits for
+    /// HeadBucket after CreateBucket and retries its configuration calls for two minutes
+    /// (hashicorp/terraform-provider-aws#6607). `ensure` waits the same way, and the
+    /// bucket comes out private, encrypted and tagged.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_bucket_is_configured_once_s3_knows_it() {
+        let head = mock!(Client::head_bucket)
+            .sequence()
+            // As the SDK reads S3's bodiless 404 to a HEAD.
+            .error(|| HeadBucketError::NotFound(NotFound::builder().meta(code("NotFound")).build()))
+            .times(3)
+            .output(|| HeadBucketOutput::builder().build())
+            .build();
+        let create =
+            mock!(Client::create_bucket).then_output(|| CreateBucketOutput::builder().build());
+        let no_block = mock!(Client::get_public_access_block).then_error(|| {
+            GetPublicAccessBlockError::generic(code("NoSuchPublicAccessBlockConfiguration"))
+        });
+        let block = mock!(Client::put_public_access_block)
+            .sequence()
+            .error(|| PutPublicAccessBlockError::generic(code("NoSuchBucket")))
+            .output(|| PutPublicAccessBlockOutput::builder().build())
+            .build();
+        let no_encryption = mock!(Client::get_bucket_encryption).then_error(|| {
+            GetBucketEncryptionError::generic(code(
+                "ServerSideEncryptionConfigurationNotFoundError",
+            ))
+        });
+        let encrypt = mock!(Client::put_bucket_encryption)
+            .then_output(|| PutBucketEncryptionOutput::builder().build());
+        let no_tags = mock!(Client::get_bucket_tagging)
+            .then_error(|| GetBucketTaggingError::generic(code("NoSuchTagSet")));
+        let tag = mock!(Client::put_bucket_tagging)
+            .then_output(|| PutBucketTaggingOutput::builder().build());
+        let mut clients = testing::clients();
+        clients.s3 = mock_client!(
+            aws_sdk_s3,
+            RuleMode::MatchAny,
+            [
+                &head,
+                &create,
+                &no_block,
+                &block,
+                &no_encryption,
+                &encrypt,
+                &no_tags,
+                &tag
+            ]
+        );
+        let mut stack = testing::stack(clients);
+        stack.pace = Pace::Aws;
+
+        let exists = ensure(&stack, "chat-artifacts-1-us-east-1", "artifacts")
+            .await
+            .expect("the bucket is made and configured");
+
+        assert!(exists);
+        assert_eq!(create.num_calls(), 1);
+        // Once to find it missing, twice not known yet after its creation, then known.
+        assert_eq!(head.num_calls(), 4);
+        assert_eq!(block.num_calls(), 2);
+        assert_eq!(encrypt.num_calls(), 1);
+        assert_eq!(tag.num_calls(), 1);
     }
 }

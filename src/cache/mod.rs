@@ -15,7 +15,7 @@ use aws_sdk_elasticache::types::{
     CacheSubnetGroup, ClusterMode, MultiAzStatus, ReplicationGroup, SourceType, Tag,
 };
 
-use crate::aws::{CACHE_NEW_SUBNETS, Call, found, once_known};
+use crate::aws::{CACHE_NEW_SUBNET_GROUP, CACHE_NEW_SUBNETS, Call, found, once_known};
 use crate::engine::{Action, Step, planned_id, wait_for};
 use crate::names::{Names, STACK_TAG};
 use crate::stack::Stack;
@@ -292,7 +292,7 @@ async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<(
             .num_cache_clusters(1 + i32::try_from(redis.replicas)?)
             .automatic_failover_enabled(multi_az)
     };
-    create
+    let create = create
         .replication_group_id(id)
         .replication_group_description(format!(
             "realtime-stack {}: chat fan-out",
@@ -308,10 +308,13 @@ async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<(
         .cache_subnet_group_name(stack.names.cache_subnet_group())
         .security_group_ids(security_group)
         .port(i32::from(PORT))
-        .set_tags(Some(tags(stack, "redis")))
-        .send()
-        .await
-        .call(format!("CreateReplicationGroup {id}"))?;
+        .set_tags(Some(tags(stack, "redis")));
+    // The cache subnet group may be seconds old.
+    let call = format!("CreateReplicationGroup {id}");
+    once_known(stack.pace, &call, &CACHE_NEW_SUBNET_GROUP, || {
+        create.clone().send()
+    })
+    .await?;
     Ok(())
 }
 

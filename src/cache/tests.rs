@@ -181,6 +181,56 @@ async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
     assert_eq!(describe.num_calls(), 6);
 }
 
+/// The replication group created seconds after its cache subnet group: ElastiCache may
+/// not know the subnet group yet ("CacheSubnetGroupNotFoundFault ... it takes time to be
+/// created", aws-controllers-k8s/community#1228). The create is sent again until it does.
+#[tokio::test(start_paused = true)]
+async fn the_group_is_created_once_elasticache_knows_its_new_subnet_group() {
+    use aws_sdk_elasticache::operation::create_replication_group::CreateReplicationGroupError;
+
+    let no_subnet_group = no_subnet_group();
+    let create_subnet_group = mock!(Client::create_cache_subnet_group)
+        .then_output(|| CreateCacheSubnetGroupOutput::builder().build());
+    let describe = mock!(Client::describe_replication_groups)
+        .sequence()
+        .error(|| {
+            DescribeReplicationGroupsError::ReplicationGroupNotFoundFault(
+                ReplicationGroupNotFoundFault::builder().build(),
+            )
+        })
+        .output(|| described(group("available")))
+        .build();
+    let create = mock!(Client::create_replication_group)
+        .sequence()
+        .error(|| {
+            CreateReplicationGroupError::CacheSubnetGroupNotFoundFault(
+                CacheSubnetGroupNotFoundFault::builder()
+                    .meta(
+                        ErrorMetadata::builder()
+                            .code("CacheSubnetGroupNotFoundFault")
+                            .message("Cache Subnet Group chat-cache does not exist.")
+                            .build(),
+                    )
+                    .build(),
+            )
+        })
+        .times(2)
+        .output(|| CreateReplicationGroupOutput::builder().build())
+        .build();
+    let mut stack = testing::stack(mocked(&[
+        &no_subnet_group,
+        &create_subnet_group,
+        &describe,
+        &create,
+    ]));
+    stack.pace = Pace::Aws;
+
+    let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+    assert_eq!(redis.address, PRIMARY);
+    assert_eq!(create.num_calls(), 3);
+}
+
 #[tokio::test]
 async fn a_group_that_matches_the_spec_is_left_alone() {
     let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);

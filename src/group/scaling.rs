@@ -9,7 +9,7 @@ use aws_sdk_autoscaling::types::{
     MetricType, PredefinedMetricSpecification, ScalingPolicy, TargetTrackingConfiguration,
 };
 
-use crate::aws::Call;
+use crate::aws::{Call, GROUP_NEW, once_known};
 use crate::engine::Action;
 use crate::stack::Stack;
 
@@ -84,7 +84,7 @@ pub async fn ensure(stack: &Stack) -> Result<()> {
     if !stack.make(action, &resource, reason) {
         return Ok(());
     }
-    stack
+    let put = stack
         .clients
         .autoscaling
         .put_scaling_policy()
@@ -100,10 +100,10 @@ pub async fn ensure(stack: &Stack) -> Result<()> {
                 )
                 .target_value(wanted)
                 .build(),
-        )
-        .send()
-        .await
-        .call(format!("PutScalingPolicy {name}"))?;
+        );
+    // The group may be seconds old.
+    let call = format!("PutScalingPolicy {name}");
+    once_known(stack.pace, &call, &GROUP_NEW, || put.clone().send()).await?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 
 use super::LoadBalancer;
-use crate::aws::{Call, ELB_NEW_CERTIFICATE, once_known};
+use crate::aws::{Call, ELB_NEW, ELB_NEW_CERTIFICATE, once_known};
 use crate::engine::{self, Step, is_planned, planned_id};
 use crate::stack::Stack;
 
@@ -240,7 +240,7 @@ const METRICS_PATHS: [&str; 2] = ["/metrics", "/metrics/*"];
 /// `/metrics` answered 404 by the load balancer itself: metrics say how many are
 /// connected and how Redis fares, for the operator's scraper inside the VPC, not for the
 /// internet.
-async fn ensure_metrics_hidden(stack: &Stack, listener_arn: &str) -> Result<()> {
+pub(super) async fn ensure_metrics_hidden(stack: &Stack, listener_arn: &str) -> Result<()> {
     const RESOURCE: &str = "listener rule HTTPS:443 /metrics";
     let not_found = Action::builder()
         .r#type(ActionTypeEnum::FixedResponse)
@@ -257,12 +257,12 @@ async fn ensure_metrics_hidden(stack: &Stack, listener_arn: &str) -> Result<()> 
         return Ok(());
     }
     let elbv2 = &stack.clients.elbv2;
-    let rules = elbv2
-        .describe_rules()
-        .listener_arn(listener_arn)
-        .send()
-        .await
-        .call(format!("DescribeRules {listener_arn}"))?;
+    // The listener may be seconds old.
+    let call = format!("DescribeRules {listener_arn}");
+    let rules = once_known(stack.pace, &call, &ELB_NEW, || {
+        elbv2.describe_rules().listener_arn(listener_arn).send()
+    })
+    .await?;
     let existing = rules.rules().iter().find(|rule| is_metrics_rule(rule));
     match existing {
         Some(rule) if matches!(rule.actions(), [action] if answers_404(action)) => Ok(()),

@@ -14,7 +14,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_smithy_types::error::metadata::ProvideErrorMetadata as _;
 use futures::try_join;
 
-use crate::aws::{Call, ELB_NEW_NETWORK, found, once_known};
+use crate::aws::{Call, ELB_NEW_LOG_BUCKET, ELB_NEW_NETWORK, found, once_known};
 use crate::engine::{Action, Step, is_planned, planned_id, wait_for};
 use crate::names::STACK_TAG;
 use crate::network::Network;
@@ -423,7 +423,7 @@ async fn ensure_load_balancer_attributes(
     {
         return Ok(());
     }
-    elbv2
+    let modify = elbv2
         .modify_load_balancer_attributes()
         .load_balancer_arn(arn)
         .set_attributes(Some(
@@ -436,10 +436,13 @@ async fn ensure_load_balancer_attributes(
                         .build()
                 })
                 .collect(),
-        ))
-        .send()
-        .await
-        .call(format!("ModifyLoadBalancerAttributes {arn}"))?;
+        ));
+    // The access-log bucket and its policy may be seconds old.
+    let call = format!("ModifyLoadBalancerAttributes {arn}");
+    once_known(stack.pace, &call, &ELB_NEW_LOG_BUCKET, || {
+        modify.clone().send()
+    })
+    .await?;
     Ok(())
 }
 

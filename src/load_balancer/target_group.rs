@@ -14,7 +14,7 @@ use super::{
     HEALTH_CHECK_PATH, HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD, describe, drifted, is_ours,
     not_ours, tags,
 };
-use crate::aws::{Call, found};
+use crate::aws::{Call, ELB_NEW, found, once_known};
 use crate::deploy::Health;
 use crate::engine::{Action, Step, is_planned, planned_id};
 use crate::network::Network;
@@ -232,7 +232,11 @@ pub async fn ensure_target_group(stack: &Stack, network: &Network) -> Result<Str
     .await
 }
 
-async fn ensure_target_group_attributes(stack: &Stack, step: &Step, arn: &str) -> Result<()> {
+pub(super) async fn ensure_target_group_attributes(
+    stack: &Stack,
+    step: &Step,
+    arn: &str,
+) -> Result<()> {
     let elbv2 = &stack.clients.elbv2;
     let wanted = [
         (
@@ -242,12 +246,15 @@ async fn ensure_target_group_attributes(stack: &Stack, step: &Step, arn: &str) -
         // Any instance serves any room: Redis fans messages out between them.
         ("stickiness.enabled", "false".to_owned()),
     ];
-    let current = elbv2
-        .describe_target_group_attributes()
-        .target_group_arn(arn)
-        .send()
-        .await
-        .call(format!("DescribeTargetGroupAttributes {arn}"))?;
+    // The target group may be seconds old.
+    let call = format!("DescribeTargetGroupAttributes {arn}");
+    let current = once_known(stack.pace, &call, &ELB_NEW, || {
+        elbv2
+            .describe_target_group_attributes()
+            .target_group_arn(arn)
+            .send()
+    })
+    .await?;
     let changes = drifted(
         current
             .attributes()
@@ -265,7 +272,7 @@ async fn ensure_target_group_attributes(stack: &Stack, step: &Step, arn: &str) -
         return Ok(());
     }
     step.set("setting attributes");
-    elbv2
+    let modify = elbv2
         .modify_target_group_attributes()
         .target_group_arn(arn)
         .set_attributes(Some(
@@ -278,10 +285,9 @@ async fn ensure_target_group_attributes(stack: &Stack, step: &Step, arn: &str) -
                         .build()
                 })
                 .collect(),
-        ))
-        .send()
-        .await
-        .call(format!("ModifyTargetGroupAttributes {arn}"))?;
+        ));
+    let call = format!("ModifyTargetGroupAttributes {arn}");
+    once_known(stack.pace, &call, &ELB_NEW, || modify.clone().send()).await?;
     Ok(())
 }
 

@@ -587,3 +587,77 @@ async fn the_load_balancer_is_created_once_elb_knows_its_new_subnets_and_group()
     assert_eq!(arn, LB);
     assert_eq!(create.num_calls(), 4);
 }
+
+/// A listener and a target group seconds old: ELB's API is eventually consistent and may
+/// answer `ListenerNotFound` ("a listener created may still be ListenerNotFound",
+/// kubernetes-sigs/aws-load-balancer-controller#1472) or `TargetGroupNotFound` (within
+/// the same second of CreateTargetGroup, hashicorp/terraform-provider-aws#16860) to the
+/// next call on it. Each is sent again until ELB knows them.
+#[tokio::test(start_paused = true)]
+async fn a_listener_and_a_target_group_just_made_are_used_once_elb_knows_them() {
+    use aws_sdk_elasticloadbalancingv2::error::ErrorMetadata;
+    use aws_sdk_elasticloadbalancingv2::operation::create_rule::CreateRuleOutput;
+    use aws_sdk_elasticloadbalancingv2::operation::describe_rules::{
+        DescribeRulesError, DescribeRulesOutput,
+    };
+    use aws_sdk_elasticloadbalancingv2::operation::describe_target_group_attributes::DescribeTargetGroupAttributesError;
+    use aws_sdk_elasticloadbalancingv2::types::error::{
+        ListenerNotFoundException, TargetGroupNotFoundException,
+    };
+
+    let listener = "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/chat-alb/1/443";
+    let rules = mock!(Client::describe_rules)
+        .sequence()
+        .error(|| {
+            DescribeRulesError::ListenerNotFoundException(
+                ListenerNotFoundException::builder()
+                    .meta(ErrorMetadata::builder().code("ListenerNotFound").build())
+                    .build(),
+            )
+        })
+        .times(2)
+        .output(|| DescribeRulesOutput::builder().build())
+        .build();
+    let create_rule =
+        mock!(Client::create_rule).then_output(|| CreateRuleOutput::builder().build());
+    let attributes = mock!(Client::describe_target_group_attributes)
+        .sequence()
+        .error(|| {
+            DescribeTargetGroupAttributesError::TargetGroupNotFoundException(
+                TargetGroupNotFoundException::builder()
+                    .meta(ErrorMetadata::builder().code("TargetGroupNotFound").build())
+                    .build(),
+            )
+        })
+        .output(|| {
+            DescribeTargetGroupAttributesOutput::builder()
+                .attributes(
+                    TargetGroupAttribute::builder()
+                        .key("deregistration_delay.timeout_seconds")
+                        .value("35")
+                        .build(),
+                )
+                .attributes(
+                    TargetGroupAttribute::builder()
+                        .key("stickiness.enabled")
+                        .value("false")
+                        .build(),
+                )
+                .build()
+        })
+        .build();
+    let mut stack = stack_with(&[&rules, &create_rule, &attributes]);
+    stack.pace = crate::engine::Pace::Aws;
+
+    listeners::ensure_metrics_hidden(&stack, listener)
+        .await
+        .expect("the rule made once the listener is known");
+    let step = stack.progress.step("target group chat-tg");
+    target_group::ensure_target_group_attributes(&stack, &step, TG)
+        .await
+        .expect("the attributes read once the target group is known");
+
+    assert_eq!(rules.num_calls(), 3);
+    assert_eq!(create_rule.num_calls(), 1);
+    assert_eq!(attributes.num_calls(), 2);
+}

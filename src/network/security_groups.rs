@@ -392,7 +392,6 @@ async fn converge_rules(
     current: &[GroupRule],
     wanted: &[(GroupRule, String)],
 ) -> Result<()> {
-    let ec2 = &stack.clients.ec2;
     let name_in_calls = direction.name();
     let word = name_in_calls.to_lowercase();
     let resource = format!("security group {name}");
@@ -412,25 +411,8 @@ async fn converge_rules(
         )
     {
         step.set(&format!("revoking unexpected {word} rules"));
-        let call = format!("RevokeSecurityGroup{name_in_calls} {name}");
-        match direction {
-            Direction::Ingress => ec2
-                .revoke_security_group_ingress()
-                .group_id(id)
-                .set_ip_permissions(Some(unexpected))
-                .send()
-                .await
-                .call(call)
-                .map(drop)?,
-            Direction::Egress => ec2
-                .revoke_security_group_egress()
-                .group_id(id)
-                .set_ip_permissions(Some(unexpected))
-                .send()
-                .await
-                .call(call)
-                .map(drop)?,
-        }
+        // A new group's allow-all egress rule is revoked seconds after its creation.
+        change_rules(stack, id, name, direction, Change::Revoke, &unexpected).await?;
     }
     let missing: Vec<&(GroupRule, String)> = wanted
         .iter()
@@ -452,26 +434,63 @@ async fn converge_rules(
         .map(|(rule, description)| rule.permission(Some(description)))
         .collect();
     // Both this group and a group a rule names may be new.
-    let call = format!("AuthorizeSecurityGroup{name_in_calls} {name}");
-    match direction {
-        Direction::Ingress => {
-            once_known(stack.pace, &call, &EC2_NEW, || {
-                ec2.authorize_security_group_ingress()
-                    .group_id(id)
-                    .set_ip_permissions(Some(permissions.clone()))
-                    .send()
-            })
-            .await?;
-        }
-        Direction::Egress => {
-            once_known(stack.pace, &call, &EC2_NEW, || {
-                ec2.authorize_security_group_egress()
-                    .group_id(id)
-                    .set_ip_permissions(Some(permissions.clone()))
-                    .send()
-            })
-            .await?;
-        }
-    }
+    change_rules(stack, id, name, direction, Change::Authorize, &permissions).await?;
     Ok(())
+}
+
+/// What [`change_rules`] does to a group's rules.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Authorize,
+    Revoke,
+}
+
+/// Authorizes or revokes `permissions` of `direction` on the group `id`, again while EC2
+/// does not know the group, or one a rule names, yet ([`EC2_NEW`]).
+async fn change_rules(
+    stack: &Stack,
+    id: &str,
+    name: &str,
+    direction: Direction,
+    change: Change,
+    permissions: &[IpPermission],
+) -> Result<()> {
+    let ec2 = &stack.clients.ec2;
+    let permissions = Some(permissions.to_vec());
+    let call = format!("{change:?}SecurityGroup{} {name}", direction.name());
+    let not_yet = &EC2_NEW;
+    match (change, direction) {
+        (Change::Authorize, Direction::Ingress) => once_known(stack.pace, &call, not_yet, || {
+            ec2.authorize_security_group_ingress()
+                .group_id(id)
+                .set_ip_permissions(permissions.clone())
+                .send()
+        })
+        .await
+        .map(drop),
+        (Change::Authorize, Direction::Egress) => once_known(stack.pace, &call, not_yet, || {
+            ec2.authorize_security_group_egress()
+                .group_id(id)
+                .set_ip_permissions(permissions.clone())
+                .send()
+        })
+        .await
+        .map(drop),
+        (Change::Revoke, Direction::Ingress) => once_known(stack.pace, &call, not_yet, || {
+            ec2.revoke_security_group_ingress()
+                .group_id(id)
+                .set_ip_permissions(permissions.clone())
+                .send()
+        })
+        .await
+        .map(drop),
+        (Change::Revoke, Direction::Egress) => once_known(stack.pace, &call, not_yet, || {
+            ec2.revoke_security_group_egress()
+                .group_id(id)
+                .set_ip_permissions(permissions.clone())
+                .send()
+        })
+        .await
+        .map(drop),
+    }
 }

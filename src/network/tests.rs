@@ -622,15 +622,23 @@ async fn a_new_network_is_built_while_ec2_does_not_know_its_new_parts_yet() {
         "InvalidGroup.NotFound",
         3
     );
-    // Each new group's default allow-all egress goes; the load balancer and the
-    // instances get theirs.
+    // Each new group's default allow-all egress goes, the first revoke answered as for a
+    // group EC2 does not know yet; the load balancer and the instances get theirs.
     let revoke_egress = mock!(Ec2::revoke_security_group_egress)
         .match_requests(|req| {
             matches!(req.ip_permissions(), [all] if all.ip_protocol() == Some("-1"))
         })
-        .then_output(|| {
+        .sequence()
+        .error(|| {
+            aws_sdk_ec2::operation::revoke_security_group_egress::RevokeSecurityGroupEgressError::generic(
+                unknown("InvalidGroup.NotFound"),
+            )
+        })
+        .output(|| {
             aws_sdk_ec2::operation::revoke_security_group_egress::RevokeSecurityGroupEgressOutput::builder().build()
-        });
+        })
+        .repeatedly()
+        .build();
     let authorize_egress = mock!(Ec2::authorize_security_group_egress).then_output(|| {
         aws_sdk_ec2::operation::authorize_security_group_egress::AuthorizeSecurityGroupEgressOutput::builder().build()
     });
@@ -658,7 +666,7 @@ async fn a_new_network_is_built_while_ec2_does_not_know_its_new_parts_yet() {
         3 + 3,
         "three groups given their rules"
     );
-    assert_eq!(revoke_egress.num_calls(), 3);
+    assert_eq!(revoke_egress.num_calls(), 1 + 3);
     assert_eq!(authorize_egress.num_calls(), 2, "Redis lets nothing out");
 }
 
