@@ -729,6 +729,10 @@ fn primary_node(group: &ReplicationGroup) -> Option<String> {
 /// until the group is available again with another primary; returns the new primary node.
 /// ElastiCache promotes a replica and points the primary endpoint at it, as on a real
 /// failure (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_TestFailover.html>).
+/// A node's role is reported only with cluster mode off ("CurrentRole ... is only
+/// applicable for ... (cluster mode disabled) replication groups", NodeGroupMember); a
+/// cluster's new primary is read from the event the same page documents: "Failover from
+/// primary node <primary-node-id> to replica node <node-id> completed".
 pub async fn test_failover(stack: &Stack, step: &Step) -> Result<String> {
     let id = stack.names.replication_group();
     let elasticache = &stack.clients.elasticache;
@@ -742,6 +746,7 @@ pub async fn test_failover(stack: &Stack, step: &Step) -> Result<String> {
         .unwrap_or("0001")
         .to_owned();
     let before = primary_node(&group);
+    let asked = aws_sdk_elasticache::primitives::DateTime::from(std::time::SystemTime::now());
     elasticache
         .test_failover()
         .replication_group_id(&id)
@@ -758,14 +763,43 @@ pub async fn test_failover(stack: &Stack, step: &Step) -> Result<String> {
         stack.pace.limit(Duration::from_secs(30 * 60)),
         None,
         || async {
-            let now = describe_group(elasticache, &id).await?;
-            Ok(now.and_then(|group| {
-                let primary = primary_node(&group);
-                (group.status() == Some("available") && primary != before)
-                    .then_some(primary)
-                    .flatten()
-            }))
+            let Some(now) = describe_group(elasticache, &id).await? else {
+                return Ok(None);
+            };
+            if now.status() != Some("available") {
+                return Ok(None);
+            }
+            if before.is_some() {
+                return Ok(primary_node(&now).filter(|primary| Some(primary) != before.as_ref()));
+            }
+            promoted_since(stack, &id, asked).await
         },
     )
     .await
+}
+
+/// The node a failover of the group `id` since `since` promoted, from its events.
+async fn promoted_since(
+    stack: &Stack,
+    id: &str,
+    since: aws_sdk_elasticache::primitives::DateTime,
+) -> Result<Option<String>> {
+    let events = stack
+        .clients
+        .elasticache
+        .describe_events()
+        .source_type(SourceType::ReplicationGroup)
+        .source_identifier(id)
+        .start_time(since)
+        .send()
+        .await
+        .call(format!("DescribeEvents replication-group {id}"))?;
+    Ok(events.events().iter().find_map(|event| {
+        let message = event.message()?;
+        let (_, promoted) = message
+            .strip_prefix("Failover from primary node ")?
+            .split_once(" to replica node ")?;
+        let node = promoted.trim_end_matches('.').strip_suffix(" completed")?;
+        Some(node.trim().to_owned())
+    }))
 }

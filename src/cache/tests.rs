@@ -1395,3 +1395,55 @@ async fn a_test_failover_is_waited_for_until_another_node_is_the_primary() {
     assert_eq!(failover.num_calls(), 1);
     assert_eq!(described_rule.num_calls(), 6);
 }
+
+/// `drill redis` on a cluster: ElastiCache reports no node's role with cluster mode on
+/// (NodeGroupMember's CurrentRole "is only applicable for ... (cluster mode disabled)
+/// replication groups"), so the new primary is the one the failover's event names:
+/// "Failover from primary node <primary-node-id> to replica node <node-id> completed"
+/// (API_TestFailover). The drill waits for the group and that event, and names it.
+#[tokio::test(start_paused = true)]
+async fn a_clusters_test_failover_names_the_node_its_event_says_was_promoted() {
+    use aws_sdk_elasticache::operation::test_failover::TestFailoverOutput;
+
+    let clustered = |status: &'static str| move || described(cluster(status, 2, 1));
+    let described_rule = mock!(Client::describe_replication_groups)
+        .sequence()
+        .output(clustered("available"))
+        .output(clustered("modifying"))
+        .times(2)
+        .output(clustered("available"))
+        .repeatedly()
+        .build();
+    let event = |message: &str| Event::builder().message(message).build();
+    let events = mock!(Client::describe_events)
+        .match_requests(|request| {
+            request.source_identifier() == Some("chat-redis") && request.start_time().is_some()
+        })
+        .sequence()
+        .output(move || {
+            DescribeEventsOutput::builder()
+                .events(event("Test Failover API called for node group 0001"))
+                .build()
+        })
+        .output(move || {
+            DescribeEventsOutput::builder()
+                .events(event("Test Failover API called for node group 0001"))
+                .events(event(
+                    "Failover from primary node chat-redis-0001-001 to replica node \
+                     chat-redis-0001-002 completed",
+                ))
+                .build()
+        })
+        .build();
+    let failover = mock!(Client::test_failover)
+        .match_requests(|request| request.node_group_id() == Some("0001"))
+        .then_output(|| TestFailoverOutput::builder().build());
+    let stack = testing::stack(mocked(&[&described_rule, &events, &failover]));
+    let step = stack.progress.step("failover");
+
+    let primary = test_failover(&stack, &step).await.expect("failed over");
+
+    assert_eq!(primary, "chat-redis-0001-002");
+    assert_eq!(failover.num_calls(), 1);
+    assert_eq!(events.num_calls(), 2);
+}
