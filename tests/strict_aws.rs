@@ -7,6 +7,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use aws_config::SdkConfig;
 use aws_sdk_ec2::types::{
     InstanceMetadataOptionsRequest, InstanceMetadataTagsState, IpPermission, IpRange, Ipv6Range,
@@ -1440,4 +1442,154 @@ async fn the_price_list_holds_get_products_to_its_documented_constraints() {
             .await,
     );
     assert_eq!(found.price_list().len(), 1, "{found:?}");
+}
+
+/// A running replication group changed as ElastiCache changes it (the extension's
+/// replication_groups.py, on moto, which has no such calls): each refusal AWS documents
+/// or a public report shows, then the change it allows, with the group `modifying` and
+/// an added node `creating` a while after the group reads available again.
+#[tokio::test]
+async fn replication_group_changes_are_held_to_elasticaches_rules() {
+    let aws = support::localstack().await;
+    let elasticache = aws_sdk_elasticache::Client::new(&aws);
+    let suffix = support::unique_suffix();
+    let id = format!("changes-{}", &suffix[suffix.len() - 8..]);
+    accepted(
+        elasticache
+            .create_replication_group()
+            .replication_group_id(&id)
+            .replication_group_description("strict test")
+            .engine("redis")
+            .cache_node_type("cache.t4g.micro")
+            .num_cache_clusters(1)
+            .send()
+            .await,
+    );
+    let modify = || {
+        elasticache
+            .modify_replication_group()
+            .replication_group_id(&id)
+            .apply_immediately(true)
+    };
+    let replicas = |count: i32, immediately: bool| {
+        elasticache
+            .increase_replica_count()
+            .replication_group_id(&id)
+            .new_replica_count(count)
+            .apply_immediately(immediately)
+            .send()
+    };
+
+    // Nothing to change, failover without a replica, a node type not offered.
+    refused(
+        modify().snapshot_retention_limit(0).send().await,
+        "InvalidParameterCombination",
+        "No modifications were requested",
+    );
+    refused(
+        modify().automatic_failover_enabled(true).send().await,
+        "InvalidParameterCombination",
+        "at least one read replica to enable autofailover",
+    );
+    refused(
+        modify().cache_node_type("cache.c7gn.large").send().await,
+        "InvalidParameterCombination",
+        "ListAllowedNodeTypeModifications",
+    );
+    // Replica counts: applied at once only, and not to the count there is.
+    refused(
+        replicas(1, false).await,
+        "InvalidParameterValue",
+        "ApplyImmediately=False is not currently supported",
+    );
+    refused(
+        replicas(0, true).await,
+        "NoOperationFault",
+        "already matches current number of replicas",
+    );
+
+    // A replica added: the group is modifying, then available while the new node is
+    // still creating, and the next change is refused until it is not.
+    accepted(replicas(1, true).await);
+    refused(
+        modify().automatic_failover_enabled(true).send().await,
+        "InvalidReplicationGroupState",
+        "must be in available state to modify",
+    );
+    let group_status = || async {
+        elasticache
+            .describe_replication_groups()
+            .replication_group_id(&id)
+            .send()
+            .await
+            .unwrap()
+            .replication_groups()[0]
+            .status()
+            .map(str::to_owned)
+    };
+    let our_nodes = || async {
+        let nodes = elasticache.describe_cache_clusters().send().await.ok()?;
+        let statuses: Vec<String> = nodes
+            .cache_clusters()
+            .iter()
+            .filter(|node| node.replication_group_id() == Some(id.as_str()))
+            .filter_map(|node| node.cache_cluster_status().map(str::to_owned))
+            .collect();
+        Some(statuses)
+    };
+    // The extension keeps the new node creating 1.5 s after the group is available.
+    support::poll_until(
+        Duration::from_secs(30),
+        "the group available, its new node creating",
+        || async {
+            let available = group_status().await.as_deref() == Some("available");
+            let nodes = our_nodes().await?;
+            (available && nodes.iter().any(|status| status == "creating")).then_some(())
+        },
+    )
+    .await;
+    refused(
+        modify().automatic_failover_enabled(true).send().await,
+        "InvalidCacheClusterState",
+        "not in a valid state",
+    );
+    support::poll_until(
+        Duration::from_secs(30),
+        "the new node available",
+        || async {
+            let nodes = our_nodes().await?;
+            (nodes.len() == 2 && nodes.iter().all(|status| status == "available")).then_some(())
+        },
+    )
+    .await;
+    accepted(
+        modify()
+            .automatic_failover_enabled(true)
+            .multi_az_enabled(true)
+            .send()
+            .await,
+    );
+    support::poll_until(Duration::from_secs(30), "failover on", || async {
+        (group_status().await.as_deref() == Some("available")).then_some(())
+    })
+    .await;
+    // With failover on, the last replica stays (hashicorp/terraform-provider-aws#24244).
+    refused(
+        elasticache
+            .decrease_replica_count()
+            .replication_group_id(&id)
+            .new_replica_count(0)
+            .apply_immediately(true)
+            .send()
+            .await,
+        "InvalidParameterValue",
+        "at least 1 replica when cluster mode is disabled with auto failover enabled",
+    );
+    accepted(
+        elasticache
+            .delete_replication_group()
+            .replication_group_id(&id)
+            .send()
+            .await,
+    );
 }

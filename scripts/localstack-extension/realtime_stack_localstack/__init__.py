@@ -40,9 +40,20 @@ def create_replication_group(context, request):
     clusters = request.get("NumCacheClusters")
     if clusters and "ReplicasPerNodeGroup" not in request:
         request = {**request, "ReplicasPerNodeGroup": clusters - 1}
-    return call_moto_with_request(context, request)
+    response = call_moto_with_request(context, request)
+    # moto's slot ranges fit three shards only (a fourth would start at 16384): spread
+    # them over the shards there are, as ElastiCache does by default.
+    group = replication_groups.backend_of(context).replication_groups.get(request["ReplicationGroupId"])
+    if group is not None and group.cluster_mode == "enabled":
+        replication_groups.spread_slots(group.node_groups)
+        response["ReplicationGroup"]["NodeGroups"] = [
+            {**answered, "Slots": node_group["slots"]}
+            for answered, node_group in zip(response["ReplicationGroup"].get("NodeGroups", []), group.node_groups)
+        ]
+    return response
 
 
+@replication_groups.locked
 def delete_replication_group(context, request):
     """moto leaves a deleted group `deleting` for ever; AWS removes it once deleted.
     Answer as AWS does (the group, `deleting`), then let it be gone."""

@@ -34,6 +34,8 @@ LocalStack has none, so they stay as they are.
 """
 
 import copy
+import functools
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -59,10 +61,22 @@ class Change:
     apply: list[Callable[[], None]] = field(default_factory=list)
 
 
+# LocalStack answers requests on many threads; every handler holds this while it reads or
+# changes the groups and the state below.
+LOCK = threading.RLock()
 # By the group's ARN (which names its account and region).
 CHANGES: dict[str, Change] = {}
 # By (group ARN, node id): the state of a node being added or removed, and until when.
 NODES: dict[tuple[str, str], tuple[str, float]] = {}
+
+
+def locked(handler):
+    @functools.wraps(handler)
+    def run(context, request):
+        with LOCK:
+            return handler(context, request)
+
+    return run
 
 
 def refused(code: str, message: str) -> CommonServiceException:
@@ -84,10 +98,10 @@ def settle(backend) -> None:
             for apply in change.apply:
                 apply()
             group.status = "available"
-            del CHANGES[group.arn]
+            CHANGES.pop(group.arn, None)
     for key, (_, until) in list(NODES.items()):
         if until <= now:
-            del NODES[key]
+            NODES.pop(key, None)
 
 
 def group_of(context, group_id: str):
@@ -202,6 +216,7 @@ def node_clusters(context, group) -> list[dict]:
     ]
 
 
+@locked
 def describe_cache_clusters(context, request):
     """moto's clusters, with each replication group's nodes, as ElastiCache lists them
     unless ShowCacheClustersNotInReplicationGroups."""
@@ -218,11 +233,13 @@ def describe_cache_clusters(context, request):
     return response
 
 
+@locked
 def describe_replication_groups(context, _request):
     settle(backend_of(context))
     return call_moto(context)
 
 
+@locked
 def list_tags_for_resource(context, request):
     backend = backend_of(context)
     settle(backend)
@@ -233,11 +250,13 @@ def list_tags_for_resource(context, request):
     return call_moto(context)
 
 
+@locked
 def modify_replication_group(context, request):
     group = group_of(context, request.get("ReplicationGroupId"))
     ready_to_change(group)
     now_immediately = bool(request.get("ApplyImmediately"))
     apply: list[Callable[[], None]] = []
+    changed = False
 
     node_type = request.get("CacheNodeType")
     if node_type and node_type != group.cache_node_type:
@@ -248,6 +267,7 @@ def modify_replication_group(context, request):
                 f"Cannot modify the node type of {group.replication_group_id} from "
                 f"{group.cache_node_type} to {node_type}: see ListAllowedNodeTypeModifications.",
             )
+        changed = True
         if now_immediately:
             apply.append(lambda: setattr(group, "cache_node_type", node_type))
 
@@ -265,6 +285,7 @@ def modify_replication_group(context, request):
                 "InvalidParameterValue",
                 f"Cannot downgrade {group.engine} from {full_version(group)} to {version}.",
             )
+        changed = changed or want != have[: len(want)]
         if now_immediately:
             parameter_group = request.get("CacheParameterGroupName")
             apply.append(lambda: setattr(group, "engine_version", version))
@@ -274,7 +295,8 @@ def modify_replication_group(context, request):
     failover = request.get("AutomaticFailoverEnabled")
     multi_az = request.get("MultiAZEnabled")
     failover_after = failover if failover is not None else group.automatic_failover == "enabled"
-    if failover is True and replicas_per_shard(group) == 0:
+    # A cluster keeps failover on, replicas or not (API reference: AutomaticFailoverEnabled).
+    if failover is True and replicas_per_shard(group) == 0 and group.cluster_mode != "enabled":
         raise refused(
             "InvalidParameterCombination",
             "Replication group must have at least one read replica to enable autofailover.",
@@ -287,15 +309,23 @@ def modify_replication_group(context, request):
     if multi_az is True and not failover_after:
         raise refused("InvalidParameterCombination", "Multi-AZ requires automatic failover to be enabled.")
     if failover is not None and failover != (group.automatic_failover == "enabled"):
+        changed = True
         group.automatic_failover = "enabling" if failover else "disabling"
         apply.append(lambda: setattr(group, "automatic_failover", "enabled" if failover else "disabled"))
-    if multi_az is not None:
+    if multi_az is not None and multi_az != (group.multi_az == "enabled"):
+        changed = True
         apply.append(lambda: setattr(group, "multi_az", "enabled" if multi_az else "disabled"))
 
     retention = request.get("SnapshotRetentionLimit")
-    if retention is not None:
+    if retention is not None and not 0 <= retention <= 35:
+        raise refused("InvalidParameterValue", "SnapshotRetentionLimit must be between 0 and 35 days.")
+    if retention is not None and retention != group.snapshot_retention_limit:
+        changed = True
         apply.append(lambda: setattr(group, "snapshot_retention_limit", retention))
 
+    # terraform-provider-aws handles this answer to a request that changes nothing.
+    if not changed:
+        raise refused("InvalidParameterCombination", "No modifications were requested.")
     begin(group, apply)
     return answer(context, group)
 
@@ -311,14 +341,16 @@ def add_replicas(group, node_group: dict, count: int) -> None:
     numbers = [int(member["cache_cluster_id"].rsplit("-", 1)[1]) for member in node_group["node_group_members"]]
     for number in range(max(numbers, default=0) + 1, max(numbers, default=0) + 1 + count):
         node = node_id(group, node_group, number)
-        node_group["node_group_members"].append(
-            {
-                "cache_cluster_id": node,
-                "cache_node_id": "0001",
-                "preferred_availability_zone": "us-east-1b",
-                "current_role": "replica",
-            }
-        )
+        member = {
+            "cache_cluster_id": node,
+            "cache_node_id": "0001",
+            "preferred_availability_zone": "us-east-1b",
+        }
+        # CurrentRole "is only applicable for ... (cluster mode disabled) replication
+        # groups" (API reference, NodeGroupMember).
+        if group.cluster_mode != "enabled":
+            member["current_role"] = "replica"
+        node_group["node_group_members"].append(member)
         group.member_clusters.append(node)
         node_lag(group, node, "creating")
 
@@ -337,38 +369,68 @@ def remove_nodes(group, node_group: dict, nodes: list[str]) -> Callable[[], None
     return remove
 
 
-def increase_replica_count(context, request):
+def replica_count_change(context, request) -> tuple:
+    """The group and the replica counts a change asks for, after what both calls refuse:
+    ApplyImmediately other than true ("ApplyImmediately=False is not currently
+    supported", API reference), and the count the group has already (`NoOperationFault`,
+    aws-controllers-k8s/community#377)."""
     group = group_of(context, request.get("ReplicationGroupId"))
+    if not request.get("ApplyImmediately"):
+        raise refused("InvalidParameterValue", "ApplyImmediately=False is not currently supported.")
     ready_to_change(group)
     want = int(request.get("NewReplicaCount") or 0)
     have = replicas_per_shard(group)
+    if want == have:
+        raise refused("NoOperationFault", "Requested new replica count already matches current number of replicas.")
+    return group, want, have
+
+
+def check_quota(shards: int, replicas: int) -> None:
+    """The shards and nodes a new account may have in one cluster (strict.py's create rule)."""
+    from .strict import CLUSTER_QUOTA
+
+    if shards > CLUSTER_QUOTA:
+        raise refused(
+            "NodeGroupsPerReplicationGroupQuotaExceeded",
+            f"The request would exceed the maximum of {CLUSTER_QUOTA} node groups in a replication group.",
+        )
+    if shards * (1 + replicas) > CLUSTER_QUOTA:
+        raise refused(
+            "NodeQuotaForClusterExceeded",
+            f"The request would exceed the allowed number of cache nodes in a single cluster ({CLUSTER_QUOTA}).",
+        )
+
+
+@locked
+def increase_replica_count(context, request):
+    group, want, have = replica_count_change(context, request)
     if want > MAX_REPLICAS:
         raise refused("InvalidParameterValue", f"NewReplicaCount must be at most {MAX_REPLICAS}.")
-    if want <= have:
+    if want < have:
         raise refused(
             "InvalidParameterValue",
             f"NewReplicaCount {want} must be more than the {have} replica(s) each shard has.",
         )
+    check_quota(len(group.node_groups), want)
     for node_group in group.node_groups:
         add_replicas(group, node_group, want - (len(node_group["node_group_members"]) - 1))
     begin(group, [])
     return answer(context, group)
 
 
+@locked
 def decrease_replica_count(context, request):
-    group = group_of(context, request.get("ReplicationGroupId"))
-    ready_to_change(group)
-    want = int(request.get("NewReplicaCount") or 0)
-    have = replicas_per_shard(group)
-    if want >= have:
+    group, want, have = replica_count_change(context, request)
+    if want > have:
         raise refused(
             "InvalidParameterValue",
             f"NewReplicaCount {want} must be fewer than the {have} replica(s) each shard has.",
         )
-    if want < 1 and group.multi_az == "enabled":
+    # hashicorp/terraform-provider-aws#24244.
+    if want < 1 and group.cluster_mode != "enabled" and group.automatic_failover in ("enabled", "enabling"):
         raise refused(
             "InvalidParameterValue",
-            "A replication group with Multi-AZ enabled must keep at least 1 replica in each shard.",
+            "Must have at least 1 replica when cluster mode is disabled with auto failover enabled.",
         )
     apply = []
     for node_group in group.node_groups:
@@ -389,6 +451,7 @@ def spread_slots(node_groups: list[dict]) -> None:
         start = end + 1
 
 
+@locked
 def modify_shard_configuration(context, request):
     group = group_of(context, request.get("ReplicationGroupId"))
     if group.cluster_mode != "enabled":
@@ -402,6 +465,13 @@ def modify_shard_configuration(context, request):
     want = int(request.get("NodeGroupCount") or 0)
     have = len(group.node_groups)
     ids = [node_group["node_group_id"] for node_group in group.node_groups]
+    if want < 1:
+        raise refused("InvalidParameterValue", "NodeGroupCount must be at least 1.")
+    if request.get("NodeGroupsToRemove") and request.get("NodeGroupsToRetain"):
+        raise refused(
+            "InvalidParameterCombination", "Only one of NodeGroupsToRemove and NodeGroupsToRetain may be given."
+        )
+    check_quota(want, replicas_per_shard(group))
     if want == have:
         raise refused("InvalidParameterValue", f"The replication group already has {have} node groups.")
     apply: list[Callable[[], None]] = []
@@ -442,7 +512,6 @@ def modify_shard_configuration(context, request):
             }
             group.node_groups.append(node_group)
             add_replicas(group, node_group, 1 + replicas)
-            node_group["node_group_members"][0]["current_role"] = "primary"
         apply.append(lambda: spread_slots(group.node_groups))
     begin(group, apply)
     return answer(context, group)
@@ -460,7 +529,8 @@ def delete_ready(context, request) -> None:
     backend = backend_of(context)
     settle(backend)
     group = backend.replication_groups.get(request.get("ReplicationGroupId") or "")
-    if group is not None and group.status == "modifying":
+    busy = group is not None and any(arn == group.arn for (arn, _) in NODES)
+    if group is not None and (group.status == "modifying" or busy):
         raise refused(
             "InvalidReplicationGroupState",
             f"Replication group {group.replication_group_id} is not in available state: modifying.",
