@@ -453,9 +453,11 @@ pub const GROUP_NEW: NotYet = NotYet {
 /// with `ScalingActivityInProgress` ("if the ASG is configured to deregister a
 /// targetgroup ... the terminate request may fail with ScalingActivityInProgress",
 /// keikoproj/upgrade-manager#77; kubernetes/kops#6900; for UpdateAutoScalingGroup,
-/// TwiN/aws-eks-asg-rolling-update-handler#16). The SDK does not retry it.
+/// TwiN/aws-eks-asg-rolling-update-handler#16), or with `ResourceContention` ("You
+/// already have a pending update to an Amazon EC2 Auto Scaling resource", both calls'
+/// API references; retried alike by alchemy-run/alchemy#227). The SDK retries neither.
 pub const GROUP_BUSY: NotYet = NotYet {
-    codes: &["ScalingActivityInProgress"],
+    codes: &["ScalingActivityInProgress", "ResourceContention"],
     with_message: &[],
     limit: Duration::from_secs(65 * 60),
     advice: "a scaling activity of the Auto Scaling group has run longer than the longest \

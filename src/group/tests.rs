@@ -8,7 +8,7 @@ use aws_sdk_autoscaling::operation::terminate_instance_in_auto_scaling_group::{
 use aws_sdk_autoscaling::operation::update_auto_scaling_group::{
     UpdateAutoScalingGroupError, UpdateAutoScalingGroupOutput,
 };
-use aws_sdk_autoscaling::types::error::ScalingActivityInProgressFault;
+use aws_sdk_autoscaling::types::error::{ResourceContentionFault, ScalingActivityInProgressFault};
 use aws_smithy_mocks::{RuleMode, mock, mock_client};
 
 use super::*;
@@ -29,7 +29,8 @@ fn in_progress() -> ScalingActivityInProgressFault {
 
 /// An instance taken out while another still drains: the group refuses with
 /// `ScalingActivityInProgress` until that one is gone (keikoproj/upgrade-manager#77,
-/// kubernetes/kops#6900), and so may a resize (TwiN/aws-eks-asg-rolling-update-handler#16).
+/// kubernetes/kops#6900), and so may a resize (TwiN/aws-eks-asg-rolling-update-handler#16),
+/// or with `ResourceContention` while another update to the group is pending.
 /// Both are sent again until the group takes them, on AWS's pace; anything else is not.
 #[tokio::test(start_paused = true)]
 async fn a_group_busy_draining_gets_the_call_again_once_it_is_done() {
@@ -44,6 +45,20 @@ async fn a_group_busy_draining_gets_the_call_again_once_it_is_done() {
     let resizing = mock!(Client::update_auto_scaling_group)
         .sequence()
         .error(|| UpdateAutoScalingGroupError::ScalingActivityInProgressFault(in_progress()))
+        .error(|| {
+            UpdateAutoScalingGroupError::ResourceContentionFault(
+                ResourceContentionFault::builder()
+                    .meta(
+                        ErrorMetadata::builder()
+                            .code("ResourceContention")
+                            .message(
+                                "You already have a pending update to an Auto Scaling resource.",
+                            )
+                            .build(),
+                    )
+                    .build(),
+            )
+        })
         .output(|| UpdateAutoScalingGroupOutput::builder().build())
         .build();
     let mut clients = testing::clients();
@@ -60,7 +75,7 @@ async fn a_group_busy_draining_gets_the_call_again_once_it_is_done() {
     resize(&stack, Some(2), Some(2)).await.unwrap();
 
     assert_eq!(terminating.num_calls(), 5);
-    assert_eq!(resizing.num_calls(), 2);
+    assert_eq!(resizing.num_calls(), 3);
     assert!(
         started.elapsed() < Duration::from_secs(120),
         "{:?}",
