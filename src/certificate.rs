@@ -285,8 +285,13 @@ fn records_of(detail: &CertificateDetail) -> Option<Vec<Record>> {
 struct Listed {
     arn: String,
     domain: String,
-    /// The domain and every subject alternative name, lowercase.
+    /// The domain and every subject alternative name listed, lowercase, without a
+    /// wildcard's `*.`: ACM validates `*.example.com` with `example.com`'s record
+    /// (<https://docs.aws.amazon.com/acm/latest/userguide/dns-validation.html>).
     names: Vec<String>,
+    /// Whether the certificate has names ListCertificates left out: it lists "only the
+    /// first 100 subject alternative names" (CertificateSummary, ACM API reference).
+    more_names: bool,
     status: Option<CertificateStatus>,
     ours: bool,
 }
@@ -331,17 +336,20 @@ async fn account_certificates(stack: &Stack) -> Result<Vec<Listed>> {
                 continue;
             };
             let domain = summary.domain_name().unwrap_or_default().to_owned();
-            let mut names = vec![domain.to_ascii_lowercase()];
-            names.extend(
-                summary
-                    .subject_alternative_name_summaries()
-                    .iter()
-                    .map(|name| name.to_ascii_lowercase()),
-            );
+            let names = std::iter::once(domain.as_str())
+                .chain(
+                    summary
+                        .subject_alternative_name_summaries()
+                        .iter()
+                        .map(String::as_str),
+                )
+                .map(|name| name.trim_start_matches("*.").to_ascii_lowercase())
+                .collect();
             listed.push(Listed {
                 arn: arn.to_owned(),
                 domain,
                 names,
+                more_names: summary.has_additional_subject_alternative_names() == Some(true),
                 status: summary.status().cloned(),
                 ours: tags
                     .tags()
@@ -453,13 +461,15 @@ async fn validation_records(
             }
         }
     }
+    // A certificate whose names were not all listed may share one: it is described.
     let shares_a_name = |other: &Listed| {
-        ours.iter().any(|certificate| {
-            certificate
-                .names
-                .iter()
-                .any(|name| other.names.contains(name))
-        })
+        other.more_names
+            || ours.iter().any(|certificate| {
+                certificate
+                    .names
+                    .iter()
+                    .any(|name| other.names.contains(name))
+            })
     };
     for other in others.iter().filter(|other| shares_a_name(other)) {
         let found = describe(stack, &other.arn).await?;

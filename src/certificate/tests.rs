@@ -321,7 +321,52 @@ async fn only_certificates_with_the_stack_tag_are_deleted() {
 /// per domain; tests/up_destroy.rs shows that on LocalStack), is seen and its CNAME kept.
 #[tokio::test]
 async fn a_shared_cname_of_an_ecdsa_certificate_is_kept_and_unshared_ones_go() {
-    const OTHER: &str = "arn:aws:acm:us-east-1:123456789012:certificate/other";
+    let ecdsa = CertificateSummary::builder()
+        .certificate_arn(OTHER)
+        .domain_name("CHAT.example.com")
+        .key_algorithm(KeyAlgorithm::EcPrime256v1)
+        .build();
+    assert_eq!(
+        validation_records_beside(ecdsa).await,
+        [Record::cname("_www.chat.example.com.", VALUE)],
+        "the shared CNAME must stay for the other certificate's renewals"
+    );
+}
+
+/// Two more ways another certificate shares the stack's validation CNAME without
+/// ListCertificates showing the stack's name: a wildcard, which ACM validates with the
+/// base name's record (ACM user guide, DNS validation), and a certificate of more than
+/// 100 names, of which ListCertificates lists "only the first 100 subject alternative
+/// names" (CertificateSummary, `HasAdditionalSubjectAlternativeNames`). Both are described,
+/// and the shared CNAME stays.
+#[tokio::test]
+async fn a_cname_shared_by_a_wildcard_or_an_unlisted_name_is_kept() {
+    let wildcard = CertificateSummary::builder()
+        .certificate_arn(OTHER)
+        .domain_name("*.chat.example.com")
+        .build();
+    let many_names = CertificateSummary::builder()
+        .certificate_arn(OTHER)
+        .domain_name("a.example.org")
+        .subject_alternative_name_summaries("b.example.org")
+        .has_additional_subject_alternative_names(true)
+        .build();
+    for other in [wildcard, many_names] {
+        assert_eq!(
+            validation_records_beside(other.clone()).await,
+            [Record::cname("_www.chat.example.com.", VALUE)],
+            "{other:?}"
+        );
+    }
+}
+
+const OTHER: &str = "arn:aws:acm:us-east-1:123456789012:certificate/other";
+
+/// The validation records `owned` finds for the stack's certificate (of
+/// `chat.example.com` and `www.chat.example.com`) beside `other`, a certificate of another
+/// team validated by the stack's `chat.example.com` CNAME, and one for an unrelated name,
+/// which must not be described.
+async fn validation_records_beside(other: CertificateSummary) -> Vec<Record> {
     const UNRELATED: &str = "arn:aws:acm:us-east-1:123456789012:certificate/unrelated";
     let summary = |arn: &str, domain: &str| {
         CertificateSummary::builder()
@@ -338,13 +383,7 @@ async fn a_shared_cname_of_an_ecdsa_certificate_is_kept_and_unshared_ones_go() {
         .then_output(move || {
             ListCertificatesOutput::builder()
                 .certificate_summary_list(summary(ARN, "chat.example.com"))
-                .certificate_summary_list(
-                    CertificateSummary::builder()
-                        .certificate_arn(OTHER)
-                        .domain_name("CHAT.example.com")
-                        .key_algorithm(KeyAlgorithm::EcPrime256v1)
-                        .build(),
-                )
+                .certificate_summary_list(other.clone())
                 .certificate_summary_list(summary(UNRELATED, "www.example.com"))
                 .build()
         });
@@ -413,14 +452,7 @@ async fn a_shared_cname_of_an_ecdsa_certificate_is_kept_and_unshared_ones_go() {
         ]
     );
     let stack = testing::stack(clients);
-
-    let records = owned(&stack).await.unwrap().validation_records;
-
-    assert_eq!(
-        records,
-        [Record::cname("_www.chat.example.com.", VALUE)],
-        "the shared CNAME must stay for the other certificate's renewals"
-    );
+    owned(&stack).await.unwrap().validation_records
 }
 
 /// After `domain.name` changed, the old name's certificate was on the HTTPS listener a
