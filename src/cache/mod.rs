@@ -406,6 +406,7 @@ const EVENTS_KEPT_MINUTES: i32 = 14 * 24 * 60;
 /// group's status says only `create-failed`, or `available` again after a scale that did
 /// not happen (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DescribeEvents.html>).
 async fn latest_events(stack: &Stack, id: &str) -> String {
+    // Pages of at most 100, in an order the API reference does not promise: all are read.
     let events = stack
         .clients
         .elasticache
@@ -413,11 +414,14 @@ async fn latest_events(stack: &Stack, id: &str) -> String {
         .source_type(SourceType::ReplicationGroup)
         .source_identifier(id)
         .duration(EVENTS_KEPT_MINUTES)
+        .into_paginator()
+        .items()
         .send()
+        .collect::<Result<Vec<_>, _>>()
         .await
         .call(format!("DescribeEvents replication-group {id}"));
     let mut events = match events {
-        Ok(events) => events.events.unwrap_or_default(),
+        Ok(events) => events,
         Err(err) => return format!("its events could not be read ({err:#})"),
     };
     events.sort_by_key(|event| event.date().map(|date| (date.secs(), date.subsec_nanos())));

@@ -130,15 +130,19 @@ fn description(data: &RequestLaunchTemplateData, launch: &Launch<'_>) -> String 
 
 /// The stack's launch template (by its tags), if it exists: its id and default version.
 async fn find(stack: &Stack) -> Result<Option<(String, i64)>> {
-    let found = stack
+    // Filtered pages may come back empty before the one holding the template.
+    let found: Vec<aws_sdk_ec2::types::LaunchTemplate> = stack
         .clients
         .ec2
         .describe_launch_templates()
         .set_filters(Some(ec2_stack_filters(&stack.names, Some(ROLE))))
+        .into_paginator()
+        .items()
         .send()
+        .collect::<Result<Vec<_>, _>>()
         .await
         .call("DescribeLaunchTemplates")?;
-    Ok(found.launch_templates().first().map(|template| {
+    Ok(found.first().map(|template| {
         (
             template.launch_template_id().unwrap_or_default().to_owned(),
             template.default_version_number().unwrap_or(1),
