@@ -324,18 +324,20 @@ pub(super) async fn ensure_s3_endpoint(
     let policy = endpoint_policy(bucket, &stack.region);
     let step = stack.progress.step(format!("s3 endpoint {name}"));
     let work = async {
-        let found = ec2
+        // Its page size is not documented: every page is read.
+        let found: Vec<_> = ec2
             .describe_vpc_endpoints()
             .set_filters(Some(ec2_stack_filters(&stack.names, Some("s3-endpoint"))))
             .filters(filter("vpc-id", vpc_id))
+            .into_paginator()
+            .items()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
             .call(format!("DescribeVpcEndpoints {name}"))?;
         let live: Vec<_> = found
-            .vpc_endpoints()
-            .iter()
+            .into_iter()
             .filter(|endpoint| !endpoint_gone(endpoint.state()))
-            .cloned()
             .collect();
         if let Some(endpoint) = single(live, "S3 endpoint")? {
             let id = endpoint

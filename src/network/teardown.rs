@@ -222,9 +222,13 @@ pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
                 .call("DescribeRouteTables")
         },
         async {
+            // Its page size is not documented: every page is read.
             ec2.describe_vpc_endpoints()
                 .set_filters(tagged())
+                .into_paginator()
+                .items()
                 .send()
+                .collect::<Result<Vec<_>, _>>()
                 .await
                 .call("DescribeVpcEndpoints")
         },
@@ -276,7 +280,6 @@ pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
     );
     // The endpoint's routes live in the route table: the table goes after it.
     let endpoint_keys: Vec<String> = endpoints
-        .vpc_endpoints()
         .iter()
         .filter(|e| !endpoint_gone(e.state()))
         .filter_map(|e| e.vpc_endpoint_id())
@@ -289,7 +292,6 @@ pub async fn deletables(stack: &Stack) -> Result<Vec<Box<dyn Deletable>>> {
     }
     resources.extend(
         endpoints
-            .vpc_endpoints()
             .iter()
             .filter(|e| !endpoint_gone(e.state()))
             .filter_map(|e| resource(Kind::Endpoint, e.vpc_endpoint_id(), e.tags(), vec![])),
