@@ -402,25 +402,37 @@ async fn busy_node(stack: &Stack, id: &str) -> Result<Option<String>> {
 /// How far back DescribeEvents reaches: ElastiCache keeps events for 14 days.
 const EVENTS_KEPT_MINUTES: i32 = 14 * 24 * 60;
 
-/// Why a change to the group failed, in ElastiCache's words: its latest events. The
-/// group's status says only `create-failed`, or `available` again after a scale that did
-/// not happen (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DescribeEvents.html>).
-async fn latest_events(stack: &Stack, id: &str) -> String {
-    // Pages of at most 100, in an order the API reference does not promise: all are read.
-    let events = stack
+/// The events of the group `id` since `since`, or all ElastiCache keeps. They come in
+/// pages of at most 100, in an order the API reference does not promise: all are read.
+async fn group_events(
+    stack: &Stack,
+    id: &str,
+    since: Option<aws_sdk_elasticache::primitives::DateTime>,
+) -> Result<Vec<aws_sdk_elasticache::types::Event>> {
+    let request = stack
         .clients
         .elasticache
         .describe_events()
         .source_type(SourceType::ReplicationGroup)
-        .source_identifier(id)
-        .duration(EVENTS_KEPT_MINUTES)
+        .source_identifier(id);
+    let request = match since {
+        Some(since) => request.start_time(since),
+        None => request.duration(EVENTS_KEPT_MINUTES),
+    };
+    request
         .into_paginator()
         .items()
         .send()
         .collect::<Result<Vec<_>, _>>()
         .await
-        .call(format!("DescribeEvents replication-group {id}"));
-    let mut events = match events {
+        .call(format!("DescribeEvents replication-group {id}"))
+}
+
+/// Why a change to the group failed, in ElastiCache's words: its latest events. The
+/// group's status says only `create-failed`, or `available` again after a scale that did
+/// not happen (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DescribeEvents.html>).
+async fn latest_events(stack: &Stack, id: &str) -> String {
+    let mut events = match group_events(stack, id, None).await {
         Ok(events) => events,
         Err(err) => return format!("its events could not be read ({err:#})"),
     };
@@ -788,17 +800,8 @@ async fn promoted_since(
     id: &str,
     since: aws_sdk_elasticache::primitives::DateTime,
 ) -> Result<Option<String>> {
-    let events = stack
-        .clients
-        .elasticache
-        .describe_events()
-        .source_type(SourceType::ReplicationGroup)
-        .source_identifier(id)
-        .start_time(since)
-        .send()
-        .await
-        .call(format!("DescribeEvents replication-group {id}"))?;
-    Ok(events.events().iter().find_map(|event| {
+    let events = group_events(stack, id, Some(since)).await?;
+    Ok(events.iter().find_map(|event| {
         let message = event.message()?;
         let (_, promoted) = message
             .strip_prefix("Failover from primary node ")?
