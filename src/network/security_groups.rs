@@ -445,6 +445,16 @@ enum Change {
     Revoke,
 }
 
+impl Change {
+    /// As the EC2 operations name it: `AuthorizeSecurityGroupIngress`...
+    fn name(self) -> &'static str {
+        match self {
+            Change::Authorize => "Authorize",
+            Change::Revoke => "Revoke",
+        }
+    }
+}
+
 /// Authorizes or revokes `permissions` of `direction` on the group `id`, again while EC2
 /// does not know the group, or one a rule names, yet ([`EC2_NEW`]).
 async fn change_rules(
@@ -457,7 +467,7 @@ async fn change_rules(
 ) -> Result<()> {
     let ec2 = &stack.clients.ec2;
     let permissions = Some(permissions.to_vec());
-    let call = format!("{change:?}SecurityGroup{} {name}", direction.name());
+    let call = format!("{}SecurityGroup{} {name}", change.name(), direction.name());
     let not_yet = &EC2_NEW;
     match (change, direction) {
         (Change::Authorize, Direction::Ingress) => once_known(stack.pace, &call, not_yet, || {
