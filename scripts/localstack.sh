@@ -135,10 +135,13 @@ start() {
     DISABLE_EVENTS=1 \
     LOCALSTACK_VOLUME_DIR="$home/volume" \
     nohup "$venv/bin/python" -m localstack.runtime.main >"$logfile" 2>&1 </dev/null &
-  echo $! >"$pidfile"
+  local pid=$!
+  echo "$pid" >"$pidfile"
   local started=$SECONDS deadline=$((SECONDS + ${LOCALSTACK_START_TIMEOUT:-180}))
   until healthy; do
-    if ! our_pid >/dev/null; then
+    # Whether the child lives, not our_pid: until it has exec'd Python, the child's
+    # command line is still this script's.
+    if ! kill -0 "$pid" 2>/dev/null; then
       tail -n 30 "$logfile" >&2 || true
       die "LocalStack exited during start-up (log above, full log: $logfile)"
     fi
