@@ -339,6 +339,9 @@ pub const EC2_NEW: NotYet = NotYet {
         "InvalidGroup.NotFound",
         "InvalidRouteTableID.NotFound",
         "InvalidInternetGatewayID.NotFound",
+        // What CreateRoute answers for a gateway it does not know (EC2's error codes:
+        // <https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html>).
+        "InvalidGatewayID.NotFound",
         "InvalidSubnetID.NotFound",
     ],
     with_message: &[],

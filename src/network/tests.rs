@@ -600,13 +600,22 @@ async fn a_new_network_is_built_while_ec2_does_not_know_its_new_parts_yet() {
         "InvalidInternetGatewayID.NotFound",
         2
     );
-    let route = unknown_at_first!(
-        create_route,
-        CreateRouteError,
-        CreateRouteOutput,
-        "InvalidRouteTableID.NotFound",
-        2
-    );
+    // The new table, then the gateway attached a moment ago, not known yet.
+    let route = mock!(Ec2::create_route)
+        .sequence()
+        .error(|| {
+            aws_sdk_ec2::operation::create_route::CreateRouteError::generic(unknown(
+                "InvalidRouteTableID.NotFound",
+            ))
+        })
+        .error(|| {
+            aws_sdk_ec2::operation::create_route::CreateRouteError::generic(unknown(
+                "InvalidGatewayID.NotFound",
+            ))
+        })
+        .output(|| aws_sdk_ec2::operation::create_route::CreateRouteOutput::builder().build())
+        .repeatedly()
+        .build();
     let associate = unknown_at_first!(
         associate_route_table,
         AssociateRouteTableError,
