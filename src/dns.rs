@@ -213,32 +213,70 @@ async fn zone_by_id(stack: &Stack, id: &str) -> Result<HostedZone> {
 }
 
 async fn zone_by_name(stack: &Stack, name: &str) -> Result<HostedZone> {
-    let zones = stack
-        .clients
-        .route53
-        .list_hosted_zones_by_name()
-        .dns_name(name)
-        .send()
-        .await
-        .call(format!("ListHostedZonesByName {name}"))?
-        .hosted_zones;
-    // The listing starts at `name` and goes on in order; only exact matches count.
+    let zones = zones_named(stack, name).await?;
     let (public, private): (Vec<_>, Vec<_>) = zones
         .into_iter()
-        .filter(|zone| normalize(&zone.name) == normalize(name))
         .partition(|zone| !zone.config.as_ref().is_some_and(|c| c.private_zone));
-    match public.into_iter().next() {
-        Some(zone) => Ok(hosted_zone(zone)),
-        None if !private.is_empty() => bail!(
+    match public.as_slice() {
+        [zone] => Ok(hosted_zone(zone.clone())),
+        [] if !private.is_empty() => bail!(
             "the hosted zone {name} (domain.hosted_zone in stack.yaml) is private: ACM \
              validates certificates and users resolve the domain through public DNS; create \
              a public hosted zone {name} and delegate the domain to it"
         ),
-        None => bail!(
+        [] => bail!(
             "there is no Route53 hosted zone named {name} (domain.hosted_zone in stack.yaml) \
              in this AWS account: create a public hosted zone for it and point the domain's \
              NS records at its name servers, or name an existing zone"
         ),
+        // Route53 lets an account hold several public zones of one name; only the one the
+        // parent domain delegates to is seen by ACM and by users.
+        several => bail!(
+            "this AWS account has {} public hosted zones named {name} ({}): set \
+             domain.hosted_zone in stack.yaml to the id of the one the domain is delegated \
+             to (its name servers, from `aws route53 get-hosted-zone --id <id>`, are the \
+             domain's NS records), or delete the others",
+            several.len(),
+            several
+                .iter()
+                .map(|zone| hosted_zone(zone.clone()).id)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Every hosted zone named exactly `name`. The listing starts at `name` and goes on in
+/// the zones' order, a page of up to 100 at a time; zones of one name are listed
+/// together, so paging stops at the first page whose next zone has another name.
+async fn zones_named(stack: &Stack, name: &str) -> Result<Vec<aws_sdk_route53::types::HostedZone>> {
+    let mut zones = Vec::new();
+    let mut next_zone_id = None;
+    loop {
+        let page = stack
+            .clients
+            .route53
+            .list_hosted_zones_by_name()
+            .dns_name(name)
+            .set_hosted_zone_id(next_zone_id)
+            .send()
+            .await
+            .call(format!("ListHostedZonesByName {name}"))?;
+        zones.extend(
+            page.hosted_zones
+                .into_iter()
+                .filter(|zone| normalize(&zone.name) == normalize(name)),
+        );
+        match (
+            page.is_truncated,
+            page.next_dns_name,
+            page.next_hosted_zone_id,
+        ) {
+            (true, Some(next_name), Some(next_id)) if normalize(&next_name) == normalize(name) => {
+                next_zone_id = Some(next_id);
+            }
+            _ => return Ok(zones),
+        }
     }
 }
 
@@ -624,6 +662,74 @@ mod tests {
 
         assert_eq!(zone.id, "Z-example.com-false");
         assert_eq!(zone.name, "example.com");
+    }
+
+    fn zones_page(
+        zones: Vec<aws_sdk_route53::types::HostedZone>,
+        next: Option<(&str, &str)>,
+    ) -> ListHostedZonesByNameOutput {
+        ListHostedZonesByNameOutput::builder()
+            .set_hosted_zones(Some(zones))
+            .is_truncated(next.is_some())
+            .set_next_dns_name(next.map(|(name, _)| name.to_owned()))
+            .set_next_hosted_zone_id(next.map(|(_, id)| id.to_owned()))
+            .max_items(1)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn zones_of_the_name_are_read_past_the_first_page() {
+        let first = mock!(Client::list_hosted_zones_by_name)
+            .match_requests(|req| req.hosted_zone_id().is_none())
+            .then_output(|| {
+                zones_page(
+                    vec![listed_zone("example.com", true)],
+                    Some(("example.com.", "Z-next")),
+                )
+            });
+        let second = mock!(Client::list_hosted_zones_by_name)
+            .match_requests(|req| {
+                req.hosted_zone_id() == Some("Z-next") && req.dns_name() == Some("example.com")
+            })
+            .then_output(|| {
+                zones_page(
+                    vec![listed_zone("example.com", false)],
+                    Some(("example.net.", "Z-other")),
+                )
+            });
+        let mut clients = testing::clients();
+        clients.route53 = mock_client!(aws_sdk_route53, RuleMode::MatchAny, [&first, &second]);
+        let stack = testing::stack(clients);
+
+        let zone = find_zone(&stack).await.unwrap();
+
+        assert_eq!(zone.id, "Z-example.com-false");
+        assert_eq!((first.num_calls(), second.num_calls()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn two_public_zones_of_the_name_are_refused_with_their_ids() {
+        let zones = mock!(Client::list_hosted_zones_by_name).then_output(|| {
+            let mut twin = listed_zone("example.com", false);
+            twin.id = "/hostedzone/Z-twin".into();
+            zones_page(vec![listed_zone("example.com", false), twin], None)
+        });
+        let mut clients = testing::clients();
+        clients.route53 = mock_client!(aws_sdk_route53, RuleMode::MatchAny, [&zones]);
+        let stack = testing::stack(clients);
+
+        let err = find_zone(&stack).await.unwrap_err().to_string();
+
+        assert!(
+            err.contains("2 public hosted zones named example.com"),
+            "{err}"
+        );
+        assert!(err.contains("Z-example.com-false, Z-twin"), "{err}");
+        assert!(
+            err.contains("to the id of the one the domain is delegated"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -1301,6 +1301,26 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
         .await
         .unwrap();
 
+    // A second public zone of the same name (Route53 allows it, and a zone recreated by
+    // hand leaves one behind): which one the domain is delegated to is the user's to say.
+    let twin = support::hosted_zone(&aws, &stack.zone).await;
+    let stderr = up_fails(&stack);
+    assert!(
+        stderr.contains(&format!("2 public hosted zones named {}", stack.zone))
+            && stderr.contains(twin.trim_start_matches("/hostedzone/")),
+        "{stderr}"
+    );
+    assert!(
+        tagged_ec2_resources(&aws, &name).await.is_empty(),
+        "nothing was created"
+    );
+    route53
+        .delete_hosted_zone()
+        .id(&twin)
+        .send()
+        .await
+        .expect("DeleteHostedZone");
+
     // No terminal to confirm on and no --yes: up refuses.
     let stderr = up_fails_with(&stack, &["up"]);
     assert!(stderr.contains("pass --yes"), "{stderr}");
