@@ -16,11 +16,13 @@ use serde_json::Value;
 use support::TestStack;
 
 /// The checks run, by service: what a scanner of a realtime stack's kind reports.
-const CHECKS: [&str; 13] = [
+const CHECKS: [&str; 15] = [
     "ec2_securitygroup_default_restrict_traffic",
     "ec2_instance_imdsv2_enabled",
     "ec2_ebs_volume_encryption",
     "elbv2_alb_drop_invalid_header_fields_enabled",
+    "elbv2_deletion_protection",
+    "elbv2_desync_mitigation_mode",
     "elbv2_insecure_ssl_ciphers",
     "elbv2_logging_enabled",
     "elbv2_ssl_listeners",
@@ -109,6 +111,8 @@ async fn a_security_scanner_finds_nothing_on_the_stack_but_what_stays_off_on_pur
         "ec2_instance_imdsv2_enabled",
         "elbv2_logging_enabled",
         "elbv2_alb_drop_invalid_header_fields_enabled",
+        "elbv2_deletion_protection",
+        "elbv2_desync_mitigation_mode",
         "s3_bucket_secure_transport_policy",
         "s3_bucket_level_public_access_block",
     ] {

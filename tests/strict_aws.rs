@@ -658,6 +658,24 @@ async fn two_subnets(ec2: &aws_sdk_ec2::Client, vpc_id: &str) -> Vec<String> {
     subnets
 }
 
+/// The ARN of a new load balancer named `{prefix}-<unique>`, in a VPC of its own.
+async fn new_load_balancer(aws: &SdkConfig, prefix: &str) -> String {
+    let ec2 = aws_sdk_ec2::Client::new(aws);
+    let vpc_id = vpc(&ec2).await;
+    let subnets = two_subnets(&ec2, &vpc_id).await;
+    let suffix = support::unique_suffix();
+    let created = aws_sdk_elasticloadbalancingv2::Client::new(aws)
+        .create_load_balancer()
+        .name(format!("{prefix}-{}", &suffix[suffix.len() - 8..]))
+        .set_subnets(Some(subnets))
+        .send()
+        .await;
+    accepted(created).load_balancers()[0]
+        .load_balancer_arn()
+        .unwrap()
+        .to_owned()
+}
+
 fn names_that_elb_refuses() -> Vec<(String, &'static str)> {
     vec![
         ("n".repeat(33), "cannot be longer than '32' characters"),
@@ -868,6 +886,50 @@ async fn load_balancer_settings_are_held_to_their_documented_ranges() {
     refused(rule, "ValidationError", "between 1 and 50000");
 }
 
+/// A load balancer with deletion protection on is not deleted (`OperationNotPermitted`)
+/// until it is turned off; the desync mitigation and X-Forwarded-For modes take only the
+/// words AWS lists.
+#[tokio::test]
+async fn a_protected_load_balancer_is_not_deleted_and_modes_take_awss_words() {
+    let aws = support::localstack().await;
+    let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&aws);
+    let arn = new_load_balancer(&aws, "protected").await;
+    let attribute = |key: &str, value: &str| {
+        elbv2
+            .modify_load_balancer_attributes()
+            .load_balancer_arn(&arn)
+            .attributes(
+                LoadBalancerAttribute::builder()
+                    .key(key)
+                    .value(value)
+                    .build(),
+            )
+            .send()
+    };
+    let delete = || elbv2.delete_load_balancer().load_balancer_arn(&arn).send();
+    refused(
+        attribute("routing.http.desync_mitigation_mode", "strict").await,
+        "InvalidConfigurationRequest",
+        "monitor, defensive, strictest",
+    );
+    accepted(attribute("routing.http.desync_mitigation_mode", "strictest").await);
+    refused(
+        attribute("routing.http.xff_header_processing.mode", "keep").await,
+        "InvalidConfigurationRequest",
+        "append, preserve, remove",
+    );
+    accepted(attribute("routing.http.xff_header_processing.mode", "preserve").await);
+
+    accepted(attribute("deletion_protection.enabled", "true").await);
+    refused(
+        delete().await,
+        "OperationNotPermitted",
+        "deletion protection is enabled",
+    );
+    accepted(attribute("deletion_protection.enabled", "false").await);
+    accepted(delete().await);
+}
+
 /// Listener security policies: a name AWS does not offer is refused (`SSLPolicyNotFound`),
 /// and the policies AWS added since moto's table (FIPS 2023-04, post-quantum 2025-09) are
 /// taken by CreateListener and ModifyListener alike: moto's ModifyListener refused them,
@@ -876,21 +938,9 @@ async fn load_balancer_settings_are_held_to_their_documented_ranges() {
 #[tokio::test]
 async fn listener_security_policies_are_the_ones_elb_offers() {
     let aws = support::localstack().await;
-    let ec2 = aws_sdk_ec2::Client::new(&aws);
     let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&aws);
-    let vpc_id = vpc(&ec2).await;
-    let subnets = two_subnets(&ec2, &vpc_id).await;
     let suffix = support::unique_suffix();
-    let load_balancer = elbv2
-        .create_load_balancer()
-        .name(format!("tls-{}", &suffix[suffix.len() - 8..]))
-        .set_subnets(Some(subnets))
-        .send()
-        .await;
-    let load_balancer = accepted(load_balancer).load_balancers()[0]
-        .load_balancer_arn()
-        .unwrap()
-        .to_owned();
+    let load_balancer = new_load_balancer(&aws, "tls").await;
     let certificate = aws_sdk_acm::Client::new(&aws)
         .request_certificate()
         .domain_name(format!("tls-{suffix}.example.test"))

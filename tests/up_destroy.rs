@@ -1896,14 +1896,17 @@ async fn verify_stack(aws: &SdkConfig, stack: &TestStack, zone_id: &str, outputs
             .and_then(|a| a.value())
             .map(str::to_owned)
     };
-    assert_eq!(
-        attribute("idle_timeout.timeout_seconds").as_deref(),
-        Some("3600")
-    );
-    assert_eq!(
-        attribute("routing.http.drop_invalid_header_fields.enabled").as_deref(),
-        Some("true")
-    );
+    // WebSockets kept open, bad headers dropped, deleted only by `destroy`, and the chat
+    // server's reading of X-Forwarded-For holding.
+    for (key, value) in [
+        ("idle_timeout.timeout_seconds", "3600"),
+        ("routing.http.drop_invalid_header_fields.enabled", "true"),
+        ("deletion_protection.enabled", "true"),
+        ("routing.http.desync_mitigation_mode", "defensive"),
+        ("routing.http.xff_header_processing.mode", "append"),
+    ] {
+        assert_eq!(attribute(key).as_deref(), Some(value), "{key}");
+    }
     // Access logs go to the stack's own bucket, which only ELB's log delivery writes
     // into, encrypted, private, and which forgets them after 90 days.
     let logs_bucket = format!("{name}-alb-logs-000000000000-us-east-1");

@@ -399,6 +399,20 @@ async fn ensure_load_balancer_attributes(
             "true".to_owned(),
         ),
         ("routing.http2.enabled", "true".to_owned()),
+        // Deleted only by `destroy`, which turns this off first; not by a click in the
+        // console or another tool's cleanup (Security Hub ELB.6).
+        ("deletion_protection.enabled", "true".to_owned()),
+        // AWS's defaults, held so that a change by hand is put back: requests that risk
+        // HTTP desync are refused (ELB.12), and the client's address is appended to
+        // X-Forwarded-For, the rightmost entry the chat server believes.
+        (
+            "routing.http.desync_mitigation_mode",
+            "defensive".to_owned(),
+        ),
+        (
+            "routing.http.xff_header_processing.mode",
+            "append".to_owned(),
+        ),
     ];
     wanted.extend(access_logs::attributes(logs_bucket));
     let current = elbv2

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use aws_sdk_elasticloadbalancingv2::Client;
+use aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute;
 use futures::try_join;
 
 use super::listeners::listeners;
@@ -59,15 +60,34 @@ impl Deletable for Elbv2Resource {
                     &format!("DeleteListener {arn}"),
                     &["ListenerNotFound"],
                 ),
-                Kind::LoadBalancer => delete_outcome(
-                    self.elbv2
-                        .delete_load_balancer()
-                        .load_balancer_arn(arn)
-                        .send()
-                        .await,
-                    &format!("DeleteLoadBalancer {arn}"),
-                    &["LoadBalancerNotFound"],
-                ),
+                Kind::LoadBalancer => {
+                    // `up` turns deletion protection on; AWS refuses the delete until it
+                    // is off.
+                    delete_outcome(
+                        self.elbv2
+                            .modify_load_balancer_attributes()
+                            .load_balancer_arn(arn)
+                            .attributes(
+                                LoadBalancerAttribute::builder()
+                                    .key("deletion_protection.enabled")
+                                    .value("false")
+                                    .build(),
+                            )
+                            .send()
+                            .await,
+                        &format!("ModifyLoadBalancerAttributes {arn}"),
+                        &["LoadBalancerNotFound"],
+                    )?;
+                    delete_outcome(
+                        self.elbv2
+                            .delete_load_balancer()
+                            .load_balancer_arn(arn)
+                            .send()
+                            .await,
+                        &format!("DeleteLoadBalancer {arn}"),
+                        &["LoadBalancerNotFound"],
+                    )
+                }
                 // Refused with ResourceInUse until the load balancer is really gone.
                 Kind::TargetGroup => delete_outcome(
                     self.elbv2

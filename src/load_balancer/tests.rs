@@ -79,8 +79,16 @@ fn converged(stack_tag: &'static str) -> Vec<Rule> {
                     .build()
             };
             DescribeLoadBalancerAttributesOutput::builder()
-                .attributes(attribute("deletion_protection.enabled", "false"))
+                .attributes(attribute("deletion_protection.enabled", "true"))
                 .attributes(attribute("idle_timeout.timeout_seconds", "3600"))
+                .attributes(attribute(
+                    "routing.http.desync_mitigation_mode",
+                    "defensive",
+                ))
+                .attributes(attribute(
+                    "routing.http.xff_header_processing.mode",
+                    "append",
+                ))
                 .attributes(attribute(
                     "routing.http.drop_invalid_header_fields.enabled",
                     "true",

@@ -434,6 +434,11 @@ ATTRIBUTE_RANGES = {
     "idle_timeout.timeout_seconds": (1, 4000),
     "deregistration_delay.timeout_seconds": (0, 3600),
 }
+# And the attributes that take one of a few words, as the same page lists them.
+ATTRIBUTE_CHOICES = {
+    "routing.http.desync_mitigation_mode": ("monitor", "defensive", "strictest"),
+    "routing.http.xff_header_processing.mode": ("append", "preserve", "remove"),
+}
 
 
 def elb_attributes(request: Request, _context) -> None:
@@ -446,8 +451,28 @@ def elb_attributes(request: Request, _context) -> None:
                     "InvalidConfigurationRequest",
                     f"'{key}' must be a number from {low} to {high}, not '{value}'",
                 )
+        elif key in ATTRIBUTE_CHOICES and value not in ATTRIBUTE_CHOICES[key]:
+            raise Refused(
+                "InvalidConfigurationRequest",
+                f"'{key}' must be one of {', '.join(ATTRIBUTE_CHOICES[key])}, not '{value}'",
+            )
         elif key.endswith(".enabled") and value not in ("true", "false"):
             raise Refused("InvalidConfigurationRequest", f"'{key}' must be 'true' or 'false', not '{value}'")
+
+
+# "You can't delete a load balancer if deletion protection is enabled"; among the call's
+# errors, OperationNotPermitted. moto deletes it anyway.
+# https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_DeleteLoadBalancer.html
+def deletion_protection(request: Request, context: RequestContext) -> None:
+    from moto.elbv2.models import elbv2_backends
+
+    arn = request.get("LoadBalancerArn") or ""
+    balancer = elbv2_backends[context.account_id][context.region].load_balancers.get(arn)
+    if balancer is not None and balancer.attrs.get("deletion_protection.enabled") == "true":
+        raise Refused(
+            "OperationNotPermitted",
+            f"Load balancer '{arn}' cannot be deleted because deletion protection is enabled",
+        )
 
 
 # Rule priorities: 1 to 50000; each path pattern at most 128 characters.
@@ -870,6 +895,7 @@ RULES: dict[str, dict[str, tuple[Check, ...]]] = {
         "ModifyTargetGroup": (health_check,),
         "AddTags": (elb_tags,),
         "ModifyLoadBalancerAttributes": (elb_attributes,),
+        "DeleteLoadBalancer": (deletion_protection,),
         "ModifyTargetGroupAttributes": (elb_attributes,),
         "CreateListener": (ssl_policy, elb_tags),
         "ModifyListener": (ssl_policy,),
