@@ -997,6 +997,11 @@ async fn a_running_redis_is_changed_in_place_and_then_left_alone() {
     assert_eq!(group.member_clusters().len(), 1);
     assert_eq!(nodes.len(), 1, "ElastiCache lists the group's node");
     assert_eq!(nodes[0].engine_version(), Some("7.0.0"));
+    assert_eq!(
+        group.auto_minor_version_upgrade(),
+        Some(false),
+        "a pinned minor version is not upgraded by ElastiCache"
+    );
 
     stack.edit(
         "  replicas: 0\n  engine_version: \"7.0\"\n  snapshot_retention_days: 1\n",
@@ -1034,18 +1039,24 @@ async fn a_running_redis_is_changed_in_place_and_then_left_alone() {
     }
     assert_eq!(plan_json(&stack, 0)["changes"], json!([]), "made once");
 
-    // Back to a lone primary: failover and Multi-AZ go first, then the replicas.
-    stack.edit("  replicas: 2\n", "  replicas: 0\n");
+    // Back to a lone primary: failover and Multi-AZ go first, then the replicas; the
+    // version no longer pinned, ElastiCache brings its minor versions again.
+    stack.edit(
+        "  replicas: 2\n  engine_version: \"7.1\"\n",
+        "  replicas: 0\n",
+    );
     assert_eq!(
         changes(),
         [
             "disabling failover and Multi-AZ",
-            "changing to 0 replica(s)"
+            "changing to 0 replica(s)",
+            "turning automatic minor version upgrades on"
         ]
     );
     stack.up();
     let (group, _) = redis().await;
     assert_eq!(group.member_clusters().len(), 1);
+    assert_eq!(group.auto_minor_version_upgrade(), Some(true));
     assert_eq!(
         group.automatic_failover(),
         Some(&aws_sdk_elasticache::types::AutomaticFailoverStatus::Disabled)

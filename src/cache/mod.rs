@@ -119,6 +119,17 @@ pub(super) async fn cluster_parameter_group(
 }
 
 /// Whether the group is a Redis Cluster (cluster mode on).
+/// Whether ElastiCache may upgrade the engine's minor version in the maintenance window:
+/// that is how its security fixes arrive, so yes unless stack.yaml pins a minor version
+/// (`7.0`), which an upgrade to `7.1` would leave behind and the next `up` refuse as a
+/// downgrade. A pinned major (`6.x`) takes its minors.
+fn auto_minor_version_upgrade(redis: &crate::spec::RedisSpec) -> bool {
+    redis
+        .engine_version
+        .as_deref()
+        .is_none_or(|version| version.ends_with(".x"))
+}
+
 fn cluster_mode(group: &ReplicationGroup) -> bool {
     group.cluster_enabled() == Some(true)
 }
@@ -305,6 +316,7 @@ async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<(
         .transit_encryption_enabled(true)
         .at_rest_encryption_enabled(true)
         .snapshot_retention_limit(i32::try_from(redis.snapshot_retention_days)?)
+        .auto_minor_version_upgrade(auto_minor_version_upgrade(redis))
         .cache_subnet_group_name(stack.names.cache_subnet_group())
         .security_group_ids(security_group)
         .port(i32::from(PORT))

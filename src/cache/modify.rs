@@ -1,12 +1,12 @@
 //! Changes ElastiCache makes to a replication group in place: engine version, node type,
-//! replicas (of each shard), failover and Multi-AZ, the days of automatic backups, and the
-//! number of shards of a Redis Cluster (online resharding), each applied once the group is
-//! available again.
+//! replicas (of each shard), failover and Multi-AZ, the days of automatic backups,
+//! automatic minor version upgrades, and the number of shards of a Redis Cluster (online
+//! resharding), each applied once the group is available again.
 
 use anyhow::{Result, bail};
 use aws_sdk_elasticache::types::{AutomaticFailoverStatus, MultiAzStatus, ReplicationGroup};
 
-use super::{cluster_mode, cluster_parameter_group, version_numbers};
+use super::{auto_minor_version_upgrade, cluster_mode, cluster_parameter_group, version_numbers};
 use crate::aws::Call;
 use crate::stack::Stack;
 
@@ -23,6 +23,8 @@ pub(super) enum Fix {
     },
     /// Days of automatic backups; 0 turns them off.
     SnapshotRetention(i32),
+    /// Whether ElastiCache upgrades the minor version in the maintenance window.
+    AutoMinorVersionUpgrade(bool),
     /// A Redis Cluster's node groups to `count`; when fewer, the ones in `remove` go
     /// (their slots move to the others).
     Reshard {
@@ -55,6 +57,13 @@ impl std::fmt::Display for Fix {
             Fix::SnapshotRetention(days) => {
                 write!(f, "keeping automatic backups for {days} day(s)")
             }
+            Fix::AutoMinorVersionUpgrade(true) => {
+                write!(f, "turning automatic minor version upgrades on")
+            }
+            Fix::AutoMinorVersionUpgrade(false) => write!(
+                f,
+                "turning automatic minor version upgrades off (the version is pinned)"
+            ),
             Fix::Reshard { count, remove } if remove.is_empty() => {
                 write!(f, "resharding online to {count} shards")
             }
@@ -134,6 +143,14 @@ pub(super) async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec
     if group.snapshot_retention_limit().unwrap_or(0) != retention {
         fixes.push(Fix::SnapshotRetention(retention));
     }
+    // A group that does not say is left as it is.
+    let upgrades = auto_minor_version_upgrade(redis);
+    if group
+        .auto_minor_version_upgrade()
+        .is_some_and(|have| have != upgrades)
+    {
+        fixes.push(Fix::AutoMinorVersionUpgrade(upgrades));
+    }
     if cluster && want_shards > have_shards {
         fixes.push(Fix::Reshard {
             count: want_shards,
@@ -183,7 +200,7 @@ pub(super) async fn apply(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
         .modify_replication_group()
         .replication_group_id(id)
         .apply_immediately(true);
-    match fix {
+    let (modify, what) = match fix {
         Fix::EngineVersion(version) => {
             // A cluster keeps a cluster-mode parameter group across a major upgrade.
             let redis = &stack.spec.redis;
@@ -192,37 +209,28 @@ pub(super) async fn apply(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
             } else {
                 None
             };
-            modify
-                .engine_version(version)
-                .set_cache_parameter_group_name(parameter_group)
-                .send()
-                .await
-                .call(format!("ModifyReplicationGroup {id} EngineVersion"))?;
+            (
+                modify
+                    .engine_version(version)
+                    .set_cache_parameter_group_name(parameter_group),
+                "EngineVersion",
+            )
         }
-        Fix::NodeType(node_type) => {
-            modify
-                .cache_node_type(node_type)
-                .send()
-                .await
-                .call(format!("ModifyReplicationGroup {id} CacheNodeType"))?;
-        }
-        Fix::Failover { failover, multi_az } => {
+        Fix::NodeType(node_type) => (modify.cache_node_type(node_type), "CacheNodeType"),
+        Fix::Failover { failover, multi_az } => (
             modify
                 .automatic_failover_enabled(*failover)
-                .multi_az_enabled(*multi_az)
-                .send()
-                .await
-                .call(format!("ModifyReplicationGroup {id} AutomaticFailover"))?;
-        }
-        Fix::SnapshotRetention(days) => {
-            modify
-                .snapshot_retention_limit(*days)
-                .send()
-                .await
-                .call(format!(
-                    "ModifyReplicationGroup {id} SnapshotRetentionLimit"
-                ))?;
-        }
+                .multi_az_enabled(*multi_az),
+            "AutomaticFailover",
+        ),
+        Fix::SnapshotRetention(days) => (
+            modify.snapshot_retention_limit(*days),
+            "SnapshotRetentionLimit",
+        ),
+        Fix::AutoMinorVersionUpgrade(upgrades) => (
+            modify.auto_minor_version_upgrade(*upgrades),
+            "AutoMinorVersionUpgrade",
+        ),
         Fix::Reshard { count, remove } => {
             // Slots move online; the chat servers follow MOVED/ASK.
             elasticache
@@ -236,6 +244,7 @@ pub(super) async fn apply(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
                 .call(format!(
                     "ModifyReplicationGroupShardConfiguration {id} NodeGroupCount {count}"
                 ))?;
+            return Ok(());
         }
         Fix::AddReplicas(count) => {
             elasticache
@@ -246,6 +255,7 @@ pub(super) async fn apply(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
                 .send()
                 .await
                 .call(format!("IncreaseReplicaCount {id}"))?;
+            return Ok(());
         }
         Fix::RemoveReplicas(count) => {
             elasticache
@@ -256,7 +266,12 @@ pub(super) async fn apply(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
                 .send()
                 .await
                 .call(format!("DecreaseReplicaCount {id}"))?;
+            return Ok(());
         }
-    }
+    };
+    modify
+        .send()
+        .await
+        .call(format!("ModifyReplicationGroup {id} {what}"))?;
     Ok(())
 }

@@ -147,6 +147,7 @@ async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
                 && req.transit_encryption_enabled() == Some(true)
                 && req.at_rest_encryption_enabled() == Some(true)
                 && req.snapshot_retention_limit() == Some(7)
+                && req.auto_minor_version_upgrade() == Some(true)
                 && req.engine() == Some("redis")
                 // One shard: the calls of a group with cluster mode off, as ever.
                 && req.cluster_mode().is_none()
@@ -578,6 +579,50 @@ async fn automatic_backups_follow_stack_yaml() {
     assert_eq!(
         fixes(&stack, &group("available")).await.unwrap(),
         [Fix::SnapshotRetention(0)]
+    );
+}
+
+#[tokio::test]
+async fn minor_version_upgrades_are_on_unless_a_minor_version_is_pinned() {
+    let mut clients = testing::clients();
+    clients.elasticache = mock_client!(aws_sdk_elasticache, []);
+    let stack = testing::stack(clients);
+    let upgrading = |on: bool| {
+        base("available")
+            .auto_minor_version_upgrade(on)
+            .member_clusters("chat-redis-001")
+            .member_clusters("chat-redis-002")
+            .multi_az(MultiAzStatus::Enabled)
+            .build()
+    };
+    // Turned off by hand, or made before `up` said: security fixes come with minors.
+    assert_eq!(
+        fixes(&stack, &upgrading(false)).await.unwrap(),
+        [Fix::AutoMinorVersionUpgrade(true)]
+    );
+    assert_eq!(fixes(&stack, &upgrading(true)).await.unwrap(), []);
+    assert_eq!(
+        fixes(&stack, &group("available")).await.unwrap(),
+        [],
+        "a group that does not say is left alone"
+    );
+    let pinned_at = |want: &str, reported: &'static str| {
+        let nodes = nodes_reporting(reported);
+        let mut clients = testing::clients();
+        clients.elasticache = mock_client!(aws_sdk_elasticache, [&nodes]);
+        let mut stack = testing::stack(clients);
+        stack.spec.redis.engine_version = Some(want.into());
+        stack
+    };
+    let stack = pinned_at("6.x", "6.2.6");
+    assert_eq!(fixes(&stack, &upgrading(true)).await.unwrap(), []);
+    // 7.0 pinned: an upgrade to 7.1 would leave stack.yaml behind.
+    let stack = pinned_at("7.0", "7.0.7");
+    let pinned = fixes(&stack, &upgrading(true)).await.unwrap();
+    assert_eq!(pinned, [Fix::AutoMinorVersionUpgrade(false)]);
+    assert_eq!(
+        pinned[0].to_string(),
+        "turning automatic minor version upgrades off (the version is pinned)"
     );
 }
 

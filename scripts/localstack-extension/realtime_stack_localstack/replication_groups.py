@@ -323,6 +323,11 @@ def modify_replication_group(context, request):
         changed = True
         apply.append(lambda: setattr(group, "snapshot_retention_limit", retention))
 
+    upgrades = request.get("AutoMinorVersionUpgrade")
+    if upgrades is not None and upgrades != group.auto_minor_version_upgrade:
+        changed = True
+        apply.append(lambda: setattr(group, "auto_minor_version_upgrade", upgrades))
+
     # terraform-provider-aws handles this answer to a request that changes nothing.
     if not changed:
         raise refused("InvalidParameterCombination", "No modifications were requested.")
