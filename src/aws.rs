@@ -4,6 +4,7 @@
 //! make so `up` can say what it changed.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,9 +13,12 @@ use aws_runtime::retries::classifiers::THROTTLING_ERRORS;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeSerializationInterceptorContextRef, InterceptorContext,
+};
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::retries::classifiers::{ClassifyRetry, RetryAction};
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -270,6 +274,49 @@ const BLOCKED_CODES: &[&str] = &[
     "InvalidGatewayID.NotFound",
     "OperationAborted",
 ];
+
+/// A retry classifier that forbids the SDK's retries of `E`'s call when `forbid` says so
+/// of the error code AWS answered (`None`: no answer, or none that parsed as `E`).
+#[derive(Debug)]
+pub struct ForbidRetry<E> {
+    name: &'static str,
+    forbid: fn(Option<&str>) -> bool,
+    call: PhantomData<E>,
+}
+
+impl<E> ForbidRetry<E> {
+    pub const fn new(name: &'static str, forbid: fn(Option<&str>) -> bool) -> Self {
+        Self {
+            name,
+            forbid,
+            call: PhantomData,
+        }
+    }
+}
+
+impl<E> ClassifyRetry for ForbidRetry<E>
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+{
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let Some(Err(err)) = ctx.output_or_error() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let code = err
+            .as_operation_error()
+            .and_then(|err| err.downcast_ref::<E>())
+            .and_then(ProvideErrorMetadata::code);
+        if (self.forbid)(code) {
+            RetryAction::RetryForbidden
+        } else {
+            RetryAction::NoActionIndicated
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
 
 /// Turns the result of a delete call into the destroy loop's terms: a resource already
 /// gone (its `not_found` codes) is deleted; a refusal because something still uses it is

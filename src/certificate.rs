@@ -6,15 +6,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use aws_sdk_acm::config::interceptors::InterceptorContext;
-use aws_sdk_acm::config::retry::{ClassifyRetry, RetryAction};
-use aws_sdk_acm::error::ProvideErrorMetadata;
 use aws_sdk_acm::operation::request_certificate::RequestCertificateError;
 use aws_sdk_acm::types::{
     CertificateDetail, CertificateStatus, Filters, KeyAlgorithm, Tag, ValidationMethod,
 };
 
-use crate::aws::{Call, delete_outcome, found};
+use crate::aws::{Call, ForbidRetry, delete_outcome, found};
 use crate::dns::{self, HostedZone, Record};
 use crate::engine::{Action, planned_id};
 use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
@@ -170,37 +167,17 @@ async fn request(stack: &Stack) -> Result<String> {
 }
 
 /// The ACM client's configuration on top of the shared one: an ACM quota reached is said
-/// at once.
-pub fn acm_config(config: aws_sdk_acm::config::Builder) -> aws_sdk_acm::config::Builder {
-    config.retry_classifier(QuotaIsNotThrottling)
-}
-
-/// ACM answers `RequestCertificate` with `LimitExceededException` when "an ACM quota has
-/// been exceeded" (<https://docs.aws.amazon.com/acm/latest/APIReference/API_RequestCertificate.html>),
+/// at once. ACM answers `RequestCertificate` with `LimitExceededException` when "an ACM
+/// quota has been exceeded"
+/// (<https://docs.aws.amazon.com/acm/latest/APIReference/API_RequestCertificate.html>),
 /// such as the certificates an account may request a year. The SDK retries that code as
 /// throttling, since other services answer it for a rate: without this, `up` would wait
 /// out every attempt's backoff (half a minute) before saying a quota is reached.
-#[derive(Debug)]
-struct QuotaIsNotThrottling;
-
-impl ClassifyRetry for QuotaIsNotThrottling {
-    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
-        let quota = ctx
-            .output_or_error()
-            .and_then(Result::err)
-            .and_then(|err| err.as_operation_error())
-            .and_then(|err| err.downcast_ref::<RequestCertificateError>())
-            .is_some_and(|err| err.code() == Some("LimitExceededException"));
-        if quota {
-            RetryAction::RetryForbidden
-        } else {
-            RetryAction::NoActionIndicated
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        "an ACM quota is not throttling"
-    }
+pub fn acm_config(config: aws_sdk_acm::config::Builder) -> aws_sdk_acm::config::Builder {
+    config.retry_classifier(ForbidRetry::<RequestCertificateError>::new(
+        "an ACM quota is not throttling",
+        |code| code == Some("LimitExceededException"),
+    ))
 }
 
 /// The certificate's details; `None` while ACM does not know it yet (just requested).

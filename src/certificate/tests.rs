@@ -218,7 +218,7 @@ async fn a_failed_certificate_is_an_error_saying_why_and_to_start_over() {
 
 /// A quota reached ends `up` at ACM's first answer, with the quota's advice, while the SDK
 /// would take the same code for throttling and retry it (the control, on a client
-/// without `acm_config`): see [`QuotaIsNotThrottling`].
+/// without `acm_config`): see [`acm_config`].
 #[tokio::test(start_paused = true)]
 async fn an_acm_quota_reached_is_said_at_the_first_answer_not_retried() {
     fn quota_reached() -> RequestCertificateError {

@@ -8,8 +8,8 @@
 //!
 //! This file holds the network as the other modules see it ([`Network`], [`ensure`]) and
 //! the lookups its parts share; the parts are `vpc` (zones, the VPC, its subnets),
-//! `routing` (the internet gateway, route tables, the S3 endpoint), `security_groups`
-//! and `teardown`.
+//! `routing` (the internet gateway, route tables, the S3 endpoint), `security_groups`,
+//! `teardown`, and `unrepeated` (creating what AWS would make twice).
 
 use anyhow::{Result, ensure as check};
 use aws_sdk_ec2::types::{Filter, Tag};
@@ -23,6 +23,7 @@ mod security_groups;
 mod teardown;
 #[cfg(test)]
 mod tests;
+mod unrepeated;
 mod vpc;
 
 use routing::{ensure_internet_gateway, ensure_route_table, ensure_s3_endpoint};

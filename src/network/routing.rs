@@ -8,10 +8,12 @@
 use std::collections::HashSet;
 
 use anyhow::{Context, Result};
+use aws_sdk_ec2::operation::create_internet_gateway::CreateInternetGatewayError;
 use aws_sdk_ec2::types::{
     AttachmentStatus, ResourceType, RouteState, RouteTable, State, VpcEndpointType,
 };
 
+use super::unrepeated::{Made, create_unrepeated, only_throttling_retried};
 use super::{filter, single};
 use crate::aws::{Call, EC2_NEW, ec2_stack_filters, ec2_tags, once_known};
 use crate::engine::{Action, Step, planned_id};
@@ -21,14 +23,17 @@ pub(super) async fn ensure_internet_gateway(stack: &Stack, vpc_id: &str) -> Resu
     let ec2 = &stack.clients.ec2;
     let name = stack.names.name("igw");
     let step = stack.progress.step(format!("internet gateway {name}"));
-    let work = async {
+    let find = || async {
         let found = ec2
             .describe_internet_gateways()
             .set_filters(Some(ec2_stack_filters(&stack.names, Some("igw"))))
             .send()
             .await
             .call(format!("DescribeInternetGateways {name}"))?;
-        let (id, attached) = match single(found.internet_gateways().to_vec(), "internet gateway")? {
+        single(found.internet_gateways().to_vec(), "internet gateway")
+    };
+    let work = async {
+        let (id, attached) = match find().await? {
             Some(igw) => {
                 let id = igw
                     .internet_gateway_id()
@@ -49,21 +54,26 @@ pub(super) async fn ensure_internet_gateway(stack: &Stack, vpc_id: &str) -> Resu
                     return Ok(planned_id("internet gateway"));
                 }
                 step.set("creating");
-                let created = ec2
-                    .create_internet_gateway()
-                    .tag_specifications(ec2_tags(
-                        &stack.names,
-                        "igw",
-                        ResourceType::InternetGateway,
-                    ))
-                    .send()
-                    .await
-                    .call(format!("CreateInternetGateway {name}"))?;
-                let id = created
-                    .internet_gateway()
-                    .and_then(|igw| igw.internet_gateway_id())
-                    .context("CreateInternetGateway returned no id")?
-                    .to_owned();
+                let create = || {
+                    ec2.create_internet_gateway()
+                        .tag_specifications(ec2_tags(
+                            &stack.names,
+                            "igw",
+                            ResourceType::InternetGateway,
+                        ))
+                        .customize()
+                        .config_override(only_throttling_retried::<CreateInternetGatewayError>())
+                        .send()
+                };
+                let call = format!("CreateInternetGateway {name}");
+                let igw = match create_unrepeated(stack.pace, &call, create, find).await? {
+                    Made::Created(created) => created.internet_gateway,
+                    // A lost create's gateway, not attached yet.
+                    Made::Found(igw) => Some(igw),
+                };
+                let id = igw
+                    .and_then(|igw| igw.internet_gateway_id)
+                    .context("CreateInternetGateway returned no id")?;
                 (id, false)
             }
         };

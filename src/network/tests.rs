@@ -703,3 +703,142 @@ fn every_rule_description_keeps_to_the_characters_ec2_allows() {
         );
     }
 }
+
+/// DescribeVpcs as EC2 answers while a VPC made by a create whose answer was lost becomes
+/// listed by its tags: not at the first `unlisted` lookups, then as `vpc-1`; by id, always.
+fn vpc_listed_after(unlisted: usize) -> Rule {
+    let lookups = std::sync::atomic::AtomicUsize::new(0);
+    mock!(Ec2::describe_vpcs).then_compute_output(move |req| {
+        if !req.vpc_ids().is_empty()
+            || lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= unlisted
+        {
+            the_vpc()
+        } else {
+            DescribeVpcsOutput::builder().build()
+        }
+    })
+}
+
+/// EC2's CreateVpc takes no client token: a create that met a 503 may have made the VPC,
+/// and the SDK's retry would make a second, which stops every later `up` (two VPCs
+/// carrying the stack's tags). The lost create's VPC is looked up by its tags until EC2
+/// lists it, and used.
+#[tokio::test(start_paused = true)]
+async fn a_vpc_whose_create_met_a_server_error_is_looked_up_not_made_twice() {
+    let create = mock!(Ec2::create_vpc)
+        .sequence()
+        .http_status(503, None)
+        .output(|| {
+            aws_sdk_ec2::operation::create_vpc::CreateVpcOutput::builder()
+                .vpc(Vpc::builder().vpc_id("vpc-2").build())
+                .build()
+        })
+        .repeatedly()
+        .build();
+    // Not listed at the lookup before the create, nor at the first one after it.
+    let describe = vpc_listed_after(2);
+    let mut rules = region();
+    rules.extend([create, describe]);
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+
+    let vpc = ensure_vpc(&stack).await.unwrap();
+
+    assert_eq!(vpc, "vpc-1");
+    assert_eq!(rules[rules.len() - 2].num_calls(), 1, "CreateVpc sent once");
+}
+
+/// Throttling is answered before EC2 does anything: the SDK sends the create again. A
+/// refusal made nothing either: it is said at once, with no lookup.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_vpc_create_is_sent_again_and_a_refused_one_is_said() {
+    let throttled_then_made = mock!(Ec2::create_vpc)
+        .sequence()
+        .error(|| {
+            aws_sdk_ec2::operation::create_vpc::CreateVpcError::generic(
+                ErrorMetadata::builder()
+                    .code("RequestLimitExceeded")
+                    .message("Request limit exceeded.")
+                    .build(),
+            )
+        })
+        .output(|| {
+            aws_sdk_ec2::operation::create_vpc::CreateVpcOutput::builder()
+                .vpc(Vpc::builder().vpc_id("vpc-1").build())
+                .build()
+        })
+        .build();
+    let mut rules = region();
+    rules.extend([throttled_then_made, vpc_listed_after(1)]);
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+    assert_eq!(ensure_vpc(&stack).await.unwrap(), "vpc-1");
+    assert_eq!(rules[rules.len() - 2].num_calls(), 2);
+
+    let refused = mock!(Ec2::create_vpc).then_error(|| {
+        aws_sdk_ec2::operation::create_vpc::CreateVpcError::generic(
+            ErrorMetadata::builder()
+                .code("VpcLimitExceeded")
+                .message("The maximum number of VPCs has been reached.")
+                .build(),
+        )
+    });
+    let unlisted = vpc_listed_after(usize::MAX);
+    let mut rules = region();
+    rules.extend([refused, unlisted]);
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+    let err = format!("{:#}", ensure_vpc(&stack).await.unwrap_err());
+    assert!(err.contains("VpcLimitExceeded"), "{err}");
+    assert_eq!(rules[rules.len() - 2].num_calls(), 1);
+    assert_eq!(
+        rules[rules.len() - 1].num_calls(),
+        1,
+        "no lookup after a refusal"
+    );
+}
+
+/// The same for the internet gateway, which takes no client token either: a create whose
+/// connection was cut is looked up, and the gateway it made is attached.
+#[tokio::test(start_paused = true)]
+async fn an_internet_gateway_whose_create_was_cut_off_is_looked_up_and_attached() {
+    let create = mock!(Ec2::create_internet_gateway)
+        .sequence()
+        .http_status(502, None)
+        .output(|| {
+            aws_sdk_ec2::operation::create_internet_gateway::CreateInternetGatewayOutput::builder()
+                .internet_gateway(
+                    InternetGateway::builder()
+                        .internet_gateway_id("igw-2")
+                        .build(),
+                )
+                .build()
+        })
+        .repeatedly()
+        .build();
+    let lookups = std::sync::atomic::AtomicUsize::new(0);
+    let describe = mock!(Ec2::describe_internet_gateways).then_compute_output(move |_| {
+        let listed = lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
+        DescribeInternetGatewaysOutput::builder()
+            .set_internet_gateways(listed.then(|| {
+                vec![
+                    InternetGateway::builder()
+                        .internet_gateway_id("igw-1")
+                        .build(),
+                ]
+            }))
+            .build()
+    });
+    let attach = mock!(Ec2::attach_internet_gateway)
+        .match_requests(|req| req.internet_gateway_id() == Some("igw-1"))
+        .then_output(|| {
+            aws_sdk_ec2::operation::attach_internet_gateway::AttachInternetGatewayOutput::builder()
+                .build()
+        });
+    let rules = [create, describe, attach];
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+
+    assert_eq!(
+        ensure_internet_gateway(&stack, "vpc-1").await.unwrap(),
+        "igw-1"
+    );
+    assert_eq!(rules[0].num_calls(), 1, "CreateInternetGateway sent once");
+    assert_eq!(rules[2].num_calls(), 1);
+}

@@ -8,11 +8,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure as check};
+use aws_sdk_ec2::operation::create_vpc::CreateVpcError;
 use aws_sdk_ec2::types::{
     AttributeBooleanValue, LocationType, ResourceType, VpcAttributeName, VpcState,
 };
 use futures::try_join;
 
+use super::unrepeated::{Made, create_unrepeated, only_throttling_retried};
 use super::{filter, single};
 use crate::aws::{Call, ec2_stack_filters, ec2_tags, error_code};
 use crate::engine::{Action, Step, is_planned, planned_id, wait_for};
@@ -100,15 +102,18 @@ pub(super) async fn ensure_vpc(stack: &Stack) -> Result<String> {
     let name = stack.names.name("vpc");
     let cidr = &stack.spec.network.cidr;
     let step = stack.progress.step(format!("vpc {name}"));
-    let work = async {
-        step.set("looking up");
+    let find = || async {
         let found = ec2
             .describe_vpcs()
             .set_filters(Some(ec2_stack_filters(&stack.names, Some("vpc"))))
             .send()
             .await
             .call(format!("DescribeVpcs {name}"))?;
-        let vpc_id = match single(found.vpcs().to_vec(), "VPC")? {
+        single(found.vpcs().to_vec(), "VPC")
+    };
+    let work = async {
+        step.set("looking up");
+        let vpc_id = match find().await? {
             Some(vpc) => {
                 let id = vpc.vpc_id().context("VPC without an id")?.to_owned();
                 check!(
@@ -124,18 +129,24 @@ pub(super) async fn ensure_vpc(stack: &Stack) -> Result<String> {
                     return Ok(planned_id("vpc"));
                 }
                 step.set("creating");
-                let created = ec2
-                    .create_vpc()
-                    .cidr_block(cidr)
-                    .tag_specifications(ec2_tags(&stack.names, "vpc", ResourceType::Vpc))
-                    .send()
-                    .await
-                    .call(format!("CreateVpc {name}"))?;
-                let id = created
-                    .vpc()
-                    .and_then(|vpc| vpc.vpc_id())
-                    .context("CreateVpc returned no VPC id")?
-                    .to_owned();
+                let create = || {
+                    ec2.create_vpc()
+                        .cidr_block(cidr)
+                        .tag_specifications(ec2_tags(&stack.names, "vpc", ResourceType::Vpc))
+                        .customize()
+                        .config_override(only_throttling_retried::<CreateVpcError>())
+                        .send()
+                };
+                let vpc =
+                    match create_unrepeated(stack.pace, &format!("CreateVpc {name}"), create, find)
+                        .await?
+                    {
+                        Made::Created(created) => created.vpc,
+                        Made::Found(vpc) => Some(vpc),
+                    };
+                let id = vpc
+                    .and_then(|vpc| vpc.vpc_id)
+                    .context("CreateVpc returned no VPC id")?;
                 wait_for_vpc(stack, &step, &id).await?;
                 id
             }
