@@ -37,7 +37,17 @@ pub async fn ensure(stack: &Stack, bucket: &str, role: &str) -> Result<bool> {
                         .build(),
                 );
             }
-            create.send().await.call(format!("CreateBucket {bucket}"))?;
+            match create.send().await {
+                // The SDK's second attempt at a create whose answer was lost (a timeout, a
+                // 5xx): S3 made the bucket the first time. (us-east-1 answers 200 then.)
+                Err(err)
+                    if err
+                        .as_service_error()
+                        .is_some_and(|e| e.is_bucket_already_owned_by_you()) => {}
+                created => {
+                    created.call(format!("CreateBucket {bucket}"))?;
+                }
+            }
             // Configured once S3 knows it, as terraform-provider-aws does (S3_NEW_BUCKET).
             let call = format!("HeadBucket {bucket}");
             once_known(stack.pace, &call, &S3_NEW_BUCKET, || {
@@ -435,7 +445,7 @@ impl Deletable for Bucket {
 mod tests {
     use aws_sdk_s3::Client;
     use aws_sdk_s3::error::ErrorMetadata;
-    use aws_sdk_s3::operation::create_bucket::CreateBucketOutput;
+    use aws_sdk_s3::operation::create_bucket::{CreateBucketError, CreateBucketOutput};
     use aws_sdk_s3::operation::get_bucket_encryption::GetBucketEncryptionError;
     use aws_sdk_s3::operation::get_bucket_tagging::GetBucketTaggingError;
     use aws_sdk_s3::operation::get_public_access_block::GetPublicAccessBlockError;
@@ -445,7 +455,7 @@ mod tests {
     use aws_sdk_s3::operation::put_public_access_block::{
         PutPublicAccessBlockError, PutPublicAccessBlockOutput,
     };
-    use aws_sdk_s3::types::error::NotFound;
+    use aws_sdk_s3::types::error::{BucketAlreadyOwnedByYou, NotFound};
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
 
     use super::*;
@@ -463,6 +473,28 @@ mod tests {
     /// bucket comes out private, encrypted and tagged.
     #[tokio::test(start_paused = true)]
     async fn a_new_bucket_is_configured_once_s3_knows_it() {
+        let create =
+            mock!(Client::create_bucket).then_output(|| CreateBucketOutput::builder().build());
+        new_bucket_configured_after(create).await;
+    }
+
+    /// The SDK sends a CreateBucket whose answer was lost (a timeout, a 5xx) again, and S3
+    /// answers the second with `BucketAlreadyOwnedByYou` outside us-east-1 (API_CreateBucket):
+    /// the bucket the first one made is the stack's, configured as if the answer had come.
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_already_made_by_a_lost_create_is_configured() {
+        let create = mock!(Client::create_bucket).then_error(|| {
+            CreateBucketError::BucketAlreadyOwnedByYou(
+                BucketAlreadyOwnedByYou::builder()
+                    .meta(code("BucketAlreadyOwnedByYou"))
+                    .build(),
+            )
+        });
+        new_bucket_configured_after(create).await;
+    }
+
+    /// A missing bucket's `ensure`, with `create` answering CreateBucket.
+    async fn new_bucket_configured_after(create: aws_smithy_mocks::Rule) {
         let head = mock!(Client::head_bucket)
             .sequence()
             // As the SDK reads S3's bodiless 404 to a HEAD.
@@ -470,8 +502,6 @@ mod tests {
             .times(3)
             .output(|| HeadBucketOutput::builder().build())
             .build();
-        let create =
-            mock!(Client::create_bucket).then_output(|| CreateBucketOutput::builder().build());
         let no_block = mock!(Client::get_public_access_block).then_error(|| {
             GetPublicAccessBlockError::generic(code("NoSuchPublicAccessBlockConfiguration"))
         });

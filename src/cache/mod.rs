@@ -246,46 +246,67 @@ async fn ensure_replication_group(
                 });
             }
             step.set("creating");
-            create_group(stack, &id, security_group).await?;
-            // Just created from the spec: nothing can differ.
-            endpoint(&wait_available(stack, step, &id).await?)
+            if create_group(stack, &id, security_group).await? {
+                // Just created from the spec: nothing can differ.
+                return endpoint(&wait_available(stack, step, &id).await?);
+            }
+            // Made by a create whose answer was lost: taken as found, owner and all.
+            let group = describe_group(&stack.clients.elasticache, &id)
+                .await?
+                .with_context(|| {
+                    format!(
+                        "ElastiCache says {id} exists, yet does not describe it: run `up` again"
+                    )
+                })?;
+            converge_existing(stack, step, &id, &group).await
         }
-        Some(group) => {
-            let what = format!("the replication group {id}");
-            // A group still being created (after an interrupted `up`) shows its tags
-            // only once available: checked then.
-            let owner_known = refuse_foreign(stack, group.arn(), &what).await?;
-            refuse_unchangeable(stack, &group)?;
-            if stack.planning() {
-                // What is to change is known now; only `up` waits for a group still busy.
-                for fix in fixes(stack, &group).await? {
-                    stack.make(Action::Update, format!("redis {id}"), fix.to_string());
-                }
-                return endpoint(&group);
-            }
-            let mut group = wait_available(stack, step, &id).await?;
-            if !owner_known {
-                require_ours(stack, group.arn(), &what).await?;
-            }
-            for fix in fixes(stack, &group).await? {
-                stack.make(Action::Update, format!("redis {id}"), fix.to_string());
-                step.set(&fix.to_string());
-                apply(stack, &id, &fix).await?;
-                group = wait_available(stack, step, &id).await?;
-                if let Fix::NodeType(want) = &fix {
-                    refuse_unscaled(stack, &group, want).await?;
-                }
-            }
-            endpoint(&group)
+        Some(group) => converge_existing(stack, step, &id, &group).await,
+    }
+}
+
+/// A group of the stack's name that exists: the stack's (checked by its tags), waited for
+/// and changed in place to match the spec.
+async fn converge_existing(
+    stack: &Stack,
+    step: &Step,
+    id: &str,
+    group: &ReplicationGroup,
+) -> Result<Redis> {
+    let what = format!("the replication group {id}");
+    // A group still being created (after an interrupted `up`) shows its tags only once
+    // available: checked then.
+    let owner_known = refuse_foreign(stack, group.arn(), &what).await?;
+    refuse_unchangeable(stack, group)?;
+    if stack.planning() {
+        // What is to change is known now; only `up` waits for a group still busy.
+        for fix in fixes(stack, group).await? {
+            stack.make(Action::Update, format!("redis {id}"), fix.to_string());
+        }
+        return endpoint(group);
+    }
+    let mut group = wait_available(stack, step, id).await?;
+    if !owner_known {
+        require_ours(stack, group.arn(), &what).await?;
+    }
+    for fix in fixes(stack, &group).await? {
+        stack.make(Action::Update, format!("redis {id}"), fix.to_string());
+        step.set(&fix.to_string());
+        apply(stack, id, &fix).await?;
+        group = wait_available(stack, step, id).await?;
+        if let Fix::NodeType(want) = &fix {
+            refuse_unscaled(stack, &group, want).await?;
         }
     }
+    endpoint(&group)
 }
 
 /// Creates the group: with one shard a primary and its replicas, cluster mode off; with
 /// more, node groups of a primary and `replicas` replicas each, cluster mode on, which
 /// needs automatic failover whatever the replicas
 /// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_CreateReplicationGroup.html>).
-async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<()> {
+/// False when ElastiCache answers that the group exists: the SDK's second attempt at a
+/// create whose answer was lost (a timeout, a 5xx), the first having made it.
+async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<bool> {
     let redis = &stack.spec.redis;
     let multi_az = redis.replicas >= 1;
     let create = stack.clients.elasticache.create_replication_group();
@@ -323,11 +344,20 @@ async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<(
         .set_tags(Some(tags(stack, "redis")));
     // The cache subnet group may be seconds old.
     let call = format!("CreateReplicationGroup {id}");
-    once_known(stack.pace, &call, &CACHE_NEW_SUBNET_GROUP, || {
-        create.clone().send()
+    let created = once_known(stack.pace, &call, &CACHE_NEW_SUBNET_GROUP, || async {
+        match create.clone().send().await {
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_replication_group_already_exists_fault()) =>
+            {
+                Ok(false)
+            }
+            sent => sent.map(|_| true),
+        }
     })
     .await?;
-    Ok(())
+    Ok(created)
 }
 
 /// Waits until the group and its nodes are `available`, showing its status as it changes.

@@ -113,6 +113,19 @@ fn stack_tagged() -> ListTagsForResourceOutput {
         .build()
 }
 
+/// DescribeReplicationGroups before the stack's group exists.
+fn group_not_found() -> DescribeReplicationGroupsError {
+    DescribeReplicationGroupsError::ReplicationGroupNotFoundFault(
+        ReplicationGroupNotFoundFault::builder().build(),
+    )
+}
+
+/// CreateCacheSubnetGroup, answered.
+fn new_subnet_group() -> Rule {
+    mock!(Client::create_cache_subnet_group)
+        .then_output(|| CreateCacheSubnetGroupOutput::builder().build())
+}
+
 /// DescribeCacheSubnetGroups before the stack's subnet group exists.
 fn no_subnet_group() -> Rule {
     mock!(Client::describe_cache_subnet_groups).then_error(|| {
@@ -130,11 +143,7 @@ async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
         .then_output(|| CreateCacheSubnetGroupOutput::builder().build());
     let describe = mock!(Client::describe_replication_groups)
         .sequence()
-        .error(|| {
-            DescribeReplicationGroupsError::ReplicationGroupNotFoundFault(
-                ReplicationGroupNotFoundFault::builder().build(),
-            )
-        })
+        .error(group_not_found)
         .output(|| described(group("creating")))
         .times(4)
         .output(|| described(group("available")))
@@ -182,6 +191,46 @@ async fn a_new_group_is_created_as_specified_and_waited_for_until_available() {
     assert_eq!(describe.num_calls(), 6);
 }
 
+/// The SDK sends a CreateReplicationGroup whose answer was lost (a timeout, a 5xx) again,
+/// and ElastiCache answers the second with `ReplicationGroupAlreadyExists`: the group the
+/// first one made is taken as found (its tags checked once it is available), not refused.
+#[tokio::test(start_paused = true)]
+async fn a_group_already_made_by_a_lost_create_is_taken_as_found() {
+    use aws_sdk_elasticache::operation::create_replication_group::CreateReplicationGroupError;
+    use aws_sdk_elasticache::types::error::ReplicationGroupAlreadyExistsFault;
+
+    let no_subnet_group = no_subnet_group();
+    let create_subnet_group = new_subnet_group();
+    let describe = mock!(Client::describe_replication_groups)
+        .sequence()
+        .error(group_not_found)
+        .output(|| described(group("creating")))
+        .times(3)
+        .output(|| described(group("available")))
+        .repeatedly()
+        .build();
+    let create = mock!(Client::create_replication_group).then_error(|| {
+        CreateReplicationGroupError::ReplicationGroupAlreadyExistsFault(
+            ReplicationGroupAlreadyExistsFault::builder().build(),
+        )
+    });
+    let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+    let mut stack = testing::stack(mocked(&[
+        &no_subnet_group,
+        &create_subnet_group,
+        &describe,
+        &create,
+        &tags,
+    ]));
+    stack.pace = Pace::Aws;
+
+    let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+    assert_eq!(redis.address, PRIMARY);
+    assert_eq!(create.num_calls(), 1);
+    assert!(tags.num_calls() >= 1, "the group's owner is checked");
+}
+
 /// The replication group created seconds after its cache subnet group: ElastiCache may
 /// not know the subnet group yet ("CacheSubnetGroupNotFoundFault ... it takes time to be
 /// created", aws-controllers-k8s/community#1228). The create is sent again until it does.
@@ -190,15 +239,10 @@ async fn the_group_is_created_once_elasticache_knows_its_new_subnet_group() {
     use aws_sdk_elasticache::operation::create_replication_group::CreateReplicationGroupError;
 
     let no_subnet_group = no_subnet_group();
-    let create_subnet_group = mock!(Client::create_cache_subnet_group)
-        .then_output(|| CreateCacheSubnetGroupOutput::builder().build());
+    let create_subnet_group = new_subnet_group();
     let describe = mock!(Client::describe_replication_groups)
         .sequence()
-        .error(|| {
-            DescribeReplicationGroupsError::ReplicationGroupNotFoundFault(
-                ReplicationGroupNotFoundFault::builder().build(),
-            )
-        })
+        .error(group_not_found)
         .output(|| described(group("available")))
         .build();
     let create = mock!(Client::create_replication_group)
@@ -238,8 +282,7 @@ async fn a_group_that_matches_the_spec_is_left_alone() {
     let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
     let describe =
         mock!(Client::describe_replication_groups).then_output(|| described(group("available")));
-    let create_subnet_group = mock!(Client::create_cache_subnet_group)
-        .then_output(|| CreateCacheSubnetGroupOutput::builder().build());
+    let create_subnet_group = new_subnet_group();
     let create = mock!(Client::create_replication_group)
         .then_output(|| CreateReplicationGroupOutput::builder().build());
     let modify = mock!(Client::modify_replication_group)
