@@ -6,10 +6,12 @@
 //! which nothing of the stack uses, keeps no rule at all.
 
 use anyhow::{Context, Result};
+use aws_sdk_ec2::operation::create_security_group::CreateSecurityGroupError;
 use aws_sdk_ec2::types::{
     IpPermission, IpRange, Ipv6Range, PrefixListId, ResourceType, SecurityGroup, UserIdGroupPair,
 };
 
+use super::unrepeated::{Made, create_unrepeated, only_throttling_retried};
 use super::{REDIS_PORT, filter, single};
 use crate::aws::{Call, EC2_NEW, ec2_stack_filters, ec2_tags, once_known};
 use crate::engine::{Action, Step, planned_id};
@@ -244,15 +246,18 @@ pub(super) async fn ensure_security_group(
     let name = stack.names.name(role);
     let step = stack.progress.step(format!("security group {name}"));
     let work = async {
-        let (id, current, egress) = match find_group(stack, vpc_id, role).await? {
-            Some(group) => (
+        let existing = |group: SecurityGroup| -> Result<_> {
+            Ok((
                 group
                     .group_id()
                     .context("security group without an id")?
                     .to_owned(),
                 current_rules(group.ip_permissions()),
                 current_rules(group.ip_permissions_egress()),
-            ),
+            ))
+        };
+        let (id, current, egress) = match find_group(stack, vpc_id, role).await? {
+            Some(group) => existing(group)?,
             None => {
                 let rules: Vec<&str> = wanted.iter().map(|(_, about)| about.as_str()).collect();
                 let reason = format!("admitting {}", rules.join("; "));
@@ -263,28 +268,41 @@ pub(super) async fn ensure_security_group(
                     });
                 }
                 step.set("creating");
-                let created = ec2
-                    .create_security_group()
-                    .group_name(&name)
-                    .description(format!("realtime-stack {}: {role}", stack.names.stack()))
-                    .vpc_id(vpc_id)
-                    .tag_specifications(ec2_tags(&stack.names, role, ResourceType::SecurityGroup))
-                    .send()
-                    .await
-                    .call(format!("CreateSecurityGroup {name}"))?;
-                let id = created
-                    .group_id()
-                    .context("CreateSecurityGroup returned no id")?
-                    .to_owned();
-                // What EC2 gives every new group, known without asking: a describe this
-                // soon may not find the group yet.
-                let allow_all = GroupRule {
-                    protocol: "-1".into(),
-                    from: -1,
-                    to: -1,
-                    peer: Peer::Cidr("0.0.0.0/0".into()),
+                let create = || {
+                    ec2.create_security_group()
+                        .group_name(&name)
+                        .description(format!("realtime-stack {}: {role}", stack.names.stack()))
+                        .vpc_id(vpc_id)
+                        .tag_specifications(ec2_tags(
+                            &stack.names,
+                            role,
+                            ResourceType::SecurityGroup,
+                        ))
+                        .customize()
+                        .config_override(only_throttling_retried::<CreateSecurityGroupError>())
+                        .send()
                 };
-                (id, Vec::new(), vec![allow_all])
+                let call = format!("CreateSecurityGroup {name}");
+                let find = || find_group(stack, vpc_id, role);
+                match create_unrepeated(stack.pace, &call, create, find).await? {
+                    Made::Created(created) => {
+                        let id = created
+                            .group_id
+                            .context("CreateSecurityGroup returned no id")?;
+                        // What EC2 gives every new group, known without asking: a describe
+                        // this soon may not find the group yet.
+                        let allow_all = GroupRule {
+                            protocol: "-1".into(),
+                            from: -1,
+                            to: -1,
+                            peer: Peer::Cidr("0.0.0.0/0".into()),
+                        };
+                        (id, Vec::new(), vec![allow_all])
+                    }
+                    // Sent again, the create would be refused (InvalidGroup.Duplicate): a
+                    // name is the VPC's once.
+                    Made::Found(group) => existing(group)?,
+                }
             }
         };
         converge_rules(

@@ -704,14 +704,19 @@ fn every_rule_description_keeps_to_the_characters_ec2_allows() {
     }
 }
 
+/// Whether EC2's describe lists what a lost create made, at each lookup: not at the first
+/// `unlisted`, then always (its tags reach the describe calls' filters late).
+fn listed_after(unlisted: usize) -> impl Fn() -> bool {
+    let lookups = std::sync::atomic::AtomicUsize::new(0);
+    move || lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= unlisted
+}
+
 /// DescribeVpcs as EC2 answers while a VPC made by a create whose answer was lost becomes
 /// listed by its tags: not at the first `unlisted` lookups, then as `vpc-1`; by id, always.
 fn vpc_listed_after(unlisted: usize) -> Rule {
-    let lookups = std::sync::atomic::AtomicUsize::new(0);
+    let listed = listed_after(unlisted);
     mock!(Ec2::describe_vpcs).then_compute_output(move |req| {
-        if !req.vpc_ids().is_empty()
-            || lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= unlisted
-        {
+        if !req.vpc_ids().is_empty() || listed() {
             the_vpc()
         } else {
             DescribeVpcsOutput::builder().build()
@@ -813,11 +818,10 @@ async fn an_internet_gateway_whose_create_was_cut_off_is_looked_up_and_attached(
         })
         .repeatedly()
         .build();
-    let lookups = std::sync::atomic::AtomicUsize::new(0);
+    let listed = listed_after(1);
     let describe = mock!(Ec2::describe_internet_gateways).then_compute_output(move |_| {
-        let listed = lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 1;
         DescribeInternetGatewaysOutput::builder()
-            .set_internet_gateways(listed.then(|| {
+            .set_internet_gateways(listed().then(|| {
                 vec![
                     InternetGateway::builder()
                         .internet_gateway_id("igw-1")
@@ -841,4 +845,48 @@ async fn an_internet_gateway_whose_create_was_cut_off_is_looked_up_and_attached(
     );
     assert_eq!(rules[0].num_calls(), 1, "CreateInternetGateway sent once");
     assert_eq!(rules[2].num_calls(), 1);
+}
+
+/// CreateSecurityGroup takes no client token either, and sent again after a lost answer
+/// it is refused (`InvalidGroup.Duplicate`: the name is the VPC's once): the group the
+/// first one made is looked up by its tags and used, its rules read from EC2.
+#[tokio::test(start_paused = true)]
+async fn a_security_group_whose_create_timed_out_is_looked_up_not_refused() {
+    let create = mock!(Ec2::create_security_group)
+        .sequence()
+        .http_status(500, None)
+        .output(|| {
+            aws_sdk_ec2::operation::create_security_group::CreateSecurityGroupOutput::builder()
+                .group_id("sg-2")
+                .build()
+        })
+        .repeatedly()
+        .build();
+    let listed = listed_after(2);
+    let describe = mock!(Ec2::describe_security_groups).then_compute_output(move |_| {
+        DescribeSecurityGroupsOutput::builder()
+            .set_security_groups(listed().then(|| {
+                vec![
+                    SecurityGroup::builder()
+                        .group_id("sg-1")
+                        .ip_permissions(tcp_from_group(6379, "sg-instances-sg"))
+                        .build(),
+                ]
+            }))
+            .build()
+    });
+    let rules = [create, describe];
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+
+    let group = ensure_security_group(
+        &stack,
+        "vpc-1",
+        "redis-sg",
+        redis_ingress("sg-instances-sg"),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(group.id, "sg-1");
+    assert_eq!(rules[0].num_calls(), 1, "CreateSecurityGroup sent once");
 }

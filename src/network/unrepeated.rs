@@ -1,12 +1,13 @@
-//! Creates that AWS does not make idempotent. CreateVpc and CreateInternetGateway take no
-//! client token (EC2's idempotency page lists the calls that do:
-//! <https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html>), so a
+//! Creates that AWS does not make idempotent. CreateVpc, CreateInternetGateway and
+//! CreateSecurityGroup take no client token (EC2's idempotency page lists the calls that
+//! do: <https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html>), so a
 //! request whose answer is lost (a timeout, a cut connection, a 5xx) may have made the
-//! resource all the same, and sending it again, as the SDK's standard retries would, makes
-//! a second one: the next `up` would stop at two VPCs carrying the stack's tags. Here the
-//! SDK retries only throttling, which AWS answers before doing anything; after a failure
-//! that is not AWS's refusal, the stack's tags are looked up until EC2 lists what the lost
-//! request made, and only when nothing appears is the create sent again.
+//! resource all the same. Sent again, as the SDK's standard retries would, it makes a
+//! second one (the next `up` would stop at two VPCs carrying the stack's tags) or is
+//! refused (a group's name is its VPC's once). Here the SDK retries only throttling,
+//! which AWS answers before doing anything; after a failure that is not AWS's refusal,
+//! the stack's tags are looked up until EC2 lists what the lost request made, and only
+//! when nothing appears is the create sent again.
 
 use std::future::Future;
 use std::time::Duration;
