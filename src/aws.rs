@@ -318,6 +318,20 @@ where
     }
 }
 
+/// A create's answer as whether it made the resource: `false` when AWS answers that the
+/// resource already exists (`exists` says which error means that), as it answers the SDK's
+/// second attempt at a create whose answer was lost (a timeout, a 5xx), the first having
+/// made it.
+pub fn made<T, E, R>(
+    sent: Result<T, SdkError<E, R>>,
+    exists: impl Fn(&E) -> bool,
+) -> Result<bool, SdkError<E, R>> {
+    match sent {
+        Err(err) if err.as_service_error().is_some_and(&exists) => Ok(false),
+        sent => sent.map(|_| true),
+    }
+}
+
 /// Turns the result of a delete call into the destroy loop's terms: a resource already
 /// gone (its `not_found` codes) is deleted; a refusal because something still uses it is
 /// blocked; anything else failed, with the call named.

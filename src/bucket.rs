@@ -5,6 +5,7 @@
 //! [`crate::artifact`], [`crate::load_balancer`].
 
 use anyhow::{Context, Result};
+use aws_sdk_s3::operation::create_bucket::CreateBucketError;
 use aws_sdk_s3::types::{
     BucketLifecycleConfiguration, BucketLocationConstraint, CreateBucketConfiguration, Delete,
     ExpirationStatus, LifecycleExpiration, LifecycleRule, LifecycleRuleFilter, ObjectIdentifier,
@@ -13,7 +14,7 @@ use aws_sdk_s3::types::{
 };
 use serde_json::Value;
 
-use crate::aws::{Call, S3_NEW_BUCKET, delete_outcome, once_known};
+use crate::aws::{Call, S3_NEW_BUCKET, delete_outcome, made, once_known};
 use crate::engine::{Action, Deletable, DeleteError, DeleteFuture};
 use crate::stack::Stack;
 
@@ -37,17 +38,13 @@ pub async fn ensure(stack: &Stack, bucket: &str, role: &str) -> Result<bool> {
                         .build(),
                 );
             }
-            match create.send().await {
-                // The SDK's second attempt at a create whose answer was lost (a timeout, a
-                // 5xx): S3 made the bucket the first time. (us-east-1 answers 200 then.)
-                Err(err)
-                    if err
-                        .as_service_error()
-                        .is_some_and(|e| e.is_bucket_already_owned_by_you()) => {}
-                created => {
-                    created.call(format!("CreateBucket {bucket}"))?;
-                }
-            }
+            // Made already by a create whose answer was lost, S3 answers the SDK's second
+            // attempt so outside us-east-1 (there, with a 200): the bucket is the stack's.
+            made(
+                create.send().await,
+                CreateBucketError::is_bucket_already_owned_by_you,
+            )
+            .call(format!("CreateBucket {bucket}"))?;
             // Configured once S3 knows it, as terraform-provider-aws does (S3_NEW_BUCKET).
             let call = format!("HeadBucket {bucket}");
             once_known(stack.pace, &call, &S3_NEW_BUCKET, || {

@@ -11,11 +11,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use aws_sdk_elasticache::operation::create_cache_subnet_group::CreateCacheSubnetGroupError;
+use aws_sdk_elasticache::operation::create_replication_group::CreateReplicationGroupError;
 use aws_sdk_elasticache::types::{
     CacheSubnetGroup, ClusterMode, MultiAzStatus, ReplicationGroup, SourceType, Tag,
 };
 
-use crate::aws::{CACHE_NEW_SUBNET_GROUP, CACHE_NEW_SUBNETS, Call, found, once_known};
+use crate::aws::{CACHE_NEW_SUBNET_GROUP, CACHE_NEW_SUBNETS, Call, found, made, once_known};
 use crate::engine::{Action, Step, planned_id, wait_for};
 use crate::names::{Names, STACK_TAG};
 use crate::stack::Stack;
@@ -161,28 +163,42 @@ async fn ensure_subnet_group(stack: &Stack, subnet_ids: &[String]) -> Result<()>
     let step = stack.progress.step(format!("cache subnet group {name}"));
     let work = async {
         let elasticache = &stack.clients.elasticache;
-        let Some(group) = describe_subnet_group(stack, &name).await? else {
-            let reason = format!("on {}", subnet_ids.join(" "));
-            if !stack.make(Action::Create, format!("cache subnet group {name}"), reason) {
-                return Ok("planned");
+        let group = match describe_subnet_group(stack, &name).await? {
+            Some(group) => group,
+            None => {
+                let reason = format!("on {}", subnet_ids.join(" "));
+                if !stack.make(Action::Create, format!("cache subnet group {name}"), reason) {
+                    return Ok("planned");
+                }
+                step.set("creating");
+                // The private subnets may be seconds old.
+                let call = format!("CreateCacheSubnetGroup {name}");
+                let created = once_known(stack.pace, &call, &CACHE_NEW_SUBNETS, || async {
+                    let sent = elasticache
+                        .create_cache_subnet_group()
+                        .cache_subnet_group_name(&name)
+                        .cache_subnet_group_description(format!(
+                            "realtime-stack {}: Redis in the private subnets",
+                            stack.names.stack()
+                        ))
+                        .set_subnet_ids(Some(subnet_ids.to_vec()))
+                        .set_tags(Some(tags(stack, "cache-subnet-group")))
+                        .send()
+                        .await;
+                    made(
+                        sent,
+                        CreateCacheSubnetGroupError::is_cache_subnet_group_already_exists_fault,
+                    )
+                })
+                .await?;
+                if created {
+                    return Ok("created");
+                }
+                // Made by that lost create: taken as found, owner and all.
+                describe_subnet_group(stack, &name).await?.with_context(|| {
+                    format!("ElastiCache says {name} exists, yet does not describe it: run `up` again")
+                })?
             }
-            step.set("creating");
-            // The private subnets may be seconds old.
-            let call = format!("CreateCacheSubnetGroup {name}");
-            once_known(stack.pace, &call, &CACHE_NEW_SUBNETS, || {
-                elasticache
-                    .create_cache_subnet_group()
-                    .cache_subnet_group_name(&name)
-                    .cache_subnet_group_description(format!(
-                        "realtime-stack {}: Redis in the private subnets",
-                        stack.names.stack()
-                    ))
-                    .set_subnet_ids(Some(subnet_ids.to_vec()))
-                    .set_tags(Some(tags(stack, "cache-subnet-group")))
-                    .send()
-            })
-            .await?;
-            return Ok("created");
         };
         require_ours(
             stack,
@@ -345,16 +361,10 @@ async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<b
     // The cache subnet group may be seconds old.
     let call = format!("CreateReplicationGroup {id}");
     let created = once_known(stack.pace, &call, &CACHE_NEW_SUBNET_GROUP, || async {
-        match create.clone().send().await {
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_replication_group_already_exists_fault()) =>
-            {
-                Ok(false)
-            }
-            sent => sent.map(|_| true),
-        }
+        made(
+            create.clone().send().await,
+            CreateReplicationGroupError::is_replication_group_already_exists_fault,
+        )
     })
     .await?;
     Ok(created)

@@ -231,6 +231,35 @@ async fn a_group_already_made_by_a_lost_create_is_taken_as_found() {
     assert!(tags.num_calls() >= 1, "the group's owner is checked");
 }
 
+/// The same for the cache subnet group: `CacheSubnetGroupAlreadyExists` to the SDK's
+/// second attempt, and the group the first one made is checked as the stack's and kept.
+#[tokio::test]
+async fn a_subnet_group_already_made_by_a_lost_create_is_taken_as_found() {
+    use aws_sdk_elasticache::types::error::CacheSubnetGroupAlreadyExistsFault;
+
+    let describe = mock!(Client::describe_cache_subnet_groups)
+        .sequence()
+        .error(|| {
+            DescribeCacheSubnetGroupsError::CacheSubnetGroupNotFoundFault(
+                CacheSubnetGroupNotFoundFault::builder().build(),
+            )
+        })
+        .output(subnet_group)
+        .build();
+    let create = mock!(Client::create_cache_subnet_group).then_error(|| {
+        CreateCacheSubnetGroupError::CacheSubnetGroupAlreadyExistsFault(
+            CacheSubnetGroupAlreadyExistsFault::builder().build(),
+        )
+    });
+    let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+    let stack = testing::stack(mocked(&[&describe, &create, &tags]));
+
+    ensure_subnet_group(&stack, &subnets()).await.unwrap();
+
+    assert_eq!(create.num_calls(), 1);
+    assert_eq!(tags.num_calls(), 1, "the group's owner is checked");
+}
+
 /// The replication group created seconds after its cache subnet group: ElastiCache may
 /// not know the subnet group yet ("CacheSubnetGroupNotFoundFault ... it takes time to be
 /// created", aws-controllers-k8s/community#1228). The create is sent again until it does.
