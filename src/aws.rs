@@ -37,11 +37,11 @@ pub fn sdk_retries() -> RetryConfig {
 }
 
 /// Where and as whom to reach AWS. Anything left unset comes from the standard chain:
-/// `AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`,
-/// profiles, SSO, instance roles.
+/// `AWS_PROFILE`, `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`, profiles, SSO,
+/// instance roles; the region is the stack's, not `AWS_REGION`'s.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct AwsArgs {
-    /// AWS region [default: the stack's `region`, then the AWS configuration chain]
+    /// AWS region [default: the stack's `region`, itself `us-east-1` when unset]
     #[arg(long, global = true)]
     pub region: Option<String>,
     /// Named profile from ~/.aws/config

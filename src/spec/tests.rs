@@ -1287,3 +1287,38 @@ fn scaling_is_a_cpu_target_between_min_and_max_refused_when_it_cannot_hold() {
         "unknown key",
     );
 }
+
+/// Every key the parser takes is in docs/stack-yaml.md's table and in the example
+/// stack.yaml, which say they list them all: a key added to one place only fails here.
+#[test]
+fn every_key_is_documented_and_shown_in_the_example() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = std::fs::read_to_string(root.join("docs/stack-yaml.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("stack.yaml")).unwrap();
+    let sections: [(&str, &[&str]); 9] = [
+        ("", ROOT_KEYS),
+        ("domain.", DOMAIN_KEYS),
+        ("network.", NETWORK_KEYS),
+        ("instances.", INSTANCES_KEYS),
+        ("load_balancer.", LOAD_BALANCER_KEYS),
+        ("redis.", REDIS_KEYS),
+        ("chat.", CHAT_KEYS),
+        ("chat.auth.", AUTH_KEYS),
+        ("scaling.", SCALING_KEYS),
+    ];
+    for (section, keys) in sections {
+        for key in keys {
+            // A section is documented by its keys' rows.
+            assert!(
+                docs.contains(&format!("| `{section}{key}` |"))
+                    || docs.contains(&format!("| `{section}{key}.")),
+                "docs/stack-yaml.md has no row for {section}{key}"
+            );
+            // As a key, in a comment or not (`type:`, not `node_type:`).
+            let shown = example.match_indices(&format!("{key}:")).any(|(at, _)| {
+                !example[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            });
+            assert!(shown, "stack.yaml does not show {section}{key}");
+        }
+    }
+}
