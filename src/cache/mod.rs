@@ -18,7 +18,7 @@ use aws_sdk_elasticache::types::{
 };
 
 use crate::aws::{CACHE_NEW_SUBNET_GROUP, CACHE_NEW_SUBNETS, Call, found, made, once_known};
-use crate::engine::{Action, Step, planned_id, wait_for};
+use crate::engine::{Action, Backoff, Step, planned_id, wait_for};
 use crate::names::{Names, STACK_TAG};
 use crate::stack::Stack;
 use modify::{Fix, apply, fixes};
@@ -31,6 +31,8 @@ mod tests;
 pub use teardown::deletables;
 
 const PORT: u16 = 6379;
+/// How long a change may take to show in ElastiCache's describe ([`wait_under_way`]).
+const UNDER_WAY_WITHIN: Duration = Duration::from_secs(60);
 
 /// An engine version ElastiCache offers, and the family of parameter groups it takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +310,7 @@ async fn converge_existing(
         stack.make(Action::Update, format!("redis {id}"), fix.to_string());
         step.set(&fix.to_string());
         apply(stack, id, &fix).await?;
+        wait_under_way(stack, id, &fix).await?;
         group = wait_available(stack, step, id).await?;
         if let Fix::NodeType(want) = &fix {
             refuse_unscaled(stack, &group, want).await?;
@@ -417,6 +420,28 @@ async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<Replicat
         },
     )
     .await
+}
+
+/// Right after a change, ElastiCache's describe may still show the group `available` as
+/// it was, and waiting for `available` would then end at once: the next change would be
+/// refused (`InvalidReplicationGroupState`) or a node type reported unchanged.
+/// terraform-provider-aws waits 30 s after each change before it polls the group
+/// (`waitReplicationGroupAvailable`'s delay in internal/service/elasticache). Here the
+/// group is polled until it is no longer `available` or shows `fix` made, for at most a
+/// minute: a change that shows neither is left to what follows to judge.
+async fn wait_under_way(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = Backoff::new(stack.pace);
+    while started.elapsed() < UNDER_WAY_WITHIN {
+        let Some(group) = describe_group(&stack.clients.elasticache, id).await? else {
+            return Ok(());
+        };
+        if group.status() != Some("available") || !fixes(stack, &group).await?.contains(fix) {
+            return Ok(());
+        }
+        backoff.pause().await;
+    }
+    Ok(())
 }
 
 /// A node of the group that is not `available` yet, as "<node> <status>", if any.

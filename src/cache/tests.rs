@@ -415,6 +415,34 @@ async fn a_scale_down_elasticache_did_not_make_is_an_error_with_its_reason() {
     );
 }
 
+/// Right after a ModifyReplicationGroup, ElastiCache's describe may still show the group
+/// `available` on its old node type (terraform-provider-aws waits 30 s before it polls
+/// after each change: `waitReplicationGroupAvailable`'s delay). That is not a scale
+/// ElastiCache refused: `up` waits until the change shows, then for the group.
+#[tokio::test(start_paused = true)]
+async fn a_change_the_describe_does_not_show_yet_is_waited_for_not_refused() {
+    let subnet_group = mock!(Client::describe_cache_subnet_groups).then_output(subnet_group);
+    let tags = mock!(Client::list_tags_for_resource).then_output(stack_tagged);
+    let describe = mock!(Client::describe_replication_groups)
+        .sequence()
+        .output(|| running_on("cache.r7g.large", "available"))
+        // Before the change, then twice as if it had not been asked for.
+        .times(4)
+        .output(|| running_on("cache.r7g.large", "modifying"))
+        .output(|| running_on("cache.t4g.micro", "available"))
+        .repeatedly()
+        .build();
+    let modify = mock!(Client::modify_replication_group)
+        .match_requests(|req| req.cache_node_type() == Some("cache.t4g.micro"))
+        .then_output(|| ModifyReplicationGroupOutput::builder().build());
+    let stack = testing::stack(mocked(&[&subnet_group, &tags, &describe, &modify]));
+
+    let redis = ensure(&stack, &subnets(), "sg-redis").await.unwrap();
+
+    assert_eq!(redis.address, PRIMARY);
+    assert_eq!(modify.num_calls(), 1);
+}
+
 /// Preflight holds `redis.node_type` to what ListAllowedNodeTypeModifications offers from
 /// the running node type, saying which way it scales.
 #[tokio::test]
@@ -569,6 +597,7 @@ async fn failover_is_turned_on_only_once_the_added_replica_is_available() {
         .output(move || described(paired(false)))
         .times(2)
         .output(move || described(paired(true)))
+        .repeatedly()
         .build();
     let replica_available = Arc::new(AtomicBool::new(false));
     let seen = replica_available.clone();
