@@ -17,12 +17,13 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use aws_sdk_autoscaling::operation::create_auto_scaling_group::CreateAutoScalingGroupError;
 use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, Tag};
 use aws_smithy_types::date_time::Format;
 use serde::Serialize;
 
-use crate::aws::{Call, GROUP_BUSY, error_code, explain, once_known};
+use crate::aws::{Call, GROUP_BUSY, error_code, explain, made, once_known};
 use crate::engine::{Action, Deletable, DeleteError, DeleteFuture, is_planned};
 use crate::names::{REDIS_ENDPOINT_TAG, STACK_TAG};
 use crate::stack::Stack;
@@ -197,38 +198,57 @@ fn launch_template(template: &Template) -> LaunchTemplateSpecification {
 /// checks, termination policies, target group, suspended processes and tags. A desired
 /// capacity is the group's own between two `up`s only when a scaling policy sets it.
 pub async fn ensure(stack: &Stack, wanted: &Wanted<'_>) -> Result<()> {
-    let name = stack.names.auto_scaling_group();
-    let (min, max, desired) = capacity(stack);
-    let Some(group) = describe(stack).await? else {
-        let grace = grace_seconds(stack, wanted.redis_endpoint.is_some());
-        let reason = format!(
-            "{desired} instance(s) over {}, replaced when unhealthy after a {grace} s grace period",
-            wanted.subnets.join(" and ")
-        );
-        if !stack.make(Action::Create, format!("auto scaling group {name}"), reason) {
-            return Ok(());
+    let group = match describe(stack).await? {
+        Some(group) => group,
+        None => {
+            if create(stack, wanted).await? {
+                return Ok(());
+            }
+            // Made by a create whose answer was lost: converged as found, owner and all.
+            describe(stack).await?.with_context(|| {
+                format!(
+                    "Auto Scaling says {} exists, yet does not describe it: run `up` again",
+                    stack.names.auto_scaling_group()
+                )
+            })?
         }
-        stack
-            .clients
-            .autoscaling
-            .create_auto_scaling_group()
-            .auto_scaling_group_name(&name)
-            .launch_template(launch_template(wanted.template))
-            .min_size(to_i32(min))
-            .max_size(to_i32(max))
-            .desired_capacity(to_i32(desired))
-            .vpc_zone_identifier(wanted.subnets.join(","))
-            .target_group_arns(wanted.target_group_arn)
-            .health_check_type(HEALTH_CHECK_TYPE)
-            .health_check_grace_period(grace)
-            .set_termination_policies(Some(TERMINATION_POLICIES.map(String::from).to_vec()))
-            .set_tags(Some(tags(stack, wanted.redis_endpoint)))
-            .send()
-            .await
-            .call(format!("CreateAutoScalingGroup {name}"))?;
-        return Ok(());
     };
     converge(stack, &group, wanted).await
+}
+
+/// Creates the group as `wanted` (`plan`: says it would); false when Auto Scaling answers
+/// that it exists already, as it answers the SDK's second attempt at a create whose answer
+/// was lost.
+async fn create(stack: &Stack, wanted: &Wanted<'_>) -> Result<bool> {
+    let name = stack.names.auto_scaling_group();
+    let (min, max, desired) = capacity(stack);
+    let grace = grace_seconds(stack, wanted.redis_endpoint.is_some());
+    let reason = format!(
+        "{desired} instance(s) over {}, replaced when unhealthy after a {grace} s grace period",
+        wanted.subnets.join(" and ")
+    );
+    if !stack.make(Action::Create, format!("auto scaling group {name}"), reason) {
+        return Ok(true);
+    }
+    let sent = stack
+        .clients
+        .autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(&name)
+        .launch_template(launch_template(wanted.template))
+        .min_size(to_i32(min))
+        .max_size(to_i32(max))
+        .desired_capacity(to_i32(desired))
+        .vpc_zone_identifier(wanted.subnets.join(","))
+        .target_group_arns(wanted.target_group_arn)
+        .health_check_type(HEALTH_CHECK_TYPE)
+        .health_check_grace_period(grace)
+        .set_termination_policies(Some(TERMINATION_POLICIES.map(String::from).to_vec()))
+        .set_tags(Some(tags(stack, wanted.redis_endpoint)))
+        .send()
+        .await;
+    made(sent, CreateAutoScalingGroupError::is_already_exists_fault)
+        .call(format!("CreateAutoScalingGroup {name}"))
 }
 
 async fn converge(stack: &Stack, group: &Group, wanted: &Wanted<'_>) -> Result<()> {

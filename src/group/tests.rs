@@ -105,3 +105,80 @@ async fn a_group_busy_for_longer_than_any_drain_is_an_error_saying_where_to_look
     );
     assert!(err.contains("`realtime-stack status`"), "{err}");
 }
+
+/// The SDK sends a CreateAutoScalingGroup whose answer was lost (a timeout, a 5xx) again,
+/// and Auto Scaling answers the second with `AlreadyExists`: the group the first made is
+/// described (its stack tag checked) and converged like one found, not refused.
+#[tokio::test]
+async fn a_group_already_made_by_a_lost_create_is_converged_as_found() {
+    use aws_sdk_autoscaling::operation::attach_load_balancer_target_groups::AttachLoadBalancerTargetGroupsOutput;
+    use aws_sdk_autoscaling::operation::create_or_update_tags::CreateOrUpdateTagsOutput;
+    use aws_sdk_autoscaling::operation::describe_auto_scaling_groups::DescribeAutoScalingGroupsOutput;
+    use aws_sdk_autoscaling::types::AutoScalingGroup;
+    use aws_sdk_autoscaling::types::error::AlreadyExistsFault;
+
+    let stack_tag = aws_sdk_autoscaling::types::TagDescription::builder()
+        .key(STACK_TAG)
+        .value("chat")
+        .build();
+    let describe = mock!(Client::describe_auto_scaling_groups)
+        .sequence()
+        .output(|| DescribeAutoScalingGroupsOutput::builder().build())
+        .output(move || {
+            DescribeAutoScalingGroupsOutput::builder()
+                .auto_scaling_groups(
+                    AutoScalingGroup::builder()
+                        .auto_scaling_group_name("chat-instances")
+                        .tags(stack_tag.clone())
+                        .build(),
+                )
+                .build()
+        })
+        .build();
+    let create = mock!(Client::create_auto_scaling_group).then_error(|| {
+        CreateAutoScalingGroupError::AlreadyExistsFault(
+            AlreadyExistsFault::builder()
+                .meta(ErrorMetadata::builder().code("AlreadyExists").build())
+                .build(),
+        )
+    });
+    let update = mock!(Client::update_auto_scaling_group)
+        .then_output(|| UpdateAutoScalingGroupOutput::builder().build());
+    let attach = mock!(Client::attach_load_balancer_target_groups)
+        .then_output(|| AttachLoadBalancerTargetGroupsOutput::builder().build());
+    let tag = mock!(Client::create_or_update_tags)
+        .then_output(|| CreateOrUpdateTagsOutput::builder().build());
+    let mut clients = testing::clients();
+    clients.autoscaling = mock_client!(
+        aws_sdk_autoscaling,
+        RuleMode::MatchAny,
+        [&describe, &create, &update, &attach, &tag]
+    );
+    let stack = testing::stack(clients);
+    let template = Template {
+        id: "lt-1".into(),
+        version: 1,
+        previous: None,
+    };
+    let subnets = ["subnet-qa".to_owned(), "subnet-qb".to_owned()];
+
+    ensure(
+        &stack,
+        &Wanted {
+            template: &template,
+            subnets: &subnets,
+            target_group_arn: "arn:tg",
+            redis_endpoint: None,
+        },
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(create.num_calls(), 1);
+    assert_eq!(describe.num_calls(), 2);
+    assert_eq!(
+        update.num_calls(),
+        1,
+        "what the lost create made is converged"
+    );
+}
