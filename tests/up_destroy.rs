@@ -273,12 +273,20 @@ async fn three_shards_make_a_redis_cluster_whose_configuration_endpoint_the_inst
         assert_eq!(stack.up()["changes"], json!([]), "resharded once");
     }
 
-    // One shard again is refused, naming what to do, and changes nothing.
+    // One shard again is refused by preflight, naming what to do, and changes nothing:
+    // not even the instances' launch template, whose boot configuration says whether
+    // Redis is a cluster (instances launched later would take the wrong one).
     stack.edit("  shards: 4\n", "  shards: 1\n");
     let refused = up_fails(&stack);
     assert!(
         refused.contains("cluster mode with 4 shard(s), stack.yaml says 1 shard"),
         "{refused}"
+    );
+    stack.edit("  shards: 1\n", "  shards: 4\n");
+    assert_eq!(
+        plan_json(&stack, 0)["changes"],
+        json!([]),
+        "nothing changed"
     );
 
     stack.run(&["destroy", "--yes"]);

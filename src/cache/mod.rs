@@ -21,7 +21,7 @@ use crate::aws::{CACHE_NEW_SUBNET_GROUP, CACHE_NEW_SUBNETS, Call, found, made, o
 use crate::engine::{Action, Backoff, Step, planned_id, wait_for};
 use crate::names::{Names, STACK_TAG};
 use crate::stack::Stack;
-use modify::{Fix, apply, fixes};
+use modify::{Fix, apply, fixes, refuse_downgrade};
 
 mod modify;
 mod teardown;
@@ -528,17 +528,22 @@ async fn latest_events(stack: &Stack, id: &str) -> String {
     }
 }
 
-/// Preflight: whether ElastiCache can move the running group to `redis.node_type`. The
-/// CacheNodeType of a ModifyReplicationGroup "must be one of the node types returned by"
-/// ListAllowedNodeTypeModifications (API reference), so any other is refused here,
-/// before anything changes.
-pub async fn check_node_type(stack: &Stack) -> Result<String> {
+/// Preflight: whether ElastiCache can make the running group what the spec says, before
+/// anything changes. An engine, cluster mode or encryption it cannot change in place, or
+/// a pinned version older than the running one, is refused; and so is a node type other
+/// than those ListAllowedNodeTypeModifications returns (a ModifyReplicationGroup's
+/// CacheNodeType "must be one of" them, API reference). Says how the node type moves.
+pub async fn check_changes(stack: &Stack) -> Result<String> {
     let id = stack.names.replication_group();
     let want = stack.spec.redis.node_type.as_str();
     let elasticache = &stack.clients.elasticache;
     let Some(group) = describe_group(elasticache, &id).await? else {
         return Ok(format!("{want}, for a new group"));
     };
+    // Before anything is made: the instances' launch template follows the spec's Redis
+    // (cluster mode or not), and must not move to a Redis that `up` then refuses.
+    refuse_unchangeable(stack, &group)?;
+    refuse_downgrade(stack, &group).await?;
     let have = group.cache_node_type().unwrap_or("an unknown node type");
     if have == want {
         return Ok(format!("{want}, as running"));

@@ -104,16 +104,7 @@ pub(super) async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec
         && let Some(have) = engine_version(stack, group).await?
         && !version_matches(&have, want)
     {
-        if is_downgrade(&have, want) {
-            bail!(
-                "Redis {} runs {} {have} and stack.yaml pins {want}, an earlier version: \
-                 ElastiCache upgrades in place but cannot downgrade (ModifyReplicationGroup). \
-                 Pin {have} or later, or remove redis.engine_version; to run {want}, \
-                 `destroy` and `up` again (Redis's data is lost)",
-                stack.names.replication_group(),
-                redis.engine
-            );
-        }
+        refuse_downgrade_from(stack, &have)?;
         fixes.push(Fix::EngineVersion(want.clone()));
     }
     if group.cache_node_type() != Some(redis.node_type.as_str()) {
@@ -158,6 +149,35 @@ pub(super) async fn fixes(stack: &Stack, group: &ReplicationGroup) -> Result<Vec
         });
     }
     Ok(fixes)
+}
+
+/// A pinned engine version older than the running one: ElastiCache cannot downgrade.
+pub(super) async fn refuse_downgrade(stack: &Stack, group: &ReplicationGroup) -> Result<()> {
+    if stack.spec.redis.engine_version.is_none() {
+        return Ok(());
+    }
+    match engine_version(stack, group).await? {
+        Some(have) => refuse_downgrade_from(stack, &have),
+        None => Ok(()),
+    }
+}
+
+fn refuse_downgrade_from(stack: &Stack, have: &str) -> Result<()> {
+    let redis = &stack.spec.redis;
+    let Some(want) = &redis.engine_version else {
+        return Ok(());
+    };
+    if version_matches(have, want) || !is_downgrade(have, want) {
+        return Ok(());
+    }
+    bail!(
+        "Redis {} runs {} {have} and stack.yaml pins {want}, an earlier version: ElastiCache \
+         upgrades in place but cannot downgrade (ModifyReplicationGroup). Pin {have} or \
+         later, or remove redis.engine_version; to run {want}, `destroy` and `up` again \
+         (Redis's data is lost)",
+        stack.names.replication_group(),
+        redis.engine
+    )
 }
 
 /// Whether the version the nodes report satisfies stack.yaml's: AWS reports the full

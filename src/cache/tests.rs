@@ -460,7 +460,7 @@ async fn the_node_type_is_checked_against_what_elasticache_offers() {
     let mut stack = testing::stack(mocked(&[&describe, &allowed]));
     let mut check = async |node_type: &str| {
         stack.spec.redis.node_type = node_type.to_owned();
-        check_node_type(&stack).await.map_err(|err| err.to_string())
+        check_changes(&stack).await.map_err(|err| err.to_string())
     };
 
     assert_eq!(

@@ -96,8 +96,8 @@ pub async fn preflight(stack: &Stack, update_image: bool) -> Result<Preflight> {
         )
         .await?;
     progress
-        .step("Redis node type")
-        .run(cache::check_node_type(stack), Clone::clone)
+        .step("Redis, what changes in place")
+        .run(cache::check_changes(stack), Clone::clone)
         .await?;
     let binary_step = progress.step("chat-server binary");
     binary_step.set(&match &stack.spec.instances.binary {
