@@ -441,16 +441,47 @@ pub async fn check_domain_is_free(
                 .collect::<Vec<_>>()
                 .join(", "),
         };
+        let moved = set
+            .alias_target
+            .as_ref()
+            .and_then(|alias| stack_behind(&alias.dns_name))
+            .map(|(other, region)| {
+                format!(
+                    ". It points at {other}'s load balancer in {region}, as realtime-stack \
+                     names one: if that is this stack under another `name` or `region`, \
+                     which cannot change in place, run `destroy` with its stack.yaml first"
+                )
+            })
+            .unwrap_or_default();
         bail!(
             "the hosted zone {} already has a record for {} ({} {points_to}) that is not this \
              stack's: `up` would replace it. Delete it if it is no longer used, or set \
-             domain.name in stack.yaml to a free name",
+             domain.name in stack.yaml to a free name{moved}",
             zone.name,
             normalize(name),
             set.r#type.as_str()
         );
     }
     Ok(())
+}
+
+/// The stack and region behind a load balancer's DNS name, when its name is as
+/// realtime-stack names a stack's (`<stack>-alb`): ELB names it
+/// `[dualstack.]<name>-<number>.<region>.elb.amazonaws.com`.
+fn stack_behind(dns_name: &str) -> Option<(String, String)> {
+    let dns_name = normalize(dns_name);
+    let mut labels = dns_name
+        .strip_prefix("dualstack.")
+        .unwrap_or(&dns_name)
+        .split('.');
+    let (balancer, region) = (labels.next()?, labels.next()?);
+    if labels.collect::<Vec<_>>() != ["elb", "amazonaws", "com"] {
+        return None;
+    }
+    let (name, number) = balancer.rsplit_once('-')?;
+    let stack = name.strip_suffix("-alb")?;
+    (number.bytes().all(|b| b.is_ascii_digit()) && !stack.is_empty())
+        .then(|| (stack.to_owned(), region.to_owned()))
 }
 
 /// Points the stack's domain at the load balancer.
@@ -730,6 +761,26 @@ mod tests {
             err.contains("to the id of the one the domain is delegated"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_stack_s_load_balancer_is_known_by_its_dns_name() {
+        assert_eq!(
+            stack_behind("dualstack.chat-alb-1234567890.eu-west-3.elb.amazonaws.com."),
+            Some(("chat".to_owned(), "eu-west-3".to_owned()))
+        );
+        assert_eq!(
+            stack_behind("chat-prod-alb-42.us-east-1.elb.amazonaws.com"),
+            Some(("chat-prod".to_owned(), "us-east-1".to_owned()))
+        );
+        for other in [
+            "shop-lb-42.us-east-1.elb.amazonaws.com",
+            "chat-alb-abc.us-east-1.elb.amazonaws.com",
+            "d111111abcdef8.cloudfront.net",
+            "-alb-42.us-east-1.elb.amazonaws.com",
+        ] {
+            assert_eq!(stack_behind(other), None, "{other}");
+        }
     }
 
     #[tokio::test]

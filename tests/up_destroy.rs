@@ -1269,39 +1269,52 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
     // refuses to replace it.
     let zone_id = support::hosted_zone(&aws, &stack.zone).await;
     let route53 = aws_sdk_route53::Client::new(&aws);
-    let record = |action| {
-        aws_sdk_route53::types::Change::builder()
-            .action(action)
-            .resource_record_set(
-                aws_sdk_route53::types::ResourceRecordSet::builder()
-                    .name(stack.domain())
-                    .r#type(aws_sdk_route53::types::RrType::A)
-                    .ttl(300)
-                    .resource_records(
-                        aws_sdk_route53::types::ResourceRecord::builder()
-                            .value("192.0.2.10")
+    let record = aws_sdk_route53::types::ResourceRecordSet::builder()
+        .name(stack.domain())
+        .r#type(aws_sdk_route53::types::RrType::A);
+    let address = record
+        .clone()
+        .ttl(300)
+        .resource_records(
+            aws_sdk_route53::types::ResourceRecord::builder()
+                .value("192.0.2.10")
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    // The same domain served by this stack under its former name (a stack's name cannot
+    // change in place): the error says so, and where to run `destroy`.
+    let former = record
+        .alias_target(
+            aws_sdk_route53::types::AliasTarget::builder()
+                .dns_name("dualstack.former-alb-1234567890.us-east-1.elb.amazonaws.com")
+                .hosted_zone_id("Z35SXDOTRQ7X7K")
+                .evaluate_target_health(true)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let change = |action, set: &aws_sdk_route53::types::ResourceRecordSet| {
+        route53
+            .change_resource_record_sets()
+            .hosted_zone_id(&zone_id)
+            .change_batch(
+                aws_sdk_route53::types::ChangeBatch::builder()
+                    .changes(
+                        aws_sdk_route53::types::Change::builder()
+                            .action(action)
+                            .resource_record_set(set.clone())
                             .build()
                             .unwrap(),
                     )
                     .build()
                     .unwrap(),
             )
-            .build()
-            .unwrap()
-    };
-    let change = |action| {
-        route53
-            .change_resource_record_sets()
-            .hosted_zone_id(&zone_id)
-            .change_batch(
-                aws_sdk_route53::types::ChangeBatch::builder()
-                    .changes(record(action))
-                    .build()
-                    .unwrap(),
-            )
             .send()
     };
-    change(aws_sdk_route53::types::ChangeAction::Create)
+    change(aws_sdk_route53::types::ChangeAction::Create, &address)
         .await
         .unwrap();
     let stderr = up_fails(&stack);
@@ -1316,7 +1329,19 @@ async fn an_invalid_stack_file_is_reported_whole_and_creates_nothing() {
         tagged_ec2_resources(&aws, &name).await.is_empty(),
         "nothing was created"
     );
-    change(aws_sdk_route53::types::ChangeAction::Delete)
+    change(aws_sdk_route53::types::ChangeAction::Delete, &address)
+        .await
+        .unwrap();
+    change(aws_sdk_route53::types::ChangeAction::Create, &former)
+        .await
+        .unwrap();
+    let stderr = up_fails(&stack);
+    assert!(
+        stderr.contains("points at former's load balancer in us-east-1")
+            && stderr.contains("run `destroy` with its stack.yaml first"),
+        "{stderr}"
+    );
+    change(aws_sdk_route53::types::ChangeAction::Delete, &former)
         .await
         .unwrap();
 
