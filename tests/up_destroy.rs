@@ -880,6 +880,23 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
         "plan did not set it back"
     );
 
+    // A tag added in stack.yaml: the launch template takes it, and `plan` says which and
+    // for which instances (not "changed by hand").
+    stack.edit("  team: tests\n", "  team: tests\n  owner: chat\n");
+    let changes = plan(2);
+    let template = changes
+        .iter()
+        .find(|change| change["resource"] == format!("launch template {name}-instance"))
+        .unwrap_or_else(|| panic!("{changes:#?}"));
+    let reason = template["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(
+            "instance tags owner=chat (instances launched from now on; running ones keep theirs)"
+        ) && !reason.contains("by hand"),
+        "{reason}"
+    );
+    stack.edit("  owner: chat\n", "");
+
     // A new app port: the target group's port cannot change in place, and `up` says so
     // before it moves the instances' security group off the port they serve on.
     stack.edit(

@@ -12,6 +12,8 @@
 //! no instance runs are: a template holds at most 10 000 versions, and an old version
 //! names a build that is gone.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result};
 use aws_sdk_ec2::types::{
     CreditSpecificationRequest, InstanceType, LaunchTemplateBlockDeviceMappingRequest,
@@ -182,7 +184,11 @@ pub async fn image_in_use(stack: &Stack) -> Result<Option<String>> {
 }
 
 /// Why the version in use differs from `launch`, as `plan` shows it.
-fn reasons(version: &LaunchTemplateVersion, launch: &Launch<'_>) -> Vec<String> {
+fn reasons(
+    version: &LaunchTemplateVersion,
+    launch: &Launch<'_>,
+    wanted: &RequestLaunchTemplateData,
+) -> Vec<String> {
     let Some(data) = version.launch_template_data() else {
         return vec!["the version in use has no settings".to_owned()];
     };
@@ -210,6 +216,46 @@ fn reasons(version: &LaunchTemplateVersion, launch: &Launch<'_>) -> Vec<String> 
         reasons.push(format!(
             "security group → {}",
             launch.network.instance_security_group
+        ));
+    }
+    // stack.yaml's `tags`, which the fingerprint leaves out.
+    let fingerprint = fingerprint_tags(&Fingerprint::default()).map(|(key, _)| key);
+    let instance_tags = |specs: Vec<(Option<&ResourceType>, &[Tag])>| -> BTreeMap<String, String> {
+        specs
+            .into_iter()
+            .filter(|(kind, _)| *kind == Some(&ResourceType::Instance))
+            .flat_map(|(_, tags)| tags)
+            .filter_map(|tag| Some((tag.key()?.to_owned(), tag.value()?.to_owned())))
+            .filter(|(key, _)| !fingerprint.contains(&key.as_str()))
+            .collect()
+    };
+    let have = instance_tags(
+        data.tag_specifications()
+            .iter()
+            .map(|spec| (spec.resource_type(), spec.tags()))
+            .collect(),
+    );
+    let want = instance_tags(
+        wanted
+            .tag_specifications()
+            .iter()
+            .map(|spec| (spec.resource_type(), spec.tags()))
+            .collect(),
+    );
+    let mut tag_changes: Vec<String> = want
+        .iter()
+        .filter(|(key, value)| have.get(*key) != Some(value))
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    tag_changes.extend(
+        have.keys()
+            .filter(|key| !want.contains_key(*key))
+            .map(|key| format!("-{key}")),
+    );
+    if !tag_changes.is_empty() {
+        reasons.push(format!(
+            "instance tags {} (instances launched from now on; running ones keep theirs)",
+            tag_changes.join(" ")
         ));
     }
     if reasons.is_empty() {
@@ -270,7 +316,10 @@ pub async fn ensure(stack: &Stack, launch: &Launch<'_>) -> Result<Template> {
             previous: None,
         });
     }
-    let reason = format!("new version: {}", reasons(&current, launch).join(", "));
+    let reason = format!(
+        "new version: {}",
+        reasons(&current, launch, &wanted).join(", ")
+    );
     if !stack.make(Action::Update, &resource, reason) {
         return Ok(Template {
             id,
