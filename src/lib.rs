@@ -27,5 +27,6 @@ pub mod network;
 pub mod platform;
 pub mod policy;
 pub mod programs;
+pub mod retag;
 pub mod spec;
 pub mod stack;

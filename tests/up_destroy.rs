@@ -123,6 +123,38 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
     );
     assert_eq!(again["instance_ids"], outputs["instance_ids"]);
 
+    // A tag added to stack.yaml reaches the EC2 resources made before, the running
+    // instances included, without replacing them; then nothing is left to do.
+    stack.edit("  team: tests\n", "  team: tests\n  owner: chat\n");
+    let tagged = stack.up();
+    assert_eq!(tagged["instance_ids"], outputs["instance_ids"]);
+    let ec2 = aws_sdk_ec2::Client::new(&aws);
+    let owners = ec2
+        .describe_tags()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("key")
+                .values("owner")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let owned: Vec<&str> = owners
+        .tags()
+        .iter()
+        .filter(|tag| tag.value() == Some("chat"))
+        .filter_map(|tag| tag.resource_id())
+        .collect();
+    let first_instance = outputs["instance_ids"][0].as_str().unwrap();
+    assert!(
+        owned.iter().any(|id| id.starts_with("vpc-"))
+            && owned.iter().any(|id| id.starts_with("sg-"))
+            && owned.contains(&first_instance),
+        "{owned:?}"
+    );
+    assert_eq!(stack.up()["changes"], json!([]), "tagged once");
+
     // Months of access logs: more objects than one DeleteObjects call takes.
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&aws)
@@ -890,9 +922,8 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
         .unwrap_or_else(|| panic!("{changes:#?}"));
     let reason = template["reason"].as_str().unwrap();
     assert!(
-        reason.contains(
-            "instance tags owner=chat (instances launched from now on; running ones keep theirs)"
-        ) && !reason.contains("by hand"),
+        reason.contains("instance tags owner=chat (the running instances are tagged in place)")
+            && !reason.contains("by hand"),
         "{reason}"
     );
     stack.edit("  owner: chat\n", "");

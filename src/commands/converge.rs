@@ -18,7 +18,7 @@ use crate::instances::{self, Boot, Launch};
 use crate::load_balancer::WrittenAlias;
 use crate::platform::Platform;
 use crate::stack::Stack;
-use crate::{cache, certificate, dns, load_balancer, network};
+use crate::{cache, certificate, dns, load_balancer, network, retag};
 
 /// What a user needs to know about a stack once it is up.
 #[derive(Debug, Serialize)]
@@ -165,6 +165,7 @@ pub async fn converge(
         deploy::carry_out(&fleet, &rollout, &wanted, &pacing).await?
     };
     group::settle_grace(stack).await?;
+    retag::ensure(stack).await?;
     // The builds no instance runs go, and the template versions that name them: what the
     // group launches from is the one deployed.
     let running: BTreeSet<String> = instances::describe(stack)

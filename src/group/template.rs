@@ -254,7 +254,7 @@ fn reasons(
     );
     if !tag_changes.is_empty() {
         reasons.push(format!(
-            "instance tags {} (instances launched from now on; running ones keep theirs)",
+            "instance tags {} (the running instances are tagged in place)",
             tag_changes.join(" ")
         ));
     }

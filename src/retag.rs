@@ -1,0 +1,117 @@
+//! stack.yaml's `tags` on the stack's EC2 resources made before they changed: the VPC,
+//! subnets, gateway, route tables, endpoint, security groups, launch template, running
+//! instances and their volumes. Each gets the keys it lacks and the values that changed,
+//! with CreateTags, which the deployer policy allows on resources that carry the stack's
+//! tag. A key taken out of stack.yaml is left where it is: the tags a resource carries
+//! do not say which came from stack.yaml and which from someone else.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use aws_sdk_ec2::types::{Filter, Tag};
+
+use crate::aws::Call;
+use crate::engine::Action;
+use crate::names::STACK_TAG;
+use crate::stack::Stack;
+
+/// The stack's EC2 resources, by id, with the tags each carries.
+async fn stack_resources(stack: &Stack) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let ec2 = &stack.clients.ec2;
+    let mut resources: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut ids = Vec::new();
+    let mut pages = ec2
+        .describe_tags()
+        .filters(Filter::builder().name("key").values(STACK_TAG).build())
+        .filters(
+            Filter::builder()
+                .name("value")
+                .values(stack.names.stack())
+                .build(),
+        )
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.call(format!("DescribeTags {STACK_TAG}={}", stack.names.stack()))?;
+        ids.extend(
+            page.tags()
+                .iter()
+                .filter_map(|tag| tag.resource_id().map(str::to_owned)),
+        );
+    }
+    // DescribeTags takes at most 200 values in a filter.
+    for chunk in ids.chunks(200) {
+        let mut pages = ec2
+            .describe_tags()
+            .filters(
+                Filter::builder()
+                    .name("resource-id")
+                    .set_values(Some(chunk.to_vec()))
+                    .build(),
+            )
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.call("DescribeTags of the stack's resources")?;
+            for tag in page.tags() {
+                if let (Some(id), Some(key)) = (tag.resource_id(), tag.key()) {
+                    resources
+                        .entry(id.to_owned())
+                        .or_default()
+                        .insert(key.to_owned(), tag.value().unwrap_or_default().to_owned());
+                }
+            }
+        }
+    }
+    Ok(resources)
+}
+
+/// Gives the stack's EC2 resources stack.yaml's tags they lack or carry with another value.
+pub async fn ensure(stack: &Stack) -> Result<()> {
+    let wanted = &stack.spec.tags;
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    // Resources that lack the same tags are tagged in one call.
+    let mut by_change: BTreeMap<Vec<(String, String)>, Vec<String>> = BTreeMap::new();
+    for (id, have) in stack_resources(stack).await? {
+        let missing: Vec<(String, String)> = wanted
+            .iter()
+            .filter(|(key, value)| have.get(*key) != Some(value))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        if !missing.is_empty() {
+            by_change.entry(missing).or_default().push(id);
+        }
+    }
+    for (tags, ids) in by_change {
+        let shown: Vec<String> = tags
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        if !stack.make(
+            Action::Update,
+            format!("tags of {}", ids.join(" ")),
+            shown.join(" "),
+        ) {
+            continue;
+        }
+        // CreateTags takes up to 1000 resources a call.
+        for chunk in ids.chunks(1000) {
+            stack
+                .clients
+                .ec2
+                .create_tags()
+                .set_resources(Some(chunk.to_vec()))
+                .set_tags(Some(
+                    tags.iter()
+                        .map(|(key, value)| Tag::builder().key(key).value(value).build())
+                        .collect(),
+                ))
+                .send()
+                .await
+                .call(format!("CreateTags {}", chunk.join(" ")))?;
+        }
+    }
+    Ok(())
+}
