@@ -1,9 +1,10 @@
-//! stack.yaml's `tags` on the stack's EC2 resources made before they changed: the VPC,
-//! subnets, gateway, route tables, endpoint, security groups, launch template, running
-//! instances and their volumes. Each gets the keys it lacks and the values that changed,
-//! with CreateTags, which the deployer policy allows on resources that carry the stack's
-//! tag. A key taken out of stack.yaml is left where it is: the tags a resource carries
-//! do not say which came from stack.yaml and which from someone else.
+//! stack.yaml's `tags` on the stack's resources made before they changed: its EC2
+//! resources (the VPC, subnets, gateway, route tables, endpoint, security groups, launch
+//! template, running instances and their volumes) with CreateTags, and its load balancer
+//! and target group with ELB's AddTags, which the deployer policy allows on what is the
+//! stack's. Each gets the keys it lacks and the values that changed. A key taken out of
+//! stack.yaml is left where it is: the tags a resource carries do not say which came from
+//! stack.yaml and which from someone else.
 
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ use anyhow::Result;
 use aws_sdk_ec2::types::{Filter, Tag};
 
 use crate::aws::Call;
-use crate::engine::Action;
+use crate::engine::{Action, is_planned};
 use crate::names::STACK_TAG;
 use crate::stack::Stack;
 
@@ -66,33 +67,50 @@ async fn stack_resources(stack: &Stack) -> Result<BTreeMap<String, BTreeMap<Stri
     Ok(resources)
 }
 
-/// Gives the stack's EC2 resources stack.yaml's tags they lack or carry with another value.
-pub async fn ensure(stack: &Stack) -> Result<()> {
-    let wanted = &stack.spec.tags;
-    if wanted.is_empty() {
+/// stack.yaml's tags that `have` lacks or carries with another value.
+fn missing(stack: &Stack, have: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    stack
+        .spec
+        .tags
+        .iter()
+        .filter(|(key, value)| have.get(*key) != Some(value))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// What a change of tags says in `plan`.
+fn shown(tags: &[(String, String)]) -> String {
+    tags.iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Gives the stack's EC2 resources, and the load-balancing resources `elb_arns` (the
+/// load balancer and target group), stack.yaml's tags they lack or carry with another
+/// value.
+pub async fn ensure(stack: &Stack, elb_arns: &[&str]) -> Result<()> {
+    if stack.spec.tags.is_empty() {
         return Ok(());
     }
+    ensure_ec2(stack).await?;
+    ensure_elb(stack, elb_arns).await
+}
+
+async fn ensure_ec2(stack: &Stack) -> Result<()> {
     // Resources that lack the same tags are tagged in one call.
     let mut by_change: BTreeMap<Vec<(String, String)>, Vec<String>> = BTreeMap::new();
     for (id, have) in stack_resources(stack).await? {
-        let missing: Vec<(String, String)> = wanted
-            .iter()
-            .filter(|(key, value)| have.get(*key) != Some(value))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect();
+        let missing = missing(stack, &have);
         if !missing.is_empty() {
             by_change.entry(missing).or_default().push(id);
         }
     }
     for (tags, ids) in by_change {
-        let shown: Vec<String> = tags
-            .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect();
         if !stack.make(
             Action::Update,
             format!("tags of {}", ids.join(" ")),
-            shown.join(" "),
+            shown(&tags),
         ) {
             continue;
         }
@@ -112,6 +130,63 @@ pub async fn ensure(stack: &Stack) -> Result<()> {
                 .await
                 .call(format!("CreateTags {}", chunk.join(" ")))?;
         }
+    }
+    Ok(())
+}
+
+async fn ensure_elb(stack: &Stack, arns: &[&str]) -> Result<()> {
+    let arns: Vec<String> = arns
+        .iter()
+        .filter(|arn| !is_planned(arn))
+        .map(|arn| (*arn).to_owned())
+        .collect();
+    if arns.is_empty() {
+        return Ok(());
+    }
+    let elbv2 = &stack.clients.elbv2;
+    let described = elbv2
+        .describe_tags()
+        .set_resource_arns(Some(arns))
+        .send()
+        .await
+        .call("DescribeTags of the load balancer and target group")?;
+    for description in described.tag_descriptions() {
+        let Some(arn) = description.resource_arn() else {
+            continue;
+        };
+        let have: BTreeMap<String, String> = description
+            .tags()
+            .iter()
+            .filter_map(|tag| {
+                Some((
+                    tag.key()?.to_owned(),
+                    tag.value().unwrap_or_default().to_owned(),
+                ))
+            })
+            .collect();
+        let missing = missing(stack, &have);
+        if missing.is_empty()
+            || !stack.make(Action::Update, format!("tags of {arn}"), shown(&missing))
+        {
+            continue;
+        }
+        elbv2
+            .add_tags()
+            .resource_arns(arn)
+            .set_tags(Some(
+                missing
+                    .iter()
+                    .map(|(key, value)| {
+                        aws_sdk_elasticloadbalancingv2::types::Tag::builder()
+                            .key(key)
+                            .value(value)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .send()
+            .await
+            .call(format!("AddTags {arn}"))?;
     }
     Ok(())
 }

@@ -153,6 +153,20 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
             && owned.contains(&first_instance),
         "{owned:?}"
     );
+    let balancer = support::load_balancer_arn(&aws, &stack.name).await;
+    let balancer_tags = aws_sdk_elasticloadbalancingv2::Client::new(&aws)
+        .describe_tags()
+        .resource_arns(&balancer)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        balancer_tags.tag_descriptions()[0]
+            .tags()
+            .iter()
+            .any(|tag| tag.key() == Some("owner") && tag.value() == Some("chat")),
+        "{balancer_tags:?}"
+    );
     assert_eq!(stack.up()["changes"], json!([]), "tagged once");
 
     // Months of access logs: more objects than one DeleteObjects call takes.
@@ -853,16 +867,7 @@ async fn plan_says_what_up_would_do_and_changes_nothing() {
 
     // Someone shortens the idle timeout; the chat-server is rebuilt.
     let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(&aws);
-    let lb_arn = elbv2
-        .describe_load_balancers()
-        .names(format!("{name}-alb"))
-        .send()
-        .await
-        .unwrap()
-        .load_balancers()[0]
-        .load_balancer_arn()
-        .unwrap()
-        .to_owned();
+    let lb_arn = support::load_balancer_arn(&aws, name).await;
     let idle_timeout = |value: &str| {
         aws_sdk_elasticloadbalancingv2::types::LoadBalancerAttribute::builder()
             .key("idle_timeout.timeout_seconds")

@@ -165,7 +165,11 @@ pub async fn converge(
         deploy::carry_out(&fleet, &rollout, &wanted, &pacing).await?
     };
     group::settle_grace(stack).await?;
-    retag::ensure(stack).await?;
+    retag::ensure(
+        stack,
+        &[&load_balancer.arn, &load_balancer.target_group_arn],
+    )
+    .await?;
     // The builds no instance runs go, and the template versions that name them: what the
     // group launches from is the one deployed.
     let running: BTreeSet<String> = instances::describe(stack)

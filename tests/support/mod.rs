@@ -429,6 +429,20 @@ pub fn instance_ids(outputs: &serde_json::Value) -> Vec<String> {
     ids
 }
 
+/// The ARN of the stack `name`'s load balancer (`<name>-alb`).
+pub async fn load_balancer_arn(aws: &SdkConfig, name: &str) -> String {
+    aws_sdk_elasticloadbalancingv2::Client::new(aws)
+        .describe_load_balancers()
+        .names(format!("{name}-alb"))
+        .send()
+        .await
+        .expect("DescribeLoadBalancers")
+        .load_balancers()[0]
+        .load_balancer_arn()
+        .expect("the load balancer's ARN")
+        .to_owned()
+}
+
 /// A Route53 hosted zone in LocalStack, as a user of the CLI would already have.
 pub async fn hosted_zone(aws: &SdkConfig, name: &str) -> String {
     aws_sdk_route53::Client::new(aws)
