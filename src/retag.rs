@@ -1,8 +1,8 @@
 //! stack.yaml's `tags` on the stack's resources made before they changed: its EC2
 //! resources (the VPC, subnets, gateway, route tables, endpoint, security groups, launch
-//! template, running instances and their volumes) with CreateTags, and its load balancer
-//! and target group with ELB's AddTags, which the deployer policy allows on what is the
-//! stack's. Each gets the keys it lacks and the values that changed. A key taken out of
+//! template, running instances and their volumes) with CreateTags, its load balancer and
+//! target group with ELB's AddTags, and its Redis and cache subnet group with
+//! AddTagsToResource, which the deployer policy allows on what is the stack's. Each gets the keys it lacks and the values that changed. A key taken out of
 //! stack.yaml is left where it is: the tags a resource carries do not say which came from
 //! stack.yaml and which from someone else.
 
@@ -78,6 +78,22 @@ fn missing(stack: &Stack, have: &BTreeMap<String, String>) -> Vec<(String, Strin
         .collect()
 }
 
+/// stack.yaml's tags the resource `arn`, carrying `have` (key, value), is to be given:
+/// none when it has them all, or when `plan` only records the change.
+fn to_add<'a>(
+    stack: &Stack,
+    arn: &str,
+    have: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>,
+) -> Option<Vec<(String, String)>> {
+    let have: BTreeMap<String, String> = have
+        .into_iter()
+        .filter_map(|(key, value)| Some((key?.to_owned(), value.unwrap_or_default().to_owned())))
+        .collect();
+    let missing = missing(stack, &have);
+    (!missing.is_empty() && stack.make(Action::Update, format!("tags of {arn}"), shown(&missing)))
+        .then_some(missing)
+}
+
 /// What a change of tags says in `plan`.
 fn shown(tags: &[(String, String)]) -> String {
     tags.iter()
@@ -86,15 +102,16 @@ fn shown(tags: &[(String, String)]) -> String {
         .join(" ")
 }
 
-/// Gives the stack's EC2 resources, and the load-balancing resources `elb_arns` (the
-/// load balancer and target group), stack.yaml's tags they lack or carry with another
-/// value.
-pub async fn ensure(stack: &Stack, elb_arns: &[&str]) -> Result<()> {
+/// Gives the stack's EC2 resources, the load-balancing resources `elb_arns` (the load
+/// balancer and target group) and the ElastiCache resources `cache_arns` stack.yaml's
+/// tags they lack or carry with another value.
+pub async fn ensure(stack: &Stack, elb_arns: &[&str], cache_arns: &[String]) -> Result<()> {
     if stack.spec.tags.is_empty() {
         return Ok(());
     }
     ensure_ec2(stack).await?;
-    ensure_elb(stack, elb_arns).await
+    ensure_elb(stack, elb_arns).await?;
+    ensure_cache(stack, cache_arns).await
 }
 
 async fn ensure_ec2(stack: &Stack) -> Result<()> {
@@ -154,22 +171,13 @@ async fn ensure_elb(stack: &Stack, arns: &[&str]) -> Result<()> {
         let Some(arn) = description.resource_arn() else {
             continue;
         };
-        let have: BTreeMap<String, String> = description
+        let have = description
             .tags()
             .iter()
-            .filter_map(|tag| {
-                Some((
-                    tag.key()?.to_owned(),
-                    tag.value().unwrap_or_default().to_owned(),
-                ))
-            })
-            .collect();
-        let missing = missing(stack, &have);
-        if missing.is_empty()
-            || !stack.make(Action::Update, format!("tags of {arn}"), shown(&missing))
-        {
+            .map(|tag| (tag.key(), tag.value()));
+        let Some(missing) = to_add(stack, arn, have) else {
             continue;
-        }
+        };
         elbv2
             .add_tags()
             .resource_arns(arn)
@@ -187,6 +195,40 @@ async fn ensure_elb(stack: &Stack, arns: &[&str]) -> Result<()> {
             .send()
             .await
             .call(format!("AddTags {arn}"))?;
+    }
+    Ok(())
+}
+
+async fn ensure_cache(stack: &Stack, arns: &[String]) -> Result<()> {
+    let elasticache = &stack.clients.elasticache;
+    for arn in arns {
+        let listed = elasticache
+            .list_tags_for_resource()
+            .resource_name(arn)
+            .send()
+            .await
+            .call(format!("ListTagsForResource {arn}"))?;
+        let have = listed.tag_list().iter().map(|tag| (tag.key(), tag.value()));
+        let Some(missing) = to_add(stack, arn, have) else {
+            continue;
+        };
+        elasticache
+            .add_tags_to_resource()
+            .resource_name(arn)
+            .set_tags(Some(
+                missing
+                    .iter()
+                    .map(|(key, value)| {
+                        aws_sdk_elasticache::types::Tag::builder()
+                            .key(key)
+                            .value(value)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .send()
+            .await
+            .call(format!("AddTagsToResource {arn}"))?;
     }
     Ok(())
 }

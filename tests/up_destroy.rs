@@ -167,6 +167,19 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
             .any(|tag| tag.key() == Some("owner") && tag.value() == Some("chat")),
         "{balancer_tags:?}"
     );
+    let redis_tags = aws_sdk_elasticache::Client::new(&aws)
+        .list_tags_for_resource()
+        .resource_name(replication_group(&aws, &stack.name).await.arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        redis_tags
+            .tag_list()
+            .iter()
+            .any(|tag| tag.key() == Some("owner") && tag.value() == Some("chat")),
+        "{redis_tags:?}"
+    );
     assert_eq!(stack.up()["changes"], json!([]), "tagged once");
 
     // Months of access logs: more objects than one DeleteObjects call takes.

@@ -711,6 +711,17 @@ fn tags(stack: &Stack, role: &str) -> Vec<Tag> {
         .collect()
 }
 
+/// The ARNs of the stack's replication group and cache subnet group, those that exist.
+pub async fn arns(stack: &Stack) -> Result<Vec<String>> {
+    let group = describe_group(&stack.clients.elasticache, &stack.names.replication_group())
+        .await?
+        .and_then(|group| group.arn);
+    let subnet_group = describe_subnet_group(stack, &stack.names.cache_subnet_group())
+        .await?
+        .and_then(|group| group.arn);
+    Ok(group.into_iter().chain(subnet_group).collect())
+}
+
 async fn describe_group(
     elasticache: &aws_sdk_elasticache::Client,
     id: &str,
