@@ -293,8 +293,8 @@ async fn converge_existing(
     let what = format!("the replication group {id}");
     // A group still being created (after an interrupted `up`) shows its tags only once
     // available: checked then.
+    // What cannot change in place was refused by preflight (`check_changes`).
     let owner_known = refuse_foreign(stack, group.arn(), &what).await?;
-    refuse_unchangeable(stack, group)?;
     if stack.planning() {
         // What is to change is known now; only `up` waits for a group still busy.
         for fix in fixes(stack, group).await? {

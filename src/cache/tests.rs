@@ -500,10 +500,7 @@ async fn another_engine_is_an_error_saying_to_re_create() {
     let mut stack = testing::stack(mocked(&[&subnet_group, &tags, &describe]));
     stack.spec.redis.engine = "valkey".into();
 
-    let err = ensure(&stack, &subnets(), "sg-redis")
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = check_changes(&stack).await.unwrap_err().to_string();
 
     assert!(
         err.contains("engine is redis, stack.yaml says valkey"),
@@ -1297,8 +1294,8 @@ async fn a_cluster_that_matches_the_spec_is_left_alone() {
     );
 }
 
-/// ElastiCache cannot turn cluster mode on or off in place with the data kept: `up`
-/// refuses either way and says what to do, before changing anything.
+/// ElastiCache cannot turn cluster mode on or off in place with the data kept: `up`'s
+/// preflight refuses either way and says what to do, before changing anything.
 #[tokio::test]
 async fn going_between_one_shard_and_a_cluster_is_refused_with_what_to_do() {
     let modify = mock!(Client::modify_replication_group)
@@ -1318,10 +1315,7 @@ async fn going_between_one_shard_and_a_cluster_is_refused_with_what_to_do() {
     for (clients, shards, why) in cases {
         let mut stack = testing::stack(clients);
         stack.spec.redis.shards = shards;
-        let err = ensure(&stack, &subnets(), "sg-redis")
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = check_changes(&stack).await.unwrap_err().to_string();
         for what in [why, "realtime-stack destroy", "another name", "chat-redis"] {
             assert!(err.contains(what), "{what}: {err}");
         }
