@@ -2,9 +2,10 @@
 //! resources (the VPC, subnets, gateway, route tables, endpoint, security groups, launch
 //! template, running instances and their volumes) with CreateTags, its load balancer and
 //! target group with ELB's AddTags, and its Redis and cache subnet group with
-//! AddTagsToResource, which the deployer policy allows on what is the stack's. Each gets the keys it lacks and the values that changed. A key taken out of
-//! stack.yaml is left where it is: the tags a resource carries do not say which came from
-//! stack.yaml and which from someone else.
+//! AddTagsToResource, which the deployer policy allows on what is the stack's. Each gets
+//! the keys it lacks and the values that changed. A key taken out of stack.yaml is left
+//! where it is: the tags a resource carries do not say which came from stack.yaml and
+//! which from someone else.
 
 use std::collections::BTreeMap;
 
@@ -103,15 +104,15 @@ fn shown(tags: &[(String, String)]) -> String {
 }
 
 /// Gives the stack's EC2 resources, the load-balancing resources `elb_arns` (the load
-/// balancer and target group) and the ElastiCache resources `cache_arns` stack.yaml's
-/// tags they lack or carry with another value.
-pub async fn ensure(stack: &Stack, elb_arns: &[&str], cache_arns: &[String]) -> Result<()> {
+/// balancer and target group), and its Redis and cache subnet group stack.yaml's tags
+/// they lack or carry with another value.
+pub async fn ensure(stack: &Stack, elb_arns: &[&str]) -> Result<()> {
     if stack.spec.tags.is_empty() {
         return Ok(());
     }
     ensure_ec2(stack).await?;
     ensure_elb(stack, elb_arns).await?;
-    ensure_cache(stack, cache_arns).await
+    ensure_cache(stack, &crate::cache::arns(stack).await?).await
 }
 
 async fn ensure_ec2(stack: &Stack) -> Result<()> {

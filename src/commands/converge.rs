@@ -168,7 +168,6 @@ pub async fn converge(
     retag::ensure(
         stack,
         &[&load_balancer.arn, &load_balancer.target_group_arn],
-        &cache::arns(stack).await?,
     )
     .await?;
     // The builds no instance runs go, and the template versions that name them: what the
