@@ -7,122 +7,35 @@
 //! configuration endpoint.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use aws_sdk_elasticache::operation::create_cache_subnet_group::CreateCacheSubnetGroupError;
 use aws_sdk_elasticache::operation::create_replication_group::CreateReplicationGroupError;
 use aws_sdk_elasticache::types::{
-    CacheSubnetGroup, ClusterMode, MultiAzStatus, ReplicationGroup, SourceType, Tag,
+    CacheSubnetGroup, ClusterMode, MultiAzStatus, ReplicationGroup, Tag,
 };
 
 use crate::aws::{CACHE_NEW_SUBNET_GROUP, CACHE_NEW_SUBNETS, Call, found, made, once_known};
-use crate::engine::{Action, Backoff, Step, planned_id, wait_for};
+use crate::engine::{Action, Step, planned_id, wait_for};
 use crate::names::{Names, STACK_TAG};
 use crate::stack::Stack;
-use modify::{Fix, apply, fixes, refuse_downgrade};
+use modify::{Fix, apply, fixes};
+use preflight::cluster_parameter_group;
+use progress::{group_events, refuse_unscaled, wait_available, wait_under_way};
 
 mod modify;
+mod preflight;
+mod progress;
 mod teardown;
 #[cfg(test)]
 mod tests;
 
+pub use preflight::{EngineVersion, check_changes, engine_version};
 pub use teardown::deletables;
 
 const PORT: u16 = 6379;
-/// How long a change may take to show in ElastiCache's describe ([`wait_under_way`]).
-const UNDER_WAY_WITHIN: Duration = Duration::from_secs(60);
 
-/// An engine version ElastiCache offers, and the family of parameter groups it takes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineVersion {
-    pub version: String,
-    pub family: String,
-}
-
-/// The engine version a group of the spec's engine gets for `version` (ElastiCache's
-/// default when `None`; `6.x` is the newest 6 it offers), as ElastiCache itself names it
-/// (DescribeCacheEngineVersions): the default moves as engines are released, and a
-/// parameter group of another family is refused ("InvalidParameterCombination: Expected
-/// a parameter group of family redis7 but found one of family redis6.x" the day Redis 7
-/// became the default, hashicorp/terraform-provider-aws#27748). A version ElastiCache
-/// does not offer is an error that lists those it does.
-pub async fn engine_version(stack: &Stack, version: Option<&str>) -> Result<EngineVersion> {
-    let engine = &stack.spec.redis.engine;
-    let offered: Vec<EngineVersion> = stack
-        .clients
-        .elasticache
-        .describe_cache_engine_versions()
-        .engine(engine)
-        .default_only(version.is_none())
-        .into_paginator()
-        .items()
-        .send()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .call(format!("DescribeCacheEngineVersions {engine}"))?
-        .iter()
-        .filter_map(|offered| {
-            Some(EngineVersion {
-                version: offered.engine_version()?.to_owned(),
-                family: offered.cache_parameter_group_family()?.to_owned(),
-            })
-        })
-        .collect();
-    let chosen = match version {
-        None => offered.last(),
-        Some(version) => match version.strip_suffix(".x") {
-            Some(major) => offered
-                .iter()
-                .filter(|offered| offered.version.split('.').next() == Some(major))
-                .max_by_key(|offered| version_numbers(&offered.version)),
-            None => offered.iter().find(|offered| offered.version == version),
-        },
-    };
-    if let Some(chosen) = chosen {
-        return Ok(chosen.clone());
-    }
-    let listed: Vec<&str> = offered
-        .iter()
-        .map(|offered| offered.version.as_str())
-        .collect();
-    bail!(
-        "ElastiCache offers no {engine} version {} in {} (it offers {}): set \
-         redis.engine_version to one of those, or remove it for the engine's default",
-        version.unwrap_or("by default"),
-        stack.region,
-        if listed.is_empty() {
-            "none".to_owned()
-        } else {
-            listed.join(", ")
-        }
-    )
-}
-
-/// The numbers of an engine version, up to the first part that is not one (`6.x` is
-/// `[6]`), to compare versions by.
-fn version_numbers(version: &str) -> Vec<u32> {
-    version
-        .split('.')
-        .map_while(|part| part.parse().ok())
-        .collect()
-}
-
-/// The default parameter group with `cluster-enabled yes` for the spec's engine at
-/// `version` (`default.redis7.cluster.on`, `default.valkey8.cluster.on`): without one,
-/// ElastiCache makes the group with cluster mode off whatever else is asked
-/// (<https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/ParameterGroups.Engine.html>;
-/// hashicorp/terraform-provider-aws#7571).
-pub(super) async fn cluster_parameter_group(
-    stack: &Stack,
-    version: Option<&str>,
-) -> Result<String> {
-    let family = engine_version(stack, version).await?.family;
-    Ok(format!("default.{family}.cluster.on"))
-}
-
-/// Whether the group is a Redis Cluster (cluster mode on).
 /// Whether ElastiCache may upgrade the engine's minor version in the maintenance window:
 /// that is how its security fixes arrive, so yes unless stack.yaml pins a minor version
 /// (`7.0`), which an upgrade to `7.1` would leave behind and the next `up` refuse as a
@@ -134,6 +47,7 @@ fn auto_minor_version_upgrade(redis: &crate::spec::RedisSpec) -> bool {
         .is_none_or(|version| version.ends_with(".x"))
 }
 
+/// Whether the group is a Redis Cluster (cluster mode on).
 fn cluster_mode(group: &ReplicationGroup) -> bool {
     group.cluster_enabled() == Some(true)
 }
@@ -371,273 +285,6 @@ async fn create_group(stack: &Stack, id: &str, security_group: &str) -> Result<b
     })
     .await?;
     Ok(created)
-}
-
-/// Waits until the group and its nodes are `available`, showing its status as it changes.
-/// A group being created or modified (by an earlier `up`) is waited for the same way.
-async fn wait_available(stack: &Stack, step: &Step, id: &str) -> Result<ReplicationGroup> {
-    let last_status = Mutex::new(String::new());
-    wait_for(
-        step,
-        stack.pace,
-        "Redis to be available",
-        stack.pace.limit(Duration::from_secs(3600)),
-        Some((
-            stack.pace.limit(Duration::from_secs(20 * 60)),
-            "ElastiCache often takes 10 to 20 minutes, longer with Multi-AZ; the replication \
-             group's events in the ElastiCache console say what it is doing",
-        )),
-        || async {
-            let group = describe_group(&stack.clients.elasticache, id)
-                .await?
-                .with_context(|| format!("the replication group {id} vanished while starting"))?;
-            let status = group.status().unwrap_or("unknown");
-            match status {
-                "available" => {
-                    let Some(busy) = busy_node(stack, id).await? else {
-                        return Ok(Some(group));
-                    };
-                    step.set(&busy);
-                    return Ok(None);
-                }
-                "create-failed" => bail!(
-                    "ElastiCache could not create the replication group {id}: {}. Run \
-                     `realtime-stack destroy`, fix the cause, and `up` again",
-                    latest_events(stack, id).await
-                ),
-                "deleting" => bail!(
-                    "the replication group {id} is being deleted: wait until it is gone, then \
-                     run `realtime-stack up` again"
-                ),
-                _ => {}
-            }
-            let mut last = last_status.lock().expect("status lock");
-            if *last != status {
-                step.set(&format!("{status}, waiting until available"));
-                status.clone_into(&mut last);
-            }
-            Ok(None)
-        },
-    )
-    .await
-}
-
-/// Right after a change, ElastiCache's describe may still show the group `available` as
-/// it was, and waiting for `available` would then end at once: the next change would be
-/// refused (`InvalidReplicationGroupState`) or a node type reported unchanged.
-/// terraform-provider-aws waits 30 s after each change before it polls the group
-/// (`waitReplicationGroupAvailable`'s delay in internal/service/elasticache). Here the
-/// group is polled until it is no longer `available` or shows `fix` made, for at most a
-/// minute: a change that shows neither is left to what follows to judge.
-async fn wait_under_way(stack: &Stack, id: &str, fix: &Fix) -> Result<()> {
-    let started = tokio::time::Instant::now();
-    let mut backoff = Backoff::new(stack.pace);
-    while started.elapsed() < UNDER_WAY_WITHIN {
-        let Some(group) = describe_group(&stack.clients.elasticache, id).await? else {
-            return Ok(());
-        };
-        if group.status() != Some("available") || !fixes(stack, &group).await?.contains(fix) {
-            return Ok(());
-        }
-        backoff.pause().await;
-    }
-    Ok(())
-}
-
-/// A node of the group that is not `available` yet, as "<node> <status>", if any.
-/// ElastiCache reports the group `available` while a replica it adds is still `creating`
-/// (or one it removes still `deleting`), and refuses the next change to the group with
-/// `InvalidCacheClusterState` (hashicorp/terraform-provider-aws#50096): the group is ready
-/// for the next change once its nodes are too. The nodes are listed whole: those of a
-/// group are all of its cache clusters, and the group may name a removed one no more.
-async fn busy_node(stack: &Stack, id: &str) -> Result<Option<String>> {
-    let clusters = stack
-        .clients
-        .elasticache
-        .describe_cache_clusters()
-        .into_paginator()
-        .items()
-        .send()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .call("DescribeCacheClusters")?;
-    Ok(clusters
-        .iter()
-        .filter(|cluster| cluster.replication_group_id() == Some(id))
-        .find(|cluster| cluster.cache_cluster_status() != Some("available"))
-        .map(|cluster| {
-            format!(
-                "node {} {}, waiting until available",
-                cluster.cache_cluster_id().unwrap_or("(unnamed)"),
-                cluster
-                    .cache_cluster_status()
-                    .unwrap_or("in an unknown state")
-            )
-        }))
-}
-
-/// How far back DescribeEvents reaches: ElastiCache keeps events for 14 days.
-const EVENTS_KEPT_MINUTES: i32 = 14 * 24 * 60;
-
-/// The events of the group `id` since `since`, or all ElastiCache keeps. They come in
-/// pages of at most 100, in an order the API reference does not promise: all are read.
-async fn group_events(
-    stack: &Stack,
-    id: &str,
-    since: Option<aws_sdk_elasticache::primitives::DateTime>,
-) -> Result<Vec<aws_sdk_elasticache::types::Event>> {
-    let request = stack
-        .clients
-        .elasticache
-        .describe_events()
-        .source_type(SourceType::ReplicationGroup)
-        .source_identifier(id);
-    let request = match since {
-        Some(since) => request.start_time(since),
-        None => request.duration(EVENTS_KEPT_MINUTES),
-    };
-    request
-        .into_paginator()
-        .items()
-        .send()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .call(format!("DescribeEvents replication-group {id}"))
-}
-
-/// Why a change to the group failed, in ElastiCache's words: its latest events. The
-/// group's status says only `create-failed`, or `available` again after a scale that did
-/// not happen (<https://docs.aws.amazon.com/AmazonElastiCache/latest/APIReference/API_DescribeEvents.html>).
-async fn latest_events(stack: &Stack, id: &str) -> String {
-    let mut events = match group_events(stack, id, None).await {
-        Ok(events) => events,
-        Err(err) => return format!("its events could not be read ({err:#})"),
-    };
-    events.sort_by_key(|event| event.date().map(|date| (date.secs(), date.subsec_nanos())));
-    let latest: Vec<&str> = events
-        .iter()
-        .rev()
-        .take(3)
-        .rev()
-        .filter_map(|event| event.message())
-        .collect();
-    if latest.is_empty() {
-        "ElastiCache recorded no event saying why".to_owned()
-    } else {
-        latest.join("; ")
-    }
-}
-
-/// Preflight: whether ElastiCache can make the running group what the spec says, before
-/// anything changes. An engine, cluster mode or encryption it cannot change in place, or
-/// a pinned version older than the running one, is refused; and so is a node type other
-/// than those ListAllowedNodeTypeModifications returns (a ModifyReplicationGroup's
-/// CacheNodeType "must be one of" them, API reference). Says how the node type moves.
-pub async fn check_changes(stack: &Stack) -> Result<String> {
-    let id = stack.names.replication_group();
-    let want = stack.spec.redis.node_type.as_str();
-    let elasticache = &stack.clients.elasticache;
-    let Some(group) = describe_group(elasticache, &id).await? else {
-        return Ok(format!("{want}, for a new group"));
-    };
-    // Before anything is made: the instances' launch template follows the spec's Redis
-    // (cluster mode or not), and must not move to a Redis that `up` then refuses.
-    refuse_unchangeable(stack, &group)?;
-    refuse_downgrade(stack, &group).await?;
-    let have = group.cache_node_type().unwrap_or("an unknown node type");
-    if have == want {
-        return Ok(format!("{want}, as running"));
-    }
-    let allowed = elasticache
-        .list_allowed_node_type_modifications()
-        .replication_group_id(&id)
-        .send()
-        .await
-        .call(format!("ListAllowedNodeTypeModifications {id}"))?;
-    let offers = |types: &[String]| types.iter().any(|offered| offered == want);
-    if offers(allowed.scale_up_modifications()) {
-        return Ok(format!("{have} to {want}, a scale up"));
-    }
-    if offers(allowed.scale_down_modifications()) {
-        return Ok(format!(
-            "{have} to {want}, a scale down, which ElastiCache makes only if the data fits"
-        ));
-    }
-    let mut offered: Vec<&str> = allowed
-        .scale_up_modifications()
-        .iter()
-        .chain(allowed.scale_down_modifications())
-        .map(String::as_str)
-        .collect();
-    offered.sort_unstable();
-    bail!(
-        "ElastiCache cannot move the replication group {id} from {have} to {want}; from {have} \
-         it offers {} (ListAllowedNodeTypeModifications). Set redis.node_type to one of \
-         those, or to {have}; to run on {want}, `destroy` and `up` again (Redis's data is lost)",
-        if offered.is_empty() {
-            "no other node type".to_owned()
-        } else {
-            offered.join(", ")
-        }
-    );
-}
-
-/// After a node type change, the group back to `available` on its old node type: a scale
-/// down to a node the data does not fit is refused that way, with an event saying so
-/// ("Failed to scale down ... because the node has insufficient memory", AWS re:Post,
-/// knowledge-center/elasticache-redis-change-node-errors).
-async fn refuse_unscaled(stack: &Stack, group: &ReplicationGroup, want: &str) -> Result<()> {
-    let have = group.cache_node_type().unwrap_or("an unknown node type");
-    if have == want {
-        return Ok(());
-    }
-    let id = stack.names.replication_group();
-    bail!(
-        "ElastiCache did not move the replication group {id} to {want}: it runs on {have} \
-         still ({}). A smaller node type must hold the data and ElastiCache's reserved memory \
-         (25 % by default): set redis.node_type to {have} or a larger type, or reduce the data",
-        latest_events(stack, &id).await
-    );
-}
-
-/// Differences ElastiCache cannot change in place: the group must be re-created.
-fn refuse_unchangeable(stack: &Stack, group: &ReplicationGroup) -> Result<()> {
-    let id = stack.names.replication_group();
-    let want = &stack.spec.redis.engine;
-    let mut problems = Vec::new();
-    if let Some(engine) = group.engine()
-        && engine != want
-    {
-        problems.push(format!("its engine is {engine}, stack.yaml says {want}"));
-    }
-    let shards = stack.spec.redis.shards;
-    match (cluster_mode(group), shards) {
-        (true, 1) => problems.push(format!(
-            "it runs in cluster mode with {} shard(s), stack.yaml says 1 shard (cluster mode \
-             off)",
-            group.node_groups().len()
-        )),
-        (false, 2..) => problems.push(format!(
-            "it runs with cluster mode off (one shard), stack.yaml says {shards} shards \
-             (cluster mode on)"
-        )),
-        _ => {}
-    }
-    if group.transit_encryption_enabled() != Some(true) {
-        problems.push("it is not encrypted in transit".to_owned());
-    }
-    if group.at_rest_encryption_enabled() != Some(true) {
-        problems.push("it is not encrypted at rest".to_owned());
-    }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    bail!(
-        "the replication group {id} cannot be changed in place to match stack.yaml: {}. Run \
-         `realtime-stack destroy` and `up` again to re-create it (its data is lost), give \
-         the stack another name to build a new one beside it, or change stack.yaml back",
-        problems.join("; ")
-    )
 }
 
 /// Where clients start: the primary endpoint with cluster mode off; with it on, the

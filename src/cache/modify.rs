@@ -6,7 +6,8 @@
 use anyhow::{Result, bail};
 use aws_sdk_elasticache::types::{AutomaticFailoverStatus, MultiAzStatus, ReplicationGroup};
 
-use super::{auto_minor_version_upgrade, cluster_mode, cluster_parameter_group, version_numbers};
+use super::preflight::{cluster_parameter_group, version_numbers};
+use super::{auto_minor_version_upgrade, cluster_mode};
 use crate::aws::Call;
 use crate::stack::Stack;
 

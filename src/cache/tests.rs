@@ -32,10 +32,11 @@ use aws_sdk_elasticache::types::error::{
     ReplicationGroupNotFoundFault,
 };
 use aws_sdk_elasticache::types::{
-    AutomaticFailoverStatus, CacheCluster, CacheEngineVersion, Event,
+    AutomaticFailoverStatus, CacheCluster, CacheEngineVersion, Event, SourceType,
 };
 use aws_sdk_elasticache::types::{Endpoint, NodeGroup, Subnet};
 use aws_smithy_mocks::{MockResponse, Rule, RuleMode, mock, mock_client};
+use std::sync::Mutex;
 
 use super::modify::{Fix, fixes, is_downgrade, version_matches};
 use super::*;
