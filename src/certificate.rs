@@ -141,9 +141,14 @@ async fn find(stack: &Stack) -> Result<Option<String>> {
 }
 
 /// Requests the certificate, tagged in the same call so that an `up` interrupted right
-/// after finds it. No idempotency token: one derived from the stack outlives a
-/// `destroy` by an hour, during which ACM may answer with the deleted certificate
-/// (LocalStack fails the request), and the tag already makes a retried `up` converge.
+/// after finds it. The idempotency token is new for each request and the same for the
+/// SDK's retries of it: a request whose answer was lost (a timeout, a 5xx) and is sent
+/// again gets the certificate the first one made, not a second one ("if you call
+/// RequestCertificate multiple times with the same idempotency token within one hour,
+/// ACM recognizes that you are requesting only one certificate",
+/// <https://docs.aws.amazon.com/acm/latest/APIReference/API_RequestCertificate.html>).
+/// It is not derived from the stack: such a token outlives a `destroy` by an hour, during
+/// which ACM would answer with the deleted certificate.
 async fn request(stack: &Stack) -> Result<String> {
     let domain = &stack.spec.domain.name;
     let tags = stack
@@ -158,12 +163,21 @@ async fn request(stack: &Stack) -> Result<String> {
         .request_certificate()
         .domain_name(domain)
         .validation_method(ValidationMethod::Dns)
+        .idempotency_token(idempotency_token()?)
         .set_tags(Some(tags))
         .send()
         .await
         .call(format!("RequestCertificate {domain}"))?
         .certificate_arn
         .context("RequestCertificate returned no certificate ARN")
+}
+
+/// 32 random hexadecimal digits: ACM takes 1 to 32 word characters (`\w+`).
+fn idempotency_token() -> Result<String> {
+    let mut random = [0u8; 16];
+    getrandom::fill(&mut random)
+        .map_err(|err| anyhow::anyhow!("reading the system's random source: {err}"))?;
+    Ok(random.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 
 /// The ACM client's configuration on top of the shared one: an ACM quota reached is said

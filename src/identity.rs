@@ -141,11 +141,10 @@ pub struct KeyPair {
 
 /// A new Ed25519 key pair, from the operating system's random source.
 pub fn generate_ed25519() -> Result<KeyPair> {
-    use std::io::Read as _;
     let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| random.read_exact(&mut seed))
-        .context("reading /dev/urandom for a new key")?;
+    getrandom::fill(&mut seed).map_err(|err| {
+        anyhow::anyhow!("reading the system's random source for a new key: {err}")
+    })?;
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
     seed.fill(0);
     Ok(KeyPair {

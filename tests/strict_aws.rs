@@ -1322,7 +1322,7 @@ async fn object_keys_bucket_tags_and_bucket_policies_are_held_to_s3s_limits() {
 }
 
 /// The certificate's domain name: ACM's pattern, and at most 64 octets for the first
-/// name; its tags as ELB's.
+/// name; its tags as ELB's; an idempotency token of 1 to 32 word characters.
 #[tokio::test]
 async fn certificate_requests_are_held_to_acms_rules() {
     let aws = support::localstack().await;
@@ -1365,6 +1365,22 @@ async fn certificate_requests_are_held_to_acms_rules() {
         "reserved",
     );
     accepted(request(&long[1..], "team").await);
+
+    let with_token = |token: String| {
+        acm.request_certificate()
+            .domain_name("chat.example.com")
+            .validation_method(aws_sdk_acm::types::ValidationMethod::Dns)
+            .idempotency_token(token)
+            .send()
+    };
+    for token in ["a".repeat(33), "with-dash".to_owned()] {
+        refused(
+            with_token(token).await,
+            "ValidationException",
+            "idempotencyToken",
+        );
+    }
+    accepted(with_token(format!("{:_<32}", support::unique_suffix())).await);
 }
 
 /// Record names: labels of at most 63 octets, names of at most 255, inside the zone.

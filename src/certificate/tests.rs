@@ -272,6 +272,73 @@ async fn an_acm_quota_reached_is_said_at_the_first_answer_not_retried() {
     assert_eq!(retried.num_calls(), crate::aws::SDK_ATTEMPTS as usize);
 }
 
+/// The idempotency token of every attempt the SDK transmits, read from the request
+/// body as ACM receives it.
+#[derive(Debug, Default, Clone)]
+struct SentTokens(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for SentTokens {
+    fn name(&self) -> &'static str {
+        "SentTokens"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let body: serde_json::Value =
+            serde_json::from_slice(context.request().body().bytes().unwrap_or_default())?;
+        let token = body["IdempotencyToken"].as_str().unwrap_or_default();
+        self.0.lock().unwrap().push(token.to_owned());
+        Ok(())
+    }
+}
+
+/// A RequestCertificate whose answer is lost (here a 500) is sent again by the SDK with
+/// the same idempotency token, so ACM answers with the certificate the first attempt made
+/// instead of making a second one (see [`request`]); the next request, as after a
+/// `destroy`, carries a new token so that ACM does not answer with the deleted one.
+#[tokio::test(start_paused = true)]
+async fn a_request_sent_again_after_a_lost_answer_carries_the_same_token() {
+    let requests = mock!(Client::request_certificate)
+        .sequence()
+        .http_status(500, None)
+        .output(|| {
+            RequestCertificateOutput::builder()
+                .certificate_arn(ARN)
+                .build()
+        })
+        .repeatedly()
+        .build();
+    let sent = SentTokens::default();
+    let interceptor = sent.clone();
+    let mut clients = testing::clients();
+    clients.acm = mock_client!(aws_sdk_acm, RuleMode::MatchAny, [&requests], |config| {
+        acm_config(config.retry_config(testing::sdk_retries())).interceptor(interceptor.clone())
+    });
+    let stack = testing::stack(clients);
+
+    assert_eq!(request(&stack).await.unwrap(), ARN);
+    assert_eq!(request(&stack).await.unwrap(), ARN);
+
+    let tokens = sent.0.lock().unwrap().clone();
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
+    assert_eq!(
+        tokens[0], tokens[1],
+        "the SDK's second attempt repeats the token"
+    );
+    assert_ne!(tokens[1], tokens[2], "a new request needs a new token");
+    for token in &tokens {
+        assert!(
+            (1..=32).contains(&token.len())
+                && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "ACM takes 1 to 32 word characters: {token:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn only_certificates_with_the_stack_tag_are_deleted() {
     let list = mock!(Client::list_certificates).then_output(|| {

@@ -708,6 +708,7 @@ def bucket_policy(request: Request, _context) -> None:
 # DomainName: 1 to 253 characters of
 # `^(\*\.)?(((?!-)[A-Za-z0-9-]{0,62}[A-Za-z0-9])\.)+((?!-)[A-Za-z0-9-]{1,62}[A-Za-z0-9])$`,
 # and "The first domain name you enter cannot exceed 64 octets, including periods."
+# IdempotencyToken: 1 to 32 characters of `\w+`.
 # Tags: key 1 to 128, value 0 to 256 characters of `[\p{L}\p{Z}\p{N}_.:\/=+\-@]*`; the
 # `aws:` prefix is reserved ("InvalidTagException").
 # https://docs.aws.amazon.com/acm/latest/APIReference/API_RequestCertificate.html
@@ -730,6 +731,13 @@ def certificate_request(request: Request, _context) -> None:
         raise Refused(
             "ValidationException",
             f"The first domain name can't exceed 64 octets, including periods: '{domain}' has {len(domain.encode())}.",
+        )
+    token = request.get("IdempotencyToken")
+    if token is not None and not re.fullmatch(r"\w{1,32}", token, re.ASCII):
+        raise Refused(
+            "ValidationException",
+            f"1 validation error detected: Value '{token}' at 'idempotencyToken' failed to satisfy "
+            "constraint: Member must have length less than or equal to 32 and match pattern \\w+",
         )
     for name in items(request.get("SubjectAlternativeNames")):
         if not 1 <= len(name) <= 253 or not ACM_DOMAIN.fullmatch(name):
