@@ -569,6 +569,48 @@ where
     }
 }
 
+/// Sends a change with [`once_known`]. When AWS answers that it is already made
+/// (`already`'s codes), as it answers the SDK's second attempt at a change whose first
+/// answer was lost (a timeout, a 5xx: the SDK retries those for every call), `in_place`
+/// reads whether the change is there as asked: the first attempt made it, and the change
+/// is done. If it is not (someone else's change stands in the way), the answer is the
+/// error.
+pub async fn change_once<T, E, R, Fut>(
+    pace: Pace,
+    call: &str,
+    not_yet: &NotYet,
+    already: &[&str],
+    mut send: impl FnMut() -> Fut,
+    in_place: impl AsyncFnOnce() -> anyhow::Result<bool>,
+) -> anyhow::Result<()>
+where
+    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let answer = once_known(pace, call, not_yet, || {
+        let sent = send();
+        async move {
+            match sent.await {
+                Err(err) if error_code(&err).is_some_and(|code| already.contains(&code)) => {
+                    Ok(Some(format!("{:#}", explain(call, err))))
+                }
+                sent => sent.map(|_| None),
+            }
+        }
+    })
+    .await?;
+    match answer {
+        None => Ok(()),
+        // Boxed: the read is rare, and the callers' futures nest deep.
+        Some(_) if Box::pin(in_place()).await? => Ok(()),
+        Some(answer) => anyhow::bail!(
+            "{answer} - and it is not in place as asked: another change stands in its way; \
+             `plan` shows what differs"
+        ),
+    }
+}
+
 /// The EC2 tags of a resource of `role`, to apply at creation.
 pub fn ec2_tags(names: &Names, role: &str, resource_type: ResourceType) -> TagSpecification {
     TagSpecification::builder()

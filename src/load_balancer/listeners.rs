@@ -10,7 +10,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 
 use super::LoadBalancer;
-use crate::aws::{Call, ELB_NEW, ELB_NEW_CERTIFICATE, once_known};
+use crate::aws::{Call, ELB_NEW, ELB_NEW_CERTIFICATE, change_once, once_known};
 use crate::engine::{self, Step, is_planned, planned_id};
 use crate::stack::Stack;
 
@@ -257,14 +257,7 @@ pub(super) async fn ensure_metrics_hidden(stack: &Stack, listener_arn: &str) -> 
         return Ok(());
     }
     let elbv2 = &stack.clients.elbv2;
-    // The listener may be seconds old.
-    let call = format!("DescribeRules {listener_arn}");
-    let rules = once_known(stack.pace, &call, &ELB_NEW, || {
-        elbv2.describe_rules().listener_arn(listener_arn).send()
-    })
-    .await?;
-    let existing = rules.rules().iter().find(|rule| is_metrics_rule(rule));
-    match existing {
+    match metrics_rule(stack, listener_arn).await? {
         Some(rule) if matches!(rule.actions(), [action] if answers_404(action)) => Ok(()),
         Some(rule) => {
             let arn = rule.rule_arn().context("a rule without an ARN")?;
@@ -280,7 +273,10 @@ pub(super) async fn ensure_metrics_hidden(stack: &Stack, listener_arn: &str) -> 
             Ok(())
         }
         None => {
-            if stack.make(engine::Action::Create, RESOURCE, "answer 404") {
+            if !stack.make(engine::Action::Create, RESOURCE, "answer 404") {
+                return Ok(());
+            }
+            let create = || {
                 elbv2
                     .create_rule()
                     .listener_arn(listener_arn)
@@ -295,14 +291,49 @@ pub(super) async fn ensure_metrics_hidden(stack: &Stack, listener_arn: &str) -> 
                             )
                             .build(),
                     )
-                    .actions(not_found)
+                    .actions(not_found.clone())
                     .send()
-                    .await
-                    .call(format!("CreateRule {listener_arn} /metrics"))?;
-            }
-            Ok(())
+            };
+            let in_place = async || {
+                Ok(metrics_rule(stack, listener_arn)
+                    .await?
+                    .is_some_and(|rule| matches!(rule.actions(), [action] if answers_404(action))))
+            };
+            // A second attempt after a lost answer finds the priority taken by the rule
+            // the first made: "The specified priority is in use"
+            // (<https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_CreateRule.html>).
+            let call = format!("CreateRule {listener_arn} /metrics");
+            change_once(
+                stack.pace,
+                &call,
+                &ELB_NEW,
+                &["PriorityInUse"],
+                create,
+                in_place,
+            )
+            .await
         }
     }
+}
+
+/// The listener's rule for the metrics' paths, if it has one.
+async fn metrics_rule(stack: &Stack, listener_arn: &str) -> Result<Option<Rule>> {
+    // The listener may be seconds old.
+    let call = format!("DescribeRules {listener_arn}");
+    let rules = once_known(stack.pace, &call, &ELB_NEW, || {
+        stack
+            .clients
+            .elbv2
+            .describe_rules()
+            .listener_arn(listener_arn)
+            .send()
+    })
+    .await?;
+    Ok(rules
+        .rules()
+        .iter()
+        .find(|rule| is_metrics_rule(rule))
+        .cloned())
 }
 
 fn is_metrics_rule(rule: &Rule) -> bool {

@@ -183,30 +183,10 @@ fn converged(stack_tag: &'static str) -> Vec<Rule> {
                 .build()
         }),
         mock!(Client::describe_rules).then_output(|| {
-            let metrics = aws_sdk_elasticloadbalancingv2::types::Rule::builder()
-                .rule_arn(format!("{LB}/https/metrics"))
-                .priority("1")
-                .conditions(
-                    aws_sdk_elasticloadbalancingv2::types::RuleCondition::builder()
-                        .field("path-pattern")
-                        .values("/metrics")
-                        .values("/metrics/*")
-                        .build(),
-                )
-                .actions(
-                    Action::builder()
-                        .r#type(ActionTypeEnum::FixedResponse)
-                        .fixed_response_config(
-                            aws_sdk_elasticloadbalancingv2::types::FixedResponseActionConfig::builder()
-                                .status_code("404")
-                                .build(),
-                        )
-                        .build(),
-                )
-                .build();
-            aws_sdk_elasticloadbalancingv2::operation::describe_rules::DescribeRulesOutput::builder()
-                .rules(metrics)
-                .build()
+            aws_sdk_elasticloadbalancingv2::operation::describe_rules::DescribeRulesOutput::builder(
+            )
+            .rules(metrics_hidden())
+            .build()
         }),
         mock!(Client::describe_target_health).then_output(|| {
             let target = |id: &str| {
@@ -289,6 +269,31 @@ fn calls(changes: &[(&'static str, Rule)]) -> Vec<&'static str> {
         .filter(|(_, rule)| rule.num_calls() > 0)
         .map(|(name, _)| *name)
         .collect()
+}
+
+/// The listener rule that answers `/metrics` with 404.
+fn metrics_hidden() -> aws_sdk_elasticloadbalancingv2::types::Rule {
+    aws_sdk_elasticloadbalancingv2::types::Rule::builder()
+        .rule_arn(format!("{LB}/https/metrics"))
+        .priority("1")
+        .conditions(
+            aws_sdk_elasticloadbalancingv2::types::RuleCondition::builder()
+                .field("path-pattern")
+                .values("/metrics")
+                .values("/metrics/*")
+                .build(),
+        )
+        .actions(
+            Action::builder()
+                .r#type(ActionTypeEnum::FixedResponse)
+                .fixed_response_config(
+                    aws_sdk_elasticloadbalancingv2::types::FixedResponseActionConfig::builder()
+                        .status_code("404")
+                        .build(),
+                )
+                .build(),
+        )
+        .build()
 }
 
 fn stack_with(rules: &[&Rule]) -> Stack {
@@ -668,4 +673,44 @@ async fn a_listener_and_a_target_group_just_made_are_used_once_elb_knows_them() 
     assert_eq!(rules.num_calls(), 3);
     assert_eq!(create_rule.num_calls(), 1);
     assert_eq!(attributes.num_calls(), 2);
+}
+
+/// CreateRule whose answer is lost (a 502) is sent again by the SDK and answered
+/// `PriorityInUse`, the rule the first attempt made holding priority 1: the rules are read
+/// back, the metrics rule is there, and `up` goes on.
+#[tokio::test(start_paused = true)]
+async fn a_rule_whose_create_answer_was_lost_is_read_back_not_refused() {
+    use aws_sdk_elasticloadbalancingv2::operation::describe_rules::DescribeRulesOutput;
+
+    let listener = "arn:aws:elasticloadbalancing:us-east-1:1:listener/app/chat-alb/1/443";
+    let rules = mock!(Client::describe_rules)
+        .sequence()
+        .output(|| DescribeRulesOutput::builder().build())
+        .output(|| {
+            DescribeRulesOutput::builder()
+                .rules(metrics_hidden())
+                .build()
+        })
+        .build();
+    let create_rule = mock!(Client::create_rule)
+        .sequence()
+        .http_status(502, None)
+        .http_status(
+            400,
+            Some(
+                "<ErrorResponse><Error><Type>Sender</Type><Code>PriorityInUse</Code>\
+                 <Message>Priority '1' is currently in use</Message></Error>\
+                 <RequestId>1</RequestId></ErrorResponse>"
+                    .into(),
+            ),
+        )
+        .build();
+    let stack = stack_with(&[&rules, &create_rule]);
+
+    listeners::ensure_metrics_hidden(&stack, listener)
+        .await
+        .expect("the rule the first attempt made");
+
+    assert_eq!(create_rule.num_calls(), 2);
+    assert_eq!(rules.num_calls(), 2);
 }

@@ -10,12 +10,13 @@ use std::collections::HashSet;
 use anyhow::{Context, Result};
 use aws_sdk_ec2::operation::create_internet_gateway::CreateInternetGatewayError;
 use aws_sdk_ec2::types::{
-    AttachmentStatus, ResourceType, RouteState, RouteTable, State, VpcEndpointType,
+    AttachmentStatus, InternetGateway, ResourceType, Route, RouteState, RouteTable, State,
+    VpcEndpointType,
 };
 
 use super::unrepeated::{Made, create_unrepeated, only_throttling_retried};
 use super::{filter, single};
-use crate::aws::{Call, EC2_NEW, ec2_stack_filters, ec2_tags, once_known};
+use crate::aws::{Call, EC2_NEW, change_once, ec2_stack_filters, ec2_tags, once_known};
 use crate::engine::{Action, Step, planned_id};
 use crate::stack::Stack;
 
@@ -39,15 +40,7 @@ pub(super) async fn ensure_internet_gateway(stack: &Stack, vpc_id: &str) -> Resu
                     .internet_gateway_id()
                     .context("internet gateway without an id")?
                     .to_owned();
-                // AWS reports an attached gateway as `available`, not `attached`.
-                let attached = igw.attachments().iter().any(|attachment| {
-                    attachment.vpc_id() == Some(vpc_id)
-                        && !matches!(
-                            attachment.state(),
-                            Some(AttachmentStatus::Detached | AttachmentStatus::Detaching)
-                        )
-                });
-                (id, attached)
+                (id, attached_to(&igw, vpc_id))
             }
             None => {
                 if !stack.make(Action::Create, format!("internet gateway {name}"), "") {
@@ -86,17 +79,42 @@ pub(super) async fn ensure_internet_gateway(stack: &Stack, vpc_id: &str) -> Resu
         {
             step.set("attaching");
             let call = format!("AttachInternetGateway {id} {vpc_id}");
-            once_known(stack.pace, &call, &EC2_NEW, || {
+            let attach = || {
                 ec2.attach_internet_gateway()
                     .internet_gateway_id(&id)
                     .vpc_id(vpc_id)
                     .send()
-            })
+            };
+            let in_place = async || Ok(find().await?.is_some_and(|igw| attached_to(&igw, vpc_id)));
+            change_once(
+                stack.pace,
+                &call,
+                &EC2_NEW,
+                &[ALREADY_ASSOCIATED],
+                attach,
+                in_place,
+            )
             .await?;
         }
         Ok(id)
     };
     step.run(work, Clone::clone).await
+}
+
+/// EC2's answer to an attachment or association that exists already: "Resource.AlreadyAssociated"
+/// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html>).
+const ALREADY_ASSOCIATED: &str = "Resource.AlreadyAssociated";
+
+/// Whether `igw` is attached to `vpc_id`: AWS reports an attached gateway as `available`,
+/// not `attached`.
+fn attached_to(igw: &InternetGateway, vpc_id: &str) -> bool {
+    igw.attachments().iter().any(|attachment| {
+        attachment.vpc_id() == Some(vpc_id)
+            && !matches!(
+                attachment.state(),
+                Some(AttachmentStatus::Detached | AttachmentStatus::Detaching)
+            )
+    })
 }
 
 /// A route table of `role` associated with `subnets`; with `internet_gateway`, its
@@ -173,22 +191,36 @@ async fn ensure_default_route(
     let route_change = |what: String| stack.make(Action::Update, format!("route table {id}"), what);
     match (current, internet_gateway) {
         (None, None) => {}
-        (Some(route), Some(igw))
-            if route.gateway_id() == Some(igw) && route.state() != Some(&RouteState::Blackhole) => {
-        }
+        (Some(route), Some(igw)) if goes_to(route, igw) => {}
         (None, Some(igw)) => {
             if !route_change(format!("add the default route to {igw}")) {
                 return Ok(());
             }
             step.set("adding the default route");
             let call = format!("CreateRoute {id} {DEFAULT_ROUTE} -> {igw}");
-            once_known(stack.pace, &call, &EC2_NEW, || {
+            let create = || {
                 ec2.create_route()
                     .route_table_id(id)
                     .destination_cidr_block(DEFAULT_ROUTE)
                     .gateway_id(igw)
                     .send()
-            })
+            };
+            let in_place = async || {
+                let table = route_table(stack, id).await?;
+                Ok(table.routes().iter().any(|route| {
+                    route.destination_cidr_block() == Some(DEFAULT_ROUTE) && goes_to(route, igw)
+                }))
+            };
+            // "A route for the specified CIDR block already exists in this route table"
+            // (errors-overview).
+            change_once(
+                stack.pace,
+                &call,
+                &EC2_NEW,
+                &["RouteAlreadyExists"],
+                create,
+                in_place,
+            )
             .await?;
         }
         (Some(_), Some(igw)) => {
@@ -218,6 +250,30 @@ async fn ensure_default_route(
         }
     }
     Ok(())
+}
+
+/// Whether `route` sends its traffic to the gateway `igw`.
+fn goes_to(route: &Route, igw: &str) -> bool {
+    route.gateway_id() == Some(igw) && route.state() != Some(&RouteState::Blackhole)
+}
+
+/// The route table `id`, as EC2 holds it now.
+async fn route_table(stack: &Stack, id: &str) -> Result<RouteTable> {
+    let call = format!("DescribeRouteTables {id}");
+    let described = once_known(stack.pace, &call, &EC2_NEW, || {
+        stack
+            .clients
+            .ec2
+            .describe_route_tables()
+            .route_table_ids(id)
+            .send()
+    })
+    .await?;
+    described
+        .route_tables()
+        .first()
+        .cloned()
+        .with_context(|| format!("{call} returned no route table"))
 }
 
 async fn ensure_associations(
@@ -272,12 +328,27 @@ async fn ensure_associations(
             }
             None => {
                 let call = format!("AssociateRouteTable {subnet} -> {id}");
-                once_known(stack.pace, &call, &EC2_NEW, || {
+                let associate = || {
                     ec2.associate_route_table()
                         .route_table_id(id)
                         .subnet_id(subnet)
                         .send()
-                })
+                };
+                let in_place = async || {
+                    let table = route_table(stack, id).await?;
+                    Ok(table
+                        .associations()
+                        .iter()
+                        .any(|association| association.subnet_id() == Some(subnet.as_str())))
+                };
+                change_once(
+                    stack.pace,
+                    &call,
+                    &EC2_NEW,
+                    &[ALREADY_ASSOCIATED],
+                    associate,
+                    in_place,
+                )
                 .await?;
             }
         }

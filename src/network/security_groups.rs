@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
 
 use super::unrepeated::{Made, create_unrepeated, only_throttling_retried};
 use super::{REDIS_PORT, filter, single};
-use crate::aws::{Call, EC2_NEW, ec2_stack_filters, ec2_tags, once_known};
+use crate::aws::{Call, EC2_NEW, change_once, ec2_stack_filters, ec2_tags, once_known};
 use crate::engine::{Action, Step, planned_id};
 use crate::stack::Stack;
 
@@ -471,10 +471,22 @@ impl Change {
             Change::Revoke => "Revoke",
         }
     }
+
+    /// EC2's answer when the change is already made, as a second attempt after a lost
+    /// answer finds it: "The specified rule ... already exists in that group" and "The
+    /// specified rule does not exist in this security group"
+    /// (<https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html>).
+    fn already(self) -> &'static str {
+        match self {
+            Change::Authorize => "InvalidPermission.Duplicate",
+            Change::Revoke => "InvalidPermission.NotFound",
+        }
+    }
 }
 
 /// Authorizes or revokes `permissions` of `direction` on the group `id`, again while EC2
-/// does not know the group, or one a rule names, yet ([`EC2_NEW`]).
+/// does not know the group, or one a rule names, yet ([`EC2_NEW`]). A change EC2 answers
+/// as already made is read back ([`change_once`]).
 async fn change_rules(
     stack: &Stack,
     id: &str,
@@ -484,41 +496,65 @@ async fn change_rules(
     permissions: &[IpPermission],
 ) -> Result<()> {
     let ec2 = &stack.clients.ec2;
+    let asked = current_rules(permissions);
     let permissions = Some(permissions.to_vec());
     let call = format!("{}SecurityGroup{} {name}", change.name(), direction.name());
-    let not_yet = &EC2_NEW;
+    let in_place = async || {
+        let read = format!("DescribeSecurityGroups {id}");
+        let described = once_known(stack.pace, &read, &EC2_NEW, || {
+            ec2.describe_security_groups().group_ids(id).send()
+        })
+        .await?;
+        let group = described
+            .security_groups()
+            .first()
+            .with_context(|| format!("security group {id} is gone"))?;
+        let now = current_rules(match direction {
+            Direction::Ingress => group.ip_permissions(),
+            Direction::Egress => group.ip_permissions_egress(),
+        });
+        let wanted_present = matches!(change, Change::Authorize);
+        Ok(asked
+            .iter()
+            .all(|rule| now.contains(rule) == wanted_present))
+    };
+    let (pace, not_yet, already) = (stack.pace, &EC2_NEW, &[change.already()]);
     match (change, direction) {
-        (Change::Authorize, Direction::Ingress) => once_known(stack.pace, &call, not_yet, || {
-            ec2.authorize_security_group_ingress()
-                .group_id(id)
-                .set_ip_permissions(permissions.clone())
-                .send()
-        })
-        .await
-        .map(drop),
-        (Change::Authorize, Direction::Egress) => once_known(stack.pace, &call, not_yet, || {
-            ec2.authorize_security_group_egress()
-                .group_id(id)
-                .set_ip_permissions(permissions.clone())
-                .send()
-        })
-        .await
-        .map(drop),
-        (Change::Revoke, Direction::Ingress) => once_known(stack.pace, &call, not_yet, || {
-            ec2.revoke_security_group_ingress()
-                .group_id(id)
-                .set_ip_permissions(permissions.clone())
-                .send()
-        })
-        .await
-        .map(drop),
-        (Change::Revoke, Direction::Egress) => once_known(stack.pace, &call, not_yet, || {
-            ec2.revoke_security_group_egress()
-                .group_id(id)
-                .set_ip_permissions(permissions.clone())
-                .send()
-        })
-        .await
-        .map(drop),
+        (Change::Authorize, Direction::Ingress) => {
+            let send = || {
+                ec2.authorize_security_group_ingress()
+                    .group_id(id)
+                    .set_ip_permissions(permissions.clone())
+                    .send()
+            };
+            change_once(pace, &call, not_yet, already, send, in_place).await
+        }
+        (Change::Authorize, Direction::Egress) => {
+            let send = || {
+                ec2.authorize_security_group_egress()
+                    .group_id(id)
+                    .set_ip_permissions(permissions.clone())
+                    .send()
+            };
+            change_once(pace, &call, not_yet, already, send, in_place).await
+        }
+        (Change::Revoke, Direction::Ingress) => {
+            let send = || {
+                ec2.revoke_security_group_ingress()
+                    .group_id(id)
+                    .set_ip_permissions(permissions.clone())
+                    .send()
+            };
+            change_once(pace, &call, not_yet, already, send, in_place).await
+        }
+        (Change::Revoke, Direction::Egress) => {
+            let send = || {
+                ec2.revoke_security_group_egress()
+                    .group_id(id)
+                    .set_ip_permissions(permissions.clone())
+                    .send()
+            };
+            change_once(pace, &call, not_yet, already, send, in_place).await
+        }
     }
 }

@@ -876,17 +876,213 @@ async fn a_security_group_whose_create_timed_out_is_looked_up_not_refused() {
             .build()
     });
     let rules = [create, describe];
-    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
 
-    let group = ensure_security_group(
+    assert_eq!(redis_group_with(&rules).await, "sg-1");
+    assert_eq!(rules[0].num_calls(), 1, "CreateSecurityGroup sent once");
+}
+
+/// The Redis security group `up` ends with, EC2 answering by `rules`.
+async fn redis_group_with(rules: &[Rule]) -> String {
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+    ensure_security_group(
         &stack,
         "vpc-1",
         "redis-sg",
         redis_ingress("sg-instances-sg"),
     )
     .await
+    .unwrap()
+    .id
+}
+
+/// EC2's error answer with `code`, as its query protocol sends it (HTTP 400).
+fn ec2_refusal(code: &str, message: &str) -> String {
+    format!(
+        "<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error>\
+         </Errors><RequestID>1</RequestID></Response>"
+    )
+}
+
+/// An unattached stack gateway `igw-1`, then (after the first lookup) attached to
+/// `attached_to`.
+fn gateway_attached_after_first_lookup(attached_to: &'static str) -> Rule {
+    let listed = listed_after(1);
+    mock!(Ec2::describe_internet_gateways).then_compute_output(move |_| {
+        let mut igw = InternetGateway::builder().internet_gateway_id("igw-1");
+        if listed() {
+            igw = igw.attachments(
+                InternetGatewayAttachment::builder()
+                    .vpc_id(attached_to)
+                    .state(AttachmentStatus::from("available"))
+                    .build(),
+            );
+        }
+        DescribeInternetGatewaysOutput::builder()
+            .internet_gateways(igw.build())
+            .build()
+    })
+}
+
+/// AttachInternetGateway whose first answer is lost (a 503): the SDK's second attempt is
+/// answered `Resource.AlreadyAssociated` (errors-overview), which AWS also answers when
+/// the gateway is attached to another VPC.
+fn attach_answered_already() -> Rule {
+    mock!(Ec2::attach_internet_gateway)
+        .sequence()
+        .http_status(503, None)
+        .http_status(
+            400,
+            Some(ec2_refusal(
+                "Resource.AlreadyAssociated",
+                "resource igw-1 is already attached to network vpc-1",
+            )),
+        )
+        .build()
+}
+
+/// An attach whose answer was lost and whose second attempt is answered "already
+/// attached" is read back: attached to the stack's VPC, it is done, and `up` goes on.
+#[tokio::test(start_paused = true)]
+async fn an_attach_whose_answer_was_lost_is_read_back_not_refused() {
+    let rules = [
+        gateway_attached_after_first_lookup("vpc-1"),
+        attach_answered_already(),
+    ];
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+
+    assert_eq!(
+        ensure_internet_gateway(&stack, "vpc-1").await.unwrap(),
+        "igw-1"
+    );
+    assert_eq!(rules[1].num_calls(), 2, "the SDK sent the attach again");
+}
+
+/// The same answer while the gateway is attached to another VPC is the error it is.
+#[tokio::test(start_paused = true)]
+async fn an_attach_answered_already_while_attached_elsewhere_is_an_error() {
+    let rules = [
+        gateway_attached_after_first_lookup("vpc-other"),
+        attach_answered_already(),
+    ];
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+
+    let err = format!(
+        "{:#}",
+        ensure_internet_gateway(&stack, "vpc-1").await.unwrap_err()
+    );
+    assert!(err.contains("Resource.AlreadyAssociated"), "{err}");
+    assert!(err.contains("not in place"), "{err}");
+}
+
+/// The public route table's default route and subnet association, each sent once and its
+/// answer lost (a 500), the SDK's second attempt answered as already made
+/// (`RouteAlreadyExists`; `Resource.AlreadyAssociated`, which terraform-provider-aws#38960
+/// shows AWS answering an association it made): both are read back from the table and
+/// `up` goes on.
+#[tokio::test(start_paused = true)]
+async fn a_route_and_an_association_whose_answers_were_lost_are_read_back() {
+    let by_stack_tags = RouteTable::builder().route_table_id("rtb-1").build();
+    let by_id = RouteTable::builder()
+        .route_table_id("rtb-1")
+        .routes(
+            Route::builder()
+                .destination_cidr_block("0.0.0.0/0")
+                .gateway_id("igw-1")
+                .state(aws_sdk_ec2::types::RouteState::Active)
+                .build(),
+        )
+        .associations(
+            RouteTableAssociation::builder()
+                .subnet_id("subnet-a")
+                .build(),
+        )
+        .associations(
+            RouteTableAssociation::builder()
+                .subnet_id("subnet-b")
+                .build(),
+        )
+        .build();
+    let describe = mock!(Ec2::describe_route_tables).then_compute_output(move |req| {
+        let table = match (req.route_table_ids().is_empty(), req.filters().len()) {
+            (false, _) => Some(by_id.clone()),
+            // Where each subnet is associated now: nowhere.
+            (true, 1) => None,
+            (true, _) => Some(by_stack_tags.clone()),
+        };
+        DescribeRouteTablesOutput::builder()
+            .set_route_tables(table.map(|table| vec![table]))
+            .build()
+    });
+    let create_route = mock!(Ec2::create_route)
+        .sequence()
+        .http_status(500, None)
+        .http_status(
+            400,
+            Some(ec2_refusal(
+                "RouteAlreadyExists",
+                "The route identified by 0.0.0.0/0 already exists.",
+            )),
+        )
+        .build();
+    let associated = ec2_refusal(
+        "Resource.AlreadyAssociated",
+        "the specified association for route table rtb-1 conflicts with an existing association",
+    );
+    let associate = mock!(Ec2::associate_route_table)
+        .sequence()
+        .http_status(500, None)
+        .http_status(400, Some(associated.clone()))
+        .http_status(500, None)
+        .http_status(400, Some(associated))
+        .build();
+    let rules = [describe, create_route, associate];
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+
+    let id = ensure_route_table(
+        &stack,
+        "vpc-1",
+        "public-rt",
+        &["subnet-a".to_owned(), "subnet-b".to_owned()],
+        Some("igw-1"),
+    )
+    .await
     .unwrap();
 
-    assert_eq!(group.id, "sg-1");
-    assert_eq!(rules[0].num_calls(), 1, "CreateSecurityGroup sent once");
+    assert_eq!(id, "rtb-1");
+    assert_eq!(rules[1].num_calls(), 2);
+    assert_eq!(rules[2].num_calls(), 4, "two subnets, each sent twice");
+}
+
+/// A rule authorized with its answer lost is answered `InvalidPermission.Duplicate` at
+/// the SDK's second attempt: the group is read back, the rule is there, `up` goes on.
+#[tokio::test(start_paused = true)]
+async fn a_rule_whose_authorize_answer_was_lost_is_read_back() {
+    let read_back = listed_after(1);
+    let describe = mock!(Ec2::describe_security_groups).then_compute_output(move |_| {
+        let group = SecurityGroup::builder().group_id("sg-1");
+        let group = if read_back() {
+            group.ip_permissions(tcp_from_group(6379, "sg-instances-sg"))
+        } else {
+            group
+        };
+        DescribeSecurityGroupsOutput::builder()
+            .security_groups(group.build())
+            .build()
+    });
+    let authorize = mock!(Ec2::authorize_security_group_ingress)
+        .sequence()
+        .http_status(500, None)
+        .http_status(
+            400,
+            Some(ec2_refusal(
+                "InvalidPermission.Duplicate",
+                "the specified rule \"peer: sg-instances-sg, TCP, from port: 6379, to port: \
+                 6379, ALLOW\" already exists",
+            )),
+        )
+        .build();
+    let rules = [describe, authorize];
+
+    assert_eq!(redis_group_with(&rules).await, "sg-1");
+    assert_eq!(rules[1].num_calls(), 2);
 }
