@@ -287,8 +287,8 @@ pub fn document(scope: &Scope) -> Value {
             None,
         ),
         // Only a DNS-validated certificate for the domain, tagged as the stack's by the
-        // request itself: no call here can tag a certificate that already exists, so no
-        // certificate can be made the stack's and then deleted.
+        // request itself: the stack's tag is never added to a certificate that already
+        // exists, so no certificate can be made the stack's and then deleted.
         statement(
             &["acm:RequestCertificate"],
             json!("*"),
@@ -297,8 +297,10 @@ pub fn document(scope: &Scope) -> Value {
                 "ForAllValues:StringEquals": { "acm:DomainNames": [domain.clone()] },
             })),
         ),
+        // The stack's own certificates, and stack.yaml's tags on them: only a certificate
+        // that is the stack's already can be tagged.
         statement(
-            &["acm:DeleteCertificate"],
+            &["acm:DeleteCertificate", "acm:AddTagsToCertificate"],
             json!(format!("arn:aws:acm:{region}:{account}:certificate/*")),
             Some(resource_tag),
         ),
@@ -616,14 +618,31 @@ mod tests {
         );
     }
 
+    /// AddTagsToCertificate is granted once, on certificates that are the stack's already:
+    /// no certificate can be made the stack's by a tag, and then deleted.
     #[test]
-    fn no_certificate_can_be_tagged_after_it_exists() {
-        let granted = granted(&document_for(EXAMPLE));
-        assert!(
-            !granted
-                .iter()
-                .any(|pattern| matches(pattern, "acm:AddTagsToCertificate")),
-            "{granted:?}"
+    fn no_certificate_can_be_made_the_stacks_by_a_tag() {
+        let document = document_for(EXAMPLE);
+        let tagging: Vec<&Value> = document["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|statement| {
+                let actions = match &statement["Action"] {
+                    Value::Array(actions) => actions.clone(),
+                    action => vec![action.clone()],
+                };
+                actions.iter().any(|action| {
+                    action
+                        .as_str()
+                        .is_some_and(|pattern| matches(pattern, "acm:AddTagsToCertificate"))
+                })
+            })
+            .collect();
+        assert_eq!(tagging.len(), 1, "{tagging:?}");
+        assert_eq!(
+            tagging[0]["Condition"],
+            json!({ "StringEquals": { format!("aws:ResourceTag/{STACK_TAG}"): "demo" } }),
         );
     }
 

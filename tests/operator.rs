@@ -1,8 +1,9 @@
 //! The operator's commands against LocalStack: `status` shows every resource and each
 //! instance as the load balancer sees it, `logs` its console, and `policy` is exactly
 //! the IAM policy the CLI needs - every AWS operation a whole lifecycle sends (`up`, a
-//! second `up` repairing drift by hand, a scale-down, `plan`, `status`, `logs`,
-//! `destroy`), recorded by the CLI's own SDK interceptor, is granted, and nothing else.
+//! second `up` repairing drift by hand, a scale-down, a tag added to every resource,
+//! `plan`, `status`, `logs`, `destroy`), recorded by the CLI's own SDK interceptor, is
+//! granted, and nothing else.
 
 mod support;
 
@@ -20,7 +21,7 @@ use support::TestStack;
 
 /// Actions the policy grants that no SDK call names: AWS checks them on the deployer's
 /// behalf inside another call.
-const CHECKED_INSIDE_OTHER_CALLS: [(&str, &str); 3] = [
+const CHECKED_INSIDE_OTHER_CALLS: [(&str, &str); 2] = [
     // https://docs.aws.amazon.com/elasticloadbalancing/latest/application/elb-service-linked-roles.html
     // https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/using-service-linked-roles.html
     // https://docs.aws.amazon.com/autoscaling/ec2/userguide/autoscaling-service-linked-role.html
@@ -32,11 +33,6 @@ const CHECKED_INSIDE_OTHER_CALLS: [(&str, &str); 3] = [
     (
         "ec2:RunInstances",
         "CreateAutoScalingGroup/UpdateAutoScalingGroup with a launch template: the caller must be allowed to launch from it",
-    ),
-    // https://docs.aws.amazon.com/AmazonElastiCache/latest/dg/IAM.ResourceLevelPermissions.html
-    (
-        "elasticache:AddTagsToResource",
-        "CreateReplicationGroup/CreateCacheSubnetGroup with tags",
     ),
 ];
 
@@ -437,10 +433,11 @@ async fn status_logs_and_a_policy_that_grants_exactly_what_the_cli_calls() {
         "up repaired every drift:\n{}",
         String::from_utf8_lossy(&after.stdout)
     );
-    // A scaling policy and a larger Redis with a replica more; then the policy and the
-    // replica go.
+    // A scaling policy, a larger Redis with a replica more and a tag more on every
+    // resource; then the policy and the replica go.
     let scaling = "scaling:\n  min: 1\n  max: 2\n";
     stack.edit("redis:\n", &format!("{scaling}redis:\n"));
+    stack.edit("  team: tests\n", "  team: tests\n  owner: ops\n");
     stack.edit(
         "  replicas: 1\n",
         "  replicas: 2\n  node_type: cache.t4g.small\n",

@@ -123,8 +123,9 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
     );
     assert_eq!(again["instance_ids"], outputs["instance_ids"]);
 
-    // A tag added to stack.yaml reaches the EC2 resources made before, the running
-    // instances included, without replacing them; then nothing is left to do.
+    // A tag added to stack.yaml reaches the resources made before (EC2's, the running
+    // instances included, without replacing them; the load balancer, Redis and the
+    // certificate); then nothing is left to do.
     stack.edit("  team: tests\n", "  team: tests\n  owner: chat\n");
     let tagged = stack.up();
     assert_eq!(tagged["instance_ids"], outputs["instance_ids"]);
@@ -179,6 +180,19 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
             .iter()
             .any(|tag| tag.key() == Some("owner") && tag.value() == Some("chat")),
         "{redis_tags:?}"
+    );
+    let certificate_tags = aws_sdk_acm::Client::new(&aws)
+        .list_tags_for_certificate()
+        .certificate_arn(outputs["certificate_arn"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        certificate_tags
+            .tags()
+            .iter()
+            .any(|tag| tag.key() == "owner" && tag.value() == Some("chat")),
+        "{certificate_tags:?}"
     );
     assert_eq!(stack.up()["changes"], json!([]), "tagged once");
 

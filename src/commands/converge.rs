@@ -168,6 +168,7 @@ pub async fn converge(
     retag::ensure(
         stack,
         &[&load_balancer.arn, &load_balancer.target_group_arn],
+        &certificate.arn,
     )
     .await?;
     // The builds no instance runs go, and the template versions that name them: what the
