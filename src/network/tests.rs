@@ -63,7 +63,6 @@ fn the_vpc() -> DescribeVpcsOutput {
         .build()
 }
 
-/// What the region and a VPC with DNS on answer, built or not.
 /// DescribeInstanceTypeOfferings answering that the example stack's instance type is
 /// offered in `zones`.
 fn offered_in(zones: &'static [&'static str]) -> Rule {
@@ -88,7 +87,11 @@ fn offered_in(zones: &'static [&'static str]) -> Rule {
 /// <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instance-discovery.html>).
 #[tokio::test]
 async fn a_type_offered_in_one_zone_is_refused_naming_the_zones() {
-    let rules = [offered_in(&["us-east-1b"]), availability_zones()];
+    let rules = [
+        offered_in(&["us-east-1b"]),
+        availability_zones(),
+        public_subnets_in(None),
+    ];
     let stack = stack_with(&rules.iter().collect::<Vec<_>>());
     let error = zones(&stack).await.unwrap_err().to_string();
     assert!(
@@ -103,9 +106,67 @@ async fn the_zones_are_the_first_two_that_offer_the_type() {
     let rules = [
         offered_in(&["us-east-1c", "us-east-1b"]),
         availability_zones(),
+        public_subnets_in(None),
     ];
     let stack = stack_with(&rules.iter().collect::<Vec<_>>());
     assert_eq!(zones(&stack).await.unwrap(), ["us-east-1b", "us-east-1c"]);
+}
+
+/// DescribeSubnets of the stack's subnets: its public ones in `zones`, or none yet.
+fn public_subnets_in(zones: Option<[&'static str; 2]>) -> Rule {
+    mock!(Ec2::describe_subnets).then_output(move || {
+        let subnet = |role: &str, zone: &str| {
+            Subnet::builder()
+                .subnet_id(format!("subnet-{role}"))
+                .availability_zone(zone)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(ROLE_TAG)
+                        .value(role)
+                        .build(),
+                )
+                .build()
+        };
+        DescribeSubnetsOutput::builder()
+            .set_subnets(zones.map(|[a, b]| vec![subnet("public-a", a), subnet("public-b", b)]))
+            .build()
+    })
+}
+
+/// Once the subnets exist the zones are theirs, not the first two that offer the type:
+/// a subnet cannot move.
+#[tokio::test]
+async fn the_zones_of_a_built_network_are_its_subnets() {
+    let rules = [
+        offered_in(&["us-east-1a", "us-east-1b", "us-east-1c"]),
+        availability_zones(),
+        public_subnets_in(Some(["us-east-1b", "us-east-1c"])),
+    ];
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+    assert_eq!(zones(&stack).await.unwrap(), ["us-east-1b", "us-east-1c"]);
+}
+
+/// An instance type changed to one not offered where the stack's subnets are is refused
+/// before anything changes: the Auto Scaling group would launch no instance in that zone
+/// ("not every instance type is available in every Availability Zone",
+/// <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instance-discovery.html>).
+#[tokio::test]
+async fn a_type_not_offered_where_the_subnets_are_is_refused() {
+    let rules = [
+        offered_in(&["us-east-1b", "us-east-1c"]),
+        availability_zones(),
+        public_subnets_in(Some(["us-east-1a", "us-east-1b"])),
+    ];
+    let stack = stack_with(&rules.iter().collect::<Vec<_>>());
+    let error = zones(&stack).await.unwrap_err().to_string();
+    assert!(
+        error.contains("is not offered in us-east-1a, where the stack's subnets are"),
+        "{error}"
+    );
+    assert!(
+        error.contains("offered in us-east-1a and us-east-1b"),
+        "{error}"
+    );
 }
 
 /// The region's three zones, listed out of order.

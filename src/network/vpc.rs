@@ -15,18 +15,22 @@ use aws_sdk_ec2::types::{
 use futures::try_join;
 
 use super::unrepeated::{Made, create_unrepeated, only_throttling_retried};
-use super::{filter, single};
+use super::{SUBNET_ROLES, filter, single};
 use crate::aws::{Call, ec2_stack_filters, ec2_tags, error_code};
 use crate::engine::{Action, Step, is_planned, planned_id, wait_for};
+use crate::names::ROLE_TAG;
 use crate::stack::Stack;
 
-/// The first two available zones of the region where the instance type is offered, by
-/// name: stable from one run to the next. Preflight asks, so that a type offered in fewer
-/// than two zones stops `up` before anything is created.
+/// The stack's two availability zones. Those of its subnets once they exist (a subnet
+/// cannot move), refused when the instance type is not offered in one of them: the Auto
+/// Scaling group would launch no instance there. Before, the first two available zones
+/// of the region where the instance type is offered, by name: stable from one run to the
+/// next. Preflight asks, so that a type offered in fewer than two zones, or not where the
+/// stack is, stops `up` before anything changes.
 pub async fn zones(stack: &Stack) -> Result<[String; 2]> {
     let instance_type = &stack.spec.instances.instance_type;
     let ec2 = &stack.clients.ec2;
-    let (out, offerings) = try_join!(
+    let (out, offerings, existing) = try_join!(
         async {
             ec2.describe_availability_zones()
                 .filters(filter("state", "available"))
@@ -51,8 +55,29 @@ pub async fn zones(stack: &Stack) -> Result<[String; 2]> {
                 zones.extend(offering.location().map(str::to_owned));
             }
             Ok::<_, anyhow::Error>(zones)
-        }
+        },
+        existing_zones(stack),
     )?;
+    if let Some(existing) = existing {
+        let lacking: Vec<&String> = existing
+            .iter()
+            .filter(|zone| !offerings.contains(*zone))
+            .collect();
+        check!(
+            lacking.is_empty(),
+            "instance type {instance_type} is not offered in {}, where the stack's subnets \
+             are (DescribeInstanceTypeOfferings): the Auto Scaling group could launch no \
+             instance there. Pick an instances.type offered in {}, or `destroy` and `up` \
+             again to build the network where {instance_type} is",
+            lacking
+                .iter()
+                .map(|zone| zone.as_str())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            existing.join(" and ")
+        );
+        return Ok(existing);
+    }
     let mut available: Vec<String> = out
         .availability_zones()
         .iter()
@@ -95,6 +120,35 @@ pub async fn zones(stack: &Stack) -> Result<[String; 2]> {
             available.join(", ")
         ),
     }
+}
+
+/// The zones of the stack's public subnets, as [`super::ensure`] takes them, once both
+/// exist.
+async fn existing_zones(stack: &Stack) -> Result<Option<[String; 2]>> {
+    let found = stack
+        .clients
+        .ec2
+        .describe_subnets()
+        .set_filters(Some(ec2_stack_filters(&stack.names, None)))
+        .send()
+        .await
+        .call(format!("DescribeSubnets {}", stack.names.stack()))?;
+    let zone_of = |role: &str| {
+        found
+            .subnets()
+            .iter()
+            .find(|subnet| {
+                subnet
+                    .tags()
+                    .iter()
+                    .any(|tag| tag.key() == Some(ROLE_TAG) && tag.value() == Some(role))
+            })
+            .and_then(|subnet| subnet.availability_zone())
+            .map(str::to_owned)
+    };
+    Ok(zone_of(SUBNET_ROLES[0])
+        .zip(zone_of(SUBNET_ROLES[1]))
+        .map(|(a, b)| [a, b]))
 }
 
 pub(super) async fn ensure_vpc(stack: &Stack) -> Result<String> {
