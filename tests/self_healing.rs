@@ -438,18 +438,32 @@ async fn a_chat_server_that_never_starts_is_replaced_again_and_again() {
         text.contains("taken out of service in response to an ELB system health check failure"),
         "{text}"
     );
-    // And what the replacements' boot service says, through `logs`.
-    let replacement = healthy_or_not(&status(&stack))
-        .into_iter()
-        .find(|id| !before.contains(id))
-        .expect("a replacement listed");
-    let boot = String::from_utf8(
-        stack
-            .run(&["logs", "--local", "--boot", "--instance", &replacement])
-            .stdout,
-    )
-    .unwrap();
-    assert!(boot.contains("refusing to run it"), "{boot}");
+    // And what the replacements' boot service says, through `logs`. They go on being
+    // replaced: one listed a moment ago may be gone when `logs` asks for it, or so new
+    // that its boot has not got that far, and then the one listed next is read.
+    loop {
+        let replacement = healthy_or_not(&status(&stack))
+            .into_iter()
+            .find(|id| !before.contains(id))
+            .expect("a replacement listed");
+        let read = stack
+            .command(&["logs", "--local", "--boot", "--instance", &replacement])
+            .output()
+            .unwrap();
+        let (boot, error) = (
+            String::from_utf8_lossy(&read.stdout),
+            String::from_utf8_lossy(&read.stderr),
+        );
+        if boot.contains("refusing to run it") {
+            break;
+        }
+        assert!(
+            (read.status.success() || error.contains("is not a live instance"))
+                && killed.elapsed() < Duration::from_secs(300),
+            "no replacement's boot said it refuses the binary: {boot}{error}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let listener = clients.get_mut(&survivor).unwrap();
     listener.read(Duration::from_millis(500)).await;
     for id in &acknowledged {
