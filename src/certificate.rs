@@ -15,6 +15,7 @@ use crate::aws::{Call, ForbidRetry, delete_outcome, found};
 use crate::dns::{self, HostedZone, Record};
 use crate::engine::{Action, planned_id};
 use crate::engine::{Deletable, DeleteFuture, Step, wait_for};
+use crate::names::Names;
 use crate::stack::Stack;
 
 /// The stack's issued certificate and the records that validate it (and keep it
@@ -196,13 +197,12 @@ pub fn acm_config(config: aws_sdk_acm::config::Builder) -> aws_sdk_acm::config::
 
 /// The certificate's details; `None` while ACM does not know it yet (just requested).
 async fn describe(stack: &Stack, arn: &str) -> Result<Option<CertificateDetail>> {
-    let described = stack
-        .clients
-        .acm
-        .describe_certificate()
-        .certificate_arn(arn)
-        .send()
-        .await;
+    describe_in(&stack.clients.acm, arn).await
+}
+
+/// [`describe`] through `acm`, whatever its region.
+async fn describe_in(acm: &aws_sdk_acm::Client, arn: &str) -> Result<Option<CertificateDetail>> {
+    let described = acm.describe_certificate().certificate_arn(arn).send().await;
     Ok(
         found(described, format!("DescribeCertificate {arn}"), |err| {
             err.is_resource_not_found_exception()
@@ -287,11 +287,17 @@ struct Listed {
     ours: bool,
 }
 
-/// Every certificate of the account in the region, of every key algorithm (ListCertificates
-/// returns only RSA 1024 and 2048 ones unless asked), each saying whether it carries the
-/// stack's tag.
+/// Every certificate of the account in the stack's region, each saying whether it
+/// carries the stack's tag.
 async fn account_certificates(stack: &Stack) -> Result<Vec<Listed>> {
-    let acm = &stack.clients.acm;
+    certificates_in(&stack.clients.acm, Some(&stack.names)).await
+}
+
+/// Every certificate of the account in `acm`'s region, of every key algorithm
+/// (ListCertificates returns only RSA 1024 and 2048 ones unless asked). With `names`,
+/// each says whether it carries that stack's tag (a call per certificate); without, none
+/// is the stack's.
+async fn certificates_in(acm: &aws_sdk_acm::Client, names: Option<&Names>) -> Result<Vec<Listed>> {
     let every_key_type = Filters::builder()
         .set_key_types(Some(
             KeyAlgorithm::values()
@@ -314,17 +320,25 @@ async fn account_certificates(stack: &Stack) -> Result<Vec<Listed>> {
             let Some(arn) = summary.certificate_arn() else {
                 continue;
             };
-            let tags = acm
-                .list_tags_for_certificate()
-                .certificate_arn(arn)
-                .send()
-                .await;
-            let tags = found(tags, format!("ListTagsForCertificate {arn}"), |err| {
-                err.is_resource_not_found_exception()
-            })?;
-            // Deleted since it was listed.
-            let Some(tags) = tags else {
-                continue;
+            let ours = match names {
+                Some(names) => {
+                    let tags = acm
+                        .list_tags_for_certificate()
+                        .certificate_arn(arn)
+                        .send()
+                        .await;
+                    let tags = found(tags, format!("ListTagsForCertificate {arn}"), |err| {
+                        err.is_resource_not_found_exception()
+                    })?;
+                    // Deleted since it was listed.
+                    let Some(tags) = tags else {
+                        continue;
+                    };
+                    tags.tags()
+                        .iter()
+                        .any(|tag| names.is_stack_tag(Some(tag.key()), tag.value()))
+                }
+                None => false,
             };
             let domain = summary.domain_name().unwrap_or_default().to_owned();
             let names = std::iter::once(domain.as_str())
@@ -342,10 +356,7 @@ async fn account_certificates(stack: &Stack) -> Result<Vec<Listed>> {
                 names,
                 more_names: summary.has_additional_subject_alternative_names() == Some(true),
                 status: summary.status().cloned(),
-                ours: tags
-                    .tags()
-                    .iter()
-                    .any(|tag| stack.names.is_stack_tag(Some(tag.key()), tag.value())),
+                ours,
             });
         }
         next_token = page.next_token;
@@ -434,10 +445,60 @@ async fn owned_for(stack: &Stack, wanted: impl Fn(&str) -> bool) -> Result<Owned
     })
 }
 
+/// The account's certificates in its other enabled regions, each with an ACM client of
+/// its region; and the regions whose certificates could not be listed (an organization
+/// may deny a region, say).
+async fn other_regions_certificates(
+    stack: &Stack,
+) -> Result<(Vec<(aws_sdk_acm::Client, Listed)>, Vec<String>)> {
+    let regions = stack
+        .clients
+        .ec2
+        .describe_regions()
+        .send()
+        .await
+        .call("DescribeRegions")?;
+    let others = regions
+        .regions()
+        .iter()
+        .filter_map(|region| region.region_name())
+        // The stack's partition, `aws`, alone: AWS lists no other, and another's
+        // certificates are another account's (LocalStack lists every partition's regions,
+        // and answers a `cn-` or `us-gov-` one with us-east-1's certificates).
+        .filter(|name| *name != stack.region && crate::spec::unsupported_partition(name).is_none())
+        .map(|name| {
+            let acm = aws_sdk_acm::Client::from_conf(
+                stack
+                    .clients
+                    .acm
+                    .config()
+                    .to_builder()
+                    .region(aws_sdk_acm::config::Region::new(name.to_owned()))
+                    .build(),
+            );
+            async move {
+                let listed = certificates_in(&acm, None).await;
+                (name, acm, listed)
+            }
+        });
+    let mut certificates = Vec::new();
+    let mut unread = Vec::new();
+    for (name, acm, listed) in futures::future::join_all(others).await {
+        match listed {
+            Ok(listed) => certificates.extend(listed.into_iter().map(|c| (acm.clone(), c))),
+            Err(err) => unread.push(format!("{name} ({err:#})")),
+        }
+    }
+    Ok((certificates, unread))
+}
+
 /// The validation CNAMEs of the stack's certificates (`ours`), failed ones included. A
-/// record that a certificate outside the stack (`others`) also uses is left out: ACM
-/// gives every certificate for a domain in the account the same CNAME, and deleting it
-/// would stop that certificate from renewing.
+/// record that a certificate outside the stack also uses is left out: ACM gives every
+/// certificate for a domain in the account the same CNAME, in every region
+/// (terraform-provider-aws#13653: the record "already exists" for a certificate of
+/// another region), and deleting it would stop that certificate from renewing. Those
+/// are `others`, in the stack's region, and the account's certificates in its other
+/// regions; when a region cannot be read, every record is left in place.
 async fn validation_records(
     stack: &Stack,
     ours: &[Listed],
@@ -462,8 +523,30 @@ async fn validation_records(
                     .any(|name| other.names.contains(name))
             })
     };
-    for other in others.iter().filter(|other| shares_a_name(other)) {
-        let found = describe(stack, &other.arn).await?;
+    if records.is_empty() {
+        return Ok(records);
+    }
+    let (elsewhere, unread) = other_regions_certificates(stack).await?;
+    if !unread.is_empty() {
+        stack.progress.note(&format!(
+            "dns CNAMEs {} left in place: a certificate of another region may renew with \
+             them, and the certificates of {} could not be listed",
+            records
+                .iter()
+                .map(|record| record.name.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            unread.join(", ")
+        ));
+        return Ok(Vec::new());
+    }
+    let in_region = others.iter().map(|other| (&stack.clients.acm, other));
+    let other_regions = elsewhere.iter().map(|(acm, other)| (acm, other));
+    for (acm, other) in in_region
+        .chain(other_regions)
+        .filter(|(_, other)| shares_a_name(other))
+    {
+        let found = describe_in(acm, &other.arn).await?;
         let shared = found.as_ref().and_then(records_of).unwrap_or_default();
         records.retain(|record| {
             let keep = !shared.contains(record);

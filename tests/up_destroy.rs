@@ -390,15 +390,33 @@ fn redis_endpoint_tag(instance: &aws_sdk_ec2::types::Instance) -> Option<&str> {
         .and_then(|t| t.value())
 }
 
-/// ACM gives every certificate for a domain in an account the same validation CNAME (as
-/// LocalStack does): `destroy` deletes the stack's certificate but keeps the CNAME that
-/// another team's certificate for the same domain still renews with.
+/// ACM gives every certificate for a domain in an account the same validation CNAME, in
+/// every region (as LocalStack does): `destroy` deletes the stack's certificate but keeps
+/// the CNAME that another team's certificate for the same domain still renews with.
 #[tokio::test]
 async fn destroy_keeps_a_validation_cname_another_certificate_still_uses() {
+    destroy_keeps_the_validation_cname_of_a_certificate_in(None).await;
+}
+
+/// The same for a certificate of another region (a CloudFront one in us-east-1, for a
+/// stack elsewhere: hashicorp/terraform-provider-aws#13653).
+#[tokio::test]
+async fn destroy_keeps_the_validation_cname_of_a_certificate_in_another_region() {
+    destroy_keeps_the_validation_cname_of_a_certificate_in(Some("eu-west-1")).await;
+}
+
+/// `up`, a certificate for the stack's domain outside the stack (in `region`, or the
+/// stack's), `destroy`: the certificate and the CNAME it renews with are still there.
+async fn destroy_keeps_the_validation_cname_of_a_certificate_in(region: Option<&'static str>) {
     let aws = support::localstack().await;
-    let (stack, zone_id) = TestStack::with_zone(&aws, "v").await;
+    let (stack, zone_id) =
+        TestStack::with_zone(&aws, if region.is_some() { "r" } else { "v" }).await;
     stack.up();
-    let acm = aws_sdk_acm::Client::new(&aws);
+    let mut config = aws_sdk_acm::config::Builder::from(&aws);
+    if let Some(region) = region {
+        config = config.region(aws_sdk_acm::config::Region::new(region));
+    }
+    let acm = aws_sdk_acm::Client::from_conf(config.build());
     let theirs = acm
         .request_certificate()
         .domain_name(stack.domain())

@@ -3,7 +3,7 @@ use aws_sdk_acm::Client;
 use aws_sdk_acm::error::ErrorMetadata;
 use aws_sdk_acm::operation::delete_certificate::DeleteCertificateError;
 use aws_sdk_acm::operation::describe_certificate::DescribeCertificateOutput;
-use aws_sdk_acm::operation::list_certificates::ListCertificatesOutput;
+use aws_sdk_acm::operation::list_certificates::{ListCertificatesError, ListCertificatesOutput};
 use aws_sdk_acm::operation::list_tags_for_certificate::ListTagsForCertificateOutput;
 use aws_sdk_acm::operation::request_certificate::RequestCertificateOutput;
 use aws_sdk_acm::types::error::{LimitExceededException, ResourceInUseException};
@@ -339,6 +339,25 @@ async fn a_request_sent_again_after_a_lost_answer_carries_the_same_token() {
     }
 }
 
+/// EC2 answering DescribeRegions with `names`, the account's enabled regions.
+fn regions(names: &'static [&'static str]) -> aws_sdk_ec2::Client {
+    let regions = mock!(aws_sdk_ec2::Client::describe_regions).then_output(move || {
+        aws_sdk_ec2::operation::describe_regions::DescribeRegionsOutput::builder()
+            .set_regions(Some(
+                names
+                    .iter()
+                    .map(|name| {
+                        aws_sdk_ec2::types::Region::builder()
+                            .region_name(*name)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build()
+    });
+    mock_client!(aws_sdk_ec2, [&regions])
+}
+
 #[tokio::test]
 async fn only_certificates_with_the_stack_tag_are_deleted() {
     let list = mock!(Client::list_certificates).then_output(|| {
@@ -365,6 +384,7 @@ async fn only_certificates_with_the_stack_tag_are_deleted() {
     let describe = mock!(Client::describe_certificate)
         .then_output(|| described(CertificateStatus::Issued, true));
     let mut clients = testing::clients();
+    clients.ec2 = regions(&["us-east-1"]);
     clients.acm = mock_client!(
         aws_sdk_acm,
         RuleMode::MatchAny,
@@ -506,6 +526,7 @@ async fn validation_records_beside(other: CertificateSummary) -> Vec<Record> {
         .match_requests(|req| req.certificate_arn() == Some(UNRELATED))
         .then_error(|| panic!("a certificate sharing no name with the stack's was described"));
     let mut clients = testing::clients();
+    clients.ec2 = regions(&["us-east-1"]);
     clients.acm = mock_client!(
         aws_sdk_acm,
         RuleMode::MatchAny,
@@ -599,6 +620,7 @@ async fn a_certificate_still_in_use_is_left_for_the_next_up() {
                 .build()
         });
     let mut clients = testing::clients();
+    clients.ec2 = regions(&["us-east-1"]);
     clients.acm = mock_client!(
         aws_sdk_acm,
         RuleMode::MatchAny,
@@ -612,4 +634,85 @@ async fn a_certificate_still_in_use_is_left_for_the_next_up() {
     assert!(!all_gone, "the certificate in use is not gone");
     assert_eq!(change.num_calls(), 1, "the old name's CNAME is deleted");
     assert_eq!(delete.num_calls(), 1);
+}
+
+/// What `destroy` finds of the stack's certificate when the account's second region lists
+/// `elsewhere`, or (`None`) refuses to list its certificates.
+async fn validation_records_with_another_region(
+    elsewhere: Option<ListCertificatesOutput>,
+) -> Owned {
+    let ours = ListCertificatesOutput::builder()
+        .certificate_summary_list(
+            CertificateSummary::builder()
+                .certificate_arn(ARN)
+                .domain_name("chat.example.com")
+                .build(),
+        )
+        .build();
+    let listed = mock!(Client::list_certificates)
+        .sequence()
+        .output(move || ours.clone());
+    let list = match elsewhere {
+        Some(elsewhere) => listed.output(move || elsewhere.clone()),
+        None => listed.error(|| {
+            ListCertificatesError::generic(
+                ErrorMetadata::builder()
+                    .code("AccessDeniedException")
+                    .message("explicit deny in a service control policy")
+                    .build(),
+            )
+        }),
+    }
+    .build();
+    let tags = mock!(Client::list_tags_for_certificate).then_output(stack_tagged);
+    let describe = mock!(Client::describe_certificate)
+        .then_output(|| described(CertificateStatus::Issued, true));
+    let mut clients = testing::clients();
+    clients.ec2 = regions(&["us-east-1", "us-west-2"]);
+    clients.acm = mock_client!(aws_sdk_acm, RuleMode::MatchAny, [&list, &tags, &describe]);
+    owned(&testing::stack(clients)).await.unwrap()
+}
+
+/// ACM gives a domain's certificates the same validation CNAME in every region
+/// (hashicorp/terraform-provider-aws#13653: a certificate for a name already certified in
+/// another region finds its record "already exists"), and renews each with it: a
+/// certificate for the stack's domain in another region of the account (a CloudFront
+/// one in us-east-1, say) keeps the record when the stack goes.
+#[tokio::test]
+async fn a_cname_a_certificate_of_another_region_renews_with_is_kept() {
+    const ELSEWHERE: &str = "arn:aws:acm:us-west-2:123456789012:certificate/cdn";
+    let found = validation_records_with_another_region(Some(
+        ListCertificatesOutput::builder()
+            .certificate_summary_list(
+                CertificateSummary::builder()
+                    .certificate_arn(ELSEWHERE)
+                    .domain_name("*.chat.example.com")
+                    .build(),
+            )
+            .build(),
+    ))
+    .await;
+    let keys: Vec<String> = found.certificates.iter().map(|d| d.key()).collect();
+    assert_eq!(keys, [format!("acm-certificate:{ARN}")]);
+    assert!(
+        found.validation_records.is_empty(),
+        "the shared CNAME stays"
+    );
+}
+
+/// A region whose certificates cannot be listed (an organization's policy denying it,
+/// say) may hold one that renews with the record: every record stays.
+#[tokio::test]
+async fn the_cnames_stay_when_a_region_cannot_be_read() {
+    let found = validation_records_with_another_region(None).await;
+    assert!(found.validation_records.is_empty());
+
+    let unshared =
+        validation_records_with_another_region(Some(ListCertificatesOutput::builder().build()))
+            .await;
+    assert_eq!(
+        unshared.validation_records,
+        [Record::cname(CNAME, VALUE)],
+        "with every region read and none sharing it, the record goes"
+    );
 }
