@@ -38,7 +38,7 @@ pub async fn ensure(stack: &Stack, account: &str, binary: &Binary) -> Result<Art
     let bucket = stack.names.bucket(account, &stack.region);
     let step = stack.progress.step(format!("bucket {bucket}"));
     let exists = step
-        .run(bucket::ensure(stack, &bucket, "artifacts"), |_| {
+        .run(bucket::ensure(stack, account, &bucket, "artifacts"), |_| {
             String::new()
         })
         .await?;
@@ -181,7 +181,7 @@ pub async fn prune(stack: &Stack, artifact: &Artifact, keep: &BTreeSet<String>) 
 /// The stack's bucket, if it exists, with everything in it.
 pub async fn deletables(stack: &Stack, account: &str) -> Result<Vec<Box<dyn Deletable>>> {
     let bucket = stack.names.bucket(account, &stack.region);
-    Ok(bucket::deletable(stack, &bucket, Vec::new())
+    Ok(bucket::deletable(stack, account, &bucket, Vec::new())
         .await?
         .into_iter()
         .collect())

@@ -19,10 +19,18 @@ use crate::engine::{Action, Deletable, DeleteError, DeleteFuture};
 use crate::stack::Stack;
 
 /// Creates the bucket when missing and makes it private, encrypted and tagged with
-/// `role`. Returns whether it exists: only with `plan` can it not.
-pub async fn ensure(stack: &Stack, bucket: &str, role: &str) -> Result<bool> {
+/// `role`. Returns whether it exists: only with `plan` can it not. A bucket of that name
+/// is the stack's only in `account` (`ExpectedBucketOwner`: another account's, however
+/// open its policy, answers 403), so nothing is written into another account's bucket.
+pub async fn ensure(stack: &Stack, account: &str, bucket: &str, role: &str) -> Result<bool> {
     let s3 = &stack.clients.s3;
-    match s3.head_bucket().bucket(bucket).send().await {
+    match s3
+        .head_bucket()
+        .bucket(bucket)
+        .expected_bucket_owner(account)
+        .send()
+        .await
+    {
         Ok(_) => {}
         Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
             let reason = "private, encrypted (SSE-S3), tagged";
@@ -316,63 +324,84 @@ pub async fn ensure_expiry(stack: &Stack, bucket: &str, exists: bool, days: u32)
 
 const EXPIRY_RULE: &str = "realtime-stack-expiry";
 
-/// The bucket, if it exists, with everything in it; `blocked_by` what must go first
-/// (whatever still writes into it).
+/// The bucket of `account`, if it exists, with everything in it; `blocked_by` what must
+/// go first (whatever still writes into it). Every call names the expected owner
+/// (`ExpectedBucketOwner`: S3 answers 403 when another account owns the bucket), so a
+/// bucket of the same name in another account is never emptied or deleted. A 403 here
+/// is left for the delete to report, with the other resources deleted meanwhile.
 pub async fn deletable(
     stack: &Stack,
+    account: &str,
     bucket: &str,
     blocked_by: Vec<String>,
 ) -> Result<Option<Box<dyn Deletable>>> {
-    match stack.clients.s3.head_bucket().bucket(bucket).send().await {
-        Ok(_) => Ok(Some(Box::new(Bucket {
-            s3: stack.clients.s3.clone(),
-            name: bucket.to_owned(),
-            blocked_by,
-        }))),
-        Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-        Err(err) => Err(crate::aws::explain(&format!("HeadBucket {bucket}"), err)),
-    }
+    let head = stack
+        .clients
+        .s3
+        .head_bucket()
+        .bucket(bucket)
+        .expected_bucket_owner(account)
+        .send()
+        .await;
+    let unreadable = match head {
+        Ok(_) => None,
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => return Ok(None),
+        Err(err)
+            if err
+                .raw_response()
+                .is_some_and(|r| r.status().as_u16() == 403) =>
+        {
+            Some(format!(
+                "HeadBucket {bucket} answered 403: another account owns a bucket of this name \
+                 (then it is not the stack's, and is left alone), or these credentials may not \
+                 list it (s3:ListBucket, `policy`)"
+            ))
+        }
+        Err(err) => return Err(crate::aws::explain(&format!("HeadBucket {bucket}"), err)),
+    };
+    Ok(Some(Box::new(Bucket {
+        s3: stack.clients.s3.clone(),
+        name: bucket.to_owned(),
+        owner: account.to_owned(),
+        unreadable,
+        blocked_by,
+    })))
 }
 
 struct Bucket {
     s3: aws_sdk_s3::Client,
     name: String,
+    /// The account the bucket must belong to.
+    owner: String,
+    /// Why the bucket could not be read, if it could not.
+    unreadable: Option<String>,
     blocked_by: Vec<String>,
 }
 
 impl Bucket {
-    /// Deletes `objects` (a page of ListObjectsV2, at most 1 000: as many as DeleteObjects
-    /// takes) in one call. The access-log bucket holds a file per load balancer node every
-    /// 5 minutes for 90 days, tens of thousands of objects: one call each kept `destroy`
-    /// busy for many minutes.
-    async fn delete_objects(
-        &self,
-        objects: &[aws_sdk_s3::types::Object],
-    ) -> Result<(), DeleteError> {
-        let failed = |err: aws_sdk_s3::error::BuildError| DeleteError::Failed(err.into());
-        let identifiers = objects
-            .iter()
-            .filter_map(|object| object.key())
-            .map(|key| ObjectIdentifier::builder().key(key).build())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(failed)?;
-        if identifiers.is_empty() {
+    /// Deletes `objects` (a page of ListObjectVersions, at most 1 000 versions and delete
+    /// markers: as many as DeleteObjects takes) in one call. The access-log bucket holds
+    /// a file per load balancer node every 5 minutes for 90 days, tens of thousands of
+    /// objects: one call each kept `destroy` busy for many minutes.
+    async fn delete_versions(&self, objects: Vec<ObjectIdentifier>) -> Result<(), DeleteError> {
+        if objects.is_empty() {
             return Ok(());
         }
         let call = format!(
-            "DeleteObjects s3://{} ({} objects)",
+            "DeleteObjects s3://{} ({} versions)",
             self.name,
-            identifiers.len()
+            objects.len()
         );
         let delete = Delete::builder()
-            .set_objects(Some(identifiers))
+            .set_objects(Some(objects))
             .quiet(true)
             .build()
-            .map_err(failed)?;
+            .map_err(|err| DeleteError::Failed(err.into()))?;
         let deleted = self
             .s3
             .delete_objects()
             .bucket(&self.name)
+            .expected_bucket_owner(&self.owner)
             .delete(delete)
             .send()
             .await;
@@ -392,26 +421,69 @@ impl Bucket {
         }
     }
 
+    /// Deletes every version and delete marker, then the bucket. S3 deletes a bucket only
+    /// once "all objects (including all object versions and delete markers)" are gone
+    /// (API_DeleteBucket), and a plain delete in a versioned bucket adds a marker instead:
+    /// the stack never turns versioning on, but a console, an organization's baseline or
+    /// a Config remediation may have. Without versioning each object is listed once, as
+    /// version `null`.
     async fn empty_and_delete(&self) -> Result<(), DeleteError> {
-        let pages = self
-            .s3
-            .list_objects_v2()
-            .bucket(&self.name)
-            .into_paginator()
-            .send()
-            .collect::<Vec<_>>()
-            .await;
-        for page in pages {
-            let page = match page {
+        if let Some(why) = &self.unreadable {
+            return Err(DeleteError::Failed(anyhow::anyhow!("{why}")));
+        }
+        // ListObjectVersions has no paginator: its pages follow two markers.
+        let (mut key_marker, mut version_id_marker) = (None, None);
+        loop {
+            let listed = self
+                .s3
+                .list_object_versions()
+                .bucket(&self.name)
+                .expected_bucket_owner(&self.owner)
+                .set_key_marker(key_marker)
+                .set_version_id_marker(version_id_marker)
+                .send()
+                .await;
+            let page = match listed {
                 Ok(page) => page,
                 Err(err) => {
-                    let call = format!("ListObjectsV2 {}", self.name);
+                    let call = format!("ListObjectVersions {}", self.name);
                     return delete_outcome(Err::<(), _>(err), &call, &["NoSuchBucket"]);
                 }
             };
-            self.delete_objects(page.contents()).await?;
+            let versions = page
+                .versions()
+                .iter()
+                .map(|version| (version.key(), version.version_id()));
+            let markers = page
+                .delete_markers()
+                .iter()
+                .map(|marker| (marker.key(), marker.version_id()));
+            let identifiers = versions
+                .chain(markers)
+                .filter_map(|(key, version)| {
+                    Some(
+                        ObjectIdentifier::builder()
+                            .key(key?)
+                            .set_version_id(version.map(str::to_owned))
+                            .build(),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| DeleteError::Failed(err.into()))?;
+            self.delete_versions(identifiers).await?;
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker;
+            version_id_marker = page.next_version_id_marker;
         }
-        let result = self.s3.delete_bucket().bucket(&self.name).send().await;
+        let result = self
+            .s3
+            .delete_bucket()
+            .bucket(&self.name)
+            .expected_bucket_owner(&self.owner)
+            .send()
+            .await;
         delete_outcome(
             result,
             &format!("DeleteBucket {}", self.name),
@@ -536,7 +608,7 @@ mod tests {
         let mut stack = testing::stack(clients);
         stack.pace = Pace::Aws;
 
-        let exists = ensure(&stack, "chat-artifacts-1-us-east-1", "artifacts")
+        let exists = ensure(&stack, "1", "chat-artifacts-1-us-east-1", "artifacts")
             .await
             .expect("the bucket is made and configured");
 
@@ -547,5 +619,45 @@ mod tests {
         assert_eq!(block.num_calls(), 2);
         assert_eq!(encrypt.num_calls(), 1);
         assert_eq!(tag.num_calls(), 1);
+    }
+
+    /// A bucket of the stack's name that another account owns answers the stack's
+    /// HeadBucket, which names the expected owner, with 403 (API_HeadBucket,
+    /// `ExpectedBucketOwner`). It is never emptied or deleted: its delete fails saying so,
+    /// and `destroy` deletes all else meanwhile (a 403 ended it before anything went).
+    #[tokio::test]
+    async fn a_bucket_another_account_owns_is_never_emptied() {
+        let head = mock!(Client::head_bucket)
+            .match_requests(|req| req.expected_bucket_owner() == Some("123456789012"))
+            .then_http_response(|| {
+                aws_smithy_runtime_api::http::Response::new(
+                    aws_smithy_runtime_api::http::StatusCode::try_from(403).unwrap(),
+                    aws_smithy_types::body::SdkBody::empty(),
+                )
+            });
+        let list = mock!(Client::list_object_versions)
+            .then_error(|| panic!("another account's bucket was listed"));
+        let mut clients = testing::clients();
+        clients.s3 = mock_client!(aws_sdk_s3, RuleMode::MatchAny, [&head, &list]);
+        let stack = testing::stack(clients);
+
+        let bucket = deletable(
+            &stack,
+            "123456789012",
+            "chat-artifacts-123456789012-us-east-1",
+            Vec::new(),
+        )
+        .await
+        .expect("the rest of destroy goes on")
+        .expect("the bucket is named");
+        let err = match bucket.delete().await {
+            Err(DeleteError::Failed(err)) => err.to_string(),
+            other => panic!("{:?}", other.err().map(|e| format!("{e:?}"))),
+        };
+        assert!(
+            err.contains("another account owns a bucket of this name"),
+            "{err}"
+        );
+        assert_eq!(list.num_calls(), 0);
     }
 }

@@ -312,7 +312,7 @@ pub fn document(scope: &Scope) -> Value {
             &[
                 "s3:CreateBucket",
                 "s3:DeleteBucket",
-                "s3:ListBucket",
+                "s3:ListBucket*",
                 "s3:*BucketPolicy",
                 "s3:*BucketPublicAccessBlock",
                 "s3:*EncryptionConfiguration",
@@ -326,13 +326,13 @@ pub fn document(scope: &Scope) -> Value {
             None,
         ),
         statement(
-            &["s3:PutObject", "s3:GetObject", "s3:DeleteObject"],
+            &["s3:PutObject", "s3:GetObject", "s3:DeleteObject*"],
             json!(format!("arn:aws:s3:::{bucket}/*")),
             None,
         ),
         // Logs are the load balancer's to write: the deployer only empties the bucket.
         statement(
-            &["s3:DeleteObject"],
+            &["s3:DeleteObject*"],
             json!(format!("arn:aws:s3:::{logs_bucket}/*")),
             None,
         ),
@@ -427,12 +427,14 @@ pub fn iam_action(call: &str) -> Option<String> {
 fn s3_action(operation: &str) -> Option<&str> {
     Some(match operation {
         "HeadBucket" | "ListObjectsV2" => "ListBucket",
+        "ListObjectVersions" => "ListBucketVersions",
         "HeadObject" => "GetObject",
         "PutPublicAccessBlock" => "PutBucketPublicAccessBlock",
         "GetPublicAccessBlock" => "GetBucketPublicAccessBlock",
         "PutBucketEncryption" => "PutEncryptionConfiguration",
         "GetBucketEncryption" => "GetEncryptionConfiguration",
-        "DeleteObjects" => "DeleteObject",
+        // `destroy` deletes objects by version (`bucket::Bucket`): s3:DeleteObjectVersion.
+        "DeleteObjects" => "DeleteObjectVersion",
         "PutBucketLifecycleConfiguration" => "PutLifecycleConfiguration",
         "GetBucketLifecycleConfiguration" => "GetLifecycleConfiguration",
         "CreateBucket" | "DeleteBucket" | "PutBucketPolicy" | "GetBucketPolicy"

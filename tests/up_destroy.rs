@@ -196,13 +196,25 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
     );
     assert_eq!(stack.up()["changes"], json!([]), "tagged once");
 
-    // Months of access logs: more objects than one DeleteObjects call takes.
+    // Months of access logs: more objects than one DeleteObjects call takes, in a bucket
+    // whose versioning someone turned on (a console, an organization's baseline): S3
+    // deletes it only with every version and delete marker gone.
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&aws)
             .force_path_style(true)
             .build(),
     );
     let logs = format!("{}-alb-logs-000000000000-us-east-1", stack.name);
+    s3.put_bucket_versioning()
+        .bucket(&logs)
+        .versioning_configuration(
+            aws_sdk_s3::types::VersioningConfiguration::builder()
+                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("PutBucketVersioning");
     futures::stream::iter(0..1_100)
         .map(|n| {
             s3.put_object()
@@ -218,6 +230,22 @@ async fn up_builds_the_whole_stack_a_second_up_changes_nothing_and_destroy_remov
             put.expect("PutObject into the access-log bucket");
         })
         .await;
+    let first = "AWSLogs/000000000000/elasticloadbalancing/log-0000.gz";
+    s3.put_object()
+        .bucket(&logs)
+        .key(first)
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(
+            b"rewritten",
+        ))
+        .send()
+        .await
+        .expect("a second version");
+    s3.delete_object()
+        .bucket(&logs)
+        .key(first)
+        .send()
+        .await
+        .expect("a delete marker");
 
     stack.run(&["destroy", "--yes"]);
     verify_nothing_left(&aws, &stack, &zone_id).await;

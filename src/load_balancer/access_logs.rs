@@ -77,7 +77,7 @@ pub async fn ensure(stack: &Stack, account: &str) -> Result<Option<String>> {
     let bucket = stack.names.logs_bucket(account, &stack.region);
     let step = stack.progress.step(format!("bucket {bucket}"));
     let exists = step
-        .run(bucket::ensure(stack, &bucket, "alb-logs"), |_| {
+        .run(bucket::ensure(stack, account, &bucket, "alb-logs"), |_| {
             "access logs".to_owned()
         })
         .await?;
@@ -114,7 +114,7 @@ pub async fn deletables(
 ) -> Result<Vec<Box<dyn Deletable>>> {
     let bucket = stack.names.logs_bucket(account, &stack.region);
     let blocked_by = load_balancer_key.into_iter().collect();
-    Ok(bucket::deletable(stack, &bucket, blocked_by)
+    Ok(bucket::deletable(stack, account, &bucket, blocked_by)
         .await?
         .into_iter()
         .collect())
