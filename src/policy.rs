@@ -630,15 +630,12 @@ mod tests {
             .unwrap()
             .iter()
             .filter(|statement| {
-                let actions = match &statement["Action"] {
-                    Value::Array(actions) => actions.clone(),
-                    action => vec![action.clone()],
-                };
-                actions.iter().any(|action| {
-                    action
-                        .as_str()
-                        .is_some_and(|pattern| matches(pattern, "acm:AddTagsToCertificate"))
-                })
+                statement["Action"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .any(|pattern| matches(pattern, "acm:AddTagsToCertificate"))
             })
             .collect();
         assert_eq!(tagging.len(), 1, "{tagging:?}");

@@ -4,9 +4,8 @@
 //! target group with ELB's AddTags, its Redis and cache subnet group with
 //! AddTagsToResource, and its certificate with AddTagsToCertificate, which the deployer
 //! policy allows on what is the stack's. Each gets the keys it lacks and the values that
-//! changed. A key taken out of stack.yaml is left
-//! where it is: the tags a resource carries do not say which came from stack.yaml and
-//! which from someone else.
+//! changed. A key taken out of stack.yaml is left where it is: the tags a resource
+//! carries do not say which came from stack.yaml and which from someone else.
 
 use std::collections::{BTreeMap, BTreeSet};
 
