@@ -114,7 +114,7 @@ fn role_filters(stack: &TestStack, role: &str) -> Vec<Filter> {
 }
 
 /// Changes by hand what `up` owns, each of which the next `up` must set back.
-async fn drift(aws: &SdkConfig, stack: &TestStack, instance: &str) {
+async fn drift(aws: &SdkConfig, stack: &TestStack, instances: &[String]) {
     let ec2 = aws_sdk_ec2::Client::new(aws);
     let elbv2 = aws_sdk_elasticloadbalancingv2::Client::new(aws);
 
@@ -215,17 +215,21 @@ async fn drift(aws: &SdkConfig, stack: &TestStack, instance: &str) {
         .send()
         .await
         .unwrap();
-    // IMDSv1 allowed again on an instance.
-    ec2.modify_instance_metadata_options()
-        .instance_id(instance)
-        .http_tokens(aws_sdk_ec2::types::HttpTokensState::Optional)
-        // LocalStack (moto) fails without every field.
-        .http_put_response_hop_limit(2)
-        .http_endpoint(aws_sdk_ec2::types::InstanceMetadataEndpointState::Enabled)
-        .instance_metadata_tags(aws_sdk_ec2::types::InstanceMetadataTagsState::Enabled)
-        .send()
-        .await
-        .unwrap();
+    // IMDSv1 allowed again, on every instance: the same `up` scales in, and the group may
+    // terminate one before `up` checks the instances' metadata options (seen in CI), so
+    // the one it keeps must have drifted too.
+    for instance in instances {
+        ec2.modify_instance_metadata_options()
+            .instance_id(instance)
+            .http_tokens(aws_sdk_ec2::types::HttpTokensState::Optional)
+            // LocalStack (moto) fails without every field.
+            .http_put_response_hop_limit(2)
+            .http_endpoint(aws_sdk_ec2::types::InstanceMetadataEndpointState::Enabled)
+            .instance_metadata_tags(aws_sdk_ec2::types::InstanceMetadataTagsState::Enabled)
+            .send()
+            .await
+            .unwrap();
+    }
 
     // The load balancer: a shorter idle timeout, the default security group, the HTTP
     // listener answering instead of redirecting, another health check, no drain.
@@ -418,7 +422,7 @@ async fn status_logs_and_a_policy_that_grants_exactly_what_the_cli_calls() {
     let outputs = stack.up();
     status_and_logs(&stack, &outputs);
 
-    drift(&aws, &stack, &support::instance_ids(&outputs)[0]).await;
+    drift(&aws, &stack, &support::instance_ids(&outputs)).await;
     let plan = stack.command(&["plan"]).output().unwrap();
     assert_eq!(plan.status.code(), Some(2), "plan sees the drift");
     // A new build rolls through the group while the count goes down.
